@@ -1,0 +1,21 @@
+//! Sluice: a Layer 4 (TCP/UDP) load balancer.
+//!
+//! Module map, in reading order:
+//! - [`cli`]: the command line (`run`, `check`, `tcp`, `demo`).
+//! - [`runtime`]: every running server; the one place runtime state changes.
+//! - [`server`]: one configured server: its listener, backend pool and health checks.
+//! - [`listener`]: accept loop, ACL and connection limit.
+//! - [`proxy`]: the life of one connection: pick, connect, copy, log.
+//! - [`pool`]: a server's backends split into priority tiers, each with its strategy.
+//! - [`balance`]: the balancing strategies.
+//! - [`backend`]: one backend's spec and live state.
+//! - [`health`]: active and passive health checking.
+//! - [`config`]: loading and validating the configuration.
+//! - [`acl`]: allow/deny rules by address.
+
+#![forbid(unsafe_code)]
+
+pub mod acl;
+pub mod backend;
+pub mod balance;
+pub mod config;
