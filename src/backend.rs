@@ -88,6 +88,8 @@ pub struct BackendStats {
     pub connect_failures: AtomicU64,
     /// Recent throughput in bytes per second (both directions), refreshed once a second.
     pub bandwidth: AtomicU64,
+    pub checks_passed: AtomicU64,
+    pub checks_failed: AtomicU64,
 }
 
 /// A backend: its configured spec plus its shared live state.

@@ -1,0 +1,131 @@
+//! Binding a server's socket and accepting clients: access rules and the connection
+//! limit are applied here, before a connection costs anything more than its socket.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error};
+
+use crate::proxy::{self, CloseReason};
+use crate::runtime::Lifecycle;
+use crate::server::ServerShared;
+
+/// Pending connections the kernel may queue before `accept`.
+const BACKLOG: i32 = 4096;
+/// Pause after running out of descriptors or memory, instead of spinning on accept.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Binds a listening TCP socket (with `SO_REUSEADDR`, so a restart is not blocked by
+/// connections in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(BACKLOG)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Accepts clients until `accept_stop` is cancelled, spawning one tracked task each.
+pub async fn accept_loop(
+    listener: TcpListener,
+    server: Arc<ServerShared>,
+    accept_stop: CancellationToken,
+    life: Lifecycle,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = accept_stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => admit(stream, peer, &server, &life),
+            Err(e) if is_resource_exhaustion(&e) => {
+                error!(server = %server.name, error = %e, "accept failed; pausing");
+                tokio::select! {
+                    _ = accept_stop.cancelled() => break,
+                    _ = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
+            // Per-connection failures such as ECONNABORTED: the next accept is fine.
+            Err(e) => debug!(server = %server.name, error = %e, "accept failed"),
+        }
+    }
+    debug!(server = %server.name, "stopped accepting");
+}
+
+/// Applies access rules and the connection limit, then hands the connection to the proxy.
+fn admit(stream: TcpStream, peer: SocketAddr, server: &Arc<ServerShared>, life: &Lifecycle) {
+    server.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let settings = server.settings.load();
+    let refusal = if settings.access.as_ref().is_some_and(|acl| !acl.allows(peer.ip())) {
+        Some(CloseReason::AclDenied)
+    } else {
+        None
+    };
+    let slot = match refusal {
+        Some(_) => None,
+        None => ActiveSlot::acquire(server, settings.max_connections),
+    };
+    let Some(slot) = slot else {
+        let reason = refusal.unwrap_or(CloseReason::MaxConnections);
+        server.count_refused(reason);
+        proxy::tcp::access_log(&server.name, peer, None, 0, 0, Instant::now(), reason);
+        return;
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        debug!(server = %server.name, error = %e, "set TCP_NODELAY failed");
+    }
+    let server = Arc::clone(server);
+    let hard_stop = life.hard_stop.clone();
+    life.tracker.spawn(async move {
+        proxy::tcp::handle(stream, peer, Arc::clone(&server), hard_stop).await;
+        drop(slot);
+    });
+}
+
+fn is_resource_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// One client counted against the server's `max_connections`; released on drop.
+struct ActiveSlot {
+    server: Arc<ServerShared>,
+}
+
+impl ActiveSlot {
+    fn acquire(server: &Arc<ServerShared>, max: Option<u32>) -> Option<ActiveSlot> {
+        let active = &server.stats.active;
+        match max {
+            None => {
+                active.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(max) => {
+                active
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                        (n < u64::from(max)).then_some(n + 1)
+                    })
+                    .ok()?;
+            }
+        }
+        Some(ActiveSlot {
+            server: Arc::clone(server),
+        })
+    }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}

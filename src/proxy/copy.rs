@@ -1,0 +1,227 @@
+//! Relaying bytes both ways between a client and a backend.
+//!
+//! Three properties matter here, and each is easy to lose:
+//! - **Half-close.** An EOF from one side becomes `shutdown(Write)` towards the other,
+//!   while the other direction keeps flowing until it ends too.
+//! - **Whole-connection idleness.** The idle timer is reset by a byte moving in either
+//!   direction, so a long one-way download is never cut.
+//! - **No buffer while idle.** A direction waits for readability with no buffer; it
+//!   borrows one from a per-thread pool only to move bytes, and gives it back as soon as
+//!   it has written everything it read.
+
+use std::cell::RefCell;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+
+use super::{CloseReason, Side};
+
+/// Size of one relay buffer.
+const BUF_SIZE: usize = 64 * 1024;
+/// Buffers kept per thread for reuse; more than this are freed.
+const POOL_PER_THREAD: usize = 64;
+/// Read/write rounds per poll before yielding, so one busy connection cannot starve
+/// the others on its worker thread.
+const ROUNDS_PER_POLL: usize = 32;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Box<[u8]> {
+    POOL.with(|p| p.borrow_mut().pop())
+        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+}
+
+fn give_buffer(buf: Box<[u8]>) {
+    POOL.with(|p| {
+        let mut pool = p.borrow_mut();
+        if pool.len() < POOL_PER_THREAD {
+            pool.push(buf);
+        }
+    });
+}
+
+/// Where relayed bytes are counted as they move (a backend's live counters).
+pub struct Counters<'a> {
+    pub to_backend: &'a AtomicU64,
+    pub from_backend: &'a AtomicU64,
+}
+
+/// What [`bidirectional`] reports when the connection is over.
+#[derive(Clone, Copy, Debug)]
+pub struct CopyResult {
+    pub bytes_to_backend: u64,
+    pub bytes_to_client: u64,
+    pub reason: CloseReason,
+}
+
+/// One direction of the relay.
+#[derive(Default)]
+struct Half {
+    buf: Option<Box<[u8]>>,
+    start: usize,
+    end: usize,
+    read_eof: bool,
+    done: bool,
+    bytes: u64,
+}
+
+enum HalfError {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+impl Half {
+    /// Moves bytes from `from` to `to` until it would block. `Ready(Ok)` once `from` has
+    /// ended and `to` has been shut down for writing.
+    fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &TcpStream,
+        to: &mut TcpStream,
+        counter: &AtomicU64,
+        moved: &mut bool,
+    ) -> Poll<Result<(), HalfError>> {
+        for _ in 0..ROUNDS_PER_POLL {
+            if let Some(buf) = &self.buf {
+                while self.start < self.end {
+                    let n = ready!(Pin::new(&mut *to).poll_write(cx, &buf[self.start..self.end]))
+                        .map_err(HalfError::Write)?;
+                    if n == 0 {
+                        return Poll::Ready(Err(HalfError::Write(io::ErrorKind::WriteZero.into())));
+                    }
+                    self.start += n;
+                    self.bytes += n as u64;
+                    counter.fetch_add(n as u64, Ordering::Relaxed);
+                    *moved = true;
+                }
+                if let Some(buf) = self.buf.take() {
+                    give_buffer(buf);
+                }
+            }
+            if self.read_eof {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(HalfError::Write)?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            ready!(from.poll_read_ready(cx)).map_err(HalfError::Read)?;
+            let mut buf = take_buffer();
+            match from.try_read(&mut buf) {
+                Ok(0) => {
+                    give_buffer(buf);
+                    self.read_eof = true;
+                    *moved = true;
+                }
+                Ok(n) => {
+                    self.buf = Some(buf);
+                    self.start = 0;
+                    self.end = n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buffer(buf),
+                Err(e) => {
+                    give_buffer(buf);
+                    return Poll::Ready(Err(HalfError::Read(e)));
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+impl Drop for Half {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            give_buffer(buf);
+        }
+    }
+}
+
+/// Relays between `client` and `backend` until both directions have ended, one side
+/// fails, nothing moves for `idle_timeout`, or `stop` is cancelled.
+pub async fn bidirectional(
+    client: &mut TcpStream,
+    backend: &mut TcpStream,
+    idle_timeout: Option<Duration>,
+    stop: &CancellationToken,
+    counters: Counters<'_>,
+) -> CopyResult {
+    let mut up = Half::default();
+    let mut down = Half::default();
+    let idle = idle_timeout.unwrap_or(Duration::from_secs(86_400 * 365));
+    let mut last_moved = Instant::now();
+    let timer = sleep_until(last_moved + idle);
+    tokio::pin!(timer);
+    let stopped = stop.cancelled();
+    tokio::pin!(stopped);
+
+    let reason = poll_fn(|cx| {
+        let mut moved = false;
+        if !up.done {
+            if let Poll::Ready(Err(e)) =
+                up.poll_relay(cx, client, backend, counters.to_backend, &mut moved)
+            {
+                return Poll::Ready(error_reason(e, Side::Client));
+            }
+        }
+        if !down.done {
+            if let Poll::Ready(Err(e)) =
+                down.poll_relay(cx, backend, client, counters.from_backend, &mut moved)
+            {
+                return Poll::Ready(error_reason(e, Side::Backend));
+            }
+        }
+        if up.done && down.done {
+            return Poll::Ready(CloseReason::Eof);
+        }
+        if stopped.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(CloseReason::Shutdown);
+        }
+        if idle_timeout.is_some() {
+            let now = Instant::now();
+            if moved {
+                last_moved = now;
+            }
+            // The timer is only re-armed when it fires, not on every byte: a reset per
+            // read would cost a timer-wheel update on the hottest path.
+            while timer.as_mut().poll(cx).is_ready() {
+                if now >= last_moved + idle {
+                    return Poll::Ready(CloseReason::IdleTimeout);
+                }
+                timer.as_mut().reset(last_moved + idle);
+            }
+        }
+        Poll::Pending
+    })
+    .await;
+
+    CopyResult {
+        bytes_to_backend: up.bytes,
+        bytes_to_client: down.bytes,
+        reason,
+    }
+}
+
+/// A read error belongs to the side read from; a write error to the side written to.
+fn error_reason(e: HalfError, reading: Side) -> CloseReason {
+    let side = match e {
+        HalfError::Read(_) => reading,
+        HalfError::Write(_) => match reading {
+            Side::Client => Side::Backend,
+            Side::Backend => Side::Client,
+        },
+    };
+    match side {
+        Side::Client => CloseReason::ClientError,
+        Side::Backend => CloseReason::BackendError,
+    }
+}

@@ -1,0 +1,61 @@
+//! The life of one proxied connection: [`tcp::handle`] picks a backend, connects and
+//! relays bytes with [`copy::bidirectional`]; every connection ends with a
+//! [`CloseReason`] that the access log and the counters report.
+
+pub mod copy;
+pub mod tcp;
+
+use std::fmt;
+
+/// Which peer of a proxied connection something happened on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Client,
+    Backend,
+}
+
+/// Why a connection ended; the access log's `reason` field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Both sides finished sending (FIN both ways).
+    Eof,
+    /// The client reset the connection or a read/write on it failed.
+    ClientError,
+    /// The backend reset the connection or a read/write on it failed.
+    BackendError,
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout,
+    /// Sluice was shutting down and the grace period ran out.
+    Shutdown,
+    /// Refused by the server's access rules.
+    AclDenied,
+    /// Refused because the server's `max_connections` was reached.
+    MaxConnections,
+    /// No backend was available.
+    NoBackend,
+    /// Every backend tried refused or timed out.
+    ConnectFailed,
+}
+
+impl CloseReason {
+    /// The label used in logs and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Eof => "eof",
+            CloseReason::ClientError => "client_error",
+            CloseReason::BackendError => "backend_error",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::AclDenied => "acl_denied",
+            CloseReason::MaxConnections => "max_connections",
+            CloseReason::NoBackend => "no_backend",
+            CloseReason::ConnectFailed => "connect_failed",
+        }
+    }
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

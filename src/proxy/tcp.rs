@@ -1,0 +1,169 @@
+//! One TCP connection from accept to close: pick → connect (retrying) → copy → log.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::copy::{self, Counters};
+use super::CloseReason;
+use crate::backend::{Backend, ConnGuard};
+use crate::server::ServerShared;
+
+/// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
+/// own SYN retries would otherwise hold a client for minutes.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Proxies one accepted client connection to a backend of `server`.
+pub async fn handle(
+    mut client: TcpStream,
+    peer: SocketAddr,
+    server: Arc<ServerShared>,
+    stop: CancellationToken,
+) {
+    let started = Instant::now();
+    let (guard, mut upstream) = match connect(&server, peer).await {
+        Ok(connected) => connected,
+        Err(reason) => {
+            server.count_refused(reason);
+            access_log(&server.name, peer, None, 0, 0, started, reason);
+            return;
+        }
+    };
+    let backend = guard.backend();
+    let settings = server.settings.load();
+    let idle = match (settings.client_idle_timeout, settings.backend_idle_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    let stats = &backend.state.stats;
+    let counters = Counters {
+        to_backend: &stats.bytes_to_backend,
+        from_backend: &stats.bytes_from_backend,
+    };
+    let result = copy::bidirectional(&mut client, &mut upstream, idle, &stop, counters).await;
+    access_log(
+        &server.name,
+        peer,
+        Some(backend),
+        result.bytes_to_backend,
+        result.bytes_to_client,
+        started,
+        result.reason,
+    );
+}
+
+/// Picks backends and dials them until one answers, at most `connect_attempts` times.
+/// Nothing has been read from the client yet, so a failed attempt loses nothing.
+async fn connect(
+    server: &ServerShared,
+    peer: SocketAddr,
+) -> Result<(ConnGuard, TcpStream), CloseReason> {
+    let settings = server.settings.load();
+    let pool = server.pool.load();
+    let connect_timeout = settings
+        .backend_connection_timeout
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let passive_fails = if settings.healthcheck.kind == crate::config::HealthKind::None {
+        0
+    } else {
+        settings.healthcheck.passive_fails
+    };
+    // Allocates only after a failed attempt.
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    for _ in 0..settings.connect_attempts.max(1) {
+        let Some(guard) = pool.pick(peer.ip(), &tried) else {
+            break;
+        };
+        let backend = guard.backend();
+        match dial(backend, connect_timeout).await {
+            Ok(stream) => {
+                backend
+                    .state
+                    .consecutive_connect_failures
+                    .store(0, Ordering::Relaxed);
+                server.note_backend_found();
+                return Ok((guard, stream));
+            }
+            Err(e) => {
+                record_connect_failure(&server.name, backend, passive_fails, &e);
+                tried.push(Arc::clone(backend));
+            }
+        }
+    }
+    if tried.is_empty() {
+        server.note_no_backend();
+        Err(CloseReason::NoBackend)
+    } else {
+        Err(CloseReason::ConnectFailed)
+    }
+}
+
+/// Connects to the backend's addresses in turn within one overall timeout.
+async fn dial(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
+    let addrs = backend.addrs();
+    let attempt = async {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "host name not resolved");
+        for addr in addrs.iter() {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => {
+                    stream.set_nodelay(true)?;
+                    return Ok(stream);
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    };
+    timeout(limit, attempt)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+fn record_connect_failure(server: &str, backend: &Backend, passive_fails: u32, e: &io::Error) {
+    let state = &backend.state;
+    state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+    let in_a_row = state
+        .consecutive_connect_failures
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    debug!(server, backend = backend.key(), error = %e, "backend connect failed");
+    if passive_fails > 0 && in_a_row >= passive_fails && backend.set_healthy(false) {
+        warn!(
+            server,
+            backend = backend.key(),
+            failures = in_a_row,
+            error = %e,
+            "backend marked down after consecutive connect failures"
+        );
+    }
+}
+
+/// The access-log line: one per closed connection, accepted or refused.
+pub(crate) fn access_log(
+    server: &str,
+    client: SocketAddr,
+    backend: Option<&Arc<Backend>>,
+    bytes_in: u64,
+    bytes_out: u64,
+    started: Instant,
+    reason: CloseReason,
+) {
+    info!(
+        target: "sluice::access",
+        server,
+        client = %client,
+        backend = backend.map_or("-", |b| b.key()),
+        bytes_in,
+        bytes_out,
+        duration_ms = started.elapsed().as_millis() as u64,
+        reason = reason.as_str(),
+        "connection closed"
+    );
+}

@@ -1,0 +1,204 @@
+//! Every running server, and the one way runtime state changes.
+//!
+//! [`Runtime::apply`] takes a whole validated [`Config`] and brings the running servers
+//! in line with it. Start-up, SIGHUP reloads, and (later) the admin API and discovery
+//! all go through it, so there is one set of rules for what a change does to
+//! connections: none is ever cut by a change (see `docs/lifecycle.md`).
+
+use std::collections::BTreeMap;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::listener;
+use crate::reload::{self, Change};
+use crate::server::{Server, ServerShared};
+
+/// How long connections still open after the shutdown grace period get to close.
+const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
+
+/// Tokens and the task tracker every server and connection task hangs off.
+#[derive(Clone, Debug, Default)]
+pub struct Lifecycle {
+    /// Every accept loop and connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled at shutdown: accept loops and background checks stop.
+    pub graceful: CancellationToken,
+    /// Cancelled when the shutdown grace period runs out: connections are closed.
+    pub hard_stop: CancellationToken,
+}
+
+/// A server that could not be started.
+#[derive(Debug, thiserror::Error)]
+#[error("server {server}: cannot listen on {addr}: {source}")]
+pub struct BindError {
+    pub server: String,
+    pub addr: SocketAddr,
+    #[source]
+    pub source: io::Error,
+}
+
+/// The running servers.
+pub struct Runtime {
+    life: Lifecycle,
+    state: Mutex<State>,
+}
+
+struct State {
+    config: Config,
+    servers: BTreeMap<String, Server>,
+}
+
+impl Runtime {
+    /// Starts every server of `config`; fails without leaving anything running if any
+    /// listener cannot be bound.
+    pub async fn start(config: Config) -> Result<Runtime, BindError> {
+        let runtime = Runtime {
+            life: Lifecycle::default(),
+            state: Mutex::new(State {
+                config: Config {
+                    servers: BTreeMap::new(),
+                    ..config.clone()
+                },
+                servers: BTreeMap::new(),
+            }),
+        };
+        runtime.apply(config).await?;
+        Ok(runtime)
+    }
+
+    /// Brings the running servers in line with `config` and returns what changed.
+    ///
+    /// New listeners are bound before any server is touched, so a bind failure leaves
+    /// the old configuration running as it was. The one exception is an address still
+    /// held by a server this change stops: it is bound right after that server lets go.
+    pub async fn apply(&self, config: Config) -> Result<Vec<Change>, BindError> {
+        let mut state = self.state.lock().await;
+        let changes = reload::diff(&state.config, &config);
+        let mut sockets = bind_new_listeners(&state, &config, &changes)?;
+        for change in &changes {
+            let name = change.server();
+            if let Change::Remove(_) | Change::Restart(_) = change {
+                if let Some(server) = state.servers.remove(name) {
+                    server.stop().await;
+                    info!(server = name, "stopped accepting; its connections drain");
+                }
+            }
+            match change {
+                Change::Remove(_) => {}
+                Change::Add(_) | Change::Restart(_) => {
+                    let cfg = config.servers[name].clone();
+                    let socket = match sockets.remove(name) {
+                        Some(socket) => socket,
+                        None => bind(name, cfg.bind)?,
+                    };
+                    let addr = cfg.bind;
+                    let server = Server::start(name, cfg, socket, &self.life)
+                        .await
+                        .map_err(|source| BindError {
+                            server: name.to_owned(),
+                            addr,
+                            source,
+                        })?;
+                    state.servers.insert(name.to_owned(), server);
+                }
+                Change::Update(_) => {
+                    if let Some(server) = state.servers.get_mut(name) {
+                        server.update(config.servers[name].clone(), &self.life).await;
+                        info!(server = name, "server updated");
+                    }
+                }
+            }
+        }
+        state.config = config;
+        Ok(changes)
+    }
+
+    /// The address each server listens on.
+    pub async fn local_addrs(&self) -> BTreeMap<String, SocketAddr> {
+        let state = self.state.lock().await;
+        state
+            .servers
+            .iter()
+            .map(|(name, server)| (name.clone(), server.local_addr()))
+            .collect()
+    }
+
+    /// The live state of one server, as its connections see it.
+    pub async fn server(&self, name: &str) -> Option<Arc<ServerShared>> {
+        let state = self.state.lock().await;
+        state.servers.get(name).map(|s| Arc::clone(&s.shared))
+    }
+
+    /// The configuration currently applied.
+    pub async fn config(&self) -> Config {
+        self.state.lock().await.config.clone()
+    }
+
+    /// Stops accepting, lets connections finish for up to `grace`, then closes what
+    /// remains. Returns the number of connections that had to be closed... as `false`
+    /// when the grace period ran out.
+    pub async fn shutdown(&self, grace: Duration) -> bool {
+        self.life.graceful.cancel();
+        self.life.tracker.close();
+        if tokio::time::timeout(grace, self.life.tracker.wait())
+            .await
+            .is_ok()
+        {
+            return true;
+        }
+        warn!(
+            remaining = self.life.tracker.len(),
+            "shutdown grace period over; closing the remaining connections"
+        );
+        self.life.hard_stop.cancel();
+        let _ = tokio::time::timeout(HARD_STOP_WAIT, self.life.tracker.wait()).await;
+        false
+    }
+}
+
+fn bind(server: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
+    listener::bind(addr).map_err(|source| BindError {
+        server: server.to_owned(),
+        addr,
+        source,
+    })
+}
+
+/// Binds the listeners that `changes` need. An address held by a server that the same
+/// change stops is left for later (see [`Runtime::apply`]).
+fn bind_new_listeners(
+    state: &State,
+    config: &Config,
+    changes: &[Change],
+) -> Result<BTreeMap<String, TcpListener>, BindError> {
+    let outgoing: Vec<SocketAddr> = changes
+        .iter()
+        .filter(|c| matches!(c, Change::Remove(_) | Change::Restart(_)))
+        .filter_map(|c| state.servers.get(c.server()).map(Server::local_addr))
+        .collect();
+    let mut sockets = BTreeMap::new();
+    for change in changes {
+        let (Change::Add(name) | Change::Restart(name)) = change else {
+            continue;
+        };
+        let addr = config.servers[name].bind;
+        match bind(name, addr) {
+            Ok(socket) => {
+                sockets.insert(name.clone(), socket);
+            }
+            Err(e)
+                if e.source.kind() == io::ErrorKind::AddrInUse && outgoing.contains(&addr) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(sockets)
+}
