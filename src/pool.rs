@@ -139,7 +139,7 @@ mod tests {
         let b = backend(2, 1, false);
         let pool = Pool::new(BalanceKind::RoundRobin, vec![a.clone(), b.clone()]);
         for _ in 0..4 {
-            let g = pool.pick(client(), &[a.clone()]).expect("b");
+            let g = pool.pick(client(), std::slice::from_ref(&a)).expect("b");
             assert_eq!(g.backend().key(), "10.0.0.2:80");
         }
         assert!(pool.pick(client(), &[a, b]).is_none());

@@ -5,13 +5,46 @@
 //! locking or allocating. Which backends may be picked right now (healthy, enabled, below
 //! their cap, not already tried) is the caller's [`PickContext::eligible`] predicate, so
 //! a health change needs no rebuild.
+//!
+//! | kind | file | pick cost | built at rebuild |
+//! |---|---|---|---|
+//! | `weight` | `weighted.rs` | O(1) | nginx smooth WRR sequence (≤ 65 536 + n entries) |
+//! | `roundrobin` | `round_robin.rs` | O(1) | nothing |
+//! | `leastconn`, `leastbandwidth` | `least_conn.rs`, `least_bandwidth.rs` | O(n) | nothing |
+//! | `random`, `p2c` | `random.rs`, `p2c.rs` | O(1), O(n) fallback | alias table |
+//! | `iphash`, `iphash1` | `hash.rs` | O(n) | key hashes (`iphash1`) |
+//! | `maglev` | `maglev.rs` | O(1) | lookup table, prime ≥ 100 · n slots |
+//!
+//! The O(1) strategies skip ineligible backends by walking on (bounded to one lap of
+//! their sequence or table), so they stay O(1) while most backends are eligible.
 
+mod hash;
+mod least_bandwidth;
+mod least_conn;
+mod maglev;
+mod p2c;
+mod random;
+mod round_robin;
+#[cfg(test)]
+mod testing;
+mod weighted;
+
+use std::cell::Cell;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::backend::Backend;
+
+use hash::{IpHash, Rendezvous};
+use least_bandwidth::LeastBandwidth;
+use least_conn::LeastConn;
+use maglev::Maglev;
+use p2c::PowerOfTwoChoices;
+use random::WeightedRandom;
+use round_robin::RoundRobin;
+use weighted::WeightedRoundRobin;
 
 /// The `balance` names of the configuration.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -80,7 +113,10 @@ impl FromStr for BalanceKind {
             .find(|k| k.name() == s)
             .ok_or_else(|| {
                 let names: Vec<&str> = BalanceKind::ALL.iter().map(|k| k.name()).collect();
-                format!("unknown balance \"{s}\"; expected one of {}", names.join(", "))
+                format!(
+                    "unknown balance \"{s}\"; expected one of {}",
+                    names.join(", ")
+                )
             })
     }
 }
@@ -101,20 +137,116 @@ pub trait Strategy: Send + Sync {
 }
 
 /// Builds the strategy `kind` for `backends`.
+///
+/// Called off the data path whenever a tier's backend list changes; this is where the
+/// tables of `weight`, `random`, `iphash1` and `maglev` are computed.
 pub fn build(kind: BalanceKind, backends: &[Arc<Backend>]) -> Box<dyn Strategy> {
-    let _ = backends;
     match kind {
-        _ => unimplemented_strategy(kind),
+        BalanceKind::Weight => Box::new(WeightedRoundRobin::new(backends)),
+        BalanceKind::RoundRobin => Box::new(RoundRobin::new()),
+        BalanceKind::LeastConn => Box::new(LeastConn::new()),
+        BalanceKind::IpHash => Box::new(IpHash),
+        BalanceKind::IpHash1 => Box::new(Rendezvous::new(backends)),
+        BalanceKind::LeastBandwidth => Box::new(LeastBandwidth::new()),
+        BalanceKind::Random => Box::new(WeightedRandom::new(backends)),
+        BalanceKind::P2c => Box::new(PowerOfTwoChoices::new(backends)),
+        BalanceKind::Maglev => Box::new(Maglev::new(backends)),
     }
 }
 
-fn unimplemented_strategy(kind: BalanceKind) -> Box<dyn Strategy> {
-    struct First;
-    impl Strategy for First {
-        fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
-            backends.iter().position(|b| (ctx.eligible)(b))
+/// A uniformly random `u64` from a per-thread wyrand generator: no lock, no allocation,
+/// and no contended atomic shared between cores.
+fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(rand::random());
+    }
+    STATE.with(|state| {
+        let s = state.get().wrapping_add(0xa076_1d64_78bd_642f);
+        state.set(s);
+        let t = u128::from(s) * u128::from(s ^ 0xe703_7ed1_a0b4_28db);
+        ((t >> 64) as u64) ^ (t as u64)
+    })
+}
+
+/// A random number in `0..n` (Lemire's multiply-shift; `n` must be non-zero).
+fn random_below(n: u64) -> u64 {
+    ((u128::from(random_u64()) * u128::from(n)) >> 64) as u64
+}
+
+/// Maps a 64-bit hash onto `0..n` without a division (Lemire's multiply-shift).
+fn reduce(hash: u64, n: usize) -> usize {
+    ((u128::from(hash) * n as u128) >> 64) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::testing::{self, all};
+    use super::*;
+
+    #[test]
+    fn every_kind_returns_none_without_backends() {
+        for kind in BalanceKind::ALL {
+            let strategy = build(kind, &[]);
+            let ctx = PickContext {
+                client: testing::client(0),
+                eligible: &all,
+            };
+            assert_eq!(strategy.pick(&[], &ctx), None, "{kind}");
         }
     }
-    let _ = kind;
-    Box::new(First)
+
+    #[test]
+    fn every_kind_picks_only_eligible_backends() {
+        let backends = testing::backends(&[3, 1, 4, 1, 5, 9, 2, 6]);
+        for kind in BalanceKind::ALL {
+            let strategy = build(kind, &backends);
+            for only in [0, 3, 7] {
+                testing::check_eligibility(&*strategy, &backends, only);
+            }
+            let even = |b: &Backend| b.weight() % 2 == 0;
+            let counts = testing::counts(&*strategy, &backends, 500, &even);
+            assert!(counts.iter().sum::<u32>() == 500, "{kind}");
+        }
+    }
+
+    #[test]
+    fn every_kind_serves_ipv6_clients() {
+        let backends = testing::equal(3);
+        for kind in BalanceKind::ALL {
+            let strategy = build(kind, &backends);
+            for i in 0..100u16 {
+                let client = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 7, i).into();
+                let ctx = PickContext {
+                    client,
+                    eligible: &all,
+                };
+                assert!(
+                    strategy.pick(&backends, &ctx).is_some_and(|i| i < 3),
+                    "{kind}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn large_uneven_tiers_build_with_their_invariants() {
+        // Debug builds assert the Maglev and weight-sequence invariants while building.
+        let weights: Vec<u32> = (0..2_000u32).map(|i| 1 + (i * 7919) % 300).collect();
+        let backends = testing::backends(&weights);
+        for kind in BalanceKind::ALL {
+            let strategy = build(kind, &backends);
+            let counts = testing::counts(&*strategy, &backends, 1_000, &all);
+            assert_eq!(counts.iter().sum::<u32>(), 1_000, "{kind}");
+        }
+    }
+
+    #[test]
+    fn kinds_parse_from_their_names() {
+        for kind in BalanceKind::ALL {
+            assert_eq!(kind.name().parse::<BalanceKind>(), Ok(kind));
+        }
+        assert!("fastest".parse::<BalanceKind>().is_err());
+    }
 }

@@ -57,11 +57,13 @@ pub struct Counters<'a> {
 }
 
 /// What [`bidirectional`] reports when the connection is over.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct CopyResult {
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
     pub reason: CloseReason,
+    /// The I/O error behind a `ClientError` or `BackendError`.
+    pub error: Option<io::Error>,
 }
 
 /// One direction of the relay.
@@ -164,20 +166,21 @@ pub async fn bidirectional(
     let stopped = stop.cancelled();
     tokio::pin!(stopped);
 
+    let mut error = None;
     let reason = poll_fn(|cx| {
         let mut moved = false;
         if !up.done {
             if let Poll::Ready(Err(e)) =
                 up.poll_relay(cx, client, backend, counters.to_backend, &mut moved)
             {
-                return Poll::Ready(error_reason(e, Side::Client));
+                return Poll::Ready(error_reason(e, Side::Client, &mut error));
             }
         }
         if !down.done {
             if let Poll::Ready(Err(e)) =
                 down.poll_relay(cx, backend, client, counters.from_backend, &mut moved)
             {
-                return Poll::Ready(error_reason(e, Side::Backend));
+                return Poll::Ready(error_reason(e, Side::Backend, &mut error));
             }
         }
         if up.done && down.done {
@@ -208,17 +211,24 @@ pub async fn bidirectional(
         bytes_to_backend: up.bytes,
         bytes_to_client: down.bytes,
         reason,
+        error,
     }
 }
 
 /// A read error belongs to the side read from; a write error to the side written to.
-fn error_reason(e: HalfError, reading: Side) -> CloseReason {
+fn error_reason(e: HalfError, reading: Side, error: &mut Option<io::Error>) -> CloseReason {
     let side = match e {
-        HalfError::Read(_) => reading,
-        HalfError::Write(_) => match reading {
-            Side::Client => Side::Backend,
-            Side::Backend => Side::Client,
-        },
+        HalfError::Read(e) => {
+            *error = Some(e);
+            reading
+        }
+        HalfError::Write(e) => {
+            *error = Some(e);
+            match reading {
+                Side::Client => Side::Backend,
+                Side::Backend => Side::Client,
+            }
+        }
     };
     match side {
         Side::Client => CloseReason::ClientError,

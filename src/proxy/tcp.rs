@@ -48,6 +48,9 @@ pub async fn handle(
         from_backend: &stats.bytes_from_backend,
     };
     let result = copy::bidirectional(&mut client, &mut upstream, idle, &stop, counters).await;
+    if let Some(e) = &result.error {
+        debug!(server = %server.name, client = %peer, backend = backend.key(), error = %e, "connection failed");
+    }
     access_log(
         &server.name,
         peer,

@@ -1,0 +1,233 @@
+//! `iphash` and `iphash1`: the client's IP address decides the backend.
+//!
+//! Both use fixed hash functions (FNV-1a over the bytes, then a splitmix64 finaliser for
+//! well-mixed low and high bits), never std's randomly seeded `RandomState`, so a client
+//! keeps its backend across rebuilds, restarts and balancer instances. An IPv4-mapped
+//! IPv6 address (`::ffff:a.b.c.d`) hashes as the IPv4 address it carries.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::{reduce, PickContext, Strategy};
+use crate::backend::Backend;
+
+/// The client's address hashed to 64 bits.
+pub(super) fn client_hash(ip: IpAddr) -> u64 {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => mix64(fnv1a(&v4.octets(), FNV_OFFSET)),
+        IpAddr::V6(v6) => mix64(fnv1a(&v6.octets(), FNV_OFFSET)),
+    }
+}
+
+/// A backend key (`host:port`) hashed to 64 bits; different `seed`s give independent
+/// hashes of the same key.
+pub(super) fn key_hash(key: &str, seed: u64) -> u64 {
+    mix64(fnv1a(key.as_bytes(), FNV_OFFSET ^ mix64(seed)))
+}
+
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+
+fn fnv1a(bytes: &[u8], offset: u64) -> u64 {
+    bytes
+        .iter()
+        .fold(offset, |h, &b| (h ^ u64::from(b)).wrapping_mul(FNV_PRIME))
+}
+
+/// splitmix64's finaliser: every input bit affects every output bit.
+pub(super) fn mix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// GoBetween's `iphash`: the client's hash modulo the number of eligible backends.
+///
+/// Simple and even, but when a backend becomes ineligible most clients move; `iphash1`
+/// and `maglev` move only that backend's clients. A pick counts the eligible backends and
+/// then walks to the chosen one, so it is O(n).
+#[derive(Debug, Default)]
+pub struct IpHash;
+
+impl Strategy for IpHash {
+    fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
+        let eligible = backends.iter().filter(|b| (ctx.eligible)(b)).count();
+        if eligible == 0 {
+            return None;
+        }
+        let target = reduce(client_hash(ctx.client), eligible);
+        let (mut seen, mut last) = (0, None);
+        for (i, backend) in backends.iter().enumerate() {
+            if (ctx.eligible)(backend) {
+                if seen == target {
+                    return Some(i);
+                }
+                seen += 1;
+                last = Some(i);
+            }
+        }
+        // Eligibility changed between the two passes: any eligible backend will do.
+        last
+    }
+}
+
+/// `iphash1`: weighted rendezvous (highest random weight) hashing.
+///
+/// Every eligible backend scores `−weight / ln(h)` for `h = hash(client, backend)` mapped
+/// into (0, 1), and the highest score wins; that gives each backend a share proportional
+/// to its weight, and a backend that becomes ineligible loses only the clients it won,
+/// which move to their second-best backend. Key hashes are computed at build time, so a
+/// pick is O(n) with no string hashing (and no logarithm when all weights are equal).
+#[derive(Debug)]
+pub struct Rendezvous {
+    keys: Vec<u64>,
+    /// All weights equal: the raw hash orders the scores, no logarithm needed.
+    uniform: bool,
+}
+
+impl Rendezvous {
+    pub fn new(backends: &[Arc<Backend>]) -> Self {
+        Rendezvous {
+            keys: backends.iter().map(|b| key_hash(b.key(), 0)).collect(),
+            uniform: backends.windows(2).all(|w| w[0].weight() == w[1].weight()),
+        }
+    }
+
+    fn score(&self, client: u64, key: u64, weight: u32) -> f64 {
+        let h = mix64(client ^ key);
+        if self.uniform {
+            return h as f64;
+        }
+        // The top 53 bits as a float strictly inside (0, 1).
+        let unit = ((h >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+        -f64::from(weight) / unit.ln()
+    }
+}
+
+impl Strategy for Rendezvous {
+    fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
+        let client = client_hash(ctx.client);
+        let mut best: Option<(f64, u64, usize)> = None;
+        for (i, (backend, &key)) in backends.iter().zip(&self.keys).enumerate() {
+            if !(ctx.eligible)(backend) {
+                continue;
+            }
+            let score = self.score(client, key, backend.weight());
+            // Ties (rare) go to the larger key hash, so list order never matters.
+            if best.is_none_or(|(s, k, _)| (score, key) > (s, k)) {
+                best = Some((score, key, i));
+            }
+        }
+        best.map(|(_, _, i)| i)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv6Addr;
+
+    use super::*;
+    use crate::balance::testing::{self, all};
+
+    fn pick(strategy: &dyn Strategy, backends: &[Arc<Backend>], ip: &str) -> usize {
+        let ctx = PickContext {
+            client: ip.parse().unwrap(),
+            eligible: &all,
+        };
+        strategy.pick(backends, &ctx).unwrap()
+    }
+
+    #[test]
+    fn hashes_are_fixed_forever() {
+        // Golden values: changing them moves every hashed client after an upgrade.
+        assert_eq!(
+            client_hash("192.0.2.1".parse().unwrap()),
+            0x1e00_e9a1_2f82_49cb
+        );
+        assert_eq!(key_hash("10.0.0.1:80", 0), 0xdbbc_907f_2153_1a73);
+    }
+
+    #[test]
+    fn ipv4_mapped_ipv6_hashes_as_ipv4() {
+        let v4: IpAddr = "198.51.100.7".parse().unwrap();
+        let mapped = IpAddr::V6("::ffff:198.51.100.7".parse::<Ipv6Addr>().unwrap());
+        assert_eq!(client_hash(v4), client_hash(mapped));
+        assert_ne!(client_hash(v4), client_hash("2001:db8::7".parse().unwrap()));
+    }
+
+    #[test]
+    fn iphash_is_even_and_stable_across_rebuilds() {
+        let backends = testing::equal(4);
+        let counts = testing::counts(&IpHash, &backends, 40_000, &all);
+        assert!(
+            counts.iter().all(|&c| (9_500..10_500).contains(&c)),
+            "{counts:?}"
+        );
+        for ip in ["203.0.113.9", "2001:db8::1", "::ffff:10.1.2.3"] {
+            assert_eq!(
+                pick(&IpHash, &backends, ip),
+                pick(&IpHash, &testing::equal(4), ip)
+            );
+        }
+    }
+
+    #[test]
+    fn iphash_takes_the_hash_modulo_the_eligible_backends() {
+        let backends = testing::equal(5);
+        let odd = |b: &Backend| b.key().ends_with("1:80") || b.key().ends_with("3:80");
+        let with_odd = testing::assignment(&IpHash, &backends, 1000, &odd);
+        let two = testing::equal(2);
+        let with_two = testing::assignment(&IpHash, &two, 1000, &all);
+        let expected: Vec<usize> = with_two.iter().map(|&i| i * 2).collect();
+        assert_eq!(with_odd, expected);
+    }
+
+    #[test]
+    fn iphash1_follows_the_weights() {
+        let backends = testing::backends(&[1, 2, 5]);
+        let counts = testing::counts(&Rendezvous::new(&backends), &backends, 80_000, &all);
+        for (count, weight) in counts.iter().zip([1.0, 2.0, 5.0]) {
+            let share = f64::from(*count) / 80_000.0;
+            assert!((share - weight / 8.0).abs() < 0.01, "{counts:?}");
+        }
+    }
+
+    #[test]
+    fn iphash1_ineligible_backend_moves_only_its_own_clients() {
+        for weights in [&[1; 7][..], &[1, 3, 2, 1, 5, 1, 1]] {
+            let backends = testing::backends(weights);
+            let hrw = Rendezvous::new(&backends);
+            let before = testing::assignment(&hrw, &backends, 20_000, &all);
+            let down = Arc::clone(&backends[4]);
+            let up = move |b: &Backend| !std::ptr::eq(b, &*down);
+            let after = testing::assignment(&hrw, &backends, 20_000, &up);
+            for (was, is) in before.iter().zip(&after) {
+                assert_ne!(*is, 4);
+                if *was != 4 {
+                    assert_eq!(was, is, "a client of another backend moved");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn iphash1_does_not_depend_on_list_order() {
+        let backends = testing::backends(&[1, 2, 3, 4]);
+        let reversed: Vec<_> = backends.iter().rev().cloned().collect();
+        let (a, b) = (Rendezvous::new(&backends), Rendezvous::new(&reversed));
+        for ip in ["192.0.2.1", "192.0.2.200", "2001:db8::abcd", "fe80::1"] {
+            let key =
+                |s: &Rendezvous, list: &[Arc<Backend>]| list[pick(s, list, ip)].key().to_owned();
+            assert_eq!(key(&a, &backends), key(&b, &reversed), "{ip}");
+        }
+    }
+
+    #[test]
+    fn eligibility_is_respected() {
+        let backends = testing::backends(&[1, 2, 3]);
+        testing::check_eligibility(&IpHash, &backends, 1);
+        testing::check_eligibility(&Rendezvous::new(&backends), &backends, 2);
+        let equal = testing::equal(3);
+        testing::check_eligibility(&Rendezvous::new(&equal), &equal, 0);
+    }
+}
