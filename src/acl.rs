@@ -117,9 +117,18 @@ mod tests {
 
     #[test]
     fn bad_rules_are_explained() {
-        assert!("permit 1.2.3.4".parse::<Rule>().unwrap_err().contains("allow"));
-        assert!("allow 1.2.3".parse::<Rule>().unwrap_err().contains("not an IP"));
-        assert!("allow 1.2.3.4/40".parse::<Rule>().unwrap_err().contains("CIDR"));
+        assert!("permit 1.2.3.4"
+            .parse::<Rule>()
+            .unwrap_err()
+            .contains("allow"));
+        assert!("allow 1.2.3"
+            .parse::<Rule>()
+            .unwrap_err()
+            .contains("not an IP"));
+        assert!("allow 1.2.3.4/40"
+            .parse::<Rule>()
+            .unwrap_err()
+            .contains("CIDR"));
         assert!("allow".parse::<Rule>().is_err());
     }
 }

@@ -18,4 +18,16 @@
 pub mod acl;
 pub mod backend;
 pub mod balance;
+pub mod cli;
 pub mod config;
+pub mod demo;
+pub mod health;
+pub mod listener;
+pub mod logging;
+pub mod pool;
+pub mod proxy;
+pub mod reload;
+pub mod resolve;
+pub mod runtime;
+pub mod server;
+pub mod shutdown;

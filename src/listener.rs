@@ -65,7 +65,11 @@ pub async fn accept_loop(
 fn admit(stream: TcpStream, peer: SocketAddr, server: &Arc<ServerShared>, life: &Lifecycle) {
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
     let settings = server.settings.load();
-    let refusal = if settings.access.as_ref().is_some_and(|acl| !acl.allows(peer.ip())) {
+    let refusal = if settings
+        .access
+        .as_ref()
+        .is_some_and(|acl| !acl.allows(peer.ip()))
+    {
         Some(CloseReason::AclDenied)
     } else {
         None

@@ -13,8 +13,9 @@ use crate::config::{LogFormat, LogOutput, LoggingConfig};
 /// Installs the global subscriber. Call once, before anything logs.
 pub fn init(cfg: &LoggingConfig) -> anyhow::Result<()> {
     let filter = match std::env::var("RUST_LOG") {
-        Ok(directives) if !directives.is_empty() => EnvFilter::try_new(directives)
-            .context("RUST_LOG is not a valid tracing filter")?,
+        Ok(directives) if !directives.is_empty() => {
+            EnvFilter::try_new(directives).context("RUST_LOG is not a valid tracing filter")?
+        }
         // The DNS resolver is chatty at info; its problems surface in our own warnings.
         _ => EnvFilter::try_new(format!(
             "{},hickory_proto=warn,hickory_resolver=warn",

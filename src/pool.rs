@@ -123,7 +123,10 @@ mod tests {
             BalanceKind::RoundRobin,
             vec![a.clone(), b.clone(), c.clone()],
         );
-        let pick = |pool: &Pool| pool.pick(client(), &[]).map(|g| g.backend().key().to_owned());
+        let pick = |pool: &Pool| {
+            pool.pick(client(), &[])
+                .map(|g| g.backend().key().to_owned())
+        };
         assert_eq!(pick(&pool).as_deref(), Some("10.0.0.2:80"));
         b.set_healthy(false);
         assert_eq!(pick(&pool).as_deref(), Some("10.0.0.1:80"));

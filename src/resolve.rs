@@ -101,7 +101,11 @@ pub fn spawn_refresh(server: &str, pool: &Pool, stop: &CancellationToken) {
                         next = Instant::now() + ttl;
                     }
                     None => {
-                        warn!(server, backend = backend.key(), "re-resolving failed; keeping the last addresses");
+                        warn!(
+                            server,
+                            backend = backend.key(),
+                            "re-resolving failed; keeping the last addresses"
+                        );
                         next = Instant::now() + FALLBACK_REFRESH;
                     }
                 }

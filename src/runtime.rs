@@ -101,18 +101,21 @@ impl Runtime {
                         None => bind(name, cfg.bind)?,
                     };
                     let addr = cfg.bind;
-                    let server = Server::start(name, cfg, socket, &self.life)
-                        .await
-                        .map_err(|source| BindError {
-                            server: name.to_owned(),
-                            addr,
-                            source,
-                        })?;
+                    let server =
+                        Server::start(name, cfg, socket, &self.life)
+                            .await
+                            .map_err(|source| BindError {
+                                server: name.to_owned(),
+                                addr,
+                                source,
+                            })?;
                     state.servers.insert(name.to_owned(), server);
                 }
                 Change::Update(_) => {
                     if let Some(server) = state.servers.get_mut(name) {
-                        server.update(config.servers[name].clone(), &self.life).await;
+                        server
+                            .update(config.servers[name].clone(), &self.life)
+                            .await;
                         info!(server = name, "server updated");
                     }
                 }
@@ -195,8 +198,7 @@ fn bind_new_listeners(
             Ok(socket) => {
                 sockets.insert(name.clone(), socket);
             }
-            Err(e)
-                if e.source.kind() == io::ErrorKind::AddrInUse && outgoing.contains(&addr) => {}
+            Err(e) if e.source.kind() == io::ErrorKind::AddrInUse && outgoing.contains(&addr) => {}
             Err(e) => return Err(e),
         }
     }

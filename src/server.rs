@@ -142,7 +142,10 @@ impl Server {
                 &self.backend_tasks,
             );
         }
-        tokio::spawn(sample_bandwidth(Arc::clone(&pool), self.backend_tasks.clone()));
+        tokio::spawn(sample_bandwidth(
+            Arc::clone(&pool),
+            self.backend_tasks.clone(),
+        ));
     }
 
     /// The address the listener is bound to (useful when the config asked for port 0).

@@ -1,18 +1,39 @@
 //! Configuration: GoBetween's TOML (or JSON) schema, loaded in two stages.
 //!
-//! The raw file is read into serde mirror types that keep positions, then checked and
+//! The raw file is read into a tree that keeps every position, then checked and
 //! turned into the validated types below. Runtime code only ever sees validated types:
 //! every default is filled in, every name resolved, every duration parsed. Every problem
 //! found is reported, each as `FILE:LINE:COL: message`.
+//!
+//! - `file`: TOML or JSON into one tree that keeps every key's and value's position.
+//! - `validate`, `sections`: the tree checked against the schema into [`Config`].
+//! - `reader`: the typed, error-collecting getters both use; unknown keys are errors.
+//! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
+//! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines).
+//! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
+
+mod duration;
+mod error;
+mod file;
+mod legacy;
+mod reader;
+mod sections;
+mod static_list;
+#[cfg(test)]
+mod tests;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::acl::Acl;
 use crate::backend::BackendSpec;
 use crate::balance::BalanceKind;
+
+pub use duration::{parse_duration, parse_timeout};
+pub use error::{ConfigError, ConfigErrors, Warning};
 
 /// A whole, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,4 +153,42 @@ pub enum HealthKind {
 pub enum InitialStatus {
     Healthy,
     Unhealthy,
+}
+
+/// A configuration that loaded, with the warnings found on the way.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Loaded {
+    pub config: Config,
+    /// Accepted but worth changing: legacy GoBetween keys, ignored sections.
+    pub warnings: Vec<Warning>,
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        path: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        message: format!("cannot read the configuration: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Validates a configuration given as text. `path` names it in messages, and its
+/// extension picks the syntax: JSON for `.json`, TOML otherwise.
+///
+/// Every problem is reported, in file order, not only the first.
+pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
+    let src = error::Source::new(path, text);
+    let root = file::parse(&src).map_err(ConfigErrors)?;
+    let mut ctx = reader::Ctx::new(&src);
+    let config = validate::config(&mut ctx, &root);
+    let mut errors = ctx.errors;
+    if !errors.is_empty() {
+        errors.sort_by_key(|e| (e.line, e.col));
+        return Err(ConfigErrors(errors));
+    }
+    let mut warnings = ctx.warnings;
+    warnings.sort_by_key(|w| (w.line, w.col));
+    Ok(Loaded { config, warnings })
 }

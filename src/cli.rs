@@ -1,0 +1,326 @@
+//! The command line: `run`, `check`, `tcp` (quick mode) and `demo`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+use tracing::{error, info, warn};
+
+use crate::backend::BackendSpec;
+use crate::balance::BalanceKind;
+use crate::config::{self, Config, HealthConfig, HealthKind, ServerConfig};
+use crate::runtime::Runtime;
+use crate::shutdown::{Signal, Signals};
+use crate::{demo, logging};
+
+const EXAMPLES: &str = "\
+Examples:
+  sluice demo                                   try it: three demo backends behind a balancer
+  sluice -c gobetween.toml                      run every server in a GoBetween-style file
+  sluice check -c sluice.toml                   validate a file and summarise it
+  sluice tcp --listen 127.0.0.1:8080 --targets 10.0.0.1:3000,10.0.0.2:3000:3
+                                                quick mode: no file; :3 is a weight
+
+Signals: SIGHUP reloads the file; SIGTERM/SIGINT stop gracefully.
+Logging: RUST_LOG overrides [logging] level (e.g. RUST_LOG=debug).";
+
+/// Sluice: a Layer 4 (TCP) load balancer.
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, after_help = EXAMPLES)]
+pub struct Cli {
+    /// Configuration file (TOML, or JSON by extension); the same as `sluice run -c FILE`.
+    #[arg(short, long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Worker threads (default: one per CPU core).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run every server in a configuration file.
+    Run {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print a summary; exit 1 on errors.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Balance TCP without a file: one listener, a list of targets.
+    Tcp(QuickArgs),
+    /// Start three demo backends and a balancer in front of them.
+    Demo {
+        /// Where the demo balancer listens (another free port is used if this one is taken).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+}
+
+/// Mixctl-style flags for `sluice tcp`.
+#[derive(Debug, Args)]
+pub struct QuickArgs {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: SocketAddr,
+    /// Comma-separated backends, `host:port` or `host:port:weight` (`[v6]:port:weight`).
+    #[arg(long, value_name = "LIST")]
+    pub targets: String,
+    /// Balancing strategy.
+    #[arg(long, default_value = "roundrobin")]
+    pub balance: BalanceKind,
+    /// Enable a TCP connect health check this often (e.g. 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Backend connect timeout (e.g. 2s).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub connect_timeout: String,
+    /// Cap on concurrent client connections (0: none).
+    #[arg(long, default_value_t = 0)]
+    pub max_connections: u32,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    pub log_json: bool,
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let threads = cli.threads;
+    match (cli.command, cli.config) {
+        (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config, threads),
+        (Some(Command::Check { config }), _) => Ok(check(&config)),
+        (Some(Command::Tcp(args)), _) => {
+            let config = quick_config(&args)?;
+            logging::init(&config.logging)?;
+            serve(config, None, threads)
+        }
+        (Some(Command::Demo { listen }), _) => demo::run(listen),
+        (None, None) => {
+            bail!("nothing to do: give a configuration file with -c FILE, or try `sluice demo` (see --help)")
+        }
+    }
+}
+
+fn load_or_report(path: &Path) -> Option<config::Loaded> {
+    match config::load(path) {
+        Ok(loaded) => Some(loaded),
+        Err(errors) => {
+            eprintln!("{errors}");
+            None
+        }
+    }
+}
+
+fn check(path: &Path) -> ExitCode {
+    let Some(loaded) = load_or_report(path) else {
+        return ExitCode::FAILURE;
+    };
+    for warning in &loaded.warnings {
+        eprintln!("{warning}");
+    }
+    print!("{}", summary(&loaded.config));
+    println!("{}: OK", path.display());
+    ExitCode::SUCCESS
+}
+
+/// A few lines per server: what it listens on and where it sends traffic.
+pub fn summary(config: &Config) -> String {
+    let mut out = String::new();
+    for (name, s) in &config.servers {
+        let config::DiscoveryConfig::Static { backends } = &s.discovery;
+        let health = match s.healthcheck.kind {
+            HealthKind::None => "no health check".to_owned(),
+            HealthKind::Ping => format!("ping every {:?}", s.healthcheck.interval),
+        };
+        out.push_str(&format!(
+            "server {name}: tcp on {}, balance {}, {} backend(s), {health}\n",
+            s.bind,
+            s.balance,
+            backends.len()
+        ));
+        for b in backends {
+            out.push_str(&format!(
+                "  {} weight={} priority={}{}{}\n",
+                b.key(),
+                b.weight,
+                b.priority,
+                b.max_connections
+                    .map(|m| format!(" max_connections={m}"))
+                    .unwrap_or_default(),
+                if b.backup { " backup" } else { "" }
+            ));
+        }
+    }
+    out
+}
+
+fn run_file(path: &Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    let Some(loaded) = load_or_report(path) else {
+        return Ok(ExitCode::FAILURE);
+    };
+    logging::init(&loaded.config.logging)?;
+    for warning in &loaded.warnings {
+        warn!("{warning}");
+    }
+    serve(loaded.config, Some(path), threads)
+}
+
+/// Runs `config` until SIGTERM/SIGINT; SIGHUP re-reads `path` when there is one.
+fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    let rt = async_runtime(threads)?;
+    rt.block_on(async {
+        let mut signals = Signals::new().context("cannot install signal handlers")?;
+        let runtime = Runtime::start(config).await?;
+        while signals.next().await == Signal::Reload {
+            match path {
+                Some(path) => reload(&runtime, path).await,
+                None => info!("SIGHUP ignored: no configuration file"),
+            }
+        }
+        let grace = runtime.config().await.shutdown_timeout;
+        info!(grace = ?grace, "shutting down: no new connections; waiting for open ones");
+        if runtime.shutdown(grace).await {
+            info!("all connections finished; bye");
+        }
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// The multi-threaded async runtime, with `threads` workers (default: one per core).
+pub fn async_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(threads) = threads {
+        anyhow::ensure!(threads > 0, "--threads must be at least 1");
+        builder.worker_threads(threads);
+    }
+    builder.build().context("cannot start the async runtime")
+}
+
+/// Re-reads the file: invalid, keep running as before and log every error; valid,
+/// apply the difference.
+async fn reload(runtime: &Runtime, path: &Path) {
+    info!(file = %path.display(), "SIGHUP: reloading");
+    match config::load(path) {
+        Err(errors) => {
+            for e in &errors.0 {
+                error!("{e}");
+            }
+            error!("configuration not reloaded: still running the previous one");
+        }
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                warn!("{warning}");
+            }
+            match runtime.apply(loaded.config).await {
+                Ok(changes) => info!(changes = changes.len(), "configuration reloaded"),
+                Err(e) => error!("reload failed: {e}"),
+            }
+        }
+    }
+}
+
+/// Builds a one-server configuration from quick-mode flags.
+pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
+    let backends = args
+        .targets
+        .split(',')
+        .filter(|t| !t.trim().is_empty())
+        .map(|t| parse_target(t.trim()))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if backends.is_empty() {
+        bail!("--targets: give at least one host:port");
+    }
+    let connect_timeout = parse_duration("--connect-timeout", &args.connect_timeout)?;
+    let healthcheck = match &args.health_interval {
+        None => HealthConfig::default(),
+        Some(interval) => {
+            let interval = parse_duration("--health-interval", interval)?
+                .context("--health-interval must be more than 0")?;
+            HealthConfig {
+                kind: HealthKind::Ping,
+                interval,
+                timeout: interval.min(Duration::from_secs(1)),
+                ..HealthConfig::default()
+            }
+        }
+    };
+    let server = ServerConfig {
+        bind: args.listen,
+        protocol: config::Protocol::Tcp,
+        balance: args.balance,
+        max_connections: (args.max_connections > 0).then_some(args.max_connections),
+        client_idle_timeout: None,
+        backend_idle_timeout: None,
+        backend_connection_timeout: connect_timeout,
+        connect_attempts: 3,
+        discovery: config::DiscoveryConfig::Static { backends },
+        healthcheck,
+        access: None,
+    };
+    let mut logging = config::LoggingConfig::default();
+    if args.log_json {
+        logging.format = config::LogFormat::Json;
+    }
+    Ok(Config {
+        logging,
+        shutdown_timeout: Duration::from_secs(30),
+        servers: [("tcp".to_owned(), server)].into_iter().collect(),
+    })
+}
+
+fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Option<Duration>> {
+    config::parse_timeout(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
+}
+
+/// `host:port`, `host:port:weight`, `[v6]:port` or `[v6]:port:weight`.
+fn parse_target(target: &str) -> anyhow::Result<BackendSpec> {
+    let bad = || anyhow::anyhow!("--targets: \"{target}\" is not host:port or host:port:weight");
+    let (host, rest) = match target.strip_prefix('[') {
+        Some(v6) => {
+            let (host, rest) = v6.split_once(']').ok_or_else(bad)?;
+            (host, rest.strip_prefix(':').ok_or_else(bad)?)
+        }
+        None => target.split_once(':').ok_or_else(bad)?,
+    };
+    let (port, weight) = match rest.split_once(':') {
+        Some((port, weight)) => (port, Some(weight)),
+        None => (rest, None),
+    };
+    let mut spec = BackendSpec::new(host, port.parse().map_err(|_| bad())?);
+    if let Some(weight) = weight {
+        spec.weight = weight.parse().map_err(|_| bad())?;
+        if spec.weight == 0 {
+            bail!("--targets: \"{target}\": weight must be at least 1");
+        }
+    }
+    if host.is_empty() {
+        return Err(bad());
+    }
+    Ok(spec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets_with_weights_and_ipv6() {
+        let t = parse_target("10.0.0.2:3000:3").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.weight), ("10.0.0.2", 3000, 3));
+        let t = parse_target("[::1]:80").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.weight), ("::1", 80, 1));
+        let t = parse_target("[::1]:80:7").unwrap();
+        assert_eq!(t.weight, 7);
+        assert!(parse_target("10.0.0.1").is_err());
+        assert!(parse_target("10.0.0.1:x").is_err());
+        assert!(parse_target("10.0.0.1:80:0").is_err());
+        assert!(parse_target(":80").is_err());
+    }
+}

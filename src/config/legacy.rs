@@ -1,0 +1,289 @@
+//! GoBetween compatibility: legacy keys still found in real configs, accepted with a
+//! warning that names the replacement, and the GoBetween features Sluice does not have
+//! yet, which must fail loudly rather than be silently ignored.
+
+use super::file::Value;
+use super::reader::{Ctx, Section};
+
+/// The kind of section a key sits in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Place {
+    Top,
+    Defaults,
+    Server,
+    Discovery,
+    Healthcheck,
+    /// `[servers.NAME.tls]` and `[servers.NAME.backends_tls]`; unsupported for now, so
+    /// the section error wins, but the keys are listed for when TLS lands.
+    Tls,
+}
+
+enum Action {
+    /// Read as the new key.
+    Rename(&'static str),
+    /// Dropped; the reason says why that is safe.
+    Ignore(&'static str),
+    /// Still read by the caller under its old name; the advice says what to do instead.
+    Keep(&'static str),
+}
+
+const LEGACY: &[(Place, &str, Action)] = &[
+    (
+        Place::Healthcheck,
+        "ping_timeout_duration",
+        Action::Rename("timeout"),
+    ),
+    (
+        Place::Healthcheck,
+        "exec_timeout_duration",
+        Action::Rename("timeout"),
+    ),
+    (
+        Place::Discovery,
+        "consul_service_datacenter",
+        Action::Rename("consul_datacenter"),
+    ),
+    (
+        Place::Tls,
+        "acme_enabled",
+        Action::Ignore("ACME is used when `acme_hosts` is set"),
+    ),
+    (
+        Place::Tls,
+        "prefer_server_ciphers",
+        Action::Ignore("with TLS 1.3, rustls chooses the cipher suite"),
+    ),
+    (
+        Place::Defaults,
+        "balance",
+        Action::Keep("still applied as a default; set `balance` in each [servers.NAME] instead"),
+    ),
+];
+
+/// Warns about every legacy key of `sec` and makes renamed ones answer to their new name.
+/// Call before reading the section.
+pub(crate) fn apply(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
+    for (_, old, action) in LEGACY.iter().filter(|(p, _, _)| *p == place) {
+        let Some(at) = sec.find(old) else { continue };
+        let path = super::reader::join(&sec.path, old);
+        match action {
+            Action::Rename(new) if sec.find(new).is_some() => {
+                sec.take(old);
+                let message = format!("legacy name of \"{new}\", which is also set; remove one");
+                ctx.error(at, &path, message);
+            }
+            Action::Rename(new) => {
+                sec.rename(old, new);
+                ctx.warn(
+                    at,
+                    &path,
+                    format!("legacy GoBetween key; use \"{new}\" instead"),
+                );
+            }
+            Action::Ignore(why) => {
+                sec.take(old);
+                ctx.warn(at, &path, format!("legacy GoBetween key, ignored: {why}"));
+            }
+            Action::Keep(advice) => ctx.warn(at, &path, format!("legacy GoBetween key, {advice}")),
+        }
+    }
+}
+
+/// GoBetween sections Sluice does not support yet, and what they are.
+const UNSUPPORTED: &[(Place, &str, &str)] = &[
+    (Place::Top, "api", "the REST API"),
+    (Place::Top, "metrics", "the metrics endpoint"),
+    (Place::Top, "profiler", "the profiler"),
+    (Place::Top, "acme", "ACME certificates"),
+    (Place::Server, "sni", "SNI routing"),
+    (Place::Server, "tls", "TLS termination"),
+    (Place::Server, "backends_tls", "TLS to backends"),
+    (Place::Server, "udp", "UDP"),
+    (Place::Server, "proxy_protocol", "the PROXY protocol"),
+];
+
+/// Reports every unsupported GoBetween section of `sec`. A top-level section that only
+/// says `enabled = false` is accepted with a warning, to ease migrations.
+pub(crate) fn reject_unsupported(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
+    for (_, key, what) in UNSUPPORTED.iter().filter(|(p, _, _)| *p == place) {
+        let Some(field) = sec.take(key) else { continue };
+        let path = field.path().to_owned();
+        let only_disables = matches!(&field.node.value, Value::Table(entries)
+            if entries.len() == 1
+                && entries[0].key == "enabled"
+                && matches!(entries[0].node.value, Value::Bool(false)));
+        let at = ctx.table_at(&field);
+        if place == Place::Top && only_disables {
+            let message =
+                format!("[{path}] only disables {what}, which Sluice does not have yet; ignored");
+            ctx.warn(at, &path, message);
+        } else {
+            ctx.error(at, &path, format!("[{path}] is not supported yet ({what})"));
+        }
+    }
+}
+
+/// GoBetween's discovery kinds other than `static`, with their keys.
+const DISCOVERY_KINDS: &[(&str, &[&str])] = &[
+    (
+        "srv",
+        &[
+            "srv_lookup_server",
+            "srv_lookup_pattern",
+            "srv_dns_protocol",
+        ],
+    ),
+    (
+        "docker",
+        &[
+            "docker_endpoint",
+            "docker_container_label",
+            "docker_container_private_port",
+            "docker_container_host_env_var",
+            "docker_tls_enabled",
+            "docker_tls_cert_path",
+            "docker_tls_key_path",
+            "docker_tls_cacert_path",
+        ],
+    ),
+    (
+        "json",
+        &[
+            "json_endpoint",
+            "json_host_pattern",
+            "json_port_pattern",
+            "json_weight_pattern",
+            "json_priority_pattern",
+            "json_sni_pattern",
+        ],
+    ),
+    (
+        "plaintext",
+        &["plaintext_endpoint", "plaintext_regex_pattern"],
+    ),
+    (
+        "consul",
+        &[
+            "consul_host",
+            "consul_service_name",
+            "consul_service_tag",
+            "consul_service_passing_only",
+            "consul_datacenter",
+            "consul_auth_username",
+            "consul_auth_password",
+            "consul_tls_enabled",
+            "consul_tls_cert_path",
+            "consul_tls_key_path",
+            "consul_tls_cacert_path",
+        ],
+    ),
+    ("exec", &["exec_command"]),
+    (
+        "lxd",
+        &[
+            "lxd_server_address",
+            "lxd_server_remote_name",
+            "lxd_server_remote_password",
+            "lxd_config_directory",
+            "lxd_generate_client_certs",
+            "lxd_accept_server_cert",
+            "lxd_container_label_key",
+            "lxd_container_label_value",
+            "lxd_container_port",
+            "lxd_container_port_key",
+            "lxd_container_interface",
+            "lxd_container_interface_key",
+            "lxd_container_sni_key",
+            "lxd_container_address_type",
+        ],
+    ),
+];
+
+/// GoBetween's healthcheck kinds other than `ping` and `none`, with their keys.
+const HEALTHCHECK_KINDS: &[(&str, &[&str])] = &[
+    (
+        "exec",
+        &[
+            "exec_command",
+            "exec_expected_positive_output",
+            "exec_expected_negative_output",
+        ],
+    ),
+    (
+        "probe",
+        &[
+            "probe_protocol",
+            "probe_strategy",
+            "probe_send",
+            "probe_recv",
+            "probe_recv_len",
+        ],
+    ),
+];
+
+fn kinds(place: Place) -> &'static [(&'static str, &'static [&'static str])] {
+    match place {
+        Place::Discovery => DISCOVERY_KINDS,
+        Place::Healthcheck => HEALTHCHECK_KINDS,
+        _ => &[],
+    }
+}
+
+/// Whether `kind` is a GoBetween kind of this section that Sluice does not have yet.
+pub(crate) fn is_unsupported_kind(place: Place, kind: &str) -> bool {
+    kinds(place).iter().any(|(k, _)| *k == kind)
+}
+
+/// Reports keys that belong to another kind of this section (`consul_host` in a static
+/// discovery): GoBetween ignored them, but they are almost always a mistake.
+pub(crate) fn reject_other_kinds(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    place: Place,
+    kind: &str,
+) {
+    let section = if place == Place::Discovery {
+        "discovery"
+    } else {
+        "healthcheck"
+    };
+    for (other, keys) in kinds(place) {
+        for key in keys.iter() {
+            if let Some(field) = sec.take(key) {
+                let message = format!(
+                    "only used by {section} kind \"{other}\", which is not supported yet \
+                     (this {section} is \"{kind}\")"
+                );
+                ctx.error(field.at, field.path(), message);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_legacy_rename_targets_a_key_of_its_section() {
+        for (place, old, action) in LEGACY {
+            if let Action::Rename(new) = action {
+                let known = match place {
+                    Place::Healthcheck => new == &"timeout",
+                    Place::Discovery => kinds(*place).iter().any(|(_, keys)| keys.contains(new)),
+                    _ => false,
+                };
+                assert!(known, "{old} -> {new}");
+            }
+        }
+    }
+
+    #[test]
+    fn unsupported_kinds() {
+        assert!(is_unsupported_kind(Place::Discovery, "consul"));
+        assert!(is_unsupported_kind(Place::Healthcheck, "exec"));
+        assert!(!is_unsupported_kind(Place::Discovery, "static"));
+        assert!(!is_unsupported_kind(Place::Healthcheck, "ping"));
+        assert!(!is_unsupported_kind(Place::Discovery, "nonsense"));
+    }
+}

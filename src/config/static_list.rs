@@ -1,0 +1,176 @@
+//! The backend line grammar of `static_list` (and of discovery kinds that return lines):
+//!
+//! ```text
+//! host:port [weight=N] [priority=N] [max_connections=N] [sni=NAME] [backup]
+//! ```
+//!
+//! IPv6 literals are bracketed (`[::1]:80`); the host is stored without brackets. Options
+//! may come in any order, each at most once.
+
+use std::net::IpAddr;
+use std::str::FromStr;
+
+use crate::backend::BackendSpec;
+
+const OPTIONS: &str = "weight=N, priority=N, max_connections=N, sni=NAME, backup";
+
+impl FromStr for BackendSpec {
+    type Err = String;
+
+    /// Parses one backend line; weight defaults to 1 and must be at least 1,
+    /// `max_connections=0` means no cap.
+    fn from_str(line: &str) -> Result<Self, Self::Err> {
+        let mut words = line.split_whitespace();
+        let Some(address) = words.next() else {
+            return Err("empty backend line; expected \"host:port [weight=N] ...\"".into());
+        };
+        let (host, port) = split_host_port(address)?;
+        let mut spec = BackendSpec::new(host, port);
+        let mut seen: Vec<&str> = Vec::new();
+        for word in words {
+            let (name, value) = word.split_once('=').unwrap_or((word, ""));
+            if seen.contains(&name) {
+                return Err(format!("option \"{name}\" is given twice"));
+            }
+            seen.push(name);
+            match (name, value) {
+                ("weight", v) => {
+                    spec.weight = number(name, v)?;
+                    if spec.weight == 0 {
+                        return Err("weight must be at least 1 (weight=0 is not allowed)".into());
+                    }
+                }
+                ("priority", v) => spec.priority = number(name, v)?,
+                ("max_connections", v) => {
+                    spec.max_connections = Some(number(name, v)?).filter(|&n| n > 0);
+                }
+                ("sni", "") => return Err("sni needs a name: sni=NAME".into()),
+                ("sni", v) => spec.sni = Some(v.to_owned()),
+                ("backup", "") if !word.contains('=') => spec.backup = true,
+                ("backup", _) => return Err("backup takes no value; write just \"backup\"".into()),
+                _ => return Err(format!("unknown option \"{word}\"; expected {OPTIONS}")),
+            }
+        }
+        Ok(spec)
+    }
+}
+
+/// Splits `host:port` or `[v6]:port` into a host (no brackets) and a port.
+fn split_host_port(address: &str) -> Result<(&str, u16), String> {
+    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
+        let Some((host, port)) = rest.split_once("]:") else {
+            return Err(format!(
+                "\"{address}\" is not \"[IPv6]:port\"; expected e.g. \"[::1]:8080\""
+            ));
+        };
+        if host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(format!("\"{host}\" is not an IPv6 address"));
+        }
+        (host, port)
+    } else {
+        let Some((host, port)) = address.rsplit_once(':') else {
+            return Err(format!("\"{address}\" has no port; expected \"host:port\""));
+        };
+        if host.contains(':') {
+            return Err(format!(
+                "\"{address}\": IPv6 addresses need brackets, e.g. \"[::1]:8080\""
+            ));
+        }
+        check_host(host)?;
+        (host, port)
+    };
+    match port.parse::<u16>() {
+        Ok(0) => Err(format!(
+            "port 0 is not a valid backend port in \"{address}\""
+        )),
+        Ok(port) => Ok((host, port)),
+        Err(_) => Err(format!(
+            "port \"{port}\" in \"{address}\" is not a number from 1 to 65535"
+        )),
+    }
+}
+
+fn check_host(host: &str) -> Result<(), String> {
+    let name_like = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_');
+    if host.parse::<IpAddr>().is_ok() || (!host.is_empty() && host.chars().all(name_like)) {
+        Ok(())
+    } else {
+        Err(format!("\"{host}\" is not a host name or IP address"))
+    }
+}
+
+fn number(name: &str, value: &str) -> Result<u32, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{name}=\"{value}\" is not a whole number (0 to 4294967295)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(line: &str) -> Result<BackendSpec, String> {
+        line.parse()
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(
+            parse("127.0.0.1:8000"),
+            Ok(BackendSpec::new("127.0.0.1", 8000))
+        );
+        assert_eq!(
+            parse("  db.local:5432 "),
+            Ok(BackendSpec::new("db.local", 5432))
+        );
+    }
+
+    #[test]
+    fn every_option_in_any_order() {
+        let spec = parse("[::1]:80 backup sni=a.example max_connections=10 priority=2 weight=5")
+            .expect("valid line");
+        assert_eq!(spec.host, "::1");
+        assert_eq!(spec.port, 80);
+        assert_eq!(spec.weight, 5);
+        assert_eq!(spec.priority, 2);
+        assert_eq!(spec.max_connections, Some(10));
+        assert_eq!(spec.sni.as_deref(), Some("a.example"));
+        assert!(spec.backup);
+        assert_eq!(spec.key(), "[::1]:80");
+    }
+
+    #[test]
+    fn max_connections_zero_is_no_cap() {
+        assert_eq!(
+            parse("h:1 max_connections=0").map(|s| s.max_connections),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn errors_are_explained() {
+        let cases = [
+            ("h:1 weight=0", "at least 1"),
+            ("h:1 weight=-2", "not a whole number"),
+            ("h:1 weight=x", "not a whole number"),
+            ("h:1 weight=1 weight=2", "twice"),
+            ("h:1 wieght=2", "unknown option \"wieght=2\""),
+            ("h:1 backup=yes", "no value"),
+            ("h:1 sni=", "needs a name"),
+            ("h", "no port"),
+            ("h:", "not a number"),
+            ("h:0", "port 0"),
+            ("h:70000", "not a number"),
+            (":80", "not a host name"),
+            ("::1:80", "need brackets"),
+            ("[::1]80", "[IPv6]:port"),
+            ("[nope]:80", "not an IPv6"),
+            ("bad/host:80", "not a host name"),
+            ("   ", "empty"),
+        ];
+        for (line, expected) in cases {
+            let err = parse(line).expect_err(line);
+            assert!(err.contains(expected), "{line:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Whole-configuration tests: every file of `examples/`, `tests/configs/valid` and
+//! `tests/configs/invalid` (each against its exact `NAME.expected` output), and the
+//! schema's defaults, legacy keys and error kinds on small inline configs.
+//!
+//! Paths in messages are relative to the crate root, e.g.
+//! `tests/configs/invalid/bad_balance.toml:7:1: ...`. After an intended change of
+//! messages, `SLUICE_BLESS=1 cargo test --lib config` rewrites the `.expected` files;
+//! review the diff.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use super::*;
+use crate::acl::Action;
+
+/// Files of `dir` (relative to the crate root) with one of `extensions`, sorted.
+fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension()
+                .is_some_and(|e| extensions.iter().any(|x| e == *x))
+        })
+        .filter_map(|p| p.file_name().map(|name| Path::new(dir).join(name)))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no {extensions:?} files in {dir}");
+    files
+}
+
+/// Parses a file of the crate, naming it by its relative path.
+fn parse_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
+    parse(&text, relative)
+}
+
+#[test]
+fn examples_and_valid_configs_load() {
+    let mut all = files("examples", &["toml", "json"]);
+    all.extend(files("tests/configs/valid", &["toml", "json"]));
+    for path in all {
+        let loaded = match parse_file(&path) {
+            Ok(loaded) => loaded,
+            Err(errors) => panic!("{} should load:\n{errors}", path.display()),
+        };
+        // A sibling `NAME.warnings` holds the exact warnings expected; without one, none.
+        let warnings_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&path)
+            .with_extension("warnings");
+        let expected = std::fs::read_to_string(&warnings_path).unwrap_or_default();
+        let actual: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
+        if std::env::var_os("SLUICE_BLESS").is_some() && !actual.is_empty() {
+            std::fs::write(&warnings_path, &actual).expect("write .warnings");
+            continue;
+        }
+        assert_eq!(actual, expected, "warnings of {}", path.display());
+    }
+}
+
+#[test]
+fn invalid_configs_fail_with_their_expected_messages() {
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    let mut failures = Vec::new();
+    for path in files("tests/configs/invalid", &["toml", "json"]) {
+        let expected_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&path)
+            .with_extension("expected");
+        let actual = match parse_file(&path) {
+            Ok(_) => "(loaded without error)\n".to_owned(),
+            Err(errors) => format!("{errors}\n"),
+        };
+        if bless {
+            std::fs::write(&expected_path, &actual).expect("write .expected");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if actual != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn ok(text: &str) -> Loaded {
+    parse(text, Path::new("t.toml")).unwrap_or_else(|e| panic!("should load:\n{e}"))
+}
+
+fn errors(text: &str) -> String {
+    match parse(text, Path::new("t.toml")) {
+        Ok(_) => panic!("should fail:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+const WEB: &str = "[servers.web]\nbind = \"127.0.0.1:3000\"\n\
+                   discovery = { kind = \"static\", static_list = [\"127.0.0.1:8000\"] }\n";
+
+#[test]
+fn minimal_server_gets_every_default() {
+    let loaded = ok(WEB);
+    assert!(loaded.warnings.is_empty());
+    let config = loaded.config;
+    assert_eq!(config.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(config.logging, LoggingConfig::default());
+    let web = &config.servers["web"];
+    assert_eq!(web.bind, "127.0.0.1:3000".parse().expect("addr"));
+    assert_eq!(web.protocol, Protocol::Tcp);
+    assert_eq!(web.balance, BalanceKind::Weight);
+    assert_eq!(web.max_connections, None);
+    assert_eq!(web.client_idle_timeout, None);
+    assert_eq!(web.connect_attempts, 3);
+    assert_eq!(web.healthcheck, HealthConfig::default());
+    assert_eq!(web.access, None);
+    let DiscoveryConfig::Static { backends } = &web.discovery;
+    assert_eq!(backends, &[BackendSpec::new("127.0.0.1", 8000)]);
+}
+
+#[test]
+fn defaults_apply_unless_the_server_sets_the_key() {
+    let text = format!(
+        "[defaults]\nmax_connections = 10\nclient_idle_timeout = \"1m\"\n\
+         backend_connection_timeout = \"5s\"\n{WEB}max_connections = 0\n\
+         backend_connection_timeout = \"2s\"\n"
+    );
+    let config = ok(&text).config;
+    let web = &config.servers["web"];
+    assert_eq!(
+        web.max_connections, None,
+        "0 in the server overrides the default"
+    );
+    assert_eq!(web.client_idle_timeout, Some(Duration::from_secs(60)));
+    assert_eq!(web.backend_connection_timeout, Some(Duration::from_secs(2)));
+}
+
+#[test]
+fn bind_forms() {
+    for (bind, expected) in [
+        (":3000", "0.0.0.0:3000"),
+        ("[::1]:3000", "[::1]:3000"),
+        ("127.0.0.1:0", "127.0.0.1:0"),
+    ] {
+        let addr = validate::parse_bind(bind).expect(bind);
+        assert_eq!(addr, expected.parse().expect("addr"), "{bind}");
+    }
+    let localhost = validate::parse_bind("localhost:3000").expect("localhost resolves");
+    assert!(localhost.ip().is_loopback());
+    assert!(validate::parse_bind("127.0.0.1").is_err());
+    assert!(validate::parse_bind("::1:80").is_err());
+    assert!(validate::parse_bind("h:99999").is_err());
+}
+
+#[test]
+fn legacy_keys_warn_and_still_apply() {
+    let text = "[defaults]\nbalance = \"leastconn\"\n\
+                [servers.web]\nbind = \":3000\"\n\
+                discovery = { kind = \"static\", static_list = [\"h:1\"] }\n\
+                healthcheck = { kind = \"ping\", interval = \"3s\", ping_timeout_duration = \"2s\" }\n";
+    let loaded = ok(text);
+    let web = &loaded.config.servers["web"];
+    assert_eq!(web.balance, BalanceKind::LeastConn);
+    assert_eq!(web.healthcheck.timeout, Duration::from_secs(2));
+    let warnings: Vec<String> = loaded.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(warnings.len(), 2, "{warnings:?}");
+    assert!(warnings[0].starts_with("t.toml:2:1: warning: defaults.balance: legacy"));
+    assert!(warnings[1].contains("ping_timeout_duration: legacy GoBetween key; use \"timeout\""));
+}
+
+#[test]
+fn legacy_key_and_its_replacement_together_is_an_error() {
+    let text =
+        format!("{WEB}healthcheck = {{ timeout = \"1s\", exec_timeout_duration = \"2s\" }}\n");
+    assert!(errors(&text).contains("legacy name of \"timeout\", which is also set"));
+}
+
+#[test]
+fn disabled_api_section_is_accepted_with_a_warning() {
+    let loaded = ok(&format!("[api]\nenabled = false\n{WEB}"));
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0]
+        .message
+        .contains("[api] only disables the REST API"));
+    assert!(errors(&format!("[api]\nenabled = true\n{WEB}")).contains("[api] is not supported yet"));
+}
+
+#[test]
+fn health_and_access_are_read() {
+    let text = format!(
+        "{WEB}[servers.web.healthcheck]\nkind = \"ping\"\ninterval = \"5s\"\ntimeout = \"0\"\n\
+         fails = 2\npasses = 3\ninitial_status = \"unhealthy\"\npassive_fails = 0\n\
+         [servers.web.access]\ndefault = \"deny\"\nrules = [\"allow 10.0.0.0/8\"]\n"
+    );
+    let web = ok(&text).config.servers.remove("web").expect("web");
+    let health = web.healthcheck;
+    assert_eq!(health.kind, HealthKind::Ping);
+    assert_eq!(
+        health.timeout,
+        Duration::from_secs(5),
+        "\"0\" is bounded by the interval"
+    );
+    assert_eq!(
+        (health.fails, health.passes, health.passive_fails),
+        (2, 3, 0)
+    );
+    assert_eq!(health.initial_status, InitialStatus::Unhealthy);
+    let acl = web.access.expect("access");
+    assert_eq!(acl.default, Action::Deny);
+    assert_eq!(acl.rules.len(), 1);
+}
+
+#[test]
+fn each_error_kind_names_its_key() {
+    let cases = [
+        (
+            "shutdown_timeout = 5\n",
+            "shutdown_timeout: expected a duration string",
+        ),
+        (
+            "[logging]\nlevel = \"loud\"\n",
+            "logging.level: unknown level \"loud\"; expected one of trace",
+        ),
+        ("[logging]\noutput = \"\"\n", "logging.output: empty"),
+        (
+            "[defaults]\nmax_connections = -1\n",
+            "defaults.max_connections: must be at least 0",
+        ),
+        (
+            "[servers.a]\nbind = 1\n",
+            "servers.a.bind: expected a string such as",
+        ),
+        (
+            "[servers.a]\nprotocol = \"tls\"\n",
+            "servers.a.protocol: protocol \"tls\" is not supported yet",
+        ),
+        (
+            "[servers.a]\nconnect_attempts = 0\n",
+            "servers.a.connect_attempts: must be at least 1",
+        ),
+        (
+            "[servers.a.discovery]\nstatic_list = []\n",
+            "servers.a.discovery: missing required key \"kind\"",
+        ),
+        (
+            "[servers.a.healthcheck]\nkind = \"probe\"\n",
+            "healthcheck kind \"probe\" is not supported yet",
+        ),
+        (
+            "[servers.a.healthcheck]\nkind = \"ping\"\ninterval = \"0\"\n",
+            "must be greater than 0",
+        ),
+        (
+            "[servers.a.healthcheck]\nfails = 0\n",
+            "servers.a.healthcheck.fails: must be at least 1",
+        ),
+        (
+            "[servers.a.healthcheck]\nexec_command = \"x\"\n",
+            "only used by healthcheck kind \"exec\"",
+        ),
+        (
+            "[servers.a.access]\ndefault = \"maybe\"\n",
+            "unknown default \"maybe\"; expected one of allow, deny",
+        ),
+        (
+            "[servers.a]\nblance = \"x\"\n",
+            "servers.a.blance: unknown key \"blance\" (did you mean \"balance\"?)",
+        ),
+        (
+            "[servers.\"my app\"]\nbind = \"x\"\n",
+            "servers.\"my app\".bind: bind \"x\" has no port",
+        ),
+    ];
+    for (text, expected) in cases {
+        let message = errors(text);
+        assert!(message.contains(expected), "{text}\n{message}");
+    }
+}
+
+#[test]
+fn json_semantic_errors_point_at_keys() {
+    let text = "{\n  \"servers\": {\n    \"web\": {\n      \"bind\": \":3000\",\n      \"balance\": \"nope\"\n    }\n  }\n}\n";
+    let message = match parse(text, Path::new("c.json")) {
+        Ok(_) => panic!("should fail"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        message.starts_with("c.json:3:5: servers.web: missing [discovery]"),
+        "{message}"
+    );
+    assert!(message.contains("\nc.json:5:7: servers.web.balance: unknown balance \"nope\""));
+}
+
+#[test]
+fn unreadable_file_is_an_error_without_position() {
+    let err = load(Path::new("tests/configs/no-such-file.toml")).expect_err("missing file");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("tests/configs/no-such-file.toml: cannot read the configuration:"),
+        "{text}"
+    );
+}
+
+#[test]
+fn odd_shapes_are_errors_not_panics() {
+    let cases = [
+        (
+            "a.toml",
+            "servers = 5\n",
+            "a.toml:1:1: servers: expected a table, found an integer",
+        ),
+        (
+            "a.toml",
+            "[[servers]]\nbind = 1\n",
+            "servers: expected a table, found an array",
+        ),
+        (
+            "a.toml",
+            "x = 99999999999999999999\n",
+            "a.toml:1:5: integer 99999999999999999999 is out of range",
+        ),
+        (
+            "a.toml",
+            "[logging]\nlevel = 2023-01-01\n",
+            "expected a string, found a date-time",
+        ),
+        (
+            "a.json",
+            "[1, 2]",
+            "a.json:1:1: the configuration must be a JSON object",
+        ),
+        ("a.json", "null", "a.json:1:1: the configuration is null"),
+        ("a.json", "", "a.json:1:1: EOF while parsing a value"),
+        (
+            "a.json",
+            "{\"servers\": {\"w\": [null]}}",
+            "a.json:1:20: null is not allowed in a list",
+        ),
+    ];
+    for (path, text, expected) in cases {
+        match parse(text, Path::new(path)) {
+            Ok(_) => panic!("{text:?} should fail"),
+            Err(e) => assert!(e.to_string().contains(expected), "{text:?}: {e}"),
+        }
+    }
+}
+
+#[test]
+fn empty_config_loads_with_a_warning() {
+    let loaded = ok("# nothing yet\n");
+    assert!(loaded.config.servers.is_empty());
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].message.contains("no servers configured"));
+}

@@ -1,0 +1,304 @@
+//! The second loading stage: walk the raw tree against GoBetween's schema and build the
+//! validated [`Config`], reporting every problem with its position.
+//!
+//! A value that fails validation is reported and replaced by its default, so the walk
+//! goes on and finds the next problem; the caller discards the result if any error was
+//! reported.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::Node;
+use super::legacy::{self, Place};
+use super::reader::{Ctx, Field, Section};
+use super::sections::{access, discovery, healthcheck};
+use super::{Config, HealthConfig, LogFormat, LogOutput, LoggingConfig, Protocol, ServerConfig};
+use crate::balance::BalanceKind;
+
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+
+const TOP_KEYS: &[&str] = &["shutdown_timeout", "logging", "defaults", "servers"];
+const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
+const OPTION_KEYS: &[&str] = &[
+    "max_connections",
+    "client_idle_timeout",
+    "backend_idle_timeout",
+    "backend_connection_timeout",
+];
+const SERVER_KEYS: &[&str] = &[
+    "bind",
+    "protocol",
+    "balance",
+    "max_connections",
+    "client_idle_timeout",
+    "backend_idle_timeout",
+    "backend_connection_timeout",
+    "connect_attempts",
+    "discovery",
+    "healthcheck",
+    "access",
+];
+/// Connection options of `[defaults]`, and of a server before defaults are applied.
+/// `None` is "not set"; `Some(None)` is "set to 0: no limit".
+#[derive(Clone, Copy, Default)]
+struct Options {
+    max_connections: Option<Option<u32>>,
+    client_idle_timeout: Option<Option<Duration>>,
+    backend_idle_timeout: Option<Option<Duration>>,
+    backend_connection_timeout: Option<Option<Duration>>,
+    balance: Option<BalanceKind>,
+}
+
+/// Builds the configuration; meaningful only if `ctx` collected no error.
+pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
+    let mut config = Config {
+        logging: LoggingConfig::default(),
+        shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        servers: Default::default(),
+    };
+    let Some(mut top) = Section::root(root) else {
+        ctx.error(root.at, "(root)", "the configuration must be a table");
+        return config;
+    };
+    legacy::reject_unsupported(ctx, &mut top, Place::Top);
+    if let Some(d) = top.take("shutdown_timeout").and_then(|f| ctx.duration(&f)) {
+        config.shutdown_timeout = d;
+    }
+    if let Some(sec) = top.take("logging").and_then(|f| ctx.table(&f)) {
+        config.logging = logging(ctx, sec);
+    }
+    let defaults = top
+        .take("defaults")
+        .and_then(|f| ctx.table(&f))
+        .map_or_else(Options::default, |sec| defaults(ctx, sec));
+    let servers_at = top.find("servers").unwrap_or(0);
+    let mut binds: Vec<(SocketAddr, String)> = Vec::new();
+    if let Some(mut servers) = top.take("servers").and_then(|f| ctx.table(&f)) {
+        for field in servers.take_all() {
+            let Some((server, bind_at)) = server(ctx, &field, &defaults) else {
+                continue;
+            };
+            check_bind_conflict(ctx, &binds, server.bind, bind_at, field.path());
+            binds.push((server.bind, field.path().to_owned()));
+            config.servers.insert(field.key.to_owned(), server);
+        }
+    }
+    if config.servers.is_empty() && ctx.errors.is_empty() {
+        ctx.warn(
+            servers_at,
+            "servers",
+            "no servers configured; nothing will be balanced",
+        );
+    }
+    top.finish(ctx, TOP_KEYS);
+    config
+}
+
+fn logging(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> LoggingConfig {
+    let mut logging = LoggingConfig::default();
+    let levels = ["trace", "debug", "info", "warn", "error"].map(|l| (l, l));
+    if let Some(level) = sec.take("level").and_then(|f| ctx.choice(&f, &levels)) {
+        logging.level = level.to_owned();
+    }
+    let formats = [("text", LogFormat::Text), ("json", LogFormat::Json)];
+    if let Some(format) = sec.take("format").and_then(|f| ctx.choice(&f, &formats)) {
+        logging.format = format;
+    }
+    if let Some(f) = sec.take("output") {
+        let output = ctx.parse(&f, "a string", |s| match s {
+            "stdout" => Ok(LogOutput::Stdout),
+            "stderr" => Ok(LogOutput::Stderr),
+            "" => Err("empty; expected stdout, stderr or a file path".into()),
+            path => Ok(LogOutput::File(PathBuf::from(path))),
+        });
+        if let Some(output) = output {
+            logging.output = output;
+        }
+    }
+    sec.finish(ctx, LOGGING_KEYS);
+    logging
+}
+
+fn defaults(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Options {
+    legacy::apply(ctx, &mut sec, Place::Defaults);
+    let mut options = options(ctx, &mut sec);
+    options.balance = sec.take("balance").and_then(|f| balance(ctx, &f));
+    sec.finish(ctx, OPTION_KEYS);
+    options
+}
+
+fn options(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Options {
+    let mut timeout = |key| sec.take(key).and_then(|f| ctx.timeout(&f));
+    let client_idle_timeout = timeout("client_idle_timeout");
+    let backend_idle_timeout = timeout("backend_idle_timeout");
+    let backend_connection_timeout = timeout("backend_connection_timeout");
+    let max_connections = sec
+        .take("max_connections")
+        .and_then(|f| ctx.u32_at_least(&f, 0))
+        .map(|n| (n > 0).then_some(n));
+    Options {
+        max_connections,
+        client_idle_timeout,
+        backend_idle_timeout,
+        backend_connection_timeout,
+        balance: None,
+    }
+}
+
+fn balance(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BalanceKind> {
+    ctx.parse(f, "a string", |s| s.parse::<BalanceKind>())
+}
+
+/// One `[servers.NAME]`, and where its `bind` key is (for conflict errors).
+fn server(
+    ctx: &mut Ctx<'_>,
+    field: &Field<'_>,
+    defaults: &Options,
+) -> Option<(ServerConfig, usize)> {
+    let mut sec = ctx.table(field)?;
+    if field.key.is_empty() {
+        ctx.error(field.at, &sec.path, "a server name must not be empty");
+    }
+    legacy::reject_unsupported(ctx, &mut sec, Place::Server);
+    let bind = match sec.take("bind") {
+        Some(f) => ctx
+            .parse(&f, "a string such as \"0.0.0.0:3000\"", parse_bind)
+            .map(|a| (a, f.at)),
+        None => {
+            ctx.error(sec.at, &sec.path, "missing required key \"bind\"");
+            None
+        }
+    };
+    let protocol = sec
+        .take("protocol")
+        .map_or(Some(Protocol::Tcp), |f| protocol(ctx, &f));
+    let balance = sec.take("balance").and_then(|f| balance(ctx, &f));
+    let own = options(ctx, &mut sec);
+    let connect_attempts = sec
+        .take("connect_attempts")
+        .and_then(|f| ctx.u32_at_least(&f, 1))
+        .unwrap_or(DEFAULT_CONNECT_ATTEMPTS);
+    let discovery = match sec.take("discovery") {
+        Some(f) => ctx.table(&f).and_then(|s| discovery(ctx, s)),
+        None => {
+            let message = "missing [discovery]: a server needs backends, e.g. kind = \"static\" \
+                           with a static_list";
+            ctx.error(sec.at, &sec.path, message);
+            None
+        }
+    };
+    let healthcheck = sec
+        .take("healthcheck")
+        .and_then(|f| ctx.table(&f))
+        .map_or_else(HealthConfig::default, |s| healthcheck(ctx, s));
+    let access = sec
+        .take("access")
+        .and_then(|f| ctx.table(&f))
+        .map(|s| access(ctx, s));
+    sec.finish(ctx, SERVER_KEYS);
+    let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
+    let server = ServerConfig {
+        bind,
+        protocol,
+        balance: balance.or(defaults.balance).unwrap_or(BalanceKind::Weight),
+        max_connections: own.max_connections.or(defaults.max_connections).flatten(),
+        client_idle_timeout: own
+            .client_idle_timeout
+            .or(defaults.client_idle_timeout)
+            .flatten(),
+        backend_idle_timeout: own
+            .backend_idle_timeout
+            .or(defaults.backend_idle_timeout)
+            .flatten(),
+        backend_connection_timeout: own
+            .backend_connection_timeout
+            .or(defaults.backend_connection_timeout)
+            .flatten(),
+        connect_attempts,
+        discovery,
+        healthcheck,
+        access,
+    };
+    Some((server, bind_at))
+}
+
+/// `"host:port"`, `"[::1]:port"`, or `":port"` (all IPv4 interfaces, as in Go). A host
+/// name is resolved now and its first address taken.
+pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    if let Ok(addr) = full.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let Some((host, port)) = full.rsplit_once(':') else {
+        return Err(format!(
+            "bind \"{s}\" has no port; expected \"host:port\", e.g. \":3000\""
+        ));
+    };
+    if host.starts_with('[') || host.contains(':') {
+        return Err(format!(
+            "bind \"{s}\" is not a valid address; IPv6 is written \"[::1]:3000\""
+        ));
+    }
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535"))?;
+    (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve \"{host}\" in bind \"{s}\": {e}"))?
+        .next()
+        .ok_or_else(|| format!("\"{host}\" in bind \"{s}\" resolves to no address"))
+}
+
+/// Two servers cannot listen on the same address, nor on a wildcard address and a
+/// specific one of the same family and port. Port 0 (any free port) never conflicts.
+fn check_bind_conflict(
+    ctx: &mut Ctx<'_>,
+    binds: &[(SocketAddr, String)],
+    bind: SocketAddr,
+    at: usize,
+    server: &str,
+) {
+    if bind.port() == 0 {
+        return;
+    }
+    let overlaps = |other: &SocketAddr| {
+        other.port() == bind.port()
+            && other.is_ipv4() == bind.is_ipv4()
+            && (other.ip() == bind.ip()
+                || other.ip().is_unspecified()
+                || bind.ip().is_unspecified())
+    };
+    if let Some((other, owner)) = binds.iter().find(|(other, _)| overlaps(other)) {
+        let message = if *other == bind {
+            format!("address {bind} is already used by {owner}")
+        } else {
+            format!("address {bind} overlaps {other} of {owner}")
+        };
+        ctx.error(at, &format!("{server}.bind"), message);
+    }
+}
+
+fn protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Protocol> {
+    match ctx.str(f)? {
+        "tcp" => Some(Protocol::Tcp),
+        p @ ("udp" | "tls") => {
+            ctx.error(
+                f.at,
+                f.path(),
+                format!("protocol \"{p}\" is not supported yet"),
+            );
+            None
+        }
+        p => {
+            let message = format!("unknown protocol \"{p}\"; expected one of tcp");
+            ctx.error(f.at, f.path(), message);
+            None
+        }
+    }
+}

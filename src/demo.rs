@@ -1,0 +1,128 @@
+//! `sluice demo`: three tiny named backends on loopback with a balancer in front, so a
+//! newcomer sees balancing work with one command.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+use crate::backend::BackendSpec;
+use crate::balance::BalanceKind;
+use crate::config::{
+    Config, DiscoveryConfig, HealthConfig, HealthKind, LoggingConfig, Protocol, ServerConfig,
+};
+use crate::runtime::Runtime;
+use crate::shutdown::{Signal, Signals};
+use crate::{listener, logging};
+
+const BACKENDS: usize = 3;
+
+/// Runs the demo until Ctrl-C.
+pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
+    logging::init(&LoggingConfig::default())?;
+    let rt = crate::cli::async_runtime(None)?;
+    rt.block_on(async {
+        let mut signals = Signals::new().context("cannot install signal handlers")?;
+        let mut backends = Vec::new();
+        for n in 1..=BACKENDS {
+            let socket = TcpListener::bind("127.0.0.1:0")
+                .await
+                .context("cannot start a demo backend")?;
+            let addr = socket.local_addr()?;
+            tokio::spawn(serve_named(socket, format!("demo-backend-{n}")));
+            backends.push(BackendSpec::new(addr.ip().to_string(), addr.port()));
+        }
+        // Fall back to any free port rather than fail a first try on a busy machine.
+        let bind = match listener::bind(listen) {
+            Ok(probe) => {
+                drop(probe);
+                listen
+            }
+            Err(_) => SocketAddr::new(listen.ip(), 0),
+        };
+        let runtime = Runtime::start(demo_config(bind, backends)).await?;
+        let addr = runtime.local_addrs().await["demo"];
+        println!(
+            "\nSluice demo: {addr} balances round-robin across {BACKENDS} backends.\n\
+             Try, in another terminal:\n\n  \
+             for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done\n\n\
+             or, without curl:  nc {} {} </dev/null\n\n\
+             Each answer names the backend that served it. Press Ctrl-C to stop.\n",
+            addr.ip(),
+            addr.port()
+        );
+        while signals.next().await != Signal::Terminate {}
+        println!("stopping the demo");
+        runtime.shutdown(Duration::from_secs(2)).await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>) -> Config {
+    let server = ServerConfig {
+        bind,
+        protocol: Protocol::Tcp,
+        balance: BalanceKind::RoundRobin,
+        max_connections: None,
+        client_idle_timeout: Some(Duration::from_secs(60)),
+        backend_idle_timeout: None,
+        backend_connection_timeout: Some(Duration::from_secs(2)),
+        connect_attempts: 3,
+        discovery: DiscoveryConfig::Static { backends },
+        healthcheck: HealthConfig {
+            kind: HealthKind::Ping,
+            ..HealthConfig::default()
+        },
+        access: None,
+    };
+    Config {
+        logging: LoggingConfig::default(),
+        shutdown_timeout: Duration::from_secs(2),
+        servers: [("demo".to_owned(), server)].into_iter().collect(),
+    }
+}
+
+/// Answers every connection with an HTTP response naming `name`, so both curl and a
+/// bare `nc` show which backend served it.
+pub async fn serve_named(socket: TcpListener, name: String) {
+    loop {
+        let Ok((stream, _)) = socket.accept().await else {
+            continue;
+        };
+        tokio::spawn(answer(stream, name.clone()));
+    }
+}
+
+async fn answer(mut stream: TcpStream, name: String) {
+    // Read the request (if any) first: closing with unread bytes would reset the
+    // connection before the client reads the answer.
+    let mut request = [0u8; 4096];
+    let mut seen = 0;
+    while seen < request.len() {
+        match timeout(
+            Duration::from_millis(200),
+            stream.read(&mut request[seen..]),
+        )
+        .await
+        {
+            Ok(Ok(n)) if n > 0 => {
+                seen += n;
+                if request[..seen].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
+    let body = format!("hello from {name}\n");
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
+}
