@@ -87,6 +87,9 @@ pub struct QuickArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     pub log_json: bool,
+    /// Log level (`warn` silences the per-connection access log); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
 }
 
 /// Runs the parsed command line.
@@ -264,7 +267,10 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         healthcheck,
         access: None,
     };
-    let mut logging = config::LoggingConfig::default();
+    let mut logging = config::LoggingConfig {
+        level: args.log_level.clone(),
+        ..config::LoggingConfig::default()
+    };
     if args.log_json {
         logging.format = config::LogFormat::Json;
     }

@@ -2,6 +2,7 @@
 //! from the configuration unless `RUST_LOG` is set.
 
 use std::fs::OpenOptions;
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
 use anyhow::Context;
@@ -23,6 +24,12 @@ pub fn init(cfg: &LoggingConfig) -> anyhow::Result<()> {
         ))
         .with_context(|| format!("logging.level \"{}\" is not a valid level", cfg.level))?,
     };
+    // Colours only for a terminal: escape codes in a file or a journal are noise.
+    let ansi = match &cfg.output {
+        LogOutput::Stdout => std::io::stdout().is_terminal(),
+        LogOutput::Stderr => std::io::stderr().is_terminal(),
+        LogOutput::File(_) => false,
+    };
     let writer = match &cfg.output {
         LogOutput::Stdout => BoxMakeWriter::new(std::io::stdout),
         LogOutput::Stderr => BoxMakeWriter::new(std::io::stderr),
@@ -37,6 +44,7 @@ pub fn init(cfg: &LoggingConfig) -> anyhow::Result<()> {
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(writer);
     let installed = match cfg.format {
         LogFormat::Text => builder.try_init(),
