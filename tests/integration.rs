@@ -2,4 +2,9 @@
 
 mod support;
 
+mod balance;
+mod failover;
+mod lifecycle;
+mod limits;
+mod process;
 mod proxy;

@@ -100,6 +100,9 @@ async fn run_checks(
     stop: CancellationToken,
 ) {
     let mut tally = Tally::default();
+    // The health this task last saw or set. Passive health (and later the API) change it
+    // from outside; a streak counted before such a change must not count after it.
+    let mut known = backend.is_healthy();
     // A random first delay spreads the checks of many backends over the interval.
     let mut delay = cfg.interval.mul_f64(rand::rng().random::<f64>());
     loop {
@@ -118,7 +121,13 @@ async fn run_checks(
             &stats.checks_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
-        if let Some(up) = tally.record(result.is_ok(), backend.is_healthy(), &cfg) {
+        let healthy = backend.is_healthy();
+        if healthy != known {
+            tally = Tally::default();
+            known = healthy;
+        }
+        if let Some(up) = tally.record(result.is_ok(), healthy, &cfg) {
+            known = up;
             backend.set_healthy(up);
             if up {
                 backend

@@ -28,7 +28,13 @@ pub async fn handle(
     stop: CancellationToken,
 ) {
     let started = Instant::now();
-    let (guard, mut upstream) = match connect(&server, peer).await {
+    // A dial can take up to the connect timeout; the shutdown deadline must not wait
+    // for it.
+    let connected = tokio::select! {
+        connected = connect(&server, peer) => connected,
+        _ = stop.cancelled() => Err(CloseReason::Shutdown),
+    };
+    let (guard, mut upstream) = match connected {
         Ok(connected) => connected,
         Err(reason) => {
             server.count_refused(reason);

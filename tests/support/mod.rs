@@ -3,96 +3,31 @@
 
 #![allow(dead_code)]
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+mod backend;
+pub mod data;
+pub mod process;
+
+pub use backend::*;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
 use sluice::config::{
-    Config, DiscoveryConfig, HealthConfig, LoggingConfig, Protocol, ServerConfig,
+    Config, DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, LoggingConfig, Protocol,
+    ServerConfig,
 };
 use sluice::runtime::Runtime;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio::task::JoinHandle;
+use sluice::server::ServerShared;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
 
 /// Upper bound for any single wait in a test.
 pub const WAIT: Duration = Duration::from_secs(10);
-
-/// A backend on loopback. Dropping it stops accepting (and closes its listener).
-pub struct TestBackend {
-    pub addr: SocketAddr,
-    pub name: String,
-    /// Connections accepted so far.
-    pub accepted: Arc<AtomicUsize>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for TestBackend {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl TestBackend {
-    /// Greets each connection with `NAME\n`, then echoes until the client finishes.
-    pub async fn named(name: &str) -> TestBackend {
-        Self::spawn(name, "127.0.0.1:0", true).await
-    }
-
-    /// Echoes every byte back, and half-closes when the client does.
-    pub async fn echo() -> TestBackend {
-        Self::spawn("echo", "127.0.0.1:0", false).await
-    }
-
-    /// A named backend on a given address (e.g. `[::1]:0`).
-    pub async fn named_on(name: &str, bind: &str) -> TestBackend {
-        Self::spawn(name, bind, true).await
-    }
-
-    async fn spawn(name: &str, bind: &str, greet: bool) -> TestBackend {
-        let listener = TcpListener::bind(bind).await.expect("bind backend");
-        let addr = listener.local_addr().expect("backend addr");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        let greeting = format!("{name}\n");
-        let task = tokio::spawn(async move {
-            loop {
-                let Ok((mut stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                count.fetch_add(1, Ordering::SeqCst);
-                let greeting = greeting.clone();
-                tokio::spawn(async move {
-                    if greet && stream.write_all(greeting.as_bytes()).await.is_err() {
-                        return;
-                    }
-                    let (mut r, mut w) = stream.split();
-                    if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                        let _ = w.shutdown().await;
-                    }
-                });
-            }
-        });
-        TestBackend {
-            addr,
-            name: name.to_owned(),
-            accepted,
-            task,
-        }
-    }
-
-    pub fn spec(&self) -> BackendSpec {
-        BackendSpec::new(self.addr.ip().to_string(), self.addr.port())
-    }
-
-    pub fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
 
 /// A server config on `127.0.0.1:0` with these backends and no health check.
 pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig {
@@ -108,6 +43,19 @@ pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig 
         discovery: DiscoveryConfig::Static { backends },
         healthcheck: HealthConfig::default(),
         access: None,
+    }
+}
+
+/// A `ping` health check every `interval`, starting healthy, with these thresholds.
+pub fn ping_check(interval: Duration, fails: u32, passes: u32) -> HealthConfig {
+    HealthConfig {
+        kind: HealthKind::Ping,
+        interval,
+        timeout: interval / 2,
+        fails,
+        passes,
+        initial_status: InitialStatus::Healthy,
+        passive_fails: 3,
     }
 }
 
@@ -129,9 +77,40 @@ pub struct Sluice {
 impl Sluice {
     /// Starts one server (named `test`) and returns once it listens.
     pub async fn start(server: ServerConfig) -> Sluice {
-        let runtime = Runtime::start(config(server)).await.expect("start sluice");
+        Self::start_config(config(server)).await
+    }
+
+    /// Starts a whole config; `addr` is the address of the server named `test`.
+    pub async fn start_config(config: Config) -> Sluice {
+        init_tracing();
+        let runtime = Runtime::start(config).await.expect("start sluice");
         let addr = runtime.local_addrs().await["test"];
         Sluice { runtime, addr }
+    }
+
+    /// The live state of the server named `test`.
+    pub async fn shared(&self) -> Arc<ServerShared> {
+        self.runtime.server("test").await.expect("server test")
+    }
+
+    /// Marks backend number `i` (config order) of server `test` up or down.
+    pub async fn set_healthy(&self, i: usize, healthy: bool) {
+        self.shared().await.pool.load().backends()[i].set_healthy(healthy);
+    }
+
+    /// Connections Sluice counts against backend number `i` of server `test`.
+    pub async fn active(&self, i: usize) -> u64 {
+        self.shared().await.pool.load().backends()[i].active()
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set (e.g. `RUST_LOG=sluice=debug`).
+pub fn init_tracing() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
     }
 }
 
@@ -142,7 +121,7 @@ pub async fn who(addr: SocketAddr) -> String {
 
 /// Like [`who`], from a chosen loopback source address (e.g. 127.0.0.7), so tests can
 /// play many distinct clients.
-pub async fn who_from(addr: SocketAddr, source: Option<std::net::IpAddr>) -> String {
+pub async fn who_from(addr: SocketAddr, source: Option<IpAddr>) -> String {
     let stream = connect_from(addr, source).await;
     let mut line = String::new();
     timeout(WAIT, BufReader::new(stream).read_line(&mut line))
@@ -152,8 +131,56 @@ pub async fn who_from(addr: SocketAddr, source: Option<std::net::IpAddr>) -> Str
     line.trim_end().to_owned()
 }
 
+/// Connects, reads the backend's name and keeps the connection open: the stream is
+/// positioned right after the greeting.
+pub async fn hello(addr: SocketAddr, source: Option<IpAddr>) -> (String, TcpStream) {
+    let mut stream = connect_from(addr, source).await;
+    let mut name = Vec::new();
+    for _ in 0..64 {
+        let byte = timeout(WAIT, stream.read_u8())
+            .await
+            .expect("greeting in time")
+            .expect("read greeting");
+        if byte == b'\n' {
+            return (String::from_utf8(name).expect("utf-8 name"), stream);
+        }
+        name.push(byte);
+    }
+    panic!("greeting too long: {name:?}");
+}
+
+/// Backend name per client, for `clients` (each from its own source address), asked
+/// concurrently.
+pub async fn who_for_each(addr: SocketAddr, clients: &[IpAddr]) -> Vec<String> {
+    let tasks: Vec<_> = clients
+        .iter()
+        .map(|&ip| tokio::spawn(who_from(addr, Some(ip))))
+        .collect();
+    let mut names = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        names.push(task.await.expect("client task"));
+    }
+    names
+}
+
+/// Distinct loopback client addresses 127.1.x.y, `n` of them.
+pub fn client_ips(n: usize) -> Vec<IpAddr> {
+    (0..n)
+        .map(|i| IpAddr::V4(Ipv4Addr::new(127, 1, (i / 200) as u8, (i % 200 + 1) as u8)))
+        .collect()
+}
+
+/// How many times each name occurs.
+pub fn tally<I: IntoIterator<Item = String>>(names: I) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for name in names {
+        *counts.entry(name).or_insert(0) += 1;
+    }
+    counts
+}
+
 /// Connects to `addr`, optionally from `source`.
-pub async fn connect_from(addr: SocketAddr, source: Option<std::net::IpAddr>) -> TcpStream {
+pub async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> TcpStream {
     let socket = if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -177,6 +204,39 @@ pub async fn read_to_end(stream: &mut TcpStream) -> Vec<u8> {
         .expect("EOF in time")
         .expect("read");
     out
+}
+
+/// Asserts that the peer closes `stream` (EOF or reset) within `within`, sending nothing.
+pub async fn assert_closed_without_data(stream: &mut TcpStream, within: Duration) {
+    let mut buf = [0u8; 64];
+    match timeout(within, stream.read(&mut buf)).await {
+        Err(_) => panic!("connection still open after {within:?}"),
+        Ok(Ok(0)) | Ok(Err(_)) => {}
+        Ok(Ok(n)) => panic!("expected no data, got {:?}", &buf[..n]),
+    }
+}
+
+/// Asserts that the peer closes `stream` (EOF or reset) within `within`; returns what
+/// it sent before closing.
+pub async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Vec<u8> {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Err(_) => panic!("connection still open after {within:?}"),
+            Ok(Ok(0)) | Ok(Err(_)) => return out,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Whether a TCP connection to `addr` is refused (nothing listens there).
+pub async fn refused(addr: SocketAddr) -> bool {
+    match timeout(WAIT, TcpStream::connect(addr)).await {
+        Ok(Err(e)) => e.kind() == std::io::ErrorKind::ConnectionRefused,
+        _ => false,
+    }
 }
 
 /// Retries `probe` every 20 ms until it holds, for at most [`WAIT`].

@@ -1,0 +1,170 @@
+//! The real binary: SIGHUP reloads, SIGTERM drains, `sluice check` reports.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::support::data::EchoStreamer;
+use crate::support::process::*;
+use crate::support::*;
+
+fn local(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Opens and closes `n` connections through `addr`, letting each reach its backend.
+async fn probe(addr: SocketAddr, n: usize) {
+    for _ in 0..n {
+        let mut s = connect_from(addr, None).await;
+        tokio::io::AsyncWriteExt::shutdown(&mut s).await.unwrap();
+        assert!(read_to_end(&mut s).await.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_without_losing_a_byte_and_keeps_serving_on_a_bad_file() {
+    let a = TestBackend::echo().await;
+    let b = TestBackend::echo().await;
+    let c = TestBackend::echo().await;
+    let port = free_port();
+    let mut sluice =
+        SluiceProcess::start(&toml_config(port, &[a.addr, b.addr], "5s"), local(port)).await;
+    let mut streamers = Vec::new();
+    for seed in 0..100 {
+        streamers
+            .push(EchoStreamer::start(sluice.addr, seed, 4096, Duration::from_millis(10)).await);
+    }
+
+    // Valid: the new backend list takes effect for new connections.
+    sluice.rewrite(&toml_config(port, &[b.addr, c.addr], "5s"));
+    sluice.signal("HUP");
+    eventually("the new backend list takes effect", || async {
+        probe(sluice.addr, 1).await;
+        c.accepted() > 0
+    })
+    .await;
+    let a_before = a.accepted();
+    probe(sluice.addr, 6).await;
+    assert_eq!(
+        a.accepted(),
+        a_before,
+        "the removed backend gets no new connection"
+    );
+
+    // Invalid: errors are logged and the previous configuration keeps serving.
+    sluice.rewrite("[servers.test]\nbind = \"127.0.0.1:1\"\nbalanse = \"roundrobin\"\n");
+    sluice.signal("HUP");
+    eventually("the bad file is reported", || async {
+        sluice.log().contains("not reloaded")
+    })
+    .await;
+    let log = sluice.log();
+    assert!(
+        log.contains("sluice.toml:3:1"),
+        "error with its position:\n{log}"
+    );
+    let (b_before, c_before) = (b.accepted(), c.accepted());
+    probe(sluice.addr, 6).await;
+    assert_eq!(b.accepted() + c.accepted(), b_before + c_before + 6);
+    assert_eq!(a.accepted(), a_before);
+
+    for (i, s) in streamers.into_iter().enumerate() {
+        let verified = s
+            .finish()
+            .await
+            .unwrap_or_else(|e| panic!("stream {i}: {e}"));
+        assert!(verified > 0);
+    }
+    assert!(sluice.child.try_wait().unwrap().is_none(), "still running");
+}
+
+#[tokio::test]
+async fn sigterm_drains_open_connections_then_exits_zero() {
+    let a = TestBackend::named("a").await;
+    let port = free_port();
+    let mut sluice = SluiceProcess::start(&toml_config(port, &[a.addr], "5s"), local(port)).await;
+    let (_, mut held) = hello(sluice.addr, None).await;
+
+    let started = Instant::now();
+    sluice.signal("TERM");
+    eventually("new connections are refused", || refused(sluice.addr)).await;
+    // The open connection still works both ways.
+    tokio::io::AsyncWriteExt::write_all(&mut held, b"ping")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4];
+    tokio::io::AsyncReadExt::read_exact(&mut held, &mut buf)
+        .await
+        .unwrap();
+    assert_eq!(&buf, b"ping");
+    assert!(
+        sluice.child.try_wait().unwrap().is_none(),
+        "waits for the connection"
+    );
+    tokio::io::AsyncWriteExt::shutdown(&mut held).await.unwrap();
+    assert!(read_to_end(&mut held).await.is_empty());
+
+    let status = sluice.exit(Duration::from_secs(5)).await;
+    assert!(status.success(), "{status}:\n{}", sluice.log());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exit before the grace ran out"
+    );
+}
+
+#[tokio::test]
+async fn sigterm_closes_what_outlives_shutdown_timeout() {
+    let a = TestBackend::named("a").await;
+    let port = free_port();
+    let mut sluice =
+        SluiceProcess::start(&toml_config(port, &[a.addr], "300ms"), local(port)).await;
+    let (_, mut held) = hello(sluice.addr, None).await;
+    let started = Instant::now();
+    sluice.signal("TERM");
+    assert!(read_until_closed(&mut held, Duration::from_secs(3))
+        .await
+        .is_empty());
+    let status = sluice.exit(Duration::from_secs(3)).await;
+    assert!(status.success(), "{status}:\n{}", sluice.log());
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(300),
+        "closed after only {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn check_reports_each_error_with_its_position_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = write_file(
+        dir.path(),
+        "bad.toml",
+        "[servers.x]\nbind = \"127.0.0.1:1\"\nbalanse = \"roundrobin\"\n\n  [servers.x.discovery]\n  kind = \"static\"\n  static_list = [\"127.0.0.1:2 weight=zero\"]\n",
+    );
+    let (status, _, stderr) = run_sluice(&["check", "-c", &bad]).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("{bad}:3:1: ")), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with(&bad)).collect();
+    assert!(lines.len() >= 2, "every error reported: {stderr}");
+    for line in lines {
+        let rest = &line[bad.len()..];
+        let mut parts = rest.splitn(4, ':');
+        assert_eq!(parts.next(), Some(""), "{line}");
+        let line_no: u32 = parts.next().unwrap().parse().expect("line number");
+        let col: u32 = parts.next().unwrap().parse().expect("column");
+        assert!(line_no >= 1 && col >= 1, "{line}");
+        assert!(parts.next().is_some_and(|m| !m.trim().is_empty()), "{line}");
+    }
+}
+
+#[tokio::test]
+async fn check_accepts_a_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = write_file(
+        dir.path(),
+        "good.toml",
+        &toml_config(free_port(), &[local(8000), local(8001)], "5s"),
+    );
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &good]).await;
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("OK"), "{stdout}");
+}
