@@ -208,3 +208,20 @@ async fn backend_reset_mid_stream_closes_the_client() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn host_names_in_backend_lists_are_resolved_before_traffic() {
+    let backend = TestBackend::named("by-name").await;
+    let spec = sluice::backend::BackendSpec::new("localhost", backend.addr.port());
+    let lb = Sluice::start(server(BalanceKind::RoundRobin, vec![spec])).await;
+    let resolved = lb.shared().await.pool.load().backends()[0].addrs();
+    assert!(
+        resolved.contains(&backend.addr),
+        "localhost resolved to {resolved:?}"
+    );
+    // If localhost also resolves to ::1, where nothing listens, the dial moves on to
+    // 127.0.0.1 within the same attempt.
+    for _ in 0..3 {
+        assert_eq!(who(lb.addr).await, "by-name");
+    }
+}
