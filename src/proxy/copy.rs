@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
@@ -88,7 +88,7 @@ impl Half {
     fn poll_relay(
         &mut self,
         cx: &mut Context<'_>,
-        from: &TcpStream,
+        from: &mut TcpStream,
         to: &mut TcpStream,
         counter: &AtomicU64,
         moved: &mut bool,
@@ -115,23 +115,32 @@ impl Half {
                 self.done = true;
                 return Poll::Ready(Ok(()));
             }
+            // Wait for readability with no buffer; borrow one only to read.
             ready!(from.poll_read_ready(cx)).map_err(HalfError::Read)?;
             let mut buf = take_buffer();
-            match from.try_read(&mut buf) {
-                Ok(0) => {
-                    give_buffer(buf);
-                    self.read_eof = true;
-                    *moved = true;
+            let mut read_buf = ReadBuf::new(&mut buf);
+            // `poll_read` (unlike `try_read`) treats a short read as "drained", which
+            // saves the extra read that would only return EAGAIN.
+            match Pin::new(&mut *from).poll_read(cx, &mut read_buf) {
+                Poll::Ready(Ok(())) => {
+                    let n = read_buf.filled().len();
+                    if n == 0 {
+                        give_buffer(buf);
+                        self.read_eof = true;
+                        *moved = true;
+                    } else {
+                        self.buf = Some(buf);
+                        self.start = 0;
+                        self.end = n;
+                    }
                 }
-                Ok(n) => {
-                    self.buf = Some(buf);
-                    self.start = 0;
-                    self.end = n;
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => give_buffer(buf),
-                Err(e) => {
+                Poll::Ready(Err(e)) => {
                     give_buffer(buf);
                     return Poll::Ready(Err(HalfError::Read(e)));
+                }
+                Poll::Pending => {
+                    give_buffer(buf);
+                    return Poll::Pending;
                 }
             }
         }
