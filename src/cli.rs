@@ -14,6 +14,7 @@ use crate::balance::BalanceKind;
 use crate::config::{self, Config, HealthConfig, HealthKind, ServerConfig};
 use crate::runtime::Runtime;
 use crate::shutdown::{Signal, Signals};
+use crate::workers::Workers;
 use crate::{demo, logging};
 
 const EXAMPLES: &str = "\
@@ -34,7 +35,7 @@ pub struct Cli {
     /// Configuration file (TOML, or JSON by extension); the same as `sluice run -c FILE`.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Worker threads (default: one per CPU core).
+    /// Worker threads, each with its own listener (default: one per CPU core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
     #[command(subcommand)]
@@ -176,10 +177,12 @@ fn run_file(path: &Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
 
 /// Runs `config` until SIGTERM/SIGINT; SIGHUP re-reads `path` when there is one.
 fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow::Result<ExitCode> {
-    let rt = async_runtime(threads)?;
+    let workers = threads.unwrap_or_else(Workers::default_count);
+    anyhow::ensure!(workers > 0, "--threads must be at least 1");
+    let rt = control_runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new().context("cannot install signal handlers")?;
-        let runtime = Runtime::start(config).await?;
+        let runtime = Runtime::start_with_workers(config, workers).await?;
         while signals.next().await == Signal::Reload {
             match path {
                 Some(path) => reload(&runtime, path).await,
@@ -195,15 +198,13 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
     })
 }
 
-/// The multi-threaded async runtime, with `threads` workers (default: one per core).
-pub fn async_runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
-    if let Some(threads) = threads {
-        anyhow::ensure!(threads > 0, "--threads must be at least 1");
-        builder.worker_threads(threads);
-    }
-    builder.build().context("cannot start the async runtime")
+/// The runtime of the control side: signals, reloads, health checks, DNS. Connections
+/// run on the worker threads ([`crate::workers`]).
+pub fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Re-reads the file: invalid, keep running as before and log every error; valid,

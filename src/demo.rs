@@ -15,16 +15,16 @@ use crate::balance::BalanceKind;
 use crate::config::{
     Config, DiscoveryConfig, HealthConfig, HealthKind, LoggingConfig, Protocol, ServerConfig,
 };
+use crate::logging;
 use crate::runtime::Runtime;
 use crate::shutdown::{Signal, Signals};
-use crate::{listener, logging};
 
 const BACKENDS: usize = 3;
 
 /// Runs the demo until Ctrl-C.
 pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     logging::init(&LoggingConfig::default())?;
-    let rt = crate::cli::async_runtime(None)?;
+    let rt = crate::cli::control_runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new().context("cannot install signal handlers")?;
         let mut backends = Vec::new();
@@ -37,7 +37,7 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
             backends.push(BackendSpec::new(addr.ip().to_string(), addr.port()));
         }
         // Fall back to any free port rather than fail a first try on a busy machine.
-        let bind = match listener::bind(listen) {
+        let bind = match std::net::TcpListener::bind(listen) {
             Ok(probe) => {
                 drop(probe);
                 listen

@@ -3,6 +3,7 @@
 //! Module map, in reading order:
 //! - [`cli`]: the command line (`run`, `check`, `tcp`, `demo`).
 //! - [`runtime`]: every running server; the one place runtime state changes.
+//! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server: its listener, backend pool and health checks.
 //! - [`listener`]: accept loop, ACL and connection limit.
 //! - [`proxy`]: the life of one connection: pick, connect, copy, log.
@@ -31,3 +32,4 @@ pub mod resolve;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod workers;

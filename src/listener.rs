@@ -11,10 +11,10 @@ use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
 use crate::proxy::{self, CloseReason};
-use crate::runtime::Lifecycle;
 use crate::server::ServerShared;
 
 /// Pending connections the kernel may queue before `accept`.
@@ -22,31 +22,50 @@ const BACKLOG: i32 = 4096;
 /// Pause after running out of descriptors or memory, instead of spinning on accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Binds a listening TCP socket (with `SO_REUSEADDR`, so a restart is not blocked by
-/// connections in TIME_WAIT).
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    socket.set_reuse_address(true)?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&addr.into())?;
-    socket.listen(BACKLOG)?;
-    TcpListener::from_std(socket.into())
+/// Binds `count` listening sockets on `addr`, one per worker, with `SO_REUSEPORT` so the
+/// kernel spreads connections across them (and `SO_REUSEADDR`, so a restart is not
+/// blocked by connections in TIME_WAIT). Port 0 picks one free port for all of them.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+    let mut sockets = Vec::with_capacity(count.max(1));
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        let socket: std::net::TcpListener = socket.into();
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
 }
 
-/// Accepts clients until `accept_stop` is cancelled, spawning one tracked task each.
+/// Accepts clients until `accept_stop` is cancelled, spawning one tracked task each on
+/// the current (worker) runtime.
 pub async fn accept_loop(
-    listener: TcpListener,
+    listener: std::net::TcpListener,
     server: Arc<ServerShared>,
     accept_stop: CancellationToken,
-    life: Lifecycle,
+    tracker: TaskTracker,
+    hard_stop: CancellationToken,
 ) {
+    // Registered here, so the socket belongs to this worker's event loop.
+    let listener = match TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(server = %server.name, error = %e, "cannot register the listener");
+            return;
+        }
+    };
     loop {
         let accepted = tokio::select! {
             _ = accept_stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => admit(stream, peer, &server, &life),
+            Ok((stream, peer)) => admit(stream, peer, &server, &tracker, &hard_stop),
             Err(e) if is_resource_exhaustion(&e) => {
                 error!(server = %server.name, error = %e, "accept failed; pausing");
                 tokio::select! {
@@ -62,7 +81,13 @@ pub async fn accept_loop(
 }
 
 /// Applies access rules and the connection limit, then hands the connection to the proxy.
-fn admit(stream: TcpStream, peer: SocketAddr, server: &Arc<ServerShared>, life: &Lifecycle) {
+fn admit(
+    stream: TcpStream,
+    peer: SocketAddr,
+    server: &Arc<ServerShared>,
+    tracker: &TaskTracker,
+    hard_stop: &CancellationToken,
+) {
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
     let settings = server.settings.load();
     let refusal = if settings
@@ -88,8 +113,8 @@ fn admit(stream: TcpStream, peer: SocketAddr, server: &Arc<ServerShared>, life: 
         debug!(server = %server.name, error = %e, "set TCP_NODELAY failed");
     }
     let server = Arc::clone(server);
-    let hard_stop = life.hard_stop.clone();
-    life.tracker.spawn(async move {
+    let hard_stop = hard_stop.clone();
+    tracker.spawn(async move {
         proxy::tcp::handle(stream, peer, Arc::clone(&server), hard_stop).await;
         drop(slot);
     });

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use std::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,13 +21,16 @@ use crate::config::Config;
 use crate::listener;
 use crate::reload::{self, Change};
 use crate::server::{Server, ServerShared};
+use crate::workers::Workers;
 
 /// How long connections still open after the shutdown grace period get to close.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
 
-/// Tokens and the task tracker every server and connection task hangs off.
-#[derive(Clone, Debug, Default)]
+/// The worker threads, tokens and task tracker every server and connection task hangs off.
+#[derive(Clone, Debug)]
 pub struct Lifecycle {
+    /// The data-path threads that accept and relay.
+    pub workers: Arc<Workers>,
     /// Every accept loop and connection task, so shutdown can wait for them.
     pub tracker: TaskTracker,
     /// Cancelled at shutdown: accept loops and background checks stop.
@@ -46,6 +49,15 @@ pub struct BindError {
     pub source: io::Error,
 }
 
+/// Why the runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot start the worker threads: {0}")]
+    Workers(#[source] io::Error),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+}
+
 /// The running servers.
 pub struct Runtime {
     life: Lifecycle,
@@ -58,11 +70,22 @@ struct State {
 }
 
 impl Runtime {
-    /// Starts every server of `config`; fails without leaving anything running if any
-    /// listener cannot be bound.
-    pub async fn start(config: Config) -> Result<Runtime, BindError> {
+    /// Starts every server of `config` on one worker per core; fails without leaving
+    /// anything running if any listener cannot be bound.
+    pub async fn start(config: Config) -> Result<Runtime, StartError> {
+        Self::start_with_workers(config, Workers::default_count()).await
+    }
+
+    /// Like [`Runtime::start`], with `workers` data-path threads.
+    pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runtime, StartError> {
+        let workers = Workers::start(workers).map_err(StartError::Workers)?;
         let runtime = Runtime {
-            life: Lifecycle::default(),
+            life: Lifecycle {
+                workers: Arc::new(workers),
+                tracker: TaskTracker::new(),
+                graceful: CancellationToken::new(),
+                hard_stop: CancellationToken::new(),
+            },
             state: Mutex::new(State {
                 config: Config {
                     servers: BTreeMap::new(),
@@ -83,7 +106,7 @@ impl Runtime {
     pub async fn apply(&self, config: Config) -> Result<Vec<Change>, BindError> {
         let mut state = self.state.lock().await;
         let changes = reload::diff(&state.config, &config);
-        let mut sockets = bind_new_listeners(&state, &config, &changes)?;
+        let mut sockets = bind_new_listeners(&state, &config, &changes, self.life.workers.len())?;
         for change in &changes {
             let name = change.server();
             if let Change::Remove(_) | Change::Restart(_) = change {
@@ -98,7 +121,7 @@ impl Runtime {
                     let cfg = config.servers[name].clone();
                     let socket = match sockets.remove(name) {
                         Some(socket) => socket,
-                        None => bind(name, cfg.bind)?,
+                        None => bind(name, cfg.bind, self.life.workers.len())?,
                     };
                     let addr = cfg.bind;
                     let server =
@@ -168,8 +191,8 @@ impl Runtime {
     }
 }
 
-fn bind(server: &str, addr: SocketAddr) -> Result<TcpListener, BindError> {
-    listener::bind(addr).map_err(|source| BindError {
+fn bind(server: &str, addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, BindError> {
+    listener::bind(addr, count).map_err(|source| BindError {
         server: server.to_owned(),
         addr,
         source,
@@ -182,7 +205,8 @@ fn bind_new_listeners(
     state: &State,
     config: &Config,
     changes: &[Change],
-) -> Result<BTreeMap<String, TcpListener>, BindError> {
+    workers: usize,
+) -> Result<BTreeMap<String, Vec<TcpListener>>, BindError> {
     let outgoing: Vec<SocketAddr> = changes
         .iter()
         .filter(|c| matches!(c, Change::Remove(_) | Change::Restart(_)))
@@ -194,7 +218,7 @@ fn bind_new_listeners(
             continue;
         };
         let addr = config.servers[name].bind;
-        match bind(name, addr) {
+        match bind(name, addr, workers) {
             Ok(socket) => {
                 sockets.insert(name.clone(), socket);
             }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
+use std::net::TcpListener as StdTcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -82,7 +82,7 @@ pub struct Server {
     accept_stop: CancellationToken,
     /// Stops the health checks and resolvers of the current backend set.
     backend_tasks: CancellationToken,
-    accept_task: Option<JoinHandle<()>>,
+    accept_tasks: Vec<JoinHandle<()>>,
 }
 
 impl Server {
@@ -91,10 +91,13 @@ impl Server {
     pub async fn start(
         name: &str,
         config: ServerConfig,
-        socket: TcpListener,
+        sockets: Vec<StdTcpListener>,
         life: &Lifecycle,
     ) -> std::io::Result<Server> {
-        let local_addr = socket.local_addr()?;
+        let local_addr = match sockets.first() {
+            Some(socket) => socket.local_addr()?,
+            None => config.bind,
+        };
         let backends = build_backends(&config, &HashMap::new());
         let shared = Arc::new(ServerShared {
             name: name.to_owned(),
@@ -108,26 +111,30 @@ impl Server {
             local_addr,
             accept_stop: life.graceful.child_token(),
             backend_tasks: life.graceful.child_token(),
-            accept_task: None,
+            accept_tasks: Vec::new(),
         };
         resolve::resolve_now(&server.shared.pool.load()).await;
         server.start_backend_tasks();
-        server.spawn_accept(socket, life);
+        server.spawn_accept(sockets, life);
         info!(server = name, bind = %local_addr, "listening");
         Ok(server)
     }
 
-    fn spawn_accept(&mut self, socket: TcpListener, life: &Lifecycle) {
-        let shared = Arc::clone(&self.shared);
-        let accept_stop = self.accept_stop.clone();
-        // Connections get the hard-stop token, not the accept loop's: stopping a
-        // server's accept loop must not cut its established connections.
-        self.accept_task = Some(life.tracker.spawn(listener::accept_loop(
-            socket,
-            shared,
-            accept_stop,
-            life.clone(),
-        )));
+    /// One accept loop per worker, each on its own listener.
+    fn spawn_accept(&mut self, sockets: Vec<StdTcpListener>, life: &Lifecycle) {
+        for (index, socket) in sockets.into_iter().enumerate() {
+            // Connections get the hard-stop token, not the accept loop's: stopping a
+            // server's accept loop must not cut its established connections.
+            let accept = life.tracker.track_future(listener::accept_loop(
+                socket,
+                Arc::clone(&self.shared),
+                self.accept_stop.clone(),
+                life.tracker.clone(),
+                life.hard_stop.clone(),
+            ));
+            self.accept_tasks
+                .push(life.workers.handle(index).spawn(accept));
+        }
     }
 
     fn start_backend_tasks(&self) {
@@ -177,7 +184,7 @@ impl Server {
     pub async fn stop(mut self) {
         self.accept_stop.cancel();
         self.backend_tasks.cancel();
-        if let Some(task) = self.accept_task.take() {
+        for task in self.accept_tasks.drain(..) {
             let _ = task.await;
         }
     }
