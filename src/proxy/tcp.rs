@@ -43,10 +43,13 @@ pub async fn handle(
         }
     };
     let backend = guard.backend();
-    let settings = server.settings.load();
-    let idle = match (settings.client_idle_timeout, settings.backend_idle_timeout) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
+    // Read once; a snapshot guard must not be held for the life of the connection.
+    let idle = {
+        let settings = server.settings.load();
+        match (settings.client_idle_timeout, settings.backend_idle_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     };
     let stats = &backend.state.stats;
     let counters = Counters {
