@@ -8,6 +8,10 @@
 //! - **No buffer while idle.** A direction waits for readability with no buffer; it
 //!   borrows one from a per-thread pool only to move bytes, and gives it back as soon as
 //!   it has written everything it read.
+//!
+//! On Linux a direction that reads a full buffer switches to `splice(2)` through a pooled
+//! pipe (zero copy, see [`super::splice`]) and switches back when the bulk transfer ends;
+//! request/response traffic stays on the buffered path, where it is cheaper.
 
 use std::cell::RefCell;
 use std::future::{poll_fn, Future};
@@ -17,17 +21,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
+#[cfg(target_os = "linux")]
+use super::splice::Pipe;
 use super::{CloseReason, Side};
 
 /// Size of one relay buffer.
 const BUF_SIZE: usize = 64 * 1024;
 /// Buffers kept per thread for reuse; more than this are freed.
 const POOL_PER_THREAD: usize = 64;
+/// A zero-copy fill smaller than this hands the direction back to the buffered path:
+/// the bulk transfer is over and small messages are cheaper with plain reads.
+#[cfg(target_os = "linux")]
+const BULK_MIN: usize = 16 * 1024;
 /// Read/write rounds per poll before yielding, so one busy connection cannot starve
 /// the others on its worker thread.
 const ROUNDS_PER_POLL: usize = 32;
@@ -75,6 +85,21 @@ struct Half {
     read_eof: bool,
     done: bool,
     bytes: u64,
+    /// Bytes waiting in `pipe` (zero-copy path).
+    #[cfg(target_os = "linux")]
+    pipe: Option<Pipe>,
+    #[cfg(target_os = "linux")]
+    in_pipe: usize,
+    /// Set when a socket or the descriptor limit refuses `splice`: copy through user
+    /// space from then on.
+    #[cfg(target_os = "linux")]
+    no_splice: bool,
+    /// Bulk transfer under way: use the zero-copy path.
+    #[cfg(target_os = "linux")]
+    bulk: bool,
+    /// Bytes moved by the last read or fill, to tell bulk from request/response traffic.
+    #[cfg(target_os = "linux")]
+    last_read: usize,
 }
 
 enum HalfError {
@@ -86,6 +111,117 @@ impl Half {
     /// Moves bytes from `from` to `to` until it would block. `Ready(Ok)` once `from` has
     /// ended and `to` has been shut down for writing.
     fn poll_relay(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        counter: &AtomicU64,
+        moved: &mut bool,
+    ) -> Poll<Result<(), HalfError>> {
+        // Small messages go through a buffer (two plain syscalls); bulk goes through a
+        // pipe (zero copy). A path hands over to the other only when it holds no bytes,
+        // by changing the mode and returning early; then the other path runs at once.
+        #[cfg(target_os = "linux")]
+        {
+            for _ in 0..4 {
+                let zero_copy = self.zero_copy();
+                let result = if zero_copy {
+                    self.poll_splice(cx, from, to, counter, moved)
+                } else {
+                    self.poll_buffered(cx, from, to, counter, moved)
+                };
+                if result.is_ready() || self.zero_copy() == zero_copy {
+                    return result;
+                }
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+        #[cfg(not(target_os = "linux"))]
+        self.poll_buffered(cx, from, to, counter, moved)
+    }
+
+    #[cfg(target_os = "linux")]
+    fn zero_copy(&self) -> bool {
+        self.bulk && !self.no_splice
+    }
+
+    /// The zero-copy path: socket → pipe → socket.
+    #[cfg(target_os = "linux")]
+    fn poll_splice(
+        &mut self,
+        cx: &mut Context<'_>,
+        from: &mut TcpStream,
+        to: &mut TcpStream,
+        counter: &AtomicU64,
+        moved: &mut bool,
+    ) -> Poll<Result<(), HalfError>> {
+        for _ in 0..ROUNDS_PER_POLL {
+            if let (Some(pipe), true) = (&self.pipe, self.in_pipe > 0) {
+                ready!(to.poll_write_ready(cx)).map_err(HalfError::Write)?;
+                let out = &*to;
+                match out.try_io(Interest::WRITABLE, || pipe.drain(out, self.in_pipe)) {
+                    Ok(n) => {
+                        self.in_pipe -= n;
+                        self.bytes += n as u64;
+                        counter.fetch_add(n as u64, Ordering::Relaxed);
+                        *moved = true;
+                    }
+                    // `try_io` cleared the readiness; the next poll re-registers.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(HalfError::Write(e))),
+                }
+                continue;
+            }
+            if let Some(pipe) = self.pipe.take() {
+                pipe.give();
+            }
+            if self.last_read < BULK_MIN {
+                self.bulk = false;
+                return Poll::Pending; // handed over to the buffered path
+            }
+            if self.read_eof {
+                ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(HalfError::Write)?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+            // Wait for readability with no pipe; borrow one only to move bytes.
+            ready!(from.poll_read_ready(cx)).map_err(HalfError::Read)?;
+            let Ok(pipe) = Pipe::take() else {
+                // Out of descriptors for a pipe: this connection still works, copying.
+                self.no_splice = true;
+                return Poll::Pending; // handed over to the buffered path
+            };
+            let input = &*from;
+            match input.try_io(Interest::READABLE, || pipe.fill(input)) {
+                Ok(0) => {
+                    pipe.give();
+                    self.read_eof = true;
+                    *moved = true;
+                }
+                Ok(n) => {
+                    self.in_pipe = n;
+                    self.last_read = n;
+                    self.pipe = Some(pipe);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give(),
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    pipe.give();
+                    self.no_splice = true;
+                    return Poll::Pending; // handed over to the buffered path
+                }
+                Err(e) => {
+                    pipe.give();
+                    return Poll::Ready(Err(HalfError::Read(e)));
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+
+    /// The portable path: socket → pooled user-space buffer → socket.
+    fn poll_buffered(
         &mut self,
         cx: &mut Context<'_>,
         from: &mut TcpStream,
@@ -110,6 +246,11 @@ impl Half {
                     give_buffer(buf);
                 }
             }
+            #[cfg(target_os = "linux")]
+            if self.last_read == BUF_SIZE && !self.no_splice {
+                self.bulk = true;
+                return Poll::Pending; // handed over to the zero-copy path
+            }
             if self.read_eof {
                 ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(HalfError::Write)?;
                 self.done = true;
@@ -132,6 +273,10 @@ impl Half {
                         self.buf = Some(buf);
                         self.start = 0;
                         self.end = n;
+                        #[cfg(target_os = "linux")]
+                        {
+                            self.last_read = n;
+                        }
                     }
                 }
                 Poll::Ready(Err(e)) => {
@@ -153,6 +298,11 @@ impl Drop for Half {
     fn drop(&mut self) {
         if let Some(buf) = self.buf.take() {
             give_buffer(buf);
+        }
+        // A pipe that still holds bytes is closed, never reused.
+        #[cfg(target_os = "linux")]
+        if let (Some(pipe), 0) = (self.pipe.take(), self.in_pipe) {
+            pipe.give();
         }
     }
 }

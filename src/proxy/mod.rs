@@ -3,6 +3,8 @@
 //! [`CloseReason`] that the access log and the counters report.
 
 pub mod copy;
+#[cfg(target_os = "linux")]
+pub mod splice;
 pub mod tcp;
 
 use std::fmt;
