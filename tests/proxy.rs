@@ -225,3 +225,43 @@ async fn host_names_in_backend_lists_are_resolved_before_traffic() {
         assert_eq!(who(lb.addr).await, "by-name");
     }
 }
+
+/// Bulk bytes switch a direction to the zero-copy path and small messages afterwards
+/// switch it back; neither switch may lose or reorder a byte.
+#[tokio::test]
+async fn bulk_then_small_messages_on_one_connection_keep_every_byte_in_order() {
+    let echo = TestBackend::echo().await;
+    let lb = Sluice::start(server(BalanceKind::RoundRobin, vec![echo.spec()])).await;
+    let mut s = connect_from(lb.addr, None).await;
+    let mut prng = crate::support::data::Prng::new(7);
+    for round in 0..3 {
+        // 4 MiB in one go: full reads, so the relay goes zero-copy.
+        let mut bulk = vec![0u8; 4 << 20];
+        prng.fill(&mut bulk);
+        let (mut r, mut w) = s.split();
+        let (sent, echoed) = tokio::join!(w.write_all(&bulk), async {
+            let mut back = vec![0u8; bulk.len()];
+            tokio::time::timeout(WAIT, r.read_exact(&mut back))
+                .await
+                .map(|_| back)
+        });
+        sent.unwrap();
+        assert!(
+            echoed.expect("bulk echoed in time") == bulk,
+            "round {round}: bulk bytes differ"
+        );
+        // Then request/response-sized messages: back to the buffered path.
+        for i in 0..20u8 {
+            let msg = [round as u8, i, 0xab, 0xcd];
+            s.write_all(&msg).await.unwrap();
+            let mut back = [0u8; 4];
+            tokio::time::timeout(WAIT, s.read_exact(&mut back))
+                .await
+                .expect("small echo in time")
+                .unwrap();
+            assert_eq!(back, msg, "round {round}, message {i}");
+        }
+    }
+    s.shutdown().await.unwrap();
+    assert!(read_to_end(&mut s).await.is_empty());
+}
