@@ -82,7 +82,9 @@ impl Pool {
             // Another connection may take the last slot of a capped backend between the
             // pick and the acquire; pick again a bounded number of times.
             for _ in 0..tier.backends.len().min(8) {
-                let index = tier.strategy.pick(&tier.backends, &ctx)?;
+                let Some(index) = tier.strategy.pick(&tier.backends, &ctx) else {
+                    break; // the tier filled up meanwhile: try the next one
+                };
                 if let Some(guard) = tier.backends[index].try_acquire() {
                     return Some(guard);
                 }

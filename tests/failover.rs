@@ -179,16 +179,15 @@ async fn initially_unhealthy_backend_waits_for_its_checks() {
     let a = TestBackend::named("a").await;
     let b = TestBackend::named("b").await;
     let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec()]);
-    cfg.healthcheck = ping_check(Duration::from_millis(100), 1, 2);
+    // Two passes needed, 1 s apart (± 10 %): no backend can be up before ~0.9 s.
+    cfg.healthcheck = ping_check(Duration::from_secs(1), 1, 2);
     cfg.healthcheck.initial_status = sluice::config::InitialStatus::Unhealthy;
     let lb = Sluice::start(cfg).await;
     let shared = lb.shared().await;
     let pool = shared.pool.load_full();
-    // Before any check has passed twice, nobody is served.
-    if !pool.backends().iter().any(|b| b.is_healthy()) {
-        let mut s = connect_from(lb.addr, None).await;
-        assert_closed_without_data(&mut s, Duration::from_secs(1)).await;
-    }
+    assert!(pool.backends().iter().all(|b| !b.is_healthy()));
+    let mut s = connect_from(lb.addr, None).await;
+    assert_closed_without_data(&mut s, Duration::from_millis(500)).await;
     eventually("both backends pass their checks", || async {
         pool.backends().iter().all(|b| b.is_healthy())
     })
