@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
 use crate::proxy::{self, CloseReason};
-use crate::server::ServerShared;
+use crate::server::{ActiveSlot, ServerShared};
 
 /// Pending connections the kernel may queue before `accept`.
 const BACKLOG: i32 = 4096;
@@ -112,12 +112,7 @@ fn admit(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(server = %server.name, error = %e, "set TCP_NODELAY failed");
     }
-    let server = Arc::clone(server);
-    let hard_stop = hard_stop.clone();
-    tracker.spawn(async move {
-        proxy::tcp::handle(stream, peer, Arc::clone(&server), hard_stop).await;
-        drop(slot);
-    });
+    tracker.spawn(proxy::tcp::handle(stream, peer, slot, hard_stop.clone()));
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {
@@ -125,36 +120,4 @@ fn is_resource_exhaustion(e: &io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-/// One client counted against the server's `max_connections`; released on drop.
-struct ActiveSlot {
-    server: Arc<ServerShared>,
-}
-
-impl ActiveSlot {
-    fn acquire(server: &Arc<ServerShared>, max: Option<u32>) -> Option<ActiveSlot> {
-        let active = &server.stats.active;
-        match max {
-            None => {
-                active.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(max) => {
-                active
-                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                        (n < u64::from(max)).then_some(n + 1)
-                    })
-                    .ok()?;
-            }
-        }
-        Some(ActiveSlot {
-            server: Arc::clone(server),
-        })
-    }
-}
-
-impl Drop for ActiveSlot {
-    fn drop(&mut self) {
-        self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
-    }
 }

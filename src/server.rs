@@ -74,6 +74,44 @@ impl ServerShared {
     }
 }
 
+/// One client counted against its server's `max_connections`, released on drop. It
+/// also gives the connection its server, so a connection's task holds one reference.
+pub struct ActiveSlot {
+    server: Arc<ServerShared>,
+}
+
+impl ActiveSlot {
+    /// Counts one more active connection, or `None` when `max` are already active.
+    pub fn acquire(server: &Arc<ServerShared>, max: Option<u32>) -> Option<ActiveSlot> {
+        let active = &server.stats.active;
+        match max {
+            None => {
+                active.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(max) => {
+                active
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                        (n < u64::from(max)).then_some(n + 1)
+                    })
+                    .ok()?;
+            }
+        }
+        Some(ActiveSlot {
+            server: Arc::clone(server),
+        })
+    }
+
+    pub fn server(&self) -> &Arc<ServerShared> {
+        &self.server
+    }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// A running server: the tasks behind one `[servers.NAME]`.
 pub struct Server {
     pub shared: Arc<ServerShared>,

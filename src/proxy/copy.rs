@@ -14,17 +14,17 @@
 //! request/response traffic stays on the buffered path, where it is cheaper.
 
 use std::cell::RefCell;
-use std::future::{poll_fn, Future};
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::time::{sleep_until, Instant};
-use tokio_util::sync::CancellationToken;
+use tokio::time::{sleep_until, Instant, Sleep};
 
 #[cfg(target_os = "linux")]
 use super::splice::Pipe;
@@ -42,16 +42,24 @@ const BULK_MIN: usize = 16 * 1024;
 /// the others on its worker thread.
 const ROUNDS_PER_POLL: usize = 32;
 
+/// A relay buffer: a thin pointer, so a direction without one costs a word.
+type Buffer = Box<[u8; BUF_SIZE]>;
+
 thread_local! {
-    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+    static POOL: RefCell<Vec<Buffer>> = const { RefCell::new(Vec::new()) };
 }
 
-fn take_buffer() -> Box<[u8]> {
-    POOL.with(|p| p.borrow_mut().pop())
-        .unwrap_or_else(|| vec![0u8; BUF_SIZE].into_boxed_slice())
+fn take_buffer() -> Buffer {
+    POOL.with(|p| p.borrow_mut().pop()).unwrap_or_else(|| {
+        let zeroed: Box<[u8]> = vec![0u8; BUF_SIZE].into_boxed_slice();
+        match zeroed.try_into() {
+            Ok(buf) => buf,
+            Err(_) => unreachable!("the vector has exactly BUF_SIZE bytes"),
+        }
+    })
 }
 
-fn give_buffer(buf: Box<[u8]>) {
+fn give_buffer(buf: Buffer) {
     POOL.with(|p| {
         let mut pool = p.borrow_mut();
         if pool.len() < POOL_PER_THREAD {
@@ -66,7 +74,7 @@ pub struct Counters<'a> {
     pub from_backend: &'a AtomicU64,
 }
 
-/// What [`bidirectional`] reports when the connection is over.
+/// What [`Relay`] reports when the connection is over.
 #[derive(Debug)]
 pub struct CopyResult {
     pub bytes_to_backend: u64,
@@ -76,20 +84,21 @@ pub struct CopyResult {
     pub error: Option<io::Error>,
 }
 
-/// One direction of the relay.
+/// One direction of the relay. Every idle connection holds two of these, so offsets are
+/// `u32` (a buffer or pipe holds at most 64 KiB) and the buffer is a thin pointer.
 #[derive(Default)]
 struct Half {
-    buf: Option<Box<[u8]>>,
-    start: usize,
-    end: usize,
+    buf: Option<Buffer>,
+    bytes: u64,
+    start: u32,
+    end: u32,
     read_eof: bool,
     done: bool,
-    bytes: u64,
     /// Bytes waiting in `pipe` (zero-copy path).
     #[cfg(target_os = "linux")]
     pipe: Option<Pipe>,
     #[cfg(target_os = "linux")]
-    in_pipe: usize,
+    in_pipe: u32,
     /// Set when a socket or the descriptor limit refuses `splice`: copy through user
     /// space from then on.
     #[cfg(target_os = "linux")]
@@ -99,7 +108,7 @@ struct Half {
     bulk: bool,
     /// Bytes moved by the last read or fill, to tell bulk from request/response traffic.
     #[cfg(target_os = "linux")]
-    last_read: usize,
+    last_read: u32,
 }
 
 enum HalfError {
@@ -160,9 +169,11 @@ impl Half {
             if let (Some(pipe), true) = (&self.pipe, self.in_pipe > 0) {
                 ready!(to.poll_write_ready(cx)).map_err(HalfError::Write)?;
                 let out = &*to;
-                match out.try_io(Interest::WRITABLE, || pipe.drain(out, self.in_pipe)) {
+                match out.try_io(Interest::WRITABLE, || {
+                    pipe.drain(out, self.in_pipe as usize)
+                }) {
                     Ok(n) => {
-                        self.in_pipe -= n;
+                        self.in_pipe -= n as u32;
                         self.bytes += n as u64;
                         counter.fetch_add(n as u64, Ordering::Relaxed);
                         *moved = true;
@@ -176,7 +187,7 @@ impl Half {
             if let Some(pipe) = self.pipe.take() {
                 pipe.give();
             }
-            if self.last_read < BULK_MIN {
+            if (self.last_read as usize) < BULK_MIN {
                 self.bulk = false;
                 return Poll::Pending; // handed over to the buffered path
             }
@@ -200,8 +211,9 @@ impl Half {
                     *moved = true;
                 }
                 Ok(n) => {
-                    self.in_pipe = n;
-                    self.last_read = n;
+                    // At most CHUNK (64 KiB): fits.
+                    self.in_pipe = n as u32;
+                    self.last_read = n as u32;
                     self.pipe = Some(pipe);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => pipe.give(),
@@ -232,12 +244,13 @@ impl Half {
         for _ in 0..ROUNDS_PER_POLL {
             if let Some(buf) = &self.buf {
                 while self.start < self.end {
-                    let n = ready!(Pin::new(&mut *to).poll_write(cx, &buf[self.start..self.end]))
+                    let pending = &buf[self.start as usize..self.end as usize];
+                    let n = ready!(Pin::new(&mut *to).poll_write(cx, pending))
                         .map_err(HalfError::Write)?;
                     if n == 0 {
                         return Poll::Ready(Err(HalfError::Write(io::ErrorKind::WriteZero.into())));
                     }
-                    self.start += n;
+                    self.start += n as u32;
                     self.bytes += n as u64;
                     counter.fetch_add(n as u64, Ordering::Relaxed);
                     *moved = true;
@@ -247,7 +260,7 @@ impl Half {
                 }
             }
             #[cfg(target_os = "linux")]
-            if self.last_read == BUF_SIZE && !self.no_splice {
+            if self.last_read as usize == BUF_SIZE && !self.no_splice {
                 self.bulk = true;
                 return Poll::Pending; // handed over to the zero-copy path
             }
@@ -259,7 +272,7 @@ impl Half {
             // Wait for readability with no buffer; borrow one only to read.
             ready!(from.poll_read_ready(cx)).map_err(HalfError::Read)?;
             let mut buf = take_buffer();
-            let mut read_buf = ReadBuf::new(&mut buf);
+            let mut read_buf = ReadBuf::new(&mut buf[..]);
             // `poll_read` (unlike `try_read`) treats a short read as "drained", which
             // saves the extra read that would only return EAGAIN.
             match Pin::new(&mut *from).poll_read(cx, &mut read_buf) {
@@ -271,11 +284,12 @@ impl Half {
                         *moved = true;
                     } else {
                         self.buf = Some(buf);
+                        // At most BUF_SIZE (64 KiB): fits.
                         self.start = 0;
-                        self.end = n;
+                        self.end = n as u32;
                         #[cfg(target_os = "linux")]
                         {
-                            self.last_read = n;
+                            self.last_read = n as u32;
                         }
                     }
                 }
@@ -307,70 +321,128 @@ impl Drop for Half {
     }
 }
 
-/// Relays between `client` and `backend` until both directions have ended, one side
-/// fails, nothing moves for `idle_timeout`, or `stop` is cancelled.
-pub async fn bidirectional(
-    client: &mut TcpStream,
-    backend: &mut TcpStream,
-    idle_timeout: Option<Duration>,
-    stop: &CancellationToken,
-    counters: Counters<'_>,
-) -> CopyResult {
-    let mut up = Half::default();
-    let mut down = Half::default();
-    let idle = idle_timeout.unwrap_or(Duration::from_secs(86_400 * 365));
-    let mut last_moved = Instant::now();
-    let timer = sleep_until(last_moved + idle);
-    tokio::pin!(timer);
-    let stopped = stop.cancelled();
-    tokio::pin!(stopped);
+/// Relays between a client and a backend until both directions have ended, one side
+/// fails, nothing moves for the idle timeout, or `stopped` completes.
+///
+/// A hand-written future rather than an `async fn`: it is most of the state of every
+/// idle connection, and written out it holds each field once, where the generated
+/// state machine kept copies of its arguments and of its poll closure's captures.
+pub struct Relay<'a, S> {
+    client: TcpStream,
+    backend: TcpStream,
+    stopped: Pin<&'a mut S>,
+    counters: Counters<'a>,
+    up: Half,
+    down: Half,
+    // Boxed: most servers run without an idle timeout, and a timer is 112 bytes.
+    idle: Option<Pin<Box<IdleTimer>>>,
+    error: Option<io::Error>,
+}
 
-    let mut error = None;
-    let reason = poll_fn(|cx| {
+pin_project! {
+    struct IdleTimer {
+        timeout: Duration,
+        last_moved: Instant,
+        #[pin]
+        sleep: Sleep,
+    }
+}
+
+impl<'a, S: Future<Output = ()>> Relay<'a, S> {
+    /// Both sockets are closed when the relay is dropped.
+    pub fn new(
+        client: TcpStream,
+        backend: TcpStream,
+        idle_timeout: Option<Duration>,
+        stopped: Pin<&'a mut S>,
+        counters: Counters<'a>,
+    ) -> Self {
+        let idle = idle_timeout.map(|timeout| {
+            let now = Instant::now();
+            Box::pin(IdleTimer {
+                timeout,
+                last_moved: now,
+                sleep: sleep_until(now + timeout),
+            })
+        });
+        Relay {
+            client,
+            backend,
+            stopped,
+            counters,
+            up: Half::default(),
+            down: Half::default(),
+            idle,
+            error: None,
+        }
+    }
+
+    fn poll_reason(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut moved = false;
-        if !up.done {
-            if let Poll::Ready(Err(e)) =
-                up.poll_relay(cx, client, backend, counters.to_backend, &mut moved)
-            {
-                return Poll::Ready(error_reason(e, Side::Client, &mut error));
+        if !self.up.done {
+            let to_backend = self.counters.to_backend;
+            let relayed = self.up.poll_relay(
+                cx,
+                &mut self.client,
+                &mut self.backend,
+                to_backend,
+                &mut moved,
+            );
+            if let Poll::Ready(Err(e)) = relayed {
+                return Poll::Ready(error_reason(e, Side::Client, &mut self.error));
             }
         }
-        if !down.done {
-            if let Poll::Ready(Err(e)) =
-                down.poll_relay(cx, backend, client, counters.from_backend, &mut moved)
-            {
-                return Poll::Ready(error_reason(e, Side::Backend, &mut error));
+        if !self.down.done {
+            let from_backend = self.counters.from_backend;
+            let relayed = self.down.poll_relay(
+                cx,
+                &mut self.backend,
+                &mut self.client,
+                from_backend,
+                &mut moved,
+            );
+            if let Poll::Ready(Err(e)) = relayed {
+                return Poll::Ready(error_reason(e, Side::Backend, &mut self.error));
             }
         }
-        if up.done && down.done {
+        if self.up.done && self.down.done {
             return Poll::Ready(CloseReason::Eof);
         }
-        if stopped.as_mut().poll(cx).is_ready() {
+        if self.stopped.as_mut().poll(cx).is_ready() {
             return Poll::Ready(CloseReason::Shutdown);
         }
-        if idle_timeout.is_some() {
+        if let Some(idle) = &mut self.idle {
+            let mut idle = idle.as_mut().project();
             let now = Instant::now();
             if moved {
-                last_moved = now;
+                *idle.last_moved = now;
             }
             // The timer is only re-armed when it fires, not on every byte: a reset per
             // read would cost a timer-wheel update on the hottest path.
-            while timer.as_mut().poll(cx).is_ready() {
-                if now >= last_moved + idle {
+            let deadline = *idle.last_moved + *idle.timeout;
+            while idle.sleep.as_mut().poll(cx).is_ready() {
+                if now >= deadline {
                     return Poll::Ready(CloseReason::IdleTimeout);
                 }
-                timer.as_mut().reset(last_moved + idle);
+                idle.sleep.as_mut().reset(deadline);
             }
         }
         Poll::Pending
-    })
-    .await;
+    }
+}
 
-    CopyResult {
-        bytes_to_backend: up.bytes,
-        bytes_to_client: down.bytes,
-        reason,
-        error,
+impl<S: Future<Output = ()>> Future for Relay<'_, S> {
+    type Output = CopyResult;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CopyResult> {
+        let this = self.get_mut();
+        let reason = ready!(this.poll_reason(cx));
+        Poll::Ready(CopyResult {
+            bytes_to_backend: this.up.bytes,
+            bytes_to_client: this.down.bytes,
+            reason,
+            error: this.error.take(),
+        })
     }
 }
 

@@ -1,5 +1,5 @@
 //! The life of one proxied connection: [`tcp::handle`] picks a backend, connects and
-//! relays bytes with [`copy::bidirectional`]; every connection ends with a
+//! relays bytes with [`copy::Relay`]; every connection ends with a
 //! [`CloseReason`] that the access log and the counters report.
 
 pub mod copy;

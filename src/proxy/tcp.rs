@@ -1,7 +1,9 @@
 //! One TCP connection from accept to close: pick → connect (retrying) → copy → log.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,64 +13,79 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::copy::{self, Counters};
+use super::copy::{Counters, Relay};
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
-use crate::server::ServerShared;
+use crate::server::{ActiveSlot, ServerShared};
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
 /// own SYN retries would otherwise hold a client for minutes.
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Proxies one accepted client connection to a backend of `server`.
-pub async fn handle(
-    mut client: TcpStream,
+/// Proxies one accepted client connection to a backend of the slot's server.
+///
+/// The returned future is the state of every connection for its whole life, so it is
+/// kept small: a plain `fn` returning an `async` block, because an `async fn` would keep
+/// both its arguments and local copies of them; the dial's state is boxed and freed once
+/// connected; values needed only to set up the relay are scoped to the block that
+/// builds it.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "an async fn stores its arguments twice"
+)]
+pub fn handle(
+    client: TcpStream,
     peer: SocketAddr,
-    server: Arc<ServerShared>,
+    slot: ActiveSlot,
     stop: CancellationToken,
-) {
-    let started = Instant::now();
-    // A dial can take up to the connect timeout; the shutdown deadline must not wait
-    // for it.
-    let connected = tokio::select! {
-        connected = connect(&server, peer) => connected,
-        _ = stop.cancelled() => Err(CloseReason::Shutdown),
-    };
-    let (guard, mut upstream) = match connected {
-        Ok(connected) => connected,
-        Err(reason) => {
-            server.count_refused(reason);
-            access_log(&server.name, peer, None, 0, 0, started, reason);
-            return;
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let started = Instant::now();
+        // One waiter for the whole connection: the dial and the relay both watch it.
+        let mut stopped = pin!(stop.cancelled());
+        // A dial can take up to the connect timeout; the shutdown deadline must not
+        // wait for it.
+        let (guard, upstream) = match tokio::select! {
+            connected = Box::pin(connect(slot.server(), peer)) => connected,
+            () = stopped.as_mut() => Err(CloseReason::Shutdown),
+        } {
+            Ok(connected) => connected,
+            Err(reason) => {
+                let server = slot.server();
+                server.count_refused(reason);
+                access_log(&server.name, peer, None, 0, 0, started, reason);
+                return;
+            }
+        };
+        let result = {
+            let settings = slot.server().settings.load();
+            let idle = match (settings.client_idle_timeout, settings.backend_idle_timeout) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let stats = &guard.backend().state.stats;
+            let counters = Counters {
+                to_backend: &stats.bytes_to_backend,
+                from_backend: &stats.bytes_from_backend,
+            };
+            Relay::new(client, upstream, idle, stopped, counters)
         }
-    };
-    let backend = guard.backend();
-    // Read once; a snapshot guard must not be held for the life of the connection.
-    let idle = {
-        let settings = server.settings.load();
-        match (settings.client_idle_timeout, settings.backend_idle_timeout) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        .await;
+        let server = slot.server();
+        let backend = guard.backend();
+        if let Some(e) = &result.error {
+            debug!(server = %server.name, client = %peer, backend = backend.key(), error = %e, "connection failed");
         }
-    };
-    let stats = &backend.state.stats;
-    let counters = Counters {
-        to_backend: &stats.bytes_to_backend,
-        from_backend: &stats.bytes_from_backend,
-    };
-    let result = copy::bidirectional(&mut client, &mut upstream, idle, &stop, counters).await;
-    if let Some(e) = &result.error {
-        debug!(server = %server.name, client = %peer, backend = backend.key(), error = %e, "connection failed");
+        access_log(
+            &server.name,
+            peer,
+            Some(backend),
+            result.bytes_to_backend,
+            result.bytes_to_client,
+            started,
+            result.reason,
+        );
     }
-    access_log(
-        &server.name,
-        peer,
-        Some(backend),
-        result.bytes_to_backend,
-        result.bytes_to_client,
-        started,
-        result.reason,
-    );
 }
 
 /// Picks backends and dials them until one answers, at most `connect_attempts` times.
@@ -121,17 +138,19 @@ async fn connect(
 async fn dial(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
     let addrs = backend.addrs();
     let attempt = async {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "host name not resolved");
+        let mut last = None;
         for addr in addrs.iter() {
             match TcpStream::connect(addr).await {
                 Ok(stream) => {
                     stream.set_nodelay(true)?;
                     return Ok(stream);
                 }
-                Err(e) => last = e,
+                Err(e) => last = Some(e),
             }
         }
-        Err(last)
+        // Built only on failure: a boxed error message costs allocations per connection.
+        Err(last
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host name not resolved")))
     };
     timeout(limit, attempt)
         .await
