@@ -211,7 +211,7 @@ impl Half {
                     *moved = true;
                 }
                 Ok(n) => {
-                    // At most CHUNK (64 KiB): fits.
+                    // At most the pipe's capacity (1 MiB): fits.
                     self.in_pipe = n as u32;
                     self.last_read = n as u32;
                     self.pipe = Some(pipe);
