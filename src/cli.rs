@@ -279,6 +279,7 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         logging,
         shutdown_timeout: Duration::from_secs(30),
         servers: [("tcp".to_owned(), server)].into_iter().collect(),
+        ..Config::default()
     })
 }
 

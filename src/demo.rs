@@ -83,6 +83,7 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>) -> Config {
         logging: LoggingConfig::default(),
         shutdown_timeout: Duration::from_secs(2),
         servers: [("demo".to_owned(), server)].into_iter().collect(),
+        ..Config::default()
     }
 }
 

@@ -59,7 +59,7 @@ mod tests {
     use super::*;
     use crate::backend::BackendSpec;
     use crate::balance::BalanceKind;
-    use crate::config::{DiscoveryConfig, HealthConfig, LoggingConfig, Protocol};
+    use crate::config::{DiscoveryConfig, HealthConfig, Protocol};
 
     fn server(port: u16, backends: &[u16]) -> ServerConfig {
         ServerConfig {
@@ -84,12 +84,11 @@ mod tests {
 
     fn config(servers: &[(&str, ServerConfig)]) -> Config {
         Config {
-            logging: LoggingConfig::default(),
-            shutdown_timeout: std::time::Duration::from_secs(30),
             servers: servers
                 .iter()
                 .map(|(n, s)| (n.to_string(), s.clone()))
                 .collect::<BTreeMap<_, _>>(),
+            ..Config::default()
         }
     }
 

@@ -164,6 +164,16 @@ impl Runtime {
         state.servers.get(name).map(|s| Arc::clone(&s.shared))
     }
 
+    /// Every running server's live state, by name.
+    pub async fn servers(&self) -> Vec<(String, Arc<ServerShared>)> {
+        let state = self.state.lock().await;
+        state
+            .servers
+            .iter()
+            .map(|(name, s)| (name.clone(), Arc::clone(&s.shared)))
+            .collect()
+    }
+
     /// The configuration currently applied.
     pub async fn config(&self) -> Config {
         self.state.lock().await.config.clone()

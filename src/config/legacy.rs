@@ -91,8 +91,6 @@ pub(crate) fn apply(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
 
 /// GoBetween sections Sluice does not support yet, and what they are.
 const UNSUPPORTED: &[(Place, &str, &str)] = &[
-    (Place::Top, "api", "the REST API"),
-    (Place::Top, "metrics", "the metrics endpoint"),
     (Place::Top, "profiler", "the profiler"),
     (Place::Top, "acme", "ACME certificates"),
     (Place::Server, "sni", "SNI routing"),

@@ -39,10 +39,30 @@ pub use error::{ConfigError, ConfigErrors, Warning};
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
     pub logging: LoggingConfig,
+    /// `[api]`: the REST API and dashboard; `None` when not enabled.
+    pub api: Option<ApiConfig>,
+    /// `[metrics]`: the Prometheus endpoint; `None` when not enabled.
+    pub metrics: Option<MetricsConfig>,
     /// How long SIGTERM waits for connections to finish before closing them.
     pub shutdown_timeout: Duration,
     /// Servers by name.
     pub servers: BTreeMap<String, ServerConfig>,
+}
+
+/// How long SIGTERM waits for connections by default.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Default for Config {
+    /// No servers, no API, no metrics; the default logging and shutdown timeout.
+    fn default() -> Self {
+        Config {
+            logging: LoggingConfig::default(),
+            api: None,
+            metrics: None,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            servers: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[logging]`.
@@ -75,6 +95,54 @@ pub enum LogOutput {
     Stdout,
     Stderr,
     File(PathBuf),
+}
+
+/// Default address of the REST API (GoBetween's).
+pub const DEFAULT_API_BIND: &str = "127.0.0.1:8888";
+/// Default address of the metrics endpoint.
+pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9284";
+
+/// `[api]`, when `enabled = true`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiConfig {
+    pub bind: SocketAddr,
+    /// `[api.basic_auth]`.
+    pub basic_auth: Option<BasicAuth>,
+    /// `bearer_token`: `Authorization: Bearer TOKEN` is accepted (besides basic auth).
+    pub bearer_token: Option<String>,
+    /// `[api.tls]`: serve HTTPS.
+    pub tls: Option<TlsFiles>,
+    /// Answer cross-origin requests (`Access-Control-Allow-Origin: *`).
+    pub cors: bool,
+    /// Write changes made through the API back to the configuration file.
+    pub persist: bool,
+    /// Allow a non-loopback `bind` without authentication.
+    pub insecure_public: bool,
+}
+
+impl ApiConfig {
+    pub fn has_auth(&self) -> bool {
+        self.basic_auth.is_some() || self.bearer_token.is_some()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BasicAuth {
+    pub login: String,
+    pub password: String,
+}
+
+/// A certificate chain and its private key, PEM files.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// `[metrics]`, when `enabled = true`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetricsConfig {
+    pub bind: SocketAddr,
 }
 
 /// The protocol a server speaks.

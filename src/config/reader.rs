@@ -170,6 +170,26 @@ impl<'s> Ctx<'s> {
         self.str_as(f, "a string")
     }
 
+    pub fn bool(&mut self, f: &Field<'_>) -> Option<bool> {
+        match &f.node.value {
+            Value::Bool(b) => Some(*b),
+            other => {
+                self.wrong_type(f, f.at, "true or false", other);
+                None
+            }
+        }
+    }
+
+    /// A non-empty string.
+    pub fn non_empty<'t>(&mut self, f: &Field<'t>) -> Option<&'t str> {
+        let text = self.str(f)?;
+        if text.is_empty() {
+            self.error(f.at, f.path(), "must not be empty");
+            return None;
+        }
+        Some(text)
+    }
+
     /// A whole number in `min..=u32::MAX`.
     pub fn u32_at_least(&mut self, f: &Field<'_>, min: u32) -> Option<u32> {
         let n = match &f.node.value {

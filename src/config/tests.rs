@@ -179,13 +179,43 @@ fn legacy_key_and_its_replacement_together_is_an_error() {
 }
 
 #[test]
-fn disabled_api_section_is_accepted_with_a_warning() {
-    let loaded = ok(&format!("[api]\nenabled = false\n{WEB}"));
-    assert_eq!(loaded.warnings.len(), 1);
-    assert!(loaded.warnings[0]
-        .message
-        .contains("[api] only disables the REST API"));
-    assert!(errors(&format!("[api]\nenabled = true\n{WEB}")).contains("[api] is not supported yet"));
+fn api_and_metrics_sections() {
+    let loaded = ok(&format!(
+        "[api]\nenabled = false\n[metrics]\nenabled = false\n{WEB}"
+    ));
+    assert!(loaded.warnings.is_empty());
+    assert_eq!((loaded.config.api, loaded.config.metrics), (None, None));
+
+    let loaded = ok(&format!(
+        "[api]\nenabled = true\n[metrics]\nenabled = true\n{WEB}"
+    ));
+    let api = loaded.config.api.expect("api enabled");
+    assert_eq!(api.bind.to_string(), DEFAULT_API_BIND);
+    assert!(!api.has_auth() && !api.cors && !api.persist);
+    let metrics = loaded.config.metrics.expect("metrics enabled");
+    assert_eq!(metrics.bind.to_string(), DEFAULT_METRICS_BIND);
+
+    let text = format!(
+        "[api]\nenabled = true\nbind = \"0.0.0.0:8888\"\nbearer_token = \"t0k\"\ncors = true\n\
+         persist = true\n[api.basic_auth]\nlogin = \"a\"\npassword = \"b\"\n\
+         [api.tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n{WEB}"
+    );
+    let api = ok(&text).config.api.expect("api enabled");
+    assert_eq!(api.bearer_token.as_deref(), Some("t0k"));
+    assert_eq!(
+        api.basic_auth,
+        Some(BasicAuth {
+            login: "a".into(),
+            password: "b".into()
+        })
+    );
+    assert_eq!(api.tls.map(|t| t.key_path), Some("k.pem".into()));
+    assert!(api.cors && api.persist);
+
+    let public = format!("[api]\nenabled = true\nbind = \"0.0.0.0:8888\"\n{WEB}");
+    assert!(errors(&public).contains("add [api.basic_auth] or bearer_token"));
+    let allowed = public.replace("[api]\n", "[api]\ninsecure_public = true\n");
+    assert!(ok(&allowed).config.api.is_some());
 }
 
 #[test]

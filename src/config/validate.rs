@@ -11,15 +11,35 @@ use std::time::Duration;
 
 use super::file::Node;
 use super::legacy::{self, Place};
-use super::reader::{Ctx, Field, Section};
+use super::reader::{join, Ctx, Field, Section};
 use super::sections::{access, discovery, healthcheck};
-use super::{Config, HealthConfig, LogFormat, LogOutput, LoggingConfig, Protocol, ServerConfig};
+use super::{
+    ApiConfig, BasicAuth, Config, HealthConfig, LogFormat, LogOutput, LoggingConfig, MetricsConfig,
+    Protocol, ServerConfig, TlsFiles, DEFAULT_API_BIND, DEFAULT_METRICS_BIND,
+};
 use crate::balance::BalanceKind;
 
-const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 
-const TOP_KEYS: &[&str] = &["shutdown_timeout", "logging", "defaults", "servers"];
+const TOP_KEYS: &[&str] = &[
+    "shutdown_timeout",
+    "logging",
+    "api",
+    "metrics",
+    "defaults",
+    "servers",
+];
+const API_KEYS: &[&str] = &[
+    "enabled",
+    "bind",
+    "basic_auth",
+    "bearer_token",
+    "tls",
+    "cors",
+    "persist",
+    "insecure_public",
+];
+const METRICS_KEYS: &[&str] = &["enabled", "bind"];
 const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
 const OPTION_KEYS: &[&str] = &[
     "max_connections",
@@ -53,11 +73,7 @@ struct Options {
 
 /// Builds the configuration; meaningful only if `ctx` collected no error.
 pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
-    let mut config = Config {
-        logging: LoggingConfig::default(),
-        shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
-        servers: Default::default(),
-    };
+    let mut config = Config::default();
     let Some(mut top) = Section::root(root) else {
         ctx.error(root.at, "(root)", "the configuration must be a table");
         return config;
@@ -68,6 +84,12 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
     }
     if let Some(sec) = top.take("logging").and_then(|f| ctx.table(&f)) {
         config.logging = logging(ctx, sec);
+    }
+    if let Some(field) = top.take("api") {
+        config.api = api(ctx, &field);
+    }
+    if let Some(field) = top.take("metrics") {
+        config.metrics = metrics(ctx, &field);
     }
     let defaults = top
         .take("defaults")
@@ -119,6 +141,103 @@ fn logging(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> LoggingConfig {
     }
     sec.finish(ctx, LOGGING_KEYS);
     logging
+}
+
+/// `[api]`; `None` unless `enabled = true`.
+fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
+    let mut sec = ctx.table(field)?;
+    let enabled = sec
+        .take("enabled")
+        .and_then(|f| ctx.bool(&f))
+        .unwrap_or(false);
+    let bind_field = sec.take("bind");
+    let bind = match &bind_field {
+        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
+        None => parse_bind(DEFAULT_API_BIND).ok()?,
+    };
+    let basic_auth = sec.take("basic_auth").and_then(|f| {
+        let mut auth = ctx.table(&f)?;
+        let login = auth
+            .take("login")
+            .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
+        let password = auth
+            .take("password")
+            .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
+        let at = ctx.table_at(&f);
+        auth.finish(ctx, &["login", "password"]);
+        match (login, password) {
+            (Some(login), Some(password)) => Some(BasicAuth { login, password }),
+            _ => {
+                ctx.error(at, f.path(), "needs both login and password");
+                None
+            }
+        }
+    });
+    let bearer_token = sec
+        .take("bearer_token")
+        .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
+    let tls = sec.take("tls").and_then(|f| {
+        let mut tls = ctx.table(&f)?;
+        let cert = tls
+            .take("cert_path")
+            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from));
+        let key = tls
+            .take("key_path")
+            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from));
+        let at = ctx.table_at(&f);
+        tls.finish(ctx, &["cert_path", "key_path"]);
+        match (cert, key) {
+            (Some(cert_path), Some(key_path)) => Some(TlsFiles {
+                cert_path,
+                key_path,
+            }),
+            _ => {
+                ctx.error(at, f.path(), "needs both cert_path and key_path");
+                None
+            }
+        }
+    });
+    let mut flag = |key| sec.take(key).and_then(|f| ctx.bool(&f)).unwrap_or(false);
+    let cors = flag("cors");
+    let persist = flag("persist");
+    let insecure_public = flag("insecure_public");
+    sec.finish(ctx, API_KEYS);
+    let api = ApiConfig {
+        bind,
+        basic_auth,
+        bearer_token,
+        tls,
+        cors,
+        persist,
+        insecure_public,
+    };
+    if enabled && !api.has_auth() && !api.insecure_public && !bind.ip().is_loopback() {
+        let at = bind_field.as_ref().map_or(ctx.table_at(field), |f| f.at);
+        ctx.error(
+            at,
+            &join(field.path(), "bind"),
+            format!(
+                "the API would listen on {bind}, beyond this host, with no authentication; \
+                 add [api.basic_auth] or bearer_token, or set insecure_public = true"
+            ),
+        );
+    }
+    enabled.then_some(api)
+}
+
+/// `[metrics]`; `None` unless `enabled = true`.
+fn metrics(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<MetricsConfig> {
+    let mut sec = ctx.table(field)?;
+    let enabled = sec
+        .take("enabled")
+        .and_then(|f| ctx.bool(&f))
+        .unwrap_or(false);
+    let bind = match sec.take("bind") {
+        Some(f) => ctx.parse(&f, "an address string", parse_bind)?,
+        None => parse_bind(DEFAULT_METRICS_BIND).ok()?,
+    };
+    sec.finish(ctx, METRICS_KEYS);
+    enabled.then_some(MetricsConfig { bind })
 }
 
 fn defaults(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Options {

@@ -65,6 +65,7 @@ pub fn config(server: ServerConfig) -> Config {
         logging: LoggingConfig::default(),
         shutdown_timeout: Duration::from_secs(5),
         servers: [("test".to_owned(), server)].into_iter().collect(),
+        ..Config::default()
     }
 }
 
