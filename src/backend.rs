@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -28,6 +28,8 @@ pub struct BackendSpec {
     pub backup: bool,
     /// SNI name this backend serves (used by SNI routing).
     pub sni: Option<String>,
+    /// The operator's wish (`state=` in a backend line; the API's PATCH).
+    pub admin: AdminState,
 }
 
 impl BackendSpec {
@@ -41,6 +43,7 @@ impl BackendSpec {
             max_connections: None,
             backup: false,
             sni: None,
+            admin: AdminState::Enabled,
         }
     }
 
@@ -55,20 +58,45 @@ impl BackendSpec {
 }
 
 /// Operator's wish for a backend, independent of its health.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AdminState {
-    Enabled = 0,
-    Disabled = 1,
+    #[default]
+    Enabled,
+    Disabled,
     /// No new connections; established ones finish.
-    Draining = 2,
+    Draining,
+}
+
+impl AdminState {
+    /// The name in backend lines and the API (`state=drain`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Enabled => "enabled",
+            AdminState::Disabled => "disabled",
+            AdminState::Draining => "drain",
+        }
+    }
+}
+
+impl std::str::FromStr for AdminState {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "enabled" => Ok(AdminState::Enabled),
+            "disabled" => Ok(AdminState::Disabled),
+            "drain" | "draining" => Ok(AdminState::Draining),
+            other => Err(format!(
+                "unknown state \"{other}\"; expected enabled, disabled or drain"
+            )),
+        }
+    }
 }
 
 /// Live state of a backend, shared across reloads for as long as its key stays configured.
 #[derive(Debug, Default)]
 pub struct BackendState {
     healthy: AtomicBool,
-    admin: AtomicU8,
     /// Connect failures in a row, for passive health.
     pub consecutive_connect_failures: AtomicU32,
     pub stats: BackendStats,
@@ -147,15 +175,7 @@ impl Backend {
     }
 
     pub fn admin_state(&self) -> AdminState {
-        match self.state.admin.load(Ordering::Relaxed) {
-            1 => AdminState::Disabled,
-            2 => AdminState::Draining,
-            _ => AdminState::Enabled,
-        }
-    }
-
-    pub fn set_admin_state(&self, admin: AdminState) {
-        self.state.admin.store(admin as u8, Ordering::Relaxed);
+        self.spec.admin
     }
 
     /// Connections open to this backend right now.

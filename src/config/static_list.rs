@@ -2,17 +2,20 @@
 //!
 //! ```text
 //! host:port [weight=N] [priority=N] [max_connections=N] [sni=NAME] [backup]
+//!           [state=enabled|disabled|drain]
 //! ```
 //!
 //! IPv6 literals are bracketed (`[::1]:80`); the host is stored without brackets. Options
 //! may come in any order, each at most once.
 
+use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use crate::backend::BackendSpec;
+use crate::backend::{AdminState, BackendSpec};
 
-const OPTIONS: &str = "weight=N, priority=N, max_connections=N, sni=NAME, backup";
+const OPTIONS: &str =
+    "weight=N, priority=N, max_connections=N, sni=NAME, backup, state=enabled|disabled|drain";
 
 impl FromStr for BackendSpec {
     type Err = String;
@@ -48,10 +51,37 @@ impl FromStr for BackendSpec {
                 ("sni", v) => spec.sni = Some(v.to_owned()),
                 ("backup", "") if !word.contains('=') => spec.backup = true,
                 ("backup", _) => return Err("backup takes no value; write just \"backup\"".into()),
+                ("state", v) => spec.admin = v.parse()?,
                 _ => return Err(format!("unknown option \"{word}\"; expected {OPTIONS}")),
             }
         }
         Ok(spec)
+    }
+}
+
+/// The line that parses back into the same spec; default options are left out.
+impl fmt::Display for BackendSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.key())?;
+        if self.weight != 1 {
+            write!(f, " weight={}", self.weight)?;
+        }
+        if self.priority != 1 {
+            write!(f, " priority={}", self.priority)?;
+        }
+        if let Some(max) = self.max_connections {
+            write!(f, " max_connections={max}")?;
+        }
+        if let Some(sni) = &self.sni {
+            write!(f, " sni={sni}")?;
+        }
+        if self.backup {
+            f.write_str(" backup")?;
+        }
+        if self.admin != AdminState::Enabled {
+            write!(f, " state={}", self.admin.as_str())?;
+        }
+        Ok(())
     }
 }
 
@@ -111,6 +141,22 @@ mod tests {
 
     fn parse(line: &str) -> Result<BackendSpec, String> {
         line.parse()
+    }
+
+    #[test]
+    fn display_parses_back() {
+        for line in [
+            "127.0.0.1:8000",
+            "[::1]:80 weight=3 priority=2 max_connections=10 sni=a.example backup state=drain",
+            "db.internal:5432 state=disabled",
+        ] {
+            let spec = parse(line).expect(line);
+            assert_eq!(spec.to_string(), line);
+            assert_eq!(parse(&spec.to_string()), Ok(spec));
+        }
+        assert!(parse("127.0.0.1:80 state=off")
+            .unwrap_err()
+            .contains("expected enabled, disabled or drain"));
     }
 
     #[test]
