@@ -11,7 +11,9 @@
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines).
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
+//! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`).
 
+pub mod dump;
 mod duration;
 mod error;
 mod file;
