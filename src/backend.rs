@@ -5,12 +5,17 @@
 //! so that a reload which changes a backend's weight or tier keeps its health and the
 //! connections already counted against it.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::histogram::{Histogram, CONNECTION_BOUNDS_NS, CONNECT_BOUNDS_NS};
 
 /// One backend as configured: a `static_list` line, or later a discovered entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -102,10 +107,87 @@ pub struct BackendState {
     pub stats: BackendStats,
     /// Resolved socket addresses; empty until the host name resolves.
     addrs: ArcSwap<Vec<SocketAddr>>,
+    /// Bytes per second (from the backend, to the backend) over the last second.
+    rates: [AtomicU64; 2],
+    /// Recent health transitions, oldest first (changes are rare: a lock is fine).
+    history: Mutex<VecDeque<HealthEvent>>,
+    /// Watched by this backend's open connections; cancelled to close them (a drain
+    /// deadline), then replaced. A child of the runtime's hard stop, so a shutdown that
+    /// runs out of time closes them too.
+    cut: ArcSwap<CancellationToken>,
+    cut_parent: OnceLock<CancellationToken>,
+}
+
+/// One health transition of a backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthEvent {
+    /// Milliseconds since the Unix epoch.
+    pub at_unix_ms: u64,
+    pub up: bool,
+}
+
+/// Health transitions kept per backend.
+const HEALTH_HISTORY: usize = 32;
+
+impl BackendState {
+    /// Recent health transitions, oldest first.
+    pub fn health_history(&self) -> Vec<HealthEvent> {
+        match self.history.lock() {
+            Ok(history) => history.iter().copied().collect(),
+            Err(poisoned) => poisoned.into_inner().iter().copied().collect(),
+        }
+    }
+
+    fn record_health(&self, up: bool) {
+        let at_unix_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let mut history = match self.history.lock() {
+            Ok(history) => history,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if history.len() == HEALTH_HISTORY {
+            history.pop_front();
+        }
+        history.push_back(HealthEvent { at_unix_ms, up });
+    }
+
+    /// Ties this backend's connections to `parent` (the runtime's hard stop); once.
+    pub fn link_to(&self, parent: &CancellationToken) {
+        if self.cut_parent.set(parent.clone()).is_ok() {
+            self.cut.store(Arc::new(parent.child_token()));
+        }
+    }
+
+    /// What a new connection to this backend watches to be told to close.
+    pub fn cut_token(&self) -> CancellationToken {
+        CancellationToken::clone(&self.cut.load())
+    }
+
+    /// Closes every connection open to this backend now; later ones are not affected.
+    pub fn cut_connections(&self) {
+        let fresh = match self.cut_parent.get() {
+            Some(parent) => parent.child_token(),
+            None => CancellationToken::new(),
+        };
+        self.cut.swap(Arc::new(fresh)).cancel();
+    }
+
+    /// Bytes per second (from the backend, to the backend) over the last second.
+    pub fn rates(&self) -> (u64, u64) {
+        let [from, to] = &self.rates;
+        (from.load(Ordering::Relaxed), to.load(Ordering::Relaxed))
+    }
+
+    pub fn set_rates(&self, from_backend: u64, to_backend: u64) {
+        let [from, to] = &self.rates;
+        from.store(from_backend, Ordering::Relaxed);
+        to.store(to_backend, Ordering::Relaxed);
+    }
 }
 
 /// Counters of one backend. Plain atomics: the data path never takes a lock to count.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BackendStats {
     pub active: AtomicU64,
     pub total: AtomicU64,
@@ -113,11 +195,36 @@ pub struct BackendStats {
     pub bytes_to_backend: AtomicU64,
     /// Bytes sent from this backend to clients.
     pub bytes_from_backend: AtomicU64,
+    /// Dials that failed, timeouts included.
     pub connect_failures: AtomicU64,
+    /// Dials that gave up after the connect timeout (also in `connect_failures`).
+    pub connect_timeouts: AtomicU64,
     /// Recent throughput in bytes per second (both directions), refreshed once a second.
     pub bandwidth: AtomicU64,
     pub checks_passed: AtomicU64,
     pub checks_failed: AtomicU64,
+    /// Time to establish each successful connection to this backend.
+    pub connect_duration: Histogram<{ CONNECT_BOUNDS_NS.len() }>,
+    /// Lifetime of each relayed connection, from accept to close.
+    pub connection_duration: Histogram<{ CONNECTION_BOUNDS_NS.len() }>,
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            active: AtomicU64::new(0),
+            total: AtomicU64::new(0),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_from_backend: AtomicU64::new(0),
+            connect_failures: AtomicU64::new(0),
+            connect_timeouts: AtomicU64::new(0),
+            bandwidth: AtomicU64::new(0),
+            checks_passed: AtomicU64::new(0),
+            checks_failed: AtomicU64::new(0),
+            connect_duration: Histogram::new(&CONNECT_BOUNDS_NS),
+            connection_duration: Histogram::new(&CONNECTION_BOUNDS_NS),
+        }
+    }
 }
 
 /// A backend: its configured spec plus its shared live state.
@@ -169,9 +276,13 @@ impl Backend {
         self.state.healthy.load(Ordering::Relaxed)
     }
 
-    /// Sets health; returns true if it changed.
+    /// Sets health; returns true if it changed (and records the transition).
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        self.state.healthy.swap(healthy, Ordering::Relaxed) != healthy
+        let changed = self.state.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        if changed {
+            self.state.record_health(healthy);
+        }
+        changed
     }
 
     pub fn admin_state(&self) -> AdminState {

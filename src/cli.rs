@@ -3,15 +3,18 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
 
+use crate::api::{self, ApiState};
 use crate::backend::BackendSpec;
 use crate::balance::BalanceKind;
 use crate::config::{self, Config, HealthConfig, HealthKind, ServerConfig};
+use crate::control::Control;
 use crate::runtime::Runtime;
 use crate::shutdown::{Signal, Signals};
 use crate::workers::Workers;
@@ -182,11 +185,34 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
     let rt = control_runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new().context("cannot install signal handlers")?;
-        let runtime = Runtime::start_with_workers(config, workers).await?;
+        let api = config.api.clone();
+        let metrics = config.metrics.clone();
+        let runtime = Arc::new(Runtime::start_with_workers(config, workers).await?);
+        let control = Arc::new(Control::new(
+            Arc::clone(&runtime),
+            path.map(Path::to_path_buf),
+        ));
+        if let Some(api) = api {
+            start_api(api, Arc::clone(&control)).await?;
+        }
+        if let Some(metrics) = metrics {
+            let listener = tokio::net::TcpListener::bind(metrics.bind)
+                .await
+                .with_context(|| format!("metrics: cannot listen on {}", metrics.bind))?;
+            info!(url = %format!("http://{}/metrics", metrics.bind), "metrics endpoint listening");
+            let runtime = Arc::clone(&runtime);
+            tokio::spawn(async move {
+                if let Err(e) = crate::metrics::serve(listener, runtime).await {
+                    error!("metrics endpoint stopped: {e}");
+                }
+            });
+        }
         while signals.next().await == Signal::Reload {
-            match path {
-                Some(path) => reload(&runtime, path).await,
-                None => info!("SIGHUP ignored: no configuration file"),
+            // Errors are logged by `reload`; the previous configuration keeps running.
+            if path.is_none() {
+                info!("SIGHUP ignored: no configuration file");
+            } else {
+                let _ = control.reload().await;
             }
         }
         let grace = runtime.config().await.shutdown_timeout;
@@ -198,6 +224,34 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
     })
 }
 
+/// Binds the admin API (failing start-up if it cannot) and serves it in the background.
+/// `[api]` and `[metrics]` changes take effect at the next start, not on reload.
+pub async fn start_api(
+    config: config::ApiConfig,
+    control: Arc<Control>,
+) -> anyhow::Result<SocketAddr> {
+    anyhow::ensure!(
+        config.tls.is_none(),
+        "api.tls: HTTPS for the API is not available yet; put it behind a TLS-terminating \
+         proxy or bind it to a loopback address"
+    );
+    let listener = tokio::net::TcpListener::bind(config.bind)
+        .await
+        .with_context(|| format!("api: cannot listen on {}", config.bind))?;
+    let addr = listener.local_addr()?;
+    info!(url = %format!("http://{addr}/"), dashboard = %format!("http://{addr}/ui"), "admin API listening");
+    let state = ApiState {
+        control,
+        started: std::time::SystemTime::now(),
+    };
+    tokio::spawn(async move {
+        if let Err(e) = api::serve(listener, config, state).await {
+            error!("admin API stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
 /// The runtime of the control side: signals, reloads, health checks, DNS. Connections
 /// run on the worker threads ([`crate::workers`]).
 pub fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -205,29 +259,6 @@ pub fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")
-}
-
-/// Re-reads the file: invalid, keep running as before and log every error; valid,
-/// apply the difference.
-async fn reload(runtime: &Runtime, path: &Path) {
-    info!(file = %path.display(), "SIGHUP: reloading");
-    match config::load(path) {
-        Err(errors) => {
-            for e in &errors.0 {
-                error!("{e}");
-            }
-            error!("configuration not reloaded: still running the previous one");
-        }
-        Ok(loaded) => {
-            for warning in &loaded.warnings {
-                warn!("{warning}");
-            }
-            match runtime.apply(loaded.config).await {
-                Ok(changes) => info!(changes = changes.len(), "configuration reloaded"),
-                Err(e) => error!("reload failed: {e}"),
-            }
-        }
-    }
 }
 
 /// Builds a one-server configuration from quick-mode flags.

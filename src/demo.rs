@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -13,13 +14,17 @@ use tokio::time::timeout;
 use crate::backend::BackendSpec;
 use crate::balance::BalanceKind;
 use crate::config::{
-    Config, DiscoveryConfig, HealthConfig, HealthKind, LoggingConfig, Protocol, ServerConfig,
+    ApiConfig, Config, DiscoveryConfig, HealthConfig, HealthKind, LoggingConfig, Protocol,
+    ServerConfig,
 };
+use crate::control::Control;
 use crate::logging;
 use crate::runtime::Runtime;
 use crate::shutdown::{Signal, Signals};
 
 const BACKENDS: usize = 3;
+/// The API's usual port, GoBetween's.
+const DEMO_API_PORT: u16 = 8888;
 
 /// Runs the demo until Ctrl-C.
 pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
@@ -36,22 +41,31 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
             tokio::spawn(serve_named(socket, format!("demo-backend-{n}")));
             backends.push(BackendSpec::new(addr.ip().to_string(), addr.port()));
         }
-        // Fall back to any free port rather than fail a first try on a busy machine.
-        let bind = match std::net::TcpListener::bind(listen) {
-            Ok(probe) => {
-                drop(probe);
-                listen
-            }
-            Err(_) => SocketAddr::new(listen.ip(), 0),
+        let bind = free_or_any(listen);
+        let api_bind = free_or_any(SocketAddr::new(listen.ip(), DEMO_API_PORT));
+        let api = ApiConfig {
+            bind: api_bind,
+            basic_auth: None,
+            bearer_token: None,
+            tls: None,
+            cors: false,
+            persist: false,
+            insecure_public: false,
         };
-        let runtime = Runtime::start(demo_config(bind, backends)).await?;
+        let config = demo_config(bind, backends, api.clone());
+        let runtime = Arc::new(Runtime::start(config).await?);
         let addr = runtime.local_addrs().await["demo"];
+        let control = Arc::new(Control::new(Arc::clone(&runtime), None));
+        let api_addr = crate::cli::start_api(api, control).await?;
         println!(
             "\nSluice demo: {addr} balances round-robin across {BACKENDS} backends.\n\
              Try, in another terminal:\n\n  \
              for i in 1 2 3 4 5 6; do curl -s http://{addr}/; done\n\n\
              or, without curl:  nc {} {} </dev/null\n\n\
-             Each answer names the backend that served it. Press Ctrl-C to stop.\n",
+             Each answer names the backend that served it.\n\n\
+             Dashboard: http://{api_addr}/ui   (drain, disable or re-weight a backend there)\n\
+             REST API:  http://{api_addr}/servers   metrics: http://{api_addr}/metrics\n\n\
+             Press Ctrl-C to stop.\n",
             addr.ip(),
             addr.port()
         );
@@ -62,7 +76,19 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>) -> Config {
+/// `addr` if it is free now, else the same address with any free port: a first try on a
+/// busy machine should not fail.
+fn free_or_any(addr: SocketAddr) -> SocketAddr {
+    match std::net::TcpListener::bind(addr) {
+        Ok(probe) => {
+            drop(probe);
+            addr
+        }
+        Err(_) => SocketAddr::new(addr.ip(), 0),
+    }
+}
+
+fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> Config {
     let server = ServerConfig {
         bind,
         protocol: Protocol::Tcp,
@@ -83,6 +109,7 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>) -> Config {
         logging: LoggingConfig::default(),
         shutdown_timeout: Duration::from_secs(2),
         servers: [("demo".to_owned(), server)].into_iter().collect(),
+        api: Some(api),
         ..Config::default()
     }
 }

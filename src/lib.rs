@@ -3,6 +3,8 @@
 //! Module map, in reading order:
 //! - [`cli`]: the command line (`run`, `check`, `tcp`, `demo`).
 //! - [`runtime`]: every running server; the one place runtime state changes.
+//! - [`control`]: reloads and API edits, both ending in `Runtime::apply`.
+//! - [`api`]: the admin REST API and dashboard.
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server: its listener, backend pool and health checks.
 //! - [`listener`]: accept loop, ACL and connection limit.
@@ -11,20 +13,24 @@
 //! - [`balance`]: the balancing strategies.
 //! - [`backend`]: one backend's spec and live state.
 //! - [`health`]: active and passive health checking.
+//! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
 //! - [`config`]: loading and validating the configuration.
 //! - [`acl`]: allow/deny rules by address.
 
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod api;
 pub mod backend;
 pub mod balance;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod health;
 pub mod listener;
 pub mod logging;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod reload;

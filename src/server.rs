@@ -34,6 +34,8 @@ pub struct ServerStats {
     pub refused_max_connections: AtomicU64,
     pub no_backend: AtomicU64,
     pub connect_failed: AtomicU64,
+    /// Dials beyond the first for one client, each to another backend.
+    pub connect_retries: AtomicU64,
 }
 
 /// The state of a server that its connections read.
@@ -136,7 +138,7 @@ impl Server {
             Some(socket) => socket.local_addr()?,
             None => config.bind,
         };
-        let backends = build_backends(&config, &HashMap::new());
+        let backends = build_backends(&config, &HashMap::new(), &life.hard_stop);
         let shared = Arc::new(ServerShared {
             name: name.to_owned(),
             pool: ArcSwap::from_pointee(Pool::new(config.balance, backends)),
@@ -207,7 +209,7 @@ impl Server {
             .iter()
             .map(|b| (b.key(), &b.state))
             .collect();
-        let backends = build_backends(&config, &by_key);
+        let backends = build_backends(&config, &by_key, &life.hard_stop);
         let pool = Pool::new(config.balance, backends);
         resolve::resolve_now(&pool).await;
         self.backend_tasks.cancel();
@@ -228,10 +230,12 @@ impl Server {
     }
 }
 
-/// Backends for `config`, reusing the live state of those already known by key.
+/// Backends for `config`, reusing the live state of those already known by key; new
+/// ones have their connections tied to `hard_stop`.
 fn build_backends(
     config: &ServerConfig,
     known: &HashMap<&str, &Arc<BackendState>>,
+    hard_stop: &CancellationToken,
 ) -> Vec<Arc<Backend>> {
     let crate::config::DiscoveryConfig::Static { backends } = &config.discovery;
     let initially_healthy = config.healthcheck.kind == HealthKind::None
@@ -243,6 +247,7 @@ fn build_backends(
                 Some(state) => Backend::with_state(spec.clone(), Arc::clone(state)),
                 None => Backend::new(spec.clone(), initially_healthy),
             };
+            backend.state.link_to(hard_stop);
             // Without an active check nothing would ever bring a backend back up.
             if config.healthcheck.kind == HealthKind::None {
                 backend.set_healthy(true);
@@ -257,9 +262,12 @@ fn build_backends(
 async fn sample_bandwidth(pool: Arc<Pool>, stop: CancellationToken) {
     let totals = |b: &Backend| {
         let s = &b.state.stats;
-        s.bytes_to_backend.load(Ordering::Relaxed) + s.bytes_from_backend.load(Ordering::Relaxed)
+        (
+            s.bytes_from_backend.load(Ordering::Relaxed),
+            s.bytes_to_backend.load(Ordering::Relaxed),
+        )
     };
-    let mut last: Vec<u64> = pool.backends().iter().map(|b| totals(b)).collect();
+    let mut last: Vec<(u64, u64)> = pool.backends().iter().map(|b| totals(b)).collect();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
@@ -270,11 +278,14 @@ async fn sample_bandwidth(pool: Arc<Pool>, stop: CancellationToken) {
         }
         for (backend, last) in pool.backends().iter().zip(last.iter_mut()) {
             let now = totals(backend);
+            let from = now.0.saturating_sub(last.0);
+            let to = now.1.saturating_sub(last.1);
+            backend.state.set_rates(from, to);
             backend
                 .state
                 .stats
                 .bandwidth
-                .store(now.saturating_sub(*last), Ordering::Relaxed);
+                .store(from + to, Ordering::Relaxed);
             *last = now;
         }
     }

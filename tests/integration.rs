@@ -2,9 +2,12 @@
 
 mod support;
 
+mod api;
 mod balance;
+mod dashboard;
 mod failover;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod process;
 mod proxy;

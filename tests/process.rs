@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use crate::support::data::EchoStreamer;
 use crate::support::process::*;
 use crate::support::*;
+use crate::support::{http, process};
 
 fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -167,4 +168,41 @@ async fn check_accepts_a_good_file() {
     let (status, stdout, stderr) = run_sluice(&["check", "-c", &good]).await;
     assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("OK"), "{stdout}");
+}
+
+#[tokio::test]
+async fn demo_turns_on_the_api_and_dashboard_and_prints_their_address() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(process::BIN)
+        .args(["demo", "--listen", "127.0.0.1:0"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let find_url = async {
+        while let Some(line) = lines.next_line().await.expect("read stdout") {
+            if let Some(rest) = line.strip_prefix("Dashboard: http://") {
+                return rest.split('/').next().map(str::to_owned);
+            }
+        }
+        None
+    };
+    let api = tokio::time::timeout(WAIT, find_url)
+        .await
+        .expect("demo printed its dashboard in time")
+        .expect("a dashboard line");
+    let api: std::net::SocketAddr = api.parse().expect("dashboard address");
+    let backends = http::get(api, "/servers/demo/backends").await;
+    assert_eq!(backends.status, 200, "{}", backends.body);
+    assert_eq!(backends.json().as_array().map(Vec::len), Some(3));
+    let page = http::get(api, "/ui").await;
+    assert_eq!(page.status, 200);
+    assert!(page
+        .header("content-type")
+        .is_some_and(|t| t.starts_with("text/html")));
+    child.kill().await.expect("stop the demo");
 }

@@ -29,6 +29,8 @@ pub enum CloseReason {
     IdleTimeout,
     /// Sluice was shutting down and the grace period ran out.
     Shutdown,
+    /// Its backend was drained with a deadline, and the deadline passed.
+    DrainDeadline,
     /// Refused by the server's access rules.
     AclDenied,
     /// Refused because the server's `max_connections` was reached.
@@ -48,6 +50,7 @@ impl CloseReason {
             CloseReason::BackendError => "backend_error",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Shutdown => "shutdown",
+            CloseReason::DrainDeadline => "drain_deadline",
             CloseReason::AclDenied => "acl_denied",
             CloseReason::MaxConnections => "max_connections",
             CloseReason::NoBackend => "no_backend",

@@ -41,13 +41,14 @@ pub fn handle(
 ) -> impl Future<Output = ()> + Send {
     async move {
         let started = Instant::now();
-        // One waiter for the whole connection: the dial and the relay both watch it.
-        let mut stopped = pin!(stop.cancelled());
         // A dial can take up to the connect timeout; the shutdown deadline must not
         // wait for it.
-        let (guard, upstream) = match tokio::select! {
-            connected = Box::pin(connect(slot.server(), peer)) => connected,
-            () = stopped.as_mut() => Err(CloseReason::Shutdown),
+        let (guard, upstream) = match {
+            let stopped = pin!(stop.cancelled());
+            tokio::select! {
+                connected = Box::pin(connect(slot.server(), peer)) => connected,
+                () = stopped => Err(CloseReason::Shutdown),
+            }
         } {
             Ok(connected) => connected,
             Err(reason) => {
@@ -57,6 +58,10 @@ pub fn handle(
                 return;
             }
         };
+        // Once connected, the backend's own token: cancelled by its drain deadline, and
+        // (as a child of `stop`) by the shutdown deadline. One waiter either way.
+        let cut = guard.backend().state.cut_token();
+        let cut_wait = pin!(cut.cancelled());
         let result = {
             let settings = slot.server().settings.load();
             let idle = match (settings.client_idle_timeout, settings.backend_idle_timeout) {
@@ -68,11 +73,20 @@ pub fn handle(
                 to_backend: &stats.bytes_to_backend,
                 from_backend: &stats.bytes_from_backend,
             };
-            Relay::new(client, upstream, idle, stopped, counters)
+            Relay::new(client, upstream, idle, cut_wait, counters)
         }
         .await;
+        let reason = match result.reason {
+            CloseReason::Shutdown if !stop.is_cancelled() => CloseReason::DrainDeadline,
+            reason => reason,
+        };
         let server = slot.server();
         let backend = guard.backend();
+        backend
+            .state
+            .stats
+            .connection_duration
+            .observe(started.elapsed());
         if let Some(e) = &result.error {
             debug!(server = %server.name, client = %peer, backend = backend.key(), error = %e, "connection failed");
         }
@@ -83,7 +97,7 @@ pub fn handle(
             result.bytes_to_backend,
             result.bytes_to_client,
             started,
-            result.reason,
+            reason,
         );
     }
 }
@@ -110,11 +124,16 @@ async fn connect(
         let Some(guard) = pool.pick(peer.ip(), &tried) else {
             break;
         };
+        if !tried.is_empty() {
+            server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
+        }
         let backend = guard.backend();
+        let dialling = Instant::now();
         match dial(backend, connect_timeout).await {
             Ok(stream) => {
-                backend
-                    .state
+                let state = &backend.state;
+                state.stats.connect_duration.observe(dialling.elapsed());
+                state
                     .consecutive_connect_failures
                     .store(0, Ordering::Relaxed);
                 server.note_backend_found();
@@ -160,6 +179,9 @@ async fn dial(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
 fn record_connect_failure(server: &str, backend: &Backend, passive_fails: u32, e: &io::Error) {
     let state = &backend.state;
     state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+    if e.kind() == io::ErrorKind::TimedOut {
+        state.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
     let in_a_row = state
         .consecutive_connect_failures
         .fetch_add(1, Ordering::Relaxed)

@@ -5,6 +5,7 @@
 
 mod backend;
 pub mod data;
+pub mod http;
 pub mod process;
 
 pub use backend::*;

@@ -1,0 +1,135 @@
+//! Basic and bearer-token authentication, compared in constant time.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use subtle::ConstantTimeEq;
+
+use super::ApiError;
+use crate::config::ApiConfig;
+
+/// The credentials the API accepts; none configured means every request is let in
+/// (which configuration allows only on a loopback address, or with `insecure_public`).
+pub struct Auth {
+    basic: Option<(Vec<u8>, Vec<u8>)>,
+    bearer: Option<Vec<u8>>,
+}
+
+impl Auth {
+    pub fn from_config(config: &ApiConfig) -> Self {
+        Auth {
+            basic: config.basic_auth.as_ref().map(|b| {
+                (
+                    b.login.clone().into_bytes(),
+                    b.password.clone().into_bytes(),
+                )
+            }),
+            bearer: config.bearer_token.as_ref().map(|t| t.clone().into_bytes()),
+        }
+    }
+
+    fn open(&self) -> bool {
+        self.basic.is_none() && self.bearer.is_none()
+    }
+
+    /// Whether an `Authorization` header value carries accepted credentials.
+    fn accepts(&self, header: &[u8]) -> bool {
+        if let (Some(token), Some(given)) = (&self.bearer, header.strip_prefix(b"Bearer ")) {
+            return bool::from(given.ct_eq(token));
+        }
+        let (Some((login, password)), Some(encoded)) =
+            (&self.basic, header.strip_prefix(b"Basic "))
+        else {
+            return false;
+        };
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+            return false;
+        };
+        let Some(colon) = decoded.iter().position(|&b| b == b':') else {
+            return false;
+        };
+        let (given_login, given_password) = (&decoded[..colon], &decoded[colon + 1..]);
+        // Both compared, always: which half was wrong must not show in the timing.
+        let login_ok = given_login.ct_eq(login);
+        let password_ok = given_password.ct_eq(password);
+        bool::from(login_ok & password_ok)
+    }
+}
+
+/// Lets a request through only with accepted credentials; otherwise 401 with a
+/// challenge naming the scheme to use.
+pub async fn require(State(auth): State<Arc<Auth>>, request: Request, next: Next) -> Response {
+    if auth.open() {
+        return next.run(request).await;
+    }
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .map(HeaderValue::as_bytes);
+    if given.is_some_and(|h| auth.accepts(h)) {
+        return next.run(request).await;
+    }
+    let message = if given.is_some() {
+        "wrong credentials"
+    } else {
+        "authentication required"
+    };
+    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    let challenge = if auth.basic.is_some() {
+        "Basic realm=\"sluice\", charset=\"UTF-8\""
+    } else {
+        "Bearer realm=\"sluice\""
+    };
+    response
+        .headers_mut()
+        .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::BasicAuth;
+
+    fn auth(basic: bool, bearer: bool) -> Auth {
+        let config = ApiConfig {
+            bind: "127.0.0.1:0".parse().expect("address"),
+            basic_auth: basic.then(|| BasicAuth {
+                login: "admin".into(),
+                password: "pa:ss".into(),
+            }),
+            bearer_token: bearer.then(|| "tok".into()),
+            tls: None,
+            cors: false,
+            persist: false,
+            insecure_public: false,
+        };
+        Auth::from_config(&config)
+    }
+
+    fn basic(credentials: &str) -> Vec<u8> {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(credentials);
+        format!("Basic {encoded}").into_bytes()
+    }
+
+    #[test]
+    fn basic_and_bearer_credentials() {
+        let a = auth(true, true);
+        assert!(a.accepts(&basic("admin:pa:ss")));
+        assert!(!a.accepts(&basic("admin:pa")));
+        assert!(!a.accepts(&basic("root:pa:ss")));
+        assert!(!a.accepts(&basic("admin")));
+        assert!(!a.accepts(b"Basic !!!"));
+        assert!(a.accepts(b"Bearer tok"));
+        assert!(!a.accepts(b"Bearer tok2"));
+        assert!(!a.accepts(b"tok"));
+        let only_basic = auth(true, false);
+        assert!(!only_basic.accepts(b"Bearer tok"));
+        assert!(auth(false, false).open());
+    }
+}

@@ -1,0 +1,540 @@
+//! One function per route. Reads come from the running state; every change is an edit
+//! of the running configuration through [`Control`](crate::control::Control).
+
+use std::path::Path as FilePath;
+use std::time::{Duration, SystemTime};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tracing::info;
+
+use super::{views, ApiError, ApiState, OPENAPI};
+use crate::backend::{AdminState, BackendSpec};
+use crate::config::dump::{self, Secrets};
+use crate::config::{self, Config, ConfigErrors, DiscoveryConfig, ServerConfig};
+use crate::control::ControlError;
+use crate::reload::Change;
+
+type ApiResult<T> = Result<T, ApiError>;
+
+pub async fn root(State(api): State<ApiState>) -> Json<Value> {
+    let now = SystemTime::now();
+    let uptime = now.duration_since(api.started).unwrap_or_default();
+    let uptime = std::time::Duration::from_secs(uptime.as_secs());
+    Json(json!({
+        "pid": std::process::id(),
+        "time": humantime::format_rfc3339_seconds(now).to_string(),
+        "startTime": humantime::format_rfc3339_seconds(api.started).to_string(),
+        "uptime": humantime::format_duration(uptime).to_string(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "configPath": api.control.config_path().map(|p| p.display().to_string()),
+    }))
+}
+
+pub async fn ping() -> &'static str {
+    "pong"
+}
+
+pub async fn list_servers(State(api): State<ApiState>) -> Json<Value> {
+    let config = api.control.runtime().config().await;
+    let servers: Map<String, Value> = config
+        .servers
+        .iter()
+        .map(|(name, server)| (name.clone(), dump::server_json(server)))
+        .collect();
+    Json(Value::Object(servers))
+}
+
+pub async fn get_server(
+    State(api): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let config = api.control.runtime().config().await;
+    let server = config.servers.get(&name).ok_or_else(|| no_server(&name))?;
+    Ok(Json(dump::server_json(server)))
+}
+
+/// `POST /servers/NAME`: a new server from a body in the configuration's JSON schema.
+pub async fn create_server(
+    State(api): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let server = parse_server(&name, &body)?;
+    let view = dump::server_json(&server);
+    edit(&api, |config| {
+        bind_free(config, &name, &server)?;
+        if config.servers.contains_key(&name) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("server \"{name}\" already exists; PUT replaces it"),
+            ));
+        }
+        config.servers.insert(name.clone(), server);
+        Ok(())
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+/// `PUT /servers/NAME`: the server changed in place; its connections are not cut.
+pub async fn replace_server(
+    State(api): State<ApiState>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let server = parse_server(&name, &body)?;
+    let view = dump::server_json(&server);
+    edit(&api, |config| {
+        bind_free(config, &name, &server)?;
+        let slot = config
+            .servers
+            .get_mut(&name)
+            .ok_or_else(|| no_server(&name))?;
+        *slot = server;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(view))
+}
+
+pub async fn delete_server(
+    State(api): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    edit(&api, |config| {
+        config
+            .servers
+            .remove(&name)
+            .ok_or_else(|| no_server(&name))?;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(Value::Null))
+}
+
+pub async fn server_stats(
+    State(api): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let server = api
+        .control
+        .runtime()
+        .server(&name)
+        .await
+        .ok_or_else(|| no_server(&name))?;
+    Ok(Json(views::server_stats(&server)))
+}
+
+pub async fn list_backends(
+    State(api): State<ApiState>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let server = api
+        .control
+        .runtime()
+        .server(&name)
+        .await
+        .ok_or_else(|| no_server(&name))?;
+    let pool = server.pool.load();
+    Ok(Json(
+        pool.backends().iter().map(|b| views::backend(b)).collect(),
+    ))
+}
+
+pub async fn get_backend(
+    State(api): State<ApiState>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    backend_view(&api, &name, &key).await
+}
+
+/// `POST /servers/NAME/backends/HOST:PORT`, with an optional body of backend options.
+pub async fn add_backend(
+    State(api): State<ApiState>,
+    Path((name, key)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let mut spec: BackendSpec = key
+        .parse()
+        .map_err(|e: String| ApiError::field(StatusCode::BAD_REQUEST, "key", e))?;
+    let key = spec.key();
+    let options = BackendOptions::from_body(&body, false)?;
+    options.apply(&mut spec);
+    edit(&api, |config| {
+        let backends = static_backends(config, &name)?;
+        if backends.iter().any(|b| b.key() == key) {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("backend {key} already exists in server \"{name}\"; PATCH changes it"),
+            ));
+        }
+        backends.push(spec);
+        Ok(())
+    })
+    .await?;
+    backend_view(&api, &name, &key).await
+}
+
+/// `PATCH /servers/NAME/backends/HOST:PORT` with `{"weight": N, "state": …}`.
+pub async fn patch_backend(
+    State(api): State<ApiState>,
+    Path((name, key)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Json<Value>> {
+    let options = BackendOptions::from_body(&body, true)?;
+    edit(&api, |config| {
+        let backends = static_backends(config, &name)?;
+        let spec = backends
+            .iter_mut()
+            .find(|b| b.key() == key)
+            .ok_or_else(|| no_backend(&name, &key))?;
+        options.apply(spec);
+        Ok(())
+    })
+    .await?;
+    if let Some(deadline) = options.deadline {
+        tokio::spawn(cut_after(api.clone(), name.clone(), key.clone(), deadline));
+    }
+    backend_view(&api, &name, &key).await
+}
+
+/// Closes the connections still open to a backend `deadline` after it was drained,
+/// unless it is no longer draining by then.
+async fn cut_after(api: ApiState, name: String, key: String, deadline: Duration) {
+    tokio::time::sleep(deadline).await;
+    let Some(server) = api.control.runtime().server(&name).await else {
+        return;
+    };
+    let pool = server.pool.load();
+    let Some(backend) = pool.backends().iter().find(|b| b.key() == key) else {
+        return;
+    };
+    if backend.admin_state() == AdminState::Draining {
+        info!(
+            server = name,
+            backend = key,
+            open = backend.active(),
+            "drain deadline passed: closing the backend's connections"
+        );
+        backend.state.cut_connections();
+    }
+}
+
+pub async fn delete_backend(
+    State(api): State<ApiState>,
+    Path((name, key)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    edit(&api, |config| {
+        let backends = static_backends(config, &name)?;
+        let before = backends.len();
+        backends.retain(|b| b.key() != key);
+        if backends.len() == before {
+            return Err(no_backend(&name, &key));
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(Json(Value::Null))
+}
+
+/// `POST /reload`: the same as SIGHUP, answered with what changed or why nothing did.
+pub async fn reload(State(api): State<ApiState>) -> ApiResult<Json<Value>> {
+    let changes = api.control.reload().await.map_err(control_error)?;
+    Ok(Json(
+        json!({ "changes": changes.iter().map(change_json).collect::<Vec<_>>() }),
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct DumpQuery {
+    format: Option<String>,
+}
+
+/// `GET /dump?format=toml|json`: the running configuration, secrets redacted.
+pub async fn dump(
+    State(api): State<ApiState>,
+    Query(query): Query<DumpQuery>,
+) -> ApiResult<impl IntoResponse> {
+    let config = api.control.runtime().config().await;
+    match query.format.as_deref().unwrap_or("toml") {
+        "json" => Ok(Json(dump::to_json(&config, Secrets::Redact)).into_response()),
+        "toml" => {
+            let text = dump::to_toml(&config, Secrets::Redact).map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cannot write TOML: {e}"),
+                )
+            })?;
+            Ok(([(CONTENT_TYPE, "application/toml")], text).into_response())
+        }
+        other => Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "format",
+            format!("unknown format \"{other}\"; expected toml or json"),
+        )),
+    }
+}
+
+pub async fn openapi() -> impl IntoResponse {
+    ([(CONTENT_TYPE, "application/json")], OPENAPI)
+}
+
+/// Backend options of a POST or PATCH body, every key checked.
+#[derive(Default)]
+struct BackendOptions {
+    weight: Option<u32>,
+    priority: Option<u32>,
+    max_connections: Option<Option<u32>>,
+    backup: Option<bool>,
+    sni: Option<Option<String>>,
+    state: Option<AdminState>,
+    /// With `state = drain`: close the connections still open after this long.
+    deadline: Option<Duration>,
+}
+
+impl BackendOptions {
+    fn from_body(body: &[u8], required: bool) -> ApiResult<Self> {
+        let bad =
+            |field: &str, message: String| ApiError::field(StatusCode::BAD_REQUEST, field, message);
+        if body.iter().all(u8::is_ascii_whitespace) {
+            if required {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "empty body; expected a JSON object such as {\"weight\": 2}",
+                ));
+            }
+            return Ok(BackendOptions::default());
+        }
+        let value: Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}"))
+        })?;
+        let Value::Object(fields) = value else {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "body must be a JSON object",
+            ));
+        };
+        let mut options = BackendOptions::default();
+        let number = |field: &str, v: &Value, min: u64| -> ApiResult<u32> {
+            v.as_u64()
+                .filter(|&n| n >= min)
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    bad(
+                        field,
+                        format!("expected a whole number from {min} to 4294967295"),
+                    )
+                })
+        };
+        for (field, v) in &fields {
+            match field.as_str() {
+                "weight" => options.weight = Some(number(field, v, 1)?),
+                "priority" => options.priority = Some(number(field, v, 0)?),
+                "max_connections" => {
+                    options.max_connections = Some(Some(number(field, v, 0)?).filter(|&n| n > 0));
+                }
+                "backup" => {
+                    let backup = v.as_bool().ok_or_else(|| bad(field, "expected true or false".into()))?;
+                    options.backup = Some(backup);
+                }
+                "sni" => {
+                    let sni = match v {
+                        Value::Null => None,
+                        Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => Some(s.clone()),
+                        _ => return Err(bad(field, "expected a host name or null".into())),
+                    };
+                    options.sni = Some(sni);
+                }
+                "state" => {
+                    let state = v.as_str().ok_or_else(|| bad(field, "expected \"enabled\", \"disabled\" or \"drain\"".into()))?;
+                    options.state = Some(state.parse().map_err(|e: String| bad(field, e))?);
+                }
+                "deadline" => {
+                    let text = v.as_str().ok_or_else(|| bad(field, "expected a duration such as \"30s\"".into()))?;
+                    options.deadline = Some(config::parse_duration(text).map_err(|e| bad(field, e))?);
+                }
+                other => {
+                    return Err(bad(
+                        other,
+                        format!("unknown field \"{other}\"; expected weight, priority, max_connections, backup, sni, state or deadline"),
+                    ))
+                }
+            }
+        }
+        if options.deadline.is_some() && options.state != Some(AdminState::Draining) {
+            return Err(bad(
+                "deadline",
+                "a deadline goes with \"state\": \"drain\"".into(),
+            ));
+        }
+        if required && fields.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "nothing to change: the object is empty",
+            ));
+        }
+        Ok(options)
+    }
+
+    fn apply(&self, spec: &mut BackendSpec) {
+        if let Some(weight) = self.weight {
+            spec.weight = weight;
+        }
+        if let Some(priority) = self.priority {
+            spec.priority = priority;
+        }
+        if let Some(max) = self.max_connections {
+            spec.max_connections = max;
+        }
+        if let Some(backup) = self.backup {
+            spec.backup = backup;
+        }
+        if let Some(sni) = &self.sni {
+            spec.sni.clone_from(sni);
+        }
+        if let Some(state) = self.state {
+            spec.admin = state;
+        }
+    }
+}
+
+/// Runs `change` on the running configuration through the one path every change takes.
+async fn edit(api: &ApiState, change: impl FnOnce(&mut Config) -> ApiResult<()>) -> ApiResult<()> {
+    api.control.edit(change).await.map_err(control_error)?
+}
+
+async fn backend_view(api: &ApiState, name: &str, key: &str) -> ApiResult<Json<Value>> {
+    let server = api
+        .control
+        .runtime()
+        .server(name)
+        .await
+        .ok_or_else(|| no_server(name))?;
+    let pool = server.pool.load();
+    let backend = pool
+        .backends()
+        .iter()
+        .find(|b| b.key() == key)
+        .ok_or_else(|| no_backend(name, key))?;
+    Ok(Json(views::backend(backend)))
+}
+
+/// 409 when another server listens on the same port of the same or a wildcard address
+/// (port 0, "any free port", never clashes).
+fn bind_free(config: &Config, name: &str, server: &ServerConfig) -> ApiResult<()> {
+    let clash = config.servers.iter().find(|(other, s)| {
+        other.as_str() != name
+            && server.bind.port() != 0
+            && s.bind.port() == server.bind.port()
+            && (s.bind.ip() == server.bind.ip()
+                || s.bind.ip().is_unspecified()
+                || server.bind.ip().is_unspecified())
+    });
+    match clash {
+        Some((other, s)) => Err(ApiError::field(
+            StatusCode::CONFLICT,
+            "bind",
+            format!(
+                "address {} is already used by server \"{other}\" ({})",
+                server.bind, s.bind
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn static_backends<'c>(config: &'c mut Config, name: &str) -> ApiResult<&'c mut Vec<BackendSpec>> {
+    let server = config
+        .servers
+        .get_mut(name)
+        .ok_or_else(|| no_server(name))?;
+    let DiscoveryConfig::Static { backends } = &mut server.discovery;
+    Ok(backends)
+}
+
+/// A server from a request body in the configuration's JSON schema, checked exactly as
+/// the file's `[servers.NAME]` would be.
+fn parse_server(name: &str, body: &[u8]) -> ApiResult<ServerConfig> {
+    let body = std::str::from_utf8(body)
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "body is not UTF-8"))?;
+    if body.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "empty body; expected the server as a JSON object",
+        ));
+    }
+    let quoted = serde_json::to_string(name).unwrap_or_default();
+    let text = format!("{{\"servers\": {{{quoted}: {body}\n}}}}");
+    let mut loaded = config::parse(&text, FilePath::new("request.json")).map_err(|errors| {
+        let prefix = format!("servers.{name}.");
+        config_error(StatusCode::BAD_REQUEST, &errors, &prefix)
+    })?;
+    loaded
+        .config
+        .servers
+        .remove(name)
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "body must be a JSON object"))
+}
+
+/// The first configuration error as an API error, its key path as `field`.
+fn config_error(status: StatusCode, errors: &ConfigErrors, strip: &str) -> ApiError {
+    let Some(first) = errors.0.first() else {
+        return ApiError::new(status, "invalid configuration");
+    };
+    let (field, message) = match first.message.split_once(": ") {
+        Some((path, message)) if !path.contains(' ') => (Some(path), message),
+        _ => (None, first.message.as_str()),
+    };
+    let field = field.map(|f| f.strip_prefix(strip).unwrap_or(f).to_owned());
+    let status = if message.contains("is already used by") || message.contains("overlaps") {
+        StatusCode::CONFLICT
+    } else {
+        status
+    };
+    ApiError {
+        status,
+        message: message.to_owned(),
+        field,
+    }
+}
+
+fn control_error(e: ControlError) -> ApiError {
+    match e {
+        ControlError::NoFile => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+        ControlError::Invalid(errors) => {
+            let mut error = config_error(StatusCode::BAD_REQUEST, &errors, "");
+            if errors.0.len() > 1 {
+                error.message = errors.to_string();
+            }
+            error
+        }
+        ControlError::Bind(_) | ControlError::Persist(_) => {
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        }
+    }
+}
+
+fn change_json(change: &Change) -> Value {
+    let (action, server) = match change {
+        Change::Add(s) => ("add", s),
+        Change::Remove(s) => ("remove", s),
+        Change::Restart(s) => ("restart", s),
+        Change::Update(s) => ("update", s),
+    };
+    json!({ "server": server, "action": action })
+}
+
+fn no_server(name: &str) -> ApiError {
+    ApiError::not_found(format!("no server named \"{name}\""))
+}
+
+fn no_backend(name: &str, key: &str) -> ApiError {
+    ApiError::not_found(format!("server \"{name}\" has no backend {key}"))
+}

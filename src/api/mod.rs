@@ -1,0 +1,143 @@
+//! The admin REST API: GoBetween's endpoints and JSON shapes (so its tooling keeps
+//! working), made correct — 404 for unknown names, JSON errors naming the field, secrets
+//! redacted — plus backends as resources, `POST /reload`, an OpenAPI description and the
+//! dashboard (`/ui`). Every change goes through [`Control`], as reloads do.
+
+mod auth;
+mod handlers;
+mod ui;
+mod views;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{middleware, Json, Router};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tower_http::cors::CorsLayer;
+
+use crate::config::ApiConfig;
+use crate::control::Control;
+
+/// What every handler sees.
+#[derive(Clone)]
+pub struct ApiState {
+    pub control: Arc<Control>,
+    pub started: SystemTime,
+}
+
+/// The OpenAPI 3 description of every route, served at `/openapi.json`.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+/// Every route: (path, methods). The OpenAPI description is checked against it.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/", &["get"]),
+    ("/ping", &["get"]),
+    ("/servers", &["get"]),
+    ("/servers/{name}", &["get", "post", "put", "delete"]),
+    ("/servers/{name}/stats", &["get"]),
+    ("/servers/{name}/backends", &["get"]),
+    (
+        "/servers/{name}/backends/{key}",
+        &["get", "post", "patch", "delete"],
+    ),
+    ("/reload", &["post"]),
+    ("/dump", &["get"]),
+    ("/openapi.json", &["get"]),
+    ("/metrics", &["get"]),
+    ("/ui", &["get"]),
+];
+
+/// The API's routes, behind its authentication (and CORS when configured).
+pub fn router(config: &ApiConfig, state: ApiState) -> Router {
+    use axum::routing::post;
+    use handlers::*;
+    let routes = Router::new()
+        .route("/", get(root))
+        .route("/ping", get(ping))
+        .route("/servers", get(list_servers))
+        .route(
+            "/servers/{name}",
+            get(get_server)
+                .post(create_server)
+                .put(replace_server)
+                .delete(delete_server),
+        )
+        .route("/servers/{name}/stats", get(server_stats))
+        .route("/servers/{name}/backends", get(list_backends))
+        .route(
+            "/servers/{name}/backends/{key}",
+            get(get_backend)
+                .post(add_backend)
+                .patch(patch_backend)
+                .delete(delete_backend),
+        )
+        .route("/reload", post(reload))
+        .route("/dump", get(dump))
+        .route("/openapi.json", get(openapi))
+        .merge(ui::router())
+        .fallback(not_found)
+        .with_state(state.clone())
+        .merge(crate::metrics::router(Arc::clone(state.control.runtime())));
+    let mut app = routes.layer(middleware::from_fn_with_state(
+        Arc::new(auth::Auth::from_config(config)),
+        auth::require,
+    ));
+    if config.cors {
+        app = app.layer(CorsLayer::very_permissive());
+    }
+    app
+}
+
+/// Serves the API on `listener` until the process ends.
+pub async fn serve(
+    listener: TcpListener,
+    config: ApiConfig,
+    state: ApiState,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(&config, state)).await
+}
+
+/// An API error: its status and `{"error": …, "field": …}`.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn field(status: StatusCode, field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            field: Some(field.into()),
+        }
+    }
+
+    pub fn not_found(what: impl Into<String>) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, what)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": self.message, "field": self.field });
+        (self.status, Json(body)).into_response()
+    }
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such endpoint; see /openapi.json")
+}

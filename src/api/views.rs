@@ -1,0 +1,101 @@
+//! The JSON the API answers with: GoBetween's shapes where it has one, Sluice's own for
+//! backends as resources.
+
+use std::sync::atomic::Ordering;
+
+use serde_json::{json, Value};
+
+use crate::backend::{AdminState, Backend};
+use crate::server::ServerShared;
+
+/// A backend as a resource: its spec, state, health and counters.
+pub fn backend(backend: &Backend) -> Value {
+    let spec = &backend.spec;
+    let stats = &backend.state.stats;
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    json!({
+        "key": backend.key(),
+        "host": spec.host,
+        "port": spec.port,
+        "weight": spec.weight,
+        "priority": spec.priority,
+        "backup": spec.backup,
+        "max_connections": spec.max_connections,
+        "sni": spec.sni,
+        "state": state_name(spec.admin),
+        "health": if backend.is_healthy() { "up" } else { "down" },
+        "stats": {
+            "active_connections": load(&stats.active),
+            "total_connections": load(&stats.total),
+            "bytes_to_backend": load(&stats.bytes_to_backend),
+            "bytes_from_backend": load(&stats.bytes_from_backend),
+            "bandwidth": load(&stats.bandwidth),
+            "connect_failures": load(&stats.connect_failures),
+            "checks_passed": load(&stats.checks_passed),
+            "checks_failed": load(&stats.checks_failed),
+        },
+        "health_history": backend.state.health_history().iter().map(|event| json!({
+            "time_ms": event.at_unix_ms,
+            "up": event.up,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// The state word of the API and dashboard (`drain` is the verb, `draining` the state).
+pub fn state_name(admin: AdminState) -> &'static str {
+    match admin {
+        AdminState::Enabled => "enabled",
+        AdminState::Disabled => "disabled",
+        AdminState::Draining => "draining",
+    }
+}
+
+/// `GET /servers/NAME/stats`, in GoBetween's shape: `rx` is bytes received from
+/// backends, `tx` bytes sent to them; `*_second` are rates over the last second.
+pub fn server_stats(server: &ServerShared) -> Value {
+    let pool = server.pool.load();
+    let mut rx_total = 0u64;
+    let mut tx_total = 0u64;
+    let mut rx_second = 0u64;
+    let mut tx_second = 0u64;
+    let backends: Vec<Value> = pool
+        .backends()
+        .iter()
+        .map(|b| {
+            let s = &b.state.stats;
+            let rx = s.bytes_from_backend.load(Ordering::Relaxed);
+            let tx = s.bytes_to_backend.load(Ordering::Relaxed);
+            let (rx_rate, tx_rate) = b.state.rates();
+            rx_total += rx;
+            tx_total += tx;
+            rx_second += rx_rate;
+            tx_second += tx_rate;
+            json!({
+                "host": b.spec.host,
+                "port": b.spec.port.to_string(),
+                "priority": b.spec.priority,
+                "weight": b.spec.weight,
+                "sni": b.spec.sni.clone().unwrap_or_default(),
+                "stats": {
+                    "live": b.is_healthy(),
+                    "discovered": true,
+                    "total_connections": s.total.load(Ordering::Relaxed),
+                    "active_connections": s.active.load(Ordering::Relaxed),
+                    "refused_connections": s.connect_failures.load(Ordering::Relaxed),
+                    "rx": rx,
+                    "tx": tx,
+                    "rx_second": rx_rate,
+                    "tx_second": tx_rate,
+                },
+            })
+        })
+        .collect();
+    json!({
+        "active_connections": server.stats.active.load(Ordering::Relaxed),
+        "rx_total": rx_total,
+        "tx_total": tx_total,
+        "rx_second": rx_second,
+        "tx_second": tx_second,
+        "backends": backends,
+    })
+}

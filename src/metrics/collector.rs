@@ -1,0 +1,375 @@
+//! The metrics themselves: every family read from the servers' and backends' live
+//! atomics at scrape time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Unit;
+
+use super::histogram::Snapshot;
+use crate::backend::{AdminState, Backend};
+use crate::pool::Pool;
+use crate::server::ServerShared;
+
+/// The servers of one scrape, each with the pool it had when the scrape began, so that
+/// every family lists the same backends even if a reload lands meanwhile.
+pub(super) struct Scrape {
+    servers: Vec<ServerView>,
+}
+
+struct ServerView {
+    name: String,
+    shared: Arc<ServerShared>,
+    pool: Arc<Pool>,
+}
+
+impl fmt::Debug for Scrape {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.servers.iter().map(|s| &s.name))
+            .finish()
+    }
+}
+
+impl Scrape {
+    pub(super) fn new(servers: Vec<(String, Arc<ServerShared>)>) -> Self {
+        let servers = servers
+            .into_iter()
+            .map(|(name, shared)| ServerView {
+                pool: shared.pool.load_full(),
+                name,
+                shared,
+            })
+            .collect();
+        Scrape { servers }
+    }
+
+    fn backends(&self) -> impl Iterator<Item = (&str, &Backend)> {
+        self.servers.iter().flat_map(|server| {
+            server
+                .pool
+                .backends()
+                .iter()
+                .map(move |backend| (server.name.as_str(), &**backend))
+        })
+    }
+
+    /// A family labelled by `server` alone.
+    fn per_server(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        meta: Meta,
+        value: impl Fn(&ServerView) -> Value,
+    ) -> fmt::Result {
+        let samples = self
+            .servers
+            .iter()
+            .map(|s| ([("server", s.name.as_str())], value(s)));
+        family(encoder, meta, samples)
+    }
+
+    /// A family labelled by `server` and `backend`.
+    fn per_backend(
+        &self,
+        encoder: &mut DescriptorEncoder,
+        meta: Meta,
+        value: impl Fn(&Backend) -> Value,
+    ) -> fmt::Result {
+        let samples = self
+            .backends()
+            .map(|(server, b)| ([("server", server), ("backend", b.key())], value(b)));
+        family(encoder, meta, samples)
+    }
+}
+
+impl Collector for Scrape {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let e = &mut encoder;
+        self.per_server(
+            e,
+            Meta::counter(
+                "sluice_connections_accepted",
+                "Client connections accepted, including those refused right after.",
+            ),
+            |s| Value::Counter(read(&s.shared.stats.accepted)),
+        )?;
+        let refused = self.servers.iter().flat_map(|s| {
+            let stats = &s.shared.stats;
+            [
+                ("acl", &stats.refused_acl),
+                ("max_connections", &stats.refused_max_connections),
+                ("no_backend", &stats.no_backend),
+                ("connect_failed", &stats.connect_failed),
+            ]
+            .map(|(reason, counter)| {
+                (
+                    [("server", s.name.as_str()), ("reason", reason)],
+                    Value::Counter(read(counter)),
+                )
+            })
+        });
+        family(
+            e,
+            Meta::counter(
+                "sluice_connections_refused",
+                "Client connections closed without reaching a backend, by reason.",
+            ),
+            refused,
+        )?;
+        self.per_server(
+            e,
+            Meta::counter(
+                "sluice_connect_retries",
+                "Backend dials beyond the first for one client.",
+            ),
+            |s| Value::Counter(read(&s.shared.stats.connect_retries)),
+        )?;
+        self.per_server(
+            e,
+            Meta::gauge(
+                "sluice_connections_active",
+                "Client connections open now, including those still connecting.",
+            ),
+            |s| Value::Gauge(read(&s.shared.stats.active)),
+        )?;
+        self.per_server(
+            e,
+            Meta::gauge("sluice_backends", "Backends configured for the server."),
+            |s| Value::Gauge(s.pool.backends().len() as u64),
+        )?;
+
+        self.per_backend(
+            e,
+            Meta::counter(
+                "sluice_backend_connect_failures",
+                "Failed dials to the backend, timeouts included.",
+            ),
+            |b| Value::Counter(read(&b.state.stats.connect_failures)),
+        )?;
+        self.per_backend(
+            e,
+            Meta::counter(
+                "sluice_backend_connect_timeouts",
+                "Dials to the backend that gave up after the connect timeout.",
+            ),
+            |b| Value::Counter(read(&b.state.stats.connect_timeouts)),
+        )?;
+        self.per_backend(
+            e,
+            Meta::counter(
+                "sluice_backend_sent",
+                "Bytes relayed from clients to the backend.",
+            )
+            .unit(Unit::Bytes),
+            |b| Value::Counter(read(&b.state.stats.bytes_to_backend)),
+        )?;
+        self.per_backend(
+            e,
+            Meta::counter(
+                "sluice_backend_received",
+                "Bytes relayed from the backend to clients.",
+            )
+            .unit(Unit::Bytes),
+            |b| Value::Counter(read(&b.state.stats.bytes_from_backend)),
+        )?;
+        let checks = self.backends().flat_map(|(server, b)| {
+            let stats = &b.state.stats;
+            [
+                ("pass", &stats.checks_passed),
+                ("fail", &stats.checks_failed),
+            ]
+            .map(|(result, counter)| {
+                (
+                    [("server", server), ("backend", b.key()), ("result", result)],
+                    Value::Counter(read(counter)),
+                )
+            })
+        });
+        family(
+            e,
+            Meta::counter(
+                "sluice_health_checks",
+                "Active health checks of the backend, by result.",
+            ),
+            checks,
+        )?;
+        self.per_backend(
+            e,
+            Meta::gauge(
+                "sluice_backend_connections_active",
+                "Connections open to the backend now, including those still connecting.",
+            ),
+            |b| Value::Gauge(read(&b.state.stats.active)),
+        )?;
+        self.per_backend(
+            e,
+            Meta::gauge(
+                "sluice_backend_up",
+                "1 if the backend is healthy (active and passive checks), else 0.",
+            ),
+            |b| Value::Gauge(u64::from(b.is_healthy())),
+        )?;
+        let states = self.backends().flat_map(|(server, b)| {
+            let current = state(b);
+            STATES.map(|state| {
+                (
+                    [("server", server), ("backend", b.key()), ("state", state)],
+                    Value::Gauge(u64::from(state == current)),
+                )
+            })
+        });
+        family(
+            e,
+            Meta::gauge(
+                "sluice_backend_state",
+                "1 for the backend's current state: up, down, draining or disabled.",
+            ),
+            states,
+        )?;
+        self.per_backend(
+            e,
+            Meta::histogram(
+                "sluice_backend_connect_duration",
+                "Time to establish a connection to the backend (successful dials).",
+            ),
+            |b| Value::Histogram(b.state.stats.connect_duration.snapshot()),
+        )?;
+        self.per_backend(
+            e,
+            Meta::histogram(
+                "sluice_connection_duration",
+                "Lifetime of relayed connections, from accept to close.",
+            ),
+            |b| Value::Histogram(b.state.stats.connection_duration.snapshot()),
+        )?;
+
+        let mut build = e.encode_descriptor(
+            "sluice_build",
+            "The running version of Sluice.",
+            None,
+            MetricType::Info,
+        )?;
+        build.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
+    }
+}
+
+/// The values of the `state` label, in output order.
+const STATES: [&str; 4] = ["up", "down", "draining", "disabled"];
+
+/// An operator's choice wins over health: a disabled backend is "disabled" whether or
+/// not it would pass its checks.
+fn state(backend: &Backend) -> &'static str {
+    match backend.admin_state() {
+        AdminState::Disabled => "disabled",
+        AdminState::Draining => "draining",
+        AdminState::Enabled if backend.is_healthy() => "up",
+        AdminState::Enabled => "down",
+    }
+}
+
+fn read(counter: &AtomicU64) -> u64 {
+    counter.load(Ordering::Relaxed)
+}
+
+/// A family's descriptor. Histograms are in seconds; the unit becomes part of the name.
+struct Meta {
+    name: &'static str,
+    help: &'static str,
+    unit: Option<Unit>,
+    kind: MetricType,
+}
+
+impl Meta {
+    fn counter(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, help, MetricType::Counter)
+    }
+
+    fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, help, MetricType::Gauge)
+    }
+
+    fn histogram(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, help, MetricType::Histogram).unit(Unit::Seconds)
+    }
+
+    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
+        Meta {
+            name,
+            help,
+            unit: None,
+            kind,
+        }
+    }
+
+    fn unit(self, unit: Unit) -> Self {
+        Meta {
+            unit: Some(unit),
+            ..self
+        }
+    }
+}
+
+/// One sample's value.
+enum Value {
+    Counter(u64),
+    Gauge(u64),
+    Histogram(Snapshot),
+}
+
+impl Value {
+    fn encode(&self, metric: &mut MetricEncoder) -> fmt::Result {
+        match self {
+            Value::Counter(v) => metric.encode_counter::<NoLabelSet, u64, u64>(v, None),
+            Value::Gauge(v) => metric.encode_gauge(v),
+            Value::Histogram(h) => {
+                metric.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)
+            }
+        }
+    }
+}
+
+/// Writes one family: its descriptor, then one sample per label set.
+fn family<S: EncodeLabelSet>(
+    encoder: &mut DescriptorEncoder,
+    meta: Meta,
+    samples: impl IntoIterator<Item = (S, Value)>,
+) -> fmt::Result {
+    let mut metric =
+        encoder.encode_descriptor(meta.name, meta.help, meta.unit.as_ref(), meta.kind)?;
+    for (labels, value) in samples {
+        value.encode(&mut metric.encode_family(&labels)?)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::registry::Registry;
+
+    fn encode(scrape: Scrape) -> String {
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(scrape));
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        out
+    }
+
+    #[test]
+    fn no_servers_gives_descriptors_and_the_build_info() {
+        let out = encode(Scrape::new(Vec::new()));
+        assert!(out.contains("# TYPE sluice_connections_accepted counter\n"));
+        assert!(out.contains("# TYPE sluice_backend_sent_bytes counter\n"));
+        assert!(out.contains("# UNIT sluice_backend_sent_bytes bytes\n"));
+        assert!(out.contains("# TYPE sluice_connection_duration_seconds histogram\n"));
+        assert!(out.contains(&format!(
+            "sluice_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+        assert!(out.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,65 @@
+//! Prometheus metrics: `GET /metrics` in the OpenMetrics text format.
+//!
+//! Nothing here is on the data path. Connections only add to the atomics that servers
+//! and backends already hold; a scrape reads them all through a [`Collector`]
+//! (`collector.rs`), so there is no second set of metric objects to keep in step with
+//! reloads: a backend appears in the output for as long as it is in its server's pool.
+//!
+//! [`Collector`]: prometheus_client::collector::Collector
+
+mod collector;
+pub mod histogram;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus_client::encoding::text;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tracing::error;
+
+use crate::runtime::Runtime;
+
+/// What prometheus-client's text encoder produces.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// A router answering `GET /metrics`, to serve alone ([`serve`]) or merge into another.
+pub fn router(runtime: Arc<Runtime>) -> Router {
+    Router::new()
+        .route("/metrics", get(scrape))
+        .with_state(runtime)
+}
+
+/// Serves [`router`] on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, runtime: Arc<Runtime>) -> std::io::Result<()> {
+    axum::serve(listener, router(runtime)).await
+}
+
+async fn scrape(State(runtime): State<Arc<Runtime>>) -> Response {
+    let servers = runtime.servers().await;
+    match render(servers) {
+        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+        // Writing to a String cannot fail; an encoder that rejects a value can.
+        Err(e) => {
+            error!(error = %e, "cannot encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+/// The whole exposition for these servers, `# EOF` included.
+fn render(
+    servers: Vec<(String, Arc<crate::server::ServerShared>)>,
+) -> Result<String, std::fmt::Error> {
+    // A registry per scrape costs one allocation and keeps the collector's snapshot of
+    // servers and pools consistent for the whole response.
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(collector::Scrape::new(servers)));
+    let mut body = String::new();
+    text::encode(&mut body, &registry)?;
+    Ok(body)
+}

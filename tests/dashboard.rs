@@ -1,0 +1,507 @@
+//! The web dashboard in a real headless Chromium, driven through chromedriver, against
+//! the real binary: it lists the backends, drains one through the API, and fits a phone.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use tempfile::TempDir;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::{sleep, timeout, Instant};
+
+use crate::support::process::*;
+use crate::support::*;
+
+/// Chromium and chromedriver start in well under this on a loaded machine.
+const BROWSER_WAIT: Duration = Duration::from_secs(30);
+
+/// chromedriver on a loopback port, in its own process group so that the browsers it
+/// starts go with it when the test ends, even on a panic.
+struct ChromeDriver {
+    child: Child,
+    url: String,
+    log: PathBuf,
+    _dir: TempDir,
+}
+
+impl ChromeDriver {
+    async fn start() -> ChromeDriver {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("chromedriver.log");
+        let port = free_port();
+        let child = {
+            use std::os::unix::process::CommandExt;
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-path={}", log.display()))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .process_group(0)
+                .spawn()
+        };
+        let child = match child {
+            Ok(child) => child,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
+                "chromedriver is not installed: the dashboard test drives a real headless \
+                 Chromium; install the Debian packages chromium and chromium-driver \
+                 (apt-get install chromium chromium-driver), or run scripts/test, which \
+                 installs them"
+            ),
+            Err(e) => panic!("cannot start chromedriver: {e}"),
+        };
+        let mut driver = ChromeDriver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            log,
+            _dir: dir,
+        };
+        driver
+            .wait_ready(SocketAddr::from(([127, 0, 0, 1], port)))
+            .await;
+        driver
+    }
+
+    /// Bounded: polls `GET /status` until chromedriver says it is ready.
+    async fn wait_ready(&mut self, addr: SocketAddr) {
+        let deadline = Instant::now() + BROWSER_WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("chromedriver exited with {status}:\n{}", self.log());
+            }
+            if let Ok((200, body)) = http(addr, "GET", "/status", None).await {
+                if body.contains("\"ready\":true") {
+                    return;
+                }
+            }
+            sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "chromedriver did not answer on {addr} within {BROWSER_WAIT:?}:\n{}",
+            self.log()
+        );
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChromeDriver {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and any Chromium it started for this test.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One HTTP/1.1 request written by hand: the status and the body. Errors instead of
+/// panicking, so callers can poll a server that is still starting.
+async fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> std::io::Result<(u16, String)> {
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await?;
+        let body = body.unwrap_or("");
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
+        // Up to the end of the body rather than EOF: chromedriver keeps the connection
+        // open whatever `Connection: close` says.
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 16 * 1024];
+        while !complete(&raw) {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, std::io::Error>(raw)
+    };
+    let raw = timeout(WAIT, exchange)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
+    let text = String::from_utf8_lossy(&raw);
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{text:?}"));
+    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(bad)?;
+    let chunked = head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked");
+    let body = if chunked {
+        unchunk(rest)
+    } else {
+        rest.to_owned()
+    };
+    Ok((status, body))
+}
+
+/// Whether `raw` holds a whole answer, judged by its Content-Length or final chunk.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    let length = head.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name.trim() == "content-length").then(|| value.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|length| body.len() >= length)
+}
+
+/// The payload of a chunked body.
+fn unchunk(mut rest: &str) -> String {
+    let mut body = String::new();
+    while let Some((size, after)) = rest.split_once("\r\n") {
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .expect("chunk size");
+        if size == 0 || after.len() < size {
+            break;
+        }
+        body.push_str(&after[..size]);
+        rest = after[size..].trim_start_matches("\r\n");
+    }
+    body
+}
+
+/// The backends of server `name` as the API reports them.
+async fn backends(api: SocketAddr, name: &str) -> Result<Vec<Value>, String> {
+    let path = format!("/servers/{name}/backends");
+    let (status, body) = http(api, "GET", &path, None)
+        .await
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    if status != 200 {
+        return Err(format!("GET {path}: {status} {body}"));
+    }
+    serde_json::from_str(&body).map_err(|e| format!("GET {path}: {e}: {body}"))
+}
+
+/// The backend with `key` in the API's list of server `web`.
+async fn api_backend(api: SocketAddr, key: &str) -> Result<Value, String> {
+    let list = backends(api, "web").await?;
+    list.iter()
+        .find(|b| b["key"] == key)
+        .cloned()
+        .ok_or_else(|| format!("no backend {key} in {list:?}"))
+}
+
+/// Retries `probe` until it gives `Some`, for at most `within`.
+async fn until<T, F, Fut>(what: &str, within: Duration, mut probe: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = probe().await {
+            return Ok(value);
+        }
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {within:?} waiting for: {what}"));
+        }
+        sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The text of the first element matching `css`, if there is one now.
+async fn text_of(client: &Client, css: &str) -> Option<String> {
+    let element = client.find(Locator::Css(css)).await.ok()?;
+    element.text().await.ok()
+}
+
+/// Clicks the first element matching `css`.
+async fn click(client: &Client, css: &str) -> Result<(), String> {
+    let element = client
+        .find(Locator::Css(css))
+        .await
+        .map_err(|e| format!("find {css}: {e}"))?;
+    element
+        .click()
+        .await
+        .map_err(|e| format!("click {css}: {e}"))
+}
+
+/// Accepts the confirmation dialog the page opens, once it is open; returns its text.
+async fn accept_confirm(client: &Client) -> Result<String, String> {
+    let text = until("the confirmation dialog", BROWSER_WAIT, || async {
+        client.get_alert_text().await.ok()
+    })
+    .await?;
+    client
+        .accept_alert()
+        .await
+        .map_err(|e| format!("accept the dialog: {e}"))?;
+    Ok(text)
+}
+
+/// Where test artifacts go: `target/test-artifacts`, beside the binary's profile directory.
+fn artifacts() -> PathBuf {
+    let target = Path::new(BIN)
+        .parent()
+        .and_then(Path::parent)
+        .expect("target directory of the binary");
+    let dir = target.join("test-artifacts");
+    std::fs::create_dir_all(&dir).expect("create test-artifacts");
+    dir
+}
+
+async fn screenshot(client: &Client, name: &str) -> Result<(), String> {
+    let png = client
+        .screenshot()
+        .await
+        .map_err(|e| format!("screenshot: {e}"))?;
+    std::fs::write(artifacts().join(name), png).map_err(|e| format!("write {name}: {e}"))
+}
+
+/// The API error the page shows, if any.
+async fn page_error(client: &Client) -> Result<Option<String>, String> {
+    let shown = client
+        .execute(
+            "const e = document.getElementById('error'); \
+             return e && !e.hidden ? e.textContent.trim() : null;",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("read the error banner: {e}"))?;
+    Ok(shown.as_str().map(str::to_owned))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_lists_backends_drains_one_and_fits_a_phone() {
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let (a_key, b_key) = (a.addr.to_string(), b.addr.to_string());
+    let port = free_port();
+    let api_port = free_port();
+    let api = SocketAddr::from(([127, 0, 0, 1], api_port));
+    let toml = format!(
+        r#"shutdown_timeout = "1s"
+
+[logging]
+level = "info"
+
+[api]
+enabled = true
+bind = "127.0.0.1:{api_port}"
+
+[servers.web]
+bind = "127.0.0.1:{port}"
+protocol = "tcp"
+balance = "roundrobin"
+
+  [servers.web.discovery]
+  kind = "static"
+  static_list = ["{a_key} weight=1", "{b_key} weight=2"]
+
+  [servers.web.healthcheck]
+  kind = "ping"
+  interval = "500ms"
+  timeout = "250ms"
+"#
+    );
+    let sluice = SluiceProcess::start(&toml, api).await;
+    let (status, _) = http(api, "GET", "/ui", None).await.expect("GET /ui");
+    assert_eq!(
+        status,
+        200,
+        "the API serves the dashboard:\n{}",
+        sluice.log()
+    );
+    // A little traffic, so the counters and the screenshot show something.
+    let proxied = SocketAddr::from(([127, 0, 0, 1], port));
+    for _ in 0..4 {
+        who(proxied).await;
+    }
+
+    let driver = ChromeDriver::start().await;
+    let profile = tempfile::tempdir().expect("browser profile dir");
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert(
+        "goog:chromeOptions".to_owned(),
+        json!({
+            "args": [
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--no-first-run",
+                "--window-size=1280,900",
+                format!("--user-data-dir={}", profile.path().display()),
+            ]
+        }),
+    );
+    // The test answers each dialog itself; nothing is dismissed behind its back.
+    capabilities.insert("unhandledPromptBehavior".to_owned(), json!("ignore"));
+    let client = timeout(
+        BROWSER_WAIT,
+        ClientBuilder::rustls()
+            .expect("TLS roots for the WebDriver client")
+            .capabilities(capabilities)
+            .connect(&driver.url),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("no browser session in time:\n{}", driver.log()))
+    .unwrap_or_else(|e| panic!("start Chromium: {e}\n{}", driver.log()));
+
+    let result = exercise(&client, api, &a_key, b).await;
+    let _ = client.close().await;
+    drop(driver);
+    if let Err(message) = result {
+        panic!("{message}\nsluice log:\n{}", sluice.log());
+    }
+}
+
+/// The browser part; an `Err` says what failed, so the caller can close the browser and
+/// add Sluice's log before failing.
+async fn exercise(
+    client: &Client,
+    api: SocketAddr,
+    a_key: &str,
+    b: TestBackend,
+) -> Result<(), String> {
+    let b_key = &b.addr.to_string();
+    client
+        .goto(&format!("http://{api}/ui"))
+        .await
+        .map_err(|e| format!("open the dashboard: {e}"))?;
+    let row = |key: &str| format!(r#"section[data-server="web"] tr[data-backend="{key}"]"#);
+    let state_of = |key: &str| format!("{} .state", row(key));
+    for key in [a_key, b_key] {
+        until(
+            &format!("backend {key} listed as up"),
+            BROWSER_WAIT,
+            || async {
+                (text_of(client, &state_of(key)).await.as_deref() == Some("up")).then_some(())
+            },
+        )
+        .await?;
+    }
+
+    // Drain: confirm, then the page and the API both say draining.
+    click(
+        client,
+        &format!(r#"{} button[data-action="drain"]"#, row(a_key)),
+    )
+    .await?;
+    let question = accept_confirm(client).await?;
+    if !question.contains(a_key) {
+        return Err(format!(
+            "the confirmation should name {a_key}: {question:?}"
+        ));
+    }
+    until("the page shows draining", BROWSER_WAIT, || async {
+        (text_of(client, &state_of(a_key)).await.as_deref() == Some("draining")).then_some(())
+    })
+    .await?;
+    until("the API reports draining", WAIT, || async {
+        let a = api_backend(api, a_key).await.ok()?;
+        (a["state"] == "draining").then_some(())
+    })
+    .await?;
+    let other = api_backend(api, b_key).await?;
+    if other["state"] != "enabled" {
+        return Err(format!("only {a_key} drains, yet {b_key} is {other}"));
+    }
+
+    // Weight: typed, confirmed, and the API has it.
+    let weight = client
+        .find(Locator::Css(&format!("{} input.weight", row(b_key))))
+        .await
+        .map_err(|e| format!("find the weight input: {e}"))?;
+    weight
+        .clear()
+        .await
+        .map_err(|e| format!("clear weight: {e}"))?;
+    weight
+        .send_keys("5")
+        .await
+        .map_err(|e| format!("type weight: {e}"))?;
+    click(
+        client,
+        &format!(r#"{} button[data-action="weight"]"#, row(b_key)),
+    )
+    .await?;
+    accept_confirm(client).await?;
+    until("the API reports weight 5", WAIT, || async {
+        let other = api_backend(api, b_key).await.ok()?;
+        (other["weight"] == 5).then_some(())
+    })
+    .await?;
+
+    // Health: b stops listening, its checks fail, the page shows it down with a mark.
+    drop(b);
+    until("the page shows b down", BROWSER_WAIT, || async {
+        (text_of(client, &state_of(b_key)).await.as_deref() == Some("down")).then_some(())
+    })
+    .await?;
+    let mark = client
+        .find(Locator::Css(&format!("{} .marks .mark.down", row(b_key))))
+        .await
+        .map_err(|e| format!("a down mark in the health history: {e}"))?;
+    let title = mark
+        .attr("title")
+        .await
+        .map_err(|e| format!("mark title: {e}"))?;
+    if !title.is_some_and(|t| t.starts_with("down since ")) {
+        return Err("the down mark should say since when".to_owned());
+    }
+
+    if let Some(error) = page_error(client).await? {
+        return Err(format!("the page shows an error: {error}"));
+    }
+    // Two more polls, so each chart has a line.
+    sleep(Duration::from_millis(2100)).await;
+    screenshot(client, "dashboard.png").await?;
+
+    // Phone width: rows become cards and nothing sticks out sideways.
+    client
+        .set_window_size(375, 812)
+        .await
+        .map_err(|e| format!("resize to phone width: {e}"))?;
+    let (scroll, inner) = until("a viewport of phone width", BROWSER_WAIT, || async {
+        let got = client
+            .execute(
+                "return [document.documentElement.scrollWidth, window.innerWidth];",
+                vec![],
+            )
+            .await
+            .ok()?;
+        let (scroll, inner) = (got[0].as_u64()?, got[1].as_u64()?);
+        (inner <= 400).then_some((scroll, inner))
+    })
+    .await?;
+    screenshot(client, "dashboard-phone.png").await?;
+    if scroll > inner {
+        return Err(format!(
+            "horizontal overflow at phone width: scrollWidth {scroll} > innerWidth {inner}"
+        ));
+    }
+    let shown = text_of(client, &state_of(a_key)).await;
+    if shown.as_deref() != Some("draining") {
+        return Err(format!("at phone width {a_key} shows {shown:?}"));
+    }
+    Ok(())
+}
