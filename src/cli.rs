@@ -230,22 +230,22 @@ pub async fn start_api(
     config: config::ApiConfig,
     control: Arc<Control>,
 ) -> anyhow::Result<SocketAddr> {
-    anyhow::ensure!(
-        config.tls.is_none(),
-        "api.tls: HTTPS for the API is not available yet; put it behind a TLS-terminating \
-         proxy or bind it to a loopback address"
-    );
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::server_config(files, &[b"http/1.1"]).context("api.tls")?),
+        None => None,
+    };
     let listener = tokio::net::TcpListener::bind(config.bind)
         .await
         .with_context(|| format!("api: cannot listen on {}", config.bind))?;
     let addr = listener.local_addr()?;
-    info!(url = %format!("http://{addr}/"), dashboard = %format!("http://{addr}/ui"), "admin API listening");
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    info!(url = %format!("{scheme}://{addr}/"), dashboard = %format!("{scheme}://{addr}/ui"), "admin API listening");
     let state = ApiState {
         control,
         started: std::time::SystemTime::now(),
     };
     tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, config, state).await {
+        if let Err(e) = api::serve(listener, config, tls, state).await {
             error!("admin API stopped: {e}");
         }
     });

@@ -16,6 +16,7 @@
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
 //! - [`config`]: loading and validating the configuration.
 //! - [`acl`]: allow/deny rules by address.
+//! - [`tls`]: certificates and keys into rustls configurations.
 
 #![forbid(unsafe_code)]
 
@@ -38,4 +39,5 @@ pub mod resolve;
 pub mod runtime;
 pub mod server;
 pub mod shutdown;
+pub mod tls;
 pub mod workers;

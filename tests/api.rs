@@ -499,3 +499,54 @@ async fn a_drain_deadline_closes_what_is_still_open_then() {
     assert_eq!(get(s.api, &path).await.json()["state"], "draining");
     assert_eq!(who(s.addr).await, "b");
 }
+
+#[tokio::test]
+async fn https_when_api_tls_is_set() {
+    use rustls_pki_types::ServerName;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = TestBackend::named("a").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let mut api = api_config();
+    api.tls = Some(sluice::config::TlsFiles { cert_path, key_path });
+    let s = start(config(server(BalanceKind::RoundRobin, vec![backend.spec()])), api, None).await;
+
+    // A client speaking plain HTTP to the HTTPS port is closed; it does not stall others.
+    let plain = tokio::time::timeout(WAIT, async {
+        let mut stream = tokio::net::TcpStream::connect(s.api).await.expect("connect");
+        stream.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut buf = Vec::new();
+        let _ = stream.read_to_end(&mut buf).await;
+        buf
+    });
+    assert!(!String::from_utf8_lossy(&plain.await.expect("closed in time")).contains("pong"));
+
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).expect("trust the test certificate");
+    let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+    let exchange = async {
+        let tcp = tokio::net::TcpStream::connect(s.api).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("server name");
+        let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        tls.write_all(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let mut response = String::new();
+        let _ = tls.read_to_string(&mut response).await;
+        response
+    };
+    let response = tokio::time::timeout(WAIT, exchange).await.expect("answered in time");
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("pong"), "{response}");
+}

@@ -1,5 +1,6 @@
 //! The web dashboard in a real headless Chromium, driven through chromedriver, against
-//! the real binary: it lists the backends, drains one through the API, and fits a phone.
+//! the real binary: it lists the backends, drains one and reweights another through the
+//! API, shows a backend going down, and fits a phone.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -290,7 +291,7 @@ async fn page_error(client: &Client) -> Result<Option<String>, String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_lists_backends_drains_one_and_fits_a_phone() {
+async fn dashboard_in_headless_chromium_drains_reweights_and_fits_a_phone() {
     let a = TestBackend::named("a").await;
     let b = TestBackend::named("b").await;
     let (a_key, b_key) = (a.addr.to_string(), b.addr.to_string());
@@ -355,10 +356,13 @@ balance = "roundrobin"
     );
     // The test answers each dialog itself; nothing is dismissed behind its back.
     capabilities.insert("unhandledPromptBehavior".to_owned(), json!("ignore"));
+    // Sluice's rustls uses ring, fantoccini's brings aws-lc-rs: with both compiled in,
+    // rustls will not guess, so pick one (another test may have already).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = timeout(
         BROWSER_WAIT,
         ClientBuilder::rustls()
-            .expect("TLS roots for the WebDriver client")
+            .expect("TLS roots for the WebDriver client (install the ca-certificates package)")
             .capabilities(capabilities)
             .connect(&driver.url),
     )

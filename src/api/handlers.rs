@@ -166,6 +166,13 @@ pub async fn add_backend(
         .map_err(|e: String| ApiError::field(StatusCode::BAD_REQUEST, "key", e))?;
     let key = spec.key();
     let options = BackendOptions::from_body(&body, false)?;
+    if options.deadline.is_some() {
+        return Err(ApiError::field(
+            StatusCode::BAD_REQUEST,
+            "deadline",
+            "a new backend has no connections to close; PATCH takes a deadline",
+        ));
+    }
     options.apply(&mut spec);
     edit(&api, |config| {
         let backends = static_backends(config, &name)?;

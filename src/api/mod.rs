@@ -5,6 +5,7 @@
 
 mod auth;
 mod handlers;
+mod https;
 mod ui;
 mod views;
 
@@ -92,13 +93,19 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
     app
 }
 
-/// Serves the API on `listener` until the process ends.
+/// Serves the API on `listener` until the process ends: HTTPS with `tls` (loaded
+/// beforehand, so a bad certificate fails start-up), else plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     config: ApiConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
     state: ApiState,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(&config, state)).await
+    let app = router(&config, state);
+    match tls {
+        Some(tls) => axum::serve(https::TlsListener::new(listener, tls)?, app).await,
+        None => axum::serve(listener, app).await,
+    }
 }
 
 /// An API error: its status and `{"error": …, "field": …}`.

@@ -1,0 +1,141 @@
+//! TLS settings from PEM files into rustls configurations (the admin API's HTTPS; TLS
+//! termination builds on the same loading).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::ring;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::config::TlsFiles;
+
+/// A certificate or key that cannot be used, with the file it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: cannot read certificates: {message}", path.display())]
+    Certificates { path: PathBuf, message: String },
+    #[error("{}: no certificate in the file (expected PEM \"BEGIN CERTIFICATE\")", path.display())]
+    NoCertificate { path: PathBuf },
+    #[error("{}: cannot read the private key: {message}", path.display())]
+    Key { path: PathBuf, message: String },
+    #[error("{}: the key does not fit the certificate, or is unusable: {source}", key.display())]
+    Mismatch {
+        key: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+}
+
+/// A server configuration presenting the chain in `files.cert_path` with its key,
+/// offering `alpn` protocols in order.
+pub fn server_config(
+    files: &TlsFiles,
+    alpn: &[&[u8]],
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let certs = certificates(&files.cert_path)?;
+    let key = private_key(&files.key_path)?;
+    let mismatch = |source| TlsError::Mismatch {
+        key: files.key_path.clone(),
+        source,
+    };
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(mismatch)?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .map_err(mismatch)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let error = |e: rustls_pki_types::pem::Error| TlsError::Certificates {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(error)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(error)?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(certs)
+}
+
+fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::Key {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_pair(dir: &Path) -> TlsFiles {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+        let cert_path = dir.join("cert.pem");
+        let key_path = dir.join("key.pem");
+        std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
+        std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+        TlsFiles {
+            cert_path,
+            key_path,
+        }
+    }
+
+    #[test]
+    fn loads_a_pair_and_names_the_file_of_a_bad_one() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let files = write_pair(dir.path());
+        let config = server_config(&files, &[b"http/1.1"]).expect("valid pair");
+        assert_eq!(config.alpn_protocols, vec![b"http/1.1".to_vec()]);
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "").expect("write");
+        let err = server_config(
+            &TlsFiles {
+                cert_path: empty.clone(),
+                key_path: files.key_path.clone(),
+            },
+            &[],
+        )
+        .expect_err("no certificate");
+        assert!(
+            err.to_string().starts_with(&empty.display().to_string()),
+            "{err}"
+        );
+
+        let other = write_pair(&{
+            let d = dir.path().join("other");
+            std::fs::create_dir(&d).expect("dir");
+            d
+        });
+        let err = server_config(
+            &TlsFiles {
+                cert_path: files.cert_path,
+                key_path: other.key_path,
+            },
+            &[],
+        )
+        .expect_err("mismatched key");
+        assert!(matches!(err, TlsError::Mismatch { .. }), "{err}");
+
+        let missing = dir.path().join("missing.pem");
+        let err = server_config(
+            &TlsFiles {
+                cert_path: missing,
+                key_path: files.key_path,
+            },
+            &[],
+        )
+        .expect_err("missing file");
+        assert!(err.to_string().contains("missing.pem"), "{err}");
+    }
+}
