@@ -512,13 +512,26 @@ async fn https_when_api_tls_is_set() {
     std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
     std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
     let mut api = api_config();
-    api.tls = Some(sluice::config::TlsFiles { cert_path, key_path });
-    let s = start(config(server(BalanceKind::RoundRobin, vec![backend.spec()])), api, None).await;
+    api.tls = Some(sluice::config::TlsFiles {
+        cert_path,
+        key_path,
+    });
+    let s = start(
+        config(server(BalanceKind::RoundRobin, vec![backend.spec()])),
+        api,
+        None,
+    )
+    .await;
 
     // A client speaking plain HTTP to the HTTPS port is closed; it does not stall others.
     let plain = tokio::time::timeout(WAIT, async {
-        let mut stream = tokio::net::TcpStream::connect(s.api).await.expect("connect");
-        stream.write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n").await.expect("write");
+        let mut stream = tokio::net::TcpStream::connect(s.api)
+            .await
+            .expect("connect");
+        stream
+            .write_all(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .expect("write");
         let mut buf = Vec::new();
         let _ = stream.read_to_end(&mut buf).await;
         buf
@@ -526,7 +539,9 @@ async fn https_when_api_tls_is_set() {
     assert!(!String::from_utf8_lossy(&plain.await.expect("closed in time")).contains("pong"));
 
     let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).expect("trust the test certificate");
+    roots
+        .add(cert.cert.der().clone())
+        .expect("trust the test certificate");
     let client = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
@@ -536,7 +551,9 @@ async fn https_when_api_tls_is_set() {
     .with_no_client_auth();
     let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
     let exchange = async {
-        let tcp = tokio::net::TcpStream::connect(s.api).await.expect("connect");
+        let tcp = tokio::net::TcpStream::connect(s.api)
+            .await
+            .expect("connect");
         let name = ServerName::try_from("localhost").expect("server name");
         let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
         tls.write_all(b"GET /ping HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
@@ -546,7 +563,54 @@ async fn https_when_api_tls_is_set() {
         let _ = tls.read_to_string(&mut response).await;
         response
     };
-    let response = tokio::time::timeout(WAIT, exchange).await.expect("answered in time");
+    let response = tokio::time::timeout(WAIT, exchange)
+        .await
+        .expect("answered in time");
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     assert!(response.ends_with("pong"), "{response}");
+}
+
+#[tokio::test]
+async fn cors_answers_other_origins_only_when_enabled() {
+    let backend = TestBackend::named("a").await;
+    let origin = [("Origin", "http://dashboard.example")];
+    let closed = start(
+        config(server(BalanceKind::RoundRobin, vec![backend.spec()])),
+        api_config(),
+        None,
+    )
+    .await;
+    let response = request(closed.api, "GET", "/servers", &origin, None).await;
+    assert_eq!(response.header("access-control-allow-origin"), None);
+
+    let mut api = api_config();
+    api.cors = true;
+    let open = start(
+        config(server(BalanceKind::RoundRobin, vec![backend.spec()])),
+        api,
+        None,
+    )
+    .await;
+    let response = request(open.api, "GET", "/servers", &origin, None).await;
+    assert_eq!(response.status, 200);
+    assert!(response.header("access-control-allow-origin").is_some());
+    let preflight = [
+        ("Origin", "http://dashboard.example"),
+        ("Access-Control-Request-Method", "PATCH"),
+    ];
+    let response = request(
+        open.api,
+        "OPTIONS",
+        "/servers/test/backends/x:1",
+        &preflight,
+        None,
+    )
+    .await;
+    assert!(response.status < 300, "{response:?}");
+    assert!(
+        response
+            .header("access-control-allow-methods")
+            .is_some_and(|m| m.contains("PATCH") || m == "*"),
+        "{response:?}"
+    );
 }
