@@ -321,6 +321,8 @@ async fn authentication_is_required_when_configured() {
     let s = start(config, api, None).await;
     let missing = get(s.api, "/servers").await;
     assert_eq!(missing.status, 401);
+    // The dashboard page holds no data: it loads without credentials, its API calls do not.
+    assert_eq!(get(s.api, "/ui").await.status, 200);
     assert!(missing
         .header("www-authenticate")
         .is_some_and(|h| h.starts_with("Basic")));

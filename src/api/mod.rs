@@ -79,14 +79,18 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
         .route("/reload", post(reload))
         .route("/dump", get(dump))
         .route("/openapi.json", get(openapi))
-        .merge(ui::router())
         .fallback(not_found)
         .with_state(state.clone())
         .merge(crate::metrics::router(Arc::clone(state.control.runtime())));
-    let mut app = routes.layer(middleware::from_fn_with_state(
-        Arc::new(auth::Auth::from_config(config)),
-        auth::require,
-    ));
+    // The dashboard's assets are outside authentication: they hold no data, and a
+    // browser cannot send a bearer token when it opens a page. Everything they fetch is
+    // behind it.
+    let mut app = routes
+        .layer(middleware::from_fn_with_state(
+            Arc::new(auth::Auth::from_config(config)),
+            auth::require,
+        ))
+        .merge(ui::router());
     if config.cors {
         app = app.layer(CorsLayer::very_permissive());
     }
