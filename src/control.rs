@@ -68,6 +68,13 @@ impl Control {
         for warning in &loaded.warnings {
             warn!("{warning}");
         }
+        let running = self.runtime.config().await;
+        if running.api != loaded.config.api || running.metrics != loaded.config.metrics {
+            warn!("[api] or [metrics] changed: those take effect at the next start");
+        }
+        if running.logging != loaded.config.logging {
+            warn!("[logging] changed: it takes effect at the next start");
+        }
         let changes = self.runtime.apply(loaded.config).await.inspect_err(|e| {
             error!("reload failed: {e}");
         })?;
