@@ -13,6 +13,7 @@
 //! - [`balance`]: the balancing strategies.
 //! - [`backend`]: one backend's spec and live state.
 //! - [`health`]: active and passive health checking.
+//! - [`discovery`]: backends from DNS, files, commands, Consul, etcd, Docker.
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
 //! - [`config`]: loading and validating the configuration.
 //! - [`acl`]: allow/deny rules by address.
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod discovery;
 pub mod health;
 pub mod listener;
 pub mod logging;

@@ -74,7 +74,7 @@ impl ChromeDriver {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("chromedriver exited with {status}:\n{}", self.log());
             }
-            if let Ok((200, body)) = http(addr, "GET", "/status", None).await {
+            if let Ok((200, body)) = http(addr, "GET", "/status", None, None).await {
                 if body.contains("\"ready\":true") {
                     return;
                 }
@@ -103,20 +103,26 @@ impl Drop for ChromeDriver {
     }
 }
 
-/// One HTTP/1.1 request written by hand: the status and the body. Errors instead of
-/// panicking, so callers can poll a server that is still starting.
+/// One HTTP/1.1 request written by hand, with `Authorization: Bearer TOKEN` when
+/// `token` is given: the status and the body. Errors instead of panicking, so callers
+/// can poll a server that is still starting.
 async fn http(
     addr: SocketAddr,
     method: &str,
     path: &str,
     body: Option<&str>,
+    token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
         let body = body.unwrap_or("");
+        let authorization = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
         let head = format!(
             "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+             {authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
             body.len()
         );
         stream.write_all(head.as_bytes()).await?;
@@ -188,10 +194,10 @@ fn unchunk(mut rest: &str) -> String {
     body
 }
 
-/// The backends of server `name` as the API reports them.
-async fn backends(api: SocketAddr, name: &str) -> Result<Vec<Value>, String> {
+/// The backends of server `name` as the API reports them; `token` as for [`http`].
+async fn backends(api: SocketAddr, token: Option<&str>, name: &str) -> Result<Vec<Value>, String> {
     let path = format!("/servers/{name}/backends");
-    let (status, body) = http(api, "GET", &path, None)
+    let (status, body) = http(api, "GET", &path, None, token)
         .await
         .map_err(|e| format!("GET {path}: {e}"))?;
     if status != 200 {
@@ -200,9 +206,9 @@ async fn backends(api: SocketAddr, name: &str) -> Result<Vec<Value>, String> {
     serde_json::from_str(&body).map_err(|e| format!("GET {path}: {e}: {body}"))
 }
 
-/// The backend with `key` in the API's list of server `web`.
-async fn api_backend(api: SocketAddr, key: &str) -> Result<Value, String> {
-    let list = backends(api, "web").await?;
+/// The backend with `key` in the API's list of server `web`; `token` as for [`http`].
+async fn api_backend(api: SocketAddr, token: Option<&str>, key: &str) -> Result<Value, String> {
+    let list = backends(api, token, "web").await?;
     list.iter()
         .find(|b| b["key"] == key)
         .cloned()
@@ -290,16 +296,27 @@ async fn page_error(client: &Client) -> Result<Option<String>, String> {
     Ok(shown.as_str().map(str::to_owned))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dashboard_in_headless_chromium_drains_reweights_and_fits_a_phone() {
-    let a = TestBackend::named("a").await;
-    let b = TestBackend::named("b").await;
-    let (a_key, b_key) = (a.addr.to_string(), b.addr.to_string());
-    let port = free_port();
-    let api_port = free_port();
-    let api = SocketAddr::from(([127, 0, 0, 1], api_port));
-    let toml = format!(
-        r#"shutdown_timeout = "1s"
+/// Sluice with server `web` round-robin over two live backends, a ping health check, and
+/// the API on loopback with `api_extra` (more `[api]` lines) in its table.
+struct Setup {
+    a: TestBackend,
+    b: TestBackend,
+    /// Where `web` listens.
+    proxied: SocketAddr,
+    api: SocketAddr,
+    sluice: SluiceProcess,
+}
+
+impl Setup {
+    async fn start(api_extra: &str) -> Setup {
+        let a = TestBackend::named("a").await;
+        let b = TestBackend::named("b").await;
+        let (a_key, b_key) = (a.addr.to_string(), b.addr.to_string());
+        let port = free_port();
+        let api_port = free_port();
+        let api = SocketAddr::from(([127, 0, 0, 1], api_port));
+        let toml = format!(
+            r#"shutdown_timeout = "1s"
 
 [logging]
 level = "info"
@@ -307,6 +324,7 @@ level = "info"
 [api]
 enabled = true
 bind = "127.0.0.1:{api_port}"
+{api_extra}
 
 [servers.web]
 bind = "127.0.0.1:{port}"
@@ -322,60 +340,98 @@ balance = "roundrobin"
   interval = "500ms"
   timeout = "250ms"
 "#
-    );
-    let sluice = SluiceProcess::start(&toml, api).await;
-    let (status, _) = http(api, "GET", "/ui", None).await.expect("GET /ui");
-    assert_eq!(
-        status,
-        200,
-        "the API serves the dashboard:\n{}",
-        sluice.log()
-    );
+        );
+        let sluice = SluiceProcess::start(&toml, api).await;
+        let (status, _) = http(api, "GET", "/ui", None, None)
+            .await
+            .expect("GET /ui");
+        assert_eq!(
+            status,
+            200,
+            "the API serves the dashboard, without credentials:\n{}",
+            sluice.log()
+        );
+        Setup {
+            a,
+            b,
+            proxied: SocketAddr::from(([127, 0, 0, 1], port)),
+            api,
+            sluice,
+        }
+    }
+}
+
+/// A headless Chromium session through its own chromedriver, with a fresh profile (so
+/// nothing, a token least of all, carries over from another test).
+struct Browser {
+    client: Client,
+    driver: ChromeDriver,
+    _profile: TempDir,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let driver = ChromeDriver::start().await;
+        let profile = tempfile::tempdir().expect("browser profile dir");
+        let mut capabilities = serde_json::Map::new();
+        capabilities.insert(
+            "goog:chromeOptions".to_owned(),
+            json!({
+                "args": [
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", profile.path().display()),
+                ]
+            }),
+        );
+        // The test answers each dialog itself; nothing is dismissed behind its back.
+        capabilities.insert("unhandledPromptBehavior".to_owned(), json!("ignore"));
+        // Sluice's rustls uses ring, fantoccini's brings aws-lc-rs: with both compiled in,
+        // rustls will not guess, so pick one (another test may have already).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = timeout(
+            BROWSER_WAIT,
+            ClientBuilder::rustls()
+                .expect("TLS roots for the WebDriver client (install the ca-certificates package)")
+                .capabilities(capabilities)
+                .connect(&driver.url),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("no browser session in time:\n{}", driver.log()))
+        .unwrap_or_else(|e| panic!("start Chromium: {e}\n{}", driver.log()));
+        Browser {
+            client,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    /// Closes the browser, then fails with the message of `result`, if any, and
+    /// Sluice's log.
+    async fn finish(self, result: Result<(), String>, sluice: &SluiceProcess) {
+        let _ = self.client.close().await;
+        drop(self.driver);
+        if let Err(message) = result {
+            panic!("{message}\nsluice log:\n{}", sluice.log());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_in_headless_chromium_drains_reweights_and_fits_a_phone() {
+    let setup = Setup::start("").await;
     // A little traffic, so the counters and the screenshot show something.
-    let proxied = SocketAddr::from(([127, 0, 0, 1], port));
     for _ in 0..4 {
-        who(proxied).await;
+        who(setup.proxied).await;
     }
-
-    let driver = ChromeDriver::start().await;
-    let profile = tempfile::tempdir().expect("browser profile dir");
-    let mut capabilities = serde_json::Map::new();
-    capabilities.insert(
-        "goog:chromeOptions".to_owned(),
-        json!({
-            "args": [
-                "--headless=new",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--no-first-run",
-                "--window-size=1280,900",
-                format!("--user-data-dir={}", profile.path().display()),
-            ]
-        }),
-    );
-    // The test answers each dialog itself; nothing is dismissed behind its back.
-    capabilities.insert("unhandledPromptBehavior".to_owned(), json!("ignore"));
-    // Sluice's rustls uses ring, fantoccini's brings aws-lc-rs: with both compiled in,
-    // rustls will not guess, so pick one (another test may have already).
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let client = timeout(
-        BROWSER_WAIT,
-        ClientBuilder::rustls()
-            .expect("TLS roots for the WebDriver client (install the ca-certificates package)")
-            .capabilities(capabilities)
-            .connect(&driver.url),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("no browser session in time:\n{}", driver.log()))
-    .unwrap_or_else(|e| panic!("start Chromium: {e}\n{}", driver.log()));
-
-    let result = exercise(&client, api, &a_key, b).await;
-    let _ = client.close().await;
-    drop(driver);
-    if let Err(message) = result {
-        panic!("{message}\nsluice log:\n{}", sluice.log());
-    }
+    let browser = Browser::start().await;
+    let a_key = setup.a.addr.to_string();
+    let result = exercise(&browser.client, setup.api, &a_key, setup.b).await;
+    browser.finish(result, &setup.sluice).await;
 }
 
 /// The browser part; an `Err` says what failed, so the caller can close the browser and
@@ -421,11 +477,11 @@ async fn exercise(
     })
     .await?;
     until("the API reports draining", WAIT, || async {
-        let a = api_backend(api, a_key).await.ok()?;
+        let a = api_backend(api, None, a_key).await.ok()?;
         (a["state"] == "draining").then_some(())
     })
     .await?;
-    let other = api_backend(api, b_key).await?;
+    let other = api_backend(api, None, b_key).await?;
     if other["state"] != "enabled" {
         return Err(format!("only {a_key} drains, yet {b_key} is {other}"));
     }
@@ -450,7 +506,7 @@ async fn exercise(
     .await?;
     accept_confirm(client).await?;
     until("the API reports weight 5", WAIT, || async {
-        let other = api_backend(api, b_key).await.ok()?;
+        let other = api_backend(api, None, b_key).await.ok()?;
         (other["weight"] == 5).then_some(())
     })
     .await?;

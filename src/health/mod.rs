@@ -37,6 +37,10 @@ pub enum CheckError {
     Unresolved,
     #[error(transparent)]
     Io(#[from] io::Error),
+    /// The backend answered, but not as a healthy one (a wrong reply, a refused login, a
+    /// replica where a primary is wanted); the text says what was seen.
+    #[error("{0}")]
+    Unhealthy(String),
 }
 
 /// One kind of active health check.
