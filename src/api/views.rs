@@ -78,10 +78,8 @@ pub fn server_stats(server: &ServerShared) -> Value {
                 "sni": b.spec.sni.clone().unwrap_or_default(),
                 "stats": {
                     "live": b.is_healthy(),
-                    "discovered": true,
                     "total_connections": s.total.load(Ordering::Relaxed),
                     "active_connections": s.active.load(Ordering::Relaxed),
-                    "refused_connections": s.connect_failures.load(Ordering::Relaxed),
                     "rx": rx,
                     "tx": tx,
                     "rx_second": rx_rate,
