@@ -212,12 +212,24 @@ async fn servers_and_backends_are_created_changed_and_deleted() {
     let other = s.runtime.local_addrs().await["other"];
     assert_eq!(who(other).await, "c");
 
-    // PUT changes it in place: same listener, new backend.
+    // PUT changes it in place: same listener, new backend, and a connection open
+    // across the change keeps working.
+    let (name, mut open) = hello(other, None).await;
+    assert_eq!(name, "c");
     let changed = json!({"bind": "127.0.0.1:0", "balance": "leastconn",
         "discovery": {"kind": "static", "static_list": [a.spec().key()]}});
     let (status, _) = send(s.api, "PUT", "/servers/other", changed).await;
     assert_eq!(status, 200);
-    assert_eq!(who(s.runtime.local_addrs().await["other"]).await, "a");
+    assert_eq!(s.runtime.local_addrs().await["other"], other);
+    assert_eq!(who(other).await, "a");
+    tokio::io::AsyncWriteExt::write_all(&mut open, b"across")
+        .await
+        .expect("write");
+    let mut echoed = [0u8; 6];
+    tokio::io::AsyncReadExt::read_exact(&mut open, &mut echoed)
+        .await
+        .expect("echo");
+    assert_eq!(&echoed, b"across");
     let (status, _) = send(s.api, "DELETE", "/servers/other", Value::Null).await;
     assert_eq!(status, 200);
     assert_eq!(get(s.api, "/servers/other").await.status, 404);
