@@ -1,6 +1,7 @@
 //! The web dashboard in a real headless Chromium, driven through chromedriver, against
 //! the real binary: it lists the backends, drains one and reweights another through the
-//! API, shows a backend going down, and fits a phone.
+//! API, shows a backend going down, and fits a phone; and, when the API wants a bearer
+//! token, asks for it, refuses a wrong one and works with the right one.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -342,9 +343,7 @@ balance = "roundrobin"
 "#
         );
         let sluice = SluiceProcess::start(&toml, api).await;
-        let (status, _) = http(api, "GET", "/ui", None, None)
-            .await
-            .expect("GET /ui");
+        let (status, _) = http(api, "GET", "/ui", None, None).await.expect("GET /ui");
         assert_eq!(
             status,
             200,
@@ -563,5 +562,167 @@ async fn exercise(
     if shown.as_deref() != Some("draining") {
         return Err(format!("at phone width {a_key} shows {shown:?}"));
     }
+    Ok(())
+}
+
+/// The token the API of [`dashboard_asks_for_a_bearer_token_and_drains_with_it`] wants.
+const TOKEN: &str = "dashboard-test-token-7f3a";
+
+/// What the token form says, if it is on show now.
+async fn token_form(client: &Client) -> Result<Option<String>, String> {
+    let shown = client
+        .execute(
+            "const f = document.getElementById('token-form'); \
+             return f && !f.hidden && f.offsetParent !== null \
+               ? document.getElementById('token-note').textContent.trim() : null;",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("read the token form: {e}"))?;
+    Ok(shown.as_str().map(str::to_owned))
+}
+
+/// How many backend rows the page lists.
+async fn listed(client: &Client) -> Result<u64, String> {
+    let n = client
+        .execute(
+            "return document.querySelectorAll('tr[data-backend]').length;",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("count backend rows: {e}"))?;
+    n.as_u64().ok_or_else(|| format!("a row count, not {n}"))
+}
+
+/// Types `token` into the token form and submits it with its button.
+async fn submit_token(client: &Client, token: &str) -> Result<(), String> {
+    let input = client
+        .find(Locator::Css("#token"))
+        .await
+        .map_err(|e| format!("find the token input: {e}"))?;
+    input
+        .send_keys(token)
+        .await
+        .map_err(|e| format!("type the token: {e}"))?;
+    click(client, r#"#token-form button[type="submit"]"#).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_asks_for_a_bearer_token_and_drains_with_it() {
+    let setup = Setup::start(&format!(r#"bearer_token = "{TOKEN}""#)).await;
+    let (status, body) = http(setup.api, "GET", "/servers", None, None)
+        .await
+        .expect("GET /servers");
+    assert_eq!(status, 401, "the API wants the token: {body}");
+    let browser = Browser::start().await;
+    let keys = [setup.a.addr.to_string(), setup.b.addr.to_string()];
+    let result = exercise_token(&browser.client, setup.api, &keys).await;
+    browser.finish(result, &setup.sluice).await;
+}
+
+/// The browser part of the bearer-token test, as [`exercise`] is of the first.
+async fn exercise_token(
+    client: &Client,
+    api: SocketAddr,
+    keys: &[String; 2],
+) -> Result<(), String> {
+    client
+        .goto(&format!("http://{api}/ui"))
+        .await
+        .map_err(|e| format!("open the dashboard: {e}"))?;
+    let row = |key: &str| format!(r#"section[data-server="web"] tr[data-backend="{key}"]"#);
+    let state_of = |key: &str| format!("{} .state", row(key));
+
+    // No token yet: the API's 401 brings up the form, and nothing is listed.
+    let note = until("the token form", BROWSER_WAIT, || async {
+        token_form(client).await.ok().flatten()
+    })
+    .await?;
+    if note != "This API needs a token." {
+        return Err(format!("the token form first says {note:?}"));
+    }
+    let n = listed(client).await?;
+    if n != 0 {
+        return Err(format!("{n} backends listed without a token"));
+    }
+
+    // A wrong token: refused, forgotten, the form comes back saying so; still nothing.
+    submit_token(client, "not-the-token").await?;
+    until(
+        "the form back, saying the token was refused",
+        BROWSER_WAIT,
+        || async {
+            let note = token_form(client).await.ok().flatten()?;
+            (note == "That token was refused.").then_some(())
+        },
+    )
+    .await?;
+    // Another poll's worth of time: the page does not go on asking with the bad token.
+    sleep(Duration::from_millis(1500)).await;
+    let n = listed(client).await?;
+    if n != 0 {
+        return Err(format!("{n} backends listed after a wrong token"));
+    }
+    if token_form(client).await?.is_none() {
+        return Err("the token form went away after a wrong token".to_owned());
+    }
+    let kept = client
+        .execute("return sessionStorage.getItem('sluice.api-token');", vec![])
+        .await
+        .map_err(|e| format!("read sessionStorage: {e}"))?;
+    if !kept.is_null() {
+        return Err(format!("the refused token is still kept: {kept}"));
+    }
+    screenshot(client, "dashboard-token-refused.png").await?;
+
+    // The right token: both backends listed, the form gone, no error.
+    submit_token(client, TOKEN).await?;
+    for key in keys {
+        until(
+            &format!("backend {key} listed as up"),
+            BROWSER_WAIT,
+            || async {
+                (text_of(client, &state_of(key)).await.as_deref() == Some("up")).then_some(())
+            },
+        )
+        .await?;
+    }
+    if let Some(note) = token_form(client).await? {
+        return Err(format!("the token form still shows, saying {note:?}"));
+    }
+    if let Some(error) = page_error(client).await? {
+        return Err(format!("the page shows an error: {error}"));
+    }
+
+    // Drain with the token: confirmed, and the API (asked with the token) says draining.
+    let (drained, other) = (&keys[1], &keys[0]);
+    click(
+        client,
+        &format!(r#"{} button[data-action="drain"]"#, row(drained)),
+    )
+    .await?;
+    let question = accept_confirm(client).await?;
+    if !question.contains(drained.as_str()) {
+        return Err(format!(
+            "the confirmation should name {drained}: {question:?}"
+        ));
+    }
+    until("the API reports draining", WAIT, || async {
+        let b = api_backend(api, Some(TOKEN), drained).await.ok()?;
+        (b["state"] == "draining").then_some(())
+    })
+    .await?;
+    until("the page shows draining", BROWSER_WAIT, || async {
+        (text_of(client, &state_of(drained)).await.as_deref() == Some("draining")).then_some(())
+    })
+    .await?;
+    let untouched = api_backend(api, Some(TOKEN), other).await?;
+    if untouched["state"] != "enabled" {
+        return Err(format!("only {drained} drains, yet {other} is {untouched}"));
+    }
+    if let Some(error) = page_error(client).await? {
+        return Err(format!("the page shows an error: {error}"));
+    }
+    screenshot(client, "dashboard-token.png").await?;
     Ok(())
 }

@@ -48,8 +48,11 @@ async function api(method, path, body) {
   }
   const challenge = (res.headers.get("WWW-Authenticate") || "").trim().toLowerCase();
   if (res.status === 401 && challenge.startsWith("bearer")) {
-    if (token) sessionStorage.removeItem(TOKEN_KEY);
-    askForToken(token ? "That token was refused." : "This API needs a token.");
+    // Only forget the token this request carried: a newer one typed meanwhile stays.
+    if (sessionStorage.getItem(TOKEN_KEY) === token) {
+      if (token) sessionStorage.removeItem(TOKEN_KEY);
+      askForToken(token ? "That token was refused." : "This API needs a token.");
+    }
     throw new ApiError(401, "waiting for an API token");
   }
   const text = await res.text();
