@@ -203,6 +203,8 @@ pub struct BackendStats {
     pub bandwidth: AtomicU64,
     pub checks_passed: AtomicU64,
     pub checks_failed: AtomicU64,
+    /// Health changes (up to down or back), from active and passive checks alike.
+    pub health_transitions: AtomicU64,
     /// Time to establish each successful connection to this backend.
     pub connect_duration: Histogram<{ CONNECT_BOUNDS_NS.len() }>,
     /// Lifetime of each relayed connection, from accept to close.
@@ -221,6 +223,7 @@ impl Default for BackendStats {
             bandwidth: AtomicU64::new(0),
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
+            health_transitions: AtomicU64::new(0),
             connect_duration: Histogram::new(&CONNECT_BOUNDS_NS),
             connection_duration: Histogram::new(&CONNECTION_BOUNDS_NS),
         }
@@ -281,6 +284,10 @@ impl Backend {
         let changed = self.state.healthy.swap(healthy, Ordering::Relaxed) != healthy;
         if changed {
             self.state.record_health(healthy);
+            self.state
+                .stats
+                .health_transitions
+                .fetch_add(1, Ordering::Relaxed);
         }
         changed
     }

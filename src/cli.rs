@@ -140,16 +140,18 @@ fn check(path: &Path) -> ExitCode {
 pub fn summary(config: &Config) -> String {
     let mut out = String::new();
     for (name, s) in &config.servers {
-        let config::DiscoveryConfig::Static { backends } = &s.discovery;
-        let health = match s.healthcheck.kind {
+        let backends = s.discovery.static_backends().map_or(&[][..], Vec::as_slice);
+        let listed = match s.discovery.static_backends() {
+            Some(list) => format!("{} backend(s)", list.len()),
+            None => format!("backends from {} discovery", s.discovery.kind()),
+        };
+        let health = match &s.healthcheck.kind {
             HealthKind::None => "no health check".to_owned(),
-            HealthKind::Ping => format!("ping every {:?}", s.healthcheck.interval),
+            kind => format!("{} check every {:?}", kind.name(), s.healthcheck.interval),
         };
         out.push_str(&format!(
-            "server {name}: tcp on {}, balance {}, {} backend(s), {health}\n",
-            s.bind,
-            s.balance,
-            backends.len()
+            "server {name}: tcp on {}, balance {}, {listed}, {health}\n",
+            s.bind, s.balance,
         ));
         for b in backends {
             out.push_str(&format!(

@@ -1,5 +1,5 @@
-//! One configured server while it runs: its settings, its backend pool, its listener
-//! and its health checks.
+//! One configured server while it runs: its settings, its backend pool, its listener,
+//! its health checks and its discovery runner.
 //!
 //! [`ServerShared`] is what every connection of the server sees: settings and pool are
 //! `ArcSwap` snapshots, so a reload or a discovered change replaces them without
@@ -12,12 +12,15 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use std::net::TcpListener as StdTcpListener;
+use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::backend::{Backend, BackendState};
-use crate::config::{HealthKind, InitialStatus, ServerConfig};
+use crate::backend::{Backend, BackendSpec, BackendState};
+use crate::balance::BalanceKind;
+use crate::config::{DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, ServerConfig};
+use crate::discovery;
 use crate::health;
 use crate::listener;
 use crate::pool::Pool;
@@ -120,8 +123,12 @@ pub struct Server {
     local_addr: SocketAddr,
     /// Stops the accept loop only; connections run on until they end.
     accept_stop: CancellationToken,
-    /// Stops the health checks and resolvers of the current backend set.
-    backend_tasks: CancellationToken,
+    /// Stops every background task: health checks, resolvers, bandwidth sampling and
+    /// discovery.
+    background: CancellationToken,
+    backends: Arc<Backends>,
+    /// The discovery runner and the configuration it runs, for a dynamic kind.
+    discovery: Option<(DiscoveryConfig, CancellationToken)>,
     accept_tasks: Vec<JoinHandle<()>>,
 }
 
@@ -138,23 +145,37 @@ impl Server {
             Some(socket) => socket.local_addr()?,
             None => config.bind,
         };
-        let backends = build_backends(&config, &HashMap::new(), &life.hard_stop);
         let shared = Arc::new(ServerShared {
             name: name.to_owned(),
-            pool: ArcSwap::from_pointee(Pool::new(config.balance, backends)),
-            settings: ArcSwap::from_pointee(config),
+            pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
+            settings: ArcSwap::from_pointee(config.clone()),
             stats: ServerStats::default(),
             no_backend_logged: AtomicBool::new(false),
         });
+        let background = life.graceful.child_token();
+        let backends = Arc::new(Backends {
+            shared: Arc::clone(&shared),
+            hard_stop: life.hard_stop.clone(),
+            background: background.clone(),
+            tasks: Mutex::new(Tasks::default()),
+        });
+        // A dynamic kind starts empty: the runner's first fetch follows at once.
+        let specs = config
+            .discovery
+            .static_backends()
+            .cloned()
+            .unwrap_or_default();
+        backends.replace(None, Some(specs)).await;
         let mut server = Server {
             shared,
             local_addr,
             accept_stop: life.graceful.child_token(),
-            backend_tasks: life.graceful.child_token(),
+            background,
+            backends,
+            discovery: None,
             accept_tasks: Vec::new(),
         };
-        resolve::resolve_now(&server.shared.pool.load()).await;
-        server.start_backend_tasks();
+        server.start_discovery(&config.discovery);
         server.spawn_accept(sockets, life);
         info!(server = name, bind = %local_addr, "listening");
         Ok(server)
@@ -177,22 +198,44 @@ impl Server {
         }
     }
 
-    fn start_backend_tasks(&self) {
-        let settings = self.shared.settings.load();
-        let pool = self.shared.pool.load();
-        resolve::spawn_refresh(&self.shared.name, &pool, &self.backend_tasks);
-        if settings.healthcheck.kind != HealthKind::None {
-            health::spawn_checks(
-                &self.shared.name,
-                &settings.healthcheck,
-                &pool,
-                &self.backend_tasks,
-            );
+    /// Starts the runner of a dynamic discovery (stopping one that runs another
+    /// configuration); stops it for `static`.
+    fn start_discovery(&mut self, config: &DiscoveryConfig) {
+        if self
+            .discovery
+            .as_ref()
+            .is_some_and(|(running, _)| running == config)
+        {
+            return;
         }
-        tokio::spawn(sample_bandwidth(
-            Arc::clone(&pool),
-            self.backend_tasks.clone(),
+        self.stop_discovery();
+        let Some((source, common)) = discovery::build(config) else {
+            return;
+        };
+        let stop = self.background.child_token();
+        let backends = Arc::clone(&self.backends);
+        let stopped = stop.clone();
+        let apply: discovery::Apply = Arc::new(move |specs| {
+            let backends = Arc::clone(&backends);
+            let stopped = stopped.clone();
+            Box::pin(async move { backends.discovered(specs, &stopped).await })
+        });
+        tokio::spawn(discovery::run(
+            self.shared.name.clone(),
+            source,
+            common,
+            apply,
+            stop.clone(),
         ));
+        self.discovery = Some((config.clone(), stop));
+    }
+
+    /// Stops the discovery runner, if one runs; a list it is applying right now is
+    /// dropped (see [`Backends::discovered`]).
+    fn stop_discovery(&mut self) {
+        if let Some((_, stop)) = self.discovery.take() {
+            stop.cancel();
+        }
     }
 
     /// The address the listener is bound to (useful when the config asked for port 0).
@@ -202,45 +245,155 @@ impl Server {
 
     /// Applies a changed configuration whose `bind` and `protocol` are unchanged: new
     /// settings and backends apply to new connections; established ones are untouched.
-    pub async fn update(&mut self, config: ServerConfig, life: &Lifecycle) {
-        let old_pool = self.shared.pool.load_full();
-        let by_key: HashMap<&str, &Arc<BackendState>> = old_pool
-            .backends()
-            .iter()
-            .map(|b| (b.key(), &b.state))
-            .collect();
-        let backends = build_backends(&config, &by_key, &life.hard_stop);
-        let pool = Pool::new(config.balance, backends);
-        resolve::resolve_now(&pool).await;
-        self.backend_tasks.cancel();
-        self.backend_tasks = life.graceful.child_token();
-        self.shared.settings.store(Arc::new(config));
-        self.shared.pool.store(Arc::new(pool));
-        self.start_backend_tasks();
+    ///
+    /// A dynamic discovery keeps its current backends under the new settings; when the
+    /// discovery itself changed, they stay until the new source's first answer.
+    pub async fn update(&mut self, config: ServerConfig, _life: &Lifecycle) {
+        let specs = config.discovery.static_backends().cloned();
+        let discovery = config.discovery.clone();
+        // A runner of the old discovery must not apply its list over the new one.
+        if self
+            .discovery
+            .as_ref()
+            .is_some_and(|(running, _)| *running != discovery)
+        {
+            self.stop_discovery();
+        }
+        self.backends.replace(Some(Arc::new(config)), specs).await;
+        self.start_discovery(&discovery);
     }
 
-    /// Stops accepting and checking, and returns once the listening socket is closed;
-    /// established connections finish on their own.
+    /// Stops accepting, checking and discovering, and returns once the listening socket
+    /// is closed; established connections finish on their own.
     pub async fn stop(mut self) {
         self.accept_stop.cancel();
-        self.backend_tasks.cancel();
+        self.background.cancel();
         for task in self.accept_tasks.drain(..) {
             let _ = task.await;
         }
     }
 }
 
-/// Backends for `config`, reusing the live state of those already known by key; new
-/// ones have their connections tied to `hard_stop`.
+/// A server's backend pool and the tasks that follow its backends (health checks,
+/// resolvers, bandwidth sampling). A reload and a discovered change both rebuild the
+/// pool here, so they treat backends alike: kept ones keep their state, connections and
+/// checks; new ones join; removed ones get no new connections and drain.
+pub(crate) struct Backends {
+    shared: Arc<ServerShared>,
+    hard_stop: CancellationToken,
+    /// Parent of every task started here; cancelled when the server stops.
+    background: CancellationToken,
+    /// Held across a rebuild, so a reload and a discovered change never interleave.
+    tasks: Mutex<Tasks>,
+}
+
+#[derive(Default)]
+struct Tasks {
+    /// The backend list the pool was last built from.
+    specs: Vec<BackendSpec>,
+    /// The health check configuration the running checks use.
+    health: Option<HealthConfig>,
+    /// Each backend's check and resolver, by key, with the spec they were started for.
+    per_backend: HashMap<String, (BackendSpec, CancellationToken)>,
+    sampler: Option<CancellationToken>,
+}
+
+impl Backends {
+    /// A discovered list, applied unless its runner was stopped meanwhile (a reload
+    /// changed the discovery while the list waited for the lock).
+    async fn discovered(&self, specs: Vec<BackendSpec>, runner: &CancellationToken) {
+        let mut tasks = self.tasks.lock().await;
+        if runner.is_cancelled() {
+            return;
+        }
+        tasks.specs = specs;
+        self.rebuild(&mut tasks, None).await;
+    }
+
+    /// Stores `settings` (if given), takes `specs` as the backend list (if given; else
+    /// the current one), builds the pool, resolves its new host names and swaps it in.
+    pub(crate) async fn replace(
+        &self,
+        settings: Option<Arc<ServerConfig>>,
+        specs: Option<Vec<BackendSpec>>,
+    ) {
+        let mut tasks = self.tasks.lock().await;
+        if let Some(specs) = specs {
+            tasks.specs = specs;
+        }
+        self.rebuild(&mut tasks, settings).await;
+    }
+
+    async fn rebuild(&self, tasks: &mut Tasks, settings: Option<Arc<ServerConfig>>) {
+        let settings = settings.unwrap_or_else(|| self.shared.settings.load_full());
+        let old_pool = self.shared.pool.load_full();
+        let by_key: HashMap<&str, &Arc<BackendState>> = old_pool
+            .backends()
+            .iter()
+            .map(|b| (b.key(), &b.state))
+            .collect();
+        let backends = build_backends(&settings, &tasks.specs, &by_key, &self.hard_stop);
+        let pool = Arc::new(Pool::new(settings.balance, backends));
+        resolve::resolve_now(&pool).await;
+        self.shared.settings.store(Arc::clone(&settings));
+        self.shared.pool.store(Arc::clone(&pool));
+        self.follow(tasks, &settings, &pool);
+    }
+
+    /// Brings the background tasks in line with `pool`: a backend kept with the same spec
+    /// and health check keeps its running check (and its streak), others are restarted.
+    fn follow(&self, tasks: &mut Tasks, settings: &ServerConfig, pool: &Arc<Pool>) {
+        let name = &self.shared.name;
+        if tasks.health.as_ref() != Some(&settings.healthcheck) {
+            for (_, (_, stop)) in tasks.per_backend.drain() {
+                stop.cancel();
+            }
+            tasks.health = Some(settings.healthcheck.clone());
+        }
+        let mut running = std::mem::take(&mut tasks.per_backend);
+        for backend in pool.backends() {
+            let key = backend.key().to_owned();
+            match running.remove(&key) {
+                Some((spec, stop)) if spec == backend.spec => {
+                    tasks.per_backend.insert(key, (spec, stop));
+                    continue;
+                }
+                Some((_, stop)) => stop.cancel(),
+                None => {}
+            }
+            let stop = self.background.child_token();
+            // The spawners take a pool; one of this backend alone gives it its own stop.
+            let alone = Pool::new(BalanceKind::RoundRobin, vec![Arc::clone(backend)]);
+            resolve::spawn_refresh(name, &alone, &stop);
+            if settings.healthcheck.kind != HealthKind::None {
+                health::spawn_checks(name, &settings.healthcheck, &alone, &stop);
+            }
+            tasks.per_backend.insert(key, (backend.spec.clone(), stop));
+        }
+        // What is left was removed.
+        for (_, (_, stop)) in running {
+            stop.cancel();
+        }
+        if let Some(sampler) = tasks.sampler.take() {
+            sampler.cancel();
+        }
+        let sampler = self.background.child_token();
+        tokio::spawn(sample_bandwidth(Arc::clone(pool), sampler.clone()));
+        tasks.sampler = Some(sampler);
+    }
+}
+
+/// Backends for `specs` under `config`, reusing the live state of those already known
+/// by key; new ones have their connections tied to `hard_stop`.
 fn build_backends(
     config: &ServerConfig,
+    specs: &[BackendSpec],
     known: &HashMap<&str, &Arc<BackendState>>,
     hard_stop: &CancellationToken,
 ) -> Vec<Arc<Backend>> {
-    let crate::config::DiscoveryConfig::Static { backends } = &config.discovery;
     let initially_healthy = config.healthcheck.kind == HealthKind::None
         || config.healthcheck.initial_status == InitialStatus::Healthy;
-    backends
+    specs
         .iter()
         .map(|spec| {
             let backend = match known.get(spec.key().as_str()) {

@@ -1,5 +1,5 @@
-//! TLS settings from PEM files into rustls configurations (the admin API's HTTPS; TLS
-//! termination builds on the same loading).
+//! TLS settings from PEM files into rustls configurations (the admin API's HTTPS, the
+//! clients of discovery sources; TLS termination builds on the same loading).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -25,6 +25,66 @@ pub enum TlsError {
         #[source]
         source: rustls::Error,
     },
+    #[error(
+        "a client certificate needs its key and a key needs its certificate: give both or neither"
+    )]
+    HalfPair,
+    #[error("{}: no usable CA certificate in the file", path.display())]
+    NoTrustAnchor { path: PathBuf },
+    #[error("no CA certificate given and none found in the system's trust store")]
+    NoSystemRoots,
+}
+
+/// PEM files of a TLS client (discovery sources talking to Consul, etcd or Docker).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// Certificate chain presented when the server asks for one (mutual TLS); needs
+    /// `key_path`.
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    /// CA certificates that verify the server; `None` trusts the system's store.
+    pub cacert_path: Option<PathBuf>,
+}
+
+/// A client configuration verifying servers against `files.cacert_path` (or the
+/// system's trust store) and presenting the client certificate if there is one.
+pub fn client_config(files: &ClientTlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &files.cacert_path {
+        Some(path) => {
+            let (added, _) = roots.add_parsable_certificates(certificates(path)?);
+            if added == 0 {
+                return Err(TlsError::NoTrustAnchor { path: path.clone() });
+            }
+        }
+        None => {
+            // Unreadable entries of the system store are skipped, as every TLS client
+            // does: one broken file there must not stop discovery.
+            let found = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(found.certs);
+            if roots.is_empty() {
+                return Err(TlsError::NoSystemRoots);
+            }
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Mismatch {
+            key: files.key_path.clone().unwrap_or_default(),
+            source,
+        })?
+        .with_root_certificates(roots);
+    let config = match (&files.cert_path, &files.key_path) {
+        (None, None) => builder.with_no_client_auth(),
+        (Some(cert_path), Some(key_path)) => builder
+            .with_client_auth_cert(certificates(cert_path)?, private_key(key_path)?)
+            .map_err(|source| TlsError::Mismatch {
+                key: key_path.clone(),
+                source,
+            })?,
+        _ => return Err(TlsError::HalfPair),
+    };
+    Ok(Arc::new(config))
 }
 
 /// A server configuration presenting the chain in `files.cert_path` with its key,

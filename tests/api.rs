@@ -447,8 +447,10 @@ async fn reload_and_persist_go_through_the_file() {
     .await;
     assert_eq!(status, 200);
     let reloaded = sluice::config::load(&file).expect("the written file is valid");
-    let sluice::config::DiscoveryConfig::Static { backends } =
-        &reloaded.config.servers["test"].discovery;
+    let backends = reloaded.config.servers["test"]
+        .discovery
+        .static_backends()
+        .expect("a static list");
     assert_eq!(backends[0].weight, 7);
     assert_eq!(backends[0].admin, sluice::backend::AdminState::Draining);
     assert_eq!(reloaded.config.api.map(|a| a.persist), Some(true));

@@ -89,6 +89,13 @@ pub async fn replace_server(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
+    // A body copied from `GET /servers/NAME` carries "<redacted>" where a secret was:
+    // that means "unchanged", not a new password.
+    let running = api.control.runtime().config().await;
+    let body = match running.servers.get(&name) {
+        Some(old) => restore_secrets(&body, &dump::server_value(old, Secrets::Keep))?,
+        None => body.to_vec(),
+    };
     let server = parse_server(&name, &body)?;
     let view = dump::server_json(&server);
     edit(&api, |config| {
@@ -433,6 +440,35 @@ async fn backend_view(api: &ApiState, name: &str, key: &str) -> ApiResult<Json<V
     Ok(Json(views::backend(backend)))
 }
 
+/// `body` with every `"<redacted>"` string replaced by the value at the same place in
+/// `old`; a body that is not JSON is passed through for the parser to report.
+fn restore_secrets(body: &[u8], old: &Value) -> ApiResult<Vec<u8>> {
+    fn walk(new: &mut Value, old: &Value) {
+        match (new, old) {
+            (Value::String(s), Value::String(o)) if s == dump::REDACTED => s.clone_from(o),
+            (Value::Object(n), Value::Object(o)) => {
+                for (key, value) in n.iter_mut() {
+                    if let Some(old) = o.get(key) {
+                        walk(value, old);
+                    }
+                }
+            }
+            (Value::Array(n), Value::Array(o)) => {
+                for (value, old) in n.iter_mut().zip(o) {
+                    walk(value, old);
+                }
+            }
+            _ => {}
+        }
+    }
+    let Ok(mut value) = serde_json::from_slice::<Value>(body) else {
+        return Ok(body.to_vec());
+    };
+    walk(&mut value, old);
+    serde_json::to_vec(&value)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
 /// 409 when another server listens on the same port of the same or a wildcard address
 /// (port 0, "any free port", never clashes).
 fn bind_free(config: &Config, name: &str, server: &ServerConfig) -> ApiResult<()> {
@@ -462,8 +498,13 @@ fn static_backends<'c>(config: &'c mut Config, name: &str) -> ApiResult<&'c mut 
         .servers
         .get_mut(name)
         .ok_or_else(|| no_server(name))?;
-    let DiscoveryConfig::Static { backends } = &mut server.discovery;
-    Ok(backends)
+    match &mut server.discovery {
+        DiscoveryConfig::Static { backends } => Ok(backends),
+        _ => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "backends of this server come from discovery",
+        )),
+    }
 }
 
 /// A server from a request body in the configuration's JSON schema, checked exactly as

@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::{
-    ApiConfig, Config, DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, LogFormat,
-    LogOutput, Protocol, ServerConfig,
+    escape, ApiConfig, Config, HealthConfig, HealthKind, InitialStatus, LogFormat, LogOutput,
+    ProbeExpect, ProbeProtocol, Protocol, RedisRole, ServerConfig, TlsSettings,
 };
 
 /// What secrets become in a redacted dump.
@@ -55,7 +55,7 @@ pub fn to_json(config: &Config, secrets: Secrets) -> Value {
     let servers: Map<String, Value> = config
         .servers
         .iter()
-        .map(|(name, server)| (name.clone(), server_json(server)))
+        .map(|(name, server)| (name.clone(), server_value(server, secrets)))
         .collect();
     top.insert("servers".into(), Value::Object(servers));
     Value::Object(top)
@@ -98,8 +98,14 @@ fn api_json(api: &ApiConfig, secrets: Secrets) -> Value {
     Value::Object(out)
 }
 
-/// One server, as `[servers.NAME]` holds it (and as the API's server resources show it).
+/// One server, as `[servers.NAME]` holds it, health-check passwords redacted (the API's
+/// server resources).
 pub fn server_json(server: &ServerConfig) -> Value {
+    server_value(server, Secrets::Redact)
+}
+
+/// One server, secrets kept or redacted.
+pub fn server_value(server: &ServerConfig, secrets: Secrets) -> Value {
     let mut out = Map::new();
     out.insert("bind".into(), server.bind.to_string().into());
     out.insert(
@@ -127,15 +133,11 @@ pub fn server_json(server: &ServerConfig) -> Value {
         timeout(server.backend_connection_timeout).into(),
     );
     out.insert("connect_attempts".into(), server.connect_attempts.into());
-    let DiscoveryConfig::Static { backends } = &server.discovery;
+    out.insert("discovery".into(), server.discovery.to_json(secrets));
     out.insert(
-        "discovery".into(),
-        json!({
-            "kind": "static",
-            "static_list": backends.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        }),
+        "healthcheck".into(),
+        healthcheck_json(&server.healthcheck, secrets),
     );
-    out.insert("healthcheck".into(), healthcheck_json(&server.healthcheck));
     if let Some(acl) = &server.access {
         out.insert(
             "access".into(),
@@ -148,23 +150,140 @@ pub fn server_json(server: &ServerConfig) -> Value {
     Value::Object(out)
 }
 
-fn healthcheck_json(health: &HealthConfig) -> Value {
-    let kind = match health.kind {
-        HealthKind::None => return json!({ "kind": "none" }),
-        HealthKind::Ping => "ping",
+fn healthcheck_json(health: &HealthConfig, secrets: Secrets) -> Value {
+    if health.kind == HealthKind::None {
+        return json!({ "kind": "none" });
+    }
+    let mut out = Map::new();
+    out.insert("kind".into(), health.kind.name().into());
+    out.insert("interval".into(), duration(health.interval).into());
+    out.insert("timeout".into(), duration(health.timeout).into());
+    out.insert("fails".into(), health.fails.into());
+    out.insert("passes".into(), health.passes.into());
+    let initial = match health.initial_status {
+        InitialStatus::Healthy => "healthy",
+        InitialStatus::Unhealthy => "unhealthy",
     };
-    json!({
-        "kind": kind,
-        "interval": duration(health.interval),
-        "timeout": duration(health.timeout),
-        "fails": health.fails,
-        "passes": health.passes,
-        "initial_status": match health.initial_status {
-            InitialStatus::Healthy => "healthy",
-            InitialStatus::Unhealthy => "unhealthy",
-        },
-        "passive_fails": health.passive_fails,
-    })
+    out.insert("initial_status".into(), initial.into());
+    out.insert("passive_fails".into(), health.passive_fails.into());
+    let mut put = |key: &str, value: Value| {
+        out.insert(key.to_owned(), value);
+    };
+    let secret = |s: &str| match secrets {
+        Secrets::Keep => Value::from(s),
+        Secrets::Redact => Value::from(REDACTED),
+    };
+    match &health.kind {
+        HealthKind::None | HealthKind::Ping => {}
+        HealthKind::Probe(p) => {
+            let protocol = match p.protocol {
+                ProbeProtocol::Tcp => "tcp",
+                ProbeProtocol::Udp => "udp",
+                ProbeProtocol::Tls => "tls",
+            };
+            put("probe_protocol", protocol.into());
+            put("probe_send", escape(&p.send).into());
+            match &p.expect {
+                ProbeExpect::StartsWith(bytes) => {
+                    put("probe_strategy", "starts_with".into());
+                    put("probe_recv", escape(bytes).into());
+                }
+                ProbeExpect::Regexp { pattern, len } => {
+                    put("probe_strategy", "regexp".into());
+                    put("probe_recv", pattern.as_str().into());
+                    put("probe_recv_len", (*len).into());
+                }
+            }
+            if p.protocol == ProbeProtocol::Tls {
+                tls_json(&p.tls, &mut put);
+            }
+        }
+        HealthKind::Exec(e) => {
+            put("exec_command", e.command.as_str().into());
+            put("exec_expected_positive_output", e.positive.as_str().into());
+            if let Some(negative) = &e.negative {
+                put("exec_expected_negative_output", negative.as_str().into());
+            }
+        }
+        HealthKind::Http(h) => {
+            put("http_method", h.method.as_str().into());
+            put("http_path", h.path.as_str().into());
+            if let Some(host) = &h.host {
+                put("http_host", host.as_str().into());
+            }
+            let status: Vec<String> = h
+                .status
+                .iter()
+                .map(|&(lo, hi)| {
+                    if lo == hi {
+                        lo.to_string()
+                    } else {
+                        format!("{lo}-{hi}")
+                    }
+                })
+                .collect();
+            put("http_status", status.into());
+            if let Some(body) = &h.body {
+                put("http_body", body.as_str().into());
+            }
+            if let Some(re) = &h.body_regexp {
+                put("http_body_regexp", re.as_str().into());
+            }
+            if let Some(tls) = &h.tls {
+                tls_json(tls, &mut put);
+            }
+        }
+        HealthKind::Tls(tls) => tls_json(tls, &mut put),
+        HealthKind::Udp(u) => {
+            put("udp_send", escape(&u.send).into());
+            if let Some(recv) = &u.recv {
+                put("udp_recv", escape(recv).into());
+            }
+        }
+        HealthKind::Redis(r) => {
+            if let Some(user) = &r.user {
+                put("redis_user", user.as_str().into());
+            }
+            if let Some(password) = &r.password {
+                put("redis_password", secret(password));
+            }
+            let role = match r.role {
+                RedisRole::Master => "master",
+                RedisRole::Any => "any",
+            };
+            put("redis_role", role.into());
+        }
+        HealthKind::Mysql(m) => {
+            if let Some(user) = &m.user {
+                put("mysql_user", user.as_str().into());
+            }
+            if let Some(password) = &m.password {
+                put("mysql_password", secret(password));
+            }
+        }
+        HealthKind::Pgsql(p) => {
+            if let Some(user) = &p.user {
+                put("pgsql_user", user.as_str().into());
+            }
+            if let Some(password) = &p.password {
+                put("pgsql_password", secret(password));
+            }
+            if let Some(database) = &p.database {
+                put("pgsql_database", database.as_str().into());
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn tls_json(tls: &TlsSettings, put: &mut impl FnMut(&str, Value)) {
+    if let Some(name) = &tls.server_name {
+        put("tls_server_name", name.as_str().into());
+    }
+    put("tls_skip_verify", tls.skip_verify.into());
+    if let Some(path) = &tls.ca_path {
+        put("tls_ca_path", path.display().to_string().into());
+    }
 }
 
 /// A Go duration string that [`super::parse_duration`] reads back exactly.
@@ -216,6 +335,7 @@ mod tests {
     #[test]
     fn dumps_parse_back_to_the_same_config() {
         round_trip(include_str!("../../examples/gobetween.toml"));
+        round_trip(include_str!("../../tests/configs/valid/discovery.toml"));
         round_trip(include_str!("../../examples/minimal.toml"));
         round_trip(
             "shutdown_timeout = \"1m30s\"\n\
@@ -230,6 +350,42 @@ mod tests {
              [servers.db.healthcheck]\nkind = \"ping\"\ninterval = \"1500ms\"\nfails = 2\n\
              [servers.db.access]\ndefault = \"deny\"\nrules = [\"allow 10.0.0.0/8\", \"allow ::1\"]\n",
         );
+    }
+
+    #[test]
+    fn every_health_kind_round_trips() {
+        let server = |name: &str, port: u16, health: &str| {
+            format!(
+                "[servers.{name}]\nbind = \"127.0.0.1:{port}\"\n\
+                 discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:1\"] }}\n\
+                 [servers.{name}.healthcheck]\ninterval = \"3s\"\ntimeout = \"0\"\n{health}\n"
+            )
+        };
+        let kinds = [
+            "kind = \"probe\"\nprobe_send = 'PING\\r\\n\\x00'\nprobe_recv = \"+PONG\"",
+            "kind = \"probe\"\nprobe_protocol = \"tls\"\nprobe_send = \"x\"\n\
+             probe_strategy = \"regexp\"\nprobe_recv = '^OK\\d+'\nprobe_recv_len = 8\n\
+             tls_server_name = \"db.example\"\ntls_skip_verify = true",
+            "kind = \"exec\"\nexec_command = \"/bin/check\"\n\
+             exec_expected_positive_output = \"1\"\nexec_expected_negative_output = \"0\"",
+            "kind = \"http\"",
+            "kind = \"https\"\nhttp_method = \"HEAD\"\nhttp_path = \"/health?x=1\"\n\
+             http_host = \"example.org\"\nhttp_status = [\"200-299\", \"301\"]\n\
+             http_body = \"ok\"\nhttp_body_regexp = '^ok[a-z]+'\ntls_ca_path = \"/etc/ca.pem\"",
+            "kind = \"tls\"",
+            "kind = \"udp\"\nudp_send = '\\x00\\x01'\nudp_recv = \"\\u0000\"",
+            "kind = \"redis\"\nredis_user = \"u\"\nredis_password = \"p\"\nredis_role = \"master\"",
+            "kind = \"mysql\"\nmysql_user = \"u\"\nmysql_password = \"p\"",
+        ];
+        let text: String = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, health)| server(&format!("s{i}"), 4000 + i as u16, health))
+            .collect();
+        round_trip(&text);
+        let config = parse(&text, Path::new("in.toml")).expect("valid").config;
+        let redacted = to_toml(&config, Secrets::Redact).expect("TOML");
+        assert!(!redacted.contains("\"p\""), "{redacted}");
     }
 
     #[test]

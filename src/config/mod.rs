@@ -6,17 +6,20 @@
 //! found is reported, each as `FILE:LINE:COL: message`.
 //!
 //! - `file`: TOML or JSON into one tree that keeps every key's and value's position.
-//! - `validate`, `sections`: the tree checked against the schema into [`Config`].
+//! - `validate`, `sections`, `discovery`: the tree checked against the schema into [`Config`].
+//! - `health`: `[healthcheck]`, every kind with its own settings type.
 //! - `reader`: the typed, error-collecting getters both use; unknown keys are errors.
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines).
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
 //! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`).
 
+mod discovery;
 pub mod dump;
 mod duration;
 mod error;
 mod file;
+mod health;
 mod legacy;
 mod reader;
 mod sections;
@@ -31,11 +34,19 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::acl::Acl;
-use crate::backend::BackendSpec;
 use crate::balance::BalanceKind;
 
+pub use discovery::{
+    DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy, FileParams,
+    JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
+};
 pub use duration::{parse_duration, parse_timeout};
 pub use error::{ConfigError, ConfigErrors, Warning};
+pub use health::{
+    escape, unescape, ExecSettings, HealthConfig, HealthKind, HttpSettings, InitialStatus,
+    MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeSettings, RedisRole,
+    RedisSettings, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS, MAX_RECV_LEN,
+};
 
 /// A whole, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -173,56 +184,6 @@ pub struct ServerConfig {
     pub healthcheck: HealthConfig,
     /// `None` allows everyone.
     pub access: Option<Acl>,
-}
-
-/// `[servers.NAME.discovery]`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum DiscoveryConfig {
-    /// `kind = "static"`: the `static_list`.
-    Static { backends: Vec<BackendSpec> },
-}
-
-/// `[servers.NAME.healthcheck]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HealthConfig {
-    pub kind: HealthKind,
-    pub interval: Duration,
-    pub timeout: Duration,
-    /// Consecutive failures that mark a healthy backend down.
-    pub fails: u32,
-    /// Consecutive passes that mark a down backend up.
-    pub passes: u32,
-    pub initial_status: InitialStatus,
-    /// Consecutive connect failures on client connections that mark a backend down until
-    /// the active check passes again; 0 disables passive health.
-    pub passive_fails: u32,
-}
-
-impl Default for HealthConfig {
-    fn default() -> Self {
-        HealthConfig {
-            kind: HealthKind::None,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            fails: 1,
-            passes: 1,
-            initial_status: InitialStatus::Healthy,
-            passive_fails: 3,
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum HealthKind {
-    None,
-    /// TCP connect.
-    Ping,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InitialStatus {
-    Healthy,
-    Unhealthy,
 }
 
 /// A configuration that loaded, with the warnings found on the way.

@@ -117,8 +117,10 @@ fn minimal_server_gets_every_default() {
     assert_eq!(web.connect_attempts, 3);
     assert_eq!(web.healthcheck, HealthConfig::default());
     assert_eq!(web.access, None);
-    let DiscoveryConfig::Static { backends } = &web.discovery;
-    assert_eq!(backends, &[BackendSpec::new("127.0.0.1", 8000)]);
+    assert_eq!(
+        web.discovery.static_backends(),
+        Some(&vec![crate::backend::BackendSpec::new("127.0.0.1", 8000)])
+    );
 }
 
 #[test]
@@ -277,7 +279,7 @@ fn each_error_kind_names_its_key() {
         ),
         (
             "[servers.a.healthcheck]\nkind = \"probe\"\n",
-            "healthcheck kind \"probe\" is not supported yet",
+            "healthcheck: missing required key \"probe_send\" for kind \"probe\"",
         ),
         (
             "[servers.a.healthcheck]\nkind = \"ping\"\ninterval = \"0\"\n",

@@ -9,10 +9,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::discovery::discovery;
 use super::file::Node;
+use super::health::healthcheck;
 use super::legacy::{self, Place};
 use super::reader::{join, Ctx, Field, Section};
-use super::sections::{access, discovery, healthcheck};
+use super::sections::access;
 use super::{
     ApiConfig, BasicAuth, Config, HealthConfig, LogFormat, LogOutput, LoggingConfig, MetricsConfig,
     Protocol, ServerConfig, TlsFiles, DEFAULT_API_BIND, DEFAULT_METRICS_BIND,

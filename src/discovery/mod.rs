@@ -10,6 +10,20 @@ use std::pin::Pin;
 
 use crate::backend::BackendSpec;
 
+pub mod consul;
+pub mod dns;
+pub mod docker;
+pub mod etcd;
+pub mod exec;
+pub mod file;
+pub mod http;
+pub mod http_client;
+pub mod list;
+mod runner;
+pub mod srv;
+
+pub use runner::{build, run, Apply, RETRY_WAIT, WATCH_LIMIT};
+
 /// A boxed future, the return type of [`Source::fetch`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -36,5 +50,11 @@ pub trait Source: Send {
     /// Whether `fetch` waits for changes itself rather than being polled.
     fn watches(&self) -> bool {
         false
+    }
+
+    /// For a polling source whose answer says how long it holds (a DNS TTL): when to
+    /// fetch again after a success, instead of `interval`.
+    fn next_fetch(&self) -> Option<std::time::Duration> {
+        None
     }
 }

@@ -5,8 +5,23 @@
 //! [`Tally`] turns those answers into up/down transitions, and [`spawn_checks`] runs one
 //! task per backend. Passive health (connect failures of client connections) lives in
 //! the proxy and marks a backend down; only an active check brings it back.
+//!
+//! One module per kind: `tcp` (ping), `probe`, `exec`, `http` (and https), `tls`, `udp`,
+//! `redis`, `mysql`, `pgsql`; `cert` reads a certificate's expiry for `tls`, `wire` holds what
+//! the database protocols share. At most [`MAX_CONCURRENT_CHECKS`]
+//! checks run at once in the whole process; the others wait for a slot.
 
+mod cert;
+mod exec;
+mod http;
+mod mysql;
+mod pgsql;
+mod probe;
+mod redis;
 mod tcp;
+mod tls;
+mod udp;
+mod wire;
 
 use std::future::Future;
 use std::io;
@@ -16,10 +31,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
+pub use exec::ExecCheck;
+pub use http::HttpCheck;
+pub use mysql::MysqlCheck;
+pub use pgsql::PgsqlCheck;
+pub use probe::ProbeCheck;
+pub use redis::{RedisCheck, RedisRole};
 pub use tcp::TcpCheck;
+pub use tls::{TlsCheck, EXPIRY_WARNING};
+pub use udp::UdpCheck;
 
 use crate::backend::Backend;
 use crate::config::{HealthConfig, HealthKind};
@@ -47,13 +71,68 @@ pub enum CheckError {
 pub trait HealthCheck: Send + Sync {
     /// Checks `backend` once. The caller enforces the configured timeout.
     fn check<'a>(&'a self, backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>>;
+
+    /// Time the check needs past the configured timeout to clean up after itself (kill
+    /// and reap a process); the caller waits that much longer before giving up on it.
+    fn cleanup_grace(&self) -> Duration {
+        Duration::ZERO
+    }
 }
 
-/// The check for a configured kind; `None` for `kind = "none"`.
-pub fn build(kind: HealthKind) -> Option<Arc<dyn HealthCheck>> {
-    match kind {
-        HealthKind::None => None,
-        HealthKind::Ping => Some(Arc::new(TcpCheck)),
+/// Checks running at once in the whole process, across servers and backends: a large
+/// configuration must not open thousands of sockets or processes in the same instant.
+pub const MAX_CONCURRENT_CHECKS: usize = 64;
+
+static CHECK_SLOTS: Semaphore = Semaphore::const_new(MAX_CONCURRENT_CHECKS);
+
+/// The check for a configured kind; `None` for `kind = "none"`. A check whose settings
+/// cannot be used (an unreadable `tls_ca_path`) is an error naming why.
+pub fn build(cfg: &HealthConfig) -> Result<Option<Arc<dyn HealthCheck>>, String> {
+    let check: Arc<dyn HealthCheck> = match &cfg.kind {
+        HealthKind::None => return Ok(None),
+        HealthKind::Ping => Arc::new(TcpCheck),
+        HealthKind::Probe(settings) => Arc::new(ProbeCheck::new(settings)?),
+        HealthKind::Exec(settings) => Arc::new(ExecCheck::new(settings.clone(), cfg.timeout)),
+        HealthKind::Http(settings) => Arc::new(HttpCheck::new(settings)?),
+        HealthKind::Tls(settings) => Arc::new(TlsCheck::new(settings)?),
+        HealthKind::Udp(settings) => Arc::new(UdpCheck::new(settings.clone())),
+        HealthKind::Redis(settings) => Arc::new(RedisCheck {
+            password: settings.password.clone(),
+            user: settings.user.clone(),
+            role: match settings.role {
+                crate::config::RedisRole::Master => RedisRole::Master,
+                crate::config::RedisRole::Any => RedisRole::Any,
+            },
+        }),
+        HealthKind::Mysql(settings) => Arc::new(MysqlCheck {
+            login: settings
+                .user
+                .clone()
+                .map(|user| (user, settings.password.clone().unwrap_or_default())),
+        }),
+        // Without credentials: the startup exchange only (the server answers it, even
+        // with an authentication request); with them: log in and run `SELECT 1`.
+        HealthKind::Pgsql(settings) => Arc::new(PgsqlCheck {
+            user: settings
+                .user
+                .clone()
+                .unwrap_or_else(|| PgsqlCheck::default().user),
+            password: settings.password.clone(),
+            database: settings.database.clone(),
+            query: settings.user.is_some() || settings.password.is_some(),
+            startup_only: settings.user.is_none() && settings.password.is_none(),
+        }),
+    };
+    Ok(Some(check))
+}
+
+/// Stands in for a check that could not be built: every backend fails it, so the
+/// problem shows as backends down rather than as checks silently skipped.
+struct Unusable(String);
+
+impl HealthCheck for Unusable {
+    fn check<'a>(&'a self, _backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>> {
+        Box::pin(async move { Err(CheckError::Unhealthy(self.0.clone())) })
     }
 }
 
@@ -82,8 +161,13 @@ impl Tally {
 
 /// Starts one check task per backend of `pool`, until `stop` is cancelled.
 pub fn spawn_checks(server: &str, cfg: &HealthConfig, pool: &Pool, stop: &CancellationToken) {
-    let Some(check) = build(cfg.kind) else {
-        return;
+    let check = match build(cfg) {
+        Ok(Some(check)) => check,
+        Ok(None) => return,
+        Err(e) => {
+            error!(server, error = %e, "health check cannot run; its backends will be down");
+            Arc::new(Unusable(e))
+        }
     };
     for backend in pool.backends() {
         tokio::spawn(run_checks(
@@ -114,10 +198,19 @@ async fn run_checks(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        let result = match tokio::time::timeout(cfg.timeout, check.check(&backend)).await {
+        let slot = tokio::select! {
+            _ = stop.cancelled() => return,
+            slot = CHECK_SLOTS.acquire() => slot,
+        };
+        let limit = cfg.timeout + check.cleanup_grace();
+        let result = match tokio::time::timeout(limit, check.check(&backend)).await {
             Ok(result) => result,
             Err(_) => Err(CheckError::Timeout),
         };
+        drop(slot);
+        if let Err(e) = &result {
+            debug!(server, backend = backend.key(), error = %e, "health check failed");
+        }
         let stats = &backend.state.stats;
         let counter = if result.is_ok() {
             &stats.checks_passed

@@ -1,0 +1,105 @@
+//! `kind = "file"`: backends in a file, re-read when it changes. The file is a JSON
+//! array (of backend lines or objects) when its first non-blank character is `[`, else
+//! one backend per line in the backend line grammar (`#` starts a comment line).
+//!
+//! A change is seen by polling the file's modification time and size every `interval`
+//! (1 s when `interval = "0"`); an unchanged file is not read again.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use super::list::{parse_json, parse_lines, MAX_LIST_BYTES};
+use super::{BoxFuture, DiscoveryError, Source};
+use crate::backend::BackendSpec;
+use crate::config::FileParams;
+
+/// How often the file is looked at when `interval = "0"`.
+pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
+
+/// The `file` source.
+pub struct FileSource {
+    path: PathBuf,
+    poll: Duration,
+    /// Modification time and size of the file last read, with what it held.
+    last: Option<(SystemTime, u64, Vec<BackendSpec>)>,
+}
+
+impl FileSource {
+    pub fn new(params: &FileParams, interval: Duration) -> Self {
+        FileSource {
+            path: params.path.clone(),
+            poll: if interval.is_zero() {
+                DEFAULT_POLL
+            } else {
+                interval
+            },
+            last: None,
+        }
+    }
+
+    async fn read(&mut self) -> Result<Vec<BackendSpec>, DiscoveryError> {
+        let what = self.path.display().to_string();
+        let meta = tokio::fs::metadata(&self.path)
+            .await
+            .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?;
+        let modified = meta.modified()?;
+        if let Some((time, len, specs)) = &self.last {
+            if *time == modified && *len == meta.len() {
+                return Ok(specs.clone());
+            }
+        }
+        if meta.len() > MAX_LIST_BYTES as u64 {
+            return Err(DiscoveryError::Invalid(format!(
+                "{what}: larger than {MAX_LIST_BYTES} bytes"
+            )));
+        }
+        self.last = None;
+        let bytes = tokio::fs::read(&self.path)
+            .await
+            .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|_| DiscoveryError::Invalid(format!("{what}: not UTF-8 text")))?;
+        let specs = if text.trim_start().starts_with('[') {
+            parse_json(&text, &what)?
+        } else {
+            parse_lines(&text, &what)?
+        };
+        self.last = Some((modified, meta.len(), specs.clone()));
+        Ok(specs)
+    }
+}
+
+impl Source for FileSource {
+    fn fetch(&mut self) -> BoxFuture<'_, Result<Vec<BackendSpec>, DiscoveryError>> {
+        Box::pin(self.read())
+    }
+
+    fn next_fetch(&self) -> Option<Duration> {
+        Some(self.poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn reads_lines_and_json_and_sees_changes() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("backends");
+        std::fs::write(&path, "127.0.0.1:80\n").expect("write");
+        let params = FileParams { path: path.clone() };
+        let mut source = FileSource::new(&params, Duration::ZERO);
+        assert_eq!(source.fetch().await.expect("lines").len(), 1);
+        std::fs::write(
+            &path,
+            r#"["127.0.0.1:80", {"host": "127.0.0.1", "port": 81}]"#,
+        )
+        .expect("rewrite");
+        assert_eq!(source.fetch().await.expect("json").len(), 2);
+        std::fs::write(&path, "oops\n").expect("rewrite");
+        assert!(source.fetch().await.is_err());
+        std::fs::remove_file(&path).expect("remove");
+        assert!(source.fetch().await.is_err());
+    }
+}

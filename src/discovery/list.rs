@@ -1,0 +1,150 @@
+//! Backend lists as sources hand them over: text in the backend line grammar (the one of
+//! `static_list`), and JSON objects with the same fields.
+
+use serde_json::{Map, Value};
+
+use super::DiscoveryError;
+use crate::backend::BackendSpec;
+
+/// Largest list a command or file may give; far above any real backend list.
+pub const MAX_LIST_BYTES: usize = 4 * 1024 * 1024;
+
+/// One backend per line; blank lines and lines starting with `#` are skipped. A line
+/// that does not parse fails the whole list, naming its number.
+pub fn parse_lines(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryError> {
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let spec = line
+            .parse::<BackendSpec>()
+            .map_err(|e| DiscoveryError::Invalid(format!("{what}, line {}: {e}", i + 1)))?;
+        out.push(spec);
+    }
+    Ok(out)
+}
+
+/// A JSON array whose elements are backend lines or objects
+/// (`{"host": …, "port": …, "weight": …, "priority": …, "max_connections": …, "sni": …,
+/// "backup": …}`).
+pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryError> {
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| DiscoveryError::Invalid(format!("{what}: not JSON: {e}")))?;
+    let Value::Array(items) = value else {
+        return Err(DiscoveryError::Invalid(format!(
+            "{what}: expected a JSON array of backends"
+        )));
+    };
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let spec = match item {
+                Value::String(line) => line.parse::<BackendSpec>(),
+                Value::Object(fields) => from_object(fields),
+                _ => Err("expected a backend line or an object".to_owned()),
+            };
+            spec.map_err(|e| DiscoveryError::Invalid(format!("{what}, element {i}: {e}")))
+        })
+        .collect()
+}
+
+/// A backend from an object's fields; `host` and `port` are required, `port` may be a
+/// number or a string, the other fields take the line grammar's defaults.
+pub fn from_object(fields: &Map<String, Value>) -> Result<BackendSpec, String> {
+    let host = match fields.get("host") {
+        Some(Value::String(host)) => host.as_str(),
+        _ => return Err("\"host\" is missing or not a string".into()),
+    };
+    let port = fields
+        .get("port")
+        .ok_or_else(|| "\"port\" is missing".to_owned())
+        .and_then(port)?;
+    let mut line = address(host, port);
+    for key in ["weight", "priority", "max_connections"] {
+        match fields.get(key) {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) => line.push_str(&format!(" {key}={n}")),
+            Some(_) => return Err(format!("\"{key}\" is not a number")),
+        }
+    }
+    match fields.get("sni") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(sni)) if !sni.is_empty() && !sni.contains(char::is_whitespace) => {
+            line.push_str(&format!(" sni={sni}"));
+        }
+        Some(_) => return Err("\"sni\" is not a host name".into()),
+    }
+    match fields.get("backup") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
+        Some(Value::Bool(true)) => line.push_str(" backup"),
+        Some(_) => return Err("\"backup\" is not true or false".into()),
+    }
+    // Going through the line grammar checks every value exactly as `static_list` does.
+    line.parse()
+}
+
+/// A port given as a number or a string of digits.
+pub fn port(value: &Value) -> Result<u16, String> {
+    let port = match value {
+        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+        Value::String(s) => s.trim().parse::<u16>().ok(),
+        _ => None,
+    };
+    match port {
+        Some(port) if port > 0 => Ok(port),
+        _ => Err(format!("port {value} is not a number from 1 to 65535")),
+    }
+}
+
+/// `host:port`, bracketing an IPv6 literal, as the line grammar wants it.
+pub fn address(host: &str, port: u16) -> String {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_skip_comments_and_name_the_bad_line() {
+        let text = "# web\n127.0.0.1:80 weight=2\n\n  [::1]:81 backup  \n";
+        let specs = parse_lines(text, "f").expect("valid");
+        assert_eq!(specs.len(), 2);
+        assert_eq!(specs[0].weight, 2);
+        assert!(specs[1].backup);
+        let err = parse_lines("127.0.0.1:80\nnope\n", "f").expect_err("invalid");
+        assert!(err.to_string().contains("f, line 2"), "{err}");
+    }
+
+    #[test]
+    fn json_takes_lines_and_objects() {
+        let text = r#"["127.0.0.1:80 priority=2",
+            {"host": "::1", "port": "81", "weight": 3, "sni": "a.example", "backup": true,
+             "max_connections": 7}]"#;
+        let specs = parse_json(text, "f").expect("valid");
+        assert_eq!(specs[0].priority, 2);
+        assert_eq!(specs[1].key(), "[::1]:81");
+        assert_eq!(specs[1].weight, 3);
+        assert_eq!(specs[1].max_connections, Some(7));
+        assert_eq!(specs[1].sni.as_deref(), Some("a.example"));
+        assert!(specs[1].backup);
+        for bad in [
+            r#"{"host": "a"}"#,
+            r#"[{"host": "a"}]"#,
+            r#"[{"host": "a", "port": 0}]"#,
+            r#"[{"host": "a", "port": 80, "weight": 0}]"#,
+            r#"[{"host": "a b", "port": 80}]"#,
+            r#"[7]"#,
+        ] {
+            assert!(parse_json(bad, "f").is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,200 @@
+//! `kind = "tls"`: the TLS handshake succeeds (certificate verified, or not with
+//! `tls_skip_verify`), and a certificate close to expiry is reported in the log. Also
+//! the TLS client of `https` and `probe_protocol = "tls"`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+use tracing::warn;
+
+use super::{cert, tcp, BoxFuture, CheckError, HealthCheck};
+use crate::backend::Backend;
+use crate::config::TlsSettings;
+use crate::tls::{client_config as verifying_config, ClientTlsFiles};
+
+/// A certificate expiring within this long is reported (once per certificate).
+pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The TLS side of a check: whom to trust, which name to ask for.
+pub(crate) struct TlsClient {
+    connector: TlsConnector,
+    server_name: Option<ServerName<'static>>,
+}
+
+impl TlsClient {
+    /// Reads the trusted roots now, so that a bad `tls_ca_path` shows at start.
+    pub(crate) fn new(settings: &TlsSettings) -> Result<TlsClient, String> {
+        let config = if settings.skip_verify {
+            skip_verify_config()?
+        } else {
+            let files = ClientTlsFiles {
+                cacert_path: settings.ca_path.clone(),
+                ..ClientTlsFiles::default()
+            };
+            verifying_config(&files).map_err(|e| e.to_string())?
+        };
+        let server_name = match &settings.server_name {
+            Some(name) => Some(
+                ServerName::try_from(name.clone())
+                    .map_err(|_| format!("tls_server_name \"{name}\" is not a valid name"))?,
+            ),
+            None => None,
+        };
+        Ok(TlsClient {
+            connector: TlsConnector::from(config),
+            server_name,
+        })
+    }
+
+    /// Connects to the backend and completes the handshake.
+    pub(crate) async fn connect(
+        &self,
+        backend: &Backend,
+    ) -> Result<TlsStream<TcpStream>, CheckError> {
+        let name = match &self.server_name {
+            Some(name) => name.clone(),
+            None => ServerName::try_from(backend.spec.host.clone()).map_err(|_| {
+                CheckError::Unhealthy(format!(
+                    "\"{}\" is not a valid TLS server name; set tls_server_name",
+                    backend.spec.host
+                ))
+            })?,
+        };
+        let stream = tcp::connect(backend).await?;
+        self.connector
+            .connect(name, stream)
+            .await
+            .map_err(|e| CheckError::Unhealthy(format!("TLS handshake failed: {e}")))
+    }
+}
+
+/// Passes when the TLS handshake succeeds.
+pub struct TlsCheck {
+    client: TlsClient,
+    /// The expiry last reported per backend, so each certificate is reported once.
+    warned: Mutex<HashMap<String, i64>>,
+}
+
+impl TlsCheck {
+    pub fn new(settings: &TlsSettings) -> Result<TlsCheck, String> {
+        Ok(TlsCheck {
+            client: TlsClient::new(settings)?,
+            warned: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn note_expiry(&self, backend: &Backend, leaf: &CertificateDer<'_>) {
+        let Some(expires) = cert::not_after(leaf) else {
+            return;
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        let left = expires - now;
+        if left > EXPIRY_WARNING.as_secs() as i64 {
+            return;
+        }
+        let mut warned = match self.warned.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if warned.insert(backend.key().to_owned(), expires) == Some(expires) {
+            return;
+        }
+        if left <= 0 {
+            warn!(
+                backend = backend.key(),
+                "backend TLS certificate has expired"
+            );
+        } else {
+            let days = left as f64 / 86_400.0;
+            warn!(
+                backend = backend.key(),
+                days_left = format!("{days:.1}"),
+                "backend TLS certificate expires within 14 days"
+            );
+        }
+    }
+}
+
+impl HealthCheck for TlsCheck {
+    fn check<'a>(&'a self, backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>> {
+        Box::pin(async move {
+            let stream = self.client.connect(backend).await?;
+            let (_, session) = stream.get_ref();
+            if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
+                self.note_expiry(backend, leaf);
+            }
+            Ok(())
+        })
+    }
+}
+
+fn skip_verify_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    let provider = Arc::new(ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// `tls_skip_verify = true`: any certificate is accepted, but the handshake signatures
+/// are still checked, so the peer holds the key of the certificate it shows.
+#[derive(Debug)]
+struct AnyCertificate(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
