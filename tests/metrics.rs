@@ -352,6 +352,11 @@ async fn health_checks_are_counted_by_result() {
     let b = [("server", "test"), ("backend", gone_key.as_str())];
     m.expect("sluice_backend_up", &b, 0);
     assert_state(&m, &b, "down");
+    // Healthy at start (no initial_status), down after its first failure: one transition;
+    // the live one never changed.
+    m.expect("sluice_backend_health_transitions_total", &b, 1);
+    let l = [("server", "test"), ("backend", live_key.as_str())];
+    m.expect("sluice_backend_health_transitions_total", &l, 0);
 }
 
 #[tokio::test]

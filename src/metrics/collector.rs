@@ -199,6 +199,14 @@ impl Collector for Scrape {
         )?;
         self.per_backend(
             e,
+            Meta::counter(
+                "sluice_backend_health_transitions",
+                "Times the backend went down or came back up (active or passive health).",
+            ),
+            |b| Value::Counter(read(&b.state.stats.health_transitions)),
+        )?;
+        self.per_backend(
+            e,
             Meta::gauge(
                 "sluice_backend_connections_active",
                 "Connections open to the backend now, including those still connecting.",
