@@ -11,25 +11,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::CheckError;
-use crate::backend::Backend;
 
-/// Connects to the first of the backend's addresses that accepts.
-pub(super) async fn connect(backend: &Backend) -> Result<TcpStream, CheckError> {
-    let addrs = backend.addrs();
-    let mut last = CheckError::Unresolved;
-    for addr in addrs.iter() {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                // Each step is one small write answered before the next: Nagle would
-                // only add delay. Failing to set it costs latency, not correctness.
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
-            Err(e) => last = CheckError::Io(e),
-        }
-    }
-    Err(last)
-}
+pub(super) use super::tcp::connect;
 
 /// A protocol violation: the backend answered, but not in its protocol.
 pub(super) fn malformed(what: impl std::fmt::Display) -> CheckError {
