@@ -18,6 +18,7 @@
 //! - [`config`]: loading and validating the configuration.
 //! - [`acl`]: allow/deny rules by address.
 //! - [`tls`]: certificates and keys into rustls configurations.
+//! - [`process`]: outside commands, bounded in time and output, never left behind.
 
 #![forbid(unsafe_code)]
 
@@ -35,6 +36,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod process;
 pub mod proxy;
 pub mod reload;
 pub mod resolve;

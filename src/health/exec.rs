@@ -1,20 +1,17 @@
 //! `kind = "exec"` (GoBetween's): run `exec_command HOST PORT`; its output says whether
 //! the backend is healthy.
 //!
-//! The command runs in its own process group, so that at the timeout it is killed with
-//! everything it started, and it is always waited for: no zombie is left behind.
+//! The command runs through [`crate::process`]: killed with everything it started at the
+//! timeout, always reaped.
 
-use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::process::Command;
 
 use super::{BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
 use crate::config::ExecSettings;
+use crate::process;
 
 /// Output of each stream kept for the comparison and the log; the rest is read and
 /// dropped, so a chatty command never blocks on a full pipe.
@@ -34,56 +31,29 @@ impl ExecCheck {
         ExecCheck { settings, timeout }
     }
 
-    async fn run(&self, backend: &Backend) -> Result<(ExitStatus, String, String), CheckError> {
-        let mut child = Command::new(&self.settings.command)
+    async fn run(&self, backend: &Backend) -> Result<process::Output, CheckError> {
+        let mut command = Command::new(&self.settings.command);
+        command
             .arg(&backend.spec.host)
-            .arg(backend.spec.port.to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0)
-            // Last resort should this future be dropped before it reaps the child.
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| {
-                CheckError::Unhealthy(format!("cannot run {}: {e}", self.settings.command))
-            })?;
-        let pid = child.id();
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        let finished = async {
-            let (out, err, status) =
-                tokio::join!(read_capped(stdout), read_capped(stderr), child.wait());
-            (out, err, status)
-        };
-        match tokio::time::timeout(self.timeout, finished).await {
-            Ok((out, err, status)) => Ok((status?, out, err)),
-            Err(_) => {
-                if let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) {
-                    // The group shares the command's pid; it may be gone already.
-                    let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                }
-                // Kills (if still needed) and waits: the child is reaped here.
-                let _ = child.kill().await;
-                Err(CheckError::Unhealthy(format!(
-                    "{} did not finish within {:?}; killed",
-                    self.settings.command, self.timeout
-                )))
-            }
-        }
+            .arg(backend.spec.port.to_string());
+        process::run(command, self.timeout, OUTPUT_CAP, OUTPUT_CAP)
+            .await
+            .map_err(|e| CheckError::Unhealthy(e.to_string()))
     }
 }
 
 impl HealthCheck for ExecCheck {
     fn check<'a>(&'a self, backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>> {
         Box::pin(async move {
-            let (status, out, err) = self.run(backend).await?;
-            let output = out.trim();
+            let out = self.run(backend).await?;
+            let (status, stdout) = (out.status, String::from_utf8_lossy(&out.stdout));
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let output = stdout.trim();
             let describe = |what: &str| {
                 CheckError::Unhealthy(format!(
                     "{what}; stdout: {:?}; stderr: {:?}",
                     output,
-                    err.trim()
+                    stderr.trim()
                 ))
             };
             if !status.success() {
@@ -105,22 +75,4 @@ impl HealthCheck for ExecCheck {
     fn cleanup_grace(&self) -> Duration {
         REAP_GRACE
     }
-}
-
-/// Reads `stream` to its end, keeping the first [`OUTPUT_CAP`] bytes as text.
-async fn read_capped<R: AsyncRead + Unpin>(stream: Option<R>) -> String {
-    let Some(mut stream) = stream else {
-        return String::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 4096];
-    // Ends at EOF or an error; the caller's timeout bounds it in time.
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-        let room = OUTPUT_CAP.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-    }
-    String::from_utf8_lossy(&kept).into_owned()
 }
