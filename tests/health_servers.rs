@@ -1,15 +1,31 @@
 //! The Redis, MySQL and PostgreSQL health checks against the real servers from Debian's
-//! packages, called directly on a backend.
+//! packages: called directly on a backend, and through Sluice, where client traffic
+//! follows what they find.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
 
 use sluice::backend::{Backend, BackendSpec};
+use sluice::balance::BalanceKind;
+use sluice::config::{
+    HealthConfig, HealthKind, InitialStatus, MysqlSettings, PgsqlSettings, RedisSettings,
+    ServerConfig,
+};
 use sluice::health::{CheckError, HealthCheck, MysqlCheck, PgsqlCheck, RedisCheck, RedisRole};
+use sluice::server::ServerShared;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::support::servers::{
     redis_command, shared_mariadb, shared_postgres, start_redis, MARIADB_ED25519_USER,
     MARIADB_USER, PG_CLEARTEXT_USER, PG_MD5_USER, PG_SCRAM_USER, PG_TRUST_USER,
 };
-use crate::support::{eventually, WAIT};
+use crate::support::{
+    assert_closed_without_data, config, connect_from, eventually, server, spec_of, Sluice, WAIT,
+};
 
 fn backend(port: u16) -> Backend {
     Backend::new(BackendSpec::new("127.0.0.1", port), true)
@@ -248,4 +264,295 @@ async fn pgsql_default_is_the_postgres_user() {
         ..PgsqlCheck::default()
     };
     check(&startup, port).await.expect("start-up exchange only");
+}
+
+// ---- Through Sluice: client traffic follows the checks ---------------------------------
+
+/// A database check every 100 ms. Three failures in a row take a backend down, so one
+/// slow check on a busy machine does not flap a good one.
+fn every_100ms(kind: HealthKind, initial_status: InitialStatus) -> HealthConfig {
+    HealthConfig {
+        kind,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+        fails: 3,
+        passes: 1,
+        initial_status,
+        passive_fails: 0,
+    }
+}
+
+/// Waits until backend `i` of `shared` has the given health.
+async fn wait_health(shared: &ServerShared, i: usize, healthy: bool) {
+    eventually(&format!("backend {i} healthy = {healthy}"), || {
+        let up = shared.pool.load().backends()[i].is_healthy();
+        async move { up == healthy }
+    })
+    .await;
+}
+
+fn is_healthy(shared: &ServerShared, i: usize) -> bool {
+    shared.pool.load().backends()[i].is_healthy()
+}
+
+fn checks(shared: &ServerShared, i: usize) -> (u64, u64) {
+    let pool = shared.pool.load();
+    let stats = &pool.backends()[i].state.stats;
+    (
+        stats.checks_passed.load(Ordering::Relaxed),
+        stats.checks_failed.load(Ordering::Relaxed),
+    )
+}
+
+/// Sluice with two servers over the same database: `test`, whose check logs in, and
+/// `refused`, whose check uses a wrong password. Returns the address of `refused` and
+/// both servers' live state once the first is up and the second down.
+///
+/// `test` starts unhealthy and `refused` healthy, so each has to be moved by its check.
+async fn good_and_refused(
+    good: HealthKind,
+    wrong: HealthKind,
+    port: u16,
+) -> (Sluice, SocketAddr, Arc<ServerShared>, Arc<ServerShared>) {
+    let backend = spec_of(SocketAddr::from(([127, 0, 0, 1], port)));
+    let with_check = |kind, initial| ServerConfig {
+        healthcheck: every_100ms(kind, initial),
+        ..server(BalanceKind::RoundRobin, vec![backend.clone()])
+    };
+    let mut cfg = config(with_check(good, InitialStatus::Unhealthy));
+    cfg.servers.insert(
+        "refused".to_owned(),
+        with_check(wrong, InitialStatus::Healthy),
+    );
+    let sluice = Sluice::start_config(cfg).await;
+    let refused_addr = sluice.runtime.local_addrs().await["refused"];
+    let good = sluice.shared().await;
+    let refused = sluice
+        .runtime
+        .server("refused")
+        .await
+        .expect("server refused");
+    wait_health(&good, 0, true).await;
+    wait_health(&refused, 0, false).await;
+    (sluice, refused_addr, good, refused)
+}
+
+/// A client through Sluice to a server whose only backend is down is closed without a
+/// byte, and counted as finding no backend.
+async fn assert_no_traffic(addr: SocketAddr, shared: &ServerShared) {
+    let before = shared.stats.no_backend.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        let mut client = connect_from(addr, None).await;
+        assert_closed_without_data(&mut client, WAIT).await;
+    }
+    assert_eq!(
+        shared.stats.no_backend.load(Ordering::Relaxed),
+        before + 3,
+        "each client found no backend"
+    );
+    assert_eq!(shared.pool.load().backends()[0].active(), 0);
+}
+
+/// Sends one Redis command and returns its reply: a status, error or integer line with
+/// its type byte (`+OK`, `-READONLY …`), or a bulk string's contents.
+async fn resp_call(stream: &mut BufReader<TcpStream>, args: &[&str]) -> String {
+    let mut wire = format!("*{}\r\n", args.len());
+    for arg in args {
+        wire.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+    }
+    let reply = async {
+        stream.get_mut().write_all(wire.as_bytes()).await?;
+        let mut line = String::new();
+        stream.read_line(&mut line).await?;
+        let line = line.trim_end().to_owned();
+        let Some(len) = line.strip_prefix('$') else {
+            return Ok::<_, std::io::Error>(line);
+        };
+        let len: usize = len.parse().expect("bulk length");
+        assert!(len <= 64 * 1024, "bulk reply of {len} bytes");
+        let mut body = vec![0; len + 2];
+        stream.read_exact(&mut body).await?;
+        body.truncate(len);
+        Ok(String::from_utf8(body).expect("utf-8 reply"))
+    };
+    timeout(WAIT, reply)
+        .await
+        .expect("redis reply in time")
+        .expect("redis reply")
+}
+
+/// What a client connecting through Sluice finds: the Redis it reached and whether it
+/// takes a write.
+struct RedisSeen {
+    port: u16,
+    role: String,
+    write: String,
+}
+
+async fn redis_through(addr: SocketAddr, value: &str) -> RedisSeen {
+    let mut stream = BufReader::new(connect_from(addr, None).await);
+    let info = resp_call(&mut stream, &["INFO"]).await;
+    let field = |name: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .unwrap_or_else(|| panic!("no {name} in INFO:\n{info}"))
+            .trim()
+            .to_owned()
+    };
+    RedisSeen {
+        port: field("tcp_port").parse().expect("tcp_port"),
+        role: field("role"),
+        write: resp_call(&mut stream, &["SET", "sluice:through", value]).await,
+    }
+}
+
+#[tokio::test]
+async fn redis_traffic_follows_the_master_through_a_failover() {
+    let a = start_redis(None, &[]).await;
+    let b = start_redis(None, &["--replicaof", "127.0.0.1", &a.port.to_string()]).await;
+    let master_only = HealthKind::Redis(RedisSettings {
+        role: sluice::config::RedisRole::Master,
+        ..RedisSettings::default()
+    });
+    let lb = Sluice::start(ServerConfig {
+        healthcheck: every_100ms(master_only, InitialStatus::Healthy),
+        ..server(
+            BalanceKind::RoundRobin,
+            vec![spec_of(a.addr()), spec_of(b.addr())],
+        )
+    })
+    .await;
+    let shared = lb.shared().await;
+    wait_health(&shared, 1, false).await;
+    assert!(is_healthy(&shared, 0), "the master is up");
+    for i in 0..6 {
+        let seen = redis_through(lb.addr, &format!("a{i}")).await;
+        assert_eq!(seen.port, a.port, "connection {i} reached the master");
+        assert_eq!(seen.role, "master");
+        assert_eq!(seen.write, "+OK");
+    }
+    // The replica refuses writes: what the check spares the clients.
+    assert!(redis_command(b.port, &["SET", "k", "v"])
+        .await
+        .starts_with("-READONLY"));
+
+    // Fail over: b becomes the master, a its replica.
+    assert_eq!(
+        redis_command(b.port, &["REPLICAOF", "NO", "ONE"]).await,
+        "+OK"
+    );
+    let b_port = b.port.to_string();
+    assert_eq!(
+        redis_command(a.port, &["REPLICAOF", "127.0.0.1", &b_port]).await,
+        "+OK"
+    );
+    eventually("health follows the failover", || {
+        let moved = !is_healthy(&shared, 0) && is_healthy(&shared, 1);
+        async move { moved }
+    })
+    .await;
+    for i in 0..6 {
+        let seen = redis_through(lb.addr, &format!("b{i}")).await;
+        assert_eq!(seen.port, b.port, "connection {i} reached the new master");
+        assert_eq!(seen.role, "master");
+        assert_eq!(seen.write, "+OK");
+    }
+    assert!(redis_command(a.port, &["SET", "k", "v"])
+        .await
+        .starts_with("-READONLY"));
+}
+
+#[tokio::test]
+async fn mariadb_refusing_the_login_is_down_and_gets_no_traffic() {
+    let port = shared_mariadb().await.port;
+    let (user, password) = MARIADB_USER;
+    let login = |password: &str| {
+        HealthKind::Mysql(MysqlSettings {
+            user: Some(user.to_owned()),
+            password: Some(password.to_owned()),
+        })
+    };
+    let (lb, refused_addr, good, refused) =
+        good_and_refused(login(password), login("wrong"), port).await;
+    assert!(checks(&good, 0).0 >= 1, "the good login passed");
+    assert!(checks(&refused, 0).1 >= 3, "the wrong one failed");
+
+    // Through the server whose check logs in: MariaDB's greeting (protocol 10).
+    for _ in 0..3 {
+        let mut client = connect_from(lb.addr, None).await;
+        let mut header = [0u8; 4];
+        timeout(WAIT, client.read_exact(&mut header))
+            .await
+            .expect("greeting in time")
+            .expect("greeting header");
+        let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+        assert!(len <= 16 * 1024, "greeting of {len} bytes");
+        let mut payload = vec![0; len];
+        timeout(WAIT, client.read_exact(&mut payload))
+            .await
+            .expect("greeting in time")
+            .expect("greeting payload");
+        assert_eq!(payload[0], 10, "protocol 10 greeting");
+        let version = &payload[1..payload.iter().position(|&b| b == 0).expect("version")];
+        assert!(
+            String::from_utf8_lossy(version).contains("MariaDB"),
+            "{version:?}"
+        );
+    }
+    assert_no_traffic(refused_addr, &refused).await;
+    assert!(is_healthy(&good, 0), "the good login still passes");
+}
+
+#[tokio::test]
+async fn postgres_refusing_the_login_is_down_and_gets_no_traffic() {
+    let port = shared_postgres().await.port;
+    let (user, password) = PG_SCRAM_USER;
+    let login = |password: &str| {
+        HealthKind::Pgsql(PgsqlSettings {
+            user: Some(user.to_owned()),
+            password: Some(password.to_owned()),
+            database: Some("postgres".to_owned()),
+        })
+    };
+    let (lb, refused_addr, good, refused) =
+        good_and_refused(login(password), login("wrong"), port).await;
+    assert!(checks(&good, 0).0 >= 1, "the good login passed");
+    assert!(checks(&refused, 0).1 >= 3, "the wrong one failed");
+
+    // Through the server whose check logs in: PostgreSQL answers an SSLRequest (no TLS
+    // configured: `N`), then a StartupMessage with its SCRAM challenge.
+    for _ in 0..3 {
+        let mut client = connect_from(lb.addr, None).await;
+        let mut ssl_request = 8u32.to_be_bytes().to_vec();
+        ssl_request.extend(80_877_103u32.to_be_bytes());
+        client.write_all(&ssl_request).await.expect("SSLRequest");
+        let mut answer = [0u8; 1];
+        timeout(WAIT, client.read_exact(&mut answer))
+            .await
+            .expect("SSLRequest answered in time")
+            .expect("SSLRequest answer");
+        assert_eq!(answer[0], b'N');
+
+        let mut body = 196_608u32.to_be_bytes().to_vec();
+        for (key, value) in [("user", user), ("database", "postgres")] {
+            for s in [key, value] {
+                body.extend(s.as_bytes());
+                body.push(0);
+            }
+        }
+        body.push(0);
+        let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+        startup.extend(body);
+        client.write_all(&startup).await.expect("StartupMessage");
+        // AuthenticationSASL: tag, length, code 10.
+        let mut auth = [0u8; 9];
+        timeout(WAIT, client.read_exact(&mut auth))
+            .await
+            .expect("authentication request in time")
+            .expect("authentication request");
+        assert_eq!(auth[0], b'R', "{auth:?}");
+        assert_eq!(u32::from_be_bytes([auth[5], auth[6], auth[7], auth[8]]), 10);
+    }
+    assert_no_traffic(refused_addr, &refused).await;
+    assert!(is_healthy(&good, 0), "the good login still passes");
 }

@@ -214,19 +214,26 @@ pub struct FileServer {
 
 impl FileServer {
     pub async fn start() -> FileServer {
+        Self::start_with(|addr, root| format!("server {{ listen {addr}; root {root}; }}")).await
+    }
+
+    /// Starts nginx with the `server` blocks `servers(addr, root)` returns (given the
+    /// address to listen on and the served directory) in place of the plain one.
+    pub async fn start_with(servers: impl Fn(SocketAddr, &str) -> String) -> FileServer {
         let dir = tempfile::tempdir().expect("temp dir");
         std::fs::create_dir(dir.path().join("www")).expect("www dir");
         let mut last_log = String::new();
         for _ in 0..3 {
             let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().expect("addr");
             let d = dir.path().display();
+            let servers = servers(addr, &format!("{d}/www"));
             let conf = format!(
                 "daemon off;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
                  events {{ worker_connections 64; }}\n\
                  http {{\n  access_log off;\n  client_body_temp_path {d}/tmp;\n\
                  proxy_temp_path {d}/tmp;\n  fastcgi_temp_path {d}/tmp;\n  uwsgi_temp_path {d}/tmp;\n\
                  scgi_temp_path {d}/tmp;\n  default_type text/plain;\n\
-                 server {{ listen {addr}; root {d}/www; }}\n}}\n"
+                 {servers}\n}}\n"
             );
             std::fs::write(dir.path().join("nginx.conf"), conf).expect("nginx.conf");
             let mut child = Command::new("/usr/sbin/nginx")
@@ -264,6 +271,11 @@ impl FileServer {
         let temp = www.join(format!(".{name}.tmp"));
         std::fs::write(&temp, text).expect("write served file");
         std::fs::rename(&temp, www.join(name)).expect("rename served file");
+    }
+
+    /// Removes `name` from the served directory: nginx answers 404 for it.
+    pub fn remove(&self, name: &str) {
+        std::fs::remove_file(self.dir.path().join("www").join(name)).expect("remove served file");
     }
 
     /// `http://ADDR/NAME`.
