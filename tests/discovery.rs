@@ -4,7 +4,8 @@
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sluice::config::Config;
@@ -160,6 +161,163 @@ async fn plaintext_over_http_with_a_regex() {
     serves(&s, &["a", "b"]).await;
     web.write("list.txt", &line(&b));
     serves(&s, &["b"]).await;
+}
+
+/// `(host:port, max_connections, backup)` of each backend in server `test`'s pool.
+async fn pool_specs(s: &Sluice) -> Vec<(String, Option<u32>, bool)> {
+    let pool = s.shared().await.pool.load_full();
+    let mut specs: Vec<_> = pool
+        .backends()
+        .iter()
+        .map(|b| (b.key().to_owned(), b.spec.max_connections, b.spec.backup))
+        .collect();
+    specs.sort();
+    specs
+}
+
+/// Waits until server `test`'s pool holds exactly `expected`.
+async fn has_specs(s: &Sluice, mut expected: Vec<(String, Option<u32>, bool)>) {
+    expected.sort();
+    let what = format!("a pool of {expected:?}");
+    eventually(&what, || {
+        let expected = expected.clone();
+        async move { pool_specs(s).await == expected }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn json_and_plaintext_carry_max_connections_and_backup() {
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let web = FileServer::start().await;
+    let list = serde_json::json!([
+        {"host": "127.0.0.1", "port": a.addr.port(),
+         "limits": {"conns": 5}, "role": {"standby": "false"}},
+        {"host": "127.0.0.1", "port": b.addr.port().to_string(),
+         "limits": {"conns": "2"}, "role": {"standby": 1}},
+    ]);
+    web.write("list.json", &list.to_string());
+    web.write(
+        "list.txt",
+        &format!(
+            "127.0.0.1 {} cap=3 standby=0\n127.0.0.1 {} cap=0 standby=true\n",
+            a.addr.port(),
+            b.addr.port()
+        ),
+    );
+    let json = Sluice::start_config(config(&format!(
+        "kind = \"json\"\njson_endpoint = \"{}\"\n\
+         json_max_connections_pattern = \"limits.conns\"\njson_backup_pattern = \"role.standby\"",
+        web.url("list.json")
+    )))
+    .await;
+    let plaintext = Sluice::start_config(config(&format!(
+        "kind = \"plaintext\"\nplaintext_endpoint = \"{}\"\n\
+         plaintext_regex_pattern = '^(?P<host>\\S+) (?P<port>\\d+) cap=(?P<max_connections>\\d+) \
+         standby=(?P<backup>\\S+)$'",
+        web.url("list.txt")
+    )))
+    .await;
+    has_specs(
+        &json,
+        vec![
+            (a.addr.to_string(), Some(5), false),
+            (b.addr.to_string(), Some(2), true),
+        ],
+    )
+    .await;
+    has_specs(
+        &plaintext,
+        vec![
+            (a.addr.to_string(), Some(3), false),
+            (b.addr.to_string(), None, true),
+        ],
+    )
+    .await;
+    // The backup flag is the pool's: while a is up, b gets no traffic.
+    assert_eq!(names(json.addr, 4).await, set(&["a"]));
+    assert_eq!(names(plaintext.addr, 4).await, set(&["a"]));
+}
+
+/// nginx serving over HTTPS with a self-signed certificate for 127.0.0.1, which is
+/// written to `dir` as the CA file to trust.
+async fn https_file_server(dir: &Path) -> (FileServer, PathBuf) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into(), "127.0.0.1".into()])
+        .expect("certificate");
+    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_path, cert.cert.pem()).expect("write certificate");
+    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    let (c, k) = (cert_path.clone(), key_path);
+    let web = FileServer::start_with(move |addr, root| {
+        format!(
+            "server {{ listen {addr} ssl; root {root};\n\
+             ssl_certificate {}; ssl_certificate_key {}; }}",
+            c.display(),
+            k.display()
+        )
+    })
+    .await;
+    (web, cert_path)
+}
+
+#[tokio::test]
+async fn https_endpoints_trust_the_given_ca_only() {
+    // The runtime is single-threaded: this captures the discovery runners' warnings.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("sluice.log");
+    let log = std::fs::File::create(&log_path).expect("log file");
+    let _logs = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_writer(Arc::new(log))
+            .with_ansi(false)
+            .finish(),
+    );
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let (web, ca) = https_file_server(dir.path()).await;
+    let element = |backend: &TestBackend| {
+        format!(
+            "{{\"host\": \"127.0.0.1\", \"port\": {}}}",
+            backend.addr.port()
+        )
+    };
+    web.write("list.json", &format!("[{}, {}]", element(&a), element(&b)));
+    web.write("list.txt", &format!("{}\n{}\n", a.addr, b.addr));
+    let url = |name: &str| format!("https://{}/{name}", web.addr);
+    let discovery = |kind: &str, name: &str, ca: Option<&Path>| {
+        let mut text = format!(
+            "kind = \"{kind}\"\n{kind}_endpoint = \"{}\"\ninterval = \"100ms\"\n",
+            url(name)
+        );
+        if let Some(ca) = ca {
+            text.push_str(&format!("{kind}_tls_cacert_path = \"{}\"\n", ca.display()));
+        }
+        config(&text)
+    };
+    let json = Sluice::start_config(discovery("json", "list.json", Some(&ca))).await;
+    let plaintext = Sluice::start_config(discovery("plaintext", "list.txt", Some(&ca))).await;
+    let untrusted = Sluice::start_config(discovery("json", "list.json", None)).await;
+    serves(&json, &["a", "b"]).await;
+    serves(&plaintext, &["a", "b"]).await;
+    web.write("list.json", &format!("[{}]", element(&b)));
+    serves(&json, &["b"]).await;
+    // Without the CA the certificate is not trusted and every fetch fails. A discovered
+    // server starts with no backend, and keeplast has no earlier list to keep.
+    eventually(
+        "a failed fetch logged for the untrusted certificate",
+        || {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let failed = text.lines().any(|l| {
+                l.contains("WARN") && l.contains("discovery failed") && l.contains("certificate")
+            });
+            async move { failed }
+        },
+    )
+    .await;
+    assert!(untrusted.shared().await.pool.load().backends().is_empty());
+    let mut client = connect_from(untrusted.addr, None).await;
+    assert_closed_without_data(&mut client, Duration::from_secs(5)).await;
 }
 
 /// A script for `exec` that prints `list`, fails or hangs as the file `mode` says, and

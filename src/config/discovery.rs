@@ -200,8 +200,15 @@ pub struct JsonParams {
     pub port_pattern: String,
     pub weight_pattern: String,
     pub priority_pattern: String,
+    /// `json_max_connections_pattern` (Sluice extension).
+    pub max_connections_pattern: String,
+    /// `json_backup_pattern` (Sluice extension).
+    pub backup_pattern: String,
     /// `json_sni_pattern`; without it no SNI is read.
     pub sni_pattern: Option<String>,
+    /// `json_tls_cacert_path` (Sluice extension): CA certificates that verify an
+    /// `https://` endpoint; `None` trusts the system's store.
+    pub cacert_path: Option<PathBuf>,
 }
 
 /// `kind = "plaintext"`.
@@ -210,8 +217,11 @@ pub struct PlaintextParams {
     /// `plaintext_endpoint`: an `http://` or `https://` URL.
     pub endpoint: String,
     /// `plaintext_regex_pattern`: a regex with named groups `host`, `port` and optional
-    /// `weight`, `priority`, `sni`; without it lines are read in the backend line grammar.
+    /// `weight`, `priority`, `max_connections`, `sni`, `backup`; without it lines are read
+    /// in the backend line grammar.
     pub pattern: Option<String>,
+    /// `plaintext_tls_cacert_path` (Sluice extension), as for `json`.
+    pub cacert_path: Option<PathBuf>,
 }
 
 /// `kind = "exec"`.
@@ -228,12 +238,14 @@ pub struct FileParams {
     pub path: PathBuf,
 }
 
-/// GoBetween's defaults for the JSON patterns.
-pub(crate) const JSON_DEFAULT_PATTERNS: [(&str, &str); 4] = [
+/// GoBetween's defaults for the JSON patterns, then Sluice's for its own fields.
+pub(crate) const JSON_DEFAULT_PATTERNS: [(&str, &str); 6] = [
     ("json_host_pattern", "host"),
     ("json_port_pattern", "port"),
     ("json_weight_pattern", "weight"),
     ("json_priority_pattern", "priority"),
+    ("json_max_connections_pattern", "max_connections"),
+    ("json_backup_pattern", "backup"),
 ];
 
 const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
@@ -261,12 +273,19 @@ pub(crate) const KINDS: &[(&str, &[&str])] = &[
             "json_port_pattern",
             "json_weight_pattern",
             "json_priority_pattern",
+            "json_max_connections_pattern",
+            "json_backup_pattern",
             "json_sni_pattern",
+            "json_tls_cacert_path",
         ],
     ),
     (
         "plaintext",
-        &["plaintext_endpoint", "plaintext_regex_pattern"],
+        &[
+            "plaintext_endpoint",
+            "plaintext_regex_pattern",
+            "plaintext_tls_cacert_path",
+        ],
     ),
     ("exec", &["exec_command"]),
     ("file", &["file_path"]),
@@ -561,11 +580,12 @@ fn json(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<JsonParams> {
         Some(f) => Some(ctx.parse(&f, "a path such as \"sni\"", json_path)?),
         None => None,
     };
+    let cacert_path = cacert_path(ctx, sec, "json", endpoint.as_deref());
     let endpoint = endpoint?;
     if !ok {
         return None;
     }
-    let [host_pattern, port_pattern, weight_pattern, priority_pattern]: [String; 4] =
+    let [host_pattern, port_pattern, weight_pattern, priority_pattern, max_connections_pattern, backup_pattern]: [String; 6] =
         patterns.try_into().ok()?;
     Some(JsonParams {
         endpoint,
@@ -573,8 +593,35 @@ fn json(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<JsonParams> {
         port_pattern,
         weight_pattern,
         priority_pattern,
+        max_connections_pattern,
+        backup_pattern,
         sni_pattern,
+        cacert_path: cacert_path?,
     })
+}
+
+/// `KIND_tls_cacert_path`; `""` counts as unset. With an `http://` endpoint the file
+/// would be silently unused, so giving one there is an error.
+fn cacert_path(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    kind: &str,
+    endpoint: Option<&str>,
+) -> Option<Option<PathBuf>> {
+    let key = format!("{kind}_tls_cacert_path");
+    let Some(f) = sec.take(&key) else {
+        return Some(None);
+    };
+    let path = ctx.str(&f)?;
+    if path.is_empty() {
+        return Some(None);
+    }
+    if endpoint.is_some_and(|e| !e.starts_with("https://")) {
+        let message = format!("only used with an https:// {kind}_endpoint");
+        ctx.error(f.at, f.path(), message);
+        return None;
+    }
+    Some(Some(PathBuf::from(path)))
 }
 
 fn json_path(text: &str) -> Result<String, String> {
@@ -589,9 +636,11 @@ fn plaintext(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<PlaintextParams
         })?),
         None => None,
     };
+    let cacert_path = cacert_path(ctx, sec, "plaintext", endpoint.as_deref());
     Some(PlaintextParams {
         endpoint: endpoint?,
         pattern,
+        cacert_path: cacert_path?,
     })
 }
 
@@ -860,16 +909,30 @@ impl DiscoveryConfig {
                     "json_port_pattern": params.port_pattern,
                     "json_weight_pattern": params.weight_pattern,
                     "json_priority_pattern": params.priority_pattern,
+                    "json_max_connections_pattern": params.max_connections_pattern,
+                    "json_backup_pattern": params.backup_pattern,
                 });
-                if let (Some(sni), Value::Object(map)) = (&params.sni_pattern, &mut own) {
-                    map.insert("json_sni_pattern".into(), sni.clone().into());
+                if let Value::Object(map) = &mut own {
+                    if let Some(sni) = &params.sni_pattern {
+                        map.insert("json_sni_pattern".into(), sni.clone().into());
+                    }
+                    if let Some(path) = &params.cacert_path {
+                        let path = path.display().to_string();
+                        map.insert("json_tls_cacert_path".into(), path.into());
+                    }
                 }
                 own
             }
             DiscoveryConfig::Plaintext { params, .. } => {
                 let mut own = json!({ "plaintext_endpoint": params.endpoint });
-                if let (Some(pattern), Value::Object(map)) = (&params.pattern, &mut own) {
-                    map.insert("plaintext_regex_pattern".into(), pattern.clone().into());
+                if let Value::Object(map) = &mut own {
+                    if let Some(pattern) = &params.pattern {
+                        map.insert("plaintext_regex_pattern".into(), pattern.clone().into());
+                    }
+                    if let Some(path) = &params.cacert_path {
+                        let path = path.display().to_string();
+                        map.insert("plaintext_tls_cacert_path".into(), path.into());
+                    }
                 }
                 own
             }
@@ -1000,6 +1063,14 @@ mod tests {
             ("host", "port")
         );
         assert_eq!(params.sni_pattern, None);
+        assert_eq!(
+            (
+                params.max_connections_pattern.as_str(),
+                params.backup_pattern.as_str()
+            ),
+            ("max_connections", "backup")
+        );
+        assert_eq!(params.cacert_path, None);
         let DiscoveryConfig::Srv { params, .. } = discovery_of(
             "kind = \"srv\"\nsrv_lookup_server = \"10.0.0.1\"\nsrv_lookup_pattern = \"_a._tcp.b\"",
         ) else {
@@ -1007,6 +1078,30 @@ mod tests {
         };
         assert_eq!(params.server, "10.0.0.1:53".parse().expect("addr"));
         assert_eq!(params.protocol, DnsProtocol::Udp);
+    }
+
+    #[test]
+    fn a_ca_file_needs_an_https_endpoint() {
+        for kind in ["json", "plaintext"] {
+            let text = format!(
+                "[servers.a]\nbind = \":1\"\n[servers.a.discovery]\nkind = \"{kind}\"\n\
+                 {kind}_endpoint = \"http://h/\"\n{kind}_tls_cacert_path = \"/ca.pem\"\n"
+            );
+            let err = crate::config::parse(&text, Path::new("t.toml"))
+                .expect_err("a CA file for http://")
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "t.toml:6:1: servers.a.discovery.{kind}_tls_cacert_path"
+                )),
+                "{err}"
+            );
+            assert!(err.contains("https://"), "{err}");
+            let ok = text.replace("http://", "https://");
+            crate::config::parse(&ok, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+            let unset = text.replace("/ca.pem", "");
+            crate::config::parse(&unset, Path::new("t.toml")).unwrap_or_else(|e| panic!("{e}"));
+        }
     }
 
     #[test]

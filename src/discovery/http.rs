@@ -1,17 +1,22 @@
 //! `kind = "json"` and `kind = "plaintext"`: a backend list fetched with an HTTP GET,
-//! over `http://` or `https://` (verified against the system's trust store).
+//! over `http://` or `https://` (verified against `KIND_tls_cacert_path`, else the
+//! system's trust store).
 //!
 //! - `json`: the body is a JSON array; in each element GoBetween's patterns
 //!   (`json_host_pattern`, … default `host`, `port`, `weight`, `priority`) are paths
 //!   such as `address.ip` or `ports.[0]`. `host` and `port` are required (the port may be
 //!   a string); a missing `weight` or `priority` takes the default 1; `sni` is read only
-//!   with `json_sni_pattern`. Sluice also reads `max_connections` and `backup` when an
-//!   element has them.
+//!   with `json_sni_pattern`. Sluice's own `json_max_connections_pattern` (default
+//!   `max_connections`: a number or a string of digits) and `json_backup_pattern`
+//!   (default `backup`: `true`/`false`, `1`/`0`, or those as strings) are read when an
+//!   element has them; any other value there fails the fetch rather than guess.
 //! - `plaintext`: one backend per line. Without `plaintext_regex_pattern` a line is in
 //!   the backend line grammar; with it, the regex's named groups `host`, `port` and
-//!   optional `weight`, `priority`, `sni`, `max_connections`, `backup` give the fields.
+//!   optional `weight`, `priority`, `sni`, `max_connections`, `backup` give the fields
+//!   (a `backup` group that matches marks a backup unless it reads `false` or `0`).
 //!   As in GoBetween, a line that does not match is skipped with a warning.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use regex::Regex;
@@ -74,11 +79,12 @@ impl Url {
 /// store is a fetch error (and `failpolicy` applies) rather than a crash.
 struct Fetcher {
     url: Url,
+    cacert_path: Option<PathBuf>,
     client: Option<HttpClient>,
 }
 
 impl Fetcher {
-    fn new(endpoint: &str) -> Self {
+    fn new(endpoint: &str, cacert_path: Option<PathBuf>) -> Self {
         // The configuration checked the URL; an unparsable one fails every fetch.
         let url = Url::parse(endpoint).unwrap_or(Url {
             https: false,
@@ -86,7 +92,11 @@ impl Fetcher {
             port: 0,
             target: endpoint.to_owned(),
         });
-        Fetcher { url, client: None }
+        Fetcher {
+            url,
+            cacert_path,
+            client: None,
+        }
     }
 
     async fn get(&mut self, deadline: Instant) -> Result<String, DiscoveryError> {
@@ -100,7 +110,11 @@ impl Fetcher {
             Some(client) => client,
             None => {
                 let tls = if self.url.https {
-                    let config = client_config(&ClientTlsFiles::default())
+                    let files = ClientTlsFiles {
+                        cacert_path: self.cacert_path.clone(),
+                        ..ClientTlsFiles::default()
+                    };
+                    let config = client_config(&files)
                         .map_err(|e| DiscoveryError::Invalid(e.to_string()))?;
                     Some(Arc::clone(&config))
                 } else {
@@ -184,6 +198,8 @@ pub struct JsonSource {
     port: JsonPath,
     weight: JsonPath,
     priority: JsonPath,
+    max_connections: JsonPath,
+    backup: JsonPath,
     sni: Option<JsonPath>,
 }
 
@@ -192,11 +208,13 @@ impl JsonSource {
         // The configuration checked every pattern; one that fails here matches nothing.
         let path = |p: &str| JsonPath::parse(p).unwrap_or(JsonPath(vec![Step::Key(p.into())]));
         JsonSource {
-            fetcher: Fetcher::new(&params.endpoint),
+            fetcher: Fetcher::new(&params.endpoint, params.cacert_path.clone()),
             host: path(&params.host_pattern),
             port: path(&params.port_pattern),
             weight: path(&params.weight_pattern),
             priority: path(&params.priority_pattern),
+            max_connections: path(&params.max_connections_pattern),
+            backup: path(&params.backup_pattern),
             sni: params.sni_pattern.as_deref().map(path),
         }
     }
@@ -236,13 +254,42 @@ impl JsonSource {
         if let Some(Value::String(sni)) = self.sni.as_ref().and_then(|p| p.find(item)) {
             line.push_str(&format!(" sni={sni}"));
         }
-        if let Some(n) = item.get("max_connections").and_then(Value::as_u64) {
-            line.push_str(&format!(" max_connections={n}"));
+        match self.max_connections.find(item) {
+            None => {}
+            Some(Value::Number(n)) if n.is_u64() => {
+                line.push_str(&format!(" max_connections={n}"));
+            }
+            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
+                line.push_str(&format!(" max_connections={s}"));
+            }
+            Some(other) => return Err(format!("max_connections {other} is not a number")),
         }
-        if item.get("backup").and_then(Value::as_bool) == Some(true) {
-            line.push_str(" backup");
+        if let Some(value) = self.backup.find(item) {
+            if json_flag(value)
+                .ok_or_else(|| format!("backup {value} is not true, false, 1 or 0"))?
+            {
+                line.push_str(" backup");
+            }
         }
         line.parse()
+    }
+}
+
+/// A JSON yes/no as registries write it: a boolean, `1`/`0`, or either as a string.
+fn json_flag(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::Number(n) => match n.as_u64() {
+            Some(1) => Some(true),
+            Some(0) => Some(false),
+            _ => None,
+        },
+        Value::String(s) => match s.as_str() {
+            "true" | "1" => Some(true),
+            "false" | "0" => Some(false),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
@@ -297,10 +344,16 @@ impl LinePattern {
         let mut line = address(host, port);
         for key in ["weight", "priority", "max_connections", "sni"] {
             if let Some(value) = group(key) {
+                // A value with a space would add fields of its own to the line.
+                if value.contains(char::is_whitespace) {
+                    return Some(Err(format!("{key} \"{value}\" contains a space")));
+                }
                 line.push_str(&format!(" {key}={value}"));
             }
         }
-        if group("backup").is_some() {
+        // A flag group such as `(?P<backup> backup)?` means yes by matching; a group
+        // catching a value lets a list say no explicitly.
+        if group("backup").is_some_and(|v| !matches!(v.trim(), "false" | "0")) {
             line.push_str(" backup");
         }
         Some(line.parse())
@@ -316,7 +369,7 @@ pub struct PlaintextSource {
 impl PlaintextSource {
     pub fn new(params: &PlaintextParams) -> Self {
         PlaintextSource {
-            fetcher: Fetcher::new(&params.endpoint),
+            fetcher: Fetcher::new(&params.endpoint, params.cacert_path.clone()),
             pattern: params
                 .pattern
                 .as_deref()
@@ -386,7 +439,50 @@ mod tests {
             port_pattern: patterns[1].into(),
             weight_pattern: patterns[2].into(),
             priority_pattern: patterns[3].into(),
+            max_connections_pattern: "max_connections".into(),
+            backup_pattern: "backup".into(),
             sni_pattern: sni.map(Into::into),
+            cacert_path: None,
+        }
+    }
+
+    #[test]
+    fn json_max_connections_and_backup() {
+        let source = JsonSource::new(&JsonParams {
+            max_connections_pattern: "limits.conns".into(),
+            backup_pattern: "role.[0]".into(),
+            ..params(["host", "port", "weight", "priority"], None)
+        });
+        let specs = source
+            .backends(
+                r#"[{"host": "a", "port": 1, "limits": {"conns": 5}, "role": [true]},
+                    {"host": "b", "port": 2, "limits": {"conns": "7"}, "role": ["1"]},
+                    {"host": "c", "port": 3, "role": [0]},
+                    {"host": "d", "port": 4, "role": ["false"]},
+                    {"host": "e", "port": 5, "max_connections": 9, "backup": true}]"#,
+            )
+            .expect("valid");
+        let got: Vec<(Option<u32>, bool)> = specs
+            .iter()
+            .map(|s| (s.max_connections, s.backup))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Some(5), true),
+                (Some(7), true),
+                (None, false),
+                (None, false),
+                (None, false)
+            ]
+        );
+        for bad in [
+            r#"[{"host": "a", "port": 1, "role": ["yes"]}]"#,
+            r#"[{"host": "a", "port": 1, "role": [2]}]"#,
+            r#"[{"host": "a", "port": 1, "limits": {"conns": -1}}]"#,
+            r#"[{"host": "a", "port": 1, "limits": {"conns": "5 backup"}}]"#,
+        ] {
+            assert!(source.backends(bad).is_err(), "{bad}");
         }
     }
 
@@ -433,6 +529,7 @@ mod tests {
         let plain = PlaintextSource::new(&PlaintextParams {
             endpoint: "http://h/".into(),
             pattern: None,
+            cacert_path: None,
         });
         let specs = plain.backends("127.0.0.1:80 weight=2\n\n# c\nbad line\n[::1]:81\n");
         assert_eq!(specs.len(), 2);
@@ -440,11 +537,34 @@ mod tests {
         let source = PlaintextSource::new(&PlaintextParams {
             endpoint: "http://h/".into(),
             pattern: Some(pattern.into()),
+            cacert_path: None,
         });
         let specs = source.backends("10.0.0.1 80 w5\n10.0.0.2 81 b\nno match\n");
         assert_eq!(specs.len(), 2);
         assert_eq!(specs[0].weight, 5);
         assert!(specs[1].backup);
+        let pattern =
+            r"^(?P<host>\S+):(?P<port>\d+) max=(?P<max_connections>\S+) backup=(?P<backup>\S+)$";
+        let source = PlaintextSource::new(&PlaintextParams {
+            endpoint: "http://h/".into(),
+            pattern: Some(pattern.into()),
+            cacert_path: None,
+        });
+        let specs = source.backends(
+            "a:1 max=3 backup=true\nb:2 max=0 backup=0\nc:3 max=x backup=1\nd:4 max=4 backup=false\n",
+        );
+        let got: Vec<(String, Option<u32>, bool)> = specs
+            .iter()
+            .map(|s| (s.key().to_owned(), s.max_connections, s.backup))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a:1".to_owned(), Some(3), true),
+                ("b:2".to_owned(), None, false),
+                ("d:4".to_owned(), Some(4), false)
+            ]
+        );
         assert!(LinePattern::parse("(?P<host>.*)").is_err());
         assert!(LinePattern::parse("(").is_err());
     }
