@@ -409,44 +409,80 @@ fn docker_inspect(id: &str) -> String {
     )
 }
 
-/// A Docker daemon on a unix socket.
-async fn fake_docker(socket: &std::path::Path) -> (Arc<Mutex<Vec<Seen>>>, AbortOnDropHandle<()>) {
-    let listener = UnixListener::bind(socket).expect("bind unix socket");
+/// Where a fake Docker daemon listens: its unix socket, or TCP as with `tcp://`.
+enum DockerListener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
+}
+
+/// A Docker daemon answering the two requests discovery makes.
+async fn fake_docker(listener: DockerListener) -> (Arc<Mutex<Vec<Seen>>>, AbortOnDropHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let log = Arc::clone(&seen);
     let task = tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        loop {
             let log = Arc::clone(&log);
-            tokio::spawn(async move {
-                let Some(request) = read_request(&mut stream).await else {
-                    return;
-                };
-                log.lock().expect("lock").push(request.clone());
-                let inspected = request
-                    .path
-                    .strip_prefix("/containers/")
-                    .and_then(|p| p.strip_suffix("/json"));
-                match (request.path.as_str(), inspected) {
-                    ("/containers/json", _) => {
-                        respond(&mut stream, 200, "", DOCKER_CONTAINERS).await;
-                    }
-                    (_, Some(id)) => respond(&mut stream, 200, "", &docker_inspect(id)).await,
-                    _ => {
-                        let body = r#"{"message": "page not found"}"#;
-                        respond(&mut stream, 404, "", body).await;
-                    }
-                }
-            });
+            match &listener {
+                DockerListener::Unix(l) => match l.accept().await {
+                    Ok((stream, _)) => drop(tokio::spawn(docker_answer(stream, log))),
+                    Err(_) => return,
+                },
+                DockerListener::Tcp(l) => match l.accept().await {
+                    Ok((stream, _)) => drop(tokio::spawn(docker_answer(stream, log))),
+                    Err(_) => return,
+                },
+            }
         }
     });
     (seen, AbortOnDropHandle::new(task))
+}
+
+async fn docker_answer<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    log: Arc<Mutex<Vec<Seen>>>,
+) {
+    let Some(request) = read_request(&mut stream).await else {
+        return;
+    };
+    log.lock().expect("lock").push(request.clone());
+    let inspected = request
+        .path
+        .strip_prefix("/containers/")
+        .and_then(|p| p.strip_suffix("/json"));
+    match (request.path.as_str(), inspected) {
+        ("/containers/json", _) => respond(&mut stream, 200, "", DOCKER_CONTAINERS).await,
+        (_, Some(id)) => respond(&mut stream, 200, "", &docker_inspect(id)).await,
+        _ => {
+            let body = r#"{"message": "page not found"}"#;
+            respond(&mut stream, 404, "", body).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn docker_over_tcp() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let (seen, _daemon) = fake_docker(DockerListener::Tcp(listener)).await;
+    let mut params = DockerParams::new(8080);
+    params.endpoint = format!("tcp://{addr}");
+    params.container_label = Some("app=web".into());
+    let mut source = DockerSource::new(params).expect("source");
+    let list = fetch(&mut source).await.expect("containers");
+    // Unbound ports are reached at the endpoint's host, here 127.0.0.1.
+    assert_eq!(
+        keys(&list),
+        ["10.0.0.7:32769", "127.0.0.1:32768", "127.0.0.1:32771"]
+    );
+    assert_eq!(seen.lock().expect("lock")[0].path, "/containers/json");
 }
 
 #[tokio::test]
 async fn docker_maps_published_ports_over_a_unix_socket() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("docker.sock");
-    let (seen, _daemon) = fake_docker(&socket).await;
+    let listener = UnixListener::bind(&socket).expect("bind unix socket");
+    let (seen, _daemon) = fake_docker(DockerListener::Unix(listener)).await;
 
     let mut params = DockerParams::new(8080);
     params.endpoint = format!("unix://{}", socket.display());
