@@ -116,6 +116,9 @@ pub struct BackendState {
     /// runs out of time closes them too.
     cut: ArcSwap<CancellationToken>,
     cut_parent: OnceLock<CancellationToken>,
+    /// Bumped by every admin-state change through the API, so a drain deadline set
+    /// before a later change does not fire after it.
+    admin_changes: AtomicU64,
 }
 
 /// One health transition of a backend.
@@ -162,6 +165,16 @@ impl BackendState {
     /// What a new connection to this backend watches to be told to close.
     pub fn cut_token(&self) -> CancellationToken {
         CancellationToken::clone(&self.cut.load())
+    }
+
+    /// Records an admin-state change; returns its number.
+    pub fn note_admin_change(&self) -> u64 {
+        self.admin_changes.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// The number of the last admin-state change.
+    pub fn admin_changes(&self) -> u64 {
+        self.admin_changes.load(Ordering::Relaxed)
     }
 
     /// Closes every connection open to this backend now; later ones are not affected.

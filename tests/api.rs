@@ -630,3 +630,29 @@ async fn cors_answers_other_origins_only_when_enabled() {
         "{response:?}"
     );
 }
+
+#[tokio::test]
+async fn a_later_state_change_cancels_an_earlier_drain_deadline() {
+    let (a, _b, s) = two_backends().await;
+    let (name, mut on_a) = hello(s.addr, None).await;
+    assert_eq!(name, "a");
+    let path = format!("/servers/test/backends/{}", a.spec().key());
+    let body = json!({"state": "drain", "deadline": "200ms"});
+    assert_eq!(send(s.api, "PATCH", &path, body).await.0, 200);
+    // Drained again, now without a deadline: the first deadline no longer applies.
+    assert_eq!(
+        send(s.api, "PATCH", &path, json!({"state": "drain"}))
+            .await
+            .0,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    tokio::io::AsyncWriteExt::write_all(&mut on_a, b"alive")
+        .await
+        .expect("write");
+    let mut echoed = [0u8; 5];
+    tokio::io::AsyncReadExt::read_exact(&mut on_a, &mut echoed)
+        .await
+        .expect("still open");
+    assert_eq!(&echoed, b"alive");
+}

@@ -2,6 +2,7 @@
 //! of the running configuration through [`Control`](crate::control::Control).
 
 use std::path::Path as FilePath;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use axum::body::Bytes;
@@ -15,7 +16,7 @@ use serde_json::{json, Map, Value};
 use tracing::info;
 
 use super::{views, ApiError, ApiState, OPENAPI};
-use crate::backend::{AdminState, BackendSpec};
+use crate::backend::{AdminState, Backend, BackendSpec};
 use crate::config::dump::{self, Secrets};
 use crate::config::{self, Config, ConfigErrors, DiscoveryConfig, ServerConfig};
 use crate::control::ControlError;
@@ -213,24 +214,28 @@ pub async fn patch_backend(
         Ok(())
     })
     .await?;
-    if let Some(deadline) = options.deadline {
-        tokio::spawn(cut_after(api.clone(), name.clone(), key.clone(), deadline));
+    if options.state.is_some() {
+        let change = match find_backend(&api, &name, &key).await {
+            Some(backend) => backend.state.note_admin_change(),
+            None => 0,
+        };
+        if let Some(deadline) = options.deadline {
+            let api = api.clone();
+            let (name, key) = (name.clone(), key.clone());
+            tokio::spawn(cut_after(api, name, key, deadline, change));
+        }
     }
     backend_view(&api, &name, &key).await
 }
 
 /// Closes the connections still open to a backend `deadline` after it was drained,
-/// unless it is no longer draining by then.
-async fn cut_after(api: ApiState, name: String, key: String, deadline: Duration) {
+/// unless its admin state has changed since (`change` is that drain's number).
+async fn cut_after(api: ApiState, name: String, key: String, deadline: Duration, change: u64) {
     tokio::time::sleep(deadline).await;
-    let Some(server) = api.control.runtime().server(&name).await else {
+    let Some(backend) = find_backend(&api, &name, &key).await else {
         return;
     };
-    let pool = server.pool.load();
-    let Some(backend) = pool.backends().iter().find(|b| b.key() == key) else {
-        return;
-    };
-    if backend.admin_state() == AdminState::Draining {
+    if backend.admin_state() == AdminState::Draining && backend.state.admin_changes() == change {
         info!(
             server = name,
             backend = key,
@@ -239,6 +244,12 @@ async fn cut_after(api: ApiState, name: String, key: String, deadline: Duration)
         );
         backend.state.cut_connections();
     }
+}
+
+async fn find_backend(api: &ApiState, name: &str, key: &str) -> Option<Arc<Backend>> {
+    let server = api.control.runtime().server(name).await?;
+    let pool = server.pool.load();
+    pool.backends().iter().find(|b| b.key() == key).cloned()
 }
 
 pub async fn delete_backend(
