@@ -116,7 +116,8 @@ impl DiscoveryConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiscoveryCommon {
     /// Time between fetches; zero fetches until the first success, then never again
-    /// (GoBetween's meaning). `dns` refreshes by TTL and `file` polls, whatever it says.
+    /// (GoBetween's meaning). `dns` refreshes by TTL and `file` polls every second; a
+    /// shorter non-zero `interval` makes either look sooner.
     pub interval: Duration,
     /// Longest one fetch may take; never zero (see [`DEFAULT_DISCOVERY_TIMEOUT`]).
     pub timeout: Duration,
@@ -750,6 +751,11 @@ fn consul(
 ) -> Option<ConsulParams> {
     let host = required(ctx, sec, "consul_host", "consul").and_then(|f| {
         ctx.parse(&f, "a string such as \"localhost:8500\"", |text| {
+            if text.contains("://") {
+                return Err(format!(
+                    "\"{text}\" is a URL; expected host[:port] (HTTPS is consul_tls_enabled)"
+                ));
+            }
             crate::discovery::http_client::split_host_port(text, Some(consul::DEFAULT_PORT))
                 .map(|_| text.to_owned())
         })

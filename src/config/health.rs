@@ -736,9 +736,12 @@ pub fn unescape(text: &str) -> Result<Vec<u8>, String> {
             Some(b'x') => {
                 let hex = [bytes.next(), bytes.next()];
                 let digits = match hex {
-                    [Some(h), Some(l)] => std::str::from_utf8(&[h, l])
-                        .ok()
-                        .and_then(|s| u8::from_str_radix(s, 16).ok()),
+                    // `from_str_radix` alone would take a sign: `\x+f`.
+                    [Some(h), Some(l)] if h.is_ascii_hexdigit() && l.is_ascii_hexdigit() => {
+                        std::str::from_utf8(&[h, l])
+                            .ok()
+                            .and_then(|s| u8::from_str_radix(s, 16).ok())
+                    }
                     _ => None,
                 };
                 digits.ok_or_else(|| "\\x must be followed by two hex digits".to_owned())?
@@ -788,6 +791,13 @@ mod tests {
         assert!(unescape(r"\q").is_err());
         assert!(unescape(r"\x4").is_err());
         assert!(unescape("a\\").is_err());
+    }
+
+    #[test]
+    fn hex_escapes_take_digits_only() {
+        assert!(unescape(r"\x+f").is_err());
+        assert!(unescape(r"\x-1").is_err());
+        assert_eq!(unescape(r"\x0A").expect("valid"), b"\n");
     }
 
     #[test]

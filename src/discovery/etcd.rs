@@ -50,7 +50,7 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 /// What to ask etcd; the names follow GoBetween's `etcd_*` keys.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EtcdParams {
-    /// `etcd_hosts`: client URLs, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`;
+    /// `etcd_endpoints`: client URLs, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`;
     /// tried in turn, the next one after an error.
     pub endpoints: Vec<String>,
     /// `etcd_prefix`: every key starting with it is a backend (empty: every key).
@@ -118,7 +118,7 @@ impl EtcdSource {
         }
         params.wait = params.wait.min(MAX_WAIT);
         if params.endpoints.is_empty() {
-            return Err(DiscoveryError::Invalid("etcd_hosts is empty".into()));
+            return Err(DiscoveryError::Invalid("etcd_endpoints is empty".into()));
         }
         let tls = match &params.tls {
             Some(files) => Some(
@@ -129,7 +129,7 @@ impl EtcdSource {
         };
         let mut clients = Vec::with_capacity(params.endpoints.len());
         for text in &params.endpoints {
-            let invalid = |e: String| DiscoveryError::Invalid(format!("etcd_hosts: {e}"));
+            let invalid = |e: String| DiscoveryError::Invalid(format!("etcd_endpoints: {e}"));
             let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
                 (true, rest)
             } else if let Some(rest) = text.strip_prefix("http://") {
@@ -244,7 +244,7 @@ impl EtcdSource {
         let body = json!({ "create_request": {
             "key": self.key,
             "range_end": self.range_end,
-            "start_revision": revision + 1,
+            "start_revision": revision.saturating_add(1),
         }});
         let request = self.request("/v3/watch", &body).await?;
         let head_deadline = over.min(Instant::now() + self.params.timeout);
@@ -526,6 +526,14 @@ mod tests {
         ] {
             assert!(backend(bad, path).is_err(), "{bad}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_revision_at_the_end_of_its_range_does_not_overflow() {
+        // The revision comes from etcd's answer; nothing listens on port 1.
+        let mut source = EtcdSource::new(EtcdParams::new("127.0.0.1:1", "/x/")).expect("ok");
+        source.revision = Some(i64::MAX);
+        assert!(source.fetch().await.is_err());
     }
 
     #[test]

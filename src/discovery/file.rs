@@ -2,18 +2,21 @@
 //! array (of backend lines or objects) when its first non-blank character is `[`, else
 //! one backend per line in the backend line grammar (`#` starts a comment line).
 //!
-//! A change is seen by polling the file's modification time and size every `interval`
-//! (1 s when `interval = "0"`); an unchanged file is not read again.
+//! A change is seen by polling the file's modification time and size every second, or
+//! every `interval` when that is shorter and not zero; an unchanged file is not read
+//! again.
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
+
+use tokio::io::AsyncReadExt;
 
 use super::list::{parse_json, parse_lines, MAX_LIST_BYTES};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
 use crate::config::FileParams;
 
-/// How often the file is looked at when `interval = "0"`.
+/// How often the file is looked at, unless `interval` is shorter (and not zero).
 pub const DEFAULT_POLL: Duration = Duration::from_secs(1);
 
 /// The `file` source.
@@ -31,7 +34,7 @@ impl FileSource {
             poll: if interval.is_zero() {
                 DEFAULT_POLL
             } else {
-                interval
+                interval.min(DEFAULT_POLL)
             },
             last: None,
         }
@@ -54,9 +57,21 @@ impl FileSource {
             )));
         }
         self.last = None;
-        let bytes = tokio::fs::read(&self.path)
+        // The size above can be stale (a file still being written) or zero (a device, a
+        // pipe): the read itself is capped too.
+        let mut bytes = Vec::new();
+        tokio::fs::File::open(&self.path)
+            .await
+            .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?
+            .take(MAX_LIST_BYTES as u64 + 1)
+            .read_to_end(&mut bytes)
             .await
             .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?;
+        if bytes.len() > MAX_LIST_BYTES {
+            return Err(DiscoveryError::Invalid(format!(
+                "{what}: larger than {MAX_LIST_BYTES} bytes"
+            )));
+        }
         let text = String::from_utf8(bytes)
             .map_err(|_| DiscoveryError::Invalid(format!("{what}: not UTF-8 text")))?;
         let specs = if text.trim_start().starts_with('[') {
@@ -101,5 +116,44 @@ mod tests {
         assert!(source.fetch().await.is_err());
         std::fs::remove_file(&path).expect("remove");
         assert!(source.fetch().await.is_err());
+    }
+
+    #[test]
+    fn polls_every_second_or_a_shorter_interval() {
+        let params = FileParams {
+            path: PathBuf::from("/nonexistent"),
+        };
+        let poll = |interval| FileSource::new(&params, interval).next_fetch();
+        assert_eq!(poll(Duration::ZERO), Some(DEFAULT_POLL));
+        assert_eq!(poll(Duration::from_secs(60)), Some(DEFAULT_POLL));
+        let short = Duration::from_millis(200);
+        assert_eq!(poll(short), Some(short));
+    }
+
+    #[tokio::test]
+    async fn a_file_with_no_size_is_still_capped() {
+        // A pipe reports size 0: only the read itself can stop at the cap.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("fifo");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+        let writer_path = path.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut text = String::from("127.0.0.1:80\n");
+            let comment = format!("#{}\n", "x".repeat(1000));
+            while text.len() <= MAX_LIST_BYTES {
+                text.push_str(&comment);
+            }
+            let mut fifo = std::fs::OpenOptions::new()
+                .write(true)
+                .open(&writer_path)
+                .expect("open the pipe");
+            // The reader may stop early and close its end.
+            let _ = fifo.write_all(text.as_bytes());
+        });
+        let mut source = FileSource::new(&FileParams { path }, Duration::ZERO);
+        let err = source.fetch().await.expect_err("larger than the cap");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        writer.join().expect("writer");
     }
 }

@@ -252,6 +252,10 @@ impl JsonSource {
             line.push_str(&format!(" priority={}", p as i64));
         }
         if let Some(Value::String(sni)) = self.sni.as_ref().and_then(|p| p.find(item)) {
+            // A name with a space would add fields of its own to the line.
+            if sni.contains(char::is_whitespace) {
+                return Err(format!("sni \"{sni}\" contains a space"));
+            }
             line.push_str(&format!(" sni={sni}"));
         }
         match self.max_connections.find(item) {
@@ -512,6 +516,9 @@ mod tests {
         assert_eq!(specs[0].key(), "h:90");
         assert_eq!(specs[0].priority, 4);
         assert_eq!(specs[0].sni.as_deref(), Some("s.example"));
+        let sni = JsonSource::new(&params(["host", "port", "weight", "priority"], Some("sni")));
+        let injected = r#"[{"host": "h", "port": 1, "sni": "s.example backup weight=9"}]"#;
+        assert!(sni.backends(injected).is_err(), "{injected}");
         for bad in [
             r#"{"host": "h"}"#,
             r#"[{"port": 1}]"#,

@@ -62,7 +62,10 @@ impl HealthCheck for ExecCheck {
                     self.settings.command
                 )));
             }
-            if output == self.settings.positive {
+            // Past the cap the output is not known whole: it cannot be the positive one.
+            if out.stdout_truncated {
+                Err(describe("unexpected output (longer than 4 KiB)"))
+            } else if output == self.settings.positive {
                 Ok(())
             } else if self.settings.negative.as_deref() == Some(output) {
                 Err(describe("negative output"))
@@ -74,5 +77,36 @@ impl HealthCheck for ExecCheck {
 
     fn cleanup_grace(&self) -> Duration {
         REAP_GRACE
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendSpec;
+
+    #[tokio::test]
+    async fn output_past_the_cap_is_never_the_positive_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let script = dir.path().join("check.sh");
+        // "ok", then padding the cap cuts before the word that makes it unhealthy.
+        let body = format!(
+            "#!/bin/sh\nprintf 'ok'\nprintf '%{}s' ''\necho down\n",
+            OUTPUT_CAP
+        );
+        std::fs::write(&script, body).expect("write");
+        std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .expect("chmod");
+        let check = ExecCheck::new(
+            ExecSettings {
+                command: script.to_string_lossy().into_owned(),
+                positive: "ok".into(),
+                negative: None,
+            },
+            Duration::from_secs(5),
+        );
+        let backend = Backend::new(BackendSpec::new("127.0.0.1", 1), true);
+        let err = check.check(&backend).await.expect_err("not healthy");
+        assert!(err.to_string().contains("unexpected output"), "{err}");
     }
 }

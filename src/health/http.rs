@@ -66,7 +66,8 @@ impl HttpCheck {
         let mut response = Vec::with_capacity(4096);
         let mut buf = [0u8; 8192];
         while response.len() < MAX_RESPONSE {
-            let n = match stream.read(&mut buf).await {
+            let room = (MAX_RESPONSE - response.len()).min(buf.len());
+            let n = match stream.read(&mut buf[..room]).await {
                 Ok(n) => n,
                 // A TLS peer that closes without close_notify: what came is what counts.
                 Err(_) if !response.is_empty() => 0,
@@ -84,7 +85,7 @@ impl HttpCheck {
                 if let Some(len) =
                     header(&head, "content-length").and_then(|v| v.parse::<usize>().ok())
                 {
-                    if response.len() >= head_end + 4 + len {
+                    if response.len() >= (head_end + 4).saturating_add(len) {
                         break;
                     }
                 }
@@ -205,6 +206,42 @@ mod tests {
         );
         assert_eq!(unchunk(b"zz\r\n"), b"");
         assert_eq!(unchunk(b"10\r\nshort"), b"short");
+    }
+
+    fn body_check(needle: &str) -> HttpCheck {
+        HttpCheck::new(&HttpSettings {
+            tls: None,
+            method: "GET".into(),
+            path: "/".into(),
+            host: None,
+            status: vec![(200, 299)],
+            body: Some(needle.into()),
+            body_regexp: None,
+        })
+        .expect("check")
+    }
+
+    #[tokio::test]
+    async fn a_huge_content_length_does_not_overflow() {
+        let wire = b"HTTP/1.1 200 OK\r\nContent-Length: 18446744073709551615\r\n\r\nup";
+        let check = body_check("up");
+        let response = check.read_response(&mut &wire[..]).await.expect("read");
+        assert_eq!(response, wire);
+        check.verify(&response).expect("passes");
+    }
+
+    #[tokio::test]
+    async fn no_more_than_max_response_is_read() {
+        let head = b"HTTP/1.1 200 OK\r\n\r\n";
+        let mut body = vec![b'a'; MAX_RESPONSE - head.len()];
+        body.extend_from_slice(b"NEEDLE");
+        body.extend_from_slice(&[b'a'; 10_000]);
+        // The head arrives alone, so the later reads do not end on the cap.
+        let mut stream = (&head[..]).chain(&body[..]);
+        let check = body_check("NEEDLE");
+        let response = check.read_response(&mut stream).await.expect("read");
+        assert_eq!(response.len(), MAX_RESPONSE);
+        assert!(check.verify(&response).is_err());
     }
 
     #[test]
