@@ -95,19 +95,32 @@ impl HttpCheck {
     }
 
     fn verify(&self, response: &[u8]) -> Result<(), CheckError> {
-        let head_end = find(response, b"\r\n\r\n");
-        let head = String::from_utf8_lossy(&response[..head_end.unwrap_or(response.len())]);
+        // A response cut before its headers end (or with headers past the cap) is not a
+        // healthy answer, whatever its status line says.
+        let Some(head_end) = find(response, b"\r\n\r\n") else {
+            return Err(CheckError::Unhealthy(
+                "the response ended before its headers did".into(),
+            ));
+        };
+        let head = String::from_utf8_lossy(&response[..head_end]);
         let status_line = head.lines().next().unwrap_or_default();
-        let status = status_line
-            .strip_prefix("HTTP/1.")
-            .and_then(|rest| rest.get(2..5))
-            .and_then(|code| code.parse::<u16>().ok())
-            .ok_or_else(|| {
-                CheckError::Unhealthy(format!(
-                    "not an HTTP response: {:?}",
-                    status_line.chars().take(80).collect::<String>()
-                ))
-            })?;
+        let mut words = status_line.split(' ');
+        let status = match (words.next(), words.next()) {
+            (Some(version), Some(code))
+                if version.starts_with("HTTP/1.")
+                    && code.len() == 3
+                    && code.bytes().all(|b| b.is_ascii_digit()) =>
+            {
+                code.parse::<u16>().ok()
+            }
+            _ => None,
+        }
+        .ok_or_else(|| {
+            CheckError::Unhealthy(format!(
+                "not an HTTP response: {:?}",
+                status_line.chars().take(80).collect::<String>()
+            ))
+        })?;
         if !self
             .settings
             .status
@@ -122,7 +135,7 @@ impl HttpCheck {
         if !self.wants_body() {
             return Ok(());
         }
-        let raw = head_end.map_or(&[][..], |end| &response[end + 4..]);
+        let raw = &response[head_end + 4..];
         let body = if header(&head, "transfer-encoding")
             .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
         {
@@ -242,6 +255,27 @@ mod tests {
         let response = check.read_response(&mut stream).await.expect("read");
         assert_eq!(response.len(), MAX_RESPONSE);
         assert!(check.verify(&response).is_err());
+    }
+
+    #[test]
+    fn only_a_whole_head_with_a_well_formed_status_passes() {
+        let check = body_check("up");
+        check.verify(b"HTTP/1.1 200 OK\r\n\r\nup").expect("whole");
+        check
+            .verify(b"HTTP/1.0 200\r\n\r\nup")
+            .expect("no reason phrase");
+        for broken in [
+            &b"HTTP/1.1 200 OK\r\n"[..],
+            b"HTTP/1.1 2001 OK\r\n\r\nup",
+            b"HTTP/1.1 20x OK\r\n\r\nup",
+            b"HTTP/2 200 OK\r\n\r\nup",
+        ] {
+            assert!(
+                check.verify(broken).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(broken)
+            );
+        }
     }
 
     #[test]
