@@ -9,7 +9,7 @@
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 use super::list::{parse_json, parse_lines, MAX_LIST_BYTES};
 use super::{BoxFuture, DiscoveryError, Source};
@@ -45,6 +45,12 @@ impl FileSource {
         let meta = tokio::fs::metadata(&self.path)
             .await
             .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?;
+        // A FIFO or device would block a thread on open or read with no end in sight.
+        if !meta.is_file() {
+            return Err(DiscoveryError::Invalid(format!(
+                "{what}: not a regular file"
+            )));
+        }
         let modified = meta.modified()?;
         if let Some((time, len, specs)) = &self.last {
             if *time == modified && *len == meta.len() {
@@ -57,21 +63,12 @@ impl FileSource {
             )));
         }
         self.last = None;
-        // The size above can be stale (a file still being written) or zero (a device, a
-        // pipe): the read itself is capped too.
-        let mut bytes = Vec::new();
-        tokio::fs::File::open(&self.path)
-            .await
-            .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?
-            .take(MAX_LIST_BYTES as u64 + 1)
-            .read_to_end(&mut bytes)
+        // The size above can be stale (a file still being written): the read itself is
+        // capped too.
+        let file = tokio::fs::File::open(&self.path)
             .await
             .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?;
-        if bytes.len() > MAX_LIST_BYTES {
-            return Err(DiscoveryError::Invalid(format!(
-                "{what}: larger than {MAX_LIST_BYTES} bytes"
-            )));
-        }
+        let bytes = read_capped(file, &what).await?;
         let text = String::from_utf8(bytes)
             .map_err(|_| DiscoveryError::Invalid(format!("{what}: not UTF-8 text")))?;
         let specs = if text.trim_start().starts_with('[') {
@@ -92,6 +89,25 @@ impl Source for FileSource {
     fn next_fetch(&self) -> Option<Duration> {
         Some(self.poll)
     }
+}
+
+/// All of `reader`, or an error past [`MAX_LIST_BYTES`].
+async fn read_capped<R: AsyncRead + Unpin>(
+    reader: R,
+    what: &str,
+) -> Result<Vec<u8>, DiscoveryError> {
+    let mut bytes = Vec::new();
+    reader
+        .take(MAX_LIST_BYTES as u64 + 1)
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|e| DiscoveryError::Invalid(format!("{what}: {e}")))?;
+    if bytes.len() > MAX_LIST_BYTES {
+        return Err(DiscoveryError::Invalid(format!(
+            "{what}: larger than {MAX_LIST_BYTES} bytes"
+        )));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
@@ -131,29 +147,28 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_file_with_no_size_is_still_capped() {
-        // A pipe reports size 0: only the read itself can stop at the cap.
+    async fn reads_are_capped() {
+        let big = vec![b'#'; MAX_LIST_BYTES + 1];
+        let err = read_capped(&big[..], "x")
+            .await
+            .expect_err("larger than the cap");
+        assert!(err.to_string().contains("larger than"), "{err}");
+        let exact = vec![b'#'; MAX_LIST_BYTES];
+        assert_eq!(
+            read_capped(&exact[..], "x").await.expect("fits").len(),
+            MAX_LIST_BYTES
+        );
+    }
+
+    #[tokio::test]
+    async fn a_pipe_is_refused_without_blocking() {
+        // No writer: opening it for reading would block a thread for good.
         let dir = tempfile::tempdir().expect("temp dir");
         let path = dir.path().join("fifo");
         nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
-        let writer_path = path.clone();
-        let writer = std::thread::spawn(move || {
-            use std::io::Write;
-            let mut text = String::from("127.0.0.1:80\n");
-            let comment = format!("#{}\n", "x".repeat(1000));
-            while text.len() <= MAX_LIST_BYTES {
-                text.push_str(&comment);
-            }
-            let mut fifo = std::fs::OpenOptions::new()
-                .write(true)
-                .open(&writer_path)
-                .expect("open the pipe");
-            // The reader may stop early and close its end.
-            let _ = fifo.write_all(text.as_bytes());
-        });
         let mut source = FileSource::new(&FileParams { path }, Duration::ZERO);
-        let err = source.fetch().await.expect_err("larger than the cap");
-        assert!(err.to_string().contains("larger than"), "{err}");
-        writer.join().expect("writer");
+        let fetched = tokio::time::timeout(Duration::from_secs(5), source.fetch()).await;
+        let err = fetched.expect("answered at once").expect_err("not a file");
+        assert!(err.to_string().contains("not a regular file"), "{err}");
     }
 }
