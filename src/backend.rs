@@ -186,6 +186,12 @@ impl BackendState {
         self.cut.swap(Arc::new(fresh)).cancel();
     }
 
+    /// Bytes per second both ways over the last second (for `leastbandwidth`).
+    pub fn bandwidth(&self) -> u64 {
+        let (from, to) = self.rates();
+        from.saturating_add(to)
+    }
+
     /// Bytes per second (from the backend, to the backend) over the last second.
     pub fn rates(&self) -> (u64, u64) {
         let [from, to] = &self.rates;
@@ -212,8 +218,6 @@ pub struct BackendStats {
     pub connect_failures: AtomicU64,
     /// Dials that gave up after the connect timeout (also in `connect_failures`).
     pub connect_timeouts: AtomicU64,
-    /// Recent throughput in bytes per second (both directions), refreshed once a second.
-    pub bandwidth: AtomicU64,
     pub checks_passed: AtomicU64,
     pub checks_failed: AtomicU64,
     /// Health changes (up to down or back), from active and passive checks alike.
@@ -233,7 +237,6 @@ impl Default for BackendStats {
             bytes_from_backend: AtomicU64::new(0),
             connect_failures: AtomicU64::new(0),
             connect_timeouts: AtomicU64::new(0),
-            bandwidth: AtomicU64::new(0),
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             health_transitions: AtomicU64::new(0),

@@ -136,9 +136,7 @@ impl Runtime {
                 }
                 Change::Update(_) => {
                     if let Some(server) = state.servers.get_mut(name) {
-                        server
-                            .update(config.servers[name].clone(), &self.life)
-                            .await;
+                        server.update(config.servers[name].clone()).await;
                         info!(server = name, "server updated");
                     }
                 }

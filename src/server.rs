@@ -248,7 +248,7 @@ impl Server {
     ///
     /// A dynamic discovery keeps its current backends under the new settings; when the
     /// discovery itself changed, they stay until the new source's first answer.
-    pub async fn update(&mut self, config: ServerConfig, _life: &Lifecycle) {
+    pub async fn update(&mut self, config: ServerConfig) {
         let specs = config.discovery.static_backends().cloned();
         let discovery = config.discovery.clone();
         // A runner of the old discovery must not apply its list over the new one.
@@ -434,11 +434,6 @@ async fn sample_bandwidth(pool: Arc<Pool>, stop: CancellationToken) {
             let from = now.0.saturating_sub(last.0);
             let to = now.1.saturating_sub(last.1);
             backend.state.set_rates(from, to);
-            backend
-                .state
-                .stats
-                .bandwidth
-                .store(from + to, Ordering::Relaxed);
             *last = now;
         }
     }

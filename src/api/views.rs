@@ -29,7 +29,7 @@ pub fn backend(backend: &Backend) -> Value {
             "total_connections": load(&stats.total),
             "bytes_to_backend": load(&stats.bytes_to_backend),
             "bytes_from_backend": load(&stats.bytes_from_backend),
-            "bandwidth": load(&stats.bandwidth),
+            "bandwidth": backend.state.bandwidth(),
             "connect_failures": load(&stats.connect_failures),
             "checks_passed": load(&stats.checks_passed),
             "checks_failed": load(&stats.checks_failed),

@@ -1,6 +1,6 @@
 //! `leastbandwidth`: the backend with the least recent throughput relative to its weight.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 use super::least_conn::least_loaded;
@@ -22,9 +22,7 @@ impl LeastBandwidth {
 
 impl Strategy for LeastBandwidth {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
-        least_loaded(backends, ctx, &self.turn, |b| {
-            b.state.stats.bandwidth.load(Ordering::Relaxed)
-        })
+        least_loaded(backends, ctx, &self.turn, |b| b.state.bandwidth())
     }
 }
 
@@ -32,13 +30,10 @@ impl Strategy for LeastBandwidth {
 mod tests {
     use super::*;
     use crate::balance::testing::{self, all};
+    use std::sync::atomic::Ordering;
 
     fn set_bandwidth(backend: &Backend, bytes_per_sec: u64) {
-        backend
-            .state
-            .stats
-            .bandwidth
-            .store(bytes_per_sec, Ordering::Relaxed);
+        backend.state.set_rates(bytes_per_sec, 0);
     }
 
     #[test]

@@ -953,19 +953,19 @@ impl DiscoveryConfig {
                     "consul_service_passing_only": params.passing_only,
                 });
                 if let Value::Object(map) = &mut own {
-                    let mut put = |key: &str, value: &Option<String>| {
-                        if let Some(value) = value {
-                            map.insert(key.into(), value.clone().into());
-                        }
-                    };
-                    put("consul_service_tag", &params.service_tag);
-                    put("consul_datacenter", &params.datacenter);
-                    put("consul_auth_username", &params.auth_username);
-                    put(
+                    put_some(map, "consul_service_tag", &params.service_tag);
+                    put_some(map, "consul_datacenter", &params.datacenter);
+                    put_some(map, "consul_auth_username", &params.auth_username);
+                    put_some(
+                        map,
                         "consul_auth_password",
                         &params.auth_password.as_deref().map(secret),
                     );
-                    put("consul_token", &params.acl_token.as_deref().map(secret));
+                    put_some(
+                        map,
+                        "consul_token",
+                        &params.acl_token.as_deref().map(secret),
+                    );
                     tls_json(map, "consul", params.tls.as_ref());
                 }
                 own
@@ -976,14 +976,13 @@ impl DiscoveryConfig {
                     "etcd_prefix": params.prefix,
                 });
                 if let Value::Object(map) = &mut own {
-                    let mut put = |key: &str, value: &Option<String>| {
-                        if let Some(value) = value {
-                            map.insert(key.into(), value.clone().into());
-                        }
-                    };
-                    put("etcd_username", &params.username);
-                    put("etcd_password", &params.password.as_deref().map(secret));
-                    put("etcd_dsn_json_path", &params.dsn_json_path);
+                    put_some(map, "etcd_username", &params.username);
+                    put_some(
+                        map,
+                        "etcd_password",
+                        &params.password.as_deref().map(secret),
+                    );
+                    put_some(map, "etcd_dsn_json_path", &params.dsn_json_path);
                     tls_json(map, "etcd", params.tls.as_ref());
                 }
                 own
@@ -994,13 +993,9 @@ impl DiscoveryConfig {
                     "docker_container_private_port": params.container_private_port,
                 });
                 if let Value::Object(map) = &mut own {
-                    let mut put = |key: &str, value: &Option<String>| {
-                        if let Some(value) = value {
-                            map.insert(key.into(), value.clone().into());
-                        }
-                    };
-                    put("docker_container_label", &params.container_label);
-                    put(
+                    put_some(map, "docker_container_label", &params.container_label);
+                    put_some(
+                        map,
                         "docker_container_host_env_var",
                         &params.container_host_env_var,
                     );
@@ -1013,6 +1008,17 @@ impl DiscoveryConfig {
             out.extend(own);
         }
         Value::Object(out)
+    }
+}
+
+/// Adds `key` to `map` when `value` is set.
+fn put_some(
+    map: &mut serde_json::Map<String, serde_json::Value>,
+    key: &str,
+    value: &Option<String>,
+) {
+    if let Some(value) = value {
+        map.insert(key.into(), value.clone().into());
     }
 }
 

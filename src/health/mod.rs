@@ -249,6 +249,58 @@ fn jittered(interval: Duration) -> Duration {
 mod tests {
     use super::*;
 
+    /// Counts how many of its checks run at once.
+    #[derive(Default)]
+    struct Slow {
+        running: std::sync::atomic::AtomicUsize,
+        most: std::sync::atomic::AtomicUsize,
+    }
+
+    impl HealthCheck for Slow {
+        fn check<'a>(&'a self, _backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>> {
+            Box::pin(async move {
+                let now = self.running.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                self.running.fetch_sub(1, Ordering::SeqCst);
+                Ok(())
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn no_more_than_the_bound_of_checks_run_at_once() {
+        let slow = Arc::new(Slow::default());
+        let cfg = HealthConfig {
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(5),
+            ..cfg(1, 1)
+        };
+        let stop = CancellationToken::new();
+        for port in 1..=(2 * MAX_CONCURRENT_CHECKS as u16) {
+            let backend = Arc::new(Backend::new(
+                crate::backend::BackendSpec::new("127.0.0.1", port),
+                true,
+            ));
+            let check: Arc<dyn HealthCheck> = Arc::clone(&slow) as Arc<dyn HealthCheck>;
+            tokio::spawn(run_checks(
+                "s".into(),
+                backend,
+                check,
+                cfg.clone(),
+                stop.clone(),
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        stop.cancel();
+        let most = slow.most.load(Ordering::SeqCst);
+        // Other tests of this binary may hold slots too, so the bound is an upper one.
+        assert!(
+            most > 0 && most <= MAX_CONCURRENT_CHECKS,
+            "{most} checks at once"
+        );
+    }
+
     fn cfg(fails: u32, passes: u32) -> HealthConfig {
         HealthConfig {
             kind: HealthKind::Ping,
