@@ -11,10 +11,9 @@ use std::time::Duration;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{json, Value};
 use tempfile::TempDir;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::{sleep, timeout, Instant};
 
+use crate::support::http;
 use crate::support::process::*;
 use crate::support::*;
 
@@ -104,9 +103,8 @@ impl Drop for ChromeDriver {
     }
 }
 
-/// One HTTP/1.1 request written by hand, with `Authorization: Bearer TOKEN` when
-/// `token` is given: the status and the body. Errors instead of panicking, so callers
-/// can poll a server that is still starting.
+/// One request to the API or chromedriver: the status and the body. Errors instead of
+/// panicking, for the loops that wait on a server to come up.
 async fn http(
     addr: SocketAddr,
     method: &str,
@@ -114,85 +112,13 @@ async fn http(
     body: Option<&str>,
     token: Option<&str>,
 ) -> std::io::Result<(u16, String)> {
-    let exchange = async {
-        let mut stream = TcpStream::connect(addr).await?;
-        let body = body.unwrap_or("");
-        let authorization = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: application/json\r\n\
-             {authorization}Content-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await?;
-        stream.write_all(body.as_bytes()).await?;
-        // Up to the end of the body rather than EOF: chromedriver keeps the connection
-        // open whatever `Connection: close` says.
-        let mut raw = Vec::new();
-        let mut buf = [0u8; 16 * 1024];
-        while !complete(&raw) {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            raw.extend_from_slice(&buf[..n]);
-        }
-        Ok::<_, std::io::Error>(raw)
-    };
-    let raw = timeout(WAIT, exchange)
-        .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer in time"))??;
-    let text = String::from_utf8_lossy(&raw);
-    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{text:?}"));
-    let (head, rest) = text.split_once("\r\n\r\n").ok_or_else(bad)?;
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(bad)?;
-    let chunked = head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked");
-    let body = if chunked {
-        unchunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    Ok((status, body))
-}
-
-/// Whether `raw` holds a whole answer, judged by its Content-Length or final chunk.
-fn complete(raw: &[u8]) -> bool {
-    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
-        return false;
-    };
-    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
-    let body = &raw[end + 4..];
-    if head.contains("transfer-encoding: chunked") {
-        return body.ends_with(b"0\r\n\r\n");
+    let authorization = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("Accept", "application/json")];
+    if let Some(value) = &authorization {
+        headers.push(("Authorization", value));
     }
-    let length = head.split("\r\n").find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        (name.trim() == "content-length").then(|| value.trim().parse::<usize>().ok())?
-    });
-    length.is_some_and(|length| body.len() >= length)
-}
-
-/// The payload of a chunked body.
-fn unchunk(mut rest: &str) -> String {
-    let mut body = String::new();
-    while let Some((size, after)) = rest.split_once("\r\n") {
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .expect("chunk size");
-        if size == 0 || after.len() < size {
-            break;
-        }
-        body.push_str(&after[..size]);
-        rest = after[size..].trim_start_matches("\r\n");
-    }
-    body
+    let response = http::try_request(addr, method, path, &headers, body).await?;
+    Ok((response.status, response.body))
 }
 
 /// The backends of server `name` as the API reports them; `token` as for [`http`].

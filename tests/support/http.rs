@@ -1,6 +1,7 @@
 //! A minimal HTTP/1.1 client for the admin API and metrics endpoints: one request per
 //! connection, written by hand so the tests see exactly what goes over the wire.
 
+use std::io;
 use std::net::SocketAddr;
 
 use serde_json::Value;
@@ -33,7 +34,8 @@ impl Response {
     }
 }
 
-/// Sends one request; `headers` are extra header lines, `body` is sent as is.
+/// Sends one request; `headers` are extra header lines, `body` is sent as is. Panics
+/// if there is no answer in time.
 pub async fn request(
     addr: SocketAddr,
     method: &str,
@@ -41,8 +43,23 @@ pub async fn request(
     headers: &[(&str, &str)],
     body: Option<&str>,
 ) -> Response {
+    try_request(addr, method, path, headers, body)
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path} on {addr}: {e}"))
+}
+
+/// Like [`request`], with failures (nothing listening yet, no answer in time) returned.
+/// Reads up to the end of the body, not to EOF: some servers (chromedriver) keep the
+/// connection open whatever `Connection: close` says.
+pub async fn try_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> io::Result<Response> {
     let exchange = async {
-        let mut stream = TcpStream::connect(addr).await.expect("connect to the API");
+        let mut stream = TcpStream::connect(addr).await?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
@@ -53,34 +70,61 @@ pub async fn request(
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");
-        stream
-            .write_all(head.as_bytes())
-            .await
-            .expect("write request");
-        stream.write_all(body.as_bytes()).await.expect("write body");
+        stream.write_all(head.as_bytes()).await?;
+        stream.write_all(body.as_bytes()).await?;
         let mut raw = Vec::new();
-        stream.read_to_end(&mut raw).await.expect("read response");
-        raw
+        let mut buf = [0u8; 16 * 1024];
+        while !complete(&raw) {
+            let n = stream.read(&mut buf).await?;
+            if n == 0 {
+                break;
+            }
+            raw.extend_from_slice(&buf[..n]);
+        }
+        Ok::<_, io::Error>(raw)
     };
-    let raw = timeout(WAIT, exchange).await.expect("API answered in time");
+    let raw = timeout(WAIT, exchange)
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no answer in time"))??;
     parse(&String::from_utf8_lossy(&raw))
+}
+
+/// Whether `raw` holds a whole response: its head and all of its body.
+fn complete(raw: &[u8]) -> bool {
+    let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+    let body = &raw[end + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    let length = head.split("\r\n").find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        (name.trim() == "content-length").then(|| value.trim().parse::<usize>().ok())?
+    });
+    length.is_some_and(|length| body.len() >= length)
 }
 
 pub async fn get(addr: SocketAddr, path: &str) -> Response {
     request(addr, "GET", path, &[], None).await
 }
 
-fn parse(raw: &str) -> Response {
-    let (head, body) = raw
-        .split_once("\r\n\r\n")
-        .expect("a complete HTTP response");
+fn parse(raw: &str) -> io::Result<Response> {
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not an HTTP response: {raw:?}"),
+        )
+    };
+    let (head, body) = raw.split_once("\r\n\r\n").ok_or_else(bad)?;
     let mut lines = head.split("\r\n");
-    let status_line = lines.next().expect("status line");
+    let status_line = lines.next().unwrap_or_default();
     let status = status_line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+        .ok_or_else(bad)?;
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -93,17 +137,18 @@ fn parse(raw: &str) -> Response {
     } else {
         body.to_owned()
     };
-    Response {
+    Ok(Response {
         status,
         headers,
         body,
-    }
+    })
 }
 
 fn unchunk(mut rest: &str) -> String {
     let mut body = String::new();
     while let Some((size, after)) = rest.split_once("\r\n") {
-        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+        let Ok(size) = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+        else {
             break;
         };
         if size == 0 || after.len() < size {
