@@ -43,15 +43,7 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         }
         let bind = free_or_any(listen);
         let api_bind = free_or_any(SocketAddr::new(listen.ip(), DEMO_API_PORT));
-        let api = ApiConfig {
-            bind: api_bind,
-            basic_auth: None,
-            bearer_token: None,
-            tls: None,
-            cors: false,
-            persist: false,
-            insecure_public: false,
-        };
+        let api = ApiConfig::plain(api_bind);
         let config = demo_config(bind, backends, api.clone());
         let runtime = Arc::new(Runtime::start(config).await?);
         let addr = runtime.local_addrs().await["demo"];

@@ -25,15 +25,7 @@ struct WithApi {
 }
 
 fn api_config() -> ApiConfig {
-    ApiConfig {
-        bind: "127.0.0.1:0".parse().expect("address"),
-        basic_auth: None,
-        bearer_token: None,
-        tls: None,
-        cors: false,
-        persist: false,
-        insecure_public: false,
-    }
+    ApiConfig::plain("127.0.0.1:0".parse().expect("address"))
 }
 
 async fn start(config: Config, api: ApiConfig, file: Option<PathBuf>) -> WithApi {

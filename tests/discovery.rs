@@ -499,15 +499,7 @@ async fn a_discovered_server_refuses_backend_edits() {
             .expect("start"),
     );
     let control = std::sync::Arc::new(sluice::control::Control::new(runtime, None));
-    let api = sluice::config::ApiConfig {
-        bind: "127.0.0.1:0".parse().expect("address"),
-        basic_auth: None,
-        bearer_token: None,
-        tls: None,
-        cors: false,
-        persist: false,
-        insecure_public: false,
-    };
+    let api = sluice::config::ApiConfig::plain("127.0.0.1:0".parse().expect("address"));
     let api_addr = sluice::cli::start_api(api, control)
         .await
         .expect("start the API");

@@ -98,16 +98,12 @@ mod tests {
 
     fn auth(basic: bool, bearer: bool) -> Auth {
         let config = ApiConfig {
-            bind: "127.0.0.1:0".parse().expect("address"),
             basic_auth: basic.then(|| BasicAuth {
                 login: "admin".into(),
                 password: "pa:ss".into(),
             }),
             bearer_token: bearer.then(|| "tok".into()),
-            tls: None,
-            cors: false,
-            persist: false,
-            insecure_public: false,
+            ..ApiConfig::plain("127.0.0.1:0".parse().expect("address"))
         };
         Auth::from_config(&config)
     }

@@ -134,6 +134,20 @@ pub struct ApiConfig {
 }
 
 impl ApiConfig {
+    /// The API on `bind` with every option off: no authentication, TLS, CORS or
+    /// persistence (what `[api] enabled = true` alone gives).
+    pub fn plain(bind: SocketAddr) -> Self {
+        ApiConfig {
+            bind,
+            basic_auth: None,
+            bearer_token: None,
+            tls: None,
+            cors: false,
+            persist: false,
+            insecure_public: false,
+        }
+    }
+
     pub fn has_auth(&self) -> bool {
         self.basic_auth.is_some() || self.bearer_token.is_some()
     }
