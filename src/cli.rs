@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `tcp` (quick mode) and `demo`.
+//! The command line: `run`, `check`, `tcp` and `udp` (quick mode) and `demo`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -27,11 +27,13 @@ Examples:
   sluice check -c sluice.toml                   validate a file and summarise it
   sluice tcp --listen 127.0.0.1:8080 --targets 10.0.0.1:3000,10.0.0.2:3000:3
                                                 quick mode: no file; :3 is a weight
+  sluice udp --listen 127.0.0.1:5353 --targets 10.0.0.1:53,10.0.0.2:53 --max-responses 1
+                                                the same for UDP (DNS: one reply ends a session)
 
 Signals: SIGHUP reloads the file; SIGTERM/SIGINT stop gracefully.
 Logging: RUST_LOG overrides [logging] level (e.g. RUST_LOG=debug).";
 
-/// Sluice: a Layer 4 (TCP) load balancer.
+/// Sluice: a Layer 4 (TCP/UDP) load balancer.
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, after_help = EXAMPLES)]
 pub struct Cli {
@@ -59,6 +61,8 @@ pub enum Command {
     },
     /// Balance TCP without a file: one listener, a list of targets.
     Tcp(QuickArgs),
+    /// Balance UDP without a file: one listening socket, a list of targets.
+    Udp(UdpArgs),
     /// Start three demo backends and a balancer in front of them.
     Demo {
         /// Where the demo balancer listens (another free port is used if this one is taken).
@@ -96,6 +100,23 @@ pub struct QuickArgs {
     pub log_level: String,
 }
 
+/// `sluice udp`: the quick-mode flags plus UDP session limits.
+#[derive(Debug, Args)]
+pub struct UdpArgs {
+    #[command(flatten)]
+    pub quick: QuickArgs,
+    /// End a session after this many client datagrams (1 alone: fire-and-forget, no
+    /// reply relayed).
+    #[arg(long, value_name = "N")]
+    pub max_requests: Option<u32>,
+    /// End a session after this many backend replies (DNS: 1).
+    #[arg(long, value_name = "N")]
+    pub max_responses: Option<u32>,
+    /// End a session after this long without a datagram either way.
+    #[arg(long, value_name = "DURATION", default_value = "60s")]
+    pub session_timeout: String,
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let threads = cli.threads;
@@ -104,6 +125,11 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::Check { config }), _) => Ok(check(&config)),
         (Some(Command::Tcp(args)), _) => {
             let config = quick_config(&args)?;
+            logging::init(&config.logging)?;
+            serve(config, None, threads)
+        }
+        (Some(Command::Udp(args)), _) => {
+            let config = quick_udp_config(&args)?;
             logging::init(&config.logging)?;
             serve(config, None, threads)
         }
@@ -150,8 +176,10 @@ pub fn summary(config: &Config) -> String {
             kind => format!("{} check every {:?}", kind.name(), s.healthcheck.interval),
         };
         out.push_str(&format!(
-            "server {name}: tcp on {}, balance {}, {listed}, {health}\n",
-            s.bind, s.balance,
+            "server {name}: {} on {}, balance {}, {listed}, {health}\n",
+            s.protocol.as_str(),
+            s.bind,
+            s.balance,
         ));
         for b in backends {
             out.push_str(&format!(
@@ -300,6 +328,7 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         discovery: config::DiscoveryConfig::Static { backends },
         healthcheck,
         access: None,
+        udp: Default::default(),
     };
     let mut logging = config::LoggingConfig {
         level: args.log_level.clone(),
@@ -314,6 +343,34 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         servers: [("tcp".to_owned(), server)].into_iter().collect(),
         ..Config::default()
     })
+}
+
+/// Builds a one-server UDP configuration from quick-mode flags.
+pub fn quick_udp_config(args: &UdpArgs) -> anyhow::Result<Config> {
+    if args.quick.health_interval.is_some() {
+        bail!(
+            "--health-interval checks over TCP; for a UDP check use a configuration file \
+             with [healthcheck] kind = \"udp\""
+        );
+    }
+    let mut config = quick_config(&args.quick)?;
+    let idle = parse_duration("--session-timeout", &args.session_timeout)?;
+    let positive = |n: Option<u32>| n.filter(|&n| n > 0);
+    let server = config
+        .servers
+        .remove("tcp")
+        .context("quick mode builds one server")?;
+    let server = ServerConfig {
+        protocol: config::Protocol::Udp,
+        client_idle_timeout: idle,
+        udp: config::UdpConfig {
+            max_requests: positive(args.max_requests),
+            max_responses: positive(args.max_responses),
+        },
+        ..server
+    };
+    config.servers.insert("udp".to_owned(), server);
+    Ok(config)
 }
 
 fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Option<Duration>> {

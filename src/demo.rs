@@ -96,6 +96,7 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> 
             ..HealthConfig::default()
         },
         access: None,
+        udp: Default::default(),
     };
     Config {
         logging: LoggingConfig::default(),

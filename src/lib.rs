@@ -1,14 +1,15 @@
 //! Sluice: a Layer 4 (TCP/UDP) load balancer.
 //!
 //! Module map, in reading order:
-//! - [`cli`]: the command line (`run`, `check`, `tcp`, `demo`).
+//! - [`cli`]: the command line (`run`, `check`, `tcp`, `udp`, `demo`).
 //! - [`runtime`]: every running server; the one place runtime state changes.
 //! - [`control`]: reloads and API edits, both ending in `Runtime::apply`.
 //! - [`api`]: the admin REST API and dashboard.
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server: its listener, backend pool and health checks.
-//! - [`listener`]: accept loop, ACL and connection limit.
-//! - [`proxy`]: the life of one connection: pick, connect, copy, log.
+//! - [`listener`]: binding, accept loop, ACL and connection limit.
+//! - [`proxy`]: the life of one connection (pick, connect, copy, log) or UDP session.
+//! - [`descriptors`]: the descriptor limit and the UDP sessions' share of it.
 //! - [`pool`]: a server's backends split into priority tiers, each with its strategy.
 //! - [`balance`]: the balancing strategies.
 //! - [`backend`]: one backend's spec and live state.
@@ -30,6 +31,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod descriptors;
 pub mod discovery;
 pub mod health;
 pub mod listener;

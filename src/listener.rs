@@ -1,5 +1,6 @@
-//! Binding a server's socket and accepting clients: access rules and the connection
+//! Binding a server's sockets and accepting clients: access rules and the connection
 //! limit are applied here, before a connection costs anything more than its socket.
+//! (A UDP server's sockets are served by [`proxy::udp::serve`].)
 
 use std::io;
 use std::net::SocketAddr;
@@ -22,12 +23,41 @@ const BACKLOG: i32 = 4096;
 /// Pause after running out of descriptors or memory, instead of spinning on accept.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
+/// A server's bound sockets, one per worker.
+#[derive(Debug)]
+pub enum Listeners {
+    Tcp(Vec<std::net::TcpListener>),
+    Udp(Vec<std::net::UdpSocket>),
+}
+
+impl Listeners {
+    /// The address the sockets are bound to (they share one).
+    pub fn local_addr(&self) -> Option<io::Result<SocketAddr>> {
+        match self {
+            Listeners::Tcp(sockets) => sockets.first().map(|s| s.local_addr()),
+            Listeners::Udp(sockets) => sockets.first().map(|s| s.local_addr()),
+        }
+    }
+}
+
+/// Binds `count` sockets of `protocol` on `addr`, one per worker.
+pub fn bind(
+    protocol: crate::config::Protocol,
+    addr: SocketAddr,
+    count: usize,
+) -> io::Result<Listeners> {
+    Ok(match protocol {
+        crate::config::Protocol::Tcp => Listeners::Tcp(bind_tcp(addr, count)?),
+        crate::config::Protocol::Udp => Listeners::Udp(proxy::udp::bind(addr, count)?),
+    })
+}
+
 /// Binds `count` listening sockets on `addr`, one per worker, with `SO_REUSEPORT` so the
 /// kernel spreads connections across them (and `SO_REUSEADDR`, so a restart is not
 /// blocked by connections in TIME_WAIT). Port 0 picks one free port for all of them.
 /// `TCP_NODELAY` is set on the listener: accepted sockets inherit it, which saves a
 /// system call per connection.
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+pub fn bind_tcp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
     let mut sockets = Vec::with_capacity(count.max(1));
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -133,7 +163,7 @@ mod tests {
 
     #[test]
     fn accepted_sockets_have_nodelay() {
-        let listeners = bind("127.0.0.1:0".parse().expect("address"), 2).expect("bind");
+        let listeners = bind_tcp("127.0.0.1:0".parse().expect("address"), 2).expect("bind");
         let addr = listeners[0].local_addr().expect("local address");
         assert!(listeners.iter().all(|l| l.local_addr().ok() == Some(addr)));
         let _client = std::net::TcpStream::connect(addr).expect("connect");

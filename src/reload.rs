@@ -79,6 +79,7 @@ mod tests {
             },
             healthcheck: HealthConfig::default(),
             access: None,
+            udp: Default::default(),
         }
     }
 

@@ -11,14 +11,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::TcpListener;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::listener;
+use crate::config::Protocol;
+use crate::listener::{self, Listeners};
 use crate::reload::{self, Change};
 use crate::server::{Server, ServerShared};
 use crate::workers::Workers;
@@ -121,7 +121,7 @@ impl Runtime {
                     let cfg = config.servers[name].clone();
                     let socket = match sockets.remove(name) {
                         Some(socket) => socket,
-                        None => bind(name, cfg.bind, self.life.workers.len())?,
+                        None => bind(name, cfg.protocol, cfg.bind, self.life.workers.len())?,
                     };
                     let addr = cfg.bind;
                     let server =
@@ -199,8 +199,13 @@ impl Runtime {
     }
 }
 
-fn bind(server: &str, addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, BindError> {
-    listener::bind(addr, count).map_err(|source| BindError {
+fn bind(
+    server: &str,
+    protocol: Protocol,
+    addr: SocketAddr,
+    count: usize,
+) -> Result<Listeners, BindError> {
+    listener::bind(protocol, addr, count).map_err(|source| BindError {
         server: server.to_owned(),
         addr,
         source,
@@ -214,7 +219,7 @@ fn bind_new_listeners(
     config: &Config,
     changes: &[Change],
     workers: usize,
-) -> Result<BTreeMap<String, Vec<TcpListener>>, BindError> {
+) -> Result<BTreeMap<String, Listeners>, BindError> {
     let outgoing: Vec<SocketAddr> = changes
         .iter()
         .filter(|c| matches!(c, Change::Remove(_) | Change::Restart(_)))
@@ -225,8 +230,9 @@ fn bind_new_listeners(
         let (Change::Add(name) | Change::Restart(name)) = change else {
             continue;
         };
-        let addr = config.servers[name].bind;
-        match bind(name, addr, workers) {
+        let server = &config.servers[name];
+        let addr = server.bind;
+        match bind(name, server.protocol, addr, workers) {
             Ok(socket) => {
                 sockets.insert(name.clone(), socket);
             }

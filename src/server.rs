@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use std::net::TcpListener as StdTcpListener;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -22,8 +21,9 @@ use crate::balance::BalanceKind;
 use crate::config::{DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, ServerConfig};
 use crate::discovery;
 use crate::health;
-use crate::listener;
+use crate::listener::{self, Listeners};
 use crate::pool::Pool;
+use crate::proxy::udp::{self, UdpStats};
 use crate::proxy::CloseReason;
 use crate::resolve;
 use crate::runtime::Lifecycle;
@@ -39,6 +39,8 @@ pub struct ServerStats {
     pub connect_failed: AtomicU64,
     /// Dials beyond the first for one client, each to another backend.
     pub connect_retries: AtomicU64,
+    /// Datagram counters of a UDP server.
+    pub udp: UdpStats,
 }
 
 /// The state of a server that its connections read.
@@ -138,11 +140,12 @@ impl Server {
     pub async fn start(
         name: &str,
         config: ServerConfig,
-        sockets: Vec<StdTcpListener>,
+        sockets: Listeners,
         life: &Lifecycle,
     ) -> std::io::Result<Server> {
-        let local_addr = match sockets.first() {
-            Some(socket) => socket.local_addr()?,
+        let protocol = config.protocol;
+        let local_addr = match sockets.local_addr() {
+            Some(addr) => addr?,
             None => config.bind,
         };
         let shared = Arc::new(ServerShared {
@@ -177,24 +180,41 @@ impl Server {
         };
         server.start_discovery(&config.discovery);
         server.spawn_accept(sockets, life);
-        info!(server = name, bind = %local_addr, "listening");
+        info!(server = name, bind = %local_addr, protocol = protocol.as_str(), "listening");
         Ok(server)
     }
 
-    /// One accept loop per worker, each on its own listener.
-    fn spawn_accept(&mut self, sockets: Vec<StdTcpListener>, life: &Lifecycle) {
-        for (index, socket) in sockets.into_iter().enumerate() {
-            // Connections get the hard-stop token, not the accept loop's: stopping a
-            // server's accept loop must not cut its established connections.
-            let accept = life.tracker.track_future(listener::accept_loop(
-                socket,
-                Arc::clone(&self.shared),
-                self.accept_stop.clone(),
-                life.tracker.clone(),
-                life.hard_stop.clone(),
-            ));
-            self.accept_tasks
-                .push(life.workers.handle(index).spawn(accept));
+    /// One accept loop (UDP: receive loop) per worker, each on its own socket.
+    fn spawn_accept(&mut self, sockets: Listeners, life: &Lifecycle) {
+        // Connections get the hard-stop token, not the accept loop's: stopping a
+        // server's accept loop must not cut its established connections.
+        match sockets {
+            Listeners::Tcp(sockets) => {
+                for (index, socket) in sockets.into_iter().enumerate() {
+                    let accept = life.tracker.track_future(listener::accept_loop(
+                        socket,
+                        Arc::clone(&self.shared),
+                        self.accept_stop.clone(),
+                        life.tracker.clone(),
+                        life.hard_stop.clone(),
+                    ));
+                    self.accept_tasks
+                        .push(life.workers.handle(index).spawn(accept));
+                }
+            }
+            Listeners::Udp(sockets) => {
+                for (index, socket) in sockets.into_iter().enumerate() {
+                    let serve = life.tracker.track_future(udp::serve(
+                        socket,
+                        Arc::clone(&self.shared),
+                        self.accept_stop.clone(),
+                        life.tracker.clone(),
+                        life.hard_stop.clone(),
+                    ));
+                    self.accept_tasks
+                        .push(life.workers.handle(index).spawn(serve));
+                }
+            }
         }
     }
 

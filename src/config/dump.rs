@@ -108,13 +108,7 @@ pub fn server_json(server: &ServerConfig) -> Value {
 pub fn server_value(server: &ServerConfig, secrets: Secrets) -> Value {
     let mut out = Map::new();
     out.insert("bind".into(), server.bind.to_string().into());
-    out.insert(
-        "protocol".into(),
-        match server.protocol {
-            Protocol::Tcp => "tcp",
-        }
-        .into(),
-    );
+    out.insert("protocol".into(), server.protocol.as_str().into());
     out.insert("balance".into(), server.balance.to_string().into());
     out.insert(
         "max_connections".into(),
@@ -138,6 +132,15 @@ pub fn server_value(server: &ServerConfig, secrets: Secrets) -> Value {
         "healthcheck".into(),
         healthcheck_json(&server.healthcheck, secrets),
     );
+    if server.protocol == Protocol::Udp {
+        out.insert(
+            "udp".into(),
+            json!({
+                "max_requests": server.udp.max_requests.unwrap_or(0),
+                "max_responses": server.udp.max_responses.unwrap_or(0),
+            }),
+        );
+    }
     if let Some(acl) = &server.access {
         out.insert(
             "access".into(),

@@ -176,6 +176,34 @@ pub struct MetricsConfig {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
     Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+/// `[servers.NAME.udp]`: when a UDP session ends besides its idle timeouts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpConfig {
+    /// End the session after this many client datagrams. `Some(1)` without
+    /// `max_responses` forwards each datagram on its own and relays no reply
+    /// (fire-and-forget, as for syslog).
+    pub max_requests: Option<u32>,
+    /// End the session after this many backend datagrams (DNS: 1).
+    pub max_responses: Option<u32>,
+}
+
+impl UdpConfig {
+    /// Each datagram goes out on its own and no reply is awaited.
+    pub fn fire_and_forget(&self) -> bool {
+        self.max_requests == Some(1) && self.max_responses.is_none()
+    }
 }
 
 /// One `[servers.NAME]`.
@@ -184,7 +212,7 @@ pub struct ServerConfig {
     pub bind: SocketAddr,
     pub protocol: Protocol,
     pub balance: BalanceKind,
-    /// Concurrent client connections; `None` is unlimited.
+    /// Concurrent client connections (UDP: sessions); `None` is unlimited.
     pub max_connections: Option<u32>,
     /// Close a connection idle (no byte either way) this long; `None` is never.
     pub client_idle_timeout: Option<Duration>,
@@ -198,6 +226,8 @@ pub struct ServerConfig {
     pub healthcheck: HealthConfig,
     /// `None` allows everyone.
     pub access: Option<Acl>,
+    /// Session limits of a UDP server (all unset for TCP).
+    pub udp: UdpConfig,
 }
 
 /// A configuration that loaded, with the warnings found on the way.

@@ -16,8 +16,9 @@ use super::legacy::{self, Place};
 use super::reader::{join, Ctx, Field, Section};
 use super::sections::access;
 use super::{
-    ApiConfig, BasicAuth, Config, HealthConfig, LogFormat, LogOutput, LoggingConfig, MetricsConfig,
-    Protocol, ServerConfig, TlsFiles, DEFAULT_API_BIND, DEFAULT_METRICS_BIND,
+    ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, LogFormat, LogOutput, LoggingConfig,
+    MetricsConfig, Protocol, ServerConfig, TlsFiles, UdpConfig, DEFAULT_API_BIND,
+    DEFAULT_METRICS_BIND,
 };
 use crate::balance::BalanceKind;
 
@@ -61,7 +62,9 @@ const SERVER_KEYS: &[&str] = &[
     "discovery",
     "healthcheck",
     "access",
+    "udp",
 ];
+const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
 /// Connection options of `[defaults]`, and of a server before defaults are applied.
 /// `None` is "not set"; `Some(None)` is "set to 0: no limit".
 #[derive(Clone, Copy, Default)]
@@ -310,16 +313,31 @@ fn server(
             None
         }
     };
-    let healthcheck = sec
-        .take("healthcheck")
-        .and_then(|f| ctx.table(&f))
-        .map_or_else(HealthConfig::default, |s| healthcheck(ctx, s));
+    let (healthcheck, kind_at) = match sec.take("healthcheck").and_then(|f| ctx.table(&f)) {
+        Some(s) => {
+            let kind_at = s.find("kind").unwrap_or(s.at);
+            (healthcheck(ctx, s), Some(kind_at))
+        }
+        None => (HealthConfig::default(), None),
+    };
     let access = sec
         .take("access")
         .and_then(|f| ctx.table(&f))
         .map(|s| access(ctx, s));
+    let udp = sec.take("udp").map(|f| (ctx.table_at(&f), udp(ctx, &f)));
+    let sec_path = sec.path.clone();
     sec.finish(ctx, SERVER_KEYS);
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
+    if let (Some((at, _)), Protocol::Tcp) = (&udp, protocol) {
+        let message = "[udp] applies only to a server with protocol = \"udp\"";
+        ctx.error(*at, &join(&sec_path, "udp"), message);
+    }
+    if let (Some(at), HealthKind::Ping, Protocol::Udp) = (kind_at, &healthcheck.kind, protocol) {
+        let message =
+            "kind \"ping\" connects over TCP, but this server is UDP; use kind = \"udp\" \
+                       (udp_send, udp_recv) or kind = \"probe\" with probe_protocol = \"udp\"";
+        ctx.error(at, &join(&sec_path, "healthcheck.kind"), message);
+    }
     let server = ServerConfig {
         bind,
         protocol,
@@ -341,6 +359,7 @@ fn server(
         discovery,
         healthcheck,
         access,
+        udp: udp.and_then(|(_, u)| u).unwrap_or_default(),
     };
     Some((server, bind_at))
 }
@@ -405,10 +424,27 @@ fn check_bind_conflict(
     }
 }
 
+/// `[servers.NAME.udp]`; 0 (GoBetween's "no limit") is the same as leaving a key out.
+fn udp(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<UdpConfig> {
+    let mut sec = ctx.table(f)?;
+    let mut limit = |key| {
+        sec.take(key)
+            .and_then(|f| ctx.u32_at_least(&f, 0))
+            .and_then(|n| (n > 0).then_some(n))
+    };
+    let config = UdpConfig {
+        max_requests: limit("max_requests"),
+        max_responses: limit("max_responses"),
+    };
+    sec.finish(ctx, UDP_KEYS);
+    Some(config)
+}
+
 fn protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Protocol> {
     match ctx.str(f)? {
         "tcp" => Some(Protocol::Tcp),
-        p @ ("udp" | "tls") => {
+        "udp" => Some(Protocol::Udp),
+        p @ "tls" => {
             ctx.error(
                 f.at,
                 f.path(),
@@ -417,7 +453,7 @@ fn protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Protocol> {
             None
         }
         p => {
-            let message = format!("unknown protocol \"{p}\"; expected one of tcp");
+            let message = format!("unknown protocol \"{p}\"; expected one of tcp, udp");
             ctx.error(f.at, f.path(), message);
             None
         }

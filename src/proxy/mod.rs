@@ -1,11 +1,13 @@
 //! The life of one proxied connection: [`tcp::handle`] picks a backend, connects and
-//! relays bytes with [`copy::Relay`]; every connection ends with a
-//! [`CloseReason`] that the access log and the counters report.
+//! relays bytes with [`copy::Relay`]; [`udp::serve`] groups datagrams into sessions.
+//! Every connection or session ends with a [`CloseReason`] that the access log and the
+//! counters report.
 
 pub mod copy;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tcp;
+pub mod udp;
 
 use std::fmt;
 
@@ -21,10 +23,17 @@ pub enum Side {
 pub enum CloseReason {
     /// Both sides finished sending (FIN both ways).
     Eof,
+    /// UDP: the session's `max_responses` (or, with no reply due, `max_requests`) was
+    /// reached.
+    Completed,
     /// The client reset the connection or a read/write on it failed.
     ClientError,
-    /// The backend reset the connection or a read/write on it failed.
+    /// The backend reset the connection or a read/write on it failed (UDP: its host
+    /// reported the port unreachable).
     BackendError,
+    /// UDP: the session's backend failed its health check; the client's next datagram
+    /// opens a session on a live one.
+    BackendDown,
     /// No byte moved either way for the idle timeout.
     IdleTimeout,
     /// Sluice was shutting down and the grace period ran out.
@@ -46,8 +55,10 @@ impl CloseReason {
     pub fn as_str(self) -> &'static str {
         match self {
             CloseReason::Eof => "eof",
+            CloseReason::Completed => "completed",
             CloseReason::ClientError => "client_error",
             CloseReason::BackendError => "backend_error",
+            CloseReason::BackendDown => "backend_down",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::DrainDeadline => "drain_deadline",

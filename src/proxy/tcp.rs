@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 use super::copy::{Counters, Relay};
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
+use crate::config::{HealthKind, ServerConfig};
 use crate::server::{ActiveSlot, ServerShared};
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
@@ -113,11 +114,7 @@ async fn connect(
     let connect_timeout = settings
         .backend_connection_timeout
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let passive_fails = if settings.healthcheck.kind == crate::config::HealthKind::None {
-        0
-    } else {
-        settings.healthcheck.passive_fails
-    };
+    let passive_fails = passive_fails(&settings);
     // Allocates only after a failed attempt.
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     for _ in 0..settings.connect_attempts.max(1) {
@@ -176,7 +173,22 @@ async fn dial(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-fn record_connect_failure(server: &str, backend: &Backend, passive_fails: u32, e: &io::Error) {
+/// Failed connects in a row that mark a backend down; 0 (never) without active checks,
+/// since nothing would bring it back up.
+pub(crate) fn passive_fails(settings: &ServerConfig) -> u32 {
+    if settings.healthcheck.kind == HealthKind::None {
+        0
+    } else {
+        settings.healthcheck.passive_fails
+    }
+}
+
+pub(crate) fn record_connect_failure(
+    server: &str,
+    backend: &Backend,
+    passive_fails: u32,
+    e: &io::Error,
+) {
     let state = &backend.state;
     state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
     if e.kind() == io::ErrorKind::TimedOut {

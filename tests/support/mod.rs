@@ -45,6 +45,7 @@ pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig 
         discovery: DiscoveryConfig::Static { backends },
         healthcheck: HealthConfig::default(),
         access: None,
+        udp: Default::default(),
     }
 }
 

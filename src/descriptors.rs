@@ -1,0 +1,85 @@
+//! File descriptors: the process limit, and the share of it UDP sessions may take.
+//!
+//! A UDP session holds a socket towards its backend, so a flood of client addresses
+//! could otherwise open sockets until `accept` and health checks fail with EMFILE. UDP
+//! sessions take descriptors from a process-wide budget that leaves a quarter of the
+//! limit (at least 1 024) to everything else.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+
+/// Descriptors always left to listeners, TCP connections, checks and the API.
+const RESERVED_MIN: u64 = 1024;
+
+/// Raises the soft descriptor limit to the hard one, as a load balancer needs many
+/// sockets; returns the limit now in force.
+pub fn raise_limit() -> std::io::Result<u64> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard)?;
+        return Ok(hard);
+    }
+    Ok(soft)
+}
+
+/// One descriptor taken from the UDP session budget, given back on drop.
+#[derive(Debug)]
+pub struct SessionDescriptor(());
+
+static OPEN: AtomicUsize = AtomicUsize::new(0);
+static BUDGET: OnceLock<usize> = OnceLock::new();
+
+impl SessionDescriptor {
+    /// Takes one descriptor, or `None` when UDP sessions already hold their share.
+    pub fn take() -> Option<SessionDescriptor> {
+        let budget = session_budget();
+        OPEN.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+            (n < budget).then_some(n + 1)
+        })
+        .ok()
+        .map(|_| SessionDescriptor(()))
+    }
+
+    /// Descriptors UDP sessions hold now.
+    pub fn in_use() -> usize {
+        OPEN.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for SessionDescriptor {
+    fn drop(&mut self) {
+        OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How many descriptors UDP sessions may hold at once, from the limit in force when
+/// first asked.
+pub fn session_budget() -> usize {
+    *BUDGET.get_or_init(|| {
+        let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+        budget_for(soft)
+    })
+}
+
+fn budget_for(limit: u64) -> usize {
+    let reserved = (limit / 4).max(RESERVED_MIN);
+    usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_is_reserved_and_never_less_than_1024() {
+        assert_eq!(budget_for(20_000), 15_000);
+        assert_eq!(budget_for(1024), 0);
+        assert_eq!(budget_for(2048), 1024);
+        assert_eq!(
+            budget_for(u64::MAX),
+            usize::try_from(u64::MAX - u64::MAX / 4).unwrap()
+        );
+    }
+}

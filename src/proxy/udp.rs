@@ -1,0 +1,682 @@
+//! UDP: client datagrams grouped into sessions by client address, each session tied to
+//! one backend until it ends.
+//!
+//! Every worker has its own `SO_REUSEPORT` socket per UDP server, and the kernel keeps
+//! one client's datagrams on one of them, so a worker's session table is its own: the
+//! listening task and its sessions' reply tasks run on the same thread, and the table's
+//! lock is never contended. Per datagram: ACL → session lookup (or pick → open) → send
+//! on the session's socket. A session's socket is connected to its backend, so the
+//! kernel routes each reply to exactly one session; its reply task sends them back to
+//! the client from the listening socket.
+//!
+//! Nothing here waits on a full socket: a datagram that cannot be sent at once is
+//! dropped and counted (UDP would lose it anyway, and waiting would stall every other
+//! client of the worker). Sessions are bounded by `max_connections` and by the process's
+//! descriptor budget (see [`crate::descriptors`]); an idle session is freed by its own
+//! timer, which costs nothing per datagram.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info};
+
+use super::{tcp, CloseReason};
+use crate::backend::{Backend, ConnGuard};
+use crate::config::{ServerConfig, UdpConfig};
+use crate::descriptors::SessionDescriptor;
+use crate::server::{ActiveSlot, ServerShared};
+
+/// Room for the largest datagram either IP version can carry (65 527 bytes of IPv6
+/// payload), so nothing is ever truncated on receipt.
+const BUFFER_LEN: usize = 1 << 16;
+/// Datagrams handled per wake-up before other tasks of the worker get a turn.
+const BATCH: usize = 64;
+/// Receive and send buffer asked of the kernel for listening sockets (it caps the
+/// request at `net.core.rmem_max` / `wmem_max`): bursts queue there, not in Sluice.
+const SOCKET_BUFFER: usize = 4 << 20;
+/// How long a session lasts without a datagram either way when no idle timeout is
+/// configured: UDP has no close, so something must end it.
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// After a server stops, how long its sessions still relay replies already on the way.
+const STOP_LINGER: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// The worker's one datagram buffer: every receive copies out of it before the next
+    /// await, so the listening task and all reply tasks of a worker share it, and a
+    /// session holds no buffer of its own.
+    static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUFFER_LEN].into_boxed_slice());
+}
+
+/// Why a datagram was dropped; the `reason` label of `sluice_udp_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// The socket's send buffer was full.
+    QueueFull,
+    /// Too large for the other side's address family (EMSGSIZE).
+    TooBig,
+    /// UDP sessions hold their whole share of file descriptors.
+    NoDescriptor,
+    /// The backend answered with ICMP port unreachable: nothing listens there.
+    BackendRefused,
+    /// Any other send error.
+    SendError,
+}
+
+impl UdpDrop {
+    pub const ALL: [UdpDrop; 5] = [
+        UdpDrop::QueueFull,
+        UdpDrop::TooBig,
+        UdpDrop::NoDescriptor,
+        UdpDrop::BackendRefused,
+        UdpDrop::SendError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpDrop::QueueFull => "queue_full",
+            UdpDrop::TooBig => "too_big",
+            UdpDrop::NoDescriptor => "no_descriptor",
+            UdpDrop::BackendRefused => "backend_refused",
+            UdpDrop::SendError => "send_error",
+        }
+    }
+
+    fn of(e: &io::Error) -> UdpDrop {
+        match e.raw_os_error() {
+            _ if e.kind() == io::ErrorKind::WouldBlock => UdpDrop::QueueFull,
+            Some(libc::ENOBUFS) => UdpDrop::QueueFull,
+            Some(libc::EMSGSIZE) => UdpDrop::TooBig,
+            Some(libc::ECONNREFUSED) => UdpDrop::BackendRefused,
+            _ => UdpDrop::SendError,
+        }
+    }
+}
+
+/// Datagram counters of one UDP server. Sessions are counted as connections
+/// (`accepted`, `active`), and datagrams refused by the ACL, the session cap or for want
+/// of a backend in the server's `refused_*` and `no_backend` counters.
+#[derive(Debug, Default)]
+pub struct UdpStats {
+    pub from_clients: AtomicU64,
+    pub to_clients: AtomicU64,
+    dropped: [AtomicU64; UdpDrop::ALL.len()],
+}
+
+impl UdpStats {
+    pub fn dropped(&self, reason: UdpDrop) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    fn drop_one(&self, reason: UdpDrop) {
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Binds `count` UDP sockets on `addr` with `SO_REUSEPORT`, one per worker; the kernel
+/// hashes each client address to one of them. Port 0 picks one free port for all.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+    let mut sockets = Vec::with_capacity(count.max(1));
+    let mut addr = addr;
+    for _ in 0..count.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        // Best effort: the kernel's cap applies, and a smaller buffer still works.
+        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        socket.bind(&addr.into())?;
+        let socket: std::net::UdpSocket = socket.into();
+        addr = socket.local_addr()?;
+        sockets.push(socket);
+    }
+    Ok(sockets)
+}
+
+/// The listening side of one worker: its socket, its sessions, and what they share.
+///
+/// Sockets are read through the event loop but written with plain system calls (see
+/// [`send`]).
+struct Front {
+    socket: UdpSocket,
+    server: Arc<ServerShared>,
+    sessions: Mutex<HashMap<SocketAddr, Arc<Session>>>,
+    tracker: TaskTracker,
+    /// Cancelled when the server stops: sessions linger briefly for replies, then end.
+    stopping: CancellationToken,
+    /// Cancelled when the shutdown grace period is over (its backends' cut tokens are
+    /// its children).
+    hard_stop: CancellationToken,
+    /// Unconnected sockets for fire-and-forget datagrams, one per address family,
+    /// opened on first use.
+    loose: [OnceLock<UdpSocket>; 2],
+}
+
+/// What a session's listening side and reply task both see.
+struct Session {
+    client: SocketAddr,
+    backend: Arc<Backend>,
+    upstream: UdpSocket,
+    requests: AtomicU32,
+    /// Set once the listening side forwards no more client datagrams (`max_requests`
+    /// reached); replies are still relayed until `max_responses` or the idle timeout.
+    closed: AtomicBool,
+    /// Set when the session must end now (its backend failed).
+    abandoned: AtomicBool,
+    /// Wakes the reply task when the session is abandoned.
+    abandon: Notify,
+    /// Milliseconds since `started` of the last datagram each way.
+    last_from_client: AtomicU64,
+    last_from_backend: AtomicU64,
+    started: Instant,
+    bytes_to_backend: AtomicU64,
+    bytes_to_client: AtomicU64,
+}
+
+impl Session {
+    fn mark(&self, clock: &AtomicU64, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        clock.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self, clock: &AtomicU64) -> Instant {
+        self.started + Duration::from_millis(clock.load(Ordering::Relaxed))
+    }
+
+    /// Stops forwarding client datagrams; replies still due are relayed.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// Ends the session now: its backend is gone.
+    fn abandon(&self) {
+        self.close();
+        if !self.abandoned.swap(true, Ordering::AcqRel) {
+            self.abandon.notify_one();
+        }
+    }
+}
+
+/// Serves one worker's socket until `stop` is cancelled. Runs on the worker's runtime,
+/// which the sessions' sockets and tasks then belong to.
+pub async fn serve(
+    socket: std::net::UdpSocket,
+    server: Arc<ServerShared>,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    hard_stop: CancellationToken,
+) {
+    let socket = match UdpSocket::from_std(socket) {
+        Ok(socket) => socket,
+        Err(e) => {
+            error!(server = %server.name, error = %e, "cannot register the UDP socket");
+            return;
+        }
+    };
+    let front = Arc::new(Front {
+        socket,
+        server,
+        sessions: Mutex::new(HashMap::new()),
+        tracker,
+        stopping: stop.clone(),
+        hard_stop,
+        loose: [OnceLock::new(), OnceLock::new()],
+    });
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            ready = front.socket.readable() => {
+                if let Err(e) = ready {
+                    error!(server = %front.server.name, error = %e, "UDP socket failed");
+                    break;
+                }
+            }
+        }
+        receive_batch(&front);
+    }
+    debug!(server = %front.server.name, "stopped receiving");
+}
+
+/// Handles up to [`BATCH`] waiting datagrams.
+fn receive_batch(front: &Arc<Front>) {
+    let settings = front.server.settings.load();
+    BUFFER.with_borrow_mut(|buf| {
+        for _ in 0..BATCH {
+            match front.socket.try_recv_from(buf) {
+                Ok((len, client)) => on_datagram(front, &settings, &buf[..len], client),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // An error queued for this socket (such as an ICMP report); the next
+                // datagram is unaffected.
+                Err(e) => debug!(server = %front.server.name, error = %e, "UDP receive failed"),
+            }
+        }
+    });
+}
+
+/// Sends with a plain system call. Tokio's `try_send` would first require the event
+/// loop to have seen the socket writable, which a socket opened a moment ago has not
+/// been yet; and a full socket drops the datagram anyway, so there is nothing to wait
+/// for.
+fn send(socket: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
+    let socket = SockRef::from(socket);
+    match to {
+        Some(to) => socket.send_to(data, &SockAddr::from(to)),
+        None => socket.send(data),
+    }
+}
+
+/// One client datagram: to its session, to a new one, or dropped and counted.
+fn on_datagram(front: &Arc<Front>, settings: &ServerConfig, data: &[u8], client: SocketAddr) {
+    let server = &front.server;
+    server
+        .stats
+        .udp
+        .from_clients
+        .fetch_add(1, Ordering::Relaxed);
+    if settings
+        .access
+        .as_ref()
+        .is_some_and(|acl| !acl.allows(client.ip()))
+    {
+        server.count_refused(CloseReason::AclDenied);
+        debug!(server = %server.name, %client, "datagram refused by the access rules");
+        return;
+    }
+    let now = Instant::now();
+    // One retry: a session whose backend turned out to be gone gives way to a new one.
+    for _ in 0..2 {
+        let session = match current_session(front, client) {
+            Some(session) => session,
+            None if settings.udp.fire_and_forget() => return send_loose(front, data, client),
+            None => match open_session(front, settings, client) {
+                Ok(session) => session,
+                Err(refusal) => return refuse(server, client, refusal),
+            },
+        };
+        match send(&session.upstream, data, None) {
+            Ok(_) => {
+                session.mark(&session.last_from_client, now);
+                count_bytes(&session.bytes_to_backend, data.len());
+                let stats = &session.backend.state.stats;
+                stats
+                    .bytes_to_backend
+                    .fetch_add(data.len() as u64, Ordering::Relaxed);
+                let sent = session.requests.fetch_add(1, Ordering::Relaxed) + 1;
+                if settings.udp.max_requests.is_some_and(|max| sent >= max) {
+                    forget(front, &session);
+                    session.close();
+                }
+                return;
+            }
+            Err(e) => {
+                let reason = UdpDrop::of(&e);
+                if reason != UdpDrop::BackendRefused {
+                    return server.stats.udp.drop_one(reason);
+                }
+                // The backend's ICMP report surfaced on this send: end that session.
+                forget(front, &session);
+                session.abandon();
+            }
+        }
+    }
+    server.stats.udp.drop_one(UdpDrop::BackendRefused);
+}
+
+fn count_bytes(counter: &AtomicU64, len: usize) {
+    counter.fetch_add(len as u64, Ordering::Relaxed);
+}
+
+/// The client's session, if it has one that still takes datagrams. A session whose
+/// backend failed its health check is closed here, so the client moves to a live one.
+fn current_session(front: &Front, client: SocketAddr) -> Option<Arc<Session>> {
+    let mut sessions = lock(&front.sessions);
+    let session = sessions.get(&client)?;
+    if !session.closed.load(Ordering::Acquire) && session.backend.is_healthy() {
+        return Some(Arc::clone(session));
+    }
+    let session = sessions.remove(&client)?;
+    session.abandon();
+    None
+}
+
+/// Removes `session` from the table if it is still the one there for its client.
+fn forget(front: &Front, session: &Arc<Session>) {
+    let mut sessions = lock(&front.sessions);
+    if sessions
+        .get(&session.client)
+        .is_some_and(|s| Arc::ptr_eq(s, session))
+    {
+        sessions.remove(&session.client);
+    }
+}
+
+/// The table is only ever locked by tasks of one worker thread, briefly and never across
+/// an await; a panic elsewhere cannot leave it half-changed, so a poisoned lock is used
+/// as is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Why a datagram could not get a session.
+enum Refusal {
+    Closed(CloseReason),
+    Dropped(UdpDrop),
+}
+
+fn refuse(server: &ServerShared, client: SocketAddr, refusal: Refusal) {
+    match refusal {
+        Refusal::Closed(reason) => {
+            server.count_refused(reason);
+            debug!(server = %server.name, %client, reason = reason.as_str(), "datagram refused");
+        }
+        Refusal::Dropped(reason) => {
+            server.stats.udp.drop_one(reason);
+            debug!(server = %server.name, %client, reason = reason.as_str(), "datagram dropped");
+        }
+    }
+}
+
+/// Opens a session for `client`: a slot under `max_connections`, a descriptor from the
+/// budget, a backend, and a socket connected to it; then starts its reply task.
+fn open_session(
+    front: &Arc<Front>,
+    settings: &ServerConfig,
+    client: SocketAddr,
+) -> Result<Arc<Session>, Refusal> {
+    let server = &front.server;
+    let slot = ActiveSlot::acquire(server, settings.max_connections)
+        .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
+    let descriptor = SessionDescriptor::take().ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
+    let pool = server.pool.load();
+    let Some(guard) = pool.pick(client.ip(), &[]) else {
+        server.note_no_backend();
+        return Err(Refusal::Closed(CloseReason::NoBackend));
+    };
+    let backend = Arc::clone(guard.backend());
+    let Some(&target) = backend.addrs().first() else {
+        // A host name not resolved (yet): as good as no backend.
+        return Err(Refusal::Closed(CloseReason::NoBackend));
+    };
+    let upstream = connect(target).map_err(|e| {
+        debug!(server = %server.name, backend = backend.key(), error = %e, "cannot open a UDP socket");
+        backend
+            .state
+            .stats
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => Refusal::Dropped(UdpDrop::NoDescriptor),
+            _ => Refusal::Closed(CloseReason::ConnectFailed),
+        }
+    })?;
+    server.note_backend_found();
+    server.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let session = Arc::new(Session {
+        client,
+        backend,
+        upstream,
+        requests: AtomicU32::new(0),
+        closed: AtomicBool::new(false),
+        abandoned: AtomicBool::new(false),
+        abandon: Notify::new(),
+        last_from_client: AtomicU64::new(0),
+        last_from_backend: AtomicU64::new(0),
+        started: Instant::now(),
+        bytes_to_backend: AtomicU64::new(0),
+        bytes_to_client: AtomicU64::new(0),
+    });
+    lock(&front.sessions).insert(client, Arc::clone(&session));
+    let held = Held {
+        _guard: guard,
+        _slot: slot,
+        _descriptor: descriptor,
+    };
+    front.tracker.spawn(relay_replies(
+        Arc::clone(front),
+        Arc::clone(&session),
+        settings.client_idle_timeout,
+        settings.backend_idle_timeout,
+        settings.udp,
+        held,
+    ));
+    Ok(session)
+}
+
+/// What a session holds until it ends: its backend's count, its server slot and its
+/// descriptor.
+struct Held {
+    _guard: ConnGuard,
+    _slot: ActiveSlot,
+    _descriptor: SessionDescriptor,
+}
+
+/// A non-blocking socket connected to `target`, registered with the current runtime.
+fn connect(target: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
+    socket.connect(&target.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Relays backend datagrams to the client until the session ends, then logs it.
+async fn relay_replies(
+    front: Arc<Front>,
+    session: Arc<Session>,
+    client_idle: Option<Duration>,
+    backend_idle: Option<Duration>,
+    limits: UdpConfig,
+    held: Held,
+) {
+    let (client_idle, backend_idle) = match (client_idle, backend_idle) {
+        (None, None) => (Some(DEFAULT_SESSION_TIMEOUT), None),
+        pair => pair,
+    };
+    let idle_deadline = |s: &Session| {
+        let client = client_idle.map(|t| s.last(&s.last_from_client) + t);
+        let backend = backend_idle.map(|t| s.last(&s.last_from_backend) + t);
+        match (client, backend) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a
+                .or(b)
+                .unwrap_or_else(|| s.started + DEFAULT_SESSION_TIMEOUT),
+        }
+    };
+    let cut = session.backend.state.cut_token();
+    let mut cut_wait = pin!(cut.cancelled());
+    let mut stopping = pin!(front.stopping.cancelled());
+    let mut timer = pin!(sleep_until(idle_deadline(&session)));
+    let mut linger_until: Option<Instant> = None;
+    let mut responses = 0u32;
+    let reason = loop {
+        tokio::select! {
+            biased;
+            () = &mut cut_wait => break CloseReason::DrainDeadline,
+            () = session.abandon.notified() => {
+                break if session.backend.is_healthy() {
+                    CloseReason::BackendError
+                } else {
+                    CloseReason::BackendDown
+                };
+            }
+            () = &mut stopping, if linger_until.is_none() => {
+                let until = Instant::now() + STOP_LINGER;
+                linger_until = Some(until);
+                if until < timer.deadline() {
+                    timer.as_mut().reset(until);
+                }
+            }
+            ready = session.upstream.readable() => {
+                if ready.is_err() {
+                    break CloseReason::BackendError;
+                }
+                match relay_batch(&front, &session, &mut responses, limits.max_responses) {
+                    Relayed::More => {}
+                    Relayed::Done => break CloseReason::Completed,
+                    Relayed::Refused => break CloseReason::BackendError,
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if linger_until.is_some_and(|until| now >= until) {
+                    break CloseReason::Shutdown;
+                }
+                let deadline = idle_deadline(&session);
+                if now >= deadline {
+                    break CloseReason::IdleTimeout;
+                }
+                timer.as_mut().reset(linger_until.map_or(deadline, |l| l.min(deadline)));
+            }
+        }
+    };
+    forget(&front, &session);
+    session.close();
+    let reason = match reason {
+        CloseReason::DrainDeadline if front.hard_stop.is_cancelled() => CloseReason::Shutdown,
+        reason => reason,
+    };
+    if reason == CloseReason::BackendError {
+        let settings = front.server.settings.load();
+        note_refused(&session.backend, &front.server, &settings);
+    }
+    session
+        .backend
+        .state
+        .stats
+        .connection_duration
+        .observe(session.started.elapsed());
+    drop(held);
+    info!(
+        target: "sluice::access",
+        server = %front.server.name,
+        client = %session.client,
+        backend = session.backend.key(),
+        protocol = "udp",
+        datagrams_in = session.requests.load(Ordering::Relaxed),
+        datagrams_out = responses,
+        bytes_in = session.bytes_to_backend.load(Ordering::Relaxed),
+        bytes_out = session.bytes_to_client.load(Ordering::Relaxed),
+        duration_ms = session.started.elapsed().as_millis() as u64,
+        reason = reason.as_str(),
+        "session closed"
+    );
+}
+
+enum Relayed {
+    /// The session goes on.
+    More,
+    /// `max_responses` reached.
+    Done,
+    /// The backend's host reported the port closed.
+    Refused,
+}
+
+/// Relays up to [`BATCH`] waiting backend datagrams to the client.
+fn relay_batch(
+    front: &Front,
+    session: &Session,
+    responses: &mut u32,
+    max_responses: Option<u32>,
+) -> Relayed {
+    let stats = &front.server.stats.udp;
+    BUFFER.with_borrow_mut(|buf| {
+        for _ in 0..BATCH {
+            let len = match session.upstream.try_recv(buf) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Relayed::More,
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Relayed::Refused,
+                Err(e) => {
+                    debug!(server = %front.server.name, backend = session.backend.key(), error = %e, "UDP receive failed");
+                    continue;
+                }
+            };
+            session.mark(&session.last_from_backend, Instant::now());
+            count_bytes(&session.backend.state.stats.bytes_from_backend, len);
+            *responses = responses.saturating_add(1);
+            match send(&front.socket, &buf[..len], Some(session.client)) {
+                Ok(_) => {
+                    stats.to_clients.fetch_add(1, Ordering::Relaxed);
+                    count_bytes(&session.bytes_to_client, len);
+                }
+                Err(e) => stats.drop_one(UdpDrop::of(&e)),
+            }
+            if max_responses.is_some_and(|max| *responses >= max) {
+                return Relayed::Done;
+            }
+        }
+        Relayed::More
+    })
+}
+
+/// Counts a backend's ICMP "port unreachable" like a refused TCP connect: enough in a
+/// row mark it down when the server has passive health checking.
+fn note_refused(backend: &Backend, server: &ServerShared, settings: &ServerConfig) {
+    let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+    let passive_fails = tcp::passive_fails(settings);
+    tcp::record_connect_failure(&server.name, backend, passive_fails, &e);
+}
+
+/// Fire-and-forget: one datagram to a picked backend, no session, no reply relayed.
+fn send_loose(front: &Front, data: &[u8], client: SocketAddr) {
+    let server = &front.server;
+    let pool = server.pool.load();
+    let Some(guard) = pool.pick(client.ip(), &[]) else {
+        server.note_no_backend();
+        return refuse(server, client, Refusal::Closed(CloseReason::NoBackend));
+    };
+    let backend = guard.backend();
+    let Some(&target) = backend.addrs().first() else {
+        return refuse(server, client, Refusal::Closed(CloseReason::NoBackend));
+    };
+    let socket = match loose_socket(front, target) {
+        Ok(socket) => socket,
+        Err(e) => {
+            debug!(server = %server.name, error = %e, "cannot open a UDP socket");
+            return server.stats.udp.drop_one(UdpDrop::of(&e));
+        }
+    };
+    match send(socket, data, Some(target)) {
+        Ok(_) => count_bytes(&backend.state.stats.bytes_to_backend, data.len()),
+        Err(e) => server.stats.udp.drop_one(UdpDrop::of(&e)),
+    }
+}
+
+/// The worker's unconnected socket for `target`'s address family. Replies to it are
+/// never read, so its receive buffer is kept minimal.
+fn loose_socket(front: &Front, target: SocketAddr) -> io::Result<&UdpSocket> {
+    let cell = &front.loose[usize::from(target.is_ipv6())];
+    if let Some(socket) = cell.get() {
+        return Ok(socket);
+    }
+    let local: SocketAddr = if target.is_ipv6() {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = Socket::new(
+        Domain::for_address(target),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
+    let _ = socket.set_recv_buffer_size(1);
+    socket.bind(&local.into())?;
+    let socket = UdpSocket::from_std(socket.into())?;
+    // Only this worker's thread gets here, so the cell is still empty.
+    Ok(cell.get_or_init(|| socket))
+}
