@@ -49,8 +49,10 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// How long a session lasts without a datagram either way when no idle timeout is
 /// configured: UDP has no close, so something must end it.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
-/// After a server stops, how long its sessions still relay replies already on the way.
-const STOP_LINGER: Duration = Duration::from_secs(2);
+/// How long a session that takes no more requests (its server stopped, or
+/// `max_requests` was reached with no `max_responses` to wait for) still relays replies
+/// already on their way.
+const REPLY_LINGER: Duration = Duration::from_secs(2);
 
 thread_local! {
     /// The worker's one datagram buffer: every receive copies out of it before the next
@@ -175,8 +177,8 @@ struct Session {
     closed: AtomicBool,
     /// Set when the session must end now (its backend failed).
     abandoned: AtomicBool,
-    /// Wakes the reply task when the session is abandoned.
-    abandon: Notify,
+    /// Wakes the reply task when the session is closed or abandoned.
+    changed: Notify,
     /// Milliseconds since `started` of the last datagram each way.
     last_from_client: AtomicU64,
     last_from_backend: AtomicU64,
@@ -197,15 +199,16 @@ impl Session {
 
     /// Stops forwarding client datagrams; replies still due are relayed.
     fn close(&self) {
-        self.closed.store(true, Ordering::Release);
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.changed.notify_one();
+        }
     }
 
     /// Ends the session now: its backend is gone.
     fn abandon(&self) {
-        self.close();
-        if !self.abandoned.swap(true, Ordering::AcqRel) {
-            self.abandon.notify_one();
-        }
+        self.abandoned.store(true, Ordering::Release);
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify_one();
     }
 }
 
@@ -432,7 +435,7 @@ fn open_session(
         requests: AtomicU32::new(0),
         closed: AtomicBool::new(false),
         abandoned: AtomicBool::new(false),
-        abandon: Notify::new(),
+        changed: Notify::new(),
         last_from_client: AtomicU64::new(0),
         last_from_backend: AtomicU64::new(0),
         started: Instant::now(),
@@ -502,25 +505,38 @@ async fn relay_replies(
     let mut cut_wait = pin!(cut.cancelled());
     let mut stopping = pin!(front.stopping.cancelled());
     let mut timer = pin!(sleep_until(idle_deadline(&session)));
-    let mut linger_until: Option<Instant> = None;
+    // When the session ends at the latest, and why, once it takes no more requests.
+    let mut linger: Option<(Instant, CloseReason)> = None;
+    let mut stop_seen = false;
     let mut responses = 0u32;
     let reason = loop {
+        let mut end_by = |reason: CloseReason, timer: std::pin::Pin<&mut tokio::time::Sleep>| {
+            let until = Instant::now() + REPLY_LINGER;
+            if linger.is_none_or(|(at, _)| until < at) {
+                linger = Some((until, reason));
+            }
+            if until < timer.deadline() {
+                timer.reset(until);
+            }
+        };
         tokio::select! {
             biased;
             () = &mut cut_wait => break CloseReason::DrainDeadline,
-            () = session.abandon.notified() => {
-                break if session.backend.is_healthy() {
-                    CloseReason::BackendError
-                } else {
-                    CloseReason::BackendDown
-                };
-            }
-            () = &mut stopping, if linger_until.is_none() => {
-                let until = Instant::now() + STOP_LINGER;
-                linger_until = Some(until);
-                if until < timer.deadline() {
-                    timer.as_mut().reset(until);
+            () = session.changed.notified() => {
+                if session.abandoned.load(Ordering::Acquire) {
+                    break if session.backend.is_healthy() {
+                        CloseReason::BackendError
+                    } else {
+                        CloseReason::BackendDown
+                    };
                 }
+                if limits.max_responses.is_none() {
+                    end_by(CloseReason::Completed, timer.as_mut());
+                }
+            }
+            () = &mut stopping, if !stop_seen => {
+                stop_seen = true;
+                end_by(CloseReason::Shutdown, timer.as_mut());
             }
             ready = session.upstream.readable() => {
                 if ready.is_err() {
@@ -534,14 +550,16 @@ async fn relay_replies(
             }
             () = &mut timer => {
                 let now = Instant::now();
-                if linger_until.is_some_and(|until| now >= until) {
-                    break CloseReason::Shutdown;
+                if let Some((until, reason)) = linger {
+                    if now >= until {
+                        break reason;
+                    }
                 }
                 let deadline = idle_deadline(&session);
                 if now >= deadline {
                     break CloseReason::IdleTimeout;
                 }
-                timer.as_mut().reset(linger_until.map_or(deadline, |l| l.min(deadline)));
+                timer.as_mut().reset(linger.map_or(deadline, |(until, _)| until.min(deadline)));
             }
         }
     };
