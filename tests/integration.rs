@@ -15,3 +15,4 @@ mod limits;
 mod metrics;
 mod process;
 mod proxy;
+mod udp;

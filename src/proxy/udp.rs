@@ -136,15 +136,30 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocke
         socket.set_reuse_address(true)?;
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
-        // Best effort: the kernel's cap applies, and a smaller buffer still works.
-        let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-        let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
+        size_buffers(&socket);
         socket.bind(&addr.into())?;
         let socket: std::net::UdpSocket = socket.into();
         addr = socket.local_addr()?;
         sockets.push(socket);
     }
     Ok(sockets)
+}
+
+/// Asks for [`SOCKET_BUFFER`]-sized kernel buffers: past `net.core.rmem_max` and
+/// `wmem_max` when privileged (`CAP_NET_ADMIN`), else up to them. Best effort: a
+/// smaller buffer still works, it only absorbs shorter bursts.
+fn size_buffers(socket: &Socket) {
+    #[cfg(target_os = "linux")]
+    {
+        use nix::sys::socket::{setsockopt, sockopt};
+        if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_ok()
+            && setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_ok()
+        {
+            return;
+        }
+    }
+    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
+    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
 }
 
 /// The listening side of one worker: its socket, its sessions, and what they share.

@@ -1,0 +1,547 @@
+//! UDP servers: sessions, their limits and expiry, the session cap, health, ACLs,
+//! sizes, IPv6, and DNS through Sluice to a real dnsmasq.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::future::join_all;
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
+use sluice::acl::Acl;
+use sluice::backend::BackendSpec;
+use sluice::balance::BalanceKind;
+use sluice::config::{
+    HealthConfig, HealthKind, InitialStatus, Protocol, ServerConfig, UdpConfig, UdpSettings,
+};
+use sluice::proxy::udp::UdpDrop;
+
+use crate::support::servers::Dnsmasq;
+use crate::support::udp::{ask, client, receive, Reply, UdpBackend};
+use crate::support::{eventually, server, Sluice, WAIT};
+
+/// A UDP server on 127.0.0.1:0 in front of `backends`.
+fn udp_server(balance: BalanceKind, backends: Vec<BackendSpec>, udp: UdpConfig) -> ServerConfig {
+    ServerConfig {
+        protocol: Protocol::Udp,
+        udp,
+        client_idle_timeout: Some(Duration::from_secs(10)),
+        ..server(balance, backends)
+    }
+}
+
+fn limits(max_requests: Option<u32>, max_responses: Option<u32>) -> UdpConfig {
+    UdpConfig {
+        max_requests,
+        max_responses,
+    }
+}
+
+async fn active(lb: &Sluice) -> u64 {
+    lb.shared().await.stats.active.load(Ordering::Relaxed)
+}
+
+async fn wait_active(lb: &Sluice, want: u64) {
+    eventually(&format!("{want} active sessions"), || async {
+        active(lb).await == want
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dns_queries_through_sluice_are_answered_by_dnsmasq() {
+    let records = [
+        "--host-record=alpha.sluice.test,192.0.2.10".to_owned(),
+        "--host-record=beta.sluice.test,192.0.2.11".to_owned(),
+    ];
+    let dns = Dnsmasq::start(&records).await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![BackendSpec::new("127.0.0.1", dns.addr.port())],
+        limits(None, Some(1)),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    for (id, (name, want)) in [
+        ("alpha.sluice.test.", "192.0.2.10"),
+        ("beta.sluice.test.", "192.0.2.11"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut query = Message::new();
+        query
+            .set_id(id as u16 + 100)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true)
+            .add_query(Query::query(
+                Name::from_ascii(name).expect("name"),
+                RecordType::A,
+            ));
+        socket
+            .send_to(&query.to_vec().expect("encode"), lb.addr)
+            .await
+            .expect("send");
+        let bytes = receive(&socket, WAIT).await.expect("an answer");
+        let answer = Message::from_vec(&bytes).expect("a DNS message");
+        assert_eq!(answer.id(), id as u16 + 100);
+        let addresses: Vec<String> = answer
+            .answers()
+            .iter()
+            .filter_map(|r| match r.data() {
+                RData::A(a) => Some(a.0.to_string()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(addresses, [want]);
+    }
+    // max_responses = 1: each answer ended its session.
+    wait_active(&lb, 0).await;
+    let stats = &lb.shared().await.stats;
+    assert_eq!(stats.accepted.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.udp.from_clients.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.udp.to_clients.load(Ordering::Relaxed), 2);
+}
+
+#[tokio::test]
+async fn five_thousand_clients_each_get_their_own_replies() {
+    const CLIENTS: usize = 5000;
+    let a = UdpBackend::named("a").await;
+    let b = UdpBackend::named("b").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![a.spec(), b.spec()],
+        limits(None, None),
+    );
+    config.client_idle_timeout = Some(Duration::from_secs(1));
+    let lb = Sluice::start(config).await;
+    // Clients on 250 loopback addresses, 20 ports each.
+    let mut sockets = Vec::with_capacity(CLIENTS);
+    for i in 0..CLIENTS {
+        let ip = format!("127.1.{}.{}", i / 250, i % 250 + 1);
+        sockets.push(client(&format!("{ip}:0")).await);
+    }
+    // In waves, so the test's own sending never overruns a socket buffer; a client that
+    // got no answer asks again, as UDP clients do.
+    let mut by_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for wave in sockets.chunks(250).enumerate() {
+        let (w, wave) = wave;
+        let asks = wave.iter().enumerate().map(|(i, socket)| async move {
+            let payload = format!("client {}", w * 250 + i).into_bytes();
+            let reply = ask(socket, lb.addr, &payload, 10).await.expect("a reply");
+            assert_eq!(reply.echoed, payload, "a client got another's reply");
+            reply.backend
+        });
+        for name in join_all(asks).await {
+            *by_backend.entry(name).or_default() += 1;
+        }
+    }
+    assert_eq!(by_backend.values().sum::<usize>(), CLIENTS);
+    assert!(
+        by_backend.values().all(|&n| n >= CLIENTS / 2 - 1),
+        "{by_backend:?}"
+    );
+    let stats = &lb.shared().await.stats;
+    assert_eq!(stats.accepted.load(Ordering::Relaxed), CLIENTS as u64);
+    // Every session expires after a second without datagrams, and frees its socket.
+    eventually("sessions expired", || async { active(&lb).await == 0 }).await;
+}
+
+#[tokio::test]
+async fn max_responses_ends_the_session_after_that_many_replies() {
+    let chatty = UdpBackend::start("chatty", "127.0.0.1:0", 3).await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![chatty.spec()],
+        limits(None, Some(2)),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    socket.send_to(b"one", lb.addr).await.expect("send");
+    for _ in 0..2 {
+        let reply = Reply::parse(&receive(&socket, WAIT).await.expect("a reply"));
+        assert_eq!(reply.echoed, b"one");
+    }
+    assert_eq!(receive(&socket, Duration::from_millis(300)).await, None);
+    wait_active(&lb, 0).await;
+    // The next datagram opens a new session: the backend sees another source port.
+    let first_port = Reply::parse(&chatty_reply_port(&socket, &lb).await).port;
+    let second_port = Reply::parse(&chatty_reply_port(&socket, &lb).await).port;
+    assert_ne!(first_port, second_port);
+}
+
+/// Sends one datagram and returns its first reply, draining the second.
+async fn chatty_reply_port(socket: &tokio::net::UdpSocket, lb: &Sluice) -> Vec<u8> {
+    socket.send_to(b"again", lb.addr).await.expect("send");
+    let first = receive(socket, WAIT).await.expect("a reply");
+    receive(socket, WAIT).await.expect("the second reply");
+    wait_active(lb, 0).await;
+    first
+}
+
+#[tokio::test]
+async fn max_requests_ends_the_session_after_that_many_datagrams() {
+    let backend = UdpBackend::named("a").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(Some(2), None),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    let mut ports = Vec::new();
+    for i in 0..5 {
+        let payload = format!("request {i}");
+        let reply = ask(&socket, lb.addr, payload.as_bytes(), 1)
+            .await
+            .expect("a reply");
+        assert_eq!(reply.echoed, payload.as_bytes());
+        ports.push(reply.port);
+    }
+    // Two datagrams per session: the backend sees a new source port every other one.
+    assert_eq!(ports[0], ports[1]);
+    assert_ne!(ports[1], ports[2]);
+    assert_eq!(ports[2], ports[3]);
+    assert_ne!(ports[3], ports[4]);
+    assert_eq!(lb.shared().await.stats.accepted.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn max_requests_one_alone_is_fire_and_forget() {
+    let a = UdpBackend::named("a").await;
+    let b = UdpBackend::named("b").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![a.spec(), b.spec()],
+        limits(Some(1), None),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    for i in 0..10 {
+        socket
+            .send_to(format!("log line {i}").as_bytes(), lb.addr)
+            .await
+            .expect("send");
+    }
+    eventually("every datagram delivered", || async {
+        a.received() + b.received() == 10
+    })
+    .await;
+    assert_eq!((a.received(), b.received()), (5, 5));
+    // No session, so no reply is relayed.
+    assert_eq!(receive(&socket, Duration::from_millis(300)).await, None);
+    let stats = &lb.shared().await.stats;
+    assert_eq!(stats.accepted.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.active.load(Ordering::Relaxed), 0);
+    assert_eq!(stats.udp.from_clients.load(Ordering::Relaxed), 10);
+}
+
+#[tokio::test]
+async fn idle_sessions_expire_and_the_next_datagram_opens_a_new_one() {
+    let backend = UdpBackend::named("a").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.client_idle_timeout = Some(Duration::from_millis(300));
+    let lb = Sluice::start(config).await;
+    let socket = client("127.0.0.1:0").await;
+    let first = ask(&socket, lb.addr, b"x", 1).await.expect("a reply");
+    let again = ask(&socket, lb.addr, b"y", 1).await.expect("a reply");
+    assert_eq!(first.port, again.port, "one session while it is busy");
+    assert_eq!(active(&lb).await, 1);
+    wait_active(&lb, 0).await;
+    let later = ask(&socket, lb.addr, b"z", 1).await.expect("a reply");
+    assert_ne!(later.port, first.port, "a new session after expiry");
+}
+
+#[tokio::test]
+async fn the_session_cap_is_enforced_and_frees_up() {
+    let backend = UdpBackend::named("a").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.max_connections = Some(3);
+    config.client_idle_timeout = Some(Duration::from_millis(500));
+    let lb = Sluice::start(config).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let socket = client("127.0.0.1:0").await;
+        assert!(ask(&socket, lb.addr, b"in", 1).await.is_some());
+        clients.push(socket);
+    }
+    let fourth = client("127.0.0.1:0").await;
+    assert!(ask(&fourth, lb.addr, b"refused", 1).await.is_none());
+    let stats = &lb.shared().await.stats;
+    assert!(stats.refused_max_connections.load(Ordering::Relaxed) >= 1);
+    assert_eq!(active(&lb).await, 3);
+    // Once the three expire, the fourth gets in.
+    wait_active(&lb, 0).await;
+    assert!(ask(&fourth, lb.addr, b"now", 1).await.is_some());
+}
+
+#[tokio::test]
+async fn a_backend_failing_its_udp_check_gets_no_new_sessions() {
+    let a = UdpBackend::named("a").await;
+    let b = UdpBackend::named("b").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![a.spec(), b.spec()],
+        limits(None, Some(1)),
+    );
+    config.healthcheck = HealthConfig {
+        kind: HealthKind::Udp(UdpSettings {
+            send: b"ping".to_vec(),
+            recv: None,
+        }),
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_millis(100),
+        fails: 1,
+        passes: 1,
+        initial_status: InitialStatus::Healthy,
+        passive_fails: 0,
+    };
+    let lb = Sluice::start(config).await;
+    let socket = client("127.0.0.1:0").await;
+    let mut seen = BTreeSet::new();
+    for _ in 0..4 {
+        seen.insert(ask(&socket, lb.addr, b"q", 3).await.expect("reply").backend);
+    }
+    assert_eq!(seen, BTreeSet::from(["a".to_owned(), "b".to_owned()]));
+    let a_addr = a.addr;
+    drop(a);
+    eventually("a marked down", || async {
+        let pool = lb.shared().await.pool.load_full();
+        pool.backends()
+            .iter()
+            .any(|x| x.key() == a_addr.to_string() && !x.is_healthy())
+    })
+    .await;
+    for _ in 0..6 {
+        let reply = ask(&socket, lb.addr, b"q", 3).await.expect("reply");
+        assert_eq!(reply.backend, "b");
+    }
+}
+
+#[tokio::test]
+async fn a_session_leaves_a_backend_that_goes_down() {
+    let a = UdpBackend::named("a").await;
+    let b = UdpBackend::named("b").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![a.spec(), b.spec()],
+        limits(None, None),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    let first = ask(&socket, lb.addr, b"1", 1).await.expect("reply").backend;
+    assert_eq!(
+        ask(&socket, lb.addr, b"2", 1).await.expect("reply").backend,
+        first
+    );
+    let index = usize::from(first == "b");
+    lb.set_healthy(index, false).await;
+    let moved = ask(&socket, lb.addr, b"3", 1).await.expect("reply").backend;
+    assert_ne!(moved, first);
+}
+
+#[tokio::test]
+async fn iphash_keeps_a_client_on_one_backend_across_sessions() {
+    let backends = [
+        UdpBackend::named("a").await,
+        UdpBackend::named("b").await,
+        UdpBackend::named("c").await,
+    ];
+    for balance in [BalanceKind::IpHash1, BalanceKind::Maglev] {
+        let lb = Sluice::start(udp_server(
+            balance,
+            backends.iter().map(UdpBackend::spec).collect(),
+            limits(None, Some(1)),
+        ))
+        .await;
+        let mut spread = BTreeSet::new();
+        for host in 1..=12 {
+            let mut names = BTreeSet::new();
+            // Each datagram from a new port: a new session every time.
+            for _ in 0..4 {
+                let socket = client(&format!("127.0.3.{host}:0")).await;
+                names.insert(ask(&socket, lb.addr, b"h", 3).await.expect("reply").backend);
+            }
+            assert_eq!(names.len(), 1, "{balance}: 127.0.3.{host} moved: {names:?}");
+            spread.extend(names);
+        }
+        assert!(spread.len() > 1, "{balance}: every client on one backend");
+    }
+}
+
+#[tokio::test]
+async fn access_rules_apply_to_every_datagram() {
+    let backend = UdpBackend::named("a").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.access = Some(
+        "deny 127.0.4.2/32"
+            .parse::<sluice::acl::Rule>()
+            .map(|rule| Acl {
+                default: sluice::acl::Action::Allow,
+                rules: vec![rule],
+            })
+            .expect("rule"),
+    );
+    let lb = Sluice::start(config).await;
+    let allowed = client("127.0.4.1:0").await;
+    let denied = client("127.0.4.2:0").await;
+    assert!(ask(&allowed, lb.addr, b"ok", 3).await.is_some());
+    for _ in 0..3 {
+        denied.send_to(b"no", lb.addr).await.expect("send");
+    }
+    assert_eq!(receive(&denied, Duration::from_millis(300)).await, None);
+    assert_eq!(backend.received(), 1);
+    let stats = &lb.shared().await.stats;
+    assert_eq!(stats.refused_acl.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn sizes_from_empty_to_the_largest_datagram_arrive_whole() {
+    let backend = UdpBackend::named("a").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    // The largest IPv4 UDP payload minus the backend's reply prefix, so its echo fits.
+    let prefix = format!("a {}|", 0).len() + 4;
+    for len in [0, 1, 1472, 9000, 65_507 - prefix] {
+        let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let reply = ask(&socket, lb.addr, &payload, 3).await.expect("a reply");
+        assert_eq!(reply.echoed.len(), len);
+        assert_eq!(reply.echoed, payload, "{len} bytes");
+    }
+}
+
+#[tokio::test]
+async fn a_datagram_too_big_for_the_backend_is_dropped_and_counted() {
+    // An IPv6 client may send up to 65 527 bytes; an IPv4 backend takes at most 65 507.
+    let backend = UdpBackend::named("a").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.bind = "[::1]:0".parse().expect("address");
+    let lb = Sluice::start(config).await;
+    let socket = client("[::1]:0").await;
+    socket
+        .send_to(&vec![7u8; 65_527], lb.addr)
+        .await
+        .expect("send");
+    let shared = lb.shared().await;
+    eventually("the drop counted", || async {
+        shared.stats.udp.dropped(UdpDrop::TooBig) == 1
+    })
+    .await;
+    assert_eq!(backend.received(), 0);
+    // The same client's next datagram goes through.
+    let reply = ask(&socket, lb.addr, b"small", 3).await.expect("a reply");
+    assert_eq!(reply.echoed, b"small");
+}
+
+#[tokio::test]
+async fn ipv6_clients_and_backends() {
+    let backend = UdpBackend::start("six", "[::1]:0", 1).await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.bind = "[::1]:0".parse().expect("address");
+    let lb = Sluice::start(config).await;
+    let socket = client("[::1]:0").await;
+    let reply = ask(&socket, lb.addr, b"v6", 3).await.expect("a reply");
+    assert_eq!(
+        (reply.backend.as_str(), reply.echoed.as_slice()),
+        ("six", &b"v6"[..])
+    );
+}
+
+#[tokio::test]
+async fn a_truncated_query_costs_only_its_own_session() {
+    // A DNS header cut short: dnsmasq ignores it; other clients are answered meanwhile,
+    // and the silent session expires.
+    let dns = Dnsmasq::start(&["--host-record=gamma.sluice.test,192.0.2.12".to_owned()]).await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![BackendSpec::new("127.0.0.1", dns.addr.port())],
+        limits(None, Some(1)),
+    );
+    config.client_idle_timeout = Some(Duration::from_millis(300));
+    let lb = Sluice::start(config).await;
+    let broken = client("127.0.0.1:0").await;
+    broken
+        .send_to(&[0x12, 0x34, 0x01], lb.addr)
+        .await
+        .expect("send");
+    let socket = client("127.0.0.1:0").await;
+    let mut query = Message::new();
+    query
+        .set_id(7)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .add_query(Query::query(
+            Name::from_ascii("gamma.sluice.test.").expect("name"),
+            RecordType::A,
+        ));
+    socket
+        .send_to(&query.to_vec().expect("encode"), lb.addr)
+        .await
+        .expect("send");
+    let answer = Message::from_vec(&receive(&socket, WAIT).await.expect("answer")).expect("dns");
+    assert_eq!(answer.answers().len(), 1);
+    assert_eq!(receive(&broken, Duration::from_millis(200)).await, None);
+    wait_active(&lb, 0).await;
+    let stats = &lb.shared().await.stats;
+    assert_eq!(stats.udp.from_clients.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.udp.to_clients.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_backend_with_nothing_listening_is_left_for_another() {
+    // ICMP port unreachable surfaces on the session's socket: the session ends, and the
+    // client's next datagram opens one on the live backend.
+    let live = UdpBackend::named("live").await;
+    let dead: SocketAddr = {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        probe.local_addr().expect("address")
+    };
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![crate::support::spec_of(dead), live.spec()],
+        limits(None, None),
+    ))
+    .await;
+    // Round robin sends some of these clients to the dead backend first.
+    for i in 0..4 {
+        let socket = client("127.0.0.1:0").await;
+        let reply = ask(&socket, lb.addr, format!("hello {i}").as_bytes(), 5)
+            .await
+            .expect("a reply");
+        assert_eq!(reply.backend, "live");
+    }
+    let pool = lb.shared().await.pool.load_full();
+    let refused = pool.backends()[0]
+        .state
+        .stats
+        .connect_failures
+        .load(Ordering::Relaxed);
+    assert!(refused >= 1, "the dead backend was never tried");
+}
