@@ -339,6 +339,7 @@ mod tests {
     fn dumps_parse_back_to_the_same_config() {
         round_trip(include_str!("../../examples/gobetween.toml"));
         round_trip(include_str!("../../tests/configs/valid/discovery.toml"));
+        round_trip(include_str!("../../tests/configs/valid/udp.toml"));
         round_trip(include_str!("../../examples/minimal.toml"));
         round_trip(
             "shutdown_timeout = \"1m30s\"\n\

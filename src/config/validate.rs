@@ -336,7 +336,7 @@ fn server(
         let message =
             "kind \"ping\" connects over TCP, but this server is UDP; use kind = \"udp\" \
                        (udp_send, udp_recv) or kind = \"probe\" with probe_protocol = \"udp\"";
-        ctx.error(at, &join(&sec_path, "healthcheck.kind"), message);
+        ctx.error(at, &join(&join(&sec_path, "healthcheck"), "kind"), message);
     }
     let server = ServerConfig {
         bind,
