@@ -212,6 +212,10 @@ fn run_file(path: &Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
 fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow::Result<ExitCode> {
     let workers = threads.unwrap_or_else(Workers::default_count);
     anyhow::ensure!(workers > 0, "--threads must be at least 1");
+    match crate::descriptors::raise_limit() {
+        Ok(limit) => info!(limit, "file descriptor limit"),
+        Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
+    }
     let rt = control_runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new().context("cannot install signal handlers")?;

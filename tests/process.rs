@@ -206,3 +206,59 @@ async fn demo_turns_on_the_api_and_dashboard_and_prints_their_address() {
         .is_some_and(|t| t.starts_with("text/html")));
     child.kill().await.expect("stop the demo");
 }
+
+#[tokio::test]
+async fn udp_quick_mode_balances_datagrams_and_stops_on_sigterm() {
+    use crate::support::udp::{ask, client, UdpBackend};
+    let a = UdpBackend::named("a").await;
+    let b = UdpBackend::named("b").await;
+    let port = free_port();
+    let listen = local(port);
+    let targets = format!("{},{}", a.addr, b.addr);
+    let mut child = tokio::process::Command::new(process::BIN)
+        .args([
+            "udp",
+            "--listen",
+            &listen.to_string(),
+            "--targets",
+            &targets,
+        ])
+        .args([
+            "--max-responses",
+            "1",
+            "--threads",
+            "2",
+            "--log-level",
+            "warn",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice udp");
+    let socket = client("127.0.0.1:0").await;
+    // Resent until the process listens (bounded by the tries).
+    let first = ask(&socket, listen, b"first", 50).await.expect("a reply");
+    let mut names = std::collections::BTreeSet::from([first.backend]);
+    for i in 0..6 {
+        let payload = format!("datagram {i}");
+        let reply = ask(&socket, listen, payload.as_bytes(), 5)
+            .await
+            .expect("a reply");
+        assert_eq!(reply.echoed, payload.as_bytes());
+        names.insert(reply.backend);
+    }
+    assert_eq!(names.len(), 2, "round robin over both: {names:?}");
+    let pid = child.id().expect("pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(killed.success());
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .expect("exited in time")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+}

@@ -13,7 +13,8 @@ use sluice::acl::Acl;
 use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
 use sluice::config::{
-    HealthConfig, HealthKind, InitialStatus, Protocol, ServerConfig, UdpConfig, UdpSettings,
+    DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, Protocol, ServerConfig, UdpConfig,
+    UdpSettings,
 };
 use sluice::proxy::udp::UdpDrop;
 
@@ -544,4 +545,60 @@ async fn a_backend_with_nothing_listening_is_left_for_another() {
         .connect_failures
         .load(Ordering::Relaxed);
     assert!(refused >= 1, "the dead backend was never tried");
+}
+
+#[tokio::test]
+async fn a_reload_sends_new_sessions_to_new_backends_and_keeps_established_ones() {
+    let a = UdpBackend::named("a").await;
+    let b = UdpBackend::named("b").await;
+    let config = udp_server(BalanceKind::RoundRobin, vec![a.spec()], limits(None, None));
+    let lb = Sluice::start(config.clone()).await;
+    let early = client("127.0.0.1:0").await;
+    assert_eq!(
+        ask(&early, lb.addr, b"1", 3).await.expect("reply").backend,
+        "a"
+    );
+    let next = ServerConfig {
+        discovery: DiscoveryConfig::Static {
+            backends: vec![b.spec()],
+        },
+        ..config
+    };
+    lb.runtime
+        .apply(crate::support::config(next))
+        .await
+        .expect("reload");
+    assert_eq!(lb.runtime.local_addrs().await["test"], lb.addr);
+    let late = client("127.0.0.1:0").await;
+    assert_eq!(
+        ask(&late, lb.addr, b"2", 3).await.expect("reply").backend,
+        "b"
+    );
+    // The session opened before the reload keeps its backend until it ends.
+    assert_eq!(
+        ask(&early, lb.addr, b"3", 3).await.expect("reply").backend,
+        "a"
+    );
+}
+
+#[tokio::test]
+async fn shutdown_does_not_wait_for_idle_sessions_to_expire() {
+    let backend = UdpBackend::named("a").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.client_idle_timeout = Some(Duration::from_secs(600));
+    let lb = Sluice::start(config).await;
+    let socket = client("127.0.0.1:0").await;
+    assert!(ask(&socket, lb.addr, b"x", 3).await.is_some());
+    assert_eq!(active(&lb).await, 1);
+    // Sessions relay replies still on their way for a moment, then end: the shutdown
+    // completes gracefully long before the grace period or the idle timeout.
+    let graceful = tokio::time::timeout(WAIT, lb.runtime.shutdown(Duration::from_secs(60)))
+        .await
+        .expect("shutdown within the bound");
+    assert!(graceful);
+    assert_eq!(active(&lb).await, 0);
 }
