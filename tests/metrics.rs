@@ -7,13 +7,17 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use serde_json::json;
 use sluice::acl::{Acl, Action};
 use sluice::backend::AdminState;
 use sluice::balance::BalanceKind;
-use sluice::config::Config;
+use sluice::config::{ApiConfig, Config, Protocol, ServerConfig, UdpConfig};
+use sluice::control::Control;
+use sluice::proxy::udp::UdpDrop;
 use sluice::runtime::Runtime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::time::timeout;
 
 use crate::support::*;
 
@@ -398,6 +402,117 @@ async fn counters_follow_backends_across_reloads() {
         &[("server", "test")],
         1,
     );
+}
+
+/// A UDP backend that echoes each datagram back, `limit` of them at most.
+async fn udp_echo(limit: usize) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind UDP echo");
+    let addr = socket.local_addr().expect("echo address");
+    tokio::spawn(async move {
+        let mut buf = [0u8; 1500];
+        for _ in 0..limit {
+            let Ok((len, from)) = socket.recv_from(&mut buf).await else {
+                return;
+            };
+            let _ = socket.send_to(&buf[..len], from).await;
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn udp_datagrams_are_counted_and_each_reply_ends_its_session() {
+    const DATAGRAMS: u64 = 3;
+    const LEN: usize = 10;
+    let echo = udp_echo(DATAGRAMS as usize).await;
+    let echo_key = echo.to_string();
+    let udp = ServerConfig {
+        protocol: Protocol::Udp,
+        udp: UdpConfig {
+            max_requests: None,
+            max_responses: Some(1),
+        },
+        ..server(BalanceKind::RoundRobin, vec![spec_of(echo)])
+    };
+    let mut cfg = config(udp);
+    // A TCP server beside it has no UDP samples and no `udp` in its stats.
+    let tcp = server(BalanceKind::RoundRobin, vec![spec_of(dead_addr())]);
+    cfg.servers.insert("tcp".to_owned(), tcp);
+    let lb = Served::start(cfg).await;
+    let control = Arc::new(Control::new(Arc::clone(&lb.runtime), None));
+    let api = ApiConfig::plain("127.0.0.1:0".parse().expect("address"));
+    let api = sluice::cli::start_api(api, control)
+        .await
+        .expect("start the API");
+
+    // One client, one datagram at a time: each reply ends its session (max_responses),
+    // so the next datagram opens a new one.
+    let client = UdpSocket::bind("127.0.0.1:0").await.expect("bind client");
+    client
+        .connect(lb.addr("test").await)
+        .await
+        .expect("connect client");
+    for i in 0..DATAGRAMS {
+        let sent = format!("datagram {i}");
+        assert_eq!(sent.len(), LEN);
+        client.send(sent.as_bytes()).await.expect("send");
+        let mut buf = [0u8; 64];
+        let len = timeout(WAIT, client.recv(&mut buf))
+            .await
+            .expect("reply in time")
+            .expect("reply");
+        assert_eq!(&buf[..len], sent.as_bytes());
+    }
+    lb.settled("test").await;
+
+    let m = lb.scrape().await;
+    let test = [("server", "test")];
+    for direction in ["from_clients", "to_clients"] {
+        let labels = [("server", "test"), ("direction", direction)];
+        m.expect("sluice_udp_datagrams_total", &labels, DATAGRAMS);
+    }
+    for reason in UdpDrop::ALL {
+        let labels = [("server", "test"), ("reason", reason.as_str())];
+        m.expect("sluice_udp_dropped_total", &labels, 0);
+    }
+    m.expect("sluice_connections_accepted_total", &test, DATAGRAMS);
+    m.expect("sluice_connections_active", &test, 0);
+    let b = [("server", "test"), ("backend", echo_key.as_str())];
+    let bytes = DATAGRAMS * LEN as u64;
+    m.expect("sluice_backend_sent_bytes_total", &b, bytes);
+    m.expect("sluice_backend_received_bytes_total", &b, bytes);
+    m.expect("sluice_connection_duration_seconds_count", &b, DATAGRAMS);
+    for family in ["sluice_udp_datagrams_total", "sluice_udp_dropped_total"] {
+        let tcp_samples = m.samples[family]
+            .iter()
+            .filter(|(labels, _)| labels["server"] == "tcp")
+            .count();
+        assert_eq!(tcp_samples, 0, "{family} lists the TCP server");
+    }
+
+    let stats = http::get(api, "/servers/test/stats").await.json();
+    let dropped: serde_json::Map<_, _> = UdpDrop::ALL
+        .iter()
+        .map(|reason| (reason.as_str().to_owned(), json!(0)))
+        .collect();
+    assert_eq!(
+        stats["udp"],
+        json!({
+            "datagrams_from_clients": DATAGRAMS,
+            "datagrams_to_clients": DATAGRAMS,
+            "dropped": dropped,
+        }),
+        "{stats}"
+    );
+    assert_eq!(stats["active_connections"], json!(0), "{stats}");
+    assert_eq!(
+        stats["backends"][0]["stats"]["total_connections"],
+        json!(DATAGRAMS)
+    );
+    assert_eq!(stats["tx_total"], json!(bytes));
+    assert_eq!(stats["rx_total"], json!(bytes));
+    let tcp_stats = http::get(api, "/servers/tcp/stats").await.json();
+    assert!(tcp_stats.get("udp").is_none(), "{tcp_stats}");
 }
 
 /// Exactly one of the four `state` samples of a backend is 1: `want`.

@@ -3,9 +3,11 @@
 
 use std::sync::atomic::Ordering;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::backend::{AdminState, Backend};
+use crate::config::Protocol;
+use crate::proxy::udp::{UdpDrop, UdpStats};
 use crate::server::ServerShared;
 
 /// A backend as a resource: its spec, state, health and counters.
@@ -51,7 +53,8 @@ pub fn state_name(admin: AdminState) -> &'static str {
 }
 
 /// `GET /servers/NAME/stats`, in GoBetween's shape: `rx` is bytes received from
-/// backends, `tx` bytes sent to them; `*_second` are rates over the last second.
+/// backends, `tx` bytes sent to them; `*_second` are rates over the last second. A UDP
+/// server adds `udp`, its datagram counters (connections there are sessions).
 pub fn server_stats(server: &ServerShared) -> Value {
     let pool = server.pool.load();
     let mut rx_total = 0u64;
@@ -88,12 +91,28 @@ pub fn server_stats(server: &ServerShared) -> Value {
             })
         })
         .collect();
-    json!({
+    let mut stats = json!({
         "active_connections": server.stats.active.load(Ordering::Relaxed),
         "rx_total": rx_total,
         "tx_total": tx_total,
         "rx_second": rx_second,
         "tx_second": tx_second,
         "backends": backends,
+    });
+    if server.settings.load().protocol == Protocol::Udp {
+        stats["udp"] = udp_stats(&server.stats.udp);
+    }
+    stats
+}
+
+fn udp_stats(udp: &UdpStats) -> Value {
+    let dropped: Map<String, Value> = UdpDrop::ALL
+        .into_iter()
+        .map(|reason| (reason.as_str().to_owned(), udp.dropped(reason).into()))
+        .collect();
+    json!({
+        "datagrams_from_clients": udp.from_clients.load(Ordering::Relaxed),
+        "datagrams_to_clients": udp.to_clients.load(Ordering::Relaxed),
+        "dropped": dropped,
     })
 }

@@ -12,11 +12,13 @@ use prometheus_client::registry::Unit;
 
 use super::histogram::Snapshot;
 use crate::backend::{AdminState, Backend};
+use crate::config::Protocol;
 use crate::pool::Pool;
+use crate::proxy::udp::UdpDrop;
 use crate::server::ServerShared;
 
-/// The servers of one scrape, each with the pool it had when the scrape began, so that
-/// every family lists the same backends even if a reload lands meanwhile.
+/// The servers of one scrape, each with the pool and protocol it had when the scrape
+/// began, so that every family lists the same backends even if a reload lands meanwhile.
 pub(super) struct Scrape {
     servers: Vec<ServerView>,
 }
@@ -25,6 +27,7 @@ struct ServerView {
     name: String,
     shared: Arc<ServerShared>,
     pool: Arc<Pool>,
+    protocol: Protocol,
 }
 
 impl fmt::Debug for Scrape {
@@ -41,6 +44,7 @@ impl Scrape {
             .into_iter()
             .map(|(name, shared)| ServerView {
                 pool: shared.pool.load_full(),
+                protocol: shared.settings.load().protocol,
                 name,
                 shared,
             })
@@ -56,6 +60,10 @@ impl Scrape {
                 .iter()
                 .map(move |backend| (server.name.as_str(), &**backend))
         })
+    }
+
+    fn udp_servers(&self) -> impl Iterator<Item = &ServerView> {
+        self.servers.iter().filter(|s| s.protocol == Protocol::Udp)
     }
 
     /// A family labelled by `server` alone.
@@ -140,6 +148,44 @@ impl Collector for Scrape {
             e,
             Meta::gauge("sluice_backends", "Backends configured for the server."),
             |s| Value::Gauge(s.pool.backends().len() as u64),
+        )?;
+        let datagrams = self.udp_servers().flat_map(|s| {
+            let udp = &s.shared.stats.udp;
+            [
+                ("from_clients", &udp.from_clients),
+                ("to_clients", &udp.to_clients),
+            ]
+            .map(|(direction, counter)| {
+                (
+                    [("server", s.name.as_str()), ("direction", direction)],
+                    Value::Counter(read(counter)),
+                )
+            })
+        });
+        family(
+            e,
+            Meta::counter(
+                "sluice_udp_datagrams",
+                "Datagrams of a UDP server: received from clients (refused and dropped ones \
+                 included), and relayed back to them.",
+            ),
+            datagrams,
+        )?;
+        let dropped = self.udp_servers().flat_map(|s| {
+            UdpDrop::ALL.map(|reason| {
+                (
+                    [("server", s.name.as_str()), ("reason", reason.as_str())],
+                    Value::Counter(s.shared.stats.udp.dropped(reason)),
+                )
+            })
+        });
+        family(
+            e,
+            Meta::counter(
+                "sluice_udp_dropped",
+                "Datagrams a UDP server dropped, either way, by reason.",
+            ),
+            dropped,
         )?;
 
         self.per_backend(
@@ -374,6 +420,8 @@ mod tests {
         assert!(out.contains("# TYPE sluice_backend_sent_bytes counter\n"));
         assert!(out.contains("# UNIT sluice_backend_sent_bytes bytes\n"));
         assert!(out.contains("# TYPE sluice_connection_duration_seconds histogram\n"));
+        assert!(out.contains("# TYPE sluice_udp_datagrams counter\n"));
+        assert!(out.contains("# TYPE sluice_udp_dropped counter\n"));
         assert!(out.contains(&format!(
             "sluice_build_info{{version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")
