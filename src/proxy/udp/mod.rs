@@ -18,13 +18,12 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
 use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
@@ -38,14 +37,18 @@ use crate::config::{ServerConfig, UdpConfig};
 use crate::descriptors::SessionDescriptor;
 use crate::server::{ActiveSlot, ServerShared};
 
+mod socket;
+mod stats;
+
+pub use socket::bind;
+use socket::{connect, send};
+pub use stats::{UdpDrop, UdpStats};
+
 /// Room for the largest datagram either IP version can carry (65 527 bytes of IPv6
 /// payload), so nothing is ever truncated on receipt.
 const BUFFER_LEN: usize = 1 << 16;
 /// Datagrams handled per wake-up before other tasks of the worker get a turn.
 const BATCH: usize = 64;
-/// Receive and send buffer asked of the kernel for listening sockets (it caps the
-/// request at `net.core.rmem_max` / `wmem_max`): bursts queue there, not in Sluice.
-const SOCKET_BUFFER: usize = 4 << 20;
 /// How long a session lasts without a datagram either way when no idle timeout is
 /// configured: UDP has no close, so something must end it.
 pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -59,107 +62,6 @@ thread_local! {
     /// await, so the listening task and all reply tasks of a worker share it, and a
     /// session holds no buffer of its own.
     static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0; BUFFER_LEN].into_boxed_slice());
-}
-
-/// Why a datagram was dropped; the `reason` label of `sluice_udp_dropped_total`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UdpDrop {
-    /// The socket's send buffer was full.
-    QueueFull,
-    /// Too large for the other side's address family (EMSGSIZE).
-    TooBig,
-    /// UDP sessions hold their whole share of file descriptors.
-    NoDescriptor,
-    /// The backend answered with ICMP port unreachable: nothing listens there.
-    BackendRefused,
-    /// Any other send error.
-    SendError,
-}
-
-impl UdpDrop {
-    pub const ALL: [UdpDrop; 5] = [
-        UdpDrop::QueueFull,
-        UdpDrop::TooBig,
-        UdpDrop::NoDescriptor,
-        UdpDrop::BackendRefused,
-        UdpDrop::SendError,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UdpDrop::QueueFull => "queue_full",
-            UdpDrop::TooBig => "too_big",
-            UdpDrop::NoDescriptor => "no_descriptor",
-            UdpDrop::BackendRefused => "backend_refused",
-            UdpDrop::SendError => "send_error",
-        }
-    }
-
-    fn of(e: &io::Error) -> UdpDrop {
-        match e.raw_os_error() {
-            _ if e.kind() == io::ErrorKind::WouldBlock => UdpDrop::QueueFull,
-            Some(libc::ENOBUFS) => UdpDrop::QueueFull,
-            Some(libc::EMSGSIZE) => UdpDrop::TooBig,
-            Some(libc::ECONNREFUSED) => UdpDrop::BackendRefused,
-            _ => UdpDrop::SendError,
-        }
-    }
-}
-
-/// Datagram counters of one UDP server. Sessions are counted as connections
-/// (`accepted`, `active`), and datagrams refused by the ACL, the session cap or for want
-/// of a backend in the server's `refused_*` and `no_backend` counters.
-#[derive(Debug, Default)]
-pub struct UdpStats {
-    pub from_clients: AtomicU64,
-    pub to_clients: AtomicU64,
-    dropped: [AtomicU64; UdpDrop::ALL.len()],
-}
-
-impl UdpStats {
-    pub fn dropped(&self, reason: UdpDrop) -> u64 {
-        self.dropped[reason as usize].load(Ordering::Relaxed)
-    }
-
-    fn drop_one(&self, reason: UdpDrop) {
-        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// Binds `count` UDP sockets on `addr` with `SO_REUSEPORT`, one per worker; the kernel
-/// hashes each client address to one of them. Port 0 picks one free port for all.
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
-    let mut sockets = Vec::with_capacity(count.max(1));
-    let mut addr = addr;
-    for _ in 0..count.max(1) {
-        let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.set_nonblocking(true)?;
-        size_buffers(&socket);
-        socket.bind(&addr.into())?;
-        let socket: std::net::UdpSocket = socket.into();
-        addr = socket.local_addr()?;
-        sockets.push(socket);
-    }
-    Ok(sockets)
-}
-
-/// Asks for [`SOCKET_BUFFER`]-sized kernel buffers: past `net.core.rmem_max` and
-/// `wmem_max` when privileged (`CAP_NET_ADMIN`), else up to them. Best effort: a
-/// smaller buffer still works, it only absorbs shorter bursts.
-fn size_buffers(socket: &Socket) {
-    #[cfg(target_os = "linux")]
-    {
-        use nix::sys::socket::{setsockopt, sockopt};
-        if setsockopt(socket, sockopt::RcvBufForce, &SOCKET_BUFFER).is_ok()
-            && setsockopt(socket, sockopt::SndBufForce, &SOCKET_BUFFER).is_ok()
-        {
-            return;
-        }
-    }
-    let _ = socket.set_recv_buffer_size(SOCKET_BUFFER);
-    let _ = socket.set_send_buffer_size(SOCKET_BUFFER);
 }
 
 /// The listening side of one worker: its socket, its sessions, and what they share.
@@ -281,18 +183,6 @@ fn receive_batch(front: &Arc<Front>) {
             }
         }
     });
-}
-
-/// Sends with a plain system call. Tokio's `try_send` would first require the event
-/// loop to have seen the socket writable, which a socket opened a moment ago has not
-/// been yet; and a full socket drops the datagram anyway, so there is nothing to wait
-/// for.
-fn send(socket: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
-    let socket = SockRef::from(socket);
-    match to {
-        Some(to) => socket.send_to(data, &SockAddr::from(to)),
-        None => socket.send(data),
-    }
 }
 
 /// One client datagram: to its session, to a new one, or dropped and counted.
@@ -480,17 +370,6 @@ struct Held {
     _guard: ConnGuard,
     _slot: ActiveSlot,
     _descriptor: SessionDescriptor,
-}
-
-/// A non-blocking socket connected to `target`, registered with the current runtime.
-fn connect(target: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::DGRAM.nonblocking(),
-        Some(Protocol::UDP),
-    )?;
-    socket.connect(&target.into())?;
-    UdpSocket::from_std(socket.into())
 }
 
 /// Relays backend datagrams to the client until the session ends, then logs it.
@@ -690,26 +569,13 @@ fn send_loose(front: &Front, data: &[u8], client: SocketAddr) {
     }
 }
 
-/// The worker's unconnected socket for `target`'s address family. Replies to it are
-/// never read, so its receive buffer is kept minimal.
+/// The worker's unconnected socket for `target`'s address family.
 fn loose_socket(front: &Front, target: SocketAddr) -> io::Result<&UdpSocket> {
     let cell = &front.loose[usize::from(target.is_ipv6())];
     if let Some(socket) = cell.get() {
         return Ok(socket);
     }
-    let local: SocketAddr = if target.is_ipv6() {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
-    };
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::DGRAM.nonblocking(),
-        Some(Protocol::UDP),
-    )?;
-    let _ = socket.set_recv_buffer_size(1);
-    socket.bind(&local.into())?;
-    let socket = UdpSocket::from_std(socket.into())?;
+    let socket = socket::unconnected(target)?;
     // Only this worker's thread gets here, so the cell is still empty.
     Ok(cell.get_or_init(|| socket))
 }

@@ -1,0 +1,69 @@
+//! What a UDP server counts beyond its sessions.
+
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Why a datagram was dropped; the `reason` label of `sluice_udp_dropped_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UdpDrop {
+    /// The socket's send buffer was full.
+    QueueFull,
+    /// Too large for the other side's address family (EMSGSIZE).
+    TooBig,
+    /// UDP sessions hold their whole share of file descriptors.
+    NoDescriptor,
+    /// The backend answered with ICMP port unreachable: nothing listens there.
+    BackendRefused,
+    /// Any other send error.
+    SendError,
+}
+
+impl UdpDrop {
+    pub const ALL: [UdpDrop; 5] = [
+        UdpDrop::QueueFull,
+        UdpDrop::TooBig,
+        UdpDrop::NoDescriptor,
+        UdpDrop::BackendRefused,
+        UdpDrop::SendError,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UdpDrop::QueueFull => "queue_full",
+            UdpDrop::TooBig => "too_big",
+            UdpDrop::NoDescriptor => "no_descriptor",
+            UdpDrop::BackendRefused => "backend_refused",
+            UdpDrop::SendError => "send_error",
+        }
+    }
+
+    pub(super) fn of(e: &io::Error) -> UdpDrop {
+        match e.raw_os_error() {
+            _ if e.kind() == io::ErrorKind::WouldBlock => UdpDrop::QueueFull,
+            Some(libc::ENOBUFS) => UdpDrop::QueueFull,
+            Some(libc::EMSGSIZE) => UdpDrop::TooBig,
+            Some(libc::ECONNREFUSED) => UdpDrop::BackendRefused,
+            _ => UdpDrop::SendError,
+        }
+    }
+}
+
+/// Datagram counters of one UDP server. Sessions are counted as connections
+/// (`accepted`, `active`), and datagrams refused by the ACL, the session cap or for want
+/// of a backend in the server's `refused_*` and `no_backend` counters.
+#[derive(Debug, Default)]
+pub struct UdpStats {
+    pub from_clients: AtomicU64,
+    pub to_clients: AtomicU64,
+    dropped: [AtomicU64; UdpDrop::ALL.len()],
+}
+
+impl UdpStats {
+    pub fn dropped(&self, reason: UdpDrop) -> u64 {
+        self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub(super) fn drop_one(&self, reason: UdpDrop) {
+        self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
