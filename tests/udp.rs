@@ -602,3 +602,39 @@ async fn shutdown_does_not_wait_for_idle_sessions_to_expire() {
     assert!(graceful);
     assert_eq!(active(&lb).await, 0);
 }
+
+#[tokio::test]
+async fn on_a_wildcard_address_replies_leave_from_the_address_the_client_sent_to() {
+    // A connected client socket takes replies only from the address it sent to; the
+    // kernel's own choice of source for 127.0.0.1 would be 127.0.0.1, not 127.0.0.5.
+    let backend = UdpBackend::named("a").await;
+    for bind in ["0.0.0.0:0", "[::]:0"] {
+        let mut config = udp_server(
+            BalanceKind::RoundRobin,
+            vec![backend.spec()],
+            limits(None, None),
+        );
+        config.bind = bind.parse().expect("address");
+        let lb = Sluice::start(config).await;
+        for target in ["127.0.0.5", "127.0.0.6"] {
+            let to: SocketAddr = format!("{target}:{}", lb.addr.port())
+                .parse()
+                .expect("address");
+            let socket = client("127.0.0.1:0").await;
+            socket.connect(to).await.expect("connect");
+            let mut reply = None;
+            for _ in 0..5 {
+                socket.send(b"where").await.expect("send");
+                let mut buf = [0u8; 256];
+                if let Ok(Ok(len)) =
+                    tokio::time::timeout(Duration::from_millis(200), socket.recv(&mut buf)).await
+                {
+                    reply = Some(Reply::parse(&buf[..len]));
+                    break;
+                }
+            }
+            let reply = reply.unwrap_or_else(|| panic!("{bind}: no reply from {to}"));
+            assert_eq!(reply.echoed, b"where");
+        }
+    }
+}

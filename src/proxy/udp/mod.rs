@@ -18,7 +18,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -41,7 +41,7 @@ mod socket;
 mod stats;
 
 pub use socket::bind;
-use socket::{connect, send};
+use socket::{connect, recv_from, send, send_from};
 pub use stats::{UdpDrop, UdpStats};
 
 /// Room for the largest datagram either IP version can carry (65 527 bytes of IPv6
@@ -70,6 +70,8 @@ thread_local! {
 /// [`send`]).
 struct Front {
     socket: UdpSocket,
+    /// Bound to a wildcard address: replies leave from each session's local address.
+    wildcard: bool,
     server: Arc<ServerShared>,
     sessions: Mutex<HashMap<SocketAddr, Arc<Session>>>,
     tracker: TaskTracker,
@@ -86,6 +88,8 @@ struct Front {
 /// What a session's listening side and reply task both see.
 struct Session {
     client: SocketAddr,
+    /// The address the client sent to, when the listening socket is bound to a wildcard.
+    local: Option<IpAddr>,
     backend: Arc<Backend>,
     upstream: UdpSocket,
     requests: AtomicU32,
@@ -145,8 +149,10 @@ pub async fn serve(
             return;
         }
     };
+    let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
     let front = Arc::new(Front {
         socket,
+        wildcard,
         server,
         sessions: Mutex::new(HashMap::new()),
         tracker,
@@ -174,8 +180,10 @@ fn receive_batch(front: &Arc<Front>) {
     let settings = front.server.settings.load();
     BUFFER.with_borrow_mut(|buf| {
         for _ in 0..BATCH {
-            match front.socket.try_recv_from(buf) {
-                Ok((len, client)) => on_datagram(front, &settings, &buf[..len], client),
+            match recv_from(&front.socket, buf, front.wildcard) {
+                Ok((len, client, local)) => {
+                    on_datagram(front, &settings, &buf[..len], client, local);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // An error queued for this socket (such as an ICMP report); the next
                 // datagram is unaffected.
@@ -186,7 +194,13 @@ fn receive_batch(front: &Arc<Front>) {
 }
 
 /// One client datagram: to its session, to a new one, or dropped and counted.
-fn on_datagram(front: &Arc<Front>, settings: &ServerConfig, data: &[u8], client: SocketAddr) {
+fn on_datagram(
+    front: &Arc<Front>,
+    settings: &ServerConfig,
+    data: &[u8],
+    client: SocketAddr,
+    local: Option<IpAddr>,
+) {
     let server = &front.server;
     server
         .stats
@@ -208,7 +222,7 @@ fn on_datagram(front: &Arc<Front>, settings: &ServerConfig, data: &[u8], client:
         let session = match current_session(front, client) {
             Some(session) => session,
             None if settings.udp.fire_and_forget() => return send_loose(front, data, client),
-            None => match open_session(front, settings, client) {
+            None => match open_session(front, settings, client, local) {
                 Ok(session) => session,
                 Err(refusal) => return refuse(server, client, refusal),
             },
@@ -304,6 +318,7 @@ fn open_session(
     front: &Arc<Front>,
     settings: &ServerConfig,
     client: SocketAddr,
+    local: Option<IpAddr>,
 ) -> Result<Arc<Session>, Refusal> {
     let server = &front.server;
     let slot = ActiveSlot::acquire(server, settings.max_connections)
@@ -335,6 +350,7 @@ fn open_session(
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
     let session = Arc::new(Session {
         client,
+        local,
         backend,
         upstream,
         requests: AtomicU32::new(0),
@@ -521,7 +537,7 @@ fn relay_batch(
             session.mark(&session.last_from_backend, Instant::now());
             count_bytes(&session.backend.state.stats.bytes_from_backend, len);
             *responses = responses.saturating_add(1);
-            match send(&front.socket, &buf[..len], Some(session.client)) {
+            match send_from(&front.socket, &buf[..len], session.client, session.local) {
                 Ok(_) => {
                     stats.to_clients.fetch_add(1, Ordering::Relaxed);
                     count_bytes(&session.bytes_to_client, len);
