@@ -638,3 +638,29 @@ async fn on_a_wildcard_address_replies_leave_from_the_address_the_client_sent_to
         }
     }
 }
+
+#[tokio::test]
+async fn max_responses_counts_per_request_so_pipelined_queries_all_get_answers() {
+    let backend = UdpBackend::named("a").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, Some(1)),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    // Five queries in flight at once from one port, as a resolver sends them.
+    for i in 0..5 {
+        socket
+            .send_to(format!("query {i}").as_bytes(), lb.addr)
+            .await
+            .expect("send");
+    }
+    let mut answered = BTreeSet::new();
+    for _ in 0..5 {
+        let reply = Reply::parse(&receive(&socket, WAIT).await.expect("an answer"));
+        answered.insert(String::from_utf8(reply.echoed).expect("text"));
+    }
+    assert_eq!(answered.len(), 5, "{answered:?}");
+    wait_active(&lb, 0).await;
+}

@@ -195,7 +195,9 @@ pub struct UdpConfig {
     /// `max_responses` forwards each datagram on its own and relays no reply
     /// (fire-and-forget, as for syslog).
     pub max_requests: Option<u32>,
-    /// End the session after this many backend datagrams (DNS: 1).
+    /// End the session after this many backend datagrams for each client datagram (DNS:
+    /// 1): one request, one answer; a client with several requests in flight on one
+    /// port gets every answer before its session ends.
     pub max_responses: Option<u32>,
 }
 

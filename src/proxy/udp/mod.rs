@@ -509,7 +509,7 @@ async fn relay_replies(
 enum Relayed {
     /// The session goes on.
     More,
-    /// `max_responses` reached.
+    /// `max_responses` replies for each request relayed.
     Done,
     /// The backend's host reported the port closed.
     Refused,
@@ -544,7 +544,10 @@ fn relay_batch(
                 }
                 Err(e) => stats.drop_one(UdpDrop::of(&e)),
             }
-            if max_responses.is_some_and(|max| *responses >= max) {
+            // N replies for every request: a client with several requests in flight on
+            // one port (a resolver, a pipelining client) gets all of its answers.
+            let due = |max: u32| max.saturating_mul(session.requests.load(Ordering::Relaxed));
+            if max_responses.is_some_and(|max| *responses >= due(max)) {
                 return Relayed::Done;
             }
         }
