@@ -41,12 +41,12 @@ mod socket;
 mod stats;
 
 pub use socket::bind;
-use socket::{connect, recv_from, send, send_from};
+use socket::{connect, send, send_from};
 pub use stats::{UdpDrop, UdpStats};
 
 /// Room for the largest datagram either IP version can carry (65 527 bytes of IPv6
 /// payload), so nothing is ever truncated on receipt.
-const BUFFER_LEN: usize = 1 << 16;
+pub(super) const BUFFER_LEN: usize = 1 << 16;
 /// Datagrams handled per wake-up before other tasks of the worker get a turn.
 const BATCH: usize = 64;
 /// How long a session lasts without a datagram either way when no idle timeout is
@@ -175,18 +175,36 @@ pub async fn serve(
     debug!(server = %front.server.name, "stopped receiving");
 }
 
+/// Handles up to [`BATCH`] waiting datagrams, read a batch per system call.
+#[cfg(target_os = "linux")]
+fn receive_batch(front: &Arc<Front>) {
+    let settings = front.server.settings.load();
+    let mut handle =
+        |data: &[u8], client, local| on_datagram(front, &settings, data, client, local);
+    let mut received = 0;
+    while received < BATCH {
+        match socket::recv_many(&front.socket, front.wildcard, &mut handle) {
+            Ok(count) => received += count.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            // An error queued for this socket (such as an ICMP report); the next
+            // datagram is unaffected.
+            Err(e) => {
+                debug!(server = %front.server.name, error = %e, "UDP receive failed");
+                received += 1;
+            }
+        }
+    }
+}
+
 /// Handles up to [`BATCH`] waiting datagrams.
+#[cfg(not(target_os = "linux"))]
 fn receive_batch(front: &Arc<Front>) {
     let settings = front.server.settings.load();
     BUFFER.with_borrow_mut(|buf| {
         for _ in 0..BATCH {
-            match recv_from(&front.socket, buf, front.wildcard) {
-                Ok((len, client, local)) => {
-                    on_datagram(front, &settings, &buf[..len], client, local);
-                }
+            match socket::recv_from(&front.socket, buf) {
+                Ok((len, client)) => on_datagram(front, &settings, &buf[..len], client, None),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // An error queued for this socket (such as an ICMP report); the next
-                // datagram is unaffected.
                 Err(e) => debug!(server = %front.server.name, error = %e, "UDP receive failed"),
             }
         }

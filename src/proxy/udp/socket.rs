@@ -1,5 +1,7 @@
 //! UDP sockets: the listening ones, the sessions' connected ones, and sending on them.
 
+#[cfg(target_os = "linux")]
+use std::cell::RefCell;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -93,21 +95,11 @@ pub(super) fn unconnected(target: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// One datagram from `socket`: its length, its source, and (when `with_local`, for a
-/// socket bound to a wildcard address) the local address it was sent to.
-pub(super) fn recv_from(
-    socket: &UdpSocket,
-    buf: &mut [u8],
-    with_local: bool,
-) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
-    #[cfg(target_os = "linux")]
-    if with_local {
-        return local_address::recv(socket, buf);
-    }
-    let _ = with_local;
-    socket
-        .try_recv_from(buf)
-        .map(|(len, from)| (len, from, None))
+/// One datagram from `socket`: its length and its source (systems without
+/// `recvmmsg(2)`; a reply there leaves from an address the kernel picks).
+#[cfg(not(target_os = "linux"))]
+pub(super) fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
+    socket.try_recv_from(buf)
 }
 
 /// Sends `data` to `to`, from the local address `from` when given (a reply on a socket
@@ -131,24 +123,16 @@ pub(super) fn send_from(
 /// not be the one the client sent to, and the client drops the reply.
 #[cfg(target_os = "linux")]
 mod local_address {
-    use std::cell::RefCell;
-    use std::io::{self, IoSlice, IoSliceMut};
+    use std::io::{self, IoSlice};
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::os::fd::AsRawFd;
 
     use nix::sys::socket::{
-        recvmsg, sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
+        sendmsg, setsockopt, sockopt, ControlMessage, ControlMessageOwned, MsgFlags,
         SockaddrStorage,
     };
     use socket2::Socket;
-    use tokio::io::Interest;
     use tokio::net::UdpSocket;
-
-    thread_local! {
-        /// Room for the control messages of one datagram, reused by every receive.
-        static CONTROL: RefCell<Vec<u8>> =
-            RefCell::new(nix::cmsg_space!(libc::in6_pktinfo, libc::in_pktinfo));
-    }
 
     /// Asks the kernel to report each datagram's local address.
     pub(super) fn enable(socket: &Socket, ipv6: bool) -> io::Result<()> {
@@ -159,40 +143,6 @@ mod local_address {
             setsockopt(socket, sockopt::Ipv4PacketInfo, &true)?;
         }
         Ok(())
-    }
-
-    pub(super) fn recv(
-        socket: &UdpSocket,
-        buf: &mut [u8],
-    ) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
-        socket.try_io(Interest::READABLE, || {
-            CONTROL.with_borrow_mut(|control| {
-                let mut iov = [IoSliceMut::new(buf)];
-                let msg = recvmsg::<SockaddrStorage>(
-                    socket.as_raw_fd(),
-                    &mut iov,
-                    Some(control.as_mut_slice()),
-                    MsgFlags::empty(),
-                )?;
-                let from = msg
-                    .address
-                    .as_ref()
-                    .and_then(socket_addr)
-                    .ok_or_else(|| io::Error::other("a datagram without a source address"))?;
-                let local = msg.cmsgs().ok().and_then(|mut cmsgs| {
-                    cmsgs.find_map(|cmsg| match cmsg {
-                        ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(
-                            Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)),
-                        )),
-                        ControlMessageOwned::Ipv6PacketInfo(info) => {
-                            Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)))
-                        }
-                        _ => None,
-                    })
-                });
-                Ok((msg.bytes, from, local))
-            })
-        })
     }
 
     pub(super) fn send(
@@ -230,10 +180,87 @@ mod local_address {
         Ok(sent?)
     }
 
-    fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    /// The local address a datagram was sent to, from its control message.
+    pub(super) fn of(cmsg: &ControlMessageOwned) -> Option<IpAddr> {
+        match cmsg {
+            ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(Ipv4Addr::from(
+                u32::from_be(info.ipi_addr.s_addr),
+            ))),
+            ControlMessageOwned::Ipv6PacketInfo(info) => {
+                Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)))
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
         if let Some(v4) = addr.as_sockaddr_in() {
             return Some(SocketAddr::from(*v4));
         }
         addr.as_sockaddr_in6().map(|v6| SocketAddr::from(*v6))
     }
+}
+
+/// Datagrams read by one `recvmmsg(2)` call.
+#[cfg(target_os = "linux")]
+const RECV_BATCH: usize = 16;
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    /// One slot per datagram of a batch, each as large as any datagram.
+    static SLOTS: RefCell<Box<[u8]>> =
+        RefCell::new(vec![0; RECV_BATCH * super::BUFFER_LEN].into_boxed_slice());
+    static HEADERS: RefCell<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>> =
+        RefCell::new(nix::sys::socket::MultiHeaders::preallocate(
+            RECV_BATCH,
+            Some(nix::cmsg_space!(libc::in6_pktinfo, libc::in_pktinfo)),
+        ));
+}
+
+/// Reads up to [`RECV_BATCH`] waiting datagrams with one system call and hands each to
+/// `handle` (data, source, and the local address it was sent to when `with_local`).
+/// `WouldBlock` when none was waiting.
+#[cfg(target_os = "linux")]
+pub(super) fn recv_many(
+    socket: &UdpSocket,
+    with_local: bool,
+    handle: &mut impl FnMut(&[u8], SocketAddr, Option<IpAddr>),
+) -> io::Result<usize> {
+    use nix::sys::socket::{recvmmsg, MsgFlags};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    socket.try_io(tokio::io::Interest::READABLE, || {
+        SLOTS.with_borrow_mut(|slots| {
+            HEADERS.with_borrow_mut(|headers| {
+                let mut chunks = slots.chunks_exact_mut(super::BUFFER_LEN);
+                let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
+                    std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+                let results = recvmmsg(
+                    socket.as_raw_fd(),
+                    headers,
+                    iovs.iter_mut(),
+                    MsgFlags::empty(),
+                    None,
+                )?;
+                let mut count = 0;
+                for msg in results {
+                    count += 1;
+                    let Some(from) = msg.address.as_ref().and_then(local_address::socket_addr)
+                    else {
+                        continue;
+                    };
+                    let local = if with_local {
+                        msg.cmsgs()
+                            .ok()
+                            .and_then(|mut c| c.find_map(|m| local_address::of(&m)))
+                    } else {
+                        None
+                    };
+                    // The slice is cut to the datagram's length; none for an empty one.
+                    handle(msg.iovs().next().unwrap_or_default(), from, local);
+                }
+                Ok(count)
+            })
+        })
+    })
 }
