@@ -112,7 +112,7 @@ pub struct UdpArgs {
     /// End a session after this many backend replies (DNS: 1).
     #[arg(long, value_name = "N")]
     pub max_responses: Option<u32>,
-    /// End a session after this long without a datagram either way.
+    /// End a session after this long without a datagram from its client.
     #[arg(long, value_name = "DURATION", default_value = "60s")]
     pub session_timeout: String,
 }

@@ -415,18 +415,16 @@ async fn relay_replies(
     limits: UdpConfig,
     held: Held,
 ) {
-    let (client_idle, backend_idle) = match (client_idle, backend_idle) {
-        (None, None) => (Some(DEFAULT_SESSION_TIMEOUT), None),
-        pair => pair,
-    };
     let idle_deadline = |s: &Session| {
-        let client = client_idle.map(|t| s.last(&s.last_from_client) + t);
-        let backend = backend_idle.map(|t| s.last(&s.last_from_backend) + t);
+        let from_client = s.last(&s.last_from_client);
+        let from_backend = s.last(&s.last_from_backend);
+        let client = client_idle.map(|t| from_client + t);
+        let backend = backend_idle.map(|t| from_backend + t);
         match (client, backend) {
             (Some(a), Some(b)) => a.min(b),
-            (a, b) => a
-                .or(b)
-                .unwrap_or_else(|| s.started + DEFAULT_SESSION_TIMEOUT),
+            (Some(a), None) | (None, Some(a)) => a,
+            // Neither configured: quiet both ways for the default.
+            (None, None) => from_client.max(from_backend) + DEFAULT_SESSION_TIMEOUT,
         }
     };
     let cut = session.backend.state.cut_token();
