@@ -664,3 +664,45 @@ async fn max_responses_counts_per_request_so_pipelined_queries_all_get_answers()
     assert_eq!(answered.len(), 5, "{answered:?}");
     wait_active(&lb, 0).await;
 }
+
+#[tokio::test]
+async fn datagrams_the_kernel_drops_on_a_full_queue_are_counted() {
+    // A flood from one client address lands on one worker's socket; whatever its
+    // receive queue could not hold is reported by the kernel with the next datagram
+    // read, so received + dropped accounts for every datagram sent.
+    const FLOOD: u64 = 60_000;
+    let backend = UdpBackend::start("silent", "127.0.0.1:0", 0).await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    ))
+    .await;
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let payload = [0u8; 8192];
+    for _ in 0..FLOOD {
+        flood.send_to(&payload, lb.addr).expect("send");
+    }
+    let shared = lb.shared().await;
+    let udp = &shared.stats.udp;
+    let accounted =
+        || udp.from_clients.load(Ordering::Relaxed) + udp.dropped(UdpDrop::ReceiveQueueFull);
+    // One more datagram at a time, until the kernel's count has been read.
+    for sent in 1..=50u64 {
+        flood.send_to(b"last", lb.addr).expect("send");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if accounted() == FLOOD + sent {
+            break;
+        }
+    }
+    let sent_extra = (udp.from_clients.load(Ordering::Relaxed)
+        + udp.dropped(UdpDrop::ReceiveQueueFull))
+    .saturating_sub(FLOOD);
+    assert!(
+        (1..=50).contains(&sent_extra),
+        "every datagram accounted for: received {}, dropped {}",
+        udp.from_clients.load(Ordering::Relaxed),
+        udp.dropped(UdpDrop::ReceiveQueueFull)
+    );
+    assert_eq!(accounted(), FLOOD + sent_extra);
+}

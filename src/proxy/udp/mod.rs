@@ -72,6 +72,8 @@ struct Front {
     socket: UdpSocket,
     /// Bound to a wildcard address: replies leave from each session's local address.
     wildcard: bool,
+    /// The kernel's count of datagrams dropped on this socket, as last reported.
+    kernel_drops: AtomicU32,
     server: Arc<ServerShared>,
     sessions: Mutex<HashMap<SocketAddr, Arc<Session>>>,
     tracker: TaskTracker,
@@ -153,6 +155,7 @@ pub async fn serve(
     let front = Arc::new(Front {
         socket,
         wildcard,
+        kernel_drops: AtomicU32::new(0),
         server,
         sessions: Mutex::new(HashMap::new()),
         tracker,
@@ -184,7 +187,17 @@ fn receive_batch(front: &Arc<Front>) {
     let mut received = 0;
     while received < BATCH {
         match socket::recv_many(&front.socket, front.wildcard, &mut handle) {
-            Ok(count) => received += count.max(1),
+            Ok(batch) => {
+                received += batch.datagrams.max(1);
+                if let Some(total) = batch.kernel_drops {
+                    let before = front.kernel_drops.swap(total, Ordering::Relaxed);
+                    let new = total.wrapping_sub(before);
+                    if new > 0 {
+                        let udp = &front.server.stats.udp;
+                        udp.drop_many(UdpDrop::ReceiveQueueFull, u64::from(new));
+                    }
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
             // An error queued for this socket (such as an ICMP report); the next
             // datagram is unaffected.

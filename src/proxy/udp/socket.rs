@@ -25,8 +25,13 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocke
         socket.set_nonblocking(true)?;
         size_buffers(&socket);
         #[cfg(target_os = "linux")]
-        if addr.ip().is_unspecified() {
-            local_address::enable(&socket, addr.is_ipv6())?;
+        {
+            if addr.ip().is_unspecified() {
+                local_address::enable(&socket, addr.is_ipv6())?;
+            }
+            // Each datagram then carries the count of those the kernel dropped for want
+            // of room in this socket's receive queue (see `recv_many`).
+            nix::sys::socket::setsockopt(&socket, nix::sys::socket::sockopt::RxqOvfl, &1)?;
         }
         socket.bind(&addr.into())?;
         let socket: std::net::UdpSocket = socket.into();
@@ -210,11 +215,15 @@ thread_local! {
     /// One slot per datagram of a batch, each as large as any datagram.
     static SLOTS: RefCell<Box<[u8]>> =
         RefCell::new(vec![0; RECV_BATCH * super::BUFFER_LEN].into_boxed_slice());
-    static HEADERS: RefCell<nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>> =
-        RefCell::new(nix::sys::socket::MultiHeaders::preallocate(
-            RECV_BATCH,
-            Some(nix::cmsg_space!(libc::in6_pktinfo, libc::in_pktinfo)),
-        ));
+}
+
+/// What one `recv_many` call read.
+#[cfg(target_os = "linux")]
+pub(super) struct Received {
+    pub datagrams: usize,
+    /// Datagrams the kernel dropped so far on this socket for want of room in its
+    /// receive queue (it counts since the socket was opened).
+    pub kernel_drops: Option<u32>,
 }
 
 /// Reads up to [`RECV_BATCH`] waiting datagrams with one system call and hands each to
@@ -225,13 +234,23 @@ pub(super) fn recv_many(
     socket: &UdpSocket,
     with_local: bool,
     handle: &mut impl FnMut(&[u8], SocketAddr, Option<IpAddr>),
-) -> io::Result<usize> {
-    use nix::sys::socket::{recvmmsg, MsgFlags};
+) -> io::Result<Received> {
+    use nix::sys::socket::{
+        recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage,
+    };
     use std::io::IoSliceMut;
     use std::os::fd::AsRawFd;
     socket.try_io(tokio::io::Interest::READABLE, || {
         SLOTS.with_borrow_mut(|slots| {
-            HEADERS.with_borrow_mut(|headers| {
+            {
+                // Fresh headers each call: the kernel shrinks each header's control
+                // length to what it wrote, and nix offers no way to reset it, so reused
+                // headers would truncate the next datagrams' control messages.
+                let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
+                    RECV_BATCH,
+                    Some(nix::cmsg_space!(libc::in6_pktinfo, libc::in_pktinfo, u32)),
+                );
+                let headers = &mut headers;
                 let mut chunks = slots.chunks_exact_mut(super::BUFFER_LEN);
                 let mut iovs: [[IoSliceMut<'_>; 1]; RECV_BATCH] =
                     std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
@@ -242,25 +261,33 @@ pub(super) fn recv_many(
                     MsgFlags::empty(),
                     None,
                 )?;
-                let mut count = 0;
+                let mut received = Received {
+                    datagrams: 0,
+                    kernel_drops: None,
+                };
                 for msg in results {
-                    count += 1;
+                    received.datagrams += 1;
+                    let mut local = None;
+                    if let Ok(cmsgs) = msg.cmsgs() {
+                        for cmsg in cmsgs {
+                            match cmsg {
+                                ControlMessageOwned::RxqOvfl(drops) => {
+                                    received.kernel_drops = Some(drops);
+                                }
+                                other if with_local => local = local_address::of(&other),
+                                _ => {}
+                            }
+                        }
+                    }
                     let Some(from) = msg.address.as_ref().and_then(local_address::socket_addr)
                     else {
                         continue;
                     };
-                    let local = if with_local {
-                        msg.cmsgs()
-                            .ok()
-                            .and_then(|mut c| c.find_map(|m| local_address::of(&m)))
-                    } else {
-                        None
-                    };
                     // The slice is cut to the datagram's length; none for an empty one.
                     handle(msg.iovs().next().unwrap_or_default(), from, local);
                 }
-                Ok(count)
-            })
+                Ok(received)
+            }
         })
     })
 }

@@ -8,6 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub enum UdpDrop {
     /// The socket's send buffer was full.
     QueueFull,
+    /// The listening socket's receive queue was full (counted by the kernel, reported
+    /// with the next datagram read).
+    ReceiveQueueFull,
     /// Too large for the other side's address family (EMSGSIZE).
     TooBig,
     /// UDP sessions hold their whole share of file descriptors.
@@ -19,8 +22,9 @@ pub enum UdpDrop {
 }
 
 impl UdpDrop {
-    pub const ALL: [UdpDrop; 5] = [
+    pub const ALL: [UdpDrop; 6] = [
         UdpDrop::QueueFull,
+        UdpDrop::ReceiveQueueFull,
         UdpDrop::TooBig,
         UdpDrop::NoDescriptor,
         UdpDrop::BackendRefused,
@@ -30,6 +34,7 @@ impl UdpDrop {
     pub fn as_str(self) -> &'static str {
         match self {
             UdpDrop::QueueFull => "queue_full",
+            UdpDrop::ReceiveQueueFull => "receive_queue_full",
             UdpDrop::TooBig => "too_big",
             UdpDrop::NoDescriptor => "no_descriptor",
             UdpDrop::BackendRefused => "backend_refused",
@@ -61,6 +66,10 @@ pub struct UdpStats {
 impl UdpStats {
     pub fn dropped(&self, reason: UdpDrop) -> u64 {
         self.dropped[reason as usize].load(Ordering::Relaxed)
+    }
+
+    pub(super) fn drop_many(&self, reason: UdpDrop, count: u64) {
+        self.dropped[reason as usize].fetch_add(count, Ordering::Relaxed);
     }
 
     pub(super) fn drop_one(&self, reason: UdpDrop) {
