@@ -706,3 +706,31 @@ async fn datagrams_the_kernel_drops_on_a_full_queue_are_counted() {
     );
     assert_eq!(accounted(), FLOOD + sent_extra);
 }
+
+#[tokio::test]
+async fn max_requests_and_max_responses_together() {
+    // Two requests per session, one answer each: the first answer does not end the
+    // session, the second does.
+    let backend = UdpBackend::named("a").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(Some(2), Some(1)),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    let mut ports = Vec::new();
+    for i in 0..4 {
+        let payload = format!("q{i}");
+        let reply = ask(&socket, lb.addr, payload.as_bytes(), 1)
+            .await
+            .expect("an answer");
+        assert_eq!(reply.echoed, payload.as_bytes());
+        ports.push(reply.port);
+    }
+    assert_eq!(ports[0], ports[1]);
+    assert_ne!(ports[1], ports[2]);
+    assert_eq!(ports[2], ports[3]);
+    wait_active(&lb, 0).await;
+    assert_eq!(lb.shared().await.stats.accepted.load(Ordering::Relaxed), 2);
+}

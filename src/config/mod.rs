@@ -197,7 +197,8 @@ pub struct UdpConfig {
     pub max_requests: Option<u32>,
     /// End the session after this many backend datagrams for each client datagram (DNS:
     /// 1): one request, one answer; a client with several requests in flight on one
-    /// port gets every answer before its session ends.
+    /// port gets every answer before its session ends. With `max_requests` too, the
+    /// session ends once it has taken them all and each has had its answers.
     pub max_responses: Option<u32>,
 }
 

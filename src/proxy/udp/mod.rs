@@ -469,8 +469,12 @@ async fn relay_replies(
                         CloseReason::BackendDown
                     };
                 }
-                if limits.max_responses.is_none() {
-                    end_by(CloseReason::Completed, timer.as_mut());
+                match limits.max_responses {
+                    None => end_by(CloseReason::Completed, timer.as_mut()),
+                    Some(_) if complete(&session, responses, limits) => {
+                        break CloseReason::Completed;
+                    }
+                    Some(_) => {}
                 }
             }
             () = &mut stopping, if !stop_seen => {
@@ -481,7 +485,7 @@ async fn relay_replies(
                 if ready.is_err() {
                     break CloseReason::BackendError;
                 }
-                match relay_batch(&front, &session, &mut responses, limits.max_responses) {
+                match relay_batch(&front, &session, &mut responses, limits) {
                     Relayed::More => {}
                     Relayed::Done => break CloseReason::Completed,
                     Relayed::Refused => break CloseReason::BackendError,
@@ -538,7 +542,7 @@ async fn relay_replies(
 enum Relayed {
     /// The session goes on.
     More,
-    /// `max_responses` replies for each request relayed.
+    /// Complete (see [`complete`]).
     Done,
     /// The backend's host reported the port closed.
     Refused,
@@ -549,7 +553,7 @@ fn relay_batch(
     front: &Front,
     session: &Session,
     responses: &mut u32,
-    max_responses: Option<u32>,
+    limits: UdpConfig,
 ) -> Relayed {
     let stats = &front.server.stats.udp;
     BUFFER.with_borrow_mut(|buf| {
@@ -573,15 +577,24 @@ fn relay_batch(
                 }
                 Err(e) => stats.drop_one(UdpDrop::of(&e)),
             }
-            // N replies for every request: a client with several requests in flight on
-            // one port (a resolver, a pipelining client) gets all of its answers.
-            let due = |max: u32| max.saturating_mul(session.requests.load(Ordering::Relaxed));
-            if max_responses.is_some_and(|max| *responses >= due(max)) {
+            if complete(session, *responses, limits) {
                 return Relayed::Done;
             }
         }
         Relayed::More
     })
+}
+
+/// With `max_responses = N`, a session is complete once every request it forwarded has
+/// had N replies (a client with several requests in flight on one port, such as a
+/// resolver, gets all of its answers) and, with `max_requests`, it has taken them all.
+fn complete(session: &Session, responses: u32, limits: UdpConfig) -> bool {
+    let Some(per_request) = limits.max_responses else {
+        return false;
+    };
+    let requests = session.requests.load(Ordering::Relaxed);
+    responses >= per_request.saturating_mul(requests)
+        && limits.max_requests.is_none_or(|max| requests >= max)
 }
 
 /// Counts a backend's ICMP "port unreachable" like a refused TCP connect: enough in a
