@@ -37,6 +37,7 @@ fn server(backend: SocketAddr, max_responses: Option<u32>) -> ServerConfig {
             max_requests: None,
             max_responses,
         },
+        proxy_protocol: Default::default(),
     }
 }
 

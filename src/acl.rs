@@ -53,20 +53,29 @@ impl FromStr for Rule {
             ));
         };
         let action = action.parse()?;
-        let net = if target.contains('/') {
-            target
-                .parse::<IpNet>()
-                .map_err(|_| format!("\"{target}\" is not an IP network (CIDR)"))?
-                .trunc()
-        } else {
-            IpNet::from(
-                target
-                    .parse::<IpAddr>()
-                    .map_err(|_| format!("\"{target}\" is not an IP address"))?,
-            )
-        };
+        let net = parse_network(target)?;
         Ok(Rule { action, net })
     }
+}
+
+/// `ADDRESS` or `ADDRESS/PREFIX`, IPv4 or IPv6; host bits of a CIDR are cleared.
+pub fn parse_network(target: &str) -> Result<IpNet, String> {
+    if target.contains('/') {
+        Ok(target
+            .parse::<IpNet>()
+            .map_err(|_| format!("\"{target}\" is not an IP network (CIDR)"))?
+            .trunc())
+    } else {
+        Ok(IpNet::from(target.parse::<IpAddr>().map_err(|_| {
+            format!("\"{target}\" is not an IP address")
+        })?))
+    }
+}
+
+/// Whether `ip` is in one of `nets`; IPv4-mapped IPv6 addresses match IPv4 networks.
+pub fn in_any(nets: &[IpNet], ip: IpAddr) -> bool {
+    let ip = ip.to_canonical();
+    nets.iter().any(|net| net.contains(&ip))
 }
 
 /// `[servers.NAME.access]`: rules in order, then the default.

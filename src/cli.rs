@@ -333,6 +333,7 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         healthcheck,
         access: None,
         udp: Default::default(),
+        proxy_protocol: Default::default(),
     };
     let mut logging = config::LoggingConfig {
         level: args.log_level.clone(),

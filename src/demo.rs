@@ -97,6 +97,7 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> 
         },
         access: None,
         udp: Default::default(),
+        proxy_protocol: Default::default(),
     };
     Config {
         logging: LoggingConfig::default(),

@@ -80,6 +80,7 @@ mod tests {
             healthcheck: HealthConfig::default(),
             access: None,
             udp: Default::default(),
+            proxy_protocol: Default::default(),
         }
     }
 

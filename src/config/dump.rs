@@ -132,6 +132,21 @@ pub fn server_value(server: &ServerConfig, secrets: Secrets) -> Value {
         "healthcheck".into(),
         healthcheck_json(&server.healthcheck, secrets),
     );
+    if let Some(version) = server.proxy_protocol.send {
+        out.insert(
+            "proxy_protocol".into(),
+            json!({ "version": version.as_str() }),
+        );
+    }
+    if let Some(accept) = &server.proxy_protocol.accept {
+        out.insert(
+            "accept_proxy_protocol".into(),
+            json!({
+                "from": accept.from.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                "timeout": duration(accept.timeout),
+            }),
+        );
+    }
     if server.protocol == Protocol::Udp {
         out.insert(
             "udp".into(),

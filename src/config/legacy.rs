@@ -96,7 +96,6 @@ const UNSUPPORTED: &[(Place, &str, &str)] = &[
     (Place::Server, "sni", "SNI routing"),
     (Place::Server, "tls", "TLS termination"),
     (Place::Server, "backends_tls", "TLS to backends"),
-    (Place::Server, "proxy_protocol", "the PROXY protocol"),
 ];
 
 /// Reports every unsupported GoBetween section of `sec`. A top-level section that only

@@ -188,6 +188,44 @@ impl Protocol {
     }
 }
 
+/// The PROXY protocol on one server: sent to its backends, accepted from its fronts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// `[servers.NAME.proxy_protocol] version`: a header sent to backends first.
+    pub send: Option<ProxyVersion>,
+    /// `[servers.NAME.accept_proxy_protocol]`: a header expected from trusted fronts.
+    pub accept: Option<AcceptProxy>,
+}
+
+/// A PROXY protocol version: 1 (text) or 2 (binary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProxyVersion {
+    V1,
+    V2,
+}
+
+impl ProxyVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProxyVersion::V1 => "1",
+            ProxyVersion::V2 => "2",
+        }
+    }
+}
+
+/// `[servers.NAME.accept_proxy_protocol]`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AcceptProxy {
+    /// Fronts allowed to connect; they must open with a PROXY header (v1 or v2), whose
+    /// client address then stands for the connection. Anyone else is refused.
+    pub from: Vec<ipnet::IpNet>,
+    /// How long a front has to send the whole header.
+    pub timeout: Duration,
+}
+
+/// How long a front has to send its PROXY header by default.
+pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// `[servers.NAME.udp]`: when a UDP session ends besides its idle timeouts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UdpConfig {
@@ -231,6 +269,8 @@ pub struct ServerConfig {
     pub access: Option<Acl>,
     /// Session limits of a UDP server (all unset for TCP).
     pub udp: UdpConfig,
+    /// The PROXY protocol towards backends and from fronts (TCP only).
+    pub proxy_protocol: ProxyProtocol,
 }
 
 /// A configuration that loaded, with the warnings found on the way.

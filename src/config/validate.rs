@@ -16,9 +16,9 @@ use super::legacy::{self, Place};
 use super::reader::{join, Ctx, Field, Section};
 use super::sections::access;
 use super::{
-    ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, LogFormat, LogOutput, LoggingConfig,
-    MetricsConfig, Protocol, ServerConfig, TlsFiles, UdpConfig, DEFAULT_API_BIND,
-    DEFAULT_METRICS_BIND,
+    AcceptProxy, ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, LogFormat, LogOutput,
+    LoggingConfig, MetricsConfig, Protocol, ProxyProtocol, ProxyVersion, ServerConfig, TlsFiles,
+    UdpConfig, DEFAULT_API_BIND, DEFAULT_METRICS_BIND, DEFAULT_PROXY_HEADER_TIMEOUT,
 };
 use crate::balance::BalanceKind;
 
@@ -63,8 +63,12 @@ const SERVER_KEYS: &[&str] = &[
     "healthcheck",
     "access",
     "udp",
+    "proxy_protocol",
+    "accept_proxy_protocol",
 ];
 const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
+const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
+const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
 /// Connection options of `[defaults]`, and of a server before defaults are applied.
 /// `None` is "not set"; `Some(None)` is "set to 0: no limit".
 #[derive(Clone, Copy, Default)]
@@ -325,12 +329,30 @@ fn server(
         .and_then(|f| ctx.table(&f))
         .map(|s| access(ctx, s));
     let udp = sec.take("udp").map(|f| (ctx.table_at(&f), udp(ctx, &f)));
+    let send_proxy = sec
+        .take("proxy_protocol")
+        .map(|f| (ctx.table_at(&f), proxy_protocol(ctx, &f)));
+    let accept_proxy = sec
+        .take("accept_proxy_protocol")
+        .map(|f| (ctx.table_at(&f), accept_proxy_protocol(ctx, &f)));
     let sec_path = sec.path.clone();
     sec.finish(ctx, SERVER_KEYS);
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
     if let (Some((at, _)), Protocol::Tcp) = (&udp, protocol) {
         let message = "[udp] applies only to a server with protocol = \"udp\"";
         ctx.error(*at, &join(&sec_path, "udp"), message);
+    }
+    for (section, at) in [
+        ("proxy_protocol", send_proxy.as_ref().map(|(at, _)| *at)),
+        (
+            "accept_proxy_protocol",
+            accept_proxy.as_ref().map(|(at, _)| *at),
+        ),
+    ] {
+        if let (Some(at), Protocol::Udp) = (at, protocol) {
+            let message = format!("[{section}] applies to TCP servers, not UDP");
+            ctx.error(at, &join(&sec_path, section), message);
+        }
     }
     if let (Some(at), HealthKind::Ping, Protocol::Udp) = (kind_at, &healthcheck.kind, protocol) {
         let message =
@@ -360,6 +382,10 @@ fn server(
         healthcheck,
         access,
         udp: udp.and_then(|(_, u)| u).unwrap_or_default(),
+        proxy_protocol: ProxyProtocol {
+            send: send_proxy.and_then(|(_, v)| v),
+            accept: accept_proxy.and_then(|(_, a)| a),
+        },
     };
     Some((server, bind_at))
 }
@@ -422,6 +448,59 @@ fn check_bind_conflict(
         };
         ctx.error(at, &format!("{server}.bind"), message);
     }
+}
+
+/// `[servers.NAME.proxy_protocol]`: GoBetween's `version = "1"`, and `"2"`.
+fn proxy_protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<ProxyVersion> {
+    let mut sec = ctx.table(f)?;
+    let versions = [("1", ProxyVersion::V1), ("2", ProxyVersion::V2)];
+    let version = match sec.take("version") {
+        Some(f) => ctx.choice(&f, &versions),
+        None => {
+            ctx.error(
+                sec.at,
+                &sec.path,
+                "missing required key \"version\" (\"1\" or \"2\")",
+            );
+            None
+        }
+    };
+    sec.finish(ctx, PROXY_PROTOCOL_KEYS);
+    version
+}
+
+/// `[servers.NAME.accept_proxy_protocol]`: `from` (trusted fronts, required) and
+/// `timeout`.
+fn accept_proxy_protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<AcceptProxy> {
+    let mut sec = ctx.table(f)?;
+    let mut from = Vec::new();
+    match sec.take("from") {
+        Some(field) => {
+            let list = ctx.strings(&field);
+            let empty = list.as_ref().is_some_and(Vec::is_empty);
+            for (at, path, text) in list.unwrap_or_default() {
+                match crate::acl::parse_network(text) {
+                    Ok(net) => from.push(net),
+                    Err(message) => ctx.error(at, &path, message),
+                }
+            }
+            if empty {
+                let message = "list the trusted fronts, e.g. [\"10.0.0.0/8\"]";
+                ctx.error(field.at, field.path(), message);
+            }
+        }
+        None => {
+            let message = "missing required key \"from\": the fronts trusted to send a \
+                           PROXY header, e.g. [\"10.0.0.0/8\"]";
+            ctx.error(sec.at, &sec.path, message);
+        }
+    }
+    let timeout = match sec.take("timeout").and_then(|f| ctx.duration(&f)) {
+        Some(d) if !d.is_zero() => d,
+        _ => DEFAULT_PROXY_HEADER_TIMEOUT,
+    };
+    sec.finish(ctx, ACCEPT_PROXY_KEYS);
+    Some(AcceptProxy { from, timeout })
 }
 
 /// `[servers.NAME.udp]`; 0 (GoBetween's "no limit") is the same as leaving a key out.

@@ -4,6 +4,7 @@
 //! counters report.
 
 pub mod copy;
+pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tcp;

@@ -47,6 +47,7 @@ pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig 
         healthcheck: HealthConfig::default(),
         access: None,
         udp: Default::default(),
+        proxy_protocol: Default::default(),
     }
 }
 
