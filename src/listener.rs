@@ -123,14 +123,22 @@ fn admit(
 ) {
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
     let settings = server.settings.load();
-    let refusal = if settings
-        .access
-        .as_ref()
-        .is_some_and(|acl| !acl.allows(peer.ip()))
-    {
-        Some(CloseReason::AclDenied)
-    } else {
-        None
+    // Behind a PROXY-speaking front the access rules apply to the client its header
+    // names, once read; here only the front itself is checked.
+    let accept_proxy = settings.proxy_protocol.accept.as_ref();
+    let refusal = match accept_proxy {
+        Some(accept) if !crate::acl::in_any(&accept.from, peer.ip()) => {
+            Some(CloseReason::ProxyUntrusted)
+        }
+        Some(_) => None,
+        None if settings
+            .access
+            .as_ref()
+            .is_some_and(|acl| !acl.allows(peer.ip())) =>
+        {
+            Some(CloseReason::AclDenied)
+        }
+        None => None,
     };
     let slot = match refusal {
         Some(_) => None,
@@ -147,7 +155,22 @@ fn admit(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(server = %server.name, error = %e, "set TCP_NODELAY failed");
     }
-    tracker.spawn(proxy::tcp::handle(stream, peer, slot, hard_stop.clone()));
+    match accept_proxy {
+        Some(accept) => tracker.spawn(proxy::tcp::handle_from_front(
+            stream,
+            peer,
+            slot,
+            hard_stop.clone(),
+            accept.timeout,
+        )),
+        None => tracker.spawn(proxy::tcp::handle(
+            stream,
+            peer,
+            slot,
+            hard_stop.clone(),
+            (),
+        )),
+    };
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

@@ -37,6 +37,10 @@ pub struct ServerStats {
     pub refused_max_connections: AtomicU64,
     pub no_backend: AtomicU64,
     pub connect_failed: AtomicU64,
+    /// Peers refused because they are not trusted to send a PROXY header.
+    pub refused_proxy_untrusted: AtomicU64,
+    /// Trusted fronts whose PROXY header was refused.
+    pub refused_proxy_header: AtomicU64,
     /// Dials beyond the first for one client, each to another backend.
     pub connect_retries: AtomicU64,
     /// Datagram counters of a UDP server.
@@ -61,6 +65,8 @@ impl ServerShared {
             CloseReason::MaxConnections => &self.stats.refused_max_connections,
             CloseReason::NoBackend => &self.stats.no_backend,
             CloseReason::ConnectFailed => &self.stats.connect_failed,
+            CloseReason::ProxyUntrusted => &self.stats.refused_proxy_untrusted,
+            CloseReason::ProxyHeader => &self.stats.refused_proxy_header,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);

@@ -112,6 +112,8 @@ impl Collector for Scrape {
                 ("max_connections", &stats.refused_max_connections),
                 ("no_backend", &stats.no_backend),
                 ("connect_failed", &stats.connect_failed),
+                ("proxy_untrusted", &stats.refused_proxy_untrusted),
+                ("proxy_header", &stats.refused_proxy_header),
             ]
             .map(|(reason, counter)| {
                 (

@@ -377,6 +377,13 @@ impl<'a, S: Future<Output = ()>> Relay<'a, S> {
         }
     }
 
+    /// Counts `bytes` already sent to the backend on the client's behalf (read along
+    /// with a PROXY header) in the result.
+    pub fn already_sent(mut self, bytes: u64) -> Self {
+        self.up.bytes += bytes;
+        self
+    }
+
     fn poll_reason(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut moved = false;
         if !self.up.done {

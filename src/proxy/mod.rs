@@ -49,6 +49,11 @@ pub enum CloseReason {
     NoBackend,
     /// Every backend tried refused or timed out.
     ConnectFailed,
+    /// The server accepts the PROXY protocol, and the peer is not one of its trusted
+    /// fronts.
+    ProxyUntrusted,
+    /// A trusted front's PROXY header was malformed, too long, late or cut short.
+    ProxyHeader,
 }
 
 impl CloseReason {
@@ -67,6 +72,8 @@ impl CloseReason {
             CloseReason::MaxConnections => "max_connections",
             CloseReason::NoBackend => "no_backend",
             CloseReason::ConnectFailed => "connect_failed",
+            CloseReason::ProxyUntrusted => "proxy_untrusted",
+            CloseReason::ProxyHeader => "proxy_header",
         }
     }
 }

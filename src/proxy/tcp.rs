@@ -8,13 +8,14 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::copy::{Counters, Relay};
-use super::CloseReason;
+use super::{proxy_protocol, CloseReason};
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{HealthKind, ServerConfig};
 use crate::server::{ActiveSlot, ServerShared};
@@ -34,20 +35,21 @@ const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
     clippy::manual_async_fn,
     reason = "an async fn stores its arguments twice"
 )]
-pub fn handle(
+pub fn handle<I: Intro>(
     client: TcpStream,
     peer: SocketAddr,
     slot: ActiveSlot,
     stop: CancellationToken,
+    intro: I,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let started = Instant::now();
         // A dial can take up to the connect timeout; the shutdown deadline must not
         // wait for it.
-        let (guard, upstream) = match {
+        let (guard, upstream, early) = match {
             let stopped = pin!(stop.cancelled());
             tokio::select! {
-                connected = Box::pin(connect(slot.server(), peer)) => connected,
+                opened = Box::pin(open(slot.server(), &client, peer, intro.into_preamble())) => opened,
                 () = stopped => Err(CloseReason::Shutdown),
             }
         } {
@@ -74,7 +76,7 @@ pub fn handle(
                 to_backend: &stats.bytes_to_backend,
                 from_backend: &stats.bytes_from_backend,
             };
-            Relay::new(client, upstream, idle, cut_wait, counters)
+            Relay::new(client, upstream, idle, cut_wait, counters).already_sent(early)
         }
         .await;
         let reason = match result.reason {
@@ -101,6 +103,127 @@ pub fn handle(
             reason,
         );
     }
+}
+
+/// What a connection from a trusted front brings besides its stream: where the client
+/// connected to at the front, and the client's bytes read along with the PROXY header.
+#[derive(Debug)]
+pub struct Preamble {
+    pub destination: Option<SocketAddr>,
+    pub early: Vec<u8>,
+}
+
+/// What comes before a client's stream: nothing for a direct client (`()`, which costs
+/// the connection's state nothing), a [`Preamble`] behind a PROXY front.
+pub trait Intro: Send + 'static {
+    fn into_preamble(self) -> Option<Box<Preamble>>;
+}
+
+impl Intro for () {
+    fn into_preamble(self) -> Option<Box<Preamble>> {
+        None
+    }
+}
+
+impl Intro for Box<Preamble> {
+    fn into_preamble(self) -> Option<Box<Preamble>> {
+        Some(self)
+    }
+}
+
+/// A connection from a trusted front: its PROXY header first, then the access rules
+/// for the client it names, then as any connection — the client's address is the
+/// header's from then on (balancing, logs, the header sent on).
+pub async fn handle_from_front(
+    mut client: TcpStream,
+    front: SocketAddr,
+    slot: ActiveSlot,
+    stop: CancellationToken,
+    limit: Duration,
+) {
+    let started = Instant::now();
+    let server = slot.server();
+    let received = tokio::select! {
+        received = proxy_protocol::read_header(&mut client, limit) => received,
+        () = stop.cancelled() => return,
+    };
+    let received = match received {
+        Ok(received) => received,
+        Err(e) => {
+            debug!(server = %server.name, front = %front, error = %e, "PROXY header refused");
+            server.count_refused(CloseReason::ProxyHeader);
+            access_log(
+                &server.name,
+                front,
+                None,
+                0,
+                0,
+                started,
+                CloseReason::ProxyHeader,
+            );
+            return;
+        }
+    };
+    let peer = received.origin.source.unwrap_or(front);
+    let denied = server
+        .settings
+        .load()
+        .access
+        .as_ref()
+        .is_some_and(|acl| !acl.allows(peer.ip()));
+    if denied {
+        server.count_refused(CloseReason::AclDenied);
+        access_log(
+            &server.name,
+            peer,
+            None,
+            0,
+            0,
+            started,
+            CloseReason::AclDenied,
+        );
+        return;
+    }
+    let preamble = Box::new(Preamble {
+        destination: received.origin.destination,
+        early: received.early,
+    });
+    handle(client, peer, slot, stop, preamble).await;
+}
+
+/// Connects to a backend, then sends what must precede the client's stream: the PROXY
+/// header the server sends (if any), and the client's bytes already read. Returns how
+/// many of those client bytes there were.
+async fn open(
+    server: &ServerShared,
+    client: &TcpStream,
+    peer: SocketAddr,
+    preamble: Option<Box<Preamble>>,
+) -> Result<(ConnGuard, TcpStream, u64), CloseReason> {
+    let (guard, mut upstream) = connect(server, peer).await?;
+    let send = server.settings.load().proxy_protocol.send;
+    if send.is_none() && preamble.is_none() {
+        return Ok((guard, upstream, 0));
+    }
+    let mut first = Vec::new();
+    if let Some(version) = send {
+        let destination = preamble
+            .as_ref()
+            .and_then(|p| p.destination)
+            .or_else(|| client.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::new(peer.ip(), 0));
+        first = proxy_protocol::encode(version, peer, destination);
+    }
+    let early = preamble.map_or_else(Vec::new, |p| p.early);
+    first.extend_from_slice(&early);
+    if let Err(e) = upstream.write_all(&first).await {
+        debug!(server = %server.name, backend = guard.backend().key(), error = %e, "cannot send the connection's first bytes");
+        return Err(CloseReason::BackendError);
+    }
+    let early = early.len() as u64;
+    let stats = &guard.backend().state.stats;
+    stats.bytes_to_backend.fetch_add(early, Ordering::Relaxed);
+    Ok((guard, upstream, early))
 }
 
 /// Picks backends and dials them until one answers, at most `connect_attempts` times.
