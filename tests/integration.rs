@@ -15,4 +15,5 @@ mod limits;
 mod metrics;
 mod process;
 mod proxy;
+mod proxy_protocol;
 mod udp;

@@ -355,6 +355,9 @@ mod tests {
         round_trip(include_str!("../../examples/gobetween.toml"));
         round_trip(include_str!("../../tests/configs/valid/discovery.toml"));
         round_trip(include_str!("../../tests/configs/valid/udp.toml"));
+        round_trip(include_str!(
+            "../../tests/configs/valid/proxy_protocol.toml"
+        ));
         round_trip(include_str!("../../examples/minimal.toml"));
         round_trip(
             "shutdown_timeout = \"1m30s\"\n\
