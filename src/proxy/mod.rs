@@ -3,6 +3,7 @@
 //! Every connection or session ends with a [`CloseReason`] that the access log and the
 //! counters report.
 
+pub mod client_hello;
 pub mod copy;
 pub mod proxy_protocol;
 #[cfg(target_os = "linux")]
