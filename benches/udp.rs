@@ -38,6 +38,7 @@ fn server(backend: SocketAddr, max_responses: Option<u32>) -> ServerConfig {
             max_responses,
         },
         proxy_protocol: Default::default(),
+        sni: None,
     }
 }
 

@@ -334,6 +334,7 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         access: None,
         udp: Default::default(),
         proxy_protocol: Default::default(),
+        sni: None,
     };
     let mut logging = config::LoggingConfig {
         level: args.log_level.clone(),

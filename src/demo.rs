@@ -98,6 +98,7 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> 
         access: None,
         udp: Default::default(),
         proxy_protocol: Default::default(),
+        sni: None,
     };
     Config {
         logging: LoggingConfig::default(),

@@ -155,22 +155,16 @@ fn admit(
     if let Err(e) = stream.set_nodelay(true) {
         debug!(server = %server.name, error = %e, "set TCP_NODELAY failed");
     }
-    match accept_proxy {
-        Some(accept) => tracker.spawn(proxy::tcp::handle_from_front(
-            stream,
-            peer,
-            slot,
-            hard_stop.clone(),
-            accept.timeout,
-        )),
-        None => tracker.spawn(proxy::tcp::handle(
-            stream,
-            peer,
-            slot,
-            hard_stop.clone(),
-            (),
-        )),
+    let prelude = proxy::tcp::Prelude {
+        proxy_header: accept_proxy.map(|accept| accept.timeout),
+        client_hello: settings.sni.as_ref().map(|sni| sni.read_timeout),
     };
+    if prelude.proxy_header.is_some() || prelude.client_hello.is_some() {
+        let handle = proxy::tcp::handle_prelude(stream, peer, slot, hard_stop.clone(), prelude);
+        tracker.spawn(handle);
+    } else {
+        tracker.spawn(proxy::tcp::handle(stream, peer, slot, hard_stop.clone(), ()));
+    }
 }
 
 fn is_resource_exhaustion(e: &io::Error) -> bool {

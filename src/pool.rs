@@ -70,7 +70,18 @@ impl Pool {
     /// Picks an available backend for `client`, skipping those in `tried`, and counts the
     /// connection against it. `None` when no backend can take it.
     pub fn pick(&self, client: IpAddr, tried: &[Arc<Backend>]) -> Option<ConnGuard> {
-        let eligible = |b: &Backend| b.is_available() && !tried.iter().any(|t| same(t, b));
+        self.pick_where(client, tried, &|_| true)
+    }
+
+    /// Like [`Pool::pick`], among the backends `allowed` accepts (SNI routing).
+    pub fn pick_where(
+        &self,
+        client: IpAddr,
+        tried: &[Arc<Backend>],
+        allowed: &dyn Fn(&Backend) -> bool,
+    ) -> Option<ConnGuard> {
+        let eligible =
+            |b: &Backend| b.is_available() && !tried.iter().any(|t| same(t, b)) && allowed(b);
         let ctx = PickContext {
             client,
             eligible: &eligible,

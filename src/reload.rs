@@ -81,6 +81,7 @@ mod tests {
             access: None,
             udp: Default::default(),
             proxy_protocol: Default::default(),
+            sni: None,
         }
     }
 

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -23,6 +23,7 @@ use crate::discovery;
 use crate::health;
 use crate::listener::{self, Listeners};
 use crate::pool::Pool;
+use crate::proxy::sni;
 use crate::proxy::udp::{self, UdpStats};
 use crate::proxy::CloseReason;
 use crate::resolve;
@@ -41,6 +42,10 @@ pub struct ServerStats {
     pub refused_proxy_untrusted: AtomicU64,
     /// Trusted fronts whose PROXY header was refused.
     pub refused_proxy_header: AtomicU64,
+    /// SNI routing: ClientHellos refused (malformed, too long, late, cut short).
+    pub refused_client_hello: AtomicU64,
+    /// SNI routing: names no backend is tagged for, under `reject`.
+    pub refused_sni: AtomicU64,
     /// Dials beyond the first for one client, each to another backend.
     pub connect_retries: AtomicU64,
     /// Datagram counters of a UDP server.
@@ -52,6 +57,8 @@ pub struct ServerShared {
     pub name: String,
     pub settings: ArcSwap<ServerConfig>,
     pub pool: ArcSwap<Pool>,
+    /// SNI routing's view of the pool's `sni=` tags; rebuilt with the pool.
+    pub sni: ArcSwapOption<sni::Matcher>,
     pub stats: ServerStats,
     /// Set while "no backend available" has been logged and not yet recovered, so the
     /// transition is logged once rather than once per refused client.
@@ -67,6 +74,8 @@ impl ServerShared {
             CloseReason::ConnectFailed => &self.stats.connect_failed,
             CloseReason::ProxyUntrusted => &self.stats.refused_proxy_untrusted,
             CloseReason::ProxyHeader => &self.stats.refused_proxy_header,
+            CloseReason::ClientHello => &self.stats.refused_client_hello,
+            CloseReason::SniRejected => &self.stats.refused_sni,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -158,6 +167,7 @@ impl Server {
             name: name.to_owned(),
             pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
             settings: ArcSwap::from_pointee(config.clone()),
+            sni: ArcSwapOption::empty(),
             stats: ServerStats::default(),
             no_backend_logged: AtomicBool::new(false),
         });
@@ -361,7 +371,15 @@ impl Backends {
         let backends = build_backends(&settings, &tasks.specs, &by_key, &self.hard_stop);
         let pool = Arc::new(Pool::new(settings.balance, backends));
         resolve::resolve_now(&pool).await;
+        let matcher = settings.sni.as_ref().map(|sni| {
+            Arc::new(sni::Matcher::new(
+                &self.shared.name,
+                sni.matching,
+                pool.backends(),
+            ))
+        });
         self.shared.settings.store(Arc::clone(&settings));
+        self.shared.sni.store(matcher);
         self.shared.pool.store(Arc::clone(&pool));
         self.follow(tasks, &settings, &pool);
     }

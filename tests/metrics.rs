@@ -433,6 +433,7 @@ async fn udp_datagrams_are_counted_and_each_reply_ends_its_session() {
             max_responses: Some(1),
         },
         proxy_protocol: Default::default(),
+        sni: None,
         ..server(BalanceKind::RoundRobin, vec![spec_of(echo)])
     };
     let mut cfg = config(udp);

@@ -93,7 +93,6 @@ pub(crate) fn apply(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
 const UNSUPPORTED: &[(Place, &str, &str)] = &[
     (Place::Top, "profiler", "the profiler"),
     (Place::Top, "acme", "ACME certificates"),
-    (Place::Server, "sni", "SNI routing"),
     (Place::Server, "tls", "TLS termination"),
     (Place::Server, "backends_tls", "TLS to backends"),
 ];

@@ -226,6 +226,39 @@ pub struct AcceptProxy {
 /// How long a front has to send its PROXY header by default.
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// `[servers.NAME.sni]`: route TLS connections by the server name of their ClientHello,
+/// without terminating them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SniConfig {
+    /// How long a client has to send its whole ClientHello.
+    pub read_timeout: Duration,
+    pub matching: HostnameMatching,
+    pub unexpected: UnexpectedHostname,
+}
+
+/// How a backend's `sni=` tag is compared with a client's server name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HostnameMatching {
+    /// The same name, case aside; `*.example.com` matches one label in front.
+    Exact,
+    /// The tag is a regular expression that must match the whole name.
+    Regexp,
+}
+
+/// Where a client goes whose server name no backend is tagged for (or who sent none).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnexpectedHostname {
+    /// To the backends without an `sni=` tag.
+    Default,
+    /// Nowhere: the connection is closed.
+    Reject,
+    /// To any backend.
+    Any,
+}
+
+/// How long a client has to send its ClientHello by default.
+pub const DEFAULT_SNI_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// `[servers.NAME.udp]`: when a UDP session ends besides its idle timeouts.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct UdpConfig {
@@ -271,6 +304,8 @@ pub struct ServerConfig {
     pub udp: UdpConfig,
     /// The PROXY protocol towards backends and from fronts (TCP only).
     pub proxy_protocol: ProxyProtocol,
+    /// Routing by TLS server name (TCP only).
+    pub sni: Option<SniConfig>,
 }
 
 /// A configuration that loaded, with the warnings found on the way.

@@ -17,8 +17,9 @@ use super::reader::{join, Ctx, Field, Section};
 use super::sections::access;
 use super::{
     AcceptProxy, ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, LogFormat, LogOutput,
-    LoggingConfig, MetricsConfig, Protocol, ProxyProtocol, ProxyVersion, ServerConfig, TlsFiles,
-    UdpConfig, DEFAULT_API_BIND, DEFAULT_METRICS_BIND, DEFAULT_PROXY_HEADER_TIMEOUT,
+    HostnameMatching, LoggingConfig, MetricsConfig, Protocol, ProxyProtocol, ProxyVersion,
+    ServerConfig, SniConfig, TlsFiles, UdpConfig, UnexpectedHostname, DEFAULT_API_BIND,
+    DEFAULT_METRICS_BIND, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
 };
 use crate::balance::BalanceKind;
 
@@ -65,9 +66,15 @@ const SERVER_KEYS: &[&str] = &[
     "udp",
     "proxy_protocol",
     "accept_proxy_protocol",
+    "sni",
 ];
 const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
 const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
+const SNI_KEYS: &[&str] = &[
+    "read_timeout",
+    "hostname_matching_strategy",
+    "unexpected_hostname_strategy",
+];
 const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
 /// Connection options of `[defaults]`, and of a server before defaults are applied.
 /// `None` is "not set"; `Some(None)` is "set to 0: no limit".
@@ -335,6 +342,7 @@ fn server(
     let accept_proxy = sec
         .take("accept_proxy_protocol")
         .map(|f| (ctx.table_at(&f), accept_proxy_protocol(ctx, &f)));
+    let sni = sec.take("sni").map(|f| (ctx.table_at(&f), sni(ctx, &f)));
     let sec_path = sec.path.clone();
     sec.finish(ctx, SERVER_KEYS);
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
@@ -348,6 +356,7 @@ fn server(
             "accept_proxy_protocol",
             accept_proxy.as_ref().map(|(at, _)| *at),
         ),
+        ("sni", sni.as_ref().map(|(at, _)| *at)),
     ] {
         if let (Some(at), Protocol::Udp) = (at, protocol) {
             let message = format!("[{section}] applies to TCP servers, not UDP");
@@ -386,6 +395,7 @@ fn server(
             send: send_proxy.and_then(|(_, v)| v),
             accept: accept_proxy.and_then(|(_, a)| a),
         },
+        sni: sni.and_then(|(_, s)| s),
     };
     Some((server, bind_at))
 }
@@ -448,6 +458,36 @@ fn check_bind_conflict(
         };
         ctx.error(at, &format!("{server}.bind"), message);
     }
+}
+
+/// `[servers.NAME.sni]`, GoBetween's keys.
+fn sni(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<SniConfig> {
+    let mut sec = ctx.table(f)?;
+    let read_timeout = match sec.take("read_timeout").and_then(|f| ctx.duration(&f)) {
+        Some(d) if !d.is_zero() => d,
+        _ => DEFAULT_SNI_READ_TIMEOUT,
+    };
+    let matchings = [
+        ("exact", HostnameMatching::Exact),
+        ("regexp", HostnameMatching::Regexp),
+    ];
+    let matching = sec
+        .take("hostname_matching_strategy")
+        .map_or(Some(HostnameMatching::Exact), |f| ctx.choice(&f, &matchings));
+    let strategies = [
+        ("default", UnexpectedHostname::Default),
+        ("reject", UnexpectedHostname::Reject),
+        ("any", UnexpectedHostname::Any),
+    ];
+    let unexpected = sec
+        .take("unexpected_hostname_strategy")
+        .map_or(Some(UnexpectedHostname::Default), |f| ctx.choice(&f, &strategies));
+    sec.finish(ctx, SNI_KEYS);
+    Some(SniConfig {
+        read_timeout,
+        matching: matching?,
+        unexpected: unexpected?,
+    })
 }
 
 /// `[servers.NAME.proxy_protocol]`: GoBetween's `version = "1"`, and `"2"`.

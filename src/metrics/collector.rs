@@ -114,6 +114,8 @@ impl Collector for Scrape {
                 ("connect_failed", &stats.connect_failed),
                 ("proxy_untrusted", &stats.refused_proxy_untrusted),
                 ("proxy_header", &stats.refused_proxy_header),
+                ("client_hello", &stats.refused_client_hello),
+                ("sni_rejected", &stats.refused_sni),
             ]
             .map(|(reason, counter)| {
                 (

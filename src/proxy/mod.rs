@@ -6,6 +6,7 @@
 pub mod client_hello;
 pub mod copy;
 pub mod proxy_protocol;
+pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tcp;
@@ -55,6 +56,11 @@ pub enum CloseReason {
     ProxyUntrusted,
     /// A trusted front's PROXY header was malformed, too long, late or cut short.
     ProxyHeader,
+    /// SNI routing: the ClientHello was malformed, too long, late or cut short.
+    ClientHello,
+    /// SNI routing: no backend is tagged for the name, and unexpected names are
+    /// rejected.
+    SniRejected,
 }
 
 impl CloseReason {
@@ -75,6 +81,8 @@ impl CloseReason {
             CloseReason::ConnectFailed => "connect_failed",
             CloseReason::ProxyUntrusted => "proxy_untrusted",
             CloseReason::ProxyHeader => "proxy_header",
+            CloseReason::ClientHello => "client_hello",
+            CloseReason::SniRejected => "sni_rejected",
         }
     }
 }

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::copy::{Counters, Relay};
-use super::{proxy_protocol, CloseReason};
+use super::sni::Route;
+use super::{client_hello, proxy_protocol, CloseReason};
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{HealthKind, ServerConfig};
 use crate::server::{ActiveSlot, ServerShared};
@@ -105,16 +106,19 @@ pub fn handle<I: Intro>(
     }
 }
 
-/// What a connection from a trusted front brings besides its stream: where the client
-/// connected to at the front, and the client's bytes read along with the PROXY header.
-#[derive(Debug)]
+/// What a connection brings besides its stream when something was read before a
+/// backend was chosen: where the client connected to at a PROXY front, the bytes read
+/// (they belong to the client's stream and go to the backend first, unchanged), and the
+/// backends its ClientHello may go to.
+#[derive(Debug, Default)]
 pub struct Preamble {
     pub destination: Option<SocketAddr>,
     pub early: Vec<u8>,
+    pub route: Option<Route>,
 }
 
-/// What comes before a client's stream: nothing for a direct client (`()`, which costs
-/// the connection's state nothing), a [`Preamble`] behind a PROXY front.
+/// What comes before a client's stream: nothing for a plain connection (`()`, which
+/// costs the connection's state nothing), a [`Preamble`] otherwise.
 pub trait Intro: Send + 'static {
     fn into_preamble(self) -> Option<Box<Preamble>>;
 }
@@ -131,64 +135,79 @@ impl Intro for Box<Preamble> {
     }
 }
 
-/// A connection from a trusted front: its PROXY header first, then the access rules
-/// for the client it names, then as any connection — the client's address is the
-/// header's from then on (balancing, logs, the header sent on).
-pub async fn handle_from_front(
+/// What a server reads from a connection before choosing its backend.
+#[derive(Clone, Copy, Debug)]
+pub struct Prelude {
+    /// A PROXY header from a trusted front, within this long.
+    pub proxy_header: Option<Duration>,
+    /// A TLS ClientHello for SNI routing, within this long.
+    pub client_hello: Option<Duration>,
+}
+
+/// A connection whose first bytes decide where it goes: a trusted front's PROXY header
+/// (the client it names is the connection's client from then on: access rules,
+/// balancing, logs, the header sent on), then a ClientHello (its server name picks the
+/// backends). Read off the accept loop, bounded in size and time; a bad one closes the
+/// connection with its reason counted. Then as any connection.
+pub async fn handle_prelude(
     mut client: TcpStream,
-    front: SocketAddr,
+    peer: SocketAddr,
     slot: ActiveSlot,
     stop: CancellationToken,
-    limit: Duration,
+    prelude: Prelude,
 ) {
     let started = Instant::now();
     let server = slot.server();
-    let received = tokio::select! {
-        received = proxy_protocol::read_header(&mut client, limit) => received,
+    let read = async {
+        let mut preamble = Box::<Preamble>::default();
+        let mut peer = peer;
+        if let Some(limit) = prelude.proxy_header {
+            let received = proxy_protocol::read_header(&mut client, limit)
+                .await
+                .map_err(|e| (CloseReason::ProxyHeader, e.to_string()))?;
+            peer = received.origin.source.unwrap_or(peer);
+            preamble.destination = received.origin.destination;
+            preamble.early = received.early;
+            let settings = server.settings.load();
+            if let Some(acl) = &settings.access {
+                if !acl.allows(peer.ip()) {
+                    return Err((CloseReason::AclDenied, format!("client {peer}")));
+                }
+            }
+        }
+        if let Some(limit) = prelude.client_hello {
+            let hello = client_hello::read(&mut client, &mut preamble.early, limit)
+                .await
+                .map_err(|e| (CloseReason::ClientHello, e.to_string()))?;
+            let settings = server.settings.load();
+            let (Some(sni), Some(matcher)) = (&settings.sni, server.sni.load_full()) else {
+                return Ok((peer, preamble));
+            };
+            let pool = server.pool.load();
+            let name = hello.server_name.as_deref();
+            preamble.route = Some(
+                Route::choose(sni, &matcher, name, pool.backends()).ok_or_else(|| {
+                    (
+                        CloseReason::SniRejected,
+                        format!("no backend for {}", name.unwrap_or("(no name)")),
+                    )
+                })?,
+            );
+        }
+        Ok((peer, preamble))
+    };
+    let read = tokio::select! {
+        read = read => read,
         () = stop.cancelled() => return,
     };
-    let received = match received {
-        Ok(received) => received,
-        Err(e) => {
-            debug!(server = %server.name, front = %front, error = %e, "PROXY header refused");
-            server.count_refused(CloseReason::ProxyHeader);
-            access_log(
-                &server.name,
-                front,
-                None,
-                0,
-                0,
-                started,
-                CloseReason::ProxyHeader,
-            );
-            return;
+    match read {
+        Ok((peer, preamble)) => handle(client, peer, slot, stop, preamble).await,
+        Err((reason, detail)) => {
+            debug!(server = %server.name, client = %peer, reason = reason.as_str(), detail, "connection refused before a backend was chosen");
+            server.count_refused(reason);
+            access_log(&server.name, peer, None, 0, 0, started, reason);
         }
-    };
-    let peer = received.origin.source.unwrap_or(front);
-    let denied = server
-        .settings
-        .load()
-        .access
-        .as_ref()
-        .is_some_and(|acl| !acl.allows(peer.ip()));
-    if denied {
-        server.count_refused(CloseReason::AclDenied);
-        access_log(
-            &server.name,
-            peer,
-            None,
-            0,
-            0,
-            started,
-            CloseReason::AclDenied,
-        );
-        return;
     }
-    let preamble = Box::new(Preamble {
-        destination: received.origin.destination,
-        early: received.early,
-    });
-    handle(client, peer, slot, stop, preamble).await;
 }
 
 /// Connects to a backend, then sends what must precede the client's stream: the PROXY
@@ -200,7 +219,8 @@ async fn open(
     peer: SocketAddr,
     preamble: Option<Box<Preamble>>,
 ) -> Result<(ConnGuard, TcpStream, u64), CloseReason> {
-    let (guard, mut upstream) = connect(server, peer).await?;
+    let route = preamble.as_ref().and_then(|p| p.route.as_ref());
+    let (guard, mut upstream) = connect(server, peer, route).await?;
     let send = server.settings.load().proxy_protocol.send;
     if send.is_none() && preamble.is_none() {
         return Ok((guard, upstream, 0));
@@ -216,6 +236,9 @@ async fn open(
     }
     let early = preamble.map_or_else(Vec::new, |p| p.early);
     first.extend_from_slice(&early);
+    if first.is_empty() {
+        return Ok((guard, upstream, 0));
+    }
     if let Err(e) = upstream.write_all(&first).await {
         debug!(server = %server.name, backend = guard.backend().key(), error = %e, "cannot send the connection's first bytes");
         return Err(CloseReason::BackendError);
@@ -231,9 +254,15 @@ async fn open(
 async fn connect(
     server: &ServerShared,
     peer: SocketAddr,
+    route: Option<&Route>,
 ) -> Result<(ConnGuard, TcpStream), CloseReason> {
     let settings = server.settings.load();
     let pool = server.pool.load();
+    let matcher = route.and_then(|_| server.sni.load_full());
+    let allowed = |b: &Backend| match (route, &matcher) {
+        (Some(route), Some(matcher)) => route.allows(matcher, b),
+        _ => true,
+    };
     let connect_timeout = settings
         .backend_connection_timeout
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
@@ -241,7 +270,7 @@ async fn connect(
     // Allocates only after a failed attempt.
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     for _ in 0..settings.connect_attempts.max(1) {
-        let Some(guard) = pool.pick(peer.ip(), &tried) else {
+        let Some(guard) = pool.pick_where(peer.ip(), &tried, &allowed) else {
             break;
         };
         if !tried.is_empty() {

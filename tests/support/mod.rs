@@ -48,6 +48,7 @@ pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig 
         access: None,
         udp: Default::default(),
         proxy_protocol: Default::default(),
+        sni: None,
     }
 }
 
