@@ -163,7 +163,13 @@ fn admit(
         let handle = proxy::tcp::handle_prelude(stream, peer, slot, hard_stop.clone(), prelude);
         tracker.spawn(handle);
     } else {
-        tracker.spawn(proxy::tcp::handle(stream, peer, slot, hard_stop.clone(), ()));
+        tracker.spawn(proxy::tcp::handle(
+            stream,
+            peer,
+            slot,
+            hard_stop.clone(),
+            (),
+        ));
     }
 }
 

@@ -16,4 +16,5 @@ mod metrics;
 mod process;
 mod proxy;
 mod proxy_protocol;
+mod sni;
 mod udp;

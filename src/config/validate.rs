@@ -16,8 +16,8 @@ use super::legacy::{self, Place};
 use super::reader::{join, Ctx, Field, Section};
 use super::sections::access;
 use super::{
-    AcceptProxy, ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, LogFormat, LogOutput,
-    HostnameMatching, LoggingConfig, MetricsConfig, Protocol, ProxyProtocol, ProxyVersion,
+    AcceptProxy, ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, HostnameMatching,
+    LogFormat, LogOutput, LoggingConfig, MetricsConfig, Protocol, ProxyProtocol, ProxyVersion,
     ServerConfig, SniConfig, TlsFiles, UdpConfig, UnexpectedHostname, DEFAULT_API_BIND,
     DEFAULT_METRICS_BIND, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
 };
@@ -473,7 +473,9 @@ fn sni(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<SniConfig> {
     ];
     let matching = sec
         .take("hostname_matching_strategy")
-        .map_or(Some(HostnameMatching::Exact), |f| ctx.choice(&f, &matchings));
+        .map_or(Some(HostnameMatching::Exact), |f| {
+            ctx.choice(&f, &matchings)
+        });
     let strategies = [
         ("default", UnexpectedHostname::Default),
         ("reject", UnexpectedHostname::Reject),
@@ -481,7 +483,9 @@ fn sni(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<SniConfig> {
     ];
     let unexpected = sec
         .take("unexpected_hostname_strategy")
-        .map_or(Some(UnexpectedHostname::Default), |f| ctx.choice(&f, &strategies));
+        .map_or(Some(UnexpectedHostname::Default), |f| {
+            ctx.choice(&f, &strategies)
+        });
     sec.finish(ctx, SNI_KEYS);
     Some(SniConfig {
         read_timeout,

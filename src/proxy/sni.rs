@@ -32,7 +32,9 @@ impl Matcher {
                     Ok(regex) => {
                         regexes.insert(tag.to_owned(), regex);
                     }
-                    Err(e) => warn!(server, tag, error = %e, "sni tag is not a regular expression; it matches nothing"),
+                    Err(e) => {
+                        warn!(server, tag, error = %e, "sni tag is not a regular expression; it matches nothing")
+                    }
                 }
             }
         }
@@ -119,7 +121,10 @@ mod tests {
 
     #[test]
     fn exact_names_and_wildcards() {
-        let backends = [backend(Some("a.example.com")), backend(Some("*.example.org"))];
+        let backends = [
+            backend(Some("a.example.com")),
+            backend(Some("*.example.org")),
+        ];
         let m = Matcher::new("t", HostnameMatching::Exact, &backends);
         assert!(m.matches(&backends[0], "a.example.com"));
         assert!(m.matches(&backends[0], "A.EXAMPLE.com"));
@@ -132,7 +137,10 @@ mod tests {
 
     #[test]
     fn regular_expressions_match_whole_names() {
-        let backends = [backend(Some(r"api[0-9]+\.example\.com")), backend(Some("(unclosed"))];
+        let backends = [
+            backend(Some(r"api[0-9]+\.example\.com")),
+            backend(Some("(unclosed")),
+        ];
         let m = Matcher::new("t", HostnameMatching::Regexp, &backends);
         assert!(m.matches(&backends[0], "api12.example.com"));
         assert!(!m.matches(&backends[0], "xapi1.example.com.evil"));
@@ -156,8 +164,14 @@ mod tests {
         let route = Route::choose(&default, &m, None, &backends).unwrap();
         assert_eq!(route, Route::Untagged);
         let any = config(UnexpectedHostname::Any);
-        assert_eq!(Route::choose(&any, &m, Some("b.example"), &backends), Some(Route::Any));
+        assert_eq!(
+            Route::choose(&any, &m, Some("b.example"), &backends),
+            Some(Route::Any)
+        );
         let reject = config(UnexpectedHostname::Reject);
-        assert_eq!(Route::choose(&reject, &m, Some("b.example"), &backends), None);
+        assert_eq!(
+            Route::choose(&reject, &m, Some("b.example"), &backends),
+            None
+        );
     }
 }
