@@ -213,7 +213,11 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
     let workers = threads.unwrap_or_else(Workers::default_count);
     anyhow::ensure!(workers > 0, "--threads must be at least 1");
     match crate::descriptors::raise_limit() {
-        Ok(limit) => info!(limit, "file descriptor limit"),
+        Ok(limit) => info!(
+            limit,
+            udp_sessions = crate::descriptors::session_budget(),
+            "file descriptor limit"
+        ),
         Err(e) => warn!(error = %e, "cannot raise the file descriptor limit"),
     }
     let rt = control_runtime()?;

@@ -3,7 +3,7 @@
 //! A UDP session holds a socket towards its backend, so a flood of client addresses
 //! could otherwise open sockets until `accept` and health checks fail with EMFILE. UDP
 //! sessions take descriptors from a process-wide budget that leaves a quarter of the
-//! limit (at least 1 024) to everything else.
+//! limit (at least 1 024, at most half) to everything else.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -64,7 +64,8 @@ pub fn session_budget() -> usize {
 }
 
 fn budget_for(limit: u64) -> usize {
-    let reserved = (limit / 4).max(RESERVED_MIN);
+    // Never more than half in reserve, so a small limit still leaves UDP some sessions.
+    let reserved = (limit / 4).max(RESERVED_MIN).min(limit / 2);
     usize::try_from(limit.saturating_sub(reserved)).unwrap_or(usize::MAX)
 }
 
@@ -75,8 +76,10 @@ mod tests {
     #[test]
     fn a_quarter_is_reserved_and_never_less_than_1024() {
         assert_eq!(budget_for(20_000), 15_000);
-        assert_eq!(budget_for(1024), 0);
+        assert_eq!(budget_for(4096), 3072);
         assert_eq!(budget_for(2048), 1024);
+        assert_eq!(budget_for(1024), 512);
+        assert_eq!(budget_for(256), 128);
         assert_eq!(
             budget_for(u64::MAX),
             usize::try_from(u64::MAX - u64::MAX / 4).unwrap()

@@ -734,3 +734,25 @@ async fn max_requests_and_max_responses_together() {
     wait_active(&lb, 0).await;
     assert_eq!(lb.shared().await.stats.accepted.load(Ordering::Relaxed), 2);
 }
+
+#[tokio::test]
+async fn no_other_socket_can_bind_beside_the_listening_ones() {
+    // SO_REUSEADDR on UDP would let any process bind the same port and take datagrams.
+    let backend = UdpBackend::named("a").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    ))
+    .await;
+    for specific in [
+        lb.addr,
+        format!("0.0.0.0:{}", lb.addr.port()).parse().expect("addr"),
+    ] {
+        let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+            .expect("socket");
+        other.set_reuse_address(true).expect("SO_REUSEADDR");
+        let bound = other.bind(&specific.into());
+        assert!(bound.is_err(), "{specific} could be bound beside Sluice");
+    }
+}

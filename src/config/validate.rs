@@ -112,14 +112,14 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
         .and_then(|f| ctx.table(&f))
         .map_or_else(Options::default, |sec| defaults(ctx, sec));
     let servers_at = top.find("servers").unwrap_or(0);
-    let mut binds: Vec<(SocketAddr, String)> = Vec::new();
+    let mut binds: Vec<(SocketAddr, Protocol, String)> = Vec::new();
     if let Some(mut servers) = top.take("servers").and_then(|f| ctx.table(&f)) {
         for field in servers.take_all() {
             let Some((server, bind_at)) = server(ctx, &field, &defaults) else {
                 continue;
             };
-            check_bind_conflict(ctx, &binds, server.bind, bind_at, field.path());
-            binds.push((server.bind, field.path().to_owned()));
+            check_bind_conflict(ctx, &binds, &server, bind_at, field.path());
+            binds.push((server.bind, server.protocol, field.path().to_owned()));
             config.servers.insert(field.key.to_owned(), server);
         }
     }
@@ -363,6 +363,15 @@ fn server(
             ctx.error(at, &join(&sec_path, section), message);
         }
     }
+    let sends_data = !matches!(
+        healthcheck.kind,
+        HealthKind::None | HealthKind::Ping | HealthKind::Exec(_) | HealthKind::Udp(_)
+    );
+    if let (Some(at), Some(_), true) = (kind_at, &send_proxy, sends_data) {
+        let message = "health checks do not send the PROXY header: a backend that requires \
+                       it fails them; consider kind = \"ping\" or \"exec\"";
+        ctx.warn(at, &join(&join(&sec_path, "healthcheck"), "kind"), message);
+    }
     if let (Some(at), HealthKind::Ping, Protocol::Udp) = (kind_at, &healthcheck.kind, protocol) {
         let message =
             "kind \"ping\" connects over TCP, but this server is UDP; use kind = \"udp\" \
@@ -435,28 +444,31 @@ pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
 /// specific one of the same family and port. Port 0 (any free port) never conflicts.
 fn check_bind_conflict(
     ctx: &mut Ctx<'_>,
-    binds: &[(SocketAddr, String)],
-    bind: SocketAddr,
+    binds: &[(SocketAddr, Protocol, String)],
+    server: &ServerConfig,
     at: usize,
-    server: &str,
+    name: &str,
 ) {
+    let bind = server.bind;
     if bind.port() == 0 {
         return;
     }
-    let overlaps = |other: &SocketAddr| {
-        other.port() == bind.port()
+    // TCP and UDP ports are separate: DNS serves both on one port.
+    let overlaps = |(other, protocol, _): &&(SocketAddr, Protocol, String)| {
+        *protocol == server.protocol
+            && other.port() == bind.port()
             && other.is_ipv4() == bind.is_ipv4()
             && (other.ip() == bind.ip()
                 || other.ip().is_unspecified()
                 || bind.ip().is_unspecified())
     };
-    if let Some((other, owner)) = binds.iter().find(|(other, _)| overlaps(other)) {
+    if let Some((other, _, owner)) = binds.iter().find(overlaps) {
         let message = if *other == bind {
             format!("address {bind} is already used by {owner}")
         } else {
             format!("address {bind} overlaps {other} of {owner}")
         };
-        ctx.error(at, &format!("{server}.bind"), message);
+        ctx.error(at, &format!("{name}.bind"), message);
     }
 }
 

@@ -20,7 +20,9 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocke
     let mut addr = addr;
     for _ in 0..count.max(1) {
         let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        socket.set_reuse_address(true)?;
+        // SO_REUSEPORT only: it lets in sockets of the same user alone, where
+        // SO_REUSEADDR on UDP would let any process bind the port beside Sluice and take
+        // its datagrams (and nothing waits in TIME_WAIT for UDP).
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         size_buffers(&socket);
@@ -188,8 +190,10 @@ mod local_address {
     /// The local address a datagram was sent to, from its control message.
     pub(super) fn of(cmsg: &ControlMessageOwned) -> Option<IpAddr> {
         match cmsg {
+            // The local address a reply should leave from (for a datagram sent to a
+            // broadcast address, the interface's own, not the broadcast address).
             ControlMessageOwned::Ipv4PacketInfo(info) => Some(IpAddr::V4(Ipv4Addr::from(
-                u32::from_be(info.ipi_addr.s_addr),
+                u32::from_be(info.ipi_spec_dst.s_addr),
             ))),
             ControlMessageOwned::Ipv6PacketInfo(info) => {
                 Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)))
