@@ -636,6 +636,22 @@ async fn on_a_wildcard_address_replies_leave_from_the_address_the_client_sent_to
             let reply = reply.unwrap_or_else(|| panic!("{bind}: no reply from {to}"));
             assert_eq!(reply.echoed, b"where");
         }
+        // One client port talking to two of the host's addresses (a resolver asking
+        // each of its nameservers from one socket) gets each reply from the address
+        // it asked.
+        let socket = client("127.0.0.1:0").await;
+        for target in ["127.0.0.7", "127.0.0.8", "127.0.0.7"] {
+            let to: SocketAddr = format!("{target}:{}", lb.addr.port())
+                .parse()
+                .expect("address");
+            socket.send_to(b"which", to).await.expect("send");
+            let mut buf = [0u8; 256];
+            let (_, from) = tokio::time::timeout(WAIT, socket.recv_from(&mut buf))
+                .await
+                .expect("a reply in time")
+                .expect("reply");
+            assert_eq!(from, to, "{bind}: a reply from another address");
+        }
     }
 }
 

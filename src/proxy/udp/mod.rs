@@ -75,7 +75,9 @@ struct Front {
     /// The kernel's count of datagrams dropped on this socket, as last reported.
     kernel_drops: AtomicU32,
     server: Arc<ServerShared>,
-    sessions: Mutex<HashMap<SocketAddr, Arc<Session>>>,
+    /// By client address and, on a wildcard bind, the local address it sent to (one
+    /// client port may talk to several of the host's addresses).
+    sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     tracker: TaskTracker,
     /// Cancelled when the server stops: sessions linger briefly for replies, then end.
     stopping: CancellationToken,
@@ -86,6 +88,9 @@ struct Front {
     /// opened on first use.
     loose: [OnceLock<UdpSocket>; 2],
 }
+
+/// A session's client, and the local address it sent to on a wildcard bind.
+type SessionKey = (SocketAddr, Option<IpAddr>);
 
 /// What a session's listening side and reply task both see.
 struct Session {
@@ -250,7 +255,7 @@ fn on_datagram(
     let now = Instant::now();
     // One retry: a session whose backend turned out to be gone gives way to a new one.
     for _ in 0..2 {
-        let session = match current_session(front, client) {
+        let session = match current_session(front, (client, local)) {
             Some(session) => session,
             None if settings.udp.fire_and_forget() => return send_loose(front, data, client),
             None => match open_session(front, settings, client, local) {
@@ -293,25 +298,23 @@ fn count_bytes(counter: &AtomicU64, len: usize) {
 
 /// The client's session, if it has one that still takes datagrams. A session whose
 /// backend failed its health check is closed here, so the client moves to a live one.
-fn current_session(front: &Front, client: SocketAddr) -> Option<Arc<Session>> {
+fn current_session(front: &Front, key: SessionKey) -> Option<Arc<Session>> {
     let mut sessions = lock(&front.sessions);
-    let session = sessions.get(&client)?;
+    let session = sessions.get(&key)?;
     if !session.closed.load(Ordering::Acquire) && session.backend.is_healthy() {
         return Some(Arc::clone(session));
     }
-    let session = sessions.remove(&client)?;
+    let session = sessions.remove(&key)?;
     session.abandon();
     None
 }
 
 /// Removes `session` from the table if it is still the one there for its client.
 fn forget(front: &Front, session: &Arc<Session>) {
+    let key = (session.client, session.local);
     let mut sessions = lock(&front.sessions);
-    if sessions
-        .get(&session.client)
-        .is_some_and(|s| Arc::ptr_eq(s, session))
-    {
-        sessions.remove(&session.client);
+    if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
+        sessions.remove(&key);
     }
 }
 
@@ -394,7 +397,7 @@ fn open_session(
         bytes_to_backend: AtomicU64::new(0),
         bytes_to_client: AtomicU64::new(0),
     });
-    lock(&front.sessions).insert(client, Arc::clone(&session));
+    lock(&front.sessions).insert((client, local), Arc::clone(&session));
     let held = Held {
         _guard: guard,
         _slot: slot,
