@@ -772,3 +772,72 @@ async fn no_other_socket_can_bind_beside_the_listening_ones() {
         assert!(bound.is_err(), "{specific} could be bound beside Sluice");
     }
 }
+
+#[tokio::test]
+async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
+    // The stopped server's sockets stay open while its sessions relay late replies;
+    // they must not take any of the new server's datagrams meanwhile.
+    let old_backend = UdpBackend::named("old").await;
+    let new_backend = UdpBackend::named("new").await;
+    let port = crate::support::process::free_port();
+    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
+    let old = ServerConfig {
+        bind,
+        client_idle_timeout: Some(Duration::from_secs(600)),
+        ..udp_server(
+            BalanceKind::RoundRobin,
+            vec![old_backend.spec()],
+            limits(None, None),
+        )
+    };
+    let lb = Sluice::start(old.clone()).await;
+    // Sessions on every worker, so each old socket lingers.
+    let mut lingering = Vec::new();
+    for _ in 0..8 {
+        let socket = client("127.0.0.1:0").await;
+        assert!(ask(&socket, bind, b"before", 3).await.is_some());
+        lingering.push(socket);
+    }
+    let mut next = crate::support::config(ServerConfig {
+        discovery: DiscoveryConfig::Static {
+            backends: vec![new_backend.spec()],
+        },
+        ..old
+    });
+    // Another name on the same address: the old server stops, the new one binds.
+    let renamed = next.servers.remove("test").expect("server");
+    next.servers.insert("renamed".to_owned(), renamed);
+    lb.runtime.apply(next).await.expect("reload");
+    for i in 0..64 {
+        let socket = client("127.0.0.1:0").await;
+        let reply = ask(&socket, bind, format!("after {i}").as_bytes(), 1)
+            .await
+            .unwrap_or_else(|| panic!("datagram {i} lost"));
+        assert_eq!(reply.backend, "new");
+    }
+}
+
+#[tokio::test]
+async fn a_reply_on_its_way_when_the_server_stops_still_reaches_the_client() {
+    let slow =
+        UdpBackend::start_delayed("slow", "127.0.0.1:0", 1, Duration::from_millis(300)).await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![slow.spec()],
+        limits(None, None),
+    ))
+    .await;
+    let socket = client("127.0.0.1:0").await;
+    socket.send_to(b"late", lb.addr).await.expect("send");
+    eventually("the datagram reached the backend", || async {
+        slow.received() == 1
+    })
+    .await;
+    // The server goes away while the reply is on its way.
+    lb.runtime
+        .apply(sluice::config::Config::default())
+        .await
+        .expect("reload");
+    let reply = receive(&socket, WAIT).await.expect("the late reply");
+    assert_eq!(Reply::parse(&reply).echoed, b"late");
+}

@@ -40,7 +40,17 @@ impl UdpBackend {
 
     /// `replies` replies per datagram (0: a backend that never answers), on `bind`.
     pub async fn start(name: &str, bind: &str, replies: usize) -> UdpBackend {
-        let socket = UdpSocket::bind(bind).await.expect("bind UDP backend");
+        Self::start_delayed(name, bind, replies, Duration::ZERO).await
+    }
+
+    /// Like [`UdpBackend::start`], answering each datagram `delay` after it came.
+    pub async fn start_delayed(
+        name: &str,
+        bind: &str,
+        replies: usize,
+        delay: Duration,
+    ) -> UdpBackend {
+        let socket = Arc::new(UdpSocket::bind(bind).await.expect("bind UDP backend"));
         let addr = socket.local_addr().expect("local address");
         let received = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&received);
@@ -54,8 +64,17 @@ impl UdpBackend {
                 count.fetch_add(1, Ordering::Relaxed);
                 let mut reply = format!("{prefix} {}|", from.port()).into_bytes();
                 reply.extend_from_slice(&buf[..len]);
-                for _ in 0..replies {
-                    let _ = socket.send_to(&reply, from).await;
+                let socket = Arc::clone(&socket);
+                let answer = async move {
+                    tokio::time::sleep(delay).await;
+                    for _ in 0..replies {
+                        let _ = socket.send_to(&reply, from).await;
+                    }
+                };
+                if delay.is_zero() {
+                    answer.await;
+                } else {
+                    tokio::spawn(answer);
                 }
             }
         });

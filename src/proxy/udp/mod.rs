@@ -180,7 +180,26 @@ pub async fn serve(
         }
         receive_batch(&front);
     }
+    // Sessions still send replies from this socket for a moment, so it stays open; but
+    // a server bound to the same address meanwhile must get every new datagram. A
+    // connected UDP socket only takes datagrams from its peer, and the kernel then
+    // leaves it out of the SO_REUSEPORT group's choice: connected to its own address,
+    // it takes none.
+    if let Err(e) = deafen(&front.socket).await {
+        debug!(server = %front.server.name, error = %e, "cannot stop the UDP socket receiving");
+    }
     debug!(server = %front.server.name, "stopped receiving");
+}
+
+/// Connects `socket` to its own address (a loopback one for a wildcard bind).
+async fn deafen(socket: &UdpSocket) -> io::Result<()> {
+    let local = socket.local_addr()?;
+    let own = match local.ip() {
+        ip if !ip.is_unspecified() => local,
+        IpAddr::V4(_) => SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, local.port())),
+        IpAddr::V6(_) => SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, local.port())),
+    };
+    socket.connect(own).await
 }
 
 /// Handles up to [`BATCH`] waiting datagrams, read a batch per system call.
