@@ -273,12 +273,15 @@ fn on_datagram(
     }
     let now = Instant::now();
     // One retry: a session whose backend turned out to be gone gives way to a new one.
-    for _ in 0..2 {
+    for retry in [false, true] {
         let session = match current_session(front, (client, local)) {
             Some(session) => session,
             None if settings.udp.fire_and_forget() => return send_loose(front, data, client),
             None => match open_session(front, settings, client, local) {
                 Ok(session) => session,
+                // The abandoned session may still hold its slot: the datagram is lost
+                // to its backend's refusal, not to the cap.
+                Err(_) if retry => break,
                 Err(refusal) => return refuse(server, client, refusal),
             },
         };
