@@ -339,6 +339,7 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         udp: Default::default(),
         proxy_protocol: Default::default(),
         sni: None,
+        tls: None,
     };
     let mut logging = config::LoggingConfig {
         level: args.log_level.clone(),

@@ -78,6 +78,8 @@ impl Control {
         let changes = self.runtime.apply(loaded.config).await.inspect_err(|e| {
             error!("reload failed: {e}");
         })?;
+        // Certificate files may have been renewed under an unchanged configuration.
+        self.runtime.reload_tls().await;
         info!(changes = changes.len(), "configuration reloaded");
         Ok(changes)
     }

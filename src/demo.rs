@@ -99,6 +99,7 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> 
         udp: Default::default(),
         proxy_protocol: Default::default(),
         sni: None,
+        tls: None,
     };
     Config {
         logging: LoggingConfig::default(),

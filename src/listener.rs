@@ -47,7 +47,9 @@ pub fn bind(
     count: usize,
 ) -> io::Result<Listeners> {
     Ok(match protocol {
-        crate::config::Protocol::Tcp => Listeners::Tcp(bind_tcp(addr, count)?),
+        crate::config::Protocol::Tcp | crate::config::Protocol::Tls => {
+            Listeners::Tcp(bind_tcp(addr, count)?)
+        }
         crate::config::Protocol::Udp => Listeners::Udp(proxy::udp::bind(addr, count)?),
     })
 }
@@ -159,7 +161,9 @@ fn admit(
         proxy_header: accept_proxy.map(|accept| accept.timeout),
         client_hello: settings.sni.as_ref().map(|sni| sni.read_timeout),
     };
-    if prelude.proxy_header.is_some() || prelude.client_hello.is_some() {
+    if settings.protocol == crate::config::Protocol::Tls {
+        tracker.spawn(proxy::tls::handle(stream, peer, slot, hard_stop.clone()));
+    } else if prelude.proxy_header.is_some() || prelude.client_hello.is_some() {
         let handle = proxy::tcp::handle_prelude(stream, peer, slot, hard_stop.clone(), prelude);
         tracker.spawn(handle);
     } else {

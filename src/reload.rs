@@ -82,6 +82,7 @@ mod tests {
             udp: Default::default(),
             proxy_protocol: Default::default(),
             sni: None,
+            tls: None,
         }
     }
 

@@ -172,6 +172,19 @@ impl Runtime {
             .collect()
     }
 
+    /// Loads every TLS-terminating server's certificates and keys again (a server whose
+    /// files cannot be loaded keeps its current ones). Connections already established
+    /// keep the certificate they were made with.
+    pub async fn reload_tls(&self) {
+        let state = self.state.lock().await;
+        for server in state.servers.values() {
+            let settings = server.shared.settings.load_full();
+            if settings.tls.is_some() {
+                server.shared.reload_tls(&settings);
+            }
+        }
+    }
+
     /// The configuration currently applied.
     pub async fn config(&self) -> Config {
         self.state.lock().await.config.clone()

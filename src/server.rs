@@ -14,7 +14,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::backend::{Backend, BackendSpec, BackendState};
 use crate::balance::BalanceKind;
@@ -46,6 +46,8 @@ pub struct ServerStats {
     pub refused_client_hello: AtomicU64,
     /// SNI routing: names no backend is tagged for, under `reject`.
     pub refused_sni: AtomicU64,
+    /// TLS termination: handshakes that failed or timed out.
+    pub refused_tls_handshake: AtomicU64,
     /// Dials beyond the first for one client, each to another backend.
     pub connect_retries: AtomicU64,
     /// Datagram counters of a UDP server.
@@ -59,6 +61,8 @@ pub struct ServerShared {
     pub pool: ArcSwap<Pool>,
     /// SNI routing's view of the pool's `sni=` tags; rebuilt with the pool.
     pub sni: ArcSwapOption<sni::Matcher>,
+    /// TLS termination's configuration; rebuilt when the settings change or on reload.
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
     pub stats: ServerStats,
     /// Set while "no backend available" has been logged and not yet recovered, so the
     /// transition is logged once rather than once per refused client.
@@ -76,9 +80,26 @@ impl ServerShared {
             CloseReason::ProxyHeader => &self.stats.refused_proxy_header,
             CloseReason::ClientHello => &self.stats.refused_client_hello,
             CloseReason::SniRejected => &self.stats.refused_sni,
+            CloseReason::TlsHandshake => &self.stats.refused_tls_handshake,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Loads the certificates and keys of `settings.tls` again into a new TLS
+    /// configuration; on failure the current one stays (and the failure is logged), so
+    /// a bad file never takes a running server down.
+    pub fn reload_tls(&self, settings: &ServerConfig) {
+        let Some(termination) = &settings.tls else {
+            self.tls.store(None);
+            return;
+        };
+        match crate::tls::termination_config(termination) {
+            Ok(config) => self.tls.store(Some(config)),
+            Err(e) => {
+                error!(server = %self.name, error = %e, "cannot load the TLS certificates; keeping the current ones")
+            }
+        }
     }
 
     pub(crate) fn note_no_backend(&self) {
@@ -168,9 +189,11 @@ impl Server {
             pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
             settings: ArcSwap::from_pointee(config.clone()),
             sni: ArcSwapOption::empty(),
+            tls: ArcSwapOption::empty(),
             stats: ServerStats::default(),
             no_backend_logged: AtomicBool::new(false),
         });
+        shared.reload_tls(&config);
         let background = life.graceful.child_token();
         let backends = Arc::new(Backends {
             shared: Arc::clone(&shared),
@@ -361,6 +384,9 @@ impl Backends {
     }
 
     async fn rebuild(&self, tasks: &mut Tasks, settings: Option<Arc<ServerConfig>>) {
+        if let Some(settings) = &settings {
+            self.shared.reload_tls(settings);
+        }
         let settings = settings.unwrap_or_else(|| self.shared.settings.load_full());
         let old_pool = self.shared.pool.load_full();
         let by_key: HashMap<&str, &Arc<BackendState>> = old_pool

@@ -8,7 +8,7 @@ use rustls::crypto::ring;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
-use crate::config::TlsFiles;
+use crate::config::{ClientAuth, TlsFiles, TlsTermination, TlsVersion};
 
 /// A certificate or key that cannot be used, with the file it came from.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +108,137 @@ pub fn server_config(
             .map_err(mismatch)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The IANA names of the cipher suites rustls offers (`[servers.NAME.tls] ciphers`).
+pub fn cipher_suite_names() -> Vec<&'static str> {
+    ring::default_provider()
+        .cipher_suites
+        .iter()
+        .filter_map(|suite| suite.suite().as_str())
+        .collect()
+}
+
+/// The rustls configuration of a `protocol = "tls"` server: its certificates (the one
+/// valid for the name a client asks for, else the first), versions, cipher suites,
+/// session tickets, ALPN and client certificates.
+pub fn termination_config(t: &TlsTermination) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut provider = ring::default_provider();
+    if !t.ciphers.is_empty() {
+        let all = std::mem::take(&mut provider.cipher_suites);
+        provider.cipher_suites = t
+            .ciphers
+            .iter()
+            .filter_map(|name| {
+                all.iter()
+                    .find(|s| s.suite().as_str() == Some(name.as_str()))
+                    .copied()
+            })
+            .collect();
+    }
+    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (t.min_version..=t.max_version).contains(v))
+    .map(|(_, v)| v)
+    .collect();
+    let provider = Arc::new(provider);
+    let first = t
+        .certificates
+        .first()
+        .map(|f| f.key_path.clone())
+        .unwrap_or_default();
+    let unusable = |source| TlsError::Mismatch {
+        key: first.clone(),
+        source,
+    };
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)
+        .map_err(unusable)?;
+    let builder = match (&t.client_ca_path, t.client_auth) {
+        (Some(path), auth) if auth != ClientAuth::None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let (added, _) = roots.add_parsable_certificates(certificates(path)?);
+            if added == 0 {
+                return Err(TlsError::NoTrustAnchor { path: path.clone() });
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                Arc::clone(&provider),
+            );
+            let verifier = if auth == ClientAuth::Optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            let verifier = verifier.build().map_err(|e| TlsError::Certificates {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    let mut keys = Vec::with_capacity(t.certificates.len());
+    for files in &t.certificates {
+        let chain = certificates(&files.cert_path)?;
+        let key = private_key(&files.key_path)?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|source| TlsError::Mismatch {
+                key: files.key_path.clone(),
+                source,
+            })?;
+        let certified = rustls::sign::CertifiedKey::new(chain, signing);
+        certified
+            .keys_match()
+            .map_err(|source| TlsError::Mismatch {
+                key: files.key_path.clone(),
+                source,
+            })?;
+        keys.push(Arc::new(certified));
+    }
+    let mut config = builder.with_cert_resolver(Arc::new(ByServerName { keys }));
+    config.alpn_protocols = t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    config.ignore_client_order = t.prefer_server_ciphers;
+    if t.session_tickets {
+        config.ticketer = ring::Ticketer::new().map_err(unusable)?;
+    } else {
+        config.send_tls13_tickets = 0;
+    }
+    Ok(Arc::new(config))
+}
+
+/// Picks the first certificate valid for the name a client asks for, else the first.
+#[derive(Debug)]
+struct ByServerName {
+    keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl rustls::server::ResolvesServerCert for ByServerName {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello
+            .server_name()
+            .and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
+        if let (Some(name), true) = (name, self.keys.len() > 1) {
+            let valid = |key: &&Arc<rustls::sign::CertifiedKey>| {
+                key.end_entity_cert().is_ok_and(|der| {
+                    webpki::EndEntityCert::try_from(der)
+                        .is_ok_and(|cert| cert.verify_is_valid_for_subject_name(&name).is_ok())
+                })
+            };
+            if let Some(key) = self.keys.iter().find(valid) {
+                return Some(Arc::clone(key));
+            }
+        }
+        self.keys.first().cloned()
+    }
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {

@@ -17,4 +17,5 @@ mod process;
 mod proxy;
 mod proxy_protocol;
 mod sni;
+mod tls;
 mod udp;

@@ -92,8 +92,12 @@ pub(crate) fn apply(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
 /// GoBetween sections Sluice does not support yet, and what they are.
 const UNSUPPORTED: &[(Place, &str, &str)] = &[
     (Place::Top, "profiler", "the profiler"),
-    (Place::Top, "acme", "ACME certificates"),
-    (Place::Server, "tls", "TLS termination"),
+    (
+        Place::Top,
+        "acme",
+        "ACME certificates need the internet; obtain them with certbot or lego and give \
+         [servers.NAME.tls] cert_path and key_path, which SIGHUP reloads",
+    ),
     (Place::Server, "backends_tls", "TLS to backends"),
 ];
 

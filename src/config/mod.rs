@@ -26,6 +26,7 @@ mod sections;
 mod static_list;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -177,6 +178,8 @@ pub struct MetricsConfig {
 pub enum Protocol {
     Tcp,
     Udp,
+    /// TCP with TLS terminated by Sluice (`[servers.NAME.tls]`).
+    Tls,
 }
 
 impl Protocol {
@@ -184,6 +187,7 @@ impl Protocol {
         match self {
             Protocol::Tcp => "tcp",
             Protocol::Udp => "udp",
+            Protocol::Tls => "tls",
         }
     }
 }
@@ -225,6 +229,56 @@ pub struct AcceptProxy {
 
 /// How long a front has to send its PROXY header by default.
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `[servers.NAME.tls]` of a `protocol = "tls"` server: TLS terminated by Sluice.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TlsTermination {
+    /// Certificate chains with their keys: the first (`cert_path`, `key_path`) is the
+    /// default; the others (`certificates`) are chosen when a client asks for a name
+    /// they are valid for.
+    pub certificates: Vec<TlsFiles>,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    /// Cipher suites by IANA name, in order of preference; empty: rustls' defaults.
+    pub ciphers: Vec<String>,
+    /// Choose the cipher suite by the server's order, not the client's.
+    pub prefer_server_ciphers: bool,
+    pub session_tickets: bool,
+    /// Protocols offered by ALPN, in order of preference.
+    pub alpn: Vec<String>,
+    /// CA certificates that client certificates must chain to (mutual TLS).
+    pub client_ca_path: Option<std::path::PathBuf>,
+    pub client_auth: ClientAuth,
+    /// How long a client has to complete the handshake.
+    pub handshake_timeout: Duration,
+}
+
+/// A TLS protocol version rustls speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+impl TlsVersion {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "tls1.2",
+            TlsVersion::Tls13 => "tls1.3",
+        }
+    }
+}
+
+/// Whether clients must present a certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientAuth {
+    None,
+    Optional,
+    Require,
+}
+
+/// How long a client has to complete a TLS handshake by default.
+pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[servers.NAME.sni]`: route TLS connections by the server name of their ClientHello,
 /// without terminating them.
@@ -306,6 +360,8 @@ pub struct ServerConfig {
     pub proxy_protocol: ProxyProtocol,
     /// Routing by TLS server name (TCP only).
     pub sni: Option<SniConfig>,
+    /// TLS termination (`protocol = "tls"` only).
+    pub tls: Option<TlsTermination>,
 }
 
 /// A configuration that loaded, with the warnings found on the way.

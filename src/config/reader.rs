@@ -281,6 +281,27 @@ impl<'s> Ctx<'s> {
         }
     }
 
+    /// A list of tables (`[[key]]` or `key = [{...}]`), each as a section with its path
+    /// (`key[i]`). Elements of the wrong type are reported and skipped.
+    pub fn tables<'t>(&mut self, f: &Field<'t>) -> Option<Vec<Section<'t>>> {
+        let Value::Array(items) = &f.node.value else {
+            self.wrong_type(f, f.at, "a list of tables", &f.node.value);
+            return None;
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = format!("{}[{i}]", f.path());
+            match &item.value {
+                Value::Table(entries) => out.push(Section::new(path, item.at, entries)),
+                other => {
+                    let found = other.type_name(self.src.json);
+                    self.error(item.at, &path, format!("expected a table, found {found}"));
+                }
+            }
+        }
+        Some(out)
+    }
+
     /// A list of strings, each with its position and its path (`key[i]`). Elements of
     /// the wrong type are reported and skipped.
     pub fn strings<'t>(&mut self, f: &Field<'t>) -> Option<Vec<(usize, String, &'t str)>> {

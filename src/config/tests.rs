@@ -266,8 +266,8 @@ fn each_error_kind_names_its_key() {
             "servers.a.bind: expected a string such as",
         ),
         (
-            "[servers.a]\nprotocol = \"tls\"\n",
-            "servers.a.protocol: protocol \"tls\" is not supported yet",
+            "[servers.a]\nprotocol = \"quic\"\n",
+            "servers.a.protocol: unknown protocol \"quic\"; expected one of tcp, udp, tls",
         ),
         (
             "[servers.a]\nconnect_attempts = 0\n",

@@ -67,6 +67,7 @@ const SERVER_KEYS: &[&str] = &[
     "proxy_protocol",
     "accept_proxy_protocol",
     "sni",
+    "tls",
 ];
 const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
 const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
@@ -343,10 +344,34 @@ fn server(
         .take("accept_proxy_protocol")
         .map(|f| (ctx.table_at(&f), accept_proxy_protocol(ctx, &f)));
     let sni = sec.take("sni").map(|f| (ctx.table_at(&f), sni(ctx, &f)));
+    let tls = sec
+        .take("tls")
+        .map(|f| (ctx.table_at(&f), super::tls::termination(ctx, &f)));
     let sec_path = sec.path.clone();
     sec.finish(ctx, SERVER_KEYS);
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
-    if let (Some((at, _)), Protocol::Tcp) = (&udp, protocol) {
+    match (&tls, protocol) {
+        (None, Protocol::Tls) => {
+            let message = "protocol = \"tls\" needs [tls] with cert_path and key_path";
+            ctx.error(bind_at, &join(&sec_path, "protocol"), message);
+        }
+        (Some((at, _)), Protocol::Tcp | Protocol::Udp) => {
+            let message = "[tls] applies only to a server with protocol = \"tls\"";
+            ctx.error(*at, &join(&sec_path, "tls"), message);
+        }
+        _ => {}
+    }
+    if let (Some((at, _)), Protocol::Tls) = (&accept_proxy, protocol) {
+        let message = "accepting the PROXY protocol in front of TLS termination is not \
+                       supported yet";
+        ctx.error(*at, &join(&sec_path, "accept_proxy_protocol"), message);
+    }
+    if let (Some(_), Some((at, _)), Protocol::Tls) = (&tls, &sni, protocol) {
+        let message = "[sni] routes TLS it does not terminate (protocol = \"tcp\"); with \
+                       protocol = \"tls\" the certificate is chosen by name already";
+        ctx.error(*at, &join(&sec_path, "sni"), message);
+    }
+    if let (Some((at, _)), Protocol::Tcp | Protocol::Tls) = (&udp, protocol) {
         let message = "[udp] applies only to a server with protocol = \"udp\"";
         ctx.error(*at, &join(&sec_path, "udp"), message);
     }
@@ -405,6 +430,7 @@ fn server(
             accept: accept_proxy.and_then(|(_, a)| a),
         },
         sni: sni.and_then(|(_, s)| s),
+        tls: tls.and_then(|(_, t)| t),
     };
     Some((server, bind_at))
 }
@@ -579,16 +605,9 @@ fn protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Protocol> {
     match ctx.str(f)? {
         "tcp" => Some(Protocol::Tcp),
         "udp" => Some(Protocol::Udp),
-        p @ "tls" => {
-            ctx.error(
-                f.at,
-                f.path(),
-                format!("protocol \"{p}\" is not supported yet"),
-            );
-            None
-        }
+        "tls" => Some(Protocol::Tls),
         p => {
-            let message = format!("unknown protocol \"{p}\"; expected one of tcp, udp");
+            let message = format!("unknown protocol \"{p}\"; expected one of tcp, udp, tls");
             ctx.error(f.at, f.path(), message);
             None
         }

@@ -116,6 +116,7 @@ impl Collector for Scrape {
                 ("proxy_header", &stats.refused_proxy_header),
                 ("client_hello", &stats.refused_client_hello),
                 ("sni_rejected", &stats.refused_sni),
+                ("tls_handshake", &stats.refused_tls_handshake),
             ]
             .map(|(reason, counter)| {
                 (

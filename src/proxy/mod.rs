@@ -10,6 +10,7 @@ pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use std::fmt;
@@ -61,6 +62,9 @@ pub enum CloseReason {
     /// SNI routing: no backend is tagged for the name, and unexpected names are
     /// rejected.
     SniRejected,
+    /// TLS termination: the handshake failed (version, cipher or certificate
+    /// mismatch, garbage) or did not finish in time.
+    TlsHandshake,
 }
 
 impl CloseReason {
@@ -83,6 +87,7 @@ impl CloseReason {
             CloseReason::ProxyHeader => "proxy_header",
             CloseReason::ClientHello => "client_hello",
             CloseReason::SniRejected => "sni_rejected",
+            CloseReason::TlsHandshake => "tls_handshake",
         }
     }
 }

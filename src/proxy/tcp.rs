@@ -213,7 +213,7 @@ pub async fn handle_prelude(
 /// Connects to a backend, then sends what must precede the client's stream: the PROXY
 /// header the server sends (if any), and the client's bytes already read. Returns how
 /// many of those client bytes there were.
-async fn open(
+pub(crate) async fn open(
     server: &ServerShared,
     client: &TcpStream,
     peer: SocketAddr,

@@ -49,6 +49,7 @@ pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig 
         udp: Default::default(),
         proxy_protocol: Default::default(),
         sni: None,
+        tls: None,
     }
 }
 

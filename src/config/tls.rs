@@ -1,0 +1,160 @@
+//! `[servers.NAME.tls]`: TLS termination, GoBetween's keys plus several certificates,
+//! ALPN, mutual TLS and a handshake timeout. The files are loaded here too, so a bad
+//! certificate or key is reported with the configuration, not at the first client.
+
+use std::path::PathBuf;
+
+use super::reader::{join, Ctx, Field, Section};
+use super::{ClientAuth, TlsFiles, TlsTermination, TlsVersion, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
+
+const TLS_KEYS: &[&str] = &[
+    "cert_path",
+    "key_path",
+    "certificates",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "prefer_server_ciphers",
+    "session_tickets",
+    "alpn",
+    "client_ca_path",
+    "client_auth",
+    "handshake_timeout",
+];
+
+pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermination> {
+    let mut sec = ctx.table(f)?;
+    let at = sec.at;
+    let mut certificates = Vec::new();
+    match files(ctx, &mut sec) {
+        Some(files) => certificates.push(files),
+        None => ctx.error(
+            at,
+            &sec.path,
+            "needs cert_path and key_path (the default certificate)",
+        ),
+    }
+    if let Some(list) = sec.take("certificates").and_then(|f| ctx.tables(&f)) {
+        for mut item in list {
+            match files(ctx, &mut item) {
+                Some(files) => certificates.push(files),
+                None => ctx.error(item.at, &item.path, "needs cert_path and key_path"),
+            }
+            item.finish(ctx, &["cert_path", "key_path"]);
+        }
+    }
+    let versions = [
+        ("tls1.2", Some(TlsVersion::Tls12)),
+        ("tls1.3", Some(TlsVersion::Tls13)),
+        ("tls1", None),
+        ("tls1.0", None),
+        ("tls1.1", None),
+        ("ssl3", None),
+    ];
+    let mut version = |ctx: &mut Ctx<'_>, key: &str, default: TlsVersion| {
+        let Some(field) = sec.take(key) else {
+            return Some(default);
+        };
+        match ctx.choice(&field, &versions)? {
+            Some(v) => Some(v),
+            None => {
+                let message = "TLS 1.0 and 1.1 are not offered (rustls speaks TLS 1.2 and 1.3): \
+                               use \"tls1.2\" or \"tls1.3\"";
+                ctx.error(field.at, field.path(), message);
+                None
+            }
+        }
+    };
+    let min_version = version(ctx, "min_version", TlsVersion::Tls12);
+    let max_version = version(ctx, "max_version", TlsVersion::Tls13);
+    let ciphers = strings(ctx, &mut sec, "ciphers");
+    for (at, path, name) in &ciphers {
+        if !crate::tls::cipher_suite_names().contains(&name.as_str()) {
+            let known = crate::tls::cipher_suite_names().join(", ");
+            ctx.error(
+                *at,
+                path,
+                format!("unknown cipher suite \"{name}\"; expected one of {known}"),
+            );
+        }
+    }
+    let mut flag = |ctx: &mut Ctx<'_>, key: &str, default: bool| {
+        sec.take(key).and_then(|f| ctx.bool(&f)).unwrap_or(default)
+    };
+    let prefer_server_ciphers = flag(ctx, "prefer_server_ciphers", false);
+    let session_tickets = flag(ctx, "session_tickets", true);
+    let alpn = strings(ctx, &mut sec, "alpn");
+    let client_ca_path = sec
+        .take("client_ca_path")
+        .and_then(|f| ctx.non_empty(&f).map(PathBuf::from));
+    let auths = [
+        ("none", ClientAuth::None),
+        ("optional", ClientAuth::Optional),
+        ("require", ClientAuth::Require),
+    ];
+    let auth_field = sec.take("client_auth");
+    let client_auth = match &auth_field {
+        Some(f) => ctx.choice(f, &auths),
+        None if client_ca_path.is_some() => Some(ClientAuth::Require),
+        None => Some(ClientAuth::None),
+    };
+    if client_auth.is_some_and(|a| a != ClientAuth::None) && client_ca_path.is_none() {
+        let at = auth_field.as_ref().map_or(at, |f| f.at);
+        ctx.error(at, &join(&sec.path, "client_auth"), "needs client_ca_path");
+    }
+    let handshake_timeout = match sec.take("handshake_timeout").and_then(|f| ctx.duration(&f)) {
+        Some(d) if !d.is_zero() => d,
+        _ => DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+    };
+    let path = sec.path.clone();
+    sec.finish(ctx, TLS_KEYS);
+    let (min_version, max_version, client_auth) = (min_version?, max_version?, client_auth?);
+    if min_version > max_version {
+        ctx.error(at, &path, "min_version is above max_version");
+        return None;
+    }
+    let termination = TlsTermination {
+        certificates,
+        min_version,
+        max_version,
+        ciphers: ciphers.into_iter().map(|(_, _, name)| name).collect(),
+        prefer_server_ciphers,
+        session_tickets,
+        alpn: alpn.into_iter().map(|(_, _, p)| p).collect(),
+        client_ca_path,
+        client_auth,
+        handshake_timeout,
+    };
+    if termination.certificates.is_empty() {
+        return None;
+    }
+    // The files, now: a bad one is a configuration error naming it.
+    if let Err(e) = crate::tls::termination_config(&termination) {
+        ctx.error(at, &path, e);
+        return None;
+    }
+    Some(termination)
+}
+
+/// `cert_path` and `key_path` of `sec`, both required.
+fn files(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<TlsFiles> {
+    let mut path = |key| {
+        sec.take(key)
+            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from))
+    };
+    let cert_path = path("cert_path");
+    let key_path = path("key_path");
+    Some(TlsFiles {
+        cert_path: cert_path?,
+        key_path: key_path?,
+    })
+}
+
+fn strings(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> Vec<(usize, String, String)> {
+    sec.take(key)
+        .and_then(|f| ctx.strings(&f))
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(at, path, s)| (at, path, s.to_owned()))
+        .collect()
+}

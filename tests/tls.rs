@@ -1,0 +1,342 @@
+//! TLS termination: certificates chosen by name, versions, ALPN, mutual TLS accepted
+//! and refused, certificates reloaded without dropping connections, bad handshakes
+//! counted, and `openssl s_client` as a client.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use sluice::balance::BalanceKind;
+use sluice::config::{ClientAuth, Protocol, ServerConfig, TlsFiles, TlsTermination, TlsVersion};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::*;
+
+/// A CA and the files of leaf certificates it signs.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Certificate,
+    ca_key: rcgen::KeyPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        // A leaf and its issuer with the same name look self-signed to OpenSSL.
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Sluice test CA");
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let ca = params.self_signed(&ca_key).expect("CA");
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
+        Pki { dir, ca, ca_key }
+    }
+
+    fn ca_path(&self) -> PathBuf {
+        self.dir.path().join("ca.pem")
+    }
+
+    /// A leaf for `names`, written as `FILE.pem` and `FILE.key`.
+    fn leaf(&self, file: &str, names: &[&str]) -> TlsFiles {
+        let params = rcgen::CertificateParams::new(
+            names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>(),
+        )
+        .expect("params");
+        let mut params = params;
+        params.distinguished_name.push(
+            rcgen::DnType::CommonName,
+            names.first().copied().unwrap_or(file),
+        );
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = params
+            .signed_by(&key, &self.ca, &self.ca_key)
+            .expect("leaf");
+        let files = TlsFiles {
+            cert_path: self.dir.path().join(format!("{file}.pem")),
+            key_path: self.dir.path().join(format!("{file}.key")),
+        };
+        std::fs::write(&files.cert_path, cert.pem()).expect("write certificate");
+        std::fs::write(&files.key_path, key.serialize_pem()).expect("write key");
+        files
+    }
+}
+
+fn termination(certificates: Vec<TlsFiles>) -> TlsTermination {
+    TlsTermination {
+        certificates,
+        min_version: TlsVersion::Tls12,
+        max_version: TlsVersion::Tls13,
+        ciphers: Vec::new(),
+        prefer_server_ciphers: false,
+        session_tickets: true,
+        alpn: Vec::new(),
+        client_ca_path: None,
+        client_auth: ClientAuth::None,
+        handshake_timeout: Duration::from_millis(500),
+    }
+}
+
+fn tls_server(backend: &TestBackend, tls: TlsTermination) -> ServerConfig {
+    ServerConfig {
+        protocol: Protocol::Tls,
+        tls: Some(tls),
+        ..server(BalanceKind::RoundRobin, vec![backend.spec()])
+    }
+}
+
+/// A client trusting `ca`, offering `alpn`, presenting `identity` if given, speaking
+/// only `versions`.
+fn client_config(
+    ca: &Path,
+    alpn: &[&str],
+    identity: Option<&TlsFiles>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_file(ca).expect("CA"))
+        .expect("add CA");
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .expect("versions")
+    .with_root_certificates(roots);
+    let mut config = match identity {
+        Some(files) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(&files.cert_path)
+                    .expect("chain")
+                    .collect::<Result<Vec<_>, _>>()
+                    .expect("chain"),
+                PrivateKeyDer::from_pem_file(&files.key_path).expect("key"),
+            )
+            .expect("client identity"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    Arc::new(config)
+}
+
+const BOTH: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Connects through `lb` asking for `name`; on success sends `ping` and returns the
+/// backend's greeting line and echo, with the negotiated ALPN protocol.
+async fn exchange(
+    lb: std::net::SocketAddr,
+    name: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<(String, Option<Vec<u8>>), String> {
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let stream = TcpStream::connect(lb).await.map_err(|e| e.to_string())?;
+    let server_name = ServerName::try_from(name.to_owned()).map_err(|e| e.to_string())?;
+    let mut tls = tokio::time::timeout(WAIT, connector.connect(server_name, stream))
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    tls.write_all(b"ping").await.map_err(|e| e.to_string())?;
+    tls.shutdown().await.map_err(|e| e.to_string())?;
+    let mut out = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut out))
+        .await
+        .map_err(|_| "read timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    Ok((out, alpn))
+}
+
+#[tokio::test]
+async fn certificates_are_chosen_by_name_and_the_stream_is_relayed() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.sluice.test"]);
+    let b = pki.leaf("b", &["b.sluice.test", "*.b.sluice.test"]);
+    let backend = TestBackend::named("backend").await;
+    let lb = Sluice::start(tls_server(&backend, termination(vec![a, b]))).await;
+    let config = client_config(&pki.ca_path(), &[], None, BOTH);
+    for name in ["a.sluice.test", "b.sluice.test", "x.b.sluice.test"] {
+        let (reply, _) = exchange(lb.addr, name, Arc::clone(&config))
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(reply, "backend\nping", "{name}");
+    }
+    // A name no certificate covers gets the default one, which the client rejects.
+    assert!(exchange(lb.addr, "c.sluice.test", config).await.is_err());
+}
+
+#[tokio::test]
+async fn versions_and_alpn_are_negotiated_and_mismatches_counted() {
+    let pki = Pki::new();
+    let files = pki.leaf("a", &["a.sluice.test"]);
+    let backend = TestBackend::named("backend").await;
+    let mut tls = termination(vec![files]);
+    tls.min_version = TlsVersion::Tls13;
+    tls.alpn = vec!["h2".into(), "http/1.1".into()];
+    let lb = Sluice::start(tls_server(&backend, tls)).await;
+    // The server's order of preference decides.
+    let config = client_config(&pki.ca_path(), &["http/1.1", "h2"], None, BOTH);
+    let (_, alpn) = exchange(lb.addr, "a.sluice.test", config)
+        .await
+        .expect("TLS 1.3");
+    assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
+    let config = client_config(&pki.ca_path(), &["http/1.1"], None, BOTH);
+    let (_, alpn) = exchange(lb.addr, "a.sluice.test", config)
+        .await
+        .expect("TLS 1.3");
+    assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
+    let old = client_config(&pki.ca_path(), &[], None, &[&rustls::version::TLS12]);
+    assert!(exchange(lb.addr, "a.sluice.test", old).await.is_err());
+    let stats = &lb.shared().await.stats;
+    assert_eq!(stats.refused_tls_handshake.load(Ordering::Relaxed), 1);
+    assert_eq!(backend.accepted(), 2);
+}
+
+#[tokio::test]
+async fn mutual_tls_accepts_signed_clients_and_refuses_others() {
+    let pki = Pki::new();
+    let server_files = pki.leaf("server", &["a.sluice.test"]);
+    let client_files = pki.leaf("client", &["client.sluice.test"]);
+    let other_ca = Pki::new();
+    let stranger = other_ca.leaf("stranger", &["client.sluice.test"]);
+    let backend = TestBackend::named("backend").await;
+    for (auth, anonymous_ok) in [(ClientAuth::Require, false), (ClientAuth::Optional, true)] {
+        let mut tls = termination(vec![server_files.clone()]);
+        tls.client_ca_path = Some(pki.ca_path());
+        tls.client_auth = auth;
+        let lb = Sluice::start(tls_server(&backend, tls)).await;
+        let signed = client_config(&pki.ca_path(), &[], Some(&client_files), BOTH);
+        assert!(
+            exchange(lb.addr, "a.sluice.test", signed).await.is_ok(),
+            "{auth:?}"
+        );
+        let unknown = client_config(&pki.ca_path(), &[], Some(&stranger), BOTH);
+        assert!(
+            exchange(lb.addr, "a.sluice.test", unknown).await.is_err(),
+            "{auth:?}"
+        );
+        let anonymous = client_config(&pki.ca_path(), &[], None, BOTH);
+        let got = exchange(lb.addr, "a.sluice.test", anonymous).await;
+        assert_eq!(got.is_ok(), anonymous_ok, "{auth:?}: {got:?}");
+    }
+}
+
+#[tokio::test]
+async fn renewed_certificates_are_loaded_on_reload_without_dropping_connections() {
+    let pki = Pki::new();
+    let files = pki.leaf("a", &["a.sluice.test"]);
+    let backend = TestBackend::echo().await;
+    let lb = Sluice::start(tls_server(&backend, termination(vec![files.clone()]))).await;
+    let config = client_config(&pki.ca_path(), &[], None, BOTH);
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+    let stream = TcpStream::connect(lb.addr).await.expect("connect");
+    let name = ServerName::try_from("a.sluice.test").expect("name");
+    let mut open = connector.connect(name, stream).await.expect("handshake");
+    let first_cert = open.get_ref().1.peer_certificates().expect("cert")[0].clone();
+    // Renewed in place by another CA's tool... here the same CA, a new certificate.
+    let renewed = pki.leaf("a", &["a.sluice.test"]);
+    assert_eq!(renewed, files);
+    lb.runtime.reload_tls().await;
+    let stream = TcpStream::connect(lb.addr).await.expect("connect");
+    let name = ServerName::try_from("a.sluice.test").expect("name");
+    let fresh = connector.connect(name, stream).await.expect("handshake");
+    let new_cert = fresh.get_ref().1.peer_certificates().expect("cert")[0].clone();
+    assert_ne!(first_cert, new_cert, "the renewed certificate is served");
+    // The connection made before the reload still works.
+    open.write_all(b"still here").await.expect("write");
+    open.shutdown().await.expect("close");
+    let mut echoed = Vec::new();
+    tokio::time::timeout(WAIT, open.read_to_end(&mut echoed))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(echoed, b"still here");
+    // A file that cannot be loaded keeps the current certificate.
+    std::fs::write(&files.cert_path, "not a certificate").expect("break the file");
+    lb.runtime.reload_tls().await;
+    assert!(exchange(lb.addr, "a.sluice.test", config).await.is_ok());
+}
+
+#[tokio::test]
+async fn bad_handshakes_close_only_their_connection_and_are_counted() {
+    let pki = Pki::new();
+    let files = pki.leaf("a", &["a.sluice.test"]);
+    let backend = TestBackend::named("backend").await;
+    let lb = Sluice::start(tls_server(&backend, termination(vec![files]))).await;
+    let config = client_config(&pki.ca_path(), &[], None, BOTH);
+    for bytes in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"",
+        b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00",
+    ] {
+        let mut stream = TcpStream::connect(lb.addr).await.expect("connect");
+        let _ = stream.write_all(bytes).await;
+        let mut buf = [0u8; 512];
+        // Closed (a TLS alert at most), within the 500 ms handshake timeout.
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "{bytes:?}: still open");
+    }
+    assert!(exchange(lb.addr, "a.sluice.test", config).await.is_ok());
+    let stats = &lb.shared().await.stats;
+    assert_eq!(stats.refused_tls_handshake.load(Ordering::Relaxed), 3);
+}
+
+#[tokio::test]
+async fn openssl_s_client_completes_a_verified_handshake() {
+    let pki = Pki::new();
+    let a = pki.leaf("a", &["a.sluice.test"]);
+    let b = pki.leaf("b", &["b.sluice.test"]);
+    // Greets and closes, so that s_client ends.
+    let backend = TestBackend::serving("backend", "127.0.0.1:0", |mut stream| async move {
+        let _ = stream.write_all(b"backend\n").await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let lb = Sluice::start(tls_server(&backend, termination(vec![a, b]))).await;
+    for host in ["a.sluice.test", "b.sluice.test"] {
+        let output = tokio::time::timeout(
+            WAIT,
+            tokio::process::Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-connect",
+                    &lb.addr.to_string(),
+                    "-servername",
+                    host,
+                ])
+                .args([
+                    "-verify_hostname",
+                    host,
+                    "-verify_return_error",
+                    "-ign_eof",
+                    "-CAfile",
+                ])
+                .arg(pki.ca_path())
+                .stdin(std::process::Stdio::null())
+                .output(),
+        )
+        .await
+        .expect("openssl in time")
+        .expect("run openssl");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            stdout.contains("Verify return code: 0 (ok)"),
+            "{host}: {stdout}\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(stdout.lines().any(|l| l == "backend"), "{host}: {stdout}");
+    }
+}
