@@ -8,7 +8,8 @@
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server: its listener, backend pool and health checks.
 //! - [`listener`]: binding, accept loop, ACL and connection limit.
-//! - [`proxy`]: the life of one connection (pick, connect, copy, log) or UDP session.
+//! - [`proxy`]: the life of one connection (pick, connect, copy, log), TLS termination,
+//!   SNI routing, the PROXY protocol, UDP sessions.
 //! - [`descriptors`]: the descriptor limit and the UDP sessions' share of it.
 //! - [`pool`]: a server's backends split into priority tiers, each with its strategy.
 //! - [`balance`]: the balancing strategies.
