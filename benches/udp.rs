@@ -40,6 +40,7 @@ fn server(backend: SocketAddr, max_responses: Option<u32>) -> ServerConfig {
         proxy_protocol: Default::default(),
         sni: None,
         tls: None,
+        backends_tls: None,
     }
 }
 

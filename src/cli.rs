@@ -340,6 +340,7 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
         proxy_protocol: Default::default(),
         sni: None,
         tls: None,
+        backends_tls: None,
     };
     let mut logging = config::LoggingConfig {
         level: args.log_level.clone(),

@@ -100,6 +100,7 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> 
         proxy_protocol: Default::default(),
         sni: None,
         tls: None,
+        backends_tls: None,
     };
     Config {
         logging: LoggingConfig::default(),

@@ -161,7 +161,7 @@ fn admit(
         proxy_header: accept_proxy.map(|accept| accept.timeout),
         client_hello: settings.sni.as_ref().map(|sni| sni.read_timeout),
     };
-    if settings.protocol == crate::config::Protocol::Tls {
+    if settings.protocol == crate::config::Protocol::Tls || settings.backends_tls.is_some() {
         tracker.spawn(proxy::tls::handle(stream, peer, slot, hard_stop.clone()));
     } else if prelude.proxy_header.is_some() || prelude.client_hello.is_some() {
         let handle = proxy::tcp::handle_prelude(stream, peer, slot, hard_stop.clone(), prelude);

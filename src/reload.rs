@@ -83,6 +83,7 @@ mod tests {
             proxy_protocol: Default::default(),
             sni: None,
             tls: None,
+            backends_tls: None,
         }
     }
 

@@ -179,7 +179,7 @@ impl Runtime {
         let state = self.state.lock().await;
         for server in state.servers.values() {
             let settings = server.shared.settings.load_full();
-            if settings.tls.is_some() {
+            if settings.tls.is_some() || settings.backends_tls.is_some() {
                 server.shared.reload_tls(&settings);
             }
         }

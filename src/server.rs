@@ -63,6 +63,8 @@ pub struct ServerShared {
     pub sni: ArcSwapOption<sni::Matcher>,
     /// TLS termination's configuration; rebuilt when the settings change or on reload.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// TLS towards backends; rebuilt like `tls`.
+    pub backends_tls: ArcSwapOption<rustls::ClientConfig>,
     pub stats: ServerStats,
     /// Set while "no backend available" has been logged and not yet recovered, so the
     /// transition is logged once rather than once per refused client.
@@ -90,15 +92,23 @@ impl ServerShared {
     /// configuration; on failure the current one stays (and the failure is logged), so
     /// a bad file never takes a running server down.
     pub fn reload_tls(&self, settings: &ServerConfig) {
-        let Some(termination) = &settings.tls else {
-            self.tls.store(None);
-            return;
-        };
-        match crate::tls::termination_config(termination) {
-            Ok(config) => self.tls.store(Some(config)),
-            Err(e) => {
-                error!(server = %self.name, error = %e, "cannot load the TLS certificates; keeping the current ones")
-            }
+        match &settings.tls {
+            None => self.tls.store(None),
+            Some(termination) => match crate::tls::termination_config(termination) {
+                Ok(config) => self.tls.store(Some(config)),
+                Err(e) => {
+                    error!(server = %self.name, error = %e, "cannot load the TLS certificates; keeping the current ones");
+                }
+            },
+        }
+        match &settings.backends_tls {
+            None => self.backends_tls.store(None),
+            Some(backends) => match crate::tls::backends_config(backends) {
+                Ok(config) => self.backends_tls.store(Some(config)),
+                Err(e) => {
+                    error!(server = %self.name, error = %e, "cannot load the backends' TLS files; keeping the current ones");
+                }
+            },
         }
     }
 
@@ -190,6 +200,7 @@ impl Server {
             settings: ArcSwap::from_pointee(config.clone()),
             sni: ArcSwapOption::empty(),
             tls: ArcSwapOption::empty(),
+            backends_tls: ArcSwapOption::empty(),
             stats: ServerStats::default(),
             no_backend_logged: AtomicBool::new(false),
         });

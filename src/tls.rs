@@ -4,11 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::ring;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::{ring, verify_tls12_signature, verify_tls13_signature, CryptoProvider};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-use crate::config::{ClientAuth, TlsFiles, TlsTermination, TlsVersion};
+use crate::config::{BackendsTls, ClientAuth, TlsFiles, TlsTermination, TlsVersion};
 
 /// A certificate or key that cannot be used, with the file it came from.
 #[derive(Debug, thiserror::Error)]
@@ -123,28 +125,8 @@ pub fn cipher_suite_names() -> Vec<&'static str> {
 /// valid for the name a client asks for, else the first), versions, cipher suites,
 /// session tickets, ALPN and client certificates.
 pub fn termination_config(t: &TlsTermination) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut provider = ring::default_provider();
-    if !t.ciphers.is_empty() {
-        let all = std::mem::take(&mut provider.cipher_suites);
-        provider.cipher_suites = t
-            .ciphers
-            .iter()
-            .filter_map(|name| {
-                all.iter()
-                    .find(|s| s.suite().as_str() == Some(name.as_str()))
-                    .copied()
-            })
-            .collect();
-    }
-    let versions: Vec<&'static rustls::SupportedProtocolVersion> = [
-        (TlsVersion::Tls12, &rustls::version::TLS12),
-        (TlsVersion::Tls13, &rustls::version::TLS13),
-    ]
-    .into_iter()
-    .filter(|(v, _)| (t.min_version..=t.max_version).contains(v))
-    .map(|(_, v)| v)
-    .collect();
-    let provider = Arc::new(provider);
+    let provider = Arc::new(provider_with(&t.ciphers));
+    let versions = versions(t.min_version, t.max_version);
     let first = t
         .certificates
         .first()
@@ -212,6 +194,92 @@ pub fn termination_config(t: &TlsTermination) -> Result<Arc<rustls::ServerConfig
     Ok(Arc::new(config))
 }
 
+/// The rustls client configuration for `[servers.NAME.backends_tls]`: backends verified
+/// against `root_ca_cert_path` (or the system's store) unless `ignore_verify`, a client
+/// certificate if given, versions and cipher suites.
+pub fn backends_config(b: &BackendsTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let provider = Arc::new(provider_with(&b.ciphers));
+    let key = b
+        .identity
+        .as_ref()
+        .map(|f| f.key_path.clone())
+        .unwrap_or_default();
+    let unusable = |source| TlsError::Mismatch {
+        key: key.clone(),
+        source,
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions(b.min_version, b.max_version))
+        .map_err(unusable)?;
+    let builder = if b.ignore_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::clone(&provider))))
+    } else {
+        let mut roots = rustls::RootCertStore::empty();
+        match &b.root_ca_cert_path {
+            Some(path) => {
+                let (added, _) = roots.add_parsable_certificates(certificates(path)?);
+                if added == 0 {
+                    return Err(TlsError::NoTrustAnchor { path: path.clone() });
+                }
+            }
+            None => {
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                if roots.is_empty() {
+                    return Err(TlsError::NoSystemRoots);
+                }
+            }
+        }
+        builder.with_root_certificates(roots)
+    };
+    let mut config = match &b.identity {
+        Some(files) => builder
+            .with_client_auth_cert(
+                certificates(&files.cert_path)?,
+                private_key(&files.key_path)?,
+            )
+            .map_err(|source| TlsError::Mismatch {
+                key: files.key_path.clone(),
+                source,
+            })?,
+        None => builder.with_no_client_auth(),
+    };
+    if !b.session_tickets {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    Ok(Arc::new(config))
+}
+
+/// The ring provider offering `ciphers` (IANA names, in that order), or all it has.
+fn provider_with(ciphers: &[String]) -> CryptoProvider {
+    let mut provider = ring::default_provider();
+    if !ciphers.is_empty() {
+        let all = std::mem::take(&mut provider.cipher_suites);
+        provider.cipher_suites = ciphers
+            .iter()
+            .filter_map(|name| {
+                all.iter()
+                    .find(|s| s.suite().as_str() == Some(name.as_str()))
+                    .copied()
+            })
+            .collect();
+    }
+    provider
+}
+
+/// The versions from `min` to `max`.
+fn versions(min: TlsVersion, max: TlsVersion) -> Vec<&'static rustls::SupportedProtocolVersion> {
+    [
+        (TlsVersion::Tls12, &rustls::version::TLS12),
+        (TlsVersion::Tls13, &rustls::version::TLS13),
+    ]
+    .into_iter()
+    .filter(|(v, _)| (min..=max).contains(v))
+    .map(|(_, v)| v)
+    .collect()
+}
+
 /// Picks the first certificate valid for the name a client asks for, else the first.
 #[derive(Debug)]
 struct ByServerName {
@@ -238,6 +306,57 @@ impl rustls::server::ResolvesServerCert for ByServerName {
             }
         }
         self.keys.first().cloned()
+    }
+}
+
+/// Any server certificate accepted (`tls_skip_verify`, `ignore_verify`), but the
+/// handshake signatures are still checked, so the peer holds the key of the certificate
+/// it shows.
+#[derive(Debug)]
+pub struct AnyCertificate(pub Arc<CryptoProvider>);
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 

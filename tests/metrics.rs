@@ -435,6 +435,7 @@ async fn udp_datagrams_are_counted_and_each_reply_ends_its_session() {
         proxy_protocol: Default::default(),
         sni: None,
         tls: None,
+        backends_tls: None,
         ..server(BalanceKind::RoundRobin, vec![spec_of(echo)])
     };
     let mut cfg = config(udp);

@@ -9,8 +9,9 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::{
-    escape, ApiConfig, Config, HealthConfig, HealthKind, InitialStatus, LogFormat, LogOutput,
-    ProbeExpect, ProbeProtocol, Protocol, RedisRole, ServerConfig, TlsSettings,
+    escape, ApiConfig, ClientAuth, Config, HealthConfig, HealthKind, HostnameMatching,
+    InitialStatus, LogFormat, LogOutput, ProbeExpect, ProbeProtocol, Protocol, RedisRole,
+    ServerConfig, TlsSettings, UnexpectedHostname,
 };
 
 /// What secrets become in a redacted dump.
@@ -146,6 +147,88 @@ pub fn server_value(server: &ServerConfig, secrets: Secrets) -> Value {
                 "timeout": duration(accept.timeout),
             }),
         );
+    }
+    if let Some(sni) = &server.sni {
+        let matching = match sni.matching {
+            HostnameMatching::Exact => "exact",
+            HostnameMatching::Regexp => "regexp",
+        };
+        let unexpected = match sni.unexpected {
+            UnexpectedHostname::Default => "default",
+            UnexpectedHostname::Reject => "reject",
+            UnexpectedHostname::Any => "any",
+        };
+        out.insert(
+            "sni".into(),
+            json!({
+                "read_timeout": duration(sni.read_timeout),
+                "hostname_matching_strategy": matching,
+                "unexpected_hostname_strategy": unexpected,
+            }),
+        );
+    }
+    if let Some(tls) = &server.tls {
+        let path = |p: &std::path::Path| p.display().to_string();
+        let mut t = Map::new();
+        if let Some(first) = tls.certificates.first() {
+            t.insert("cert_path".into(), path(&first.cert_path).into());
+            t.insert("key_path".into(), path(&first.key_path).into());
+        }
+        if tls.certificates.len() > 1 {
+            let more: Vec<Value> = tls.certificates[1..]
+                .iter()
+                .map(|f| json!({ "cert_path": path(&f.cert_path), "key_path": path(&f.key_path) }))
+                .collect();
+            t.insert("certificates".into(), more.into());
+        }
+        t.insert("min_version".into(), tls.min_version.as_str().into());
+        t.insert("max_version".into(), tls.max_version.as_str().into());
+        t.insert("ciphers".into(), tls.ciphers.clone().into());
+        t.insert(
+            "prefer_server_ciphers".into(),
+            tls.prefer_server_ciphers.into(),
+        );
+        t.insert("session_tickets".into(), tls.session_tickets.into());
+        t.insert("alpn".into(), tls.alpn.clone().into());
+        if let Some(ca) = &tls.client_ca_path {
+            t.insert("client_ca_path".into(), path(ca).into());
+            let auth = match tls.client_auth {
+                ClientAuth::None => "none",
+                ClientAuth::Optional => "optional",
+                ClientAuth::Require => "require",
+            };
+            t.insert("client_auth".into(), auth.into());
+        }
+        t.insert(
+            "handshake_timeout".into(),
+            duration(tls.handshake_timeout).into(),
+        );
+        out.insert("tls".into(), Value::Object(t));
+    }
+    if let Some(b) = &server.backends_tls {
+        let mut t = Map::new();
+        t.insert("ignore_verify".into(), b.ignore_verify.into());
+        if let Some(ca) = &b.root_ca_cert_path {
+            t.insert("root_ca_cert_path".into(), ca.display().to_string().into());
+        }
+        if let Some(files) = &b.identity {
+            t.insert(
+                "cert_path".into(),
+                files.cert_path.display().to_string().into(),
+            );
+            t.insert(
+                "key_path".into(),
+                files.key_path.display().to_string().into(),
+            );
+        }
+        t.insert("min_version".into(), b.min_version.as_str().into());
+        t.insert("max_version".into(), b.max_version.as_str().into());
+        t.insert("ciphers".into(), b.ciphers.clone().into());
+        t.insert("session_tickets".into(), b.session_tickets.into());
+        if let Some(name) = &b.server_name {
+            t.insert("server_name".into(), name.clone().into());
+        }
+        out.insert("backends_tls".into(), Value::Object(t));
     }
     if server.protocol == Protocol::Udp {
         out.insert(
@@ -359,6 +442,8 @@ mod tests {
             "../../tests/configs/valid/proxy_protocol.toml"
         ));
         round_trip(include_str!("../../examples/minimal.toml"));
+        round_trip(include_str!("../../tests/configs/valid/sni.toml"));
+        round_trip(include_str!("../../tests/configs/valid/tls.toml"));
         round_trip(
             "shutdown_timeout = \"1m30s\"\n\
              [logging]\nlevel = \"debug\"\nformat = \"json\"\noutput = \"stdout\"\n\

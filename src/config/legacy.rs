@@ -98,7 +98,6 @@ const UNSUPPORTED: &[(Place, &str, &str)] = &[
         "ACME certificates need the internet; obtain them with certbot or lego and give \
          [servers.NAME.tls] cert_path and key_path, which SIGHUP reloads",
     ),
-    (Place::Server, "backends_tls", "TLS to backends"),
 ];
 
 /// Reports every unsupported GoBetween section of `sec`. A top-level section that only

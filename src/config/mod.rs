@@ -253,6 +253,23 @@ pub struct TlsTermination {
     pub handshake_timeout: Duration,
 }
 
+/// `[servers.NAME.backends_tls]`: TLS from Sluice to the backends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BackendsTls {
+    /// Accept any backend certificate (the handshake signatures are still checked).
+    pub ignore_verify: bool,
+    /// CA certificates that verify backends; `None`: the system's trust store.
+    pub root_ca_cert_path: Option<std::path::PathBuf>,
+    /// A client certificate to present (mutual TLS with the backends).
+    pub identity: Option<TlsFiles>,
+    pub min_version: TlsVersion,
+    pub max_version: TlsVersion,
+    pub ciphers: Vec<String>,
+    pub session_tickets: bool,
+    /// The name asked for and verified; `None`: each backend's host.
+    pub server_name: Option<String>,
+}
+
 /// A TLS protocol version rustls speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TlsVersion {
@@ -362,6 +379,8 @@ pub struct ServerConfig {
     pub sni: Option<SniConfig>,
     /// TLS termination (`protocol = "tls"` only).
     pub tls: Option<TlsTermination>,
+    /// TLS towards the backends (TCP and TLS servers).
+    pub backends_tls: Option<BackendsTls>,
 }
 
 /// A configuration that loaded, with the warnings found on the way.

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 
 use super::reader::{join, Ctx, Field, Section};
-use super::{ClientAuth, TlsFiles, TlsTermination, TlsVersion, DEFAULT_TLS_HANDSHAKE_TIMEOUT};
+use super::{
+    BackendsTls, ClientAuth, TlsFiles, TlsTermination, TlsVersion, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
+};
 
 const TLS_KEYS: &[&str] = &[
     "cert_path",
@@ -43,41 +45,9 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
             item.finish(ctx, &["cert_path", "key_path"]);
         }
     }
-    let versions = [
-        ("tls1.2", Some(TlsVersion::Tls12)),
-        ("tls1.3", Some(TlsVersion::Tls13)),
-        ("tls1", None),
-        ("tls1.0", None),
-        ("tls1.1", None),
-        ("ssl3", None),
-    ];
-    let mut version = |ctx: &mut Ctx<'_>, key: &str, default: TlsVersion| {
-        let Some(field) = sec.take(key) else {
-            return Some(default);
-        };
-        match ctx.choice(&field, &versions)? {
-            Some(v) => Some(v),
-            None => {
-                let message = "TLS 1.0 and 1.1 are not offered (rustls speaks TLS 1.2 and 1.3): \
-                               use \"tls1.2\" or \"tls1.3\"";
-                ctx.error(field.at, field.path(), message);
-                None
-            }
-        }
-    };
-    let min_version = version(ctx, "min_version", TlsVersion::Tls12);
-    let max_version = version(ctx, "max_version", TlsVersion::Tls13);
-    let ciphers = strings(ctx, &mut sec, "ciphers");
-    for (at, path, name) in &ciphers {
-        if !crate::tls::cipher_suite_names().contains(&name.as_str()) {
-            let known = crate::tls::cipher_suite_names().join(", ");
-            ctx.error(
-                *at,
-                path,
-                format!("unknown cipher suite \"{name}\"; expected one of {known}"),
-            );
-        }
-    }
+    let min_version = version(ctx, &mut sec, "min_version", TlsVersion::Tls12);
+    let max_version = version(ctx, &mut sec, "max_version", TlsVersion::Tls13);
+    let ciphers = ciphers(ctx, &mut sec);
     let mut flag = |ctx: &mut Ctx<'_>, key: &str, default: bool| {
         sec.take(key).and_then(|f| ctx.bool(&f)).unwrap_or(default)
     };
@@ -157,4 +127,127 @@ fn strings(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> Vec<(usize, S
         .into_iter()
         .map(|(at, path, s)| (at, path, s.to_owned()))
         .collect()
+}
+
+const BACKENDS_TLS_KEYS: &[&str] = &[
+    "ignore_verify",
+    "root_ca_cert_path",
+    "cert_path",
+    "key_path",
+    "min_version",
+    "max_version",
+    "ciphers",
+    "prefer_server_ciphers",
+    "session_tickets",
+    "server_name",
+];
+
+/// `[servers.NAME.backends_tls]`, GoBetween's keys plus `server_name`.
+pub(crate) fn backends(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BackendsTls> {
+    let mut sec = ctx.table(f)?;
+    let at = sec.at;
+    let mut flag = |ctx: &mut Ctx<'_>, key: &str, default: bool| {
+        sec.take(key).and_then(|f| ctx.bool(&f)).unwrap_or(default)
+    };
+    let ignore_verify = flag(ctx, "ignore_verify", false);
+    let session_tickets = flag(ctx, "session_tickets", true);
+    // A client has no cipher order to prefer; accepted for GoBetween's files.
+    let _ = flag(ctx, "prefer_server_ciphers", false);
+    let mut path = |ctx: &mut Ctx<'_>, key: &str| {
+        sec.take(key)
+            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from))
+    };
+    let root_ca_cert_path = path(ctx, "root_ca_cert_path");
+    let cert_path = path(ctx, "cert_path");
+    let key_path = path(ctx, "key_path");
+    let identity = match (cert_path, key_path) {
+        (Some(cert_path), Some(key_path)) => Some(TlsFiles {
+            cert_path,
+            key_path,
+        }),
+        (None, None) => None,
+        _ => {
+            let message = "a client certificate needs both cert_path and key_path";
+            ctx.error(at, &sec.path, message);
+            None
+        }
+    };
+    let min_version = version(ctx, &mut sec, "min_version", TlsVersion::Tls12);
+    let max_version = version(ctx, &mut sec, "max_version", TlsVersion::Tls13);
+    let ciphers = ciphers(ctx, &mut sec);
+    let server_name = sec.take("server_name").and_then(|f| {
+        let name = ctx.non_empty(&f)?;
+        match rustls_pki_types::ServerName::try_from(name) {
+            Ok(_) => Some(name.to_owned()),
+            Err(_) => {
+                let message = format!("\"{name}\" is not a host name or IP address");
+                ctx.error(f.at, f.path(), message);
+                None
+            }
+        }
+    });
+    let path = sec.path.clone();
+    sec.finish(ctx, BACKENDS_TLS_KEYS);
+    let (min_version, max_version) = (min_version?, max_version?);
+    if min_version > max_version {
+        ctx.error(at, &path, "min_version is above max_version");
+        return None;
+    }
+    let backends = BackendsTls {
+        ignore_verify,
+        root_ca_cert_path,
+        identity,
+        min_version,
+        max_version,
+        ciphers: ciphers.into_iter().map(|(_, _, name)| name).collect(),
+        session_tickets,
+        server_name,
+    };
+    if let Err(e) = crate::tls::backends_config(&backends) {
+        ctx.error(at, &path, e);
+        return None;
+    }
+    Some(backends)
+}
+
+/// `min_version` or `max_version`.
+fn version(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    key: &str,
+    default: TlsVersion,
+) -> Option<TlsVersion> {
+    let versions = [
+        ("tls1.2", Some(TlsVersion::Tls12)),
+        ("tls1.3", Some(TlsVersion::Tls13)),
+        ("tls1", None),
+        ("tls1.0", None),
+        ("tls1.1", None),
+        ("ssl3", None),
+    ];
+    let Some(field) = sec.take(key) else {
+        return Some(default);
+    };
+    match ctx.choice(&field, &versions)? {
+        Some(v) => Some(v),
+        None => {
+            let message = "TLS 1.0 and 1.1 are not offered (rustls speaks TLS 1.2 and 1.3): \
+                           use \"tls1.2\" or \"tls1.3\"";
+            ctx.error(field.at, field.path(), message);
+            None
+        }
+    }
+}
+
+/// `ciphers`, each checked against the suites rustls offers.
+fn ciphers(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Vec<(usize, String, String)> {
+    let ciphers = strings(ctx, sec, "ciphers");
+    for (at, path, name) in &ciphers {
+        if !crate::tls::cipher_suite_names().contains(&name.as_str()) {
+            let known = crate::tls::cipher_suite_names().join(", ");
+            let message = format!("unknown cipher suite \"{name}\"; expected one of {known}");
+            ctx.error(*at, path, message);
+        }
+    }
+    ciphers
 }

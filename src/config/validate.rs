@@ -68,6 +68,7 @@ const SERVER_KEYS: &[&str] = &[
     "accept_proxy_protocol",
     "sni",
     "tls",
+    "backends_tls",
 ];
 const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
 const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
@@ -347,6 +348,9 @@ fn server(
     let tls = sec
         .take("tls")
         .map(|f| (ctx.table_at(&f), super::tls::termination(ctx, &f)));
+    let backends_tls = sec
+        .take("backends_tls")
+        .map(|f| (ctx.table_at(&f), super::tls::backends(ctx, &f)));
     let sec_path = sec.path.clone();
     sec.finish(ctx, SERVER_KEYS);
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
@@ -361,10 +365,15 @@ fn server(
         }
         _ => {}
     }
-    if let (Some((at, _)), Protocol::Tls) = (&accept_proxy, protocol) {
-        let message = "accepting the PROXY protocol in front of TLS termination is not \
-                       supported yet";
+    let encrypting = protocol == Protocol::Tls || backends_tls.is_some();
+    if let (Some((at, _)), true) = (&accept_proxy, encrypting) {
+        let message = "accepting the PROXY protocol together with [tls] or [backends_tls] \
+                       is not supported yet";
         ctx.error(*at, &join(&sec_path, "accept_proxy_protocol"), message);
+    }
+    if let (Some((at, _)), Some(_)) = (&sni, &backends_tls) {
+        let message = "[sni] passes clients' TLS through; [backends_tls] would wrap it again";
+        ctx.error(*at, &join(&sec_path, "sni"), message);
     }
     if let (Some(_), Some((at, _)), Protocol::Tls) = (&tls, &sni, protocol) {
         let message = "[sni] routes TLS it does not terminate (protocol = \"tcp\"); with \
@@ -382,6 +391,7 @@ fn server(
             accept_proxy.as_ref().map(|(at, _)| *at),
         ),
         ("sni", sni.as_ref().map(|(at, _)| *at)),
+        ("backends_tls", backends_tls.as_ref().map(|(at, _)| *at)),
     ] {
         if let (Some(at), Protocol::Udp) = (at, protocol) {
             let message = format!("[{section}] applies to TCP servers, not UDP");
@@ -431,6 +441,7 @@ fn server(
         },
         sni: sni.and_then(|(_, s)| s),
         tls: tls.and_then(|(_, t)| t),
+        backends_tls: backends_tls.and_then(|(_, t)| t),
     };
     Some((server, bind_at))
 }

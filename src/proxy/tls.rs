@@ -1,12 +1,15 @@
-//! One connection to a `protocol = "tls"` server: handshake (bounded in time, off the
-//! accept loop) → pick, connect (with the PROXY header if the server sends one) → copy
-//! between the decrypted stream and the backend → log.
+//! One connection where Sluice speaks TLS on either side: terminated from the client
+//! (`protocol = "tls"`), towards the backend (`[backends_tls]`), or both. Handshake
+//! (bounded, off the accept loop) → pick, connect (with the PROXY header first if the
+//! server sends one) → backend handshake → copy between the plaintexts → log.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
+use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
+use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
@@ -14,7 +17,7 @@ use super::tcp::{access_log, open};
 use super::CloseReason;
 use crate::server::ActiveSlot;
 
-/// Terminates TLS on `client`, then relays its plaintext to a backend.
+/// Relays `client` to a backend, terminating and/or originating TLS as the server says.
 pub async fn handle(
     client: TcpStream,
     peer: SocketAddr,
@@ -28,47 +31,86 @@ pub async fn handle(
         server.count_refused(reason);
         access_log(&server.name, peer, None, 0, 0, started, reason);
     };
-    let (Some(config), Some(limit)) = (
-        server.tls.load_full(),
-        server
-            .settings
-            .load()
-            .tls
-            .as_ref()
-            .map(|t| t.handshake_timeout),
-    ) else {
-        return refuse(CloseReason::TlsHandshake, "no TLS configuration");
-    };
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let handshake = tokio::select! {
-        done = timeout(limit, acceptor.accept(client)) => done,
-        () = stop.cancelled() => return,
-    };
-    let mut tls = match handshake {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => return refuse(CloseReason::TlsHandshake, &e.to_string()),
-        Err(_) => {
-            return refuse(
-                CloseReason::TlsHandshake,
-                &format!("no handshake within {limit:?}"),
-            )
+    let settings = server.settings.load_full();
+    // The client's side.
+    let mut client = match (&settings.tls, server.tls.load_full()) {
+        (None, _) => Either::Right(client),
+        (Some(termination), Some(config)) => {
+            let limit = termination.handshake_timeout;
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let handshake = tokio::select! {
+                done = timeout(limit, acceptor.accept(client)) => done,
+                () = stop.cancelled() => return,
+            };
+            match handshake {
+                Ok(Ok(tls)) => Either::Left(tls),
+                Ok(Err(e)) => return refuse(CloseReason::TlsHandshake, &e.to_string()),
+                Err(_) => {
+                    let detail = format!("no handshake within {limit:?}");
+                    return refuse(CloseReason::TlsHandshake, &detail);
+                }
+            }
         }
+        (Some(_), None) => return refuse(CloseReason::TlsHandshake, "no TLS configuration"),
+    };
+    let tcp = match &client {
+        Either::Left(tls) => tls.get_ref().0,
+        Either::Right(tcp) => tcp,
     };
     let opened = tokio::select! {
-        opened = open(server, tls.get_ref().0, peer, None) => opened,
+        opened = open(server, tcp, peer, None) => opened,
         () = stop.cancelled() => Err(CloseReason::Shutdown),
     };
-    let (guard, mut upstream, _) = match opened {
+    let (guard, upstream, _) = match opened {
         Ok(opened) => opened,
         Err(reason) => return refuse(reason, "no backend connection"),
     };
     let backend = guard.backend();
+    // The backend's side.
+    let mut upstream = match (&settings.backends_tls, server.backends_tls.load_full()) {
+        (None, _) => Either::Right(upstream),
+        (Some(tls), Some(config)) => {
+            let name = tls
+                .server_name
+                .clone()
+                .unwrap_or_else(|| backend.spec.host.clone());
+            let handshake = async {
+                let name = ServerName::try_from(name).map_err(|e| e.to_string())?;
+                let connector = tokio_rustls::TlsConnector::from(config);
+                let limit = crate::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT;
+                match timeout(limit, connector.connect(name, upstream)).await {
+                    Ok(Ok(tls)) => Ok(tls),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(_) => Err(format!("no handshake within {limit:?}")),
+                }
+            };
+            let handshake = tokio::select! {
+                done = handshake => done,
+                () = stop.cancelled() => return,
+            };
+            match handshake {
+                Ok(tls) => Either::Left(tls),
+                Err(e) => {
+                    backend
+                        .state
+                        .stats
+                        .connect_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    debug!(server = %server.name, backend = backend.key(), error = %e, "TLS handshake with the backend failed");
+                    return refuse(CloseReason::ConnectFailed, &e);
+                }
+            }
+        }
+        (Some(_), None) => {
+            return refuse(CloseReason::ConnectFailed, "no backend TLS configuration")
+        }
+    };
     let cut = backend.state.cut_token();
     let (result, reason) = tokio::select! {
-        copied = tokio::io::copy_bidirectional(&mut tls, &mut upstream) => match copied {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
             Ok(bytes) => (bytes, CloseReason::Eof),
             Err(e) => {
-                debug!(server = %server.name, client = %peer, error = %e, "TLS connection failed");
+                debug!(server = %server.name, client = %peer, error = %e, "connection failed");
                 ((0, 0), CloseReason::ClientError)
             }
         },

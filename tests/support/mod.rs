@@ -50,6 +50,7 @@ pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig 
         proxy_protocol: Default::default(),
         sni: None,
         tls: None,
+        backends_tls: None,
     }
 }
 
