@@ -229,6 +229,10 @@ impl Server {
             accept_tasks: Vec::new(),
         };
         server.start_discovery(&config.discovery);
+        tokio::spawn(watch_tls_files(
+            Arc::clone(&server.shared),
+            server.background.child_token(),
+        ));
         server.spawn_accept(sockets, life);
         info!(server = name, bind = %local_addr, protocol = protocol.as_str(), "listening");
         Ok(server)
@@ -518,4 +522,62 @@ async fn sample_bandwidth(pool: Arc<Pool>, stop: CancellationToken) {
             *last = now;
         }
     }
+}
+
+/// How often the certificate and key files of TLS servers are looked at.
+const TLS_FILE_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Loads a TLS server's certificates again when one of its files changes (size or
+/// modification time), so a renewed certificate is served without a reload. A server
+/// without TLS files costs one settings load per poll.
+async fn watch_tls_files(shared: Arc<ServerShared>, stop: CancellationToken) {
+    let mut last = tls_files_state(&shared.settings.load());
+    let mut tick = tokio::time::interval(TLS_FILE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let settings = shared.settings.load_full();
+        let now = tls_files_state(&settings);
+        if now != last {
+            if !now.is_empty() && !last.is_empty() {
+                info!(server = %shared.name, "TLS files changed; loading them again");
+                shared.reload_tls(&settings);
+            }
+            last = now;
+        }
+    }
+}
+
+/// Each TLS file of `settings` with its size and modification time (`None` when it
+/// cannot be read).
+fn tls_files_state(
+    settings: &ServerConfig,
+) -> Vec<(std::path::PathBuf, Option<(std::time::SystemTime, u64)>)> {
+    let mut paths = Vec::new();
+    if let Some(tls) = &settings.tls {
+        for files in &tls.certificates {
+            paths.push(files.cert_path.clone());
+            paths.push(files.key_path.clone());
+        }
+        paths.extend(tls.client_ca_path.clone());
+    }
+    if let Some(backends) = &settings.backends_tls {
+        paths.extend(backends.root_ca_cert_path.clone());
+        if let Some(files) = &backends.identity {
+            paths.push(files.cert_path.clone());
+            paths.push(files.key_path.clone());
+        }
+    }
+    paths
+        .into_iter()
+        .map(|path| {
+            let state = std::fs::metadata(&path)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (path, state)
+        })
+        .collect()
 }

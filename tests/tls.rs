@@ -473,3 +473,29 @@ async fn terminated_and_re_encrypted() {
         .expect("exchange");
     assert_eq!(reply, "secure\nping");
 }
+
+#[tokio::test]
+async fn certificate_files_renewed_in_place_are_picked_up_without_a_reload() {
+    let pki = Pki::new();
+    let files = pki.leaf("a", &["a.sluice.test"]);
+    let backend = TestBackend::named("backend").await;
+    let lb = Sluice::start(tls_server(&backend, termination(vec![files]))).await;
+    let config = client_config(&pki.ca_path(), &[], None, BOTH);
+    let served = |config: Arc<rustls::ClientConfig>| async move {
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let stream = TcpStream::connect(lb.addr).await.expect("connect");
+        let name = ServerName::try_from("a.sluice.test").expect("name");
+        let tls = connector.connect(name, stream).await.expect("handshake");
+        tls.get_ref().1.peer_certificates().expect("cert")[0].clone()
+    };
+    let before = served(Arc::clone(&config)).await;
+    // A certificate tool writes the renewed files in place.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    pki.leaf("a", &["a.sluice.test", "www.a.sluice.test"]);
+    eventually("the renewed certificate served", || {
+        let config = Arc::clone(&config);
+        let before = before.clone();
+        async move { served(config).await != before }
+    })
+    .await;
+}
