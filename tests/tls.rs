@@ -192,8 +192,13 @@ async fn versions_and_alpn_are_negotiated_and_mismatches_counted() {
     assert_eq!(alpn.as_deref(), Some(&b"http/1.1"[..]));
     let old = client_config(&pki.ca_path(), &[], None, &[&rustls::version::TLS12]);
     assert!(exchange(lb.addr, "a.sluice.test", old).await.is_err());
-    let stats = &lb.shared().await.stats;
-    assert_eq!(stats.refused_tls_handshake.load(Ordering::Relaxed), 1);
+    // Counted once Sluice has seen the client give up, which may follow the client's
+    // own error by a moment.
+    let shared = lb.shared().await;
+    eventually("the failed handshake counted", || async {
+        shared.stats.refused_tls_handshake.load(Ordering::Relaxed) == 1
+    })
+    .await;
     assert_eq!(backend.accepted(), 2);
 }
 
@@ -290,8 +295,11 @@ async fn bad_handshakes_close_only_their_connection_and_are_counted() {
         assert!(closed.is_ok(), "{bytes:?}: still open");
     }
     assert!(exchange(lb.addr, "a.sluice.test", config).await.is_ok());
-    let stats = &lb.shared().await.stats;
-    assert_eq!(stats.refused_tls_handshake.load(Ordering::Relaxed), 3);
+    let shared = lb.shared().await;
+    eventually("three failed handshakes counted", || async {
+        shared.stats.refused_tls_handshake.load(Ordering::Relaxed) == 3
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -498,4 +506,58 @@ async fn certificate_files_renewed_in_place_are_picked_up_without_a_reload() {
         async move { served(config).await != before }
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_v2_proxy_header_tells_the_backend_about_the_terminated_tls() {
+    let pki = Pki::new();
+    let files = pki.leaf("a", &["a.sluice.test"]);
+    // Reads the v2 header and answers with its TLVs: ALPN, authority, SSL version.
+    let backend = TestBackend::serving("checker", "127.0.0.1:0", |mut stream| async move {
+        let mut buf = vec![0u8; 1024];
+        let mut len = 0;
+        let header = loop {
+            let Ok(n) = stream.read(&mut buf[len..]).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            len += n;
+            if let Ok(header) = ppp::v2::Header::try_from(&buf[..len]) {
+                break header.to_owned();
+            }
+        };
+        let mut report = String::new();
+        for tlv in header.tlvs().flatten() {
+            match tlv.kind {
+                0x01 | 0x02 => report.push_str(&String::from_utf8_lossy(&tlv.value)),
+                0x20 => {
+                    let version = &tlv.value[8..8 + usize::from(tlv.value[7])];
+                    report.push_str(&format!("ssl:{}", String::from_utf8_lossy(version)));
+                }
+                _ => continue,
+            }
+            report.push(' ');
+        }
+        let _ = stream.write_all(report.trim_end().as_bytes()).await;
+        let _ = stream.write_all(b"\n").await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let mut tls = termination(vec![files]);
+    tls.alpn = vec!["h2".into()];
+    let lb = Sluice::start(ServerConfig {
+        proxy_protocol: sluice::config::ProxyProtocol {
+            send: Some(sluice::config::ProxyVersion::V2),
+            accept: None,
+        },
+        ..tls_server(&backend, tls)
+    })
+    .await;
+    let config = client_config(&pki.ca_path(), &["h2"], None, &[&rustls::version::TLS13]);
+    let (reply, _) = exchange(lb.addr, "a.sluice.test", config)
+        .await
+        .expect("exchange");
+    assert_eq!(reply, "h2 a.sluice.test ssl:TLSv1.3\n");
 }

@@ -158,6 +158,40 @@ pub async fn read_header(stream: &mut TcpStream, limit: Duration) -> Result<Rece
 /// `destination`. The protocol wants one family for both: an IPv4 address beside an
 /// IPv6 one is given as IPv4-mapped IPv6.
 pub fn encode(version: ProxyVersion, source: SocketAddr, destination: SocketAddr) -> Vec<u8> {
+    encode_with(version, source, destination, None)
+}
+
+/// What a v2 header says of a TLS connection Sluice terminated (v1 has no room for it).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The server name the client asked for (`PP2_TYPE_AUTHORITY`).
+    pub server_name: Option<String>,
+    /// The protocol agreed by ALPN (`PP2_TYPE_ALPN`).
+    pub alpn: Option<Vec<u8>>,
+    /// E.g. `TLSv1.3` (`PP2_SUBTYPE_SSL_VERSION`).
+    pub version: String,
+    /// The cipher suite's IANA name (`PP2_SUBTYPE_SSL_CIPHER`).
+    pub cipher: String,
+    /// The client presented a certificate, and it was verified.
+    pub client_certificate: bool,
+}
+
+/// PROXY v2 TLV types and `PP2_TYPE_SSL` client flags and subtypes.
+const PP2_TYPE_ALPN: u8 = 0x01;
+const PP2_TYPE_AUTHORITY: u8 = 0x02;
+const PP2_TYPE_SSL: u8 = 0x20;
+const PP2_SUBTYPE_SSL_VERSION: u8 = 0x21;
+const PP2_SUBTYPE_SSL_CIPHER: u8 = 0x23;
+const PP2_CLIENT_SSL: u8 = 0x01;
+const PP2_CLIENT_CERT_CONN: u8 = 0x02;
+
+/// Like [`encode`], with the TLS details of a terminated connection in a v2 header.
+pub fn encode_with(
+    version: ProxyVersion,
+    source: SocketAddr,
+    destination: SocketAddr,
+    tls: Option<&TlsInfo>,
+) -> Vec<u8> {
     let (source, destination) = same_family(source, destination);
     match version {
         ProxyVersion::V1 => ppp::v1::Addresses::from((source, destination))
@@ -169,15 +203,49 @@ pub fn encode(version: ProxyVersion, source: SocketAddr, destination: SocketAddr
                 v2::Protocol::Stream,
                 (source, destination),
             );
-            // Writing to a growing buffer cannot fail; a LOCAL header (no addresses)
-            // is the protocol's own fallback should it ever.
-            builder.build().unwrap_or_else(|_| {
+            let built = match tls {
+                None => builder.build(),
+                Some(tls) => with_tls(builder, tls).and_then(v2::Builder::build),
+            };
+            // Writing to a growing buffer fails only past the 64 KiB a header can say;
+            // a LOCAL header (no addresses) is the protocol's own fallback.
+            built.unwrap_or_else(|_| {
                 let mut local = v2::PROTOCOL_PREFIX.to_vec();
                 local.extend([0x20, 0x00, 0x00, 0x00]);
                 local
             })
         }
     }
+}
+
+fn with_tls(mut builder: v2::Builder, tls: &TlsInfo) -> io::Result<v2::Builder> {
+    if let Some(alpn) = &tls.alpn {
+        builder = builder.write_tlv(PP2_TYPE_ALPN, alpn)?;
+    }
+    if let Some(name) = &tls.server_name {
+        builder = builder.write_tlv(PP2_TYPE_AUTHORITY, name.as_bytes())?;
+    }
+    let mut ssl = Vec::with_capacity(32);
+    let flags = PP2_CLIENT_SSL
+        | if tls.client_certificate {
+            PP2_CLIENT_CERT_CONN
+        } else {
+            0
+        };
+    ssl.push(flags);
+    // `verify`: 0 when the client's certificate (if any) was verified, which a
+    // handshake that completed guarantees.
+    ssl.extend_from_slice(&0u32.to_be_bytes());
+    for (kind, value) in [
+        (PP2_SUBTYPE_SSL_VERSION, tls.version.as_bytes()),
+        (PP2_SUBTYPE_SSL_CIPHER, tls.cipher.as_bytes()),
+    ] {
+        let len = u16::try_from(value.len()).map_err(|_| io::ErrorKind::InvalidInput)?;
+        ssl.push(kind);
+        ssl.extend_from_slice(&len.to_be_bytes());
+        ssl.extend_from_slice(value);
+    }
+    builder.write_tlv(PP2_TYPE_SSL, &ssl)
 }
 
 /// IPv4-mapped IPv6 addresses as IPv4; then, if one address is IPv4 and the other
@@ -228,6 +296,50 @@ mod tests {
             addr("[2001:db8::1]:2"),
         );
         assert!(matches!(parse(&v6), Parsed::Complete { .. }));
+    }
+
+    #[test]
+    fn v2_carries_the_tls_details() {
+        let tls = TlsInfo {
+            server_name: Some("a.example".into()),
+            alpn: Some(b"h2".to_vec()),
+            version: "TLSv1.3".into(),
+            cipher: "TLS13_AES_128_GCM_SHA256".into(),
+            client_certificate: true,
+        };
+        let bytes = encode_with(
+            ProxyVersion::V2,
+            addr("192.0.2.7:1"),
+            addr("192.0.2.8:2"),
+            Some(&tls),
+        );
+        let header = v2::Header::try_from(&bytes[..]).expect("v2 header");
+        let tlvs: Vec<(u8, Vec<u8>)> = header
+            .tlvs()
+            .map(|t| {
+                let t = t.expect("tlv");
+                (t.kind, t.value.to_vec())
+            })
+            .collect();
+        assert_eq!(tlvs[0], (PP2_TYPE_ALPN, b"h2".to_vec()));
+        assert_eq!(tlvs[1], (PP2_TYPE_AUTHORITY, b"a.example".to_vec()));
+        let (kind, ssl) = &tlvs[2];
+        assert_eq!(*kind, PP2_TYPE_SSL);
+        assert_eq!(ssl[0], PP2_CLIENT_SSL | PP2_CLIENT_CERT_CONN);
+        assert_eq!(&ssl[1..5], &[0, 0, 0, 0]);
+        assert_eq!(&ssl[5..8], &[PP2_SUBTYPE_SSL_VERSION, 0, 7]);
+        assert_eq!(&ssl[8..15], b"TLSv1.3");
+        // v1 has no room for it.
+        let v1 = encode_with(
+            ProxyVersion::V1,
+            addr("192.0.2.7:1"),
+            addr("192.0.2.8:2"),
+            Some(&tls),
+        );
+        assert_eq!(
+            v1,
+            encode(ProxyVersion::V1, addr("192.0.2.7:1"), addr("192.0.2.8:2"))
+        );
     }
 
     #[test]

@@ -50,7 +50,7 @@ pub fn handle<I: Intro>(
         let (guard, upstream, early) = match {
             let stopped = pin!(stop.cancelled());
             tokio::select! {
-                opened = Box::pin(open(slot.server(), &client, peer, intro.into_preamble())) => opened,
+                opened = Box::pin(open(slot.server(), &client, peer, intro.into_preamble(), None)) => opened,
                 () = stopped => Err(CloseReason::Shutdown),
             }
         } {
@@ -218,6 +218,7 @@ pub(crate) async fn open(
     client: &TcpStream,
     peer: SocketAddr,
     preamble: Option<Box<Preamble>>,
+    tls: Option<&proxy_protocol::TlsInfo>,
 ) -> Result<(ConnGuard, TcpStream, u64), CloseReason> {
     let route = preamble.as_ref().and_then(|p| p.route.as_ref());
     let (guard, mut upstream) = connect(server, peer, route).await?;
@@ -232,7 +233,7 @@ pub(crate) async fn open(
             .and_then(|p| p.destination)
             .or_else(|| client.local_addr().ok())
             .unwrap_or_else(|| SocketAddr::new(peer.ip(), 0));
-        first = proxy_protocol::encode(version, peer, destination);
+        first = proxy_protocol::encode_with(version, peer, destination, tls);
     }
     let early = preamble.map_or_else(Vec::new, |p| p.early);
     first.extend_from_slice(&early);

@@ -13,6 +13,7 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::proxy_protocol::TlsInfo;
 use super::tcp::{access_log, open};
 use super::CloseReason;
 use crate::server::ActiveSlot;
@@ -53,12 +54,30 @@ pub async fn handle(
         }
         (Some(_), None) => return refuse(CloseReason::TlsHandshake, "no TLS configuration"),
     };
-    let tcp = match &client {
-        Either::Left(tls) => tls.get_ref().0,
-        Either::Right(tcp) => tcp,
+    let sends_v2 = settings.proxy_protocol.send == Some(crate::config::ProxyVersion::V2);
+    let (tcp, tls_info) = match &client {
+        Either::Left(tls) if sends_v2 => {
+            let (tcp, session) = tls.get_ref();
+            let info = TlsInfo {
+                server_name: session.server_name().map(str::to_owned),
+                alpn: session.alpn_protocol().map(<[u8]>::to_vec),
+                version: session
+                    .protocol_version()
+                    .map_or_else(String::new, |v| format!("{v:?}").replace('_', ".")),
+                cipher: session
+                    .negotiated_cipher_suite()
+                    .and_then(|s| s.suite().as_str())
+                    .unwrap_or_default()
+                    .to_owned(),
+                client_certificate: session.peer_certificates().is_some(),
+            };
+            (tcp, Some(info))
+        }
+        Either::Left(tls) => (tls.get_ref().0, None),
+        Either::Right(tcp) => (tcp, None),
     };
     let opened = tokio::select! {
-        opened = open(server, tcp, peer, None) => opened,
+        opened = open(server, tcp, peer, None, tls_info.as_ref()) => opened,
         () = stop.cancelled() => Err(CloseReason::Shutdown),
     };
     let (guard, upstream, _) = match opened {
