@@ -33,6 +33,8 @@ pub struct BackendSpec {
     pub backup: bool,
     /// SNI name this backend serves (used by SNI routing).
     pub sni: Option<String>,
+    /// ALPN protocol this backend serves (SNI routing: only clients offering it).
+    pub alpn: Option<String>,
     /// The operator's wish (`state=` in a backend line; the API's PATCH).
     pub admin: AdminState,
 }
@@ -48,6 +50,7 @@ impl BackendSpec {
             max_connections: None,
             backup: false,
             sni: None,
+            alpn: None,
             admin: AdminState::Enabled,
         }
     }

@@ -255,13 +255,19 @@ async fn recording_backend(name: &str) -> TestBackend {
 /// A rustls ClientHello for `name`, re-framed into TLS records of at most `record`
 /// bytes of handshake each.
 fn client_hello_in_records(name: &str, record: usize) -> Vec<u8> {
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+    client_hello_offering(name, &[], record)
+}
+
+/// Like [`client_hello_in_records`], offering `alpn`.
+fn client_hello_offering(name: &str, alpn: &[&str], record: usize) -> Vec<u8> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
     .expect("versions")
     .with_root_certificates(rustls::RootCertStore::empty())
     .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
     let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).expect("client");
     let mut hello = Vec::new();
@@ -361,4 +367,39 @@ async fn bad_client_hellos_close_only_their_connection_and_are_counted() {
         cases.len() as u64
     );
     assert_eq!(a.accepted(), 1);
+}
+
+#[tokio::test]
+async fn alpn_tags_route_by_the_protocols_a_client_offers() {
+    let h2 = recording_backend("h2").await;
+    let http1 = recording_backend("http1").await;
+    let tagged = |backend: &TestBackend, alpn: &str| BackendSpec {
+        sni: Some("a.sluice.test".into()),
+        alpn: Some(alpn.into()),
+        ..backend.spec()
+    };
+    let lb = Sluice::start(sni_server(
+        vec![tagged(&h2, "h2"), tagged(&http1, "http/1.1")],
+        HostnameMatching::Exact,
+        UnexpectedHostname::Reject,
+    ))
+    .await;
+    for (offered, expected) in [(&["h2"][..], "h2"), (&["http/1.1"][..], "http1")] {
+        for _ in 0..3 {
+            let hello = client_hello_offering("a.sluice.test", offered, 16_000);
+            let mut stream = TcpStream::connect(lb.addr).await.expect("connect");
+            stream.write_all(&hello).await.expect("write");
+            stream.shutdown().await.expect("half-close");
+            let reply = String::from_utf8(read_to_end(&mut stream).await).expect("text");
+            assert!(
+                reply.starts_with(&format!("{expected} ")),
+                "{offered:?}: {reply}"
+            );
+        }
+    }
+    // Offering neither: no backend can take it.
+    let hello = client_hello_offering("a.sluice.test", &["spdy/3"], 16_000);
+    let mut stream = TcpStream::connect(lb.addr).await.expect("connect");
+    stream.write_all(&hello).await.expect("write");
+    assert_closed_without_data(&mut stream, WAIT).await;
 }

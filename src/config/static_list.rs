@@ -1,7 +1,7 @@
 //! The backend line grammar of `static_list` (and of discovery kinds that return lines):
 //!
 //! ```text
-//! host:port [weight=N] [priority=N] [max_connections=N] [sni=NAME] [backup]
+//! host:port [weight=N] [priority=N] [max_connections=N] [sni=NAME] [alpn=NAME] [backup]
 //!           [state=enabled|disabled|drain]
 //! ```
 //!
@@ -15,7 +15,7 @@ use std::str::FromStr;
 use crate::backend::{AdminState, BackendSpec};
 
 const OPTIONS: &str =
-    "weight=N, priority=N, max_connections=N, sni=NAME, backup, state=enabled|disabled|drain";
+    "weight=N, priority=N, max_connections=N, sni=NAME, alpn=NAME, backup, state=enabled|disabled|drain";
 
 impl FromStr for BackendSpec {
     type Err = String;
@@ -49,6 +49,8 @@ impl FromStr for BackendSpec {
                 }
                 ("sni", "") => return Err("sni needs a name: sni=NAME".into()),
                 ("sni", v) => spec.sni = Some(v.to_owned()),
+                ("alpn", "") => return Err("alpn needs a protocol: alpn=NAME".into()),
+                ("alpn", v) => spec.alpn = Some(v.to_owned()),
                 ("backup", "") if !word.contains('=') => spec.backup = true,
                 ("backup", _) => return Err("backup takes no value; write just \"backup\"".into()),
                 ("state", v) => spec.admin = v.parse()?,
@@ -74,6 +76,9 @@ impl fmt::Display for BackendSpec {
         }
         if let Some(sni) = &self.sni {
             write!(f, " sni={sni}")?;
+        }
+        if let Some(alpn) = &self.alpn {
+            write!(f, " alpn={alpn}")?;
         }
         if self.backup {
             f.write_str(" backup")?;

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use regex::Regex;
 use tracing::warn;
 
+use super::client_hello::Hello;
 use crate::backend::Backend;
 use crate::config::{HostnameMatching, SniConfig, UnexpectedHostname};
 
@@ -64,15 +65,23 @@ fn exact(tag: &str, name: &str) -> bool {
     }
 }
 
-/// The backends one connection may go to.
+/// The backends one connection may go to, by the name it asked for.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Route {
+pub enum ByName {
     /// Those tagged for this name.
     Named(String),
     /// Those without an `sni=` tag.
     Untagged,
     /// Any.
     Any,
+}
+
+/// The backends one connection may go to: by its server name, and by the ALPN
+/// protocols it offers (a backend tagged `alpn=NAME` takes only clients offering NAME).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub by_name: ByName,
+    pub alpn: Vec<String>,
 }
 
 impl Route {
@@ -82,27 +91,36 @@ impl Route {
     pub fn choose(
         config: &SniConfig,
         matcher: &Matcher,
-        name: Option<&str>,
+        hello: &Hello,
         backends: &[Arc<Backend>],
     ) -> Option<Route> {
-        if let Some(name) = name {
+        let alpn = hello.alpn.clone();
+        if let Some(name) = &hello.server_name {
             if backends.iter().any(|b| matcher.matches(b, name)) {
-                return Some(Route::Named(name.to_owned()));
+                let by_name = ByName::Named(name.clone());
+                return Some(Route { by_name, alpn });
             }
         }
-        match config.unexpected {
-            UnexpectedHostname::Default => Some(Route::Untagged),
-            UnexpectedHostname::Any => Some(Route::Any),
-            UnexpectedHostname::Reject => None,
-        }
+        let by_name = match config.unexpected {
+            UnexpectedHostname::Default => ByName::Untagged,
+            UnexpectedHostname::Any => ByName::Any,
+            UnexpectedHostname::Reject => return None,
+        };
+        Some(Route { by_name, alpn })
     }
 
     pub fn allows(&self, matcher: &Matcher, backend: &Backend) -> bool {
-        match self {
-            Route::Named(name) => matcher.matches(backend, name),
-            Route::Untagged => backend.spec.sni.is_none(),
-            Route::Any => true,
-        }
+        let by_name = match &self.by_name {
+            ByName::Named(name) => matcher.matches(backend, name),
+            ByName::Untagged => backend.spec.sni.is_none(),
+            ByName::Any => true,
+        };
+        by_name
+            && backend
+                .spec
+                .alpn
+                .as_ref()
+                .is_none_or(|protocol| self.alpn.contains(protocol))
     }
 }
 
@@ -156,22 +174,39 @@ mod tests {
             matching: HostnameMatching::Exact,
             unexpected,
         };
+        let hello = |name: Option<&str>| Hello {
+            server_name: name.map(str::to_owned),
+            alpn: Vec::new(),
+        };
         let default = config(UnexpectedHostname::Default);
-        let route = Route::choose(&default, &m, Some("a.example"), &backends).unwrap();
+        let route = Route::choose(&default, &m, &hello(Some("a.example")), &backends).unwrap();
         assert!(route.allows(&m, &backends[0]) && !route.allows(&m, &backends[1]));
-        let route = Route::choose(&default, &m, Some("b.example"), &backends).unwrap();
+        let route = Route::choose(&default, &m, &hello(Some("b.example")), &backends).unwrap();
         assert!(!route.allows(&m, &backends[0]) && route.allows(&m, &backends[1]));
-        let route = Route::choose(&default, &m, None, &backends).unwrap();
-        assert_eq!(route, Route::Untagged);
+        let route = Route::choose(&default, &m, &hello(None), &backends).unwrap();
+        assert_eq!(route.by_name, ByName::Untagged);
         let any = config(UnexpectedHostname::Any);
-        assert_eq!(
-            Route::choose(&any, &m, Some("b.example"), &backends),
-            Some(Route::Any)
-        );
+        let route = Route::choose(&any, &m, &hello(Some("b.example")), &backends).unwrap();
+        assert_eq!(route.by_name, ByName::Any);
         let reject = config(UnexpectedHostname::Reject);
         assert_eq!(
-            Route::choose(&reject, &m, Some("b.example"), &backends),
+            Route::choose(&reject, &m, &hello(Some("b.example")), &backends),
             None
         );
+    }
+
+    #[test]
+    fn alpn_tags_take_only_clients_offering_the_protocol() {
+        let mut h2 = BackendSpec::new("10.0.0.2", 443);
+        h2.alpn = Some("h2".into());
+        let backends = [Arc::new(Backend::new(h2, true)), backend(None)];
+        let m = Matcher::new("t", HostnameMatching::Exact, &backends);
+        let route = |alpn: &[&str]| Route {
+            by_name: ByName::Any,
+            alpn: alpn.iter().map(|p| (*p).to_owned()).collect(),
+        };
+        assert!(route(&["h2", "http/1.1"]).allows(&m, &backends[0]));
+        assert!(!route(&["http/1.1"]).allows(&m, &backends[0]));
+        assert!(route(&[]).allows(&m, &backends[1]));
     }
 }

@@ -184,13 +184,10 @@ pub async fn handle_prelude(
                 return Ok((peer, preamble));
             };
             let pool = server.pool.load();
-            let name = hello.server_name.as_deref();
             preamble.route = Some(
-                Route::choose(sni, &matcher, name, pool.backends()).ok_or_else(|| {
-                    (
-                        CloseReason::SniRejected,
-                        format!("no backend for {}", name.unwrap_or("(no name)")),
-                    )
+                Route::choose(sni, &matcher, &hello, pool.backends()).ok_or_else(|| {
+                    let name = hello.server_name.as_deref().unwrap_or("(no name)");
+                    (CloseReason::SniRejected, format!("no backend for {name}"))
                 })?,
             );
         }
