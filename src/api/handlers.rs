@@ -319,6 +319,7 @@ struct BackendOptions {
     max_connections: Option<Option<u32>>,
     backup: Option<bool>,
     sni: Option<Option<String>>,
+    alpn: Option<Option<String>>,
     state: Option<AdminState>,
     /// With `state = drain`: close the connections still open after this long.
     deadline: Option<Duration>,
@@ -377,6 +378,14 @@ impl BackendOptions {
                     };
                     options.sni = Some(sni);
                 }
+                "alpn" => {
+                    let alpn = match v {
+                        Value::Null => None,
+                        Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => Some(s.clone()),
+                        _ => return Err(bad(field, "expected a protocol name or null".into())),
+                    };
+                    options.alpn = Some(alpn);
+                }
                 "state" => {
                     let state = v.as_str().ok_or_else(|| bad(field, "expected \"enabled\", \"disabled\" or \"drain\"".into()))?;
                     options.state = Some(state.parse().map_err(|e: String| bad(field, e))?);
@@ -388,7 +397,7 @@ impl BackendOptions {
                 other => {
                     return Err(bad(
                         other,
-                        format!("unknown field \"{other}\"; expected weight, priority, max_connections, backup, sni, state or deadline"),
+                        format!("unknown field \"{other}\"; expected weight, priority, max_connections, backup, sni, alpn, state or deadline"),
                     ))
                 }
             }
@@ -423,6 +432,9 @@ impl BackendOptions {
         }
         if let Some(sni) = &self.sni {
             spec.sni.clone_from(sni);
+        }
+        if let Some(alpn) = &self.alpn {
+            spec.alpn.clone_from(alpn);
         }
         if let Some(state) = self.state {
             spec.admin = state;

@@ -24,6 +24,7 @@ pub fn backend(backend: &Backend) -> Value {
         "backup": spec.backup,
         "max_connections": spec.max_connections,
         "sni": spec.sni,
+        "alpn": spec.alpn,
         "state": state_name(spec.admin),
         "health": if backend.is_healthy() { "up" } else { "down" },
         "stats": {
