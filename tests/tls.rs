@@ -561,3 +561,48 @@ async fn a_v2_proxy_header_tells_the_backend_about_the_terminated_tls() {
         .expect("exchange");
     assert_eq!(reply, "h2 a.sluice.test ssl:TLSv1.3\n");
 }
+
+#[tokio::test]
+async fn tls_terminated_behind_a_trusted_proxy_front() {
+    // The front's PROXY header, then the client's TLS on the same connection.
+    let pki = Pki::new();
+    let files = pki.leaf("a", &["a.sluice.test"]);
+    let backend = TestBackend::serving("checker", "127.0.0.1:0", |mut stream| async move {
+        // The header Sluice sends on (v1), then the greeting.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while stream.read(&mut byte).await.is_ok_and(|n| n == 1) && byte[0] != b'\n' {
+            line.push(byte[0]);
+        }
+        let _ = stream.write_all(&line).await;
+        let _ = stream.write_all(b"\n").await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+    let lb = Sluice::start(ServerConfig {
+        proxy_protocol: sluice::config::ProxyProtocol {
+            send: Some(sluice::config::ProxyVersion::V1),
+            accept: Some(sluice::config::AcceptProxy {
+                from: vec!["127.0.0.1/32".parse().expect("net")],
+                timeout: Duration::from_secs(2),
+            }),
+        },
+        ..tls_server(&backend, termination(vec![files]))
+    })
+    .await;
+    let mut stream = TcpStream::connect(lb.addr).await.expect("connect");
+    stream
+        .write_all(b"PROXY TCP4 203.0.113.9 198.51.100.1 41000 443\r\n")
+        .await
+        .expect("header");
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[], None, BOTH));
+    let name = ServerName::try_from("a.sluice.test").expect("name");
+    let mut tls = connector.connect(name, stream).await.expect("handshake");
+    let mut reply = String::new();
+    tokio::time::timeout(WAIT, tls.read_to_string(&mut reply))
+        .await
+        .expect("in time")
+        .expect("read");
+    assert_eq!(reply, "PROXY TCP4 203.0.113.9 198.51.100.1 41000 443\r\n");
+}

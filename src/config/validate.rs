@@ -365,12 +365,6 @@ fn server(
         }
         _ => {}
     }
-    let encrypting = protocol == Protocol::Tls || backends_tls.is_some();
-    if let (Some((at, _)), true) = (&accept_proxy, encrypting) {
-        let message = "accepting the PROXY protocol together with [tls] or [backends_tls] \
-                       is not supported yet";
-        ctx.error(*at, &join(&sec_path, "accept_proxy_protocol"), message);
-    }
     if let (Some((at, _)), Some(_)) = (&sni, &backends_tls) {
         let message = "[sni] passes clients' TLS through; [backends_tls] would wrap it again";
         ctx.error(*at, &join(&sec_path, "sni"), message);

@@ -3,18 +3,23 @@
 //! (bounded, off the accept loop) → pick, connect (with the PROXY header first if the
 //! server sends one) → backend handshake → copy between the plaintexts → log.
 
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
 
 use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::proxy_protocol;
 use super::proxy_protocol::TlsInfo;
-use super::tcp::{access_log, open};
+use super::tcp::{access_log, open, Preamble};
 use super::CloseReason;
 use crate::server::ActiveSlot;
 
@@ -33,6 +38,31 @@ pub async fn handle(
         access_log(&server.name, peer, None, 0, 0, started, reason);
     };
     let settings = server.settings.load_full();
+    // A trusted front's PROXY header first: the client it names is the connection's.
+    let (mut peer, mut client, mut destination, mut early) = (peer, client, None, Vec::new());
+    if let Some(accept) = &settings.proxy_protocol.accept {
+        let received = tokio::select! {
+            received = proxy_protocol::read_header(&mut client, accept.timeout) => received,
+            () = stop.cancelled() => return,
+        };
+        let received = match received {
+            Ok(received) => received,
+            Err(e) => return refuse(CloseReason::ProxyHeader, &e.to_string()),
+        };
+        let front = peer;
+        peer = received.origin.source.unwrap_or(front);
+        destination = received.origin.destination;
+        if settings
+            .access
+            .as_ref()
+            .is_some_and(|acl| !acl.allows(peer.ip()))
+        {
+            let detail = format!("client {peer} behind {front}");
+            return refuse(CloseReason::AclDenied, &detail);
+        }
+        early = received.early;
+    }
+    let client = Prefixed::new(std::mem::take(&mut early), client);
     // The client's side.
     let mut client = match (&settings.tls, server.tls.load_full()) {
         (None, _) => Either::Right(client),
@@ -57,7 +87,8 @@ pub async fn handle(
     let sends_v2 = settings.proxy_protocol.send == Some(crate::config::ProxyVersion::V2);
     let (tcp, tls_info) = match &client {
         Either::Left(tls) if sends_v2 => {
-            let (tcp, session) = tls.get_ref();
+            let (prefixed, session) = tls.get_ref();
+            let tcp = prefixed.get_ref();
             let info = TlsInfo {
                 server_name: session.server_name().map(str::to_owned),
                 alpn: session.alpn_protocol().map(<[u8]>::to_vec),
@@ -73,11 +104,17 @@ pub async fn handle(
             };
             (tcp, Some(info))
         }
-        Either::Left(tls) => (tls.get_ref().0, None),
-        Either::Right(tcp) => (tcp, None),
+        Either::Left(tls) => (tls.get_ref().0.get_ref(), None),
+        Either::Right(prefixed) => (prefixed.get_ref(), None),
     };
+    let preamble = destination.map(|destination| {
+        Box::new(Preamble {
+            destination: Some(destination),
+            ..Preamble::default()
+        })
+    });
     let opened = tokio::select! {
-        opened = open(server, tcp, peer, None, tls_info.as_ref()) => opened,
+        opened = open(server, tcp, peer, preamble, tls_info.as_ref()) => opened,
         () = stop.cancelled() => Err(CloseReason::Shutdown),
     };
     let (guard, upstream, _) = match opened {
@@ -157,4 +194,67 @@ pub async fn handle(
         started,
         reason,
     );
+}
+
+/// A stream that first yields bytes already read from it (those that came with a PROXY
+/// header), then reads on; writes go straight through.
+#[derive(Debug)]
+pub struct Prefixed<S> {
+    prefix: Vec<u8>,
+    read: usize,
+    inner: S,
+}
+
+impl<S> Prefixed<S> {
+    pub fn new(prefix: Vec<u8>, inner: S) -> Self {
+        Prefixed {
+            prefix,
+            read: 0,
+            inner,
+        }
+    }
+
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        if this.read < this.prefix.len() {
+            let rest = &this.prefix[this.read..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.read += n;
+            if this.read == this.prefix.len() {
+                this.prefix = Vec::new();
+                this.read = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
