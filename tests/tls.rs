@@ -606,3 +606,40 @@ async fn tls_terminated_behind_a_trusted_proxy_front() {
         .expect("read");
     assert_eq!(reply, "PROXY TCP4 203.0.113.9 198.51.100.1 41000 443\r\n");
 }
+
+#[tokio::test]
+async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
+    let pki = Pki::new();
+    let files = pki.leaf("a", &["a.sluice.test"]);
+    let backend = TestBackend::echo().await;
+    let lb = Sluice::start(ServerConfig {
+        client_idle_timeout: Some(Duration::from_millis(300)),
+        ..tls_server(&backend, termination(vec![files]))
+    })
+    .await;
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[], None, BOTH));
+    let connect = || async {
+        let stream = TcpStream::connect(lb.addr).await.expect("connect");
+        let name = ServerName::try_from("a.sluice.test").expect("name");
+        connector.connect(name, stream).await.expect("handshake")
+    };
+    // Busy: a byte every 100 ms for a second outlives the 300 ms timeout.
+    let mut busy = connect().await;
+    for _ in 0..10 {
+        busy.write_all(b".").await.expect("write");
+        let mut byte = [0u8; 1];
+        tokio::time::timeout(WAIT, busy.read_exact(&mut byte))
+            .await
+            .expect("echo in time")
+            .expect("echo");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Idle: closed.
+    let mut idle = connect().await;
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(WAIT, idle.read(&mut buf))
+        .await
+        .expect("closed in time");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
