@@ -74,7 +74,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_quarter_is_reserved_and_never_less_than_1024() {
+    fn a_quarter_is_reserved_at_least_1024_at_most_half() {
         assert_eq!(budget_for(20_000), 15_000);
         assert_eq!(budget_for(4096), 3072);
         assert_eq!(budget_for(2048), 1024);

@@ -148,9 +148,7 @@ fn admit(
     };
     let Some(slot) = slot else {
         let reason = refusal.unwrap_or(CloseReason::MaxConnections);
-        server.count_refused(reason);
-        proxy::tcp::access_log(&server.name, peer, None, 0, 0, Instant::now(), reason);
-        return;
+        return proxy::tcp::refuse(server, peer, Instant::now(), reason, "");
     };
     // Elsewhere than Linux, do not count on inheriting TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]

@@ -242,34 +242,47 @@ impl Server {
     fn spawn_accept(&mut self, sockets: Listeners, life: &Lifecycle) {
         // Connections get the hard-stop token, not the accept loop's: stopping a
         // server's accept loop must not cut its established connections.
+        let (stop, tracker, hard_stop) = (self.accept_stop.clone(), &life.tracker, &life.hard_stop);
         match sockets {
             Listeners::Tcp(sockets) => {
                 for (index, socket) in sockets.into_iter().enumerate() {
-                    let accept = life.tracker.track_future(listener::accept_loop(
+                    let shared = Arc::clone(&self.shared);
+                    let accept = listener::accept_loop(
                         socket,
-                        Arc::clone(&self.shared),
-                        self.accept_stop.clone(),
-                        life.tracker.clone(),
-                        life.hard_stop.clone(),
-                    ));
-                    self.accept_tasks
-                        .push(life.workers.handle(index).spawn(accept));
+                        shared,
+                        stop.clone(),
+                        tracker.clone(),
+                        hard_stop.clone(),
+                    );
+                    self.spawn_on_worker(life, index, accept);
                 }
             }
             Listeners::Udp(sockets) => {
                 for (index, socket) in sockets.into_iter().enumerate() {
-                    let serve = life.tracker.track_future(udp::serve(
+                    let shared = Arc::clone(&self.shared);
+                    let serve = udp::serve(
                         socket,
-                        Arc::clone(&self.shared),
-                        self.accept_stop.clone(),
-                        life.tracker.clone(),
-                        life.hard_stop.clone(),
-                    ));
-                    self.accept_tasks
-                        .push(life.workers.handle(index).spawn(serve));
+                        shared,
+                        stop.clone(),
+                        tracker.clone(),
+                        hard_stop.clone(),
+                    );
+                    self.spawn_on_worker(life, index, serve);
                 }
             }
         }
+    }
+
+    /// Runs a server loop on worker `index`, tracked so shutdown waits for it.
+    fn spawn_on_worker(
+        &mut self,
+        life: &Lifecycle,
+        index: usize,
+        task: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let task = life.tracker.track_future(task);
+        self.accept_tasks
+            .push(life.workers.handle(index).spawn(task));
     }
 
     /// Starts the runner of a dynamic discovery (stopping one that runs another

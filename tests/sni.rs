@@ -195,36 +195,7 @@ async fn openssl_s_client_verifies_the_backend_it_reaches() {
         let ca = dir.path().join(format!("{name}.pem"));
         std::fs::write(&ca, &backend.cert_pem).expect("write CA");
         let host = format!("{name}.sluice.test");
-        let output = tokio::time::timeout(
-            WAIT,
-            tokio::process::Command::new("openssl")
-                .args([
-                    "s_client",
-                    "-connect",
-                    &lb.addr.to_string(),
-                    "-servername",
-                    &host,
-                ])
-                .args([
-                    "-verify_hostname",
-                    &host,
-                    "-verify_return_error",
-                    "-ign_eof",
-                    "-CAfile",
-                ])
-                .arg(&ca)
-                .stdin(std::process::Stdio::null())
-                .output(),
-        )
-        .await
-        .expect("openssl in time")
-        .expect("run openssl (Debian package openssl)");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            stdout.contains("Verify return code: 0 (ok)"),
-            "{host}: {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = openssl_verified(lb.addr, &host, &ca).await;
         assert!(
             stdout.lines().any(|l| l == name),
             "{host} reached another backend: {stdout}"

@@ -315,36 +315,7 @@ async fn openssl_s_client_completes_a_verified_handshake() {
     .await;
     let lb = Sluice::start(tls_server(&backend, termination(vec![a, b]))).await;
     for host in ["a.sluice.test", "b.sluice.test"] {
-        let output = tokio::time::timeout(
-            WAIT,
-            tokio::process::Command::new("openssl")
-                .args([
-                    "s_client",
-                    "-connect",
-                    &lb.addr.to_string(),
-                    "-servername",
-                    host,
-                ])
-                .args([
-                    "-verify_hostname",
-                    host,
-                    "-verify_return_error",
-                    "-ign_eof",
-                    "-CAfile",
-                ])
-                .arg(pki.ca_path())
-                .stdin(std::process::Stdio::null())
-                .output(),
-        )
-        .await
-        .expect("openssl in time")
-        .expect("run openssl");
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(
-            stdout.contains("Verify return code: 0 (ok)"),
-            "{host}: {stdout}\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let stdout = openssl_verified(lb.addr, host, &pki.ca_path()).await;
         assert!(stdout.lines().any(|l| l == "backend"), "{host}: {stdout}");
     }
 }

@@ -55,12 +55,7 @@ pub fn handle<I: Intro>(
             }
         } {
             Ok(connected) => connected,
-            Err(reason) => {
-                let server = slot.server();
-                server.count_refused(reason);
-                access_log(&server.name, peer, None, 0, 0, started, reason);
-                return;
-            }
+            Err(reason) => return refuse(slot.server(), peer, started, reason, ""),
         };
         // Once connected, the backend's own token: cancelled by its drain deadline, and
         // (as a child of `stop`) by the shutdown deadline. One waiter either way.
@@ -199,11 +194,7 @@ pub async fn handle_prelude(
     };
     match read {
         Ok((peer, preamble)) => handle(client, peer, slot, stop, preamble).await,
-        Err((reason, detail)) => {
-            debug!(server = %server.name, client = %peer, reason = reason.as_str(), detail, "connection refused before a backend was chosen");
-            server.count_refused(reason);
-            access_log(&server.name, peer, None, 0, 0, started, reason);
-        }
+        Err((reason, detail)) => refuse(server, peer, started, reason, &detail),
     }
 }
 
@@ -358,6 +349,20 @@ pub(crate) fn record_connect_failure(
             "backend marked down after consecutive connect failures"
         );
     }
+}
+
+/// A connection closed before reaching a backend: counted by reason, its `detail` in
+/// the debug log, and its access-log line.
+pub(crate) fn refuse(
+    server: &ServerShared,
+    client: SocketAddr,
+    started: Instant,
+    reason: CloseReason,
+    detail: &str,
+) {
+    debug!(server = %server.name, %client, reason = reason.as_str(), detail, "connection refused");
+    server.count_refused(reason);
+    access_log(&server.name, client, None, 0, 0, started, reason);
 }
 
 /// The access-log line: one per closed connection, accepted or refused.

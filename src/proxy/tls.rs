@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::proxy_protocol;
 use super::proxy_protocol::TlsInfo;
-use super::tcp::{access_log, open, Preamble};
+use super::tcp::{access_log, open, refuse, Preamble};
 use super::CloseReason;
 use crate::server::ActiveSlot;
 
@@ -32,11 +32,6 @@ pub async fn handle(
 ) {
     let started = Instant::now();
     let server = slot.server();
-    let refuse = |reason: CloseReason, detail: &str| {
-        debug!(server = %server.name, client = %peer, reason = reason.as_str(), detail, "connection refused");
-        server.count_refused(reason);
-        access_log(&server.name, peer, None, 0, 0, started, reason);
-    };
     let settings = server.settings.load_full();
     // A trusted front's PROXY header first: the client it names is the connection's.
     let (mut peer, mut client, mut destination, mut early) = (peer, client, None, Vec::new());
@@ -47,7 +42,15 @@ pub async fn handle(
         };
         let received = match received {
             Ok(received) => received,
-            Err(e) => return refuse(CloseReason::ProxyHeader, &e.to_string()),
+            Err(e) => {
+                return refuse(
+                    server,
+                    peer,
+                    started,
+                    CloseReason::ProxyHeader,
+                    &e.to_string(),
+                )
+            }
         };
         let front = peer;
         peer = received.origin.source.unwrap_or(front);
@@ -58,7 +61,7 @@ pub async fn handle(
             .is_some_and(|acl| !acl.allows(peer.ip()))
         {
             let detail = format!("client {peer} behind {front}");
-            return refuse(CloseReason::AclDenied, &detail);
+            return refuse(server, peer, started, CloseReason::AclDenied, &detail);
         }
         early = received.early;
     }
@@ -75,14 +78,30 @@ pub async fn handle(
             };
             match handshake {
                 Ok(Ok(tls)) => Either::Left(tls),
-                Ok(Err(e)) => return refuse(CloseReason::TlsHandshake, &e.to_string()),
+                Ok(Err(e)) => {
+                    return refuse(
+                        server,
+                        peer,
+                        started,
+                        CloseReason::TlsHandshake,
+                        &e.to_string(),
+                    )
+                }
                 Err(_) => {
                     let detail = format!("no handshake within {limit:?}");
-                    return refuse(CloseReason::TlsHandshake, &detail);
+                    return refuse(server, peer, started, CloseReason::TlsHandshake, &detail);
                 }
             }
         }
-        (Some(_), None) => return refuse(CloseReason::TlsHandshake, "no TLS configuration"),
+        (Some(_), None) => {
+            return refuse(
+                server,
+                peer,
+                started,
+                CloseReason::TlsHandshake,
+                "no TLS configuration",
+            )
+        }
     };
     let sends_v2 = settings.proxy_protocol.send == Some(crate::config::ProxyVersion::V2);
     let (tcp, tls_info) = match &client {
@@ -119,7 +138,7 @@ pub async fn handle(
     };
     let (guard, upstream, _) = match opened {
         Ok(opened) => opened,
-        Err(reason) => return refuse(reason, "no backend connection"),
+        Err(reason) => return refuse(server, peer, started, reason, "no backend connection"),
     };
     let backend = guard.backend();
     // The backend's side.
@@ -153,12 +172,18 @@ pub async fn handle(
                         .connect_failures
                         .fetch_add(1, Ordering::Relaxed);
                     debug!(server = %server.name, backend = backend.key(), error = %e, "TLS handshake with the backend failed");
-                    return refuse(CloseReason::ConnectFailed, &e);
+                    return refuse(server, peer, started, CloseReason::ConnectFailed, &e);
                 }
             }
         }
         (Some(_), None) => {
-            return refuse(CloseReason::ConnectFailed, "no backend TLS configuration")
+            return refuse(
+                server,
+                peer,
+                started,
+                CloseReason::ConnectFailed,
+                "no backend TLS configuration",
+            )
         }
     };
     let cut = backend.state.cut_token();

@@ -263,3 +263,35 @@ where
     }
     panic!("timed out waiting for: {what}");
 }
+
+/// `openssl s_client` (Debian package openssl) to `addr` asking for `host`, verifying
+/// the server's certificate for `host` against `ca`, until the server closes. Returns
+/// what it printed, after asserting the verification succeeded.
+pub async fn openssl_verified(addr: SocketAddr, host: &str, ca: &std::path::Path) -> String {
+    let output = timeout(
+        WAIT,
+        tokio::process::Command::new("openssl")
+            .args([
+                "s_client",
+                "-connect",
+                &addr.to_string(),
+                "-servername",
+                host,
+            ])
+            .args(["-verify_hostname", host, "-verify_return_error", "-ign_eof"])
+            .arg("-CAfile")
+            .arg(ca)
+            .stdin(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("openssl in time")
+    .expect("run openssl (Debian package openssl)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        stdout.contains("Verify return code: 0 (ok)"),
+        "{host}: {stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}

@@ -206,18 +206,22 @@ async fn deafen(socket: &UdpSocket) -> io::Result<()> {
 #[cfg(target_os = "linux")]
 fn receive_batch(front: &Arc<Front>) {
     let settings = front.server.settings.load();
-    let mut handle =
-        |data: &[u8], client, local| on_datagram(front, &settings, data, client, local);
+    let udp = &front.server.stats.udp;
     let mut received = 0;
     while received < BATCH {
+        // One clock read per batch: the idle timers count in milliseconds.
+        let now = Instant::now();
+        let mut handle =
+            |data: &[u8], client, local| on_datagram(front, &settings, data, client, local, now);
         match socket::recv_many(&front.socket, front.wildcard, &mut handle) {
             Ok(batch) => {
                 received += batch.datagrams.max(1);
+                let datagrams = batch.datagrams as u64;
+                udp.from_clients.fetch_add(datagrams, Ordering::Relaxed);
                 if let Some(total) = batch.kernel_drops {
                     let before = front.kernel_drops.swap(total, Ordering::Relaxed);
                     let new = total.wrapping_sub(before);
                     if new > 0 {
-                        let udp = &front.server.stats.udp;
                         udp.drop_many(UdpDrop::ReceiveQueueFull, u64::from(new));
                     }
                 }
@@ -240,7 +244,11 @@ fn receive_batch(front: &Arc<Front>) {
     BUFFER.with_borrow_mut(|buf| {
         for _ in 0..BATCH {
             match socket::recv_from(&front.socket, buf) {
-                Ok((len, client)) => on_datagram(front, &settings, &buf[..len], client, None),
+                Ok((len, client)) => {
+                    let udp = &front.server.stats.udp;
+                    udp.from_clients.fetch_add(1, Ordering::Relaxed);
+                    on_datagram(front, &settings, &buf[..len], client, None, Instant::now());
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) => debug!(server = %front.server.name, error = %e, "UDP receive failed"),
             }
@@ -255,13 +263,9 @@ fn on_datagram(
     data: &[u8],
     client: SocketAddr,
     local: Option<IpAddr>,
+    now: Instant,
 ) {
     let server = &front.server;
-    server
-        .stats
-        .udp
-        .from_clients
-        .fetch_add(1, Ordering::Relaxed);
     if settings
         .access
         .as_ref()
@@ -271,7 +275,6 @@ fn on_datagram(
         debug!(server = %server.name, %client, "datagram refused by the access rules");
         return;
     }
-    let now = Instant::now();
     // One retry: a session whose backend turned out to be gone gives way to a new one.
     for retry in [false, true] {
         let session = match current_session(front, (client, local)) {
@@ -581,6 +584,7 @@ fn relay_batch(
     limits: UdpConfig,
 ) -> Relayed {
     let stats = &front.server.stats.udp;
+    let now = Instant::now();
     BUFFER.with_borrow_mut(|buf| {
         for _ in 0..BATCH {
             let len = match session.upstream.try_recv(buf) {
@@ -592,7 +596,7 @@ fn relay_batch(
                     continue;
                 }
             };
-            session.mark(&session.last_from_backend, Instant::now());
+            session.mark(&session.last_from_backend, now);
             count_bytes(&session.backend.state.stats.bytes_from_backend, len);
             *responses = responses.saturating_add(1);
             match send_from(&front.socket, &buf[..len], session.client, session.local) {
