@@ -14,6 +14,7 @@ use sluice::config::{ClientAuth, Protocol, ServerConfig, TlsFiles, TlsTerminatio
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::support::data::{expected, receive_stream, send_stream, Checksum};
 use crate::support::*;
 
 /// A CA and the files of leaf certificates it signs.
@@ -451,6 +452,81 @@ async fn terminated_and_re_encrypted() {
         .await
         .expect("exchange");
     assert_eq!(reply, "secure\nping");
+}
+
+/// 64 MiB through termination and re-encryption, echoed back while still being sent,
+/// then a half-close (close_notify) each way: every byte arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_stream_crosses_both_tls_sides_whole() {
+    const LEN: u64 = 64 << 20;
+    let pki = Pki::new();
+    let front = pki.leaf("front", &["a.sluice.test"]);
+    let back = pki.leaf("back", &["127.0.0.1"]);
+    let backend = tls_backend("secure", &back).await;
+    let lb = Sluice::start(ServerConfig {
+        protocol: Protocol::Tls,
+        tls: Some(termination(vec![front])),
+        backends_tls: Some(backends_tls(Some(pki.ca_path()), None)),
+        ..server(BalanceKind::RoundRobin, vec![backend.spec()])
+    })
+    .await;
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[], None, BOTH));
+    let stream = TcpStream::connect(lb.addr).await.expect("connect");
+    let name = ServerName::try_from("a.sluice.test").expect("name");
+    let tls = connector.connect(name, stream).await.expect("handshake");
+    let (mut r, mut w) = tokio::io::split(tls);
+    let mut greeting = [0u8; 7];
+    r.read_exact(&mut greeting).await.expect("greeting");
+    assert_eq!(&greeting, b"secure\n");
+    let send = tokio::spawn(async move {
+        let sum = send_stream(&mut w, 7, LEN).await;
+        w.shutdown().await.expect("close_notify");
+        sum
+    });
+    let got = tokio::time::timeout(Duration::from_secs(60), receive_stream(&mut r))
+        .await
+        .expect("echo finished in time");
+    assert_eq!(send.await.expect("sender"), expected(7, LEN));
+    assert_eq!(got, expected(7, LEN), "the echo came back whole");
+}
+
+/// A reply larger than the socket buffers, to a client that is slow to start reading,
+/// on a connection that stays open (no EOF to push the last bytes out): all of it
+/// arrives. (The flush of bytes TLS holds back is checked exactly in `copy`'s tests.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_held_back_by_a_slow_reader_is_delivered_whole() {
+    const LEN: u64 = 16 << 20;
+    let pki = Pki::new();
+    let front = pki.leaf("front", &["a.sluice.test"]);
+    let backend = TestBackend::serving("blob", "127.0.0.1:0", |mut s| async move {
+        send_stream(&mut s, 9, LEN).await;
+        // Open until the client is done: no EOF pushes the last bytes out.
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest).await;
+    })
+    .await;
+    let lb = Sluice::start(tls_server(&backend, termination(vec![front]))).await;
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[], None, BOTH));
+    let stream = TcpStream::connect(lb.addr).await.expect("connect");
+    let name = ServerName::try_from("a.sluice.test").expect("name");
+    let mut tls = connector.connect(name, stream).await.expect("handshake");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut sum = Checksum::default();
+    let mut buf = vec![0u8; 64 << 10];
+    let mut left = LEN as usize;
+    while left > 0 {
+        let want = left.min(buf.len());
+        let n = tokio::time::timeout(WAIT, tls.read(&mut buf[..want]))
+            .await
+            .unwrap_or_else(|_| panic!("stalled with {left} bytes still to come"))
+            .expect("read");
+        assert!(n > 0, "closed with {left} bytes still to come");
+        sum.update(&buf[..n]);
+        left -= n;
+    }
+    assert_eq!(sum.finish(), expected(9, LEN));
 }
 
 #[tokio::test]

@@ -9,9 +9,10 @@
 //!   borrows one from a per-thread pool only to move bytes, and gives it back as soon as
 //!   it has written everything it read.
 //!
-//! On Linux a direction that reads a full buffer switches to `splice(2)` through a pooled
-//! pipe (zero copy, see [`super::splice`]) and switches back when the bulk transfer ends;
-//! request/response traffic stays on the buffered path, where it is cheaper.
+//! On Linux a direction between two plain sockets that reads a full buffer switches to
+//! `splice(2)` through a pooled pipe (zero copy, see [`super::splice`]) and switches back
+//! when the bulk transfer ends; request/response traffic stays on the buffered path,
+//! where it is cheaper. TLS streams (see [`Stream`]) always take the buffered path.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -68,6 +69,27 @@ fn give_buffer(buf: Buffer) {
     });
 }
 
+/// What the relay moves bytes between: a plain socket, or TLS over one.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin {
+    /// Completes, holding no buffer, once a read may return bytes. A stream that keeps
+    /// bytes of its own (decrypted TLS records) the socket's readiness does not show
+    /// answers at once: its read then borrows a buffer for that one poll only.
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+
+    /// The plain socket, when bytes can move between two of them without user space.
+    fn plain_socket(&self) -> Option<&TcpStream>;
+}
+
+impl Stream for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        Some(self)
+    }
+}
+
 /// Where relayed bytes are counted as they move (a backend's live counters).
 pub struct Counters<'a> {
     pub to_backend: &'a AtomicU64,
@@ -119,11 +141,11 @@ enum HalfError {
 impl Half {
     /// Moves bytes from `from` to `to` until it would block. `Ready(Ok)` once `from` has
     /// ended and `to` has been shut down for writing.
-    fn poll_relay(
+    fn poll_relay<F: Stream, T: Stream>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut F,
+        to: &mut T,
         counter: &AtomicU64,
         moved: &mut bool,
     ) -> Poll<Result<(), HalfError>> {
@@ -157,18 +179,21 @@ impl Half {
 
     /// The zero-copy path: socket → pipe → socket.
     #[cfg(target_os = "linux")]
-    fn poll_splice(
+    fn poll_splice<F: Stream, T: Stream>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut F,
+        to: &mut T,
         counter: &AtomicU64,
         moved: &mut bool,
     ) -> Poll<Result<(), HalfError>> {
+        let (Some(input), Some(out)) = (from.plain_socket(), to.plain_socket()) else {
+            self.no_splice = true;
+            return Poll::Pending; // handed over to the buffered path
+        };
         for _ in 0..ROUNDS_PER_POLL {
             if let (Some(pipe), true) = (&self.pipe, self.in_pipe > 0) {
-                ready!(to.poll_write_ready(cx)).map_err(HalfError::Write)?;
-                let out = &*to;
+                ready!(out.poll_write_ready(cx)).map_err(HalfError::Write)?;
                 match out.try_io(Interest::WRITABLE, || {
                     pipe.drain(out, self.in_pipe as usize)
                 }) {
@@ -197,13 +222,12 @@ impl Half {
                 return Poll::Ready(Ok(()));
             }
             // Wait for readability with no pipe; borrow one only to move bytes.
-            ready!(from.poll_read_ready(cx)).map_err(HalfError::Read)?;
+            ready!(input.poll_read_ready(cx)).map_err(HalfError::Read)?;
             let Ok(pipe) = Pipe::take() else {
                 // Out of descriptors for a pipe: this connection still works, copying.
                 self.no_splice = true;
                 return Poll::Pending; // handed over to the buffered path
             };
-            let input = &*from;
             match input.try_io(Interest::READABLE, || pipe.fill(input)) {
                 Ok(0) => {
                     pipe.give();
@@ -233,11 +257,11 @@ impl Half {
     }
 
     /// The portable path: socket → pooled user-space buffer → socket.
-    fn poll_buffered(
+    fn poll_buffered<F: Stream, T: Stream>(
         &mut self,
         cx: &mut Context<'_>,
-        from: &mut TcpStream,
-        to: &mut TcpStream,
+        from: &mut F,
+        to: &mut T,
         counter: &AtomicU64,
         moved: &mut bool,
     ) -> Poll<Result<(), HalfError>> {
@@ -299,6 +323,11 @@ impl Half {
                 }
                 Poll::Pending => {
                     give_buffer(buf);
+                    // Nothing more to read for now: push out what a TLS writer still
+                    // holds (a plain socket holds nothing; its flush is a no-op).
+                    if let Poll::Ready(Err(e)) = Pin::new(&mut *to).poll_flush(cx) {
+                        return Poll::Ready(Err(HalfError::Write(e)));
+                    }
                     return Poll::Pending;
                 }
             }
@@ -327,9 +356,9 @@ impl Drop for Half {
 /// A hand-written future rather than an `async fn`: it is most of the state of every
 /// idle connection, and written out it holds each field once, where the generated
 /// state machine kept copies of its arguments and of its poll closure's captures.
-pub struct Relay<'a, S> {
-    client: TcpStream,
-    backend: TcpStream,
+pub struct Relay<'a, C, B, S> {
+    client: C,
+    backend: B,
     stopped: Pin<&'a mut S>,
     counters: Counters<'a>,
     up: Half,
@@ -348,11 +377,11 @@ pin_project! {
     }
 }
 
-impl<'a, S: Future<Output = ()>> Relay<'a, S> {
+impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
     /// Both sockets are closed when the relay is dropped.
     pub fn new(
-        client: TcpStream,
-        backend: TcpStream,
+        client: C,
+        backend: B,
         idle_timeout: Option<Duration>,
         stopped: Pin<&'a mut S>,
         counters: Counters<'a>,
@@ -365,7 +394,7 @@ impl<'a, S: Future<Output = ()>> Relay<'a, S> {
                 sleep: sleep_until(now + timeout),
             })
         });
-        Relay {
+        let mut relay = Relay {
             client,
             backend,
             stopped,
@@ -374,7 +403,13 @@ impl<'a, S: Future<Output = ()>> Relay<'a, S> {
             down: Half::default(),
             idle,
             error: None,
+        };
+        #[cfg(target_os = "linux")]
+        if relay.client.plain_socket().is_none() || relay.backend.plain_socket().is_none() {
+            relay.up.no_splice = true;
+            relay.down.no_splice = true;
         }
+        relay
     }
 
     /// Counts `bytes` already sent to the backend on the client's behalf (read along
@@ -438,7 +473,7 @@ impl<'a, S: Future<Output = ()>> Relay<'a, S> {
     }
 }
 
-impl<S: Future<Output = ()>> Future for Relay<'_, S> {
+impl<C: Stream, B: Stream, S: Future<Output = ()>> Future for Relay<'_, C, B, S> {
     type Output = CopyResult;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<CopyResult> {
@@ -471,5 +506,135 @@ fn error_reason(e: HalfError, reading: Side, error: &mut Option<io::Error>) -> C
     match side {
         Side::Client => CloseReason::ClientError,
         Side::Backend => CloseReason::BackendError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::pin;
+
+    use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+
+    impl Stream for DuplexStream {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn plain_socket(&self) -> Option<&TcpStream> {
+            None
+        }
+    }
+
+    /// A writer that, like TLS with a full socket, accepts bytes and keeps them until
+    /// flushed.
+    struct Holding {
+        inner: DuplexStream,
+        held: Vec<u8>,
+    }
+
+    impl AsyncRead for Holding {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Pin::new(&mut self.inner).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Holding {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.held.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            let this = &mut *self;
+            while !this.held.is_empty() {
+                let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+                this.held.drain(..n);
+            }
+            Pin::new(&mut this.inner).poll_flush(cx)
+        }
+
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            ready!(self.as_mut().poll_flush(cx))?;
+            Pin::new(&mut self.inner).poll_shutdown(cx)
+        }
+    }
+
+    impl Stream for Holding {
+        fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn plain_socket(&self) -> Option<&TcpStream> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_a_writer_holds_go_out_once_the_reader_has_no_more() {
+        let (client, mut client_far) = duplex(64 * 1024);
+        let (backend, mut backend_far) = duplex(64 * 1024);
+        let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+        let stopped = pin!(std::future::pending::<()>());
+        let counters = Counters {
+            to_backend: &to_backend,
+            from_backend: &from_backend,
+        };
+        let client = Holding {
+            inner: client,
+            held: Vec::new(),
+        };
+        let relay = Relay::new(client, backend, None, stopped, counters);
+        let exchange = async {
+            // The backend answers and keeps the connection open: no EOF will flush.
+            backend_far.write_all(b"reply").await.expect("write");
+            let mut got = [0u8; 5];
+            client_far.read_exact(&mut got).await.expect("read");
+            got
+        };
+        let got = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::select! {
+                result = relay => panic!("relay ended: {:?}", result.reason),
+                got = exchange => got,
+            }
+        })
+        .await
+        .expect("the held bytes were flushed");
+        assert_eq!(&got, b"reply");
+        assert_eq!(from_backend.load(Ordering::Relaxed), 5);
+    }
+
+    #[tokio::test]
+    async fn an_idle_relay_holds_no_buffer() {
+        let (client, _client_far) = duplex(1024);
+        let (backend, mut backend_far) = duplex(1024);
+        let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+        let stopped = pin!(std::future::pending::<()>());
+        let counters = Counters {
+            to_backend: &to_backend,
+            from_backend: &from_backend,
+        };
+        let mut relay = pin!(Relay::new(client, backend, None, stopped, counters));
+        backend_far.write_all(b"x").await.expect("write");
+        // Polled until it has moved the byte and waits again.
+        for _ in 0..10 {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
+            assert!(polled.is_pending());
+            if from_backend.load(Ordering::Relaxed) == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(from_backend.load(Ordering::Relaxed), 1);
+        assert!(relay.up.buf.is_none() && relay.down.buf.is_none());
     }
 }

@@ -14,7 +14,7 @@ use tokio::time::{timeout, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::copy::{Counters, Relay};
+use super::copy::{CopyResult, Counters, Relay};
 use super::sni::Route;
 use super::{client_hello, proxy_protocol, CloseReason};
 use crate::backend::{Backend, ConnGuard};
@@ -75,30 +75,41 @@ pub fn handle<I: Intro>(
             Relay::new(client, upstream, idle, cut_wait, counters).already_sent(early)
         }
         .await;
-        let reason = match result.reason {
-            CloseReason::Shutdown if !stop.is_cancelled() => CloseReason::DrainDeadline,
-            reason => reason,
-        };
-        let server = slot.server();
-        let backend = guard.backend();
-        backend
-            .state
-            .stats
-            .connection_duration
-            .observe(started.elapsed());
-        if let Some(e) = &result.error {
-            debug!(server = %server.name, client = %peer, backend = backend.key(), error = %e, "connection failed");
-        }
-        access_log(
-            &server.name,
-            peer,
-            Some(backend),
-            result.bytes_to_backend,
-            result.bytes_to_client,
-            started,
-            reason,
-        );
+        finish(slot.server(), peer, guard.backend(), started, result, &stop);
     }
+}
+
+/// The end of a relayed connection: why it closed (a cut before shutdown is the
+/// backend's drain deadline), how long it lasted, the access log.
+pub fn finish(
+    server: &ServerShared,
+    peer: SocketAddr,
+    backend: &Arc<Backend>,
+    started: Instant,
+    result: CopyResult,
+    stop: &CancellationToken,
+) {
+    let reason = match result.reason {
+        CloseReason::Shutdown if !stop.is_cancelled() => CloseReason::DrainDeadline,
+        reason => reason,
+    };
+    backend
+        .state
+        .stats
+        .connection_duration
+        .observe(started.elapsed());
+    if let Some(e) = &result.error {
+        debug!(server = %server.name, client = %peer, backend = backend.key(), error = %e, "connection failed");
+    }
+    access_log(
+        &server.name,
+        peer,
+        Some(backend),
+        result.bytes_to_backend,
+        result.bytes_to_client,
+        started,
+        reason,
+    );
 }
 
 /// What a connection brings besides its stream when something was read before a

@@ -5,6 +5,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::pin::pin;
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
@@ -17,9 +18,10 @@ use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
+use super::copy::{Counters, Relay, Stream};
 use super::proxy_protocol;
 use super::proxy_protocol::TlsInfo;
-use super::tcp::{access_log, open, refuse, Preamble};
+use super::tcp::{finish, open, refuse, Preamble};
 use super::CloseReason;
 use crate::server::ActiveSlot;
 
@@ -67,7 +69,7 @@ pub async fn handle(
     }
     let client = Prefixed::new(std::mem::take(&mut early), client);
     // The client's side.
-    let mut client = match (&settings.tls, server.tls.load_full()) {
+    let client = match (&settings.tls, server.tls.load_full()) {
         (None, _) => Either::Right(client),
         (Some(termination), Some(config)) => {
             let limit = termination.handshake_timeout;
@@ -142,7 +144,7 @@ pub async fn handle(
     };
     let backend = guard.backend();
     // The backend's side.
-    let mut upstream = match (&settings.backends_tls, server.backends_tls.load_full()) {
+    let upstream = match (&settings.backends_tls, server.backends_tls.load_full()) {
         (None, _) => Either::Right(upstream),
         (Some(tls), Some(config)) => {
             let name = tls
@@ -187,52 +189,18 @@ pub async fn handle(
         }
     };
     let cut = backend.state.cut_token();
+    let cut_wait = pin!(cut.cancelled());
     let idle = match (settings.client_idle_timeout, settings.backend_idle_timeout) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let activity = Activity::new();
-    let mut client = Watched {
-        inner: &mut client,
-        activity: &activity,
-    };
-    let mut upstream = Watched {
-        inner: &mut upstream,
-        activity: &activity,
-    };
-    let (result, reason) = tokio::select! {
-        () = activity.idle_for(idle) => ((0, 0), CloseReason::IdleTimeout),
-        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
-            Ok(bytes) => (bytes, CloseReason::Eof),
-            Err(e) => {
-                debug!(server = %server.name, client = %peer, error = %e, "connection failed");
-                ((0, 0), CloseReason::ClientError)
-            }
-        },
-        () = cut.cancelled() => ((0, 0), if stop.is_cancelled() {
-            CloseReason::Shutdown
-        } else {
-            CloseReason::DrainDeadline
-        }),
-    };
-    let (to_backend, to_client) = result;
     let stats = &backend.state.stats;
-    stats
-        .bytes_to_backend
-        .fetch_add(to_backend, Ordering::Relaxed);
-    stats
-        .bytes_from_backend
-        .fetch_add(to_client, Ordering::Relaxed);
-    stats.connection_duration.observe(started.elapsed());
-    access_log(
-        &server.name,
-        peer,
-        Some(backend),
-        to_backend,
-        to_client,
-        started,
-        reason,
-    );
+    let counters = Counters {
+        to_backend: &stats.bytes_to_backend,
+        from_backend: &stats.bytes_from_backend,
+    };
+    let result = Relay::new(client, upstream, idle, cut_wait, counters).await;
+    finish(server, peer, backend, started, result, &stop);
 }
 
 /// A stream that first yields bytes already read from it (those that came with a PROXY
@@ -298,83 +266,54 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
     }
 }
 
-/// When bytes last moved either way, for the idle timeout: marked by the streams, read
-/// by one timer that sleeps to the deadline and looks again, never reset per read.
-struct Activity {
-    started: Instant,
-    /// Milliseconds since `started`.
-    last: std::sync::atomic::AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Activity {
-        Activity {
-            started: Instant::now(),
-            last: std::sync::atomic::AtomicU64::new(0),
+impl Stream for Prefixed<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.read < self.prefix.len() {
+            return Poll::Ready(Ok(()));
         }
+        self.inner.poll_read_ready(cx)
     }
 
-    fn mark(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last.store(ms, Ordering::Relaxed);
-    }
-
-    /// Completes once nothing has moved for `limit`; never without one.
-    async fn idle_for(&self, limit: Option<std::time::Duration>) {
-        let Some(limit) = limit else {
-            return std::future::pending().await;
-        };
-        loop {
-            let last =
-                self.started + std::time::Duration::from_millis(self.last.load(Ordering::Relaxed));
-            let deadline = last + limit;
-            if Instant::now() >= deadline {
-                return;
-            }
-            tokio::time::sleep_until(deadline).await;
-        }
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
     }
 }
 
-/// A stream that marks [`Activity`] whenever bytes move through it.
-struct Watched<'a, S> {
-    inner: &'a mut S,
-    activity: &'a Activity,
-}
+/// rustls keeps decrypted bytes the socket's readiness does not show: always ready, so
+/// the relay borrows a buffer for the one poll that reads (and gives it back if the
+/// read would block).
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for tokio_rustls::server::TlsStream<S> {
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 
-impl<S: AsyncRead + Unpin> AsyncRead for Watched<'_, S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut *self.inner).poll_read(cx, buf);
-        if buf.filled().len() > before {
-            self.activity.mark();
-        }
-        polled
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<'_, S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let polled = Pin::new(&mut *self.inner).poll_write(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
-            self.activity.mark();
+impl<S: AsyncRead + AsyncWrite + Unpin> Stream for tokio_rustls::client::TlsStream<S> {
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+impl<L: Stream, R: Stream> Stream for Either<L, R> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            Either::Left(stream) => stream.poll_read_ready(cx),
+            Either::Right(stream) => stream.poll_read_ready(cx),
         }
-        polled
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.inner).poll_shutdown(cx)
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        match self {
+            Either::Left(stream) => stream.plain_socket(),
+            Either::Right(stream) => stream.plain_socket(),
+        }
     }
 }
