@@ -9,6 +9,7 @@
 
 use std::io;
 use std::thread;
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
@@ -33,7 +34,14 @@ impl Workers {
             let stop = stop.clone();
             thread::Builder::new()
                 .name(format!("sluice-worker-{index}"))
-                .spawn(move || rt.block_on(stop.cancelled()))?;
+                .spawn(move || {
+                    rt.block_on(async {
+                        tokio::select! {
+                            () = stop.cancelled() => {}
+                            () = keep_timer_awake() => {}
+                        }
+                    })
+                })?;
         }
         Ok(Workers { handles, stop })
     }
@@ -54,6 +62,19 @@ impl Workers {
     /// The runtime of worker `index`.
     pub fn handle(&self, index: usize) -> &Handle {
         &self.handles[index % self.handles.len()]
+    }
+}
+
+/// Every connection arms a timer (its connect timeout). tokio wakes its driver (an
+/// `eventfd` write, then an extra turn of the event loop) whenever a new timer is due
+/// sooner than the earliest one it knew of when it last parked, which with no other timer
+/// is every first one. A timer that is always due within a second keeps that from
+/// happening for timeouts longer than that, at the cost of one wake-up a second.
+async fn keep_timer_awake() {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
     }
 }
 

@@ -148,6 +148,7 @@ impl Half {
         to: &mut T,
         counter: &AtomicU64,
         moved: &mut bool,
+        other_done: bool,
     ) -> Poll<Result<(), HalfError>> {
         // Small messages go through a buffer (two plain syscalls); bulk goes through a
         // pipe (zero copy). A path hands over to the other only when it holds no bytes,
@@ -157,9 +158,9 @@ impl Half {
             for _ in 0..4 {
                 let zero_copy = self.zero_copy();
                 let result = if zero_copy {
-                    self.poll_splice(cx, from, to, counter, moved)
+                    self.poll_splice(cx, from, to, counter, moved, other_done)
                 } else {
-                    self.poll_buffered(cx, from, to, counter, moved)
+                    self.poll_buffered(cx, from, to, counter, moved, other_done)
                 };
                 if result.is_ready() || self.zero_copy() == zero_copy {
                     return result;
@@ -169,7 +170,24 @@ impl Half {
             Poll::Pending
         }
         #[cfg(not(target_os = "linux"))]
-        self.poll_buffered(cx, from, to, counter, moved)
+        self.poll_buffered(cx, from, to, counter, moved, other_done)
+    }
+
+    /// Passes the end of the stream on: `shutdown(Write)`, unless `to` is a plain socket
+    /// whose own direction has ended too. The relay then ends and closes it, and `close`
+    /// sends the same FIN (nothing is left unread to turn it into a reset), one system
+    /// call fewer. TLS always shuts down, to send its close_notify.
+    fn poll_finish<T: Stream>(
+        &mut self,
+        cx: &mut Context<'_>,
+        to: &mut T,
+        other_done: bool,
+    ) -> Poll<Result<(), HalfError>> {
+        if !other_done || to.plain_socket().is_none() {
+            ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(HalfError::Write)?;
+        }
+        self.done = true;
+        Poll::Ready(Ok(()))
     }
 
     #[cfg(target_os = "linux")]
@@ -186,6 +204,7 @@ impl Half {
         to: &mut T,
         counter: &AtomicU64,
         moved: &mut bool,
+        other_done: bool,
     ) -> Poll<Result<(), HalfError>> {
         let (Some(input), Some(out)) = (from.plain_socket(), to.plain_socket()) else {
             self.no_splice = true;
@@ -217,9 +236,7 @@ impl Half {
                 return Poll::Pending; // handed over to the buffered path
             }
             if self.read_eof {
-                ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(HalfError::Write)?;
-                self.done = true;
-                return Poll::Ready(Ok(()));
+                return self.poll_finish(cx, to, other_done);
             }
             // Wait for readability with no pipe; borrow one only to move bytes.
             ready!(input.poll_read_ready(cx)).map_err(HalfError::Read)?;
@@ -264,6 +281,7 @@ impl Half {
         to: &mut T,
         counter: &AtomicU64,
         moved: &mut bool,
+        other_done: bool,
     ) -> Poll<Result<(), HalfError>> {
         for _ in 0..ROUNDS_PER_POLL {
             if let Some(buf) = &self.buf {
@@ -289,9 +307,7 @@ impl Half {
                 return Poll::Pending; // handed over to the zero-copy path
             }
             if self.read_eof {
-                ready!(Pin::new(&mut *to).poll_shutdown(cx)).map_err(HalfError::Write)?;
-                self.done = true;
-                return Poll::Ready(Ok(()));
+                return self.poll_finish(cx, to, other_done);
             }
             // Wait for readability with no buffer; borrow one only to read.
             ready!(from.poll_read_ready(cx)).map_err(HalfError::Read)?;
@@ -429,6 +445,7 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
                 &mut self.backend,
                 to_backend,
                 &mut moved,
+                self.down.done,
             );
             if let Poll::Ready(Err(e)) = relayed {
                 return Poll::Ready(error_reason(e, Side::Client, &mut self.error));
@@ -442,6 +459,7 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
                 &mut self.client,
                 from_backend,
                 &mut moved,
+                self.up.done,
             );
             if let Poll::Ready(Err(e)) = relayed {
                 return Poll::Ready(error_reason(e, Side::Backend, &mut self.error));
