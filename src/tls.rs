@@ -37,6 +37,20 @@ pub enum TlsError {
     NoSystemRoots,
 }
 
+impl TlsError {
+    /// The file the error is about, if it is about one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            TlsError::Certificates { path, .. }
+            | TlsError::NoCertificate { path }
+            | TlsError::Key { path, .. }
+            | TlsError::NoTrustAnchor { path } => Some(path),
+            TlsError::Mismatch { key, .. } => Some(key),
+            TlsError::HalfPair | TlsError::NoSystemRoots => None,
+        }
+    }
+}
+
 /// PEM files of a TLS client (discovery sources talking to Consul, etcd or Docker).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ClientTlsFiles {

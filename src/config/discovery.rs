@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::dump::{Secrets, REDACTED};
 use super::legacy::{self, Place};
-use super::reader::{Ctx, Field, Section};
+use super::reader::{resolve, Ctx, Field, Section};
 use crate::backend::BackendSpec;
 use crate::discovery::consul::{self, ConsulParams};
 use crate::discovery::docker::{self, DockerParams};
@@ -228,7 +228,9 @@ pub struct PlaintextParams {
 /// `kind = "exec"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecParams {
-    /// `exec_command`: the program and its arguments (no shell).
+    /// `exec_command`: the program and its arguments (no shell). A program given as a
+    /// relative path with a `/` is already taken from the configuration's directory; a
+    /// bare name is looked up in `PATH`; arguments are as written.
     pub command: Vec<String>,
 }
 
@@ -622,7 +624,7 @@ fn cacert_path(
         ctx.error(f.at, f.path(), message);
         return None;
     }
-    Some(Some(PathBuf::from(path)))
+    Some(Some(resolve(ctx.dir, path)))
 }
 
 fn json_path(text: &str) -> Result<String, String> {
@@ -647,24 +649,24 @@ fn plaintext(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<PlaintextParams
 
 fn exec(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<ExecParams> {
     let f = required(ctx, sec, "exec_command", "exec")?;
-    let command: Vec<String> = ctx
-        .strings(&f)?
-        .into_iter()
-        .map(|(_, _, s)| s.to_owned())
-        .collect();
-    if command.first().is_none_or(|c| c.is_empty()) {
+    let words = ctx.strings(&f)?;
+    let Some((at, path, program)) = words.first().filter(|(_, _, p)| !p.is_empty()) else {
         let message = "needs the program to run, e.g. [\"/usr/local/bin/backends\", \"web\"]";
         ctx.error(f.at, f.path(), message);
         return None;
-    }
-    Some(ExecParams { command })
+    };
+    // Only the program is resolved: arguments are the program's to interpret.
+    let program = ctx.program(*at, path, program)?;
+    let args = words[1..].iter().map(|(_, _, arg)| (*arg).to_owned());
+    Some(ExecParams {
+        command: std::iter::once(program).chain(args).collect(),
+    })
 }
 
 fn file(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<FileParams> {
     let f = required(ctx, sec, "file_path", "file")?;
-    let path = ctx.non_empty(&f)?;
     Some(FileParams {
-        path: PathBuf::from(path),
+        path: ctx.path(&f)?,
     })
 }
 
@@ -704,7 +706,7 @@ fn client_tls(
                 ctx.error(f.at, f.path(), message);
                 ok = false;
             }
-            Some(path) => paths.push(Some(std::path::PathBuf::from(path))),
+            Some(path) => paths.push(Some(resolve(ctx.dir, path))),
             None => ok = false,
         }
     }

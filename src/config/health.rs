@@ -118,7 +118,9 @@ pub enum ProbeExpect {
 /// `kind = "exec"`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ExecSettings {
-    /// Run with the backend's host and port as its two arguments, without a shell.
+    /// Run with the backend's host and port as its two arguments, without a shell. A
+    /// relative path with a `/` is already taken from the configuration's directory; a
+    /// bare name is looked up in `PATH`.
     pub command: String,
     /// Output (trimmed) meaning healthy.
     pub positive: String,
@@ -494,8 +496,10 @@ fn probe(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<ProbeSet
 pub const MAX_RECV_LEN: u32 = 64 * 1024;
 
 fn exec(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<ExecSettings> {
-    let command = required(ctx, sec, "exec_command", "exec", at)
-        .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
+    let command = required(ctx, sec, "exec_command", "exec", at).and_then(|f| {
+        let text = ctx.non_empty(&f)?;
+        ctx.program(f.at, f.path(), text)
+    });
     let positive = required(ctx, sec, "exec_expected_positive_output", "exec", at)
         .and_then(|f| ctx.str(&f).map(|s| s.trim().to_owned()));
     let negative = sec
@@ -638,7 +642,7 @@ fn tls_keys(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<TlsSettings> {
         None => Some(false),
     };
     let ca_path = match sec.take("tls_ca_path") {
-        Some(f) => ctx.non_empty(&f).map(|p| Some(PathBuf::from(p))),
+        Some(f) => ctx.path(&f).map(Some),
         None => Some(None),
     };
     Some(TlsSettings {

@@ -391,25 +391,47 @@ pub struct Loaded {
     pub warnings: Vec<Warning>,
 }
 
-/// Reads and validates the configuration file at `path`.
+/// Reads and validates the configuration file at `path`. Relative file paths in it are
+/// taken from the file's directory (see [`config_dir`]).
 pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let unreadable = |message: String| ConfigError {
         path: path.to_path_buf(),
         line: 0,
         col: 0,
-        message: format!("cannot read the configuration: {e}"),
-    })?;
-    parse(&text, path)
+        message,
+    };
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| unreadable(format!("cannot read the configuration: {e}")))?;
+    let dir = config_dir(path)
+        .map_err(|e| unreadable(format!("cannot tell the configuration's directory: {e}")))?;
+    parse_in(&text, path, Some(&dir))
 }
 
-/// Validates a configuration given as text. `path` names it in messages, and its
-/// extension picks the syntax: JSON for `.json`, TOML otherwise.
+/// The absolute directory of the configuration file at `path`, which relative file paths
+/// in it are taken from: they then mean the same whatever the working directory (`/`
+/// under systemd), as nginx's do. Symbolic links are not followed, so a linked file
+/// finds its certificates beside the link.
+pub fn config_dir(path: &Path) -> std::io::Result<PathBuf> {
+    let absolute = std::path::absolute(path)?;
+    Ok(absolute.parent().unwrap_or(&absolute).to_path_buf())
+}
+
+/// Validates a configuration given as text with no file of its own (a changed
+/// configuration checked before it is applied, whose paths are absolute already): file
+/// paths in it are kept as written. `path` names it in messages, and its extension picks the syntax: JSON for
+/// `.json`, TOML otherwise.
 ///
 /// Every problem is reported, in file order, not only the first.
 pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
+    parse_in(text, path, None)
+}
+
+/// As [`parse`], with relative file paths taken from `dir` (absolute) when given, as
+/// [`load`] does.
+pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let src = error::Source::new(path, text);
     let root = file::parse(&src).map_err(ConfigErrors)?;
-    let mut ctx = reader::Ctx::new(&src);
+    let mut ctx = reader::Ctx::new(&src, dir);
     let config = validate::config(&mut ctx, &root);
     let mut errors = ctx.errors;
     if !errors.is_empty() {

@@ -6,6 +6,7 @@
 //! on and finds the next problem too.
 
 use std::fmt::Display;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::duration::{parse_duration, parse_timeout};
@@ -15,6 +16,9 @@ use super::file::{Entry, Node, Value};
 /// Where errors and warnings are collected.
 pub(crate) struct Ctx<'s> {
     pub src: &'s Source<'s>,
+    /// The configuration file's directory, which relative file paths are taken from;
+    /// `None` (no file) keeps them as written.
+    pub dir: Option<&'s Path>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
 }
@@ -132,9 +136,10 @@ impl<'t> Section<'t> {
 }
 
 impl<'s> Ctx<'s> {
-    pub fn new(src: &'s Source<'s>) -> Self {
+    pub fn new(src: &'s Source<'s>, dir: Option<&'s Path>) -> Self {
         Ctx {
             src,
+            dir,
             errors: Vec::new(),
             warnings: Vec::new(),
         }
@@ -188,6 +193,35 @@ impl<'s> Ctx<'s> {
             return None;
         }
         Some(text)
+    }
+
+    /// A non-empty string naming a file, relative ones [resolved](resolve) against the
+    /// configuration's directory.
+    pub fn path(&mut self, f: &Field<'_>) -> Option<PathBuf> {
+        let text = self.non_empty(f)?;
+        Some(resolve(self.dir, text))
+    }
+
+    /// A program to run: one written as a relative path (`./check.sh`, `bin/list`) is
+    /// taken from the configuration's directory like any file; a bare name (`curl`) is
+    /// left for the `PATH` lookup. `None` if the result is not UTF-8 (a directory with
+    /// such a name), reported.
+    pub fn program(&mut self, at: usize, path: &str, text: &str) -> Option<String> {
+        if !text.contains('/') {
+            return Some(text.to_owned());
+        }
+        let resolved = resolve(self.dir, text);
+        match resolved.into_os_string().into_string() {
+            Ok(program) => Some(program),
+            Err(os) => {
+                let message = format!(
+                    "{} is not UTF-8; give the program by an absolute path",
+                    Path::new(&os).display()
+                );
+                self.error(at, path, message);
+                None
+            }
+        }
     }
 
     /// A whole number in `min..=u32::MAX`.
@@ -342,6 +376,17 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     }
 }
 
+/// `text` as a path: a relative one is joined to `dir` (the configuration's directory),
+/// and `.` components are dropped (`./certs/a.pem` is `DIR/certs/a.pem`). `..` is kept:
+/// dropping it would be wrong past a symbolic link. Without `dir` the path is as written.
+pub(crate) fn resolve(dir: Option<&Path>, text: &str) -> PathBuf {
+    let path = Path::new(text);
+    match dir {
+        Some(dir) if path.is_relative() => dir.join(path).components().collect(),
+        _ => path.to_path_buf(),
+    }
+}
+
 /// Levenshtein distance, for "did you mean" hints.
 fn edit_distance(a: &str, b: &str) -> usize {
     let b: Vec<char> = b.chars().collect();
@@ -368,6 +413,19 @@ mod tests {
         assert_eq!(join("servers", "web-1"), "servers.web-1");
         assert_eq!(join("servers", "my app"), "servers.\"my app\"");
         assert_eq!(join("servers", "a.b"), "servers.\"a.b\"");
+    }
+
+    #[test]
+    fn relative_paths_join_the_directory() {
+        let dir = Some(Path::new("/etc/sluice"));
+        assert_eq!(resolve(dir, "a.pem"), Path::new("/etc/sluice/a.pem"));
+        assert_eq!(
+            resolve(dir, "./certs/./a.pem"),
+            Path::new("/etc/sluice/certs/a.pem")
+        );
+        assert_eq!(resolve(dir, "../a.pem"), Path::new("/etc/sluice/../a.pem"));
+        assert_eq!(resolve(dir, "/srv/a.pem"), Path::new("/srv/a.pem"));
+        assert_eq!(resolve(None, "./a.pem"), Path::new("./a.pem"));
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! schema's defaults, legacy keys and error kinds on small inline configs.
 //!
 //! Paths in messages are relative to the crate root, e.g.
-//! `tests/configs/invalid/bad_balance.toml:7:1: ...`. After an intended change of
+//! `tests/configs/invalid/bad_balance.toml:7:1: ...`; a file path resolved against a
+//! fixture's directory is absolute, its crate part written `<crate>/`. After an intended change of
 //! messages, `SLUICE_BLESS=1 cargo test --lib config` rewrites the `.expected` files;
 //! review the diff.
 
@@ -30,11 +31,19 @@ fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
     files
 }
 
-/// Parses a file of the crate, naming it by its relative path.
+/// Parses a file of the crate, naming it by its relative path; file paths in it are taken
+/// from its directory, as [`load`] does.
 fn parse_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
-    parse(&text, relative)
+    let dir = config_dir(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
+    parse_in(&text, relative, Some(&dir))
+}
+
+/// `text` with the crate's absolute directory written `<crate>`, so that `.expected`
+/// files showing resolved paths hold wherever the crate is checked out.
+fn crate_relative(text: &str) -> String {
+    text.replace(concat!(env!("CARGO_MANIFEST_DIR"), "/"), "<crate>/")
 }
 
 #[test]
@@ -70,7 +79,7 @@ fn invalid_configs_fail_with_their_expected_messages() {
             .with_extension("expected");
         let actual = match parse_file(&path) {
             Ok(_) => "(loaded without error)\n".to_owned(),
-            Err(errors) => format!("{errors}\n"),
+            Err(errors) => crate_relative(&format!("{errors}\n")),
         };
         if bless {
             std::fs::write(&expected_path, &actual).expect("write .expected");
@@ -386,4 +395,200 @@ fn empty_config_loads_with_a_warning() {
     assert!(loaded.config.servers.is_empty());
     assert_eq!(loaded.warnings.len(), 1);
     assert!(loaded.warnings[0].message.contains("no servers configured"));
+}
+
+/// A self-signed certificate and its key, `certs/web.pem` and `certs/web.key` in `dir`.
+fn write_certificate(dir: &Path) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("certificate");
+    let certs = dir.join("certs");
+    std::fs::create_dir_all(&certs).expect("create certs/");
+    std::fs::write(certs.join("web.pem"), cert.cert.pem()).expect("write web.pem");
+    std::fs::write(certs.join("web.key"), cert.key_pair.serialize_pem()).expect("write web.key");
+}
+
+/// Every kind of file key, each relative (the TLS files must exist: they are loaded).
+const RELATIVE_PATHS: &str = r#"
+[logging]
+output = "logs/sluice.log"
+
+[api]
+enabled = true
+tls = { cert_path = "certs/web.pem", key_path = "certs/web.key" }
+
+[servers.web]
+bind = "127.0.0.1:0"
+protocol = "tls"
+discovery = { kind = "file", file_path = "backends.txt" }
+healthcheck = { kind = "exec", exec_command = "./check.sh", exec_expected_positive_output = "1" }
+
+  [servers.web.tls]
+  cert_path = "certs/web.pem"
+  key_path = "./certs/web.key"
+  certificates = [{ cert_path = "certs/../certs/web.pem", key_path = "certs/web.key" }]
+  client_ca_path = "certs/web.pem"
+
+  [servers.web.backends_tls]
+  root_ca_cert_path = "certs/web.pem"
+  cert_path = "certs/web.pem"
+  key_path = "certs/web.key"
+
+[servers.listed]
+bind = "127.0.0.1:0"
+discovery = { kind = "exec", exec_command = ["bin/list", "--out", "x/y"] }
+healthcheck = { kind = "tls", tls_ca_path = "ca/backends.pem" }
+
+[servers.registry]
+bind = "127.0.0.1:0"
+discovery = { kind = "json", json_endpoint = "https://registry:8443/", json_tls_cacert_path = "ca/registry.pem" }
+healthcheck = { kind = "exec", exec_command = "check-backend", exec_expected_positive_output = "1" }
+
+[servers.consul]
+bind = "127.0.0.1:0"
+discovery = { kind = "consul", consul_host = "consul:8501", consul_service_name = "web", consul_tls_enabled = true, consul_tls_cert_path = "consul/client.pem", consul_tls_key_path = "consul/client.key", consul_tls_cacert_path = "/etc/ssl/consul-ca.pem" }
+"#;
+
+/// `RELATIVE_PATHS` as `sluice.toml` in a new directory, with the certificate it names.
+fn relative_config() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_certificate(dir.path());
+    let file = dir.path().join("sluice.toml");
+    std::fs::write(&file, RELATIVE_PATHS).expect("write sluice.toml");
+    (dir, file)
+}
+
+#[test]
+fn relative_paths_are_taken_from_the_configuration_files_directory() {
+    let (dir, file) = relative_config();
+    // The working directory (the crate root) has no certs/: the files are found beside
+    // the configuration or not at all.
+    assert!(!Path::new("certs/web.pem").exists());
+    let config = load(&file)
+        .unwrap_or_else(|e| panic!("should load:\n{e}"))
+        .config;
+    let at = |relative: &str| dir.path().join(relative);
+    assert_eq!(
+        config.logging.output,
+        LogOutput::File(at("logs/sluice.log"))
+    );
+    let api_tls = config.api.and_then(|a| a.tls).expect("api.tls");
+    assert_eq!(api_tls.cert_path, at("certs/web.pem"));
+
+    let web = &config.servers["web"];
+    let tls = web.tls.as_ref().expect("tls");
+    // `.` is dropped, `..` kept (it could cross a symbolic link).
+    let pairs: Vec<_> = tls
+        .certificates
+        .iter()
+        .map(|f| (f.cert_path.clone(), f.key_path.clone()))
+        .collect();
+    assert_eq!(
+        pairs,
+        [
+            (at("certs/web.pem"), at("certs/web.key")),
+            (at("certs/../certs/web.pem"), at("certs/web.key")),
+        ]
+    );
+    assert_eq!(tls.client_ca_path, Some(at("certs/web.pem")));
+    let backends = web.backends_tls.as_ref().expect("backends_tls");
+    assert_eq!(backends.root_ca_cert_path, Some(at("certs/web.pem")));
+    let identity = backends.identity.as_ref().expect("client certificate");
+    assert_eq!(identity.key_path, at("certs/web.key"));
+    let DiscoveryConfig::File { params, .. } = &web.discovery else {
+        panic!("file discovery: {:?}", web.discovery);
+    };
+    assert_eq!(params.path, at("backends.txt"));
+    let HealthKind::Exec(check) = &web.healthcheck.kind else {
+        panic!("exec check: {:?}", web.healthcheck.kind);
+    };
+    assert_eq!(Path::new(&check.command), at("check.sh"));
+
+    let listed = &config.servers["listed"];
+    let DiscoveryConfig::Exec { params, .. } = &listed.discovery else {
+        panic!("exec discovery: {:?}", listed.discovery);
+    };
+    // The program is a file; its arguments are its own business.
+    let program = at("bin/list").display().to_string();
+    assert_eq!(params.command, [program.as_str(), "--out", "x/y"]);
+    let HealthKind::Tls(check) = &listed.healthcheck.kind else {
+        panic!("tls check: {:?}", listed.healthcheck.kind);
+    };
+    assert_eq!(check.ca_path, Some(at("ca/backends.pem")));
+
+    let registry = &config.servers["registry"];
+    let DiscoveryConfig::Json { params, .. } = &registry.discovery else {
+        panic!("json discovery: {:?}", registry.discovery);
+    };
+    assert_eq!(params.cacert_path, Some(at("ca/registry.pem")));
+    // A bare name is for the PATH lookup.
+    let HealthKind::Exec(check) = &registry.healthcheck.kind else {
+        panic!("exec check: {:?}", registry.healthcheck.kind);
+    };
+    assert_eq!(check.command, "check-backend");
+
+    let consul = &config.servers["consul"];
+    let DiscoveryConfig::Consul { params, .. } = &consul.discovery else {
+        panic!("consul discovery: {:?}", consul.discovery);
+    };
+    let files = params.tls.as_ref().expect("consul tls");
+    assert_eq!(files.cert_path, Some(at("consul/client.pem")));
+    assert_eq!(files.key_path, Some(at("consul/client.key")));
+    assert_eq!(files.cacert_path, Some("/etc/ssl/consul-ca.pem".into()));
+}
+
+#[test]
+fn a_missing_relative_file_is_reported_at_its_key_with_the_resolved_path() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_certificate(dir.path());
+    let file = dir.path().join("sluice.toml");
+    let text = format!(
+        "{WEB}protocol = \"tls\"\n\n[servers.web.tls]\ncert_path = \"certs/web.pem\"\n\
+         key_path = \"certs/missing.key\"\n"
+    );
+    std::fs::write(&file, text).expect("write sluice.toml");
+    let errors = load(&file).expect_err("missing key file").to_string();
+    let expected = format!(
+        "{}:8:1: servers.web.tls.key_path: {}: cannot read the private key",
+        file.display(),
+        dir.path().join("certs/missing.key").display()
+    );
+    assert!(errors.starts_with(&expected), "{errors}");
+}
+
+#[test]
+fn without_a_file_paths_are_kept_as_written() {
+    let text = "[servers.a]\nbind = \"127.0.0.1:0\"\n\
+                discovery = { kind = \"file\", file_path = \"backends.txt\" }\n\
+                healthcheck = { kind = \"exec\", exec_command = \"./check.sh\", \
+                exec_expected_positive_output = \"1\" }\n";
+    let a = &ok(text).config.servers["a"];
+    let DiscoveryConfig::File { params, .. } = &a.discovery else {
+        panic!("file discovery: {:?}", a.discovery);
+    };
+    assert_eq!(params.path, Path::new("backends.txt"));
+    let HealthKind::Exec(check) = &a.healthcheck.kind else {
+        panic!("exec check: {:?}", a.healthcheck.kind);
+    };
+    assert_eq!(check.command, "./check.sh");
+}
+
+#[test]
+fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same() {
+    let (dir, file) = relative_config();
+    let config = load(&file)
+        .unwrap_or_else(|e| panic!("should load:\n{e}"))
+        .config;
+    let toml = dump::to_toml(&config, dump::Secrets::Keep).expect("dump");
+    let cert = dir.path().join("certs/web.pem").display().to_string();
+    assert!(toml.contains(&format!("cert_path = \"{cert}\"")), "{toml}");
+    assert!(
+        !toml.contains("= \"certs/"),
+        "a path left relative:\n{toml}"
+    );
+    // Absolute, the paths mean the same with no file and from any directory.
+    let back = parse(&toml, Path::new("dump.toml"))
+        .unwrap_or_else(|e| panic!("dump should load:\n{e}\n{toml}"));
+    assert_eq!(back.config, config);
+    let elsewhere = parse_in(&toml, Path::new("dump.toml"), Some(Path::new("/elsewhere")))
+        .unwrap_or_else(|e| panic!("dump should load:\n{e}"));
+    assert_eq!(elsewhere.config, config);
 }

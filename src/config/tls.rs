@@ -8,6 +8,7 @@ use super::reader::{join, Ctx, Field, Section};
 use super::{
     BackendsTls, ClientAuth, TlsFiles, TlsTermination, TlsVersion, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
+use crate::tls::TlsError;
 
 const TLS_KEYS: &[&str] = &[
     "cert_path",
@@ -24,11 +25,38 @@ const TLS_KEYS: &[&str] = &[
     "handshake_timeout",
 ];
 
+/// The file keys of a section as read, so that a file failing to load is reported at the
+/// key that names it (`FILE:LINE:COL: servers.web.tls.cert_path: /etc/...: ...`).
+#[derive(Default)]
+struct FileKeys(Vec<(PathBuf, usize, String)>);
+
+impl FileKeys {
+    /// `key` of `sec` as a file path (resolved against the configuration's directory).
+    fn take(&mut self, ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> Option<PathBuf> {
+        let f = sec.take(key)?;
+        let path = ctx.path(&f)?;
+        self.0.push((path.clone(), f.at, f.path().to_owned()));
+        Some(path)
+    }
+
+    /// Reports `error` at the key naming its file, else at the section (`at`, `path`).
+    fn report(&self, ctx: &mut Ctx<'_>, error: &TlsError, at: usize, path: &str) {
+        let key = error
+            .path()
+            .and_then(|file| self.0.iter().find(|(p, _, _)| p == file));
+        match key {
+            Some((_, at, key)) => ctx.error(*at, key, error),
+            None => ctx.error(at, path, error),
+        }
+    }
+}
+
 pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermination> {
     let mut sec = ctx.table(f)?;
     let at = sec.at;
+    let mut keys = FileKeys::default();
     let mut certificates = Vec::new();
-    match files(ctx, &mut sec) {
+    match files(ctx, &mut sec, &mut keys) {
         Some(files) => certificates.push(files),
         None => ctx.error(
             at,
@@ -38,7 +66,7 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
     }
     if let Some(list) = sec.take("certificates").and_then(|f| ctx.tables(&f)) {
         for mut item in list {
-            match files(ctx, &mut item) {
+            match files(ctx, &mut item, &mut keys) {
                 Some(files) => certificates.push(files),
                 None => ctx.error(item.at, &item.path, "needs cert_path and key_path"),
             }
@@ -54,9 +82,7 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
     let prefer_server_ciphers = flag(ctx, "prefer_server_ciphers", false);
     let session_tickets = flag(ctx, "session_tickets", true);
     let alpn = strings(ctx, &mut sec, "alpn");
-    let client_ca_path = sec
-        .take("client_ca_path")
-        .and_then(|f| ctx.non_empty(&f).map(PathBuf::from));
+    let client_ca_path = keys.take(ctx, &mut sec, "client_ca_path");
     let auths = [
         ("none", ClientAuth::None),
         ("optional", ClientAuth::Optional),
@@ -100,20 +126,16 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
     }
     // The files, now: a bad one is a configuration error naming it.
     if let Err(e) = crate::tls::termination_config(&termination) {
-        ctx.error(at, &path, e);
+        keys.report(ctx, &e, at, &path);
         return None;
     }
     Some(termination)
 }
 
 /// `cert_path` and `key_path` of `sec`, both required.
-fn files(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<TlsFiles> {
-    let mut path = |key| {
-        sec.take(key)
-            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from))
-    };
-    let cert_path = path("cert_path");
-    let key_path = path("key_path");
+fn files(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, keys: &mut FileKeys) -> Option<TlsFiles> {
+    let cert_path = keys.take(ctx, sec, "cert_path");
+    let key_path = keys.take(ctx, sec, "key_path");
     Some(TlsFiles {
         cert_path: cert_path?,
         key_path: key_path?,
@@ -153,13 +175,10 @@ pub(crate) fn backends(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BackendsTls> 
     let session_tickets = flag(ctx, "session_tickets", true);
     // A client has no cipher order to prefer; accepted for GoBetween's files.
     let _ = flag(ctx, "prefer_server_ciphers", false);
-    let mut path = |ctx: &mut Ctx<'_>, key: &str| {
-        sec.take(key)
-            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from))
-    };
-    let root_ca_cert_path = path(ctx, "root_ca_cert_path");
-    let cert_path = path(ctx, "cert_path");
-    let key_path = path(ctx, "key_path");
+    let mut keys = FileKeys::default();
+    let root_ca_cert_path = keys.take(ctx, &mut sec, "root_ca_cert_path");
+    let cert_path = keys.take(ctx, &mut sec, "cert_path");
+    let key_path = keys.take(ctx, &mut sec, "key_path");
     let identity = match (cert_path, key_path) {
         (Some(cert_path), Some(key_path)) => Some(TlsFiles {
             cert_path,
@@ -204,7 +223,7 @@ pub(crate) fn backends(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BackendsTls> 
         server_name,
     };
     if let Err(e) = crate::tls::backends_config(&backends) {
-        ctx.error(at, &path, e);
+        keys.report(ctx, &e, at, &path);
         return None;
     }
     Some(backends)

@@ -6,14 +6,13 @@
 //! reported.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use super::discovery::discovery;
 use super::file::Node;
 use super::health::healthcheck;
 use super::legacy::{self, Place};
-use super::reader::{join, Ctx, Field, Section};
+use super::reader::{join, resolve, Ctx, Field, Section};
 use super::sections::access;
 use super::{
     AcceptProxy, ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, HostnameMatching,
@@ -147,11 +146,12 @@ fn logging(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> LoggingConfig {
         logging.format = format;
     }
     if let Some(f) = sec.take("output") {
+        let dir = ctx.dir;
         let output = ctx.parse(&f, "a string", |s| match s {
             "stdout" => Ok(LogOutput::Stdout),
             "stderr" => Ok(LogOutput::Stderr),
             "" => Err("empty; expected stdout, stderr or a file path".into()),
-            path => Ok(LogOutput::File(PathBuf::from(path))),
+            path => Ok(LogOutput::File(resolve(dir, path))),
         });
         if let Some(output) = output {
             logging.output = output;
@@ -196,12 +196,8 @@ fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
         .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
     let tls = sec.take("tls").and_then(|f| {
         let mut tls = ctx.table(&f)?;
-        let cert = tls
-            .take("cert_path")
-            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from));
-        let key = tls
-            .take("key_path")
-            .and_then(|f| ctx.non_empty(&f).map(PathBuf::from));
+        let cert = tls.take("cert_path").and_then(|f| ctx.path(&f));
+        let key = tls.take("key_path").and_then(|f| ctx.path(&f));
         let at = ctx.table_at(&f);
         tls.finish(ctx, &["cert_path", "key_path"]);
         match (cert, key) {
