@@ -448,6 +448,40 @@ async fn reload_and_persist_go_through_the_file() {
     assert_eq!(reloaded.config.api.map(|a| a.persist), Some(true));
 }
 
+/// A server sent to the API takes its relative paths from the configuration file's
+/// directory, as the file's own do, and `persist` writes them absolute.
+#[tokio::test]
+async fn api_servers_take_relative_paths_from_the_files_directory() {
+    let a = TestBackend::named("a").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("sluice.toml");
+    let text = format!(
+        "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\npersist = true\n\
+         [servers.test]\nbind = \"127.0.0.1:{}\"\n\
+         discovery = {{ kind = \"static\", static_list = [\"{}\"] }}\n",
+        process::free_port(),
+        a.spec().key()
+    );
+    std::fs::write(&file, text).expect("write config");
+    let loaded = sluice::config::load(&file).expect("valid config");
+    let api = loaded.config.api.clone().expect("api");
+    let s = start(loaded.config, api, Some(file.clone())).await;
+
+    let body = json!({
+        "bind": "127.0.0.1:0",
+        "discovery": {"kind": "file", "file_path": "backends.txt"},
+    });
+    let (status, view) = send(s.api, "POST", "/servers/listed", body).await;
+    assert_eq!(status, 200, "{view}");
+    let absolute = dir.path().join("backends.txt").display().to_string();
+    assert_eq!(view["discovery"]["file_path"], json!(absolute));
+    let written = std::fs::read_to_string(&file).expect("read the written file");
+    assert!(
+        written.contains(&format!("file_path = \"{absolute}\"")),
+        "{written}"
+    );
+}
+
 #[tokio::test]
 async fn openapi_describes_every_route() {
     let (_a, _b, s) = two_backends().await;

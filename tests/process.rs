@@ -170,6 +170,48 @@ async fn check_accepts_a_good_file() {
     assert!(stdout.contains("OK"), "{stdout}");
 }
 
+/// `sluice check -c /etc/sluice/sluice.toml` and `cd /etc/sluice && sluice check -c
+/// sluice.toml` find the same files: relative paths are taken from the file's directory.
+#[tokio::test]
+async fn check_takes_relative_paths_from_the_files_directory_not_the_working_one() {
+    let root = tempfile::tempdir().unwrap();
+    let conf = root.path().join("conf");
+    let elsewhere = root.path().join("elsewhere");
+    for dir in [&conf, &conf.join("certs"), &elsewhere] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+    write_file(&conf.join("certs"), "web.pem", &cert.cert.pem());
+    write_file(
+        &conf.join("certs"),
+        "web.key",
+        &cert.key_pair.serialize_pem(),
+    );
+    let server = |key: &str| {
+        format!(
+            "[servers.web]\nbind = \"127.0.0.1:{}\"\nprotocol = \"tls\"\n\
+             discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:1\"] }}\n\
+             [servers.web.tls]\ncert_path = \"certs/web.pem\"\nkey_path = \"{key}\"\n",
+            free_port()
+        )
+    };
+    let good = write_file(&conf, "sluice.toml", &server("./certs/web.key"));
+    for (cwd, path) in [(&elsewhere, good.as_str()), (&conf, "sluice.toml")] {
+        let (status, stdout, stderr) = run_sluice_in(cwd, &["check", "-c", path]).await;
+        assert_eq!(status.code(), Some(0), "in {cwd:?}: {stdout}{stderr}");
+    }
+
+    let bad = write_file(&conf, "bad.toml", &server("certs/missing.key"));
+    let (status, _, stderr) = run_sluice_in(&elsewhere, &["check", "-c", &bad]).await;
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let missing = conf.join("certs/missing.key");
+    let expected = format!(
+        "{bad}:7:1: servers.web.tls.key_path: {}: cannot read the private key",
+        missing.display()
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+}
+
 #[tokio::test]
 async fn demo_turns_on_the_api_and_dashboard_and_prints_their_address() {
     use tokio::io::{AsyncBufReadExt, BufReader};

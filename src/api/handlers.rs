@@ -67,7 +67,7 @@ pub async fn create_server(
     Path(name): Path<String>,
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
-    let server = parse_server(&name, &body)?;
+    let server = parse_server(&name, &body, api.control.config_path())?;
     let view = dump::server_json(&server);
     edit(&api, |config| {
         bind_free(config, &name, &server)?;
@@ -97,7 +97,7 @@ pub async fn replace_server(
         Some(old) => restore_secrets(&body, &dump::server_value(old, Secrets::Keep))?,
         None => body.to_vec(),
     };
-    let server = parse_server(&name, &body)?;
+    let server = parse_server(&name, &body, api.control.config_path())?;
     let view = dump::server_json(&server);
     edit(&api, |config| {
         bind_free(config, &name, &server)?;
@@ -531,8 +531,14 @@ fn static_backends<'c>(config: &'c mut Config, name: &str) -> ApiResult<&'c mut 
 }
 
 /// A server from a request body in the configuration's JSON schema, checked exactly as
-/// the file's `[servers.NAME]` would be.
-fn parse_server(name: &str, body: &[u8]) -> ApiResult<ServerConfig> {
+/// the file's `[servers.NAME]` would be. Relative file paths are taken from the directory
+/// of `config_file` as the file's own are (what `persist` writes then reads back the
+/// same); without a file they are kept as written.
+fn parse_server(
+    name: &str,
+    body: &[u8],
+    config_file: Option<&FilePath>,
+) -> ApiResult<ServerConfig> {
     let body = std::str::from_utf8(body)
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "body is not UTF-8"))?;
     if body.trim().is_empty() {
@@ -543,7 +549,15 @@ fn parse_server(name: &str, body: &[u8]) -> ApiResult<ServerConfig> {
     }
     let quoted = serde_json::to_string(name).unwrap_or_default();
     let text = format!("{{\"servers\": {{{quoted}: {body}\n}}}}");
-    let mut loaded = config::parse(&text, FilePath::new("request.json")).map_err(|errors| {
+    let dir = config_file
+        .map(config::config_dir)
+        .transpose()
+        .map_err(|e| {
+            let message = format!("cannot tell the configuration's directory: {e}");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+        })?;
+    let request = FilePath::new("request.json");
+    let mut loaded = config::parse_in(&text, request, dir.as_deref()).map_err(|errors| {
         let prefix = format!("servers.{name}.");
         config_error(StatusCode::BAD_REQUEST, &errors, &prefix)
     })?;

@@ -135,7 +135,14 @@ impl SluiceProcess {
 
 /// Runs `sluice ARGS…` to completion; returns its status, stdout and stderr.
 pub async fn run_sluice(args: &[&str]) -> (ExitStatus, String, String) {
-    let out = tokio::time::timeout(WAIT, Command::new(BIN).args(args).output())
+    run_sluice_in(Path::new("."), args).await
+}
+
+/// As [`run_sluice`], in the working directory `cwd`.
+pub async fn run_sluice_in(cwd: &Path, args: &[&str]) -> (ExitStatus, String, String) {
+    let mut command = Command::new(BIN);
+    command.args(args).current_dir(cwd);
+    let out = tokio::time::timeout(WAIT, command.output())
         .await
         .expect("sluice finished in time")
         .expect("run sluice");
