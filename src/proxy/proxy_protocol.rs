@@ -209,13 +209,36 @@ pub fn encode_with(
             };
             // Writing to a growing buffer fails only past the 64 KiB a header can say;
             // a LOCAL header (no addresses) is the protocol's own fallback.
-            built.unwrap_or_else(|_| {
-                let mut local = v2::PROTOCOL_PREFIX.to_vec();
-                local.extend([0x20, 0x00, 0x00, 0x00]);
-                local
-            })
+            built.unwrap_or_else(|_| local_v2())
         }
     }
+}
+
+/// The header of a connection Sluice opens on its own, a health check: v1 `UNKNOWN`,
+/// v2 `LOCAL` with no addresses. The protocol prescribes these for connections no
+/// client made; nginx and HAProxy accept them and take the connection's own addresses.
+pub fn encode_local(version: ProxyVersion) -> Vec<u8> {
+    match version {
+        ProxyVersion::V1 => ppp::v1::Addresses::Unknown.to_string().into_bytes(),
+        ProxyVersion::V2 => local_v2(),
+    }
+}
+
+/// A v2 `LOCAL` header: no addresses (`AF_UNSPEC`), no TLVs.
+fn local_v2() -> Vec<u8> {
+    v2::Builder::with_addresses(
+        v2::Version::Two | v2::Command::Local,
+        v2::Protocol::Unspecified,
+        v2::Addresses::Unspecified,
+    )
+    .build()
+    // Only a payload past 64 KiB fails to build, and this one has none: the same
+    // 16 bytes, written out.
+    .unwrap_or_else(|_| {
+        let mut local = v2::PROTOCOL_PREFIX.to_vec();
+        local.extend([0x20, 0x00, 0x00, 0x00]);
+        local
+    })
 }
 
 fn with_tls(mut builder: v2::Builder, tls: &TlsInfo) -> io::Result<v2::Builder> {
@@ -395,6 +418,36 @@ mod tests {
             parse(&local),
             Parsed::Complete { len: 16, origin } if origin.source.is_none()
         ));
+    }
+
+    #[test]
+    fn local_headers_are_unknown_and_local_and_parse_back() {
+        assert_eq!(encode_local(ProxyVersion::V1), b"PROXY UNKNOWN\r\n");
+        let v2 = encode_local(ProxyVersion::V2);
+        let mut expected = v2::PROTOCOL_PREFIX.to_vec();
+        // Version 2, LOCAL; AF_UNSPEC, UNSPEC; no address or TLV bytes.
+        expected.extend([0x20, 0x00, 0x00, 0x00]);
+        assert_eq!(v2, expected);
+        let header = v2::Header::try_from(&v2[..]).expect("v2 header");
+        assert_eq!(header.command, v2::Command::Local);
+        assert_eq!(header.addresses, v2::Addresses::Unspecified);
+        assert_eq!(header.tlvs().count(), 0);
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            let mut bytes = encode_local(version);
+            let len = bytes.len();
+            bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
+            assert_eq!(
+                parse(&bytes),
+                Parsed::Complete {
+                    len,
+                    origin: Origin {
+                        source: None,
+                        destination: None
+                    }
+                },
+                "{version:?}"
+            );
+        }
     }
 
     #[test]
