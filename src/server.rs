@@ -18,7 +18,9 @@ use tracing::{error, info, warn};
 
 use crate::backend::{Backend, BackendSpec, BackendState};
 use crate::balance::BalanceKind;
-use crate::config::{DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, ServerConfig};
+use crate::config::{
+    DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig,
+};
 use crate::discovery;
 use crate::health;
 use crate::listener::{self, Listeners};
@@ -378,8 +380,9 @@ pub(crate) struct Backends {
 struct Tasks {
     /// The backend list the pool was last built from.
     specs: Vec<BackendSpec>,
-    /// The health check configuration the running checks use.
-    health: Option<HealthConfig>,
+    /// The health check configuration the running checks use, with the PROXY header
+    /// version they send (the server's): a reload that changes either restarts them.
+    health: Option<(HealthConfig, Option<ProxyVersion>)>,
     /// Each backend's check and resolver, by key, with the spec they were started for.
     per_backend: HashMap<String, (BackendSpec, CancellationToken)>,
     sampler: Option<CancellationToken>,
@@ -438,15 +441,17 @@ impl Backends {
         self.follow(tasks, &settings, &pool);
     }
 
-    /// Brings the background tasks in line with `pool`: a backend kept with the same spec
-    /// and health check keeps its running check (and its streak), others are restarted.
+    /// Brings the background tasks in line with `pool`: a backend kept with the same spec,
+    /// health check and PROXY header keeps its running check (and its streak), others are
+    /// restarted.
     fn follow(&self, tasks: &mut Tasks, settings: &ServerConfig, pool: &Arc<Pool>) {
         let name = &self.shared.name;
-        if tasks.health.as_ref() != Some(&settings.healthcheck) {
+        let health = (settings.healthcheck.clone(), settings.proxy_protocol.send);
+        if tasks.health.as_ref() != Some(&health) {
             for (_, (_, stop)) in tasks.per_backend.drain() {
                 stop.cancel();
             }
-            tasks.health = Some(settings.healthcheck.clone());
+            tasks.health = Some(health);
         }
         let mut running = std::mem::take(&mut tasks.per_backend);
         for backend in pool.backends() {
@@ -464,7 +469,8 @@ impl Backends {
             let alone = Pool::new(BalanceKind::RoundRobin, vec![Arc::clone(backend)]);
             resolve::spawn_refresh(name, &alone, &stop);
             if settings.healthcheck.kind != HealthKind::None {
-                health::spawn_checks(name, &settings.healthcheck, &alone, &stop);
+                let proxy = settings.proxy_protocol.send;
+                health::spawn_checks(name, &settings.healthcheck, proxy, &alone, &stop);
             }
             tasks.per_backend.insert(key, (backend.spec.clone(), stop));
         }

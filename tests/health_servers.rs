@@ -51,6 +51,7 @@ fn redis(password: Option<&str>, user: Option<&str>, role: RedisRole) -> RedisCh
         password: password.map(str::to_owned),
         user: user.map(str::to_owned),
         role,
+        proxy: None,
     }
 }
 
@@ -154,6 +155,7 @@ async fn redis_auth_with_password_and_acl_users() {
 fn mysql(login: Option<(&str, &str)>) -> MysqlCheck {
     MysqlCheck {
         login: login.map(|(u, p)| (u.to_owned(), p.to_owned())),
+        proxy: None,
     }
 }
 
@@ -188,6 +190,7 @@ fn pgsql(user: &str, password: Option<&str>, database: Option<&str>, query: bool
         database: database.map(str::to_owned),
         query,
         startup_only: false,
+        proxy: None,
     }
 }
 

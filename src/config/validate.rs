@@ -388,15 +388,6 @@ fn server(
             ctx.error(at, &join(&sec_path, section), message);
         }
     }
-    let sends_data = !matches!(
-        healthcheck.kind,
-        HealthKind::None | HealthKind::Ping | HealthKind::Exec(_) | HealthKind::Udp(_)
-    );
-    if let (Some(at), Some(_), true) = (kind_at, &send_proxy, sends_data) {
-        let message = "health checks do not send the PROXY header: a backend that requires \
-                       it fails them; consider kind = \"ping\" or \"exec\"";
-        ctx.warn(at, &join(&join(&sec_path, "healthcheck"), "kind"), message);
-    }
     if let (Some(at), HealthKind::Ping, Protocol::Udp) = (kind_at, &healthcheck.kind, protocol) {
         let message =
             "kind \"ping\" connects over TCP, but this server is UDP; use kind = \"udp\" \

@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::tls::TlsClient;
 use super::{tcp, BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
-use crate::config::HttpSettings;
+use crate::config::{HttpSettings, ProxyVersion};
 
 /// The most of a response read: enough for a health endpoint's status and body.
 const MAX_RESPONSE: usize = 64 * 1024;
@@ -17,10 +17,12 @@ pub struct HttpCheck {
     settings: HttpSettings,
     tls: Option<TlsClient>,
     body_regexp: Option<Regex>,
+    /// The PROXY header version the server sends its backends.
+    proxy: Option<ProxyVersion>,
 }
 
 impl HttpCheck {
-    pub fn new(settings: &HttpSettings) -> Result<HttpCheck, String> {
+    pub fn new(settings: &HttpSettings, proxy: Option<ProxyVersion>) -> Result<HttpCheck, String> {
         let tls = match &settings.tls {
             Some(tls) => Some(TlsClient::new(tls)?),
             None => None,
@@ -33,6 +35,7 @@ impl HttpCheck {
             settings: settings.clone(),
             tls,
             body_regexp,
+            proxy,
         })
     }
 
@@ -167,8 +170,14 @@ impl HealthCheck for HttpCheck {
     fn check<'a>(&'a self, backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>> {
         Box::pin(async move {
             match &self.tls {
-                Some(tls) => self.exchange(tls.connect(backend).await?, backend).await,
-                None => self.exchange(tcp::connect(backend).await?, backend).await,
+                Some(tls) => {
+                    let stream = tls.connect(backend, self.proxy).await?;
+                    self.exchange(stream, backend).await
+                }
+                None => {
+                    let stream = tcp::connect(backend, self.proxy).await?;
+                    self.exchange(stream, backend).await
+                }
             }
         })
     }
@@ -222,15 +231,18 @@ mod tests {
     }
 
     fn body_check(needle: &str) -> HttpCheck {
-        HttpCheck::new(&HttpSettings {
-            tls: None,
-            method: "GET".into(),
-            path: "/".into(),
-            host: None,
-            status: vec![(200, 299)],
-            body: Some(needle.into()),
-            body_regexp: None,
-        })
+        HttpCheck::new(
+            &HttpSettings {
+                tls: None,
+                method: "GET".into(),
+                path: "/".into(),
+                host: None,
+                status: vec![(200, 299)],
+                body: Some(needle.into()),
+                body_regexp: None,
+            },
+            None,
+        )
         .expect("check")
     }
 

@@ -10,6 +10,10 @@
 //! `redis`, `mysql`, `pgsql`; `cert` reads a certificate's expiry for `tls`, `wire` holds what
 //! the database protocols share. At most [`MAX_CONCURRENT_CHECKS`]
 //! checks run at once in the whole process; the others wait for a slot.
+//!
+//! A server that sends its backends the PROXY header sends one on its checks too
+//! (`LOCAL`/`UNKNOWN`, first thing on each TCP connection), so a backend that requires
+//! the header takes them; `ping` sends no byte at all, `exec` and `udp` no TCP.
 
 mod cert;
 mod exec;
@@ -46,7 +50,7 @@ pub use tls::{TlsCheck, EXPIRY_WARNING};
 pub use udp::UdpCheck;
 
 use crate::backend::Backend;
-use crate::config::{HealthConfig, HealthKind};
+use crate::config::{HealthConfig, HealthKind, ProxyVersion};
 use crate::pool::Pool;
 
 /// A boxed future, the return type of [`HealthCheck::check`].
@@ -85,16 +89,20 @@ pub const MAX_CONCURRENT_CHECKS: usize = 64;
 
 static CHECK_SLOTS: Semaphore = Semaphore::const_new(MAX_CONCURRENT_CHECKS);
 
-/// The check for a configured kind; `None` for `kind = "none"`. A check whose settings
-/// cannot be used (an unreadable `tls_ca_path`) is an error naming why.
-pub fn build(cfg: &HealthConfig) -> Result<Option<Arc<dyn HealthCheck>>, String> {
+/// The check for a configured kind; `None` for `kind = "none"`. `proxy` is the PROXY
+/// header version the server sends its backends, if any. A check whose settings cannot
+/// be used (an unreadable `tls_ca_path`) is an error naming why.
+pub fn build(
+    cfg: &HealthConfig,
+    proxy: Option<ProxyVersion>,
+) -> Result<Option<Arc<dyn HealthCheck>>, String> {
     let check: Arc<dyn HealthCheck> = match &cfg.kind {
         HealthKind::None => return Ok(None),
         HealthKind::Ping => Arc::new(TcpCheck),
-        HealthKind::Probe(settings) => Arc::new(ProbeCheck::new(settings)?),
+        HealthKind::Probe(settings) => Arc::new(ProbeCheck::new(settings, proxy)?),
         HealthKind::Exec(settings) => Arc::new(ExecCheck::new(settings.clone(), cfg.timeout)),
-        HealthKind::Http(settings) => Arc::new(HttpCheck::new(settings)?),
-        HealthKind::Tls(settings) => Arc::new(TlsCheck::new(settings)?),
+        HealthKind::Http(settings) => Arc::new(HttpCheck::new(settings, proxy)?),
+        HealthKind::Tls(settings) => Arc::new(TlsCheck::new(settings, proxy)?),
         HealthKind::Udp(settings) => Arc::new(UdpCheck::new(settings.clone())),
         HealthKind::Redis(settings) => Arc::new(RedisCheck {
             password: settings.password.clone(),
@@ -103,12 +111,14 @@ pub fn build(cfg: &HealthConfig) -> Result<Option<Arc<dyn HealthCheck>>, String>
                 crate::config::RedisRole::Master => RedisRole::Master,
                 crate::config::RedisRole::Any => RedisRole::Any,
             },
+            proxy,
         }),
         HealthKind::Mysql(settings) => Arc::new(MysqlCheck {
             login: settings
                 .user
                 .clone()
                 .map(|user| (user, settings.password.clone().unwrap_or_default())),
+            proxy,
         }),
         // Without credentials: the startup exchange only (the server answers it, even
         // with an authentication request); with them: log in and run `SELECT 1`.
@@ -121,6 +131,7 @@ pub fn build(cfg: &HealthConfig) -> Result<Option<Arc<dyn HealthCheck>>, String>
             database: settings.database.clone(),
             query: settings.user.is_some() || settings.password.is_some(),
             startup_only: settings.user.is_none() && settings.password.is_none(),
+            proxy,
         }),
     };
     Ok(Some(check))
@@ -159,9 +170,17 @@ impl Tally {
     }
 }
 
-/// Starts one check task per backend of `pool`, until `stop` is cancelled.
-pub fn spawn_checks(server: &str, cfg: &HealthConfig, pool: &Pool, stop: &CancellationToken) {
-    let check = match build(cfg) {
+/// Starts one check task per backend of `pool`, until `stop` is cancelled. `proxy` is
+/// the PROXY header version the server sends its backends: a change of it, like one of
+/// `cfg`, needs the checks started again.
+pub fn spawn_checks(
+    server: &str,
+    cfg: &HealthConfig,
+    proxy: Option<ProxyVersion>,
+    pool: &Pool,
+    stop: &CancellationToken,
+) {
+    let check = match build(cfg, proxy) {
         Ok(Some(check)) => check,
         Ok(None) => return,
         Err(e) => {

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 use super::wire::{connect, malformed, Conn, Cursor, Parsed};
 use super::{BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
+use crate::config::ProxyVersion;
 
 /// Passes when the server greets (and, with a login, accepts it and runs `SELECT 1`).
 ///
@@ -21,6 +22,8 @@ use crate::backend::Backend;
 pub struct MysqlCheck {
     /// `(user, password)`; an empty password logs in without one.
     pub login: Option<(String, String)>,
+    /// The PROXY header version the server sends its backends; checks send it too.
+    pub proxy: Option<ProxyVersion>,
 }
 
 /// The largest packet read: a greeting, an error or one row of `SELECT 1` is far less.
@@ -54,7 +57,7 @@ impl HealthCheck for MysqlCheck {
 
 impl MysqlCheck {
     async fn run(&self, backend: &Backend) -> Result<(), CheckError> {
-        let mut conn = Conn::new(connect(backend).await?, MAX_PACKET, MAX_READ);
+        let mut conn = Conn::new(connect(backend, self.proxy).await?, MAX_PACKET, MAX_READ);
         let hello = conn.next(parse_packet).await?;
         let greeting = parse_greeting(&hello.payload)?;
         let Some((user, password)) = &self.login else {

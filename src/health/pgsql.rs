@@ -14,6 +14,7 @@ use sha2::{Digest, Sha256};
 use super::wire::{connect, hex, malformed, Conn, Cursor, Parsed};
 use super::{BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
+use crate::config::ProxyVersion;
 
 /// Passes when the server accepts the login and reports ready for queries (and, with
 /// `query`, returns a row for `SELECT 1`).
@@ -30,6 +31,8 @@ pub struct PgsqlCheck {
     /// No credentials configured: the start-up exchange alone is the check. A server
     /// that answers it, even with a request for a password, is up.
     pub startup_only: bool,
+    /// The PROXY header version the server sends its backends; checks send it too.
+    pub proxy: Option<ProxyVersion>,
 }
 
 impl Default for PgsqlCheck {
@@ -40,6 +43,7 @@ impl Default for PgsqlCheck {
             database: None,
             query: false,
             startup_only: false,
+            proxy: None,
         }
     }
 }
@@ -77,7 +81,7 @@ impl HealthCheck for PgsqlCheck {
 
 impl PgsqlCheck {
     async fn run(&self, backend: &Backend) -> Result<(), CheckError> {
-        let mut conn = Conn::new(connect(backend).await?, MAX_MESSAGE, MAX_READ);
+        let mut conn = Conn::new(connect(backend, self.proxy).await?, MAX_MESSAGE, MAX_READ);
         conn.send(&startup(&self.user, self.database.as_deref()))
             .await?;
         if self.authenticate(&mut conn).await? == Login::PasswordAsked {

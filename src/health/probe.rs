@@ -8,7 +8,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use super::tls::TlsClient;
 use super::{tcp, udp, BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
-use crate::config::{escape, ProbeExpect, ProbeProtocol, ProbeSettings};
+use crate::config::{escape, ProbeExpect, ProbeProtocol, ProbeSettings, ProxyVersion};
 
 enum Expect {
     StartsWith(Vec<u8>),
@@ -47,10 +47,15 @@ pub struct ProbeCheck {
     send: Vec<u8>,
     expect: Expect,
     tls: Option<TlsClient>,
+    /// The PROXY header version the server sends its backends (over TCP and TLS).
+    proxy: Option<ProxyVersion>,
 }
 
 impl ProbeCheck {
-    pub fn new(settings: &ProbeSettings) -> Result<ProbeCheck, String> {
+    pub fn new(
+        settings: &ProbeSettings,
+        proxy: Option<ProxyVersion>,
+    ) -> Result<ProbeCheck, String> {
         let expect = match &settings.expect {
             ProbeExpect::StartsWith(bytes) => Expect::StartsWith(bytes.clone()),
             ProbeExpect::Regexp { pattern, len } => Expect::Regexp(
@@ -67,6 +72,7 @@ impl ProbeCheck {
             send: settings.send.clone(),
             expect,
             tls,
+            proxy,
         })
     }
 
@@ -96,9 +102,13 @@ impl HealthCheck for ProbeCheck {
             let reply = match (self.protocol, &self.tls) {
                 (ProbeProtocol::Udp, _) => udp::exchange(backend, &self.send).await?,
                 (ProbeProtocol::Tls, Some(tls)) => {
-                    self.converse(tls.connect(backend).await?).await?
+                    self.converse(tls.connect(backend, self.proxy).await?)
+                        .await?
                 }
-                _ => self.converse(tcp::connect(backend).await?).await?,
+                _ => {
+                    self.converse(tcp::connect(backend, self.proxy).await?)
+                        .await?
+                }
             };
             self.expect.verify(&reply)
         })

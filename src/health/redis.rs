@@ -4,6 +4,7 @@
 use super::wire::{connect, malformed, Conn, Parsed};
 use super::{BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
+use crate::config::ProxyVersion;
 
 /// What a Redis backend must be to pass.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,6 +26,8 @@ pub struct RedisCheck {
     /// ACL user for `AUTH user password` (Redis 6+); used only with a password.
     pub user: Option<String>,
     pub role: RedisRole,
+    /// The PROXY header version the server sends its backends; checks send it too.
+    pub proxy: Option<ProxyVersion>,
 }
 
 /// The largest reply read. `INFO replication` is the longest one asked for: about 100
@@ -42,7 +45,7 @@ impl HealthCheck for RedisCheck {
 
 impl RedisCheck {
     async fn run(&self, backend: &Backend) -> Result<(), CheckError> {
-        let mut conn = Conn::new(connect(backend).await?, MAX_REPLY, MAX_READ);
+        let mut conn = Conn::new(connect(backend, self.proxy).await?, MAX_REPLY, MAX_READ);
         // Every command goes out in one write and the replies are read in order: one
         // round trip, and a failed AUTH is still reported as such, before PING's NOAUTH.
         let mut out = Vec::new();

@@ -15,7 +15,7 @@ use tracing::warn;
 
 use super::{cert, tcp, BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
-use crate::config::TlsSettings;
+use crate::config::{ProxyVersion, TlsSettings};
 use crate::tls::{client_config as verifying_config, AnyCertificate, ClientTlsFiles};
 
 /// A certificate expiring within this long is reported (once per certificate).
@@ -52,10 +52,12 @@ impl TlsClient {
         })
     }
 
-    /// Connects to the backend and completes the handshake.
+    /// Connects to the backend (sending the PROXY header of `proxy` first, before the
+    /// handshake, as the server's own connections do) and completes the handshake.
     pub(crate) async fn connect(
         &self,
         backend: &Backend,
+        proxy: Option<ProxyVersion>,
     ) -> Result<TlsStream<TcpStream>, CheckError> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
@@ -66,7 +68,7 @@ impl TlsClient {
                 ))
             })?,
         };
-        let stream = tcp::connect(backend).await?;
+        let stream = tcp::connect(backend, proxy).await?;
         self.connector
             .connect(name, stream)
             .await
@@ -79,13 +81,16 @@ pub struct TlsCheck {
     client: TlsClient,
     /// The expiry last reported per backend, so each certificate is reported once.
     warned: Mutex<HashMap<String, i64>>,
+    /// The PROXY header version the server sends its backends.
+    proxy: Option<ProxyVersion>,
 }
 
 impl TlsCheck {
-    pub fn new(settings: &TlsSettings) -> Result<TlsCheck, String> {
+    pub fn new(settings: &TlsSettings, proxy: Option<ProxyVersion>) -> Result<TlsCheck, String> {
         Ok(TlsCheck {
             client: TlsClient::new(settings)?,
             warned: Mutex::new(HashMap::new()),
+            proxy,
         })
     }
 
@@ -126,7 +131,7 @@ impl TlsCheck {
 impl HealthCheck for TlsCheck {
     fn check<'a>(&'a self, backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>> {
         Box::pin(async move {
-            let stream = self.client.connect(backend).await?;
+            let stream = self.client.connect(backend, self.proxy).await?;
             let (_, session) = stream.get_ref();
             if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
                 self.note_expiry(backend, leaf);
