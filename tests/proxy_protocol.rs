@@ -1,13 +1,19 @@
 //! The PROXY protocol: headers sent to backends (one that checks them, and a real
-//! nginx), headers accepted from trusted fronts only, and bad headers refused.
+//! nginx), health checks that send one too, headers accepted from trusted fronts only,
+//! and bad headers refused.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice::acl::{Acl, Action};
 use sluice::balance::BalanceKind;
-use sluice::config::{AcceptProxy, ProxyProtocol, ProxyVersion, ServerConfig};
+use sluice::config::{
+    AcceptProxy, HealthConfig, HealthKind, HttpSettings, InitialStatus, ProbeExpect, ProbeProtocol,
+    ProbeSettings, ProxyProtocol, ProxyVersion, ServerConfig, TlsSettings, DEFAULT_HTTP_STATUS,
+};
 use sluice::proxy::proxy_protocol::{self, Parsed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -327,4 +333,234 @@ async fn two_sluices_in_a_row_carry_the_client_to_the_last_backend() {
     );
     client.shutdown().await.expect("half-close");
     assert_eq!(read_to_end(&mut client).await, b"through two");
+}
+
+// ---- Health checks of a server that sends the header -----------------------------------
+
+/// A check of `kind` every 100 ms; one result flips the backend, so a single check
+/// that nginx refused would show.
+fn every_100ms(kind: HealthKind, initial_status: InitialStatus) -> HealthConfig {
+    HealthConfig {
+        kind,
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(1),
+        fails: 1,
+        passes: 1,
+        initial_status,
+        passive_fails: 0,
+    }
+}
+
+/// `GET /health`, 2xx and a body with `ok`; over TLS (any certificate) with `tls`.
+fn http_health(tls: bool) -> HealthKind {
+    HealthKind::Http(HttpSettings {
+        tls: tls.then(|| TlsSettings {
+            skip_verify: true,
+            ..TlsSettings::default()
+        }),
+        method: "GET".into(),
+        path: "/health".into(),
+        host: None,
+        status: vec![DEFAULT_HTTP_STATUS],
+        body: Some("ok".into()),
+        body_regexp: None,
+    })
+}
+
+/// A server sending `send` to `backend` and checking it with `health`.
+fn checked(backend: SocketAddr, send: Option<ProxyVersion>, health: HealthConfig) -> ServerConfig {
+    ServerConfig {
+        proxy_protocol: ProxyProtocol { send, accept: None },
+        healthcheck: health,
+        ..server(BalanceKind::RoundRobin, vec![spec_of(backend)])
+    }
+}
+
+/// The only backend of `lb`.
+async fn the_backend(lb: &Sluice) -> Arc<sluice::backend::Backend> {
+    Arc::clone(&lb.shared().await.pool.load().backends()[0])
+}
+
+/// Waits until the only backend of `lb` has the given health.
+async fn wait_health(lb: &Sluice, healthy: bool) {
+    let backend = the_backend(lb).await;
+    eventually(&format!("backend healthy = {healthy}"), || {
+        let up = backend.is_healthy();
+        async move { up == healthy }
+    })
+    .await;
+}
+
+/// Waits for `n` more passed checks of the only backend of `lb`, and asserts that no
+/// check failed meanwhile: the backend stays up on its own merits.
+async fn wait_passes_without_failure(lb: &Sluice, n: u64, what: &str) {
+    let backend = the_backend(lb).await;
+    let stats = &backend.state.stats;
+    let passed = || stats.checks_passed.load(Ordering::Relaxed);
+    let failed = || stats.checks_failed.load(Ordering::Relaxed);
+    let (passed_before, failed_before) = (passed(), failed());
+    eventually(&format!("{what}: {n} more checks passed"), || {
+        let now = passed();
+        async move { now >= passed_before + n }
+    })
+    .await;
+    assert_eq!(failed(), failed_before, "{what}: a check failed");
+    assert!(backend.is_healthy(), "{what}");
+}
+
+/// nginx answering `/health` with `ok` on a listener that requires the PROXY header
+/// (`ssl` too, with a certificate and its key): a connection without one is closed.
+async fn nginx_requiring_the_header(ssl: Option<(PathBuf, PathBuf)>) -> FileServer {
+    FileServer::start_with(move |addr, _| {
+        let (listen, files) = match &ssl {
+            Some((cert, key)) => (
+                " ssl",
+                format!(
+                    "ssl_certificate {}; ssl_certificate_key {};",
+                    cert.display(),
+                    key.display()
+                ),
+            ),
+            None => ("", String::new()),
+        };
+        format!(
+            "server {{ listen {addr}{listen} proxy_protocol; {files}\n\
+             location = /health {{ return 200 \"ok\\n\"; }} }}"
+        )
+    })
+    .await
+}
+
+/// A self-signed certificate for `localhost` and its key, as PEM files in `dir`.
+fn certificate_files(dir: &Path) -> (PathBuf, PathBuf) {
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
+    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    (cert, key)
+}
+
+#[tokio::test]
+async fn http_and_https_checks_pass_an_nginx_that_requires_the_header() {
+    let certs = tempfile::tempdir().expect("temp dir");
+    let (plain, ssl) = tokio::join!(
+        nginx_requiring_the_header(None),
+        nginx_requiring_the_header(Some(certificate_files(certs.path()))),
+    );
+    for (nginx, tls) in [(&plain, false), (&ssl, true)] {
+        for version in [ProxyVersion::V1, ProxyVersion::V2] {
+            let what = format!("{version:?}, tls = {tls}");
+            // Down until a check passes: without the header none would.
+            let health = every_100ms(http_health(tls), InitialStatus::Unhealthy);
+            let lb = Sluice::start(checked(nginx.addr, Some(version), health)).await;
+            wait_health(&lb, true).await;
+            wait_passes_without_failure(&lb, 5, &what).await;
+            if !tls {
+                // Client traffic gets its own header, as before.
+                let response = crate::support::http::get(lb.addr, "/health").await;
+                assert_eq!((response.status, response.body.as_str()), (200, "ok\n"));
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_reload_turns_the_header_of_checks_on_and_off() {
+    let nginx = nginx_requiring_the_header(None).await;
+    let health = every_100ms(http_health(false), InitialStatus::Healthy);
+    let mut cfg = checked(nginx.addr, None, health);
+    let lb = Sluice::start(cfg.clone()).await;
+    // Without the header nginx closes the check's connection: down.
+    wait_health(&lb, false).await;
+    cfg.proxy_protocol.send = Some(ProxyVersion::V1);
+    lb.runtime.apply(config(cfg.clone())).await.expect("reload");
+    wait_health(&lb, true).await;
+    wait_passes_without_failure(&lb, 3, "with the header").await;
+    cfg.proxy_protocol.send = None;
+    lb.runtime.apply(config(cfg)).await.expect("reload");
+    wait_health(&lb, false).await;
+}
+
+// Written out here, not taken from the encoder under test.
+const LOCAL_V2: &[u8] = b"\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00";
+const UNKNOWN_V1: &[u8] = b"PROXY UNKNOWN\r\n";
+
+/// A backend that passes a probe only if the connection opens with exactly
+/// [`LOCAL_V2`] or [`UNKNOWN_V1`], then the probe's `HELLO\r\n`; it keeps the first
+/// bytes of each connection in `seen`.
+async fn exact_header_backend(seen: Arc<Mutex<Vec<Vec<u8>>>>) -> TestBackend {
+    TestBackend::serving("exact", "127.0.0.1:0", move |mut stream| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let mut first = Vec::new();
+            let exact = loop {
+                let mut chunk = [0u8; 64];
+                match timeout(WAIT, stream.read(&mut chunk)).await {
+                    Ok(Ok(n)) if n > 0 => first.extend_from_slice(&chunk[..n]),
+                    _ => return,
+                }
+                if first.ends_with(b"HELLO\r\n") {
+                    let header = &first[..first.len() - b"HELLO\r\n".len()];
+                    break header == LOCAL_V2 || header == UNKNOWN_V1;
+                }
+            };
+            seen.lock().unwrap_or_else(|e| e.into_inner()).push(first);
+            let reply: &[u8] = if exact { b"+OK\r\n" } else { b"-ERR\r\n" };
+            let _ = stream.write_all(reply).await;
+        }
+    })
+    .await
+}
+
+/// Waits for more checks of `lb` against the backend that records them in `seen`,
+/// without a failure, and asserts that each connection opened with `header` then the
+/// probe's bytes, and nothing else.
+async fn assert_checks_send(lb: &Sluice, seen: &Mutex<Vec<Vec<u8>>>, header: &[u8], what: &str) {
+    seen.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    // One check may have been under way at the clear: four passes, three seen after.
+    wait_passes_without_failure(lb, 4, what).await;
+    let seen = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let mut expected = header.to_vec();
+    expected.extend_from_slice(b"HELLO\r\n");
+    assert!(seen.len() >= 3, "{what}: {seen:?}");
+    assert!(seen.iter().all(|s| *s == expected), "{what}: {seen:?}");
+    // What the receiving side makes of it: a header naming no client.
+    let Parsed::Complete { len, origin } = proxy_protocol::parse(&seen[0]) else {
+        panic!("{what}: not a header: {:?}", seen[0]);
+    };
+    assert_eq!(
+        (len, origin.source, origin.destination),
+        (header.len(), None, None)
+    );
+}
+
+#[tokio::test]
+async fn checks_open_with_exactly_a_local_v2_or_unknown_v1_header_and_follow_a_reload() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let backend = exact_header_backend(Arc::clone(&seen)).await;
+    let probe = HealthKind::Probe(ProbeSettings {
+        protocol: ProbeProtocol::Tcp,
+        send: b"HELLO\r\n".to_vec(),
+        expect: ProbeExpect::StartsWith(b"+OK".to_vec()),
+        tls: TlsSettings::default(),
+    });
+    let health = every_100ms(probe, InitialStatus::Unhealthy);
+    let mut cfg = checked(backend.addr, Some(ProxyVersion::V2), health);
+    let lb = Sluice::start(cfg.clone()).await;
+    wait_health(&lb, true).await;
+    assert_checks_send(&lb, &seen, LOCAL_V2, "v2").await;
+    // A reload to v1: the checks switch too.
+    cfg.proxy_protocol.send = Some(ProxyVersion::V1);
+    lb.runtime.apply(config(cfg)).await.expect("reload");
+    eventually("a check with the v1 header", || {
+        let found = seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|s| s.starts_with(UNKNOWN_V1));
+        async move { found }
+    })
+    .await;
+    assert_checks_send(&lb, &seen, UNKNOWN_V1, "v1 after the reload").await;
 }
