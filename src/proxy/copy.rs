@@ -139,6 +139,20 @@ enum HalfError {
 }
 
 impl Half {
+    /// A direction between two plain sockets may switch to `splice`; one with TLS on
+    /// either side never does.
+    fn new(plain: bool) -> Half {
+        #[cfg_attr(not(target_os = "linux"), expect(unused_mut))]
+        let mut half = Half::default();
+        #[cfg(target_os = "linux")]
+        {
+            half.no_splice = !plain;
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = plain;
+        half
+    }
+
     /// Moves bytes from `from` to `to` until it would block. `Ready(Ok)` once `from` has
     /// ended and `to` has been shut down for writing.
     fn poll_relay<F: Stream, T: Stream>(
@@ -410,22 +424,17 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
                 sleep: sleep_until(now + timeout),
             })
         });
-        let mut relay = Relay {
+        let plain = client.plain_socket().is_some() && backend.plain_socket().is_some();
+        Relay {
             client,
             backend,
             stopped,
             counters,
-            up: Half::default(),
-            down: Half::default(),
+            up: Half::new(plain),
+            down: Half::new(plain),
             idle,
             error: None,
-        };
-        #[cfg(target_os = "linux")]
-        if relay.client.plain_socket().is_none() || relay.backend.plain_socket().is_none() {
-            relay.up.no_splice = true;
-            relay.down.no_splice = true;
         }
-        relay
     }
 
     /// Counts `bytes` already sent to the backend on the client's behalf (read along
