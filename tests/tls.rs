@@ -434,9 +434,9 @@ async fn a_backend_certificate_that_does_not_verify_is_refused_unless_ignored() 
     assert_eq!(plain_exchange(lb.addr).await, b"b\nping");
 }
 
-#[tokio::test]
-async fn terminated_and_re_encrypted() {
-    let pki = Pki::new();
+/// A server terminating TLS for `a.sluice.test` and re-encrypting to a TLS backend
+/// (greeting `secure`, then echoing) whose certificate it verifies.
+async fn re_encrypting(pki: &Pki) -> (TestBackend, Sluice) {
     let front = pki.leaf("front", &["a.sluice.test"]);
     let back = pki.leaf("back", &["127.0.0.1"]);
     let backend = tls_backend("secure", &back).await;
@@ -447,6 +447,25 @@ async fn terminated_and_re_encrypted() {
         ..server(BalanceKind::RoundRobin, vec![backend.spec()])
     })
     .await;
+    (backend, lb)
+}
+
+/// A TLS connection through `lb` to `a.sluice.test`, trusting `pki`'s CA.
+async fn connect_tls(
+    lb: std::net::SocketAddr,
+    pki: &Pki,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    let connector =
+        tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[], None, BOTH));
+    let stream = TcpStream::connect(lb).await.expect("connect");
+    let name = ServerName::try_from("a.sluice.test").expect("name");
+    connector.connect(name, stream).await.expect("handshake")
+}
+
+#[tokio::test]
+async fn terminated_and_re_encrypted() {
+    let pki = Pki::new();
+    let (_backend, lb) = re_encrypting(&pki).await;
     let config = client_config(&pki.ca_path(), &[], None, BOTH);
     let (reply, _) = exchange(lb.addr, "a.sluice.test", config)
         .await
@@ -460,21 +479,8 @@ async fn terminated_and_re_encrypted() {
 async fn a_large_stream_crosses_both_tls_sides_whole() {
     const LEN: u64 = 64 << 20;
     let pki = Pki::new();
-    let front = pki.leaf("front", &["a.sluice.test"]);
-    let back = pki.leaf("back", &["127.0.0.1"]);
-    let backend = tls_backend("secure", &back).await;
-    let lb = Sluice::start(ServerConfig {
-        protocol: Protocol::Tls,
-        tls: Some(termination(vec![front])),
-        backends_tls: Some(backends_tls(Some(pki.ca_path()), None)),
-        ..server(BalanceKind::RoundRobin, vec![backend.spec()])
-    })
-    .await;
-    let connector =
-        tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[], None, BOTH));
-    let stream = TcpStream::connect(lb.addr).await.expect("connect");
-    let name = ServerName::try_from("a.sluice.test").expect("name");
-    let tls = connector.connect(name, stream).await.expect("handshake");
+    let (_backend, lb) = re_encrypting(&pki).await;
+    let tls = connect_tls(lb.addr, &pki).await;
     let (mut r, mut w) = tokio::io::split(tls);
     let mut greeting = [0u8; 7];
     r.read_exact(&mut greeting).await.expect("greeting");
@@ -507,11 +513,7 @@ async fn a_reply_held_back_by_a_slow_reader_is_delivered_whole() {
     })
     .await;
     let lb = Sluice::start(tls_server(&backend, termination(vec![front]))).await;
-    let connector =
-        tokio_rustls::TlsConnector::from(client_config(&pki.ca_path(), &[], None, BOTH));
-    let stream = TcpStream::connect(lb.addr).await.expect("connect");
-    let name = ServerName::try_from("a.sluice.test").expect("name");
-    let mut tls = connector.connect(name, stream).await.expect("handshake");
+    let mut tls = connect_tls(lb.addr, &pki).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut sum = Checksum::default();
     let mut buf = vec![0u8; 64 << 10];
