@@ -168,23 +168,15 @@ pub async fn handle_prelude(
         let mut preamble = Box::<Preamble>::default();
         let mut peer = peer;
         if let Some(limit) = prelude.proxy_header {
-            let received = proxy_protocol::read_header(&mut client, limit)
-                .await
-                .map_err(|e| (CloseReason::ProxyHeader, e.to_string()))?;
-            peer = received.origin.source.unwrap_or(peer);
-            preamble.destination = received.origin.destination;
-            preamble.early = received.early;
-            let settings = server.settings.load();
-            if let Some(acl) = &settings.access {
-                if !acl.allows(peer.ip()) {
-                    return Err((CloseReason::AclDenied, format!("client {peer}")));
-                }
-            }
+            let front = read_front(server, &mut client, peer, limit).await?;
+            peer = front.client;
+            preamble.destination = front.destination;
+            preamble.early = front.early;
         }
         if let Some(limit) = prelude.client_hello {
             let hello = client_hello::read(&mut client, &mut preamble.early, limit)
                 .await
-                .map_err(|e| (CloseReason::ClientHello, e.to_string()))?;
+                .map_err(|e| Refusal::new(peer, CloseReason::ClientHello, e))?;
             let settings = server.settings.load();
             let (Some(sni), Some(matcher)) = (&settings.sni, server.sni.load_full()) else {
                 return Ok((peer, preamble));
@@ -193,11 +185,12 @@ pub async fn handle_prelude(
             preamble.route = Some(
                 Route::choose(sni, &matcher, &hello, pool.backends()).ok_or_else(|| {
                     let name = hello.server_name.as_deref().unwrap_or("(no name)");
-                    (CloseReason::SniRejected, format!("no backend for {name}"))
+                    let detail = format!("no backend for {name}");
+                    Refusal::new(peer, CloseReason::SniRejected, detail)
                 })?,
             );
         }
-        Ok((peer, preamble))
+        Ok::<_, Refusal>((peer, preamble))
     };
     let read = tokio::select! {
         read = read => read,
@@ -205,8 +198,62 @@ pub async fn handle_prelude(
     };
     match read {
         Ok((peer, preamble)) => handle(client, peer, slot, stop, preamble).await,
-        Err((reason, detail)) => refuse(server, peer, started, reason, &detail),
+        Err(no) => refuse(server, no.client, started, no.reason, &no.detail),
     }
+}
+
+/// A connection closed before a backend was chosen: the client to log (the one a PROXY
+/// header named, once read), why, and the detail.
+pub(crate) struct Refusal {
+    pub client: SocketAddr,
+    pub reason: CloseReason,
+    pub detail: String,
+}
+
+impl Refusal {
+    fn new(client: SocketAddr, reason: CloseReason, detail: impl ToString) -> Refusal {
+        Refusal {
+            client,
+            reason,
+            detail: detail.to_string(),
+        }
+    }
+}
+
+/// What a trusted front's PROXY header says: the client, where it connected to, and the
+/// client's bytes read past the header.
+pub(crate) struct Front {
+    pub client: SocketAddr,
+    pub destination: Option<SocketAddr>,
+    pub early: Vec<u8>,
+}
+
+/// Reads the PROXY header a trusted front (`front`) sends, within `limit`. The client it
+/// names is the connection's from then on, so the access rules are applied to it here.
+pub(crate) async fn read_front(
+    server: &ServerShared,
+    stream: &mut TcpStream,
+    front: SocketAddr,
+    limit: Duration,
+) -> Result<Front, Refusal> {
+    let received = proxy_protocol::read_header(stream, limit)
+        .await
+        .map_err(|e| Refusal::new(front, CloseReason::ProxyHeader, e))?;
+    let client = received.origin.source.unwrap_or(front);
+    let settings = server.settings.load();
+    if settings
+        .access
+        .as_ref()
+        .is_some_and(|acl| !acl.allows(client.ip()))
+    {
+        let detail = format!("client {client} behind {front}");
+        return Err(Refusal::new(client, CloseReason::AclDenied, detail));
+    }
+    Ok(Front {
+        client,
+        destination: received.origin.destination,
+        early: received.early,
+    })
 }
 
 /// Connects to a backend, then sends what must precede the client's stream: the PROXY

@@ -19,9 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::copy::{Counters, Relay, Stream};
-use super::proxy_protocol;
 use super::proxy_protocol::TlsInfo;
-use super::tcp::{finish, open, refuse, Preamble};
+use super::tcp::{finish, open, read_front, refuse, Preamble};
 use super::CloseReason;
 use crate::server::ActiveSlot;
 
@@ -38,34 +37,16 @@ pub async fn handle(
     // A trusted front's PROXY header first: the client it names is the connection's.
     let (mut peer, mut client, mut destination, mut early) = (peer, client, None, Vec::new());
     if let Some(accept) = &settings.proxy_protocol.accept {
-        let received = tokio::select! {
-            received = proxy_protocol::read_header(&mut client, accept.timeout) => received,
+        let front = tokio::select! {
+            front = read_front(server, &mut client, peer, accept.timeout) => front,
             () = stop.cancelled() => return,
         };
-        let received = match received {
-            Ok(received) => received,
-            Err(e) => {
-                return refuse(
-                    server,
-                    peer,
-                    started,
-                    CloseReason::ProxyHeader,
-                    &e.to_string(),
-                )
+        match front {
+            Ok(front) => {
+                (peer, destination, early) = (front.client, front.destination, front.early)
             }
-        };
-        let front = peer;
-        peer = received.origin.source.unwrap_or(front);
-        destination = received.origin.destination;
-        if settings
-            .access
-            .as_ref()
-            .is_some_and(|acl| !acl.allows(peer.ip()))
-        {
-            let detail = format!("client {peer} behind {front}");
-            return refuse(server, peer, started, CloseReason::AclDenied, &detail);
+            Err(no) => return refuse(server, no.client, started, no.reason, &no.detail),
         }
-        early = received.early;
     }
     let client = Prefixed::new(std::mem::take(&mut early), client);
     // The client's side.
