@@ -192,15 +192,7 @@ async fn max_requests_ends_the_session_after_that_many_datagrams() {
     ))
     .await;
     let socket = client("127.0.0.1:0").await;
-    let mut ports = Vec::new();
-    for i in 0..5 {
-        let payload = format!("request {i}");
-        let reply = ask(&socket, lb.addr, payload.as_bytes(), 1)
-            .await
-            .expect("a reply");
-        assert_eq!(reply.echoed, payload.as_bytes());
-        ports.push(reply.port);
-    }
+    let ports = backend_ports(&socket, lb.addr, 5).await;
     // Two datagrams per session: the backend sees a new source port every other one.
     assert_eq!(ports[0], ports[1]);
     assert_ne!(ports[1], ports[2]);
@@ -735,15 +727,7 @@ async fn max_requests_and_max_responses_together() {
     ))
     .await;
     let socket = client("127.0.0.1:0").await;
-    let mut ports = Vec::new();
-    for i in 0..4 {
-        let payload = format!("q{i}");
-        let reply = ask(&socket, lb.addr, payload.as_bytes(), 1)
-            .await
-            .expect("an answer");
-        assert_eq!(reply.echoed, payload.as_bytes());
-        ports.push(reply.port);
-    }
+    let ports = backend_ports(&socket, lb.addr, 4).await;
     assert_eq!(ports[0], ports[1]);
     assert_ne!(ports[1], ports[2]);
     assert_eq!(ports[2], ports[3]);
@@ -840,4 +824,19 @@ async fn a_reply_on_its_way_when_the_server_stops_still_reaches_the_client() {
         .expect("reload");
     let reply = receive(&socket, WAIT).await.expect("the late reply");
     assert_eq!(Reply::parse(&reply).echoed, b"late");
+}
+
+/// Sends `n` requests from `socket` through `lb`, one at a time, each answered by its own
+/// echo; returns the source port the backend saw for each (a new one per session).
+async fn backend_ports(socket: &tokio::net::UdpSocket, lb: SocketAddr, n: usize) -> Vec<u16> {
+    let mut ports = Vec::with_capacity(n);
+    for i in 0..n {
+        let payload = format!("request {i}");
+        let reply = ask(socket, lb, payload.as_bytes(), 1)
+            .await
+            .expect("a reply");
+        assert_eq!(reply.echoed, payload.as_bytes());
+        ports.push(reply.port);
+    }
+    ports
 }
