@@ -184,13 +184,7 @@ async fn chatty_reply_port(socket: &tokio::net::UdpSocket, lb: &Sluice) -> Vec<u
 
 #[tokio::test]
 async fn max_requests_ends_the_session_after_that_many_datagrams() {
-    let backend = UdpBackend::named("a").await;
-    let lb = Sluice::start(udp_server(
-        BalanceKind::RoundRobin,
-        vec![backend.spec()],
-        limits(Some(2), None),
-    ))
-    .await;
+    let (_backend, lb) = behind_one(limits(Some(2), None)).await;
     let socket = client("127.0.0.1:0").await;
     let ports = backend_ports(&socket, lb.addr, 5).await;
     // Two datagrams per session: the backend sees a new source port every other one.
@@ -404,13 +398,7 @@ async fn access_rules_apply_to_every_datagram() {
 
 #[tokio::test]
 async fn sizes_from_empty_to_the_largest_datagram_arrive_whole() {
-    let backend = UdpBackend::named("a").await;
-    let lb = Sluice::start(udp_server(
-        BalanceKind::RoundRobin,
-        vec![backend.spec()],
-        limits(None, None),
-    ))
-    .await;
+    let (_backend, lb) = behind_one(limits(None, None)).await;
     let socket = client("127.0.0.1:0").await;
     // The largest IPv4 UDP payload minus the backend's reply prefix, so its echo fits.
     let prefix = format!("a {}|", 0).len() + 4;
@@ -649,13 +637,7 @@ async fn on_a_wildcard_address_replies_leave_from_the_address_the_client_sent_to
 
 #[tokio::test]
 async fn max_responses_counts_per_request_so_pipelined_queries_all_get_answers() {
-    let backend = UdpBackend::named("a").await;
-    let lb = Sluice::start(udp_server(
-        BalanceKind::RoundRobin,
-        vec![backend.spec()],
-        limits(None, Some(1)),
-    ))
-    .await;
+    let (_backend, lb) = behind_one(limits(None, Some(1))).await;
     let socket = client("127.0.0.1:0").await;
     // Five queries in flight at once from one port, as a resolver sends them.
     for i in 0..5 {
@@ -719,13 +701,7 @@ async fn datagrams_the_kernel_drops_on_a_full_queue_are_counted() {
 async fn max_requests_and_max_responses_together() {
     // Two requests per session, one answer each: the first answer does not end the
     // session, the second does.
-    let backend = UdpBackend::named("a").await;
-    let lb = Sluice::start(udp_server(
-        BalanceKind::RoundRobin,
-        vec![backend.spec()],
-        limits(Some(2), Some(1)),
-    ))
-    .await;
+    let (_backend, lb) = behind_one(limits(Some(2), Some(1))).await;
     let socket = client("127.0.0.1:0").await;
     let ports = backend_ports(&socket, lb.addr, 4).await;
     assert_eq!(ports[0], ports[1]);
@@ -738,13 +714,7 @@ async fn max_requests_and_max_responses_together() {
 #[tokio::test]
 async fn no_other_socket_can_bind_beside_the_listening_ones() {
     // SO_REUSEADDR on UDP would let any process bind the same port and take datagrams.
-    let backend = UdpBackend::named("a").await;
-    let lb = Sluice::start(udp_server(
-        BalanceKind::RoundRobin,
-        vec![backend.spec()],
-        limits(None, None),
-    ))
-    .await;
+    let (_backend, lb) = behind_one(limits(None, None)).await;
     for specific in [
         lb.addr,
         format!("0.0.0.0:{}", lb.addr.port()).parse().expect("addr"),
@@ -839,4 +809,16 @@ async fn backend_ports(socket: &tokio::net::UdpSocket, lb: SocketAddr, n: usize)
         ports.push(reply.port);
     }
     ports
+}
+
+/// Sluice (round-robin, with `limits`) in front of one echoing backend named `a`.
+async fn behind_one(limits: UdpConfig) -> (UdpBackend, Sluice) {
+    let backend = UdpBackend::named("a").await;
+    let lb = Sluice::start(udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits,
+    ))
+    .await;
+    (backend, lb)
 }
