@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
 use crate::backend::BackendSpec;
@@ -239,11 +239,7 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
                 .with_context(|| format!("metrics: cannot listen on {}", metrics.bind))?;
             info!(url = %format!("http://{}/metrics", metrics.bind), "metrics endpoint listening");
             let runtime = Arc::clone(&runtime);
-            tokio::spawn(async move {
-                if let Err(e) = crate::metrics::serve(listener, runtime).await {
-                    error!("metrics endpoint stopped: {e}");
-                }
-            });
+            tokio::spawn(async move { crate::metrics::serve(listener, metrics, runtime).await });
         }
         while signals.next().await == Signal::Reload {
             // Errors are logged by `reload`; the previous configuration keeps running.
@@ -282,11 +278,7 @@ pub async fn start_api(
         control,
         started: std::time::SystemTime::now(),
     };
-    tokio::spawn(async move {
-        if let Err(e) = api::serve(listener, config, tls, state).await {
-            error!("admin API stopped: {e}");
-        }
-    });
+    tokio::spawn(api::serve(listener, config, tls, state));
     Ok(addr)
 }
 

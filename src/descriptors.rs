@@ -4,6 +4,10 @@
 //! could otherwise open sockets until `accept` and health checks fail with EMFILE. UDP
 //! sessions take descriptors from a process-wide budget that leaves a quarter of the
 //! limit (at least 1 024, at most half) to everything else.
+//!
+//! The control side's HTTP connections (admin API and metrics) come out of that reserve
+//! too, capped at an eighth of it (16 to 256): a flood of API clients can hold no more,
+//! and TCP connections, listeners and health checks keep the rest.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -54,6 +58,54 @@ impl Drop for SessionDescriptor {
     }
 }
 
+/// Whether `accept` failed for want of descriptors or memory: worth a pause before the
+/// next try, where other failures concern one connection only.
+pub fn is_exhaustion(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// One descriptor taken by an API or metrics connection, given back on drop.
+#[derive(Debug)]
+pub struct ControlDescriptor(());
+
+static CONTROL_OPEN: AtomicUsize = AtomicUsize::new(0);
+
+impl ControlDescriptor {
+    /// Takes one descriptor, or `None` when the control side holds its share.
+    pub fn take() -> Option<ControlDescriptor> {
+        let budget = control_budget();
+        CONTROL_OPEN
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < budget).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ControlDescriptor(()))
+    }
+}
+
+impl Drop for ControlDescriptor {
+    fn drop(&mut self) {
+        CONTROL_OPEN.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How many API and metrics connections may be open at once, all listeners together.
+pub fn control_budget() -> usize {
+    static CONTROL_BUDGET: OnceLock<usize> = OnceLock::new();
+    *CONTROL_BUDGET.get_or_init(|| {
+        let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+        control_budget_for(soft)
+    })
+}
+
+fn control_budget_for(limit: u64) -> usize {
+    let reserved = limit.saturating_sub(budget_for(limit) as u64);
+    usize::try_from((reserved / 8).clamp(16, 256)).unwrap_or(256)
+}
+
 /// How many descriptors UDP sessions may hold at once, from the limit in force when
 /// first asked.
 pub fn session_budget() -> usize {
@@ -84,5 +136,14 @@ mod tests {
             budget_for(u64::MAX),
             usize::try_from(u64::MAX - u64::MAX / 4).unwrap()
         );
+    }
+
+    #[test]
+    fn the_control_side_takes_an_eighth_of_the_reserve() {
+        assert_eq!(control_budget_for(20_000), 256);
+        assert_eq!(control_budget_for(4096), 128);
+        assert_eq!(control_budget_for(2048), 128);
+        assert_eq!(control_budget_for(1024), 64);
+        assert_eq!(control_budget_for(64), 16);
     }
 }

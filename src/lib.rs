@@ -17,7 +17,10 @@
 //! - [`health`]: active and passive health checking.
 //! - [`discovery`]: backends from DNS, files, commands, Consul, etcd, Docker.
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
+//! - [`admin_http`]: how the API and metrics endpoints are served and guarded: limits,
+//!   timeouts, host and origin checks, credentials.
 //! - [`config`]: loading and validating the configuration.
+//! - [`bounded_json`]: JSON from outside checked for size and depth before parsing.
 //! - [`acl`]: allow/deny rules by address.
 //! - [`tls`]: certificates and keys into rustls configurations.
 //! - [`process`]: outside commands, bounded in time and output, never left behind.
@@ -25,9 +28,11 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod admin_http;
 pub mod api;
 pub mod backend;
 pub mod balance;
+pub mod bounded_json;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -101,7 +101,7 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => admit(stream, peer, &server, &tracker, &hard_stop),
-            Err(e) if is_resource_exhaustion(&e) => {
+            Err(e) if crate::descriptors::is_exhaustion(&e) => {
                 error!(server = %server.name, error = %e, "accept failed; pausing");
                 tokio::select! {
                     _ = accept_stop.cancelled() => break,
@@ -173,13 +173,6 @@ fn admit(
             (),
         ));
     }
-}
-
-fn is_resource_exhaustion(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{json, Value};
 use sluice::balance::BalanceKind;
-use sluice::config::{ApiConfig, BasicAuth, Config};
+use sluice::config::{ApiConfig, BasicAuth, Config, Cors};
 use sluice::control::Control;
 use sluice::runtime::Runtime;
 
@@ -623,10 +623,11 @@ async fn cors_answers_other_origins_only_when_enabled() {
     )
     .await;
     let response = request(closed.api, "GET", "/servers", &origin, None).await;
+    assert_eq!(response.status, 403, "{response:?}");
     assert_eq!(response.header("access-control-allow-origin"), None);
 
     let mut api = api_config();
-    api.cors = true;
+    api.cors = Cors::AnyOrigin;
     let open = start(
         config(server(BalanceKind::RoundRobin, vec![backend.spec()])),
         api,

@@ -40,7 +40,12 @@ impl Served {
             .await
             .expect("bind metrics");
         let metrics = listener.local_addr().expect("metrics address");
-        tokio::spawn(sluice::metrics::serve(listener, Arc::clone(&runtime)));
+        let config = sluice::config::MetricsConfig::plain(metrics);
+        tokio::spawn(sluice::metrics::serve(
+            listener,
+            config,
+            Arc::clone(&runtime),
+        ));
         Served { runtime, metrics }
     }
 

@@ -3,9 +3,7 @@
 //! redacted — plus backends as resources, `POST /reload`, an OpenAPI description and the
 //! dashboard (`/ui`). Every change goes through [`Control`], as reloads do.
 
-mod auth;
 mod handlers;
-mod https;
 mod ui;
 mod views;
 
@@ -20,7 +18,10 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tower_http::cors::CorsLayer;
 
-use crate::config::ApiConfig;
+use crate::admin_http::auth::{self, Auth};
+use crate::admin_http::guard::{self, Guard};
+use crate::admin_http::{self, Endpoint};
+use crate::config::{ApiConfig, Cors};
 use crate::control::Control;
 
 /// What every handler sees.
@@ -52,7 +53,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/ui", &["get"]),
 ];
 
-/// The API's routes, behind its authentication (and CORS when configured).
+/// The API's routes, behind its guard against cross-site use, its authentication, and
+/// CORS when configured.
 pub fn router(config: &ApiConfig, state: ApiState) -> Router {
     use axum::routing::post;
     use handlers::*;
@@ -82,19 +84,64 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
         .fallback(not_found)
         .with_state(state.clone())
         .merge(crate::metrics::router(Arc::clone(state.control.runtime())));
+    let auth = Auth::new(config.basic_auth.as_ref(), config.bearer_token.as_deref());
     // The dashboard's assets are outside authentication: they hold no data, and a
     // browser cannot send a bearer token when it opens a page. Everything they fetch is
     // behind it.
     let mut app = routes
         .layer(middleware::from_fn_with_state(
-            Arc::new(auth::Auth::from_config(config)),
+            Arc::new(auth),
             auth::require,
         ))
         .merge(ui::router());
-    if config.cors {
-        app = app.layer(CorsLayer::very_permissive());
+    // Outside authentication: a browser's CORS preflight carries no credentials.
+    if let Some(cors) = cors_layer(&config.cors) {
+        app = app.layer(cors);
     }
-    app
+    let guard = Guard {
+        allowed_hosts: config.allowed_hosts.clone(),
+        origins: match &config.cors {
+            Cors::Off => Some(Vec::new()),
+            Cors::AnyOrigin => None,
+            Cors::Origins(origins) => Some(origins.clone()),
+        },
+        section: "api",
+    };
+    app.layer(middleware::from_fn_with_state(
+        Arc::new(guard),
+        guard::require,
+    ))
+}
+
+/// `cors = true` answers any origin but never lets the browser add its credentials
+/// (cookies, a cached basic login): a page must hold a token of its own. A list of
+/// origins is trusted with credentials.
+fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
+    use axum::http::header::{AUTHORIZATION, CONTENT_TYPE};
+    use axum::http::{HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, Any};
+    let methods = [
+        Method::GET,
+        Method::POST,
+        Method::PUT,
+        Method::PATCH,
+        Method::DELETE,
+    ];
+    let layer = CorsLayer::new()
+        .allow_methods(methods)
+        .allow_headers([AUTHORIZATION, CONTENT_TYPE]);
+    match cors {
+        Cors::Off => None,
+        Cors::AnyOrigin => Some(layer.allow_origin(Any)),
+        Cors::Origins(origins) => {
+            let origins = origins.iter().filter_map(|o| HeaderValue::from_str(o).ok());
+            Some(
+                layer
+                    .allow_origin(AllowOrigin::list(origins))
+                    .allow_credentials(true),
+            )
+        }
+    }
 }
 
 /// Serves the API on `listener` until the process ends: HTTPS with `tls` (loaded
@@ -104,12 +151,15 @@ pub async fn serve(
     config: ApiConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: ApiState,
-) -> std::io::Result<()> {
+) {
     let app = router(&config, state);
-    match tls {
-        Some(tls) => axum::serve(https::TlsListener::new(listener, tls)?, app).await,
-        None => axum::serve(listener, app).await,
-    }
+    let endpoint = Endpoint {
+        what: "admin API",
+        listener,
+        tls,
+        max_connections: config.max_connections as usize,
+    };
+    admin_http::serve(endpoint, app).await;
 }
 
 /// An API error: its status and `{"error": …, "field": …}`.

@@ -9,9 +9,9 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::{
-    escape, ApiConfig, ClientAuth, Config, HealthConfig, HealthKind, HostnameMatching,
-    InitialStatus, LogFormat, LogOutput, ProbeExpect, ProbeProtocol, Protocol, RedisRole,
-    ServerConfig, TlsSettings, UnexpectedHostname,
+    escape, ApiConfig, BasicAuth, ClientAuth, Config, Cors, HealthConfig, HealthKind,
+    HostnameMatching, InitialStatus, LogFormat, LogOutput, MetricsConfig, ProbeExpect,
+    ProbeProtocol, Protocol, RedisRole, ServerConfig, TlsSettings, UnexpectedHostname,
 };
 
 /// What secrets become in a redacted dump.
@@ -48,10 +48,7 @@ pub fn to_json(config: &Config, secrets: Secrets) -> Value {
         top.insert("api".into(), api_json(api, secrets));
     }
     if let Some(metrics) = &config.metrics {
-        top.insert(
-            "metrics".into(),
-            json!({ "enabled": true, "bind": metrics.bind.to_string() }),
-        );
+        top.insert("metrics".into(), metrics_json(metrics, secrets));
     }
     let servers: Map<String, Value> = config
         .servers
@@ -68,25 +65,21 @@ pub fn to_toml(config: &Config, secrets: Secrets) -> Result<String, toml::ser::E
 }
 
 fn api_json(api: &ApiConfig, secrets: Secrets) -> Value {
-    let secret = |s: &str| match secrets {
-        Secrets::Keep => s.to_owned(),
-        Secrets::Redact => REDACTED.to_owned(),
-    };
     let mut out = Map::new();
     out.insert("enabled".into(), true.into());
     out.insert("bind".into(), api.bind.to_string().into());
-    out.insert("cors".into(), api.cors.into());
+    let cors = match &api.cors {
+        Cors::Off => false.into(),
+        Cors::AnyOrigin => true.into(),
+        Cors::Origins(origins) => origins.clone().into(),
+    };
+    out.insert("cors".into(), cors);
     out.insert("persist".into(), api.persist.into());
     out.insert("insecure_public".into(), api.insecure_public.into());
-    if let Some(token) = &api.bearer_token {
-        out.insert("bearer_token".into(), secret(token).into());
-    }
-    if let Some(auth) = &api.basic_auth {
-        out.insert(
-            "basic_auth".into(),
-            json!({ "login": auth.login, "password": secret(&auth.password) }),
-        );
-    }
+    out.insert("allowed_hosts".into(), api.allowed_hosts.clone().into());
+    out.insert("allow_exec".into(), api.allow_exec.into());
+    out.insert("max_connections".into(), api.max_connections.into());
+    credentials_json(&mut out, &api.basic_auth, &api.bearer_token, secrets);
     if let Some(tls) = &api.tls {
         out.insert(
             "tls".into(),
@@ -97,6 +90,42 @@ fn api_json(api: &ApiConfig, secrets: Secrets) -> Value {
         );
     }
     Value::Object(out)
+}
+
+fn metrics_json(metrics: &MetricsConfig, secrets: Secrets) -> Value {
+    let mut out = Map::new();
+    out.insert("enabled".into(), true.into());
+    out.insert("bind".into(), metrics.bind.to_string().into());
+    out.insert("insecure_public".into(), metrics.insecure_public.into());
+    out.insert("allowed_hosts".into(), metrics.allowed_hosts.clone().into());
+    credentials_json(
+        &mut out,
+        &metrics.basic_auth,
+        &metrics.bearer_token,
+        secrets,
+    );
+    Value::Object(out)
+}
+
+fn credentials_json(
+    out: &mut Map<String, Value>,
+    basic_auth: &Option<BasicAuth>,
+    bearer_token: &Option<String>,
+    secrets: Secrets,
+) {
+    let secret = |s: &str| match secrets {
+        Secrets::Keep => s.to_owned(),
+        Secrets::Redact => REDACTED.to_owned(),
+    };
+    if let Some(token) = bearer_token {
+        out.insert("bearer_token".into(), secret(token).into());
+    }
+    if let Some(auth) = basic_auth {
+        out.insert(
+            "basic_auth".into(),
+            json!({ "login": auth.login, "password": secret(&auth.password) }),
+        );
+    }
 }
 
 /// One server, as `[servers.NAME]` holds it, health-check passwords redacted (the API's

@@ -146,6 +146,10 @@ fn one_line(message: &str) -> String {
 }
 
 fn parse_json(src: &Source<'_>) -> Result<Node, Vec<ConfigError>> {
+    // Bounds the recursion of `json_node` below, and with it the times each value is
+    // read again (once per enclosing level).
+    crate::bounded_json::check_depth(src.text.as_bytes())
+        .map_err(|e| vec![src.error(e.offset(), e.to_string())])?;
     let raw: &RawValue =
         serde_json::from_str(src.text).map_err(|e| vec![json_error(src, 0, &e)])?;
     let root = json_node(src, raw)?;
@@ -335,6 +339,16 @@ mod tests {
         };
         assert_eq!(&text[items[1].at..items[1].at + 3], "\"x\"");
         assert_eq!(&text[entries[1].key_at..entries[1].key_at + 3], "\"t\"");
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_at_its_position() {
+        let text = format!("{{\n\"servers\": {}", "[".repeat(100_000));
+        let src = Source::new(Path::new("c.json"), &text);
+        let errors = parse(&src).expect_err("too deep");
+        assert_eq!(errors.len(), 1);
+        assert_eq!((errors[0].line, errors[0].col), (2, 75));
+        assert_eq!(errors[0].message, "nested deeper than 64 levels");
     }
 
     #[test]

@@ -14,6 +14,7 @@
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
 //! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`).
 
+mod admin;
 mod discovery;
 pub mod dump;
 mod duration;
@@ -126,13 +127,36 @@ pub struct ApiConfig {
     pub bearer_token: Option<String>,
     /// `[api.tls]`: serve HTTPS.
     pub tls: Option<TlsFiles>,
-    /// Answer cross-origin requests (`Access-Control-Allow-Origin: *`).
-    pub cors: bool,
+    /// Which other origins a browser may call the API from.
+    pub cors: Cors,
     /// Write changes made through the API back to the configuration file.
     pub persist: bool,
     /// Allow a non-loopback `bind` without authentication.
     pub insecure_public: bool,
+    /// Host names the API answers to besides IP addresses and `localhost` (a request
+    /// naming another is refused, against DNS rebinding); `"*"` allows any.
+    pub allowed_hosts: Vec<String>,
+    /// Let API requests create or change servers that run programs (`exec` discovery and
+    /// `exec` health checks). Off: only the configuration file may.
+    pub allow_exec: bool,
+    /// API connections open at once; more are closed as soon as accepted.
+    pub max_connections: u32,
 }
+
+/// `[api] cors`: which other origins may call the API from a browser.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Cors {
+    /// `false`: none (same-origin pages only, such as the dashboard).
+    Off,
+    /// `true` (GoBetween's meaning): any origin, but never with the browser's
+    /// credentials, so a page can use the API only with a token it holds itself.
+    AnyOrigin,
+    /// A list of origins (`"https://admin.example.com"`), credentials allowed.
+    Origins(Vec<String>),
+}
+
+/// API connections open at once unless `max_connections` says otherwise.
+pub const DEFAULT_API_MAX_CONNECTIONS: u32 = 64;
 
 impl ApiConfig {
     /// The API on `bind` with every option off: no authentication, TLS, CORS or
@@ -143,9 +167,12 @@ impl ApiConfig {
             basic_auth: None,
             bearer_token: None,
             tls: None,
-            cors: false,
+            cors: Cors::Off,
             persist: false,
             insecure_public: false,
+            allowed_hosts: Vec::new(),
+            allow_exec: false,
+            max_connections: DEFAULT_API_MAX_CONNECTIONS,
         }
     }
 
@@ -171,6 +198,27 @@ pub struct TlsFiles {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MetricsConfig {
     pub bind: SocketAddr,
+    /// `[metrics.basic_auth]`: Prometheus's `basic_auth`.
+    pub basic_auth: Option<BasicAuth>,
+    /// `bearer_token`: Prometheus's `authorization` credentials.
+    pub bearer_token: Option<String>,
+    /// Allow a non-loopback `bind` without authentication.
+    pub insecure_public: bool,
+    /// As the API's: host names answered besides IP addresses and `localhost`.
+    pub allowed_hosts: Vec<String>,
+}
+
+impl MetricsConfig {
+    /// The metrics endpoint on `bind`, open, as `[metrics] enabled = true` alone gives.
+    pub fn plain(bind: SocketAddr) -> Self {
+        MetricsConfig {
+            bind,
+            basic_auth: None,
+            bearer_token: None,
+            insecure_public: false,
+            allowed_hosts: Vec::new(),
+        }
+    }
 }
 
 /// The protocol a server speaks.
@@ -400,11 +448,45 @@ pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
         col: 0,
         message,
     };
-    let text = std::fs::read_to_string(path)
+    let bytes = read_bounded(path, MAX_FILE_SIZE)
         .map_err(|e| unreadable(format!("cannot read the configuration: {e}")))?;
+    let text = utf8(path, &bytes)?;
     let dir = config_dir(path)
         .map_err(|e| unreadable(format!("cannot tell the configuration's directory: {e}")))?;
-    parse_in(&text, path, Some(&dir))
+    parse_in(text, path, Some(&dir))
+}
+
+/// The largest configuration file read: far beyond any real one, and small enough that
+/// `-c /dev/zero` is an error, not a process filling memory.
+pub const MAX_FILE_SIZE: usize = 16 * 1024 * 1024;
+
+/// The file at `path`, or an error if it holds more than `limit` bytes.
+fn read_bounded(path: &Path, limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    let file = std::fs::File::open(path)?;
+    file.take(limit as u64 + 1).read_to_end(&mut bytes)?;
+    if bytes.len() > limit {
+        return Err(std::io::Error::other(format!(
+            "the file is larger than {} MiB",
+            limit >> 20
+        )));
+    }
+    Ok(bytes)
+}
+
+/// `bytes` as text, or an error at the line and column of the first byte that is not
+/// UTF-8.
+fn utf8<'b>(path: &Path, bytes: &'b [u8]) -> Result<&'b str, ConfigError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let valid = &bytes[..e.valid_up_to()];
+        let valid = std::str::from_utf8(valid).unwrap_or_default();
+        let bad = bytes.get(e.valid_up_to()).copied().unwrap_or_default();
+        error::Source::new(path, valid).error(
+            valid.len(),
+            format!("the file is not UTF-8 text: byte 0x{bad:02x} here"),
+        )
+    })
 }
 
 /// The absolute directory of the configuration file at `path`, which relative file paths

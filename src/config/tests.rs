@@ -35,9 +35,10 @@ fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
 /// from its directory, as [`load`] does.
 fn parse_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
-    let text = std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
+    let bytes = std::fs::read(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
+    let text = super::utf8(relative, &bytes)?;
     let dir = config_dir(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
-    parse_in(&text, relative, Some(&dir))
+    parse_in(text, relative, Some(&dir))
 }
 
 /// `text` with the crate's absolute directory written `<crate>`, so that `.expected`
@@ -202,7 +203,8 @@ fn api_and_metrics_sections() {
     ));
     let api = loaded.config.api.expect("api enabled");
     assert_eq!(api.bind.to_string(), DEFAULT_API_BIND);
-    assert!(!api.has_auth() && !api.cors && !api.persist);
+    assert!(!api.has_auth() && api.cors == Cors::Off && !api.persist && !api.allow_exec);
+    assert_eq!(api.max_connections, DEFAULT_API_MAX_CONNECTIONS);
     let metrics = loaded.config.metrics.expect("metrics enabled");
     assert_eq!(metrics.bind.to_string(), DEFAULT_METRICS_BIND);
 
@@ -221,12 +223,81 @@ fn api_and_metrics_sections() {
         })
     );
     assert_eq!(api.tls.map(|t| t.key_path), Some("k.pem".into()));
-    assert!(api.cors && api.persist);
+    assert!(api.cors == Cors::AnyOrigin && api.persist);
 
     let public = format!("[api]\nenabled = true\nbind = \"0.0.0.0:8888\"\n{WEB}");
     assert!(errors(&public).contains("add [api.basic_auth] or bearer_token"));
     let allowed = public.replace("[api]\n", "[api]\ninsecure_public = true\n");
     assert!(ok(&allowed).config.api.is_some());
+}
+
+#[test]
+fn api_and_metrics_protection_keys() {
+    let text = format!(
+        "[api]\nenabled = true\ncors = [\"https://Admin.example.com\"]\n\
+         allowed_hosts = [\"lb1.example.com\", \"*\"]\nallow_exec = true\nmax_connections = 8\n\
+         [metrics]\nenabled = true\nbind = \"0.0.0.0:9284\"\nbearer_token = \"scrape\"\n\
+         allowed_hosts = [\"prom.example\"]\n{WEB}"
+    );
+    let loaded = ok(&text);
+    let api = loaded.config.api.expect("api enabled");
+    assert_eq!(
+        api.cors,
+        Cors::Origins(vec!["https://admin.example.com".into()])
+    );
+    assert_eq!(api.allowed_hosts, ["lb1.example.com", "*"]);
+    assert!(api.allow_exec);
+    assert_eq!(api.max_connections, 8);
+    let metrics = loaded.config.metrics.expect("metrics enabled");
+    assert_eq!(metrics.bearer_token.as_deref(), Some("scrape"));
+    assert_eq!(metrics.allowed_hosts, ["prom.example"]);
+    // Credentials over plain HTTP beyond loopback are worth a warning.
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].message.contains(
+        "the metrics endpoint listens on 0.0.0.0:9284, beyond this host, over plain HTTP"
+    ));
+
+    let public = format!("[metrics]\nenabled = true\nbind = \"0.0.0.0:9284\"\n{WEB}");
+    assert_eq!(
+        errors(&public),
+        "t.toml:3:1: metrics.bind: the metrics endpoint would listen on 0.0.0.0:9284, beyond \
+         this host, with no authentication; add [metrics.basic_auth] or bearer_token, or set \
+         insecure_public = true"
+    );
+    let allowed = public.replace("[metrics]\n", "[metrics]\ninsecure_public = true\n");
+    assert!(ok(&allowed).config.metrics.is_some());
+
+    for (bad, message) in [
+        (
+            "bearer_token = \"  \"",
+            "api.bearer_token: must not be blank",
+        ),
+        (
+            "bearer_token = \"tok \"",
+            "api.bearer_token: must not be blank",
+        ),
+        (
+            "cors = [\"evil.example\"]",
+            "api.cors[0]: \"evil.example\": expected an origin",
+        ),
+        (
+            "cors = [\"https://a.example/x\"]",
+            "api.cors[0]: \"https://a.example/x\"",
+        ),
+        (
+            "allowed_hosts = [\"http://a\"]",
+            "api.allowed_hosts[0]: \"http://a\" is not a host name",
+        ),
+        ("max_connections = 0", "api.max_connections"),
+        (
+            "[api.basic_auth]\nlogin = \"a:b\"\npassword = \"p\"",
+            "api.basic_auth.login: must not contain a colon",
+        ),
+    ] {
+        let text = format!("[api]\nenabled = true\n{bad}\n{WEB}");
+        let got = errors(&text);
+        assert!(got.contains(message), "{bad}: {got}");
+    }
 }
 
 #[test]

@@ -8,6 +8,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::admin;
 use super::discovery::discovery;
 use super::file::Node;
 use super::health::healthcheck;
@@ -15,10 +16,9 @@ use super::legacy::{self, Place};
 use super::reader::{join, resolve, Ctx, Field, Section};
 use super::sections::access;
 use super::{
-    AcceptProxy, ApiConfig, BasicAuth, Config, HealthConfig, HealthKind, HostnameMatching,
-    LogFormat, LogOutput, LoggingConfig, MetricsConfig, Protocol, ProxyProtocol, ProxyVersion,
-    ServerConfig, SniConfig, TlsFiles, UdpConfig, UnexpectedHostname, DEFAULT_API_BIND,
-    DEFAULT_METRICS_BIND, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
+    AcceptProxy, Config, HealthConfig, HealthKind, HostnameMatching, LogFormat, LogOutput,
+    LoggingConfig, Protocol, ProxyProtocol, ProxyVersion, ServerConfig, SniConfig, UdpConfig,
+    UnexpectedHostname, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
 };
 use crate::balance::BalanceKind;
 
@@ -32,17 +32,6 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "servers",
 ];
-const API_KEYS: &[&str] = &[
-    "enabled",
-    "bind",
-    "basic_auth",
-    "bearer_token",
-    "tls",
-    "cors",
-    "persist",
-    "insecure_public",
-];
-const METRICS_KEYS: &[&str] = &["enabled", "bind"];
 const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
 const OPTION_KEYS: &[&str] = &[
     "max_connections",
@@ -103,10 +92,10 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
         config.logging = logging(ctx, sec);
     }
     if let Some(field) = top.take("api") {
-        config.api = api(ctx, &field);
+        config.api = admin::api(ctx, &field);
     }
     if let Some(field) = top.take("metrics") {
-        config.metrics = metrics(ctx, &field);
+        config.metrics = admin::metrics(ctx, &field);
     }
     let defaults = top
         .take("defaults")
@@ -159,99 +148,6 @@ fn logging(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> LoggingConfig {
     }
     sec.finish(ctx, LOGGING_KEYS);
     logging
-}
-
-/// `[api]`; `None` unless `enabled = true`.
-fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
-    let mut sec = ctx.table(field)?;
-    let enabled = sec
-        .take("enabled")
-        .and_then(|f| ctx.bool(&f))
-        .unwrap_or(false);
-    let bind_field = sec.take("bind");
-    let bind = match &bind_field {
-        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
-        None => parse_bind(DEFAULT_API_BIND).ok()?,
-    };
-    let basic_auth = sec.take("basic_auth").and_then(|f| {
-        let mut auth = ctx.table(&f)?;
-        let login = auth
-            .take("login")
-            .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
-        let password = auth
-            .take("password")
-            .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
-        let at = ctx.table_at(&f);
-        auth.finish(ctx, &["login", "password"]);
-        match (login, password) {
-            (Some(login), Some(password)) => Some(BasicAuth { login, password }),
-            _ => {
-                ctx.error(at, f.path(), "needs both login and password");
-                None
-            }
-        }
-    });
-    let bearer_token = sec
-        .take("bearer_token")
-        .and_then(|f| ctx.non_empty(&f).map(str::to_owned));
-    let tls = sec.take("tls").and_then(|f| {
-        let mut tls = ctx.table(&f)?;
-        let cert = tls.take("cert_path").and_then(|f| ctx.path(&f));
-        let key = tls.take("key_path").and_then(|f| ctx.path(&f));
-        let at = ctx.table_at(&f);
-        tls.finish(ctx, &["cert_path", "key_path"]);
-        match (cert, key) {
-            (Some(cert_path), Some(key_path)) => Some(TlsFiles {
-                cert_path,
-                key_path,
-            }),
-            _ => {
-                ctx.error(at, f.path(), "needs both cert_path and key_path");
-                None
-            }
-        }
-    });
-    let mut flag = |key| sec.take(key).and_then(|f| ctx.bool(&f)).unwrap_or(false);
-    let cors = flag("cors");
-    let persist = flag("persist");
-    let insecure_public = flag("insecure_public");
-    sec.finish(ctx, API_KEYS);
-    let api = ApiConfig {
-        bind,
-        basic_auth,
-        bearer_token,
-        tls,
-        cors,
-        persist,
-        insecure_public,
-    };
-    if enabled && !api.has_auth() && !api.insecure_public && !bind.ip().is_loopback() {
-        let at = bind_field.as_ref().map_or(ctx.table_at(field), |f| f.at);
-        ctx.error(
-            at,
-            &join(field.path(), "bind"),
-            format!(
-                "the API would listen on {bind}, beyond this host, with no authentication; \
-                 add [api.basic_auth] or bearer_token, or set insecure_public = true"
-            ),
-        );
-    }
-    enabled.then_some(api)
-}
-
-/// `[metrics]`; `None` unless `enabled = true`.
-fn metrics(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<MetricsConfig> {
-    let mut sec = ctx.table(field)?;
-    let enabled = sec
-        .take("enabled")
-        .and_then(|f| ctx.bool(&f))
-        .unwrap_or(false);
-    let bind = match sec.take("bind") {
-        Some(f) => ctx.parse(&f, "an address string", parse_bind)?,
-        None => parse_bind(DEFAULT_METRICS_BIND).ok()?,
-    };
-    sec.finish(ctx, METRICS_KEYS);
-    enabled.then_some(MetricsConfig { bind })
 }
 
 fn defaults(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Options {

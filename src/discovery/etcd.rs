@@ -330,8 +330,7 @@ fn decode(b64: &str) -> String {
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, DiscoveryError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| DiscoveryError::Invalid(format!("etcd sent a bad {what}: {e}")))
+    super::json(bytes).map_err(|e| DiscoveryError::Invalid(format!("etcd sent a bad {what}: {e}")))
 }
 
 /// The backend in one value; `None` for an empty value.
@@ -343,7 +342,7 @@ fn backend(value: &str, dsn_json_path: Option<&str>) -> Result<Option<BackendSpe
     if !value.starts_with('{') {
         return value.parse().map(Some);
     }
-    let json: Value = serde_json::from_str(value).map_err(|e| format!("bad JSON: {e}"))?;
+    let json: Value = super::json(value.as_bytes()).map_err(|e| format!("bad JSON: {e}"))?;
     if let Some(path) = dsn_json_path {
         let mut at = &json;
         for step in path.split('.').filter(|s| !s.is_empty()) {

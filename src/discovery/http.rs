@@ -222,7 +222,7 @@ impl JsonSource {
     /// The backends of a fetched body.
     pub fn backends(&self, body: &str) -> Result<Vec<BackendSpec>, DiscoveryError> {
         let invalid = |e: String| DiscoveryError::Invalid(format!("JSON discovery: {e}"));
-        let value: Value = serde_json::from_str(body).map_err(|e| invalid(format!("{e}")))?;
+        let value: Value = super::json(body.as_bytes()).map_err(|e| invalid(format!("{e}")))?;
         let Value::Array(items) = value else {
             return Err(invalid("expected a JSON array".into()));
         };

@@ -16,12 +16,16 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
+use axum::{middleware, Router};
 use prometheus_client::encoding::text;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
 use tracing::error;
 
+use crate::admin_http::auth::{self, Auth};
+use crate::admin_http::guard::{self, Guard};
+use crate::admin_http::{self, Endpoint};
+use crate::config::MetricsConfig;
 use crate::runtime::Runtime;
 
 /// What prometheus-client's text encoder produces.
@@ -34,9 +38,34 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
         .with_state(runtime)
 }
 
-/// Serves [`router`] on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, runtime: Arc<Runtime>) -> std::io::Result<()> {
-    axum::serve(listener, router(runtime)).await
+/// Metrics connections open at once; a scraper needs one.
+const MAX_CONNECTIONS: usize = 16;
+
+/// Serves [`router`] on `listener` until the process ends, behind the same guard and
+/// credentials as the API (see [`crate::admin_http`]).
+pub async fn serve(listener: TcpListener, config: MetricsConfig, runtime: Arc<Runtime>) {
+    let auth = Auth::new(config.basic_auth.as_ref(), config.bearer_token.as_deref());
+    let guard = Guard {
+        allowed_hosts: config.allowed_hosts.clone(),
+        origins: Some(Vec::new()),
+        section: "metrics",
+    };
+    let app = router(runtime)
+        .layer(middleware::from_fn_with_state(
+            Arc::new(auth),
+            auth::require,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::new(guard),
+            guard::require,
+        ));
+    let endpoint = Endpoint {
+        what: "metrics endpoint",
+        listener,
+        tls: None,
+        max_connections: MAX_CONNECTIONS,
+    };
+    admin_http::serve(endpoint, app).await;
 }
 
 async fn scrape(State(runtime): State<Arc<Runtime>>) -> Response {

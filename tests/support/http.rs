@@ -60,13 +60,20 @@ pub async fn try_request(
 ) -> io::Result<Response> {
     let exchange = async {
         let mut stream = TcpStream::connect(addr).await?;
-        let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        // `Host` and a JSON `Content-Type` unless `headers` name their own.
+        let given = |name: &str| headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name));
+        let mut head = format!("{method} {path} HTTP/1.1\r\nConnection: close\r\n");
+        if !given("host") {
+            head.push_str(&format!("Host: {addr}\r\n"));
+        }
         for (name, value) in headers {
             head.push_str(&format!("{name}: {value}\r\n"));
         }
         let body = body.unwrap_or("");
         if !body.is_empty() || matches!(method, "POST" | "PUT" | "PATCH") {
-            head.push_str("Content-Type: application/json\r\n");
+            if !given("content-type") {
+                head.push_str("Content-Type: application/json\r\n");
+            }
             head.push_str(&format!("Content-Length: {}\r\n", body.len()));
         }
         head.push_str("\r\n");

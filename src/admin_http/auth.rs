@@ -1,4 +1,5 @@
-//! Basic and bearer-token authentication, compared in constant time.
+//! Basic and bearer-token authentication of the API and metrics endpoints, compared in
+//! constant time.
 
 use std::sync::Arc;
 
@@ -10,10 +11,9 @@ use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use subtle::ConstantTimeEq;
 
-use super::ApiError;
-use crate::config::ApiConfig;
+use crate::config::BasicAuth;
 
-/// The credentials the API accepts; none configured means every request is let in
+/// The credentials an endpoint accepts; none configured means every request is let in
 /// (which configuration allows only on a loopback address, or with `insecure_public`).
 pub struct Auth {
     basic: Option<(Vec<u8>, Vec<u8>)>,
@@ -21,15 +21,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub fn from_config(config: &ApiConfig) -> Self {
+    pub fn new(basic: Option<&BasicAuth>, bearer: Option<&str>) -> Self {
         Auth {
-            basic: config.basic_auth.as_ref().map(|b| {
-                (
-                    b.login.clone().into_bytes(),
-                    b.password.clone().into_bytes(),
-                )
-            }),
-            bearer: config.bearer_token.as_ref().map(|t| t.clone().into_bytes()),
+            basic: basic.map(|b| (b.login.as_bytes().to_vec(), b.password.as_bytes().to_vec())),
+            bearer: bearer.map(|t| t.as_bytes().to_vec()),
         }
     }
 
@@ -37,17 +32,21 @@ impl Auth {
         self.basic.is_none() && self.bearer.is_none()
     }
 
-    /// Whether an `Authorization` header value carries accepted credentials.
+    /// Whether an `Authorization` header value carries accepted credentials. The scheme
+    /// is matched in any case, as RFC 7235 says.
     fn accepts(&self, header: &[u8]) -> bool {
-        if let (Some(token), Some(given)) = (&self.bearer, header.strip_prefix(b"Bearer ")) {
+        let Some(space) = header.iter().position(|&b| b == b' ') else {
+            return false;
+        };
+        let (scheme, given) = (&header[..space], header[space..].trim_ascii_start());
+        if let (Some(token), true) = (&self.bearer, scheme.eq_ignore_ascii_case(b"bearer")) {
             return bool::from(given.ct_eq(token));
         }
-        let (Some((login, password)), Some(encoded)) =
-            (&self.basic, header.strip_prefix(b"Basic "))
+        let (Some((login, password)), true) = (&self.basic, scheme.eq_ignore_ascii_case(b"basic"))
         else {
             return false;
         };
-        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(given) else {
             return false;
         };
         let Some(colon) = decoded.iter().position(|&b| b == b':') else {
@@ -79,7 +78,8 @@ pub async fn require(State(auth): State<Arc<Auth>>, request: Request, next: Next
     } else {
         "authentication required"
     };
-    let mut response = ApiError::new(StatusCode::UNAUTHORIZED, message).into_response();
+    let body = serde_json::json!({ "error": message, "field": null });
+    let mut response = (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
     let challenge = if auth.basic.is_some() {
         "Basic realm=\"sluice\", charset=\"UTF-8\""
     } else {
@@ -94,18 +94,13 @@ pub async fn require(State(auth): State<Arc<Auth>>, request: Request, next: Next
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BasicAuth;
 
     fn auth(basic: bool, bearer: bool) -> Auth {
-        let config = ApiConfig {
-            basic_auth: basic.then(|| BasicAuth {
-                login: "admin".into(),
-                password: "pa:ss".into(),
-            }),
-            bearer_token: bearer.then(|| "tok".into()),
-            ..ApiConfig::plain("127.0.0.1:0".parse().expect("address"))
+        let login = BasicAuth {
+            login: "admin".into(),
+            password: "pa:ss".into(),
         };
-        Auth::from_config(&config)
+        Auth::new(basic.then_some(&login), bearer.then_some("tok"))
     }
 
     fn basic(credentials: &str) -> Vec<u8> {
@@ -124,6 +119,11 @@ mod tests {
         assert!(a.accepts(b"Bearer tok"));
         assert!(!a.accepts(b"Bearer tok2"));
         assert!(!a.accepts(b"tok"));
+        // RFC 7235: the scheme is case-insensitive.
+        assert!(a.accepts(b"bearer tok"));
+        assert!(a.accepts(b"BEARER tok"));
+        let lower = basic("admin:pa:ss");
+        assert!(a.accepts(&[b"basic".as_slice(), &lower[5..]].concat()));
         let only_basic = auth(true, false);
         assert!(!only_basic.accepts(b"Bearer tok"));
         assert!(auth(false, false).open());
