@@ -91,7 +91,7 @@ fn round_trips(c: &mut Criterion) {
                 }
             })
         });
-        rt.block_on(runtime.shutdown(Duration::from_secs(5)));
+        rt.block_on(runtime.shutdown(Duration::from_secs(5), std::future::pending()));
     }
     group.finish();
 }

@@ -251,7 +251,12 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
         }
         let grace = runtime.config().await.shutdown_timeout;
         info!(grace = ?grace, "shutting down: no new connections; waiting for open ones");
-        if runtime.shutdown(grace).await {
+        let hurry = async {
+            while signals.next().await != Signal::Terminate {
+                info!("SIGHUP ignored: shutting down");
+            }
+        };
+        if runtime.shutdown(grace, hurry).await {
             info!("all connections finished; bye");
         }
         Ok(ExitCode::SUCCESS)
@@ -275,6 +280,7 @@ pub async fn start_api(
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(url = %format!("{scheme}://{addr}/"), dashboard = %format!("{scheme}://{addr}/ui"), "admin API listening");
     let state = ApiState {
+        allow_exec: config.allow_exec,
         control,
         started: std::time::SystemTime::now(),
     };

@@ -26,6 +26,8 @@ pub enum ControlError {
     Bind(#[from] BindError),
     #[error("the change is running, but the configuration file was not written: {0}")]
     Persist(String),
+    #[error("Sluice is shutting down: no more changes are applied")]
+    ShuttingDown,
 }
 
 /// Serialises changes and knows where the configuration lives.
@@ -53,9 +55,19 @@ impl Control {
         self.path.as_deref()
     }
 
+    /// A change accepted during the shutdown grace period would never take effect (a
+    /// new server would not accept): say so instead.
+    fn refuse_when_stopping(&self) -> Result<(), ControlError> {
+        if self.runtime.is_stopping() {
+            return Err(ControlError::ShuttingDown);
+        }
+        Ok(())
+    }
+
     /// Re-reads the configuration file and applies it.
     pub async fn reload(&self) -> Result<Vec<Change>, ControlError> {
         let _edit = self.edit.lock().await;
+        self.refuse_when_stopping()?;
         let path = self.path.as_deref().ok_or(ControlError::NoFile)?;
         info!(file = %path.display(), "reloading the configuration");
         let loaded = config::load(path).map_err(|errors| {
@@ -92,6 +104,7 @@ impl Control {
         edit: impl FnOnce(&mut Config) -> Result<T, E>,
     ) -> Result<Result<T, E>, ControlError> {
         let _edit = self.edit.lock().await;
+        self.refuse_when_stopping()?;
         let mut config = self.runtime.config().await;
         let value = match edit(&mut config) {
             Ok(value) => value,

@@ -63,7 +63,9 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         );
         while signals.next().await != Signal::Terminate {}
         println!("stopping the demo");
-        runtime.shutdown(Duration::from_secs(2)).await;
+        runtime
+            .shutdown(Duration::from_secs(2), std::future::pending())
+            .await;
         Ok(ExitCode::SUCCESS)
     })
 }

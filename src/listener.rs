@@ -4,7 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,21 +77,40 @@ pub fn bind_tcp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpL
     Ok(sockets)
 }
 
+/// What an accept loop does with its socket when told to stop.
+#[derive(Clone, Debug, Default)]
+pub struct OnStop(Arc<AtomicBool>);
+
+impl OnStop {
+    /// The socket is wanted by the server that replaces this one (same address): give it
+    /// back with its queue of not yet accepted connections intact.
+    pub fn hand_over(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    fn handing_over(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Accepts clients until `accept_stop` is cancelled, spawning one tracked task each on
-/// the current (worker) runtime.
+/// the current (worker) runtime. Then, unless `on_stop` asks for the socket back,
+/// accepts and serves what is already queued before closing it: closing a listening
+/// socket resets every connection in its queue.
 pub async fn accept_loop(
     listener: std::net::TcpListener,
     server: Arc<ServerShared>,
     accept_stop: CancellationToken,
+    on_stop: OnStop,
     tracker: TaskTracker,
     hard_stop: CancellationToken,
-) {
+) -> Option<std::net::TcpListener> {
     // Registered here, so the socket belongs to this worker's event loop.
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
             error!(server = %server.name, error = %e, "cannot register the listener");
-            return;
+            return None;
         }
     };
     loop {
@@ -112,7 +131,36 @@ pub async fn accept_loop(
             Err(e) => debug!(server = %server.name, error = %e, "accept failed"),
         }
     }
-    debug!(server = %server.name, "stopped accepting");
+    // Out of the event loop, still non-blocking: what is queued is taken at once.
+    let listener = match listener.into_std() {
+        Ok(listener) => listener,
+        Err(e) => {
+            error!(server = %server.name, error = %e, "cannot deregister the listener");
+            return None;
+        }
+    };
+    if on_stop.handing_over() {
+        debug!(server = %server.name, "stopped accepting; listener handed over");
+        return Some(listener);
+    }
+    let mut queued = 0usize;
+    // Bounded by the backlog: the kernel queues no more than that.
+    for _ in 0..=BACKLOG {
+        let Ok((stream, peer)) = listener.accept() else {
+            break;
+        };
+        // Unlike tokio's accept, std's leaves the new socket blocking.
+        let registered = stream
+            .set_nonblocking(true)
+            .and_then(|()| TcpStream::from_std(stream));
+        match registered {
+            Ok(stream) => admit(stream, peer, &server, &tracker, &hard_stop),
+            Err(e) => debug!(server = %server.name, error = %e, "cannot register a connection"),
+        }
+        queued += 1;
+    }
+    debug!(server = %server.name, queued, "stopped accepting; queued connections taken");
+    None
 }
 
 /// Applies access rules and the connection limit, then hands the connection to the proxy.

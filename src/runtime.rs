@@ -101,29 +101,44 @@ impl Runtime {
     /// Brings the running servers in line with `config` and returns what changed.
     ///
     /// New listeners are bound before any server is touched, so a bind failure leaves
-    /// the old configuration running as it was. The one exception is an address still
-    /// held by a server this change stops: it is bound right after that server lets go.
+    /// the old configuration running as it was. An address that a server this change
+    /// stops already listens on is not bound again: its sockets, with the connections
+    /// queued on them, are handed to the server that takes the address, so a moved or
+    /// swapped `bind` resets nothing. Every stop comes before every start, so two
+    /// servers may trade addresses in one change.
     pub async fn apply(&self, config: Config) -> Result<Vec<Change>, BindError> {
         let mut state = self.state.lock().await;
         let changes = reload::diff(&state.config, &config);
-        let mut sockets = bind_new_listeners(&state, &config, &changes, self.life.workers.len())?;
+        let workers = self.life.workers.len();
+        let (mut sockets, inherited) = bind_new_listeners(&state, &config, &changes, workers)?;
+        let mut handed_over = BTreeMap::new();
+        for change in &changes {
+            let (Change::Remove(name) | Change::Restart(name)) = change else {
+                continue;
+            };
+            if let Some(server) = state.servers.remove(name) {
+                let addr = server.local_addr();
+                let wanted = inherited.contains(&addr);
+                if let Some(listeners) = server.stop(wanted).await {
+                    handed_over.insert(addr, listeners);
+                }
+                info!(server = %name, "stopped accepting; its connections drain");
+            }
+        }
         for change in &changes {
             let name = change.server();
-            if let Change::Remove(_) | Change::Restart(_) = change {
-                if let Some(server) = state.servers.remove(name) {
-                    server.stop().await;
-                    info!(server = name, "stopped accepting; its connections drain");
-                }
-            }
             match change {
                 Change::Remove(_) => {}
                 Change::Add(_) | Change::Restart(_) => {
                     let cfg = config.servers[name].clone();
+                    let addr = cfg.bind;
                     let socket = match sockets.remove(name) {
                         Some(socket) => socket,
-                        None => bind(name, cfg.protocol, cfg.bind, self.life.workers.len())?,
+                        None => match handed_over.remove(&addr) {
+                            Some(socket) => socket,
+                            None => bind(name, cfg.protocol, addr, workers)?,
+                        },
                     };
-                    let addr = cfg.bind;
                     let server =
                         Server::start(name, cfg, socket, &self.life)
                             .await
@@ -190,22 +205,32 @@ impl Runtime {
         self.state.lock().await.config.clone()
     }
 
-    /// Stops accepting, lets connections finish for up to `grace`, then closes what
-    /// remains. Returns the number of connections that had to be closed... as `false`
-    /// when the grace period ran out.
-    pub async fn shutdown(&self, grace: Duration) -> bool {
+    /// Whether shutdown has begun: nothing new is accepted or applied.
+    pub fn is_stopping(&self) -> bool {
+        self.life.graceful.is_cancelled()
+    }
+
+    /// Stops accepting, lets connections finish for up to `grace` or until `hurry`
+    /// completes (a second SIGTERM), then closes what remains. Returns `false` when
+    /// connections had to be closed.
+    pub async fn shutdown(
+        &self,
+        grace: Duration,
+        hurry: impl std::future::Future<Output = ()>,
+    ) -> bool {
         self.life.graceful.cancel();
         self.life.tracker.close();
-        if tokio::time::timeout(grace, self.life.tracker.wait())
-            .await
-            .is_ok()
-        {
-            return true;
+        tokio::select! {
+            () = self.life.tracker.wait() => return true,
+            () = tokio::time::sleep(grace) => warn!(
+                remaining = self.life.tracker.len(),
+                "shutdown grace period over; closing the remaining connections"
+            ),
+            () = hurry => warn!(
+                remaining = self.life.tracker.len(),
+                "asked again to stop: closing the remaining connections now"
+            ),
         }
-        warn!(
-            remaining = self.life.tracker.len(),
-            "shutdown grace period over; closing the remaining connections"
-        );
         self.life.hard_stop.cancel();
         let _ = tokio::time::timeout(HARD_STOP_WAIT, self.life.tracker.wait()).await;
         false
@@ -225,33 +250,53 @@ fn bind(
     })
 }
 
-/// Binds the listeners that `changes` need. An address held by a server that the same
-/// change stops is left for later (see [`Runtime::apply`]).
+/// Binds the listeners that `changes` need, except where a TCP server this change stops
+/// listens on exactly the wanted address: those addresses are returned, to be taken over
+/// with their sockets (see [`Runtime::apply`]). Binding beside such a server would work
+/// (`SO_REUSEPORT`), but the kernel would keep queueing connections on the old socket
+/// until it closes, and closing resets them.
 fn bind_new_listeners(
     state: &State,
     config: &Config,
     changes: &[Change],
     workers: usize,
-) -> Result<BTreeMap<String, Listeners>, BindError> {
-    let outgoing: Vec<SocketAddr> = changes
+) -> Result<(BTreeMap<String, Listeners>, Vec<SocketAddr>), BindError> {
+    let outgoing: Vec<(Protocol, SocketAddr)> = changes
         .iter()
         .filter(|c| matches!(c, Change::Remove(_) | Change::Restart(_)))
-        .filter_map(|c| state.servers.get(c.server()).map(Server::local_addr))
+        .filter_map(|c| {
+            let server = state.servers.get(c.server())?;
+            let protocol = state.config.servers.get(c.server())?.protocol;
+            Some((protocol, server.local_addr()))
+        })
         .collect();
     let mut sockets = BTreeMap::new();
+    let mut inherited = Vec::new();
     for change in changes {
         let (Change::Add(name) | Change::Restart(name)) = change else {
             continue;
         };
         let server = &config.servers[name];
         let addr = server.bind;
+        let held_by_outgoing = |udp: bool| {
+            outgoing
+                .iter()
+                .any(|&(p, a)| a == addr && (p == Protocol::Udp) == udp)
+        };
+        if addr.port() != 0 && server.protocol != Protocol::Udp && held_by_outgoing(false) {
+            inherited.push(addr);
+            continue;
+        }
         match bind(name, server.protocol, addr, workers) {
             Ok(socket) => {
                 sockets.insert(name.clone(), socket);
             }
-            Err(e) if e.source.kind() == io::ErrorKind::AddrInUse && outgoing.contains(&addr) => {}
+            // Bound once the server holding it has stopped.
+            Err(e)
+                if e.source.kind() == io::ErrorKind::AddrInUse
+                    && outgoing.iter().any(|&(_, a)| a == addr) => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(sockets)
+    Ok((sockets, inherited))
 }

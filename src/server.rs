@@ -179,7 +179,10 @@ pub struct Server {
     backends: Arc<Backends>,
     /// The discovery runner and the configuration it runs, for a dynamic kind.
     discovery: Option<(DiscoveryConfig, CancellationToken)>,
-    accept_tasks: Vec<JoinHandle<()>>,
+    /// Whether the accept loops give their sockets back when they stop.
+    on_stop: listener::OnStop,
+    /// One per worker; a TCP loop ends with its socket when handing it over.
+    accept_tasks: Vec<JoinHandle<Option<std::net::TcpListener>>>,
 }
 
 impl Server {
@@ -228,6 +231,7 @@ impl Server {
             background,
             backends,
             discovery: None,
+            on_stop: listener::OnStop::default(),
             accept_tasks: Vec::new(),
         };
         server.start_discovery(&config.discovery);
@@ -253,6 +257,7 @@ impl Server {
                         socket,
                         shared,
                         stop.clone(),
+                        self.on_stop.clone(),
                         tracker.clone(),
                         hard_stop.clone(),
                     );
@@ -269,7 +274,10 @@ impl Server {
                         tracker.clone(),
                         hard_stop.clone(),
                     );
-                    self.spawn_on_worker(life, index, serve);
+                    self.spawn_on_worker(life, index, async move {
+                        serve.await;
+                        None
+                    });
                 }
             }
         }
@@ -280,7 +288,7 @@ impl Server {
         &mut self,
         life: &Lifecycle,
         index: usize,
-        task: impl std::future::Future<Output = ()> + Send + 'static,
+        task: impl std::future::Future<Output = Option<std::net::TcpListener>> + Send + 'static,
     ) {
         let task = life.tracker.track_future(task);
         self.accept_tasks
@@ -352,14 +360,23 @@ impl Server {
         self.start_discovery(&discovery);
     }
 
-    /// Stops accepting, checking and discovering, and returns once the listening socket
-    /// is closed; established connections finish on their own.
-    pub async fn stop(mut self) {
+    /// Stops accepting, checking and discovering; established connections finish on
+    /// their own. With `hand_over`, returns the listening sockets, their queues intact,
+    /// for the server that takes this one's address; otherwise the connections already
+    /// queued are accepted and served, and the sockets closed.
+    pub async fn stop(mut self, hand_over: bool) -> Option<Listeners> {
+        if hand_over {
+            self.on_stop.hand_over();
+        }
         self.accept_stop.cancel();
         self.background.cancel();
+        let mut sockets = Vec::new();
         for task in self.accept_tasks.drain(..) {
-            let _ = task.await;
+            if let Ok(Some(socket)) = task.await {
+                sockets.push(socket);
+            }
         }
+        (hand_over && !sockets.is_empty()).then_some(Listeners::Tcp(sockets))
     }
 }
 

@@ -198,7 +198,11 @@ async fn shutdown_lets_a_connection_finish_within_the_grace_period() {
     let started = Instant::now();
     let shutdown = {
         let lb = Arc::clone(&lb);
-        tokio::spawn(async move { lb.runtime.shutdown(Duration::from_secs(5)).await })
+        tokio::spawn(async move {
+            lb.runtime
+                .shutdown(Duration::from_secs(5), std::future::pending())
+                .await
+        })
     };
     eventually("new connections are refused", || refused(lb.addr)).await;
     still_echoes(&mut held).await;
@@ -220,7 +224,10 @@ async fn shutdown_closes_a_connection_that_outlives_the_grace_period() {
     let lb = Sluice::start(server(BalanceKind::RoundRobin, vec![a.spec()])).await;
     let (_, mut held) = hello(lb.addr, None).await;
     let started = Instant::now();
-    let clean = lb.runtime.shutdown(Duration::from_millis(300)).await;
+    let clean = lb
+        .runtime
+        .shutdown(Duration::from_millis(300), std::future::pending())
+        .await;
     assert!(!clean, "the grace period ran out");
     let took = started.elapsed();
     assert!(
@@ -244,7 +251,11 @@ async fn shutdown_grace_also_bounds_connections_still_connecting() {
     })
     .await;
     let started = Instant::now();
-    assert!(!lb.runtime.shutdown(Duration::from_millis(300)).await);
+    assert!(
+        !lb.runtime
+            .shutdown(Duration::from_millis(300), std::future::pending())
+            .await
+    );
     let took = started.elapsed();
     assert!(took < Duration::from_secs(2), "shutdown took {took:?}");
     assert_closed_without_data(&mut s, Duration::from_secs(1)).await;

@@ -576,9 +576,13 @@ async fn shutdown_does_not_wait_for_idle_sessions_to_expire() {
     assert_eq!(active(&lb).await, 1);
     // Sessions relay replies still on their way for a moment, then end: the shutdown
     // completes gracefully long before the grace period or the idle timeout.
-    let graceful = tokio::time::timeout(WAIT, lb.runtime.shutdown(Duration::from_secs(60)))
-        .await
-        .expect("shutdown within the bound");
+    let graceful = tokio::time::timeout(
+        WAIT,
+        lb.runtime
+            .shutdown(Duration::from_secs(60), std::future::pending()),
+    )
+    .await
+    .expect("shutdown within the bound");
     assert!(graceful);
     assert_eq!(active(&lb).await, 0);
 }

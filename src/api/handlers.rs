@@ -17,8 +17,9 @@ use tracing::info;
 
 use super::{views, ApiError, ApiState, OPENAPI};
 use crate::backend::{AdminState, Backend, BackendSpec};
+use crate::bounded_json;
 use crate::config::dump::{self, Secrets};
-use crate::config::{self, Config, ConfigErrors, DiscoveryConfig, ServerConfig};
+use crate::config::{self, Config, ConfigErrors, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
 use crate::reload::Change;
 
@@ -68,6 +69,7 @@ pub async fn create_server(
     body: Bytes,
 ) -> ApiResult<Json<Value>> {
     let server = parse_server(&name, &body, api.control.config_path())?;
+    no_new_programs(&api, &server, None)?;
     let view = dump::server_json(&server);
     edit(&api, |config| {
         bind_free(config, &name, &server)?;
@@ -93,11 +95,13 @@ pub async fn replace_server(
     // A body copied from `GET /servers/NAME` carries "<redacted>" where a secret was:
     // that means "unchanged", not a new password.
     let running = api.control.runtime().config().await;
-    let body = match running.servers.get(&name) {
+    let old = running.servers.get(&name);
+    let body = match old {
         Some(old) => restore_secrets(&body, &dump::server_value(old, Secrets::Keep))?,
         None => body.to_vec(),
     };
     let server = parse_server(&name, &body, api.control.config_path())?;
+    no_new_programs(&api, &server, old)?;
     let view = dump::server_json(&server);
     edit(&api, |config| {
         bind_free(config, &name, &server)?;
@@ -338,7 +342,7 @@ impl BackendOptions {
             }
             return Ok(BackendOptions::default());
         }
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
+        let value: Value = bounded_json::from_slice(body, usize::MAX).map_err(|e| {
             ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}"))
         })?;
         let Value::Object(fields) = value else {
@@ -492,6 +496,36 @@ fn restore_secrets(body: &[u8], old: &Value) -> ApiResult<Vec<u8>> {
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// 403 when `server` would run a program that `old` (the server it replaces) does not
+/// already run — `exec` discovery or an `exec` health check — unless `[api] allow_exec`.
+/// Anyone who can reach the API could otherwise run commands as Sluice's user.
+fn no_new_programs(
+    api: &ApiState,
+    server: &ServerConfig,
+    old: Option<&ServerConfig>,
+) -> ApiResult<()> {
+    if api.allow_exec {
+        return Ok(());
+    }
+    let refuse = |field: &str| {
+        let message = "servers that run programs (exec discovery, exec health checks) are \
+                       configured in the file, not through the API, unless [api] allow_exec \
+                       = true";
+        Err(ApiError::field(StatusCode::FORBIDDEN, field, message))
+    };
+    let new_discovery = matches!(server.discovery, DiscoveryConfig::Exec { .. })
+        && old.is_none_or(|old| old.discovery != server.discovery);
+    if new_discovery {
+        return refuse("discovery.kind");
+    }
+    let new_check = matches!(server.healthcheck.kind, HealthKind::Exec(_))
+        && old.is_none_or(|old| old.healthcheck.kind != server.healthcheck.kind);
+    if new_check {
+        return refuse("healthcheck.kind");
+    }
+    Ok(())
+}
+
 /// 409 when another server listens on the same port of the same or a wildcard address
 /// (port 0, "any free port", never clashes).
 fn bind_free(config: &Config, name: &str, server: &ServerConfig) -> ApiResult<()> {
@@ -600,6 +634,7 @@ fn control_error(e: ControlError) -> ApiError {
             }
             error
         }
+        ControlError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         ControlError::Bind(_) | ControlError::Persist(_) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }

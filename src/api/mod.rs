@@ -29,6 +29,8 @@ use crate::control::Control;
 pub struct ApiState {
     pub control: Arc<Control>,
     pub started: SystemTime,
+    /// `[api] allow_exec`: requests may add programs for Sluice to run.
+    pub allow_exec: bool,
 }
 
 /// The OpenAPI 3 description of every route, served at `/openapi.json`.
