@@ -144,7 +144,7 @@ fn load_or_report(path: &Path) -> Option<config::Loaded> {
     match config::load(path) {
         Ok(loaded) => Some(loaded),
         Err(errors) => {
-            eprintln!("{errors}");
+            write_err(&format!("{errors}\n"));
             None
         }
     }
@@ -154,12 +154,25 @@ fn check(path: &Path) -> ExitCode {
     let Some(loaded) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
-    for warning in &loaded.warnings {
-        eprintln!("{warning}");
-    }
-    print!("{}", summary(&loaded.config));
-    println!("{}: OK", path.display());
+    let warnings: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
+    write_err(&warnings);
+    let report = format!("{}{}: OK\n", summary(&loaded.config), path.display());
+    write_out(&report);
     ExitCode::SUCCESS
+}
+
+/// Writes to standard output; a reader that went away (`sluice check | head -1`) is
+/// not an error worth more than stopping to write.
+fn write_out(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
+/// As [`write_out`], to standard error.
+fn write_err(text: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(text.as_bytes());
 }
 
 /// A few lines per server: what it listens on and where it sends traffic.

@@ -128,29 +128,32 @@ impl Control {
 
 /// Writes `text` beside `path` and renames it over `path`: a reader (or a crash) sees the
 /// old file or the new one, never half of one.
+///
+/// The temporary file has an unpredictable name, is created exclusively (never through
+/// a link someone planted) and readable by the owner only until it takes the old file's
+/// permissions. A `path` that is a symbolic link is followed, so the link stays a link
+/// and its target is what changes.
 fn write_atomically(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let target = match std::fs::canonicalize(path) {
+        Ok(target) => target,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) => return Err(e),
+    };
+    let dir = target.parent().filter(|d| !d.as_os_str().is_empty());
     let dir = dir.unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let temp = dir.join(format!(
-        ".{}.{}.tmp",
-        name.unwrap_or_else(|| "sluice".into()),
-        std::process::id()
-    ));
-    let written = (|| {
-        let mut file = std::fs::File::create(&temp)?;
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        if let Ok(meta) = std::fs::metadata(path) {
-            std::fs::set_permissions(&temp, meta.permissions())?;
-        }
-        std::fs::rename(&temp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&temp);
+    let name = target.file_name().map(|n| n.to_string_lossy().into_owned());
+    let mut file = tempfile::Builder::new()
+        .prefix(&format!(".{}.", name.unwrap_or_else(|| "sluice".into())))
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    if let Ok(meta) = std::fs::metadata(&target) {
+        file.as_file().set_permissions(meta.permissions())?;
     }
-    written
+    file.write_all(text.as_bytes())?;
+    file.as_file().sync_all()?;
+    file.persist(&target).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -169,5 +172,33 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, vec![std::ffi::OsString::from("sluice.toml")]);
+    }
+
+    #[test]
+    fn atomic_write_keeps_the_mode_follows_a_link_and_ignores_planted_files() {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let dir = tempfile::tempdir().expect("temp dir");
+        let real = dir.path().join("real.toml");
+        std::fs::write(&real, "old").expect("write");
+        std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o640)).expect("chmod");
+        let link = dir.path().join("sluice.toml");
+        symlink(&real, &link).expect("symlink");
+        // What the old, predictable temporary name would have written through.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "untouched").expect("write");
+        let planted = dir
+            .path()
+            .join(format!(".real.toml.{}.tmp", std::process::id()));
+        symlink(&victim, &planted).expect("symlink");
+
+        write_atomically(&link, "new").expect("atomic write");
+        assert!(std::fs::symlink_metadata(&link)
+            .expect("link")
+            .file_type()
+            .is_symlink());
+        assert_eq!(std::fs::read_to_string(&real).expect("read"), "new");
+        let mode = std::fs::metadata(&real).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o640);
+        assert_eq!(std::fs::read_to_string(&victim).expect("read"), "untouched");
     }
 }

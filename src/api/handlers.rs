@@ -467,12 +467,17 @@ async fn backend_view(api: &ApiState, name: &str, key: &str) -> ApiResult<Json<V
     Ok(Json(views::backend(backend)))
 }
 
-/// `body` with every `"<redacted>"` string replaced by the value at the same place in
-/// `old`; a body that is not JSON is passed through for the parser to report.
+/// `body` with every `"<redacted>"` string, and every URL redacted as the dump redacts
+/// it, replaced by the value at the same place in `old`; a body that is not JSON is passed through for the parser to report.
 fn restore_secrets(body: &[u8], old: &Value) -> ApiResult<Vec<u8>> {
     fn walk(new: &mut Value, old: &Value) {
         match (new, old) {
-            (Value::String(s), Value::String(o)) if s == dump::REDACTED => s.clone_from(o),
+            (Value::String(s), Value::String(o))
+                if s == dump::REDACTED
+                    || (s.contains(dump::REDACTED) && *s == dump::url(o, Secrets::Redact)) =>
+            {
+                s.clone_from(o)
+            }
             (Value::Object(n), Value::Object(o)) => {
                 for (key, value) in n.iter_mut() {
                     if let Some(old) = o.get(key) {

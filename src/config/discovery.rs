@@ -912,7 +912,7 @@ impl DiscoveryConfig {
             }
             DiscoveryConfig::Json { params, .. } => {
                 let mut own = json!({
-                    "json_endpoint": params.endpoint,
+                    "json_endpoint": super::dump::url(&params.endpoint, secrets),
                     "json_host_pattern": params.host_pattern,
                     "json_port_pattern": params.port_pattern,
                     "json_weight_pattern": params.weight_pattern,
@@ -932,7 +932,8 @@ impl DiscoveryConfig {
                 own
             }
             DiscoveryConfig::Plaintext { params, .. } => {
-                let mut own = json!({ "plaintext_endpoint": params.endpoint });
+                let endpoint = super::dump::url(&params.endpoint, secrets);
+                let mut own = json!({ "plaintext_endpoint": endpoint });
                 if let Value::Object(map) = &mut own {
                     if let Some(pattern) = &params.pattern {
                         map.insert("plaintext_regex_pattern".into(), pattern.clone().into());
@@ -974,7 +975,9 @@ impl DiscoveryConfig {
             }
             DiscoveryConfig::Etcd { params, .. } => {
                 let mut own = json!({
-                    "etcd_endpoints": params.endpoints,
+                    "etcd_endpoints": params.endpoints.iter()
+                        .map(|e| super::dump::url(e, secrets))
+                        .collect::<Vec<_>>(),
                     "etcd_prefix": params.prefix,
                 });
                 if let Value::Object(map) = &mut own {
@@ -991,7 +994,7 @@ impl DiscoveryConfig {
             }
             DiscoveryConfig::Docker { params, .. } => {
                 let mut own = json!({
-                    "docker_endpoint": params.endpoint,
+                    "docker_endpoint": super::dump::url(&params.endpoint, secrets),
                     "docker_container_private_port": params.container_private_port,
                 });
                 if let Value::Object(map) = &mut own {

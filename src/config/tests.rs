@@ -663,3 +663,33 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
         .unwrap_or_else(|e| panic!("dump should load:\n{e}"));
     assert_eq!(elsewhere.config, config);
 }
+
+#[test]
+fn server_names_that_could_pass_for_something_else_are_refused() {
+    let named = |name: &str| {
+        format!(
+            "{{\"servers\": {{{}: {{\"bind\": \"127.0.0.1:3000\", \"discovery\": {{\"kind\": \"static\", \"static_list\": [\"127.0.0.1:1\"]}}}}}}}}",
+            serde_json::to_string(name).expect("quoted")
+        )
+    };
+    let fails = |name: &str, message: &str| {
+        let got = match parse(&named(name), Path::new("t.json")) {
+            Ok(_) => panic!("{name:?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(message), "{name:?}: {got}");
+    };
+    fails(
+        "a\u{0}b",
+        "control or invisible formatting characters (found U+0000)",
+    );
+    fails("tab\there", "(found U+0009)");
+    fails("evil\u{202e}txt", "(found U+202E)");
+    fails("../etc", "must not contain / or \\");
+    fails("..", "nor be . or ..");
+    fails(&"x".repeat(129), "at most 128 bytes");
+    fails("", "must not be empty");
+    for good in ["web", "my app", "db-1.eu_west", "café"] {
+        assert!(parse(&named(good), Path::new("t.json")).is_ok(), "{good:?}");
+    }
+}
