@@ -8,6 +8,7 @@ mod dashboard;
 mod discovery;
 mod discovery_sources;
 mod failover;
+mod hardening;
 mod health;
 mod health_servers;
 mod lifecycle;

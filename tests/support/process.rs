@@ -57,12 +57,36 @@ pub struct SluiceProcess {
 impl SluiceProcess {
     /// Writes `toml` to a file, starts Sluice on it and waits until `addr` accepts.
     pub async fn start(toml: &str, addr: SocketAddr) -> SluiceProcess {
+        Self::start_file("sluice.toml", toml, addr, None).await
+    }
+
+    /// Writes `text` to `file_name` (its extension picks TOML or JSON), starts Sluice on
+    /// it, with at most `descriptors` open files when given, and waits until `addr`
+    /// accepts.
+    pub async fn start_file(
+        file_name: &str,
+        text: &str,
+        addr: SocketAddr,
+        descriptors: Option<u64>,
+    ) -> SluiceProcess {
         let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("sluice.toml");
-        std::fs::write(&config, toml).expect("write config");
+        let config = dir.path().join(file_name);
+        std::fs::write(&config, text).expect("write config");
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
+        // The limit is set by the shell that then becomes Sluice: `ulimit -n` sets both
+        // the soft and the hard limit, so Sluice cannot raise it.
+        let mut command = match descriptors {
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(BIN);
+                sh
+            }
+            None => Command::new(BIN),
+        };
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(&config)
