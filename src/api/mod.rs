@@ -3,6 +3,7 @@
 //! redacted — plus backends as resources, `POST /reload`, an OpenAPI description and the
 //! dashboard (`/ui`). Every change goes through [`Control`], as reloads do.
 
+pub mod decode;
 mod handlers;
 mod ui;
 mod views;

@@ -1,0 +1,21 @@
+//! JSON configuration files from arbitrary bytes: loading must never panic or overflow
+//! the stack, whatever the nesting, and what loads must dump and load back the same.
+
+#![no_main]
+
+use std::path::Path;
+
+use libfuzzer_sys::fuzz_target;
+use sluice::config::dump::{self, Secrets};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(loaded) = sluice::config::parse(text, Path::new("fuzz.json")) {
+        let again = dump::to_json(&loaded.config, Secrets::Keep).to_string();
+        let reloaded = sluice::config::parse(&again, Path::new("dump.json"))
+            .unwrap_or_else(|e| panic!("a dump does not load back:\n{e}\n{again}"));
+        assert_eq!(reloaded.config, loaded.config, "{again}");
+    }
+});
