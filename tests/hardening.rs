@@ -80,9 +80,13 @@ async fn wait_listening(addr: SocketAddr) {
     .await;
 }
 
-/// One message through `addr` to an echo backend and back.
+/// One message through a new connection to `addr`, to an echo backend and back.
 async fn echo_round_trip(addr: SocketAddr) {
-    let mut stream = connect_from(addr, None).await;
+    round_trip(&mut connect_from(addr, None).await).await;
+}
+
+/// One message through `stream`, to an echo backend and back.
+async fn round_trip(stream: &mut TcpStream) {
     stream.write_all(b"round trip").await.expect("write");
     let mut echoed = [0u8; 10];
     tokio::time::timeout(WAIT, stream.read_exact(&mut echoed))
@@ -476,13 +480,7 @@ async fn servers_swapping_ports_on_every_reload_reset_nothing() {
     );
     assert!(served > 100, "only {served} probes served");
     assert_eq!(failed, 0, "{failed} of {} probes failed", served + failed);
-    held.write_all(b"round trip").await.expect("write");
-    let mut echoed = [0u8; 10];
-    tokio::time::timeout(WAIT, held.read_exact(&mut echoed))
-        .await
-        .expect("echo in time")
-        .expect("echo");
-    assert_eq!(&echoed, b"round trip");
+    round_trip(&mut held).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -506,13 +504,7 @@ async fn shutdown_refuses_changes_and_a_second_signal_stops_at_once() {
     let response = request(api, "POST", "/reload", &[], None).await;
     assert_refused(&response, 503, "shutting down");
     // The open connection still relays during the grace period.
-    held.write_all(b"round trip").await.expect("write");
-    let mut echoed = [0u8; 10];
-    tokio::time::timeout(WAIT, held.read_exact(&mut echoed))
-        .await
-        .expect("echo in time")
-        .expect("echo");
-    assert_eq!(&echoed, b"round trip");
+    round_trip(&mut held).await;
 
     sluice.signal("TERM");
     let status = sluice.exit(Duration::from_secs(8)).await;
