@@ -13,11 +13,14 @@ use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use sluice::backend::Backend;
 use sluice::balance::BalanceKind;
 use sluice::config::{HealthConfig, HealthKind, InitialStatus, UdpSettings};
+use sluice::descriptors::DescriptorBudget;
+use sluice::proxy::udp::UdpDrop;
+use sluice::server::ServerShared;
 use tokio::net::UdpSocket;
 
 use super::{limits, udp_server};
 use crate::support::servers::Dnsmasq;
-use crate::support::udp::{client, UdpBackend, UdpStreamer};
+use crate::support::udp::{client, receive, Reply, UdpBackend, UdpStreamer};
 use crate::support::{eventually, spec_of, Sluice, WAIT};
 
 /// A UDP port nothing listens on (bound, then released): datagrams sent there are
@@ -246,4 +249,117 @@ async fn without_an_active_check_each_refusal_is_counted_and_ends_its_session() 
     assert_eq!(connect_failures(&dead), u64::from(QUERIES / 2));
     assert!(dead.is_healthy(), "no active check: passive marking is off");
     assert!(streamer.finish().await.expect("the stream kept flowing") > 0);
+}
+
+#[tokio::test]
+async fn with_descriptors_used_up_by_unanswered_sessions_new_clients_are_still_answered() {
+    // A budget of its own, so other tests in this process keep the process's. One-shot
+    // clients of a backend that never answers take every descriptor; new clients of a
+    // live backend still get in, each taking the descriptor of the oldest unanswered
+    // session. Sessions that had a reply are never evicted: once they hold the whole
+    // budget, a new client is dropped and counted.
+    const BUDGET: usize = 32;
+    const FILLERS: usize = 3 * BUDGET;
+    const NEWCOMERS: usize = 10;
+    let silent = UdpBackend::start("silent", "127.0.0.1:0", 0).await;
+    let live = UdpBackend::named("live").await;
+    // Server `test` keeps its sessions (no max_responses): every one of them answered.
+    let mut config = crate::support::config(udp_server(
+        BalanceKind::RoundRobin,
+        vec![live.spec()],
+        limits(None, None),
+    ));
+    let mut quiet = udp_server(
+        BalanceKind::RoundRobin,
+        vec![silent.spec()],
+        limits(None, Some(1)),
+    );
+    // Left alone, its sessions would last the default 60 s.
+    quiet.client_idle_timeout = None;
+    config.servers.insert("silent".to_owned(), quiet);
+    let budget = DescriptorBudget::new(BUDGET);
+    let lb = Sluice::start_with_budget(config, Arc::clone(&budget)).await;
+    let silent_addr = lb.runtime.local_addrs().await["silent"];
+    let test = lb.shared().await;
+    let quiet = lb.runtime.server("silent").await.expect("server silent");
+    // The stream's session is answered at once, so it is never a candidate.
+    let streamer = UdpStreamer::start(lb.addr, 11, Duration::from_millis(2)).await;
+    eventually("the stream flows", || async { streamer.verified() > 0 }).await;
+
+    // Each filler from its own port; none is refused for want of a descriptor.
+    let mut fillers = Vec::with_capacity(FILLERS);
+    for i in 0..FILLERS {
+        let socket = client("127.0.0.1:0").await;
+        socket
+            .send_to(format!("filler {i}").as_bytes(), silent_addr)
+            .await
+            .expect("send");
+        fillers.push(socket);
+    }
+    eventually(
+        "every filler's datagram reached the silent backend",
+        || async { silent.received() == FILLERS },
+    )
+    .await;
+    let evicted = |shared: &ServerShared| shared.stats.udp.sessions_evicted.load(Ordering::SeqCst);
+    let active = |shared: &ServerShared| shared.stats.active.load(Ordering::SeqCst);
+    eventually("the oldest fillers evicted", || async {
+        evicted(&quiet) == (FILLERS - (BUDGET - 1)) as u64
+    })
+    .await;
+    assert_eq!(quiet.stats.udp.dropped(UdpDrop::NoDescriptor), 0);
+    assert_eq!(budget.in_use(), BUDGET);
+    assert_eq!(active(&quiet), (BUDGET - 1) as u64);
+
+    // New clients of the live backend: each answered at its first datagram.
+    let mut newcomers = Vec::new();
+    for i in 0..NEWCOMERS {
+        let socket = client("127.0.0.1:0").await;
+        let payload = format!("newcomer {i}");
+        socket
+            .send_to(payload.as_bytes(), lb.addr)
+            .await
+            .expect("send");
+        let reply = receive(&socket, WAIT).await.expect("answered at once");
+        assert_eq!(Reply::parse(&reply).echoed, payload.as_bytes());
+        newcomers.push(socket);
+    }
+    eventually("one filler evicted per newcomer", || async {
+        evicted(&quiet) == (FILLERS - (BUDGET - 1) + NEWCOMERS) as u64
+    })
+    .await;
+    assert_eq!(active(&quiet), (BUDGET - 1 - NEWCOMERS) as u64);
+    assert_eq!(active(&test), (1 + NEWCOMERS) as u64);
+
+    // More newcomers until answered sessions hold the whole budget.
+    for i in NEWCOMERS..BUDGET - 1 {
+        let socket = client("127.0.0.1:0").await;
+        let reply = crate::support::udp::ask(&socket, lb.addr, format!("{i}").as_bytes(), 1)
+            .await
+            .expect("answered");
+        assert_eq!(reply.backend, "live");
+        newcomers.push(socket);
+    }
+    eventually("the silent server's sessions all evicted", || async {
+        active(&quiet) == 0
+    })
+    .await;
+    assert_eq!(active(&test), BUDGET as u64);
+    let late = client("127.0.0.1:0").await;
+    late.send_to(b"no room", lb.addr).await.expect("send");
+    eventually(
+        "the late client dropped for want of a descriptor",
+        || async { test.stats.udp.dropped(UdpDrop::NoDescriptor) == 1 },
+    )
+    .await;
+    let mut buf = [0u8; 64];
+    assert!(late.try_recv(&mut buf).is_err(), "no session, no reply");
+    assert_eq!(evicted(&test), 0, "answered sessions are never evicted");
+    assert_eq!(budget.in_use(), BUDGET);
+    let verified = streamer
+        .finish()
+        .await
+        .expect("the stream kept its session");
+    assert!(verified > 0);
+    drop(fillers);
 }

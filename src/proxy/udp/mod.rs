@@ -12,15 +12,18 @@
 //! Nothing here waits on a full socket: a datagram that cannot be sent at once is
 //! dropped and counted (UDP would lose it anyway, and waiting would stall every other
 //! client of the worker). Sessions are bounded by `max_connections` and by the process's
-//! descriptor budget (see [`crate::descriptors`]); an idle session is freed by its own
-//! timer, which costs nothing per datagram.
+//! descriptor budget (see [`crate::descriptors`]); when the budget is used up, the oldest
+//! session whose backend never answered gives its descriptor to the new one (see
+//! [`evict`] for why and at what cost). An idle session is freed by its own timer, which
+//! costs nothing per datagram; one whose backend reports its port unreachable ends at
+//! once (see [`session`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
@@ -31,12 +34,15 @@ use tracing::{debug, error};
 
 use super::CloseReason;
 use crate::config::ServerConfig;
+use crate::descriptors::{DescriptorBudget, Reclaim};
 use crate::server::ServerShared;
 
+mod evict;
 mod session;
 mod socket;
 mod stats;
 
+use evict::Unanswered;
 use session::{Ending, Session};
 pub use socket::bind;
 use socket::send;
@@ -85,6 +91,11 @@ struct Front {
     /// Unconnected sockets for fire-and-forget datagrams, one per address family,
     /// opened on first use.
     loose: [OnceLock<UdpSocket>; 2],
+    /// Where sessions take their descriptors from.
+    budget: Arc<DescriptorBudget>,
+    /// Its sessions that may not have had a reply yet, asked for a descriptor when the
+    /// budget runs out (see [`evict`]).
+    unanswered: Arc<Unanswered>,
 }
 
 /// A session's client, and the local address it sent to on a wildcard bind.
@@ -98,6 +109,7 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
     hard_stop: CancellationToken,
+    budget: Arc<DescriptorBudget>,
 ) {
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
@@ -117,7 +129,11 @@ pub async fn serve(
         stopping: stop.clone(),
         hard_stop,
         loose: [OnceLock::new(), OnceLock::new()],
+        budget,
+        unanswered: Arc::new(Unanswered::new()),
     });
+    let holder = Arc::downgrade(&front.unanswered);
+    front.budget.register(holder as Weak<dyn Reclaim>);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,

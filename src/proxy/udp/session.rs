@@ -6,12 +6,15 @@
 //! unreachable" on a connected UDP socket raises `EPOLLERR` without `EPOLLIN`, so a
 //! task waiting for readability alone would sleep through it until the session's
 //! timeout, holding its descriptor and hiding the dead backend from passive health.
+//!
+//! A session keeps its descriptor in itself rather than in its reply task, so that when
+//! the budget runs out one that never had a reply can hand it over (see [`super::evict`]).
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::Interest;
@@ -46,6 +49,8 @@ pub(super) struct Session {
     /// Why the session must end now ([`Ending`] as a number, 0 while none): the first
     /// reason given wins.
     ending: AtomicU8,
+    /// Set at its first reply: from then on it is never evicted.
+    answered: AtomicBool,
     /// Wakes the reply task when the session is closed or must end.
     changed: Notify,
     /// Milliseconds since `started` of the last datagram each way.
@@ -54,6 +59,9 @@ pub(super) struct Session {
     started: Instant,
     pub(super) bytes_to_backend: AtomicU64,
     bytes_to_client: AtomicU64,
+    /// Its share of the descriptor budget, until the session ends or gives it to a new
+    /// one. Locked once at each, never per datagram.
+    descriptor: Mutex<Option<SessionDescriptor>>,
 }
 
 /// Why a session ends before its limits or its timeout say so.
@@ -65,6 +73,9 @@ pub(super) enum Ending {
     /// Its backend failed its health check; the client's next datagram opens a session
     /// on a live one.
     BackendDown = 2,
+    /// Its backend never answered, and its descriptor went to a new session when the
+    /// budget was used up.
+    Evicted = 3,
 }
 
 impl Ending {
@@ -72,6 +83,7 @@ impl Ending {
         match n {
             1 => Some(Ending::Unreachable),
             2 => Some(Ending::BackendDown),
+            3 => Some(Ending::Evicted),
             _ => None,
         }
     }
@@ -80,6 +92,7 @@ impl Ending {
         match self {
             Ending::Unreachable => CloseReason::BackendError,
             Ending::BackendDown => CloseReason::BackendDown,
+            Ending::Evicted => CloseReason::Evicted,
         }
     }
 }
@@ -118,6 +131,22 @@ impl Session {
     fn ending(&self) -> Option<Ending> {
         Ending::from_u8(self.ending.load(Ordering::Acquire))
     }
+
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether it may be evicted: it has never had a reply and is not already ending.
+    pub(super) fn evictable(&self) -> bool {
+        !self.answered.load(Ordering::Acquire) && self.ending().is_none()
+    }
+
+    /// Ends the session and hands over its descriptor, if it still has it.
+    pub(super) fn evict(&self) -> Option<SessionDescriptor> {
+        let descriptor = lock(&self.descriptor).take()?;
+        self.end(Ending::Evicted);
+        Some(descriptor)
+    }
 }
 
 /// Opens a session for `client`: a slot under `max_connections`, a descriptor from the
@@ -131,7 +160,12 @@ pub(super) fn open(
     let server = &front.server;
     let slot = ActiveSlot::acquire(server, settings.max_connections)
         .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
-    let descriptor = SessionDescriptor::take().ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
+    // With the budget used up, the oldest session that never had a reply gives up its
+    // descriptor (see `evict`); only when none can is the datagram dropped.
+    let descriptor = front
+        .budget
+        .take_or_reclaim()
+        .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
     let pool = server.pool.load();
     let Some(guard) = pool.pick(client.ip(), &[]) else {
         server.note_no_backend();
@@ -164,18 +198,20 @@ pub(super) fn open(
         requests: AtomicU32::new(0),
         closed: AtomicBool::new(false),
         ending: AtomicU8::new(0),
+        answered: AtomicBool::new(false),
         changed: Notify::new(),
         last_from_client: AtomicU64::new(0),
         last_from_backend: AtomicU64::new(0),
         started: Instant::now(),
         bytes_to_backend: AtomicU64::new(0),
         bytes_to_client: AtomicU64::new(0),
+        descriptor: Mutex::new(Some(descriptor)),
     });
     lock(&front.sessions).insert((client, local), Arc::clone(&session));
+    front.unanswered.push(&session);
     let held = Held {
         _guard: guard,
         _slot: slot,
-        _descriptor: descriptor,
     };
     front.tracker.spawn(relay_replies(
         Arc::clone(front),
@@ -188,12 +224,11 @@ pub(super) fn open(
     Ok(session)
 }
 
-/// What a session holds until it ends: its backend's count, its server slot and its
-/// descriptor.
+/// What a session's reply task holds until it ends: its backend's count and its server
+/// slot.
 struct Held {
     _guard: ConnGuard,
     _slot: ActiveSlot,
-    _descriptor: SessionDescriptor,
 }
 
 /// Relays backend datagrams to the client until the session ends, then logs it.
@@ -289,10 +324,17 @@ async fn relay_replies(
         CloseReason::DrainDeadline if front.hard_stop.is_cancelled() => CloseReason::Shutdown,
         reason => reason,
     };
-    // Counted whichever side saw the ICMP report first: this task, or a send.
-    if session.ending() == Some(Ending::Unreachable) {
-        let settings = front.server.settings.load();
-        note_refused(&session.backend, &front.server, &settings);
+    match session.ending() {
+        // Counted whichever side saw the ICMP report first: this task, or a send.
+        Some(Ending::Unreachable) => {
+            let settings = front.server.settings.load();
+            note_refused(&session.backend, &front.server, &settings);
+        }
+        Some(Ending::Evicted) => {
+            let udp = &front.server.stats.udp;
+            udp.sessions_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Ending::BackendDown) | None => {}
     }
     session
         .backend
@@ -302,6 +344,7 @@ async fn relay_replies(
         .observe(session.started.elapsed());
     // The socket itself closes when the last reference to the session goes, at the
     // latest when this task returns.
+    drop(lock(&session.descriptor).take());
     drop(held);
     info!(
         target: "sluice::access",
@@ -374,8 +417,9 @@ fn relay_batch(
 }
 
 /// A reply proves the backend reachable, as a TCP connect that succeeds does: its run
-/// of failed connects is over.
+/// of failed connects is over. The session is no longer one to evict.
 fn first_reply(session: &Session) {
+    session.answered.store(true, Ordering::Release);
     let in_a_row = &session.backend.state.consecutive_connect_failures;
     // Read first: most backends have no run to reset, and a write would take the
     // counter's cache line from every other worker.
@@ -402,4 +446,39 @@ fn note_refused(backend: &Backend, server: &ServerShared, settings: &ServerConfi
     let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
     let passive_fails = tcp::passive_fails(settings);
     tcp::record_connect_failure(&server.name, backend, passive_fails, &e);
+}
+
+#[cfg(test)]
+impl Session {
+    /// A session towards `target` holding `descriptor`, as [`open`] makes one, without a
+    /// listening side or a reply task.
+    pub(super) fn detached(target: SocketAddr, descriptor: SessionDescriptor) -> Arc<Session> {
+        let backend = crate::backend::BackendSpec::new(target.ip().to_string(), target.port());
+        Arc::new(Session {
+            client: target,
+            local: None,
+            backend: Arc::new(Backend::new(backend, true)),
+            upstream: connect(target).expect("a socket"),
+            requests: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+            ending: AtomicU8::new(0),
+            answered: AtomicBool::new(false),
+            changed: Notify::new(),
+            last_from_client: AtomicU64::new(0),
+            last_from_backend: AtomicU64::new(0),
+            started: Instant::now(),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            descriptor: Mutex::new(Some(descriptor)),
+        })
+    }
+
+    /// What its first reply does to it.
+    pub(super) fn answer(&self) {
+        first_reply(self);
+    }
+
+    pub(super) fn evicted(&self) -> bool {
+        self.ending() == Some(Ending::Evicted) && !self.takes_requests()
+    }
 }
