@@ -23,6 +23,7 @@ use crate::support::udp::{ask, client, receive, Reply, UdpBackend};
 use crate::support::{eventually, server, Sluice, WAIT};
 
 mod failures;
+mod process;
 
 /// A UDP server on 127.0.0.1:0 in front of `backends`.
 fn udp_server(balance: BalanceKind, backends: Vec<BackendSpec>, udp: UdpConfig) -> ServerConfig {

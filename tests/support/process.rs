@@ -57,12 +57,28 @@ pub struct SluiceProcess {
 impl SluiceProcess {
     /// Writes `toml` to a file, starts Sluice on it and waits until `addr` accepts.
     pub async fn start(toml: &str, addr: SocketAddr) -> SluiceProcess {
+        Self::start_limited(toml, addr, None).await
+    }
+
+    /// Like [`SluiceProcess::start`], under a descriptor limit of `nofile` (soft and
+    /// hard, so Sluice cannot raise it) when given.
+    pub async fn start_limited(toml: &str, addr: SocketAddr, nofile: Option<u64>) -> SluiceProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("sluice.toml");
         std::fs::write(&config, toml).expect("write config");
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(BIN)
+        let mut command = match nofile {
+            None => Command::new(BIN),
+            Some(limit) => {
+                let mut sh = Command::new("sh");
+                sh.args(["-c", "ulimit -n \"$0\" && exec \"$@\""])
+                    .arg(limit.to_string())
+                    .arg(BIN);
+                sh
+            }
+        };
+        let child = command
             .arg("run")
             .arg("-c")
             .arg(&config)
