@@ -258,3 +258,61 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
     );
     drop(fillers);
 }
+
+#[tokio::test]
+async fn the_issue_s_quick_mode_command_ends_each_refused_session_at_once() {
+    // `sluice udp … --max-responses 1` has no health check, so passive health is off
+    // and round robin keeps sending every other new session to the dead backend: that
+    // query is lost (dig would ask again after its timeout), but its session ends as
+    // the ICMP report arrives, logged as backend_error, instead of after 60 s.
+    const QUERIES: usize = 6;
+    let dns = Dnsmasq::start(&["--host-record=gamma.sluice.test,192.0.2.12".to_owned()]).await;
+    let dead = dead_udp_port();
+    let listen = local(free_port());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("sluice.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
+    let _sluice = Command::new(crate::support::process::BIN)
+        .args(["udp", "--listen", &listen.to_string()])
+        .args(["--targets", &format!("{},{dead}", dns.addr)])
+        .args(["--max-responses", "1", "--threads", "2"])
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice udp");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    eventually("sluice listens", || async { log().contains("listening") }).await;
+    let refusals = || log().matches("reason=\"backend_error\"").count();
+    let (mut answered, mut lost) = (0, 0);
+    for i in 0..QUERIES {
+        let before = refusals();
+        let query = dig(listen, "gamma.sluice.test");
+        let refused = async {
+            while refusals() == before {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::select! {
+            printed = answer(query) => {
+                assert_eq!(printed, "192.0.2.12", "query {i}");
+                answered += 1;
+            }
+            () = refused => lost += 1,
+        }
+    }
+    assert_eq!((answered, lost), (QUERIES / 2, QUERIES / 2), "{}", log());
+    let log = log();
+    let dead_sessions = log
+        .lines()
+        .filter(|line| line.contains(&format!("backend=\"{dead}\"")))
+        .collect::<Vec<_>>();
+    assert_eq!(dead_sessions.len(), QUERIES / 2, "{log}");
+    assert!(
+        dead_sessions
+            .iter()
+            .all(|line| line.contains("reason=\"backend_error\"")),
+        "{log}"
+    );
+}
