@@ -20,7 +20,9 @@
 //! doubled since the last sweep. Every entry is therefore looked at a bounded number of
 //! times (constant per session, amortised), a queue never grows past twice the sessions
 //! that were waiting at its last sweep (or [`SWEEP_MIN`]), and nothing scans unless the
-//! budget is used up; then each look at a queue stops after [`SCAN`] entries.
+//! budget is used up; then each look at a queue stops after [`SCAN`] entries, so behind
+//! a long run of sessions answered since the last sweep one new client may be dropped
+//! while the looks clear the way for the next (what they pass over is gone for good).
 //!
 //! The descriptor passes to the new session at once, but the evicted session's socket
 //! closes only when its reply task next runs (right after the batch that evicted it,
