@@ -310,9 +310,10 @@ fn forget(front: &Front, session: &Arc<Session>) {
     }
 }
 
-/// The table is only ever locked by tasks of one worker thread, briefly and never across
-/// an await; a panic elsewhere cannot leave it half-changed, so a poisoned lock is used
-/// as is.
+/// The locks of this module (a worker's session table, only ever locked by tasks of
+/// that worker; its unanswered queues and a session's descriptor, also by a worker
+/// looking for a descriptor) are held briefly, never across an await, and a panic
+/// elsewhere cannot leave what they guard half-changed: a poisoned lock is used as is.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
