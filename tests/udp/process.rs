@@ -24,26 +24,44 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// `[servers.NAME]`: UDP on `port`, round robin over `backends`, then `extra` lines.
-fn udp_server(name: &str, port: u16, backends: &[SocketAddr], extra: &str) -> String {
+/// The address Sluice logged for server `name` once listening. Servers here bind port
+/// 0: a port picked beforehand could be bound by another test's Sluice meanwhile, and
+/// with `SO_REUSEPORT` the two would silently share its datagrams.
+async fn bound(log: impl Fn() -> String, name: &str) -> SocketAddr {
+    let mark = format!("listening server=\"{name}\" bind=");
+    let find = || {
+        let log = log();
+        let (_, rest) = log.split_once(&mark)?;
+        rest.split_whitespace().next()?.parse().ok()
+    };
+    eventually(&format!("server {name} listens"), || async {
+        find().is_some()
+    })
+    .await;
+    find().expect("a logged address")
+}
+
+/// `[servers.NAME]`: UDP on a port of its own, round robin over `backends`, then `extra`
+/// lines.
+fn udp_server(name: &str, backends: &[SocketAddr], extra: &str) -> String {
     let list: Vec<String> = backends
         .iter()
         .map(|b| format!("\"{b} weight=1\""))
         .collect();
     format!(
-        "[servers.{name}]\nbind = \"127.0.0.1:{port}\"\nprotocol = \"udp\"\n\
+        "[servers.{name}]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\n\
          balance = \"roundrobin\"\n{extra}\n\
          [servers.{name}.discovery]\nkind = \"static\"\nstatic_list = [{}]\n\n",
         list.join(", ")
     )
 }
 
-/// The start of a configuration: metrics on `metrics`, and a server `stream` on
-/// `stream` in front of `echo` for a client to stream through.
-fn preamble(metrics: u16, stream: u16, echo: SocketAddr) -> String {
+/// The start of a configuration: metrics on `metrics`, and a server `stream` in front of
+/// `echo` for a client to stream through.
+fn preamble(metrics: u16, echo: SocketAddr) -> String {
     format!(
         "shutdown_timeout = \"1s\"\n\n[metrics]\nenabled = true\nbind = \"127.0.0.1:{metrics}\"\n\n{}",
-        udp_server("stream", stream, &[echo], "client_idle_timeout = \"30s\"")
+        udp_server("stream", &[echo], "client_idle_timeout = \"30s\"")
     )
 }
 
@@ -107,7 +125,7 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
     let dns = Dnsmasq::start(&["--host-record=alpha.sluice.test,192.0.2.10".to_owned()]).await;
     let dead = dead_udp_port();
     let echo = UdpBackend::named("echo").await;
-    let (port, stream, metrics) = (free_port(), free_port(), free_port());
+    let metrics = free_port();
     // The check, run hourly, does not move either backend during the test.
     let health = format!(
         "[servers.dns.healthcheck]\nkind = \"udp\"\ninterval = \"1h\"\ntimeout = \"1s\"\n\
@@ -116,11 +134,13 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
     );
     let toml = format!(
         "{}{}[servers.dns.udp]\nmax_responses = 1\n\n{health}",
-        preamble(metrics, stream, echo.addr),
-        udp_server("dns", port, &[dns.addr, dead], ""),
+        preamble(metrics, echo.addr),
+        udp_server("dns", &[dns.addr, dead], ""),
     );
     let sluice = SluiceProcess::start(&toml, local(metrics)).await;
-    let streamer = UdpStreamer::start(local(stream), 3, Duration::from_millis(2)).await;
+    let listen = bound(|| sluice.log(), "dns").await;
+    let stream = bound(|| sluice.log(), "stream").await;
+    let streamer = UdpStreamer::start(stream, 3, Duration::from_millis(2)).await;
     eventually("the stream flows", || async { streamer.verified() > 0 }).await;
     let dead_key = dead.to_string();
     let dead_labels = [("server", "dns"), ("backend", dead_key.as_str())];
@@ -128,7 +148,7 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
     let mut lost = Vec::new();
     for i in 0..QUERIES {
         let before = read(local(metrics), failures, &dead_labels).await;
-        let query = dig(local(port), "alpha.sluice.test");
+        let query = dig(listen, "alpha.sluice.test");
         // Its answer, or the dead backend counting the refusal that ended its session
         // (then dig, which would wait for its timeout, is stopped).
         let refused = async {
@@ -183,14 +203,14 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
     let dns = Dnsmasq::start(&["--host-record=beta.sluice.test,192.0.2.11".to_owned()]).await;
     let silent = UdpBackend::start("silent", "127.0.0.1:0", 0).await;
     let echo = UdpBackend::named("echo").await;
-    let (port, quiet, stream, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let metrics = free_port();
     let one_answer = "[servers.NAME.udp]\nmax_responses = 1\n\n";
     let toml = format!(
         "{}{}{}{}{}",
-        preamble(metrics, stream, echo.addr),
-        udp_server("dns", port, &[dns.addr], ""),
+        preamble(metrics, echo.addr),
+        udp_server("dns", &[dns.addr], ""),
         one_answer.replace("NAME", "dns"),
-        udp_server("silent", quiet, &[silent.addr], ""),
+        udp_server("silent", &[silent.addr], ""),
         one_answer.replace("NAME", "silent"),
     );
     let sluice = SluiceProcess::start_limited(&toml, local(metrics), Some(NOFILE)).await;
@@ -199,7 +219,10 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
         log.contains(&format!("limit={NOFILE}")) && log.contains(&format!("udp_sessions={BUDGET}")),
         "{log}"
     );
-    let streamer = UdpStreamer::start(local(stream), 5, Duration::from_millis(2)).await;
+    let listen = bound(|| sluice.log(), "dns").await;
+    let quiet = bound(|| sluice.log(), "silent").await;
+    let stream = bound(|| sluice.log(), "stream").await;
+    let streamer = UdpStreamer::start(stream, 5, Duration::from_millis(2)).await;
     eventually("the stream flows", || async { streamer.verified() > 0 }).await;
 
     // In waves, so the listening sockets' receive queues never overflow (the kernel
@@ -209,7 +232,7 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
         for i in 0..64 {
             let socket = client("127.0.0.1:0").await;
             socket
-                .send_to(format!("filler {wave}.{i}").as_bytes(), local(quiet))
+                .send_to(format!("filler {wave}.{i}").as_bytes(), quiet)
                 .await
                 .expect("send");
             fillers.push(socket);
@@ -231,7 +254,7 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
     })
     .await;
     for i in 0..5 {
-        let printed = answer(dig(local(port), "beta.sluice.test")).await;
+        let printed = answer(dig(listen, "beta.sluice.test")).await;
         assert_eq!(printed, "192.0.2.11", "query {i}");
     }
     assert!(
@@ -268,12 +291,11 @@ async fn the_issue_s_quick_mode_command_ends_each_refused_session_at_once() {
     const QUERIES: usize = 6;
     let dns = Dnsmasq::start(&["--host-record=gamma.sluice.test,192.0.2.12".to_owned()]).await;
     let dead = dead_udp_port();
-    let listen = local(free_port());
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("sluice.log");
     let log_file = std::fs::File::create(&log_path).expect("log file");
     let _sluice = Command::new(crate::support::process::BIN)
-        .args(["udp", "--listen", &listen.to_string()])
+        .args(["udp", "--listen", "127.0.0.1:0"])
         .args(["--targets", &format!("{},{dead}", dns.addr)])
         .args(["--max-responses", "1", "--threads", "2"])
         .stdin(Stdio::null())
@@ -283,7 +305,7 @@ async fn the_issue_s_quick_mode_command_ends_each_refused_session_at_once() {
         .spawn()
         .expect("spawn sluice udp");
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-    eventually("sluice listens", || async { log().contains("listening") }).await;
+    let listen = bound(log, "udp").await;
     let refusals = || log().matches("reason=\"backend_error\"").count();
     let (mut answered, mut lost) = (0, 0);
     for i in 0..QUERIES {
