@@ -5,17 +5,26 @@
 //! sessions take descriptors from a process-wide budget that leaves a quarter of the
 //! limit (at least 1 024, at most half) to everything else.
 //!
+//! When the budget is used up, a new session may take the descriptor of one that can
+//! give it back: the holders registered here ([`Reclaim`], each UDP worker's sessions
+//! whose backend never answered) are asked for their oldest, across the process.
+//!
 //! The control side's HTTP connections (admin API and metrics) come out of that reserve
 //! too, capped at an eighth of it (16 to 256): a flood of API clients can hold no more,
 //! and TCP connections, listeners and health checks keep the rest.
 
+use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// Descriptors always left to listeners, TCP connections, checks and the API.
 const RESERVED_MIN: u64 = 1024;
+/// Holders asked in turn for one descriptor before giving up: each may have lost its
+/// candidate to its own worker meanwhile.
+const RECLAIM_ATTEMPTS: usize = 4;
 
 /// Raises the soft descriptor limit to the hard one, as a load balancer needs many
 /// sockets; returns the limit now in force.
@@ -28,33 +37,126 @@ pub fn raise_limit() -> std::io::Result<u64> {
     Ok(soft)
 }
 
-/// One descriptor taken from the UDP session budget, given back on drop.
-#[derive(Debug)]
-pub struct SessionDescriptor(());
+/// Something holding descriptors of a budget that can give one back under pressure.
+pub trait Reclaim: Send + Sync {
+    /// When the oldest of what it could give back started, if it has any.
+    fn oldest(&self) -> Option<Instant>;
+    /// Gives back the descriptor of its oldest such holder, which then ends.
+    fn reclaim(&self) -> Option<SessionDescriptor>;
+}
 
-static OPEN: AtomicUsize = AtomicUsize::new(0);
-static BUDGET: OnceLock<usize> = OnceLock::new();
+/// How many descriptors UDP sessions may hold at once, and who holds them.
+pub struct DescriptorBudget {
+    limit: usize,
+    open: AtomicUsize,
+    /// Asked for a descriptor when none is left; dead ones are pruned on the way.
+    holders: Mutex<Vec<Weak<dyn Reclaim>>>,
+}
 
-impl SessionDescriptor {
-    /// Takes one descriptor, or `None` when UDP sessions already hold their share.
-    pub fn take() -> Option<SessionDescriptor> {
-        let budget = session_budget();
-        OPEN.fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-            (n < budget).then_some(n + 1)
+impl fmt::Debug for DescriptorBudget {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DescriptorBudget")
+            .field("limit", &self.limit)
+            .field("in_use", &self.in_use())
+            .finish()
+    }
+}
+
+static PROCESS: OnceLock<Arc<DescriptorBudget>> = OnceLock::new();
+
+impl DescriptorBudget {
+    /// The process's budget, from the limit in force when first asked.
+    pub fn process() -> Arc<DescriptorBudget> {
+        Arc::clone(PROCESS.get_or_init(|| {
+            let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+            DescriptorBudget::new(budget_for(soft))
+        }))
+    }
+
+    /// A budget of `limit` descriptors of its own, for a runtime that must not share
+    /// the process's (tests running several in one process).
+    pub fn new(limit: usize) -> Arc<DescriptorBudget> {
+        Arc::new(DescriptorBudget {
+            limit,
+            open: AtomicUsize::new(0),
+            holders: Mutex::new(Vec::new()),
         })
-        .ok()
-        .map(|_| SessionDescriptor(()))
+    }
+
+    /// How many descriptors UDP sessions may hold at once.
+    pub fn limit(&self) -> usize {
+        self.limit
     }
 
     /// Descriptors UDP sessions hold now.
-    pub fn in_use() -> usize {
-        OPEN.load(Ordering::Relaxed)
+    pub fn in_use(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
     }
+
+    /// Takes one descriptor, or `None` when UDP sessions already hold the whole budget.
+    pub fn take(self: &Arc<Self>) -> Option<SessionDescriptor> {
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| SessionDescriptor {
+                budget: Arc::clone(self),
+            })
+    }
+
+    /// Takes one descriptor; with none left, takes the one the registered holder with
+    /// the oldest candidate gives back. `None` when nobody can.
+    pub fn take_or_reclaim(self: &Arc<Self>) -> Option<SessionDescriptor> {
+        if let Some(descriptor) = self.take() {
+            return Some(descriptor);
+        }
+        let mut holders = lock(&self.holders);
+        holders.retain(|holder| holder.strong_count() > 0);
+        for _ in 0..RECLAIM_ATTEMPTS {
+            // A session may have ended meanwhile.
+            if let Some(descriptor) = self.take() {
+                return Some(descriptor);
+            }
+            let oldest = holders
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter_map(|holder| holder.oldest().map(|at| (at, holder)))
+                .min_by_key(|(at, _)| *at);
+            let (_, holder) = oldest?;
+            if let Some(descriptor) = holder.reclaim() {
+                return Some(descriptor);
+            }
+        }
+        None
+    }
+
+    /// Registers a holder to be asked by [`DescriptorBudget::take_or_reclaim`] for as
+    /// long as it lives.
+    pub fn register(&self, holder: Weak<dyn Reclaim>) {
+        let mut holders = lock(&self.holders);
+        holders.retain(|holder| holder.strong_count() > 0);
+        holders.push(holder);
+    }
+}
+
+/// Holders are only listed and asked under this lock, never while it waits on anything,
+/// and a panic cannot leave the list half-changed: a poisoned lock is used as is.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One descriptor taken from a budget, given back on drop.
+#[derive(Debug)]
+pub struct SessionDescriptor {
+    budget: Arc<DescriptorBudget>,
 }
 
 impl Drop for SessionDescriptor {
     fn drop(&mut self) {
-        OPEN.fetch_sub(1, Ordering::AcqRel);
+        self.budget.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -106,13 +208,9 @@ fn control_budget_for(limit: u64) -> usize {
     usize::try_from((reserved / 8).clamp(16, 256)).unwrap_or(256)
 }
 
-/// How many descriptors UDP sessions may hold at once, from the limit in force when
-/// first asked.
+/// How many descriptors UDP sessions may hold at once in this process.
 pub fn session_budget() -> usize {
-    *BUDGET.get_or_init(|| {
-        let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
-        budget_for(soft)
-    })
+    DescriptorBudget::process().limit()
 }
 
 fn budget_for(limit: u64) -> usize {
@@ -145,5 +243,48 @@ mod tests {
         assert_eq!(control_budget_for(2048), 128);
         assert_eq!(control_budget_for(1024), 64);
         assert_eq!(control_budget_for(64), 16);
+    }
+
+    /// Holds descriptors that started at the given instants, and gives back the oldest.
+    struct Held(Mutex<Vec<(Instant, SessionDescriptor)>>);
+
+    impl Reclaim for Held {
+        fn oldest(&self) -> Option<Instant> {
+            lock(&self.0).iter().map(|(at, _)| *at).min()
+        }
+
+        fn reclaim(&self) -> Option<SessionDescriptor> {
+            let mut held = lock(&self.0);
+            let oldest = (0..held.len()).min_by_key(|&i| held[i].0)?;
+            Some(held.swap_remove(oldest).1)
+        }
+    }
+
+    #[test]
+    fn a_full_budget_passes_on_the_oldest_holder_s_descriptor_and_never_more() {
+        let budget = DescriptorBudget::new(3);
+        let start = Instant::now();
+        let at = |ms| start + std::time::Duration::from_millis(ms);
+        let young = Arc::new(Held(Mutex::new(vec![
+            (at(20), budget.take().unwrap()),
+            (at(30), budget.take().unwrap()),
+        ])));
+        let old = Arc::new(Held(Mutex::new(vec![(at(10), budget.take().unwrap())])));
+        assert!(budget.take().is_none());
+        // Nobody registered: nothing to give back.
+        assert!(budget.take_or_reclaim().is_none());
+        budget.register(Arc::downgrade(&young) as Weak<dyn Reclaim>);
+        budget.register(Arc::downgrade(&old) as Weak<dyn Reclaim>);
+        let first = budget.take_or_reclaim().expect("the oldest's descriptor");
+        assert!(lock(&old.0).is_empty(), "the oldest gave first");
+        let second = budget.take_or_reclaim().expect("the next oldest's");
+        assert_eq!(lock(&young.0).len(), 1);
+        assert_eq!(budget.in_use(), 3, "passed on, never more than the limit");
+        let third = budget.take_or_reclaim().expect("the last one held");
+        // Every holder is empty: the budget stays full.
+        assert!(budget.take_or_reclaim().is_none());
+        assert_eq!(budget.in_use(), 3);
+        drop((first, second, third));
+        assert_eq!(budget.in_use(), 0);
     }
 }

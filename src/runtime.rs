@@ -18,6 +18,7 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::config::Protocol;
+use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
 use crate::reload::{self, Change};
 use crate::server::{Server, ServerShared};
@@ -37,6 +38,8 @@ pub struct Lifecycle {
     pub graceful: CancellationToken,
     /// Cancelled when the shutdown grace period runs out: connections are closed.
     pub hard_stop: CancellationToken,
+    /// The descriptors UDP sessions may hold (the process's, but for tests).
+    pub budget: Arc<DescriptorBudget>,
 }
 
 /// A server that could not be started.
@@ -78,6 +81,17 @@ impl Runtime {
 
     /// Like [`Runtime::start`], with `workers` data-path threads.
     pub async fn start_with_workers(config: Config, workers: usize) -> Result<Runtime, StartError> {
+        Self::start_with_budget(config, workers, DescriptorBudget::process()).await
+    }
+
+    /// Like [`Runtime::start_with_workers`], its UDP sessions holding descriptors of
+    /// `budget` rather than of the process's (so a test can run one out of descriptors
+    /// without touching others in the same process).
+    pub async fn start_with_budget(
+        config: Config,
+        workers: usize,
+        budget: Arc<DescriptorBudget>,
+    ) -> Result<Runtime, StartError> {
         let workers = Workers::start(workers).map_err(StartError::Workers)?;
         let runtime = Runtime {
             life: Lifecycle {
@@ -85,6 +99,7 @@ impl Runtime {
                 tracker: TaskTracker::new(),
                 graceful: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
+                budget,
             },
             state: Mutex::new(State {
                 config: Config {

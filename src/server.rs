@@ -273,6 +273,7 @@ impl Server {
                         stop.clone(),
                         tracker.clone(),
                         hard_stop.clone(),
+                        Arc::clone(&life.budget),
                     );
                     self.spawn_on_worker(life, index, async move {
                         serve.await;

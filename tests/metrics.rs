@@ -484,6 +484,8 @@ async fn udp_datagrams_are_counted_and_each_reply_ends_its_session() {
         let labels = [("server", "test"), ("reason", reason.as_str())];
         m.expect("sluice_udp_dropped_total", &labels, 0);
     }
+    let evicted = [("server", "test"), ("reason", "no_descriptor")];
+    m.expect("sluice_udp_sessions_evicted_total", &evicted, 0);
     m.expect("sluice_connections_accepted_total", &test, DATAGRAMS);
     m.expect("sluice_connections_active", &test, 0);
     let b = [("server", "test"), ("backend", echo_key.as_str())];
@@ -491,7 +493,11 @@ async fn udp_datagrams_are_counted_and_each_reply_ends_its_session() {
     m.expect("sluice_backend_sent_bytes_total", &b, bytes);
     m.expect("sluice_backend_received_bytes_total", &b, bytes);
     m.expect("sluice_connection_duration_seconds_count", &b, DATAGRAMS);
-    for family in ["sluice_udp_datagrams_total", "sluice_udp_dropped_total"] {
+    for family in [
+        "sluice_udp_datagrams_total",
+        "sluice_udp_dropped_total",
+        "sluice_udp_sessions_evicted_total",
+    ] {
         let tcp_samples = m.samples[family]
             .iter()
             .filter(|(labels, _)| labels["server"] == "tcp")
@@ -510,6 +516,7 @@ async fn udp_datagrams_are_counted_and_each_reply_ends_its_session() {
             "datagrams_from_clients": DATAGRAMS,
             "datagrams_to_clients": DATAGRAMS,
             "dropped": dropped,
+            "sessions_evicted": { "no_descriptor": 0 },
         }),
         "{stats}"
     );

@@ -1,5 +1,5 @@
 //! UDP servers: sessions, their limits and expiry, the session cap, health, ACLs,
-//! sizes, IPv6, and DNS through Sluice to a real dnsmasq.
+//! sizes, IPv6, and DNS through Sluice to a real dnsmasq. Failing backends: [`failures`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -21,6 +21,9 @@ use sluice::proxy::udp::UdpDrop;
 use crate::support::servers::Dnsmasq;
 use crate::support::udp::{ask, client, receive, Reply, UdpBackend};
 use crate::support::{eventually, server, Sluice, WAIT};
+
+mod failures;
+mod process;
 
 /// A UDP server on 127.0.0.1:0 in front of `backends`.
 fn udp_server(balance: BalanceKind, backends: Vec<BackendSpec>, udp: UdpConfig) -> ServerConfig {

@@ -115,5 +115,8 @@ fn udp_stats(udp: &UdpStats) -> Value {
         "datagrams_from_clients": udp.from_clients.load(Ordering::Relaxed),
         "datagrams_to_clients": udp.to_clients.load(Ordering::Relaxed),
         "dropped": dropped,
+        "sessions_evicted": {
+            "no_descriptor": udp.sessions_evicted.load(Ordering::Relaxed),
+        },
     })
 }

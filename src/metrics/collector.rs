@@ -192,6 +192,22 @@ impl Collector for Scrape {
             ),
             dropped,
         )?;
+        let evicted = self.udp_servers().map(|s| {
+            (
+                [("server", s.name.as_str()), ("reason", "no_descriptor")],
+                Value::Counter(read(&s.shared.stats.udp.sessions_evicted)),
+            )
+        });
+        family(
+            e,
+            Meta::counter(
+                "sluice_udp_sessions_evicted",
+                "UDP sessions ended early to give their descriptor to a new one, by reason \
+                 (no_descriptor: the budget was used up; the oldest sessions whose backend \
+                 never answered go first).",
+            ),
+            evicted,
+        )?;
 
         self.per_backend(
             e,
@@ -427,6 +443,7 @@ mod tests {
         assert!(out.contains("# TYPE sluice_connection_duration_seconds histogram\n"));
         assert!(out.contains("# TYPE sluice_udp_datagrams counter\n"));
         assert!(out.contains("# TYPE sluice_udp_dropped counter\n"));
+        assert!(out.contains("# TYPE sluice_udp_sessions_evicted counter\n"));
         assert!(out.contains(&format!(
             "sluice_build_info{{version=\"{}\"}} 1\n",
             env!("CARGO_PKG_VERSION")

@@ -38,6 +38,9 @@ pub enum CloseReason {
     /// UDP: the session's backend failed its health check; the client's next datagram
     /// opens a session on a live one.
     BackendDown,
+    /// UDP: the session's backend had never answered, and its descriptor went to a new
+    /// session when the descriptor budget was used up.
+    Evicted,
     /// No byte moved either way for the idle timeout.
     IdleTimeout,
     /// Sluice was shutting down and the grace period ran out.
@@ -76,6 +79,7 @@ impl CloseReason {
             CloseReason::ClientError => "client_error",
             CloseReason::BackendError => "backend_error",
             CloseReason::BackendDown => "backend_down",
+            CloseReason::Evicted => "evicted",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::Shutdown => "shutdown",
             CloseReason::DrainDeadline => "drain_deadline",

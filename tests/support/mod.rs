@@ -23,8 +23,10 @@ use sluice::config::{
     Config, DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, LoggingConfig, Protocol,
     ServerConfig,
 };
+use sluice::descriptors::DescriptorBudget;
 use sluice::runtime::Runtime;
 use sluice::server::ServerShared;
+use sluice::workers::Workers;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::timeout;
@@ -93,6 +95,17 @@ impl Sluice {
     pub async fn start_config(config: Config) -> Sluice {
         init_tracing();
         let runtime = Runtime::start(config).await.expect("start sluice");
+        let addr = runtime.local_addrs().await["test"];
+        Sluice { runtime, addr }
+    }
+
+    /// Like [`Sluice::start_config`], its UDP sessions taking descriptors from `budget`
+    /// instead of the process's (which every other test shares).
+    pub async fn start_with_budget(config: Config, budget: Arc<DescriptorBudget>) -> Sluice {
+        init_tracing();
+        let runtime = Runtime::start_with_budget(config, Workers::default_count(), budget)
+            .await
+            .expect("start sluice");
         let addr = runtime.local_addrs().await["test"];
         Sluice { runtime, addr }
     }

@@ -1,7 +1,7 @@
 //! UDP backends and clients for tests.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,7 +10,8 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 
-use super::spec_of;
+use super::data::Prng;
+use super::{spec_of, WAIT};
 
 /// Datagrams one test backend answers at most.
 const MAX_DATAGRAMS: usize = 1_000_000;
@@ -149,4 +150,94 @@ pub async fn ask(
         }
     }
     None
+}
+
+/// A client sending datagrams through Sluice to an echoing [`UdpBackend`] from one
+/// socket, one at a time every `pace`, until told to stop: every echo must come back
+/// byte for byte, and all from one session (the backend sees one source port).
+pub struct UdpStreamer {
+    stop: Arc<AtomicBool>,
+    verified: Arc<AtomicUsize>,
+    task: JoinHandle<Result<usize, String>>,
+}
+
+impl UdpStreamer {
+    pub async fn start(to: SocketAddr, seed: u64, pace: Duration) -> UdpStreamer {
+        let socket = client("127.0.0.1:0").await;
+        let stop = Arc::new(AtomicBool::new(false));
+        let verified = Arc::new(AtomicUsize::new(0));
+        let task = tokio::spawn(stream_datagrams(
+            socket,
+            to,
+            seed,
+            pace,
+            Arc::clone(&stop),
+            Arc::clone(&verified),
+        ));
+        UdpStreamer {
+            stop,
+            verified,
+            task,
+        }
+    }
+
+    /// Echoes verified so far.
+    pub fn verified(&self) -> usize {
+        self.verified.load(Ordering::SeqCst)
+    }
+
+    /// Stops sending and returns how many echoes were verified, or what went wrong.
+    pub async fn finish(self) -> Result<usize, String> {
+        self.stop.store(true, Ordering::SeqCst);
+        match timeout(WAIT * 2, self.task).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(e)) => Err(format!("streamer panicked: {e}")),
+            Err(_) => Err("streamer did not finish in time".into()),
+        }
+    }
+}
+
+async fn stream_datagrams(
+    socket: UdpSocket,
+    to: SocketAddr,
+    seed: u64,
+    pace: Duration,
+    stop: Arc<AtomicBool>,
+    verified: Arc<AtomicUsize>,
+) -> Result<usize, String> {
+    let mut prng = Prng::new(seed);
+    let mut session_port = None;
+    // Bounded: at most one minute of pacing even if nobody calls `finish`.
+    let rounds = (Duration::from_secs(60).as_millis() / pace.as_millis().max(1)) as usize;
+    for n in 0..rounds {
+        if stop.load(Ordering::SeqCst) {
+            return Ok(n);
+        }
+        let mut payload = vec![0u8; 8 * (1 + (prng.next_u64() % 64) as usize)];
+        prng.fill(&mut payload);
+        socket
+            .send_to(&payload, to)
+            .await
+            .map_err(|e| format!("datagram {n}: send: {e}"))?;
+        let bytes = receive(&socket, WAIT)
+            .await
+            .ok_or_else(|| format!("datagram {n}: no echo within {WAIT:?}"))?;
+        let reply = Reply::parse(&bytes);
+        if reply.echoed != payload {
+            return Err(format!("datagram {n}: the echo differs from what was sent"));
+        }
+        match session_port {
+            None => session_port = Some(reply.port),
+            Some(port) if port != reply.port => {
+                return Err(format!(
+                    "datagram {n}: a new session (backend saw port {} after {port})",
+                    reply.port
+                ))
+            }
+            Some(_) => {}
+        }
+        verified.store(n + 1, Ordering::SeqCst);
+        tokio::time::sleep(pace).await;
+    }
+    Ok(rounds)
 }

@@ -12,36 +12,40 @@
 //! Nothing here waits on a full socket: a datagram that cannot be sent at once is
 //! dropped and counted (UDP would lose it anyway, and waiting would stall every other
 //! client of the worker). Sessions are bounded by `max_connections` and by the process's
-//! descriptor budget (see [`crate::descriptors`]); an idle session is freed by its own
-//! timer, which costs nothing per datagram.
+//! descriptor budget (see [`crate::descriptors`]); when the budget is used up, the oldest
+//! session whose backend never answered gives its descriptor to the new one (see
+//! [`evict`] for why and at what cost). An idle session is freed by its own timer, which
+//! costs nothing per datagram; one whose backend reports its port unreachable ends at
+//! once (see [`session`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::net::UdpSocket;
-use tokio::sync::Notify;
-use tokio::time::{sleep_until, Instant};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error, info};
+use tracing::{debug, error};
 
-use super::{tcp, CloseReason};
-use crate::backend::{Backend, ConnGuard};
-use crate::config::{ServerConfig, UdpConfig};
-use crate::descriptors::SessionDescriptor;
-use crate::server::{ActiveSlot, ServerShared};
+use super::CloseReason;
+use crate::config::ServerConfig;
+use crate::descriptors::{DescriptorBudget, Reclaim};
+use crate::server::ServerShared;
 
+mod evict;
+mod session;
 mod socket;
 mod stats;
 
+use evict::Unanswered;
+use session::{Ending, Session};
 pub use socket::bind;
-use socket::{connect, send, send_from};
+use socket::send;
 pub use stats::{UdpDrop, UdpStats};
 
 /// Room for the largest datagram either IP version can carry (65 527 bytes of IPv6
@@ -87,58 +91,15 @@ struct Front {
     /// Unconnected sockets for fire-and-forget datagrams, one per address family,
     /// opened on first use.
     loose: [OnceLock<UdpSocket>; 2],
+    /// Where sessions take their descriptors from.
+    budget: Arc<DescriptorBudget>,
+    /// Its sessions that may not have had a reply yet, asked for a descriptor when the
+    /// budget runs out (see [`evict`]).
+    unanswered: Arc<Unanswered>,
 }
 
 /// A session's client, and the local address it sent to on a wildcard bind.
 type SessionKey = (SocketAddr, Option<IpAddr>);
-
-/// What a session's listening side and reply task both see.
-struct Session {
-    client: SocketAddr,
-    /// The address the client sent to, when the listening socket is bound to a wildcard.
-    local: Option<IpAddr>,
-    backend: Arc<Backend>,
-    upstream: UdpSocket,
-    requests: AtomicU32,
-    /// Set once the listening side forwards no more client datagrams (`max_requests`
-    /// reached); replies are still relayed until `max_responses` or the idle timeout.
-    closed: AtomicBool,
-    /// Set when the session must end now (its backend failed).
-    abandoned: AtomicBool,
-    /// Wakes the reply task when the session is closed or abandoned.
-    changed: Notify,
-    /// Milliseconds since `started` of the last datagram each way.
-    last_from_client: AtomicU64,
-    last_from_backend: AtomicU64,
-    started: Instant,
-    bytes_to_backend: AtomicU64,
-    bytes_to_client: AtomicU64,
-}
-
-impl Session {
-    fn mark(&self, clock: &AtomicU64, now: Instant) {
-        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
-        clock.store(ms, Ordering::Relaxed);
-    }
-
-    fn last(&self, clock: &AtomicU64) -> Instant {
-        self.started + Duration::from_millis(clock.load(Ordering::Relaxed))
-    }
-
-    /// Stops forwarding client datagrams; replies still due are relayed.
-    fn close(&self) {
-        if !self.closed.swap(true, Ordering::AcqRel) {
-            self.changed.notify_one();
-        }
-    }
-
-    /// Ends the session now: its backend is gone.
-    fn abandon(&self) {
-        self.abandoned.store(true, Ordering::Release);
-        self.closed.store(true, Ordering::Release);
-        self.changed.notify_one();
-    }
-}
 
 /// Serves one worker's socket until `stop` is cancelled. Runs on the worker's runtime,
 /// which the sessions' sockets and tasks then belong to.
@@ -148,6 +109,7 @@ pub async fn serve(
     stop: CancellationToken,
     tracker: TaskTracker,
     hard_stop: CancellationToken,
+    budget: Arc<DescriptorBudget>,
 ) {
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
@@ -167,7 +129,11 @@ pub async fn serve(
         stopping: stop.clone(),
         hard_stop,
         loose: [OnceLock::new(), OnceLock::new()],
+        budget,
+        unanswered: Arc::new(Unanswered::new()),
     });
+    let holder = Arc::downgrade(&front.unanswered);
+    front.budget.register(holder as Weak<dyn Reclaim>);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -280,7 +246,7 @@ fn on_datagram(
         let session = match current_session(front, (client, local)) {
             Some(session) => session,
             None if settings.udp.fire_and_forget() => return send_loose(front, data, client),
-            None => match open_session(front, settings, client, local) {
+            None => match session::open(front, settings, client, local) {
                 Ok(session) => session,
                 // The abandoned session may still hold its slot: the datagram is lost
                 // to its backend's refusal, not to the cap.
@@ -310,7 +276,7 @@ fn on_datagram(
                 }
                 // The backend's ICMP report surfaced on this send: end that session.
                 forget(front, &session);
-                session.abandon();
+                session.end(Ending::Unreachable);
             }
         }
     }
@@ -326,11 +292,12 @@ fn count_bytes(counter: &AtomicU64, len: usize) {
 fn current_session(front: &Front, key: SessionKey) -> Option<Arc<Session>> {
     let mut sessions = lock(&front.sessions);
     let session = sessions.get(&key)?;
-    if !session.closed.load(Ordering::Acquire) && session.backend.is_healthy() {
+    if session.takes_requests() && session.backend.is_healthy() {
         return Some(Arc::clone(session));
     }
     let session = sessions.remove(&key)?;
-    session.abandon();
+    // Already ending for its own reason, or its backend is down now.
+    session.end(Ending::BackendDown);
     None
 }
 
@@ -343,9 +310,10 @@ fn forget(front: &Front, session: &Arc<Session>) {
     }
 }
 
-/// The table is only ever locked by tasks of one worker thread, briefly and never across
-/// an await; a panic elsewhere cannot leave it half-changed, so a poisoned lock is used
-/// as is.
+/// The locks of this module (a worker's session table, only ever locked by tasks of
+/// that worker; its unanswered queues and a session's descriptor, also by a worker
+/// looking for a descriptor) are held briefly, never across an await, and a panic
+/// elsewhere cannot leave what they guard half-changed: a poisoned lock is used as is.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -369,269 +337,6 @@ fn refuse(server: &ServerShared, client: SocketAddr, refusal: Refusal) {
             debug!(server = %server.name, %client, reason = reason.as_str(), "datagram dropped");
         }
     }
-}
-
-/// Opens a session for `client`: a slot under `max_connections`, a descriptor from the
-/// budget, a backend, and a socket connected to it; then starts its reply task.
-fn open_session(
-    front: &Arc<Front>,
-    settings: &ServerConfig,
-    client: SocketAddr,
-    local: Option<IpAddr>,
-) -> Result<Arc<Session>, Refusal> {
-    let server = &front.server;
-    let slot = ActiveSlot::acquire(server, settings.max_connections)
-        .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
-    let descriptor = SessionDescriptor::take().ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
-    let pool = server.pool.load();
-    let Some(guard) = pool.pick(client.ip(), &[]) else {
-        server.note_no_backend();
-        return Err(Refusal::Closed(CloseReason::NoBackend));
-    };
-    let backend = Arc::clone(guard.backend());
-    let Some(&target) = backend.addrs().first() else {
-        // A host name not resolved (yet): as good as no backend.
-        return Err(Refusal::Closed(CloseReason::NoBackend));
-    };
-    let upstream = connect(target).map_err(|e| {
-        debug!(server = %server.name, backend = backend.key(), error = %e, "cannot open a UDP socket");
-        backend
-            .state
-            .stats
-            .connect_failures
-            .fetch_add(1, Ordering::Relaxed);
-        match e.raw_os_error() {
-            Some(libc::EMFILE | libc::ENFILE) => Refusal::Dropped(UdpDrop::NoDescriptor),
-            _ => Refusal::Closed(CloseReason::ConnectFailed),
-        }
-    })?;
-    server.note_backend_found();
-    server.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    let session = Arc::new(Session {
-        client,
-        local,
-        backend,
-        upstream,
-        requests: AtomicU32::new(0),
-        closed: AtomicBool::new(false),
-        abandoned: AtomicBool::new(false),
-        changed: Notify::new(),
-        last_from_client: AtomicU64::new(0),
-        last_from_backend: AtomicU64::new(0),
-        started: Instant::now(),
-        bytes_to_backend: AtomicU64::new(0),
-        bytes_to_client: AtomicU64::new(0),
-    });
-    lock(&front.sessions).insert((client, local), Arc::clone(&session));
-    let held = Held {
-        _guard: guard,
-        _slot: slot,
-        _descriptor: descriptor,
-    };
-    front.tracker.spawn(relay_replies(
-        Arc::clone(front),
-        Arc::clone(&session),
-        settings.client_idle_timeout,
-        settings.backend_idle_timeout,
-        settings.udp,
-        held,
-    ));
-    Ok(session)
-}
-
-/// What a session holds until it ends: its backend's count, its server slot and its
-/// descriptor.
-struct Held {
-    _guard: ConnGuard,
-    _slot: ActiveSlot,
-    _descriptor: SessionDescriptor,
-}
-
-/// Relays backend datagrams to the client until the session ends, then logs it.
-async fn relay_replies(
-    front: Arc<Front>,
-    session: Arc<Session>,
-    client_idle: Option<Duration>,
-    backend_idle: Option<Duration>,
-    limits: UdpConfig,
-    held: Held,
-) {
-    let idle_deadline = |s: &Session| {
-        let from_client = s.last(&s.last_from_client);
-        let from_backend = s.last(&s.last_from_backend);
-        let client = client_idle.map(|t| from_client + t);
-        let backend = backend_idle.map(|t| from_backend + t);
-        match (client, backend) {
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) | (None, Some(a)) => a,
-            // Neither configured: quiet both ways for the default.
-            (None, None) => from_client.max(from_backend) + DEFAULT_SESSION_TIMEOUT,
-        }
-    };
-    let cut = session.backend.state.cut_token();
-    let mut cut_wait = pin!(cut.cancelled());
-    let mut stopping = pin!(front.stopping.cancelled());
-    let mut timer = pin!(sleep_until(idle_deadline(&session)));
-    // When the session ends at the latest, and why, once it takes no more requests.
-    let mut linger: Option<(Instant, CloseReason)> = None;
-    let mut stop_seen = false;
-    let mut responses = 0u32;
-    let reason = loop {
-        let mut end_by = |reason: CloseReason, timer: std::pin::Pin<&mut tokio::time::Sleep>| {
-            let until = Instant::now() + REPLY_LINGER;
-            if linger.is_none_or(|(at, _)| until < at) {
-                linger = Some((until, reason));
-            }
-            if until < timer.deadline() {
-                timer.reset(until);
-            }
-        };
-        tokio::select! {
-            biased;
-            () = &mut cut_wait => break CloseReason::DrainDeadline,
-            () = session.changed.notified() => {
-                if session.abandoned.load(Ordering::Acquire) {
-                    break if session.backend.is_healthy() {
-                        CloseReason::BackendError
-                    } else {
-                        CloseReason::BackendDown
-                    };
-                }
-                match limits.max_responses {
-                    None => end_by(CloseReason::Completed, timer.as_mut()),
-                    Some(_) if complete(&session, responses, limits) => {
-                        break CloseReason::Completed;
-                    }
-                    Some(_) => {}
-                }
-            }
-            () = &mut stopping, if !stop_seen => {
-                stop_seen = true;
-                end_by(CloseReason::Shutdown, timer.as_mut());
-            }
-            ready = session.upstream.readable() => {
-                if ready.is_err() {
-                    break CloseReason::BackendError;
-                }
-                match relay_batch(&front, &session, &mut responses, limits) {
-                    Relayed::More => {}
-                    Relayed::Done => break CloseReason::Completed,
-                    Relayed::Refused => break CloseReason::BackendError,
-                }
-            }
-            () = &mut timer => {
-                let now = Instant::now();
-                if let Some((until, reason)) = linger {
-                    if now >= until {
-                        break reason;
-                    }
-                }
-                let deadline = idle_deadline(&session);
-                if now >= deadline {
-                    break CloseReason::IdleTimeout;
-                }
-                timer.as_mut().reset(linger.map_or(deadline, |(until, _)| until.min(deadline)));
-            }
-        }
-    };
-    forget(&front, &session);
-    session.close();
-    let reason = match reason {
-        CloseReason::DrainDeadline if front.hard_stop.is_cancelled() => CloseReason::Shutdown,
-        reason => reason,
-    };
-    if reason == CloseReason::BackendError {
-        let settings = front.server.settings.load();
-        note_refused(&session.backend, &front.server, &settings);
-    }
-    session
-        .backend
-        .state
-        .stats
-        .connection_duration
-        .observe(session.started.elapsed());
-    drop(held);
-    info!(
-        target: "sluice::access",
-        server = %front.server.name,
-        client = %session.client,
-        backend = session.backend.key(),
-        protocol = "udp",
-        datagrams_in = session.requests.load(Ordering::Relaxed),
-        datagrams_out = responses,
-        bytes_in = session.bytes_to_backend.load(Ordering::Relaxed),
-        bytes_out = session.bytes_to_client.load(Ordering::Relaxed),
-        duration_ms = session.started.elapsed().as_millis() as u64,
-        reason = reason.as_str(),
-        "session closed"
-    );
-}
-
-enum Relayed {
-    /// The session goes on.
-    More,
-    /// Complete (see [`complete`]).
-    Done,
-    /// The backend's host reported the port closed.
-    Refused,
-}
-
-/// Relays up to [`BATCH`] waiting backend datagrams to the client.
-fn relay_batch(
-    front: &Front,
-    session: &Session,
-    responses: &mut u32,
-    limits: UdpConfig,
-) -> Relayed {
-    let stats = &front.server.stats.udp;
-    let now = Instant::now();
-    BUFFER.with_borrow_mut(|buf| {
-        for _ in 0..BATCH {
-            let len = match session.upstream.try_recv(buf) {
-                Ok(len) => len,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Relayed::More,
-                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => return Relayed::Refused,
-                Err(e) => {
-                    debug!(server = %front.server.name, backend = session.backend.key(), error = %e, "UDP receive failed");
-                    continue;
-                }
-            };
-            session.mark(&session.last_from_backend, now);
-            count_bytes(&session.backend.state.stats.bytes_from_backend, len);
-            *responses = responses.saturating_add(1);
-            match send_from(&front.socket, &buf[..len], session.client, session.local) {
-                Ok(_) => {
-                    stats.to_clients.fetch_add(1, Ordering::Relaxed);
-                    count_bytes(&session.bytes_to_client, len);
-                }
-                Err(e) => stats.drop_one(UdpDrop::of(&e)),
-            }
-            if complete(session, *responses, limits) {
-                return Relayed::Done;
-            }
-        }
-        Relayed::More
-    })
-}
-
-/// With `max_responses = N`, a session is complete once every request it forwarded has
-/// had N replies (a client with several requests in flight on one port, such as a
-/// resolver, gets all of its answers) and, with `max_requests`, it has taken them all.
-fn complete(session: &Session, responses: u32, limits: UdpConfig) -> bool {
-    let Some(per_request) = limits.max_responses else {
-        return false;
-    };
-    let requests = session.requests.load(Ordering::Relaxed);
-    responses >= per_request.saturating_mul(requests)
-        && limits.max_requests.is_none_or(|max| requests >= max)
-}
-
-/// Counts a backend's ICMP "port unreachable" like a refused TCP connect: enough in a
-/// row mark it down when the server has passive health checking.
-fn note_refused(backend: &Backend, server: &ServerShared, settings: &ServerConfig) {
-    let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
-    let passive_fails = tcp::passive_fails(settings);
-    tcp::record_connect_failure(&server.name, backend, passive_fails, &e);
 }
 
 /// Fire-and-forget: one datagram to a picked backend, no session, no reply relayed.

@@ -6,6 +6,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
 /// Receive and send buffer asked of the kernel for listening sockets (it caps the
@@ -69,6 +70,25 @@ pub(super) fn send(socket: &UdpSocket, data: &[u8], to: Option<SocketAddr>) -> i
     match to {
         Some(to) => socket.send_to(data, &SockAddr::from(to)),
         None => socket.send(data),
+    }
+}
+
+/// One datagram from a session's socket, or the error the kernel queued for it (an
+/// ICMP report), which a receive returns first and clears.
+///
+/// An ICMP report on a connected UDP socket raises only error readiness (`EPOLLERR`),
+/// so the reply task waits for that too, and this reads on either: tokio's `try_io`
+/// takes one kind of readiness at a time (with two it never reads), so readable first,
+/// then error. Each `WouldBlock` clears the readiness it was read under, so a report
+/// that a send consumed first cannot leave the task woken over and over; when only data
+/// woke the task, the second try costs no system call.
+pub(super) fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
+    let read = |buf: &mut [u8]| io::Read::read(&mut &*SockRef::from(socket), buf);
+    match socket.try_io(Interest::READABLE, || read(buf)) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            socket.try_io(Interest::ERROR, || read(buf))
+        }
+        received => received,
     }
 }
 
@@ -294,4 +314,76 @@ pub(super) fn recv_many(
             }
         })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::io::Interest;
+
+    use super::*;
+
+    const WAIT: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn a_session_socket_wakes_for_a_reply_and_for_port_unreachable() {
+        let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let upstream = connect(backend.local_addr().unwrap()).unwrap();
+        send(&upstream, b"ping", None).unwrap();
+        let mut buf = [0u8; 64];
+        let (len, from) = backend.recv_from(&mut buf).unwrap();
+        backend.send_to(&buf[..len], from).unwrap();
+        let ready =
+            tokio::time::timeout(WAIT, upstream.ready(Interest::READABLE | Interest::ERROR))
+                .await
+                .expect("woken for the reply")
+                .unwrap();
+        assert!(ready.is_readable());
+        assert_eq!(recv(&upstream, &mut buf).unwrap(), 4);
+        assert_eq!(&buf[..4], b"ping");
+        assert_eq!(
+            recv(&upstream, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        // Nothing listens there any more: the ICMP report raises only error readiness.
+        drop(backend);
+        send(&upstream, b"anyone?", None).unwrap();
+        let ready =
+            tokio::time::timeout(WAIT, upstream.ready(Interest::READABLE | Interest::ERROR))
+                .await
+                .expect("woken for the ICMP report")
+                .unwrap();
+        assert!(ready.is_error() && !ready.is_readable(), "{ready:?}");
+        let refused = recv(&upstream, &mut buf).unwrap_err();
+        assert_eq!(refused.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert_eq!(
+            recv(&upstream, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert!(quiet(&upstream), "the wake-up was consumed");
+        // A report that a send takes first: the wake-up it caused reads nothing, and is
+        // cleared rather than repeated.
+        send(&upstream, b"still?", None).unwrap();
+        tokio::time::timeout(WAIT, upstream.ready(Interest::ERROR))
+            .await
+            .expect("woken for the ICMP report")
+            .unwrap();
+        let taken = send(&upstream, b"hello?", None).unwrap_err();
+        assert_eq!(taken.raw_os_error(), Some(libc::ECONNREFUSED));
+        assert_eq!(
+            recv(&upstream, &mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
+        assert!(quiet(&upstream), "no wake-up left behind");
+    }
+
+    /// Whether waiting on `socket` would sleep now (no readiness left to report).
+    fn quiet(socket: &UdpSocket) -> bool {
+        use futures::FutureExt;
+        socket
+            .ready(Interest::READABLE | Interest::ERROR)
+            .now_or_never()
+            .is_none()
+    }
 }

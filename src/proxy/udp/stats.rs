@@ -61,6 +61,9 @@ pub struct UdpStats {
     pub from_clients: AtomicU64,
     pub to_clients: AtomicU64,
     dropped: [AtomicU64; UdpDrop::ALL.len()],
+    /// Sessions whose backend had never answered, ended to give their descriptor to a
+    /// new session when the budget was used up (`reason="no_descriptor"`).
+    pub sessions_evicted: AtomicU64,
 }
 
 impl UdpStats {

@@ -1,0 +1,484 @@
+//! One UDP session: opening it (a slot, a descriptor, a backend, a socket connected to
+//! it), and its reply task, which relays the backend's datagrams to the client until the
+//! session ends and then logs it.
+//!
+//! The reply task waits for its socket to be readable *or in error*: an ICMP "port
+//! unreachable" on a connected UDP socket raises `EPOLLERR` without `EPOLLIN`, so a
+//! task waiting for readability alone would sleep through it until the session's
+//! timeout, holding its descriptor and hiding the dead backend from passive health.
+//!
+//! A session keeps its descriptor in itself rather than in its reply task, so that when
+//! the budget runs out one that never had a reply can hand it over (see [`super::evict`]).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::Notify;
+use tokio::time::{sleep_until, Instant};
+use tracing::{debug, info};
+
+use super::socket::{self, connect, send_from};
+use super::{
+    count_bytes, forget, lock, Front, Refusal, UdpDrop, BATCH, BUFFER, DEFAULT_SESSION_TIMEOUT,
+    REPLY_LINGER,
+};
+use crate::backend::{Backend, ConnGuard};
+use crate::config::{ServerConfig, UdpConfig};
+use crate::descriptors::SessionDescriptor;
+use crate::proxy::{tcp, CloseReason};
+use crate::server::{ActiveSlot, ServerShared};
+
+/// What a session's listening side and reply task both see.
+pub(super) struct Session {
+    pub(super) client: SocketAddr,
+    /// The address the client sent to, when the listening socket is bound to a wildcard.
+    pub(super) local: Option<IpAddr>,
+    pub(super) backend: Arc<Backend>,
+    pub(super) upstream: UdpSocket,
+    pub(super) requests: AtomicU32,
+    /// Set once the listening side forwards no more client datagrams (`max_requests`
+    /// reached, or the session is ending); replies are still relayed until
+    /// `max_responses` or the idle timeout.
+    closed: AtomicBool,
+    /// Why the session must end now ([`Ending`] as a number, 0 while none): the first
+    /// reason given wins.
+    ending: AtomicU8,
+    /// Set at its first reply: from then on it is never evicted.
+    answered: AtomicBool,
+    /// Wakes the reply task when the session is closed or must end.
+    changed: Notify,
+    /// Milliseconds since `started` of the last datagram each way.
+    pub(super) last_from_client: AtomicU64,
+    last_from_backend: AtomicU64,
+    started: Instant,
+    pub(super) bytes_to_backend: AtomicU64,
+    bytes_to_client: AtomicU64,
+    /// Its share of the descriptor budget, until the session ends or gives it to a new
+    /// one. Locked once at each, never per datagram.
+    descriptor: Mutex<Option<SessionDescriptor>>,
+}
+
+/// Why a session ends before its limits or its timeout say so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Ending {
+    /// Its backend's host reported the port unreachable (ICMP): counted as a failed
+    /// connect, as a refused TCP connect is.
+    Unreachable = 1,
+    /// Its backend failed its health check; the client's next datagram opens a session
+    /// on a live one.
+    BackendDown = 2,
+    /// Its backend never answered, and its descriptor went to a new session when the
+    /// budget was used up.
+    Evicted = 3,
+}
+
+impl Ending {
+    fn from_u8(n: u8) -> Option<Ending> {
+        match n {
+            1 => Some(Ending::Unreachable),
+            2 => Some(Ending::BackendDown),
+            3 => Some(Ending::Evicted),
+            _ => None,
+        }
+    }
+
+    fn reason(self) -> CloseReason {
+        match self {
+            Ending::Unreachable => CloseReason::BackendError,
+            Ending::BackendDown => CloseReason::BackendDown,
+            Ending::Evicted => CloseReason::Evicted,
+        }
+    }
+}
+
+impl Session {
+    pub(super) fn mark(&self, clock: &AtomicU64, now: Instant) {
+        let ms = now.saturating_duration_since(self.started).as_millis() as u64;
+        clock.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self, clock: &AtomicU64) -> Instant {
+        self.started + Duration::from_millis(clock.load(Ordering::Relaxed))
+    }
+
+    /// Whether the listening side still forwards client datagrams to it.
+    pub(super) fn takes_requests(&self) -> bool {
+        !self.closed.load(Ordering::Acquire)
+    }
+
+    /// Stops forwarding client datagrams; replies still due are relayed.
+    pub(super) fn close(&self) {
+        if !self.closed.swap(true, Ordering::AcqRel) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Ends the session now, for `why` unless it is already ending for another reason.
+    pub(super) fn end(&self, why: Ending) {
+        let _ = self
+            .ending
+            .compare_exchange(0, why as u8, Ordering::AcqRel, Ordering::Acquire);
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify_one();
+    }
+
+    fn ending(&self) -> Option<Ending> {
+        Ending::from_u8(self.ending.load(Ordering::Acquire))
+    }
+
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// Whether it may be evicted: it has never had a reply and is not already ending.
+    pub(super) fn evictable(&self) -> bool {
+        !self.answered.load(Ordering::Acquire) && self.ending().is_none()
+    }
+
+    /// Ends the session and hands over its descriptor, if it still has it.
+    pub(super) fn evict(&self) -> Option<SessionDescriptor> {
+        let descriptor = lock(&self.descriptor).take()?;
+        self.end(Ending::Evicted);
+        Some(descriptor)
+    }
+}
+
+/// Opens a session for `client`: a slot under `max_connections`, a descriptor from the
+/// budget, a backend, and a socket connected to it; then starts its reply task.
+pub(super) fn open(
+    front: &Arc<Front>,
+    settings: &ServerConfig,
+    client: SocketAddr,
+    local: Option<IpAddr>,
+) -> Result<Arc<Session>, Refusal> {
+    let server = &front.server;
+    let slot = ActiveSlot::acquire(server, settings.max_connections)
+        .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
+    // With the budget used up, the oldest session that never had a reply gives up its
+    // descriptor (see `evict`); only when none can is the datagram dropped.
+    let descriptor = front
+        .budget
+        .take_or_reclaim()
+        .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
+    let pool = server.pool.load();
+    let Some(guard) = pool.pick(client.ip(), &[]) else {
+        server.note_no_backend();
+        return Err(Refusal::Closed(CloseReason::NoBackend));
+    };
+    let backend = Arc::clone(guard.backend());
+    let Some(&target) = backend.addrs().first() else {
+        // A host name not resolved (yet): as good as no backend.
+        return Err(Refusal::Closed(CloseReason::NoBackend));
+    };
+    let upstream = connect(target).map_err(|e| {
+        debug!(server = %server.name, backend = backend.key(), error = %e, "cannot open a UDP socket");
+        backend
+            .state
+            .stats
+            .connect_failures
+            .fetch_add(1, Ordering::Relaxed);
+        match e.raw_os_error() {
+            Some(libc::EMFILE | libc::ENFILE) => Refusal::Dropped(UdpDrop::NoDescriptor),
+            _ => Refusal::Closed(CloseReason::ConnectFailed),
+        }
+    })?;
+    server.note_backend_found();
+    server.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let session = Arc::new(Session {
+        client,
+        local,
+        backend,
+        upstream,
+        requests: AtomicU32::new(0),
+        closed: AtomicBool::new(false),
+        ending: AtomicU8::new(0),
+        answered: AtomicBool::new(false),
+        changed: Notify::new(),
+        last_from_client: AtomicU64::new(0),
+        last_from_backend: AtomicU64::new(0),
+        started: Instant::now(),
+        bytes_to_backend: AtomicU64::new(0),
+        bytes_to_client: AtomicU64::new(0),
+        descriptor: Mutex::new(Some(descriptor)),
+    });
+    lock(&front.sessions).insert((client, local), Arc::clone(&session));
+    front.unanswered.push(&session);
+    let held = Held {
+        _guard: guard,
+        _slot: slot,
+    };
+    front.tracker.spawn(relay_replies(
+        Arc::clone(front),
+        Arc::clone(&session),
+        settings.client_idle_timeout,
+        settings.backend_idle_timeout,
+        settings.udp,
+        held,
+    ));
+    Ok(session)
+}
+
+/// What a session's reply task holds until it ends: its backend's count and its server
+/// slot.
+struct Held {
+    _guard: ConnGuard,
+    _slot: ActiveSlot,
+}
+
+/// Relays backend datagrams to the client until the session ends, then logs it.
+async fn relay_replies(
+    front: Arc<Front>,
+    session: Arc<Session>,
+    client_idle: Option<Duration>,
+    backend_idle: Option<Duration>,
+    limits: UdpConfig,
+    held: Held,
+) {
+    let idle_deadline = |s: &Session| {
+        let from_client = s.last(&s.last_from_client);
+        let from_backend = s.last(&s.last_from_backend);
+        let client = client_idle.map(|t| from_client + t);
+        let backend = backend_idle.map(|t| from_backend + t);
+        match (client, backend) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            // Neither configured: quiet both ways for the default.
+            (None, None) => from_client.max(from_backend) + DEFAULT_SESSION_TIMEOUT,
+        }
+    };
+    let cut = session.backend.state.cut_token();
+    let mut cut_wait = pin!(cut.cancelled());
+    let mut stopping = pin!(front.stopping.cancelled());
+    let mut timer = pin!(sleep_until(idle_deadline(&session)));
+    // When the session ends at the latest, and why, once it takes no more requests.
+    let mut linger: Option<(Instant, CloseReason)> = None;
+    let mut stop_seen = false;
+    let mut responses = 0u32;
+    let reason = loop {
+        let mut end_by = |reason: CloseReason, timer: std::pin::Pin<&mut tokio::time::Sleep>| {
+            let until = Instant::now() + REPLY_LINGER;
+            if linger.is_none_or(|(at, _)| until < at) {
+                linger = Some((until, reason));
+            }
+            if until < timer.deadline() {
+                timer.reset(until);
+            }
+        };
+        tokio::select! {
+            biased;
+            () = &mut cut_wait => break CloseReason::DrainDeadline,
+            () = session.changed.notified() => {
+                if let Some(why) = session.ending() {
+                    break why.reason();
+                }
+                match limits.max_responses {
+                    None => end_by(CloseReason::Completed, timer.as_mut()),
+                    Some(_) if complete(&session, responses, limits) => {
+                        break CloseReason::Completed;
+                    }
+                    Some(_) => {}
+                }
+            }
+            () = &mut stopping, if !stop_seen => {
+                stop_seen = true;
+                end_by(CloseReason::Shutdown, timer.as_mut());
+            }
+            // Error readiness too: see the module's comment.
+            ready = session.upstream.ready(Interest::READABLE | Interest::ERROR) => {
+                if ready.is_err() {
+                    break CloseReason::BackendError;
+                }
+                match relay_batch(&front, &session, &mut responses, limits) {
+                    Relayed::More => {}
+                    Relayed::Done => break CloseReason::Completed,
+                    Relayed::Unreachable => {
+                        session.end(Ending::Unreachable);
+                        break session.ending().map_or(CloseReason::BackendError, Ending::reason);
+                    }
+                }
+            }
+            () = &mut timer => {
+                let now = Instant::now();
+                if let Some((until, reason)) = linger {
+                    if now >= until {
+                        break reason;
+                    }
+                }
+                let deadline = idle_deadline(&session);
+                if now >= deadline {
+                    break CloseReason::IdleTimeout;
+                }
+                timer.as_mut().reset(linger.map_or(deadline, |(until, _)| until.min(deadline)));
+            }
+        }
+    };
+    forget(&front, &session);
+    session.close();
+    let reason = match reason {
+        CloseReason::DrainDeadline if front.hard_stop.is_cancelled() => CloseReason::Shutdown,
+        reason => reason,
+    };
+    match session.ending() {
+        // Counted whichever side saw the ICMP report first: this task, or a send.
+        Some(Ending::Unreachable) => {
+            let settings = front.server.settings.load();
+            note_refused(&session.backend, &front.server, &settings);
+        }
+        Some(Ending::Evicted) => {
+            let udp = &front.server.stats.udp;
+            udp.sessions_evicted.fetch_add(1, Ordering::Relaxed);
+        }
+        Some(Ending::BackendDown) | None => {}
+    }
+    session
+        .backend
+        .state
+        .stats
+        .connection_duration
+        .observe(session.started.elapsed());
+    // The socket itself closes when the last reference to the session goes, at the
+    // latest when this task returns.
+    drop(lock(&session.descriptor).take());
+    drop(held);
+    info!(
+        target: "sluice::access",
+        server = %front.server.name,
+        client = %session.client,
+        backend = session.backend.key(),
+        protocol = "udp",
+        datagrams_in = session.requests.load(Ordering::Relaxed),
+        datagrams_out = responses,
+        bytes_in = session.bytes_to_backend.load(Ordering::Relaxed),
+        bytes_out = session.bytes_to_client.load(Ordering::Relaxed),
+        duration_ms = session.started.elapsed().as_millis() as u64,
+        reason = reason.as_str(),
+        "session closed"
+    );
+}
+
+enum Relayed {
+    /// The session goes on.
+    More,
+    /// Complete (see [`complete`]).
+    Done,
+    /// The backend's host reported the port closed.
+    Unreachable,
+}
+
+/// Relays up to [`BATCH`] waiting backend datagrams to the client.
+fn relay_batch(
+    front: &Front,
+    session: &Session,
+    responses: &mut u32,
+    limits: UdpConfig,
+) -> Relayed {
+    let stats = &front.server.stats.udp;
+    let now = Instant::now();
+    BUFFER.with_borrow_mut(|buf| {
+        for _ in 0..BATCH {
+            let len = match socket::recv(&session.upstream, buf) {
+                Ok(len) => len,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Relayed::More,
+                Err(e) if UdpDrop::of(&e) == UdpDrop::BackendRefused => {
+                    return Relayed::Unreachable
+                }
+                // Another error the kernel queued for this socket (an ICMP report that
+                // does not mean the port is closed); the next datagram is unaffected.
+                Err(e) => {
+                    debug!(server = %front.server.name, backend = session.backend.key(), error = %e, "UDP receive failed");
+                    continue;
+                }
+            };
+            session.mark(&session.last_from_backend, now);
+            count_bytes(&session.backend.state.stats.bytes_from_backend, len);
+            *responses = responses.saturating_add(1);
+            if *responses == 1 {
+                first_reply(session);
+            }
+            match send_from(&front.socket, &buf[..len], session.client, session.local) {
+                Ok(_) => {
+                    stats.to_clients.fetch_add(1, Ordering::Relaxed);
+                    count_bytes(&session.bytes_to_client, len);
+                }
+                Err(e) => stats.drop_one(UdpDrop::of(&e)),
+            }
+            if complete(session, *responses, limits) {
+                return Relayed::Done;
+            }
+        }
+        Relayed::More
+    })
+}
+
+/// A reply proves the backend reachable, as a TCP connect that succeeds does: its run
+/// of failed connects is over. The session is no longer one to evict.
+fn first_reply(session: &Session) {
+    session.answered.store(true, Ordering::Release);
+    let in_a_row = &session.backend.state.consecutive_connect_failures;
+    // Read first: most backends have no run to reset, and a write would take the
+    // counter's cache line from every other worker.
+    if in_a_row.load(Ordering::Relaxed) != 0 {
+        in_a_row.store(0, Ordering::Relaxed);
+    }
+}
+
+/// With `max_responses = N`, a session is complete once every request it forwarded has
+/// had N replies (a client with several requests in flight on one port, such as a
+/// resolver, gets all of its answers) and, with `max_requests`, it has taken them all.
+fn complete(session: &Session, responses: u32, limits: UdpConfig) -> bool {
+    let Some(per_request) = limits.max_responses else {
+        return false;
+    };
+    let requests = session.requests.load(Ordering::Relaxed);
+    responses >= per_request.saturating_mul(requests)
+        && limits.max_requests.is_none_or(|max| requests >= max)
+}
+
+/// Counts a backend's ICMP "port unreachable" like a refused TCP connect: enough in a
+/// row mark it down when the server has passive health checking.
+fn note_refused(backend: &Backend, server: &ServerShared, settings: &ServerConfig) {
+    let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+    let passive_fails = tcp::passive_fails(settings);
+    tcp::record_connect_failure(&server.name, backend, passive_fails, &e);
+}
+
+#[cfg(test)]
+impl Session {
+    /// A session towards `target` holding `descriptor`, as [`open`] makes one, without a
+    /// listening side or a reply task.
+    pub(super) fn detached(target: SocketAddr, descriptor: SessionDescriptor) -> Arc<Session> {
+        let backend = crate::backend::BackendSpec::new(target.ip().to_string(), target.port());
+        Arc::new(Session {
+            client: target,
+            local: None,
+            backend: Arc::new(Backend::new(backend, true)),
+            upstream: connect(target).expect("a socket"),
+            requests: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+            ending: AtomicU8::new(0),
+            answered: AtomicBool::new(false),
+            changed: Notify::new(),
+            last_from_client: AtomicU64::new(0),
+            last_from_backend: AtomicU64::new(0),
+            started: Instant::now(),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            descriptor: Mutex::new(Some(descriptor)),
+        })
+    }
+
+    /// What its first reply does to it.
+    pub(super) fn answer(&self) {
+        first_reply(self);
+    }
+
+    pub(super) fn evicted(&self) -> bool {
+        self.ending() == Some(Ending::Evicted) && !self.takes_requests()
+    }
+}
