@@ -13,10 +13,10 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::warn;
 
-use super::{cert, tcp, BoxFuture, CheckError, HealthCheck};
+use super::{tcp, BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
 use crate::config::{ProxyVersion, TlsSettings};
-use crate::tls::{client_config as verifying_config, AnyCertificate, ClientTlsFiles};
+use crate::tls::{cert, client_config as verifying_config, AnyCertificate, ClientTlsFiles};
 
 /// A certificate expiring within this long is reported (once per certificate).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);

@@ -1,5 +1,9 @@
 //! TLS settings from PEM files into rustls configurations (the admin API's HTTPS, the
 //! clients of discovery sources; TLS termination builds on the same loading).
+//!
+//! `cert` reads a certificate's expiry (the `tls` check's warning).
+
+pub(crate) mod cert;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
