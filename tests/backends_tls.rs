@@ -1,14 +1,21 @@
 //! TLS towards backends (`[backends_tls]`): certificates verified by name or IP address,
-//! refused when they do not verify, accepted when verification is turned off.
+//! refused when they do not verify, accepted when verification is turned off; the
+//! self-signed certificate `openssl req -x509` makes, trusted as itself when it is the
+//! configured CA, by the proxy and the `tls` check alike; failures said in words.
 
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use sluice::balance::BalanceKind;
 use sluice::config::ServerConfig;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::support::tls::{backends_tls, tls_backend, Pki};
+use crate::support::data::EchoStreamer;
+use crate::support::process::{free_port, SluiceProcess};
+use crate::support::tls::{backends_tls, openssl_self_signed, tls_backend, tls_echo, Pki};
 use crate::support::*;
 
 /// A plain client's exchange: greeting, then the echo of `ping`.
@@ -72,4 +79,73 @@ async fn a_backend_certificate_that_does_not_verify_is_refused_unless_ignored() 
     })
     .await;
     assert_eq!(plain_exchange(lb.addr).await, b"b\nping");
+}
+
+/// `[servers.NAME]` on `port`, re-encrypting to `backend` verified against `ca`, with a
+/// `tls` check every 100 ms trusting the same file, the backend starting as `initial`.
+fn verified_server(name: &str, port: u16, backend: SocketAddr, ca: &Path, initial: &str) -> String {
+    let ca = ca.display();
+    format!(
+        r#"
+[servers.{name}]
+bind = "127.0.0.1:{port}"
+
+  [servers.{name}.discovery]
+  kind = "static"
+  static_list = ["{backend}"]
+
+  [servers.{name}.backends_tls]
+  root_ca_cert_path = "{ca}"
+
+  [servers.{name}.healthcheck]
+  kind = "tls"
+  interval = "100ms"
+  timeout = "2s"
+  initial_status = "{initial}"
+  tls_ca_path = "{ca}"
+"#
+    )
+}
+
+/// The certificate of `openssl req -x509` is `CA:TRUE`; given as the CA file it is
+/// trusted as itself (as curl and OpenSSL do) by the re-encrypting proxy and the `tls`
+/// check, and the stream crosses whole. Another such certificate is refused, and the
+/// check says why in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_self_signed_backend_given_as_the_ca_is_trusted_as_itself() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let own = openssl_self_signed(dir.path(), "own");
+    let stranger = openssl_self_signed(dir.path(), "stranger");
+    let backend = tls_echo(&own).await;
+    let impostor = tls_echo(&stranger).await;
+    let (port, other) = (free_port(), free_port());
+    let toml = format!(
+        "[logging]\nlevel = \"info\"\n{}{}",
+        verified_server("own", port, backend.addr, &own.cert_path, "unhealthy"),
+        verified_server("impostor", other, impostor.addr, &own.cert_path, "healthy"),
+    );
+    let lb = SluiceProcess::start(&toml, SocketAddr::from(([127, 0, 0, 1], port))).await;
+    // Starting unhealthy, the backend takes traffic only once the check has passed.
+    eventually("the tls check passes", || async {
+        lb.log()
+            .lines()
+            .any(|l| l.contains("backend is up") && l.contains("server=\"own\""))
+    })
+    .await;
+    let streamer = EchoStreamer::start(lb.addr, 11, 4096, Duration::from_millis(5)).await;
+    streamer.wait_echoed(4096).await;
+    eventually("the impostor is down, in words", || async {
+        lb.log().lines().any(|l| {
+            l.contains("backend is down")
+                && l.contains("server=\"impostor\"")
+                && l.contains(
+                    "TLS handshake failed: the backend's certificate is a CA certificate \
+                     used as an end-entity: ",
+                )
+        })
+    })
+    .await;
+    assert!(!lb.log().contains("OtherError"), "{}", lb.log());
+    let verified = streamer.finish().await.expect("the stream came back whole");
+    assert!(verified > 0);
 }

@@ -69,10 +69,10 @@ impl TlsClient {
             })?,
         };
         let stream = tcp::connect(backend, proxy).await?;
-        self.connector
-            .connect(name, stream)
-            .await
-            .map_err(|e| CheckError::Unhealthy(format!("TLS handshake failed: {e}")))
+        self.connector.connect(name, stream).await.map_err(|e| {
+            let why = crate::tls::words::handshake_error(&e);
+            CheckError::Unhealthy(format!("TLS handshake failed: {why}"))
+        })
     }
 }
 

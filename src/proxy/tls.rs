@@ -138,7 +138,7 @@ pub async fn handle(
                 let limit = crate::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT;
                 match timeout(limit, connector.connect(name, upstream)).await {
                     Ok(Ok(tls)) => Ok(tls),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(crate::tls::words::handshake_error(&e)),
                     Err(_) => Err(format!("no handshake within {limit:?}")),
                 }
             };

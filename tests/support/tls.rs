@@ -1,7 +1,8 @@
-//! Certificates for TLS tests: a CA with the leaves it signs (rcgen), and TLS backends
-//! presenting them.
+//! Certificates for TLS tests: a CA with the leaves it signs (rcgen), self-signed
+//! certificates made by the `openssl` command as an operator makes them, and TLS
+//! backends presenting them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rustls_pki_types::pem::PemObject;
@@ -62,10 +63,43 @@ impl Pki {
     }
 }
 
+/// The self-signed certificate most guides give (`openssl req -x509`, Debian package
+/// openssl), for `localhost` and 127.0.0.1, written as `FILE.pem` and `FILE.key` in
+/// `dir`. OpenSSL marks it `CA:TRUE`.
+pub fn openssl_self_signed(dir: &Path, file: &str) -> TlsFiles {
+    let files = TlsFiles {
+        cert_path: dir.join(format!("{file}.pem")),
+        key_path: dir.join(format!("{file}.key")),
+    };
+    let output = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
+        ])
+        .args(["-subj", "/CN=localhost"])
+        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+        .arg("-keyout")
+        .arg(&files.key_path)
+        .arg("-out")
+        .arg(&files.cert_path)
+        .output()
+        .expect("run openssl (Debian package openssl)");
+    assert!(
+        output.status.success(),
+        "openssl req: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    files
+}
+
 /// A TLS backend presenting `files`, greeting each connection with `NAME\n` and then
 /// echoing what it reads until the client finishes.
 pub async fn tls_backend(name: &str, files: &TlsFiles) -> TestBackend {
     tls_serving(name, Some(format!("{name}\n").into()), files).await
+}
+
+/// A TLS backend presenting `files` that echoes every byte back, nothing more.
+pub async fn tls_echo(files: &TlsFiles) -> TestBackend {
+    tls_serving("echo", None, files).await
 }
 
 async fn tls_serving(name: &str, greeting: Option<Arc<str>>, files: &TlsFiles) -> TestBackend {
