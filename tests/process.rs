@@ -304,3 +304,105 @@ async fn udp_quick_mode_balances_datagrams_and_stops_on_sigterm() {
         .expect("exit status");
     assert!(status.success(), "{status}");
 }
+
+/// The access-log lines (at the default level) of server `name`, closed for `reason`.
+fn access_lines(log: &str, name: &str, reason: &str) -> Vec<String> {
+    let (server, reason) = (format!("server=\"{name}\""), format!("reason=\"{reason}\""));
+    log.lines()
+        .filter(|l| l.contains("connection closed") && l.contains(&server) && l.contains(&reason))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A connection closed before its bytes were relayed says why in its one access-log
+/// line, at the default level: a name SNI routing rejects, backends all disabled or
+/// draining, a backend refusing the connection (named). Meanwhile a stream through
+/// another server is relayed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_says_why_in_its_access_log_line() {
+    use crate::support::tls::client_hello_in_records;
+    use tokio::io::AsyncWriteExt;
+    let echo = TestBackend::echo().await;
+    let closed = local(free_port());
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let toml = format!(
+        r#"
+[logging]
+level = "info"
+
+[servers.test]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{echo}"] }}
+
+[servers.sni]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{echo} sni=a.sluice.test"] }}
+sni = {{ unexpected_hostname_strategy = "reject" }}
+
+[servers.out]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{echo} state=disabled", "{closed} state=drain"] }}
+
+[servers.refusing]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{closed}"] }}
+"#,
+        ports[0],
+        ports[1],
+        ports[2],
+        ports[3],
+        echo = echo.addr,
+    );
+    let sluice = SluiceProcess::start(&toml, local(ports[0])).await;
+    let streamer = EchoStreamer::start(sluice.addr, 5, 4096, Duration::from_millis(5)).await;
+    streamer.wait_echoed(4096).await;
+
+    let mut rejected = connect_from(local(ports[1]), None).await;
+    rejected
+        .write_all(&client_hello_in_records("b.sluice.test", 16_000))
+        .await
+        .unwrap();
+    assert_closed_without_data(&mut rejected, WAIT).await;
+    for port in [ports[2], ports[3]] {
+        let mut refused = connect_from(local(port), None).await;
+        assert_closed_without_data(&mut refused, WAIT).await;
+    }
+    eventually("three refusals logged", || async {
+        let log = sluice.log();
+        !access_lines(&log, "sni", "sni_rejected").is_empty()
+            && !access_lines(&log, "out", "no_backend").is_empty()
+            && !access_lines(&log, "refusing", "connect_failed").is_empty()
+    })
+    .await;
+    let log = sluice.log();
+    let said = |name, reason, words: &[&str]| {
+        let lines = access_lines(&log, name, reason);
+        assert_eq!(lines.len(), 1, "one line per refused connection:\n{log}");
+        for w in words {
+            assert!(lines[0].contains(w), "{w:?} in {}", lines[0]);
+        }
+    };
+    said(
+        "sni",
+        "sni_rejected",
+        &[
+            "backend=\"-\"",
+            "no backend is tagged for the server name b.sluice.test",
+        ],
+    );
+    said(
+        "out",
+        "no_backend",
+        &["no backend available among 2 backends (2 disabled or draining)"],
+    );
+    said(
+        "refusing",
+        "connect_failed",
+        &[
+            &format!("backend=\"{closed}\""),
+            &format!("connect failed: {closed}: Connection refused"),
+        ],
+    );
+    let verified = streamer.finish().await.expect("the stream came back whole");
+    assert!(verified >= 4096);
+}

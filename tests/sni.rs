@@ -13,6 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::support::tls::{client_hello_in_records, client_hello_offering};
 use crate::support::*;
 
 /// A TLS server with its own self-signed certificate for `names`, answering each
@@ -221,35 +222,6 @@ async fn recording_backend(name: &str) -> TestBackend {
         }
     })
     .await
-}
-
-/// A rustls ClientHello for `name`, re-framed into TLS records of at most `record`
-/// bytes of handshake each.
-fn client_hello_in_records(name: &str, record: usize) -> Vec<u8> {
-    client_hello_offering(name, &[], record)
-}
-
-/// Like [`client_hello_in_records`], offering `alpn`.
-fn client_hello_offering(name: &str, alpn: &[&str], record: usize) -> Vec<u8> {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).expect("client");
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).expect("hello");
-    let mut out = Vec::new();
-    for chunk in hello[5..].chunks(record) {
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-        out.extend_from_slice(chunk);
-    }
-    out
 }
 
 #[tokio::test]

@@ -15,9 +15,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::copy::{CopyResult, Counters, Relay};
-use super::sni::Route;
+use super::sni::{ByName, Route};
 use super::{client_hello, proxy_protocol, CloseReason};
-use crate::backend::{Backend, ConnGuard};
+use crate::backend::{AdminState, Backend, ConnGuard};
 use crate::config::{HealthKind, ServerConfig};
 use crate::server::{ActiveSlot, ServerShared};
 
@@ -51,11 +51,11 @@ pub fn handle<I: Intro>(
             let stopped = pin!(stop.cancelled());
             tokio::select! {
                 opened = Box::pin(open(slot.server(), &client, peer, intro.into_preamble(), None)) => opened,
-                () = stopped => Err(CloseReason::Shutdown),
+                () = stopped => Err(Refusal::shutdown(peer)),
             }
         } {
             Ok(connected) => connected,
-            Err(reason) => return refuse(slot.server(), peer, started, reason, ""),
+            Err(no) => return refuse(slot.server(), started, no),
         };
         // Once connected, the backend's own token: cancelled by its drain deadline, and
         // (as a child of `stop`) by the shutdown deadline. One waiter either way.
@@ -105,10 +105,10 @@ pub fn finish(
         &server.name,
         peer,
         Some(backend),
-        result.bytes_to_backend,
-        result.bytes_to_client,
+        (result.bytes_to_backend, result.bytes_to_client),
         started,
         reason,
+        None,
     );
 }
 
@@ -184,8 +184,15 @@ pub async fn handle_prelude(
             let pool = server.pool.load();
             preamble.route = Some(
                 Route::choose(sni, &matcher, &hello, pool.backends()).ok_or_else(|| {
-                    let name = hello.server_name.as_deref().unwrap_or("(no name)");
-                    let detail = format!("no backend for {name}");
+                    let detail = match hello.server_name.as_deref() {
+                        Some(name) => format!(
+                            "no backend is tagged for the server name {name}, and \
+                             unexpected_hostname_strategy is \"reject\""
+                        ),
+                        None => "the ClientHello names no server, and \
+                                 unexpected_hostname_strategy is \"reject\""
+                            .to_owned(),
+                    };
                     Refusal::new(peer, CloseReason::SniRejected, detail)
                 })?,
             );
@@ -198,24 +205,40 @@ pub async fn handle_prelude(
     };
     match read {
         Ok((peer, preamble)) => handle(client, peer, slot, stop, preamble).await,
-        Err(no) => refuse(server, no.client, started, no.reason, &no.detail),
+        Err(no) => refuse(server, started, no),
     }
 }
 
-/// A connection closed before a backend was chosen: the client to log (the one a PROXY
-/// header named, once read), why, and the detail.
+/// A connection closed before its bytes were relayed: the client to log (the one a PROXY
+/// header named, once read), why, what happened in words, and the backend it was closed
+/// at, if one had been chosen.
 pub(crate) struct Refusal {
     pub client: SocketAddr,
     pub reason: CloseReason,
     pub detail: String,
+    pub backend: Option<Arc<Backend>>,
 }
 
 impl Refusal {
-    fn new(client: SocketAddr, reason: CloseReason, detail: impl ToString) -> Refusal {
+    pub(crate) fn new(client: SocketAddr, reason: CloseReason, detail: impl ToString) -> Refusal {
         Refusal {
             client,
             reason,
             detail: detail.to_string(),
+            backend: None,
+        }
+    }
+
+    /// Sluice stopped before a backend answered.
+    pub(crate) fn shutdown(client: SocketAddr) -> Refusal {
+        Refusal::new(client, CloseReason::Shutdown, "shutting down")
+    }
+
+    /// The same, closed at `backend`.
+    pub(crate) fn at(self, backend: &Arc<Backend>) -> Refusal {
+        Refusal {
+            backend: Some(Arc::clone(backend)),
+            ..self
         }
     }
 }
@@ -246,7 +269,7 @@ pub(crate) async fn read_front(
         .as_ref()
         .is_some_and(|acl| !acl.allows(client.ip()))
     {
-        let detail = format!("client {client} behind {front}");
+        let detail = format!("denied by the access rules (behind the front {front})");
         return Err(Refusal::new(client, CloseReason::AclDenied, detail));
     }
     Ok(Front {
@@ -265,7 +288,7 @@ pub(crate) async fn open(
     peer: SocketAddr,
     preamble: Option<Box<Preamble>>,
     tls: Option<&proxy_protocol::TlsInfo>,
-) -> Result<(ConnGuard, TcpStream, u64), CloseReason> {
+) -> Result<(ConnGuard, TcpStream, u64), Refusal> {
     let route = preamble.as_ref().and_then(|p| p.route.as_ref());
     let (guard, mut upstream) = connect(server, peer, route).await?;
     let send = server.settings.load().proxy_protocol.send;
@@ -287,8 +310,8 @@ pub(crate) async fn open(
         return Ok((guard, upstream, 0));
     }
     if let Err(e) = upstream.write_all(&first).await {
-        debug!(server = %server.name, backend = guard.backend().key(), error = %e, "cannot send the connection's first bytes");
-        return Err(CloseReason::BackendError);
+        let detail = format!("cannot send the connection's first bytes: {e}");
+        return Err(Refusal::new(peer, CloseReason::BackendError, detail).at(guard.backend()));
     }
     let early = early.len() as u64;
     let stats = &guard.backend().state.stats;
@@ -302,7 +325,7 @@ async fn connect(
     server: &ServerShared,
     peer: SocketAddr,
     route: Option<&Route>,
-) -> Result<(ConnGuard, TcpStream), CloseReason> {
+) -> Result<(ConnGuard, TcpStream), Refusal> {
     let settings = server.settings.load();
     let pool = server.pool.load();
     let matcher = route.and_then(|_| server.sni.load_full());
@@ -314,8 +337,9 @@ async fn connect(
         .backend_connection_timeout
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let passive_fails = passive_fails(&settings);
-    // Allocates only after a failed attempt.
+    // Allocate only after a failed attempt.
     let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for _ in 0..settings.connect_attempts.max(1) {
         let Some(guard) = pool.pick_where(peer.ip(), &tried, &allowed) else {
             break;
@@ -337,16 +361,73 @@ async fn connect(
             }
             Err(e) => {
                 record_connect_failure(&server.name, backend, passive_fails, &e);
+                failures.push(format!("{}: {e}", backend.key()));
                 tried.push(Arc::clone(backend));
             }
         }
     }
-    if tried.is_empty() {
-        server.note_no_backend();
-        Err(CloseReason::NoBackend)
-    } else {
-        Err(CloseReason::ConnectFailed)
+    match tried.last() {
+        None => {
+            server.note_no_backend();
+            let detail = unavailable(pool.backends(), &allowed, route);
+            Err(Refusal::new(peer, CloseReason::NoBackend, detail))
+        }
+        Some(last) => {
+            let detail = format!("connect failed: {}", failures.join("; "));
+            Err(Refusal::new(peer, CloseReason::ConnectFailed, detail).at(last))
+        }
     }
+}
+
+/// Why no backend could take a connection, in words: the backends it may go to (all,
+/// or those its SNI route allows) and what keeps each of them out.
+fn unavailable(
+    backends: &[Arc<Backend>],
+    allowed: &dyn Fn(&Backend) -> bool,
+    route: Option<&Route>,
+) -> String {
+    if backends.is_empty() {
+        return "the server has no backends".to_owned();
+    }
+    let whom = match route.map(|r| &r.by_name) {
+        Some(ByName::Named(name)) => format!(" tagged for {name}"),
+        Some(ByName::Untagged) => " without an sni tag".to_owned(),
+        Some(ByName::Any) | None => String::new(),
+    };
+    let candidates: Vec<&Arc<Backend>> = backends.iter().filter(|b| allowed(b)).collect();
+    if candidates.is_empty() {
+        // Only a route leaves every backend out: by name, or by the ALPN tags.
+        let offered = match route {
+            Some(route) if !route.alpn.is_empty() => format!("ALPN {}", route.alpn.join(", ")),
+            _ => "no ALPN protocol".to_owned(),
+        };
+        return format!("no backend{whom} takes a client offering {offered}");
+    }
+    let (mut down, mut off, mut full) = (0, 0, 0);
+    for backend in &candidates {
+        if !backend.is_healthy() {
+            down += 1;
+        } else if backend.admin_state() != AdminState::Enabled {
+            off += 1;
+        } else if !backend.is_available() {
+            full += 1;
+        }
+    }
+    let why: Vec<String> = [
+        (down, "down"),
+        (off, "disabled or draining"),
+        (full, "at max_connections"),
+    ]
+    .into_iter()
+    .filter(|(n, _)| *n > 0)
+    .map(|(n, what)| format!("{n} {what}"))
+    .collect();
+    let n = candidates.len();
+    let noun = if n == 1 { "backend" } else { "backends" };
+    format!(
+        "no backend available among {n} {noun}{whom} ({})",
+        why.join(", ")
+    )
 }
 
 /// Connects to the backend's addresses in turn within one overall timeout.
@@ -432,29 +513,32 @@ pub(crate) fn record_connect_failure(
     }
 }
 
-/// A connection closed before reaching a backend: counted by reason, its `detail` in
-/// the debug log, and its access-log line.
-pub(crate) fn refuse(
-    server: &ServerShared,
-    client: SocketAddr,
-    started: Instant,
-    reason: CloseReason,
-    detail: &str,
-) {
-    debug!(server = %server.name, %client, reason = reason.as_str(), detail, "connection refused");
-    server.count_refused(reason);
-    access_log(&server.name, client, None, 0, 0, started, reason);
+/// A connection closed before its bytes were relayed: counted by reason, and its
+/// access-log line saying why.
+pub(crate) fn refuse(server: &ServerShared, started: Instant, no: Refusal) {
+    server.count_refused(no.reason);
+    access_log(
+        &server.name,
+        no.client,
+        no.backend.as_ref(),
+        (0, 0),
+        started,
+        no.reason,
+        Some(&no.detail),
+    );
 }
 
-/// The access-log line: one per closed connection, accepted or refused.
+/// The access-log line: one per closed connection, accepted or refused. A refused one
+/// says why in `detail`, at the same level, so the default log answers "why was I cut
+/// off?" without turning on debug.
 pub(crate) fn access_log(
     server: &str,
     client: SocketAddr,
     backend: Option<&Arc<Backend>>,
-    bytes_in: u64,
-    bytes_out: u64,
+    (bytes_in, bytes_out): (u64, u64),
     started: Instant,
     reason: CloseReason,
+    detail: Option<&str>,
 ) {
     info!(
         target: "sluice::access",
@@ -465,6 +549,7 @@ pub(crate) fn access_log(
         bytes_out,
         duration_ms = started.elapsed().as_millis() as u64,
         reason = reason.as_str(),
+        detail,
         "connection closed"
     );
 }

@@ -20,7 +20,7 @@ use tracing::debug;
 
 use super::copy::{Counters, Relay, Stream};
 use super::proxy_protocol::TlsInfo;
-use super::tcp::{finish, open, read_front, refuse, Preamble};
+use super::tcp::{finish, open, read_front, refuse, Preamble, Refusal};
 use super::CloseReason;
 use crate::server::ActiveSlot;
 
@@ -45,7 +45,7 @@ pub async fn handle(
             Ok(front) => {
                 (peer, destination, early) = (front.client, front.destination, front.early)
             }
-            Err(no) => return refuse(server, no.client, started, no.reason, &no.detail),
+            Err(no) => return refuse(server, started, no),
         }
     }
     let client = Prefixed::new(std::mem::take(&mut early), client);
@@ -62,28 +62,19 @@ pub async fn handle(
             match handshake {
                 Ok(Ok(tls)) => Either::Left(tls),
                 Ok(Err(e)) => {
-                    return refuse(
-                        server,
-                        peer,
-                        started,
-                        CloseReason::TlsHandshake,
-                        &e.to_string(),
-                    )
+                    let no = Refusal::new(peer, CloseReason::TlsHandshake, e);
+                    return refuse(server, started, no);
                 }
                 Err(_) => {
                     let detail = format!("no handshake within {limit:?}");
-                    return refuse(server, peer, started, CloseReason::TlsHandshake, &detail);
+                    let no = Refusal::new(peer, CloseReason::TlsHandshake, detail);
+                    return refuse(server, started, no);
                 }
             }
         }
         (Some(_), None) => {
-            return refuse(
-                server,
-                peer,
-                started,
-                CloseReason::TlsHandshake,
-                "no TLS configuration",
-            )
+            let no = Refusal::new(peer, CloseReason::TlsHandshake, "no TLS configuration");
+            return refuse(server, started, no);
         }
     };
     let sends_v2 = settings.proxy_protocol.send == Some(crate::config::ProxyVersion::V2);
@@ -117,11 +108,11 @@ pub async fn handle(
     });
     let opened = tokio::select! {
         opened = open(server, tcp, peer, preamble, tls_info.as_ref()) => opened,
-        () = stop.cancelled() => Err(CloseReason::Shutdown),
+        () = stop.cancelled() => Err(Refusal::shutdown(peer)),
     };
     let (guard, upstream, _) = match opened {
         Ok(opened) => opened,
-        Err(reason) => return refuse(server, peer, started, reason, "no backend connection"),
+        Err(no) => return refuse(server, started, no),
     };
     let backend = guard.backend();
     // The backend's side.
@@ -155,18 +146,18 @@ pub async fn handle(
                         .connect_failures
                         .fetch_add(1, Ordering::Relaxed);
                     debug!(server = %server.name, backend = backend.key(), error = %e, "TLS handshake with the backend failed");
-                    return refuse(server, peer, started, CloseReason::ConnectFailed, &e);
+                    let no = Refusal::new(peer, CloseReason::ConnectFailed, e);
+                    return refuse(server, started, no);
                 }
             }
         }
         (Some(_), None) => {
+            let detail = "no backend TLS configuration";
             return refuse(
                 server,
-                peer,
                 started,
-                CloseReason::ConnectFailed,
-                "no backend TLS configuration",
-            )
+                Refusal::new(peer, CloseReason::ConnectFailed, detail),
+            );
         }
     };
     let cut = backend.state.cut_token();

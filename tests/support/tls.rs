@@ -1,6 +1,6 @@
 //! Certificates for TLS tests: a CA with the leaves it signs (rcgen), self-signed
-//! certificates made by the `openssl` command as an operator makes them, and TLS
-//! backends presenting them.
+//! certificates made by the `openssl` command as an operator makes them, TLS backends
+//! presenting them, and ClientHellos for SNI routing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -150,4 +150,33 @@ pub fn backends_tls(ca: Option<PathBuf>, server_name: Option<&str>) -> BackendsT
         session_tickets: true,
         server_name: server_name.map(str::to_owned),
     }
+}
+
+/// A rustls ClientHello for `name`, re-framed into TLS records of at most `record`
+/// bytes of handshake each.
+pub fn client_hello_in_records(name: &str, record: usize) -> Vec<u8> {
+    client_hello_offering(name, &[], record)
+}
+
+/// Like [`client_hello_in_records`], offering `alpn`.
+pub fn client_hello_offering(name: &str, alpn: &[&str], record: usize) -> Vec<u8> {
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(rustls::RootCertStore::empty())
+    .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+    let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
+    let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).expect("client");
+    let mut hello = Vec::new();
+    conn.write_tls(&mut hello).expect("hello");
+    let mut out = Vec::new();
+    for chunk in hello[5..].chunks(record) {
+        out.extend_from_slice(&[22, 3, 1]);
+        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+        out.extend_from_slice(chunk);
+    }
+    out
 }
