@@ -81,11 +81,19 @@ async fn a_backend_certificate_that_does_not_verify_is_refused_unless_ignored() 
     assert_eq!(plain_exchange(lb.addr).await, b"b\nping");
 }
 
-/// `[servers.NAME]` on `port`, re-encrypting to `backend` verified against `ca`, with a
-/// `tls` check every 100 ms trusting the same file, the backend starting as `initial`.
-fn verified_server(name: &str, port: u16, backend: SocketAddr, ca: &Path, initial: &str) -> String {
+/// `[servers.NAME]` on `port`, re-encrypting to `backend` verified against `ca` (for
+/// `server_name` if given); with `check`, a `tls` check every 100 ms trusting the same
+/// file, the backend starting as `check` says (`healthy`, `unhealthy`).
+fn verified_server(
+    name: &str,
+    port: u16,
+    backend: SocketAddr,
+    ca: &Path,
+    server_name: Option<&str>,
+    check: Option<&str>,
+) -> String {
     let ca = ca.display();
-    format!(
+    let mut toml = format!(
         r#"
 [servers.{name}]
 bind = "127.0.0.1:{port}"
@@ -96,7 +104,14 @@ bind = "127.0.0.1:{port}"
 
   [servers.{name}.backends_tls]
   root_ca_cert_path = "{ca}"
-
+"#
+    );
+    if let Some(server_name) = server_name {
+        toml.push_str(&format!("  server_name = \"{server_name}\"\n"));
+    }
+    if let Some(initial) = check {
+        toml.push_str(&format!(
+            r#"
   [servers.{name}.healthcheck]
   kind = "tls"
   interval = "100ms"
@@ -104,7 +119,9 @@ bind = "127.0.0.1:{port}"
   initial_status = "{initial}"
   tls_ca_path = "{ca}"
 "#
-    )
+        ));
+    }
+    toml
 }
 
 /// The certificate of `openssl req -x509` is `CA:TRUE`; given as the CA file it is
@@ -121,8 +138,22 @@ async fn a_self_signed_backend_given_as_the_ca_is_trusted_as_itself() {
     let (port, other) = (free_port(), free_port());
     let toml = format!(
         "[logging]\nlevel = \"info\"\n{}{}",
-        verified_server("own", port, backend.addr, &own.cert_path, "unhealthy"),
-        verified_server("impostor", other, impostor.addr, &own.cert_path, "healthy"),
+        verified_server(
+            "own",
+            port,
+            backend.addr,
+            &own.cert_path,
+            None,
+            Some("unhealthy")
+        ),
+        verified_server(
+            "impostor",
+            other,
+            impostor.addr,
+            &own.cert_path,
+            None,
+            Some("healthy")
+        ),
     );
     let lb = SluiceProcess::start(&toml, SocketAddr::from(([127, 0, 0, 1], port))).await;
     // Starting unhealthy, the backend takes traffic only once the check has passed.
@@ -148,4 +179,71 @@ async fn a_self_signed_backend_given_as_the_ca_is_trusted_as_itself() {
     assert!(!lb.log().contains("OtherError"), "{}", lb.log());
     let verified = streamer.finish().await.expect("the stream came back whole");
     assert!(verified > 0);
+}
+
+/// A backend whose certificate does not verify closes the client's connection; its
+/// access-log line (at the default level) names the backend and says why in words.
+/// Meanwhile a re-encrypted stream through another server crosses whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_re_encryption_names_the_backend_and_why() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let own = openssl_self_signed(dir.path(), "own");
+    let stranger = openssl_self_signed(dir.path(), "stranger");
+    let backend = tls_echo(&own).await;
+    let impostor = tls_echo(&stranger).await;
+    let ports = [free_port(), free_port(), free_port()];
+    let ca = &own.cert_path;
+    let toml = format!(
+        "[logging]\nlevel = \"info\"\n{}{}{}",
+        verified_server("own", ports[0], backend.addr, ca, None, None),
+        verified_server("impostor", ports[1], impostor.addr, ca, None, None),
+        verified_server(
+            "misnamed",
+            ports[2],
+            backend.addr,
+            ca,
+            Some("db.example"),
+            None
+        ),
+    );
+    let lb = SluiceProcess::start(&toml, SocketAddr::from(([127, 0, 0, 1], ports[0]))).await;
+    let streamer = EchoStreamer::start(lb.addr, 12, 4096, Duration::from_millis(5)).await;
+    streamer.wait_echoed(4096).await;
+    for port in &ports[1..] {
+        let mut refused = connect_from(SocketAddr::from(([127, 0, 0, 1], *port)), None).await;
+        refused.write_all(b"ping").await.expect("write");
+        assert_closed_without_data(&mut refused, WAIT).await;
+    }
+    let line = |server: &str| {
+        let server = format!("server=\"{server}\"");
+        lb.log()
+            .lines()
+            .find(|l| l.contains("connection closed") && l.contains(&server))
+            .map(str::to_owned)
+    };
+    eventually("both refusals logged", || async {
+        line("impostor").is_some() && line("misnamed").is_some()
+    })
+    .await;
+    for (server, at, why) in [
+        (
+            "impostor",
+            impostor.addr,
+            "TLS handshake with the backend failed: the backend's certificate is a CA \
+             certificate used as an end-entity: ",
+        ),
+        (
+            "misnamed",
+            backend.addr,
+            "TLS handshake with the backend failed: the backend's certificate is not valid \
+             for db.example: it names localhost, 127.0.0.1 (",
+        ),
+    ] {
+        let line = line(server).expect("logged");
+        assert!(line.contains("reason=\"connect_failed\""), "{line}");
+        assert!(line.contains(&format!("backend=\"{at}\"")), "{line}");
+        assert!(line.contains(why), "{line}");
+    }
+    let verified = streamer.finish().await.expect("the stream came back whole");
+    assert!(verified >= 4096);
 }

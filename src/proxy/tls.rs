@@ -16,7 +16,6 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use super::copy::{Counters, Relay, Stream};
 use super::proxy_protocol::TlsInfo;
@@ -145,19 +144,17 @@ pub async fn handle(
                         .stats
                         .connect_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    debug!(server = %server.name, backend = backend.key(), error = %e, "TLS handshake with the backend failed");
-                    let no = Refusal::new(peer, CloseReason::ConnectFailed, e);
+                    // The access-log line names the backend and says why, at info.
+                    let detail = format!("TLS handshake with the backend failed: {e}");
+                    let no = Refusal::new(peer, CloseReason::ConnectFailed, detail).at(backend);
                     return refuse(server, started, no);
                 }
             }
         }
         (Some(_), None) => {
             let detail = "no backend TLS configuration";
-            return refuse(
-                server,
-                started,
-                Refusal::new(peer, CloseReason::ConnectFailed, detail),
-            );
+            let no = Refusal::new(peer, CloseReason::ConnectFailed, detail).at(backend);
+            return refuse(server, started, no);
         }
     };
     let cut = backend.state.cut_token();

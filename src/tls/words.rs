@@ -110,7 +110,7 @@ fn certificate(error: &CertificateError) -> String {
         } => {
             let names = match presented.as_slice() {
                 [] => "no name at all".to_owned(),
-                names => names.join(", "),
+                names => names.iter().map(|n| name(n)).collect::<Vec<_>>().join(", "),
             };
             format!(
                 "is not valid for {}: it names {names} (set server_name, or give the \
@@ -160,6 +160,24 @@ fn pki(error: &webpki::Error) -> String {
         }
         other => format!("is refused: {}", words(other)),
     }
+}
+
+/// A name of a certificate as webpki gives it (`DnsName("localhost")`,
+/// `IpAddress(127.0.0.1)`), as written in a configuration.
+fn name(presented: &str) -> &str {
+    for (open, close) in [
+        ("DnsName(\"", "\")"),
+        ("IpAddress(", ")"),
+        ("UniformResourceIdentifier(\"", "\")"),
+    ] {
+        if let Some(inner) = presented
+            .strip_prefix(open)
+            .and_then(|rest| rest.strip_suffix(close))
+        {
+            return inner;
+        }
+    }
+    presented
 }
 
 /// A time as an RFC 3339 date, to the second.
@@ -246,6 +264,18 @@ mod tests {
                 .into(),
                 "the backend's certificate expired at 2020-09-13T12:26:40Z (it is now \
                  2023-11-14T22:13:20Z)",
+            ),
+            (
+                CertificateError::NotValidForNameContext {
+                    expected: rustls_pki_types::ServerName::try_from("db.example").expect("name"),
+                    presented: vec![
+                        "DnsName(\"localhost\")".into(),
+                        "IpAddress(127.0.0.1)".into(),
+                    ],
+                }
+                .into(),
+                "the backend's certificate is not valid for db.example: it names localhost, \
+                 127.0.0.1 (",
             ),
             (
                 rustls::Error::AlertReceived(AlertDescription::HandshakeFailure),
