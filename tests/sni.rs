@@ -1,6 +1,7 @@
 //! SNI routing without termination: TLS backends presenting their own certificates end
 //! to end (rustls and `openssl s_client` as clients), wildcards, unexpected names, a
-//! ClientHello split across segments and records, and bad ClientHellos.
+//! ClientHello split across segments and records, bad ClientHellos, and `tls` checks
+//! verifying each backend for its name.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,7 +9,10 @@ use std::time::Duration;
 
 use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
-use sluice::config::{HostnameMatching, ServerConfig, SniConfig, UnexpectedHostname};
+use sluice::config::{
+    HealthConfig, HealthKind, HostnameMatching, InitialStatus, ServerConfig, SniConfig,
+    TlsSettings, UnexpectedHostname,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -159,6 +163,53 @@ async fn each_name_reaches_the_backend_that_presents_its_certificate() {
     // A name no backend is tagged for goes to the untagged one.
     let other = tls_hello(lb.addr, "other.sluice.test", &fallback.cert_pem).await;
     assert_eq!(other, Ok("fallback".into()));
+}
+
+/// A `tls` check verifies each backend for the name it is tagged for, which its
+/// certificate carries, not for its address: both backends of a correct set-up pass at
+/// once and take their clients.
+#[tokio::test]
+async fn the_tls_check_verifies_each_backend_for_its_sni_name() {
+    let a = TlsBackend::start("a", &["a.sluice.test"]).await;
+    let b = TlsBackend::start("b", &["b.sluice.test"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("backends.pem");
+    std::fs::write(&ca, format!("{}{}", a.cert_pem, b.cert_pem)).expect("write CA file");
+    let lb = Sluice::start(ServerConfig {
+        healthcheck: HealthConfig {
+            kind: HealthKind::Tls(TlsSettings {
+                server_name: None,
+                skip_verify: false,
+                ca_path: Some(ca),
+            }),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+            fails: 1,
+            passes: 1,
+            initial_status: InitialStatus::Unhealthy,
+            passive_fails: 0,
+        },
+        ..sni_server(
+            vec![a.tagged("a.sluice.test"), b.tagged("b.sluice.test")],
+            HostnameMatching::Exact,
+            UnexpectedHostname::Reject,
+        )
+    })
+    .await;
+    let shared = lb.shared().await;
+    eventually("both backends pass their check", || async {
+        shared.pool.load().backends().iter().all(|b| b.is_healthy())
+    })
+    .await;
+    for backend in shared.pool.load().backends() {
+        let failed = backend.state.stats.checks_failed.load(Ordering::Relaxed);
+        assert_eq!(failed, 0, "{} failed a check", backend.key());
+    }
+    for (name, backend) in [("a", &a), ("b", &b)] {
+        let host = format!("{name}.sluice.test");
+        let reply = tls_hello(lb.addr, &host, &backend.cert_pem).await;
+        assert_eq!(reply, Ok(name.to_owned()));
+    }
 }
 
 #[tokio::test]

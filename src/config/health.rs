@@ -152,7 +152,8 @@ pub const DEFAULT_HTTP_STATUS: (u16, u16) = (200, 299);
 /// `kind = "tls"`, and the TLS side of `https` and `probe_protocol = "tls"`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsSettings {
-    /// SNI and the name the certificate must carry; `None` uses the backend's host.
+    /// SNI and the name the certificate must carry; `None` uses the backend's `sni=` tag
+    /// when it is one name, else its host.
     pub server_name: Option<String>,
     /// Accept any certificate (the handshake must still succeed).
     pub skip_verify: bool,

@@ -61,12 +61,7 @@ impl TlsClient {
     ) -> Result<TlsStream<TcpStream>, CheckError> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
-            None => ServerName::try_from(backend.spec.host.clone()).map_err(|_| {
-                CheckError::Unhealthy(format!(
-                    "\"{}\" is not a valid TLS server name; set tls_server_name",
-                    backend.spec.host
-                ))
-            })?,
+            None => name_of(backend)?,
         };
         let stream = tcp::connect(backend, proxy).await?;
         self.connector.connect(name, stream).await.map_err(|e| {
@@ -74,6 +69,26 @@ impl TlsClient {
             CheckError::Unhealthy(format!("TLS handshake failed: {why}"))
         })
     }
+}
+
+/// The name a backend is checked for without `tls_server_name`: the name SNI routing
+/// sends it (its `sni=` tag, which its certificate carries) when that is one name, not a
+/// wildcard or a regular expression; else its host.
+fn name_of(backend: &Backend) -> Result<ServerName<'static>, CheckError> {
+    let tagged = backend
+        .spec
+        .sni
+        .as_ref()
+        .and_then(|tag| ServerName::try_from(tag.clone()).ok());
+    if let Some(name) = tagged {
+        return Ok(name);
+    }
+    ServerName::try_from(backend.spec.host.clone()).map_err(|_| {
+        CheckError::Unhealthy(format!(
+            "\"{}\" is not a valid TLS server name; set tls_server_name",
+            backend.spec.host
+        ))
+    })
 }
 
 /// Passes when the TLS handshake succeeds.

@@ -113,8 +113,9 @@ fn certificate(error: &CertificateError) -> String {
                 names => names.iter().map(|n| name(n)).collect::<Vec<_>>().join(", "),
             };
             format!(
-                "is not valid for {}: it names {names} (set server_name, or give the \
-                 backend a certificate for that name)",
+                "is not valid for {}: it names {names} (set the name to verify, \
+                 server_name or tls_server_name, or give the backend a certificate for \
+                 that name)",
                 expected.to_str()
             )
         }
