@@ -406,3 +406,36 @@ discovery = {{ kind = "static", static_list = ["{closed}"] }}
     let verified = streamer.finish().await.expect("the stream came back whole");
     assert!(verified >= 4096);
 }
+
+/// `sluice check` warns of a `mysql` check without a user (the server counts each check
+/// as an aborted connection), not of one with a user.
+#[tokio::test]
+async fn check_warns_of_a_mysql_check_without_a_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, user: &str| {
+        let text = format!(
+            "[servers.db]\nbind = \"127.0.0.1:{}\"\n\
+             discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:3306\"] }}\n\
+             healthcheck = {{ kind = \"mysql\"{user} }}\n",
+            free_port()
+        );
+        write_file(dir.path(), name, &text)
+    };
+    let without = file("without.toml", "");
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &without]).await;
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    let expected = format!(
+        "{without}:4:17: warning: servers.db.healthcheck.kind: \"mysql\" without mysql_user \
+         reads the server's greeting and hangs up: MySQL and MariaDB count every such check \
+         as an aborted connection"
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert!(
+        stderr.contains("CREATE USER 'sluice_check'@'SLUICE_ADDRESS'"),
+        "{stderr}"
+    );
+    let with = file("with.toml", ", mysql_user = \"sluice_check\"");
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &with]).await;
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stderr, "", "no warning with a user");
+}
