@@ -439,3 +439,40 @@ async fn check_warns_of_a_mysql_check_without_a_user() {
     assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
     assert_eq!(stderr, "", "no warning with a user");
 }
+
+/// `sluice udp --help` lists only the flags `udp` takes: no `--health-interval` (a TCP
+/// check) or `--connect-timeout`; `sluice tcp` has them.
+#[tokio::test]
+async fn udp_help_lists_only_what_udp_takes() {
+    let (status, udp_help, _) = run_sluice(&["udp", "--help"]).await;
+    assert!(status.success());
+    for flag in [
+        "--listen",
+        "--targets",
+        "--max-responses",
+        "--session-timeout",
+    ] {
+        assert!(udp_help.contains(flag), "{flag} in:\n{udp_help}");
+    }
+    let (status, tcp_help, _) = run_sluice(&["tcp", "--help"]).await;
+    assert!(status.success());
+    for flag in ["--health-interval", "--connect-timeout"] {
+        assert!(!udp_help.contains(flag), "{flag} in:\n{udp_help}");
+        assert!(tcp_help.contains(flag), "{flag} not in:\n{tcp_help}");
+    }
+    let (status, _, stderr) = run_sluice(&[
+        "udp",
+        "--listen",
+        "127.0.0.1:1",
+        "--targets",
+        "127.0.0.1:2",
+        "--health-interval",
+        "5s",
+    ])
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unexpected argument '--health-interval'"),
+        "{stderr}"
+    );
+}
