@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::{error, info, warn};
 
 use crate::api::{self, ApiState};
-use crate::backend::BackendSpec;
+use crate::backend::{AdminState, BackendSpec};
 use crate::balance::BalanceKind;
 use crate::config::{self, Config, HealthConfig, HealthKind, ServerConfig};
 use crate::control::Control;
@@ -199,17 +199,31 @@ pub fn summary(config: &Config) -> String {
             s.bind,
             s.balance,
         ));
+        // Every tag of the backend line, in its grammar's order; weight and priority
+        // even at their defaults.
         for b in backends {
             out.push_str(&format!(
-                "  {} weight={} priority={}{}{}\n",
+                "  {} weight={} priority={}",
                 b.key(),
                 b.weight,
-                b.priority,
-                b.max_connections
-                    .map(|m| format!(" max_connections={m}"))
-                    .unwrap_or_default(),
-                if b.backup { " backup" } else { "" }
+                b.priority
             ));
+            if let Some(max) = b.max_connections {
+                out.push_str(&format!(" max_connections={max}"));
+            }
+            if let Some(sni) = &b.sni {
+                out.push_str(&format!(" sni={sni}"));
+            }
+            if let Some(alpn) = &b.alpn {
+                out.push_str(&format!(" alpn={alpn}"));
+            }
+            if b.backup {
+                out.push_str(" backup");
+            }
+            if b.admin != AdminState::Enabled {
+                out.push_str(&format!(" state={}", b.admin.as_str()));
+            }
+            out.push('\n');
         }
     }
     out

@@ -476,3 +476,36 @@ async fn udp_help_lists_only_what_udp_takes() {
         "{stderr}"
     );
 }
+
+/// `sluice check` summarises each backend with every tag of its line: `sni=`, `alpn=`,
+/// `backup`, `state=` as well as weight, priority and max_connections.
+#[tokio::test]
+async fn check_summarises_every_tag_of_a_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = write_file(
+        dir.path(),
+        "sni.toml",
+        &format!(
+            "[servers.https]\nbind = \"127.0.0.1:{port}\"\nbalance = \"roundrobin\"\n\
+             sni = {{ unexpected_hostname_strategy = \"reject\" }}\n\
+             discovery = {{ kind = \"static\", static_list = [\
+             \"127.0.0.1:8443 weight=2 sni=a.sluice.test alpn=h2\", \
+             \"127.0.0.1:8444 sni=*.b.sluice.test backup state=drain max_connections=10\"] }}\n"
+        ),
+    );
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &file]).await;
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    let expected = [
+        format!(
+            "server https: tcp on 127.0.0.1:{port}, balance roundrobin, 2 backend(s), \
+             no health check"
+        ),
+        "  127.0.0.1:8443 weight=2 priority=1 sni=a.sluice.test alpn=h2".to_owned(),
+        "  127.0.0.1:8444 weight=1 priority=1 max_connections=10 sni=*.b.sluice.test backup \
+         state=drain"
+            .to_owned(),
+        format!("{file}: OK"),
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
+}
