@@ -529,3 +529,56 @@ async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
         .expect("closed in time");
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
 }
+
+/// A client whose certificate does not verify is refused, and the access-log line says
+/// why in words (the real binary, at the default level); a signed client gets through.
+#[tokio::test]
+async fn a_refused_client_certificate_is_said_in_words() {
+    use crate::support::process::{free_port, SluiceProcess};
+    let pki = Pki::new();
+    let server_files = pki.leaf("server", &["a.sluice.test"]);
+    let client_files = pki.leaf("client", &["client.sluice.test"]);
+    let other_ca = Pki::new();
+    let stranger = other_ca.leaf("stranger", &["client.sluice.test"]);
+    let backend = TestBackend::named("backend").await;
+    let port = free_port();
+    let toml = format!(
+        r#"
+[logging]
+level = "info"
+
+[servers.mtls]
+bind = "127.0.0.1:{port}"
+protocol = "tls"
+discovery = {{ kind = "static", static_list = ["{}"] }}
+
+  [servers.mtls.tls]
+  cert_path = "{}"
+  key_path = "{}"
+  client_ca_path = "{}"
+"#,
+        backend.addr,
+        server_files.cert_path.display(),
+        server_files.key_path.display(),
+        pki.ca_path().display(),
+    );
+    let lb = SluiceProcess::start(&toml, ([127, 0, 0, 1], port).into()).await;
+    let unknown = client_config(&pki.ca_path(), &[], Some(&stranger), BOTH);
+    assert!(exchange(lb.addr, "a.sluice.test", unknown).await.is_err());
+    let signed = client_config(&pki.ca_path(), &[], Some(&client_files), BOTH);
+    let (reply, _) = exchange(lb.addr, "a.sluice.test", signed)
+        .await
+        .expect("a signed client");
+    assert_eq!(reply, "backend\nping");
+    // Sluice's start was probed by a connection closed before any handshake: the
+    // refusal sought is the one about a certificate. The other CA has the same name as
+    // the trusted one, so the stranger's certificate seems issued by it, and its
+    // signature does not verify.
+    eventually("the refusal logged, in words", || async {
+        lb.log().lines().any(|l| {
+            l.contains("reason=\"tls_handshake\"")
+                && l.contains("the client's certificate carries a signature that does not verify")
+        })
+    })
+    .await;
+}

@@ -16,6 +16,7 @@ use tracing::warn;
 use super::{tcp, BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
 use crate::config::{ProxyVersion, TlsSettings};
+use crate::tls::words::Peer;
 use crate::tls::{cert, client_config as verifying_config, AnyCertificate, ClientTlsFiles};
 
 /// A certificate expiring within this long is reported (once per certificate).
@@ -65,7 +66,7 @@ impl TlsClient {
         };
         let stream = tcp::connect(backend, proxy).await?;
         self.connector.connect(name, stream).await.map_err(|e| {
-            let why = crate::tls::words::handshake_error(&e);
+            let why = crate::tls::words::handshake_error(&e, Peer::Backend);
             CheckError::Unhealthy(format!("TLS handshake failed: {why}"))
         })
     }

@@ -22,6 +22,7 @@ use super::proxy_protocol::TlsInfo;
 use super::tcp::{finish, open, read_front, refuse, Preamble, Refusal};
 use super::CloseReason;
 use crate::server::ActiveSlot;
+use crate::tls::words::{handshake_error, Peer};
 
 /// Relays `client` to a backend, terminating and/or originating TLS as the server says.
 pub async fn handle(
@@ -61,7 +62,8 @@ pub async fn handle(
             match handshake {
                 Ok(Ok(tls)) => Either::Left(tls),
                 Ok(Err(e)) => {
-                    let no = Refusal::new(peer, CloseReason::TlsHandshake, e);
+                    let detail = handshake_error(&e, Peer::Client);
+                    let no = Refusal::new(peer, CloseReason::TlsHandshake, detail);
                     return refuse(server, started, no);
                 }
                 Err(_) => {
@@ -128,7 +130,7 @@ pub async fn handle(
                 let limit = crate::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT;
                 match timeout(limit, connector.connect(name, upstream)).await {
                     Ok(Ok(tls)) => Ok(tls),
-                    Ok(Err(e)) => Err(crate::tls::words::handshake_error(&e)),
+                    Ok(Err(e)) => Err(handshake_error(&e, Peer::Backend)),
                     Err(_) => Err(format!("no handshake within {limit:?}")),
                 }
             };

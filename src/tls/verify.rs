@@ -208,7 +208,7 @@ mod tests {
         let stranger = self_signed_ca((2026, 1, 1), (2028, 1, 1));
         let v = verifier(&[&listed]);
         let err = verify(&v, &stranger, "localhost").expect_err("not listed");
-        let words = super::super::words::tls_error(&err);
+        let words = super::super::words::tls_error(&err, super::super::words::Peer::Backend);
         assert!(
             words.starts_with("the backend's certificate is a CA certificate"),
             "{words}"

@@ -1,4 +1,5 @@
-//! A failed TLS handshake with a backend, in words for the log and the health checks.
+//! A failed TLS handshake, with a backend or a client, in words for the log and the
+//! health checks.
 //!
 //! rustls prints part of its errors with Rust's debug formatting (`invalid peer
 //! certificate: Other(OtherError(CaUsedAsEndEntity))`, `received fatal alert:
@@ -11,67 +12,96 @@ use std::time::{Duration, UNIX_EPOCH};
 use rustls::{AlertDescription, CertificateError};
 use rustls_pki_types::UnixTime;
 
-/// Why a handshake with a backend failed: the rustls error inside `error` in words, or
-/// the I/O error itself.
-pub fn handshake_error(error: &io::Error) -> String {
+/// The other end of a handshake: a backend Sluice connects to, or a client of a
+/// `protocol = "tls"` server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peer {
+    Backend,
+    Client,
+}
+
+impl Peer {
+    fn noun(self) -> &'static str {
+        match self {
+            Peer::Backend => "backend",
+            Peer::Client => "client",
+        }
+    }
+}
+
+/// Why a handshake with `peer` failed: the rustls error inside `error` in words, or the
+/// I/O error itself.
+pub fn handshake_error(error: &io::Error, peer: Peer) -> String {
     if let Some(tls) = error
         .get_ref()
         .and_then(|inner| inner.downcast_ref::<rustls::Error>())
     {
-        return tls_error(tls);
+        return tls_error(tls, peer);
     }
-    if error.kind() == io::ErrorKind::UnexpectedEof {
-        return "the backend closed the connection during the handshake (does it speak TLS \
-                on this port?)"
-            .to_owned();
+    match (error.kind(), peer) {
+        (io::ErrorKind::UnexpectedEof, Peer::Backend) => "the backend closed the connection \
+             during the handshake (does it speak TLS on this port?)"
+            .to_owned(),
+        (io::ErrorKind::UnexpectedEof, Peer::Client) => {
+            "the client closed the connection during the handshake".to_owned()
+        }
+        _ => error.to_string(),
     }
-    error.to_string()
 }
 
-/// A rustls error met as the client of a backend, in words.
-pub fn tls_error(error: &rustls::Error) -> String {
+/// A rustls error of a handshake with `peer`, in words.
+pub fn tls_error(error: &rustls::Error, peer: Peer) -> String {
+    let who = peer.noun();
     match error {
         rustls::Error::InvalidCertificate(e) => {
-            format!("the backend's certificate {}", certificate(e))
+            format!("the {who}'s certificate {}", certificate(e, peer))
         }
-        rustls::Error::NoCertificatesPresented => "the backend presented no certificate".into(),
+        rustls::Error::NoCertificatesPresented => {
+            format!("the {who} presented no certificate")
+        }
         rustls::Error::AlertReceived(alert) => {
-            let hint = match alert {
-                AlertDescription::CertificateRequired
-                | AlertDescription::BadCertificate
-                | AlertDescription::UnknownCA => {
+            let hint = match (alert, peer) {
+                (
+                    AlertDescription::CertificateRequired
+                    | AlertDescription::BadCertificate
+                    | AlertDescription::UnknownCA,
+                    Peer::Backend,
+                ) => {
                     " (does it want a client certificate that Sluice does not have, or not trust it?)"
                 }
-                AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion => {
+                (
+                    AlertDescription::BadCertificate
+                    | AlertDescription::CertificateUnknown
+                    | AlertDescription::UnknownCA,
+                    Peer::Client,
+                ) => " (does it not trust Sluice's certificate for the name it asked for?)",
+                (AlertDescription::HandshakeFailure | AlertDescription::ProtocolVersion, _) => {
                     " (no TLS version or cipher suite in common?)"
                 }
                 _ => "",
             };
             format!(
-                "the backend refused the handshake with the alert \"{}\"{hint}",
+                "the {who} refused the handshake with the alert \"{}\"{hint}",
                 words(alert)
             )
         }
         rustls::Error::PeerIncompatible(why) => {
-            format!(
-                "the backend and Sluice have no TLS in common: {}",
-                words(why)
-            )
+            format!("the {who} and Sluice have no TLS in common: {}", words(why))
         }
         rustls::Error::PeerMisbehaved(why) => {
-            format!("the backend broke the TLS protocol: {}", words(why))
+            format!("the {who} broke the TLS protocol: {}", words(why))
         }
         rustls::Error::InvalidMessage(_)
         | rustls::Error::InappropriateMessage { .. }
         | rustls::Error::InappropriateHandshakeMessage { .. } => {
-            format!("the backend does not answer in TLS ({error})")
+            format!("the {who} does not speak TLS ({error})")
         }
         other => other.to_string(),
     }
 }
 
-/// What is wrong with a certificate, following "the backend's certificate".
-fn certificate(error: &CertificateError) -> String {
+/// What is wrong with the certificate of `peer`, following "the PEER's certificate".
+fn certificate(error: &CertificateError, peer: Peer) -> String {
     match error {
         CertificateError::BadEncoding => "is not a well-formed X.509 certificate".into(),
         CertificateError::Expired => "has expired".into(),
@@ -90,9 +120,12 @@ fn certificate(error: &CertificateError) -> String {
         CertificateError::UnhandledCriticalExtension => {
             "has a critical extension that cannot be processed".into()
         }
-        CertificateError::UnknownIssuer => "is not signed by a trusted CA (the configured CA \
-             file, or the system's store without one)"
-            .into(),
+        CertificateError::UnknownIssuer => match peer {
+            Peer::Backend => "is not signed by a trusted CA (the configured CA file, or the \
+                 system's store without one)"
+                .into(),
+            Peer::Client => "is not signed by a CA of client_ca_path".into(),
+        },
         CertificateError::UnknownRevocationStatus
         | CertificateError::ExpiredRevocationList
         | CertificateError::ExpiredRevocationListContext { .. } => {
@@ -120,24 +153,37 @@ fn certificate(error: &CertificateError) -> String {
             )
         }
         CertificateError::InvalidPurpose | CertificateError::InvalidPurposeContext { .. } => {
-            "is not meant for a TLS server (its extended key usage)".into()
+            purpose(peer).into()
         }
         CertificateError::ApplicationVerificationFailure => "was refused".into(),
         CertificateError::Other(other) => match other.0.downcast_ref::<webpki::Error>() {
-            Some(e) => pki(e),
+            Some(e) => pki(e, peer),
             None => format!("is refused: {}", other.0),
         },
         other => format!("is refused: {}", words(other)),
     }
 }
 
-/// The webpki errors rustls passes on as they are.
-fn pki(error: &webpki::Error) -> String {
+/// The certificate of `peer` is not meant for its side of the handshake.
+fn purpose(peer: Peer) -> &'static str {
+    match peer {
+        Peer::Backend => "is not meant for a TLS server (its extended key usage)",
+        Peer::Client => "is not meant for a TLS client (its extended key usage)",
+    }
+}
+
+/// The webpki errors rustls passes on as they are, about the certificate of `peer`.
+fn pki(error: &webpki::Error, peer: Peer) -> String {
     match error {
-        webpki::Error::CaUsedAsEndEntity => "is a CA certificate used as an end-entity: put \
-             this very certificate in the configured CA file to trust it as itself, or give \
-             the backend a certificate signed by that CA"
-            .into(),
+        webpki::Error::CaUsedAsEndEntity => match peer {
+            Peer::Backend => "is a CA certificate used as an end-entity: put this very \
+                 certificate in the configured CA file to trust it as itself, or give the \
+                 backend a certificate signed by that CA"
+                .into(),
+            Peer::Client => "is a CA certificate used as an end-entity: give the client a \
+                 certificate signed by a CA of client_ca_path"
+                .into(),
+        },
         webpki::Error::EndEntityUsedAsCa => {
             "chain has a certificate that is not a CA's signing another".into()
         }
@@ -147,9 +193,7 @@ fn pki(error: &webpki::Error) -> String {
         webpki::Error::NameConstraintViolation => {
             "names a host one of its CAs may not sign for".into()
         }
-        webpki::Error::RequiredEkuNotFoundContext(_) => {
-            "is not meant for a TLS server (its extended key usage)".into()
-        }
+        webpki::Error::RequiredEkuNotFoundContext(_) => purpose(peer).into(),
         webpki::Error::UnsupportedCertVersion => "is not an X.509 version 3 certificate".into(),
         webpki::Error::UnsupportedCriticalExtension => {
             "has a critical extension that cannot be processed".into()
@@ -284,7 +328,7 @@ mod tests {
             ),
         ];
         for (error, expected) in cases {
-            let said = tls_error(&error);
+            let said = tls_error(&error, Peer::Backend);
             assert!(said.starts_with(expected), "{said}");
             assert!(!said.contains("Other("), "{said}");
         }
@@ -292,6 +336,13 @@ mod tests {
             io::ErrorKind::InvalidData,
             other(webpki::Error::CaUsedAsEndEntity),
         );
-        assert!(handshake_error(&io).contains("CA certificate used as an end-entity"));
+        assert!(
+            handshake_error(&io, Peer::Backend).contains("CA certificate used as an end-entity")
+        );
+        let client = tls_error(&CertificateError::UnknownIssuer.into(), Peer::Client);
+        assert_eq!(
+            client,
+            "the client's certificate is not signed by a CA of client_ca_path"
+        );
     }
 }
