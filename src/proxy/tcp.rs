@@ -424,6 +424,10 @@ fn unavailable(
     .collect();
     let n = candidates.len();
     let noun = if n == 1 { "backend" } else { "backends" };
+    if why.is_empty() {
+        // Other connections took the last slots between the pick and this count.
+        return format!("no backend available among {n} {noun}{whom}");
+    }
     format!(
         "no backend available among {n} {noun}{whom} ({})",
         why.join(", ")
@@ -552,4 +556,52 @@ pub(crate) fn access_log(
         detail,
         "connection closed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendSpec;
+
+    fn backend(line: &str, healthy: bool) -> Arc<Backend> {
+        let spec: BackendSpec = line.parse().expect("backend line");
+        Arc::new(Backend::new(spec, healthy))
+    }
+
+    #[test]
+    fn no_backend_says_what_keeps_each_out() {
+        let all = |_: &Backend| true;
+        assert_eq!(unavailable(&[], &all, None), "the server has no backends");
+        let backends = [
+            backend("10.0.0.1:443 sni=a.test", false),
+            backend("10.0.0.2:443 sni=a.test state=drain", true),
+            backend("10.0.0.3:443 sni=a.test max_connections=1", true),
+            backend("10.0.0.4:443 alpn=h2", true),
+        ];
+        let _taken = backends[2].try_acquire().expect("the one slot");
+        assert_eq!(
+            unavailable(&backends, &all, None),
+            "no backend available among 4 backends (1 down, 1 disabled or draining, \
+             1 at max_connections)"
+        );
+        let route = Route {
+            by_name: ByName::Named("a.test".into()),
+            alpn: Vec::new(),
+        };
+        let tagged = |b: &Backend| b.spec.sni.as_deref() == Some("a.test");
+        assert_eq!(
+            unavailable(&backends, &tagged, Some(&route)),
+            "no backend available among 3 backends tagged for a.test (1 down, 1 disabled or \
+             draining, 1 at max_connections)"
+        );
+        let untagged = Route {
+            by_name: ByName::Untagged,
+            alpn: vec!["http/1.1".into()],
+        };
+        let none = |_: &Backend| false;
+        assert_eq!(
+            unavailable(&backends, &none, Some(&untagged)),
+            "no backend without an sni tag takes a client offering ALPN http/1.1"
+        );
+    }
 }
