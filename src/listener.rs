@@ -157,8 +157,8 @@ fn admit(
             }
             _ => "denied by the access rules".to_owned(),
         };
-        let no = proxy::tcp::Refusal::new(peer, reason, detail);
-        return proxy::tcp::refuse(server, Instant::now(), no);
+        let no = proxy::refusal::Refusal::new(peer, reason, detail);
+        return proxy::refusal::refuse(server, Instant::now(), no);
     };
     // Elsewhere than Linux, do not count on inheriting TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]

@@ -19,7 +19,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::copy::{Counters, Relay, Stream};
 use super::proxy_protocol::TlsInfo;
-use super::tcp::{finish, open, read_front, refuse, Preamble, Refusal};
+use super::refusal::{refuse, Refusal};
+use super::tcp::{finish, open, read_front, Preamble};
 use super::CloseReason;
 use crate::server::ActiveSlot;
 use crate::tls::words::{handshake_error, Peer};
