@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
-use crate::backend::BackendSpec;
+use crate::backend::{AdminState, BackendSpec};
 use crate::balance::BalanceKind;
 use crate::config::{self, Config, HealthConfig, HealthKind, ServerConfig};
 use crate::control::Control;
@@ -60,8 +60,11 @@ pub enum Command {
         config: PathBuf,
     },
     /// Balance TCP without a file: one listener, a list of targets.
-    Tcp(QuickArgs),
+    Tcp(TcpArgs),
     /// Balance UDP without a file: one listening socket, a list of targets.
+    #[command(
+        after_help = "A UDP health check (kind = \"udp\") needs a configuration file: sluice run -c FILE."
+    )]
     Udp(UdpArgs),
     /// Start three demo backends and a balancer in front of them.
     Demo {
@@ -71,7 +74,7 @@ pub enum Command {
     },
 }
 
-/// Mixctl-style flags for `sluice tcp`.
+/// Mixctl-style flags both quick modes take.
 #[derive(Debug, Args)]
 pub struct QuickArgs {
     /// Address to listen on.
@@ -83,13 +86,7 @@ pub struct QuickArgs {
     /// Balancing strategy.
     #[arg(long, default_value = "roundrobin")]
     pub balance: BalanceKind,
-    /// Enable a TCP connect health check this often (e.g. 5s).
-    #[arg(long, value_name = "DURATION")]
-    pub health_interval: Option<String>,
-    /// Backend connect timeout (e.g. 2s).
-    #[arg(long, value_name = "DURATION", default_value = "5s")]
-    pub connect_timeout: String,
-    /// Cap on concurrent client connections (0: none).
+    /// Cap on concurrent client connections, or UDP sessions (0: none).
     #[arg(long, default_value_t = 0)]
     pub max_connections: u32,
     /// Log as JSON lines instead of text.
@@ -98,6 +95,27 @@ pub struct QuickArgs {
     /// Log level (`warn` silences the per-connection access log); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+/// `sluice tcp`: the quick-mode flags plus those about TCP connections to backends.
+#[derive(Debug, Args)]
+pub struct TcpArgs {
+    #[command(flatten)]
+    pub quick: QuickArgs,
+    #[command(flatten)]
+    pub tcp: TcpOnly,
+}
+
+/// The flags of `sluice tcp` that `sluice udp` has no use for: kept out of its help
+/// rather than listed there and then refused or ignored.
+#[derive(Debug, Args)]
+pub struct TcpOnly {
+    /// Enable a TCP connect health check this often (e.g. 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Backend connect timeout (e.g. 2s).
+    #[arg(long, value_name = "DURATION", default_value = "5s")]
+    pub connect_timeout: String,
 }
 
 /// `sluice udp`: the quick-mode flags plus UDP session limits.
@@ -124,7 +142,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config, threads),
         (Some(Command::Check { config }), _) => Ok(check(&config)),
         (Some(Command::Tcp(args)), _) => {
-            let config = quick_config(&args)?;
+            let config = quick_config(&args.quick, Some(&args.tcp))?;
             logging::init(&config.logging)?;
             serve(config, None, threads)
         }
@@ -194,17 +212,31 @@ pub fn summary(config: &Config) -> String {
             s.bind,
             s.balance,
         ));
+        // Every tag of the backend line, in its grammar's order; weight and priority
+        // even at their defaults.
         for b in backends {
             out.push_str(&format!(
-                "  {} weight={} priority={}{}{}\n",
+                "  {} weight={} priority={}",
                 b.key(),
                 b.weight,
-                b.priority,
-                b.max_connections
-                    .map(|m| format!(" max_connections={m}"))
-                    .unwrap_or_default(),
-                if b.backup { " backup" } else { "" }
+                b.priority
             ));
+            if let Some(max) = b.max_connections {
+                out.push_str(&format!(" max_connections={max}"));
+            }
+            if let Some(sni) = &b.sni {
+                out.push_str(&format!(" sni={sni}"));
+            }
+            if let Some(alpn) = &b.alpn {
+                out.push_str(&format!(" alpn={alpn}"));
+            }
+            if b.backup {
+                out.push_str(" backup");
+            }
+            if b.admin != AdminState::Enabled {
+                out.push_str(&format!(" state={}", b.admin.as_str()));
+            }
+            out.push('\n');
         }
     }
     out
@@ -310,8 +342,9 @@ pub fn control_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Builds a one-server configuration from quick-mode flags.
-pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
+/// Builds a one-server configuration from quick-mode flags, and those of `sluice tcp`
+/// when given.
+pub fn quick_config(args: &QuickArgs, tcp: Option<&TcpOnly>) -> anyhow::Result<Config> {
     let backends = args
         .targets
         .split(',')
@@ -321,8 +354,11 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
     if backends.is_empty() {
         bail!("--targets: give at least one host:port");
     }
-    let connect_timeout = parse_duration("--connect-timeout", &args.connect_timeout)?;
-    let healthcheck = match &args.health_interval {
+    let connect_timeout = match tcp {
+        Some(tcp) => parse_duration("--connect-timeout", &tcp.connect_timeout)?,
+        None => None,
+    };
+    let healthcheck = match tcp.and_then(|tcp| tcp.health_interval.as_deref()) {
         None => HealthConfig::default(),
         Some(interval) => {
             let interval = parse_duration("--health-interval", interval)?
@@ -370,13 +406,7 @@ pub fn quick_config(args: &QuickArgs) -> anyhow::Result<Config> {
 
 /// Builds a one-server UDP configuration from quick-mode flags.
 pub fn quick_udp_config(args: &UdpArgs) -> anyhow::Result<Config> {
-    if args.quick.health_interval.is_some() {
-        bail!(
-            "--health-interval checks over TCP; for a UDP check use a configuration file \
-             with [healthcheck] kind = \"udp\""
-        );
-    }
-    let mut config = quick_config(&args.quick)?;
+    let mut config = quick_config(&args.quick, None)?;
     let idle = parse_duration("--session-timeout", &args.session_timeout)?;
     let positive = |n: Option<u32>| n.filter(|&n| n > 0);
     let server = config

@@ -196,7 +196,17 @@ fn admit(
     };
     let Some(slot) = slot else {
         let reason = refusal.unwrap_or(CloseReason::MaxConnections);
-        return proxy::tcp::refuse(server, peer, Instant::now(), reason, "");
+        let detail = match (reason, settings.max_connections) {
+            (CloseReason::ProxyUntrusted, _) => {
+                "not a trusted front (accept_proxy_protocol.from)".to_owned()
+            }
+            (CloseReason::MaxConnections, Some(max)) => {
+                format!("the server's max_connections ({max}) is reached")
+            }
+            _ => "denied by the access rules".to_owned(),
+        };
+        let no = proxy::refusal::Refusal::new(peer, reason, detail);
+        return proxy::refusal::refuse(server, Instant::now(), no);
     };
     // Elsewhere than Linux, do not count on inheriting TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]

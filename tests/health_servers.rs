@@ -20,8 +20,9 @@ use tokio::net::TcpStream;
 use tokio::time::timeout;
 
 use crate::support::servers::{
-    redis_command, shared_mariadb, shared_postgres, start_redis, MARIADB_ED25519_USER,
-    MARIADB_USER, PG_CLEARTEXT_USER, PG_MD5_USER, PG_SCRAM_USER, PG_TRUST_USER,
+    mariadb_status, redis_command, shared_mariadb, shared_postgres, start_redis,
+    MARIADB_ED25519_USER, MARIADB_USER, PG_CLEARTEXT_USER, PG_MD5_USER, PG_SCRAM_USER,
+    PG_TRUST_USER,
 };
 use crate::support::{
     assert_closed_without_data, config, connect_from, eventually, server, spec_of, Sluice, WAIT,
@@ -181,6 +182,29 @@ async fn mysql_check_logs_in_to_mariadb_and_reports_refusals() {
     assert_unhealthy(&mysql(Some(("nobody-here", "x"))), port, "Access denied").await;
     // The server asks to switch to a plugin the check does not speak: it says which.
     assert_unhealthy(&mysql(Some(MARIADB_ED25519_USER)), port, "client_ed25519").await;
+}
+
+/// What `sluice check` warns of: a check without a user reads the greeting and hangs up,
+/// and MariaDB counts each one as an aborted connection, with a warning in its log.
+#[tokio::test]
+async fn a_mysql_check_without_a_user_is_an_aborted_connect_to_mariadb() {
+    let server = shared_mariadb().await;
+    let before = mariadb_status("Aborted_connects").await;
+    for _ in 0..3 {
+        check(&mysql(None), server.port)
+            .await
+            .expect("greeting only");
+    }
+    // Other tests' checks add to the count too, never take from it.
+    eventually("three aborted connects counted", || async {
+        mariadb_status("Aborted_connects").await >= before + 3
+    })
+    .await;
+    assert!(
+        server.log().contains("Aborted connection"),
+        "{}",
+        server.log()
+    );
 }
 
 fn pgsql(user: &str, password: Option<&str>, database: Option<&str>, query: bool) -> PgsqlCheck {

@@ -3,6 +3,7 @@
 mod support;
 
 mod api;
+mod backends_tls;
 mod balance;
 mod dashboard;
 mod discovery;

@@ -304,3 +304,208 @@ async fn udp_quick_mode_balances_datagrams_and_stops_on_sigterm() {
         .expect("exit status");
     assert!(status.success(), "{status}");
 }
+
+/// The access-log lines (at the default level) of server `name`, closed for `reason`.
+fn access_lines(log: &str, name: &str, reason: &str) -> Vec<String> {
+    let (server, reason) = (format!("server=\"{name}\""), format!("reason=\"{reason}\""));
+    log.lines()
+        .filter(|l| l.contains("connection closed") && l.contains(&server) && l.contains(&reason))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A connection closed before its bytes were relayed says why in its one access-log
+/// line, at the default level: a name SNI routing rejects, backends all disabled or
+/// draining, a backend refusing the connection (named). Meanwhile a stream through
+/// another server is relayed whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_says_why_in_its_access_log_line() {
+    use crate::support::tls::client_hello_in_records;
+    use tokio::io::AsyncWriteExt;
+    let echo = TestBackend::echo().await;
+    let closed = local(free_port());
+    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let toml = format!(
+        r#"
+[logging]
+level = "info"
+
+[servers.test]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{echo}"] }}
+
+[servers.sni]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{echo} sni=a.sluice.test"] }}
+sni = {{ unexpected_hostname_strategy = "reject" }}
+
+[servers.out]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{echo} state=disabled", "{closed} state=drain"] }}
+
+[servers.refusing]
+bind = "127.0.0.1:{}"
+discovery = {{ kind = "static", static_list = ["{closed}"] }}
+"#,
+        ports[0],
+        ports[1],
+        ports[2],
+        ports[3],
+        echo = echo.addr,
+    );
+    let sluice = SluiceProcess::start(&toml, local(ports[0])).await;
+    let streamer = EchoStreamer::start(sluice.addr, 5, 4096, Duration::from_millis(5)).await;
+    streamer.wait_echoed(4096).await;
+
+    let mut rejected = connect_from(local(ports[1]), None).await;
+    rejected
+        .write_all(&client_hello_in_records("b.sluice.test", 16_000))
+        .await
+        .unwrap();
+    assert_closed_without_data(&mut rejected, WAIT).await;
+    for port in [ports[2], ports[3]] {
+        let mut refused = connect_from(local(port), None).await;
+        assert_closed_without_data(&mut refused, WAIT).await;
+    }
+    eventually("three refusals logged", || async {
+        let log = sluice.log();
+        !access_lines(&log, "sni", "sni_rejected").is_empty()
+            && !access_lines(&log, "out", "no_backend").is_empty()
+            && !access_lines(&log, "refusing", "connect_failed").is_empty()
+    })
+    .await;
+    let log = sluice.log();
+    let said = |name, reason, words: &[&str]| {
+        let lines = access_lines(&log, name, reason);
+        assert_eq!(lines.len(), 1, "one line per refused connection:\n{log}");
+        for w in words {
+            assert!(lines[0].contains(w), "{w:?} in {}", lines[0]);
+        }
+    };
+    said(
+        "sni",
+        "sni_rejected",
+        &[
+            "backend=\"-\"",
+            "no backend is tagged for the server name b.sluice.test",
+        ],
+    );
+    said(
+        "out",
+        "no_backend",
+        &["no backend available among 2 backends (2 disabled or draining)"],
+    );
+    said(
+        "refusing",
+        "connect_failed",
+        &[
+            &format!("backend=\"{closed}\""),
+            &format!("connect failed: {closed}: Connection refused"),
+        ],
+    );
+    let verified = streamer.finish().await.expect("the stream came back whole");
+    assert!(verified >= 4096);
+}
+
+/// `sluice check` warns of a `mysql` check without a user (the server counts each check
+/// as an aborted connection), not of one with a user.
+#[tokio::test]
+async fn check_warns_of_a_mysql_check_without_a_user() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = |name: &str, user: &str| {
+        let text = format!(
+            "[servers.db]\nbind = \"127.0.0.1:{}\"\n\
+             discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:3306\"] }}\n\
+             healthcheck = {{ kind = \"mysql\"{user} }}\n",
+            free_port()
+        );
+        write_file(dir.path(), name, &text)
+    };
+    let without = file("without.toml", "");
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &without]).await;
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    let expected = format!(
+        "{without}:4:17: warning: servers.db.healthcheck.kind: \"mysql\" without mysql_user \
+         reads the server's greeting and hangs up: MySQL and MariaDB count every such check \
+         as an aborted connection"
+    );
+    assert!(stderr.starts_with(&expected), "{stderr}");
+    assert!(
+        stderr.contains("CREATE USER 'sluice_check'@'SLUICE_ADDRESS'"),
+        "{stderr}"
+    );
+    let with = file("with.toml", ", mysql_user = \"sluice_check\"");
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &with]).await;
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    assert_eq!(stderr, "", "no warning with a user");
+}
+
+/// `sluice udp --help` lists only the flags `udp` takes: no `--health-interval` (a TCP
+/// check) or `--connect-timeout`; `sluice tcp` has them.
+#[tokio::test]
+async fn udp_help_lists_only_what_udp_takes() {
+    let (status, udp_help, _) = run_sluice(&["udp", "--help"]).await;
+    assert!(status.success());
+    for flag in [
+        "--listen",
+        "--targets",
+        "--max-responses",
+        "--session-timeout",
+    ] {
+        assert!(udp_help.contains(flag), "{flag} in:\n{udp_help}");
+    }
+    let (status, tcp_help, _) = run_sluice(&["tcp", "--help"]).await;
+    assert!(status.success());
+    for flag in ["--health-interval", "--connect-timeout"] {
+        assert!(!udp_help.contains(flag), "{flag} in:\n{udp_help}");
+        assert!(tcp_help.contains(flag), "{flag} not in:\n{tcp_help}");
+    }
+    let (status, _, stderr) = run_sluice(&[
+        "udp",
+        "--listen",
+        "127.0.0.1:1",
+        "--targets",
+        "127.0.0.1:2",
+        "--health-interval",
+        "5s",
+    ])
+    .await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("unexpected argument '--health-interval'"),
+        "{stderr}"
+    );
+}
+
+/// `sluice check` summarises each backend with every tag of its line: `sni=`, `alpn=`,
+/// `backup`, `state=` as well as weight, priority and max_connections.
+#[tokio::test]
+async fn check_summarises_every_tag_of_a_backend() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let file = write_file(
+        dir.path(),
+        "sni.toml",
+        &format!(
+            "[servers.https]\nbind = \"127.0.0.1:{port}\"\nbalance = \"roundrobin\"\n\
+             sni = {{ unexpected_hostname_strategy = \"reject\" }}\n\
+             discovery = {{ kind = \"static\", static_list = [\
+             \"127.0.0.1:8443 weight=2 sni=a.sluice.test alpn=h2\", \
+             \"127.0.0.1:8444 sni=*.b.sluice.test backup state=drain max_connections=10\"] }}\n"
+        ),
+    );
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &file]).await;
+    assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
+    let expected = [
+        format!(
+            "server https: tcp on 127.0.0.1:{port}, balance roundrobin, 2 backend(s), \
+             no health check"
+        ),
+        "  127.0.0.1:8443 weight=2 priority=1 sni=a.sluice.test alpn=h2".to_owned(),
+        "  127.0.0.1:8444 weight=1 priority=1 max_connections=10 sni=*.b.sluice.test backup \
+         state=drain"
+            .to_owned(),
+        format!("{file}: OK"),
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
+}

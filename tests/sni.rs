@@ -1,6 +1,7 @@
 //! SNI routing without termination: TLS backends presenting their own certificates end
 //! to end (rustls and `openssl s_client` as clients), wildcards, unexpected names, a
-//! ClientHello split across segments and records, and bad ClientHellos.
+//! ClientHello split across segments and records, bad ClientHellos, and `tls` checks
+//! verifying each backend for its name.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -8,11 +9,15 @@ use std::time::Duration;
 
 use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
-use sluice::config::{HostnameMatching, ServerConfig, SniConfig, UnexpectedHostname};
+use sluice::config::{
+    HealthConfig, HealthKind, HostnameMatching, InitialStatus, ServerConfig, SniConfig,
+    TlsSettings, UnexpectedHostname,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
+use crate::support::tls::{client_hello_in_records, client_hello_offering};
 use crate::support::*;
 
 /// A TLS server with its own self-signed certificate for `names`, answering each
@@ -160,6 +165,53 @@ async fn each_name_reaches_the_backend_that_presents_its_certificate() {
     assert_eq!(other, Ok("fallback".into()));
 }
 
+/// A `tls` check verifies each backend for the name it is tagged for, which its
+/// certificate carries, not for its address: both backends of a correct set-up pass at
+/// once and take their clients.
+#[tokio::test]
+async fn the_tls_check_verifies_each_backend_for_its_sni_name() {
+    let a = TlsBackend::start("a", &["a.sluice.test"]).await;
+    let b = TlsBackend::start("b", &["b.sluice.test"]).await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ca = dir.path().join("backends.pem");
+    std::fs::write(&ca, format!("{}{}", a.cert_pem, b.cert_pem)).expect("write CA file");
+    let lb = Sluice::start(ServerConfig {
+        healthcheck: HealthConfig {
+            kind: HealthKind::Tls(TlsSettings {
+                server_name: None,
+                skip_verify: false,
+                ca_path: Some(ca),
+            }),
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
+            fails: 1,
+            passes: 1,
+            initial_status: InitialStatus::Unhealthy,
+            passive_fails: 0,
+        },
+        ..sni_server(
+            vec![a.tagged("a.sluice.test"), b.tagged("b.sluice.test")],
+            HostnameMatching::Exact,
+            UnexpectedHostname::Reject,
+        )
+    })
+    .await;
+    let shared = lb.shared().await;
+    eventually("both backends pass their check", || async {
+        shared.pool.load().backends().iter().all(|b| b.is_healthy())
+    })
+    .await;
+    for backend in shared.pool.load().backends() {
+        let failed = backend.state.stats.checks_failed.load(Ordering::Relaxed);
+        assert_eq!(failed, 0, "{} failed a check", backend.key());
+    }
+    for (name, backend) in [("a", &a), ("b", &b)] {
+        let host = format!("{name}.sluice.test");
+        let reply = tls_hello(lb.addr, &host, &backend.cert_pem).await;
+        assert_eq!(reply, Ok(name.to_owned()));
+    }
+}
+
 #[tokio::test]
 async fn regexp_tags_and_rejected_names() {
     let api = TlsBackend::start("api", &["api7.sluice.test"]).await;
@@ -221,35 +273,6 @@ async fn recording_backend(name: &str) -> TestBackend {
         }
     })
     .await
-}
-
-/// A rustls ClientHello for `name`, re-framed into TLS records of at most `record`
-/// bytes of handshake each.
-fn client_hello_in_records(name: &str, record: usize) -> Vec<u8> {
-    client_hello_offering(name, &[], record)
-}
-
-/// Like [`client_hello_in_records`], offering `alpn`.
-fn client_hello_offering(name: &str, alpn: &[&str], record: usize) -> Vec<u8> {
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .expect("versions")
-    .with_root_certificates(rustls::RootCertStore::empty())
-    .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
-    let server_name = rustls_pki_types::ServerName::try_from(name.to_owned()).expect("name");
-    let mut conn = rustls::ClientConnection::new(Arc::new(config), server_name).expect("client");
-    let mut hello = Vec::new();
-    conn.write_tls(&mut hello).expect("hello");
-    let mut out = Vec::new();
-    for chunk in hello[5..].chunks(record) {
-        out.extend_from_slice(&[22, 3, 1]);
-        out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
-        out.extend_from_slice(chunk);
-    }
-    out
 }
 
 #[tokio::test]

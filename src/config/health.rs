@@ -152,7 +152,8 @@ pub const DEFAULT_HTTP_STATUS: (u16, u16) = (200, 299);
 /// `kind = "tls"`, and the TLS side of `https` and `probe_protocol = "tls"`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TlsSettings {
-    /// SNI and the name the certificate must carry; `None` uses the backend's host.
+    /// SNI and the name the certificate must carry; `None` uses the backend's `sni=` tag
+    /// when it is one name, else its host.
     pub server_name: Option<String>,
     /// Accept any certificate (the handshake must still succeed).
     pub skip_verify: bool,
@@ -295,7 +296,7 @@ pub(crate) fn healthcheck(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> HealthConf
         "tls" => tls(ctx, &mut sec).map(HealthKind::Tls),
         "udp" => udp(ctx, &mut sec, kind_at).map(HealthKind::Udp),
         "redis" => redis(ctx, &mut sec).map(HealthKind::Redis),
-        "mysql" => Some(HealthKind::Mysql(mysql(ctx, &mut sec))),
+        "mysql" => Some(HealthKind::Mysql(mysql(ctx, &mut sec, kind_at))),
         "pgsql" => Some(HealthKind::Pgsql(pgsql(ctx, &mut sec))),
         _ => None,
     };
@@ -695,13 +696,27 @@ fn redis(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<RedisSettings> {
     })
 }
 
-fn mysql(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> MysqlSettings {
+/// `kind = "mysql"` (at `kind_at`); without a user, a warning: every check then hangs up
+/// on the server's greeting, which the server counts against Sluice's address.
+fn mysql(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, kind_at: usize) -> MysqlSettings {
     needs(ctx, sec, "mysql_password", "mysql_user");
-    MysqlSettings {
+    let settings = MysqlSettings {
         user: string(ctx, sec, "mysql_user"),
         password: string(ctx, sec, "mysql_password"),
+    };
+    if settings.user.is_none() && settings.password.is_none() {
+        let path = super::reader::join(&sec.path, "kind");
+        ctx.warn(kind_at, &path, MYSQL_WITHOUT_USER);
     }
+    settings
 }
+
+/// Why a `mysql` check wants a user.
+const MYSQL_WITHOUT_USER: &str = "\"mysql\" without mysql_user reads the server's greeting and \
+    hangs up: MySQL and MariaDB count every such check as an aborted connection \
+    (Aborted_connects, a warning in their log) and, past max_connect_errors of them in a \
+    row, may block Sluice's address; give the check a user with no privileges (CREATE \
+    USER 'sluice_check'@'SLUICE_ADDRESS') as mysql_user";
 
 fn pgsql(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> PgsqlSettings {
     PgsqlSettings {

@@ -7,15 +7,14 @@
 //! the proxy and marks a backend down; only an active check brings it back.
 //!
 //! One module per kind: `tcp` (ping), `probe`, `exec`, `http` (and https), `tls`, `udp`,
-//! `redis`, `mysql`, `pgsql`; `cert` reads a certificate's expiry for `tls`, `wire` holds what
-//! the database protocols share. At most [`MAX_CONCURRENT_CHECKS`]
-//! checks run at once in the whole process; the others wait for a slot.
+//! `redis`, `mysql`, `pgsql`; `wire` holds what the database protocols share. At most
+//! [`MAX_CONCURRENT_CHECKS`] checks run at once in the whole process; the others wait
+//! for a slot.
 //!
 //! A server that sends its backends the PROXY header sends one on its checks too
 //! (`LOCAL`/`UNKNOWN`, first thing on each TCP connection), so a backend that requires
 //! the header takes them; `ping` sends no byte at all, `exec` and `udp` no TCP.
 
-mod cert;
 mod exec;
 mod http;
 mod mysql;

@@ -13,10 +13,11 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 use tracing::warn;
 
-use super::{cert, tcp, BoxFuture, CheckError, HealthCheck};
+use super::{tcp, BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
 use crate::config::{ProxyVersion, TlsSettings};
-use crate::tls::{client_config as verifying_config, AnyCertificate, ClientTlsFiles};
+use crate::tls::words::Peer;
+use crate::tls::{cert, client_config as verifying_config, AnyCertificate, ClientTlsFiles};
 
 /// A certificate expiring within this long is reported (once per certificate).
 pub const EXPIRY_WARNING: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -61,19 +62,34 @@ impl TlsClient {
     ) -> Result<TlsStream<TcpStream>, CheckError> {
         let name = match &self.server_name {
             Some(name) => name.clone(),
-            None => ServerName::try_from(backend.spec.host.clone()).map_err(|_| {
-                CheckError::Unhealthy(format!(
-                    "\"{}\" is not a valid TLS server name; set tls_server_name",
-                    backend.spec.host
-                ))
-            })?,
+            None => name_of(backend)?,
         };
         let stream = tcp::connect(backend, proxy).await?;
-        self.connector
-            .connect(name, stream)
-            .await
-            .map_err(|e| CheckError::Unhealthy(format!("TLS handshake failed: {e}")))
+        self.connector.connect(name, stream).await.map_err(|e| {
+            let why = crate::tls::words::handshake_error(&e, Peer::Backend);
+            CheckError::Unhealthy(format!("TLS handshake failed: {why}"))
+        })
     }
+}
+
+/// The name a backend is checked for without `tls_server_name`: the name SNI routing
+/// sends it (its `sni=` tag, which its certificate carries) when that is one name, not a
+/// wildcard or a regular expression; else its host.
+fn name_of(backend: &Backend) -> Result<ServerName<'static>, CheckError> {
+    let tagged = backend
+        .spec
+        .sni
+        .as_ref()
+        .and_then(|tag| ServerName::try_from(tag.clone()).ok());
+    if let Some(name) = tagged {
+        return Ok(name);
+    }
+    ServerName::try_from(backend.spec.host.clone()).map_err(|_| {
+        CheckError::Unhealthy(format!(
+            "\"{}\" is not a valid TLS server name; set tls_server_name",
+            backend.spec.host
+        ))
+    })
 }
 
 /// Passes when the TLS handshake succeeds.

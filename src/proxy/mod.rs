@@ -1,11 +1,13 @@
 //! The life of one proxied connection: [`tcp::handle`] picks a backend, connects and
-//! relays bytes with [`copy::Relay`]; [`udp::serve`] groups datagrams into sessions.
+//! relays bytes with [`copy::Relay`], or [`refusal`] says why it could not;
+//! [`udp::serve`] groups datagrams into sessions.
 //! Every connection or session ends with a [`CloseReason`] that the access log and the
 //! counters report.
 
 pub mod client_hello;
 pub mod copy;
 pub mod proxy_protocol;
+pub mod refusal;
 pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::copy::{CopyResult, Counters, Relay};
+use super::refusal::{refuse, unavailable, Refusal};
 use super::sni::Route;
 use super::{client_hello, proxy_protocol, CloseReason};
 use crate::backend::{Backend, ConnGuard};
@@ -51,11 +52,11 @@ pub fn handle<I: Intro>(
             let stopped = pin!(stop.cancelled());
             tokio::select! {
                 opened = Box::pin(open(slot.server(), &client, peer, intro.into_preamble(), None)) => opened,
-                () = stopped => Err(CloseReason::Shutdown),
+                () = stopped => Err(Refusal::shutdown(peer)),
             }
         } {
             Ok(connected) => connected,
-            Err(reason) => return refuse(slot.server(), peer, started, reason, ""),
+            Err(no) => return refuse(slot.server(), started, no),
         };
         // Once connected, the backend's own token: cancelled by its drain deadline, and
         // (as a child of `stop`) by the shutdown deadline. One waiter either way.
@@ -105,10 +106,10 @@ pub fn finish(
         &server.name,
         peer,
         Some(backend),
-        result.bytes_to_backend,
-        result.bytes_to_client,
+        (result.bytes_to_backend, result.bytes_to_client),
         started,
         reason,
+        None,
     );
 }
 
@@ -184,8 +185,15 @@ pub async fn handle_prelude(
             let pool = server.pool.load();
             preamble.route = Some(
                 Route::choose(sni, &matcher, &hello, pool.backends()).ok_or_else(|| {
-                    let name = hello.server_name.as_deref().unwrap_or("(no name)");
-                    let detail = format!("no backend for {name}");
+                    let detail = match hello.server_name.as_deref() {
+                        Some(name) => format!(
+                            "no backend is tagged for the server name {name}, and \
+                             unexpected_hostname_strategy is \"reject\""
+                        ),
+                        None => "the ClientHello names no server, and \
+                                 unexpected_hostname_strategy is \"reject\""
+                            .to_owned(),
+                    };
                     Refusal::new(peer, CloseReason::SniRejected, detail)
                 })?,
             );
@@ -198,25 +206,7 @@ pub async fn handle_prelude(
     };
     match read {
         Ok((peer, preamble)) => handle(client, peer, slot, stop, preamble).await,
-        Err(no) => refuse(server, no.client, started, no.reason, &no.detail),
-    }
-}
-
-/// A connection closed before a backend was chosen: the client to log (the one a PROXY
-/// header named, once read), why, and the detail.
-pub(crate) struct Refusal {
-    pub client: SocketAddr,
-    pub reason: CloseReason,
-    pub detail: String,
-}
-
-impl Refusal {
-    fn new(client: SocketAddr, reason: CloseReason, detail: impl ToString) -> Refusal {
-        Refusal {
-            client,
-            reason,
-            detail: detail.to_string(),
-        }
+        Err(no) => refuse(server, started, no),
     }
 }
 
@@ -246,7 +236,7 @@ pub(crate) async fn read_front(
         .as_ref()
         .is_some_and(|acl| !acl.allows(client.ip()))
     {
-        let detail = format!("client {client} behind {front}");
+        let detail = format!("denied by the access rules (behind the front {front})");
         return Err(Refusal::new(client, CloseReason::AclDenied, detail));
     }
     Ok(Front {
@@ -265,7 +255,7 @@ pub(crate) async fn open(
     peer: SocketAddr,
     preamble: Option<Box<Preamble>>,
     tls: Option<&proxy_protocol::TlsInfo>,
-) -> Result<(ConnGuard, TcpStream, u64), CloseReason> {
+) -> Result<(ConnGuard, TcpStream, u64), Refusal> {
     let route = preamble.as_ref().and_then(|p| p.route.as_ref());
     let (guard, mut upstream) = connect(server, peer, route).await?;
     let send = server.settings.load().proxy_protocol.send;
@@ -287,8 +277,8 @@ pub(crate) async fn open(
         return Ok((guard, upstream, 0));
     }
     if let Err(e) = upstream.write_all(&first).await {
-        debug!(server = %server.name, backend = guard.backend().key(), error = %e, "cannot send the connection's first bytes");
-        return Err(CloseReason::BackendError);
+        let detail = format!("cannot send the connection's first bytes: {e}");
+        return Err(Refusal::new(peer, CloseReason::BackendError, detail).at(guard.backend()));
     }
     let early = early.len() as u64;
     let stats = &guard.backend().state.stats;
@@ -302,7 +292,7 @@ async fn connect(
     server: &ServerShared,
     peer: SocketAddr,
     route: Option<&Route>,
-) -> Result<(ConnGuard, TcpStream), CloseReason> {
+) -> Result<(ConnGuard, TcpStream), Refusal> {
     let settings = server.settings.load();
     let pool = server.pool.load();
     let matcher = route.and_then(|_| server.sni.load_full());
@@ -314,8 +304,9 @@ async fn connect(
         .backend_connection_timeout
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let passive_fails = passive_fails(&settings);
-    // Allocates only after a failed attempt.
+    // Allocate only after a failed attempt.
     let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
     for _ in 0..settings.connect_attempts.max(1) {
         let Some(guard) = pool.pick_where(peer.ip(), &tried, &allowed) else {
             break;
@@ -337,15 +328,21 @@ async fn connect(
             }
             Err(e) => {
                 record_connect_failure(&server.name, backend, passive_fails, &e);
+                failures.push(format!("{}: {e}", backend.key()));
                 tried.push(Arc::clone(backend));
             }
         }
     }
-    if tried.is_empty() {
-        server.note_no_backend();
-        Err(CloseReason::NoBackend)
-    } else {
-        Err(CloseReason::ConnectFailed)
+    match tried.last() {
+        None => {
+            server.note_no_backend();
+            let detail = unavailable(pool.backends(), &allowed, route);
+            Err(Refusal::new(peer, CloseReason::NoBackend, detail))
+        }
+        Some(last) => {
+            let detail = format!("connect failed: {}", failures.join("; "));
+            Err(Refusal::new(peer, CloseReason::ConnectFailed, detail).at(last))
+        }
     }
 }
 
@@ -432,29 +429,17 @@ pub(crate) fn record_connect_failure(
     }
 }
 
-/// A connection closed before reaching a backend: counted by reason, its `detail` in
-/// the debug log, and its access-log line.
-pub(crate) fn refuse(
-    server: &ServerShared,
-    client: SocketAddr,
-    started: Instant,
-    reason: CloseReason,
-    detail: &str,
-) {
-    debug!(server = %server.name, %client, reason = reason.as_str(), detail, "connection refused");
-    server.count_refused(reason);
-    access_log(&server.name, client, None, 0, 0, started, reason);
-}
-
-/// The access-log line: one per closed connection, accepted or refused.
+/// The access-log line: one per closed connection, accepted or refused. A refused one
+/// says why in `detail`, at the same level, so the default log answers "why was I cut
+/// off?" without turning on debug.
 pub(crate) fn access_log(
     server: &str,
     client: SocketAddr,
     backend: Option<&Arc<Backend>>,
-    bytes_in: u64,
-    bytes_out: u64,
+    (bytes_in, bytes_out): (u64, u64),
     started: Instant,
     reason: CloseReason,
+    detail: Option<&str>,
 ) {
     info!(
         target: "sluice::access",
@@ -465,6 +450,7 @@ pub(crate) fn access_log(
         bytes_out,
         duration_ms = started.elapsed().as_millis() as u64,
         reason = reason.as_str(),
+        detail,
         "connection closed"
     );
 }

@@ -16,13 +16,14 @@ use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use super::copy::{Counters, Relay, Stream};
 use super::proxy_protocol::TlsInfo;
-use super::tcp::{finish, open, read_front, refuse, Preamble};
+use super::refusal::{refuse, Refusal};
+use super::tcp::{finish, open, read_front, Preamble};
 use super::CloseReason;
 use crate::server::ActiveSlot;
+use crate::tls::words::{handshake_error, Peer};
 
 /// Relays `client` to a backend, terminating and/or originating TLS as the server says.
 pub async fn handle(
@@ -45,7 +46,7 @@ pub async fn handle(
             Ok(front) => {
                 (peer, destination, early) = (front.client, front.destination, front.early)
             }
-            Err(no) => return refuse(server, no.client, started, no.reason, &no.detail),
+            Err(no) => return refuse(server, started, no),
         }
     }
     let client = Prefixed::new(std::mem::take(&mut early), client);
@@ -62,28 +63,20 @@ pub async fn handle(
             match handshake {
                 Ok(Ok(tls)) => Either::Left(tls),
                 Ok(Err(e)) => {
-                    return refuse(
-                        server,
-                        peer,
-                        started,
-                        CloseReason::TlsHandshake,
-                        &e.to_string(),
-                    )
+                    let detail = handshake_error(&e, Peer::Client);
+                    let no = Refusal::new(peer, CloseReason::TlsHandshake, detail);
+                    return refuse(server, started, no);
                 }
                 Err(_) => {
                     let detail = format!("no handshake within {limit:?}");
-                    return refuse(server, peer, started, CloseReason::TlsHandshake, &detail);
+                    let no = Refusal::new(peer, CloseReason::TlsHandshake, detail);
+                    return refuse(server, started, no);
                 }
             }
         }
         (Some(_), None) => {
-            return refuse(
-                server,
-                peer,
-                started,
-                CloseReason::TlsHandshake,
-                "no TLS configuration",
-            )
+            let no = Refusal::new(peer, CloseReason::TlsHandshake, "no TLS configuration");
+            return refuse(server, started, no);
         }
     };
     let sends_v2 = settings.proxy_protocol.send == Some(crate::config::ProxyVersion::V2);
@@ -117,11 +110,11 @@ pub async fn handle(
     });
     let opened = tokio::select! {
         opened = open(server, tcp, peer, preamble, tls_info.as_ref()) => opened,
-        () = stop.cancelled() => Err(CloseReason::Shutdown),
+        () = stop.cancelled() => Err(Refusal::shutdown(peer)),
     };
     let (guard, upstream, _) = match opened {
         Ok(opened) => opened,
-        Err(reason) => return refuse(server, peer, started, reason, "no backend connection"),
+        Err(no) => return refuse(server, started, no),
     };
     let backend = guard.backend();
     // The backend's side.
@@ -138,7 +131,7 @@ pub async fn handle(
                 let limit = crate::config::DEFAULT_TLS_HANDSHAKE_TIMEOUT;
                 match timeout(limit, connector.connect(name, upstream)).await {
                     Ok(Ok(tls)) => Ok(tls),
-                    Ok(Err(e)) => Err(e.to_string()),
+                    Ok(Err(e)) => Err(handshake_error(&e, Peer::Backend)),
                     Err(_) => Err(format!("no handshake within {limit:?}")),
                 }
             };
@@ -154,19 +147,17 @@ pub async fn handle(
                         .stats
                         .connect_failures
                         .fetch_add(1, Ordering::Relaxed);
-                    debug!(server = %server.name, backend = backend.key(), error = %e, "TLS handshake with the backend failed");
-                    return refuse(server, peer, started, CloseReason::ConnectFailed, &e);
+                    // The access-log line names the backend and says why, at info.
+                    let detail = format!("TLS handshake with the backend failed: {e}");
+                    let no = Refusal::new(peer, CloseReason::ConnectFailed, detail).at(backend);
+                    return refuse(server, started, no);
                 }
             }
         }
         (Some(_), None) => {
-            return refuse(
-                server,
-                peer,
-                started,
-                CloseReason::ConnectFailed,
-                "no backend TLS configuration",
-            )
+            let detail = "no backend TLS configuration";
+            let no = Refusal::new(peer, CloseReason::ConnectFailed, detail).at(backend);
+            return refuse(server, started, no);
         }
     };
     let cut = backend.state.cut_token();

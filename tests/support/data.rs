@@ -3,7 +3,7 @@
 //! backend and verify every byte came back.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -135,6 +135,8 @@ pub fn expected(seed: u64, len: u64) -> (u64, u64) {
 /// every byte it sent came back, in order.
 pub struct EchoStreamer {
     stop: Arc<AtomicBool>,
+    /// Bytes come back so far.
+    echoed: Arc<AtomicU64>,
     task: JoinHandle<Result<u64, String>>,
 }
 
@@ -143,8 +145,22 @@ impl EchoStreamer {
     pub async fn start(addr: SocketAddr, seed: u64, chunk: usize, pace: Duration) -> EchoStreamer {
         let stream = connect_from(addr, None).await;
         let stop = Arc::new(AtomicBool::new(false));
-        let task = tokio::spawn(stream_echo(stream, seed, chunk, pace, Arc::clone(&stop)));
-        EchoStreamer { stop, task }
+        let echoed = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(stream_echo(
+            stream,
+            (seed, chunk, pace),
+            Arc::clone(&stop),
+            Arc::clone(&echoed),
+        ));
+        EchoStreamer { stop, echoed, task }
+    }
+
+    /// Waits until at least `bytes` have come back, for at most [`WAIT`].
+    pub async fn wait_echoed(&self, bytes: u64) {
+        super::eventually(&format!("{bytes} bytes echoed"), || async {
+            self.echoed.load(Ordering::SeqCst) >= bytes
+        })
+        .await;
     }
 
     /// Stops sending, waits for the echo to finish, and returns the bytes verified.
@@ -158,12 +174,12 @@ impl EchoStreamer {
     }
 }
 
+/// Streams `(seed, chunk, pace)` until `stop`, counting what comes back in `echoed`.
 async fn stream_echo(
     stream: TcpStream,
-    seed: u64,
-    chunk: usize,
-    pace: Duration,
+    (seed, chunk, pace): (u64, usize, Duration),
     stop: Arc<AtomicBool>,
+    echoed: Arc<AtomicU64>,
 ) -> Result<u64, String> {
     let (mut r, mut w) = stream.into_split();
     let reader = tokio::spawn(async move {
@@ -173,7 +189,10 @@ async fn stream_echo(
             match tokio::time::timeout(WAIT, r.read(&mut buf)).await {
                 Err(_) => return Err(format!("stalled after {} bytes", sum.finish().0)),
                 Ok(Ok(0)) => return Ok(sum.finish()),
-                Ok(Ok(n)) => sum.update(&buf[..n]),
+                Ok(Ok(n)) => {
+                    sum.update(&buf[..n]);
+                    echoed.fetch_add(n as u64, Ordering::SeqCst);
+                }
                 Ok(Err(e)) => return Err(format!("read after {} bytes: {e}", sum.finish().0)),
             }
         }

@@ -8,6 +8,7 @@ pub mod data;
 pub mod http;
 pub mod process;
 pub mod servers;
+pub mod tls;
 pub mod udp;
 
 pub use backend::*;

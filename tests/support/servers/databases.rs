@@ -351,6 +351,41 @@ fn start_mariadb() -> Result<Daemon, String> {
     Ok(daemon)
 }
 
+/// A global status counter of the shared MariaDB (`Aborted_connects`), asked as root
+/// over its socket.
+pub async fn mariadb_status(counter: &str) -> u64 {
+    let socket = shared_mariadb().await.dir.join("sock");
+    let query = format!("SHOW GLOBAL STATUS LIKE '{counter}'");
+    let output = tokio::time::timeout(
+        WAIT,
+        tokio::process::Command::new("mariadb")
+            .arg("--no-defaults")
+            .arg(format!("--socket={}", socket.display()))
+            .args([
+                "--user=root",
+                "--batch",
+                "--skip-column-names",
+                "-e",
+                &query,
+            ])
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("mariadb answered in time")
+    .expect("run mariadb");
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{counter}: {text}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
 /// Like [`on_free_port`], for a start that may fail for good after three tries.
 fn on_free_port_result<T>(mut start: impl FnMut(u16) -> Result<T, String>) -> Result<T, String> {
     let mut last = String::new();

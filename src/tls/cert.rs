@@ -1,9 +1,15 @@
-//! The expiry date of an X.509 certificate, read straight from its DER encoding: a few
-//! fixed steps into the structure, so no certificate-parsing dependency is needed.
+//! The validity dates of an X.509 certificate, read straight from its DER encoding: a
+//! few fixed steps into the structure, so no certificate-parsing dependency is needed.
 
 /// `notAfter` of a DER certificate, in seconds since the Unix epoch; `None` if the
 /// encoding is not what a certificate looks like.
 pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
+    validity(der).map(|(_, not_after)| not_after)
+}
+
+/// `(notBefore, notAfter)` of a DER certificate, in seconds since the Unix epoch; `None`
+/// if the encoding is not what a certificate looks like.
+pub(crate) fn validity(der: &[u8]) -> Option<(i64, i64)> {
     // Certificate ::= SEQUENCE { tbsCertificate SEQUENCE { [0] version OPTIONAL,
     //   serialNumber, signature, issuer, validity SEQUENCE { notBefore, notAfter }, … } … }
     let (tag, cert, _) = tlv(der)?;
@@ -27,9 +33,11 @@ pub(crate) fn not_after(der: &[u8]) -> Option<i64> {
     if tag != 0x30 {
         return None;
     }
-    let (_, _, after_not_before) = tlv(validity)?;
+    let (tag, time, after_not_before) = tlv(validity)?;
+    let not_before = parse_time(tag, std::str::from_utf8(time).ok()?)?;
     let (tag, time, _) = tlv(after_not_before)?;
-    parse_time(tag, std::str::from_utf8(time).ok()?)
+    let not_after = parse_time(tag, std::str::from_utf8(time).ok()?)?;
+    Some((not_before, not_after))
 }
 
 /// One DER element: its tag, its contents and what follows it.
@@ -95,12 +103,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_expiry_of_a_generated_certificate() {
+    fn reads_the_validity_of_a_generated_certificate() {
         let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).expect("params");
+        params.not_before = rcgen::date_time_ymd(2024, 5, 6);
         params.not_after = rcgen::date_time_ymd(2031, 2, 3);
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params.clone().self_signed(&key).expect("cert");
-        // 2031-02-03T00:00:00Z
+        // 2024-05-06T00:00:00Z, 2031-02-03T00:00:00Z
+        assert_eq!(validity(cert.der()), Some((1_714_953_600, 1_927_843_200)));
         assert_eq!(not_after(cert.der()), Some(1_927_843_200));
         params.not_after = rcgen::date_time_ymd(2060, 1, 1);
         let cert = params.self_signed(&key).expect("cert");

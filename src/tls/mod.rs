@@ -1,5 +1,13 @@
 //! TLS settings from PEM files into rustls configurations (the admin API's HTTPS, the
 //! clients of discovery sources; TLS termination builds on the same loading).
+//!
+//! `cert` reads a certificate's validity dates; `verify` trusts a certificate listed in
+//! the CA file as itself (a self-signed backend); `words` says why a handshake with a
+//! backend failed.
+
+pub(crate) mod cert;
+mod verify;
+pub mod words;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -11,6 +19,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
 use crate::config::{BackendsTls, ClientAuth, TlsFiles, TlsTermination, TlsVersion};
+use verify::TrustedFile;
 
 /// A certificate or key that cannot be used, with the file it came from.
 #[derive(Debug, thiserror::Error)]
@@ -62,34 +71,38 @@ pub struct ClientTlsFiles {
     pub cacert_path: Option<PathBuf>,
 }
 
-/// A client configuration verifying servers against `files.cacert_path` (or the
-/// system's trust store) and presenting the client certificate if there is one.
+/// A client configuration verifying servers against `files.cacert_path` (a certificate
+/// listed there is also trusted as itself), or the system's trust store, and presenting
+/// the client certificate if there is one.
 pub fn client_config(files: &ClientTlsFiles) -> Result<Arc<rustls::ClientConfig>, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &files.cacert_path {
-        Some(path) => {
-            let (added, _) = roots.add_parsable_certificates(certificates(path)?);
-            if added == 0 {
-                return Err(TlsError::NoTrustAnchor { path: path.clone() });
-            }
-        }
+    let provider = Arc::new(ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|source| TlsError::Mismatch {
+            key: files.key_path.clone().unwrap_or_default(),
+            source,
+        })?;
+    let builder = match &files.cacert_path {
+        // `dangerous` is only rustls' door to a verifier of one's own; this one verifies.
+        Some(path) => builder
+            .dangerous()
+            .with_custom_certificate_verifier(TrustedFile::new(
+                path,
+                certificates(path)?,
+                provider,
+            )?),
         None => {
             // Unreadable entries of the system store are skipped, as every TLS client
             // does: one broken file there must not stop discovery.
+            let mut roots = rustls::RootCertStore::empty();
             let found = rustls_native_certs::load_native_certs();
             roots.add_parsable_certificates(found.certs);
             if roots.is_empty() {
                 return Err(TlsError::NoSystemRoots);
             }
+            builder.with_root_certificates(roots)
         }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|source| TlsError::Mismatch {
-            key: files.key_path.clone().unwrap_or_default(),
-            source,
-        })?
-        .with_root_certificates(roots);
+    };
     let config = match (&files.cert_path, &files.key_path) {
         (None, None) => builder.with_no_client_auth(),
         (Some(cert_path), Some(key_path)) => builder
@@ -209,8 +222,9 @@ pub fn termination_config(t: &TlsTermination) -> Result<Arc<rustls::ServerConfig
 }
 
 /// The rustls client configuration for `[servers.NAME.backends_tls]`: backends verified
-/// against `root_ca_cert_path` (or the system's store) unless `ignore_verify`, a client
-/// certificate if given, versions and cipher suites.
+/// against `root_ca_cert_path` (a certificate listed there is also trusted as itself) or
+/// the system's store, unless `ignore_verify`; a client certificate if given, versions
+/// and cipher suites.
 pub fn backends_config(b: &BackendsTls) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     let provider = Arc::new(provider_with(&b.ciphers));
     let key = b
@@ -229,21 +243,20 @@ pub fn backends_config(b: &BackendsTls) -> Result<Arc<rustls::ClientConfig>, Tls
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(Arc::clone(&provider))))
+    } else if let Some(path) = &b.root_ca_cert_path {
+        // As in `client_config`: a verifier of one's own, which verifies.
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(TrustedFile::new(
+                path,
+                certificates(path)?,
+                Arc::clone(&provider),
+            )?)
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match &b.root_ca_cert_path {
-            Some(path) => {
-                let (added, _) = roots.add_parsable_certificates(certificates(path)?);
-                if added == 0 {
-                    return Err(TlsError::NoTrustAnchor { path: path.clone() });
-                }
-            }
-            None => {
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-                if roots.is_empty() {
-                    return Err(TlsError::NoSystemRoots);
-                }
-            }
+        roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+        if roots.is_empty() {
+            return Err(TlsError::NoSystemRoots);
         }
         builder.with_root_certificates(roots)
     };
