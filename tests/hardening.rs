@@ -135,6 +135,12 @@ async fn deep_json_bodies_and_files_are_errors_not_crashes() {
             assert_refused(&response, 400, "nested deeper than 64 levels");
         }
     }
+    // Where: a server body names its line and column, backend options the byte.
+    let arrays = deep_arrays(20_000);
+    let response = request(t.api, "PUT", "/servers/test", &[], Some(&arrays)).await;
+    assert_refused(&response, 400, "(line 1, column 63 of the body)");
+    let response = request(t.api, "PATCH", &backend_path, &[], Some(&arrays)).await;
+    assert_refused(&response, 400, "(at byte 64)");
 
     // The same depth in the configuration file: reloads keep the running configuration.
     let deep_file = format!("{{\"servers\": {}}}", deep_arrays(20_000));

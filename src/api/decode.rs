@@ -44,7 +44,13 @@ impl BackendOptions {
             return Ok(BackendOptions::default());
         }
         let value: Value = bounded_json::from_slice(body, usize::MAX).map_err(|e| {
-            ApiError::new(StatusCode::BAD_REQUEST, format!("body is not JSON: {e}"))
+            let message = match e {
+                bounded_json::Error::Refused(refused) => {
+                    format!("body refused: {refused} (at byte {})", refused.offset())
+                }
+                bounded_json::Error::Syntax(e) => format!("body is not JSON: {e}"),
+            };
+            ApiError::new(StatusCode::BAD_REQUEST, message)
         })?;
         let Value::Object(fields) = value else {
             return Err(ApiError::new(
@@ -210,7 +216,23 @@ pub fn parse_server(
     let request = FilePath::new("request.json");
     let mut loaded = config::parse_in(&text, request, dir.as_deref()).map_err(|errors| {
         let prefix = format!("servers.{name}.");
-        config_error(StatusCode::BAD_REQUEST, &errors, &prefix)
+        let mut error = config_error(StatusCode::BAD_REQUEST, &errors, &prefix);
+        // An error of the JSON itself names no key: say where in the body it is (the
+        // body starts after the wrapper on the first line).
+        if let (None, Some(first)) = (&error.field, errors.0.first()) {
+            let wrapper = "{\"servers\": {".len() + quoted.chars().count() + ": ".len();
+            let col = match first.line {
+                1 => first.col.saturating_sub(wrapper),
+                _ => first.col,
+            };
+            if first.line > 0 {
+                error.message = format!(
+                    "{} (line {}, column {col} of the body)",
+                    error.message, first.line
+                );
+            }
+        }
+        error
     })?;
     loaded
         .config
