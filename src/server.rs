@@ -27,7 +27,7 @@ use crate::listener::{self, Listeners};
 use crate::pool::Pool;
 use crate::proxy::sni;
 use crate::proxy::udp::{self, UdpStats};
-use crate::proxy::CloseReason;
+use crate::proxy::{CloseReason, CLOSE_REASONS};
 use crate::resolve;
 use crate::runtime::Lifecycle;
 
@@ -36,24 +36,21 @@ use crate::runtime::Lifecycle;
 pub struct ServerStats {
     pub accepted: AtomicU64,
     pub active: AtomicU64,
-    pub refused_acl: AtomicU64,
-    pub refused_max_connections: AtomicU64,
-    pub no_backend: AtomicU64,
-    pub connect_failed: AtomicU64,
-    /// Peers refused because they are not trusted to send a PROXY header.
-    pub refused_proxy_untrusted: AtomicU64,
-    /// Trusted fronts whose PROXY header was refused.
-    pub refused_proxy_header: AtomicU64,
-    /// SNI routing: ClientHellos refused (malformed, too long, late, cut short).
-    pub refused_client_hello: AtomicU64,
-    /// SNI routing: names no backend is tagged for, under `reject`.
-    pub refused_sni: AtomicU64,
-    /// TLS termination: handshakes that failed or timed out.
-    pub refused_tls_handshake: AtomicU64,
+    /// Clients closed before reaching a backend, indexed by [`CloseReason`]; only
+    /// refusals (those with a [`CloseReason::refusal_label`]) are counted.
+    refused: [AtomicU64; CLOSE_REASONS],
     /// Dials beyond the first for one client, each to another backend.
     pub connect_retries: AtomicU64,
     /// Datagram counters of a UDP server.
     pub udp: UdpStats,
+}
+
+impl ServerStats {
+    /// Clients closed for `reason` before reaching a backend (0 for a reason that is not
+    /// a refusal).
+    pub fn refused(&self, reason: CloseReason) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
 }
 
 /// The state of a server that its connections read.
@@ -75,19 +72,9 @@ pub struct ServerShared {
 
 impl ServerShared {
     pub(crate) fn count_refused(&self, reason: CloseReason) {
-        let counter = match reason {
-            CloseReason::AclDenied => &self.stats.refused_acl,
-            CloseReason::MaxConnections => &self.stats.refused_max_connections,
-            CloseReason::NoBackend => &self.stats.no_backend,
-            CloseReason::ConnectFailed => &self.stats.connect_failed,
-            CloseReason::ProxyUntrusted => &self.stats.refused_proxy_untrusted,
-            CloseReason::ProxyHeader => &self.stats.refused_proxy_header,
-            CloseReason::ClientHello => &self.stats.refused_client_hello,
-            CloseReason::SniRejected => &self.stats.refused_sni,
-            CloseReason::TlsHandshake => &self.stats.refused_tls_handshake,
-            _ => return,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if reason.refusal_label().is_some() {
+            self.stats.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Loads the certificates and keys of `settings.tls` again into a new TLS

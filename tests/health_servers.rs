@@ -14,6 +14,7 @@ use sluice::config::{
     ServerConfig,
 };
 use sluice::health::{CheckError, HealthCheck, MysqlCheck, PgsqlCheck, RedisCheck, RedisRole};
+use sluice::proxy::CloseReason;
 use sluice::server::ServerShared;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -367,13 +368,13 @@ async fn good_and_refused(
 /// A client through Sluice to a server whose only backend is down is closed without a
 /// byte, and counted as finding no backend.
 async fn assert_no_traffic(addr: SocketAddr, shared: &ServerShared) {
-    let before = shared.stats.no_backend.load(Ordering::Relaxed);
+    let before = shared.stats.refused(CloseReason::NoBackend);
     for _ in 0..3 {
         let mut client = connect_from(addr, None).await;
         assert_closed_without_data(&mut client, WAIT).await;
     }
     assert_eq!(
-        shared.stats.no_backend.load(Ordering::Relaxed),
+        shared.stats.refused(CloseReason::NoBackend),
         before + 3,
         "each client found no backend"
     );

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sluice::acl::{Acl, Action};
 use sluice::balance::BalanceKind;
 use sluice::config::ServerConfig;
+use sluice::proxy::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
@@ -56,7 +57,7 @@ async fn acl_allows_and_denies_by_address_and_cidr_first_match_wins() {
     assert!(served(lb.addr, "127.0.3.3").await, "allowed by the /16");
     assert!(!served(lb.addr, "127.3.0.1").await, "denied by the /8");
     let shared = lb.shared().await;
-    assert_eq!(shared.stats.refused_acl.load(Ordering::Relaxed), 2);
+    assert_eq!(shared.stats.refused(CloseReason::AclDenied), 2);
     // The served clients hung up; their connections end a moment later. A slot held by
     // a refusal would keep the count above 0 for good.
     eventually("refusals hold no slot", || {
@@ -95,7 +96,7 @@ async fn acl_matches_ipv6_clients() {
         cfg.access = acl(default, rules);
         let lb = Sluice::start(cfg).await;
         assert_eq!(served(lb.addr, "::1").await, allowed, "{rules:?}");
-        let refused = lb.shared().await.stats.refused_acl.load(Ordering::Relaxed);
+        let refused = lb.shared().await.stats.refused(CloseReason::AclDenied);
         assert_eq!(refused, u64::from(!allowed), "{rules:?}");
     }
 }
@@ -110,10 +111,7 @@ async fn server_max_connections_closes_the_excess_at_once() {
     let mut excess = connect_from(lb.addr, None).await;
     assert_closed_without_data(&mut excess, Duration::from_secs(1)).await;
     let shared = lb.shared().await;
-    assert_eq!(
-        shared.stats.refused_max_connections.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(shared.stats.refused(CloseReason::MaxConnections), 1);
     assert_eq!(a.accepted(), 2);
 
     held.pop();
@@ -180,7 +178,7 @@ async fn connect_timeout_closes_the_client() {
         "closed after only {took:?}"
     );
     let stats = &lb.shared().await.stats;
-    assert_eq!(stats.connect_failed.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.refused(CloseReason::ConnectFailed), 1);
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use sluice::config::{
     ProbeSettings, ProxyProtocol, ProxyVersion, ServerConfig, TlsSettings, DEFAULT_HTTP_STATUS,
 };
 use sluice::proxy::proxy_protocol::{self, Parsed};
+use sluice::proxy::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
@@ -186,7 +187,7 @@ async fn a_trusted_front_names_the_client_for_acl_balancing_and_the_header_sent_
         .expect("write");
     assert_closed_without_data(&mut denied, WAIT).await;
     let stats = &lb.shared().await.stats;
-    assert_eq!(stats.refused_acl.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.refused(CloseReason::AclDenied), 1);
 }
 
 #[tokio::test]
@@ -229,7 +230,7 @@ async fn peers_that_are_not_trusted_fronts_are_refused() {
         assert_closed_without_data(&mut stream, WAIT).await;
     }
     let stats = &lb.shared().await.stats;
-    assert_eq!(stats.refused_proxy_untrusted.load(Ordering::Relaxed), 2);
+    assert_eq!(stats.refused(CloseReason::ProxyUntrusted), 2);
     assert_eq!(backend.accepted(), 0);
 }
 
@@ -274,10 +275,7 @@ async fn bad_headers_close_only_their_connection_and_are_counted() {
     }
     assert_eq!(line(&mut good).await, "a");
     let stats = &lb.shared().await.stats;
-    assert_eq!(
-        stats.refused_proxy_header.load(Ordering::Relaxed),
-        cases.len() as u64
-    );
+    assert_eq!(stats.refused(CloseReason::ProxyHeader), cases.len() as u64);
 }
 
 #[tokio::test]

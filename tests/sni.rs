@@ -13,6 +13,7 @@ use sluice::config::{
     HealthConfig, HealthKind, HostnameMatching, InitialStatus, ServerConfig, SniConfig,
     TlsSettings, UnexpectedHostname,
 };
+use sluice::proxy::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -229,7 +230,7 @@ async fn regexp_tags_and_rejected_names() {
         .await
         .is_err());
     let stats = &lb.shared().await.stats;
-    assert_eq!(stats.refused_sni.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.refused(CloseReason::SniRejected), 1);
 }
 
 #[tokio::test]
@@ -356,10 +357,7 @@ async fn bad_client_hellos_close_only_their_connection_and_are_counted() {
     let reply = String::from_utf8(read_to_end(&mut good).await).expect("text");
     assert!(reply.starts_with("a "), "{reply}");
     let stats = &lb.shared().await.stats;
-    assert_eq!(
-        stats.refused_client_hello.load(Ordering::Relaxed),
-        cases.len() as u64
-    );
+    assert_eq!(stats.refused(CloseReason::ClientHello), cases.len() as u64);
     assert_eq!(a.accepted(), 1);
 }
 

@@ -3,7 +3,6 @@
 //! counted, and `openssl s_client` as a client.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use sluice::balance::BalanceKind;
 use sluice::config::{ClientAuth, Protocol, ServerConfig, TlsFiles, TlsTermination, TlsVersion};
+use sluice::proxy::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -147,7 +147,7 @@ async fn versions_and_alpn_are_negotiated_and_mismatches_counted() {
     // own error by a moment.
     let shared = lb.shared().await;
     eventually("the failed handshake counted", || async {
-        shared.stats.refused_tls_handshake.load(Ordering::Relaxed) == 1
+        shared.stats.refused(CloseReason::TlsHandshake) == 1
     })
     .await;
     assert_eq!(backend.accepted(), 2);
@@ -248,7 +248,7 @@ async fn bad_handshakes_close_only_their_connection_and_are_counted() {
     assert!(exchange(lb.addr, "a.sluice.test", config).await.is_ok());
     let shared = lb.shared().await;
     eventually("three failed handshakes counted", || async {
-        shared.stats.refused_tls_handshake.load(Ordering::Relaxed) == 3
+        shared.stats.refused(CloseReason::TlsHandshake) == 3
     })
     .await;
 }

@@ -17,6 +17,7 @@ use sluice::config::{
     UdpSettings,
 };
 use sluice::proxy::udp::UdpDrop;
+use sluice::proxy::CloseReason;
 
 use crate::support::servers::Dnsmasq;
 use crate::support::udp::{ask, client, receive, Reply, UdpBackend};
@@ -268,7 +269,7 @@ async fn the_session_cap_is_enforced_and_frees_up() {
     let fourth = client("127.0.0.1:0").await;
     assert!(ask(&fourth, lb.addr, b"refused", 1).await.is_none());
     let stats = &lb.shared().await.stats;
-    assert!(stats.refused_max_connections.load(Ordering::Relaxed) >= 1);
+    assert!(stats.refused(CloseReason::MaxConnections) >= 1);
     assert_eq!(active(&lb).await, 3);
     // Once the three expire, the fourth gets in.
     wait_active(&lb, 0).await;
@@ -396,7 +397,7 @@ async fn access_rules_apply_to_every_datagram() {
     assert_eq!(receive(&denied, Duration::from_millis(300)).await, None);
     assert_eq!(backend.received(), 1);
     let stats = &lb.shared().await.stats;
-    assert_eq!(stats.refused_acl.load(Ordering::Relaxed), 3);
+    assert_eq!(stats.refused(CloseReason::AclDenied), 3);
 }
 
 #[tokio::test]

@@ -15,6 +15,7 @@ use crate::backend::{AdminState, Backend};
 use crate::config::Protocol;
 use crate::pool::Pool;
 use crate::proxy::udp::UdpDrop;
+use crate::proxy::CloseReason;
 use crate::server::ServerShared;
 
 /// The servers of one scrape, each with the pool and protocol it had when the scrape
@@ -106,23 +107,12 @@ impl Collector for Scrape {
             |s| Value::Counter(read(&s.shared.stats.accepted)),
         )?;
         let refused = self.servers.iter().flat_map(|s| {
-            let stats = &s.shared.stats;
-            [
-                ("acl", &stats.refused_acl),
-                ("max_connections", &stats.refused_max_connections),
-                ("no_backend", &stats.no_backend),
-                ("connect_failed", &stats.connect_failed),
-                ("proxy_untrusted", &stats.refused_proxy_untrusted),
-                ("proxy_header", &stats.refused_proxy_header),
-                ("client_hello", &stats.refused_client_hello),
-                ("sni_rejected", &stats.refused_sni),
-                ("tls_handshake", &stats.refused_tls_handshake),
-            ]
-            .map(|(reason, counter)| {
-                (
-                    [("server", s.name.as_str()), ("reason", reason)],
-                    Value::Counter(read(counter)),
-                )
+            CloseReason::ALL.iter().filter_map(|&reason| {
+                let label = reason.refusal_label()?;
+                Some((
+                    [("server", s.name.as_str()), ("reason", label)],
+                    Value::Counter(s.shared.stats.refused(reason)),
+                ))
             })
         });
         family(

@@ -24,82 +24,112 @@ pub enum Side {
     Backend,
 }
 
-/// Why a connection ended; the access log's `reason` field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Both sides finished sending (FIN both ways).
-    Eof,
-    /// UDP: the session's `max_responses` (or, with no reply due, `max_requests`) was
-    /// reached.
-    Completed,
-    /// The client reset the connection or a read/write on it failed.
-    ClientError,
-    /// The backend reset the connection or a read/write on it failed (UDP: its host
-    /// reported the port unreachable).
-    BackendError,
-    /// UDP: the session's backend failed its health check; the client's next datagram
-    /// opens a session on a live one.
-    BackendDown,
-    /// UDP: the session's backend had never answered, and its descriptor went to a new
-    /// session when the descriptor budget was used up.
-    Evicted,
-    /// No byte moved either way for the idle timeout.
-    IdleTimeout,
-    /// Sluice was shutting down and the grace period ran out.
-    Shutdown,
-    /// Its backend was drained with a deadline, and the deadline passed.
-    DrainDeadline,
-    /// Refused by the server's access rules.
-    AclDenied,
-    /// Refused because the server's `max_connections` was reached.
-    MaxConnections,
-    /// No backend was available.
-    NoBackend,
-    /// Every backend tried refused or timed out.
-    ConnectFailed,
-    /// The server accepts the PROXY protocol, and the peer is not one of its trusted
-    /// fronts.
-    ProxyUntrusted,
-    /// A trusted front's PROXY header was malformed, too long, late or cut short.
-    ProxyHeader,
-    /// SNI routing: the ClientHello was malformed, too long, late or cut short.
-    ClientHello,
-    /// SNI routing: no backend is tagged for the name, and unexpected names are
-    /// rejected.
-    SniRejected,
-    /// TLS termination: the handshake failed (version, cipher or certificate
-    /// mismatch, garbage) or did not finish in time.
-    TlsHandshake,
+/// Declares [`CloseReason`] from one table: each reason on one line with its access-log
+/// name and, for a refusal (a client closed before reaching a backend), the `reason`
+/// label of `sluice_connections_refused_total`. The counters, the log and the metric
+/// all read this table, so adding a reason is one line here.
+macro_rules! close_reasons {
+    ($( $(#[$doc:meta])* $variant:ident => $log:literal $(, refused $metric:literal)?; )*) => {
+        /// Why a connection ended; the access log's `reason` field.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum CloseReason {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl CloseReason {
+            /// Every reason, in declaration order (`reason as usize` is its index).
+            pub const ALL: &'static [CloseReason] = &[$(CloseReason::$variant),*];
+
+            /// The name in the access log.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $( CloseReason::$variant => $log, )*
+                }
+            }
+
+            /// For a refusal, its `reason` label in `sluice_connections_refused_total`;
+            /// `None` for a connection that reached a backend.
+            pub fn refusal_label(self) -> Option<&'static str> {
+                match self {
+                    $( CloseReason::$variant => close_reasons!(@label $($metric)?), )*
+                }
+            }
+        }
+    };
+    (@label $metric:literal) => { Some($metric) };
+    (@label) => { None };
 }
 
-impl CloseReason {
-    /// The label used in logs and metrics.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::Eof => "eof",
-            CloseReason::Completed => "completed",
-            CloseReason::ClientError => "client_error",
-            CloseReason::BackendError => "backend_error",
-            CloseReason::BackendDown => "backend_down",
-            CloseReason::Evicted => "evicted",
-            CloseReason::IdleTimeout => "idle_timeout",
-            CloseReason::Shutdown => "shutdown",
-            CloseReason::DrainDeadline => "drain_deadline",
-            CloseReason::AclDenied => "acl_denied",
-            CloseReason::MaxConnections => "max_connections",
-            CloseReason::NoBackend => "no_backend",
-            CloseReason::ConnectFailed => "connect_failed",
-            CloseReason::ProxyUntrusted => "proxy_untrusted",
-            CloseReason::ProxyHeader => "proxy_header",
-            CloseReason::ClientHello => "client_hello",
-            CloseReason::SniRejected => "sni_rejected",
-            CloseReason::TlsHandshake => "tls_handshake",
-        }
-    }
+close_reasons! {
+    /// Both sides finished sending (FIN both ways).
+    Eof => "eof";
+    /// UDP: the session's `max_responses` (or, with no reply due, `max_requests`) was
+    /// reached.
+    Completed => "completed";
+    /// The client reset the connection or a read/write on it failed.
+    ClientError => "client_error";
+    /// The backend reset the connection or a read/write on it failed (UDP: its host
+    /// reported the port unreachable).
+    BackendError => "backend_error";
+    /// UDP: the session's backend failed its health check; the client's next datagram
+    /// opens a session on a live one.
+    BackendDown => "backend_down";
+    /// UDP: the session's backend had never answered, and its descriptor went to a new
+    /// session when the descriptor budget was used up.
+    Evicted => "evicted";
+    /// No byte moved either way for the idle timeout.
+    IdleTimeout => "idle_timeout";
+    /// Sluice was shutting down and the grace period ran out.
+    Shutdown => "shutdown";
+    /// Its backend was drained with a deadline, and the deadline passed.
+    DrainDeadline => "drain_deadline";
+    /// Refused by the server's access rules.
+    AclDenied => "acl_denied", refused "acl";
+    /// Refused because the server's `max_connections` was reached.
+    MaxConnections => "max_connections", refused "max_connections";
+    /// No backend was available.
+    NoBackend => "no_backend", refused "no_backend";
+    /// Every backend tried refused or timed out.
+    ConnectFailed => "connect_failed", refused "connect_failed";
+    /// The server accepts the PROXY protocol, and the peer is not one of its trusted
+    /// fronts.
+    ProxyUntrusted => "proxy_untrusted", refused "proxy_untrusted";
+    /// A trusted front's PROXY header was malformed, too long, late or cut short.
+    ProxyHeader => "proxy_header", refused "proxy_header";
+    /// SNI routing: the ClientHello was malformed, too long, late or cut short.
+    ClientHello => "client_hello", refused "client_hello";
+    /// SNI routing: no backend is tagged for the name, and unexpected names are
+    /// rejected.
+    SniRejected => "sni_rejected", refused "sni_rejected";
+    /// TLS termination: the handshake failed (version, cipher or certificate
+    /// mismatch, garbage) or did not finish in time.
+    TlsHandshake => "tls_handshake", refused "tls_handshake";
 }
+
+/// How many reasons there are.
+pub const CLOSE_REASONS: usize = CloseReason::ALL.len();
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_indexes_every_reason_in_order() {
+        for (i, reason) in CloseReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{reason}");
+        }
+        let refusals = CloseReason::ALL
+            .iter()
+            .filter(|r| r.refusal_label().is_some())
+            .count();
+        assert_eq!(refusals, 9);
+        assert_eq!(CloseReason::AclDenied.refusal_label(), Some("acl"));
+        assert_eq!(CloseReason::Eof.refusal_label(), None);
     }
 }
