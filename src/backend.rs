@@ -1,4 +1,4 @@
-//! Backends and the pool a server picks them from.
+//! Backends: what each is configured as and how it is doing.
 //!
 //! A [`Backend`] is one `host:port` with its configured [`BackendSpec`] and its live
 //! [`BackendState`] (health, admin state, counters). The state is shared through an `Arc`

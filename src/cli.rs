@@ -16,7 +16,7 @@ use crate::balance::BalanceKind;
 use crate::config::{self, Config, HealthConfig, HealthKind, ServerConfig};
 use crate::control::Control;
 use crate::runtime::Runtime;
-use crate::shutdown::{Signal, Signals};
+use crate::signals::{Signal, Signals};
 use crate::workers::Workers;
 use crate::{demo, logging};
 

@@ -20,7 +20,7 @@ use crate::config::{
 use crate::control::Control;
 use crate::logging;
 use crate::runtime::Runtime;
-use crate::shutdown::{Signal, Signals};
+use crate::signals::{Signal, Signals};
 
 const BACKENDS: usize = 3;
 /// The API's usual port, GoBetween's.

@@ -1,9 +1,11 @@
 //! Sluice: a Layer 4 (TCP/UDP) load balancer.
 //!
 //! Module map, in reading order:
-//! - [`cli`]: the command line (`run`, `check`, `tcp`, `udp`, `demo`).
+//! - [`cli`]: the command line (`run`, `check`, `tcp`, `udp`, `demo`); [`demo`]: the
+//!   demo's backends; [`logging`]: the log subscriber; [`signals`]: SIGHUP, SIGTERM, SIGINT.
 //! - [`runtime`]: every running server; the one place runtime state changes.
 //! - [`control`]: reloads and API edits, both ending in `Runtime::apply`.
+//! - [`reload`]: what changes between two configurations, as a list of changes.
 //! - [`api`]: the admin REST API and dashboard.
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server: its listener, backend pool and health checks.
@@ -14,6 +16,7 @@
 //! - [`pool`]: a server's backends split into priority tiers, each with its strategy.
 //! - [`balance`]: the balancing strategies.
 //! - [`backend`]: one backend's spec and live state.
+//! - [`resolve`]: backend host names to addresses, kept fresh.
 //! - [`health`]: active and passive health checking.
 //! - [`discovery`]: backends from DNS, files, commands, Consul, etcd, Docker.
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
@@ -50,6 +53,6 @@ pub mod reload;
 pub mod resolve;
 pub mod runtime;
 pub mod server;
-pub mod shutdown;
+pub mod signals;
 pub mod tls;
 pub mod workers;

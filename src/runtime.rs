@@ -1,9 +1,9 @@
 //! Every running server, and the one way runtime state changes.
 //!
 //! [`Runtime::apply`] takes a whole validated [`Config`] and brings the running servers
-//! in line with it. Start-up, SIGHUP reloads, and (later) the admin API and discovery
-//! all go through it, so there is one set of rules for what a change does to
-//! connections: none is ever cut by a change (see `docs/lifecycle.md`).
+//! in line with it. Start-up, SIGHUP reloads and the admin API all go through it, so
+//! there is one set of rules for what a change does to connections: none is ever cut
+//! by a change (see `docs/lifecycle.md`).
 
 use std::collections::BTreeMap;
 use std::io;

@@ -270,9 +270,6 @@ const KINDS: &[(&str, &[&str])] = &[
     ("pgsql", &["pgsql_user", "pgsql_password", "pgsql_database"]),
 ];
 
-/// Kinds whose settings are read but whose check is not there yet.
-const NOT_YET: &[&str] = &[];
-
 /// The kind names, for messages.
 fn kind_names() -> Vec<&'static str> {
     KINDS.iter().map(|(k, _)| *k).collect()
@@ -322,11 +319,6 @@ fn kind<'t>(ctx: &mut Ctx<'_>, sec: &mut Section<'t>) -> Option<(&'t str, usize)
         return Some(("none", sec.at));
     };
     let kind = ctx.str(&f)?;
-    if NOT_YET.contains(&kind) {
-        let message = format!("healthcheck kind \"{kind}\" is not supported yet");
-        ctx.error(f.at, f.path(), message);
-        return None;
-    }
     if KINDS.iter().any(|(k, _)| *k == kind) {
         return Some((kind, f.at));
     }

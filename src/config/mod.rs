@@ -13,6 +13,8 @@
 //! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines).
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
 //! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`).
+//! - `tls`: the TLS sections (`[tls]`, `[backends_tls]`, certificates by name).
+//! - `admin`: `[api]` and `[metrics]`: who may reach them.
 
 mod admin;
 mod discovery;

@@ -206,7 +206,7 @@ async fn run_checks(
     stop: CancellationToken,
 ) {
     let mut tally = Tally::default();
-    // The health this task last saw or set. Passive health (and later the API) change it
+    // The health this task last saw or set. Passive health changes it
     // from outside; a streak counted before such a change must not count after it.
     let mut known = backend.is_healthy();
     // A random first delay spreads the checks of many backends over the interval.
