@@ -1,0 +1,237 @@
+//! One configured server while it runs: its settings, its backend pool, its listener,
+//! its health checks and its discovery runner.
+//!
+//! - `state`: [`ServerShared`], what every connection of the server sees (settings and
+//!   pool are `ArcSwap` snapshots, so a reload or a discovered change replaces them
+//!   without touching connections in flight), its counters and the active-connection
+//!   slot.
+//! - this file: [`Server`], which owns the server's tasks: accept loops, discovery, the
+//!   pool rebuilder, the certificate watcher.
+//! - `rebuild`: the pool rebuilder, where reloads and discovered lists become a new pool
+//!   and backends gain or lose their health checks and resolvers.
+//! - `bandwidth`: each backend's bytes per second, sampled once a second.
+//! - `tls_watch`: certificates loaded again when their files change.
+
+mod bandwidth;
+mod rebuild;
+mod state;
+mod tls_watch;
+
+pub use state::{ActiveSlot, ServerShared, ServerStats};
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::config::{DiscoveryConfig, ServerConfig};
+use crate::discovery;
+use crate::listener::{self, Listeners};
+use crate::proxy::udp;
+use crate::runtime::Lifecycle;
+use rebuild::PoolRebuilder;
+
+/// A running server: the tasks behind one `[servers.NAME]`.
+pub struct Server {
+    pub shared: Arc<ServerShared>,
+    local_addr: SocketAddr,
+    /// Stops the accept loop only; connections run on until they end.
+    accept_stop: CancellationToken,
+    /// Stops every background task: health checks, resolvers, bandwidth sampling and
+    /// discovery.
+    background: CancellationToken,
+    backends: Arc<PoolRebuilder>,
+    /// The discovery runner and the configuration it runs, for a dynamic kind.
+    discovery: Option<(DiscoveryConfig, CancellationToken)>,
+    /// Whether the accept loops give their sockets back when they stop.
+    on_stop: listener::OnStop,
+    /// One per worker; a TCP loop ends with its socket when handing it over.
+    accept_tasks: Vec<JoinHandle<Option<std::net::TcpListener>>>,
+}
+
+impl Server {
+    /// Starts serving on `socket`, bound beforehand by the caller so that every bind of
+    /// a reload can fail before anything is changed.
+    pub async fn start(
+        name: &str,
+        config: ServerConfig,
+        sockets: Listeners,
+        life: &Lifecycle,
+    ) -> std::io::Result<Server> {
+        let protocol = config.protocol;
+        let local_addr = match sockets.local_addr() {
+            Some(addr) => addr?,
+            None => config.bind,
+        };
+        let shared = Arc::new(ServerShared::new(name, &config));
+        let background = life.graceful.child_token();
+        let backends = Arc::new(PoolRebuilder::new(
+            Arc::clone(&shared),
+            life.hard_stop.clone(),
+            background.clone(),
+        ));
+        // A dynamic kind starts empty: the runner's first fetch follows at once.
+        let specs = config
+            .discovery
+            .static_backends()
+            .cloned()
+            .unwrap_or_default();
+        backends.replace(None, Some(specs)).await;
+        let mut server = Server {
+            shared,
+            local_addr,
+            accept_stop: life.graceful.child_token(),
+            background,
+            backends,
+            discovery: None,
+            on_stop: listener::OnStop::default(),
+            accept_tasks: Vec::new(),
+        };
+        server.start_discovery(&config.discovery);
+        tokio::spawn(tls_watch::watch(
+            Arc::clone(&server.shared),
+            server.background.child_token(),
+        ));
+        server.spawn_accept(sockets, life);
+        info!(server = name, bind = %local_addr, protocol = protocol.as_str(), "listening");
+        Ok(server)
+    }
+
+    /// One accept loop (UDP: receive loop) per worker, each on its own socket.
+    fn spawn_accept(&mut self, sockets: Listeners, life: &Lifecycle) {
+        // Connections get the hard-stop token, not the accept loop's: stopping a
+        // server's accept loop must not cut its established connections.
+        let (stop, tracker, hard_stop) = (self.accept_stop.clone(), &life.tracker, &life.hard_stop);
+        match sockets {
+            Listeners::Tcp(sockets) => {
+                for (index, socket) in sockets.into_iter().enumerate() {
+                    let shared = Arc::clone(&self.shared);
+                    let accept = listener::accept_loop(
+                        socket,
+                        shared,
+                        stop.clone(),
+                        self.on_stop.clone(),
+                        tracker.clone(),
+                        hard_stop.clone(),
+                    );
+                    self.spawn_on_worker(life, index, accept);
+                }
+            }
+            Listeners::Udp(sockets) => {
+                for (index, socket) in sockets.into_iter().enumerate() {
+                    let shared = Arc::clone(&self.shared);
+                    let serve = udp::serve(
+                        socket,
+                        shared,
+                        stop.clone(),
+                        tracker.clone(),
+                        hard_stop.clone(),
+                        Arc::clone(&life.budget),
+                    );
+                    self.spawn_on_worker(life, index, async move {
+                        serve.await;
+                        None
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs a server loop on worker `index`, tracked so shutdown waits for it.
+    fn spawn_on_worker(
+        &mut self,
+        life: &Lifecycle,
+        index: usize,
+        task: impl std::future::Future<Output = Option<std::net::TcpListener>> + Send + 'static,
+    ) {
+        let task = life.tracker.track_future(task);
+        self.accept_tasks
+            .push(life.workers.handle(index).spawn(task));
+    }
+
+    /// Starts the runner of a dynamic discovery (stopping one that runs another
+    /// configuration); stops it for `static`.
+    fn start_discovery(&mut self, config: &DiscoveryConfig) {
+        if self
+            .discovery
+            .as_ref()
+            .is_some_and(|(running, _)| running == config)
+        {
+            return;
+        }
+        self.stop_discovery();
+        let Some((source, common)) = discovery::build(config) else {
+            return;
+        };
+        let stop = self.background.child_token();
+        let backends = Arc::clone(&self.backends);
+        let stopped = stop.clone();
+        let apply: discovery::Apply = Arc::new(move |specs| {
+            let backends = Arc::clone(&backends);
+            let stopped = stopped.clone();
+            Box::pin(async move { backends.discovered(specs, &stopped).await })
+        });
+        tokio::spawn(discovery::run(
+            self.shared.name.clone(),
+            source,
+            common,
+            apply,
+            stop.clone(),
+        ));
+        self.discovery = Some((config.clone(), stop));
+    }
+
+    /// Stops the discovery runner, if one runs; a list it is applying right now is
+    /// dropped (see [`PoolRebuilder::discovered`]).
+    fn stop_discovery(&mut self) {
+        if let Some((_, stop)) = self.discovery.take() {
+            stop.cancel();
+        }
+    }
+
+    /// The address the listener is bound to (useful when the config asked for port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Applies a changed configuration whose `bind` and `protocol` are unchanged: new
+    /// settings and backends apply to new connections; established ones are untouched.
+    ///
+    /// A dynamic discovery keeps its current backends under the new settings; when the
+    /// discovery itself changed, they stay until the new source's first answer.
+    pub async fn update(&mut self, config: ServerConfig) {
+        let specs = config.discovery.static_backends().cloned();
+        let discovery = config.discovery.clone();
+        // A runner of the old discovery must not apply its list over the new one.
+        if self
+            .discovery
+            .as_ref()
+            .is_some_and(|(running, _)| *running != discovery)
+        {
+            self.stop_discovery();
+        }
+        self.backends.replace(Some(Arc::new(config)), specs).await;
+        self.start_discovery(&discovery);
+    }
+
+    /// Stops accepting, checking and discovering; established connections finish on
+    /// their own. With `hand_over`, returns the listening sockets, their queues intact,
+    /// for the server that takes this one's address; otherwise the connections already
+    /// queued are accepted and served, and the sockets closed.
+    pub async fn stop(mut self, hand_over: bool) -> Option<Listeners> {
+        if hand_over {
+            self.on_stop.hand_over();
+        }
+        self.accept_stop.cancel();
+        self.background.cancel();
+        let mut sockets = Vec::new();
+        for task in self.accept_tasks.drain(..) {
+            if let Ok(Some(socket)) = task.await {
+                sockets.push(socket);
+            }
+        }
+        (hand_over && !sockets.is_empty()).then_some(Listeners::Tcp(sockets))
+    }
+}

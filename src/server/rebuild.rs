@@ -1,0 +1,184 @@
+//! The pool rebuilder: a reload, an API edit and a discovered list all become a new pool
+//! here, so they treat backends alike: kept ones keep their state, connections and
+//! checks; new ones join; removed ones get no new connections and drain. It also starts
+//! and stops what follows each backend (its health check, its resolver) and the
+//! bandwidth sampler.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use super::{bandwidth, ServerShared};
+use crate::backend::{Backend, BackendSpec, BackendState};
+use crate::balance::BalanceKind;
+use crate::config::{HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig};
+use crate::health;
+use crate::pool::Pool;
+use crate::proxy::sni;
+use crate::resolve;
+
+/// A server's backend pool and the tasks that follow its backends (health checks,
+/// resolvers, bandwidth sampling). A reload and a discovered change both rebuild the
+/// pool here, so they treat backends alike: kept ones keep their state, connections and
+/// checks; new ones join; removed ones get no new connections and drain.
+pub(crate) struct PoolRebuilder {
+    shared: Arc<ServerShared>,
+    hard_stop: CancellationToken,
+    /// Parent of every task started here; cancelled when the server stops.
+    background: CancellationToken,
+    /// Held across a rebuild, so a reload and a discovered change never interleave.
+    tasks: Mutex<RebuildState>,
+}
+
+#[derive(Default)]
+struct RebuildState {
+    /// The backend list the pool was last built from.
+    specs: Vec<BackendSpec>,
+    /// The health check configuration the running checks use, with the PROXY header
+    /// version they send (the server's): a reload that changes either restarts them.
+    health: Option<(HealthConfig, Option<ProxyVersion>)>,
+    /// Each backend's check and resolver, by key, with the spec they were started for.
+    per_backend: HashMap<String, (BackendSpec, CancellationToken)>,
+    sampler: Option<CancellationToken>,
+}
+
+impl PoolRebuilder {
+    pub(crate) fn new(
+        shared: Arc<ServerShared>,
+        hard_stop: CancellationToken,
+        background: CancellationToken,
+    ) -> Self {
+        PoolRebuilder {
+            shared,
+            hard_stop,
+            background,
+            tasks: Mutex::new(RebuildState::default()),
+        }
+    }
+
+    /// A discovered list, applied unless its runner was stopped meanwhile (a reload
+    /// changed the discovery while the list waited for the lock).
+    pub(crate) async fn discovered(&self, specs: Vec<BackendSpec>, runner: &CancellationToken) {
+        let mut tasks = self.tasks.lock().await;
+        if runner.is_cancelled() {
+            return;
+        }
+        tasks.specs = specs;
+        self.rebuild(&mut tasks, None).await;
+    }
+
+    /// Stores `settings` (if given), takes `specs` as the backend list (if given; else
+    /// the current one), builds the pool, resolves its new host names and swaps it in.
+    pub(crate) async fn replace(
+        &self,
+        settings: Option<Arc<ServerConfig>>,
+        specs: Option<Vec<BackendSpec>>,
+    ) {
+        let mut tasks = self.tasks.lock().await;
+        if let Some(specs) = specs {
+            tasks.specs = specs;
+        }
+        self.rebuild(&mut tasks, settings).await;
+    }
+
+    async fn rebuild(&self, tasks: &mut RebuildState, settings: Option<Arc<ServerConfig>>) {
+        if let Some(settings) = &settings {
+            self.shared.reload_tls(settings);
+        }
+        let settings = settings.unwrap_or_else(|| self.shared.settings.load_full());
+        let old_pool = self.shared.pool.load_full();
+        let by_key: HashMap<&str, &Arc<BackendState>> = old_pool
+            .backends()
+            .iter()
+            .map(|b| (b.key(), &b.state))
+            .collect();
+        let backends = build_backends(&settings, &tasks.specs, &by_key, &self.hard_stop);
+        let pool = Arc::new(Pool::new(settings.balance, backends));
+        resolve::resolve_now(&pool).await;
+        let matcher = settings.sni.as_ref().map(|sni| {
+            Arc::new(sni::Matcher::new(
+                &self.shared.name,
+                sni.matching,
+                pool.backends(),
+            ))
+        });
+        self.shared.settings.store(Arc::clone(&settings));
+        self.shared.sni.store(matcher);
+        self.shared.pool.store(Arc::clone(&pool));
+        self.follow(tasks, &settings, &pool);
+    }
+
+    /// Brings the background tasks in line with `pool`: a backend kept with the same spec,
+    /// health check and PROXY header keeps its running check (and its streak), others are
+    /// restarted.
+    fn follow(&self, tasks: &mut RebuildState, settings: &ServerConfig, pool: &Arc<Pool>) {
+        let name = &self.shared.name;
+        let health = (settings.healthcheck.clone(), settings.proxy_protocol.send);
+        if tasks.health.as_ref() != Some(&health) {
+            for (_, (_, stop)) in tasks.per_backend.drain() {
+                stop.cancel();
+            }
+            tasks.health = Some(health);
+        }
+        let mut running = std::mem::take(&mut tasks.per_backend);
+        for backend in pool.backends() {
+            let key = backend.key().to_owned();
+            match running.remove(&key) {
+                Some((spec, stop)) if spec == backend.spec => {
+                    tasks.per_backend.insert(key, (spec, stop));
+                    continue;
+                }
+                Some((_, stop)) => stop.cancel(),
+                None => {}
+            }
+            let stop = self.background.child_token();
+            // The spawners take a pool; one of this backend alone gives it its own stop.
+            let alone = Pool::new(BalanceKind::RoundRobin, vec![Arc::clone(backend)]);
+            resolve::spawn_refresh(name, &alone, &stop);
+            if settings.healthcheck.kind != HealthKind::None {
+                let proxy = settings.proxy_protocol.send;
+                health::spawn_checks(name, &settings.healthcheck, proxy, &alone, &stop);
+            }
+            tasks.per_backend.insert(key, (backend.spec.clone(), stop));
+        }
+        // What is left was removed.
+        for (_, (_, stop)) in running {
+            stop.cancel();
+        }
+        if let Some(sampler) = tasks.sampler.take() {
+            sampler.cancel();
+        }
+        let sampler = self.background.child_token();
+        tokio::spawn(bandwidth::sample(Arc::clone(pool), sampler.clone()));
+        tasks.sampler = Some(sampler);
+    }
+}
+
+/// PoolRebuilder for `specs` under `config`, reusing the live state of those already known
+/// by key; new ones have their connections tied to `hard_stop`.
+fn build_backends(
+    config: &ServerConfig,
+    specs: &[BackendSpec],
+    known: &HashMap<&str, &Arc<BackendState>>,
+    hard_stop: &CancellationToken,
+) -> Vec<Arc<Backend>> {
+    let initially_healthy = config.healthcheck.kind == HealthKind::None
+        || config.healthcheck.initial_status == InitialStatus::Healthy;
+    specs
+        .iter()
+        .map(|spec| {
+            let backend = match known.get(spec.key().as_str()) {
+                Some(state) => Backend::with_state(spec.clone(), Arc::clone(state)),
+                None => Backend::new(spec.clone(), initially_healthy),
+            };
+            backend.state.link_to(hard_stop);
+            // Without an active check nothing would ever bring a backend back up.
+            if config.healthcheck.kind == HealthKind::None {
+                backend.set_healthy(true);
+            }
+            Arc::new(backend)
+        })
+        .collect()
+}

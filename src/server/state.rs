@@ -1,0 +1,154 @@
+//! What the connections of a server read: its settings, pool and TLS configurations as
+//! snapshots, its counters, and the slot each open connection holds.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+use tracing::{error, info, warn};
+
+use crate::config::ServerConfig;
+use crate::pool::Pool;
+use crate::proxy::sni;
+use crate::proxy::udp::UdpStats;
+use crate::proxy::{CloseReason, CLOSE_REASONS};
+
+/// Counters of one server.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub accepted: AtomicU64,
+    pub active: AtomicU64,
+    /// Clients closed before reaching a backend, indexed by [`CloseReason`]; only
+    /// refusals (those with a [`CloseReason::refusal_label`]) are counted.
+    refused: [AtomicU64; CLOSE_REASONS],
+    /// Dials beyond the first for one client, each to another backend.
+    pub connect_retries: AtomicU64,
+    /// Datagram counters of a UDP server.
+    pub udp: UdpStats,
+}
+
+impl ServerStats {
+    /// Clients closed for `reason` before reaching a backend (0 for a reason that is not
+    /// a refusal).
+    pub fn refused(&self, reason: CloseReason) -> u64 {
+        self.refused[reason as usize].load(Ordering::Relaxed)
+    }
+}
+
+/// The state of a server that its connections read.
+pub struct ServerShared {
+    pub name: String,
+    pub settings: ArcSwap<ServerConfig>,
+    pub pool: ArcSwap<Pool>,
+    /// SNI routing's view of the pool's `sni=` tags; rebuilt with the pool.
+    pub sni: ArcSwapOption<sni::Matcher>,
+    /// TLS termination's configuration; rebuilt when the settings change or on reload.
+    pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// TLS towards backends; rebuilt like `tls`.
+    pub backends_tls: ArcSwapOption<rustls::ClientConfig>,
+    pub stats: ServerStats,
+    /// Set while "no backend available" has been logged and not yet recovered, so the
+    /// transition is logged once rather than once per refused client.
+    no_backend_logged: AtomicBool,
+}
+
+impl ServerShared {
+    /// The state of a server about to start: `config`'s settings, its TLS files loaded,
+    /// an empty pool (the rebuilder fills it) and zeroed counters.
+    pub(crate) fn new(name: &str, config: &ServerConfig) -> Self {
+        let shared = ServerShared {
+            name: name.to_owned(),
+            pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
+            settings: ArcSwap::from_pointee(config.clone()),
+            sni: ArcSwapOption::empty(),
+            tls: ArcSwapOption::empty(),
+            backends_tls: ArcSwapOption::empty(),
+            stats: ServerStats::default(),
+            no_backend_logged: AtomicBool::new(false),
+        };
+        shared.reload_tls(config);
+        shared
+    }
+
+    pub(crate) fn count_refused(&self, reason: CloseReason) {
+        if reason.refusal_label().is_some() {
+            self.stats.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Loads the certificates and keys of `settings.tls` again into a new TLS
+    /// configuration; on failure the current one stays (and the failure is logged), so
+    /// a bad file never takes a running server down.
+    pub fn reload_tls(&self, settings: &ServerConfig) {
+        match &settings.tls {
+            None => self.tls.store(None),
+            Some(termination) => match crate::tls::termination_config(termination) {
+                Ok(config) => self.tls.store(Some(config)),
+                Err(e) => {
+                    error!(server = %self.name, error = %e, "cannot load the TLS certificates; keeping the current ones");
+                }
+            },
+        }
+        match &settings.backends_tls {
+            None => self.backends_tls.store(None),
+            Some(backends) => match crate::tls::backends_config(backends) {
+                Ok(config) => self.backends_tls.store(Some(config)),
+                Err(e) => {
+                    error!(server = %self.name, error = %e, "cannot load the backends' TLS files; keeping the current ones");
+                }
+            },
+        }
+    }
+
+    pub(crate) fn note_no_backend(&self) {
+        if !self.no_backend_logged.swap(true, Ordering::Relaxed) {
+            warn!(server = %self.name, "no backend available: closing new clients");
+        }
+    }
+
+    pub(crate) fn note_backend_found(&self) {
+        if self.no_backend_logged.load(Ordering::Relaxed)
+            && self.no_backend_logged.swap(false, Ordering::Relaxed)
+        {
+            info!(server = %self.name, "a backend is available again");
+        }
+    }
+}
+
+/// One client counted against its server's `max_connections`, released on drop. It
+/// also gives the connection its server, so a connection's task holds one reference.
+pub struct ActiveSlot {
+    server: Arc<ServerShared>,
+}
+
+impl ActiveSlot {
+    /// Counts one more active connection, or `None` when `max` are already active.
+    pub fn acquire(server: &Arc<ServerShared>, max: Option<u32>) -> Option<ActiveSlot> {
+        let active = &server.stats.active;
+        match max {
+            None => {
+                active.fetch_add(1, Ordering::Relaxed);
+            }
+            Some(max) => {
+                active
+                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                        (n < u64::from(max)).then_some(n + 1)
+                    })
+                    .ok()?;
+            }
+        }
+        Some(ActiveSlot {
+            server: Arc::clone(server),
+        })
+    }
+
+    pub fn server(&self) -> &Arc<ServerShared> {
+        &self.server
+    }
+}
+
+impl Drop for ActiveSlot {
+    fn drop(&mut self) {
+        self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
