@@ -12,7 +12,8 @@
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines).
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
-//! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`).
+//! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`);
+//!   `secrets`: what it redacts.
 //! - `tls`: the TLS sections (`[tls]`, `[backends_tls]`, certificates by name).
 //! - `admin`: `[api]` and `[metrics]`: who may reach them.
 
@@ -25,6 +26,7 @@ mod file;
 mod health;
 mod legacy;
 mod reader;
+mod secrets;
 mod sections;
 mod static_list;
 #[cfg(test)]
