@@ -192,6 +192,23 @@ impl Runtime {
         state.servers.get(name).map(|s| Arc::clone(&s.shared))
     }
 
+    /// Sets a drain deadline on backend `key` of server `name` (see
+    /// [`Server::cut_after`]); `false` if there is no such server.
+    pub async fn cut_after(
+        &self,
+        name: &str,
+        key: String,
+        deadline: Duration,
+        change: u64,
+    ) -> bool {
+        let state = self.state.lock().await;
+        let Some(server) = state.servers.get(name) else {
+            return false;
+        };
+        server.cut_after(key, deadline, change);
+        true
+    }
+
     /// Every running server's live state, by name.
     pub async fn servers(&self) -> Vec<(String, Arc<ServerShared>)> {
         let state = self.state.lock().await;

@@ -2,7 +2,7 @@
 //! of the running configuration through [`Control`](crate::control::Control).
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -12,11 +12,10 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tracing::info;
 
 use super::decode::{config_error, parse_server, restore_secrets, BackendOptions};
 use super::{views, ApiError, ApiState, OPENAPI};
-use crate::backend::{AdminState, Backend, BackendSpec};
+use crate::backend::{Backend, BackendSpec};
 use crate::config::dump::{self, Secrets};
 use crate::config::{Config, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
@@ -223,30 +222,13 @@ pub async fn patch_backend(
             None => 0,
         };
         if let Some(deadline) = options.deadline {
-            let api = api.clone();
-            let (name, key) = (name.clone(), key.clone());
-            tokio::spawn(cut_after(api, name, key, deadline, change));
+            let runtime = api.control.runtime();
+            runtime
+                .cut_after(&name, key.clone(), deadline, change)
+                .await;
         }
     }
     backend_view(&api, &name, &key).await
-}
-
-/// Closes the connections still open to a backend `deadline` after it was drained,
-/// unless its admin state has changed since (`change` is that drain's number).
-async fn cut_after(api: ApiState, name: String, key: String, deadline: Duration, change: u64) {
-    tokio::time::sleep(deadline).await;
-    let Some(backend) = find_backend(&api, &name, &key).await else {
-        return;
-    };
-    if backend.admin_state() == AdminState::Draining && backend.state.admin_changes() == change {
-        info!(
-            server = name,
-            backend = key,
-            open = backend.active(),
-            "drain deadline passed: closing the backend's connections"
-        );
-        backend.state.cut_connections();
-    }
 }
 
 async fn find_backend(api: &ApiState, name: &str, key: &str) -> Option<Arc<Backend>> {

@@ -21,11 +21,13 @@ pub use state::{ActiveSlot, ServerShared, ServerStats};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::backend::AdminState;
 use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::discovery;
 use crate::listener::{self, Listeners};
@@ -45,6 +47,10 @@ pub struct Server {
     backends: Arc<PoolRebuilder>,
     /// The discovery runner and the configuration it runs, for a dynamic kind.
     discovery: Option<(DiscoveryConfig, CancellationToken)>,
+    /// Stops pending drain deadlines: cancelled when the server stops or at the hard
+    /// stop, but not at the start of shutdown (a deadline within the grace period still
+    /// closes what it was set for).
+    deadlines: CancellationToken,
     /// Whether the accept loops give their sockets back when they stop.
     on_stop: listener::OnStop,
     /// One per worker; a TCP loop ends with its socket when handing it over.
@@ -86,6 +92,7 @@ impl Server {
             background,
             backends,
             discovery: None,
+            deadlines: life.hard_stop.child_token(),
             on_stop: listener::OnStop::default(),
             accept_tasks: Vec::new(),
         };
@@ -216,6 +223,34 @@ impl Server {
         self.start_discovery(&discovery);
     }
 
+    /// Closes the connections still open to backend `key` once `deadline` has passed,
+    /// if it is still draining by the same admin change (`change`, the drain's number):
+    /// a later state change cancels the deadline. Ends with the server.
+    pub fn cut_after(&self, key: String, deadline: Duration, change: u64) {
+        let (shared, stop) = (Arc::clone(&self.shared), self.deadlines.child_token());
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(deadline) => {}
+            }
+            let pool = shared.pool.load();
+            let Some(backend) = pool.backends().iter().find(|b| b.key() == key) else {
+                return;
+            };
+            if backend.admin_state() == AdminState::Draining
+                && backend.state.admin_changes() == change
+            {
+                info!(
+                    server = %shared.name,
+                    backend = key,
+                    open = backend.active(),
+                    "drain deadline passed: closing the backend's connections"
+                );
+                backend.state.cut_connections();
+            }
+        });
+    }
+
     /// Stops accepting, checking and discovering; established connections finish on
     /// their own. With `hand_over`, returns the listening sockets, their queues intact,
     /// for the server that takes this one's address; otherwise the connections already
@@ -226,6 +261,7 @@ impl Server {
         }
         self.accept_stop.cancel();
         self.background.cancel();
+        self.deadlines.cancel();
         let mut sockets = Vec::new();
         for task in self.accept_tasks.drain(..) {
             if let Ok(Some(socket)) = task.await {
