@@ -21,26 +21,11 @@ use crate::config::Protocol;
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
 use crate::reload::{self, Change};
-use crate::server::{Server, ServerShared};
+use crate::server::{Lifecycle, Server, ServerShared};
 use crate::workers::Workers;
 
 /// How long connections still open after the shutdown grace period get to close.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
-
-/// The worker threads, tokens and task tracker every server and connection task hangs off.
-#[derive(Clone, Debug)]
-pub struct Lifecycle {
-    /// The data-path threads that accept and relay.
-    pub workers: Arc<Workers>,
-    /// Every accept loop and connection task, so shutdown can wait for them.
-    pub tracker: TaskTracker,
-    /// Cancelled at shutdown: accept loops and background checks stop.
-    pub graceful: CancellationToken,
-    /// Cancelled when the shutdown grace period runs out: connections are closed.
-    pub hard_stop: CancellationToken,
-    /// The descriptors UDP sessions may hold (the process's, but for tests).
-    pub budget: Arc<DescriptorBudget>,
-}
 
 /// A server that could not be started.
 #[derive(Debug, thiserror::Error)]

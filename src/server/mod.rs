@@ -25,15 +25,32 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::backend::AdminState;
 use crate::config::{DiscoveryConfig, ServerConfig};
+use crate::descriptors::DescriptorBudget;
 use crate::discovery;
 use crate::listener::{self, Listeners};
 use crate::proxy::udp;
-use crate::runtime::Lifecycle;
+use crate::workers::Workers;
 use rebuild::PoolRebuilder;
+
+/// The worker threads, tokens and task tracker every server and connection task hangs off.
+#[derive(Clone, Debug)]
+pub struct Lifecycle {
+    /// The data-path threads that accept and relay.
+    pub workers: Arc<Workers>,
+    /// Every accept loop and connection task, so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Cancelled at shutdown: accept loops and background checks stop.
+    pub graceful: CancellationToken,
+    /// Cancelled when the shutdown grace period runs out: connections are closed.
+    pub hard_stop: CancellationToken,
+    /// The descriptors UDP sessions may hold (the process's, but for tests).
+    pub budget: Arc<DescriptorBudget>,
+}
 
 /// A running server: the tasks behind one `[servers.NAME]`.
 pub struct Server {
