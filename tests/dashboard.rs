@@ -239,9 +239,6 @@ impl Setup {
         let a = TestBackend::named("a").await;
         let b = TestBackend::named("b").await;
         let (a_key, b_key) = (a.addr.to_string(), b.addr.to_string());
-        let port = free_port();
-        let api_port = free_port();
-        let api = SocketAddr::from(([127, 0, 0, 1], api_port));
         let toml = format!(
             r#"shutdown_timeout = "1s"
 
@@ -250,11 +247,11 @@ level = "info"
 
 [api]
 enabled = true
-bind = "127.0.0.1:{api_port}"
+bind = "127.0.0.1:0"
 {api_extra}
 
 [servers.web]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 protocol = "tcp"
 balance = "roundrobin"
 
@@ -268,7 +265,8 @@ balance = "roundrobin"
   timeout = "250ms"
 "#
         );
-        let sluice = SluiceProcess::start(&toml, api).await;
+        let sluice = SluiceProcess::start(&toml).await;
+        let api = sluice.api();
         let (status, _) = http(api, "GET", "/ui", None, None).await.expect("GET /ui");
         assert_eq!(
             status,
@@ -279,7 +277,7 @@ balance = "roundrobin"
         Setup {
             a,
             b,
-            proxied: SocketAddr::from(([127, 0, 0, 1], port)),
+            proxied: sluice.server("web"),
             api,
             sluice,
         }

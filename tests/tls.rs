@@ -562,7 +562,7 @@ discovery = {{ kind = "static", static_list = ["{}"] }}
         server_files.key_path.display(),
         pki.ca_path().display(),
     );
-    let lb = SluiceProcess::start(&toml, ([127, 0, 0, 1], port).into()).await;
+    let lb = SluiceProcess::start(&toml).await;
     let unknown = client_config(&pki.ca_path(), &[], Some(&stranger), BOTH);
     assert!(exchange(lb.addr, "a.sluice.test", unknown).await.is_err());
     let signed = client_config(&pki.ca_path(), &[], Some(&client_files), BOTH);
@@ -570,9 +570,8 @@ discovery = {{ kind = "static", static_list = ["{}"] }}
         .await
         .expect("a signed client");
     assert_eq!(reply, "backend\nping");
-    // Sluice's start was probed by a connection closed before any handshake: the
-    // refusal sought is the one about a certificate. The other CA has the same name as
-    // the trusted one, so the stranger's certificate seems issued by it, and its
+    // The refusal sought is the one about a certificate. The other CA has the same name
+    // as the trusted one, so the stranger's certificate seems issued by it, and its
     // signature does not verify.
     eventually("the refusal logged, in words", || async {
         lb.log().lines().any(|l| {
