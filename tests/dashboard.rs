@@ -20,12 +20,13 @@ use crate::support::*;
 /// Chromium and chromedriver start in well under this on a loaded machine.
 const BROWSER_WAIT: Duration = Duration::from_secs(30);
 
-/// chromedriver on a loopback port, in its own process group so that the browsers it
-/// starts go with it when the test ends, even on a panic.
+/// chromedriver on a loopback port of its own, in its own process group so that the
+/// browsers it starts go with it when the test ends, even on a panic.
 struct ChromeDriver {
     child: Child,
     url: String,
     log: PathBuf,
+    stdout: PathBuf,
     _dir: TempDir,
 }
 
@@ -33,14 +34,15 @@ impl ChromeDriver {
     async fn start() -> ChromeDriver {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("chromedriver.log");
-        let port = free_port();
+        let stdout = dir.path().join("chromedriver.out");
         let child = {
             use std::os::unix::process::CommandExt;
+            // Port 0: it takes a free one and says which on its standard output.
             Command::new("chromedriver")
-                .arg(format!("--port={port}"))
+                .arg("--port=0")
                 .arg(format!("--log-path={}", log.display()))
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(&stdout).expect("chromedriver output"))
                 .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
@@ -57,32 +59,47 @@ impl ChromeDriver {
         };
         let mut driver = ChromeDriver {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             log,
+            stdout,
             _dir: dir,
         };
-        driver
-            .wait_ready(SocketAddr::from(([127, 0, 0, 1], port)))
-            .await;
+        let addr = driver.wait_ready().await;
+        driver.url = format!("http://{addr}");
         driver
     }
 
-    /// Bounded: polls `GET /status` until chromedriver says it is ready.
-    async fn wait_ready(&mut self, addr: SocketAddr) {
+    /// The port chromedriver says it listens on, once it has said so.
+    fn port(&self) -> Option<u16> {
+        let said = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let (_, rest) = said.split_once("started successfully on port ")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Bounded: waits for chromedriver to name its port, then polls `GET /status` until
+    /// it says it is ready; returns its address.
+    async fn wait_ready(&mut self) -> SocketAddr {
         let deadline = Instant::now() + BROWSER_WAIT;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("chromedriver exited with {status}:\n{}", self.log());
             }
-            if let Ok((200, body)) = http(addr, "GET", "/status", None, None).await {
-                if body.contains("\"ready\":true") {
-                    return;
+            if let Some(port) = self.port() {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                if let Ok((200, body)) = http(addr, "GET", "/status", None, None).await {
+                    if body.contains("\"ready\":true") {
+                        return addr;
+                    }
                 }
             }
             sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "chromedriver did not answer on {addr} within {BROWSER_WAIT:?}:\n{}",
+            "chromedriver was not ready within {BROWSER_WAIT:?}:\n{}\n{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
             self.log()
         );
     }
