@@ -169,10 +169,14 @@ async fn unknown_names_are_404_and_bad_bodies_400_with_the_field() {
 async fn conflicts_are_409() {
     let a = TestBackend::named("a").await;
     let mut server = server(BalanceKind::RoundRobin, vec![a.spec()]);
-    server.bind = format!("127.0.0.1:{}", process::free_port())
-        .parse()
-        .expect("address");
-    let s = start(config(server), api_config(), None).await;
+    let s = start(config(server.clone()), api_config(), None).await;
+    // Its own port in the configuration, as a file would name it: the server, already
+    // listening there, keeps its sockets.
+    server.bind = s.addr;
+    s.runtime
+        .apply(config(server))
+        .await
+        .expect("name the port");
     let server = json!({"bind": "127.0.0.1:0",
         "discovery": {"kind": "static", "static_list": [a.spec().key()]}});
     let (status, _) = send(s.api, "POST", "/servers/test", server).await;
@@ -390,12 +394,11 @@ async fn authentication_is_required_when_configured() {
 async fn reload_and_persist_go_through_the_file() {
     let (a, b) = (TestBackend::named("a").await, TestBackend::named("b").await);
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = process::free_port();
     let file = dir.path().join("sluice.toml");
     let text = |backends: &str| {
         format!(
             "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\npersist = true\n\
-             [servers.test]\nbind = \"127.0.0.1:{port}\"\nbalance = \"roundrobin\"\n\
+             [servers.test]\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\n\
              [servers.test.discovery]\nkind = \"static\"\nstatic_list = [{backends}]\n"
         )
     };
@@ -457,9 +460,8 @@ async fn api_servers_take_relative_paths_from_the_files_directory() {
     let file = dir.path().join("sluice.toml");
     let text = format!(
         "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\npersist = true\n\
-         [servers.test]\nbind = \"127.0.0.1:{}\"\n\
+         [servers.test]\nbind = \"127.0.0.1:0\"\n\
          discovery = {{ kind = \"static\", static_list = [\"{}\"] }}\n",
-        process::free_port(),
         a.spec().key()
     );
     std::fs::write(&file, text).expect("write config");

@@ -740,10 +740,7 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
     // they must not take any of the new server's datagrams meanwhile.
     let old_backend = UdpBackend::named("old").await;
     let new_backend = UdpBackend::named("new").await;
-    let port = crate::support::process::free_port();
-    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let old = ServerConfig {
-        bind,
         client_idle_timeout: Some(Duration::from_secs(600)),
         ..udp_server(
             BalanceKind::RoundRobin,
@@ -752,6 +749,8 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
         )
     };
     let lb = Sluice::start(old.clone()).await;
+    // The new server names the port the old one got.
+    let bind = lb.addr;
     // Sessions on every worker, so each old socket lingers.
     let mut lingering = Vec::new();
     for _ in 0..8 {
@@ -760,6 +759,7 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
         lingering.push(socket);
     }
     let mut next = crate::support::config(ServerConfig {
+        bind,
         discovery: DiscoveryConfig::Static {
             backends: vec![new_backend.spec()],
         },
