@@ -208,6 +208,52 @@ async fn accept_confirm(client: &Client) -> Result<String, String> {
     Ok(text)
 }
 
+/// From now on, records each path the page fetches and counts the turns of its poll
+/// loop, which re-arms its one timer (`setTimeout`) after each poll: see [`watched`].
+async fn watch_page(client: &Client) -> Result<(), String> {
+    client
+        .execute(
+            "window.__watch = { paths: [], turns: 0 }; \
+             if (!window.__watching) { \
+               window.__watching = true; \
+               const fetch0 = window.fetch, setTimeout0 = window.setTimeout; \
+               window.fetch = function (path) { \
+                 window.__watch.paths.push(String(path)); \
+                 return fetch0.apply(window, arguments); }; \
+               window.setTimeout = function () { \
+                 window.__watch.turns += 1; \
+                 return setTimeout0.apply(window, arguments); }; \
+             } \
+             return null;",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("watch the page: {e}"))?;
+    Ok(())
+}
+
+/// The paths fetched and the turns of the poll loop since [`watch_page`].
+async fn watched(client: &Client) -> Result<(Vec<String>, u64), String> {
+    let got = client
+        .execute(
+            "return [window.__watch.paths, window.__watch.turns];",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("read what the page did: {e}"))?;
+    let paths = got[0]
+        .as_array()
+        .map(|paths| {
+            paths
+                .iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .ok_or_else(|| format!("paths, not {got}"))?;
+    let turns = got[1].as_u64().ok_or_else(|| format!("turns, not {got}"))?;
+    Ok((paths, turns))
+}
+
 /// Where test artifacts go: `target/test-artifacts`, beside the binary's profile directory.
 fn artifacts() -> PathBuf {
     let target = Path::new(BIN)
@@ -472,8 +518,14 @@ async fn exercise(
     if let Some(error) = page_error(client).await? {
         return Err(format!("the page shows an error: {error}"));
     }
-    // Two more polls, so each chart has a line.
-    sleep(Duration::from_millis(2100)).await;
+    // Two more polls, so each chart has a line: the third one started means the second
+    // has been drawn (polls run one after another).
+    watch_page(client).await?;
+    until("two more polls", BROWSER_WAIT, || async {
+        let (paths, _) = watched(client).await.ok()?;
+        (paths.iter().filter(|p| *p == "/servers").count() >= 3).then_some(())
+    })
+    .await?;
     screenshot(client, "dashboard.png").await?;
 
     // Phone width: rows become cards and nothing sticks out sideways.
@@ -598,8 +650,20 @@ async fn exercise_token(
         },
     )
     .await?;
-    // Another poll's worth of time: the page does not go on asking with the bad token.
-    sleep(Duration::from_millis(1500)).await;
+    // The page does not go on asking with the bad token: two turns of its poll loop, the
+    // second wholly watched, and no request.
+    watch_page(client).await?;
+    until("two turns of the poll loop", BROWSER_WAIT, || async {
+        let (_, turns) = watched(client).await.ok()?;
+        (turns >= 2).then_some(())
+    })
+    .await?;
+    let (asked, _) = watched(client).await?;
+    if !asked.is_empty() {
+        return Err(format!(
+            "the page asked again after a wrong token: {asked:?}"
+        ));
+    }
     let n = listed(client).await?;
     if n != 0 {
         return Err(format!("{n} backends listed after a wrong token"));
