@@ -499,7 +499,7 @@ async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
     let files = pki.leaf("a", &["a.sluice.test"]);
     let backend = TestBackend::echo().await;
     let lb = Sluice::start(ServerConfig {
-        client_idle_timeout: Some(Duration::from_millis(300)),
+        client_idle_timeout: Some(Duration::from_secs(1)),
         ..tls_server(&backend, termination(vec![files]))
     })
     .await;
@@ -510,9 +510,10 @@ async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
         let name = ServerName::try_from("a.sluice.test").expect("name");
         connector.connect(name, stream).await.expect("handshake")
     };
-    // Busy: a byte every 100 ms for a second outlives the 300 ms timeout.
+    // Busy: a byte every 100 ms for 1.5 s outlives the 1 s timeout. Ten times the pace,
+    // so that a loaded machine stalling the client cannot pass for idleness.
     let mut busy = connect().await;
-    for _ in 0..10 {
+    for _ in 0..15 {
         busy.write_all(b".").await.expect("write");
         let mut byte = [0u8; 1];
         tokio::time::timeout(WAIT, busy.read_exact(&mut byte))
