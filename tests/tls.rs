@@ -351,7 +351,25 @@ async fn a_reply_held_back_by_a_slow_reader_is_delivered_whole() {
     .await;
     let lb = Sluice::start(tls_server(&backend, termination(vec![front]))).await;
     let mut tls = connect_tls(lb.addr, &pki).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Slow to start reading: the reply backs up until what Sluice has taken from the
+    // backend stops growing for 100 ms (or is all of it, should the buffers hold it).
+    let shared = lb.shared().await;
+    let taken = || {
+        shared.pool.load().backends()[0]
+            .state
+            .stats
+            .bytes_from_backend
+            .load(Ordering::Relaxed)
+    };
+    let (mut previous, mut unchanged) = (u64::MAX, 0);
+    eventually("the reply backs up", || {
+        let now = taken();
+        unchanged = if now == previous { unchanged + 1 } else { 0 };
+        previous = now;
+        let backed_up = now == LEN || (now > 0 && unchanged >= 5);
+        async move { backed_up }
+    })
+    .await;
     let mut sum = Checksum::default();
     let mut buf = vec![0u8; 64 << 10];
     let mut left = LEN as usize;
@@ -368,10 +386,29 @@ async fn a_reply_held_back_by_a_slow_reader_is_delivered_whole() {
     assert_eq!(sum.finish(), expected(9, LEN));
 }
 
+/// Waits until a file written now gets a later modification time than `path` has.
+async fn mtime_moves_past(path: &Path) {
+    let mtime = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("modification time")
+    };
+    let before = mtime(path);
+    let probe = path.with_extension("probe");
+    eventually("the file clock moves on", || {
+        std::fs::write(&probe, b"").expect("write probe");
+        let moved = mtime(&probe) > before;
+        async move { moved }
+    })
+    .await;
+    std::fs::remove_file(&probe).expect("remove probe");
+}
+
 #[tokio::test]
 async fn certificate_files_renewed_in_place_are_picked_up_without_a_reload() {
     let pki = Pki::new();
     let files = pki.leaf("a", &["a.sluice.test"]);
+    let key_path = files.key_path.clone();
     let backend = TestBackend::named("backend").await;
     let lb = Sluice::start(tls_server(&backend, termination(vec![files]))).await;
     let config = client_config(&pki.ca_path(), &[], None, BOTH);
@@ -383,8 +420,9 @@ async fn certificate_files_renewed_in_place_are_picked_up_without_a_reload() {
         tls.get_ref().1.peer_certificates().expect("cert")[0].clone()
     };
     let before = served(Arc::clone(&config)).await;
-    // A certificate tool writes the renewed files in place.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A certificate tool writes the renewed files in place, once the file clock has
+    // moved on: within one tick of it, a key of the same size would look unchanged.
+    mtime_moves_past(&key_path).await;
     pki.leaf("a", &["a.sluice.test", "www.a.sluice.test"]);
     eventually("the renewed certificate served", || {
         let config = Arc::clone(&config);
