@@ -573,21 +573,20 @@ async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
 /// why in words (the real binary, at the default level); a signed client gets through.
 #[tokio::test]
 async fn a_refused_client_certificate_is_said_in_words() {
-    use crate::support::process::{free_port, SluiceProcess};
+    use crate::support::process::SluiceProcess;
     let pki = Pki::new();
     let server_files = pki.leaf("server", &["a.sluice.test"]);
     let client_files = pki.leaf("client", &["client.sluice.test"]);
     let other_ca = Pki::new();
     let stranger = other_ca.leaf("stranger", &["client.sluice.test"]);
     let backend = TestBackend::named("backend").await;
-    let port = free_port();
     let toml = format!(
         r#"
 [logging]
 level = "info"
 
 [servers.mtls]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 protocol = "tls"
 discovery = {{ kind = "static", static_list = ["{}"] }}
 
