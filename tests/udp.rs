@@ -236,7 +236,9 @@ async fn idle_sessions_expire_and_the_next_datagram_opens_a_new_one() {
         vec![backend.spec()],
         limits(None, None),
     );
-    config.client_idle_timeout = Some(Duration::from_millis(300));
+    // Long beside a round trip, so a slow machine cannot expire the session between
+    // the first two datagrams.
+    config.client_idle_timeout = Some(Duration::from_secs(1));
     let lb = Sluice::start(config).await;
     let socket = client("127.0.0.1:0").await;
     let first = ask(&socket, lb.addr, b"x", 1).await.expect("a reply");
@@ -257,7 +259,9 @@ async fn the_session_cap_is_enforced_and_frees_up() {
         limits(None, None),
     );
     config.max_connections = Some(3);
-    config.client_idle_timeout = Some(Duration::from_millis(500));
+    // Long beside a round trip, so a slow machine cannot expire a session before the
+    // fourth client is refused.
+    config.client_idle_timeout = Some(Duration::from_secs(2));
     let lb = Sluice::start(config).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -265,10 +269,19 @@ async fn the_session_cap_is_enforced_and_frees_up() {
         assert!(ask(&socket, lb.addr, b"in", 1).await.is_some());
         clients.push(socket);
     }
+    // Refused: counted as Sluice reads it, and never relayed.
     let fourth = client("127.0.0.1:0").await;
-    assert!(ask(&fourth, lb.addr, b"refused", 1).await.is_none());
+    fourth.send_to(b"refused", lb.addr).await.expect("send");
     let stats = &lb.shared().await.stats;
-    assert!(stats.refused_max_connections.load(Ordering::Relaxed) >= 1);
+    eventually("the fourth client refused", || async {
+        stats.refused_max_connections.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    assert_eq!(
+        backend.received(),
+        3,
+        "only the first three reached the backend"
+    );
     assert_eq!(active(&lb).await, 3);
     // Once the three expire, the fourth gets in.
     wait_active(&lb, 0).await;
