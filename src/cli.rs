@@ -282,7 +282,9 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
             let listener = tokio::net::TcpListener::bind(metrics.bind)
                 .await
                 .with_context(|| format!("metrics: cannot listen on {}", metrics.bind))?;
-            info!(url = %format!("http://{}/metrics", metrics.bind), "metrics endpoint listening");
+            // The address bound: port 0 in the file stands for the one the system picked.
+            let addr = listener.local_addr().unwrap_or(metrics.bind);
+            info!(url = %format!("http://{addr}/metrics"), "metrics endpoint listening");
             let runtime = Arc::clone(&runtime);
             tokio::spawn(async move { crate::metrics::serve(listener, metrics, runtime).await });
         }

@@ -85,16 +85,12 @@ async fn gobetween_endpoints_answer_in_its_shapes() {
             .expect("echo");
     }
     // Counters move as the relay writes, a moment after the client may read: wait for
-    // the connections to be over (bounded) before reading them.
-    let mut stats = Value::Null;
-    for _ in 0..200 {
-        stats = get(s.api, "/servers/test/stats").await.json();
-        if stats["active_connections"] == json!(0) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(stats["active_connections"], json!(0), "{stats}");
+    // the connections to be over before reading them.
+    eventually("the connections are over", || async {
+        get(s.api, "/servers/test/stats").await.json()["active_connections"] == json!(0)
+    })
+    .await;
+    let stats = get(s.api, "/servers/test/stats").await.json();
     let backends = stats["backends"].as_array().expect("backends");
     assert_eq!(backends.len(), 2);
     let total: u64 = backends
@@ -169,10 +165,14 @@ async fn unknown_names_are_404_and_bad_bodies_400_with_the_field() {
 async fn conflicts_are_409() {
     let a = TestBackend::named("a").await;
     let mut server = server(BalanceKind::RoundRobin, vec![a.spec()]);
-    server.bind = format!("127.0.0.1:{}", process::free_port())
-        .parse()
-        .expect("address");
-    let s = start(config(server), api_config(), None).await;
+    let s = start(config(server.clone()), api_config(), None).await;
+    // Its own port in the configuration, as a file would name it: the server, already
+    // listening there, keeps its sockets.
+    server.bind = s.addr;
+    s.runtime
+        .apply(config(server))
+        .await
+        .expect("name the port");
     let server = json!({"bind": "127.0.0.1:0",
         "discovery": {"kind": "static", "static_list": [a.spec().key()]}});
     let (status, _) = send(s.api, "POST", "/servers/test", server).await;
@@ -390,12 +390,11 @@ async fn authentication_is_required_when_configured() {
 async fn reload_and_persist_go_through_the_file() {
     let (a, b) = (TestBackend::named("a").await, TestBackend::named("b").await);
     let dir = tempfile::tempdir().expect("temp dir");
-    let port = process::free_port();
     let file = dir.path().join("sluice.toml");
     let text = |backends: &str| {
         format!(
             "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\npersist = true\n\
-             [servers.test]\nbind = \"127.0.0.1:{port}\"\nbalance = \"roundrobin\"\n\
+             [servers.test]\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\n\
              [servers.test.discovery]\nkind = \"static\"\nstatic_list = [{backends}]\n"
         )
     };
@@ -457,9 +456,8 @@ async fn api_servers_take_relative_paths_from_the_files_directory() {
     let file = dir.path().join("sluice.toml");
     let text = format!(
         "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\npersist = true\n\
-         [servers.test]\nbind = \"127.0.0.1:{}\"\n\
+         [servers.test]\nbind = \"127.0.0.1:0\"\n\
          discovery = {{ kind = \"static\", static_list = [\"{}\"] }}\n",
-        process::free_port(),
         a.spec().key()
     );
     std::fs::write(&file, text).expect("write config");
@@ -660,9 +658,11 @@ async fn cors_answers_other_origins_only_when_enabled() {
 
 #[tokio::test]
 async fn a_later_state_change_cancels_an_earlier_drain_deadline() {
-    let (a, _b, s) = two_backends().await;
+    let (a, b, s) = two_backends().await;
     let (name, mut on_a) = hello(s.addr, None).await;
     assert_eq!(name, "a");
+    let (name, mut on_b) = hello(s.addr, None).await;
+    assert_eq!(name, "b");
     let path = format!("/servers/test/backends/{}", a.spec().key());
     let body = json!({"state": "drain", "deadline": "200ms"});
     assert_eq!(send(s.api, "PATCH", &path, body).await.0, 200);
@@ -673,7 +673,13 @@ async fn a_later_state_change_cancels_an_earlier_drain_deadline() {
             .0,
         200
     );
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // A witness: b drained afterwards with a longer deadline. Once that one has closed
+    // b's connection, a's first deadline would long have closed a's.
+    let b_path = format!("/servers/test/backends/{}", b.spec().key());
+    let body = json!({"state": "drain", "deadline": "400ms"});
+    assert_eq!(send(s.api, "PATCH", &b_path, body).await.0, 200);
+    let rest = read_until_closed(&mut on_b, WAIT).await;
+    assert!(rest.is_empty(), "{rest:?}");
     tokio::io::AsyncWriteExt::write_all(&mut on_a, b"alive")
         .await
         .expect("write");

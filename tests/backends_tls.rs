@@ -14,7 +14,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::support::data::EchoStreamer;
-use crate::support::process::{free_port, SluiceProcess};
+use crate::support::process::SluiceProcess;
 use crate::support::tls::{backends_tls, openssl_self_signed, tls_backend, tls_echo, Pki};
 use crate::support::*;
 
@@ -81,12 +81,11 @@ async fn a_backend_certificate_that_does_not_verify_is_refused_unless_ignored() 
     assert_eq!(plain_exchange(lb.addr).await, b"b\nping");
 }
 
-/// `[servers.NAME]` on `port`, re-encrypting to `backend` verified against `ca` (for
+/// `[servers.NAME]` on a port of its own, re-encrypting to `backend` verified against `ca` (for
 /// `server_name` if given); with `check`, a `tls` check every 100 ms trusting the same
 /// file, the backend starting as `check` says (`healthy`, `unhealthy`).
 fn verified_server(
     name: &str,
-    port: u16,
     backend: SocketAddr,
     ca: &Path,
     server_name: Option<&str>,
@@ -96,7 +95,7 @@ fn verified_server(
     let mut toml = format!(
         r#"
 [servers.{name}]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 
   [servers.{name}.discovery]
   kind = "static"
@@ -135,27 +134,18 @@ async fn a_self_signed_backend_given_as_the_ca_is_trusted_as_itself() {
     let stranger = openssl_self_signed(dir.path(), "stranger");
     let backend = tls_echo(&own).await;
     let impostor = tls_echo(&stranger).await;
-    let (port, other) = (free_port(), free_port());
     let toml = format!(
         "[logging]\nlevel = \"info\"\n{}{}",
-        verified_server(
-            "own",
-            port,
-            backend.addr,
-            &own.cert_path,
-            None,
-            Some("unhealthy")
-        ),
+        verified_server("own", backend.addr, &own.cert_path, None, Some("unhealthy")),
         verified_server(
             "impostor",
-            other,
             impostor.addr,
             &own.cert_path,
             None,
             Some("healthy")
         ),
     );
-    let lb = SluiceProcess::start(&toml, SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let lb = SluiceProcess::start(&toml).await;
     // Starting unhealthy, the backend takes traffic only once the check has passed.
     eventually("the tls check passes", || async {
         lb.log()
@@ -163,7 +153,7 @@ async fn a_self_signed_backend_given_as_the_ca_is_trusted_as_itself() {
             .any(|l| l.contains("backend is up") && l.contains("server=\"own\""))
     })
     .await;
-    let streamer = EchoStreamer::start(lb.addr, 11, 4096, Duration::from_millis(5)).await;
+    let streamer = EchoStreamer::start(lb.server("own"), 11, 4096, Duration::from_millis(5)).await;
     streamer.wait_echoed(4096).await;
     eventually("the impostor is down, in words", || async {
         lb.log().lines().any(|l| {
@@ -191,26 +181,18 @@ async fn a_failed_re_encryption_names_the_backend_and_why() {
     let stranger = openssl_self_signed(dir.path(), "stranger");
     let backend = tls_echo(&own).await;
     let impostor = tls_echo(&stranger).await;
-    let ports = [free_port(), free_port(), free_port()];
     let ca = &own.cert_path;
     let toml = format!(
         "[logging]\nlevel = \"info\"\n{}{}{}",
-        verified_server("own", ports[0], backend.addr, ca, None, None),
-        verified_server("impostor", ports[1], impostor.addr, ca, None, None),
-        verified_server(
-            "misnamed",
-            ports[2],
-            backend.addr,
-            ca,
-            Some("db.example"),
-            None
-        ),
+        verified_server("own", backend.addr, ca, None, None),
+        verified_server("impostor", impostor.addr, ca, None, None),
+        verified_server("misnamed", backend.addr, ca, Some("db.example"), None),
     );
-    let lb = SluiceProcess::start(&toml, SocketAddr::from(([127, 0, 0, 1], ports[0]))).await;
-    let streamer = EchoStreamer::start(lb.addr, 12, 4096, Duration::from_millis(5)).await;
+    let lb = SluiceProcess::start(&toml).await;
+    let streamer = EchoStreamer::start(lb.server("own"), 12, 4096, Duration::from_millis(5)).await;
     streamer.wait_echoed(4096).await;
-    for port in &ports[1..] {
-        let mut refused = connect_from(SocketAddr::from(([127, 0, 0, 1], *port)), None).await;
+    for name in ["impostor", "misnamed"] {
+        let mut refused = connect_from(lb.server(name), None).await;
         refused.write_all(b"ping").await.expect("write");
         assert_closed_without_data(&mut refused, WAIT).await;
     }

@@ -20,12 +20,13 @@ use crate::support::*;
 /// Chromium and chromedriver start in well under this on a loaded machine.
 const BROWSER_WAIT: Duration = Duration::from_secs(30);
 
-/// chromedriver on a loopback port, in its own process group so that the browsers it
-/// starts go with it when the test ends, even on a panic.
+/// chromedriver on a loopback port of its own, in its own process group so that the
+/// browsers it starts go with it when the test ends, even on a panic.
 struct ChromeDriver {
     child: Child,
     url: String,
     log: PathBuf,
+    stdout: PathBuf,
     _dir: TempDir,
 }
 
@@ -33,14 +34,15 @@ impl ChromeDriver {
     async fn start() -> ChromeDriver {
         let dir = tempfile::tempdir().expect("temp dir");
         let log = dir.path().join("chromedriver.log");
-        let port = free_port();
+        let stdout = dir.path().join("chromedriver.out");
         let child = {
             use std::os::unix::process::CommandExt;
+            // Port 0: it takes a free one and says which on its standard output.
             Command::new("chromedriver")
-                .arg(format!("--port={port}"))
+                .arg("--port=0")
                 .arg(format!("--log-path={}", log.display()))
                 .stdin(Stdio::null())
-                .stdout(Stdio::null())
+                .stdout(std::fs::File::create(&stdout).expect("chromedriver output"))
                 .stderr(Stdio::null())
                 .process_group(0)
                 .spawn()
@@ -57,32 +59,47 @@ impl ChromeDriver {
         };
         let mut driver = ChromeDriver {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: String::new(),
             log,
+            stdout,
             _dir: dir,
         };
-        driver
-            .wait_ready(SocketAddr::from(([127, 0, 0, 1], port)))
-            .await;
+        let addr = driver.wait_ready().await;
+        driver.url = format!("http://{addr}");
         driver
     }
 
-    /// Bounded: polls `GET /status` until chromedriver says it is ready.
-    async fn wait_ready(&mut self, addr: SocketAddr) {
+    /// The port chromedriver says it listens on, once it has said so.
+    fn port(&self) -> Option<u16> {
+        let said = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let (_, rest) = said.split_once("started successfully on port ")?;
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    }
+
+    /// Bounded: waits for chromedriver to name its port, then polls `GET /status` until
+    /// it says it is ready; returns its address.
+    async fn wait_ready(&mut self) -> SocketAddr {
         let deadline = Instant::now() + BROWSER_WAIT;
         while Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("chromedriver exited with {status}:\n{}", self.log());
             }
-            if let Ok((200, body)) = http(addr, "GET", "/status", None, None).await {
-                if body.contains("\"ready\":true") {
-                    return;
+            if let Some(port) = self.port() {
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                if let Ok((200, body)) = http(addr, "GET", "/status", None, None).await {
+                    if body.contains("\"ready\":true") {
+                        return addr;
+                    }
                 }
             }
             sleep(Duration::from_millis(50)).await;
         }
         panic!(
-            "chromedriver did not answer on {addr} within {BROWSER_WAIT:?}:\n{}",
+            "chromedriver was not ready within {BROWSER_WAIT:?}:\n{}\n{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
             self.log()
         );
     }
@@ -191,6 +208,52 @@ async fn accept_confirm(client: &Client) -> Result<String, String> {
     Ok(text)
 }
 
+/// From now on, records each path the page fetches and counts the turns of its poll
+/// loop, which re-arms its one timer (`setTimeout`) after each poll: see [`watched`].
+async fn watch_page(client: &Client) -> Result<(), String> {
+    client
+        .execute(
+            "window.__watch = { paths: [], turns: 0 }; \
+             if (!window.__watching) { \
+               window.__watching = true; \
+               const fetch0 = window.fetch, setTimeout0 = window.setTimeout; \
+               window.fetch = function (path) { \
+                 window.__watch.paths.push(String(path)); \
+                 return fetch0.apply(window, arguments); }; \
+               window.setTimeout = function () { \
+                 window.__watch.turns += 1; \
+                 return setTimeout0.apply(window, arguments); }; \
+             } \
+             return null;",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("watch the page: {e}"))?;
+    Ok(())
+}
+
+/// The paths fetched and the turns of the poll loop since [`watch_page`].
+async fn watched(client: &Client) -> Result<(Vec<String>, u64), String> {
+    let got = client
+        .execute(
+            "return [window.__watch.paths, window.__watch.turns];",
+            vec![],
+        )
+        .await
+        .map_err(|e| format!("read what the page did: {e}"))?;
+    let paths = got[0]
+        .as_array()
+        .map(|paths| {
+            paths
+                .iter()
+                .filter_map(|p| p.as_str().map(str::to_owned))
+                .collect()
+        })
+        .ok_or_else(|| format!("paths, not {got}"))?;
+    let turns = got[1].as_u64().ok_or_else(|| format!("turns, not {got}"))?;
+    Ok((paths, turns))
+}
+
 /// Where test artifacts go: `target/test-artifacts`, beside the binary's profile directory.
 fn artifacts() -> PathBuf {
     let target = Path::new(BIN)
@@ -239,9 +302,6 @@ impl Setup {
         let a = TestBackend::named("a").await;
         let b = TestBackend::named("b").await;
         let (a_key, b_key) = (a.addr.to_string(), b.addr.to_string());
-        let port = free_port();
-        let api_port = free_port();
-        let api = SocketAddr::from(([127, 0, 0, 1], api_port));
         let toml = format!(
             r#"shutdown_timeout = "1s"
 
@@ -250,11 +310,11 @@ level = "info"
 
 [api]
 enabled = true
-bind = "127.0.0.1:{api_port}"
+bind = "127.0.0.1:0"
 {api_extra}
 
 [servers.web]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 protocol = "tcp"
 balance = "roundrobin"
 
@@ -268,7 +328,8 @@ balance = "roundrobin"
   timeout = "250ms"
 "#
         );
-        let sluice = SluiceProcess::start(&toml, api).await;
+        let sluice = SluiceProcess::start(&toml).await;
+        let api = sluice.api();
         let (status, _) = http(api, "GET", "/ui", None, None).await.expect("GET /ui");
         assert_eq!(
             status,
@@ -279,7 +340,7 @@ balance = "roundrobin"
         Setup {
             a,
             b,
-            proxied: SocketAddr::from(([127, 0, 0, 1], port)),
+            proxied: sluice.server("web"),
             api,
             sluice,
         }
@@ -457,8 +518,14 @@ async fn exercise(
     if let Some(error) = page_error(client).await? {
         return Err(format!("the page shows an error: {error}"));
     }
-    // Two more polls, so each chart has a line.
-    sleep(Duration::from_millis(2100)).await;
+    // Two more polls, so each chart has a line: the third one started means the second
+    // has been drawn (polls run one after another).
+    watch_page(client).await?;
+    until("two more polls", BROWSER_WAIT, || async {
+        let (paths, _) = watched(client).await.ok()?;
+        (paths.iter().filter(|p| *p == "/servers").count() >= 3).then_some(())
+    })
+    .await?;
     screenshot(client, "dashboard.png").await?;
 
     // Phone width: rows become cards and nothing sticks out sideways.
@@ -583,8 +650,20 @@ async fn exercise_token(
         },
     )
     .await?;
-    // Another poll's worth of time: the page does not go on asking with the bad token.
-    sleep(Duration::from_millis(1500)).await;
+    // The page does not go on asking with the bad token: two turns of its poll loop, the
+    // second wholly watched, and no request.
+    watch_page(client).await?;
+    until("two turns of the poll loop", BROWSER_WAIT, || async {
+        let (_, turns) = watched(client).await.ok()?;
+        (turns >= 2).then_some(())
+    })
+    .await?;
+    let (asked, _) = watched(client).await?;
+    if !asked.is_empty() {
+        return Err(format!(
+            "the page asked again after a wrong token: {asked:?}"
+        ));
+    }
     let n = listed(client).await?;
     if n != 0 {
         return Err(format!("{n} backends listed after a wrong token"));

@@ -563,16 +563,30 @@ async fn reloads_switch_between_static_and_discovered_backends() {
     let pool = s.shared().await.pool.load_full();
     assert_eq!(pool.backends().len(), 1);
     assert!(std::sync::Arc::ptr_eq(&pool.backends()[0].state, &state));
-    // To a static list: the runner stops, and its next list must not come back.
-    let fixed = config(&format!(
+    // To a static list: the runner stops, and its next list must not come back. A
+    // witness server reads the same file on the same interval: once it has seen two
+    // changes of the file, a runner still reading it would have seen the first.
+    let mut fixed = config(&format!(
         "kind = \"static\"\nstatic_list = [\"{}\"]",
         b.addr
     ));
+    let witness = config(&file_kind).servers.remove("test").expect("server");
+    fixed.servers.insert("witness".to_owned(), witness);
     s.runtime.apply(fixed).await.expect("reload");
     serves(&s, &["b"]).await;
+    let witness = s.runtime.server("witness").await.expect("witness");
+    let witnessed = |n: usize| {
+        let witness = Arc::clone(&witness);
+        async move { witness.pool.load().backends().len() == n }
+    };
+    let c = TestBackend::named("c").await;
     std::fs::write(&list, format!("{}\n{}\n", a.addr, b.addr)).expect("rewrite list");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the witness sees a and b", || witnessed(2)).await;
+    std::fs::write(&list, format!("{}\n{}\n{}\n", a.addr, b.addr, c.addr)).expect("rewrite");
+    eventually("the witness sees a, b and c", || witnessed(3)).await;
+    assert_eq!(s.shared().await.pool.load().backends().len(), 1);
     assert_eq!(names(s.addr, 4).await, set(&["b"]));
+    std::fs::write(&list, format!("{}\n{}\n", a.addr, b.addr)).expect("rewrite list");
     // And back to discovery.
     let again = config(&file_kind);
     s.runtime.apply(again).await.expect("reload");

@@ -19,11 +19,12 @@ fn local(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// `sluice.toml`: `[servers.test]` in front of `backend`, and `[api]` with `api_keys`.
-fn with_api(port: u16, backend: SocketAddr, api_port: u16, api_keys: &str) -> String {
+/// `sluice.toml`: `[servers.test]` in front of `backend`, and `[api]` with `api_keys`,
+/// each on a port of its own.
+fn with_api(backend: SocketAddr, api_keys: &str) -> String {
     format!(
-        "{}\n[api]\nenabled = true\nbind = \"127.0.0.1:{api_port}\"\n{api_keys}\n",
-        toml_config(port, &[backend], "5s")
+        "{}\n[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n{api_keys}\n",
+        toml_config(&[backend], "5s")
     )
 }
 
@@ -42,15 +43,13 @@ impl Target {
 
     async fn start_with(api_keys: &str, descriptors: Option<u64>) -> Target {
         let backend = TestBackend::echo().await;
-        let (port, api_port) = (free_port(), free_port());
-        let text = with_api(port, backend.addr, api_port, api_keys);
-        let sluice =
-            SluiceProcess::start_file("sluice.toml", &text, local(port), descriptors).await;
-        Self::streaming(sluice, local(api_port), backend).await
+        let text = with_api(backend.addr, api_keys);
+        let sluice = SluiceProcess::start_file("sluice.toml", &text, descriptors).await;
+        Self::streaming(sluice, backend).await
     }
 
-    async fn streaming(sluice: SluiceProcess, api: SocketAddr, backend: TestBackend) -> Target {
-        wait_listening(api).await;
+    async fn streaming(sluice: SluiceProcess, backend: TestBackend) -> Target {
+        let api = sluice.api();
         let streamer = EchoStreamer::start(sluice.addr, 7, 1024, Duration::from_millis(5)).await;
         Target {
             sluice,
@@ -71,13 +70,6 @@ impl Target {
         let running = self.sluice.child.try_wait().expect("wait").is_none();
         assert!(running, "sluice died:\n{}", self.sluice.log());
     }
-}
-
-async fn wait_listening(addr: SocketAddr) {
-    eventually("the API listens", || async {
-        TcpStream::connect(addr).await.is_ok()
-    })
-    .await;
 }
 
 /// One message through a new connection to `addr`, to an echo backend and back.
@@ -112,16 +104,15 @@ fn assert_refused(response: &Response, status: u16, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deep_json_bodies_and_files_are_errors_not_crashes() {
     let backend = TestBackend::echo().await;
-    let (port, api_port) = (free_port(), free_port());
     let json = format!(
         r#"{{"shutdown_timeout": "5s",
-  "api": {{"enabled": true, "bind": "127.0.0.1:{api_port}"}},
-  "servers": {{"test": {{"bind": "127.0.0.1:{port}", "protocol": "tcp",
+  "api": {{"enabled": true, "bind": "127.0.0.1:0"}},
+  "servers": {{"test": {{"bind": "127.0.0.1:0", "protocol": "tcp",
     "discovery": {{"kind": "static", "static_list": ["{}"]}}}}}}}}"#,
         backend.addr
     );
-    let sluice = SluiceProcess::start_file("sluice.json", &json, local(port), None).await;
-    let t = Target::streaming(sluice, local(api_port), backend).await;
+    let sluice = SluiceProcess::start_file("sluice.json", &json, None).await;
+    let t = Target::streaming(sluice, backend).await;
     let backend_path = format!("/servers/test/backends/{}", t.backend.addr);
 
     // About 40 KB nested 20 000 deep: the size that overflowed the stack.
@@ -377,14 +368,12 @@ async fn api_floods_neither_starve_the_data_plane_nor_hold_the_api() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_take_credentials_and_refuse_foreign_hosts() {
     let backend = TestBackend::echo().await;
-    let (port, metrics_port) = (free_port(), free_port());
     let text = format!(
-        "{}\n[metrics]\nenabled = true\nbind = \"127.0.0.1:{metrics_port}\"\nbearer_token = \"scrape\"\n",
-        toml_config(port, &[backend.addr], "5s")
+        "{}\n[metrics]\nenabled = true\nbind = \"127.0.0.1:0\"\nbearer_token = \"scrape\"\n",
+        toml_config(&[backend.addr], "5s")
     );
-    let sluice = SluiceProcess::start(&text, local(port)).await;
-    let metrics = local(metrics_port);
-    wait_listening(metrics).await;
+    let sluice = SluiceProcess::start(&text).await;
+    let metrics = sluice.metrics();
     assert_eq!(get(metrics, "/metrics").await.status, 401);
     let auth = [("Authorization", "Bearer scrape")];
     let response = request(metrics, "GET", "/metrics", &auth, None).await;
@@ -402,7 +391,7 @@ async fn metrics_take_credentials_and_refuse_foreign_hosts() {
     let dir = tempfile::tempdir().expect("temp dir");
     let public = format!(
         "{}\n[metrics]\nenabled = true\nbind = \"0.0.0.0:9284\"\n",
-        toml_config(port, &[backend.addr], "5s")
+        toml_config(&[backend.addr], "5s")
     );
     let file = write_file(dir.path(), "public.toml", &public);
     let (status, _, stderr) = run_sluice(&["check", "-c", &file]).await;
@@ -417,8 +406,9 @@ async fn metrics_take_credentials_and_refuse_foreign_hosts() {
     );
 }
 
-/// Two servers, each in front of its own named backend, on `first` and `second`.
-fn two_servers(first: (u16, SocketAddr), second: (u16, SocketAddr), api_port: u16) -> String {
+/// Two servers, each in front of its own named backend, on ports `first` and `second`
+/// (0: one of its own), and the API on a port of its own.
+fn two_servers(first: (u16, SocketAddr), second: (u16, SocketAddr)) -> String {
     let server = |name: &str, (port, backend): (u16, SocketAddr)| {
         format!(
             "[servers.{name}]\nbind = \"127.0.0.1:{port}\"\n[servers.{name}.discovery]\n\
@@ -426,7 +416,7 @@ fn two_servers(first: (u16, SocketAddr), second: (u16, SocketAddr), api_port: u1
         )
     };
     format!(
-        "shutdown_timeout = \"5s\"\n[api]\nenabled = true\nbind = \"127.0.0.1:{api_port}\"\n{}{}",
+        "shutdown_timeout = \"5s\"\n[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n{}{}",
         server("one", first),
         server("two", second)
     )
@@ -435,11 +425,11 @@ fn two_servers(first: (u16, SocketAddr), second: (u16, SocketAddr), api_port: u1
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn servers_swapping_ports_on_every_reload_reset_nothing() {
     let (a, b) = (TestBackend::named("a").await, TestBackend::named("b").await);
-    let (p, q, api_port) = (free_port(), free_port(), free_port());
-    let sluice =
-        SluiceProcess::start(&two_servers((p, a.addr), (q, b.addr), api_port), local(p)).await;
-    let api = local(api_port);
-    wait_listening(api).await;
+    // Each server takes a port of its own; the reloads then swap those two ports, which
+    // Sluice holds throughout, so no other test can take one in between.
+    let sluice = SluiceProcess::start(&two_servers((0, a.addr), (0, b.addr))).await;
+    let api = sluice.api();
+    let (p, q) = (sluice.server("one").port(), sluice.server("two").port());
     // Opened before the restarts, used after: a restarted server's connections go on.
     let (_, mut held) = hello(local(q), None).await;
 
@@ -472,7 +462,7 @@ async fn servers_swapping_ports_on_every_reload_reset_nothing() {
     }
     for round in 0..100 {
         let (first, second) = if round % 2 == 0 { (q, p) } else { (p, q) };
-        sluice.rewrite(&two_servers((first, a.addr), (second, b.addr), api_port));
+        sluice.rewrite(&two_servers((first, a.addr), (second, b.addr)));
         let response = request(api, "POST", "/reload", &[], None).await;
         assert_eq!(response.status, 200, "round {round}: {response:?}");
     }
@@ -492,11 +482,9 @@ async fn servers_swapping_ports_on_every_reload_reset_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_refuses_changes_and_a_second_signal_stops_at_once() {
     let backend = TestBackend::echo().await;
-    let (port, api_port) = (free_port(), free_port());
-    let text = with_api(port, backend.addr, api_port, "").replace("\"5s\"", "\"60s\"");
-    let mut sluice = SluiceProcess::start(&text, local(port)).await;
-    let api = local(api_port);
-    wait_listening(api).await;
+    let text = with_api(backend.addr, "").replace("\"5s\"", "\"60s\"");
+    let mut sluice = SluiceProcess::start(&text).await;
+    let api = sluice.api();
     let mut held = connect_from(sluice.addr, None).await;
 
     sluice.signal("TERM");

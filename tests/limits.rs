@@ -144,10 +144,13 @@ async fn idle_connection_is_closed_after_the_idle_timeout() {
 
 #[tokio::test]
 async fn slow_one_way_download_outlives_the_idle_timeout() {
-    // One chunk every 100 ms for a second: the client never sends, yet the connection
-    // is never idle for 300 ms.
+    // One chunk every 100 ms for 1.5 s: the client never sends, yet the connection is
+    // never idle for the 1 s timeout. Ten times the pace, so that a loaded machine
+    // stalling the backend cannot pass for idleness (the exact timing is checked with
+    // paused time in `proxy::copy`'s tests).
+    const CHUNKS: u8 = 15;
     let slow = TestBackend::serving("slow", "127.0.0.1:0", |mut s| async move {
-        for i in 0..10u8 {
+        for i in 0..CHUNKS {
             if s.write_all(&[i; 100]).await.is_err() {
                 return;
             }
@@ -155,11 +158,18 @@ async fn slow_one_way_download_outlives_the_idle_timeout() {
         }
     })
     .await;
-    let lb = Sluice::start(idle_server(vec![slow.spec()])).await;
+    let mut cfg = idle_server(vec![slow.spec()]);
+    cfg.client_idle_timeout = Some(Duration::from_secs(1));
+    let lb = Sluice::start(cfg).await;
     let mut s = connect_from(lb.addr, None).await;
+    let started = Instant::now();
     let got = read_to_end(&mut s).await;
-    let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 100]).collect();
+    let want: Vec<u8> = (0..CHUNKS).flat_map(|i| [i; 100]).collect();
     assert_eq!(got, want);
+    assert!(
+        started.elapsed() >= Duration::from_millis(1400),
+        "longer than the timeout"
+    );
 }
 
 #[tokio::test]

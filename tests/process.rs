@@ -26,9 +26,7 @@ async fn sighup_reloads_without_losing_a_byte_and_keeps_serving_on_a_bad_file() 
     let a = TestBackend::echo().await;
     let b = TestBackend::echo().await;
     let c = TestBackend::echo().await;
-    let port = free_port();
-    let mut sluice =
-        SluiceProcess::start(&toml_config(port, &[a.addr, b.addr], "5s"), local(port)).await;
+    let mut sluice = SluiceProcess::start(&toml_config(&[a.addr, b.addr], "5s")).await;
     let mut streamers = Vec::new();
     for seed in 0..100 {
         streamers
@@ -36,7 +34,7 @@ async fn sighup_reloads_without_losing_a_byte_and_keeps_serving_on_a_bad_file() 
     }
 
     // Valid: the new backend list takes effect for new connections.
-    sluice.rewrite(&toml_config(port, &[b.addr, c.addr], "5s"));
+    sluice.rewrite(&toml_config(&[b.addr, c.addr], "5s"));
     sluice.signal("HUP");
     eventually("the new backend list takes effect", || async {
         probe(sluice.addr, 1).await;
@@ -81,8 +79,7 @@ async fn sighup_reloads_without_losing_a_byte_and_keeps_serving_on_a_bad_file() 
 #[tokio::test]
 async fn sigterm_drains_open_connections_then_exits_zero() {
     let a = TestBackend::named("a").await;
-    let port = free_port();
-    let mut sluice = SluiceProcess::start(&toml_config(port, &[a.addr], "5s"), local(port)).await;
+    let mut sluice = SluiceProcess::start(&toml_config(&[a.addr], "5s")).await;
     let (_, mut held) = hello(sluice.addr, None).await;
 
     let started = Instant::now();
@@ -115,9 +112,7 @@ async fn sigterm_drains_open_connections_then_exits_zero() {
 #[tokio::test]
 async fn sigterm_closes_what_outlives_shutdown_timeout() {
     let a = TestBackend::named("a").await;
-    let port = free_port();
-    let mut sluice =
-        SluiceProcess::start(&toml_config(port, &[a.addr], "300ms"), local(port)).await;
+    let mut sluice = SluiceProcess::start(&toml_config(&[a.addr], "300ms")).await;
     let (_, mut held) = hello(sluice.addr, None).await;
     let started = Instant::now();
     sluice.signal("TERM");
@@ -163,7 +158,7 @@ async fn check_accepts_a_good_file() {
     let good = write_file(
         dir.path(),
         "good.toml",
-        &toml_config(free_port(), &[local(8000), local(8001)], "5s"),
+        &toml_config(&[local(8000), local(8001)], "5s"),
     );
     let (status, stdout, stderr) = run_sluice(&["check", "-c", &good]).await;
     assert_eq!(status.code(), Some(0), "{stdout}{stderr}");
@@ -192,7 +187,7 @@ async fn check_takes_relative_paths_from_the_files_directory_not_the_working_one
             "[servers.web]\nbind = \"127.0.0.1:{}\"\nprotocol = \"tls\"\n\
              discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:1\"] }}\n\
              [servers.web.tls]\ncert_path = \"certs/web.pem\"\nkey_path = \"{key}\"\n",
-            free_port()
+            8443
         )
     };
     let good = write_file(&conf, "sluice.toml", &server("./certs/web.key"));
@@ -254,34 +249,23 @@ async fn udp_quick_mode_balances_datagrams_and_stops_on_sigterm() {
     use crate::support::udp::{ask, client, UdpBackend};
     let a = UdpBackend::named("a").await;
     let b = UdpBackend::named("b").await;
-    let port = free_port();
-    let listen = local(port);
     let targets = format!("{},{}", a.addr, b.addr);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let log_path = dir.path().join("sluice.log");
+    let log_file = std::fs::File::create(&log_path).expect("log file");
     let mut child = tokio::process::Command::new(process::BIN)
-        .args([
-            "udp",
-            "--listen",
-            &listen.to_string(),
-            "--targets",
-            &targets,
-        ])
-        .args([
-            "--max-responses",
-            "1",
-            "--threads",
-            "2",
-            "--log-level",
-            "warn",
-        ])
+        .args(["udp", "--listen", "127.0.0.1:0", "--targets", &targets])
+        .args(["--max-responses", "1", "--threads", "2"])
         .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
         .kill_on_drop(true)
         .spawn()
         .expect("spawn sluice udp");
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let listen = bound(log, "udp").await;
     let socket = client("127.0.0.1:0").await;
-    // Resent until the process listens (bounded by the tries).
-    let first = ask(&socket, listen, b"first", 50).await.expect("a reply");
+    let first = ask(&socket, listen, b"first", 5).await.expect("a reply");
     let mut names = std::collections::BTreeSet::from([first.backend]);
     for i in 0..6 {
         let payload = format!("datagram {i}");
@@ -323,48 +307,43 @@ async fn a_refused_connection_says_why_in_its_access_log_line() {
     use crate::support::tls::client_hello_in_records;
     use tokio::io::AsyncWriteExt;
     let echo = TestBackend::echo().await;
-    let closed = local(free_port());
-    let ports = [free_port(), free_port(), free_port(), free_port()];
+    let closed = dead_addr();
     let toml = format!(
         r#"
 [logging]
 level = "info"
 
 [servers.test]
-bind = "127.0.0.1:{}"
+bind = "127.0.0.1:0"
 discovery = {{ kind = "static", static_list = ["{echo}"] }}
 
 [servers.sni]
-bind = "127.0.0.1:{}"
+bind = "127.0.0.1:0"
 discovery = {{ kind = "static", static_list = ["{echo} sni=a.sluice.test"] }}
 sni = {{ unexpected_hostname_strategy = "reject" }}
 
 [servers.out]
-bind = "127.0.0.1:{}"
+bind = "127.0.0.1:0"
 discovery = {{ kind = "static", static_list = ["{echo} state=disabled", "{closed} state=drain"] }}
 
 [servers.refusing]
-bind = "127.0.0.1:{}"
+bind = "127.0.0.1:0"
 discovery = {{ kind = "static", static_list = ["{closed}"] }}
 "#,
-        ports[0],
-        ports[1],
-        ports[2],
-        ports[3],
         echo = echo.addr,
     );
-    let sluice = SluiceProcess::start(&toml, local(ports[0])).await;
+    let sluice = SluiceProcess::start(&toml).await;
     let streamer = EchoStreamer::start(sluice.addr, 5, 4096, Duration::from_millis(5)).await;
     streamer.wait_echoed(4096).await;
 
-    let mut rejected = connect_from(local(ports[1]), None).await;
+    let mut rejected = connect_from(sluice.server("sni"), None).await;
     rejected
         .write_all(&client_hello_in_records("b.sluice.test", 16_000))
         .await
         .unwrap();
     assert_closed_without_data(&mut rejected, WAIT).await;
-    for port in [ports[2], ports[3]] {
-        let mut refused = connect_from(local(port), None).await;
+    for name in ["out", "refusing"] {
+        let mut refused = connect_from(sluice.server(name), None).await;
         assert_closed_without_data(&mut refused, WAIT).await;
     }
     eventually("three refusals logged", || async {
@@ -417,7 +396,7 @@ async fn check_warns_of_a_mysql_check_without_a_user() {
             "[servers.db]\nbind = \"127.0.0.1:{}\"\n\
              discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:3306\"] }}\n\
              healthcheck = {{ kind = \"mysql\"{user} }}\n",
-            free_port()
+            3000
         );
         write_file(dir.path(), name, &text)
     };
@@ -482,7 +461,7 @@ async fn udp_help_lists_only_what_udp_takes() {
 #[tokio::test]
 async fn check_summarises_every_tag_of_a_backend() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = 8443;
     let file = write_file(
         dir.path(),
         "sni.toml",

@@ -351,7 +351,25 @@ async fn a_reply_held_back_by_a_slow_reader_is_delivered_whole() {
     .await;
     let lb = Sluice::start(tls_server(&backend, termination(vec![front]))).await;
     let mut tls = connect_tls(lb.addr, &pki).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Slow to start reading: the reply backs up until what Sluice has taken from the
+    // backend stops growing for 100 ms (or is all of it, should the buffers hold it).
+    let shared = lb.shared().await;
+    let taken = || {
+        shared.pool.load().backends()[0]
+            .state
+            .stats
+            .bytes_from_backend
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let (mut previous, mut unchanged) = (u64::MAX, 0);
+    eventually("the reply backs up", || {
+        let now = taken();
+        unchanged = if now == previous { unchanged + 1 } else { 0 };
+        previous = now;
+        let backed_up = now == LEN || (now > 0 && unchanged >= 5);
+        async move { backed_up }
+    })
+    .await;
     let mut sum = Checksum::default();
     let mut buf = vec![0u8; 64 << 10];
     let mut left = LEN as usize;
@@ -368,10 +386,29 @@ async fn a_reply_held_back_by_a_slow_reader_is_delivered_whole() {
     assert_eq!(sum.finish(), expected(9, LEN));
 }
 
+/// Waits until a file written now gets a later modification time than `path` has.
+async fn mtime_moves_past(path: &Path) {
+    let mtime = |path: &Path| {
+        std::fs::metadata(path)
+            .and_then(|m| m.modified())
+            .expect("modification time")
+    };
+    let before = mtime(path);
+    let probe = path.with_extension("probe");
+    eventually("the file clock moves on", || {
+        std::fs::write(&probe, b"").expect("write probe");
+        let moved = mtime(&probe) > before;
+        async move { moved }
+    })
+    .await;
+    std::fs::remove_file(&probe).expect("remove probe");
+}
+
 #[tokio::test]
 async fn certificate_files_renewed_in_place_are_picked_up_without_a_reload() {
     let pki = Pki::new();
     let files = pki.leaf("a", &["a.sluice.test"]);
+    let key_path = files.key_path.clone();
     let backend = TestBackend::named("backend").await;
     let lb = Sluice::start(tls_server(&backend, termination(vec![files]))).await;
     let config = client_config(&pki.ca_path(), &[], None, BOTH);
@@ -383,8 +420,9 @@ async fn certificate_files_renewed_in_place_are_picked_up_without_a_reload() {
         tls.get_ref().1.peer_certificates().expect("cert")[0].clone()
     };
     let before = served(Arc::clone(&config)).await;
-    // A certificate tool writes the renewed files in place.
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    // A certificate tool writes the renewed files in place, once the file clock has
+    // moved on: within one tick of it, a key of the same size would look unchanged.
+    mtime_moves_past(&key_path).await;
     pki.leaf("a", &["a.sluice.test", "www.a.sluice.test"]);
     eventually("the renewed certificate served", || {
         let config = Arc::clone(&config);
@@ -499,7 +537,7 @@ async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
     let files = pki.leaf("a", &["a.sluice.test"]);
     let backend = TestBackend::echo().await;
     let lb = Sluice::start(ServerConfig {
-        client_idle_timeout: Some(Duration::from_millis(300)),
+        client_idle_timeout: Some(Duration::from_secs(1)),
         ..tls_server(&backend, termination(vec![files]))
     })
     .await;
@@ -510,9 +548,10 @@ async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
         let name = ServerName::try_from("a.sluice.test").expect("name");
         connector.connect(name, stream).await.expect("handshake")
     };
-    // Busy: a byte every 100 ms for a second outlives the 300 ms timeout.
+    // Busy: a byte every 100 ms for 1.5 s outlives the 1 s timeout. Ten times the pace,
+    // so that a loaded machine stalling the client cannot pass for idleness.
     let mut busy = connect().await;
-    for _ in 0..10 {
+    for _ in 0..15 {
         busy.write_all(b".").await.expect("write");
         let mut byte = [0u8; 1];
         tokio::time::timeout(WAIT, busy.read_exact(&mut byte))
@@ -534,21 +573,20 @@ async fn an_idle_tls_connection_is_closed_and_a_busy_one_is_not() {
 /// why in words (the real binary, at the default level); a signed client gets through.
 #[tokio::test]
 async fn a_refused_client_certificate_is_said_in_words() {
-    use crate::support::process::{free_port, SluiceProcess};
+    use crate::support::process::SluiceProcess;
     let pki = Pki::new();
     let server_files = pki.leaf("server", &["a.sluice.test"]);
     let client_files = pki.leaf("client", &["client.sluice.test"]);
     let other_ca = Pki::new();
     let stranger = other_ca.leaf("stranger", &["client.sluice.test"]);
     let backend = TestBackend::named("backend").await;
-    let port = free_port();
     let toml = format!(
         r#"
 [logging]
 level = "info"
 
 [servers.mtls]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 protocol = "tls"
 discovery = {{ kind = "static", static_list = ["{}"] }}
 
@@ -562,7 +600,7 @@ discovery = {{ kind = "static", static_list = ["{}"] }}
         server_files.key_path.display(),
         pki.ca_path().display(),
     );
-    let lb = SluiceProcess::start(&toml, ([127, 0, 0, 1], port).into()).await;
+    let lb = SluiceProcess::start(&toml).await;
     let unknown = client_config(&pki.ca_path(), &[], Some(&stranger), BOTH);
     assert!(exchange(lb.addr, "a.sluice.test", unknown).await.is_err());
     let signed = client_config(&pki.ca_path(), &[], Some(&client_files), BOTH);
@@ -570,9 +608,8 @@ discovery = {{ kind = "static", static_list = ["{}"] }}
         .await
         .expect("a signed client");
     assert_eq!(reply, "backend\nping");
-    // Sluice's start was probed by a connection closed before any handshake: the
-    // refusal sought is the one about a certificate. The other CA has the same name as
-    // the trusted one, so the stranger's certificate seems issued by it, and its
+    // The refusal sought is the one about a certificate. The other CA has the same name
+    // as the trusted one, so the stranger's certificate seems issued by it, and its
     // signature does not verify.
     eventually("the refusal logged, in words", || async {
         lb.log().lines().any(|l| {

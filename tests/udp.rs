@@ -237,7 +237,9 @@ async fn idle_sessions_expire_and_the_next_datagram_opens_a_new_one() {
         vec![backend.spec()],
         limits(None, None),
     );
-    config.client_idle_timeout = Some(Duration::from_millis(300));
+    // Long beside a round trip, so a slow machine cannot expire the session between
+    // the first two datagrams.
+    config.client_idle_timeout = Some(Duration::from_secs(1));
     let lb = Sluice::start(config).await;
     let socket = client("127.0.0.1:0").await;
     let first = ask(&socket, lb.addr, b"x", 1).await.expect("a reply");
@@ -258,7 +260,9 @@ async fn the_session_cap_is_enforced_and_frees_up() {
         limits(None, None),
     );
     config.max_connections = Some(3);
-    config.client_idle_timeout = Some(Duration::from_millis(500));
+    // Long beside a round trip, so a slow machine cannot expire a session before the
+    // fourth client is refused.
+    config.client_idle_timeout = Some(Duration::from_secs(2));
     let lb = Sluice::start(config).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -266,10 +270,19 @@ async fn the_session_cap_is_enforced_and_frees_up() {
         assert!(ask(&socket, lb.addr, b"in", 1).await.is_some());
         clients.push(socket);
     }
+    // Refused: counted as Sluice reads it, and never relayed.
     let fourth = client("127.0.0.1:0").await;
-    assert!(ask(&fourth, lb.addr, b"refused", 1).await.is_none());
+    fourth.send_to(b"refused", lb.addr).await.expect("send");
     let stats = &lb.shared().await.stats;
-    assert!(stats.refused(CloseReason::MaxConnections) >= 1);
+    eventually("the fourth client refused", || async {
+        stats.refused(CloseReason::MaxConnections) == 1
+    })
+    .await;
+    assert_eq!(
+        backend.received(),
+        3,
+        "only the first three reached the backend"
+    );
     assert_eq!(active(&lb).await, 3);
     // Once the three expire, the fourth gets in.
     wait_active(&lb, 0).await;
@@ -685,24 +698,25 @@ async fn datagrams_the_kernel_drops_on_a_full_queue_are_counted() {
     let udp = &shared.stats.udp;
     let accounted =
         || udp.from_clients.load(Ordering::Relaxed) + udp.dropped(UdpDrop::ReceiveQueueFull);
-    // One more datagram at a time, until the kernel's count has been read.
-    for sent in 1..=50u64 {
+    // One more datagram at a time, until the kernel's count has been read: each waits,
+    // bounded, for Sluice to account for it; one that finds the queue still full is
+    // dropped, and reported only with the next one read.
+    let mut sent = 0u64;
+    while sent < 50 && accounted() != FLOOD + sent {
         flood.send_to(b"last", lb.addr).expect("send");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        if accounted() == FLOOD + sent {
-            break;
+        sent += 1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while accounted() < FLOOD + sent && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }
-    let sent_extra = (udp.from_clients.load(Ordering::Relaxed)
-        + udp.dropped(UdpDrop::ReceiveQueueFull))
-    .saturating_sub(FLOOD);
-    assert!(
-        (1..=50).contains(&sent_extra),
-        "every datagram accounted for: received {}, dropped {}",
+    assert_eq!(
+        accounted(),
+        FLOOD + sent,
+        "every datagram accounted for: received {}, dropped {}, {sent} sent after the flood",
         udp.from_clients.load(Ordering::Relaxed),
         udp.dropped(UdpDrop::ReceiveQueueFull)
     );
-    assert_eq!(accounted(), FLOOD + sent_extra);
 }
 
 #[tokio::test]
@@ -741,10 +755,7 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
     // they must not take any of the new server's datagrams meanwhile.
     let old_backend = UdpBackend::named("old").await;
     let new_backend = UdpBackend::named("new").await;
-    let port = crate::support::process::free_port();
-    let bind: SocketAddr = format!("127.0.0.1:{port}").parse().expect("address");
     let old = ServerConfig {
-        bind,
         client_idle_timeout: Some(Duration::from_secs(600)),
         ..udp_server(
             BalanceKind::RoundRobin,
@@ -753,6 +764,8 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
         )
     };
     let lb = Sluice::start(old.clone()).await;
+    // The new server names the port the old one got.
+    let bind = lb.addr;
     // Sessions on every worker, so each old socket lingers.
     let mut lingering = Vec::new();
     for _ in 0..8 {
@@ -761,6 +774,7 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
         lingering.push(socket);
     }
     let mut next = crate::support::config(ServerConfig {
+        bind,
         discovery: DiscoveryConfig::Static {
             backends: vec![new_backend.spec()],
         },

@@ -664,4 +664,93 @@ mod tests {
         assert_eq!(from_backend.load(Ordering::Relaxed), 1);
         assert!(relay.up.buf.is_none() && relay.down.buf.is_none());
     }
+
+    /// Counters for a relay under test.
+    fn counters<'a>(to_backend: &'a AtomicU64, from_backend: &'a AtomicU64) -> Counters<'a> {
+        Counters {
+            to_backend,
+            from_backend,
+        }
+    }
+
+    // The idle timer on paused time: the clock moves only when every task waits, so no
+    // scheduling delay can make a busy relay look idle or an idle one look busy.
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_where_nothing_moves_ends_at_the_idle_timeout() {
+        let (client, _client_far) = duplex(1024);
+        let (backend, _backend_far) = duplex(1024);
+        let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+        let stopped = pin!(std::future::pending::<()>());
+        let timeout = Some(Duration::from_millis(300));
+        let counters = counters(&to_backend, &from_backend);
+        let started = Instant::now();
+        let result = Relay::new(client, backend, timeout, stopped, counters).await;
+        assert_eq!(result.reason, CloseReason::IdleTimeout);
+        assert_eq!(started.elapsed(), Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_timeout_counts_from_the_last_byte_moved() {
+        let (client, mut client_far) = duplex(1024);
+        let (backend, mut backend_far) = duplex(1024);
+        let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+        let stopped = pin!(std::future::pending::<()>());
+        let timeout = Some(Duration::from_millis(300));
+        let counters = counters(&to_backend, &from_backend);
+        let relay = Relay::new(client, backend, timeout, stopped, counters);
+        let started = Instant::now();
+        let talk = async {
+            // One byte up at 200 ms: the timer, armed for 300 ms, finds it moved and
+            // waits on until 500 ms.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client_far.write_all(b"x").await.expect("write");
+            let mut byte = [0u8; 1];
+            backend_far.read_exact(&mut byte).await.expect("read");
+            std::future::pending::<()>().await
+        };
+        let result = tokio::select! {
+            result = relay => result,
+            () = talk => unreachable!(),
+        };
+        assert_eq!(result.reason, CloseReason::IdleTimeout);
+        assert_eq!(started.elapsed(), Duration::from_millis(500));
+        assert_eq!(to_backend.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_one_way_download_outlives_the_idle_timeout() {
+        // A chunk every 100 ms for a second; the client never sends, yet nothing is idle
+        // for 300 ms. The backend then closes, and so does the client once it has all.
+        let (client, mut client_far) = duplex(1024);
+        let (backend, mut backend_far) = duplex(1024);
+        let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+        let stopped = pin!(std::future::pending::<()>());
+        let timeout = Some(Duration::from_millis(300));
+        let counters = counters(&to_backend, &from_backend);
+        let relay = Relay::new(client, backend, timeout, stopped, counters);
+        let started = Instant::now();
+        let serve = async move {
+            for i in 0..10u8 {
+                backend_far.write_all(&[i; 100]).await.expect("write");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            backend_far.shutdown().await.expect("close");
+            // Open until the relay is done with it.
+            let mut rest = Vec::new();
+            backend_far.read_to_end(&mut rest).await.expect("read");
+        };
+        let download = async move {
+            let mut got = Vec::new();
+            client_far.read_to_end(&mut got).await.expect("read");
+            client_far.shutdown().await.expect("close");
+            got
+        };
+        let (result, (), got) = tokio::join!(relay, serve, download);
+        assert_eq!(result.reason, CloseReason::Eof);
+        assert_eq!(started.elapsed(), Duration::from_secs(1));
+        let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 100]).collect();
+        assert_eq!(got, want);
+        assert_eq!(from_backend.load(Ordering::Relaxed), 1000);
+    }
 }

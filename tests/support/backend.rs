@@ -150,10 +150,21 @@ pub fn spec_of(addr: SocketAddr) -> BackendSpec {
     BackendSpec::new(addr.ip().to_string(), addr.port())
 }
 
-/// An address nothing listens on: bound, then released.
+/// An address nothing listens on: a socket bound there that never listens, so a connect
+/// is refused. It stays bound for the life of the test process (one descriptor), so no
+/// other test can take the port meanwhile, as it could a port bound and released.
 pub fn dead_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr")
+    let socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+    socket.bind(&any.into()).expect("bind");
+    let addr = socket
+        .local_addr()
+        .expect("addr")
+        .as_socket()
+        .expect("inet");
+    std::mem::forget(socket);
+    addr
 }
 
 /// A listener with a zero backlog whose accept queue is full: further connects hang in

@@ -1,27 +1,59 @@
 //! The real `sluice` binary, run with a TOML file in a temporary directory.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
+use sluice::config::Config;
 use tempfile::TempDir;
-use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 
-use super::WAIT;
+use super::{eventually, WAIT};
 
 /// Path of the binary under test.
 pub const BIN: &str = env!("CARGO_BIN_EXE_sluice");
 
-/// A port that was free a moment ago (bound to port 0, then released).
+/// A port that was free a moment ago (bound to port 0, then released). Another test can
+/// take it meanwhile: only for servers that cannot report the port they bound (see
+/// `servers.rs`, which retries on another port), or for a file only checked.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     listener.local_addr().expect("addr").port()
 }
 
-/// `[servers.test]` listening on `port`, round-robin over `backends`, as TOML.
-pub fn toml_config(port: u16, backends: &[SocketAddr], shutdown_timeout: &str) -> String {
+/// The address server `name` logged once listening (`listening server="NAME" bind=…`),
+/// from its first such line.
+pub fn logged_server(log: &str, name: &str) -> Option<SocketAddr> {
+    let mark = format!("listening server=\"{name}\" bind=");
+    let (_, rest) = log.split_once(&mark)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+/// The address in the `url=` of the first line holding `message` (`admin API listening`,
+/// `metrics endpoint listening`).
+pub fn logged_url(log: &str, message: &str) -> Option<SocketAddr> {
+    let line = log.lines().find(|l| l.contains(message))?;
+    let (_, url) = line.split_once(" url=")?;
+    let url = url.split_whitespace().next()?;
+    let (_, rest) = url.split_once("://")?;
+    rest.split('/').next()?.parse().ok()
+}
+
+/// Waits, for at most [`WAIT`], until `log()` names where server `name` listens; for a
+/// process started without a file (`sluice udp`, `sluice tcp`), whose server is named
+/// after the mode.
+pub async fn bound(log: impl Fn() -> String, name: &str) -> SocketAddr {
+    eventually(&format!("server {name} listens"), || async {
+        logged_server(&log(), name).is_some()
+    })
+    .await;
+    logged_server(&log(), name).expect("a logged address")
+}
+
+/// `[servers.test]` on a port of its own (port 0), round-robin over `backends`, as TOML.
+pub fn toml_config(backends: &[SocketAddr], shutdown_timeout: &str) -> String {
     let list: Vec<String> = backends
         .iter()
         .map(|b| format!("\"{b} weight=1\""))
@@ -33,7 +65,7 @@ pub fn toml_config(port: u16, backends: &[SocketAddr], shutdown_timeout: &str) -
 level = "info"
 
 [servers.test]
-bind = "127.0.0.1:{port}"
+bind = "127.0.0.1:0"
 protocol = "tcp"
 balance = "roundrobin"
 
@@ -45,33 +77,45 @@ balance = "roundrobin"
     )
 }
 
-/// A running `sluice run -c FILE`; killed on drop if still running.
+/// A running `sluice run -c FILE`; killed on drop if still running. Its servers, API
+/// and metrics endpoint bind port 0 in the file (or any port), and the addresses they got
+/// are read from its log: a port picked beforehand could be taken by another test first.
 pub struct SluiceProcess {
     pub child: Child,
+    /// Where server `test` listens; without one, the first server by name.
     pub addr: SocketAddr,
     pub config: PathBuf,
+    servers: BTreeMap<String, SocketAddr>,
+    api: Option<SocketAddr>,
+    metrics: Option<SocketAddr>,
     log: PathBuf,
     _dir: TempDir,
 }
 
+/// How long a start may take on a loaded machine before the test gives up.
+const START_WAIT: Duration = Duration::from_secs(60);
+
 impl SluiceProcess {
-    /// Writes `toml` to a file, starts Sluice on it and waits until `addr` accepts.
-    pub async fn start(toml: &str, addr: SocketAddr) -> SluiceProcess {
-        Self::start_file("sluice.toml", toml, addr, None).await
+    /// Writes `toml` to a file, starts Sluice on it and waits until it listens.
+    pub async fn start(toml: &str) -> SluiceProcess {
+        Self::start_file("sluice.toml", toml, None).await
     }
 
     /// Writes `text` to `file_name` (its extension picks TOML or JSON), starts Sluice on
-    /// it, with at most `descriptors` open files when given, and waits until `addr`
-    /// accepts.
+    /// it, with at most `descriptors` open files when given, and waits until its log
+    /// names the address of every server and of the API and metrics endpoint if enabled.
     pub async fn start_file(
         file_name: &str,
         text: &str,
-        addr: SocketAddr,
         descriptors: Option<u64>,
     ) -> SluiceProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join(file_name);
         std::fs::write(&config, text).expect("write config");
+        let expected = match sluice::config::load(&config) {
+            Ok(loaded) => loaded.config,
+            Err(e) => panic!("the test's configuration is invalid: {e}\n{text}"),
+        };
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         // The limit is set by the shell that then becomes Sluice: `ulimit -n` sets both
@@ -98,33 +142,72 @@ impl SluiceProcess {
             .expect("spawn sluice");
         let mut process = SluiceProcess {
             child,
-            addr,
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             config,
+            servers: BTreeMap::new(),
+            api: None,
+            metrics: None,
             log,
             _dir: dir,
         };
-        process.wait_ready().await;
+        process.wait_ready(&expected).await;
         process
     }
 
-    /// Bounded connect loop: returns once the listener accepts.
-    async fn wait_ready(&mut self) {
-        for _ in 0..500 {
-            if let Ok(Ok(_)) =
-                tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(self.addr))
-                    .await
-            {
-                return;
+    /// Bounded: reads the log until it names every address `expected` binds. Each line
+    /// is written once the socket is bound and listening.
+    async fn wait_ready(&mut self, expected: &Config) {
+        let deadline = tokio::time::Instant::now() + START_WAIT;
+        loop {
+            let log = self.log();
+            let servers: Option<BTreeMap<String, SocketAddr>> = expected
+                .servers
+                .keys()
+                .map(|name| Some((name.clone(), logged_server(&log, name)?)))
+                .collect();
+            let api = logged_url(&log, "admin API listening");
+            let metrics = logged_url(&log, "metrics endpoint listening");
+            if let Some(servers) = servers {
+                if api.is_some() == expected.api.is_some()
+                    && metrics.is_some() == expected.metrics.is_some()
+                {
+                    self.addr = servers
+                        .get("test")
+                        .or_else(|| servers.values().next())
+                        .copied()
+                        .unwrap_or(self.addr);
+                    (self.servers, self.api, self.metrics) = (servers, api, metrics);
+                    return;
+                }
             }
             if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "sluice exited with {status} before listening:\n{}",
-                    self.log()
-                );
+                panic!("sluice exited with {status} before listening:\n{log}");
+            }
+            if tokio::time::Instant::now() >= deadline {
+                panic!("sluice did not listen within {START_WAIT:?}:\n{log}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        panic!("sluice did not listen on {}:\n{}", self.addr, self.log());
+    }
+
+    /// Where server `name` listens (as logged at start-up).
+    pub fn server(&self, name: &str) -> SocketAddr {
+        match self.servers.get(name) {
+            Some(addr) => *addr,
+            None => panic!("no server {name} at start-up:\n{}", self.log()),
+        }
+    }
+
+    /// Where the admin API listens.
+    pub fn api(&self) -> SocketAddr {
+        self.api
+            .unwrap_or_else(|| panic!("no admin API:\n{}", self.log()))
+    }
+
+    /// Where the metrics endpoint listens.
+    pub fn metrics(&self) -> SocketAddr {
+        self.metrics
+            .unwrap_or_else(|| panic!("no metrics endpoint:\n{}", self.log()))
     }
 
     /// Replaces the configuration file.

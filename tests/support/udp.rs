@@ -135,18 +135,29 @@ pub async fn receive(socket: &UdpSocket, within: Duration) -> Option<Vec<u8>> {
     }
 }
 
-/// Sends `payload` to `to` and waits for one reply, resending (as UDP clients do) up to
-/// `tries` times every 200 ms.
+/// Sends `payload` to `to` and waits for its reply, resending (as UDP clients do) every
+/// 200 ms, `tries` sends in all; after the last one it waits up to [`WAIT`], so a slow
+/// machine is not taken for a lost datagram. A reply echoing something else (a late
+/// answer to an earlier ask) is passed over.
 pub async fn ask(
     socket: &UdpSocket,
     to: SocketAddr,
     payload: &[u8],
     tries: usize,
 ) -> Option<Reply> {
-    for _ in 0..tries {
+    for i in 0..tries {
         socket.send_to(payload, to).await.expect("send");
-        if let Some(bytes) = receive(socket, Duration::from_millis(200)).await {
-            return Some(Reply::parse(&bytes));
+        let within = if i + 1 == tries {
+            WAIT
+        } else {
+            Duration::from_millis(200)
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        while let Some(bytes) = receive(socket, deadline - tokio::time::Instant::now()).await {
+            let reply = Reply::parse(&bytes);
+            if reply.echoed == payload {
+                return Some(reply);
+            }
         }
     }
     None

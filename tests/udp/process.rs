@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::support::process::{free_port, SluiceProcess};
+use crate::support::process::{bound, SluiceProcess};
 use crate::support::servers::Dnsmasq;
 use crate::support::udp::{client, UdpBackend, UdpStreamer};
 use crate::support::{eventually, http, WAIT};
@@ -20,28 +20,9 @@ fn dead_udp_port() -> SocketAddr {
     socket.local_addr().expect("address")
 }
 
-fn local(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// The address Sluice logged for server `name` once listening. Servers here bind port
-/// 0: a port picked beforehand could be bound by another test's Sluice meanwhile, and
-/// with `SO_REUSEPORT` the two would silently share its datagrams.
-async fn bound(log: impl Fn() -> String, name: &str) -> SocketAddr {
-    let mark = format!("listening server=\"{name}\" bind=");
-    let find = || {
-        let log = log();
-        let (_, rest) = log.split_once(&mark)?;
-        rest.split_whitespace().next()?.parse().ok()
-    };
-    eventually(&format!("server {name} listens"), || async {
-        find().is_some()
-    })
-    .await;
-    find().expect("a logged address")
-}
-
-/// `[servers.NAME]`: UDP on a port of its own, round robin over `backends`, then `extra`
+/// `[servers.NAME]`: UDP on a port of its own (port 0: a port picked beforehand could be
+/// bound by another test's Sluice meanwhile, and with `SO_REUSEPORT` the two would
+/// silently share its datagrams), round robin over `backends`, then `extra`
 /// lines.
 fn udp_server(name: &str, backends: &[SocketAddr], extra: &str) -> String {
     let list: Vec<String> = backends
@@ -56,11 +37,11 @@ fn udp_server(name: &str, backends: &[SocketAddr], extra: &str) -> String {
     )
 }
 
-/// The start of a configuration: metrics on `metrics`, and a server `stream` in front of
-/// `echo` for a client to stream through.
-fn preamble(metrics: u16, echo: SocketAddr) -> String {
+/// The start of a configuration: metrics on a port of its own, and a server `stream` in
+/// front of `echo` for a client to stream through.
+fn preamble(echo: SocketAddr) -> String {
     format!(
-        "shutdown_timeout = \"1s\"\n\n[metrics]\nenabled = true\nbind = \"127.0.0.1:{metrics}\"\n\n{}",
+        "shutdown_timeout = \"1s\"\n\n[metrics]\nenabled = true\nbind = \"127.0.0.1:0\"\n\n{}",
         udp_server("stream", &[echo], "client_idle_timeout = \"30s\"")
     )
 }
@@ -125,7 +106,6 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
     let dns = Dnsmasq::start(&["--host-record=alpha.sluice.test,192.0.2.10".to_owned()]).await;
     let dead = dead_udp_port();
     let echo = UdpBackend::named("echo").await;
-    let metrics = free_port();
     // The check, run hourly, does not move either backend during the test.
     let health = format!(
         "[servers.dns.healthcheck]\nkind = \"udp\"\ninterval = \"1h\"\ntimeout = \"1s\"\n\
@@ -134,12 +114,13 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
     );
     let toml = format!(
         "{}{}[servers.dns.udp]\nmax_responses = 1\n\n{health}",
-        preamble(metrics, echo.addr),
+        preamble(echo.addr),
         udp_server("dns", &[dns.addr, dead], ""),
     );
-    let sluice = SluiceProcess::start(&toml, local(metrics)).await;
-    let listen = bound(|| sluice.log(), "dns").await;
-    let stream = bound(|| sluice.log(), "stream").await;
+    let sluice = SluiceProcess::start(&toml).await;
+    let metrics = sluice.metrics();
+    let listen = sluice.server("dns");
+    let stream = sluice.server("stream");
     let streamer = UdpStreamer::start(stream, 3, Duration::from_millis(2)).await;
     eventually("the stream flows", || async { streamer.verified() > 0 }).await;
     let dead_key = dead.to_string();
@@ -147,12 +128,12 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
     let failures = "sluice_backend_connect_failures_total";
     let mut lost = Vec::new();
     for i in 0..QUERIES {
-        let before = read(local(metrics), failures, &dead_labels).await;
+        let before = read(metrics, failures, &dead_labels).await;
         let query = dig(listen, "alpha.sluice.test");
         // Its answer, or the dead backend counting the refusal that ended its session
         // (then dig, which would wait for its timeout, is stopped).
         let refused = async {
-            while read(local(metrics), failures, &dead_labels).await == before {
+            while read(metrics, failures, &dead_labels).await == before {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
@@ -161,7 +142,7 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
             () = refused => lost.push(i),
         }
         eventually("the query's session closed", || async {
-            let text = scrape(local(metrics)).await;
+            let text = scrape(metrics).await;
             sample(&text, "sluice_connections_active", &[("server", "dns")]) == Some(0)
         })
         .await;
@@ -171,7 +152,7 @@ async fn dig_through_the_binary_loses_only_the_queries_that_mark_a_dead_backend_
         lost.iter().all(|&i| i < 2 * PASSIVE_FAILS as usize),
         "{lost:?}"
     );
-    let text = scrape(local(metrics)).await;
+    let text = scrape(metrics).await;
     assert_eq!(sample(&text, failures, &dead_labels), Some(PASSIVE_FAILS));
     assert_eq!(
         sample(&text, "sluice_backend_up", &dead_labels),
@@ -203,26 +184,25 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
     let dns = Dnsmasq::start(&["--host-record=beta.sluice.test,192.0.2.11".to_owned()]).await;
     let silent = UdpBackend::start("silent", "127.0.0.1:0", 0).await;
     let echo = UdpBackend::named("echo").await;
-    let metrics = free_port();
     let one_answer = "[servers.NAME.udp]\nmax_responses = 1\n\n";
     let toml = format!(
         "{}{}{}{}{}",
-        preamble(metrics, echo.addr),
+        preamble(echo.addr),
         udp_server("dns", &[dns.addr], ""),
         one_answer.replace("NAME", "dns"),
         udp_server("silent", &[silent.addr], ""),
         one_answer.replace("NAME", "silent"),
     );
-    let sluice =
-        SluiceProcess::start_file("sluice.toml", &toml, local(metrics), Some(NOFILE)).await;
+    let sluice = SluiceProcess::start_file("sluice.toml", &toml, Some(NOFILE)).await;
+    let metrics = sluice.metrics();
     let log = sluice.log();
     assert!(
         log.contains(&format!("limit={NOFILE}")) && log.contains(&format!("udp_sessions={BUDGET}")),
         "{log}"
     );
-    let listen = bound(|| sluice.log(), "dns").await;
-    let quiet = bound(|| sluice.log(), "silent").await;
-    let stream = bound(|| sluice.log(), "stream").await;
+    let listen = sluice.server("dns");
+    let quiet = sluice.server("silent");
+    let stream = sluice.server("stream");
     let streamer = UdpStreamer::start(stream, 5, Duration::from_millis(2)).await;
     eventually("the stream flows", || async { streamer.verified() > 0 }).await;
 
@@ -246,7 +226,7 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
     }
     let evicted = |server: &'static str| async move {
         let labels = [("server", server), ("reason", "no_descriptor")];
-        read(local(metrics), "sluice_udp_sessions_evicted_total", &labels).await
+        read(metrics, "sluice_udp_sessions_evicted_total", &labels).await
     };
     // The stream's session holds one descriptor of the budget.
     let filled = (FILLERS - (BUDGET - 1)) as u64;
@@ -264,7 +244,7 @@ async fn under_a_low_descriptor_limit_the_binary_answers_new_clients_past_silent
     );
     assert_eq!(evicted("dns").await, 0);
     assert_eq!(evicted("stream").await, 0);
-    let text = scrape(local(metrics)).await;
+    let text = scrape(metrics).await;
     for server in ["silent", "dns", "stream"] {
         let labels = [("server", server), ("reason", "no_descriptor")];
         assert_eq!(
