@@ -373,23 +373,13 @@ pub fn quick_config(args: &QuickArgs, tcp: Option<&TcpOnly>) -> anyhow::Result<C
             }
         }
     };
+    let discovery = config::DiscoveryConfig::Static { backends };
     let server = ServerConfig {
-        bind: args.listen,
-        protocol: config::Protocol::Tcp,
         balance: args.balance,
         max_connections: (args.max_connections > 0).then_some(args.max_connections),
-        client_idle_timeout: None,
-        backend_idle_timeout: None,
         backend_connection_timeout: connect_timeout,
-        connect_attempts: 3,
-        discovery: config::DiscoveryConfig::Static { backends },
         healthcheck,
-        access: None,
-        udp: Default::default(),
-        proxy_protocol: Default::default(),
-        sni: None,
-        tls: None,
-        backends_tls: None,
+        ..ServerConfig::new(args.listen, discovery)
     };
     let mut logging = config::LoggingConfig {
         level: args.log_level.clone(),

@@ -14,8 +14,7 @@ use tokio::time::timeout;
 use crate::backend::BackendSpec;
 use crate::balance::BalanceKind;
 use crate::config::{
-    ApiConfig, Config, DiscoveryConfig, HealthConfig, HealthKind, LoggingConfig, Protocol,
-    ServerConfig,
+    ApiConfig, Config, DiscoveryConfig, HealthConfig, HealthKind, LoggingConfig, ServerConfig,
 };
 use crate::control::Control;
 use crate::logging;
@@ -84,25 +83,14 @@ fn free_or_any(addr: SocketAddr) -> SocketAddr {
 
 fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> Config {
     let server = ServerConfig {
-        bind,
-        protocol: Protocol::Tcp,
         balance: BalanceKind::RoundRobin,
-        max_connections: None,
         client_idle_timeout: Some(Duration::from_secs(60)),
-        backend_idle_timeout: None,
         backend_connection_timeout: Some(Duration::from_secs(2)),
-        connect_attempts: 3,
-        discovery: DiscoveryConfig::Static { backends },
         healthcheck: HealthConfig {
             kind: HealthKind::Ping,
             ..HealthConfig::default()
         },
-        access: None,
-        udp: Default::default(),
-        proxy_protocol: Default::default(),
-        sni: None,
-        tls: None,
-        backends_tls: None,
+        ..ServerConfig::new(bind, DiscoveryConfig::Static { backends })
     };
     Config {
         logging: LoggingConfig::default(),

@@ -59,32 +59,17 @@ mod tests {
     use super::*;
     use crate::backend::BackendSpec;
     use crate::balance::BalanceKind;
-    use crate::config::{DiscoveryConfig, HealthConfig, Protocol};
+    use crate::config::DiscoveryConfig;
 
     fn server(port: u16, backends: &[u16]) -> ServerConfig {
-        ServerConfig {
-            bind: ([127, 0, 0, 1], port).into(),
-            protocol: Protocol::Tcp,
-            balance: BalanceKind::Weight,
-            max_connections: None,
-            client_idle_timeout: None,
-            backend_idle_timeout: None,
-            backend_connection_timeout: None,
-            connect_attempts: 3,
-            discovery: DiscoveryConfig::Static {
-                backends: backends
-                    .iter()
-                    .map(|p| BackendSpec::new("127.0.0.1", *p))
-                    .collect(),
-            },
-            healthcheck: HealthConfig::default(),
-            access: None,
-            udp: Default::default(),
-            proxy_protocol: Default::default(),
-            sni: None,
-            tls: None,
-            backends_tls: None,
-        }
+        let backends = backends
+            .iter()
+            .map(|p| BackendSpec::new("127.0.0.1", *p))
+            .collect();
+        ServerConfig::new(
+            ([127, 0, 0, 1], port).into(),
+            DiscoveryConfig::Static { backends },
+        )
     }
 
     fn config(servers: &[(&str, ServerConfig)]) -> Config {

@@ -159,6 +159,9 @@ pub enum Cors {
     Origins(Vec<String>),
 }
 
+/// Backends a client's connection is tried on unless `connect_attempts` says otherwise.
+pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
+
 /// API connections open at once unless `max_connections` says otherwise.
 pub const DEFAULT_API_MAX_CONNECTIONS: u32 = 64;
 
@@ -433,6 +436,32 @@ pub struct ServerConfig {
     pub tls: Option<TlsTermination>,
     /// TLS towards the backends (TCP and TLS servers).
     pub backends_tls: Option<BackendsTls>,
+}
+
+impl ServerConfig {
+    /// A TCP server on `bind` in front of `discovery`, everything else as a file that
+    /// names only those two keys gets it: weighted balancing, no connection limit, no
+    /// timeouts, 3 connect attempts, no health check, no TLS, PROXY header or access rules.
+    pub fn new(bind: SocketAddr, discovery: DiscoveryConfig) -> Self {
+        ServerConfig {
+            bind,
+            protocol: Protocol::Tcp,
+            balance: BalanceKind::Weight,
+            max_connections: None,
+            client_idle_timeout: None,
+            backend_idle_timeout: None,
+            backend_connection_timeout: None,
+            connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+            discovery,
+            healthcheck: HealthConfig::default(),
+            access: None,
+            udp: UdpConfig::default(),
+            proxy_protocol: ProxyProtocol::default(),
+            sni: None,
+            tls: None,
+            backends_tls: None,
+        }
+    }
 }
 
 /// A configuration that loaded, with the warnings found on the way.

@@ -22,8 +22,6 @@ use super::{
 };
 use crate::balance::BalanceKind;
 
-const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
-
 const TOP_KEYS: &[&str] = &[
     "shutdown_timeout",
     "logging",
@@ -237,7 +235,7 @@ fn server(
     let connect_attempts = sec
         .take("connect_attempts")
         .and_then(|f| ctx.u32_at_least(&f, 1))
-        .unwrap_or(DEFAULT_CONNECT_ATTEMPTS);
+        .unwrap_or(super::DEFAULT_CONNECT_ATTEMPTS);
     let discovery = match sec.take("discovery") {
         Some(f) => ctx.table(&f).and_then(|s| discovery(ctx, s)),
         None => {

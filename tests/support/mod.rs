@@ -21,8 +21,7 @@ use std::time::Duration;
 use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
 use sluice::config::{
-    Config, DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, LoggingConfig, Protocol,
-    ServerConfig,
+    Config, DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, LoggingConfig, ServerConfig,
 };
 use sluice::descriptors::DescriptorBudget;
 use sluice::runtime::Runtime;
@@ -37,23 +36,11 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 /// A server config on `127.0.0.1:0` with these backends and no health check.
 pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig {
+    let bind = "127.0.0.1:0".parse().expect("addr");
     ServerConfig {
-        bind: "127.0.0.1:0".parse().expect("addr"),
-        protocol: Protocol::Tcp,
         balance,
-        max_connections: None,
-        client_idle_timeout: None,
-        backend_idle_timeout: None,
         backend_connection_timeout: Some(Duration::from_secs(2)),
-        connect_attempts: 3,
-        discovery: DiscoveryConfig::Static { backends },
-        healthcheck: HealthConfig::default(),
-        access: None,
-        udp: Default::default(),
-        proxy_protocol: Default::default(),
-        sni: None,
-        tls: None,
-        backends_tls: None,
+        ..ServerConfig::new(bind, DiscoveryConfig::Static { backends })
     }
 }
 
