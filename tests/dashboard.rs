@@ -477,12 +477,11 @@ async fn exercise(
         .find(Locator::Css(&format!("{} input.weight", row(b_key))))
         .await
         .map_err(|e| format!("find the weight input: {e}"))?;
+    // One typing action, as a user would: WebDriver's clear() takes the focus away,
+    // and the page's next poll may then write the current weight back before "5".
+    let backspaces = "\u{E003}".repeat(8);
     weight
-        .clear()
-        .await
-        .map_err(|e| format!("clear weight: {e}"))?;
-    weight
-        .send_keys("5")
+        .send_keys(&format!("{backspaces}5"))
         .await
         .map_err(|e| format!("type weight: {e}"))?;
     click(
