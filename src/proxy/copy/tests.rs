@@ -1,0 +1,218 @@
+//! The relay's unit tests: in-memory streams, half-close, idle timers on paused time,
+//! lazy buffers.
+
+use std::pin::pin;
+
+use tokio::io::{duplex, AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+use super::*;
+
+impl Stream for DuplexStream {
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+/// A writer that, like TLS with a full socket, accepts bytes and keeps them until
+/// flushed.
+struct Holding {
+    inner: DuplexStream,
+    held: Vec<u8>,
+}
+
+impl AsyncRead for Holding {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Holding {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.held.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        while !this.held.is_empty() {
+            let n = ready!(Pin::new(&mut this.inner).poll_write(cx, &this.held))?;
+            this.held.drain(..n);
+        }
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.as_mut().poll_flush(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Stream for Holding {
+    fn poll_read_ready(&self, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn plain_socket(&self) -> Option<&TcpStream> {
+        None
+    }
+}
+
+#[tokio::test]
+async fn bytes_a_writer_holds_go_out_once_the_reader_has_no_more() {
+    let (client, mut client_far) = duplex(64 * 1024);
+    let (backend, mut backend_far) = duplex(64 * 1024);
+    let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = pin!(std::future::pending::<()>());
+    let counters = Counters {
+        to_backend: &to_backend,
+        from_backend: &from_backend,
+    };
+    let client = Holding {
+        inner: client,
+        held: Vec::new(),
+    };
+    let relay = Relay::new(client, backend, None, stopped, counters);
+    let exchange = async {
+        // The backend answers and keeps the connection open: no EOF will flush.
+        backend_far.write_all(b"reply").await.expect("write");
+        let mut got = [0u8; 5];
+        client_far.read_exact(&mut got).await.expect("read");
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            result = relay => panic!("relay ended: {:?}", result.reason),
+            got = exchange => got,
+        }
+    })
+    .await
+    .expect("the held bytes were flushed");
+    assert_eq!(&got, b"reply");
+    assert_eq!(from_backend.load(Ordering::Relaxed), 5);
+}
+
+#[tokio::test]
+async fn an_idle_relay_holds_no_buffer() {
+    let (client, _client_far) = duplex(1024);
+    let (backend, mut backend_far) = duplex(1024);
+    let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = pin!(std::future::pending::<()>());
+    let counters = Counters {
+        to_backend: &to_backend,
+        from_backend: &from_backend,
+    };
+    let mut relay = pin!(Relay::new(client, backend, None, stopped, counters));
+    backend_far.write_all(b"x").await.expect("write");
+    // Polled until it has moved the byte and waits again.
+    for _ in 0..10 {
+        let polled = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
+        assert!(polled.is_pending());
+        if from_backend.load(Ordering::Relaxed) == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(from_backend.load(Ordering::Relaxed), 1);
+    assert!(relay.up.buf.is_none() && relay.down.buf.is_none());
+}
+
+/// Counters for a relay under test.
+fn counters<'a>(to_backend: &'a AtomicU64, from_backend: &'a AtomicU64) -> Counters<'a> {
+    Counters {
+        to_backend,
+        from_backend,
+    }
+}
+
+// The idle timer on paused time: the clock moves only when every task waits, so no
+// scheduling delay can make a busy relay look idle or an idle one look busy.
+
+#[tokio::test(start_paused = true)]
+async fn a_relay_where_nothing_moves_ends_at_the_idle_timeout() {
+    let (client, _client_far) = duplex(1024);
+    let (backend, _backend_far) = duplex(1024);
+    let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = pin!(std::future::pending::<()>());
+    let timeout = Some(Duration::from_millis(300));
+    let counters = counters(&to_backend, &from_backend);
+    let started = Instant::now();
+    let result = Relay::new(client, backend, timeout, stopped, counters).await;
+    assert_eq!(result.reason, CloseReason::IdleTimeout);
+    assert_eq!(started.elapsed(), Duration::from_millis(300));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_idle_timeout_counts_from_the_last_byte_moved() {
+    let (client, mut client_far) = duplex(1024);
+    let (backend, mut backend_far) = duplex(1024);
+    let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = pin!(std::future::pending::<()>());
+    let timeout = Some(Duration::from_millis(300));
+    let counters = counters(&to_backend, &from_backend);
+    let relay = Relay::new(client, backend, timeout, stopped, counters);
+    let started = Instant::now();
+    let talk = async {
+        // One byte up at 200 ms: the timer, armed for 300 ms, finds it moved and
+        // waits on until 500 ms.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client_far.write_all(b"x").await.expect("write");
+        let mut byte = [0u8; 1];
+        backend_far.read_exact(&mut byte).await.expect("read");
+        std::future::pending::<()>().await
+    };
+    let result = tokio::select! {
+        result = relay => result,
+        () = talk => unreachable!(),
+    };
+    assert_eq!(result.reason, CloseReason::IdleTimeout);
+    assert_eq!(started.elapsed(), Duration::from_millis(500));
+    assert_eq!(to_backend.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_one_way_download_outlives_the_idle_timeout() {
+    // A chunk every 100 ms for a second; the client never sends, yet nothing is idle
+    // for 300 ms. The backend then closes, and so does the client once it has all.
+    let (client, mut client_far) = duplex(1024);
+    let (backend, mut backend_far) = duplex(1024);
+    let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = pin!(std::future::pending::<()>());
+    let timeout = Some(Duration::from_millis(300));
+    let counters = counters(&to_backend, &from_backend);
+    let relay = Relay::new(client, backend, timeout, stopped, counters);
+    let started = Instant::now();
+    let serve = async move {
+        for i in 0..10u8 {
+            backend_far.write_all(&[i; 100]).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        backend_far.shutdown().await.expect("close");
+        // Open until the relay is done with it.
+        let mut rest = Vec::new();
+        backend_far.read_to_end(&mut rest).await.expect("read");
+    };
+    let download = async move {
+        let mut got = Vec::new();
+        client_far.read_to_end(&mut got).await.expect("read");
+        client_far.shutdown().await.expect("close");
+        got
+    };
+    let (result, (), got) = tokio::join!(relay, serve, download);
+    assert_eq!(result.reason, CloseReason::Eof);
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+    let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 100]).collect();
+    assert_eq!(got, want);
+    assert_eq!(from_backend.load(Ordering::Relaxed), 1000);
+}
