@@ -7,7 +7,8 @@
 //!
 //! - `file`: TOML or JSON into one tree that keeps every key's and value's position.
 //! - `validate`, `sections`, `discovery`: the tree checked against the schema into [`Config`].
-//! - `health`: `[healthcheck]`, every kind with its own settings type.
+//! - `health`: `[healthcheck]`, every kind with its own settings type; `health_reader`
+//!   reads them from the file.
 //! - `reader`: the typed, error-collecting getters both use; unknown keys are errors.
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines).
@@ -24,6 +25,7 @@ mod duration;
 mod error;
 mod file;
 mod health;
+mod health_reader;
 mod legacy;
 mod reader;
 mod secrets;

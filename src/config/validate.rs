@@ -11,7 +11,7 @@ use std::time::Duration;
 use super::admin;
 use super::discovery::discovery;
 use super::file::Node;
-use super::health::healthcheck;
+use super::health_reader::healthcheck;
 use super::legacy::{self, Place};
 use super::reader::{join, resolve, Ctx, Field, Section};
 use super::sections::access;
