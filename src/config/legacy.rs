@@ -196,7 +196,7 @@ mod tests {
             if let Action::Rename(new) = action {
                 let known = match place {
                     Place::Healthcheck => new == &"timeout",
-                    Place::Discovery => super::super::discovery::KINDS
+                    Place::Discovery => super::super::discovery_reader::KINDS
                         .iter()
                         .any(|(_, keys)| keys.contains(new)),
                     _ => false,

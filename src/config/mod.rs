@@ -6,7 +6,8 @@
 //! found is reported, each as `FILE:LINE:COL: message`.
 //!
 //! - `file`: TOML or JSON into one tree that keeps every key's and value's position.
-//! - `validate`, `sections`, `discovery`: the tree checked against the schema into [`Config`].
+//! - `validate`, `sections`, `discovery_reader` (and `discovery_registries`): the tree
+//!   checked against the schema into [`Config`]; `discovery`: the discovery settings.
 //! - `health`: `[healthcheck]`, every kind with its own settings type; `health_reader`
 //!   reads them from the file.
 //! - `reader`: the typed, error-collecting getters both use; unknown keys are errors.
@@ -20,6 +21,8 @@
 
 mod admin;
 mod discovery;
+mod discovery_reader;
+mod discovery_registries;
 pub mod dump;
 mod duration;
 mod error;

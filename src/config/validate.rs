@@ -9,7 +9,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use super::admin;
-use super::discovery::discovery;
+use super::discovery_reader::discovery;
 use super::file::Node;
 use super::health_reader::healthcheck;
 use super::legacy::{self, Place};

@@ -1,0 +1,206 @@
+//! The service registries' discovery keys — Consul, etcd, Docker — with the
+//! credentials and client TLS they share.
+
+use std::path::PathBuf;
+
+use super::discovery::*;
+use super::discovery_reader::{optional, required};
+use super::reader::{resolve, Ctx, Section};
+use crate::discovery::consul::{self, ConsulParams};
+use crate::discovery::docker::{self, DockerParams};
+use crate::discovery::etcd::{self, EtcdParams};
+use crate::tls::ClientTlsFiles;
+
+/// `PREFIX_tls_enabled` with its three paths: `Some` when enabled. A path given while TLS
+/// is off would be silently unused, so it is an error; so is half a client pair.
+fn client_tls(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    prefix: &str,
+) -> Option<Option<ClientTlsFiles>> {
+    let enabled_key = format!("{prefix}_tls_enabled");
+    let enabled = match sec.take(&enabled_key) {
+        Some(f) => ctx.bool(&f)?,
+        None => false,
+    };
+    let mut paths = Vec::with_capacity(3);
+    let mut ok = true;
+    for what in ["cert", "key", "cacert"] {
+        let key = format!("{prefix}_tls_{what}_path");
+        let Some(f) = sec.take(&key) else {
+            paths.push(None);
+            continue;
+        };
+        match ctx.str(&f) {
+            Some("") => paths.push(None),
+            Some(_) if !enabled => {
+                let message = format!("only used with {enabled_key} = true");
+                ctx.error(f.at, f.path(), message);
+                ok = false;
+            }
+            Some(path) => paths.push(Some(resolve(ctx.dir, path))),
+            None => ok = false,
+        }
+    }
+    if !ok {
+        return None;
+    }
+    let [cert_path, key_path, cacert_path]: [Option<PathBuf>; 3] = paths.try_into().ok()?;
+    if cert_path.is_some() != key_path.is_some() {
+        let message = format!(
+            "{prefix}_tls_cert_path and {prefix}_tls_key_path go together: give both or neither"
+        );
+        ctx.error(sec.at, &sec.path, message);
+        return None;
+    }
+    Some(enabled.then_some(ClientTlsFiles {
+        cert_path,
+        key_path,
+        cacert_path,
+    }))
+}
+
+/// A password needs the user name it goes with.
+fn credentials(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    user_key: &str,
+    password_key: &str,
+) -> Option<(Option<String>, Option<String>)> {
+    let user = optional(ctx, sec, user_key)?;
+    let at = sec.find(password_key);
+    let password = optional(ctx, sec, password_key)?;
+    if let (None, Some(_), Some(at)) = (&user, &password, at) {
+        let path = super::reader::join(&sec.path, password_key);
+        ctx.error(at, &path, format!("needs {user_key}"));
+        return None;
+    }
+    Some((user, password))
+}
+
+pub(super) fn consul(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    common: &DiscoveryCommon,
+) -> Option<ConsulParams> {
+    let host = required(ctx, sec, "consul_host", "consul").and_then(|f| {
+        ctx.parse(&f, "a string such as \"localhost:8500\"", |text| {
+            if text.contains("://") {
+                return Err(format!(
+                    "\"{text}\" is a URL; expected host[:port] (HTTPS is consul_tls_enabled)"
+                ));
+            }
+            crate::discovery::http_client::split_host_port(text, Some(consul::DEFAULT_PORT))
+                .map(|_| text.to_owned())
+        })
+    });
+    let service = required(ctx, sec, "consul_service_name", "consul").and_then(|f| {
+        let name = ctx.non_empty(&f)?;
+        Some(name.to_owned())
+    });
+    let tag = optional(ctx, sec, "consul_service_tag");
+    let passing_only = match sec.take("consul_service_passing_only") {
+        Some(f) => ctx.bool(&f),
+        None => Some(false),
+    };
+    let datacenter = optional(ctx, sec, "consul_datacenter");
+    let auth = credentials(ctx, sec, "consul_auth_username", "consul_auth_password");
+    let token = optional(ctx, sec, "consul_token");
+    let tls = client_tls(ctx, sec, "consul");
+    let mut params = ConsulParams::new(host?, service?);
+    params.service_tag = tag?;
+    params.passing_only = passing_only?;
+    params.datacenter = datacenter?;
+    (params.auth_username, params.auth_password) = auth?;
+    params.acl_token = token?;
+    params.tls = tls?;
+    params.timeout = common.timeout;
+    Some(params)
+}
+
+pub(super) fn etcd(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    common: &DiscoveryCommon,
+) -> Option<EtcdParams> {
+    let endpoints = required(ctx, sec, "etcd_endpoints", "etcd").and_then(|f| {
+        let list = ctx.strings(&f)?;
+        if list.is_empty() {
+            ctx.error(f.at, f.path(), "empty; give at least one etcd client URL");
+            return None;
+        }
+        let mut ok = true;
+        let mut out = Vec::with_capacity(list.len());
+        for (at, path, text) in list {
+            // The source's own check, without TLS files (read when it starts).
+            match etcd::EtcdSource::new(EtcdParams::new(text, "")) {
+                Ok(_) => out.push(text.to_owned()),
+                Err(e) => {
+                    ctx.error(at, &path, e);
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(out)
+    });
+    let prefix = match sec.take("etcd_prefix") {
+        Some(f) => ctx.str(&f).map(str::to_owned),
+        None => Some(String::new()),
+    };
+    let auth = credentials(ctx, sec, "etcd_username", "etcd_password");
+    let dsn = match sec.take("etcd_dsn_json_path") {
+        Some(f) => ctx.non_empty(&f).map(|s| Some(s.to_owned())),
+        None => Some(None),
+    };
+    let tls = client_tls(ctx, sec, "etcd");
+    let endpoints = endpoints?;
+    let mut params = EtcdParams::new(String::new(), prefix?);
+    params.endpoints = endpoints;
+    (params.username, params.password) = auth?;
+    params.dsn_json_path = dsn?;
+    params.tls = tls?;
+    params.timeout = common.timeout;
+    Some(params)
+}
+
+pub(super) fn docker(
+    ctx: &mut Ctx<'_>,
+    sec: &mut Section<'_>,
+    common: &DiscoveryCommon,
+) -> Option<DockerParams> {
+    let port = required(ctx, sec, "docker_container_private_port", "docker").and_then(|f| {
+        let n = ctx.u32_at_least(&f, 1)?;
+        match u16::try_from(n) {
+            Ok(port) => Some(port),
+            Err(_) => {
+                ctx.error(f.at, f.path(), format!("must be at most 65535, got {n}"));
+                None
+            }
+        }
+    });
+    let endpoint_at = sec.find("docker_endpoint");
+    let endpoint = optional(ctx, sec, "docker_endpoint");
+    let label = optional(ctx, sec, "docker_container_label");
+    let host_env = optional(ctx, sec, "docker_container_host_env_var");
+    let tls = client_tls(ctx, sec, "docker");
+    let mut params = DockerParams::new(port?);
+    if let Some(endpoint) = endpoint? {
+        params.endpoint = endpoint;
+    }
+    params.container_label = label?;
+    params.container_host_env_var = host_env?;
+    params.timeout = common.timeout;
+    // The source's own check of the endpoint, without TLS files (read when it starts).
+    if let Err(e) = docker::DockerSource::new(params.clone()) {
+        let at = endpoint_at.unwrap_or(sec.at);
+        let path = super::reader::join(&sec.path, "docker_endpoint");
+        let message = e.to_string();
+        let message = message
+            .strip_prefix("docker_endpoint: ")
+            .unwrap_or(&message);
+        ctx.error(at, &path, message);
+        return None;
+    }
+    params.tls = tls?;
+    Some(params)
+}

@@ -1,0 +1,147 @@
+//! `[api]` and `[metrics]`, and server names: who may reach the control side, and names
+//! that could pass for something else.
+
+use std::path::Path;
+
+use super::{errors, ok, WEB};
+use crate::config::*;
+
+#[test]
+fn api_and_metrics_sections() {
+    let loaded = ok(&format!(
+        "[api]\nenabled = false\n[metrics]\nenabled = false\n{WEB}"
+    ));
+    assert!(loaded.warnings.is_empty());
+    assert_eq!((loaded.config.api, loaded.config.metrics), (None, None));
+
+    let loaded = ok(&format!(
+        "[api]\nenabled = true\n[metrics]\nenabled = true\n{WEB}"
+    ));
+    let api = loaded.config.api.expect("api enabled");
+    assert_eq!(api.bind.to_string(), DEFAULT_API_BIND);
+    assert!(!api.has_auth() && api.cors == Cors::Off && !api.persist && !api.allow_exec);
+    assert_eq!(api.max_connections, DEFAULT_API_MAX_CONNECTIONS);
+    let metrics = loaded.config.metrics.expect("metrics enabled");
+    assert_eq!(metrics.bind.to_string(), DEFAULT_METRICS_BIND);
+
+    let text = format!(
+        "[api]\nenabled = true\nbind = \"0.0.0.0:8888\"\nbearer_token = \"t0k\"\ncors = true\n\
+         persist = true\n[api.basic_auth]\nlogin = \"a\"\npassword = \"b\"\n\
+         [api.tls]\ncert_path = \"c.pem\"\nkey_path = \"k.pem\"\n{WEB}"
+    );
+    let api = ok(&text).config.api.expect("api enabled");
+    assert_eq!(api.bearer_token.as_deref(), Some("t0k"));
+    assert_eq!(
+        api.basic_auth,
+        Some(BasicAuth {
+            login: "a".into(),
+            password: "b".into()
+        })
+    );
+    assert_eq!(api.tls.map(|t| t.key_path), Some("k.pem".into()));
+    assert!(api.cors == Cors::AnyOrigin && api.persist);
+
+    let public = format!("[api]\nenabled = true\nbind = \"0.0.0.0:8888\"\n{WEB}");
+    assert!(errors(&public).contains("add [api.basic_auth] or bearer_token"));
+    let allowed = public.replace("[api]\n", "[api]\ninsecure_public = true\n");
+    assert!(ok(&allowed).config.api.is_some());
+}
+
+#[test]
+fn api_and_metrics_protection_keys() {
+    let text = format!(
+        "[api]\nenabled = true\ncors = [\"https://Admin.example.com\"]\n\
+         allowed_hosts = [\"lb1.example.com\", \"*\"]\nallow_exec = true\nmax_connections = 8\n\
+         [metrics]\nenabled = true\nbind = \"0.0.0.0:9284\"\nbearer_token = \"scrape\"\n\
+         allowed_hosts = [\"prom.example\"]\n{WEB}"
+    );
+    let loaded = ok(&text);
+    let api = loaded.config.api.expect("api enabled");
+    assert_eq!(
+        api.cors,
+        Cors::Origins(vec!["https://admin.example.com".into()])
+    );
+    assert_eq!(api.allowed_hosts, ["lb1.example.com", "*"]);
+    assert!(api.allow_exec);
+    assert_eq!(api.max_connections, 8);
+    let metrics = loaded.config.metrics.expect("metrics enabled");
+    assert_eq!(metrics.bearer_token.as_deref(), Some("scrape"));
+    assert_eq!(metrics.allowed_hosts, ["prom.example"]);
+    // Credentials over plain HTTP beyond loopback are worth a warning.
+    assert_eq!(loaded.warnings.len(), 1);
+    assert!(loaded.warnings[0].message.contains(
+        "the metrics endpoint listens on 0.0.0.0:9284, beyond this host, over plain HTTP"
+    ));
+
+    let public = format!("[metrics]\nenabled = true\nbind = \"0.0.0.0:9284\"\n{WEB}");
+    assert_eq!(
+        errors(&public),
+        "t.toml:3:1: metrics.bind: the metrics endpoint would listen on 0.0.0.0:9284, beyond \
+         this host, with no authentication; add [metrics.basic_auth] or bearer_token, or set \
+         insecure_public = true"
+    );
+    let allowed = public.replace("[metrics]\n", "[metrics]\ninsecure_public = true\n");
+    assert!(ok(&allowed).config.metrics.is_some());
+
+    for (bad, message) in [
+        (
+            "bearer_token = \"  \"",
+            "api.bearer_token: must not be blank",
+        ),
+        (
+            "bearer_token = \"tok \"",
+            "api.bearer_token: must not be blank",
+        ),
+        (
+            "cors = [\"evil.example\"]",
+            "api.cors[0]: \"evil.example\": expected an origin",
+        ),
+        (
+            "cors = [\"https://a.example/x\"]",
+            "api.cors[0]: \"https://a.example/x\"",
+        ),
+        (
+            "allowed_hosts = [\"http://a\"]",
+            "api.allowed_hosts[0]: \"http://a\" is not a host name",
+        ),
+        ("max_connections = 0", "api.max_connections"),
+        (
+            "[api.basic_auth]\nlogin = \"a:b\"\npassword = \"p\"",
+            "api.basic_auth.login: must not contain a colon",
+        ),
+    ] {
+        let text = format!("[api]\nenabled = true\n{bad}\n{WEB}");
+        let got = errors(&text);
+        assert!(got.contains(message), "{bad}: {got}");
+    }
+}
+
+#[test]
+fn server_names_that_could_pass_for_something_else_are_refused() {
+    let named = |name: &str| {
+        format!(
+            "{{\"servers\": {{{}: {{\"bind\": \"127.0.0.1:3000\", \"discovery\": {{\"kind\": \"static\", \"static_list\": [\"127.0.0.1:1\"]}}}}}}}}",
+            serde_json::to_string(name).expect("quoted")
+        )
+    };
+    let fails = |name: &str, message: &str| {
+        let got = match parse(&named(name), Path::new("t.json")) {
+            Ok(_) => panic!("{name:?} accepted"),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(message), "{name:?}: {got}");
+    };
+    fails(
+        "a\u{0}b",
+        "control or invisible formatting characters (found U+0000)",
+    );
+    fails("tab\there", "(found U+0009)");
+    fails("evil\u{202e}txt", "(found U+202E)");
+    fails("../etc", "must not contain / or \\");
+    fails("..", "nor be . or ..");
+    fails(&"x".repeat(129), "at most 128 bytes");
+    fails("", "must not be empty");
+    for good in ["web", "my app", "db-1.eu_west", "café"] {
+        assert!(parse(&named(good), Path::new("t.json")).is_ok(), "{good:?}");
+    }
+}
