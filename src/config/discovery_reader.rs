@@ -386,14 +386,14 @@ fn cacert_path(
 }
 
 fn json_path(text: &str) -> Result<String, String> {
-    crate::discovery::http::JsonPath::parse(text).map(|_| text.to_owned())
+    crate::discovery::json::JsonPath::parse(text).map(|_| text.to_owned())
 }
 
 fn plaintext(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<PlaintextParams> {
     let endpoint = endpoint(ctx, sec, "plaintext_endpoint", "plaintext");
     let pattern = match sec.take("plaintext_regex_pattern") {
         Some(f) => Some(ctx.parse(&f, "a regular expression", |text| {
-            crate::discovery::http::LinePattern::parse(text).map(|_| text.to_owned())
+            crate::discovery::plaintext::LinePattern::parse(text).map(|_| text.to_owned())
         })?),
         None => None,
     };

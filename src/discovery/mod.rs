@@ -18,7 +18,9 @@ pub mod exec;
 pub mod file;
 pub mod http;
 pub mod http_client;
+pub mod json;
 pub mod list;
+pub mod plaintext;
 mod runner;
 pub mod srv;
 
@@ -43,7 +45,7 @@ pub enum DiscoveryError {
 /// A source's JSON answer as `T`, refused before parsing when it nests deeper than
 /// [`bounded_json::MAX_DEPTH`](crate::bounded_json::MAX_DEPTH) (a body's size is bounded
 /// where it is read). The error is serde's or the refusal, for the caller to put in words.
-pub(crate) fn json<'a, T: serde::Deserialize<'a>>(
+pub(crate) fn decode_json<'a, T: serde::Deserialize<'a>>(
     text: &'a [u8],
 ) -> Result<T, crate::bounded_json::Error> {
     crate::bounded_json::from_slice(text, usize::MAX)

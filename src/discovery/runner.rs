@@ -45,9 +45,9 @@ pub fn build(config: &DiscoveryConfig) -> Option<(Box<dyn Source>, DiscoveryComm
         DiscoveryConfig::Dns { params, common } => {
             Box::new(super::dns::DnsSource::new(params, common.interval))
         }
-        DiscoveryConfig::Json { params, .. } => Box::new(super::http::JsonSource::new(params)),
+        DiscoveryConfig::Json { params, .. } => Box::new(super::json::JsonSource::new(params)),
         DiscoveryConfig::Plaintext { params, .. } => {
-            Box::new(super::http::PlaintextSource::new(params))
+            Box::new(super::plaintext::PlaintextSource::new(params))
         }
         DiscoveryConfig::Exec { params, common } => {
             Box::new(super::exec::ExecSource::new(params, common.timeout))
