@@ -290,16 +290,7 @@ fn dns_name(text: &str) -> Result<String, String> {
 fn dns(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<DnsParams> {
     let hostname = required(ctx, sec, "dns_hostname", "dns")
         .and_then(|f| ctx.parse(&f, "a host name", dns_name));
-    let port = required(ctx, sec, "dns_port", "dns").and_then(|f| {
-        let n = ctx.u32_at_least(&f, 1)?;
-        match u16::try_from(n) {
-            Ok(port) => Some(port),
-            Err(_) => {
-                ctx.error(f.at, f.path(), format!("must be at most 65535, got {n}"));
-                None
-            }
-        }
-    });
+    let port = required(ctx, sec, "dns_port", "dns").and_then(|f| ctx.port(&f));
     let server = match sec.take("dns_server") {
         Some(f) => Some(Some(ctx.parse(
             &f,

@@ -168,16 +168,8 @@ pub(super) fn docker(
     sec: &mut Section<'_>,
     common: &DiscoveryCommon,
 ) -> Option<DockerParams> {
-    let port = required(ctx, sec, "docker_container_private_port", "docker").and_then(|f| {
-        let n = ctx.u32_at_least(&f, 1)?;
-        match u16::try_from(n) {
-            Ok(port) => Some(port),
-            Err(_) => {
-                ctx.error(f.at, f.path(), format!("must be at most 65535, got {n}"));
-                None
-            }
-        }
-    });
+    let port =
+        required(ctx, sec, "docker_container_private_port", "docker").and_then(|f| ctx.port(&f));
     let endpoint_at = sec.find("docker_endpoint");
     let endpoint = optional(ctx, sec, "docker_endpoint");
     let label = optional(ctx, sec, "docker_container_label");

@@ -225,6 +225,18 @@ impl<'s> Ctx<'s> {
     }
 
     /// A whole number in `min..=u32::MAX`.
+    /// A port number, 1 to 65535.
+    pub fn port(&mut self, f: &Field<'_>) -> Option<u16> {
+        let n = self.u32_at_least(f, 1)?;
+        match u16::try_from(n) {
+            Ok(port) => Some(port),
+            Err(_) => {
+                self.error(f.at, f.path(), format!("must be at most 65535, got {n}"));
+                None
+            }
+        }
+    }
+
     pub fn u32_at_least(&mut self, f: &Field<'_>, min: u32) -> Option<u32> {
         let n = match &f.node.value {
             Value::Int(n) => *n,

@@ -98,6 +98,33 @@ impl Ending {
 }
 
 impl Session {
+    /// A session just opened: nothing relayed yet, `descriptor` held.
+    fn new(
+        client: SocketAddr,
+        local: Option<IpAddr>,
+        backend: Arc<Backend>,
+        upstream: UdpSocket,
+        descriptor: SessionDescriptor,
+    ) -> Session {
+        Session {
+            client,
+            local,
+            backend,
+            upstream,
+            requests: AtomicU32::new(0),
+            closed: AtomicBool::new(false),
+            ending: AtomicU8::new(0),
+            answered: AtomicBool::new(false),
+            changed: Notify::new(),
+            last_from_client: AtomicU64::new(0),
+            last_from_backend: AtomicU64::new(0),
+            started: Instant::now(),
+            bytes_to_backend: AtomicU64::new(0),
+            bytes_to_client: AtomicU64::new(0),
+            descriptor: Mutex::new(Some(descriptor)),
+        }
+    }
+
     pub(super) fn mark(&self, clock: &AtomicU64, now: Instant) {
         let ms = now.saturating_duration_since(self.started).as_millis() as u64;
         clock.store(ms, Ordering::Relaxed);
@@ -190,23 +217,7 @@ pub(super) fn open(
     })?;
     server.note_backend_found();
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    let session = Arc::new(Session {
-        client,
-        local,
-        backend,
-        upstream,
-        requests: AtomicU32::new(0),
-        closed: AtomicBool::new(false),
-        ending: AtomicU8::new(0),
-        answered: AtomicBool::new(false),
-        changed: Notify::new(),
-        last_from_client: AtomicU64::new(0),
-        last_from_backend: AtomicU64::new(0),
-        started: Instant::now(),
-        bytes_to_backend: AtomicU64::new(0),
-        bytes_to_client: AtomicU64::new(0),
-        descriptor: Mutex::new(Some(descriptor)),
-    });
+    let session = Arc::new(Session::new(client, local, backend, upstream, descriptor));
     lock(&front.sessions).insert((client, local), Arc::clone(&session));
     front.unanswered.push(&session);
     let held = Held {
@@ -419,6 +430,10 @@ fn relay_batch(
 /// A reply proves the backend reachable, as a TCP connect that succeeds does: its run
 /// of failed connects is over. The session is no longer one to evict.
 fn first_reply(session: &Session) {
+    // Once per session, not at the first reply of every request.
+    if session.answered.load(Ordering::Acquire) {
+        return;
+    }
     session.answered.store(true, Ordering::Release);
     let in_a_row = &session.backend.state.consecutive_connect_failures;
     // Read first: most backends have no run to reset, and a write would take the
@@ -454,23 +469,9 @@ impl Session {
     /// listening side or a reply task.
     pub(super) fn detached(target: SocketAddr, descriptor: SessionDescriptor) -> Arc<Session> {
         let backend = crate::backend::BackendSpec::new(target.ip().to_string(), target.port());
-        Arc::new(Session {
-            client: target,
-            local: None,
-            backend: Arc::new(Backend::new(backend, true)),
-            upstream: connect(target).expect("a socket"),
-            requests: AtomicU32::new(0),
-            closed: AtomicBool::new(false),
-            ending: AtomicU8::new(0),
-            answered: AtomicBool::new(false),
-            changed: Notify::new(),
-            last_from_client: AtomicU64::new(0),
-            last_from_backend: AtomicU64::new(0),
-            started: Instant::now(),
-            bytes_to_backend: AtomicU64::new(0),
-            bytes_to_client: AtomicU64::new(0),
-            descriptor: Mutex::new(Some(descriptor)),
-        })
+        let backend = Arc::new(Backend::new(backend, true));
+        let upstream = connect(target).expect("a socket");
+        Arc::new(Session::new(target, None, backend, upstream, descriptor))
     }
 
     /// What its first reply does to it.
