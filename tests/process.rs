@@ -252,16 +252,20 @@ async fn udp_quick_mode_balances_datagrams_and_stops_on_sigterm() {
     let targets = format!("{},{}", a.addr, b.addr);
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("sluice.log");
-    let log_file = std::fs::File::create(&log_path).expect("log file");
-    let mut child = tokio::process::Command::new(process::BIN)
-        .args(["udp", "--listen", "127.0.0.1:0", "--targets", &targets])
-        .args(["--max-responses", "1", "--threads", "2"])
-        .stdin(std::process::Stdio::null())
-        .stdout(log_file.try_clone().expect("log file"))
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sluice udp");
+    let mut child = spawn_logged(
+        &[
+            "udp",
+            "--listen",
+            "127.0.0.1:0",
+            "--targets",
+            &targets,
+            "--max-responses",
+            "1",
+            "--threads",
+            "2",
+        ],
+        &log_path,
+    );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let listen = bound(log, "udp").await;
     let socket = client("127.0.0.1:0").await;

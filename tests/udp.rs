@@ -7,8 +7,6 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::future::join_all;
-use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use sluice::acl::Acl;
 use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
@@ -20,7 +18,7 @@ use sluice::proxy::udp::UdpDrop;
 use sluice::proxy::CloseReason;
 
 use crate::support::servers::Dnsmasq;
-use crate::support::udp::{ask, client, receive, Reply, UdpBackend};
+use crate::support::udp::{ask, client, dns_answer, dns_query, receive, Reply, UdpBackend};
 use crate::support::{eventually, server, Sluice, WAIT};
 
 mod failures;
@@ -75,31 +73,11 @@ async fn dns_queries_through_sluice_are_answered_by_dnsmasq() {
     .into_iter()
     .enumerate()
     {
-        let mut query = Message::new();
-        query
-            .set_id(id as u16 + 100)
-            .set_message_type(MessageType::Query)
-            .set_op_code(OpCode::Query)
-            .set_recursion_desired(true)
-            .add_query(Query::query(
-                Name::from_ascii(name).expect("name"),
-                RecordType::A,
-            ));
-        socket
-            .send_to(&query.to_vec().expect("encode"), lb.addr)
-            .await
-            .expect("send");
+        let query = dns_query(id as u16 + 100, name);
+        socket.send_to(&query, lb.addr).await.expect("send");
         let bytes = receive(&socket, WAIT).await.expect("an answer");
-        let answer = Message::from_vec(&bytes).expect("a DNS message");
-        assert_eq!(answer.id(), id as u16 + 100);
-        let addresses: Vec<String> = answer
-            .answers()
-            .iter()
-            .filter_map(|r| match r.data() {
-                RData::A(a) => Some(a.0.to_string()),
-                _ => None,
-            })
-            .collect();
+        let (answer_id, addresses) = dns_answer(&bytes);
+        assert_eq!(answer_id, id as u16 + 100);
         assert_eq!(addresses, [want]);
     }
     // max_responses = 1: each answer ended its session.
@@ -490,21 +468,10 @@ async fn a_truncated_query_costs_only_its_own_session() {
         .await
         .expect("send");
     let socket = client("127.0.0.1:0").await;
-    let mut query = Message::new();
-    query
-        .set_id(7)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .add_query(Query::query(
-            Name::from_ascii("gamma.sluice.test.").expect("name"),
-            RecordType::A,
-        ));
-    socket
-        .send_to(&query.to_vec().expect("encode"), lb.addr)
-        .await
-        .expect("send");
-    let answer = Message::from_vec(&receive(&socket, WAIT).await.expect("answer")).expect("dns");
-    assert_eq!(answer.answers().len(), 1);
+    let query = dns_query(7, "gamma.sluice.test.");
+    socket.send_to(&query, lb.addr).await.expect("send");
+    let (_, addresses) = dns_answer(&receive(&socket, WAIT).await.expect("answer"));
+    assert_eq!(addresses.len(), 1);
     assert_eq!(receive(&broken, Duration::from_millis(200)).await, None);
     wait_active(&lb, 0).await;
     let stats = &lb.shared().await.stats;

@@ -240,6 +240,19 @@ impl SluiceProcess {
     }
 }
 
+/// Starts `sluice ARGS…` with its output going to `log_path`; killed on drop.
+pub fn spawn_logged(args: &[&str], log_path: &Path) -> Child {
+    let log_file = std::fs::File::create(log_path).expect("log file");
+    Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn sluice")
+}
+
 /// Runs `sluice ARGS…` to completion; returns its status, stdout and stderr.
 pub async fn run_sluice(args: &[&str]) -> (ExitStatus, String, String) {
     run_sluice_in(Path::new("."), args).await

@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
+use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use sluice::backend::BackendSpec;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
@@ -251,4 +253,33 @@ async fn stream_datagrams(
         tokio::time::sleep(pace).await;
     }
     Ok(rounds)
+}
+
+/// A DNS query for `name`'s A record.
+pub fn dns_query(id: u16, name: &str) -> Vec<u8> {
+    let mut query = Message::new();
+    query
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(
+            Name::from_ascii(name).expect("name"),
+            RecordType::A,
+        ));
+    query.to_vec().expect("encode")
+}
+
+/// The id and IPv4 addresses of a DNS answer.
+pub fn dns_answer(bytes: &[u8]) -> (u16, Vec<String>) {
+    let message = Message::from_vec(bytes).expect("a DNS message");
+    let addresses = message
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(a) => Some(a.0.to_string()),
+            _ => None,
+        })
+        .collect();
+    (message.id(), addresses)
 }

@@ -8,8 +8,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hickory_resolver::proto::op::{Message, MessageType, OpCode, Query};
-use hickory_resolver::proto::rr::{Name, RData, RecordType};
 use sluice::backend::Backend;
 use sluice::balance::BalanceKind;
 use sluice::config::{HealthConfig, HealthKind, InitialStatus, UdpSettings};
@@ -20,7 +18,7 @@ use tokio::net::UdpSocket;
 
 use super::{limits, udp_server};
 use crate::support::servers::Dnsmasq;
-use crate::support::udp::{client, receive, Reply, UdpBackend, UdpStreamer};
+use crate::support::udp::{client, dns_answer, dns_query, receive, Reply, UdpBackend, UdpStreamer};
 use crate::support::{eventually, spec_of, Sluice, WAIT};
 
 /// A UDP port nothing listens on (bound, then released): datagrams sent there are
@@ -30,42 +28,13 @@ fn dead_udp_port() -> SocketAddr {
     socket.local_addr().expect("address")
 }
 
-/// A DNS query for `name`'s A record.
-fn query(id: u16, name: &str) -> Vec<u8> {
-    let mut query = Message::new();
-    query
-        .set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(
-            Name::from_ascii(name).expect("name"),
-            RecordType::A,
-        ));
-    query.to_vec().expect("encode")
-}
-
-/// The id and IPv4 addresses of a DNS answer.
-fn answer(bytes: &[u8]) -> (u16, Vec<String>) {
-    let message = Message::from_vec(bytes).expect("a DNS message");
-    let addresses = message
-        .answers()
-        .iter()
-        .filter_map(|r| match r.data() {
-            RData::A(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect();
-    (message.id(), addresses)
-}
-
 /// A UDP check that, with its hour-long interval, does not run during a test: only
 /// passive health (`passive_fails` refusals in a row) moves a backend.
 fn hourly_udp_check(passive_fails: u32) -> HealthConfig {
     HealthConfig {
         kind: HealthKind::Udp(UdpSettings {
             // A DNS query for the root's A record: dnsmasq answers it.
-            send: query(1, "."),
+            send: dns_query(1, "."),
             recv: None,
         }),
         interval: Duration::from_secs(3600),
@@ -147,7 +116,7 @@ async fn ask_once(socket: &UdpSocket, to: SocketAddr, query: &[u8], dead: &Backe
         tokio::select! {
             received = socket.recv_from(&mut buf) => {
                 let (len, _) = received.expect("receive");
-                let (id, addresses) = answer(&buf[..len]);
+                let (id, addresses) = dns_answer(&buf[..len]);
                 Outcome::Answered(id, addresses)
             }
             () = refused => Outcome::Refused,
@@ -178,7 +147,13 @@ async fn port_unreachable_ends_the_session_at_once_and_passive_health_marks_the_
     let mut lost = Vec::new();
     for id in 0..QUERIES {
         let socket = client("127.0.0.1:0").await;
-        let outcome = ask_once(&socket, lb.addr, &query(id, "alpha.sluice.test."), &dead).await;
+        let outcome = ask_once(
+            &socket,
+            lb.addr,
+            &dns_query(id, "alpha.sluice.test."),
+            &dead,
+        )
+        .await;
         match outcome {
             Outcome::Answered(got, addresses) => {
                 assert_eq!((got, addresses), (id, vec!["192.0.2.10".to_owned()]));
@@ -233,7 +208,7 @@ async fn without_an_active_check_each_refusal_is_counted_and_ends_its_session() 
     let mut lost = 0;
     for id in 0..QUERIES {
         let socket = client("127.0.0.1:0").await;
-        match ask_once(&socket, lb.addr, &query(id, "beta.sluice.test."), &dead).await {
+        match ask_once(&socket, lb.addr, &dns_query(id, "beta.sluice.test."), &dead).await {
             Outcome::Answered(got, addresses) => {
                 assert_eq!((got, addresses), (id, vec!["192.0.2.11".to_owned()]));
                 answered += 1;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::support::process::{bound, SluiceProcess};
+use crate::support::process::{bound, spawn_logged, SluiceProcess};
 use crate::support::servers::Dnsmasq;
 use crate::support::udp::{client, UdpBackend, UdpStreamer};
 use crate::support::{eventually, http, WAIT};
@@ -274,17 +274,21 @@ async fn the_issue_s_quick_mode_command_ends_each_refused_session_at_once() {
     let dead = dead_udp_port();
     let dir = tempfile::tempdir().expect("temp dir");
     let log_path = dir.path().join("sluice.log");
-    let log_file = std::fs::File::create(&log_path).expect("log file");
-    let _sluice = Command::new(crate::support::process::BIN)
-        .args(["udp", "--listen", "127.0.0.1:0"])
-        .args(["--targets", &format!("{},{dead}", dns.addr)])
-        .args(["--max-responses", "1", "--threads", "2"])
-        .stdin(Stdio::null())
-        .stdout(log_file.try_clone().expect("log file"))
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sluice udp");
+    let targets = format!("{},{dead}", dns.addr);
+    let _sluice = spawn_logged(
+        &[
+            "udp",
+            "--listen",
+            "127.0.0.1:0",
+            "--targets",
+            &targets,
+            "--max-responses",
+            "1",
+            "--threads",
+            "2",
+        ],
+        &log_path,
+    );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let listen = bound(log, "udp").await;
     let refusals = || log().matches("reason=\"backend_error\"").count();
