@@ -1,4 +1,5 @@
-//! File descriptors: the process limit, and the share of it UDP sessions may take.
+//! File descriptors: the process limit, and the shares of it UDP sessions and the
+//! control side's HTTP connections may take.
 //!
 //! A UDP session holds a socket towards its backend, so a flood of client addresses
 //! could otherwise open sockets until `accept` and health checks fail with EMFILE. UDP
@@ -9,9 +10,10 @@
 //! give it back: the holders registered here ([`Reclaim`], each UDP worker's sessions
 //! whose backend never answered) are asked for their oldest, across the process.
 //!
-//! The control side's HTTP connections (admin API and metrics) come out of that reserve
-//! too, capped at an eighth of it (16 to 256): a flood of API clients can hold no more,
-//! and TCP connections, listeners and health checks keep the rest.
+//! The control side's HTTP connections (admin API and metrics) take theirs from a second
+//! budget of the same kind, an eighth of that reserve (16 to 256): a flood of API
+//! clients can hold no more, and TCP connections, listeners and health checks keep the
+//! rest.
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -42,10 +44,11 @@ pub trait Reclaim: Send + Sync {
     /// When the oldest of what it could give back started, if it has any.
     fn oldest(&self) -> Option<Instant>;
     /// Gives back the descriptor of its oldest such holder, which then ends.
-    fn reclaim(&self) -> Option<SessionDescriptor>;
+    fn reclaim(&self) -> Option<Descriptor>;
 }
 
-/// How many descriptors UDP sessions may hold at once, and who holds them.
+/// How many descriptors its holders (UDP sessions, or API and metrics connections) may
+/// hold at once, and who can give one back.
 pub struct DescriptorBudget {
     limit: usize,
     open: AtomicUsize,
@@ -63,6 +66,7 @@ impl fmt::Debug for DescriptorBudget {
 }
 
 static PROCESS: OnceLock<Arc<DescriptorBudget>> = OnceLock::new();
+static CONTROL: OnceLock<Arc<DescriptorBudget>> = OnceLock::new();
 
 impl DescriptorBudget {
     /// The process's budget, from the limit in force when first asked.
@@ -70,6 +74,15 @@ impl DescriptorBudget {
         Arc::clone(PROCESS.get_or_init(|| {
             let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
             DescriptorBudget::new(budget_for(soft))
+        }))
+    }
+
+    /// The control side's budget: what API and metrics connections may hold, all
+    /// listeners together, out of the reserve the process's budget leaves.
+    pub fn control() -> Arc<DescriptorBudget> {
+        Arc::clone(CONTROL.get_or_init(|| {
+            let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
+            DescriptorBudget::new(control_budget_for(soft))
         }))
     }
 
@@ -83,31 +96,31 @@ impl DescriptorBudget {
         })
     }
 
-    /// How many descriptors UDP sessions may hold at once.
+    /// How many descriptors may be held at once.
     pub fn limit(&self) -> usize {
         self.limit
     }
 
-    /// Descriptors UDP sessions hold now.
+    /// Descriptors held now.
     pub fn in_use(&self) -> usize {
         self.open.load(Ordering::Relaxed)
     }
 
-    /// Takes one descriptor, or `None` when UDP sessions already hold the whole budget.
-    pub fn take(self: &Arc<Self>) -> Option<SessionDescriptor> {
+    /// Takes one descriptor, or `None` when the whole budget is held.
+    pub fn take(self: &Arc<Self>) -> Option<Descriptor> {
         self.open
             .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
                 (n < self.limit).then_some(n + 1)
             })
             .ok()
-            .map(|_| SessionDescriptor {
+            .map(|_| Descriptor {
                 budget: Arc::clone(self),
             })
     }
 
     /// Takes one descriptor; with none left, takes the one the registered holder with
     /// the oldest candidate gives back. `None` when nobody can.
-    pub fn take_or_reclaim(self: &Arc<Self>) -> Option<SessionDescriptor> {
+    pub fn take_or_reclaim(self: &Arc<Self>) -> Option<Descriptor> {
         if let Some(descriptor) = self.take() {
             return Some(descriptor);
         }
@@ -150,11 +163,11 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// One descriptor taken from a budget, given back on drop.
 #[derive(Debug)]
-pub struct SessionDescriptor {
+pub struct Descriptor {
     budget: Arc<DescriptorBudget>,
 }
 
-impl Drop for SessionDescriptor {
+impl Drop for Descriptor {
     fn drop(&mut self) {
         self.budget.open.fetch_sub(1, Ordering::AcqRel);
     }
@@ -167,40 +180,6 @@ pub fn is_exhaustion(e: &std::io::Error) -> bool {
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
-}
-
-/// One descriptor taken by an API or metrics connection, given back on drop.
-#[derive(Debug)]
-pub struct ControlDescriptor(());
-
-static CONTROL_OPEN: AtomicUsize = AtomicUsize::new(0);
-
-impl ControlDescriptor {
-    /// Takes one descriptor, or `None` when the control side holds its share.
-    pub fn take() -> Option<ControlDescriptor> {
-        let budget = control_budget();
-        CONTROL_OPEN
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < budget).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ControlDescriptor(()))
-    }
-}
-
-impl Drop for ControlDescriptor {
-    fn drop(&mut self) {
-        CONTROL_OPEN.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// How many API and metrics connections may be open at once, all listeners together.
-pub fn control_budget() -> usize {
-    static CONTROL_BUDGET: OnceLock<usize> = OnceLock::new();
-    *CONTROL_BUDGET.get_or_init(|| {
-        let soft = getrlimit(Resource::RLIMIT_NOFILE).map_or(1024, |(soft, _)| soft);
-        control_budget_for(soft)
-    })
 }
 
 fn control_budget_for(limit: u64) -> usize {
@@ -246,14 +225,14 @@ mod tests {
     }
 
     /// Holds descriptors that started at the given instants, and gives back the oldest.
-    struct Held(Mutex<Vec<(Instant, SessionDescriptor)>>);
+    struct Held(Mutex<Vec<(Instant, Descriptor)>>);
 
     impl Reclaim for Held {
         fn oldest(&self) -> Option<Instant> {
             lock(&self.0).iter().map(|(at, _)| *at).min()
         }
 
-        fn reclaim(&self) -> Option<SessionDescriptor> {
+        fn reclaim(&self) -> Option<Descriptor> {
             let mut held = lock(&self.0);
             let oldest = (0..held.len()).min_by_key(|&i| held[i].0)?;
             Some(held.swap_remove(oldest).1)

@@ -5,7 +5,7 @@
 //! next request on a kept-alive connection included), [`REQUEST_TIMEOUT`] for the whole
 //! request, and is closed after [`IDLE_TIMEOUT`] with no byte either way. At most
 //! `max_connections` are open per listener, and all of them together take descriptors
-//! from the control side's share ([`crate::descriptors::ControlDescriptor`]); beyond
+//! from the control side's share ([`DescriptorBudget::control`]); beyond
 //! either, a new connection is closed as soon as it is accepted, so a flood costs the
 //! data path nothing but the kernel's backlog. Bodies larger than [`BODY_LIMIT`] are
 //! refused with 413.
@@ -37,7 +37,7 @@ use tokio_rustls::TlsAcceptor;
 use tower_http::timeout::TimeoutLayer;
 use tracing::{debug, warn};
 
-use crate::descriptors::ControlDescriptor;
+use crate::descriptors::{Descriptor, DescriptorBudget};
 
 /// Time to send a request's head, TLS handshake included for a new connection.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,6 +78,7 @@ pub async fn serve(endpoint: Endpoint, app: Router) {
         ));
     let tls = tls.map(TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(max_connections));
+    let descriptors = DescriptorBudget::control();
     let refusals = Refusals::default();
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -93,7 +94,7 @@ pub async fn serve(endpoint: Endpoint, app: Router) {
             }
         };
         let slot = Arc::clone(&slots).try_acquire_owned().ok();
-        let descriptor = slot.as_ref().and_then(|_| ControlDescriptor::take());
+        let descriptor = slot.as_ref().and_then(|_| descriptors.take());
         let (Some(slot), Some(descriptor)) = (slot, descriptor) else {
             refusals.note(what, peer);
             continue;
@@ -140,7 +141,7 @@ struct Connection {
     peer: SocketAddr,
     tls: Option<TlsAcceptor>,
     _slot: OwnedSemaphorePermit,
-    _descriptor: ControlDescriptor,
+    _descriptor: Descriptor,
 }
 
 impl Connection {

@@ -43,15 +43,14 @@ impl BackendOptions {
             }
             return Ok(BackendOptions::default());
         }
-        let value: Value = bounded_json::from_slice(body, usize::MAX).map_err(|e| {
+        let value: Value = bounded_json::from_slice(body).map_err(|e| {
             let message = match e {
-                bounded_json::Error::Refused(refused) => {
-                    format!("body refused: {refused} (at byte {})", refused.offset())
-                }
+                bounded_json::Error::TooDeep(e) => format!("body refused: {e} (at byte {})", e.at),
                 bounded_json::Error::Syntax(e) => format!("body is not JSON: {e}"),
             };
             ApiError::new(StatusCode::BAD_REQUEST, message)
         })?;
+
         let Value::Object(fields) = value else {
             return Err(ApiError::new(
                 StatusCode::BAD_REQUEST,

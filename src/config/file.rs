@@ -149,7 +149,7 @@ fn parse_json(src: &Source<'_>) -> Result<Node, Vec<ConfigError>> {
     // Bounds the recursion of `json_node` below, and with it the times each value is
     // read again (once per enclosing level).
     crate::bounded_json::check_depth(src.text.as_bytes())
-        .map_err(|e| vec![src.error(e.offset(), e.to_string())])?;
+        .map_err(|e| vec![src.error(e.at, e.to_string())])?;
     let raw: &RawValue =
         serde_json::from_str(src.text).map_err(|e| vec![json_error(src, 0, &e)])?;
     let root = json_node(src, raw)?;

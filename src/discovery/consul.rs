@@ -227,7 +227,7 @@ impl ConsulSource {
             .and_then(|v| v.trim().parse::<u64>().ok())
             .unwrap_or(0);
         let body = response.success_body("Consul")?;
-        let entries: Vec<Entry> = super::decode_json(&body).map_err(|e| {
+        let entries: Vec<Entry> = crate::bounded_json::from_slice(&body).map_err(|e| {
             DiscoveryError::Invalid(format!("Consul's answer is not a list of services: {e}"))
         })?;
         self.index = next_index(self.index, index);

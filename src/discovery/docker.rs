@@ -158,7 +158,7 @@ impl DockerSource {
             .send(Request::get(self.list_path()), deadline)
             .await?
             .success_body("Docker")?;
-        let containers: Vec<Container> = super::decode_json(&body).map_err(|e| {
+        let containers: Vec<Container> = crate::bounded_json::from_slice(&body).map_err(|e| {
             DiscoveryError::Invalid(format!("Docker's answer is not a list of containers: {e}"))
         })?;
         let mut specs = Vec::new();
@@ -207,7 +207,7 @@ impl DockerSource {
                 .send(Request::get(path), deadline)
                 .await?
                 .success_body("Docker")?;
-            super::decode_json::<Inspect>(&body)
+            crate::bounded_json::from_slice::<Inspect>(&body)
                 .map_err(|e| DiscoveryError::Invalid(format!("bad container description: {e}")))
         };
         match inspected.await {

@@ -330,7 +330,7 @@ fn decode(b64: &str) -> String {
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, DiscoveryError> {
-    super::decode_json(bytes)
+    crate::bounded_json::from_slice(bytes)
         .map_err(|e| DiscoveryError::Invalid(format!("etcd sent a bad {what}: {e}")))
 }
 
@@ -343,7 +343,8 @@ fn backend(value: &str, dsn_json_path: Option<&str>) -> Result<Option<BackendSpe
     if !value.starts_with('{') {
         return value.parse().map(Some);
     }
-    let json: Value = super::decode_json(value.as_bytes()).map_err(|e| format!("bad JSON: {e}"))?;
+    let json: Value =
+        crate::bounded_json::from_slice(value.as_bytes()).map_err(|e| format!("bad JSON: {e}"))?;
     if let Some(path) = dsn_json_path {
         let mut at = &json;
         for step in path.split('.').filter(|s| !s.is_empty()) {

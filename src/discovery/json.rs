@@ -97,8 +97,8 @@ impl JsonSource {
     /// The backends of a fetched body.
     pub fn backends(&self, body: &str) -> Result<Vec<BackendSpec>, DiscoveryError> {
         let invalid = |e: String| DiscoveryError::Invalid(format!("JSON discovery: {e}"));
-        let value: Value =
-            super::decode_json(body.as_bytes()).map_err(|e| invalid(format!("{e}")))?;
+        let value: Value = crate::bounded_json::from_slice(body.as_bytes())
+            .map_err(|e| invalid(format!("{e}")))?;
         let Value::Array(items) = value else {
             return Err(invalid("expected a JSON array".into()));
         };

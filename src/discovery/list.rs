@@ -30,7 +30,7 @@ pub fn parse_lines(text: &str, what: &str) -> Result<Vec<BackendSpec>, Discovery
 /// (`{"host": …, "port": …, "weight": …, "priority": …, "max_connections": …, "sni": …,
 /// "backup": …}`).
 pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryError> {
-    let value: Value = super::decode_json(text.as_bytes())
+    let value: Value = crate::bounded_json::from_slice(text.as_bytes())
         .map_err(|e| DiscoveryError::Invalid(format!("{what}: not JSON: {e}")))?;
     let Value::Array(items) = value else {
         return Err(DiscoveryError::Invalid(format!(

@@ -42,15 +42,6 @@ pub enum DiscoveryError {
     Invalid(String),
 }
 
-/// A source's JSON answer as `T`, refused before parsing when it nests deeper than
-/// [`bounded_json::MAX_DEPTH`](crate::bounded_json::MAX_DEPTH) (a body's size is bounded
-/// where it is read). The error is serde's or the refusal, for the caller to put in words.
-pub(crate) fn decode_json<'a, T: serde::Deserialize<'a>>(
-    text: &'a [u8],
-) -> Result<T, crate::bounded_json::Error> {
-    crate::bounded_json::from_slice(text, usize::MAX)
-}
-
 /// One kind of discovery source.
 pub trait Source: Send {
     /// The backends now. A polling source answers at once and is called again after

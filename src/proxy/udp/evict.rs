@@ -34,7 +34,7 @@ use std::sync::{Arc, Mutex, Weak};
 
 use super::lock;
 use super::session::Session;
-use crate::descriptors::{Reclaim, SessionDescriptor};
+use crate::descriptors::{Descriptor, Reclaim};
 
 /// Entries one look at a queue passes over at most before giving up on it.
 const SCAN: usize = 256;
@@ -99,7 +99,7 @@ impl Reclaim for Unanswered {
         None
     }
 
-    fn reclaim(&self) -> Option<SessionDescriptor> {
+    fn reclaim(&self) -> Option<Descriptor> {
         let mut queue = lock(&self.queue);
         for _ in 0..SCAN {
             let entry = queue.sessions.pop_front()?;

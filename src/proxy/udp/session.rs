@@ -30,7 +30,7 @@ use super::{
 };
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{ServerConfig, UdpConfig};
-use crate::descriptors::SessionDescriptor;
+use crate::descriptors::Descriptor;
 use crate::proxy::{tcp, CloseReason};
 use crate::server::{ActiveSlot, ServerShared};
 
@@ -61,7 +61,7 @@ pub(super) struct Session {
     bytes_to_client: AtomicU64,
     /// Its share of the descriptor budget, until the session ends or gives it to a new
     /// one. Locked once at each, never per datagram.
-    descriptor: Mutex<Option<SessionDescriptor>>,
+    descriptor: Mutex<Option<Descriptor>>,
 }
 
 /// Why a session ends before its limits or its timeout say so.
@@ -104,7 +104,7 @@ impl Session {
         local: Option<IpAddr>,
         backend: Arc<Backend>,
         upstream: UdpSocket,
-        descriptor: SessionDescriptor,
+        descriptor: Descriptor,
     ) -> Session {
         Session {
             client,
@@ -169,7 +169,7 @@ impl Session {
     }
 
     /// Ends the session and hands over its descriptor, if it still has it.
-    pub(super) fn evict(&self) -> Option<SessionDescriptor> {
+    pub(super) fn evict(&self) -> Option<Descriptor> {
         let descriptor = lock(&self.descriptor).take()?;
         self.end(Ending::Evicted);
         Some(descriptor)
@@ -467,7 +467,7 @@ fn note_refused(backend: &Backend, server: &ServerShared, settings: &ServerConfi
 impl Session {
     /// A session towards `target` holding `descriptor`, as [`open`] makes one, without a
     /// listening side or a reply task.
-    pub(super) fn detached(target: SocketAddr, descriptor: SessionDescriptor) -> Arc<Session> {
+    pub(super) fn detached(target: SocketAddr, descriptor: Descriptor) -> Arc<Session> {
         let backend = crate::backend::BackendSpec::new(target.ip().to_string(), target.port());
         let backend = Arc::new(Backend::new(backend, true));
         let upstream = connect(target).expect("a socket");
