@@ -295,12 +295,11 @@ fn bind_new_listeners(
         };
         let server = &config.servers[name];
         let addr = server.bind;
-        let held_by_outgoing = |udp: bool| {
-            outgoing
-                .iter()
-                .any(|&(p, a)| a == addr && (p == Protocol::Udp) == udp)
-        };
-        if addr.port() != 0 && server.protocol != Protocol::Udp && held_by_outgoing(false) {
+        // A stopping TCP (or TLS) server listening on exactly this address.
+        let tcp_held = outgoing
+            .iter()
+            .any(|&(p, a)| a == addr && p != Protocol::Udp);
+        if addr.port() != 0 && server.protocol != Protocol::Udp && tcp_held {
             inherited.push(addr);
             continue;
         }

@@ -33,7 +33,7 @@ pub struct Guard {
 
 /// Why a request was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub enum Rejection {
     Host(String),
     Origin(String),
     ContentType(String),
@@ -41,19 +41,19 @@ pub enum Refusal {
 
 impl Guard {
     /// Checks one request's method and headers.
-    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Refusal> {
+    pub fn check(&self, method: &Method, headers: &HeaderMap) -> Result<(), Rejection> {
         let host = headers
             .get(HOST)
             .map(|h| String::from_utf8_lossy(h.as_bytes()));
         if let Some(host) = &host {
             if !self.host_allowed(host) {
-                return Err(Refusal::Host(host.to_string()));
+                return Err(Rejection::Host(host.to_string()));
             }
         }
         if let Some(origin) = headers.get(ORIGIN) {
             let origin = String::from_utf8_lossy(origin.as_bytes());
             if !self.origin_allowed(&origin, host.as_deref()) {
-                return Err(Refusal::Origin(origin.into_owned()));
+                return Err(Rejection::Origin(origin.into_owned()));
             }
         }
         if changes_state(method) {
@@ -86,10 +86,10 @@ impl Guard {
             .is_none_or(|origins| origins.contains(&origin))
     }
 
-    fn refuse(&self, refusal: Refusal) -> Response {
+    fn reject(&self, rejection: Rejection) -> Response {
         let section = self.section;
-        let (status, message) = match refusal {
-            Refusal::Host(host) => (
+        let (status, message) = match rejection {
+            Rejection::Host(host) => (
                 StatusCode::FORBIDDEN,
                 format!(
                     "this endpoint does not answer to the host name \"{host}\" (a page \
@@ -97,14 +97,14 @@ impl Guard {
                      or add the name to [{section}] allowed_hosts"
                 ),
             ),
-            Refusal::Origin(origin) => (
+            Rejection::Origin(origin) => (
                 StatusCode::FORBIDDEN,
                 format!(
                     "cross-origin request from {origin} refused; to allow it, list the \
                      origin in [{section}] cors"
                 ),
             ),
-            Refusal::ContentType(found) => (
+            Rejection::ContentType(found) => (
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 format!(
                     "a change must be sent as Content-Type: application/json (found \
@@ -121,7 +121,7 @@ impl Guard {
 pub async fn require(State(guard): State<Arc<Guard>>, request: Request, next: Next) -> Response {
     match guard.check(request.method(), request.headers()) {
         Ok(()) => next.run(request).await,
-        Err(refusal) => guard.refuse(refusal),
+        Err(rejection) => guard.reject(rejection),
     }
 }
 
@@ -130,7 +130,7 @@ fn changes_state(method: &Method) -> bool {
 }
 
 /// A body must be JSON; a request without one may name no other type.
-fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
+fn check_content_type(headers: &HeaderMap) -> Result<(), Rejection> {
     let content_type = headers.get(CONTENT_TYPE).map(|v| v.as_bytes());
     let has_body = headers.contains_key(TRANSFER_ENCODING)
         || headers
@@ -138,11 +138,11 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), Refusal> {
             .is_some_and(|len| len.as_bytes() != b"0");
     match content_type {
         Some(value) if is_json(value) => Ok(()),
-        Some(value) => Err(Refusal::ContentType(format!(
+        Some(value) => Err(Rejection::ContentType(format!(
             "\"{}\"",
             String::from_utf8_lossy(value)
         ))),
-        None if has_body => Err(Refusal::ContentType("none".to_owned())),
+        None if has_body => Err(Rejection::ContentType("none".to_owned())),
         None => Ok(()),
     }
 }
@@ -208,7 +208,7 @@ mod tests {
         let bad = headers(&[("host", "rebind.evil.example:8888")]);
         assert_eq!(
             g.check(&Method::GET, &bad),
-            Err(Refusal::Host("rebind.evil.example:8888".into()))
+            Err(Rejection::Host("rebind.evil.example:8888".into()))
         );
         let any = Guard {
             allowed_hosts: vec!["*".into()],
@@ -236,7 +236,7 @@ mod tests {
         ]);
         assert_eq!(
             g.check(&Method::GET, &evil),
-            Err(Refusal::Origin("http://evil.example".into()))
+            Err(Rejection::Origin("http://evil.example".into()))
         );
         let null = headers(&[("host", "127.0.0.1:8888"), ("origin", "null")]);
         assert!(g.check(&Method::GET, &null).is_err());
@@ -258,7 +258,7 @@ mod tests {
         let text = headers(&[("content-type", "text/plain"), ("content-length", "2")]);
         assert!(matches!(
             g.check(&Method::POST, &text),
-            Err(Refusal::ContentType(_))
+            Err(Rejection::ContentType(_))
         ));
         let form = headers(&[("content-type", "application/x-www-form-urlencoded")]);
         assert!(g.check(&Method::DELETE, &form).is_err());
