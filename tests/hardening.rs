@@ -146,6 +146,27 @@ async fn deep_json_bodies_and_files_are_errors_not_crashes() {
     assert_refused(&response, 400, "nested deeper than 64 levels");
     echo_round_trip(t.sluice.addr).await;
 
+    // A body over the limit is refused from its announced length, before it is read.
+    let mut big = TcpStream::connect(t.api).await.expect("connect");
+    let head = format!(
+        "PUT /servers/test HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n{{",
+        t.api,
+        2 * 1024 * 1024
+    );
+    big.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 12];
+    tokio::time::timeout(WAIT, big.read_exact(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert_eq!(
+        &answer,
+        b"HTTP/1.1 413",
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+
     let (status, _, stderr) =
         run_sluice(&["check", "-c", t.sluice.config.to_str().expect("path")]).await;
     assert_eq!(status.code(), Some(1), "{stderr}");
@@ -322,6 +343,12 @@ async fn api_floods_neither_starve_the_data_plane_nor_hold_the_api() {
             Err(e) => panic!("connect {}: {e}", silent.len()),
         }
     }
+    // Past the cap (64), a connection is closed as soon as it is accepted.
+    let last = silent.last_mut().expect("connections");
+    assert!(
+        closed_within(last, Duration::from_secs(2)).await,
+        "a connection past the cap was kept"
+    );
     // Slow-loris clients: a byte of a request head every half second.
     let mut slow = Vec::new();
     for _ in 0..20 {

@@ -72,6 +72,7 @@ pub async fn serve(endpoint: Endpoint, app: Router) {
     } = endpoint;
     let app = app
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(axum::middleware::from_fn(refuse_announced_excess))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -108,6 +109,27 @@ pub async fn serve(endpoint: Endpoint, app: Router) {
         };
         tokio::spawn(connection.serve(what, app.clone()));
     }
+}
+
+/// 413 at once for a body whose announced length is over [`BODY_LIMIT`]: waiting for it
+/// would hold the connection for as long as the client takes to send what is refused
+/// anyway. (A chunked body is cut at the limit as it is read.)
+async fn refuse_announced_excess(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let announced = request
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|len| len > BODY_LIMIT as u64) {
+        let message = format!("the body is larger than {} KiB", BODY_LIMIT / 1024);
+        let body = serde_json::json!({ "error": message, "field": null });
+        return (StatusCode::PAYLOAD_TOO_LARGE, axum::Json(body)).into_response();
+    }
+    next.run(request).await
 }
 
 /// Connections closed at once because every slot was taken, warned about sparingly.
