@@ -393,6 +393,26 @@ async fn api_floods_neither_starve_the_data_plane_nor_hold_the_api() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_api_connection_that_goes_quiet_is_closed() {
+    let t = Target::start("").await;
+    let mut kept = TcpStream::connect(t.api).await.expect("connect");
+    let head = format!("GET /ping HTTP/1.1\r\nHost: {}\r\n\r\n", t.api);
+    kept.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 15];
+    tokio::time::timeout(WAIT, kept.read_exact(&mut answer))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert_eq!(&answer, b"HTTP/1.1 200 OK");
+    // The header timeout (10 s) also runs between requests.
+    assert!(
+        closed_within(&mut kept, Duration::from_secs(15)).await,
+        "an idle kept-alive connection stayed open"
+    );
+    t.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_take_credentials_and_refuse_foreign_hosts() {
     let backend = TestBackend::echo().await;
     let text = format!(
