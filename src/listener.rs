@@ -1,6 +1,6 @@
-//! Binding a server's sockets and accepting clients: access rules and the connection
-//! limit are applied here, before a connection costs anything more than its socket.
-//! (A UDP server's sockets are served by [`proxy::udp::serve`].)
+//! Binding a server's sockets and accepting clients; each accepted one goes to
+//! [`proxy::connection::admit`]. (A UDP server's sockets are served by
+//! [`proxy::udp::serve`].)
 
 use std::io;
 use std::net::SocketAddr;
@@ -10,13 +10,12 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
-use crate::proxy::{self, CloseReason};
-use crate::server::{ActiveSlot, ServerShared};
+use crate::proxy;
+use crate::server::ServerShared;
 
 /// Pending connections the kernel may queue before `accept`.
 const BACKLOG: i32 = 4096;
@@ -119,7 +118,9 @@ pub async fn accept_loop(
             accepted = listener.accept() => accepted,
         };
         match accepted {
-            Ok((stream, peer)) => admit(stream, peer, &server, &tracker, &hard_stop),
+            Ok((stream, peer)) => {
+                proxy::connection::admit(stream, peer, &server, &tracker, &hard_stop)
+            }
             Err(e) if crate::descriptors::is_exhaustion(&e) => {
                 error!(server = %server.name, error = %e, "accept failed; pausing");
                 tokio::select! {
@@ -154,83 +155,13 @@ pub async fn accept_loop(
             .set_nonblocking(true)
             .and_then(|()| TcpStream::from_std(stream));
         match registered {
-            Ok(stream) => admit(stream, peer, &server, &tracker, &hard_stop),
+            Ok(stream) => proxy::connection::admit(stream, peer, &server, &tracker, &hard_stop),
             Err(e) => debug!(server = %server.name, error = %e, "cannot register a connection"),
         }
         queued += 1;
     }
     debug!(server = %server.name, queued, "stopped accepting; queued connections taken");
     None
-}
-
-/// Applies access rules and the connection limit, then hands the connection to the proxy.
-fn admit(
-    stream: TcpStream,
-    peer: SocketAddr,
-    server: &Arc<ServerShared>,
-    tracker: &TaskTracker,
-    hard_stop: &CancellationToken,
-) {
-    server.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    let settings = server.settings.load();
-    // Behind a PROXY-speaking front the access rules apply to the client its header
-    // names, once read; here only the front itself is checked.
-    let accept_proxy = settings.proxy_protocol.accept.as_ref();
-    let refusal = match accept_proxy {
-        Some(accept) if !crate::acl::in_any(&accept.from, peer.ip()) => {
-            Some(CloseReason::ProxyUntrusted)
-        }
-        Some(_) => None,
-        None if settings
-            .access
-            .as_ref()
-            .is_some_and(|acl| !acl.allows(peer.ip())) =>
-        {
-            Some(CloseReason::AclDenied)
-        }
-        None => None,
-    };
-    let slot = match refusal {
-        Some(_) => None,
-        None => ActiveSlot::acquire(server, settings.max_connections),
-    };
-    let Some(slot) = slot else {
-        let reason = refusal.unwrap_or(CloseReason::MaxConnections);
-        let detail = match (reason, settings.max_connections) {
-            (CloseReason::ProxyUntrusted, _) => {
-                "not a trusted front (accept_proxy_protocol.from)".to_owned()
-            }
-            (CloseReason::MaxConnections, Some(max)) => {
-                format!("the server's max_connections ({max}) is reached")
-            }
-            _ => "denied by the access rules".to_owned(),
-        };
-        let no = proxy::refusal::Refusal::new(peer, reason, detail);
-        return proxy::refusal::refuse(server, Instant::now(), no);
-    };
-    // Elsewhere than Linux, do not count on inheriting TCP_NODELAY from the listener.
-    #[cfg(not(target_os = "linux"))]
-    if let Err(e) = stream.set_nodelay(true) {
-        debug!(server = %server.name, error = %e, "set TCP_NODELAY failed");
-    }
-    let prelude = proxy::tcp::Prelude {
-        proxy_header: accept_proxy.map(|accept| accept.timeout),
-        client_hello: settings.sni.as_ref().map(|sni| sni.read_timeout),
-    };
-    if settings.protocol == crate::config::Protocol::Tls || settings.backends_tls.is_some() {
-        tracker.spawn(proxy::tls::handle(stream, peer, slot, hard_stop.clone()));
-    } else if prelude.proxy_header.is_some() || prelude.client_hello.is_some() {
-        let handle = proxy::tcp::handle_prelude(stream, peer, slot, hard_stop.clone(), prelude);
-        tracker.spawn(handle);
-    } else {
-        tracker.spawn(proxy::tcp::handle(
-            stream,
-            peer,
-            slot,
-            hard_stop.clone(),
-            (),
-        ));
-    }
 }
 
 #[cfg(test)]

@@ -1,18 +1,22 @@
-//! The life of one proxied connection: [`tcp::handle`] picks a backend, connects and
-//! relays bytes with [`copy::Relay`], or [`refusal`] says why it could not;
-//! [`udp::serve`] groups datagrams into sessions.
+//! The life of one proxied connection. [`connection`] reads one TCP connection top to
+//! bottom (admit → prelude → connect → relay → finish) with its steps beside it:
+//! [`prelude`] (PROXY header, ClientHello, TLS handshake), [`connect`] (pick, dial,
+//! retry), [`copy::Relay`]; or [`refusal`] says why it could not reach a backend.
+//! [`udp::serve`] groups datagrams into sessions, with the same access rules and
+//! close reasons.
 //! Every connection or session ends with a [`CloseReason`] that the access log and the
 //! counters report.
 
 pub mod client_hello;
+pub mod connect;
+pub mod connection;
 pub mod copy;
+pub mod prelude;
 pub mod proxy_protocol;
 pub mod refusal;
 pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
-pub mod tcp;
-pub mod tls;
 pub mod udp;
 
 use std::fmt;

@@ -5,13 +5,9 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::time::Instant;
-
 use super::sni::{ByName, Route};
-use super::tcp::access_log;
 use super::CloseReason;
 use crate::backend::{AdminState, Backend};
-use crate::server::ServerShared;
 
 /// A connection closed before its bytes were relayed: the client to log (the one a PROXY
 /// header named, once read), why, what happened in words, and the backend it was closed
@@ -45,21 +41,6 @@ impl Refusal {
             ..self
         }
     }
-}
-
-/// A connection closed before its bytes were relayed: counted by reason, and its
-/// access-log line saying why.
-pub(crate) fn refuse(server: &ServerShared, started: Instant, no: Refusal) {
-    server.count_refused(no.reason);
-    access_log(
-        &server.name,
-        no.client,
-        no.backend.as_ref(),
-        (0, 0),
-        started,
-        no.reason,
-        Some(&no.detail),
-    );
 }
 
 /// Why no backend could take a connection, in words: the backends it may go to (all,

@@ -232,11 +232,7 @@ fn on_datagram(
     now: Instant,
 ) {
     let server = &front.server;
-    if settings
-        .access
-        .as_ref()
-        .is_some_and(|acl| !acl.allows(client.ip()))
-    {
+    if crate::proxy::connection::denied(settings, client) {
         server.count_refused(CloseReason::AclDenied);
         debug!(server = %server.name, %client, "datagram refused by the access rules");
         return;

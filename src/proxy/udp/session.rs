@@ -31,7 +31,7 @@ use super::{
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
-use crate::proxy::{tcp, CloseReason};
+use crate::proxy::{connect, CloseReason};
 use crate::server::{ActiveSlot, ServerShared};
 
 /// What a session's listening side and reply task both see.
@@ -459,8 +459,8 @@ fn complete(session: &Session, responses: u32, limits: UdpConfig) -> bool {
 /// row mark it down when the server has passive health checking.
 fn note_refused(backend: &Backend, server: &ServerShared, settings: &ServerConfig) {
     let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
-    let passive_fails = tcp::passive_fails(settings);
-    tcp::record_connect_failure(&server.name, backend, passive_fails, &e);
+    let passive_fails = connect::passive_fails(settings);
+    connect::record_connect_failure(&server.name, backend, passive_fails, &e);
 }
 
 #[cfg(test)]

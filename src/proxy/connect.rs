@@ -1,0 +1,226 @@
+//! The connect step of a connection: pick a backend, dial it (another one after a
+//! failure, up to `connect_attempts`), and send what precedes the client's bytes (the
+//! PROXY header the server sends, the bytes the prelude read).
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+use tokio::time::{timeout, Instant};
+use tracing::{debug, warn};
+
+use super::prelude::Learned;
+use super::proxy_protocol;
+use super::refusal::{unavailable, Refusal};
+use super::sni::Route;
+use super::CloseReason;
+use crate::backend::{Backend, ConnGuard};
+use crate::config::{HealthKind, ServerConfig};
+use crate::server::ServerShared;
+
+/// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
+/// own SYN retries would otherwise hold a client for minutes.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A backend connected for `client`: its guard (the backend's active count), the socket,
+/// and how many of the client's bytes were already sent on it.
+pub(crate) struct Connected {
+    pub guard: ConnGuard,
+    pub upstream: TcpStream,
+    pub early: u64,
+}
+
+/// Connects to a backend, then sends what must precede the client's stream: the PROXY
+/// header the server sends (if any; `socket` is the client's, where it connected to
+/// when no front said), and the client's bytes the prelude read.
+pub(crate) async fn open(
+    server: &ServerShared,
+    socket: &TcpStream,
+    client: SocketAddr,
+    learned: Option<Box<Learned>>,
+) -> Result<Connected, Refusal> {
+    let route = learned.as_ref().and_then(|l| l.route.as_ref());
+    let (guard, mut upstream) = connect(server, client, route).await?;
+    let send = server.settings.load().proxy_protocol.send;
+    if send.is_none() && learned.is_none() {
+        return Ok(Connected {
+            guard,
+            upstream,
+            early: 0,
+        });
+    }
+    let mut first = Vec::new();
+    if let Some(version) = send {
+        let destination = learned
+            .as_ref()
+            .and_then(|l| l.destination)
+            .or_else(|| socket.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::new(client.ip(), 0));
+        let tls = learned.as_ref().and_then(|l| l.tls.as_ref());
+        first = proxy_protocol::encode_with(version, client, destination, tls);
+    }
+    let early = learned.map_or_else(Vec::new, |l| l.early);
+    first.extend_from_slice(&early);
+    if !first.is_empty() {
+        if let Err(e) = upstream.write_all(&first).await {
+            let detail = format!("cannot send the connection's first bytes: {e}");
+            let no = Refusal::new(client, CloseReason::BackendError, detail);
+            return Err(no.at(guard.backend()));
+        }
+    }
+    let early = early.len() as u64;
+    let stats = &guard.backend().state.stats;
+    stats.bytes_to_backend.fetch_add(early, Ordering::Relaxed);
+    Ok(Connected {
+        guard,
+        upstream,
+        early,
+    })
+}
+
+/// Picks backends and dials them until one answers, at most `connect_attempts` times.
+/// Nothing has been read from the client yet, so a failed attempt loses nothing.
+async fn connect(
+    server: &ServerShared,
+    peer: SocketAddr,
+    route: Option<&Route>,
+) -> Result<(ConnGuard, TcpStream), Refusal> {
+    let settings = server.settings.load();
+    let pool = server.pool.load();
+    let matcher = route.and_then(|_| server.sni.load_full());
+    let allowed = |b: &Backend| match (route, &matcher) {
+        (Some(route), Some(matcher)) => route.allows(matcher, b),
+        _ => true,
+    };
+    let connect_timeout = settings
+        .backend_connection_timeout
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let passive_fails = passive_fails(&settings);
+    // Allocate only after a failed attempt.
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut failures: Vec<String> = Vec::new();
+    for _ in 0..settings.connect_attempts.max(1) {
+        let Some(guard) = pool.pick_where(peer.ip(), &tried, &allowed) else {
+            break;
+        };
+        if !tried.is_empty() {
+            server.stats.connect_retries.fetch_add(1, Ordering::Relaxed);
+        }
+        let backend = guard.backend();
+        let dialling = Instant::now();
+        match dial(backend, connect_timeout).await {
+            Ok(stream) => {
+                let state = &backend.state;
+                state.stats.connect_duration.observe(dialling.elapsed());
+                state
+                    .consecutive_connect_failures
+                    .store(0, Ordering::Relaxed);
+                server.note_backend_found();
+                return Ok((guard, stream));
+            }
+            Err(e) => {
+                record_connect_failure(&server.name, backend, passive_fails, &e);
+                failures.push(format!("{}: {e}", backend.key()));
+                tried.push(Arc::clone(backend));
+            }
+        }
+    }
+    match tried.last() {
+        None => {
+            server.note_no_backend();
+            let detail = unavailable(pool.backends(), &allowed, route);
+            Err(Refusal::new(peer, CloseReason::NoBackend, detail))
+        }
+        Some(last) => {
+            let detail = format!("connect failed: {}", failures.join("; "));
+            Err(Refusal::new(peer, CloseReason::ConnectFailed, detail).at(last))
+        }
+    }
+}
+
+/// Connects to the backend's addresses in turn within one overall timeout.
+async fn dial(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
+    let addrs = backend.addrs();
+    let attempt = async {
+        let mut last = None;
+        for addr in addrs.iter() {
+            match connect_socket(*addr).await {
+                Ok(stream) => return Ok(stream),
+                Err(e) => last = Some(e),
+            }
+        }
+        // Built only on failure: a boxed error message costs allocations per connection.
+        Err(last
+            .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "host name not resolved")))
+    };
+    timeout(limit, attempt)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// A non-blocking connect with `TCP_NODELAY`. Success or failure is read from the
+/// readiness event itself: an error or hang-up means failure, and only then is the
+/// socket asked why (`SO_ERROR`), where `TcpStream::connect` asks every time, one
+/// system call per connection.
+async fn connect_socket(addr: SocketAddr) -> io::Result<TcpStream> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM.nonblocking(),
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_tcp_nodelay(true)?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err(e),
+    }
+    let stream = TcpStream::from_std(socket.into())?;
+    let ready = stream.ready(Interest::WRITABLE).await?;
+    if ready.is_error() || ready.is_write_closed() {
+        return Err(stream
+            .take_error()?
+            .unwrap_or_else(|| io::ErrorKind::ConnectionRefused.into()));
+    }
+    Ok(stream)
+}
+
+/// Failed connects in a row that mark a backend down; 0 (never) without active checks,
+/// since nothing would bring it back up.
+pub(crate) fn passive_fails(settings: &ServerConfig) -> u32 {
+    if settings.healthcheck.kind == HealthKind::None {
+        0
+    } else {
+        settings.healthcheck.passive_fails
+    }
+}
+
+pub(crate) fn record_connect_failure(
+    server: &str,
+    backend: &Backend,
+    passive_fails: u32,
+    e: &io::Error,
+) {
+    let state = &backend.state;
+    state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+    if e.kind() == io::ErrorKind::TimedOut {
+        state.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+    let in_a_row = state
+        .consecutive_connect_failures
+        .fetch_add(1, Ordering::Relaxed)
+        + 1;
+    debug!(server, backend = backend.key(), error = %e, "backend connect failed");
+    if passive_fails > 0 && in_a_row >= passive_fails && backend.set_healthy(false) {
+        warn!(
+            server,
+            backend = backend.key(),
+            failures = in_a_row,
+            error = %e,
+            "backend marked down after consecutive connect failures"
+        );
+    }
+}
