@@ -1,6 +1,7 @@
 //! Sluice: a Layer 4 (TCP/UDP) load balancer.
 //!
-//! Module map, in reading order:
+//! Module map, in reading order; a module imports only those below it (the lifecycle
+//! above the data path, the state the data path reads below it):
 //! - [`cli`]: the command line (`run`, `check`, `tcp`, `udp`, `demo`); [`demo`]: the
 //!   demo's backends; [`logging`]: the log subscriber; [`signals`]: SIGHUP, SIGTERM, SIGINT.
 //! - [`runtime`]: every running server; the one place runtime state changes.
@@ -8,10 +9,12 @@
 //! - [`reload`]: what changes between two configurations, as a list of changes.
 //! - [`api`]: the admin REST API and dashboard.
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
-//! - [`server`]: one configured server: its listener, backend pool and health checks.
-//! - [`listener`]: binding, accept loop, ACL and connection limit.
-//! - [`proxy`]: the life of one connection (pick, connect, copy, log), TLS termination,
-//!   SNI routing, the PROXY protocol, UDP sessions.
+//! - [`server`]: one configured server while it runs: its listeners, pool rebuilder,
+//!   health checks and discovery.
+//! - [`listener`]: binding and the accept loop.
+//! - [`proxy`]: the life of one connection (admit → prelude → connect → relay →
+//!   finish): the ACL and connection limit, TLS termination, SNI routing, the PROXY
+//!   protocol, UDP sessions; and the state of a server its connections read.
 //! - [`descriptors`]: the descriptor limit and the UDP sessions' share of it.
 //! - [`pool`]: a server's backends split into priority tiers, each with its strategy.
 //! - [`balance`]: the balancing strategies.

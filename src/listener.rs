@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error};
 
 use crate::proxy;
-use crate::server::ServerShared;
+use crate::proxy::state::ServerShared;
 
 /// Pending connections the kernel may queue before `accept`.
 const BACKLOG: i32 = 4096;

@@ -20,8 +20,9 @@ use crate::config::Config;
 use crate::config::Protocol;
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
+use crate::proxy::state::ServerShared;
 use crate::reload::{self, Change};
-use crate::server::{Lifecycle, Server, ServerShared};
+use crate::server::{Lifecycle, Server};
 use crate::workers::Workers;
 
 /// How long connections still open after the shutdown grace period get to close.

@@ -156,7 +156,7 @@ async fn exec_follows_output_and_kills_a_hanging_command() {
     wait_health(&sluice, 0, false).await;
     // A few more timeouts pass: every killed command has been reaped.
     let shared = sluice.shared().await;
-    let failed = |s: &sluice::server::ServerShared| {
+    let failed = |s: &sluice::proxy::state::ServerShared| {
         s.pool.load().backends()[0]
             .state
             .stats

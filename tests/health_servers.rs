@@ -14,8 +14,8 @@ use sluice::config::{
     ServerConfig,
 };
 use sluice::health::{CheckError, HealthCheck, MysqlCheck, PgsqlCheck, RedisCheck, RedisRole};
+use sluice::proxy::state::ServerShared;
 use sluice::proxy::CloseReason;
-use sluice::server::ServerShared;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::time::timeout;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sluice::balance::BalanceKind;
 use sluice::config::{Config, ServerConfig};
-use sluice::server::ServerShared;
+use sluice::proxy::state::ServerShared;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

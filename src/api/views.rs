@@ -7,8 +7,8 @@ use serde_json::{json, Map, Value};
 
 use crate::backend::{AdminState, Backend};
 use crate::config::Protocol;
+use crate::proxy::state::ServerShared;
 use crate::proxy::udp::{UdpDrop, UdpStats};
-use crate::server::ServerShared;
 
 /// A backend as a resource: its spec, state, health and counters.
 pub fn backend(backend: &Backend) -> Value {

@@ -14,9 +14,9 @@ use super::histogram::Snapshot;
 use crate::backend::{AdminState, Backend};
 use crate::config::Protocol;
 use crate::pool::Pool;
+use crate::proxy::state::ServerShared;
 use crate::proxy::udp::UdpDrop;
 use crate::proxy::CloseReason;
-use crate::server::ServerShared;
 
 /// The servers of one scrape, each with the pool and protocol it had when the scrape
 /// began, so that every family lists the same backends even if a reload lands meanwhile.

@@ -82,7 +82,7 @@ async fn scrape(State(runtime): State<Arc<Runtime>>) -> Response {
 
 /// The whole exposition for these servers, `# EOF` included.
 fn render(
-    servers: Vec<(String, Arc<crate::server::ServerShared>)>,
+    servers: Vec<(String, Arc<crate::proxy::state::ServerShared>)>,
 ) -> Result<String, std::fmt::Error> {
     // A registry per scrape costs one allocation and keeps the collector's snapshot of
     // servers and pools consistent for the whole response.

@@ -20,7 +20,7 @@ use super::sni::Route;
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{HealthKind, ServerConfig};
-use crate::server::ServerShared;
+use crate::proxy::state::ServerShared;
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
 /// own SYN retries would otherwise hold a client for minutes.

@@ -36,7 +36,7 @@ use super::refusal::Refusal;
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{Protocol, ServerConfig};
-use crate::server::{ActiveSlot, ServerShared};
+use crate::proxy::state::{ActiveSlot, ServerShared};
 
 /// Admits a connection `peer` opened, or refuses it (counted and logged); an admitted
 /// one gets a task of its own on `tracker`, which `stop` (the shutdown deadline) ends.

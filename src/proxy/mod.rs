@@ -3,7 +3,8 @@
 //! [`prelude`] (PROXY header, ClientHello, TLS handshake), [`connect`] (pick, dial,
 //! retry), [`copy::Relay`]; or [`refusal`] says why it could not reach a backend.
 //! [`udp::serve`] groups datagrams into sessions, with the same access rules and
-//! close reasons.
+//! close reasons. [`state`] is what they all read of their server: its settings, pool
+//! and TLS configurations as snapshots, and its counters.
 //! Every connection or session ends with a [`CloseReason`] that the access log and the
 //! counters report.
 
@@ -17,6 +18,7 @@ pub mod refusal;
 pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
+pub mod state;
 pub mod udp;
 
 use std::fmt;

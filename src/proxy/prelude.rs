@@ -33,7 +33,7 @@ use super::sni::Route;
 use super::{client_hello, CloseReason};
 use crate::backend::Backend;
 use crate::config::ProxyVersion;
-use crate::server::ServerShared;
+use crate::proxy::state::ServerShared;
 use crate::tls::words::{handshake_error, Peer};
 
 /// How a server reads what comes before a client's stream, and what its backend side
@@ -329,7 +329,7 @@ fn session_info(session: &rustls::ServerConnection) -> TlsInfo {
 
 /// What a trusted front's PROXY header says: the client, where it connected to, and the
 /// client's bytes read past the header.
-struct Front {
+struct Forwarded {
     client: SocketAddr,
     destination: Option<SocketAddr>,
     early: Vec<u8>,
@@ -343,7 +343,7 @@ async fn read_proxy_header(
     stream: &mut TcpStream,
     front: SocketAddr,
     limit: Duration,
-) -> Result<Front, Refusal> {
+) -> Result<Forwarded, Refusal> {
     let received = proxy_protocol::read_header(stream, limit)
         .await
         .map_err(|e| Refusal::new(front, CloseReason::ProxyHeader, e))?;
@@ -352,7 +352,7 @@ async fn read_proxy_header(
         let detail = format!("denied by the access rules (behind the front {front})");
         return Err(Refusal::new(client, CloseReason::AclDenied, detail));
     }
-    Ok(Front {
+    Ok(Forwarded {
         client,
         destination: received.origin.destination,
         early: received.early,

@@ -1,10 +1,11 @@
 //! One configured server while it runs: its settings, its backend pool, its listener,
 //! its health checks and its discovery runner.
 //!
-//! - `state`: [`ServerShared`], what every connection of the server sees (settings and
-//!   pool are `ArcSwap` snapshots, so a reload or a discovered change replaces them
-//!   without touching connections in flight), its counters and the active-connection
-//!   slot.
+//! What every connection of the server sees, [`ServerShared`] (settings and pool are
+//! `ArcSwap` snapshots, so a reload or a discovered change replaces them without
+//! touching connections in flight), sits below, in [`crate::proxy::state`]: the data
+//! path reads it, the lifecycle here changes it.
+//!
 //! - this file: [`Server`], which owns the server's tasks: accept loops, discovery, the
 //!   pool rebuilder, the certificate watcher.
 //! - `rebuild`: the pool rebuilder, where reloads and discovered lists become a new pool
@@ -14,10 +15,7 @@
 
 mod bandwidth;
 mod rebuild;
-mod state;
 mod tls_watch;
-
-pub use state::{ActiveSlot, ServerShared, ServerStats};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +31,7 @@ use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::descriptors::DescriptorBudget;
 use crate::discovery;
 use crate::listener::{self, Listeners};
+use crate::proxy::state::ServerShared;
 use crate::proxy::udp;
 use crate::workers::Workers;
 use rebuild::PoolRebuilder;

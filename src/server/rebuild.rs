@@ -10,13 +10,14 @@ use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
-use super::{bandwidth, ServerShared};
+use super::bandwidth;
 use crate::backend::{Backend, BackendSpec, BackendState};
 use crate::balance::BalanceKind;
 use crate::config::{HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig};
 use crate::health;
 use crate::pool::Pool;
 use crate::proxy::sni;
+use crate::proxy::state::ServerShared;
 use crate::resolve;
 
 /// A server's backend pool and the tasks that follow its backends (health checks,

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use super::ServerShared;
 use crate::config::ServerConfig;
+use crate::proxy::state::ServerShared;
 
 /// How often the certificate and key files of TLS servers are looked at.
 const POLL: std::time::Duration = std::time::Duration::from_secs(2);

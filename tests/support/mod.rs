@@ -24,8 +24,8 @@ use sluice::config::{
     Config, DiscoveryConfig, HealthConfig, HealthKind, InitialStatus, LoggingConfig, ServerConfig,
 };
 use sluice::descriptors::DescriptorBudget;
+use sluice::proxy::state::ServerShared;
 use sluice::runtime::Runtime;
-use sluice::server::ServerShared;
 use sluice::workers::Workers;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};

@@ -12,8 +12,8 @@ use sluice::backend::Backend;
 use sluice::balance::BalanceKind;
 use sluice::config::{HealthConfig, HealthKind, InitialStatus, UdpSettings};
 use sluice::descriptors::DescriptorBudget;
+use sluice::proxy::state::ServerShared;
 use sluice::proxy::udp::UdpDrop;
-use sluice::server::ServerShared;
 use tokio::net::UdpSocket;
 
 use super::{limits, udp_server};

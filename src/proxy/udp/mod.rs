@@ -35,7 +35,7 @@ use tracing::{debug, error};
 use super::CloseReason;
 use crate::config::ServerConfig;
 use crate::descriptors::{DescriptorBudget, Reclaim};
-use crate::server::ServerShared;
+use crate::proxy::state::ServerShared;
 
 mod evict;
 mod session;

@@ -31,8 +31,8 @@ use super::{
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
+use crate::proxy::state::{ActiveSlot, ServerShared};
 use crate::proxy::{connect, CloseReason};
-use crate::server::{ActiveSlot, ServerShared};
 
 /// What a session's listening side and reply task both see.
 pub(super) struct Session {

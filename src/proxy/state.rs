@@ -7,11 +7,11 @@ use std::sync::Arc;
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tracing::{error, info, warn};
 
+use super::sni;
+use super::udp::UdpStats;
+use super::{CloseReason, CLOSE_REASONS};
 use crate::config::ServerConfig;
 use crate::pool::Pool;
-use crate::proxy::sni;
-use crate::proxy::udp::UdpStats;
-use crate::proxy::{CloseReason, CLOSE_REASONS};
 
 /// Counters of one server.
 #[derive(Debug, Default)]
