@@ -72,7 +72,7 @@ thread_local! {
 ///
 /// Sockets are read through the event loop but written with plain system calls (see
 /// [`send`]).
-struct Front {
+struct Listening {
     socket: UdpSocket,
     /// Bound to a wildcard address: replies leave from each session's local address.
     wildcard: bool,
@@ -119,7 +119,7 @@ pub async fn serve(
         }
     };
     let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
-    let front = Arc::new(Front {
+    let listening = Arc::new(Listening {
         socket,
         wildcard,
         kernel_drops: AtomicU32::new(0),
@@ -132,29 +132,29 @@ pub async fn serve(
         budget,
         unanswered: Arc::new(Unanswered::new()),
     });
-    let holder = Arc::downgrade(&front.unanswered);
-    front.budget.register(holder as Weak<dyn Reclaim>);
+    let holder = Arc::downgrade(&listening.unanswered);
+    listening.budget.register(holder as Weak<dyn Reclaim>);
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
-            ready = front.socket.readable() => {
+            ready = listening.socket.readable() => {
                 if let Err(e) = ready {
-                    error!(server = %front.server.name, error = %e, "UDP socket failed");
+                    error!(server = %listening.server.name, error = %e, "UDP socket failed");
                     break;
                 }
             }
         }
-        receive_batch(&front);
+        receive_batch(&listening);
     }
     // Sessions still send replies from this socket for a moment, so it stays open; but
     // a server bound to the same address meanwhile must get every new datagram. A
     // connected UDP socket only takes datagrams from its peer, and the kernel then
     // leaves it out of the SO_REUSEPORT group's choice: connected to its own address,
     // it takes none.
-    if let Err(e) = deafen(&front.socket).await {
-        debug!(server = %front.server.name, error = %e, "cannot stop the UDP socket receiving");
+    if let Err(e) = deafen(&listening.socket).await {
+        debug!(server = %listening.server.name, error = %e, "cannot stop the UDP socket receiving");
     }
-    debug!(server = %front.server.name, "stopped receiving");
+    debug!(server = %listening.server.name, "stopped receiving");
 }
 
 /// Connects `socket` to its own address (a loopback one for a wildcard bind).
@@ -170,22 +170,23 @@ async fn deafen(socket: &UdpSocket) -> io::Result<()> {
 
 /// Handles up to [`BATCH`] waiting datagrams, read a batch per system call.
 #[cfg(target_os = "linux")]
-fn receive_batch(front: &Arc<Front>) {
-    let settings = front.server.settings.load();
-    let udp = &front.server.stats.udp;
+fn receive_batch(listening: &Arc<Listening>) {
+    let settings = listening.server.settings.load();
+    let udp = &listening.server.stats.udp;
     let mut received = 0;
     while received < BATCH {
         // One clock read per batch: the idle timers count in milliseconds.
         let now = Instant::now();
-        let mut handle =
-            |data: &[u8], client, local| on_datagram(front, &settings, data, client, local, now);
-        match socket::recv_many(&front.socket, front.wildcard, &mut handle) {
+        let mut handle = |data: &[u8], client, local| {
+            on_datagram(listening, &settings, data, client, local, now)
+        };
+        match socket::recv_many(&listening.socket, listening.wildcard, &mut handle) {
             Ok(batch) => {
                 received += batch.datagrams.max(1);
                 let datagrams = batch.datagrams as u64;
                 udp.from_clients.fetch_add(datagrams, Ordering::Relaxed);
                 if let Some(total) = batch.kernel_drops {
-                    let before = front.kernel_drops.swap(total, Ordering::Relaxed);
+                    let before = listening.kernel_drops.swap(total, Ordering::Relaxed);
                     let new = total.wrapping_sub(before);
                     if new > 0 {
                         udp.drop_many(UdpDrop::ReceiveQueueFull, u64::from(new));
@@ -196,7 +197,7 @@ fn receive_batch(front: &Arc<Front>) {
             // An error queued for this socket (such as an ICMP report); the next
             // datagram is unaffected.
             Err(e) => {
-                debug!(server = %front.server.name, error = %e, "UDP receive failed");
+                debug!(server = %listening.server.name, error = %e, "UDP receive failed");
                 received += 1;
             }
         }
@@ -205,18 +206,25 @@ fn receive_batch(front: &Arc<Front>) {
 
 /// Handles up to [`BATCH`] waiting datagrams.
 #[cfg(not(target_os = "linux"))]
-fn receive_batch(front: &Arc<Front>) {
-    let settings = front.server.settings.load();
+fn receive_batch(listening: &Arc<Listening>) {
+    let settings = listening.server.settings.load();
     BUFFER.with_borrow_mut(|buf| {
         for _ in 0..BATCH {
-            match socket::recv_from(&front.socket, buf) {
+            match socket::recv_from(&listening.socket, buf) {
                 Ok((len, client)) => {
-                    let udp = &front.server.stats.udp;
+                    let udp = &listening.server.stats.udp;
                     udp.from_clients.fetch_add(1, Ordering::Relaxed);
-                    on_datagram(front, &settings, &buf[..len], client, None, Instant::now());
+                    on_datagram(
+                        listening,
+                        &settings,
+                        &buf[..len],
+                        client,
+                        None,
+                        Instant::now(),
+                    );
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => debug!(server = %front.server.name, error = %e, "UDP receive failed"),
+                Err(e) => debug!(server = %listening.server.name, error = %e, "UDP receive failed"),
             }
         }
     });
@@ -224,14 +232,14 @@ fn receive_batch(front: &Arc<Front>) {
 
 /// One client datagram: to its session, to a new one, or dropped and counted.
 fn on_datagram(
-    front: &Arc<Front>,
+    listening: &Arc<Listening>,
     settings: &ServerConfig,
     data: &[u8],
     client: SocketAddr,
     local: Option<IpAddr>,
     now: Instant,
 ) {
-    let server = &front.server;
+    let server = &listening.server;
     if crate::proxy::connection::denied(settings, client) {
         server.count_refused(CloseReason::AclDenied);
         debug!(server = %server.name, %client, "datagram refused by the access rules");
@@ -239,10 +247,10 @@ fn on_datagram(
     }
     // One retry: a session whose backend turned out to be gone gives way to a new one.
     for retry in [false, true] {
-        let session = match current_session(front, (client, local)) {
+        let session = match current_session(listening, (client, local)) {
             Some(session) => session,
-            None if settings.udp.fire_and_forget() => return send_loose(front, data, client),
-            None => match session::open(front, settings, client, local) {
+            None if settings.udp.fire_and_forget() => return send_loose(listening, data, client),
+            None => match session::open(listening, settings, client, local) {
                 Ok(session) => session,
                 // The abandoned session may still hold its slot: the datagram is lost
                 // to its backend's refusal, not to the cap.
@@ -260,7 +268,7 @@ fn on_datagram(
                     .fetch_add(data.len() as u64, Ordering::Relaxed);
                 let sent = session.requests.fetch_add(1, Ordering::Relaxed) + 1;
                 if settings.udp.max_requests.is_some_and(|max| sent >= max) {
-                    forget(front, &session);
+                    forget(listening, &session);
                     session.close();
                 }
                 return;
@@ -271,7 +279,7 @@ fn on_datagram(
                     return server.stats.udp.drop_one(reason);
                 }
                 // The backend's ICMP report surfaced on this send: end that session.
-                forget(front, &session);
+                forget(listening, &session);
                 session.end(Ending::Unreachable);
             }
         }
@@ -285,8 +293,8 @@ fn count_bytes(counter: &AtomicU64, len: usize) {
 
 /// The client's session, if it has one that still takes datagrams. A session whose
 /// backend failed its health check is closed here, so the client moves to a live one.
-fn current_session(front: &Front, key: SessionKey) -> Option<Arc<Session>> {
-    let mut sessions = lock(&front.sessions);
+fn current_session(listening: &Listening, key: SessionKey) -> Option<Arc<Session>> {
+    let mut sessions = lock(&listening.sessions);
     let session = sessions.get(&key)?;
     if session.takes_requests() && session.backend.is_healthy() {
         return Some(Arc::clone(session));
@@ -298,9 +306,9 @@ fn current_session(front: &Front, key: SessionKey) -> Option<Arc<Session>> {
 }
 
 /// Removes `session` from the table if it is still the one there for its client.
-fn forget(front: &Front, session: &Arc<Session>) {
+fn forget(listening: &Listening, session: &Arc<Session>) {
     let key = (session.client, session.local);
-    let mut sessions = lock(&front.sessions);
+    let mut sessions = lock(&listening.sessions);
     if sessions.get(&key).is_some_and(|s| Arc::ptr_eq(s, session)) {
         sessions.remove(&key);
     }
@@ -336,8 +344,8 @@ fn refuse(server: &ServerShared, client: SocketAddr, refusal: Refusal) {
 }
 
 /// Fire-and-forget: one datagram to a picked backend, no session, no reply relayed.
-fn send_loose(front: &Front, data: &[u8], client: SocketAddr) {
-    let server = &front.server;
+fn send_loose(listening: &Listening, data: &[u8], client: SocketAddr) {
+    let server = &listening.server;
     let pool = server.pool.load();
     let Some(guard) = pool.pick(client.ip(), &[]) else {
         server.note_no_backend();
@@ -347,7 +355,7 @@ fn send_loose(front: &Front, data: &[u8], client: SocketAddr) {
     let Some(&target) = backend.addrs().first() else {
         return refuse(server, client, Refusal::Closed(CloseReason::NoBackend));
     };
-    let socket = match loose_socket(front, target) {
+    let socket = match loose_socket(listening, target) {
         Ok(socket) => socket,
         Err(e) => {
             debug!(server = %server.name, error = %e, "cannot open a UDP socket");
@@ -361,8 +369,8 @@ fn send_loose(front: &Front, data: &[u8], client: SocketAddr) {
 }
 
 /// The worker's unconnected socket for `target`'s address family.
-fn loose_socket(front: &Front, target: SocketAddr) -> io::Result<&UdpSocket> {
-    let cell = &front.loose[usize::from(target.is_ipv6())];
+fn loose_socket(listening: &Listening, target: SocketAddr) -> io::Result<&UdpSocket> {
+    let cell = &listening.loose[usize::from(target.is_ipv6())];
     if let Some(socket) = cell.get() {
         return Ok(socket);
     }

@@ -25,7 +25,7 @@ use tracing::{debug, info};
 
 use super::socket::{self, connect, send_from};
 use super::{
-    count_bytes, forget, lock, Front, Refusal, UdpDrop, BATCH, BUFFER, DEFAULT_SESSION_TIMEOUT,
+    count_bytes, forget, lock, Listening, Refusal, UdpDrop, BATCH, BUFFER, DEFAULT_SESSION_TIMEOUT,
     REPLY_LINGER,
 };
 use crate::backend::{Backend, ConnGuard};
@@ -179,17 +179,17 @@ impl Session {
 /// Opens a session for `client`: a slot under `max_connections`, a descriptor from the
 /// budget, a backend, and a socket connected to it; then starts its reply task.
 pub(super) fn open(
-    front: &Arc<Front>,
+    listening: &Arc<Listening>,
     settings: &ServerConfig,
     client: SocketAddr,
     local: Option<IpAddr>,
 ) -> Result<Arc<Session>, Refusal> {
-    let server = &front.server;
+    let server = &listening.server;
     let slot = ActiveSlot::acquire(server, settings.max_connections)
         .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
     // With the budget used up, the oldest session that never had a reply gives up its
     // descriptor (see `evict`); only when none can is the datagram dropped.
-    let descriptor = front
+    let descriptor = listening
         .budget
         .take_or_reclaim()
         .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
@@ -218,14 +218,14 @@ pub(super) fn open(
     server.note_backend_found();
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
     let session = Arc::new(Session::new(client, local, backend, upstream, descriptor));
-    lock(&front.sessions).insert((client, local), Arc::clone(&session));
-    front.unanswered.push(&session);
+    lock(&listening.sessions).insert((client, local), Arc::clone(&session));
+    listening.unanswered.push(&session);
     let held = Held {
         _guard: guard,
         _slot: slot,
     };
-    front.tracker.spawn(relay_replies(
-        Arc::clone(front),
+    listening.tracker.spawn(relay_replies(
+        Arc::clone(listening),
         Arc::clone(&session),
         settings.client_idle_timeout,
         settings.backend_idle_timeout,
@@ -244,7 +244,7 @@ struct Held {
 
 /// Relays backend datagrams to the client until the session ends, then logs it.
 async fn relay_replies(
-    front: Arc<Front>,
+    listening: Arc<Listening>,
     session: Arc<Session>,
     client_idle: Option<Duration>,
     backend_idle: Option<Duration>,
@@ -265,7 +265,7 @@ async fn relay_replies(
     };
     let cut = session.backend.state.cut_token();
     let mut cut_wait = pin!(cut.cancelled());
-    let mut stopping = pin!(front.stopping.cancelled());
+    let mut stopping = pin!(listening.stopping.cancelled());
     let mut timer = pin!(sleep_until(idle_deadline(&session)));
     // When the session ends at the latest, and why, once it takes no more requests.
     let mut linger: Option<(Instant, CloseReason)> = None;
@@ -305,7 +305,7 @@ async fn relay_replies(
                 if ready.is_err() {
                     break CloseReason::BackendError;
                 }
-                match relay_batch(&front, &session, &mut responses, limits) {
+                match relay_batch(&listening, &session, &mut responses, limits) {
                     Relayed::More => {}
                     Relayed::Done => break CloseReason::Completed,
                     Relayed::Unreachable => {
@@ -329,20 +329,20 @@ async fn relay_replies(
             }
         }
     };
-    forget(&front, &session);
+    forget(&listening, &session);
     session.close();
     let reason = match reason {
-        CloseReason::DrainDeadline if front.hard_stop.is_cancelled() => CloseReason::Shutdown,
+        CloseReason::DrainDeadline if listening.hard_stop.is_cancelled() => CloseReason::Shutdown,
         reason => reason,
     };
     match session.ending() {
         // Counted whichever side saw the ICMP report first: this task, or a send.
         Some(Ending::Unreachable) => {
-            let settings = front.server.settings.load();
-            note_refused(&session.backend, &front.server, &settings);
+            let settings = listening.server.settings.load();
+            note_refused(&session.backend, &listening.server, &settings);
         }
         Some(Ending::Evicted) => {
-            let udp = &front.server.stats.udp;
+            let udp = &listening.server.stats.udp;
             udp.sessions_evicted.fetch_add(1, Ordering::Relaxed);
         }
         Some(Ending::BackendDown) | None => {}
@@ -359,7 +359,7 @@ async fn relay_replies(
     drop(held);
     info!(
         target: "sluice::access",
-        server = %front.server.name,
+        server = %listening.server.name,
         client = %session.client,
         backend = session.backend.key(),
         protocol = "udp",
@@ -384,12 +384,12 @@ enum Relayed {
 
 /// Relays up to [`BATCH`] waiting backend datagrams to the client.
 fn relay_batch(
-    front: &Front,
+    listening: &Listening,
     session: &Session,
     responses: &mut u32,
     limits: UdpConfig,
 ) -> Relayed {
-    let stats = &front.server.stats.udp;
+    let stats = &listening.server.stats.udp;
     let now = Instant::now();
     BUFFER.with_borrow_mut(|buf| {
         for _ in 0..BATCH {
@@ -402,7 +402,7 @@ fn relay_batch(
                 // Another error the kernel queued for this socket (an ICMP report that
                 // does not mean the port is closed); the next datagram is unaffected.
                 Err(e) => {
-                    debug!(server = %front.server.name, backend = session.backend.key(), error = %e, "UDP receive failed");
+                    debug!(server = %listening.server.name, backend = session.backend.key(), error = %e, "UDP receive failed");
                     continue;
                 }
             };
@@ -412,7 +412,7 @@ fn relay_batch(
             if *responses == 1 {
                 first_reply(session);
             }
-            match send_from(&front.socket, &buf[..len], session.client, session.local) {
+            match send_from(&listening.socket, &buf[..len], session.client, session.local) {
                 Ok(_) => {
                     stats.to_clients.fetch_add(1, Ordering::Relaxed);
                     count_bytes(&session.bytes_to_client, len);
