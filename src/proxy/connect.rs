@@ -17,10 +17,10 @@ use super::prelude::Learned;
 use super::proxy_protocol;
 use super::refusal::{unavailable, Refusal};
 use super::sni::Route;
+use super::state::ServerShared;
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{HealthKind, ServerConfig};
-use crate::proxy::state::ServerShared;
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
 /// own SYN retries would otherwise hold a client for minutes.

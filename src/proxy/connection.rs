@@ -16,7 +16,7 @@
 //!    were relayed): the counters and the access-log line, with the [`CloseReason`].
 
 use std::future::Future;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::{pin, Pin};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -33,10 +33,10 @@ use super::connect::{self, Connected};
 use super::copy::{CopyResult, Counters, Relay};
 use super::prelude::{Inspect, Opening, OverTcp, Plain, Prelude, Tls};
 use super::refusal::Refusal;
+use super::state::{ActiveSlot, ServerShared};
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{Protocol, ServerConfig};
-use crate::proxy::state::{ActiveSlot, ServerShared};
 
 /// Admits a connection `peer` opened, or refuses it (counted and logged); an admitted
 /// one gets a task of its own on `tracker`, which `stop` (the shutdown deadline) ends.
@@ -95,7 +95,7 @@ pub fn admit(
 /// Whether the server's access rules refuse `client`: for TCP the peer, or the client a
 /// trusted front's PROXY header named; for UDP each datagram's sender.
 pub(crate) fn denied(settings: &ServerConfig, client: SocketAddr) -> bool {
-    let ip: IpAddr = client.ip();
+    let ip = client.ip();
     settings.access.as_ref().is_some_and(|acl| !acl.allows(ip))
 }
 

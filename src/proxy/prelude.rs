@@ -30,10 +30,10 @@ use super::copy::Stream;
 use super::proxy_protocol::{self, TlsInfo};
 use super::refusal::Refusal;
 use super::sni::Route;
+use super::state::ServerShared;
 use super::{client_hello, CloseReason};
 use crate::backend::Backend;
 use crate::config::ProxyVersion;
-use crate::proxy::state::ServerShared;
 use crate::tls::words::{handshake_error, Peer};
 
 /// How a server reads what comes before a client's stream, and what its backend side
