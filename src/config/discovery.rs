@@ -7,11 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::dump::{Secrets, REDACTED};
+use super::{ClientTlsFiles, ConsulParams, DockerParams, EtcdParams};
 use crate::backend::BackendSpec;
-use crate::discovery::consul::ConsulParams;
-use crate::discovery::docker::DockerParams;
-use crate::discovery::etcd::EtcdParams;
-use crate::tls::ClientTlsFiles;
 
 /// What `timeout = "0"` (or no `timeout`) means for a dynamic kind. GoBetween's "0"
 /// waits forever, which lets one hung source freeze a server's backends for good.

@@ -311,7 +311,7 @@ fn dns(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<DnsParams> {
 fn endpoint(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str, kind: &str) -> Option<String> {
     let f = required(ctx, sec, key, kind)?;
     ctx.parse(&f, "a URL such as \"http://host/backends\"", |text| {
-        crate::discovery::http::Url::parse(text).map(|_| text.to_owned())
+        super::Url::parse(text).map(|_| text.to_owned())
     })
 }
 
@@ -377,14 +377,14 @@ fn cacert_path(
 }
 
 fn json_path(text: &str) -> Result<String, String> {
-    crate::discovery::json::JsonPath::parse(text).map(|_| text.to_owned())
+    super::JsonPath::parse(text).map(|_| text.to_owned())
 }
 
 fn plaintext(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<PlaintextParams> {
     let endpoint = endpoint(ctx, sec, "plaintext_endpoint", "plaintext");
     let pattern = match sec.take("plaintext_regex_pattern") {
         Some(f) => Some(ctx.parse(&f, "a regular expression", |text| {
-            crate::discovery::plaintext::LinePattern::parse(text).map(|_| text.to_owned())
+            super::LinePattern::parse(text).map(|_| text.to_owned())
         })?),
         None => None,
     };

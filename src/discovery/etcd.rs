@@ -28,13 +28,13 @@ use tokio::time::Instant;
 use super::http_client::{self, Endpoint, HttpClient, Request};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::{AdminState, BackendSpec};
+use crate::config::registries::etcd_endpoint;
 use crate::tls::{client_config, ClientTlsFiles};
 
-/// etcd's client port, used when an endpoint has none.
-pub const DEFAULT_PORT: u16 = 2379;
-
-/// How long one fetch waits for a change, unless configured.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+pub use crate::config::registries::{
+    EtcdParams, ETCD_DEFAULT_PORT as DEFAULT_PORT, ETCD_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
+    ETCD_DEFAULT_WAIT as DEFAULT_WAIT,
+};
 
 /// The longest `wait` used: with jitter and `timeout` on top, a fetch still ends well
 /// before the runner's [`WATCH_LIMIT`](super::WATCH_LIMIT).
@@ -42,51 +42,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(super::WATCH_LIMIT.as_secs() 
 
 /// Largest message of a watch stream (its events carry the changed values).
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
-
-/// The request bound used when `timeout` is zero (as for Consul): no read may wait
-/// without end.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What to ask etcd; the names follow GoBetween's `etcd_*` keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdParams {
-    /// `etcd_endpoints`: client URLs, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`;
-    /// tried in turn, the next one after an error.
-    pub endpoints: Vec<String>,
-    /// `etcd_prefix`: every key starting with it is a backend (empty: every key).
-    pub prefix: String,
-    /// `etcd_username` and `etcd_password`: etcd authentication, when the username is set.
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// `etcd_tls_enabled` with `etcd_tls_cert_path`, `etcd_tls_key_path`,
-    /// `etcd_tls_cacert_path`: HTTPS to every endpoint when `Some` (an `https://`
-    /// endpoint alone uses the system's trust store).
-    pub tls: Option<ClientTlsFiles>,
-    /// `etcd_dsn_json_path`: where a JSON value holds the backend's URL.
-    pub dsn_json_path: Option<String>,
-    /// How long one fetch waits for a change before listing again anyway; capped at
-    /// [`MAX_WAIT`], below the runner's [`WATCH_LIMIT`](super::WATCH_LIMIT). Zero turns
-    /// watching off: every fetch lists at once and the source is polled.
-    pub wait: Duration,
-    /// Connecting and answering, for each request. Zero means [`DEFAULT_TIMEOUT`].
-    pub timeout: Duration,
-}
-
-impl EtcdParams {
-    /// Every key under `prefix` on the etcd at `endpoint`, with default waits.
-    pub fn new(endpoint: impl Into<String>, prefix: impl Into<String>) -> Self {
-        EtcdParams {
-            endpoints: vec![endpoint.into()],
-            prefix: prefix.into(),
-            username: None,
-            password: None,
-            tls: None,
-            dsn_json_path: None,
-            wait: DEFAULT_WAIT,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
 
 /// A key prefix in etcd as a discovery source.
 #[derive(Debug)]
@@ -130,18 +85,7 @@ impl EtcdSource {
         let mut clients = Vec::with_capacity(params.endpoints.len());
         for text in &params.endpoints {
             let invalid = |e: String| DiscoveryError::Invalid(format!("etcd_endpoints: {e}"));
-            let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
-                (true, rest)
-            } else if let Some(rest) = text.strip_prefix("http://") {
-                (false, rest)
-            } else if text.contains("://") {
-                return Err(invalid(format!("\"{text}\" is not http:// or https://")));
-            } else {
-                (false, text.as_str())
-            };
-            let (host, port) =
-                http_client::split_host_port(rest.trim_end_matches('/'), Some(DEFAULT_PORT))
-                    .map_err(invalid)?;
+            let (https, host, port) = etcd_endpoint(text).map_err(invalid)?;
             let tls = match (&tls, https) {
                 (Some(config), _) => Some(config.clone()),
                 (None, true) => Some(

@@ -5,7 +5,6 @@
 //! backup unless it reads `false` or `0`). As in GoBetween, a line that does not match is
 //! skipped with a warning.
 
-use regex::Regex;
 use serde_json::Value;
 use tracing::warn;
 
@@ -13,64 +12,39 @@ use super::http::{deadline, Fetcher};
 use super::list::{address, port};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::config::PlaintextParams;
+use crate::config::{LinePattern, PlaintextParams};
 
-/// A `plaintext_regex_pattern`: a regex with at least the named groups `host` and `port`.
-#[derive(Clone, Debug)]
-pub struct LinePattern(Regex);
-
-impl LinePattern {
-    pub fn parse(text: &str) -> Result<LinePattern, String> {
-        let regex = Regex::new(text).map_err(|e| {
-            // The regex crate explains over several lines; its last one says what is wrong.
-            let text = e.to_string();
-            let why = text
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
-            format!("not a valid regex: {why}")
-        })?;
-        for group in ["host", "port"] {
-            if !regex.capture_names().flatten().any(|n| n == group) {
-                return Err(format!("the regex needs a named group (?P<{group}>...)"));
+/// The backend of one line read with `pattern`, `None` when the line does not match.
+pub fn line_backend(pattern: &LinePattern, line: &str) -> Option<Result<BackendSpec, String>> {
+    let caps = pattern.regex().captures(line)?;
+    let group = |name: &str| {
+        caps.name(name)
+            .map(|m| m.as_str())
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(host), Some(port_text)) = (group("host"), group("port")) else {
+        return Some(Err("no host or port".into()));
+    };
+    let port = match port(&Value::String(port_text.to_owned())) {
+        Ok(port) => port,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut line = address(host, port);
+    for key in ["weight", "priority", "max_connections", "sni"] {
+        if let Some(value) = group(key) {
+            // A value with a space would add fields of its own to the line.
+            if value.contains(char::is_whitespace) {
+                return Some(Err(format!("{key} \"{value}\" contains a space")));
             }
+            line.push_str(&format!(" {key}={value}"));
         }
-        Ok(LinePattern(regex))
     }
-
-    /// The backend of one line, `None` when the line does not match.
-    pub fn backend(&self, line: &str) -> Option<Result<BackendSpec, String>> {
-        let caps = self.0.captures(line)?;
-        let group = |name: &str| {
-            caps.name(name)
-                .map(|m| m.as_str())
-                .filter(|s| !s.is_empty())
-        };
-        let (Some(host), Some(port_text)) = (group("host"), group("port")) else {
-            return Some(Err("no host or port".into()));
-        };
-        let port = match port(&Value::String(port_text.to_owned())) {
-            Ok(port) => port,
-            Err(e) => return Some(Err(e)),
-        };
-        let mut line = address(host, port);
-        for key in ["weight", "priority", "max_connections", "sni"] {
-            if let Some(value) = group(key) {
-                // A value with a space would add fields of its own to the line.
-                if value.contains(char::is_whitespace) {
-                    return Some(Err(format!("{key} \"{value}\" contains a space")));
-                }
-                line.push_str(&format!(" {key}={value}"));
-            }
-        }
-        // A flag group such as `(?P<backup> backup)?` means yes by matching; a group
-        // catching a value lets a list say no explicitly.
-        if group("backup").is_some_and(|v| !matches!(v.trim(), "false" | "0")) {
-            line.push_str(" backup");
-        }
-        Some(line.parse())
+    // A flag group such as `(?P<backup> backup)?` means yes by matching; a group
+    // catching a value lets a list say no explicitly.
+    if group("backup").is_some_and(|v| !matches!(v.trim(), "false" | "0")) {
+        line.push_str(" backup");
     }
+    Some(line.parse())
 }
 
 /// The `plaintext` source.
@@ -95,8 +69,7 @@ impl PlaintextSource {
         let mut out = Vec::new();
         for line in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let parsed = match &self.pattern {
-                Some(pattern) => pattern
-                    .backend(line)
+                Some(pattern) => line_backend(pattern, line)
                     .unwrap_or_else(|| Err("does not match plaintext_regex_pattern".into())),
                 None if line.starts_with('#') => continue,
                 None => line.parse::<BackendSpec>(),
