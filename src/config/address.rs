@@ -1,6 +1,8 @@
 //! Addresses the configuration names: `host:port` (port optional where a default
 //! applies) and the `http://` or `https://` URLs of discovery endpoints.
 
+use std::fmt;
+
 /// Splits `host:port` or `[v6]:port` (the port may be left out when `default_port` is
 /// given); the host comes back without brackets.
 pub fn split_host_port(text: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
@@ -34,9 +36,11 @@ pub fn split_host_port(text: &str, default_port: Option<u16>) -> Result<(String,
     Ok((host.to_owned(), port))
 }
 
-/// An `http://` or `https://` URL, split as a request needs it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// An `http://` or `https://` URL, split as a request needs it; shown, and compared, as
+/// it was written.
+#[derive(Clone, Debug)]
 pub struct Url {
+    text: String,
     pub https: bool,
     /// Host name or IP literal (IPv6 without brackets).
     pub host: String,
@@ -70,11 +74,33 @@ impl Url {
         let (host, port) = split_host_port(authority, Some(default_port))
             .map_err(|e| format!("\"{text}\": {e}"))?;
         Ok(Url {
+            text: text.to_owned(),
             https,
             host,
             port,
             target,
         })
+    }
+}
+
+impl Url {
+    /// The URL as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl PartialEq for Url {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Url {}
+
+impl fmt::Display for Url {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 

@@ -1,11 +1,17 @@
 //! Paths into JSON values, as discovery patterns name them: keys and `[N]` indexes
 //! separated by dots (`address.ip`, `ports.[0]`, `ports[0]`).
 
+use std::fmt;
+
 use serde_json::Value;
 
-/// A path into a JSON value: keys and `[N]` indexes separated by dots.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JsonPath(Vec<Step>);
+/// A path into a JSON value: keys and `[N]` indexes separated by dots. Shown, and
+/// compared, as it was written.
+#[derive(Clone, Debug)]
+pub struct JsonPath {
+    text: String,
+    steps: Vec<Step>,
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 enum Step {
@@ -40,22 +46,47 @@ impl JsonPath {
                 return Err(format!("\"{text}\" has an empty step"));
             }
         }
-        Ok(JsonPath(steps))
+        Ok(JsonPath {
+            text: text.to_owned(),
+            steps,
+        })
     }
 
-    /// A path of one key, whatever `text` holds.
-    pub(crate) fn key(text: &str) -> JsonPath {
-        JsonPath(vec![Step::Key(text.to_owned())])
+    /// The path of one key: a default pattern such as `host`.
+    pub(crate) fn key(name: &str) -> JsonPath {
+        JsonPath {
+            text: name.to_owned(),
+            steps: vec![Step::Key(name.to_owned())],
+        }
+    }
+
+    /// The path as written.
+    pub fn as_str(&self) -> &str {
+        &self.text
     }
 
     pub fn find<'v>(&self, mut value: &'v Value) -> Option<&'v Value> {
-        for step in &self.0 {
+        for step in &self.steps {
             value = match step {
                 Step::Key(key) => value.get(key)?,
                 Step::Index(i) => value.get(i)?,
             };
         }
         (!value.is_null()).then_some(value)
+    }
+}
+
+impl PartialEq for JsonPath {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for JsonPath {}
+
+impl fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
     }
 }
 

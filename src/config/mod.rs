@@ -13,8 +13,8 @@
 //! - `reader`: the typed, error-collecting getters both use; unknown keys are errors.
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines);
-//!   `address`, `json_path`, `line_pattern`: the values discovery is configured with
-//!   (`host:port`, URLs, JSON paths, line regexes), parsed once here.
+//!   `address`, `json_path`, `patterns`: the values discovery is configured with
+//!   (`host:port`, URLs, JSON paths, regular expressions), parsed once here.
 //! - `registries`: Consul's, etcd's and Docker's parameters and endpoints.
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
 //! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`);
@@ -35,7 +35,7 @@ mod health;
 mod health_reader;
 mod json_path;
 mod legacy;
-mod line_pattern;
+mod patterns;
 mod reader;
 pub mod registries;
 mod secrets;
@@ -67,7 +67,7 @@ pub use health::{
     RedisSettings, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS, MAX_RECV_LEN,
 };
 pub use json_path::JsonPath;
-pub use line_pattern::LinePattern;
+pub use patterns::{BytesRegex, LinePattern, TextRegex};
 pub use registries::{ConsulParams, DockerParams, EtcdParams};
 pub use tls::ClientTlsFiles;
 

@@ -21,14 +21,7 @@ pub(super) struct Fetcher {
 }
 
 impl Fetcher {
-    pub(super) fn new(endpoint: &str, cacert_path: Option<PathBuf>) -> Self {
-        // The configuration checked the URL; an unparsable one fails every fetch.
-        let url = Url::parse(endpoint).unwrap_or(Url {
-            https: false,
-            host: String::new(),
-            port: 0,
-            target: endpoint.to_owned(),
-        });
+    pub(super) fn new(url: Url, cacert_path: Option<PathBuf>) -> Self {
         Fetcher {
             url,
             cacert_path,
@@ -37,12 +30,6 @@ impl Fetcher {
     }
 
     pub(super) async fn get(&mut self, deadline: Instant) -> Result<String, DiscoveryError> {
-        if self.url.port == 0 {
-            return Err(DiscoveryError::Invalid(format!(
-                "\"{}\" is not a URL",
-                self.url.target
-            )));
-        }
         let client = match &self.client {
             Some(client) => client,
             None => {

@@ -29,17 +29,15 @@ pub struct JsonSource {
 
 impl JsonSource {
     pub fn new(params: &JsonParams) -> Self {
-        // The configuration checked every pattern; one that fails here matches nothing.
-        let path = |p: &str| JsonPath::parse(p).unwrap_or_else(|_| JsonPath::key(p));
         JsonSource {
-            fetcher: Fetcher::new(&params.endpoint, params.cacert_path.clone()),
-            host: path(&params.host_pattern),
-            port: path(&params.port_pattern),
-            weight: path(&params.weight_pattern),
-            priority: path(&params.priority_pattern),
-            max_connections: path(&params.max_connections_pattern),
-            backup: path(&params.backup_pattern),
-            sni: params.sni_pattern.as_deref().map(path),
+            fetcher: Fetcher::new(params.endpoint.clone(), params.cacert_path.clone()),
+            host: params.host_pattern.clone(),
+            port: params.port_pattern.clone(),
+            weight: params.weight_pattern.clone(),
+            priority: params.priority_pattern.clone(),
+            max_connections: params.max_connections_pattern.clone(),
+            backup: params.backup_pattern.clone(),
+            sni: params.sni_pattern.clone(),
         }
     }
 
@@ -134,17 +132,22 @@ impl Source for JsonSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Url;
+
+    fn path(text: &str) -> JsonPath {
+        JsonPath::parse(text).expect("a valid path")
+    }
 
     fn params(patterns: [&str; 4], sni: Option<&str>) -> JsonParams {
         JsonParams {
-            endpoint: "http://127.0.0.1/".into(),
-            host_pattern: patterns[0].into(),
-            port_pattern: patterns[1].into(),
-            weight_pattern: patterns[2].into(),
-            priority_pattern: patterns[3].into(),
-            max_connections_pattern: "max_connections".into(),
-            backup_pattern: "backup".into(),
-            sni_pattern: sni.map(Into::into),
+            endpoint: Url::parse("http://127.0.0.1/").expect("a valid URL"),
+            host_pattern: path(patterns[0]),
+            port_pattern: path(patterns[1]),
+            weight_pattern: path(patterns[2]),
+            priority_pattern: path(patterns[3]),
+            max_connections_pattern: path("max_connections"),
+            backup_pattern: path("backup"),
+            sni_pattern: sni.map(path),
             cacert_path: None,
         }
     }
@@ -152,8 +155,8 @@ mod tests {
     #[test]
     fn json_max_connections_and_backup() {
         let source = JsonSource::new(&JsonParams {
-            max_connections_pattern: "limits.conns".into(),
-            backup_pattern: "role.[0]".into(),
+            max_connections_pattern: path("limits.conns"),
+            backup_pattern: path("role.[0]"),
             ..params(["host", "port", "weight", "priority"], None)
         });
         let specs = source

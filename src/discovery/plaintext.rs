@@ -56,11 +56,8 @@ pub struct PlaintextSource {
 impl PlaintextSource {
     pub fn new(params: &PlaintextParams) -> Self {
         PlaintextSource {
-            fetcher: Fetcher::new(&params.endpoint, params.cacert_path.clone()),
-            pattern: params
-                .pattern
-                .as_deref()
-                .and_then(|p| LinePattern::parse(p).ok()),
+            fetcher: Fetcher::new(params.endpoint.clone(), params.cacert_path.clone()),
+            pattern: params.pattern.clone(),
         }
     }
 
@@ -95,11 +92,12 @@ impl Source for PlaintextSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Url;
 
     #[test]
     fn plaintext_lines_and_patterns() {
         let plain = PlaintextSource::new(&PlaintextParams {
-            endpoint: "http://h/".into(),
+            endpoint: Url::parse("http://h/").expect("a valid URL"),
             pattern: None,
             cacert_path: None,
         });
@@ -107,8 +105,8 @@ mod tests {
         assert_eq!(specs.len(), 2);
         let pattern = r"^(?P<host>\S+) (?P<port>\d+)(?: w(?P<weight>\d+))?(?P<backup> b)?$";
         let source = PlaintextSource::new(&PlaintextParams {
-            endpoint: "http://h/".into(),
-            pattern: Some(pattern.into()),
+            endpoint: Url::parse("http://h/").expect("a valid URL"),
+            pattern: Some(LinePattern::parse(pattern).expect("a valid pattern")),
             cacert_path: None,
         });
         let specs = source.backends("10.0.0.1 80 w5\n10.0.0.2 81 b\nno match\n");
@@ -118,8 +116,8 @@ mod tests {
         let pattern =
             r"^(?P<host>\S+):(?P<port>\d+) max=(?P<max_connections>\S+) backup=(?P<backup>\S+)$";
         let source = PlaintextSource::new(&PlaintextParams {
-            endpoint: "http://h/".into(),
-            pattern: Some(pattern.into()),
+            endpoint: Url::parse("http://h/").expect("a valid URL"),
+            pattern: Some(LinePattern::parse(pattern).expect("a valid pattern")),
             cacert_path: None,
         });
         let specs = source.backends(
