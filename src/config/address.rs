@@ -3,23 +3,62 @@
 
 use std::fmt;
 
+/// `host:port` taken apart by its shape alone: what the host and the port may be is
+/// each caller's to check, and to word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HostPort<'a> {
+    /// `host:port`, or `host` alone; the host has no colon.
+    Plain {
+        host: &'a str,
+        port: Option<&'a str>,
+    },
+    /// `[host]:port`, or `[host]` alone (the host may hold a stray `]`).
+    Bracketed {
+        host: &'a str,
+        port: Option<&'a str>,
+    },
+    /// Colons in a host without brackets: a bare IPv6 literal, or a mistake.
+    Colons,
+    /// A `[` whose `]` is missing or followed by something other than `:port`.
+    Unclosed,
+}
+
+impl<'a> HostPort<'a> {
+    pub(crate) fn split(text: &'a str) -> HostPort<'a> {
+        if let Some(rest) = text.strip_prefix('[') {
+            return match (rest.split_once("]:"), rest.strip_suffix(']')) {
+                (Some((host, port)), _) => HostPort::Bracketed {
+                    host,
+                    port: Some(port),
+                },
+                (None, Some(host)) => HostPort::Bracketed { host, port: None },
+                (None, None) => HostPort::Unclosed,
+            };
+        }
+        match text.rsplit_once(':') {
+            Some((host, _)) if host.contains(':') => HostPort::Colons,
+            Some((host, port)) => HostPort::Plain {
+                host,
+                port: Some(port),
+            },
+            None => HostPort::Plain {
+                host: text,
+                port: None,
+            },
+        }
+    }
+}
+
 /// Splits `host:port` or `[v6]:port` (the port may be left out when `default_port` is
-/// given); the host comes back without brackets.
+/// given; a bare IPv6 literal is a host without a port); the host comes back without
+/// brackets.
 pub fn split_host_port(text: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
     let bad = || format!("\"{text}\" is not \"host:port\"");
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        match after.strip_prefix(':') {
-            Some(port) => (host, Some(port)),
-            None if after.is_empty() => (host, None),
-            None => return Err(bad()),
-        }
-    } else {
-        match text.rsplit_once(':') {
-            Some((host, _)) if host.contains(':') => (text, None),
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        }
+    let (host, port) = match HostPort::split(text) {
+        HostPort::Plain { host, port } => (host, port),
+        HostPort::Bracketed { host, port } if !host.contains(']') => (host, port),
+        HostPort::Colons => (text, None),
+        HostPort::Bracketed { .. } | HostPort::Unclosed => return Err(bad()),
     };
     if host.is_empty() {
         return Err(bad());
@@ -118,6 +157,16 @@ mod tests {
         assert!(split_host_port("a:0", None).is_err());
         assert!(split_host_port("a", None).is_err());
         assert!(split_host_port(":80", None).is_err());
+        for bad in ["[a]b]:80", "[::1]x", "[a]b]", "[::1"] {
+            assert_eq!(
+                split_host_port(bad, Some(1)),
+                Err(format!("\"{bad}\" is not \"host:port\""))
+            );
+        }
+        assert_eq!(
+            split_host_port("[a]:80]", None),
+            Err("port \"80]\" in \"[a]:80]\" is not 1 to 65535".into())
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use super::address::HostPort;
 use crate::backend::{AdminState, BackendSpec};
 
 const OPTIONS: &str =
@@ -92,27 +93,36 @@ impl fmt::Display for BackendSpec {
 
 /// Splits `host:port` or `[v6]:port` into a host (no brackets) and a port.
 fn split_host_port(address: &str) -> Result<(&str, u16), String> {
-    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let Some((host, port)) = rest.split_once("]:") else {
+    let (host, port) = match HostPort::split(address) {
+        HostPort::Bracketed {
+            host,
+            port: Some(port),
+        } => {
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("\"{host}\" is not an IPv6 address"));
+            }
+            (host, port)
+        }
+        HostPort::Bracketed { port: None, .. } | HostPort::Unclosed => {
             return Err(format!(
                 "\"{address}\" is not \"[IPv6]:port\"; expected e.g. \"[::1]:8080\""
             ));
-        };
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("\"{host}\" is not an IPv6 address"));
         }
-        (host, port)
-    } else {
-        let Some((host, port)) = address.rsplit_once(':') else {
+        HostPort::Plain { port: None, .. } => {
             return Err(format!("\"{address}\" has no port; expected \"host:port\""));
-        };
-        if host.contains(':') {
+        }
+        HostPort::Colons => {
             return Err(format!(
                 "\"{address}\": IPv6 addresses need brackets, e.g. \"[::1]:8080\""
             ));
         }
-        check_host(host)?;
-        (host, port)
+        HostPort::Plain {
+            host,
+            port: Some(port),
+        } => {
+            check_host(host)?;
+            (host, port)
+        }
     };
     match port.parse::<u16>() {
         Ok(0) => Err(format!(
