@@ -365,7 +365,8 @@ impl DiscoveryConfig {
                         "etcd_password",
                         &params.password.as_deref().map(secret),
                     );
-                    put_some(map, "etcd_dsn_json_path", &params.dsn_json_path);
+                    let dsn = params.dsn_json_path.as_ref().map(ToString::to_string);
+                    put_some(map, "etcd_dsn_json_path", &dsn);
                     tls_json(map, "etcd", params.tls.as_ref());
                 }
                 own

@@ -7,7 +7,7 @@ use super::discovery::*;
 use super::discovery_reader::{optional, required};
 use super::reader::{resolve, Ctx, Section};
 use super::registries::{docker_endpoint, etcd_endpoint, DockerEndpoint, CONSUL_DEFAULT_PORT};
-use super::{split_host_port, ClientTlsFiles, ConsulParams, DockerParams, EtcdParams};
+use super::{split_host_port, ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath};
 
 /// `PREFIX_tls_enabled` with its three paths: `Some` when enabled. A path given while TLS
 /// is off would be silently unused, so it is an error; so is half a client pair.
@@ -152,7 +152,7 @@ pub(super) fn etcd(
     };
     let auth = credentials(ctx, sec, "etcd_username", "etcd_password");
     let dsn = match sec.take("etcd_dsn_json_path") {
-        Some(f) => ctx.non_empty(&f).map(|s| Some(s.to_owned())),
+        Some(f) => ctx.non_empty(&f).map(|s| Some(JsonPath::dsn(s))),
         None => Some(None),
     };
     let tls = client_tls(ctx, sec, "etcd");

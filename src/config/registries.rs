@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::address::split_host_port;
-use super::ClientTlsFiles;
+use super::{ClientTlsFiles, JsonPath};
 
 /// Consul's HTTP port, used when `host` has none.
 pub const CONSUL_DEFAULT_PORT: u16 = 8500;
@@ -93,7 +93,7 @@ pub struct EtcdParams {
     /// endpoint alone uses the system's trust store).
     pub tls: Option<ClientTlsFiles>,
     /// `etcd_dsn_json_path`: where a JSON value holds the backend's URL.
-    pub dsn_json_path: Option<String>,
+    pub dsn_json_path: Option<JsonPath>,
     /// How long one fetch waits for a change before listing again anyway; capped at
     /// the source's `MAX_WAIT`, below the runner's `WATCH_LIMIT`. Zero turns
     /// watching off: every fetch lists at once and the source is polled.

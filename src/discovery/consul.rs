@@ -26,6 +26,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::http_client::{self, Endpoint, HttpClient, Request};
+use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
 use crate::config::split_host_port;
@@ -177,7 +178,7 @@ impl ConsulSource {
             DiscoveryError::Invalid(format!("Consul's answer is not a list of services: {e}"))
         })?;
         self.index = next_index(self.index, index);
-        Ok(http_client::unique(
+        Ok(distinct(
             entries
                 .iter()
                 .filter_map(|entry| match entry.backend() {

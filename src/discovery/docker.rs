@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::http_client::{self, Endpoint, HttpClient, Request};
+use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
 use crate::config::registries::{docker_endpoint, DockerEndpoint};
@@ -135,7 +136,7 @@ impl DockerSource {
                 specs.push(spec);
             }
         }
-        Ok(http_client::unique(specs))
+        Ok(distinct(specs))
     }
 
     /// The host named by the container's environment variable, if configured and set.

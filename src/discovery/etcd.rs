@@ -25,10 +25,12 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::http_client::{self, Endpoint, HttpClient, Request};
+use super::http_client::{Endpoint, HttpClient, Request};
+use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::{AdminState, BackendSpec};
 use crate::config::registries::etcd_endpoint;
+use crate::config::JsonPath;
 use crate::tls::{client_config, ClientTlsFiles};
 
 pub use crate::config::registries::{
@@ -172,14 +174,14 @@ impl EtcdSource {
         let mut specs = Vec::new();
         for kv in answer.kvs.iter().flatten() {
             let key = decode(&kv.key);
-            match backend(&decode(&kv.value), self.params.dsn_json_path.as_deref()) {
+            match backend(&decode(&kv.value), self.params.dsn_json_path.as_ref()) {
                 Ok(Some(spec)) => specs.push(spec),
                 Ok(None) => {}
                 Err(why) => tracing::warn!(key = %key, "etcd key left out: {why}"),
             }
         }
         self.revision = Some(answer.header.revision.0);
-        Ok(http_client::unique(specs))
+        Ok(distinct(specs))
     }
 
     /// Waits until a key under the prefix changes after `revision`, or `wait` passes.
@@ -279,7 +281,7 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Disco
 }
 
 /// The backend in one value; `None` for an empty value.
-fn backend(value: &str, dsn_json_path: Option<&str>) -> Result<Option<BackendSpec>, String> {
+fn backend(value: &str, dsn_json_path: Option<&JsonPath>) -> Result<Option<BackendSpec>, String> {
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);
@@ -290,16 +292,9 @@ fn backend(value: &str, dsn_json_path: Option<&str>) -> Result<Option<BackendSpe
     let json: Value =
         crate::bounded_json::from_slice(value.as_bytes()).map_err(|e| format!("bad JSON: {e}"))?;
     if let Some(path) = dsn_json_path {
-        let mut at = &json;
-        for step in path.split('.').filter(|s| !s.is_empty()) {
-            at = match (at, step.parse::<usize>()) {
-                (Value::Array(items), Ok(i)) => items.get(i),
-                (Value::Object(map), _) => map.get(step),
-                _ => None,
-            }
-            .ok_or_else(|| format!("nothing at \"{path}\""))?;
-        }
-        let dsn = at
+        let dsn = path
+            .get(&json)
+            .ok_or_else(|| format!("nothing at \"{path}\""))?
             .as_str()
             .ok_or_else(|| format!("the value at \"{path}\" is not a string"))?;
         return dsn_backend(dsn).map(Some);
@@ -310,8 +305,8 @@ fn backend(value: &str, dsn_json_path: Option<&str>) -> Result<Option<BackendSpe
         .ok()
         .filter(|&p| p > 0)
         .ok_or_else(|| format!("port {} is not 1 to 65535", entry.port))?;
-    // Through the line grammar, so a JSON backend is checked exactly as a line is.
-    let mut spec: BackendSpec = http_client::authority(&entry.host, port).parse()?;
+    // Checked exactly as a line's address is.
+    let mut spec = BackendSpec::checked(&entry.host, port)?;
     if let Some(weight) = entry.weight {
         if weight == 0 {
             return Err("weight must be at least 1".into());
@@ -453,7 +448,7 @@ mod tests {
         assert_eq!(obj.admin, AdminState::Draining);
         let dsn = backend(
             r#"{"conn": {"urls": ["x", "postgres://u:p@db.internal:5432/app?x=1"]}}"#,
-            Some("conn.urls.1"),
+            Some(&JsonPath::dsn("conn.urls.1")),
         )
         .expect("dsn")
         .expect("some");
@@ -469,7 +464,8 @@ mod tests {
             (r#"{"a": "b"}"#, Some("c")),
             (r#"{"a": "no url"}"#, Some("a")),
         ] {
-            assert!(backend(bad, path).is_err(), "{bad}");
+            let path = path.map(JsonPath::dsn);
+            assert!(backend(bad, path.as_ref()).is_err(), "{bad}");
         }
     }
 

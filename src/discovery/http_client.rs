@@ -321,14 +321,6 @@ pub fn encode(text: &str) -> String {
     out
 }
 
-/// Keeps the first spec of each `host:port`: two registrations of one address (a
-/// container published on IPv4 and IPv6, a service registered twice) are one backend,
-/// and a pool cannot hold the same key twice.
-pub fn unique(specs: Vec<crate::backend::BackendSpec>) -> Vec<crate::backend::BackendSpec> {
-    let mut seen = std::collections::HashSet::new();
-    specs.into_iter().filter(|s| seen.insert(s.key())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@
 use serde_json::Value;
 
 use super::http::{deadline, Fetcher};
-use super::list::{address, port};
+use super::list::{at, port};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
 use crate::config::{JsonParams, JsonPath};
@@ -66,39 +66,36 @@ impl JsonSource {
             None => return Err("no host".into()),
         };
         let port = port(self.port.find(item).ok_or("no port")?)?;
-        let mut line = address(host, port);
+        let mut spec = at(host, port)?;
         // As GoBetween: a weight or priority that is not a number is left at its default.
         if let Some(w) = self.weight.find(item).and_then(Value::as_i64) {
-            line.push_str(&format!(" weight={w}"));
+            spec.set_option("weight", &w.to_string())?;
         }
         if let Some(p) = self.priority.find(item).and_then(Value::as_f64) {
-            line.push_str(&format!(" priority={}", p as i64));
+            spec.set_option("priority", &(p as i64).to_string())?;
         }
         if let Some(Value::String(sni)) = self.sni.as_ref().and_then(|p| p.find(item)) {
-            // A name with a space would add fields of its own to the line.
+            // What a backend line could not hold is refused as it was there.
             if sni.contains(char::is_whitespace) {
                 return Err(format!("sni \"{sni}\" contains a space"));
             }
-            line.push_str(&format!(" sni={sni}"));
+            spec.set_option("sni", sni)?;
         }
         match self.max_connections.find(item) {
             None => {}
             Some(Value::Number(n)) if n.is_u64() => {
-                line.push_str(&format!(" max_connections={n}"));
+                spec.set_option("max_connections", &n.to_string())?;
             }
             Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-                line.push_str(&format!(" max_connections={s}"));
+                spec.set_option("max_connections", s)?;
             }
             Some(other) => return Err(format!("max_connections {other} is not a number")),
         }
         if let Some(value) = self.backup.find(item) {
-            if json_flag(value)
-                .ok_or_else(|| format!("backup {value} is not true, false, 1 or 0"))?
-            {
-                line.push_str(" backup");
-            }
+            spec.backup = json_flag(value)
+                .ok_or_else(|| format!("backup {value} is not true, false, 1 or 0"))?;
         }
-        line.parse()
+        Ok(spec)
     }
 }
 

@@ -1,6 +1,8 @@
 //! Backend lists as sources hand them over: text in the backend line grammar (the one of
 //! `static_list`), and JSON objects with the same fields.
 
+use std::collections::HashSet;
+
 use serde_json::{Map, Value};
 
 use super::DiscoveryError;
@@ -52,7 +54,8 @@ pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryE
 }
 
 /// A backend from an object's fields; `host` and `port` are required, `port` may be a
-/// number or a string, the other fields take the line grammar's defaults.
+/// number or a string, the other fields take the line grammar's defaults and are checked
+/// as its options are.
 pub fn from_object(fields: &Map<String, Value>) -> Result<BackendSpec, String> {
     let host = match fields.get("host") {
         Some(Value::String(host)) => host.as_str(),
@@ -62,28 +65,39 @@ pub fn from_object(fields: &Map<String, Value>) -> Result<BackendSpec, String> {
         .get("port")
         .ok_or_else(|| "\"port\" is missing".to_owned())
         .and_then(port)?;
-    let mut line = address(host, port);
+    let mut spec = at(host, port)?;
     for key in ["weight", "priority", "max_connections"] {
         match fields.get(key) {
             None | Some(Value::Null) => {}
-            Some(Value::Number(n)) => line.push_str(&format!(" {key}={n}")),
+            Some(Value::Number(n)) => spec.set_option(key, &n.to_string())?,
             Some(_) => return Err(format!("\"{key}\" is not a number")),
         }
     }
     match fields.get("sni") {
         None | Some(Value::Null) => {}
         Some(Value::String(sni)) if !sni.is_empty() && !sni.contains(char::is_whitespace) => {
-            line.push_str(&format!(" sni={sni}"));
+            spec.set_option("sni", sni)?;
         }
         Some(_) => return Err("\"sni\" is not a host name".into()),
     }
     match fields.get("backup") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Bool(true)) => line.push_str(" backup"),
+        Some(Value::Bool(true)) => spec.backup = true,
         Some(_) => return Err("\"backup\" is not true or false".into()),
     }
-    // Going through the line grammar checks every value exactly as `static_list` does.
-    line.parse()
+    Ok(spec)
+}
+
+/// `specs` with later entries of an already listed `host:port` (compared without case)
+/// dropped: two registrations of one address (a container published on IPv4 and IPv6, a
+/// service registered twice, two SRV records to one target) are one backend, and a pool
+/// cannot hold the same key twice.
+pub fn distinct(specs: Vec<BackendSpec>) -> Vec<BackendSpec> {
+    let mut seen = HashSet::with_capacity(specs.len());
+    specs
+        .into_iter()
+        .filter(|spec| seen.insert(spec.key().to_ascii_lowercase()))
+        .collect()
 }
 
 /// A port given as a number or a string of digits.
@@ -99,14 +113,10 @@ pub fn port(value: &Value) -> Result<u16, String> {
     }
 }
 
-/// `host:port`, bracketing an IPv6 literal, as the line grammar wants it.
-pub fn address(host: &str, port: u16) -> String {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
+/// The backend at `host` (an IPv6 literal with or without brackets) and `port`, checked
+/// as a backend line's address is.
+pub fn at(host: &str, port: u16) -> Result<BackendSpec, String> {
+    BackendSpec::checked(host.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
 #[cfg(test)]
@@ -146,5 +156,12 @@ mod tests {
         ] {
             assert!(parse_json(bad, "f").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn distinct_keeps_the_first_of_each_address() {
+        let specs = parse_lines("h:1 weight=2\nH:1\n[::1]:1\nh:2\n", "f").expect("valid");
+        let kept: Vec<String> = distinct(specs).iter().map(ToString::to_string).collect();
+        assert_eq!(kept, ["h:1 weight=2", "[::1]:1", "h:2"]);
     }
 }

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::http::{deadline, Fetcher};
-use super::list::{address, port};
+use super::list::{at, port};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
 use crate::config::{LinePattern, PlaintextParams};
@@ -29,22 +29,25 @@ pub fn line_backend(pattern: &LinePattern, line: &str) -> Option<Result<BackendS
         Ok(port) => port,
         Err(e) => return Some(Err(e)),
     };
-    let mut line = address(host, port);
+    let mut spec = match at(host, port) {
+        Ok(spec) => spec,
+        Err(e) => return Some(Err(e)),
+    };
     for key in ["weight", "priority", "max_connections", "sni"] {
         if let Some(value) = group(key) {
-            // A value with a space would add fields of its own to the line.
+            // What a backend line could not hold is refused as it was there.
             if value.contains(char::is_whitespace) {
                 return Some(Err(format!("{key} \"{value}\" contains a space")));
             }
-            line.push_str(&format!(" {key}={value}"));
+            if let Err(e) = spec.set_option(key, value) {
+                return Some(Err(e));
+            }
         }
     }
     // A flag group such as `(?P<backup> backup)?` means yes by matching; a group
     // catching a value lets a list say no explicitly.
-    if group("backup").is_some_and(|v| !matches!(v.trim(), "false" | "0")) {
-        line.push_str(" backup");
-    }
-    Some(line.parse())
+    spec.backup = group("backup").is_some_and(|v| !matches!(v.trim(), "false" | "0"));
+    Some(Ok(spec))
 }
 
 /// The `plaintext` source.
