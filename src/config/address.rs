@@ -1,8 +1,6 @@
 //! Addresses the configuration names: `host:port` (port optional where a default
 //! applies) and the `http://` or `https://` URLs of discovery endpoints.
 
-use std::fmt;
-
 /// `host:port` taken apart by its shape alone: what the host and the port may be is
 /// each caller's to check, and to word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,26 +120,7 @@ impl Url {
     }
 }
 
-impl Url {
-    /// The URL as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-}
-
-impl PartialEq for Url {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
-    }
-}
-
-impl Eq for Url {}
-
-impl fmt::Display for Url {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
+shown_as_written!(Url, text);
 
 #[cfg(test)]
 mod tests {

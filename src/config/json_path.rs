@@ -2,8 +2,6 @@
 //! `[N]` indexes separated by dots (`address.ip`, `ports.[0]`, `ports[0]`), and etcd's
 //! DSN paths, where a number indexes an array (`conn.urls.1`).
 
-use std::fmt;
-
 use serde_json::Value;
 
 /// A path into a JSON value: keys and `[N]` indexes separated by dots. Shown, and
@@ -80,11 +78,6 @@ impl JsonPath {
         }
     }
 
-    /// The path as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// The value at the end of the path, `null` included.
     pub fn get<'v>(&self, mut value: &'v Value) -> Option<&'v Value> {
         for step in &self.steps {
@@ -103,19 +96,7 @@ impl JsonPath {
     }
 }
 
-impl PartialEq for JsonPath {
-    fn eq(&self, other: &Self) -> bool {
-        self.text == other.text
-    }
-}
-
-impl Eq for JsonPath {}
-
-impl fmt::Display for JsonPath {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
-    }
-}
+shown_as_written!(JsonPath, text);
 
 #[cfg(test)]
 mod tests {

@@ -14,13 +14,17 @@
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines);
 //!   `address`, `json_path`, `patterns`: the values discovery is configured with
-//!   (`host:port`, URLs, JSON paths, regular expressions), parsed once here.
+//!   (`host:port`, URLs, JSON paths, regular expressions), parsed once here and shown
+//!   as written (`written`).
 //! - `registries`: Consul's, etcd's and Docker's parameters and endpoints.
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
 //! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`);
 //!   `secrets`: what it redacts.
 //! - `tls`: the TLS sections (`[tls]`, `[backends_tls]`, certificates by name).
 //! - `admin`: `[api]` and `[metrics]`: who may reach them.
+
+#[macro_use]
+mod written;
 
 mod address;
 mod admin;

@@ -2,41 +2,13 @@
 //! `plaintext_regex_pattern` (reads backend lines), `http_body_regexp` and the probe's
 //! `probe_recv`. Each is shown, and compared, as it was written.
 
-use std::fmt;
-
 use regex::Regex;
-
-/// `PartialEq` and `Display` by the expression's source text.
-macro_rules! same_as_source {
-    ($name:ident) => {
-        impl $name {
-            /// The expression as written.
-            pub fn as_str(&self) -> &str {
-                self.0.as_str()
-            }
-        }
-
-        impl PartialEq for $name {
-            fn eq(&self, other: &Self) -> bool {
-                self.as_str() == other.as_str()
-            }
-        }
-
-        impl Eq for $name {}
-
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
 
 /// A `plaintext_regex_pattern`: a regex with at least the named groups `host` and `port`.
 #[derive(Clone, Debug)]
 pub struct LinePattern(Regex);
 
-same_as_source!(LinePattern);
+shown_as_written!(LinePattern, 0);
 
 impl LinePattern {
     pub fn parse(text: &str) -> Result<LinePattern, String> {
@@ -68,7 +40,7 @@ impl LinePattern {
 #[derive(Clone, Debug)]
 pub struct TextRegex(Regex);
 
-same_as_source!(TextRegex);
+shown_as_written!(TextRegex, 0);
 
 impl TextRegex {
     /// Compiles `text`; the error is the regex crate's own explanation.
@@ -86,7 +58,7 @@ impl TextRegex {
 #[derive(Clone, Debug)]
 pub struct BytesRegex(regex::bytes::Regex);
 
-same_as_source!(BytesRegex);
+shown_as_written!(BytesRegex, 0);
 
 impl BytesRegex {
     /// Compiles `text`; the error is the regex crate's own explanation.
