@@ -28,7 +28,7 @@ impl FromStr for BackendSpec {
         let Some(address) = words.next() else {
             return Err("empty backend line; expected \"host:port [weight=N] ...\"".into());
         };
-        let (host, port) = split_host_port(address)?;
+        let (host, port) = split_backend_address(address)?;
         let mut spec = BackendSpec::new(host, port);
         let mut seen: Vec<&str> = Vec::new();
         for word in words {
@@ -135,7 +135,7 @@ impl fmt::Display for BackendSpec {
 }
 
 /// Splits `host:port` or `[v6]:port` into a host (no brackets) and a port.
-fn split_host_port(address: &str) -> Result<(&str, u16), String> {
+fn split_backend_address(address: &str) -> Result<(&str, u16), String> {
     let (host, port) = match HostPort::split(address) {
         HostPort::Bracketed {
             host,

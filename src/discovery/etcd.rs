@@ -26,9 +26,10 @@ use serde_json::{json, Value};
 use tokio::time::Instant;
 
 use super::http_client::{Endpoint, HttpClient, Request};
+use super::json_backend::JsonFields;
 use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
-use crate::backend::{AdminState, BackendSpec};
+use crate::backend::BackendSpec;
 use crate::config::registries::etcd_endpoint;
 use crate::config::JsonPath;
 use crate::tls::{client_config, ClientTlsFiles};
@@ -299,28 +300,9 @@ fn backend(value: &str, dsn_json_path: Option<&JsonPath>) -> Result<Option<Backe
             .ok_or_else(|| format!("the value at \"{path}\" is not a string"))?;
         return dsn_backend(dsn).map(Some);
     }
-    let entry: JsonBackend =
-        serde_json::from_value(json).map_err(|e| format!("bad backend object: {e}"))?;
-    let port = u16::try_from(entry.port)
-        .ok()
-        .filter(|&p| p > 0)
-        .ok_or_else(|| format!("port {} is not 1 to 65535", entry.port))?;
-    // Checked exactly as a line's address is.
-    let mut spec = BackendSpec::checked(&entry.host, port)?;
-    if let Some(weight) = entry.weight {
-        if weight == 0 {
-            return Err("weight must be at least 1".into());
-        }
-        spec.weight = weight;
-    }
-    spec.priority = entry.priority.unwrap_or(spec.priority);
-    spec.max_connections = entry.max_connections.filter(|&n| n > 0);
-    spec.sni = entry.sni.filter(|s| !s.is_empty());
-    spec.backup = entry.backup.unwrap_or(false);
-    if let Some(state) = entry.state {
-        spec.admin = state.parse::<AdminState>()?;
-    }
-    Ok(Some(spec))
+    let mut fields = JsonFields::named();
+    fields.state = Some(JsonPath::key("state"));
+    fields.backend(&json).map(Some)
 }
 
 /// Host and port of a URL `scheme://[userinfo@]host:port[/…]`.
@@ -331,19 +313,6 @@ fn dsn_backend(dsn: &str) -> Result<BackendSpec, String> {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
     host_port.parse().map_err(|e| format!("URL \"{dsn}\": {e}"))
-}
-
-/// A backend as a JSON value.
-#[derive(Debug, Deserialize)]
-struct JsonBackend {
-    host: String,
-    port: i64,
-    weight: Option<u32>,
-    priority: Option<u32>,
-    max_connections: Option<u32>,
-    sni: Option<String>,
-    backup: Option<bool>,
-    state: Option<String>,
 }
 
 /// etcd's JSON encodes 64-bit integers as strings; this takes either form.
@@ -418,6 +387,7 @@ struct GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::AdminState;
 
     #[test]
     fn prefix_ranges() {

@@ -10,34 +10,32 @@
 use serde_json::Value;
 
 use super::http::{deadline, Fetcher};
-use super::list::{at, port};
+use super::json_backend::{JsonFields, Reading};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::config::{JsonParams, JsonPath};
+use crate::config::JsonParams;
 
 /// The `json` source.
 pub struct JsonSource {
     fetcher: Fetcher,
-    host: JsonPath,
-    port: JsonPath,
-    weight: JsonPath,
-    priority: JsonPath,
-    max_connections: JsonPath,
-    backup: JsonPath,
-    sni: Option<JsonPath>,
+    fields: JsonFields,
 }
 
 impl JsonSource {
     pub fn new(params: &JsonParams) -> Self {
         JsonSource {
             fetcher: Fetcher::new(params.endpoint.clone(), params.cacert_path.clone()),
-            host: params.host_pattern.clone(),
-            port: params.port_pattern.clone(),
-            weight: params.weight_pattern.clone(),
-            priority: params.priority_pattern.clone(),
-            max_connections: params.max_connections_pattern.clone(),
-            backup: params.backup_pattern.clone(),
-            sni: params.sni_pattern.clone(),
+            fields: JsonFields {
+                host: params.host_pattern.clone(),
+                port: params.port_pattern.clone(),
+                weight: params.weight_pattern.clone(),
+                priority: params.priority_pattern.clone(),
+                max_connections: params.max_connections_pattern.clone(),
+                backup: params.backup_pattern.clone(),
+                sni: params.sni_pattern.clone(),
+                state: None,
+                reading: Reading::GoBetween,
+            },
         }
     }
 
@@ -53,67 +51,11 @@ impl JsonSource {
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                self.backend(item)
+                self.fields
+                    .backend(item)
                     .map_err(|e| invalid(format!("element {i}: {e}")))
             })
             .collect()
-    }
-
-    fn backend(&self, item: &Value) -> Result<BackendSpec, String> {
-        let host = match self.host.find(item) {
-            Some(Value::String(host)) => host,
-            Some(_) => return Err("the host is not a string".into()),
-            None => return Err("no host".into()),
-        };
-        let port = port(self.port.find(item).ok_or("no port")?)?;
-        let mut spec = at(host, port)?;
-        // As GoBetween: a weight or priority that is not a number is left at its default.
-        if let Some(w) = self.weight.find(item).and_then(Value::as_i64) {
-            spec.set_option("weight", &w.to_string())?;
-        }
-        if let Some(p) = self.priority.find(item).and_then(Value::as_f64) {
-            spec.set_option("priority", &(p as i64).to_string())?;
-        }
-        if let Some(Value::String(sni)) = self.sni.as_ref().and_then(|p| p.find(item)) {
-            // What a backend line could not hold is refused as it was there.
-            if sni.contains(char::is_whitespace) {
-                return Err(format!("sni \"{sni}\" contains a space"));
-            }
-            spec.set_option("sni", sni)?;
-        }
-        match self.max_connections.find(item) {
-            None => {}
-            Some(Value::Number(n)) if n.is_u64() => {
-                spec.set_option("max_connections", &n.to_string())?;
-            }
-            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-                spec.set_option("max_connections", s)?;
-            }
-            Some(other) => return Err(format!("max_connections {other} is not a number")),
-        }
-        if let Some(value) = self.backup.find(item) {
-            spec.backup = json_flag(value)
-                .ok_or_else(|| format!("backup {value} is not true, false, 1 or 0"))?;
-        }
-        Ok(spec)
-    }
-}
-
-/// A JSON yes/no as registries write it: a boolean, `1`/`0`, or either as a string.
-fn json_flag(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => match n.as_u64() {
-            Some(1) => Some(true),
-            Some(0) => Some(false),
-            _ => None,
-        },
-        Value::String(s) => match s.as_str() {
-            "true" | "1" => Some(true),
-            "false" | "0" => Some(false),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -129,7 +71,7 @@ impl Source for JsonSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Url;
+    use crate::config::{JsonPath, Url};
 
     fn path(text: &str) -> JsonPath {
         JsonPath::parse(text).expect("a valid path")

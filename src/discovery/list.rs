@@ -3,8 +3,9 @@
 
 use std::collections::HashSet;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
+use super::json_backend::JsonFields;
 use super::DiscoveryError;
 use crate::backend::BackendSpec;
 
@@ -30,7 +31,7 @@ pub fn parse_lines(text: &str, what: &str) -> Result<Vec<BackendSpec>, Discovery
 
 /// A JSON array whose elements are backend lines or objects
 /// (`{"host": …, "port": …, "weight": …, "priority": …, "max_connections": …, "sni": …,
-/// "backup": …}`).
+/// "backup": …}`, read by [`JsonFields::named`]).
 pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryError> {
     let value: Value = crate::bounded_json::from_slice(text.as_bytes())
         .map_err(|e| DiscoveryError::Invalid(format!("{what}: not JSON: {e}")))?;
@@ -39,53 +40,19 @@ pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryE
             "{what}: expected a JSON array of backends"
         )));
     };
+    let fields = JsonFields::named();
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
             let spec = match item {
                 Value::String(line) => line.parse::<BackendSpec>(),
-                Value::Object(fields) => from_object(fields),
+                Value::Object(_) => fields.backend(item),
                 _ => Err("expected a backend line or an object".to_owned()),
             };
             spec.map_err(|e| DiscoveryError::Invalid(format!("{what}, element {i}: {e}")))
         })
         .collect()
-}
-
-/// A backend from an object's fields; `host` and `port` are required, `port` may be a
-/// number or a string, the other fields take the line grammar's defaults and are checked
-/// as its options are.
-pub fn from_object(fields: &Map<String, Value>) -> Result<BackendSpec, String> {
-    let host = match fields.get("host") {
-        Some(Value::String(host)) => host.as_str(),
-        _ => return Err("\"host\" is missing or not a string".into()),
-    };
-    let port = fields
-        .get("port")
-        .ok_or_else(|| "\"port\" is missing".to_owned())
-        .and_then(port)?;
-    let mut spec = at(host, port)?;
-    for key in ["weight", "priority", "max_connections"] {
-        match fields.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) => spec.set_option(key, &n.to_string())?,
-            Some(_) => return Err(format!("\"{key}\" is not a number")),
-        }
-    }
-    match fields.get("sni") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(sni)) if !sni.is_empty() && !sni.contains(char::is_whitespace) => {
-            spec.set_option("sni", sni)?;
-        }
-        Some(_) => return Err("\"sni\" is not a host name".into()),
-    }
-    match fields.get("backup") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Bool(true)) => spec.backup = true,
-        Some(_) => return Err("\"backup\" is not true or false".into()),
-    }
-    Ok(spec)
 }
 
 /// `specs` with later entries of an already listed `host:port` (compared without case)
@@ -98,25 +65,6 @@ pub fn distinct(specs: Vec<BackendSpec>) -> Vec<BackendSpec> {
         .into_iter()
         .filter(|spec| seen.insert(spec.key().to_ascii_lowercase()))
         .collect()
-}
-
-/// A port given as a number or a string of digits.
-pub fn port(value: &Value) -> Result<u16, String> {
-    let port = match value {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(s) => s.trim().parse::<u16>().ok(),
-        _ => None,
-    };
-    match port {
-        Some(port) if port > 0 => Ok(port),
-        _ => Err(format!("port {value} is not a number from 1 to 65535")),
-    }
-}
-
-/// The backend at `host` (an IPv6 literal with or without brackets) and `port`, checked
-/// as a backend line's address is.
-pub fn at(host: &str, port: u16) -> Result<BackendSpec, String> {
-    BackendSpec::checked(host.trim_start_matches('[').trim_end_matches(']'), port)
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde_json::Value;
 use tracing::warn;
 
 use super::http::{deadline, Fetcher};
-use super::list::{at, port};
+use super::json_backend::{at, port};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
 use crate::config::{LinePattern, PlaintextParams};
