@@ -35,7 +35,7 @@ pub fn line_backend(pattern: &LinePattern, line: &str) -> Option<Result<BackendS
     };
     for key in ["weight", "priority", "max_connections", "sni"] {
         if let Some(value) = group(key) {
-            // What a backend line could not hold is refused as it was there.
+            // Refused as when backends were built as lines, which a space would split.
             if value.contains(char::is_whitespace) {
                 return Some(Err(format!("{key} \"{value}\" contains a space")));
             }
