@@ -11,7 +11,8 @@ use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
 use sluice::config::{
     ExecSettings, HealthConfig, HealthKind, HttpSettings, InitialStatus, ProbeExpect,
-    ProbeProtocol, ProbeSettings, TlsFiles, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS,
+    ProbeProtocol, ProbeSettings, TextRegex, TlsFiles, TlsSettings, UdpSettings,
+    DEFAULT_HTTP_STATUS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
@@ -253,7 +254,7 @@ async fn http_follows_what_nginx_serves() {
         ..http_get("/health")
     };
     let matches = HttpSettings {
-        body_regexp: Some(r"^status: (ok|fine)\b".into()),
+        body_regexp: Some(TextRegex::parse(r"^status: (ok|fine)\b").expect("a valid regex")),
         ..http_get("/health")
     };
     let (by_body, by_regexp) = tokio::join!(

@@ -7,11 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::dump::{Secrets, REDACTED};
+use super::{ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath, LinePattern, Url};
 use crate::backend::BackendSpec;
-use crate::discovery::consul::ConsulParams;
-use crate::discovery::docker::DockerParams;
-use crate::discovery::etcd::EtcdParams;
-use crate::tls::ClientTlsFiles;
 
 /// What `timeout = "0"` (or no `timeout`) means for a dynamic kind. GoBetween's "0"
 /// waits forever, which lets one hung source freeze a server's backends for good.
@@ -195,17 +192,17 @@ pub struct DnsParams {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct JsonParams {
     /// `json_endpoint`: an `http://` or `https://` URL.
-    pub endpoint: String,
-    pub host_pattern: String,
-    pub port_pattern: String,
-    pub weight_pattern: String,
-    pub priority_pattern: String,
+    pub endpoint: Url,
+    pub host_pattern: JsonPath,
+    pub port_pattern: JsonPath,
+    pub weight_pattern: JsonPath,
+    pub priority_pattern: JsonPath,
     /// `json_max_connections_pattern` (Sluice extension).
-    pub max_connections_pattern: String,
+    pub max_connections_pattern: JsonPath,
     /// `json_backup_pattern` (Sluice extension).
-    pub backup_pattern: String,
+    pub backup_pattern: JsonPath,
     /// `json_sni_pattern`; without it no SNI is read.
-    pub sni_pattern: Option<String>,
+    pub sni_pattern: Option<JsonPath>,
     /// `json_tls_cacert_path` (Sluice extension): CA certificates that verify an
     /// `https://` endpoint; `None` trusts the system's store.
     pub cacert_path: Option<PathBuf>,
@@ -215,11 +212,11 @@ pub struct JsonParams {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlaintextParams {
     /// `plaintext_endpoint`: an `http://` or `https://` URL.
-    pub endpoint: String,
+    pub endpoint: Url,
     /// `plaintext_regex_pattern`: a regex with named groups `host`, `port` and optional
     /// `weight`, `priority`, `max_connections`, `sni`, `backup`; without it lines are read
     /// in the backend line grammar.
-    pub pattern: Option<String>,
+    pub pattern: Option<LinePattern>,
     /// `plaintext_tls_cacert_path` (Sluice extension), as for `json`.
     pub cacert_path: Option<PathBuf>,
 }
@@ -293,17 +290,17 @@ impl DiscoveryConfig {
             }
             DiscoveryConfig::Json { params, .. } => {
                 let mut own = json!({
-                    "json_endpoint": super::dump::url(&params.endpoint, secrets),
-                    "json_host_pattern": params.host_pattern,
-                    "json_port_pattern": params.port_pattern,
-                    "json_weight_pattern": params.weight_pattern,
-                    "json_priority_pattern": params.priority_pattern,
-                    "json_max_connections_pattern": params.max_connections_pattern,
-                    "json_backup_pattern": params.backup_pattern,
+                    "json_endpoint": super::dump::url(params.endpoint.as_str(), secrets),
+                    "json_host_pattern": params.host_pattern.as_str(),
+                    "json_port_pattern": params.port_pattern.as_str(),
+                    "json_weight_pattern": params.weight_pattern.as_str(),
+                    "json_priority_pattern": params.priority_pattern.as_str(),
+                    "json_max_connections_pattern": params.max_connections_pattern.as_str(),
+                    "json_backup_pattern": params.backup_pattern.as_str(),
                 });
                 if let Value::Object(map) = &mut own {
                     if let Some(sni) = &params.sni_pattern {
-                        map.insert("json_sni_pattern".into(), sni.clone().into());
+                        map.insert("json_sni_pattern".into(), sni.as_str().into());
                     }
                     if let Some(path) = &params.cacert_path {
                         let path = path.display().to_string();
@@ -313,11 +310,11 @@ impl DiscoveryConfig {
                 own
             }
             DiscoveryConfig::Plaintext { params, .. } => {
-                let endpoint = super::dump::url(&params.endpoint, secrets);
+                let endpoint = super::dump::url(params.endpoint.as_str(), secrets);
                 let mut own = json!({ "plaintext_endpoint": endpoint });
                 if let Value::Object(map) = &mut own {
                     if let Some(pattern) = &params.pattern {
-                        map.insert("plaintext_regex_pattern".into(), pattern.clone().into());
+                        map.insert("plaintext_regex_pattern".into(), pattern.as_str().into());
                     }
                     if let Some(path) = &params.cacert_path {
                         let path = path.display().to_string();
@@ -368,7 +365,8 @@ impl DiscoveryConfig {
                         "etcd_password",
                         &params.password.as_deref().map(secret),
                     );
-                    put_some(map, "etcd_dsn_json_path", &params.dsn_json_path);
+                    let dsn = params.dsn_json_path.as_ref().map(ToString::to_string);
+                    put_some(map, "etcd_dsn_json_path", &dsn);
                     tls_json(map, "etcd", params.tls.as_ref());
                 }
                 own

@@ -9,6 +9,7 @@ use super::discovery::*;
 use super::discovery_registries as registries;
 use super::legacy::{self, Place};
 use super::reader::{resolve, Ctx, Field, Section};
+use super::{JsonPath, LinePattern, Url};
 use crate::backend::BackendSpec;
 
 const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
@@ -308,11 +309,9 @@ fn dns(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<DnsParams> {
     })
 }
 
-fn endpoint(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str, kind: &str) -> Option<String> {
+fn endpoint(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str, kind: &str) -> Option<Url> {
     let f = required(ctx, sec, key, kind)?;
-    ctx.parse(&f, "a URL such as \"http://host/backends\"", |text| {
-        crate::discovery::http::Url::parse(text).map(|_| text.to_owned())
-    })
+    ctx.parse(&f, "a URL such as \"http://host/backends\"", Url::parse)
 }
 
 fn json(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<JsonParams> {
@@ -321,23 +320,23 @@ fn json(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<JsonParams> {
     let mut ok = true;
     for (key, default) in JSON_DEFAULT_PATTERNS {
         match sec.take(key) {
-            Some(f) => match ctx.parse(&f, "a path such as \"host\"", json_path) {
+            Some(f) => match ctx.parse(&f, "a path such as \"host\"", JsonPath::parse) {
                 Some(p) => patterns.push(p),
                 None => ok = false,
             },
-            None => patterns.push(default.to_owned()),
+            None => patterns.push(JsonPath::key(default)),
         }
     }
     let sni_pattern = match sec.take("json_sni_pattern") {
-        Some(f) => Some(ctx.parse(&f, "a path such as \"sni\"", json_path)?),
+        Some(f) => Some(ctx.parse(&f, "a path such as \"sni\"", JsonPath::parse)?),
         None => None,
     };
-    let cacert_path = cacert_path(ctx, sec, "json", endpoint.as_deref());
+    let cacert_path = cacert_path(ctx, sec, "json", endpoint.as_ref());
     let endpoint = endpoint?;
     if !ok {
         return None;
     }
-    let [host_pattern, port_pattern, weight_pattern, priority_pattern, max_connections_pattern, backup_pattern]: [String; 6] =
+    let [host_pattern, port_pattern, weight_pattern, priority_pattern, max_connections_pattern, backup_pattern]: [JsonPath; 6] =
         patterns.try_into().ok()?;
     Some(JsonParams {
         endpoint,
@@ -358,7 +357,7 @@ fn cacert_path(
     ctx: &mut Ctx<'_>,
     sec: &mut Section<'_>,
     kind: &str,
-    endpoint: Option<&str>,
+    endpoint: Option<&Url>,
 ) -> Option<Option<PathBuf>> {
     let key = format!("{kind}_tls_cacert_path");
     let Some(f) = sec.take(&key) else {
@@ -368,7 +367,7 @@ fn cacert_path(
     if path.is_empty() {
         return Some(None);
     }
-    if endpoint.is_some_and(|e| !e.starts_with("https://")) {
+    if endpoint.is_some_and(|e| !e.https) {
         let message = format!("only used with an https:// {kind}_endpoint");
         ctx.error(f.at, f.path(), message);
         return None;
@@ -376,19 +375,13 @@ fn cacert_path(
     Some(Some(resolve(ctx.dir, path)))
 }
 
-fn json_path(text: &str) -> Result<String, String> {
-    crate::discovery::json::JsonPath::parse(text).map(|_| text.to_owned())
-}
-
 fn plaintext(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<PlaintextParams> {
     let endpoint = endpoint(ctx, sec, "plaintext_endpoint", "plaintext");
     let pattern = match sec.take("plaintext_regex_pattern") {
-        Some(f) => Some(ctx.parse(&f, "a regular expression", |text| {
-            crate::discovery::plaintext::LinePattern::parse(text).map(|_| text.to_owned())
-        })?),
+        Some(f) => Some(ctx.parse(&f, "a regular expression", LinePattern::parse)?),
         None => None,
     };
-    let cacert_path = cacert_path(ctx, sec, "plaintext", endpoint.as_deref());
+    let cacert_path = cacert_path(ctx, sec, "plaintext", endpoint.as_ref());
     Some(PlaintextParams {
         endpoint: endpoint?,
         pattern,

@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use super::discovery::*;
 use super::discovery_reader::{optional, required};
 use super::reader::{resolve, Ctx, Section};
-use crate::discovery::consul::{self, ConsulParams};
-use crate::discovery::docker::{self, DockerParams};
-use crate::discovery::etcd::{self, EtcdParams};
-use crate::tls::ClientTlsFiles;
+use super::registries::{docker_endpoint, etcd_endpoint, DockerEndpoint, CONSUL_DEFAULT_PORT};
+use super::{split_host_port, ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath};
 
 /// `PREFIX_tls_enabled` with its three paths: `Some` when enabled. A path given while TLS
 /// is off would be silently unused, so it is an error; so is half a client pair.
@@ -90,8 +88,7 @@ pub(super) fn consul(
                     "\"{text}\" is a URL; expected host[:port] (HTTPS is consul_tls_enabled)"
                 ));
             }
-            crate::discovery::http_client::split_host_port(text, Some(consul::DEFAULT_PORT))
-                .map(|_| text.to_owned())
+            split_host_port(text, Some(CONSUL_DEFAULT_PORT)).map(|_| text.to_owned())
         })
     });
     let service = required(ctx, sec, "consul_service_name", "consul").and_then(|f| {
@@ -133,10 +130,16 @@ pub(super) fn etcd(
         let mut out = Vec::with_capacity(list.len());
         for (at, path, text) in list {
             // The source's own check, without TLS files (read when it starts).
-            match etcd::EtcdSource::new(EtcdParams::new(text, "")) {
-                Ok(_) => out.push(text.to_owned()),
+            match etcd_endpoint(text) {
+                Ok((https, _, _)) => match https.then(|| system_trust("etcd")).transpose() {
+                    Ok(_) => out.push(text.to_owned()),
+                    Err(e) => {
+                        ctx.error(at, &path, e);
+                        ok = false;
+                    }
+                },
                 Err(e) => {
-                    ctx.error(at, &path, e);
+                    ctx.error(at, &path, format!("etcd_endpoints: {e}"));
                     ok = false;
                 }
             }
@@ -149,7 +152,7 @@ pub(super) fn etcd(
     };
     let auth = credentials(ctx, sec, "etcd_username", "etcd_password");
     let dsn = match sec.take("etcd_dsn_json_path") {
-        Some(f) => ctx.non_empty(&f).map(|s| Some(s.to_owned())),
+        Some(f) => ctx.non_empty(&f).map(|s| Some(JsonPath::dsn(s))),
         None => Some(None),
     };
     let tls = client_tls(ctx, sec, "etcd");
@@ -183,16 +186,26 @@ pub(super) fn docker(
     params.container_host_env_var = host_env?;
     params.timeout = common.timeout;
     // The source's own check of the endpoint, without TLS files (read when it starts).
-    if let Err(e) = docker::DockerSource::new(params.clone()) {
+    let checked = docker_endpoint(&params.endpoint, false).and_then(|endpoint| match endpoint {
+        DockerEndpoint::Tcp {
+            tls_wanted: true, ..
+        } => system_trust("docker"),
+        _ => Ok(()),
+    });
+    if let Err(message) = checked {
         let at = endpoint_at.unwrap_or(sec.at);
         let path = super::reader::join(&sec.path, "docker_endpoint");
-        let message = e.to_string();
-        let message = message
-            .strip_prefix("docker_endpoint: ")
-            .unwrap_or(&message);
         ctx.error(at, &path, message);
         return None;
     }
     params.tls = tls?;
     Some(params)
+}
+
+/// Whether the system's trust store can verify an `https://` endpoint given without a
+/// CA file, as the source will need it to.
+fn system_trust(kind: &str) -> Result<(), String> {
+    crate::tls::client_config(&ClientTlsFiles::default())
+        .map(|_| ())
+        .map_err(|e| format!("{kind} TLS: {e}"))
 }

@@ -5,6 +5,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::{BytesRegex, TextRegex};
+
 /// `[servers.NAME.healthcheck]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HealthConfig {
@@ -106,7 +108,7 @@ pub enum ProbeExpect {
     /// escapes decoded).
     StartsWith(Vec<u8>),
     /// `probe_strategy = "regexp"`: the first `len` bytes of the reply match `pattern`.
-    Regexp { pattern: String, len: u32 },
+    Regexp { pattern: BytesRegex, len: u32 },
 }
 
 /// `kind = "exec"`.
@@ -136,8 +138,8 @@ pub struct HttpSettings {
     pub status: Vec<(u16, u16)>,
     /// A substring the body must contain.
     pub body: Option<String>,
-    /// A regular expression (its source) the body must match.
-    pub body_regexp: Option<String>,
+    /// A regular expression the body must match.
+    pub body_regexp: Option<TextRegex>,
 }
 
 /// Accepted HTTP status codes by default.

@@ -8,6 +8,7 @@
 use super::health::*;
 use super::legacy::{self, Place};
 use super::reader::{Ctx, Field, Section};
+use super::{BytesRegex, TextRegex};
 
 /// Keys every kind takes.
 const COMMON_KEYS: &[&str] = &[
@@ -255,9 +256,7 @@ fn probe(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<ProbeSet
         }
         (true, recv) => {
             let pattern = ctx.parse(&recv, "a regular expression", |p| {
-                regex::bytes::Regex::new(p)
-                    .map(|_| p.to_owned())
-                    .map_err(regex_message)
+                BytesRegex::parse(p).map_err(regex_message)
             });
             let Some(f) = recv_len else {
                 let message = "missing required key \"probe_recv_len\" for probe_strategy \
@@ -356,9 +355,7 @@ fn http(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, https: bool) -> Option<HttpSet
     let body_regexp = match sec.take("http_body_regexp") {
         Some(f) => ctx
             .parse(&f, "a regular expression", |p| {
-                regex::Regex::new(p)
-                    .map(|_| p.to_owned())
-                    .map_err(regex_message)
+                TextRegex::parse(p).map_err(regex_message)
             })
             .map(Some),
         None => Some(None),

@@ -12,13 +12,21 @@
 //!   reads them from the file.
 //! - `reader`: the typed, error-collecting getters both use; unknown keys are errors.
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
-//! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines).
+//! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines);
+//!   `address`, `json_path`, `patterns`: the values discovery is configured with
+//!   (`host:port`, URLs, JSON paths, regular expressions), parsed once here and shown
+//!   as written (`written`).
+//! - `registries`: Consul's, etcd's and Docker's parameters and endpoints.
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
 //! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`);
 //!   `secrets`: what it redacts.
 //! - `tls`: the TLS sections (`[tls]`, `[backends_tls]`, certificates by name).
 //! - `admin`: `[api]` and `[metrics]`: who may reach them.
 
+#[macro_use]
+mod written;
+
+mod address;
 mod admin;
 mod discovery;
 mod discovery_reader;
@@ -29,8 +37,11 @@ mod error;
 mod file;
 mod health;
 mod health_reader;
+mod json_path;
 mod legacy;
+mod patterns;
 mod reader;
+pub mod registries;
 mod secrets;
 mod sections;
 mod static_list;
@@ -47,6 +58,7 @@ use std::time::Duration;
 use crate::acl::Acl;
 use crate::balance::BalanceKind;
 
+pub use address::{split_host_port, Url};
 pub use discovery::{
     DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy, FileParams,
     JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
@@ -58,6 +70,10 @@ pub use health::{
     MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeSettings, RedisRole,
     RedisSettings, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS, MAX_RECV_LEN,
 };
+pub use json_path::JsonPath;
+pub use patterns::{BytesRegex, LinePattern, TextRegex};
+pub use registries::{ConsulParams, DockerParams, EtcdParams};
+pub use tls::ClientTlsFiles;
 
 /// A whole, validated configuration.
 #[derive(Clone, Debug, PartialEq)]

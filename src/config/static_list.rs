@@ -12,6 +12,7 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use super::address::HostPort;
 use crate::backend::{AdminState, BackendSpec};
 
 const OPTIONS: &str =
@@ -27,7 +28,7 @@ impl FromStr for BackendSpec {
         let Some(address) = words.next() else {
             return Err("empty backend line; expected \"host:port [weight=N] ...\"".into());
         };
-        let (host, port) = split_host_port(address)?;
+        let (host, port) = split_backend_address(address)?;
         let mut spec = BackendSpec::new(host, port);
         let mut seen: Vec<&str> = Vec::new();
         for word in words {
@@ -36,28 +37,71 @@ impl FromStr for BackendSpec {
                 return Err(format!("option \"{name}\" is given twice"));
             }
             seen.push(name);
-            match (name, value) {
-                ("weight", v) => {
-                    spec.weight = number(name, v)?;
-                    if spec.weight == 0 {
-                        return Err("weight must be at least 1 (weight=0 is not allowed)".into());
-                    }
-                }
-                ("priority", v) => spec.priority = number(name, v)?,
-                ("max_connections", v) => {
-                    spec.max_connections = Some(number(name, v)?).filter(|&n| n > 0);
-                }
-                ("sni", "") => return Err("sni needs a name: sni=NAME".into()),
-                ("sni", v) => spec.sni = Some(v.to_owned()),
-                ("alpn", "") => return Err("alpn needs a protocol: alpn=NAME".into()),
-                ("alpn", v) => spec.alpn = Some(v.to_owned()),
-                ("backup", "") if !word.contains('=') => spec.backup = true,
-                ("backup", _) => return Err("backup takes no value; write just \"backup\"".into()),
-                ("state", v) => spec.admin = v.parse()?,
+            match name {
+                "backup" if !word.contains('=') => spec.backup = true,
+                "backup" => return Err("backup takes no value; write just \"backup\"".into()),
+                _ if VALUED_OPTIONS.contains(&name) => spec.set_option(name, value)?,
                 _ => return Err(format!("unknown option \"{word}\"; expected {OPTIONS}")),
             }
         }
         Ok(spec)
+    }
+}
+
+/// The options written `name=value`.
+const VALUED_OPTIONS: [&str; 6] = [
+    "weight",
+    "priority",
+    "max_connections",
+    "sni",
+    "alpn",
+    "state",
+];
+
+impl BackendSpec {
+    /// The backend at `host` (an IPv6 literal without brackets) and `port`, checked as a
+    /// backend line's address is; for sources that read the two apart.
+    pub fn checked(host: &str, port: u16) -> Result<BackendSpec, String> {
+        if host.contains(':') {
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("\"{host}\" is not an IPv6 address"));
+            }
+        } else {
+            check_host(host)?;
+        }
+        let spec = BackendSpec::new(host, port);
+        if port == 0 {
+            let address = spec.key();
+            return Err(format!(
+                "port 0 is not a valid backend port in \"{address}\""
+            ));
+        }
+        Ok(spec)
+    }
+
+    /// Sets the option `name` (`weight`, `priority`, `max_connections`, `sni`, `alpn` or
+    /// `state`) from its value as a backend line writes it, checked as the line's is.
+    pub fn set_option(&mut self, name: &str, value: &str) -> Result<(), String> {
+        match (name, value) {
+            ("weight", v) => {
+                let weight = number(name, v)?;
+                if weight == 0 {
+                    return Err("weight must be at least 1 (weight=0 is not allowed)".into());
+                }
+                self.weight = weight;
+            }
+            ("priority", v) => self.priority = number(name, v)?,
+            ("max_connections", v) => {
+                self.max_connections = Some(number(name, v)?).filter(|&n| n > 0);
+            }
+            ("sni", "") => return Err("sni needs a name: sni=NAME".into()),
+            ("sni", v) => self.sni = Some(v.to_owned()),
+            ("alpn", "") => return Err("alpn needs a protocol: alpn=NAME".into()),
+            ("alpn", v) => self.alpn = Some(v.to_owned()),
+            ("state", v) => self.admin = v.parse()?,
+            _ => return Err(format!("unknown option \"{name}\"; expected {OPTIONS}")),
+        }
+        Ok(())
     }
 }
 
@@ -91,28 +135,37 @@ impl fmt::Display for BackendSpec {
 }
 
 /// Splits `host:port` or `[v6]:port` into a host (no brackets) and a port.
-fn split_host_port(address: &str) -> Result<(&str, u16), String> {
-    let (host, port) = if let Some(rest) = address.strip_prefix('[') {
-        let Some((host, port)) = rest.split_once("]:") else {
+fn split_backend_address(address: &str) -> Result<(&str, u16), String> {
+    let (host, port) = match HostPort::split(address) {
+        HostPort::Bracketed {
+            host,
+            port: Some(port),
+        } => {
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("\"{host}\" is not an IPv6 address"));
+            }
+            (host, port)
+        }
+        HostPort::Bracketed { port: None, .. } | HostPort::Unclosed => {
             return Err(format!(
                 "\"{address}\" is not \"[IPv6]:port\"; expected e.g. \"[::1]:8080\""
             ));
-        };
-        if host.parse::<std::net::Ipv6Addr>().is_err() {
-            return Err(format!("\"{host}\" is not an IPv6 address"));
         }
-        (host, port)
-    } else {
-        let Some((host, port)) = address.rsplit_once(':') else {
+        HostPort::Plain { port: None, .. } => {
             return Err(format!("\"{address}\" has no port; expected \"host:port\""));
-        };
-        if host.contains(':') {
+        }
+        HostPort::Colons => {
             return Err(format!(
                 "\"{address}\": IPv6 addresses need brackets, e.g. \"[::1]:8080\""
             ));
         }
-        check_host(host)?;
-        (host, port)
+        HostPort::Plain {
+            host,
+            port: Some(port),
+        } => {
+            check_host(host)?;
+            (host, port)
+        }
     };
     match port.parse::<u16>() {
         Ok(0) => Err(format!(
@@ -222,6 +275,41 @@ mod tests {
         for (line, expected) in cases {
             let err = parse(line).expect_err(line);
             assert!(err.contains(expected), "{line:?}: {err}");
+        }
+    }
+
+    #[test]
+    fn sources_build_backends_as_lines_read_them() {
+        let mut spec = BackendSpec::checked("::1", 80).expect("valid");
+        for (name, value) in [
+            ("weight", "3"),
+            ("max_connections", "0"),
+            ("state", "drain"),
+        ] {
+            spec.set_option(name, value).expect(name);
+        }
+        assert_eq!(
+            Ok(spec),
+            parse("[::1]:80 weight=3 max_connections=0 state=drain")
+        );
+        for (host, port, expected) in [
+            ("nope::", 1, "not an IPv6"),
+            ("bad host", 1, "not a host name"),
+            ("", 1, "not a host name"),
+            ("h", 0, "port 0"),
+        ] {
+            let err = BackendSpec::checked(host, port).expect_err(host);
+            assert!(err.contains(expected), "{host:?}: {err}");
+        }
+        let mut spec = BackendSpec::new("h", 1);
+        for (name, value, expected) in [
+            ("weight", "0", "at least 1"),
+            ("priority", "-1", "not a whole number"),
+            ("sni", "", "needs a name"),
+            ("backup", "", "unknown option"),
+        ] {
+            let err = spec.set_option(name, value).expect_err(name);
+            assert!(err.contains(expected), "{name}: {err}");
         }
     }
 }

@@ -8,6 +8,7 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use super::address::HostPort;
 use super::admin;
 use super::discovery_reader::discovery;
 use super::file::Node;
@@ -361,16 +362,21 @@ pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = full.parse::<SocketAddr>() {
         return Ok(addr);
     }
-    let Some((host, port)) = full.rsplit_once(':') else {
+    if !full.contains(':') {
         return Err(format!(
             "bind \"{s}\" has no port; expected \"host:port\", e.g. \":3000\""
         ));
-    };
-    if host.starts_with('[') || host.contains(':') {
+    }
+    // IP literals parsed above; brackets or colons left are a mistaken IPv6 address.
+    let HostPort::Plain {
+        host,
+        port: Some(port),
+    } = HostPort::split(&full)
+    else {
         return Err(format!(
             "bind \"{s}\" is not a valid address; IPv6 is written \"[::1]:3000\""
         ));
-    }
+    };
     let port: u16 = port
         .parse()
         .map_err(|_| format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535"))?;

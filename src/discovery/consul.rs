@@ -26,15 +26,16 @@ use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::http_client::{self, Endpoint, HttpClient, Request};
+use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::tls::{client_config, ClientTlsFiles};
+use crate::config::split_host_port;
+use crate::tls::client_config;
 
-/// Consul's HTTP port, used when `host` has none.
-pub const DEFAULT_PORT: u16 = 8500;
-
-/// How long Consul may hold a blocking query, unless configured.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+pub use crate::config::registries::{
+    ConsulParams, CONSUL_DEFAULT_PORT as DEFAULT_PORT, CONSUL_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
+    CONSUL_DEFAULT_WAIT as DEFAULT_WAIT,
+};
 
 /// The longest `wait` used: with jitter and `timeout` on top, a fetch still ends well
 /// before the runner's [`WATCH_LIMIT`](super::WATCH_LIMIT).
@@ -42,60 +43,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(super::WATCH_LIMIT.as_secs() 
 
 /// The least time between the starts of two requests.
 pub const MIN_SPACING: Duration = Duration::from_millis(200);
-
-/// The request bound used when `timeout` is zero (GoBetween's for Consul): no read may wait
-/// without end.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What to ask Consul; the names follow GoBetween's `consul_*` keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ConsulParams {
-    /// `consul_host`: the agent, `host:port` or `host` (port 8500).
-    pub host: String,
-    /// `consul_service_name`.
-    pub service_name: String,
-    /// `consul_service_tag`: only instances with this tag.
-    pub service_tag: Option<String>,
-    /// `consul_service_passing_only`: only instances whose checks all pass.
-    pub passing_only: bool,
-    /// `consul_datacenter`: another datacenter than the agent's.
-    pub datacenter: Option<String>,
-    /// `consul_auth_username` and `consul_auth_password`: HTTP basic authentication,
-    /// sent when the username is set.
-    pub auth_username: Option<String>,
-    pub auth_password: Option<String>,
-    /// ACL token, sent as `X-Consul-Token`.
-    pub acl_token: Option<String>,
-    /// `consul_tls_enabled` with `consul_tls_cert_path`, `consul_tls_key_path`,
-    /// `consul_tls_cacert_path`: HTTPS when `Some`.
-    pub tls: Option<ClientTlsFiles>,
-    /// How long Consul may hold a blocking query (it adds up to a sixteenth as jitter).
-    /// Capped at [`MAX_WAIT`], so a held request ends before the runner's
-    /// [`WATCH_LIMIT`](super::WATCH_LIMIT) calls it hung. Zero turns blocking off: every
-    /// fetch answers at once and the source is polled.
-    pub wait: Duration,
-    /// Connecting and answering, on top of `wait` for a blocking query. Zero means [`DEFAULT_TIMEOUT`].
-    pub timeout: Duration,
-}
-
-impl ConsulParams {
-    /// Every instance of `service_name` on the agent at `host`, with default waits.
-    pub fn new(host: impl Into<String>, service_name: impl Into<String>) -> Self {
-        ConsulParams {
-            host: host.into(),
-            service_name: service_name.into(),
-            service_tag: None,
-            passing_only: false,
-            datacenter: None,
-            auth_username: None,
-            auth_password: None,
-            acl_token: None,
-            tls: None,
-            wait: DEFAULT_WAIT,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
 
 /// A Consul service as a discovery source.
 pub struct ConsulSource {
@@ -126,7 +73,7 @@ impl ConsulSource {
         if !params.wait.is_zero() {
             params.wait = Duration::from_secs(params.wait.min(MAX_WAIT).as_secs().max(1));
         }
-        let (host, port) = http_client::split_host_port(&params.host, Some(DEFAULT_PORT))
+        let (host, port) = split_host_port(&params.host, Some(DEFAULT_PORT))
             .map_err(|e| DiscoveryError::Invalid(format!("consul_host: {e}")))?;
         if params.service_name.is_empty() {
             return Err(DiscoveryError::Invalid(
@@ -231,7 +178,7 @@ impl ConsulSource {
             DiscoveryError::Invalid(format!("Consul's answer is not a list of services: {e}"))
         })?;
         self.index = next_index(self.index, index);
-        Ok(http_client::unique(
+        Ok(distinct(
             entries
                 .iter()
                 .filter_map(|entry| match entry.backend() {

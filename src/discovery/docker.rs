@@ -14,57 +14,20 @@
 //! published on both IPv4 and IPv6 is one backend. Docker is polled: `watches()` is
 //! false.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use serde::Deserialize;
 use tokio::time::Instant;
 
 use super::http_client::{self, Endpoint, HttpClient, Request};
+use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::tls::{client_config, ClientTlsFiles};
+use crate::config::registries::{docker_endpoint, DockerEndpoint};
+use crate::tls::client_config;
 
-/// The daemon's socket on a default installation.
-pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
-
-/// The request bound used when `timeout` is zero (GoBetween's for Docker): no read may wait
-/// without end.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What to ask Docker; the names follow GoBetween's `docker_*` keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DockerParams {
-    /// `docker_endpoint`: `unix:///PATH` or `tcp://HOST:PORT` (`http://` and
-    /// `https://` are accepted as well; the port defaults to 2375, or 2376 with TLS).
-    pub endpoint: String,
-    /// `docker_container_label`: only containers with this label, `KEY` or `KEY=VALUE`.
-    pub container_label: Option<String>,
-    /// `docker_container_private_port`: the port inside the container.
-    pub container_private_port: u16,
-    /// `docker_container_host_env_var`: a container environment variable holding the
-    /// host to reach it at.
-    pub container_host_env_var: Option<String>,
-    /// `docker_tls_enabled` with `docker_tls_cert_path`, `docker_tls_key_path`,
-    /// `docker_tls_cacert_path`: HTTPS to a TCP endpoint when `Some`.
-    pub tls: Option<ClientTlsFiles>,
-    /// For the whole listing, inspections included. Zero means [`DEFAULT_TIMEOUT`].
-    pub timeout: Duration,
-}
-
-impl DockerParams {
-    /// Containers on the local daemon publishing `private_port`.
-    pub fn new(private_port: u16) -> Self {
-        DockerParams {
-            endpoint: DEFAULT_ENDPOINT.into(),
-            container_label: None,
-            container_private_port: private_port,
-            container_host_env_var: None,
-            tls: None,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
+pub use crate::config::registries::{
+    DockerParams, DOCKER_DEFAULT_ENDPOINT as DEFAULT_ENDPOINT,
+    DOCKER_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
+};
 
 /// A Docker daemon as a discovery source.
 #[derive(Debug)]
@@ -87,28 +50,14 @@ impl DockerSource {
                 "docker_container_private_port must be 1 to 65535".into(),
             ));
         }
-        let (scheme, rest) = params.endpoint.split_once("://").ok_or_else(|| {
-            invalid(format!(
-                "\"{}\" is not unix:///PATH or tcp://HOST:PORT",
-                params.endpoint
-            ))
-        })?;
-        let (endpoint, fallback_host) = match scheme {
-            "unix" => {
-                if params.tls.is_some() {
-                    return Err(invalid("TLS needs a tcp:// endpoint".into()));
-                }
-                if rest.is_empty() {
-                    return Err(invalid("the socket path is empty".into()));
-                }
-                (Endpoint::Unix(PathBuf::from(rest)), "127.0.0.1".to_owned())
-            }
-            "tcp" | "http" | "https" => {
-                let tls_wanted = params.tls.is_some() || scheme == "https";
-                let default_port = if tls_wanted { 2376 } else { 2375 };
-                let (host, port) =
-                    http_client::split_host_port(rest.trim_end_matches('/'), Some(default_port))
-                        .map_err(invalid)?;
+        let endpoint = docker_endpoint(&params.endpoint, params.tls.is_some()).map_err(invalid)?;
+        let (endpoint, fallback_host) = match endpoint {
+            DockerEndpoint::Unix(path) => (Endpoint::Unix(path), "127.0.0.1".to_owned()),
+            DockerEndpoint::Tcp {
+                host,
+                port,
+                tls_wanted,
+            } => {
                 let files = params.tls.clone().unwrap_or_default();
                 let tls = if tls_wanted {
                     Some(
@@ -124,11 +73,6 @@ impl DockerSource {
                     tls,
                 };
                 (endpoint, host)
-            }
-            other => {
-                return Err(invalid(format!(
-                    "unknown scheme \"{other}\"; expected unix:// or tcp://"
-                )))
             }
         };
         Ok(DockerSource {
@@ -192,7 +136,7 @@ impl DockerSource {
                 specs.push(spec);
             }
         }
-        Ok(http_client::unique(specs))
+        Ok(distinct(specs))
     }
 
     /// The host named by the container's environment variable, if configured and set.
@@ -275,6 +219,7 @@ struct InspectConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ClientTlsFiles;
 
     #[test]
     fn endpoints() {

@@ -25,16 +25,19 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
-use super::http_client::{self, Endpoint, HttpClient, Request};
+use super::http_client::{Endpoint, HttpClient, Request};
+use super::json_backend::JsonFields;
+use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
-use crate::backend::{AdminState, BackendSpec};
+use crate::backend::BackendSpec;
+use crate::config::registries::etcd_endpoint;
+use crate::config::JsonPath;
 use crate::tls::{client_config, ClientTlsFiles};
 
-/// etcd's client port, used when an endpoint has none.
-pub const DEFAULT_PORT: u16 = 2379;
-
-/// How long one fetch waits for a change, unless configured.
-pub const DEFAULT_WAIT: Duration = Duration::from_secs(60);
+pub use crate::config::registries::{
+    EtcdParams, ETCD_DEFAULT_PORT as DEFAULT_PORT, ETCD_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
+    ETCD_DEFAULT_WAIT as DEFAULT_WAIT,
+};
 
 /// The longest `wait` used: with jitter and `timeout` on top, a fetch still ends well
 /// before the runner's [`WATCH_LIMIT`](super::WATCH_LIMIT).
@@ -42,51 +45,6 @@ pub const MAX_WAIT: Duration = Duration::from_secs(super::WATCH_LIMIT.as_secs() 
 
 /// Largest message of a watch stream (its events carry the changed values).
 const MAX_MESSAGE: usize = 4 * 1024 * 1024;
-
-/// The request bound used when `timeout` is zero (as for Consul): no read may wait
-/// without end.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// What to ask etcd; the names follow GoBetween's `etcd_*` keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct EtcdParams {
-    /// `etcd_endpoints`: client URLs, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`;
-    /// tried in turn, the next one after an error.
-    pub endpoints: Vec<String>,
-    /// `etcd_prefix`: every key starting with it is a backend (empty: every key).
-    pub prefix: String,
-    /// `etcd_username` and `etcd_password`: etcd authentication, when the username is set.
-    pub username: Option<String>,
-    pub password: Option<String>,
-    /// `etcd_tls_enabled` with `etcd_tls_cert_path`, `etcd_tls_key_path`,
-    /// `etcd_tls_cacert_path`: HTTPS to every endpoint when `Some` (an `https://`
-    /// endpoint alone uses the system's trust store).
-    pub tls: Option<ClientTlsFiles>,
-    /// `etcd_dsn_json_path`: where a JSON value holds the backend's URL.
-    pub dsn_json_path: Option<String>,
-    /// How long one fetch waits for a change before listing again anyway; capped at
-    /// [`MAX_WAIT`], below the runner's [`WATCH_LIMIT`](super::WATCH_LIMIT). Zero turns
-    /// watching off: every fetch lists at once and the source is polled.
-    pub wait: Duration,
-    /// Connecting and answering, for each request. Zero means [`DEFAULT_TIMEOUT`].
-    pub timeout: Duration,
-}
-
-impl EtcdParams {
-    /// Every key under `prefix` on the etcd at `endpoint`, with default waits.
-    pub fn new(endpoint: impl Into<String>, prefix: impl Into<String>) -> Self {
-        EtcdParams {
-            endpoints: vec![endpoint.into()],
-            prefix: prefix.into(),
-            username: None,
-            password: None,
-            tls: None,
-            dsn_json_path: None,
-            wait: DEFAULT_WAIT,
-            timeout: DEFAULT_TIMEOUT,
-        }
-    }
-}
 
 /// A key prefix in etcd as a discovery source.
 #[derive(Debug)]
@@ -130,18 +88,7 @@ impl EtcdSource {
         let mut clients = Vec::with_capacity(params.endpoints.len());
         for text in &params.endpoints {
             let invalid = |e: String| DiscoveryError::Invalid(format!("etcd_endpoints: {e}"));
-            let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
-                (true, rest)
-            } else if let Some(rest) = text.strip_prefix("http://") {
-                (false, rest)
-            } else if text.contains("://") {
-                return Err(invalid(format!("\"{text}\" is not http:// or https://")));
-            } else {
-                (false, text.as_str())
-            };
-            let (host, port) =
-                http_client::split_host_port(rest.trim_end_matches('/'), Some(DEFAULT_PORT))
-                    .map_err(invalid)?;
+            let (https, host, port) = etcd_endpoint(text).map_err(invalid)?;
             let tls = match (&tls, https) {
                 (Some(config), _) => Some(config.clone()),
                 (None, true) => Some(
@@ -228,14 +175,14 @@ impl EtcdSource {
         let mut specs = Vec::new();
         for kv in answer.kvs.iter().flatten() {
             let key = decode(&kv.key);
-            match backend(&decode(&kv.value), self.params.dsn_json_path.as_deref()) {
+            match backend(&decode(&kv.value), self.params.dsn_json_path.as_ref()) {
                 Ok(Some(spec)) => specs.push(spec),
                 Ok(None) => {}
                 Err(why) => tracing::warn!(key = %key, "etcd key left out: {why}"),
             }
         }
         self.revision = Some(answer.header.revision.0);
-        Ok(http_client::unique(specs))
+        Ok(distinct(specs))
     }
 
     /// Waits until a key under the prefix changes after `revision`, or `wait` passes.
@@ -335,7 +282,7 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8], what: &str) -> Result<T, Disco
 }
 
 /// The backend in one value; `None` for an empty value.
-fn backend(value: &str, dsn_json_path: Option<&str>) -> Result<Option<BackendSpec>, String> {
+fn backend(value: &str, dsn_json_path: Option<&JsonPath>) -> Result<Option<BackendSpec>, String> {
     let value = value.trim();
     if value.is_empty() {
         return Ok(None);
@@ -346,42 +293,16 @@ fn backend(value: &str, dsn_json_path: Option<&str>) -> Result<Option<BackendSpe
     let json: Value =
         crate::bounded_json::from_slice(value.as_bytes()).map_err(|e| format!("bad JSON: {e}"))?;
     if let Some(path) = dsn_json_path {
-        let mut at = &json;
-        for step in path.split('.').filter(|s| !s.is_empty()) {
-            at = match (at, step.parse::<usize>()) {
-                (Value::Array(items), Ok(i)) => items.get(i),
-                (Value::Object(map), _) => map.get(step),
-                _ => None,
-            }
-            .ok_or_else(|| format!("nothing at \"{path}\""))?;
-        }
-        let dsn = at
+        let dsn = path
+            .get(&json)
+            .ok_or_else(|| format!("nothing at \"{path}\""))?
             .as_str()
             .ok_or_else(|| format!("the value at \"{path}\" is not a string"))?;
         return dsn_backend(dsn).map(Some);
     }
-    let entry: JsonBackend =
-        serde_json::from_value(json).map_err(|e| format!("bad backend object: {e}"))?;
-    let port = u16::try_from(entry.port)
-        .ok()
-        .filter(|&p| p > 0)
-        .ok_or_else(|| format!("port {} is not 1 to 65535", entry.port))?;
-    // Through the line grammar, so a JSON backend is checked exactly as a line is.
-    let mut spec: BackendSpec = http_client::authority(&entry.host, port).parse()?;
-    if let Some(weight) = entry.weight {
-        if weight == 0 {
-            return Err("weight must be at least 1".into());
-        }
-        spec.weight = weight;
-    }
-    spec.priority = entry.priority.unwrap_or(spec.priority);
-    spec.max_connections = entry.max_connections.filter(|&n| n > 0);
-    spec.sni = entry.sni.filter(|s| !s.is_empty());
-    spec.backup = entry.backup.unwrap_or(false);
-    if let Some(state) = entry.state {
-        spec.admin = state.parse::<AdminState>()?;
-    }
-    Ok(Some(spec))
+    let mut fields = JsonFields::named();
+    fields.state = Some(JsonPath::key("state"));
+    fields.backend(&json).map(Some)
 }
 
 /// Host and port of a URL `scheme://[userinfo@]host:port[/…]`.
@@ -392,19 +313,6 @@ fn dsn_backend(dsn: &str) -> Result<BackendSpec, String> {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
     host_port.parse().map_err(|e| format!("URL \"{dsn}\": {e}"))
-}
-
-/// A backend as a JSON value.
-#[derive(Debug, Deserialize)]
-struct JsonBackend {
-    host: String,
-    port: i64,
-    weight: Option<u32>,
-    priority: Option<u32>,
-    max_connections: Option<u32>,
-    sni: Option<String>,
-    backup: Option<bool>,
-    state: Option<String>,
 }
 
 /// etcd's JSON encodes 64-bit integers as strings; this takes either form.
@@ -479,6 +387,7 @@ struct GatewayError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::AdminState;
 
     #[test]
     fn prefix_ranges() {
@@ -509,7 +418,7 @@ mod tests {
         assert_eq!(obj.admin, AdminState::Draining);
         let dsn = backend(
             r#"{"conn": {"urls": ["x", "postgres://u:p@db.internal:5432/app?x=1"]}}"#,
-            Some("conn.urls.1"),
+            Some(&JsonPath::dsn("conn.urls.1")),
         )
         .expect("dsn")
         .expect("some");
@@ -525,7 +434,8 @@ mod tests {
             (r#"{"a": "b"}"#, Some("c")),
             (r#"{"a": "no url"}"#, Some("a")),
         ] {
-            assert!(backend(bad, path).is_err(), "{bad}");
+            let path = path.map(JsonPath::dsn);
+            assert!(backend(bad, path.as_ref()).is_err(), "{bad}");
         }
     }
 

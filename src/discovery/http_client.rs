@@ -59,39 +59,6 @@ pub fn authority(host: &str, port: u16) -> String {
     }
 }
 
-/// Splits `host:port` or `[v6]:port` (the port may be left out when `default_port` is
-/// given); the host comes back without brackets.
-pub fn split_host_port(text: &str, default_port: Option<u16>) -> Result<(String, u16), String> {
-    let bad = || format!("\"{text}\" is not \"host:port\"");
-    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
-        let (host, after) = rest.split_once(']').ok_or_else(bad)?;
-        match after.strip_prefix(':') {
-            Some(port) => (host, Some(port)),
-            None if after.is_empty() => (host, None),
-            None => return Err(bad()),
-        }
-    } else {
-        match text.rsplit_once(':') {
-            Some((host, _)) if host.contains(':') => (text, None),
-            Some((host, port)) => (host, Some(port)),
-            None => (text, None),
-        }
-    };
-    if host.is_empty() {
-        return Err(bad());
-    }
-    let port = match (port, default_port) {
-        (Some(port), _) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|&p| p > 0)
-            .ok_or_else(|| format!("port \"{port}\" in \"{text}\" is not 1 to 65535"))?,
-        (None, Some(port)) => port,
-        (None, None) => return Err(format!("\"{text}\" has no port")),
-    };
-    Ok((host.to_owned(), port))
-}
-
 /// One request: method, path with its query, extra headers and an optional body.
 #[derive(Debug)]
 pub struct Request {
@@ -354,29 +321,9 @@ pub fn encode(text: &str) -> String {
     out
 }
 
-/// Keeps the first spec of each `host:port`: two registrations of one address (a
-/// container published on IPv4 and IPv6, a service registered twice) are one backend,
-/// and a pool cannot hold the same key twice.
-pub fn unique(specs: Vec<crate::backend::BackendSpec>) -> Vec<crate::backend::BackendSpec> {
-    let mut seen = std::collections::HashSet::new();
-    specs.into_iter().filter(|s| seen.insert(s.key())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn host_port_forms() {
-        assert_eq!(split_host_port("a:1", None), Ok(("a".into(), 1)));
-        assert_eq!(split_host_port("a", Some(8500)), Ok(("a".into(), 8500)));
-        assert_eq!(split_host_port("[::1]:2", None), Ok(("::1".into(), 2)));
-        assert_eq!(split_host_port("[::1]", Some(3)), Ok(("::1".into(), 3)));
-        assert_eq!(split_host_port("::1", Some(3)), Ok(("::1".into(), 3)));
-        assert!(split_host_port("a:0", None).is_err());
-        assert!(split_host_port("a", None).is_err());
-        assert!(split_host_port(":80", None).is_err());
-    }
 
     #[test]
     fn encodes_reserved_characters() {

@@ -10,87 +10,32 @@
 use serde_json::Value;
 
 use super::http::{deadline, Fetcher};
-use super::list::{address, port};
+use super::json_backend::{JsonFields, Reading};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
 use crate::config::JsonParams;
 
-/// A path into a JSON value: keys and `[N]` indexes separated by dots.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JsonPath(Vec<Step>);
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Step {
-    Key(String),
-    Index(usize),
-}
-
-impl JsonPath {
-    pub fn parse(text: &str) -> Result<JsonPath, String> {
-        let mut steps = Vec::new();
-        for part in text.split('.') {
-            // `ports[0]` is `ports` then `[0]`.
-            let (key, mut indexes) = match part.find('[') {
-                Some(i) => (&part[..i], &part[i..]),
-                None => (part, ""),
-            };
-            if !key.is_empty() {
-                steps.push(Step::Key(key.to_owned()));
-            }
-            while !indexes.is_empty() {
-                let index = indexes
-                    .strip_prefix('[')
-                    .and_then(|r| r.split_once(']'))
-                    .and_then(|(n, rest)| n.parse::<usize>().ok().map(|n| (n, rest)));
-                let Some((n, rest)) = index else {
-                    return Err(format!("\"{text}\": bad index in \"{part}\""));
-                };
-                steps.push(Step::Index(n));
-                indexes = rest;
-            }
-            if key.is_empty() && !part.starts_with('[') {
-                return Err(format!("\"{text}\" has an empty step"));
-            }
-        }
-        Ok(JsonPath(steps))
-    }
-
-    fn find<'v>(&self, mut value: &'v Value) -> Option<&'v Value> {
-        for step in &self.0 {
-            value = match step {
-                Step::Key(key) => value.get(key)?,
-                Step::Index(i) => value.get(i)?,
-            };
-        }
-        (!value.is_null()).then_some(value)
-    }
-}
-
 /// The `json` source.
 pub struct JsonSource {
     fetcher: Fetcher,
-    host: JsonPath,
-    port: JsonPath,
-    weight: JsonPath,
-    priority: JsonPath,
-    max_connections: JsonPath,
-    backup: JsonPath,
-    sni: Option<JsonPath>,
+    fields: JsonFields,
 }
 
 impl JsonSource {
     pub fn new(params: &JsonParams) -> Self {
-        // The configuration checked every pattern; one that fails here matches nothing.
-        let path = |p: &str| JsonPath::parse(p).unwrap_or(JsonPath(vec![Step::Key(p.into())]));
         JsonSource {
-            fetcher: Fetcher::new(&params.endpoint, params.cacert_path.clone()),
-            host: path(&params.host_pattern),
-            port: path(&params.port_pattern),
-            weight: path(&params.weight_pattern),
-            priority: path(&params.priority_pattern),
-            max_connections: path(&params.max_connections_pattern),
-            backup: path(&params.backup_pattern),
-            sni: params.sni_pattern.as_deref().map(path),
+            fetcher: Fetcher::new(params.endpoint.clone(), params.cacert_path.clone()),
+            fields: JsonFields {
+                host: params.host_pattern.clone(),
+                port: params.port_pattern.clone(),
+                weight: params.weight_pattern.clone(),
+                priority: params.priority_pattern.clone(),
+                max_connections: params.max_connections_pattern.clone(),
+                backup: params.backup_pattern.clone(),
+                sni: params.sni_pattern.clone(),
+                state: None,
+                reading: Reading::GoBetween,
+            },
         }
     }
 
@@ -106,70 +51,11 @@ impl JsonSource {
             .iter()
             .enumerate()
             .map(|(i, item)| {
-                self.backend(item)
+                self.fields
+                    .backend(item)
                     .map_err(|e| invalid(format!("element {i}: {e}")))
             })
             .collect()
-    }
-
-    fn backend(&self, item: &Value) -> Result<BackendSpec, String> {
-        let host = match self.host.find(item) {
-            Some(Value::String(host)) => host,
-            Some(_) => return Err("the host is not a string".into()),
-            None => return Err("no host".into()),
-        };
-        let port = port(self.port.find(item).ok_or("no port")?)?;
-        let mut line = address(host, port);
-        // As GoBetween: a weight or priority that is not a number is left at its default.
-        if let Some(w) = self.weight.find(item).and_then(Value::as_i64) {
-            line.push_str(&format!(" weight={w}"));
-        }
-        if let Some(p) = self.priority.find(item).and_then(Value::as_f64) {
-            line.push_str(&format!(" priority={}", p as i64));
-        }
-        if let Some(Value::String(sni)) = self.sni.as_ref().and_then(|p| p.find(item)) {
-            // A name with a space would add fields of its own to the line.
-            if sni.contains(char::is_whitespace) {
-                return Err(format!("sni \"{sni}\" contains a space"));
-            }
-            line.push_str(&format!(" sni={sni}"));
-        }
-        match self.max_connections.find(item) {
-            None => {}
-            Some(Value::Number(n)) if n.is_u64() => {
-                line.push_str(&format!(" max_connections={n}"));
-            }
-            Some(Value::String(s)) if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) => {
-                line.push_str(&format!(" max_connections={s}"));
-            }
-            Some(other) => return Err(format!("max_connections {other} is not a number")),
-        }
-        if let Some(value) = self.backup.find(item) {
-            if json_flag(value)
-                .ok_or_else(|| format!("backup {value} is not true, false, 1 or 0"))?
-            {
-                line.push_str(" backup");
-            }
-        }
-        line.parse()
-    }
-}
-
-/// A JSON yes/no as registries write it: a boolean, `1`/`0`, or either as a string.
-fn json_flag(value: &Value) -> Option<bool> {
-    match value {
-        Value::Bool(b) => Some(*b),
-        Value::Number(n) => match n.as_u64() {
-            Some(1) => Some(true),
-            Some(0) => Some(false),
-            _ => None,
-        },
-        Value::String(s) => match s.as_str() {
-            "true" | "1" => Some(true),
-            "false" | "0" => Some(false),
-            _ => None,
-        },
-        _ => None,
     }
 }
 
@@ -185,17 +71,22 @@ impl Source for JsonSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{JsonPath, Url};
+
+    fn path(text: &str) -> JsonPath {
+        JsonPath::parse(text).expect("a valid path")
+    }
 
     fn params(patterns: [&str; 4], sni: Option<&str>) -> JsonParams {
         JsonParams {
-            endpoint: "http://127.0.0.1/".into(),
-            host_pattern: patterns[0].into(),
-            port_pattern: patterns[1].into(),
-            weight_pattern: patterns[2].into(),
-            priority_pattern: patterns[3].into(),
-            max_connections_pattern: "max_connections".into(),
-            backup_pattern: "backup".into(),
-            sni_pattern: sni.map(Into::into),
+            endpoint: Url::parse("http://127.0.0.1/").expect("a valid URL"),
+            host_pattern: path(patterns[0]),
+            port_pattern: path(patterns[1]),
+            weight_pattern: path(patterns[2]),
+            priority_pattern: path(patterns[3]),
+            max_connections_pattern: path("max_connections"),
+            backup_pattern: path("backup"),
+            sni_pattern: sni.map(path),
             cacert_path: None,
         }
     }
@@ -203,8 +94,8 @@ mod tests {
     #[test]
     fn json_max_connections_and_backup() {
         let source = JsonSource::new(&JsonParams {
-            max_connections_pattern: "limits.conns".into(),
-            backup_pattern: "role.[0]".into(),
+            max_connections_pattern: path("limits.conns"),
+            backup_pattern: path("role.[0]"),
             ..params(["host", "port", "weight", "priority"], None)
         });
         let specs = source
@@ -277,7 +168,5 @@ mod tests {
         ] {
             assert!(source.backends(bad).is_err(), "{bad}");
         }
-        assert!(JsonPath::parse("a..b").is_err());
-        assert!(JsonPath::parse("a[x]").is_err());
     }
 }

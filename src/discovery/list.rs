@@ -1,8 +1,11 @@
 //! Backend lists as sources hand them over: text in the backend line grammar (the one of
 //! `static_list`), and JSON objects with the same fields.
 
-use serde_json::{Map, Value};
+use std::collections::HashSet;
 
+use serde_json::Value;
+
+use super::json_backend::JsonFields;
 use super::DiscoveryError;
 use crate::backend::BackendSpec;
 
@@ -28,7 +31,7 @@ pub fn parse_lines(text: &str, what: &str) -> Result<Vec<BackendSpec>, Discovery
 
 /// A JSON array whose elements are backend lines or objects
 /// (`{"host": …, "port": …, "weight": …, "priority": …, "max_connections": …, "sni": …,
-/// "backup": …}`).
+/// "backup": …}`, read by [`JsonFields::named`]).
 pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryError> {
     let value: Value = crate::bounded_json::from_slice(text.as_bytes())
         .map_err(|e| DiscoveryError::Invalid(format!("{what}: not JSON: {e}")))?;
@@ -37,13 +40,14 @@ pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryE
             "{what}: expected a JSON array of backends"
         )));
     };
+    let fields = JsonFields::named();
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
             let spec = match item {
                 Value::String(line) => line.parse::<BackendSpec>(),
-                Value::Object(fields) => from_object(fields),
+                Value::Object(_) => fields.backend(item),
                 _ => Err("expected a backend line or an object".to_owned()),
             };
             spec.map_err(|e| DiscoveryError::Invalid(format!("{what}, element {i}: {e}")))
@@ -51,62 +55,16 @@ pub fn parse_json(text: &str, what: &str) -> Result<Vec<BackendSpec>, DiscoveryE
         .collect()
 }
 
-/// A backend from an object's fields; `host` and `port` are required, `port` may be a
-/// number or a string, the other fields take the line grammar's defaults.
-pub fn from_object(fields: &Map<String, Value>) -> Result<BackendSpec, String> {
-    let host = match fields.get("host") {
-        Some(Value::String(host)) => host.as_str(),
-        _ => return Err("\"host\" is missing or not a string".into()),
-    };
-    let port = fields
-        .get("port")
-        .ok_or_else(|| "\"port\" is missing".to_owned())
-        .and_then(port)?;
-    let mut line = address(host, port);
-    for key in ["weight", "priority", "max_connections"] {
-        match fields.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Number(n)) => line.push_str(&format!(" {key}={n}")),
-            Some(_) => return Err(format!("\"{key}\" is not a number")),
-        }
-    }
-    match fields.get("sni") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(sni)) if !sni.is_empty() && !sni.contains(char::is_whitespace) => {
-            line.push_str(&format!(" sni={sni}"));
-        }
-        Some(_) => return Err("\"sni\" is not a host name".into()),
-    }
-    match fields.get("backup") {
-        None | Some(Value::Null) | Some(Value::Bool(false)) => {}
-        Some(Value::Bool(true)) => line.push_str(" backup"),
-        Some(_) => return Err("\"backup\" is not true or false".into()),
-    }
-    // Going through the line grammar checks every value exactly as `static_list` does.
-    line.parse()
-}
-
-/// A port given as a number or a string of digits.
-pub fn port(value: &Value) -> Result<u16, String> {
-    let port = match value {
-        Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
-        Value::String(s) => s.trim().parse::<u16>().ok(),
-        _ => None,
-    };
-    match port {
-        Some(port) if port > 0 => Ok(port),
-        _ => Err(format!("port {value} is not a number from 1 to 65535")),
-    }
-}
-
-/// `host:port`, bracketing an IPv6 literal, as the line grammar wants it.
-pub fn address(host: &str, port: u16) -> String {
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.contains(':') {
-        format!("[{host}]:{port}")
-    } else {
-        format!("{host}:{port}")
-    }
+/// `specs` with later entries of an already listed `host:port` (compared without case)
+/// dropped: two registrations of one address (a container published on IPv4 and IPv6, a
+/// service registered twice, two SRV records to one target) are one backend, and a pool
+/// cannot hold the same key twice.
+pub fn distinct(specs: Vec<BackendSpec>) -> Vec<BackendSpec> {
+    let mut seen = HashSet::with_capacity(specs.len());
+    specs
+        .into_iter()
+        .filter(|spec| seen.insert(spec.key().to_ascii_lowercase()))
+        .collect()
 }
 
 #[cfg(test)]
@@ -146,5 +104,12 @@ mod tests {
         ] {
             assert!(parse_json(bad, "f").is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn distinct_keeps_the_first_of_each_address() {
+        let specs = parse_lines("h:1 weight=2\nH:1\n[::1]:1\nh:2\n", "f").expect("valid");
+        let kept: Vec<String> = distinct(specs).iter().map(ToString::to_string).collect();
+        assert_eq!(kept, ["h:1 weight=2", "[::1]:1", "h:2"]);
     }
 }

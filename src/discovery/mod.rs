@@ -19,6 +19,7 @@ pub mod file;
 pub mod http;
 pub mod http_client;
 pub mod json;
+pub mod json_backend;
 pub mod list;
 pub mod plaintext;
 mod runner;

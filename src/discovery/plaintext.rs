@@ -5,72 +5,49 @@
 //! backup unless it reads `false` or `0`). As in GoBetween, a line that does not match is
 //! skipped with a warning.
 
-use regex::Regex;
 use serde_json::Value;
 use tracing::warn;
 
 use super::http::{deadline, Fetcher};
-use super::list::{address, port};
+use super::json_backend::{at, port};
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::config::PlaintextParams;
+use crate::config::{LinePattern, PlaintextParams};
 
-/// A `plaintext_regex_pattern`: a regex with at least the named groups `host` and `port`.
-#[derive(Clone, Debug)]
-pub struct LinePattern(Regex);
-
-impl LinePattern {
-    pub fn parse(text: &str) -> Result<LinePattern, String> {
-        let regex = Regex::new(text).map_err(|e| {
-            // The regex crate explains over several lines; its last one says what is wrong.
-            let text = e.to_string();
-            let why = text
-                .lines()
-                .last()
-                .unwrap_or_default()
-                .trim_start_matches("error: ");
-            format!("not a valid regex: {why}")
-        })?;
-        for group in ["host", "port"] {
-            if !regex.capture_names().flatten().any(|n| n == group) {
-                return Err(format!("the regex needs a named group (?P<{group}>...)"));
+/// The backend of one line read with `pattern`, `None` when the line does not match.
+pub fn line_backend(pattern: &LinePattern, line: &str) -> Option<Result<BackendSpec, String>> {
+    let caps = pattern.regex().captures(line)?;
+    let group = |name: &str| {
+        caps.name(name)
+            .map(|m| m.as_str())
+            .filter(|s| !s.is_empty())
+    };
+    let (Some(host), Some(port_text)) = (group("host"), group("port")) else {
+        return Some(Err("no host or port".into()));
+    };
+    let port = match port(&Value::String(port_text.to_owned())) {
+        Ok(port) => port,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut spec = match at(host, port) {
+        Ok(spec) => spec,
+        Err(e) => return Some(Err(e)),
+    };
+    for key in ["weight", "priority", "max_connections", "sni"] {
+        if let Some(value) = group(key) {
+            // Refused as when backends were built as lines, which a space would split.
+            if value.contains(char::is_whitespace) {
+                return Some(Err(format!("{key} \"{value}\" contains a space")));
+            }
+            if let Err(e) = spec.set_option(key, value) {
+                return Some(Err(e));
             }
         }
-        Ok(LinePattern(regex))
     }
-
-    /// The backend of one line, `None` when the line does not match.
-    pub fn backend(&self, line: &str) -> Option<Result<BackendSpec, String>> {
-        let caps = self.0.captures(line)?;
-        let group = |name: &str| {
-            caps.name(name)
-                .map(|m| m.as_str())
-                .filter(|s| !s.is_empty())
-        };
-        let (Some(host), Some(port_text)) = (group("host"), group("port")) else {
-            return Some(Err("no host or port".into()));
-        };
-        let port = match port(&Value::String(port_text.to_owned())) {
-            Ok(port) => port,
-            Err(e) => return Some(Err(e)),
-        };
-        let mut line = address(host, port);
-        for key in ["weight", "priority", "max_connections", "sni"] {
-            if let Some(value) = group(key) {
-                // A value with a space would add fields of its own to the line.
-                if value.contains(char::is_whitespace) {
-                    return Some(Err(format!("{key} \"{value}\" contains a space")));
-                }
-                line.push_str(&format!(" {key}={value}"));
-            }
-        }
-        // A flag group such as `(?P<backup> backup)?` means yes by matching; a group
-        // catching a value lets a list say no explicitly.
-        if group("backup").is_some_and(|v| !matches!(v.trim(), "false" | "0")) {
-            line.push_str(" backup");
-        }
-        Some(line.parse())
-    }
+    // A flag group such as `(?P<backup> backup)?` means yes by matching; a group
+    // catching a value lets a list say no explicitly.
+    spec.backup = group("backup").is_some_and(|v| !matches!(v.trim(), "false" | "0"));
+    Some(Ok(spec))
 }
 
 /// The `plaintext` source.
@@ -82,11 +59,8 @@ pub struct PlaintextSource {
 impl PlaintextSource {
     pub fn new(params: &PlaintextParams) -> Self {
         PlaintextSource {
-            fetcher: Fetcher::new(&params.endpoint, params.cacert_path.clone()),
-            pattern: params
-                .pattern
-                .as_deref()
-                .and_then(|p| LinePattern::parse(p).ok()),
+            fetcher: Fetcher::new(params.endpoint.clone(), params.cacert_path.clone()),
+            pattern: params.pattern.clone(),
         }
     }
 
@@ -95,8 +69,7 @@ impl PlaintextSource {
         let mut out = Vec::new();
         for line in body.lines().map(str::trim).filter(|l| !l.is_empty()) {
             let parsed = match &self.pattern {
-                Some(pattern) => pattern
-                    .backend(line)
+                Some(pattern) => line_backend(pattern, line)
                     .unwrap_or_else(|| Err("does not match plaintext_regex_pattern".into())),
                 None if line.starts_with('#') => continue,
                 None => line.parse::<BackendSpec>(),
@@ -122,11 +95,12 @@ impl Source for PlaintextSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Url;
 
     #[test]
     fn plaintext_lines_and_patterns() {
         let plain = PlaintextSource::new(&PlaintextParams {
-            endpoint: "http://h/".into(),
+            endpoint: Url::parse("http://h/").expect("a valid URL"),
             pattern: None,
             cacert_path: None,
         });
@@ -134,8 +108,8 @@ mod tests {
         assert_eq!(specs.len(), 2);
         let pattern = r"^(?P<host>\S+) (?P<port>\d+)(?: w(?P<weight>\d+))?(?P<backup> b)?$";
         let source = PlaintextSource::new(&PlaintextParams {
-            endpoint: "http://h/".into(),
-            pattern: Some(pattern.into()),
+            endpoint: Url::parse("http://h/").expect("a valid URL"),
+            pattern: Some(LinePattern::parse(pattern).expect("a valid pattern")),
             cacert_path: None,
         });
         let specs = source.backends("10.0.0.1 80 w5\n10.0.0.2 81 b\nno match\n");
@@ -145,8 +119,8 @@ mod tests {
         let pattern =
             r"^(?P<host>\S+):(?P<port>\d+) max=(?P<max_connections>\S+) backup=(?P<backup>\S+)$";
         let source = PlaintextSource::new(&PlaintextParams {
-            endpoint: "http://h/".into(),
-            pattern: Some(pattern.into()),
+            endpoint: Url::parse("http://h/").expect("a valid URL"),
+            pattern: Some(LinePattern::parse(pattern).expect("a valid pattern")),
             cacert_path: None,
         });
         let specs = source.backends(

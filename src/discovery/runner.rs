@@ -169,12 +169,8 @@ fn retry_wait(interval: Duration) -> Duration {
 /// `list` with later entries of an already listed `host:port` dropped: a source that
 /// lists a backend twice (two SRV records to one target) means it once.
 fn without_duplicates(server: &str, list: Vec<BackendSpec>) -> Vec<BackendSpec> {
-    let mut seen = std::collections::HashSet::with_capacity(list.len());
     let before = list.len();
-    let out: Vec<BackendSpec> = list
-        .into_iter()
-        .filter(|spec| seen.insert(spec.key().to_ascii_lowercase()))
-        .collect();
+    let out = super::list::distinct(list);
     if out.len() < before {
         debug!(
             server,

@@ -2,7 +2,6 @@
 //! status must be one of `http_status`; the body, when `http_body` or
 //! `http_body_regexp` is set, must contain or match it.
 
-use regex::Regex;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::tls::TlsClient;
@@ -16,7 +15,6 @@ const MAX_RESPONSE: usize = 64 * 1024;
 pub struct HttpCheck {
     settings: HttpSettings,
     tls: Option<TlsClient>,
-    body_regexp: Option<Regex>,
     /// The PROXY header version the server sends its backends.
     proxy: Option<ProxyVersion>,
 }
@@ -27,20 +25,15 @@ impl HttpCheck {
             Some(tls) => Some(TlsClient::new(tls)?),
             None => None,
         };
-        let body_regexp = match &settings.body_regexp {
-            Some(pattern) => Some(Regex::new(pattern).map_err(|e| e.to_string())?),
-            None => None,
-        };
         Ok(HttpCheck {
             settings: settings.clone(),
             tls,
-            body_regexp,
             proxy,
         })
     }
 
     fn wants_body(&self) -> bool {
-        self.settings.body.is_some() || self.body_regexp.is_some()
+        self.settings.body.is_some() || self.settings.body_regexp.is_some()
     }
 
     async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
@@ -154,8 +147,8 @@ impl HttpCheck {
                 )));
             }
         }
-        if let Some(re) = &self.body_regexp {
-            if !re.is_match(&body) {
+        if let Some(re) = &self.settings.body_regexp {
+            if !re.regex().is_match(&body) {
                 return Err(CheckError::Unhealthy(format!(
                     "body does not match /{}/",
                     re.as_str()

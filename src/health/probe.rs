@@ -58,10 +58,9 @@ impl ProbeCheck {
     ) -> Result<ProbeCheck, String> {
         let expect = match &settings.expect {
             ProbeExpect::StartsWith(bytes) => Expect::StartsWith(bytes.clone()),
-            ProbeExpect::Regexp { pattern, len } => Expect::Regexp(
-                Regex::new(pattern).map_err(|e| e.to_string())?,
-                *len as usize,
-            ),
+            ProbeExpect::Regexp { pattern, len } => {
+                Expect::Regexp(pattern.regex().clone(), *len as usize)
+            }
         };
         let tls = match settings.protocol {
             ProbeProtocol::Tls => Some(TlsClient::new(&settings.tls)?),

@@ -18,6 +18,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+pub use crate::config::ClientTlsFiles;
 use crate::config::{BackendsTls, ClientAuth, TlsFiles, TlsTermination, TlsVersion};
 use verify::TrustedFile;
 
@@ -58,17 +59,6 @@ impl TlsError {
             TlsError::HalfPair | TlsError::NoSystemRoots => None,
         }
     }
-}
-
-/// PEM files of a TLS client (discovery sources talking to Consul, etcd or Docker).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClientTlsFiles {
-    /// Certificate chain presented when the server asks for one (mutual TLS); needs
-    /// `key_path`.
-    pub cert_path: Option<PathBuf>,
-    pub key_path: Option<PathBuf>,
-    /// CA certificates that verify the server; `None` trusts the system's store.
-    pub cacert_path: Option<PathBuf>,
 }
 
 /// A client configuration verifying servers against `files.cacert_path` (a certificate

@@ -1,0 +1,221 @@
+//! The service registries' parameters — Consul, etcd, Docker — as the configuration
+//! holds them, with the defaults a source uses when a key is left out.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::address::split_host_port;
+use super::{ClientTlsFiles, JsonPath};
+
+/// Consul's HTTP port, used when `host` has none.
+pub const CONSUL_DEFAULT_PORT: u16 = 8500;
+
+/// How long Consul may hold a blocking query, unless configured.
+pub const CONSUL_DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The request bound used when `timeout` is zero (GoBetween's for Consul): no read may wait
+/// without end.
+pub const CONSUL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to ask Consul; the names follow GoBetween's `consul_*` keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsulParams {
+    /// `consul_host`: the agent, `host:port` or `host` (port 8500).
+    pub host: String,
+    /// `consul_service_name`.
+    pub service_name: String,
+    /// `consul_service_tag`: only instances with this tag.
+    pub service_tag: Option<String>,
+    /// `consul_service_passing_only`: only instances whose checks all pass.
+    pub passing_only: bool,
+    /// `consul_datacenter`: another datacenter than the agent's.
+    pub datacenter: Option<String>,
+    /// `consul_auth_username` and `consul_auth_password`: HTTP basic authentication,
+    /// sent when the username is set.
+    pub auth_username: Option<String>,
+    pub auth_password: Option<String>,
+    /// ACL token, sent as `X-Consul-Token`.
+    pub acl_token: Option<String>,
+    /// `consul_tls_enabled` with `consul_tls_cert_path`, `consul_tls_key_path`,
+    /// `consul_tls_cacert_path`: HTTPS when `Some`.
+    pub tls: Option<ClientTlsFiles>,
+    /// How long Consul may hold a blocking query (it adds up to a sixteenth as jitter).
+    /// Capped at the source's `MAX_WAIT`, so a held request ends before the runner's
+    /// `WATCH_LIMIT` calls it hung. Zero turns blocking off: every
+    /// fetch answers at once and the source is polled.
+    pub wait: Duration,
+    /// Connecting and answering, on top of `wait` for a blocking query. Zero means [`CONSUL_DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+impl ConsulParams {
+    /// Every instance of `service_name` on the agent at `host`, with default waits.
+    pub fn new(host: impl Into<String>, service_name: impl Into<String>) -> Self {
+        ConsulParams {
+            host: host.into(),
+            service_name: service_name.into(),
+            service_tag: None,
+            passing_only: false,
+            datacenter: None,
+            auth_username: None,
+            auth_password: None,
+            acl_token: None,
+            tls: None,
+            wait: CONSUL_DEFAULT_WAIT,
+            timeout: CONSUL_DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// etcd's client port, used when an endpoint has none.
+pub const ETCD_DEFAULT_PORT: u16 = 2379;
+
+/// How long one fetch waits for a change, unless configured.
+pub const ETCD_DEFAULT_WAIT: Duration = Duration::from_secs(60);
+
+/// The request bound used when `timeout` is zero (as for Consul): no read may wait
+/// without end.
+pub const ETCD_DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What to ask etcd; the names follow GoBetween's `etcd_*` keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EtcdParams {
+    /// `etcd_endpoints`: client URLs, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`;
+    /// tried in turn, the next one after an error.
+    pub endpoints: Vec<String>,
+    /// `etcd_prefix`: every key starting with it is a backend (empty: every key).
+    pub prefix: String,
+    /// `etcd_username` and `etcd_password`: etcd authentication, when the username is set.
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// `etcd_tls_enabled` with `etcd_tls_cert_path`, `etcd_tls_key_path`,
+    /// `etcd_tls_cacert_path`: HTTPS to every endpoint when `Some` (an `https://`
+    /// endpoint alone uses the system's trust store).
+    pub tls: Option<ClientTlsFiles>,
+    /// `etcd_dsn_json_path`: where a JSON value holds the backend's URL.
+    pub dsn_json_path: Option<JsonPath>,
+    /// How long one fetch waits for a change before listing again anyway; capped at
+    /// the source's `MAX_WAIT`, below the runner's `WATCH_LIMIT`. Zero turns
+    /// watching off: every fetch lists at once and the source is polled.
+    pub wait: Duration,
+    /// Connecting and answering, for each request. Zero means [`ETCD_DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+impl EtcdParams {
+    /// Every key under `prefix` on the etcd at `endpoint`, with default waits.
+    pub fn new(endpoint: impl Into<String>, prefix: impl Into<String>) -> Self {
+        EtcdParams {
+            endpoints: vec![endpoint.into()],
+            prefix: prefix.into(),
+            username: None,
+            password: None,
+            tls: None,
+            dsn_json_path: None,
+            wait: ETCD_DEFAULT_WAIT,
+            timeout: ETCD_DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// The daemon's socket on a default installation.
+pub const DOCKER_DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
+
+/// The request bound used when `timeout` is zero (GoBetween's for Docker): no read may wait
+/// without end.
+pub const DOCKER_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What to ask Docker; the names follow GoBetween's `docker_*` keys.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DockerParams {
+    /// `docker_endpoint`: `unix:///PATH` or `tcp://HOST:PORT` (`http://` and
+    /// `https://` are accepted as well; the port defaults to 2375, or 2376 with TLS).
+    pub endpoint: String,
+    /// `docker_container_label`: only containers with this label, `KEY` or `KEY=VALUE`.
+    pub container_label: Option<String>,
+    /// `docker_container_private_port`: the port inside the container.
+    pub container_private_port: u16,
+    /// `docker_container_host_env_var`: a container environment variable holding the
+    /// host to reach it at.
+    pub container_host_env_var: Option<String>,
+    /// `docker_tls_enabled` with `docker_tls_cert_path`, `docker_tls_key_path`,
+    /// `docker_tls_cacert_path`: HTTPS to a TCP endpoint when `Some`.
+    pub tls: Option<ClientTlsFiles>,
+    /// For the whole listing, inspections included. Zero means [`DOCKER_DEFAULT_TIMEOUT`].
+    pub timeout: Duration,
+}
+
+impl DockerParams {
+    /// Containers on the local daemon publishing `private_port`.
+    pub fn new(private_port: u16) -> Self {
+        DockerParams {
+            endpoint: DOCKER_DEFAULT_ENDPOINT.into(),
+            container_label: None,
+            container_private_port: private_port,
+            container_host_env_var: None,
+            tls: None,
+            timeout: DOCKER_DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// An `etcd_endpoints` entry, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`:
+/// whether it is HTTPS, its host and its port.
+pub fn etcd_endpoint(text: &str) -> Result<(bool, String, u16), String> {
+    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
+        (true, rest)
+    } else if let Some(rest) = text.strip_prefix("http://") {
+        (false, rest)
+    } else if text.contains("://") {
+        return Err(format!("\"{text}\" is not http:// or https://"));
+    } else {
+        (false, text)
+    };
+    let (host, port) = split_host_port(rest.trim_end_matches('/'), Some(ETCD_DEFAULT_PORT))?;
+    Ok((https, host, port))
+}
+
+/// Where a `docker_endpoint` points.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DockerEndpoint {
+    /// `unix:///PATH`.
+    Unix(PathBuf),
+    /// `tcp://`, `http://` or `https://`; `tls_wanted` when HTTPS was asked for, by the
+    /// scheme or by TLS files.
+    Tcp {
+        host: String,
+        port: u16,
+        tls_wanted: bool,
+    },
+}
+
+/// Reads a `docker_endpoint`; `tls` says whether TLS files are configured.
+pub fn docker_endpoint(text: &str, tls: bool) -> Result<DockerEndpoint, String> {
+    let (scheme, rest) = text
+        .split_once("://")
+        .ok_or_else(|| format!("\"{text}\" is not unix:///PATH or tcp://HOST:PORT"))?;
+    match scheme {
+        "unix" => {
+            if tls {
+                return Err("TLS needs a tcp:// endpoint".into());
+            }
+            if rest.is_empty() {
+                return Err("the socket path is empty".into());
+            }
+            Ok(DockerEndpoint::Unix(PathBuf::from(rest)))
+        }
+        "tcp" | "http" | "https" => {
+            let tls_wanted = tls || scheme == "https";
+            let default_port = if tls_wanted { 2376 } else { 2375 };
+            let (host, port) = split_host_port(rest.trim_end_matches('/'), Some(default_port))?;
+            Ok(DockerEndpoint::Tcp {
+                host,
+                port,
+                tls_wanted,
+            })
+        }
+        other => Err(format!(
+            "unknown scheme \"{other}\"; expected unix:// or tcp://"
+        )),
+    }
+}
