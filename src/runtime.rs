@@ -4,6 +4,19 @@
 //! in line with it. Start-up, SIGHUP reloads and the admin API all go through it, so
 //! there is one set of rules for what a change does to connections: none is ever cut
 //! by a change (see `docs/lifecycle.md`).
+//!
+//! Every change to running state takes one path:
+//! - a configuration (start-up, file reload, API edit): [`Runtime::apply`], which
+//!   starts, stops or updates servers;
+//! - certificates renewed under an unchanged configuration (a reload):
+//!   [`Runtime::reload_tls`]; each server's certificate task is the one place they are
+//!   loaded, and it also follows the files itself;
+//! - a drain deadline (an API edit of a backend's state): [`Runtime::cut_after`];
+//! - a discovered backend list: within its server, whose runner hands it to the same
+//!   pool rebuild an update takes (see [`crate::server`]).
+//!
+//! Every task a server starts ends with it: stopping a server waits for them, and
+//! [`Runtime::shutdown`] ends the rest.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -210,10 +223,7 @@ impl Runtime {
     pub async fn reload_tls(&self) {
         let state = self.state.lock().await;
         for server in state.servers.values() {
-            let settings = server.shared.settings.load_full();
-            if settings.tls.is_some() || settings.backends_tls.is_some() {
-                server.shared.reload_tls(&settings);
-            }
+            server.reload_certificates().await;
         }
     }
 
@@ -237,20 +247,41 @@ impl Runtime {
     ) -> bool {
         self.life.graceful.cancel();
         self.life.tracker.close();
-        tokio::select! {
-            () = self.life.tracker.wait() => return true,
-            () = tokio::time::sleep(grace) => warn!(
-                remaining = self.life.tracker.len(),
-                "shutdown grace period over; closing the remaining connections"
-            ),
-            () = hurry => warn!(
-                remaining = self.life.tracker.len(),
-                "asked again to stop: closing the remaining connections now"
-            ),
+        let drained = tokio::select! {
+            () = self.life.tracker.wait() => true,
+            () = tokio::time::sleep(grace) => {
+                warn!(
+                    remaining = self.life.tracker.len(),
+                    "shutdown grace period over; closing the remaining connections"
+                );
+                false
+            }
+            () = hurry => {
+                warn!(
+                    remaining = self.life.tracker.len(),
+                    "asked again to stop: closing the remaining connections now"
+                );
+                false
+            }
+        };
+        if !drained {
+            self.life.hard_stop.cancel();
         }
-        self.life.hard_stop.cancel();
-        let _ = tokio::time::timeout(HARD_STOP_WAIT, self.life.tracker.wait()).await;
-        false
+        let _ = tokio::time::timeout(HARD_STOP_WAIT, async {
+            self.life.tracker.wait().await;
+            self.end_server_tasks().await;
+        })
+        .await;
+        drained
+    }
+
+    /// Ends the background tasks of every server (with no connection left, a pending
+    /// drain deadline has nothing to close).
+    async fn end_server_tasks(&self) {
+        let state = self.state.lock().await;
+        for server in state.servers.values() {
+            server.end_tasks().await;
+        }
     }
 }
 
