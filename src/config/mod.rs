@@ -546,6 +546,28 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
     parse_in(text, path, None)
 }
 
+/// Checks a configuration built or changed in memory (an API edit) by the rules the
+/// reader checks last, once every server is read (see `validate::across_servers`);
+/// each server's own keys were checked when it was read. Pure: no file is read, no
+/// name resolved. `path` names the configuration in messages, which carry no position.
+pub fn validate(config: &Config, path: &Path) -> Result<(), ConfigErrors> {
+    let order = config.servers.keys().map(String::as_str);
+    let errors: Vec<ConfigError> = validate::across_servers(config, order)
+        .into_iter()
+        .map(|problem| ConfigError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!("{}: {}", problem.key, problem.message),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
 /// As [`parse`], with relative file paths taken from `dir` (absolute) when given, as
 /// [`load`] does.
 pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, ConfigErrors> {

@@ -100,16 +100,24 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
         .and_then(|f| ctx.table(&f))
         .map_or_else(Options::default, |sec| defaults(ctx, sec));
     let servers_at = top.find("servers").unwrap_or(0);
-    let mut binds: Vec<(SocketAddr, Protocol, String)> = Vec::new();
+    // Each server read, in file order, with its key path and where its `bind` is.
+    let mut read: Vec<(String, usize)> = Vec::new();
     if let Some(mut servers) = top.take("servers").and_then(|f| ctx.table(&f)) {
         for field in servers.take_all() {
             let Some((server, bind_at)) = server(ctx, &field, &defaults) else {
                 continue;
             };
-            check_bind_conflict(ctx, &binds, &server, bind_at, field.path());
-            binds.push((server.bind, server.protocol, field.path().to_owned()));
+            read.push((field.key.to_owned(), bind_at));
             config.servers.insert(field.key.to_owned(), server);
         }
+    }
+    let in_file_order = read.iter().map(|(name, _)| name.as_str());
+    for problem in across_servers(&config, in_file_order) {
+        let at = read
+            .iter()
+            .find(|(name, _)| *name == problem.server)
+            .map_or(servers_at, |&(_, at)| at);
+        ctx.error(at, &problem.key, problem.message);
     }
     if config.servers.is_empty() && ctx.errors.is_empty() {
         ctx.warn(
@@ -381,36 +389,79 @@ pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
         .ok_or_else(|| format!("\"{host}\" in bind \"{s}\" resolves to no address"))
 }
 
+/// A rule of the whole configuration that a server breaks.
+pub(crate) struct Problem {
+    /// The server's name.
+    pub server: String,
+    /// The dotted key the problem is reported at, e.g. `servers.web.bind`.
+    pub key: String,
+    pub message: String,
+}
+
+/// The last step of validation, on the typed configuration: the rules that span
+/// servers, so they can only be checked once every server is known. The reader runs it
+/// after reading every server, and an API edit runs it on the changed configuration
+/// (see [`super::validate`]), so both keep the same rules.
+///
+/// `order` is the order the servers were written in (a server is reported against the
+/// ones before it); servers of `config` it leaves out come after, by name.
+pub(crate) fn across_servers<'a>(
+    config: &'a Config,
+    order: impl IntoIterator<Item = &'a str>,
+) -> Vec<Problem> {
+    let mut names: Vec<&str> = order.into_iter().collect();
+    let rest: Vec<&str> = config
+        .servers
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !names.contains(name))
+        .collect();
+    names.extend(rest);
+    let mut problems = Vec::new();
+    let mut seen: Vec<(&str, &ServerConfig)> = Vec::new();
+    for name in names {
+        let Some(server) = config.servers.get(name) else {
+            continue;
+        };
+        if let Some(message) = bind_conflict(&seen, server) {
+            let path = join("servers", name);
+            problems.push(Problem {
+                server: name.to_owned(),
+                key: format!("{path}.bind"),
+                message,
+            });
+        }
+        seen.push((name, server));
+    }
+    problems
+}
+
 /// Two servers cannot listen on the same address, nor on a wildcard address and a
 /// specific one of the same family and port. Port 0 (any free port) never conflicts.
-fn check_bind_conflict(
-    ctx: &mut Ctx<'_>,
-    binds: &[(SocketAddr, Protocol, String)],
-    server: &ServerConfig,
-    at: usize,
-    name: &str,
-) {
+fn bind_conflict(before: &[(&str, &ServerConfig)], server: &ServerConfig) -> Option<String> {
     let bind = server.bind;
     if bind.port() == 0 {
-        return;
+        return None;
     }
     // TCP and UDP ports are separate: DNS serves both on one port.
-    let overlaps = |(other, protocol, _): &&(SocketAddr, Protocol, String)| {
-        *protocol == server.protocol
-            && other.port() == bind.port()
+    let overlaps = |(_, other): &&(&str, &ServerConfig)| {
+        let other = other.bind;
+        other.port() == bind.port()
             && other.is_ipv4() == bind.is_ipv4()
             && (other.ip() == bind.ip()
                 || other.ip().is_unspecified()
                 || bind.ip().is_unspecified())
     };
-    if let Some((other, _, owner)) = binds.iter().find(overlaps) {
-        let message = if *other == bind {
-            format!("address {bind} is already used by {owner}")
-        } else {
-            format!("address {bind} overlaps {other} of {owner}")
-        };
-        ctx.error(at, &format!("{name}.bind"), message);
-    }
+    let (owner, other) = before
+        .iter()
+        .filter(|(_, other)| other.protocol == server.protocol)
+        .find(overlaps)?;
+    let (owner, other) = (join("servers", owner), other.bind);
+    Some(if other == bind {
+        format!("address {bind} is already used by {owner}")
+    } else {
+        format!("address {bind} overlaps {other} of {owner}")
+    })
 }
 
 /// `[servers.NAME.sni]`, GoBetween's keys.

@@ -555,3 +555,29 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
 }
 
 mod admin;
+
+/// A configuration changed in memory is checked by the rules the reader checks last, in
+/// the reader's words (without a position: it has no file).
+#[test]
+fn a_changed_configuration_is_validated_as_the_file_would_be() {
+    let path = Path::new("tests/configs/invalid/duplicate_bind.toml");
+    let file_errors = parse_file(path).expect_err("the file is invalid");
+    let server = |port: u16| {
+        let bind = SocketAddr::from(([127, 0, 0, 1], port));
+        let backends = vec![crate::backend::BackendSpec::new("127.0.0.1", 8000)];
+        ServerConfig::new(bind, DiscoveryConfig::Static { backends })
+    };
+    let mut config = Config::default();
+    config.servers.insert("a".into(), server(4000));
+    config.servers.insert("b".into(), server(4000));
+    let named = Path::new("(the changed configuration)");
+    let errors = validate(&config, named).expect_err("the same address twice");
+    assert_eq!(errors.0.len(), 1);
+    assert_eq!(errors.0[0].message, file_errors.0[0].message);
+    assert_eq!(
+        errors.to_string(),
+        format!("(the changed configuration): {}", file_errors.0[0].message)
+    );
+    config.servers.insert("b".into(), server(4001));
+    assert_eq!(validate(&config, named), Ok(()));
+}
