@@ -168,7 +168,7 @@ async fn conflicts_are_409() {
     let s = start(config(server.clone()), api_config(), None).await;
     // Its own port in the configuration, as a file would name it: the server, already
     // listening there, keeps its sockets.
-    server.bind = s.addr;
+    server.bind = s.addr.into();
     s.runtime
         .apply(config(server))
         .await

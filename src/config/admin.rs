@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 
 use super::reader::{join, Ctx, Field, Section};
-use super::validate::parse_bind;
+use super::validate::parse_bind_now;
 use super::{
     ApiConfig, BasicAuth, Cors, MetricsConfig, TlsFiles, DEFAULT_API_BIND,
     DEFAULT_API_MAX_CONNECTIONS, DEFAULT_METRICS_BIND,
@@ -41,8 +41,8 @@ pub(super) fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
     let enabled = flag(ctx, &mut sec, "enabled");
     let bind_field = sec.take("bind");
     let bind = match &bind_field {
-        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
-        None => parse_bind(DEFAULT_API_BIND).ok()?,
+        Some(f) => ctx.parse(f, "an address string", parse_bind_now)?,
+        None => parse_bind_now(DEFAULT_API_BIND).ok()?,
     };
     let (basic_auth, bearer_token) = credentials(ctx, &mut sec);
     let tls = sec.take("tls").and_then(|f| tls(ctx, &f));
@@ -83,8 +83,8 @@ pub(super) fn metrics(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<MetricsCon
     let enabled = flag(ctx, &mut sec, "enabled");
     let bind_field = sec.take("bind");
     let bind = match &bind_field {
-        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
-        None => parse_bind(DEFAULT_METRICS_BIND).ok()?,
+        Some(f) => ctx.parse(f, "an address string", parse_bind_now)?,
+        None => parse_bind_now(DEFAULT_METRICS_BIND).ok()?,
     };
     let (basic_auth, bearer_token) = credentials(ctx, &mut sec);
     let metrics = MetricsConfig {

@@ -20,6 +20,7 @@
 //! - `admin`: `[api]` and `[metrics]`: who may reach them.
 
 mod admin;
+mod bind;
 mod discovery;
 mod discovery_reader;
 mod discovery_registries;
@@ -47,6 +48,7 @@ use std::time::Duration;
 use crate::acl::Acl;
 use crate::balance::BalanceKind;
 
+pub use bind::{resolve_names, Bind};
 pub use discovery::{
     DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy, FileParams,
     JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
@@ -58,6 +60,7 @@ pub use health::{
     MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeSettings, RedisRole,
     RedisSettings, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS, MAX_RECV_LEN,
 };
+pub(crate) use validate::across_servers;
 
 /// A whole, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -414,7 +417,8 @@ impl UdpConfig {
 /// One `[servers.NAME]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
-    pub bind: SocketAddr,
+    /// An address, or a host name resolved when the server starts.
+    pub bind: Bind,
     pub protocol: Protocol,
     pub balance: BalanceKind,
     /// Concurrent client connections (UDP: sessions); `None` is unlimited.
@@ -449,7 +453,7 @@ impl ServerConfig {
     /// timeouts, 3 connect attempts, no health check, no TLS, PROXY header or access rules.
     pub fn new(bind: SocketAddr, discovery: DiscoveryConfig) -> Self {
         ServerConfig {
-            bind,
+            bind: Bind::Addr(bind),
             protocol: Protocol::Tcp,
             balance: BalanceKind::Weight,
             max_connections: None,

@@ -5,10 +5,11 @@
 //! goes on and finds the next problem; the caller discards the result if any error was
 //! reported.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::admin;
+use super::bind::Bind;
 use super::discovery_reader::discovery;
 use super::file::Node;
 use super::health_reader::healthcheck;
@@ -359,15 +360,15 @@ fn server(
 }
 
 /// `"host:port"`, `"[::1]:port"`, or `":port"` (all IPv4 interfaces, as in Go). A host
-/// name is resolved now and its first address taken.
-pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+/// name is kept as written: it is resolved when its server starts.
+pub(crate) fn parse_bind(s: &str) -> Result<Bind, String> {
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
     } else {
         s.to_owned()
     };
     if let Ok(addr) = full.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(Bind::Addr(addr));
     }
     let Some((host, port)) = full.rsplit_once(':') else {
         return Err(format!(
@@ -382,11 +383,16 @@ pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535"))?;
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve \"{host}\" in bind \"{s}\": {e}"))?
-        .next()
-        .ok_or_else(|| format!("\"{host}\" in bind \"{s}\" resolves to no address"))
+    Ok(Bind::Name {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// As [`parse_bind`], a host name resolved now (the API and metrics endpoints, which
+/// listen before any server starts).
+pub(crate) fn parse_bind_now(s: &str) -> Result<SocketAddr, String> {
+    parse_bind(s)?.resolve_blocking()
 }
 
 /// A rule of the whole configuration that a server breaks.
@@ -439,24 +445,32 @@ pub(crate) fn across_servers<'a>(
 /// Two servers cannot listen on the same address, nor on a wildcard address and a
 /// specific one of the same family and port. Port 0 (any free port) never conflicts.
 fn bind_conflict(before: &[(&str, &ServerConfig)], server: &ServerConfig) -> Option<String> {
-    let bind = server.bind;
+    let bind = &server.bind;
     if bind.port() == 0 {
         return None;
     }
     // TCP and UDP ports are separate: DNS serves both on one port.
     let overlaps = |(_, other): &&(&str, &ServerConfig)| {
-        let other = other.bind;
-        other.port() == bind.port()
-            && other.is_ipv4() == bind.is_ipv4()
-            && (other.ip() == bind.ip()
-                || other.ip().is_unspecified()
-                || bind.ip().is_unspecified())
+        other.bind.port() == bind.port()
+            && match (&other.bind, bind) {
+                (Bind::Addr(other), Bind::Addr(bind)) => {
+                    other.is_ipv4() == bind.is_ipv4()
+                        && (other.ip() == bind.ip()
+                            || other.ip().is_unspecified()
+                            || bind.ip().is_unspecified())
+                }
+                (Bind::Name { host: other, .. }, Bind::Name { host, .. }) => {
+                    other.eq_ignore_ascii_case(host)
+                }
+                // Known once the name resolves: checked again when the server starts.
+                _ => false,
+            }
     };
     let (owner, other) = before
         .iter()
         .filter(|(_, other)| other.protocol == server.protocol)
         .find(overlaps)?;
-    let (owner, other) = (join("servers", owner), other.bind);
+    let (owner, other) = (join("servers", owner), &other.bind);
     Some(if other == bind {
         format!("address {bind} is already used by {owner}")
     } else {

@@ -95,18 +95,19 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts serving on `socket`, bound beforehand by the caller so that every bind of
-    /// a reload can fail before anything is changed.
+    /// Starts serving on `socket`, bound beforehand (on `addr`, what `bind` resolved to)
+    /// by the caller so that every bind of a reload can fail before anything is changed.
     pub async fn start(
         name: &str,
         config: ServerConfig,
+        addr: SocketAddr,
         sockets: Listeners,
         life: &Lifecycle,
     ) -> std::io::Result<Server> {
         let protocol = config.protocol;
         let local_addr = match sockets.local_addr() {
             Some(addr) => addr?,
-            None => config.bind,
+            None => addr,
         };
         let shared = Arc::new(ServerShared::new(name, &config));
         let (tasks, background) = (Tasks::new(), life.graceful.child_token());
