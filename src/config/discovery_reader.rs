@@ -11,7 +11,7 @@ use super::legacy::{self, Place};
 use super::reader::{resolve, Ctx, Field, Section};
 use crate::backend::BackendSpec;
 
-const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
+pub(super) const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
 
 /// The kinds Sluice has, each with the keys only it reads.
 pub(crate) const KINDS: &[(&str, &[&str])] = &[

@@ -10,7 +10,7 @@ use super::legacy::{self, Place};
 use super::reader::{Ctx, Field, Section};
 
 /// Keys every kind takes.
-const COMMON_KEYS: &[&str] = &[
+pub(super) const COMMON_KEYS: &[&str] = &[
     "kind",
     "interval",
     "timeout",
@@ -31,7 +31,7 @@ const HTTP_KEYS: [&str; 6] = [
 ];
 
 /// Every supported kind with its own keys.
-const KINDS: &[(&str, &[&str])] = &[
+pub(super) const KINDS: &[(&str, &[&str])] = &[
     ("none", &[]),
     ("ping", &[]),
     (

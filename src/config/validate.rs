@@ -23,7 +23,7 @@ use super::{
 };
 use crate::balance::BalanceKind;
 
-const TOP_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &[
     "shutdown_timeout",
     "logging",
     "api",
@@ -31,14 +31,14 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "servers",
 ];
-const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
-const OPTION_KEYS: &[&str] = &[
+pub(super) const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
+pub(super) const OPTION_KEYS: &[&str] = &[
     "max_connections",
     "client_idle_timeout",
     "backend_idle_timeout",
     "backend_connection_timeout",
 ];
-const SERVER_KEYS: &[&str] = &[
+pub(super) const SERVER_KEYS: &[&str] = &[
     "bind",
     "protocol",
     "balance",
@@ -57,14 +57,14 @@ const SERVER_KEYS: &[&str] = &[
     "tls",
     "backends_tls",
 ];
-const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
-const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
-const SNI_KEYS: &[&str] = &[
+pub(super) const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
+pub(super) const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
+pub(super) const SNI_KEYS: &[&str] = &[
     "read_timeout",
     "hostname_matching_strategy",
     "unexpected_hostname_strategy",
 ];
-const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
+pub(super) const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
 /// Connection options of `[defaults]`, and of a server before defaults are applied.
 /// `None` is "not set"; `Some(None)` is "set to 0: no limit".
 #[derive(Clone, Copy, Default)]

@@ -558,6 +558,7 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
 }
 
 mod admin;
+mod keys;
 
 /// A configuration changed in memory is checked by the rules the reader checks last, in
 /// the reader's words (without a position: it has no file).
