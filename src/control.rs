@@ -98,9 +98,9 @@ impl Control {
 
     /// Applies `edit` to a copy of the running configuration, the typed model itself. The
     /// result is checked by the rules the file reader checks last ([`config::validate`]:
-    /// bind conflicts) before anything changes; what `edit` puts in was checked when it
-    /// was read (a server body is read as a file's server is). `edit`'s own error (a
-    /// missing or conflicting name) is returned as is.
+    /// bind conflicts, static lists) before anything changes; what `edit` puts in was
+    /// checked when it was read (a server body is read as a file's server is). `edit`'s
+    /// own error (a missing or conflicting name) is returned as is.
     pub async fn edit<T, E>(
         &self,
         edit: impl FnOnce(&mut Config) -> Result<T, E>,

@@ -346,7 +346,7 @@ async fn resolve_binds(
             server.bind = Bind::Addr(addrs[name]);
         }
         let order = config.servers.keys().map(String::as_str);
-        if let Some(problem) = config::across_servers(&resolved, order).into_iter().next() {
+        if let Some(problem) = config::typed_checks(&resolved, order).into_iter().next() {
             return Err(BindError::Address {
                 server: problem.server,
                 reason: problem.message,

@@ -21,6 +21,7 @@
 
 mod admin;
 mod bind;
+mod checks;
 mod discovery;
 mod discovery_reader;
 mod discovery_registries;
@@ -49,6 +50,7 @@ use crate::acl::Acl;
 use crate::balance::BalanceKind;
 
 pub use bind::{resolve_names, Bind};
+pub(crate) use checks::typed as typed_checks;
 pub use discovery::{
     DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy, FileParams,
     JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
@@ -60,7 +62,6 @@ pub use health::{
     MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeSettings, RedisRole,
     RedisSettings, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS, MAX_RECV_LEN,
 };
-pub(crate) use validate::across_servers;
 
 /// A whole, validated configuration.
 #[derive(Clone, Debug, PartialEq)]
@@ -551,12 +552,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
 }
 
 /// Checks a configuration built or changed in memory (an API edit) by the rules the
-/// reader checks last, once every server is read (see `validate::across_servers`);
+/// reader checks last, once every server is read (see `checks::typed`);
 /// each server's own keys were checked when it was read. Pure: no file is read, no
 /// name resolved. `path` names the configuration in messages, which carry no position.
 pub fn validate(config: &Config, path: &Path) -> Result<(), ConfigErrors> {
     let order = config.servers.keys().map(String::as_str);
-    let errors: Vec<ConfigError> = validate::across_servers(config, order)
+    let errors: Vec<ConfigError> = checks::typed(config, order)
         .into_iter()
         .map(|problem| ConfigError {
             path: path.to_path_buf(),

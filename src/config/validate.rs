@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use super::admin;
 use super::bind::Bind;
+use super::checks;
 use super::discovery_reader::discovery;
 use super::file::Node;
 use super::health_reader::healthcheck;
@@ -113,7 +114,7 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
         }
     }
     let in_file_order = read.iter().map(|(name, _)| name.as_str());
-    for problem in across_servers(&config, in_file_order) {
+    for problem in checks::typed(&config, in_file_order) {
         let at = read
             .iter()
             .find(|(name, _)| *name == problem.server)
@@ -393,89 +394,6 @@ pub(crate) fn parse_bind(s: &str) -> Result<Bind, String> {
 /// listen before any server starts).
 pub(crate) fn parse_bind_now(s: &str) -> Result<SocketAddr, String> {
     parse_bind(s)?.resolve_blocking()
-}
-
-/// A rule of the whole configuration that a server breaks.
-pub(crate) struct Problem {
-    /// The server's name.
-    pub server: String,
-    /// The dotted key the problem is reported at, e.g. `servers.web.bind`.
-    pub key: String,
-    pub message: String,
-}
-
-/// The last step of validation, on the typed configuration: the rules that span
-/// servers, so they can only be checked once every server is known. The reader runs it
-/// after reading every server, and an API edit runs it on the changed configuration
-/// (see [`super::validate`]), so both keep the same rules.
-///
-/// `order` is the order the servers were written in (a server is reported against the
-/// ones before it); servers of `config` it leaves out come after, by name.
-pub(crate) fn across_servers<'a>(
-    config: &'a Config,
-    order: impl IntoIterator<Item = &'a str>,
-) -> Vec<Problem> {
-    let mut names: Vec<&str> = order.into_iter().collect();
-    let rest: Vec<&str> = config
-        .servers
-        .keys()
-        .map(String::as_str)
-        .filter(|name| !names.contains(name))
-        .collect();
-    names.extend(rest);
-    let mut problems = Vec::new();
-    let mut seen: Vec<(&str, &ServerConfig)> = Vec::new();
-    for name in names {
-        let Some(server) = config.servers.get(name) else {
-            continue;
-        };
-        if let Some(message) = bind_conflict(&seen, server) {
-            let path = join("servers", name);
-            problems.push(Problem {
-                server: name.to_owned(),
-                key: format!("{path}.bind"),
-                message,
-            });
-        }
-        seen.push((name, server));
-    }
-    problems
-}
-
-/// Two servers cannot listen on the same address, nor on a wildcard address and a
-/// specific one of the same family and port. Port 0 (any free port) never conflicts.
-fn bind_conflict(before: &[(&str, &ServerConfig)], server: &ServerConfig) -> Option<String> {
-    let bind = &server.bind;
-    if bind.port() == 0 {
-        return None;
-    }
-    // TCP and UDP ports are separate: DNS serves both on one port.
-    let overlaps = |(_, other): &&(&str, &ServerConfig)| {
-        other.bind.port() == bind.port()
-            && match (&other.bind, bind) {
-                (Bind::Addr(other), Bind::Addr(bind)) => {
-                    other.is_ipv4() == bind.is_ipv4()
-                        && (other.ip() == bind.ip()
-                            || other.ip().is_unspecified()
-                            || bind.ip().is_unspecified())
-                }
-                (Bind::Name { host: other, .. }, Bind::Name { host, .. }) => {
-                    other.eq_ignore_ascii_case(host)
-                }
-                // Known once the name resolves: checked again when the server starts.
-                _ => false,
-            }
-    };
-    let (owner, other) = before
-        .iter()
-        .filter(|(_, other)| other.protocol == server.protocol)
-        .find(overlaps)?;
-    let (owner, other) = (join("servers", owner), &other.bind);
-    Some(if other == bind {
-        format!("address {bind} is already used by {owner}")
-    } else {
-        format!("address {bind} overlaps {other} of {owner}")
-    })
 }
 
 /// `[servers.NAME.sni]`, GoBetween's keys.

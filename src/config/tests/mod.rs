@@ -584,4 +584,28 @@ fn a_changed_configuration_is_validated_as_the_file_would_be() {
     );
     config.servers.insert("b".into(), server(4001));
     assert_eq!(validate(&config, named), Ok(()));
+
+    // A static list emptied, or given a backend twice, as the reader says it.
+    let with_backends = |backends| ServerConfig {
+        discovery: DiscoveryConfig::Static { backends },
+        ..server(4001)
+    };
+    config.servers.insert("b".into(), with_backends(Vec::new()));
+    let errors = validate(&config, named).expect_err("no backend");
+    assert_eq!(
+        errors.0[0].message,
+        "servers.b.discovery.static_list: empty; a server needs at least one backend"
+    );
+    let path = Path::new("tests/configs/invalid/duplicate_backend.toml");
+    let file_errors = parse_file(path).expect_err("the file is invalid");
+    let backend = |host: &str| crate::backend::BackendSpec::new(host, 8000);
+    let twice = vec![
+        backend("127.0.0.1"),
+        backend("10.0.0.1"),
+        backend("127.0.0.1"),
+    ];
+    config.servers.remove("b");
+    config.servers.insert("web".into(), with_backends(twice));
+    let errors = validate(&config, named).expect_err("a backend twice");
+    assert_eq!(errors.0[0].message, file_errors.0[0].message);
 }
