@@ -5,7 +5,7 @@
 //! - new settings or a new static backend list (a reload or an API edit, from
 //!   [`Runtime::apply`](crate::runtime::Runtime::apply)): [`Server::update`];
 //! - a discovered backend list: the runner that [`Server`] starts hands it to the pool
-//!   rebuilder, the same rebuild an update takes;
+//!   rebuilder (`Server::discovered_lists`), the same rebuild an update takes;
 //! - certificates: loaded by the server's certificate task alone, when the server
 //!   starts, on each update, on [`Server::reload_certificates`] and when their files
 //!   change;
@@ -213,17 +213,22 @@ impl Server {
             return;
         };
         let stop = self.background.child_token();
-        let backends = Arc::clone(&self.backends);
-        let stopped = stop.clone();
-        let apply: discovery::Apply = Arc::new(move |specs| {
-            let backends = Arc::clone(&backends);
-            let stopped = stopped.clone();
-            Box::pin(async move { backends.discovered(specs, &stopped).await })
-        });
+        let apply = self.discovered_lists(&stop);
         let name = self.shared.name.clone();
         let runner = discovery::run(name, source, common, apply, stop.clone());
         self.tasks.spawn(&stop, runner);
         self.discovery = Some((config.clone(), stop));
+    }
+
+    /// The one way a discovered backend list enters the server: the runner stopped by
+    /// `runner` hands each list here, and the pool rebuilder applies it as it applies an
+    /// update's list, unless the runner was stopped meanwhile.
+    fn discovered_lists(&self, runner: &CancellationToken) -> discovery::Apply {
+        let (backends, runner) = (Arc::clone(&self.backends), runner.clone());
+        Arc::new(move |specs| {
+            let (backends, runner) = (Arc::clone(&backends), runner.clone());
+            Box::pin(async move { backends.discovered(specs, &runner).await })
+        })
     }
 
     /// Stops the discovery runner, if one runs; a list it is applying right now is
