@@ -18,7 +18,7 @@ pub(crate) struct Problem {
 
 /// The last step of validation, on the typed configuration. The reader runs it after
 /// reading every server, and an API edit runs it on the changed configuration (see
-/// [`super::validate`]), so both keep the same rules.
+/// [`super::validate()`]), so both keep the same rules.
 ///
 /// `order` is the order the servers were written in (a server is reported against the
 /// ones before it); servers of `config` it leaves out come after, by name.
