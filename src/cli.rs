@@ -173,7 +173,7 @@ fn check(path: &Path) -> ExitCode {
         return ExitCode::FAILURE;
     };
     // Validation leaves host names alone; a check also says whether they resolve.
-    let resolved = match config::resolve_names(&loaded.config, path) {
+    let resolved = match config::resolve_names(&loaded, path) {
         Ok(resolved) => resolved,
         Err(errors) => {
             write_err(&format!("{errors}\n"));

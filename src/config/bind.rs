@@ -7,7 +7,7 @@ use std::path::Path;
 use std::str::FromStr;
 
 use super::reader::join;
-use super::{Config, ConfigError, ConfigErrors};
+use super::{Config, ConfigError, ConfigErrors, Loaded};
 
 /// A server's `bind`: an IP address and port, or a host name and port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -58,21 +58,25 @@ impl Bind {
     }
 }
 
-/// `config` with the host name of every server's `bind` resolved now, each one that does
-/// not resolve reported as the configuration check reports a problem (without a
-/// position). For `sluice check`; a running server resolves its own when it starts.
-pub fn resolve_names(config: &Config, path: &Path) -> Result<Config, ConfigErrors> {
-    let mut resolved = config.clone();
+/// The configuration `loaded` from `path` with the host name of every server's `bind`
+/// resolved now, each one that does not resolve reported as the configuration check
+/// reports a problem, at its `bind`. For `sluice check`; a running server resolves its
+/// own when it starts.
+pub fn resolve_names(loaded: &Loaded, path: &Path) -> Result<Config, ConfigErrors> {
+    let mut resolved = loaded.config.clone();
     let mut errors = Vec::new();
     for (name, server) in &mut resolved.servers {
         match server.bind.resolve_blocking() {
             Ok(addr) => server.bind = Bind::Addr(addr),
-            Err(reason) => errors.push(ConfigError {
-                path: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                message: format!("{}.bind: {reason}", join("servers", name)),
-            }),
+            Err(reason) => {
+                let (line, col) = loaded.binds_at.get(name).copied().unwrap_or_default();
+                errors.push(ConfigError {
+                    path: path.to_path_buf(),
+                    line,
+                    col,
+                    message: format!("{}.bind: {reason}", join("servers", name)),
+                });
+            }
         }
     }
     if errors.is_empty() {

@@ -480,6 +480,9 @@ pub struct Loaded {
     pub config: Config,
     /// Accepted but worth changing: legacy GoBetween keys, ignored sections.
     pub warnings: Vec<Warning>,
+    /// Where each server's `bind` is written (line and column), for what is found about
+    /// it after validation: a host name that does not resolve (see [`resolve_names`]).
+    pub binds_at: BTreeMap<String, (usize, usize)>,
 }
 
 /// Reads and validates the configuration file at `path`. Relative file paths in it are
@@ -579,7 +582,7 @@ pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, C
     let src = error::Source::new(path, text);
     let root = file::parse(&src).map_err(ConfigErrors)?;
     let mut ctx = reader::Ctx::new(&src, dir);
-    let config = validate::config(&mut ctx, &root);
+    let (config, binds_at) = validate::config(&mut ctx, &root);
     let mut errors = ctx.errors;
     if !errors.is_empty() {
         errors.sort_by_key(|e| (e.line, e.col));
@@ -587,5 +590,13 @@ pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, C
     }
     let mut warnings = ctx.warnings;
     warnings.sort_by_key(|w| (w.line, w.col));
-    Ok(Loaded { config, warnings })
+    let binds_at = binds_at
+        .into_iter()
+        .map(|(name, at)| (name, src.position(at)))
+        .collect();
+    Ok(Loaded {
+        config,
+        warnings,
+        binds_at,
+    })
 }

@@ -77,12 +77,13 @@ struct Options {
     balance: Option<BalanceKind>,
 }
 
-/// Builds the configuration; meaningful only if `ctx` collected no error.
-pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
+/// Builds the configuration, with where each server's `bind` is written (in file
+/// order); meaningful only if `ctx` collected no error.
+pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, usize)>) {
     let mut config = Config::default();
     let Some(mut top) = Section::root(root) else {
         ctx.error(root.at, "(root)", "the configuration must be a table");
-        return config;
+        return (config, Vec::new());
     };
     legacy::reject_unsupported(ctx, &mut top, Place::Top);
     if let Some(d) = top.take("shutdown_timeout").and_then(|f| ctx.duration(&f)) {
@@ -129,7 +130,7 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
         );
     }
     top.finish(ctx, TOP_KEYS);
-    config
+    (config, read)
 }
 
 fn logging(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> LoggingConfig {

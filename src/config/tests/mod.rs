@@ -609,3 +609,22 @@ fn a_changed_configuration_is_validated_as_the_file_would_be() {
     let errors = validate(&config, named).expect_err("a backend twice");
     assert_eq!(errors.0[0].message, file_errors.0[0].message);
 }
+
+/// Validation keeps a `bind` host name; `sluice check` resolves it after, and reports one
+/// that does not resolve at its `bind`, as validation did when it resolved names itself.
+#[test]
+fn a_bind_name_that_does_not_resolve_is_reported_at_its_bind() {
+    let text = "[servers.web]\nbind = \"no-such-host.invalid:80\"\n\
+                discovery = { kind = \"static\", static_list = [\"127.0.0.1:8000\"] }\n";
+    let path = Path::new("in.toml");
+    let loaded = parse(text, path).expect("validation resolves nothing");
+    let errors = resolve_names(&loaded, path).expect_err("no such host");
+    let expected = "in.toml:2:1: servers.web.bind: cannot resolve \"no-such-host.invalid\" \
+                    in bind \"no-such-host.invalid:80\": ";
+    assert!(errors.to_string().starts_with(expected), "{errors}");
+    let text = text.replace("no-such-host.invalid", "localhost");
+    let loaded = parse(&text, path).expect("valid");
+    let resolved = resolve_names(&loaded, path).expect("localhost resolves");
+    let bind = resolved.servers["web"].bind.addr().expect("an address");
+    assert!(bind.ip().is_loopback(), "{bind}");
+}
