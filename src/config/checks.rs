@@ -4,8 +4,10 @@
 //! at the line) and a list it refuses never reaches here; an API edit of the typed
 //! model reaches them only here.
 
+use std::path::Path;
+
 use super::reader::join;
-use super::{Bind, Config, DiscoveryConfig, ServerConfig};
+use super::{Bind, Config, ConfigError, ConfigErrors, DiscoveryConfig, ServerConfig};
 
 /// A rule of the whole configuration that a server breaks.
 pub(crate) struct Problem {
@@ -14,6 +16,28 @@ pub(crate) struct Problem {
     /// The dotted key the problem is reported at, e.g. `servers.web.bind`.
     pub key: String,
     pub message: String,
+}
+
+/// Checks a configuration built or changed in memory (an API edit) by the rules the
+/// reader checks last, once every server is read (`checks::typed`); each server's own
+/// keys were checked when it was read. Pure: no file is read, no name resolved. `path`
+/// names the configuration in messages, which carry no position.
+pub fn validate(config: &Config, path: &Path) -> Result<(), ConfigErrors> {
+    let order = config.servers.keys().map(String::as_str);
+    let errors: Vec<ConfigError> = typed(config, order)
+        .into_iter()
+        .map(|problem| ConfigError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!("{}: {}", problem.key, problem.message),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// The last step of validation, on the typed configuration. The reader runs it after

@@ -51,6 +51,7 @@ use crate::balance::BalanceKind;
 
 pub use bind::{resolve_names, Bind};
 pub(crate) use checks::typed as typed_checks;
+pub use checks::validate;
 pub use discovery::{
     DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy, FileParams,
     JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
@@ -552,28 +553,6 @@ pub fn config_dir(path: &Path) -> std::io::Result<PathBuf> {
 /// Every problem is reported, in file order, not only the first.
 pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
     parse_in(text, path, None)
-}
-
-/// Checks a configuration built or changed in memory (an API edit) by the rules the
-/// reader checks last, once every server is read (see `checks::typed`);
-/// each server's own keys were checked when it was read. Pure: no file is read, no
-/// name resolved. `path` names the configuration in messages, which carry no position.
-pub fn validate(config: &Config, path: &Path) -> Result<(), ConfigErrors> {
-    let order = config.servers.keys().map(String::as_str);
-    let errors: Vec<ConfigError> = checks::typed(config, order)
-        .into_iter()
-        .map(|problem| ConfigError {
-            path: path.to_path_buf(),
-            line: 0,
-            col: 0,
-            message: format!("{}: {}", problem.key, problem.message),
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(ConfigErrors(errors))
-    }
 }
 
 /// As [`parse`], with relative file paths taken from `dir` (absolute) when given, as
