@@ -172,9 +172,17 @@ fn check(path: &Path) -> ExitCode {
     let Some(loaded) = load_or_report(path) else {
         return ExitCode::FAILURE;
     };
+    // Validation leaves host names alone; a check also says whether they resolve.
+    let resolved = match config::resolve_names(&loaded, path) {
+        Ok(resolved) => resolved,
+        Err(errors) => {
+            write_err(&format!("{errors}\n"));
+            return ExitCode::FAILURE;
+        }
+    };
     let warnings: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
     write_err(&warnings);
-    let report = format!("{}{}: OK\n", summary(&loaded.config), path.display());
+    let report = format!("{}{}: OK\n", summary(&resolved), path.display());
     write_out(&report);
     ExitCode::SUCCESS
 }

@@ -96,9 +96,11 @@ impl Control {
         Ok(changes)
     }
 
-    /// Applies `edit` to a copy of the running configuration. The result is validated as
-    /// a file would be (bind conflicts included) before anything changes; `edit`'s own
-    /// error (a missing or conflicting name) is returned as is.
+    /// Applies `edit` to a copy of the running configuration, the typed model itself. The
+    /// result is checked by the rules the file reader checks last ([`config::validate`]:
+    /// bind conflicts, static lists) before anything changes; what `edit` puts in was
+    /// checked when it was read (a server body is read as a file's server is). `edit`'s
+    /// own error (a missing or conflicting name) is returned as is.
     pub async fn edit<T, E>(
         &self,
         edit: impl FnOnce(&mut Config) -> Result<T, E>,
@@ -110,20 +112,29 @@ impl Control {
             Ok(value) => value,
             Err(e) => return Ok(Err(e)),
         };
-        let text = dump::to_toml(&config, Secrets::Keep)
-            .map_err(|e| ControlError::Persist(format!("cannot write the configuration: {e}")))?;
-        let checked = config::parse(&text, Path::new("(the changed configuration)"))
-            .map_err(ControlError::Invalid)?
-            .config;
-        self.runtime.apply(checked).await?;
+        config::validate(&config, Path::new("(the changed configuration)"))
+            .map_err(ControlError::Invalid)?;
         let persist = config.api.as_ref().is_some_and(|api| api.persist);
-        if let (true, Some(path)) = (persist, &self.path) {
+        // Written out before it applies, so a configuration that cannot be written is
+        // refused without any change.
+        let text = match (persist, &self.path) {
+            (true, Some(path)) => Some((path, file_text(&config)?)),
+            _ => None,
+        };
+        self.runtime.apply(config).await?;
+        if let Some((path, text)) = text {
             write_atomically(path, &text)
                 .map_err(|e| ControlError::Persist(format!("{}: {e}", path.display())))?;
             info!(file = %path.display(), "configuration written");
         }
         Ok(Ok(value))
     }
+}
+
+/// `config` as the text `persist` writes.
+fn file_text(config: &Config) -> Result<String, ControlError> {
+    dump::to_toml(config, Secrets::Keep)
+        .map_err(|e| ControlError::Persist(format!("cannot write the configuration: {e}")))
 }
 
 /// Writes `text` beside `path` and renames it over `path`: a reader (or a crash) sees the

@@ -20,6 +20,7 @@
 //! - [`balance`]: the balancing strategies.
 //! - [`backend`]: one backend's spec and live state.
 //! - [`resolve`]: backend host names to addresses, kept fresh.
+//! - [`tasks`]: background tasks tracked so they end with the server that started them.
 //! - [`health`]: active and passive health checking.
 //! - [`discovery`]: backends from DNS, files, commands, Consul, etcd, Docker.
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
@@ -57,5 +58,6 @@ pub mod resolve;
 pub mod runtime;
 pub mod server;
 pub mod signals;
+pub mod tasks;
 pub mod tls;
 pub mod workers;

@@ -13,6 +13,7 @@ use tracing::{debug, warn};
 
 use crate::backend::Backend;
 use crate::pool::Pool;
+use crate::tasks::Tasks;
 
 /// Longest a lookup may take before the previous addresses are kept.
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -79,19 +80,15 @@ pub async fn resolve_now(pool: &Pool) {
     while lookups.join_next().await.is_some() {}
 }
 
-/// Keeps the host names of `pool` fresh until `stop` is cancelled.
-pub fn spawn_refresh(server: &str, pool: &Pool, stop: &CancellationToken) {
+/// Keeps the host names of `pool` fresh, on `tasks`, until `stop` is cancelled.
+pub fn spawn_refresh(server: &str, pool: &Pool, tasks: &Tasks, stop: &CancellationToken) {
     for backend in pool.backends().iter().filter(|b| needs_resolving(b)) {
         let backend = Arc::clone(backend);
-        let stop = stop.clone();
         let server = server.to_owned();
-        tokio::spawn(async move {
+        tasks.spawn(stop, async move {
             let mut next = Instant::now() + FALLBACK_REFRESH;
             loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep_until(next) => {}
-                }
+                tokio::time::sleep_until(next).await;
                 match lookup(&backend.spec.host, backend.spec.port).await {
                     Some((addrs, ttl)) => {
                         if *backend.addrs() != addrs {

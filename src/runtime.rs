@@ -4,6 +4,19 @@
 //! in line with it. Start-up, SIGHUP reloads and the admin API all go through it, so
 //! there is one set of rules for what a change does to connections: none is ever cut
 //! by a change (see `docs/lifecycle.md`).
+//!
+//! Every change to running state takes one path:
+//! - a configuration (start-up, file reload, API edit): [`Runtime::apply`], which
+//!   starts, stops or updates servers;
+//! - certificates renewed under an unchanged configuration (a reload):
+//!   [`Runtime::reload_tls`]; each server's certificate task is the one place they are
+//!   loaded, and it also follows the files itself;
+//! - a drain deadline (an API edit of a backend's state): [`Runtime::cut_after`];
+//! - a discovered backend list: within its server, whose runner hands it to the same
+//!   pool rebuild an update takes (see [`crate::server`]).
+//!
+//! Every task a server starts ends with it: stopping a server waits for them, and
+//! [`Runtime::shutdown`] ends the rest.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -16,8 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::Config;
-use crate::config::Protocol;
+use crate::config::{self, Bind, Config, Protocol};
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
 use crate::proxy::state::ServerShared;
@@ -30,12 +42,18 @@ const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
 
 /// A server that could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("server {server}: cannot listen on {addr}: {source}")]
-pub struct BindError {
-    pub server: String,
-    pub addr: SocketAddr,
-    #[source]
-    pub source: io::Error,
+pub enum BindError {
+    #[error("server {server}: cannot listen on {addr}: {source}")]
+    Listen {
+        server: String,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    /// Its `bind` host name did not resolve, or resolved to an address another server
+    /// listens on; `reason` says which, in the configuration check's words.
+    #[error("server {server}: {reason}")]
+    Address { server: String, reason: String },
 }
 
 /// Why the runtime could not start.
@@ -56,6 +74,8 @@ pub struct Runtime {
 struct State {
     config: Config,
     servers: BTreeMap<String, Server>,
+    /// The address each server's `bind` resolved to when it started.
+    addrs: BTreeMap<String, SocketAddr>,
 }
 
 impl Runtime {
@@ -93,6 +113,7 @@ impl Runtime {
                     ..config.clone()
                 },
                 servers: BTreeMap::new(),
+                addrs: BTreeMap::new(),
             }),
         };
         runtime.apply(config).await?;
@@ -106,12 +127,16 @@ impl Runtime {
     /// stops already listens on is not bound again: its sockets, with the connections
     /// queued on them, are handed to the server that takes the address, so a moved or
     /// swapped `bind` resets nothing. Every stop comes before every start, so two
-    /// servers may trade addresses in one change.
+    /// servers may trade addresses in one change. A `bind` host name is resolved here,
+    /// when its server starts, and the addresses checked again for servers that would
+    /// share one.
     pub async fn apply(&self, config: Config) -> Result<Vec<Change>, BindError> {
         let mut state = self.state.lock().await;
         let changes = reload::diff(&state.config, &config);
+        let addrs = resolve_binds(&state, &config, &changes).await?;
         let workers = self.life.workers.len();
-        let (mut sockets, inherited) = bind_new_listeners(&state, &config, &changes, workers)?;
+        let (mut sockets, inherited) =
+            bind_new_listeners(&state, &config, &addrs, &changes, workers)?;
         let mut handed_over = BTreeMap::new();
         for change in &changes {
             let (Change::Remove(name) | Change::Restart(name)) = change else {
@@ -132,7 +157,7 @@ impl Runtime {
                 Change::Remove(_) => {}
                 Change::Add(_) | Change::Restart(_) => {
                     let cfg = config.servers[name].clone();
-                    let addr = cfg.bind;
+                    let addr = addrs[name];
                     let socket = match sockets.remove(name) {
                         Some(socket) => socket,
                         None => match handed_over.remove(&addr) {
@@ -140,14 +165,13 @@ impl Runtime {
                             None => bind(name, cfg.protocol, addr, workers)?,
                         },
                     };
-                    let server =
-                        Server::start(name, cfg, socket, &self.life)
-                            .await
-                            .map_err(|source| BindError {
-                                server: name.to_owned(),
-                                addr,
-                                source,
-                            })?;
+                    let server = Server::start(name, cfg, addr, socket, &self.life)
+                        .await
+                        .map_err(|source| BindError::Listen {
+                            server: name.to_owned(),
+                            addr,
+                            source,
+                        })?;
                     state.servers.insert(name.to_owned(), server);
                 }
                 Change::Update(_) => {
@@ -159,6 +183,7 @@ impl Runtime {
             }
         }
         state.config = config;
+        state.addrs = addrs;
         Ok(changes)
     }
 
@@ -211,10 +236,7 @@ impl Runtime {
     pub async fn reload_tls(&self) {
         let state = self.state.lock().await;
         for server in state.servers.values() {
-            let settings = server.shared.settings.load_full();
-            if settings.tls.is_some() || settings.backends_tls.is_some() {
-                server.shared.reload_tls(&settings);
-            }
+            server.reload_certificates().await;
         }
     }
 
@@ -238,20 +260,41 @@ impl Runtime {
     ) -> bool {
         self.life.graceful.cancel();
         self.life.tracker.close();
-        tokio::select! {
-            () = self.life.tracker.wait() => return true,
-            () = tokio::time::sleep(grace) => warn!(
-                remaining = self.life.tracker.len(),
-                "shutdown grace period over; closing the remaining connections"
-            ),
-            () = hurry => warn!(
-                remaining = self.life.tracker.len(),
-                "asked again to stop: closing the remaining connections now"
-            ),
+        let drained = tokio::select! {
+            () = self.life.tracker.wait() => true,
+            () = tokio::time::sleep(grace) => {
+                warn!(
+                    remaining = self.life.tracker.len(),
+                    "shutdown grace period over; closing the remaining connections"
+                );
+                false
+            }
+            () = hurry => {
+                warn!(
+                    remaining = self.life.tracker.len(),
+                    "asked again to stop: closing the remaining connections now"
+                );
+                false
+            }
+        };
+        if !drained {
+            self.life.hard_stop.cancel();
         }
-        self.life.hard_stop.cancel();
-        let _ = tokio::time::timeout(HARD_STOP_WAIT, self.life.tracker.wait()).await;
-        false
+        let _ = tokio::time::timeout(HARD_STOP_WAIT, async {
+            self.life.tracker.wait().await;
+            self.end_server_tasks().await;
+        })
+        .await;
+        drained
+    }
+
+    /// Ends the background tasks of every server (with no connection left, a pending
+    /// drain deadline has nothing to close).
+    async fn end_server_tasks(&self) {
+        let state = self.state.lock().await;
+        for server in state.servers.values() {
+            server.end_tasks().await;
+        }
     }
 }
 
@@ -261,11 +304,57 @@ fn bind(
     addr: SocketAddr,
     count: usize,
 ) -> Result<Listeners, BindError> {
-    listener::bind(protocol, addr, count).map_err(|source| BindError {
+    listener::bind(protocol, addr, count).map_err(|source| BindError::Listen {
         server: server.to_owned(),
         addr,
         source,
     })
+}
+
+/// The address every server of `config` listens on: a host name of a server that
+/// `changes` starts is resolved now; a server kept running keeps the address it
+/// started with. Servers that resolved onto one address are refused as the
+/// configuration check refuses two that write it (see `config::validate`).
+async fn resolve_binds(
+    state: &State,
+    config: &Config,
+    changes: &[Change],
+) -> Result<BTreeMap<String, SocketAddr>, BindError> {
+    let starts = |name: &str| {
+        changes
+            .iter()
+            .any(|c| matches!(c, Change::Add(n) | Change::Restart(n) if n == name))
+    };
+    let mut addrs = BTreeMap::new();
+    for (name, server) in &config.servers {
+        let kept = state.addrs.get(name).filter(|_| !starts(name));
+        let addr = match kept {
+            Some(addr) => *addr,
+            None => server
+                .bind
+                .resolve()
+                .await
+                .map_err(|reason| BindError::Address {
+                    server: name.clone(),
+                    reason,
+                })?,
+        };
+        addrs.insert(name.clone(), addr);
+    }
+    if config.servers.values().any(|s| s.bind.addr().is_none()) {
+        let mut resolved = config.clone();
+        for (name, server) in &mut resolved.servers {
+            server.bind = Bind::Addr(addrs[name]);
+        }
+        let order = config.servers.keys().map(String::as_str);
+        if let Some(problem) = config::typed_checks(&resolved, order).into_iter().next() {
+            return Err(BindError::Address {
+                server: problem.server,
+                reason: problem.message,
+            });
+        }
+    }
+    Ok(addrs)
 }
 
 /// Binds the listeners that `changes` need, except where a TCP server this change stops
@@ -276,6 +365,7 @@ fn bind(
 fn bind_new_listeners(
     state: &State,
     config: &Config,
+    addrs: &BTreeMap<String, SocketAddr>,
     changes: &[Change],
     workers: usize,
 ) -> Result<(BTreeMap<String, Listeners>, Vec<SocketAddr>), BindError> {
@@ -294,8 +384,7 @@ fn bind_new_listeners(
         let (Change::Add(name) | Change::Restart(name)) = change else {
             continue;
         };
-        let server = &config.servers[name];
-        let addr = server.bind;
+        let (server, addr) = (&config.servers[name], addrs[name]);
         // A stopping TCP (or TLS) server listening on exactly this address.
         let tcp_held = outgoing
             .iter()
@@ -309,8 +398,8 @@ fn bind_new_listeners(
                 sockets.insert(name.clone(), socket);
             }
             // Bound once the server holding it has stopped.
-            Err(e)
-                if e.source.kind() == io::ErrorKind::AddrInUse
+            Err(BindError::Listen { source, .. })
+                if source.kind() == io::ErrorKind::AddrInUse
                     && outgoing.iter().any(|&(_, a)| a == addr) => {}
             Err(e) => return Err(e),
         }

@@ -168,7 +168,7 @@ async fn conflicts_are_409() {
     let s = start(config(server.clone()), api_config(), None).await;
     // Its own port in the configuration, as a file would name it: the server, already
     // listening there, keeps its sockets.
-    server.bind = s.addr;
+    server.bind = s.addr.into();
     s.runtime
         .apply(config(server))
         .await
@@ -688,4 +688,26 @@ async fn a_later_state_change_cancels_an_earlier_drain_deadline() {
         .await
         .expect("still open");
     assert_eq!(&echoed, b"alive");
+}
+
+/// An edit is held to the rules of a file: a server keeps at least one backend.
+#[tokio::test]
+async fn the_last_backend_of_a_server_cannot_be_deleted() {
+    let (a, b, s) = two_backends().await;
+    let path = format!("/servers/test/backends/{}", a.spec().key());
+    let (status, _) = send(s.api, "DELETE", &path, Value::Null).await;
+    assert_eq!(status, 200);
+    let path = format!("/servers/test/backends/{}", b.spec().key());
+    let (status, error) = send(s.api, "DELETE", &path, Value::Null).await;
+    assert_eq!(
+        (status, error["field"].as_str(), error["error"].as_str()),
+        (
+            400,
+            Some("servers.test.discovery.static_list"),
+            Some("empty; a server needs at least one backend")
+        ),
+        "{error}"
+    );
+    let backends = get(s.api, "/servers/test/backends").await.json();
+    assert_eq!(backends.as_array().map(Vec::len), Some(1));
 }

@@ -269,7 +269,7 @@ async fn reload_that_cannot_bind_changes_nothing() {
     let lb = Sluice::start(cfg.clone()).await;
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let mut moved = server(BalanceKind::RoundRobin, vec![b.spec()]);
-    moved.bind = taken.local_addr().unwrap();
+    moved.bind = taken.local_addr().unwrap().into();
     let mut next = two_servers(cfg.clone(), Some(server(BalanceKind::RoundRobin, vec![])));
     next.servers.insert("test".into(), moved);
     assert!(lb.runtime.apply(next).await.is_err(), "address in use");
@@ -299,4 +299,34 @@ async fn reloaded_access_rules_apply_to_new_clients_only() {
     assert_eq!(who(lb.addr).await, "a", "other clients still served");
     still_echoes(&mut held).await;
     finishes(held).await;
+}
+
+/// A `bind` host name is kept by validation and resolved when its server starts: one that
+/// resolves is listened on; one that does not keeps the server from starting, and the
+/// error names the server and the name. A running configuration is left as it was.
+#[tokio::test]
+async fn a_bind_host_name_is_resolved_when_its_server_starts() {
+    let a = TestBackend::named("a").await;
+    let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec()]);
+    cfg.bind = "localhost:0".parse().expect("a host name");
+    let lb = Sluice::start(cfg.clone()).await;
+    let addr = lb.runtime.local_addrs().await["test"];
+    assert!(addr.ip().is_loopback(), "{addr}");
+    assert_eq!(who(addr).await, "a");
+
+    cfg.bind = "no-such-host.invalid:0".parse().expect("a host name");
+    let error = lb
+        .runtime
+        .apply(config(cfg.clone()))
+        .await
+        .expect_err("a name that does not resolve");
+    let expected = "server test: cannot resolve \"no-such-host.invalid\" in bind \
+                    \"no-such-host.invalid:0\": ";
+    assert!(error.to_string().starts_with(expected), "{error}");
+    assert_eq!(who(addr).await, "a", "the running server is untouched");
+    let error = sluice::runtime::Runtime::start_with_workers(config(cfg), 1)
+        .await
+        .err()
+        .expect("nothing starts");
+    assert!(error.to_string().starts_with(expected), "{error}");
 }

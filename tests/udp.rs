@@ -741,7 +741,7 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
         lingering.push(socket);
     }
     let mut next = crate::support::config(ServerConfig {
-        bind,
+        bind: bind.into(),
         discovery: DiscoveryConfig::Static {
             backends: vec![new_backend.spec()],
         },

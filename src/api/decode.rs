@@ -250,14 +250,18 @@ pub(super) fn config_error(status: StatusCode, errors: &ConfigErrors, strip: &st
         _ => (None, first.message.as_str()),
     };
     let field = field.map(|f| f.strip_prefix(strip).unwrap_or(f).to_owned());
-    let status = if message.contains("is already used by") || message.contains("overlaps") {
+    ApiError {
+        status: conflict_or(status, message),
+        message: message.to_owned(),
+        field,
+    }
+}
+
+/// 409 for a message about an address another server listens on, else `status`.
+pub(super) fn conflict_or(status: StatusCode, message: &str) -> StatusCode {
+    if message.contains("is already used by") || message.contains("overlaps") {
         StatusCode::CONFLICT
     } else {
         status
-    };
-    ApiError {
-        status,
-        message: message.to_owned(),
-        field,
     }
 }

@@ -13,13 +13,14 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::decode::{config_error, parse_server, restore_secrets, BackendOptions};
+use super::decode::{config_error, conflict_or, parse_server, restore_secrets, BackendOptions};
 use super::{views, ApiError, ApiState, OPENAPI};
 use crate::backend::{Backend, BackendSpec};
 use crate::config::dump::{self, Secrets};
-use crate::config::{Config, DiscoveryConfig, HealthKind, ServerConfig};
+use crate::config::{Bind, Config, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
 use crate::reload::Change;
+use crate::runtime::BindError;
 
 type ApiResult<T> = Result<T, ApiError>;
 
@@ -350,13 +351,21 @@ fn no_new_programs(
 /// 409 when another server listens on the same port of the same or a wildcard address
 /// (port 0, "any free port", never clashes).
 fn bind_free(config: &Config, name: &str, server: &ServerConfig) -> ApiResult<()> {
+    // A host name is compared by its text here, and by its address when the server starts.
+    let same_host = |a: &Bind, b: &Bind| match (a, b) {
+        (Bind::Addr(a), Bind::Addr(b)) => {
+            a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified()
+        }
+        (Bind::Name { host: a, .. }, Bind::Name { host: b, .. }) => a.eq_ignore_ascii_case(b),
+        (Bind::Addr(any), Bind::Name { .. }) | (Bind::Name { .. }, Bind::Addr(any)) => {
+            any.ip().is_unspecified()
+        }
+    };
     let clash = config.servers.iter().find(|(other, s)| {
         other.as_str() != name
             && server.bind.port() != 0
             && s.bind.port() == server.bind.port()
-            && (s.bind.ip() == server.bind.ip()
-                || s.bind.ip().is_unspecified()
-                || server.bind.ip().is_unspecified())
+            && same_host(&s.bind, &server.bind)
     });
     match clash {
         Some((other, s)) => Err(ApiError::field(
@@ -396,6 +405,12 @@ fn control_error(e: ControlError) -> ApiError {
             error
         }
         ControlError::ShuttingDown => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+        // A `bind` host name resolves when its server starts: refused as the body's own
+        // `bind` would have been, had it been checked with the body.
+        ControlError::Bind(BindError::Address { reason, .. }) => {
+            let status = conflict_or(StatusCode::BAD_REQUEST, &reason);
+            ApiError::field(status, "bind", reason)
+        }
         ControlError::Bind(_) | ControlError::Persist(_) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }

@@ -7,13 +7,13 @@
 use std::net::SocketAddr;
 
 use super::reader::{join, Ctx, Field, Section};
-use super::validate::parse_bind;
+use super::validate::parse_bind_now;
 use super::{
     ApiConfig, BasicAuth, Cors, MetricsConfig, TlsFiles, DEFAULT_API_BIND,
     DEFAULT_API_MAX_CONNECTIONS, DEFAULT_METRICS_BIND,
 };
 
-const API_KEYS: &[&str] = &[
+pub(super) const API_KEYS: &[&str] = &[
     "enabled",
     "bind",
     "basic_auth",
@@ -26,7 +26,7 @@ const API_KEYS: &[&str] = &[
     "allow_exec",
     "max_connections",
 ];
-const METRICS_KEYS: &[&str] = &[
+pub(super) const METRICS_KEYS: &[&str] = &[
     "enabled",
     "bind",
     "basic_auth",
@@ -34,6 +34,9 @@ const METRICS_KEYS: &[&str] = &[
     "insecure_public",
     "allowed_hosts",
 ];
+pub(super) const BASIC_AUTH_KEYS: &[&str] = &["login", "password"];
+/// `[api.tls]`.
+pub(super) const FILES_KEYS: &[&str] = &["cert_path", "key_path"];
 
 /// `[api]`; `None` unless `enabled = true`.
 pub(super) fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
@@ -41,8 +44,8 @@ pub(super) fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
     let enabled = flag(ctx, &mut sec, "enabled");
     let bind_field = sec.take("bind");
     let bind = match &bind_field {
-        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
-        None => parse_bind(DEFAULT_API_BIND).ok()?,
+        Some(f) => ctx.parse(f, "an address string", parse_bind_now)?,
+        None => parse_bind_now(DEFAULT_API_BIND).ok()?,
     };
     let (basic_auth, bearer_token) = credentials(ctx, &mut sec);
     let tls = sec.take("tls").and_then(|f| tls(ctx, &f));
@@ -83,8 +86,8 @@ pub(super) fn metrics(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<MetricsCon
     let enabled = flag(ctx, &mut sec, "enabled");
     let bind_field = sec.take("bind");
     let bind = match &bind_field {
-        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
-        None => parse_bind(DEFAULT_METRICS_BIND).ok()?,
+        Some(f) => ctx.parse(f, "an address string", parse_bind_now)?,
+        None => parse_bind_now(DEFAULT_METRICS_BIND).ok()?,
     };
     let (basic_auth, bearer_token) = credentials(ctx, &mut sec);
     let metrics = MetricsConfig {
@@ -187,7 +190,7 @@ fn basic_auth(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BasicAuth> {
         .take("password")
         .and_then(|p| ctx.non_empty(&p).map(str::to_owned));
     let at = ctx.table_at(f);
-    auth.finish(ctx, &["login", "password"]);
+    auth.finish(ctx, BASIC_AUTH_KEYS);
     match (login, password) {
         (Some(login), Some(password)) => Some(BasicAuth { login, password }),
         _ => {
@@ -202,7 +205,7 @@ fn tls(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsFiles> {
     let cert = tls.take("cert_path").and_then(|f| ctx.path(&f));
     let key = tls.take("key_path").and_then(|f| ctx.path(&f));
     let at = ctx.table_at(f);
-    tls.finish(ctx, &["cert_path", "key_path"]);
+    tls.finish(ctx, FILES_KEYS);
     match (cert, key) {
         (Some(cert_path), Some(key_path)) => Some(TlsFiles {
             cert_path,

@@ -12,7 +12,7 @@ use super::reader::{resolve, Ctx, Field, Section};
 use super::{JsonPath, LinePattern, Url};
 use crate::backend::BackendSpec;
 
-const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
+pub(super) const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
 
 /// The kinds Sluice has, each with the keys only it reads.
 pub(crate) const KINDS: &[(&str, &[&str])] = &[

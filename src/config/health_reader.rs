@@ -11,7 +11,7 @@ use super::reader::{Ctx, Field, Section};
 use super::{BytesRegex, TextRegex};
 
 /// Keys every kind takes.
-const COMMON_KEYS: &[&str] = &[
+pub(super) const COMMON_KEYS: &[&str] = &[
     "kind",
     "interval",
     "timeout",
@@ -32,7 +32,7 @@ const HTTP_KEYS: [&str; 6] = [
 ];
 
 /// Every supported kind with its own keys.
-const KINDS: &[(&str, &[&str])] = &[
+pub(super) const KINDS: &[(&str, &[&str])] = &[
     ("none", &[]),
     ("ping", &[]),
     (

@@ -27,6 +27,15 @@ enum Action {
     Keep(&'static str),
 }
 
+/// The legacy keys still read in sections of `place`.
+#[cfg(test)]
+pub(super) fn legacy_keys(place: Place) -> impl Iterator<Item = &'static str> {
+    LEGACY
+        .iter()
+        .filter(move |(p, _, _)| *p == place)
+        .map(|(_, key, _)| *key)
+}
+
 const LEGACY: &[(Place, &str, Action)] = &[
     (
         Place::Healthcheck,

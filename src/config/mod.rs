@@ -28,6 +28,8 @@ mod written;
 
 mod address;
 mod admin;
+mod bind;
+mod checks;
 mod discovery;
 mod discovery_reader;
 mod discovery_registries;
@@ -59,6 +61,9 @@ use crate::acl::Acl;
 use crate::balance::BalanceKind;
 
 pub use address::{split_host_port, Url};
+pub use bind::{resolve_names, Bind};
+pub(crate) use checks::typed as typed_checks;
+pub use checks::validate;
 pub use discovery::{
     DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy, FileParams,
     JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
@@ -430,7 +435,8 @@ impl UdpConfig {
 /// One `[servers.NAME]`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ServerConfig {
-    pub bind: SocketAddr,
+    /// An address, or a host name resolved when the server starts.
+    pub bind: Bind,
     pub protocol: Protocol,
     pub balance: BalanceKind,
     /// Concurrent client connections (UDP: sessions); `None` is unlimited.
@@ -465,7 +471,7 @@ impl ServerConfig {
     /// timeouts, 3 connect attempts, no health check, no TLS, PROXY header or access rules.
     pub fn new(bind: SocketAddr, discovery: DiscoveryConfig) -> Self {
         ServerConfig {
-            bind,
+            bind: Bind::Addr(bind),
             protocol: Protocol::Tcp,
             balance: BalanceKind::Weight,
             max_connections: None,
@@ -491,6 +497,9 @@ pub struct Loaded {
     pub config: Config,
     /// Accepted but worth changing: legacy GoBetween keys, ignored sections.
     pub warnings: Vec<Warning>,
+    /// Where each server's `bind` is written (line and column), for what is found about
+    /// it after validation: a host name that does not resolve (see [`resolve_names`]).
+    pub binds_at: BTreeMap<String, (usize, usize)>,
 }
 
 /// Reads and validates the configuration file at `path`. Relative file paths in it are
@@ -568,7 +577,7 @@ pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, C
     let src = error::Source::new(path, text);
     let root = file::parse(&src).map_err(ConfigErrors)?;
     let mut ctx = reader::Ctx::new(&src, dir);
-    let config = validate::config(&mut ctx, &root);
+    let (config, binds_at) = validate::config(&mut ctx, &root);
     let mut errors = ctx.errors;
     if !errors.is_empty() {
         errors.sort_by_key(|e| (e.line, e.col));
@@ -576,5 +585,13 @@ pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, C
     }
     let mut warnings = ctx.warnings;
     warnings.sort_by_key(|w| (w.line, w.col));
-    Ok(Loaded { config, warnings })
+    let binds_at = binds_at
+        .into_iter()
+        .map(|(name, at)| (name, src.position(at)))
+        .collect();
+    Ok(Loaded {
+        config,
+        warnings,
+        binds_at,
+    })
 }

@@ -4,6 +4,8 @@
 use super::reader::{Ctx, Section};
 use crate::acl::{Acl, Action, Rule};
 
+pub(super) const ACCESS_KEYS: &[&str] = &["default", "rules"];
+
 pub(crate) fn access(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Acl {
     let actions = [("allow", Action::Allow), ("deny", Action::Deny)];
     let default = sec
@@ -21,6 +23,6 @@ pub(crate) fn access(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Acl {
             Err(message) => ctx.error(at, &path, message),
         }
     }
-    sec.finish(ctx, &["default", "rules"]);
+    sec.finish(ctx, ACCESS_KEYS);
     Acl { default, rules }
 }

@@ -10,7 +10,7 @@ use super::{
 };
 use crate::tls::TlsError;
 
-const TLS_KEYS: &[&str] = &[
+pub(super) const TLS_KEYS: &[&str] = &[
     "cert_path",
     "key_path",
     "certificates",
@@ -24,6 +24,8 @@ const TLS_KEYS: &[&str] = &[
     "client_auth",
     "handshake_timeout",
 ];
+/// Each table of `certificates`.
+pub(super) const CERTIFICATE_KEYS: &[&str] = &["cert_path", "key_path"];
 
 /// The file keys of a section as read, so that a file failing to load is reported at the
 /// key that names it (`FILE:LINE:COL: servers.web.tls.cert_path: /etc/...: ...`).
@@ -70,7 +72,7 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
                 Some(files) => certificates.push(files),
                 None => ctx.error(item.at, &item.path, "needs cert_path and key_path"),
             }
-            item.finish(ctx, &["cert_path", "key_path"]);
+            item.finish(ctx, CERTIFICATE_KEYS);
         }
     }
     let min_version = version(ctx, &mut sec, "min_version", TlsVersion::Tls12);
@@ -151,7 +153,7 @@ fn strings(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> Vec<(usize, S
         .collect()
 }
 
-const BACKENDS_TLS_KEYS: &[&str] = &[
+pub(super) const BACKENDS_TLS_KEYS: &[&str] = &[
     "ignore_verify",
     "root_ca_cert_path",
     "cert_path",

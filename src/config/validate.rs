@@ -5,11 +5,13 @@
 //! goes on and finds the next problem; the caller discards the result if any error was
 //! reported.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::address::HostPort;
 use super::admin;
+use super::bind::Bind;
+use super::checks;
 use super::discovery_reader::discovery;
 use super::file::Node;
 use super::health_reader::healthcheck;
@@ -23,7 +25,7 @@ use super::{
 };
 use crate::balance::BalanceKind;
 
-const TOP_KEYS: &[&str] = &[
+pub(super) const TOP_KEYS: &[&str] = &[
     "shutdown_timeout",
     "logging",
     "api",
@@ -31,14 +33,14 @@ const TOP_KEYS: &[&str] = &[
     "defaults",
     "servers",
 ];
-const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
-const OPTION_KEYS: &[&str] = &[
+pub(super) const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
+pub(super) const OPTION_KEYS: &[&str] = &[
     "max_connections",
     "client_idle_timeout",
     "backend_idle_timeout",
     "backend_connection_timeout",
 ];
-const SERVER_KEYS: &[&str] = &[
+pub(super) const SERVER_KEYS: &[&str] = &[
     "bind",
     "protocol",
     "balance",
@@ -57,14 +59,14 @@ const SERVER_KEYS: &[&str] = &[
     "tls",
     "backends_tls",
 ];
-const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
-const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
-const SNI_KEYS: &[&str] = &[
+pub(super) const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
+pub(super) const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
+pub(super) const SNI_KEYS: &[&str] = &[
     "read_timeout",
     "hostname_matching_strategy",
     "unexpected_hostname_strategy",
 ];
-const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
+pub(super) const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
 /// Connection options of `[defaults]`, and of a server before defaults are applied.
 /// `None` is "not set"; `Some(None)` is "set to 0: no limit".
 #[derive(Clone, Copy, Default)]
@@ -76,12 +78,13 @@ struct Options {
     balance: Option<BalanceKind>,
 }
 
-/// Builds the configuration; meaningful only if `ctx` collected no error.
-pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
+/// Builds the configuration, with where each server's `bind` is written (in file
+/// order); meaningful only if `ctx` collected no error.
+pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, usize)>) {
     let mut config = Config::default();
     let Some(mut top) = Section::root(root) else {
         ctx.error(root.at, "(root)", "the configuration must be a table");
-        return config;
+        return (config, Vec::new());
     };
     legacy::reject_unsupported(ctx, &mut top, Place::Top);
     if let Some(d) = top.take("shutdown_timeout").and_then(|f| ctx.duration(&f)) {
@@ -101,16 +104,24 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
         .and_then(|f| ctx.table(&f))
         .map_or_else(Options::default, |sec| defaults(ctx, sec));
     let servers_at = top.find("servers").unwrap_or(0);
-    let mut binds: Vec<(SocketAddr, Protocol, String)> = Vec::new();
+    // Each server read, in file order, with its key path and where its `bind` is.
+    let mut read: Vec<(String, usize)> = Vec::new();
     if let Some(mut servers) = top.take("servers").and_then(|f| ctx.table(&f)) {
         for field in servers.take_all() {
             let Some((server, bind_at)) = server(ctx, &field, &defaults) else {
                 continue;
             };
-            check_bind_conflict(ctx, &binds, &server, bind_at, field.path());
-            binds.push((server.bind, server.protocol, field.path().to_owned()));
+            read.push((field.key.to_owned(), bind_at));
             config.servers.insert(field.key.to_owned(), server);
         }
+    }
+    let in_file_order = read.iter().map(|(name, _)| name.as_str());
+    for problem in checks::typed(&config, in_file_order) {
+        let at = read
+            .iter()
+            .find(|(name, _)| *name == problem.server)
+            .map_or(servers_at, |&(_, at)| at);
+        ctx.error(at, &problem.key, problem.message);
     }
     if config.servers.is_empty() && ctx.errors.is_empty() {
         ctx.warn(
@@ -120,7 +131,7 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> Config {
         );
     }
     top.finish(ctx, TOP_KEYS);
-    config
+    (config, read)
 }
 
 fn logging(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> LoggingConfig {
@@ -352,15 +363,15 @@ fn server(
 }
 
 /// `"host:port"`, `"[::1]:port"`, or `":port"` (all IPv4 interfaces, as in Go). A host
-/// name is resolved now and its first address taken.
-pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
+/// name is kept as written: it is resolved when its server starts.
+pub(crate) fn parse_bind(s: &str) -> Result<Bind, String> {
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
     } else {
         s.to_owned()
     };
     if let Ok(addr) = full.parse::<SocketAddr>() {
-        return Ok(addr);
+        return Ok(Bind::Addr(addr));
     }
     if !full.contains(':') {
         return Err(format!(
@@ -380,43 +391,16 @@ pub(crate) fn parse_bind(s: &str) -> Result<SocketAddr, String> {
     let port: u16 = port
         .parse()
         .map_err(|_| format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535"))?;
-    (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve \"{host}\" in bind \"{s}\": {e}"))?
-        .next()
-        .ok_or_else(|| format!("\"{host}\" in bind \"{s}\" resolves to no address"))
+    Ok(Bind::Name {
+        host: host.to_owned(),
+        port,
+    })
 }
 
-/// Two servers cannot listen on the same address, nor on a wildcard address and a
-/// specific one of the same family and port. Port 0 (any free port) never conflicts.
-fn check_bind_conflict(
-    ctx: &mut Ctx<'_>,
-    binds: &[(SocketAddr, Protocol, String)],
-    server: &ServerConfig,
-    at: usize,
-    name: &str,
-) {
-    let bind = server.bind;
-    if bind.port() == 0 {
-        return;
-    }
-    // TCP and UDP ports are separate: DNS serves both on one port.
-    let overlaps = |(other, protocol, _): &&(SocketAddr, Protocol, String)| {
-        *protocol == server.protocol
-            && other.port() == bind.port()
-            && other.is_ipv4() == bind.is_ipv4()
-            && (other.ip() == bind.ip()
-                || other.ip().is_unspecified()
-                || bind.ip().is_unspecified())
-    };
-    if let Some((other, _, owner)) = binds.iter().find(overlaps) {
-        let message = if *other == bind {
-            format!("address {bind} is already used by {owner}")
-        } else {
-            format!("address {bind} overlaps {other} of {owner}")
-        };
-        ctx.error(at, &format!("{name}.bind"), message);
-    }
+/// As [`parse_bind`], a host name resolved now (the API and metrics endpoints, which
+/// listen before any server starts).
+pub(crate) fn parse_bind_now(s: &str) -> Result<SocketAddr, String> {
+    parse_bind(s)?.resolve_blocking()
 }
 
 /// `[servers.NAME.sni]`, GoBetween's keys.

@@ -51,6 +51,7 @@ pub use udp::UdpCheck;
 use crate::backend::Backend;
 use crate::config::{HealthConfig, HealthKind, ProxyVersion};
 use crate::pool::Pool;
+use crate::tasks::Tasks;
 
 /// A boxed future, the return type of [`HealthCheck::check`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -169,14 +170,15 @@ impl Tally {
     }
 }
 
-/// Starts one check task per backend of `pool`, until `stop` is cancelled. `proxy` is
-/// the PROXY header version the server sends its backends: a change of it, like one of
-/// `cfg`, needs the checks started again.
+/// Starts one check task per backend of `pool` on `tasks`, until `stop` is cancelled.
+/// `proxy` is the PROXY header version the server sends its backends: a change of it,
+/// like one of `cfg`, needs the checks started again.
 pub fn spawn_checks(
     server: &str,
     cfg: &HealthConfig,
     proxy: Option<ProxyVersion>,
     pool: &Pool,
+    tasks: &Tasks,
     stop: &CancellationToken,
 ) {
     let check = match build(cfg, proxy) {
@@ -188,13 +190,14 @@ pub fn spawn_checks(
         }
     };
     for backend in pool.backends() {
-        tokio::spawn(run_checks(
+        let task = run_checks(
             server.to_owned(),
             Arc::clone(backend),
             Arc::clone(&check),
             cfg.clone(),
             stop.clone(),
-        ));
+        );
+        tasks.spawn(stop, task);
     }
 }
 
@@ -294,23 +297,19 @@ mod tests {
             timeout: Duration::from_secs(5),
             ..cfg(1, 1)
         };
-        let stop = CancellationToken::new();
+        let (tasks, stop) = (Tasks::new(), CancellationToken::new());
         for port in 1..=(2 * MAX_CONCURRENT_CHECKS as u16) {
             let backend = Arc::new(Backend::new(
                 crate::backend::BackendSpec::new("127.0.0.1", port),
                 true,
             ));
             let check: Arc<dyn HealthCheck> = Arc::clone(&slow) as Arc<dyn HealthCheck>;
-            tokio::spawn(run_checks(
-                "s".into(),
-                backend,
-                check,
-                cfg.clone(),
-                stop.clone(),
-            ));
+            let task = run_checks("s".into(), backend, check, cfg.clone(), stop.clone());
+            tasks.spawn(&stop, task);
         }
         tokio::time::sleep(Duration::from_millis(600)).await;
         stop.cancel();
+        tasks.wait().await;
         let most = slow.most.load(Ordering::SeqCst);
         // Other tests of this binary may hold slots too, so the bound is an upper one.
         assert!(

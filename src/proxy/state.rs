@@ -53,10 +53,11 @@ pub struct ServerShared {
 }
 
 impl ServerShared {
-    /// The state of a server about to start: `config`'s settings, its TLS files loaded,
-    /// an empty pool (the rebuilder fills it) and zeroed counters.
+    /// The state of a server about to start: `config`'s settings, no TLS configuration
+    /// yet (the certificate task loads it before the server accepts), an empty pool (the
+    /// rebuilder fills it) and zeroed counters.
     pub(crate) fn new(name: &str, config: &ServerConfig) -> Self {
-        let shared = ServerShared {
+        ServerShared {
             name: name.to_owned(),
             pool: ArcSwap::from_pointee(Pool::new(config.balance, Vec::new())),
             settings: ArcSwap::from_pointee(config.clone()),
@@ -65,9 +66,7 @@ impl ServerShared {
             backends_tls: ArcSwapOption::empty(),
             stats: ServerStats::default(),
             no_backend_logged: AtomicBool::new(false),
-        };
-        shared.reload_tls(config);
-        shared
+        }
     }
 
     pub(crate) fn count_refused(&self, reason: CloseReason) {
@@ -78,8 +77,9 @@ impl ServerShared {
 
     /// Loads the certificates and keys of `settings.tls` again into a new TLS
     /// configuration; on failure the current one stays (and the failure is logged), so
-    /// a bad file never takes a running server down.
-    pub fn reload_tls(&self, settings: &ServerConfig) {
+    /// a bad file never takes a running server down. Only the certificate task calls
+    /// this (`server::certificates`).
+    pub(crate) fn load_tls(&self, settings: &ServerConfig) {
         match &settings.tls {
             None => self.tls.store(None),
             Some(termination) => match crate::tls::termination_config(termination) {

@@ -1,21 +1,35 @@
 //! One configured server while it runs: its settings, its backend pool, its listener,
 //! its health checks and its discovery runner.
 //!
+//! A running server changes in these ways only, each through one path:
+//! - new settings or a new static backend list (a reload or an API edit, from
+//!   [`Runtime::apply`](crate::runtime::Runtime::apply)): [`Server::update`];
+//! - a discovered backend list: the runner that [`Server`] starts hands it to the pool
+//!   rebuilder (`Server::discovered_lists`), the same rebuild an update takes;
+//! - certificates: loaded by the server's certificate task alone, when the server
+//!   starts, on each update, on [`Server::reload_certificates`] and when their files
+//!   change;
+//! - a drain deadline (the API): [`Server::cut_after`].
+//!
+//! Every task a server starts (accept loops aside, which run on the workers) runs on its
+//! [`Tasks`] and ends with it: [`Server::stop`] cancels them and waits for them.
+//!
 //! What every connection of the server sees, [`ServerShared`] (settings and pool are
 //! `ArcSwap` snapshots, so a reload or a discovered change replaces them without
 //! touching connections in flight), sits below, in [`crate::proxy::state`]: the data
 //! path reads it, the lifecycle here changes it.
 //!
 //! - this file: [`Server`], which owns the server's tasks: accept loops, discovery, the
-//!   pool rebuilder, the certificate watcher.
+//!   pool rebuilder, the certificate task.
 //! - `rebuild`: the pool rebuilder, where reloads and discovered lists become a new pool
 //!   and backends gain or lose their health checks and resolvers.
 //! - `bandwidth`: each backend's bytes per second, sampled once a second.
-//! - `tls_watch`: certificates loaded again when their files change.
+//! - `certificates`: the task that loads certificates, and loads them again when their
+//!   files change.
 
 mod bandwidth;
+mod certificates;
 mod rebuild;
-mod tls_watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,7 +47,9 @@ use crate::discovery;
 use crate::listener::{self, Listeners};
 use crate::proxy::state::ServerShared;
 use crate::proxy::udp;
+use crate::tasks::Tasks;
 use crate::workers::Workers;
+use certificates::Certificates;
 use rebuild::PoolRebuilder;
 
 /// The worker threads, tokens and task tracker every server and connection task hangs off.
@@ -61,6 +77,10 @@ pub struct Server {
     /// discovery.
     background: CancellationToken,
     backends: Arc<PoolRebuilder>,
+    /// The one loader of the server's certificates.
+    certificates: Certificates,
+    /// Every background task of the server, drain deadlines included.
+    tasks: Tasks,
     /// The discovery runner and the configuration it runs, for a dynamic kind.
     discovery: Option<(DiscoveryConfig, CancellationToken)>,
     /// Stops pending drain deadlines: cancelled when the server stops or at the hard
@@ -74,25 +94,30 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts serving on `socket`, bound beforehand by the caller so that every bind of
-    /// a reload can fail before anything is changed.
+    /// Starts serving on `socket`, bound beforehand (on `addr`, what `bind` resolved to)
+    /// by the caller so that every bind of a reload can fail before anything is changed.
     pub async fn start(
         name: &str,
         config: ServerConfig,
+        addr: SocketAddr,
         sockets: Listeners,
         life: &Lifecycle,
     ) -> std::io::Result<Server> {
         let protocol = config.protocol;
         let local_addr = match sockets.local_addr() {
             Some(addr) => addr?,
-            None => config.bind,
+            None => addr,
         };
         let shared = Arc::new(ServerShared::new(name, &config));
-        let background = life.graceful.child_token();
+        let (tasks, background) = (Tasks::new(), life.graceful.child_token());
+        let settings = Arc::new(config.clone());
+        let certificates =
+            Certificates::start(Arc::clone(&shared), settings, &tasks, &background).await;
         let backends = Arc::new(PoolRebuilder::new(
             Arc::clone(&shared),
             life.hard_stop.clone(),
             background.clone(),
+            tasks.clone(),
         ));
         // A dynamic kind starts empty: the runner's first fetch follows at once.
         let specs = config
@@ -107,16 +132,14 @@ impl Server {
             accept_stop: life.graceful.child_token(),
             background,
             backends,
+            certificates,
+            tasks,
             discovery: None,
             deadlines: life.hard_stop.child_token(),
             on_stop: listener::OnStop::default(),
             accept_tasks: Vec::new(),
         };
         server.start_discovery(&config.discovery);
-        tokio::spawn(tls_watch::watch(
-            Arc::clone(&server.shared),
-            server.background.child_token(),
-        ));
         server.spawn_accept(sockets, life);
         info!(server = name, bind = %local_addr, protocol = protocol.as_str(), "listening");
         Ok(server)
@@ -189,21 +212,22 @@ impl Server {
             return;
         };
         let stop = self.background.child_token();
-        let backends = Arc::clone(&self.backends);
-        let stopped = stop.clone();
-        let apply: discovery::Apply = Arc::new(move |specs| {
-            let backends = Arc::clone(&backends);
-            let stopped = stopped.clone();
-            Box::pin(async move { backends.discovered(specs, &stopped).await })
-        });
-        tokio::spawn(discovery::run(
-            self.shared.name.clone(),
-            source,
-            common,
-            apply,
-            stop.clone(),
-        ));
+        let apply = self.discovered_lists(&stop);
+        let name = self.shared.name.clone();
+        let runner = discovery::run(name, source, common, apply, stop.clone());
+        self.tasks.spawn(&stop, runner);
         self.discovery = Some((config.clone(), stop));
+    }
+
+    /// The one way a discovered backend list enters the server: the runner stopped by
+    /// `runner` hands each list here, and the pool rebuilder applies it as it applies an
+    /// update's list, unless the runner was stopped meanwhile.
+    fn discovered_lists(&self, runner: &CancellationToken) -> discovery::Apply {
+        let (backends, runner) = (Arc::clone(&self.backends), runner.clone());
+        Arc::new(move |specs| {
+            let (backends, runner) = (Arc::clone(&backends), runner.clone());
+            Box::pin(async move { backends.discovered(specs, &runner).await })
+        })
     }
 
     /// Stops the discovery runner, if one runs; a list it is applying right now is
@@ -235,20 +259,29 @@ impl Server {
         {
             self.stop_discovery();
         }
-        self.backends.replace(Some(Arc::new(config)), specs).await;
+        let settings = Arc::new(config);
+        self.certificates.load(Arc::clone(&settings)).await;
+        self.backends.replace(Some(settings), specs).await;
         self.start_discovery(&discovery);
+    }
+
+    /// Loads the server's certificates and keys again under its current settings (a
+    /// file that cannot be loaded keeps the current ones), for renewed files.
+    /// Connections already established keep the certificate they were made with.
+    pub async fn reload_certificates(&self) {
+        let settings = self.shared.settings.load_full();
+        if settings.tls.is_some() || settings.backends_tls.is_some() {
+            self.certificates.load(settings).await;
+        }
     }
 
     /// Closes the connections still open to backend `key` once `deadline` has passed,
     /// if it is still draining by the same admin change (`change`, the drain's number):
     /// a later state change cancels the deadline. Ends with the server.
     pub fn cut_after(&self, key: String, deadline: Duration, change: u64) {
-        let (shared, stop) = (Arc::clone(&self.shared), self.deadlines.child_token());
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(deadline) => {}
-            }
+        let shared = Arc::clone(&self.shared);
+        self.tasks.spawn(&self.deadlines, async move {
+            tokio::time::sleep(deadline).await;
             let pool = shared.pool.load();
             let Some(backend) = pool.backends().iter().find(|b| b.key() == key) else {
                 return;
@@ -267,10 +300,11 @@ impl Server {
         });
     }
 
-    /// Stops accepting, checking and discovering; established connections finish on
-    /// their own. With `hand_over`, returns the listening sockets, their queues intact,
-    /// for the server that takes this one's address; otherwise the connections already
-    /// queued are accepted and served, and the sockets closed.
+    /// Stops accepting, checking and discovering, and waits until every task of the
+    /// server has ended; established connections finish on their own. With `hand_over`,
+    /// returns the listening sockets, their queues intact, for the server that takes
+    /// this one's address; otherwise the connections already queued are accepted and
+    /// served, and the sockets closed.
     pub async fn stop(mut self, hand_over: bool) -> Option<Listeners> {
         if hand_over {
             self.on_stop.hand_over();
@@ -284,6 +318,15 @@ impl Server {
                 sockets.push(socket);
             }
         }
+        self.end_tasks().await;
         (hand_over && !sockets.is_empty()).then_some(Listeners::Tcp(sockets))
+    }
+
+    /// Ends every background task of the server, pending drain deadlines included, and
+    /// waits until they have ended.
+    pub async fn end_tasks(&self) {
+        self.background.cancel();
+        self.deadlines.cancel();
+        self.tasks.wait().await;
     }
 }

@@ -19,6 +19,7 @@ use crate::pool::Pool;
 use crate::proxy::sni;
 use crate::proxy::state::ServerShared;
 use crate::resolve;
+use crate::tasks::Tasks;
 
 /// A server's backend pool and the tasks that follow its backends (health checks,
 /// resolvers, bandwidth sampling). A reload and a discovered change both rebuild the
@@ -29,8 +30,10 @@ pub(crate) struct PoolRebuilder {
     hard_stop: CancellationToken,
     /// Parent of every task started here; cancelled when the server stops.
     background: CancellationToken,
+    /// The server's tracked tasks, which every task started here runs on.
+    tasks: Tasks,
     /// Held across a rebuild, so a reload and a discovered change never interleave.
-    tasks: Mutex<RebuildState>,
+    state: Mutex<RebuildState>,
 }
 
 #[derive(Default)]
@@ -50,24 +53,26 @@ impl PoolRebuilder {
         shared: Arc<ServerShared>,
         hard_stop: CancellationToken,
         background: CancellationToken,
+        tasks: Tasks,
     ) -> Self {
         PoolRebuilder {
             shared,
             hard_stop,
             background,
-            tasks: Mutex::new(RebuildState::default()),
+            tasks,
+            state: Mutex::new(RebuildState::default()),
         }
     }
 
     /// A discovered list, applied unless its runner was stopped meanwhile (a reload
     /// changed the discovery while the list waited for the lock).
     pub(crate) async fn discovered(&self, specs: Vec<BackendSpec>, runner: &CancellationToken) {
-        let mut tasks = self.tasks.lock().await;
+        let mut state = self.state.lock().await;
         if runner.is_cancelled() {
             return;
         }
-        tasks.specs = specs;
-        self.rebuild(&mut tasks, None).await;
+        state.specs = specs;
+        self.rebuild(&mut state, None).await;
     }
 
     /// Stores `settings` (if given), takes `specs` as the backend list (if given; else
@@ -77,17 +82,14 @@ impl PoolRebuilder {
         settings: Option<Arc<ServerConfig>>,
         specs: Option<Vec<BackendSpec>>,
     ) {
-        let mut tasks = self.tasks.lock().await;
+        let mut state = self.state.lock().await;
         if let Some(specs) = specs {
-            tasks.specs = specs;
+            state.specs = specs;
         }
-        self.rebuild(&mut tasks, settings).await;
+        self.rebuild(&mut state, settings).await;
     }
 
-    async fn rebuild(&self, tasks: &mut RebuildState, settings: Option<Arc<ServerConfig>>) {
-        if let Some(settings) = &settings {
-            self.shared.reload_tls(settings);
-        }
+    async fn rebuild(&self, state: &mut RebuildState, settings: Option<Arc<ServerConfig>>) {
         let settings = settings.unwrap_or_else(|| self.shared.settings.load_full());
         let old_pool = self.shared.pool.load_full();
         let by_key: HashMap<&str, &Arc<BackendState>> = old_pool
@@ -95,7 +97,7 @@ impl PoolRebuilder {
             .iter()
             .map(|b| (b.key(), &b.state))
             .collect();
-        let backends = build_backends(&settings, &tasks.specs, &by_key, &self.hard_stop);
+        let backends = build_backends(&settings, &state.specs, &by_key, &self.hard_stop);
         let pool = Arc::new(Pool::new(settings.balance, backends));
         resolve::resolve_now(&pool).await;
         let matcher = settings.sni.as_ref().map(|sni| {
@@ -108,27 +110,27 @@ impl PoolRebuilder {
         self.shared.settings.store(Arc::clone(&settings));
         self.shared.sni.store(matcher);
         self.shared.pool.store(Arc::clone(&pool));
-        self.follow(tasks, &settings, &pool);
+        self.follow(state, &settings, &pool);
     }
 
     /// Brings the background tasks in line with `pool`: a backend kept with the same spec,
     /// health check and PROXY header keeps its running check (and its streak), others are
     /// restarted.
-    fn follow(&self, tasks: &mut RebuildState, settings: &ServerConfig, pool: &Arc<Pool>) {
+    fn follow(&self, state: &mut RebuildState, settings: &ServerConfig, pool: &Arc<Pool>) {
         let name = &self.shared.name;
         let health = (settings.healthcheck.clone(), settings.proxy_protocol.send);
-        if tasks.health.as_ref() != Some(&health) {
-            for (_, (_, stop)) in tasks.per_backend.drain() {
+        if state.health.as_ref() != Some(&health) {
+            for (_, (_, stop)) in state.per_backend.drain() {
                 stop.cancel();
             }
-            tasks.health = Some(health);
+            state.health = Some(health);
         }
-        let mut running = std::mem::take(&mut tasks.per_backend);
+        let mut running = std::mem::take(&mut state.per_backend);
         for backend in pool.backends() {
             let key = backend.key().to_owned();
             match running.remove(&key) {
                 Some((spec, stop)) if spec == backend.spec => {
-                    tasks.per_backend.insert(key, (spec, stop));
+                    state.per_backend.insert(key, (spec, stop));
                     continue;
                 }
                 Some((_, stop)) => stop.cancel(),
@@ -137,23 +139,24 @@ impl PoolRebuilder {
             let stop = self.background.child_token();
             // The spawners take a pool; one of this backend alone gives it its own stop.
             let alone = Pool::new(BalanceKind::RoundRobin, vec![Arc::clone(backend)]);
-            resolve::spawn_refresh(name, &alone, &stop);
+            resolve::spawn_refresh(name, &alone, &self.tasks, &stop);
             if settings.healthcheck.kind != HealthKind::None {
-                let proxy = settings.proxy_protocol.send;
-                health::spawn_checks(name, &settings.healthcheck, proxy, &alone, &stop);
+                let (health, proxy) = (&settings.healthcheck, settings.proxy_protocol.send);
+                health::spawn_checks(name, health, proxy, &alone, &self.tasks, &stop);
             }
-            tasks.per_backend.insert(key, (backend.spec.clone(), stop));
+            state.per_backend.insert(key, (backend.spec.clone(), stop));
         }
         // What is left was removed.
         for (_, (_, stop)) in running {
             stop.cancel();
         }
-        if let Some(sampler) = tasks.sampler.take() {
+        if let Some(sampler) = state.sampler.take() {
             sampler.cancel();
         }
         let sampler = self.background.child_token();
-        tokio::spawn(bandwidth::sample(Arc::clone(pool), sampler.clone()));
-        tasks.sampler = Some(sampler);
+        let sample = bandwidth::sample(Arc::clone(pool), sampler.clone());
+        self.tasks.spawn(&sampler, sample);
+        state.sampler = Some(sampler);
     }
 }
 

@@ -158,10 +158,13 @@ fn bind_forms() {
         ("127.0.0.1:0", "127.0.0.1:0"),
     ] {
         let addr = validate::parse_bind(bind).expect(bind);
-        assert_eq!(addr, expected.parse().expect("addr"), "{bind}");
+        assert_eq!(addr.addr(), Some(expected.parse().expect("addr")), "{bind}");
     }
-    let localhost = validate::parse_bind("localhost:3000").expect("localhost resolves");
-    assert!(localhost.ip().is_loopback());
+    // A host name is kept, to be resolved when its server starts.
+    let localhost = validate::parse_bind("localhost:3000").expect("a host name");
+    assert_eq!(localhost.addr(), None);
+    let resolved = localhost.resolve_blocking().expect("localhost resolves");
+    assert!(resolved.ip().is_loopback());
     assert!(validate::parse_bind("127.0.0.1").is_err());
     assert!(validate::parse_bind("::1:80").is_err());
     assert!(validate::parse_bind("h:99999").is_err());
@@ -555,3 +558,5 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
 }
 
 mod admin;
+mod keys;
+mod typed;

@@ -1,0 +1,148 @@
+//! The rules checked on the typed configuration, once every server is known: two
+//! servers on one address, and a static backend list that is empty or names a backend
+//! twice. The reader checks static lists line by line as it reads them (so it can point
+//! at the line) and a list it refuses never reaches here; an API edit of the typed
+//! model reaches them only here.
+
+use std::path::Path;
+
+use super::reader::join;
+use super::{Bind, Config, ConfigError, ConfigErrors, DiscoveryConfig, ServerConfig};
+
+/// A rule of the whole configuration that a server breaks.
+pub(crate) struct Problem {
+    /// The server's name.
+    pub server: String,
+    /// The dotted key the problem is reported at, e.g. `servers.web.bind`.
+    pub key: String,
+    pub message: String,
+}
+
+/// Checks a configuration built or changed in memory (an API edit) by the rules the
+/// reader checks last, once every server is read (`checks::typed`); each server's own
+/// keys were checked when it was read. Pure: no file is read, no name resolved. `path`
+/// names the configuration in messages, which carry no position.
+pub fn validate(config: &Config, path: &Path) -> Result<(), ConfigErrors> {
+    let order = config.servers.keys().map(String::as_str);
+    let errors: Vec<ConfigError> = typed(config, order)
+        .into_iter()
+        .map(|problem| ConfigError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message: format!("{}: {}", problem.key, problem.message),
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// The last step of validation, on the typed configuration. The reader runs it after
+/// reading every server, and an API edit runs it on the changed configuration (see
+/// [`super::validate()`]), so both keep the same rules.
+///
+/// `order` is the order the servers were written in (a server is reported against the
+/// ones before it); servers of `config` it leaves out come after, by name.
+pub(crate) fn typed<'a>(
+    config: &'a Config,
+    order: impl IntoIterator<Item = &'a str>,
+) -> Vec<Problem> {
+    let mut names: Vec<&str> = order.into_iter().collect();
+    let rest: Vec<&str> = config
+        .servers
+        .keys()
+        .map(String::as_str)
+        .filter(|name| !names.contains(name))
+        .collect();
+    names.extend(rest);
+    let mut problems = Vec::new();
+    let mut seen: Vec<(&str, &ServerConfig)> = Vec::new();
+    for name in names {
+        let Some(server) = config.servers.get(name) else {
+            continue;
+        };
+        problems.extend(static_list(name, server));
+        if let Some(message) = bind_conflict(&seen, server) {
+            let path = join("servers", name);
+            problems.push(Problem {
+                server: name.to_owned(),
+                key: format!("{path}.bind"),
+                message,
+            });
+        }
+        seen.push((name, server));
+    }
+    problems
+}
+
+/// Two servers cannot listen on the same address, nor on a wildcard address and a
+/// specific one of the same family and port. Port 0 (any free port) never conflicts.
+fn bind_conflict(before: &[(&str, &ServerConfig)], server: &ServerConfig) -> Option<String> {
+    let bind = &server.bind;
+    if bind.port() == 0 {
+        return None;
+    }
+    // TCP and UDP ports are separate: DNS serves both on one port.
+    let overlaps = |(_, other): &&(&str, &ServerConfig)| {
+        other.bind.port() == bind.port()
+            && match (&other.bind, bind) {
+                (Bind::Addr(other), Bind::Addr(bind)) => {
+                    other.is_ipv4() == bind.is_ipv4()
+                        && (other.ip() == bind.ip()
+                            || other.ip().is_unspecified()
+                            || bind.ip().is_unspecified())
+                }
+                (Bind::Name { host: other, .. }, Bind::Name { host, .. }) => {
+                    other.eq_ignore_ascii_case(host)
+                }
+                // Known once the name resolves: checked again when the server starts.
+                _ => false,
+            }
+    };
+    let (owner, other) = before
+        .iter()
+        .filter(|(_, other)| other.protocol == server.protocol)
+        .find(overlaps)?;
+    let (owner, other) = (join("servers", owner), &other.bind);
+    Some(if other == bind {
+        format!("address {bind} is already used by {owner}")
+    } else {
+        format!("address {bind} overlaps {other} of {owner}")
+    })
+}
+
+/// A static list must name a backend, and each backend once (by `host:port`, whatever
+/// the case), in the reader's words.
+fn static_list(name: &str, server: &ServerConfig) -> Vec<Problem> {
+    let DiscoveryConfig::Static { backends } = &server.discovery else {
+        return Vec::new();
+    };
+    let list = format!("{}.discovery.static_list", join("servers", name));
+    let problem = |key: String, message: String| Problem {
+        server: name.to_owned(),
+        key,
+        message,
+    };
+    if backends.is_empty() {
+        let message = "empty; a server needs at least one backend".to_owned();
+        return vec![problem(list, message)];
+    }
+    let keys: Vec<String> = backends
+        .iter()
+        .map(|b| b.key().to_ascii_lowercase())
+        .collect();
+    let mut problems = Vec::new();
+    for (i, key) in keys.iter().enumerate() {
+        if let Some(first) = keys[..i].iter().position(|k| k == key) {
+            let message = format!(
+                "duplicate backend {} (also {list}[{first}])",
+                backends[i].key()
+            );
+            problems.push(problem(format!("{list}[{i}]"), message));
+        }
+    }
+    problems
+}
