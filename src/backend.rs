@@ -15,7 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::histogram::{Histogram, CONNECTION_BOUNDS_NS, CONNECT_BOUNDS_NS};
+use crate::histogram::{Histogram, CONNECTION_BOUNDS_NS, CONNECT_BOUNDS_NS};
 
 /// One backend as configured: a `static_list` line, or later a discovered entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -19,6 +19,7 @@
 //! - [`pool`]: a server's backends split into priority tiers, each with its strategy.
 //! - [`balance`]: the balancing strategies.
 //! - [`backend`]: one backend's spec and live state.
+//! - [`histogram`]: lock-free duration histograms the data path observes into.
 //! - [`resolve`]: backend host names to addresses, kept fresh.
 //! - [`tasks`]: background tasks tracked so they end with the server that started them.
 //! - [`health`]: active and passive health checking.
@@ -47,6 +48,7 @@ pub mod demo;
 pub mod descriptors;
 pub mod discovery;
 pub mod health;
+pub mod histogram;
 pub mod listener;
 pub mod logging;
 pub mod metrics;

@@ -10,9 +10,9 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncod
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use super::histogram::Snapshot;
 use crate::backend::{AdminState, Backend};
 use crate::config::Protocol;
+use crate::histogram::Snapshot;
 use crate::pool::Pool;
 use crate::proxy::state::ServerShared;
 use crate::proxy::udp::UdpDrop;

@@ -8,7 +8,6 @@
 //! [`Collector`]: prometheus_client::collector::Collector
 
 mod collector;
-pub mod histogram;
 
 use std::sync::Arc;
 
