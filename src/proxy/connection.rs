@@ -128,19 +128,27 @@ fn run<P: Prelude>(
             // Prelude and connect, their state boxed and freed once connected; what
             // they hand over is moved into the relay in this block, so the
             // connection's own state is then little more than the relay's.
-            let opened = match Box::pin(async {
+            // A refusal is counted and logged before the client's socket closes, so a
+            // client that sees its connection closed finds it counted.
+            let opened = Box::pin(async {
                 // Prelude. Read off the accept loop; a connection stopped while in it
                 // just ends.
                 let read = tokio::select! {
                     biased;
                     read = prelude.read(stream, peer, server) => read,
-                    () = stop.cancelled() => return Err(None),
+                    () = stop.cancelled() => return None,
                 };
                 let Opening {
                     stream: client,
                     client: peer,
                     learned,
-                } = read.map_err(Some)?;
+                } = match read {
+                    Ok(opening) => opening,
+                    Err(no) => {
+                        refuse(server, started, no);
+                        return None;
+                    }
+                };
 
                 // Connect. A dial can take up to the connect timeout; the shutdown
                 // deadline must not wait for it.
@@ -152,19 +160,30 @@ fn run<P: Prelude>(
                     guard,
                     upstream,
                     early,
-                } = connected.map_err(Some)?;
+                } = match connected {
+                    Ok(connected) => connected,
+                    Err(no) => {
+                        refuse(server, started, no);
+                        return None;
+                    }
+                };
                 let backend = guard.backend();
                 let upstream = tokio::select! {
                     biased;
                     upstream = P::upstream(server, backend, upstream) => upstream,
-                    () = stop.cancelled() => return Err(None),
+                    () = stop.cancelled() => return None,
                 };
-                let upstream = upstream.map_err(|detail| {
-                    let stats = &backend.state.stats;
-                    stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-                    Some(Refusal::new(peer, CloseReason::ConnectFailed, detail).at(backend))
-                })?;
-                Ok(Opened {
+                let upstream = match upstream {
+                    Ok(upstream) => upstream,
+                    Err(detail) => {
+                        let stats = &backend.state.stats;
+                        stats.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        let no = Refusal::new(peer, CloseReason::ConnectFailed, detail);
+                        refuse(server, started, no.at(backend));
+                        return None;
+                    }
+                };
+                Some(Opened {
                     client,
                     upstream,
                     peer,
@@ -172,11 +191,9 @@ fn run<P: Prelude>(
                     early,
                 })
             })
-            .await
-            {
-                Ok(opened) => opened,
-                Err(Some(no)) => return refuse(server, started, no),
-                Err(None) => return,
+            .await;
+            let Some(opened) = opened else {
+                return;
             };
             (guard, peer) = (opened.guard, opened.peer);
 
@@ -280,7 +297,8 @@ fn finish(
 }
 
 /// The end of a connection closed before its bytes were relayed: counted by reason,
-/// and its access-log line saying why.
+/// and its access-log line saying why. Then the socket the refusal holds, if any, closes
+/// (the client's, when the prelude refused it).
 fn refuse(server: &ServerShared, started: Instant, no: Refusal) {
     server.count_refused(no.reason);
     access_log(
@@ -292,6 +310,7 @@ fn refuse(server: &ServerShared, started: Instant, no: Refusal) {
         no.reason,
         Some(&no.detail),
     );
+    drop(no.socket);
 }
 
 /// The access-log line: one per closed connection, accepted or refused. A refused one

@@ -145,25 +145,14 @@ impl Prelude for Inspect {
         peer: SocketAddr,
         server: &ServerShared,
     ) -> Result<Opening<TcpStream>, Refusal> {
-        let mut learned = Box::<Learned>::default();
-        let mut client = peer;
-        if let Some(limit) = self.proxy_header {
-            let front = read_proxy_header(server, &mut stream, peer, limit).await?;
-            client = front.client;
-            learned.destination = front.destination;
-            learned.early = front.early;
+        match self.learn(&mut stream, peer, server).await {
+            Ok((client, learned)) => Ok(Opening {
+                stream,
+                client,
+                learned: Some(learned),
+            }),
+            Err(no) => Err(no.closing(stream)),
         }
-        if let Some(limit) = self.client_hello {
-            let hello = client_hello::read(&mut stream, &mut learned.early, limit)
-                .await
-                .map_err(|e| Refusal::new(client, CloseReason::ClientHello, e))?;
-            learned.route = route(server, &hello, client)?;
-        }
-        Ok(Opening {
-            stream,
-            client,
-            learned: Some(learned),
-        })
     }
 
     fn upstream(
@@ -172,6 +161,32 @@ impl Prelude for Inspect {
         upstream: TcpStream,
     ) -> impl Future<Output = Result<TcpStream, String>> + Send {
         ready(Ok(upstream))
+    }
+}
+
+impl Inspect {
+    /// Reads the PROXY header and the ClientHello: the client, and what they said.
+    async fn learn(
+        &self,
+        stream: &mut TcpStream,
+        peer: SocketAddr,
+        server: &ServerShared,
+    ) -> Result<(SocketAddr, Box<Learned>), Refusal> {
+        let mut learned = Box::<Learned>::default();
+        let mut client = peer;
+        if let Some(limit) = self.proxy_header {
+            let front = read_proxy_header(server, stream, peer, limit).await?;
+            client = front.client;
+            learned.destination = front.destination;
+            learned.early = front.early;
+        }
+        if let Some(limit) = self.client_hello {
+            let hello = client_hello::read(stream, &mut learned.early, limit)
+                .await
+                .map_err(|e| Refusal::new(client, CloseReason::ClientHello, e))?;
+            learned.route = route(server, &hello, client)?;
+        }
+        Ok((client, learned))
     }
 }
 
@@ -226,7 +241,10 @@ impl Prelude for Tls {
     ) -> Result<Opening<ClientSide>, Refusal> {
         let (mut client, mut destination, mut early) = (peer, None, Vec::new());
         if let Some(limit) = self.proxy_header {
-            let front = read_proxy_header(server, &mut stream, peer, limit).await?;
+            let front = match read_proxy_header(server, &mut stream, peer, limit).await {
+                Ok(front) => front,
+                Err(no) => return Err(no.closing(stream)),
+            };
             (client, destination, early) = (front.client, front.destination, front.early);
         }
         // The bytes that came with the header are the handshake's first.
@@ -237,11 +255,12 @@ impl Prelude for Tls {
             (Some(termination), Some(config)) => {
                 let limit = termination.handshake_timeout;
                 let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                match timeout(limit, acceptor.accept(stream)).await {
+                match timeout(limit, acceptor.accept(stream).into_fallible()).await {
                     Ok(Ok(tls)) => Either::Left(tls),
-                    Ok(Err(e)) => {
+                    Ok(Err((e, stream))) => {
                         let detail = handshake_error(&e, Peer::Client);
-                        return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                        let no = Refusal::new(client, CloseReason::TlsHandshake, detail);
+                        return Err(no.closing(stream.into_inner()));
                     }
                     Err(_) => {
                         let detail = format!("no handshake within {limit:?}");
@@ -379,6 +398,10 @@ impl<S> Prefixed<S> {
 
     pub fn get_ref(&self) -> &S {
         &self.inner
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 

@@ -5,6 +5,8 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::net::TcpStream;
+
 use super::sni::{ByName, Route};
 use super::CloseReason;
 use crate::backend::{AdminState, Backend};
@@ -17,6 +19,10 @@ pub(crate) struct Refusal {
     pub reason: CloseReason,
     pub detail: String,
     pub backend: Option<Arc<Backend>>,
+    /// The client's socket, when the step that refused still held it: it closes once
+    /// the refusal is counted and logged, so a client that sees its connection closed
+    /// finds it counted.
+    pub socket: Option<TcpStream>,
 }
 
 impl Refusal {
@@ -26,12 +32,21 @@ impl Refusal {
             reason,
             detail: detail.to_string(),
             backend: None,
+            socket: None,
         }
     }
 
     /// Sluice stopped before a backend answered.
     pub(crate) fn shutdown(client: SocketAddr) -> Refusal {
         Refusal::new(client, CloseReason::Shutdown, "shutting down")
+    }
+
+    /// The same, holding the client's `socket` until it is counted.
+    pub(crate) fn closing(self, socket: TcpStream) -> Refusal {
+        Refusal {
+            socket: Some(socket),
+            ..self
+        }
     }
 
     /// The same, closed at `backend`.
