@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::{secrets, write_as};
-use super::{ConsulParams, DockerParams, EtcdParams, JsonPath, LinePattern, Url};
+use super::{
+    secrets, write_as, ConsulParams, DockerParams, EtcdParams, JsonPath, LinePattern, Url,
+};
 use crate::backend::BackendSpec;
 
 /// What `timeout = "0"` (or no `timeout`) means for a dynamic kind. GoBetween's "0"

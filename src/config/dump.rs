@@ -15,8 +15,10 @@ use std::time::Duration;
 use serde::{Serialize, Serializer};
 use serde_json::Value;
 
-use super::{secrets, write_as, ClientAuth, Config, Protocol, ServerConfig, TlsFiles};
-use super::{TlsTermination, TlsVersion, UdpConfig};
+use super::{
+    secrets, write_as, ClientAuth, Config, Protocol, ServerConfig, TlsFiles, TlsTermination,
+    TlsVersion, UdpConfig,
+};
 
 pub use super::secrets::{url, Secrets, REDACTED};
 
@@ -41,7 +43,8 @@ pub fn server_value(server: &ServerConfig, secrets: Secrets) -> Value {
     json_of(&WrittenServer::from(server), secrets)
 }
 
-/// `value` as JSON, secrets kept or redacted.
+/// `value` as JSON, secrets kept or redacted: the mode holds for this one synchronous
+/// call only (see `secrets::with`).
 fn json_of(value: &impl Serialize, secrets: Secrets) -> Value {
     secrets::with(secrets, || serde_json::to_value(value))
         .expect("the configuration serializes: its keys are strings and its paths are shown")
