@@ -2,6 +2,9 @@
 //! valid fixture, and of the inputs in `dumps/`, with secrets kept and redacted, against
 //! the exact text in `dumps/NAME.dump`. After an intended change of the written schema,
 //! `SLUICE_BLESS=1 cargo test --lib config` rewrites those files; review the diff.
+//!
+//! `dumps/a.pem`, `b.pem`, `ca.pem` and the keys beside them are throwaway self-signed
+//! certificates made for these tests: loading a TLS section reads its files.
 
 use std::path::Path;
 
