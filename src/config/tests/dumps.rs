@@ -26,11 +26,14 @@ fn dumps_of(relative: &Path) -> String {
     for secrets in [Secrets::Keep, Secrets::Redact] {
         let json = dump::to_json(&config, secrets);
         for (name, server) in &config.servers {
+            let written = &json["servers"][name];
             assert_eq!(
-                Some(&dump::server_value(server, secrets)),
-                json["servers"].get(name),
+                &dump::server_value(server, secrets),
+                written,
                 "{relative:?}: server {name}"
             );
+            // Discovery kinds are named twice: by `kind()` and by serde's renames.
+            assert_eq!(written["discovery"]["kind"], server.discovery.kind());
         }
         let pretty = serde_json::to_string_pretty(&json).unwrap_or_else(|e| panic!("{e}"));
         let toml = dump::to_toml(&config, secrets).unwrap_or_else(|e| panic!("{e}"));
