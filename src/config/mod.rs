@@ -22,7 +22,7 @@
 //!   the types here derive `Serialize` under the file's keys; `write_as`: how typed values
 //!   are written; `secrets`: what is redacted.
 //! - `tls`: the TLS sections (`[tls]`, `[backends_tls]`, certificates by name).
-//! - `admin`: `[api]` and `[metrics]`: who may reach them.
+//! - `admin`: `[api]` and `[metrics]`, their types and reader: who may reach them.
 
 #[macro_use]
 mod written;
