@@ -1,67 +1,93 @@
 //! `[servers.NAME.discovery]`: where a server's backends come from, and the settings
-//! every dynamic kind shares (`interval`, `timeout`, `failpolicy`); written back out for
-//! the dump. The reader that fills them from a file is `discovery_reader`.
+//! every dynamic kind shares (`interval`, `timeout`, `failpolicy`); each serializes under
+//! its keys in the file. The reader that fills them from a file is `discovery_reader`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::dump::{Secrets, REDACTED};
-use super::{ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath, LinePattern, Url};
+use serde::Serialize;
+
+use super::{
+    secrets, write_as, ConsulParams, DockerParams, EtcdParams, JsonPath, LinePattern, Url,
+};
 use crate::backend::BackendSpec;
 
 /// What `timeout = "0"` (or no `timeout`) means for a dynamic kind. GoBetween's "0"
 /// waits forever, which lets one hung source freeze a server's backends for good.
 pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// `[servers.NAME.discovery]`.
-#[derive(Clone, Debug, PartialEq)]
+/// `[servers.NAME.discovery]`: `kind`, the settings every dynamic kind shares and the
+/// kind's own keys, side by side.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DiscoveryConfig {
     /// `kind = "static"`: the `static_list`.
-    Static { backends: Vec<BackendSpec> },
+    Static {
+        #[serde(rename = "static_list", serialize_with = "write_as::each_shown")]
+        backends: Vec<BackendSpec>,
+    },
     /// `kind = "srv"`: DNS SRV records.
     Srv {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: SrvParams,
     },
     /// `kind = "dns"`: a host name's A/AAAA records and one port.
     Dns {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: DnsParams,
     },
     /// `kind = "json"`: a JSON array fetched over HTTP(S).
     Json {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: JsonParams,
     },
     /// `kind = "plaintext"`: backend lines fetched over HTTP(S).
     Plaintext {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: PlaintextParams,
     },
     /// `kind = "exec"`: a command printing backend lines.
     Exec {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: ExecParams,
     },
     /// `kind = "file"`: a file of backend lines or JSON, re-read when it changes.
     File {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: FileParams,
     },
     /// `kind = "consul"`: the instances of a Consul service.
     Consul {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: ConsulParams,
     },
     /// `kind = "etcd"`: the keys under an etcd prefix.
     Etcd {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: EtcdParams,
     },
     /// `kind = "docker"`: containers publishing a port.
     Docker {
+        #[serde(flatten)]
         common: DiscoveryCommon,
+        #[serde(flatten)]
         params: DockerParams,
     },
 }
@@ -109,13 +135,15 @@ impl DiscoveryConfig {
 }
 
 /// `interval`, `timeout` and `failpolicy`, shared by every dynamic kind.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DiscoveryCommon {
     /// Time between fetches; zero fetches until the first success, then never again
     /// (GoBetween's meaning). `dns` refreshes by TTL and `file` polls every second; a
     /// shorter non-zero `interval` makes either look sooner.
+    #[serde(serialize_with = "write_as::duration")]
     pub interval: Duration,
     /// Longest one fetch may take; never zero (see [`DEFAULT_DISCOVERY_TIMEOUT`]).
+    #[serde(serialize_with = "write_as::duration")]
     pub timeout: Duration,
     pub failpolicy: FailPolicy,
 }
@@ -131,7 +159,8 @@ impl Default for DiscoveryCommon {
 }
 
 /// What a failed fetch does to the backends.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FailPolicy {
     /// Keep the last list that was fetched.
     KeepLast,
@@ -149,7 +178,8 @@ impl FailPolicy {
 }
 
 /// UDP or TCP towards a DNS server.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum DnsProtocol {
     Udp,
     Tcp,
@@ -165,75 +195,107 @@ impl DnsProtocol {
 }
 
 /// `kind = "srv"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SrvParams {
     /// `srv_lookup_server`: the DNS server asked (port 53 unless given).
+    #[serde(rename = "srv_lookup_server")]
     pub server: SocketAddr,
     /// `srv_lookup_pattern`: the SRV name, e.g. `_web._tcp.example.com.`
+    #[serde(rename = "srv_lookup_pattern")]
     pub pattern: String,
     /// `srv_dns_protocol`.
+    #[serde(rename = "srv_dns_protocol")]
     pub protocol: DnsProtocol,
 }
 
 /// `kind = "dns"` (Sluice extension).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DnsParams {
     /// `dns_hostname`: whose A and AAAA records are the backends.
+    #[serde(rename = "dns_hostname")]
     pub hostname: String,
     /// `dns_port`: the port of every backend.
+    #[serde(rename = "dns_port")]
     pub port: u16,
     /// `dns_server`: the DNS server asked; `None` uses the system's resolver.
+    #[serde(rename = "dns_server", skip_serializing_if = "Option::is_none")]
     pub server: Option<SocketAddr>,
     /// `dns_protocol`, towards `server`.
+    #[serde(rename = "dns_protocol")]
     pub protocol: DnsProtocol,
 }
 
 /// `kind = "json"`: GoBetween's patterns are paths into each element of the array.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct JsonParams {
     /// `json_endpoint`: an `http://` or `https://` URL.
+    #[serde(rename = "json_endpoint", serialize_with = "secrets::secret_url")]
     pub endpoint: Url,
+    #[serde(rename = "json_host_pattern")]
     pub host_pattern: JsonPath,
+    #[serde(rename = "json_port_pattern")]
     pub port_pattern: JsonPath,
+    #[serde(rename = "json_weight_pattern")]
     pub weight_pattern: JsonPath,
+    #[serde(rename = "json_priority_pattern")]
     pub priority_pattern: JsonPath,
     /// `json_max_connections_pattern` (Sluice extension).
+    #[serde(rename = "json_max_connections_pattern")]
     pub max_connections_pattern: JsonPath,
     /// `json_backup_pattern` (Sluice extension).
+    #[serde(rename = "json_backup_pattern")]
     pub backup_pattern: JsonPath,
     /// `json_sni_pattern`; without it no SNI is read.
+    #[serde(rename = "json_sni_pattern", skip_serializing_if = "Option::is_none")]
     pub sni_pattern: Option<JsonPath>,
     /// `json_tls_cacert_path` (Sluice extension): CA certificates that verify an
     /// `https://` endpoint; `None` trusts the system's store.
+    #[serde(
+        rename = "json_tls_cacert_path",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "write_as::optional_path"
+    )]
     pub cacert_path: Option<PathBuf>,
 }
 
 /// `kind = "plaintext"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PlaintextParams {
     /// `plaintext_endpoint`: an `http://` or `https://` URL.
+    #[serde(rename = "plaintext_endpoint", serialize_with = "secrets::secret_url")]
     pub endpoint: Url,
     /// `plaintext_regex_pattern`: a regex with named groups `host`, `port` and optional
     /// `weight`, `priority`, `max_connections`, `sni`, `backup`; without it lines are read
     /// in the backend line grammar.
+    #[serde(
+        rename = "plaintext_regex_pattern",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub pattern: Option<LinePattern>,
     /// `plaintext_tls_cacert_path` (Sluice extension), as for `json`.
+    #[serde(
+        rename = "plaintext_tls_cacert_path",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "write_as::optional_path"
+    )]
     pub cacert_path: Option<PathBuf>,
 }
 
 /// `kind = "exec"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExecParams {
     /// `exec_command`: the program and its arguments (no shell). A program given as a
     /// relative path with a `/` is already taken from the configuration's directory; a
     /// bare name is looked up in `PATH`; arguments are as written.
+    #[serde(rename = "exec_command")]
     pub command: Vec<String>,
 }
 
 /// `kind = "file"` (Sluice extension).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct FileParams {
     /// `file_path`.
+    #[serde(rename = "file_path", serialize_with = "write_as::path")]
     pub path: PathBuf,
 }
 
@@ -247,192 +309,12 @@ pub(crate) const JSON_DEFAULT_PATTERNS: [(&str, &str); 6] = [
     ("json_backup_pattern", "backup"),
 ];
 
-impl DiscoveryConfig {
-    /// The section as the configuration writes it; [`discovery`] reads it back as it was.
-    pub(crate) fn to_json(&self, secrets: Secrets) -> serde_json::Value {
-        use serde_json::{json, Value};
-        let secret = |s: &str| match secrets {
-            Secrets::Keep => s.to_owned(),
-            Secrets::Redact => REDACTED.to_owned(),
-        };
-        let mut out = serde_json::Map::new();
-        out.insert("kind".into(), self.kind().into());
-        if let Some(common) = self.common() {
-            out.insert("failpolicy".into(), common.failpolicy.as_str().into());
-            out.insert(
-                "interval".into(),
-                super::dump::duration(common.interval).into(),
-            );
-            out.insert(
-                "timeout".into(),
-                super::dump::duration(common.timeout).into(),
-            );
-        }
-        let own = match self {
-            DiscoveryConfig::Static { backends } => json!({
-                "static_list": backends.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            }),
-            DiscoveryConfig::Srv { params, .. } => json!({
-                "srv_lookup_server": params.server.to_string(),
-                "srv_lookup_pattern": params.pattern,
-                "srv_dns_protocol": params.protocol.as_str(),
-            }),
-            DiscoveryConfig::Dns { params, .. } => {
-                let mut own = json!({
-                    "dns_hostname": params.hostname,
-                    "dns_port": params.port,
-                    "dns_protocol": params.protocol.as_str(),
-                });
-                if let (Some(server), Value::Object(map)) = (params.server, &mut own) {
-                    map.insert("dns_server".into(), server.to_string().into());
-                }
-                own
-            }
-            DiscoveryConfig::Json { params, .. } => {
-                let mut own = json!({
-                    "json_endpoint": super::dump::url(params.endpoint.as_str(), secrets),
-                    "json_host_pattern": params.host_pattern.as_str(),
-                    "json_port_pattern": params.port_pattern.as_str(),
-                    "json_weight_pattern": params.weight_pattern.as_str(),
-                    "json_priority_pattern": params.priority_pattern.as_str(),
-                    "json_max_connections_pattern": params.max_connections_pattern.as_str(),
-                    "json_backup_pattern": params.backup_pattern.as_str(),
-                });
-                if let Value::Object(map) = &mut own {
-                    if let Some(sni) = &params.sni_pattern {
-                        map.insert("json_sni_pattern".into(), sni.as_str().into());
-                    }
-                    if let Some(path) = &params.cacert_path {
-                        let path = path.display().to_string();
-                        map.insert("json_tls_cacert_path".into(), path.into());
-                    }
-                }
-                own
-            }
-            DiscoveryConfig::Plaintext { params, .. } => {
-                let endpoint = super::dump::url(params.endpoint.as_str(), secrets);
-                let mut own = json!({ "plaintext_endpoint": endpoint });
-                if let Value::Object(map) = &mut own {
-                    if let Some(pattern) = &params.pattern {
-                        map.insert("plaintext_regex_pattern".into(), pattern.as_str().into());
-                    }
-                    if let Some(path) = &params.cacert_path {
-                        let path = path.display().to_string();
-                        map.insert("plaintext_tls_cacert_path".into(), path.into());
-                    }
-                }
-                own
-            }
-            DiscoveryConfig::Exec { params, .. } => json!({ "exec_command": params.command }),
-            DiscoveryConfig::File { params, .. } => {
-                json!({ "file_path": params.path.display().to_string() })
-            }
-            DiscoveryConfig::Consul { params, .. } => {
-                let mut own = json!({
-                    "consul_host": params.host,
-                    "consul_service_name": params.service_name,
-                    "consul_service_passing_only": params.passing_only,
-                });
-                if let Value::Object(map) = &mut own {
-                    put_some(map, "consul_service_tag", &params.service_tag);
-                    put_some(map, "consul_datacenter", &params.datacenter);
-                    put_some(map, "consul_auth_username", &params.auth_username);
-                    put_some(
-                        map,
-                        "consul_auth_password",
-                        &params.auth_password.as_deref().map(secret),
-                    );
-                    put_some(
-                        map,
-                        "consul_token",
-                        &params.acl_token.as_deref().map(secret),
-                    );
-                    tls_json(map, "consul", params.tls.as_ref());
-                }
-                own
-            }
-            DiscoveryConfig::Etcd { params, .. } => {
-                let mut own = json!({
-                    "etcd_endpoints": params.endpoints.iter()
-                        .map(|e| super::dump::url(e, secrets))
-                        .collect::<Vec<_>>(),
-                    "etcd_prefix": params.prefix,
-                });
-                if let Value::Object(map) = &mut own {
-                    put_some(map, "etcd_username", &params.username);
-                    put_some(
-                        map,
-                        "etcd_password",
-                        &params.password.as_deref().map(secret),
-                    );
-                    let dsn = params.dsn_json_path.as_ref().map(ToString::to_string);
-                    put_some(map, "etcd_dsn_json_path", &dsn);
-                    tls_json(map, "etcd", params.tls.as_ref());
-                }
-                own
-            }
-            DiscoveryConfig::Docker { params, .. } => {
-                let mut own = json!({
-                    "docker_endpoint": super::dump::url(&params.endpoint, secrets),
-                    "docker_container_private_port": params.container_private_port,
-                });
-                if let Value::Object(map) = &mut own {
-                    put_some(map, "docker_container_label", &params.container_label);
-                    put_some(
-                        map,
-                        "docker_container_host_env_var",
-                        &params.container_host_env_var,
-                    );
-                    tls_json(map, "docker", params.tls.as_ref());
-                }
-                own
-            }
-        };
-        if let Value::Object(own) = own {
-            out.extend(own);
-        }
-        Value::Object(out)
-    }
-}
-
-/// Adds `key` to `map` when `value` is set.
-fn put_some(
-    map: &mut serde_json::Map<String, serde_json::Value>,
-    key: &str,
-    value: &Option<String>,
-) {
-    if let Some(value) = value {
-        map.insert(key.into(), value.clone().into());
-    }
-}
-
-/// `PREFIX_tls_enabled` and the paths that are set.
-fn tls_json(
-    map: &mut serde_json::Map<String, serde_json::Value>,
-    prefix: &str,
-    tls: Option<&ClientTlsFiles>,
-) {
-    let Some(tls) = tls else { return };
-    map.insert(format!("{prefix}_tls_enabled"), true.into());
-    for (what, path) in [
-        ("cert", &tls.cert_path),
-        ("key", &tls.key_path),
-        ("cacert", &tls.cacert_path),
-    ] {
-        if let Some(path) = path {
-            map.insert(
-                format!("{prefix}_tls_{what}_path"),
-                path.display().to_string().into(),
-            );
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::path::Path;
 
     use super::*;
+    use crate::config::dump::{self, Secrets, REDACTED};
 
     fn discovery_of(section: &str) -> DiscoveryConfig {
         let text = format!("[servers.a]\nbind = \":1\"\n[servers.a.discovery]\n{section}\n");
@@ -506,11 +388,11 @@ mod tests {
         let config = crate::config::parse(text, Path::new("d.toml"))
             .unwrap_or_else(|e| panic!("{e}"))
             .config;
-        let redacted = crate::config::dump::to_json(&config, Secrets::Redact).to_string();
+        let redacted = dump::to_json(&config, Secrets::Redact).to_string();
         for secret in ["consul-secret", "acl-token", "etcd-secret"] {
             assert!(!redacted.contains(secret), "{secret} in {redacted}");
         }
-        let kept = crate::config::dump::to_json(&config, Secrets::Keep).to_string();
+        let kept = dump::to_json(&config, Secrets::Keep).to_string();
         assert!(kept.contains("consul-secret") && !kept.contains(REDACTED));
     }
 }

@@ -1,17 +1,24 @@
 //! `[servers.NAME.healthcheck]` as the checks see it: the settings every kind shares and
-//! each kind's own settings type; how escapes in probe strings are written. The reader
-//! that fills them from a file is `health_reader`.
+//! each kind's own settings type, each serializing under its keys in the file; how
+//! escapes in probe strings are written. The reader that fills them from a file is
+//! `health_reader`.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{BytesRegex, TextRegex};
+use serde::{Serialize, Serializer};
+
+use super::{secrets, write_as, BytesRegex, TextRegex};
 
 /// `[servers.NAME.healthcheck]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HealthConfig {
+    /// `kind`, with the keys of its settings beside it.
+    #[serde(flatten)]
     pub kind: HealthKind,
+    #[serde(serialize_with = "write_as::duration")]
     pub interval: Duration,
+    #[serde(serialize_with = "write_as::duration")]
     pub timeout: Duration,
     /// Consecutive failures that mark a healthy backend down.
     pub fails: u32,
@@ -58,6 +65,70 @@ pub enum HealthKind {
     Pgsql(PgsqlSettings),
 }
 
+/// `[servers.NAME.healthcheck]` as written: without a check, `kind = "none"` alone.
+pub(crate) fn section<S: Serializer>(
+    health: &HealthConfig,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct KindOnly<'a> {
+        #[serde(flatten)]
+        kind: &'a HealthKind,
+    }
+    match health.kind {
+        HealthKind::None => KindOnly { kind: &health.kind }.serialize(serializer),
+        _ => health.serialize(serializer),
+    }
+}
+
+impl Serialize for HealthKind {
+    /// `kind` and the keys of its settings, with the `tls_*` keys where TLS is spoken.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let kind = self.name();
+        match self {
+            HealthKind::None | HealthKind::Ping => tagged(kind, &NoSettings {}, None, serializer),
+            HealthKind::Probe(probe) => {
+                let tls = (probe.protocol == ProbeProtocol::Tls).then_some(&probe.tls);
+                tagged(kind, probe, tls, serializer)
+            }
+            HealthKind::Exec(exec) => tagged(kind, exec, None, serializer),
+            HealthKind::Http(http) => tagged(kind, http, http.tls.as_ref(), serializer),
+            HealthKind::Tls(tls) => tagged(kind, &NoSettings {}, Some(tls), serializer),
+            HealthKind::Udp(udp) => tagged(kind, udp, None, serializer),
+            HealthKind::Redis(redis) => tagged(kind, redis, None, serializer),
+            HealthKind::Mysql(mysql) => tagged(kind, mysql, None, serializer),
+            HealthKind::Pgsql(pgsql) => tagged(kind, pgsql, None, serializer),
+        }
+    }
+}
+
+/// The settings of a kind that has none of its own.
+#[derive(Serialize)]
+struct NoSettings {}
+
+/// `kind`, the keys of `settings` and those of `tls`, side by side.
+fn tagged<S: Serializer, T: Serialize>(
+    kind: &str,
+    settings: &T,
+    tls: Option<&TlsSettings>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Tagged<'a, T> {
+        kind: &'a str,
+        #[serde(flatten)]
+        settings: &'a T,
+        #[serde(flatten)]
+        tls: Option<&'a TlsSettings>,
+    }
+    Tagged {
+        kind,
+        settings,
+        tls,
+    }
+    .serialize(serializer)
+}
+
 impl HealthKind {
     /// The `kind` value that configures it.
     pub fn name(&self) -> &'static str {
@@ -77,24 +148,30 @@ impl HealthKind {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum InitialStatus {
     Healthy,
     Unhealthy,
 }
 
 /// `kind = "probe"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ProbeSettings {
+    #[serde(rename = "probe_protocol")]
     pub protocol: ProbeProtocol,
     /// `probe_send`, escapes decoded.
+    #[serde(rename = "probe_send", serialize_with = "write_as::escaped")]
     pub send: Vec<u8>,
+    #[serde(flatten)]
     pub expect: ProbeExpect,
-    /// For `probe_protocol = "tls"`.
+    /// For `probe_protocol = "tls"` (written beside the others by [`HealthKind`]).
+    #[serde(skip)]
     pub tls: TlsSettings,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ProbeProtocol {
     Tcp,
     Udp,
@@ -111,35 +188,84 @@ pub enum ProbeExpect {
     Regexp { pattern: BytesRegex, len: u32 },
 }
 
+impl Serialize for ProbeExpect {
+    /// `probe_strategy`, and `probe_recv` (with `probe_recv_len`) as it reads them.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        #[serde(tag = "probe_strategy", rename_all = "snake_case")]
+        enum Written<'a> {
+            StartsWith {
+                #[serde(rename = "probe_recv", serialize_with = "write_as::escaped")]
+                recv: &'a [u8],
+            },
+            Regexp {
+                #[serde(rename = "probe_recv")]
+                pattern: &'a BytesRegex,
+                #[serde(rename = "probe_recv_len")]
+                len: u32,
+            },
+        }
+        match self {
+            ProbeExpect::StartsWith(recv) => Written::StartsWith { recv },
+            ProbeExpect::Regexp { pattern, len } => Written::Regexp { pattern, len: *len },
+        }
+        .serialize(serializer)
+    }
+}
+
 /// `kind = "exec"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExecSettings {
     /// Run with the backend's host and port as its two arguments, without a shell. A
     /// relative path with a `/` is already taken from the configuration's directory; a
     /// bare name is looked up in `PATH`.
+    #[serde(rename = "exec_command")]
     pub command: String,
     /// Output (trimmed) meaning healthy.
+    #[serde(rename = "exec_expected_positive_output")]
     pub positive: String,
     /// Output (trimmed) meaning unhealthy; any other output is a failure too, logged as
     /// unexpected.
+    #[serde(
+        rename = "exec_expected_negative_output",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub negative: Option<String>,
 }
 
 /// `kind = "http"` and `"https"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct HttpSettings {
-    /// `Some` for `https`.
+    /// `Some` for `https` (written beside the others by [`HealthKind`]).
+    #[serde(skip)]
     pub tls: Option<TlsSettings>,
+    #[serde(rename = "http_method")]
     pub method: String,
+    #[serde(rename = "http_path")]
     pub path: String,
     /// The `Host` header; `None` sends the backend's `host:port`.
+    #[serde(rename = "http_host", skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
     /// Accepted status codes, as inclusive ranges.
+    #[serde(rename = "http_status", serialize_with = "status_ranges")]
     pub status: Vec<(u16, u16)>,
     /// A substring the body must contain.
+    #[serde(rename = "http_body", skip_serializing_if = "Option::is_none")]
     pub body: Option<String>,
     /// A regular expression the body must match.
+    #[serde(rename = "http_body_regexp", skip_serializing_if = "Option::is_none")]
     pub body_regexp: Option<TextRegex>,
+}
+
+/// Status ranges as `http_status` reads them: `"200"`, `"200-299"`.
+fn status_ranges<S: Serializer>(ranges: &[(u16, u16)], serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(ranges.iter().map(|&(lo, hi)| {
+        if lo == hi {
+            lo.to_string()
+        } else {
+            format!("{lo}-{hi}")
+        }
+    }))
 }
 
 /// Accepted HTTP status codes by default.
@@ -149,36 +275,57 @@ pub const DEFAULT_HTTP_STATUS: (u16, u16) = (200, 299);
 pub const MAX_RECV_LEN: u32 = 64 * 1024;
 
 /// `kind = "tls"`, and the TLS side of `https` and `probe_protocol = "tls"`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct TlsSettings {
     /// SNI and the name the certificate must carry; `None` uses the backend's `sni=` tag
     /// when it is one name, else its host.
+    #[serde(rename = "tls_server_name", skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
     /// Accept any certificate (the handshake must still succeed).
+    #[serde(rename = "tls_skip_verify")]
     pub skip_verify: bool,
     /// PEM file of trusted roots; `None` uses the system's bundle.
+    #[serde(
+        rename = "tls_ca_path",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "write_as::optional_path"
+    )]
     pub ca_path: Option<PathBuf>,
 }
 
 /// `kind = "udp"`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct UdpSettings {
     /// The datagram sent, escapes decoded.
+    #[serde(rename = "udp_send", serialize_with = "write_as::escaped")]
     pub send: Vec<u8>,
     /// What the reply must begin with; `None` accepts any reply.
+    #[serde(
+        rename = "udp_recv",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "write_as::optional_escaped"
+    )]
     pub recv: Option<Vec<u8>>,
 }
 
 /// `kind = "redis"`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct RedisSettings {
+    #[serde(rename = "redis_user", skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(
+        rename = "redis_password",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "secrets::optional_secret"
+    )]
     pub password: Option<String>,
+    #[serde(rename = "redis_role")]
     pub role: RedisRole,
 }
 
 /// The replication role a Redis backend must have to pass.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum RedisRole {
     Master,
     #[default]
@@ -187,17 +334,30 @@ pub enum RedisRole {
 
 /// `kind = "mysql"`: without a user, the server's greeting is enough; with one, a login
 /// and `SELECT 1`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct MysqlSettings {
+    #[serde(rename = "mysql_user", skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(
+        rename = "mysql_password",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "secrets::optional_secret"
+    )]
     pub password: Option<String>,
 }
 
 /// `kind = "pgsql"`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct PgsqlSettings {
+    #[serde(rename = "pgsql_user", skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    #[serde(
+        rename = "pgsql_password",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "secrets::optional_secret"
+    )]
     pub password: Option<String>,
+    #[serde(rename = "pgsql_database", skip_serializing_if = "Option::is_none")]
     pub database: Option<String>,
 }
 

@@ -18,10 +18,11 @@
 //!   as written (`written`).
 //! - `registries`: Consul's, etcd's and Docker's parameters and endpoints.
 //! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
-//! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`);
-//!   `secrets`: what it redacts.
+//! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`):
+//!   the types here derive `Serialize` under the file's keys; `write_as`: how typed values
+//!   are written; `secrets`: what is redacted.
 //! - `tls`: the TLS sections (`[tls]`, `[backends_tls]`, certificates by name).
-//! - `admin`: `[api]` and `[metrics]`: who may reach them.
+//! - `admin`: `[api]` and `[metrics]`, their types and reader: who may reach them.
 
 #[macro_use]
 mod written;
@@ -51,16 +52,23 @@ mod static_list;
 mod tests;
 mod tls;
 mod validate;
+mod write_as;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::{Serialize, Serializer};
+
 use crate::acl::Acl;
 use crate::balance::BalanceKind;
 
 pub use address::{split_host_port, Url};
+pub use admin::{
+    ApiConfig, BasicAuth, Cors, MetricsConfig, DEFAULT_API_BIND, DEFAULT_API_MAX_CONNECTIONS,
+    DEFAULT_METRICS_BIND,
+};
 pub use bind::{resolve_names, Bind};
 pub(crate) use checks::typed as typed_checks;
 pub use checks::validate;
@@ -80,17 +88,28 @@ pub use patterns::{BytesRegex, LinePattern, TextRegex};
 pub use registries::{ConsulParams, DockerParams, EtcdParams};
 pub use tls::ClientTlsFiles;
 
-/// A whole, validated configuration.
-#[derive(Clone, Debug, PartialEq)]
+/// A whole, validated configuration; it serializes as GoBetween's schema with every
+/// default spelled out (see [`dump`]).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Config {
     pub logging: LoggingConfig,
     /// `[api]`: the REST API and dashboard; `None` when not enabled.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "dump::enabled"
+    )]
     pub api: Option<ApiConfig>,
     /// `[metrics]`: the Prometheus endpoint; `None` when not enabled.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "dump::enabled"
+    )]
     pub metrics: Option<MetricsConfig>,
     /// How long SIGTERM waits for connections to finish before closing them.
+    #[serde(serialize_with = "write_as::duration")]
     pub shutdown_timeout: Duration,
     /// Servers by name.
+    #[serde(serialize_with = "dump::servers")]
     pub servers: BTreeMap<String, ServerConfig>,
 }
 
@@ -111,7 +130,7 @@ impl Default for Config {
 }
 
 /// `[logging]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LoggingConfig {
     /// A `tracing` filter directive such as `info` or `sluice=debug`; `RUST_LOG` overrides it.
     pub level: String,
@@ -129,7 +148,8 @@ impl Default for LoggingConfig {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
@@ -142,120 +162,32 @@ pub enum LogOutput {
     File(PathBuf),
 }
 
-/// Default address of the REST API (GoBetween's).
-pub const DEFAULT_API_BIND: &str = "127.0.0.1:8888";
-/// Default address of the metrics endpoint.
-pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9284";
-
-/// `[api]`, when `enabled = true`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ApiConfig {
-    pub bind: SocketAddr,
-    /// `[api.basic_auth]`.
-    pub basic_auth: Option<BasicAuth>,
-    /// `bearer_token`: `Authorization: Bearer TOKEN` is accepted (besides basic auth).
-    pub bearer_token: Option<String>,
-    /// `[api.tls]`: serve HTTPS.
-    pub tls: Option<TlsFiles>,
-    /// Which other origins a browser may call the API from.
-    pub cors: Cors,
-    /// Write changes made through the API back to the configuration file.
-    pub persist: bool,
-    /// Allow a non-loopback `bind` without authentication.
-    pub insecure_public: bool,
-    /// Host names the API answers to besides IP addresses and `localhost` (a request
-    /// naming another is refused, against DNS rebinding); `"*"` allows any.
-    pub allowed_hosts: Vec<String>,
-    /// Let API requests create or change servers that run programs (`exec` discovery and
-    /// `exec` health checks). Off: only the configuration file may.
-    pub allow_exec: bool,
-    /// API connections open at once; more are closed as soon as accepted.
-    pub max_connections: u32,
-}
-
-/// `[api] cors`: which other origins may call the API from a browser.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Cors {
-    /// `false`: none (same-origin pages only, such as the dashboard).
-    Off,
-    /// `true` (GoBetween's meaning): any origin, but never with the browser's
-    /// credentials, so a page can use the API only with a token it holds itself.
-    AnyOrigin,
-    /// A list of origins (`"https://admin.example.com"`), credentials allowed.
-    Origins(Vec<String>),
+impl Serialize for LogOutput {
+    /// `stdout`, `stderr` or the file's path.
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            LogOutput::Stdout => serializer.serialize_str("stdout"),
+            LogOutput::Stderr => serializer.serialize_str("stderr"),
+            LogOutput::File(path) => write_as::path(path, serializer),
+        }
+    }
 }
 
 /// Backends a client's connection is tried on unless `connect_attempts` says otherwise.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 
-/// API connections open at once unless `max_connections` says otherwise.
-pub const DEFAULT_API_MAX_CONNECTIONS: u32 = 64;
-
-impl ApiConfig {
-    /// The API on `bind` with every option off: no authentication, TLS, CORS or
-    /// persistence (what `[api] enabled = true` alone gives).
-    pub fn plain(bind: SocketAddr) -> Self {
-        ApiConfig {
-            bind,
-            basic_auth: None,
-            bearer_token: None,
-            tls: None,
-            cors: Cors::Off,
-            persist: false,
-            insecure_public: false,
-            allowed_hosts: Vec::new(),
-            allow_exec: false,
-            max_connections: DEFAULT_API_MAX_CONNECTIONS,
-        }
-    }
-
-    pub fn has_auth(&self) -> bool {
-        self.basic_auth.is_some() || self.bearer_token.is_some()
-    }
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct BasicAuth {
-    pub login: String,
-    pub password: String,
-}
-
 /// A certificate chain and its private key, PEM files.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct TlsFiles {
+    #[serde(serialize_with = "write_as::path")]
     pub cert_path: PathBuf,
+    #[serde(serialize_with = "write_as::path")]
     pub key_path: PathBuf,
 }
 
-/// `[metrics]`, when `enabled = true`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct MetricsConfig {
-    pub bind: SocketAddr,
-    /// `[metrics.basic_auth]`: Prometheus's `basic_auth`.
-    pub basic_auth: Option<BasicAuth>,
-    /// `bearer_token`: Prometheus's `authorization` credentials.
-    pub bearer_token: Option<String>,
-    /// Allow a non-loopback `bind` without authentication.
-    pub insecure_public: bool,
-    /// As the API's: host names answered besides IP addresses and `localhost`.
-    pub allowed_hosts: Vec<String>,
-}
-
-impl MetricsConfig {
-    /// The metrics endpoint on `bind`, open, as `[metrics] enabled = true` alone gives.
-    pub fn plain(bind: SocketAddr) -> Self {
-        MetricsConfig {
-            bind,
-            basic_auth: None,
-            bearer_token: None,
-            insecure_public: false,
-            allowed_hosts: Vec::new(),
-        }
-    }
-}
-
 /// The protocol a server speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -274,18 +206,42 @@ impl Protocol {
 }
 
 /// The PROXY protocol on one server: sent to its backends, accepted from its fronts.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProxyProtocol {
     /// `[servers.NAME.proxy_protocol] version`: a header sent to backends first.
+    #[serde(
+        rename = "proxy_protocol",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "proxy_protocol_section"
+    )]
     pub send: Option<ProxyVersion>,
     /// `[servers.NAME.accept_proxy_protocol]`: a header expected from trusted fronts.
+    #[serde(
+        rename = "accept_proxy_protocol",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub accept: Option<AcceptProxy>,
 }
 
+/// `[servers.NAME.proxy_protocol]`, whose one key is the version sent.
+fn proxy_protocol_section<S: Serializer>(
+    send: &Option<ProxyVersion>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Section {
+        version: ProxyVersion,
+    }
+    send.map(|version| Section { version })
+        .serialize(serializer)
+}
+
 /// A PROXY protocol version: 1 (text) or 2 (binary).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum ProxyVersion {
+    #[serde(rename = "1")]
     V1,
+    #[serde(rename = "2")]
     V2,
 }
 
@@ -299,12 +255,14 @@ impl ProxyVersion {
 }
 
 /// `[servers.NAME.accept_proxy_protocol]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct AcceptProxy {
     /// Fronts allowed to connect; they must open with a PROXY header (v1 or v2), whose
     /// client address then stands for the connection. Anyone else is refused.
+    #[serde(serialize_with = "write_as::each_shown")]
     pub from: Vec<ipnet::IpNet>,
     /// How long a front has to send the whole header.
+    #[serde(serialize_with = "write_as::duration")]
     pub timeout: Duration,
 }
 
@@ -335,26 +293,35 @@ pub struct TlsTermination {
 }
 
 /// `[servers.NAME.backends_tls]`: TLS from Sluice to the backends.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct BackendsTls {
     /// Accept any backend certificate (the handshake signatures are still checked).
     pub ignore_verify: bool,
     /// CA certificates that verify backends; `None`: the system's trust store.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "write_as::optional_path"
+    )]
     pub root_ca_cert_path: Option<std::path::PathBuf>,
-    /// A client certificate to present (mutual TLS with the backends).
+    /// A client certificate to present (mutual TLS with the backends): `cert_path` and
+    /// `key_path` in the section itself.
+    #[serde(flatten)]
     pub identity: Option<TlsFiles>,
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
     pub ciphers: Vec<String>,
     pub session_tickets: bool,
     /// The name asked for and verified; `None`: each backend's host.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub server_name: Option<String>,
 }
 
 /// A TLS protocol version rustls speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub enum TlsVersion {
+    #[serde(rename = "tls1.2")]
     Tls12,
+    #[serde(rename = "tls1.3")]
     Tls13,
 }
 
@@ -368,7 +335,8 @@ impl TlsVersion {
 }
 
 /// Whether clients must present a certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum ClientAuth {
     None,
     Optional,
@@ -380,16 +348,20 @@ pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `[servers.NAME.sni]`: route TLS connections by the server name of their ClientHello,
 /// without terminating them.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct SniConfig {
     /// How long a client has to send its whole ClientHello.
+    #[serde(serialize_with = "write_as::duration")]
     pub read_timeout: Duration,
+    #[serde(rename = "hostname_matching_strategy")]
     pub matching: HostnameMatching,
+    #[serde(rename = "unexpected_hostname_strategy")]
     pub unexpected: UnexpectedHostname,
 }
 
 /// How a backend's `sni=` tag is compared with a client's server name.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum HostnameMatching {
     /// The same name, case aside; `*.example.com` matches one label in front.
     Exact,
@@ -398,7 +370,8 @@ pub enum HostnameMatching {
 }
 
 /// Where a client goes whose server name no backend is tagged for (or who sent none).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UnexpectedHostname {
     /// To the backends without an `sni=` tag.
     Default,
@@ -412,16 +385,18 @@ pub enum UnexpectedHostname {
 pub const DEFAULT_SNI_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// `[servers.NAME.udp]`: when a UDP session ends besides its idle timeouts.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct UdpConfig {
     /// End the session after this many client datagrams. `Some(1)` without
     /// `max_responses` forwards each datagram on its own and relays no reply
     /// (fire-and-forget, as for syslog).
+    #[serde(serialize_with = "write_as::zero_if_none")]
     pub max_requests: Option<u32>,
     /// End the session after this many backend datagrams for each client datagram (DNS:
     /// 1): one request, one answer; a client with several requests in flight on one
     /// port gets every answer before its session ends. With `max_requests` too, the
     /// session ends once it has taken them all and each has had its answers.
+    #[serde(serialize_with = "write_as::zero_if_none")]
     pub max_responses: Option<u32>,
 }
 
@@ -433,35 +408,52 @@ impl UdpConfig {
 }
 
 /// One `[servers.NAME]`.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServerConfig {
     /// An address, or a host name resolved when the server starts.
+    #[serde(serialize_with = "write_as::shown")]
     pub bind: Bind,
     pub protocol: Protocol,
+    #[serde(serialize_with = "write_as::shown")]
     pub balance: BalanceKind,
     /// Concurrent client connections (UDP: sessions); `None` is unlimited.
+    #[serde(serialize_with = "write_as::zero_if_none")]
     pub max_connections: Option<u32>,
     /// Close a connection idle (no byte either way) this long; `None` is never.
+    #[serde(serialize_with = "write_as::timeout")]
     pub client_idle_timeout: Option<Duration>,
     /// Same, configured from the backend's side; the shorter of the two applies.
+    #[serde(serialize_with = "write_as::timeout")]
     pub backend_idle_timeout: Option<Duration>,
     /// Give up connecting to a backend after this long; `None` leaves it to the OS.
+    #[serde(serialize_with = "write_as::timeout")]
     pub backend_connection_timeout: Option<Duration>,
     /// Backends tried for one client before giving up (at least 1).
     pub connect_attempts: u32,
     pub discovery: DiscoveryConfig,
+    #[serde(serialize_with = "health::section")]
     pub healthcheck: HealthConfig,
     /// `None` allows everyone.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "sections::written_access"
+    )]
     pub access: Option<Acl>,
-    /// Session limits of a UDP server (all unset for TCP).
+    /// Session limits of a UDP server (all unset for TCP); `dump` writes them beside
+    /// the others for UDP servers only.
+    #[serde(skip)]
     pub udp: UdpConfig,
     /// The PROXY protocol towards backends and from fronts (TCP only).
+    #[serde(flatten)]
     pub proxy_protocol: ProxyProtocol,
     /// Routing by TLS server name (TCP only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub sni: Option<SniConfig>,
     /// TLS termination (`protocol = "tls"` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsTermination>,
     /// TLS towards the backends (TCP and TLS servers).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub backends_tls: Option<BackendsTls>,
 }
 

@@ -4,8 +4,11 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
+
 use super::address::split_host_port;
-use super::{ClientTlsFiles, JsonPath};
+use super::{secrets, ClientTlsFiles, JsonPath};
 
 /// Consul's HTTP port, used when `host` has none.
 pub const CONSUL_DEFAULT_PORT: u16 = 8500;
@@ -18,33 +21,55 @@ pub const CONSUL_DEFAULT_WAIT: Duration = Duration::from_secs(60);
 pub const CONSUL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to ask Consul; the names follow GoBetween's `consul_*` keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ConsulParams {
     /// `consul_host`: the agent, `host:port` or `host` (port 8500).
+    #[serde(rename = "consul_host")]
     pub host: String,
     /// `consul_service_name`.
+    #[serde(rename = "consul_service_name")]
     pub service_name: String,
     /// `consul_service_tag`: only instances with this tag.
+    #[serde(rename = "consul_service_tag", skip_serializing_if = "Option::is_none")]
     pub service_tag: Option<String>,
     /// `consul_service_passing_only`: only instances whose checks all pass.
+    #[serde(rename = "consul_service_passing_only")]
     pub passing_only: bool,
     /// `consul_datacenter`: another datacenter than the agent's.
+    #[serde(rename = "consul_datacenter", skip_serializing_if = "Option::is_none")]
     pub datacenter: Option<String>,
     /// `consul_auth_username` and `consul_auth_password`: HTTP basic authentication,
     /// sent when the username is set.
+    #[serde(
+        rename = "consul_auth_username",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub auth_username: Option<String>,
+    #[serde(
+        rename = "consul_auth_password",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "secrets::optional_secret"
+    )]
     pub auth_password: Option<String>,
-    /// ACL token, sent as `X-Consul-Token`.
+    /// `consul_token`: the ACL token, sent as `X-Consul-Token`.
+    #[serde(
+        rename = "consul_token",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "secrets::optional_secret"
+    )]
     pub acl_token: Option<String>,
     /// `consul_tls_enabled` with `consul_tls_cert_path`, `consul_tls_key_path`,
     /// `consul_tls_cacert_path`: HTTPS when `Some`.
+    #[serde(flatten, serialize_with = "consul_tls")]
     pub tls: Option<ClientTlsFiles>,
     /// How long Consul may hold a blocking query (it adds up to a sixteenth as jitter).
     /// Capped at the source's `MAX_WAIT`, so a held request ends before the runner's
     /// `WATCH_LIMIT` calls it hung. Zero turns blocking off: every
     /// fetch answers at once and the source is polled.
+    #[serde(skip)]
     pub wait: Duration,
     /// Connecting and answering, on top of `wait` for a blocking query. Zero means [`CONSUL_DEFAULT_TIMEOUT`].
+    #[serde(skip)]
     pub timeout: Duration,
 }
 
@@ -78,27 +103,39 @@ pub const ETCD_DEFAULT_WAIT: Duration = Duration::from_secs(60);
 pub const ETCD_DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What to ask etcd; the names follow GoBetween's `etcd_*` keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EtcdParams {
     /// `etcd_endpoints`: client URLs, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`;
     /// tried in turn, the next one after an error.
+    #[serde(rename = "etcd_endpoints", serialize_with = "secrets::secret_urls")]
     pub endpoints: Vec<String>,
     /// `etcd_prefix`: every key starting with it is a backend (empty: every key).
+    #[serde(rename = "etcd_prefix")]
     pub prefix: String,
     /// `etcd_username` and `etcd_password`: etcd authentication, when the username is set.
+    #[serde(rename = "etcd_username", skip_serializing_if = "Option::is_none")]
     pub username: Option<String>,
+    #[serde(
+        rename = "etcd_password",
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "secrets::optional_secret"
+    )]
     pub password: Option<String>,
     /// `etcd_tls_enabled` with `etcd_tls_cert_path`, `etcd_tls_key_path`,
     /// `etcd_tls_cacert_path`: HTTPS to every endpoint when `Some` (an `https://`
     /// endpoint alone uses the system's trust store).
+    #[serde(flatten, serialize_with = "etcd_tls")]
     pub tls: Option<ClientTlsFiles>,
     /// `etcd_dsn_json_path`: where a JSON value holds the backend's URL.
+    #[serde(rename = "etcd_dsn_json_path", skip_serializing_if = "Option::is_none")]
     pub dsn_json_path: Option<JsonPath>,
     /// How long one fetch waits for a change before listing again anyway; capped at
     /// the source's `MAX_WAIT`, below the runner's `WATCH_LIMIT`. Zero turns
     /// watching off: every fetch lists at once and the source is polled.
+    #[serde(skip)]
     pub wait: Duration,
     /// Connecting and answering, for each request. Zero means [`ETCD_DEFAULT_TIMEOUT`].
+    #[serde(skip)]
     pub timeout: Duration,
 }
 
@@ -126,22 +163,34 @@ pub const DOCKER_DEFAULT_ENDPOINT: &str = "unix:///var/run/docker.sock";
 pub const DOCKER_DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What to ask Docker; the names follow GoBetween's `docker_*` keys.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DockerParams {
     /// `docker_endpoint`: `unix:///PATH` or `tcp://HOST:PORT` (`http://` and
     /// `https://` are accepted as well; the port defaults to 2375, or 2376 with TLS).
+    #[serde(rename = "docker_endpoint", serialize_with = "secrets::secret_url")]
     pub endpoint: String,
     /// `docker_container_label`: only containers with this label, `KEY` or `KEY=VALUE`.
+    #[serde(
+        rename = "docker_container_label",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub container_label: Option<String>,
     /// `docker_container_private_port`: the port inside the container.
+    #[serde(rename = "docker_container_private_port")]
     pub container_private_port: u16,
     /// `docker_container_host_env_var`: a container environment variable holding the
     /// host to reach it at.
+    #[serde(
+        rename = "docker_container_host_env_var",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub container_host_env_var: Option<String>,
     /// `docker_tls_enabled` with `docker_tls_cert_path`, `docker_tls_key_path`,
     /// `docker_tls_cacert_path`: HTTPS to a TCP endpoint when `Some`.
+    #[serde(flatten, serialize_with = "docker_tls")]
     pub tls: Option<ClientTlsFiles>,
     /// For the whole listing, inspections included. Zero means [`DOCKER_DEFAULT_TIMEOUT`].
+    #[serde(skip)]
     pub timeout: Duration,
 }
 
@@ -218,4 +267,50 @@ pub fn docker_endpoint(text: &str, tls: bool) -> Result<DockerEndpoint, String> 
             "unknown scheme \"{other}\"; expected unix:// or tcp://"
         )),
     }
+}
+
+/// `consul_tls_*`, as [`prefixed_tls`].
+fn consul_tls<S: Serializer>(
+    tls: &Option<ClientTlsFiles>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    prefixed_tls("consul", tls.as_ref(), serializer)
+}
+
+/// `etcd_tls_*`, as [`prefixed_tls`].
+fn etcd_tls<S: Serializer>(tls: &Option<ClientTlsFiles>, serializer: S) -> Result<S::Ok, S::Error> {
+    prefixed_tls("etcd", tls.as_ref(), serializer)
+}
+
+/// `docker_tls_*`, as [`prefixed_tls`].
+fn docker_tls<S: Serializer>(
+    tls: &Option<ClientTlsFiles>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    prefixed_tls("docker", tls.as_ref(), serializer)
+}
+
+/// `PREFIX_tls_enabled` and the paths set, the keys `discovery_registries` reads: one set
+/// of names behind each registry's prefix, so they are written from the prefix as they
+/// are read (nothing when TLS is off).
+fn prefixed_tls<S: Serializer>(
+    prefix: &str,
+    tls: Option<&ClientTlsFiles>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    let mut map = serializer.serialize_map(None)?;
+    if let Some(tls) = tls {
+        map.serialize_entry(&format!("{prefix}_tls_enabled"), &true)?;
+        for (what, path) in [
+            ("cert", &tls.cert_path),
+            ("key", &tls.key_path),
+            ("cacert", &tls.cacert_path),
+        ] {
+            if let Some(path) = path {
+                let key = format!("{prefix}_tls_{what}_path");
+                map.serialize_entry(&key, &path.display().to_string())?;
+            }
+        }
+    }
+    map.end()
 }

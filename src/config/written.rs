@@ -2,8 +2,8 @@
 //! the dump and `persist` write them back unchanged, and a reload sees a change only
 //! where the text changed.
 
-/// `as_str`, `PartialEq`, `Eq` and `Display` for `$name` by its source text, `$text`: a
-/// field holding a `String` or a compiled regex.
+/// `as_str`, `PartialEq`, `Eq`, `Display` and `Serialize` for `$name` by its source
+/// text, `$text`: a field holding a `String` or a compiled regex.
 macro_rules! shown_as_written {
     ($name:ident, $text:tt) => {
         impl $name {
@@ -24,6 +24,12 @@ macro_rules! shown_as_written {
         impl std::fmt::Display for $name {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.as_str())
+            }
+        }
+
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
             }
         }
     };

@@ -558,5 +558,6 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
 }
 
 mod admin;
+mod dumps;
 mod keys;
 mod typed;
