@@ -64,6 +64,9 @@ use serde::{Serialize, Serializer};
 use crate::acl::Acl;
 use crate::balance::BalanceKind;
 
+pub use crate::tls::{
+    BackendsTls, ClientAuth, ClientTlsFiles, TlsFiles, TlsTermination, TlsVersion,
+};
 pub use address::{split_host_port, Url};
 pub use admin::{
     ApiConfig, BasicAuth, Cors, MetricsConfig, DEFAULT_API_BIND, DEFAULT_API_MAX_CONNECTIONS,
@@ -86,7 +89,6 @@ pub use health::{
 pub use json_path::JsonPath;
 pub use patterns::{BytesRegex, LinePattern, TextRegex};
 pub use registries::{ConsulParams, DockerParams, EtcdParams};
-pub use tls::ClientTlsFiles;
 
 /// A whole, validated configuration; it serializes as GoBetween's schema with every
 /// default spelled out (see [`dump`]).
@@ -176,15 +178,6 @@ impl Serialize for LogOutput {
 /// Backends a client's connection is tried on unless `connect_attempts` says otherwise.
 pub const DEFAULT_CONNECT_ATTEMPTS: u32 = 3;
 
-/// A certificate chain and its private key, PEM files.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct TlsFiles {
-    #[serde(serialize_with = "write_as::path")]
-    pub cert_path: PathBuf,
-    #[serde(serialize_with = "write_as::path")]
-    pub key_path: PathBuf,
-}
-
 /// The protocol a server speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -268,80 +261,6 @@ pub struct AcceptProxy {
 
 /// How long a front has to send its PROXY header by default.
 pub const DEFAULT_PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// `[servers.NAME.tls]` of a `protocol = "tls"` server: TLS terminated by Sluice.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TlsTermination {
-    /// Certificate chains with their keys: the first (`cert_path`, `key_path`) is the
-    /// default; the others (`certificates`) are chosen when a client asks for a name
-    /// they are valid for.
-    pub certificates: Vec<TlsFiles>,
-    pub min_version: TlsVersion,
-    pub max_version: TlsVersion,
-    /// Cipher suites by IANA name, in order of preference; empty: rustls' defaults.
-    pub ciphers: Vec<String>,
-    /// Choose the cipher suite by the server's order, not the client's.
-    pub prefer_server_ciphers: bool,
-    pub session_tickets: bool,
-    /// Protocols offered by ALPN, in order of preference.
-    pub alpn: Vec<String>,
-    /// CA certificates that client certificates must chain to (mutual TLS).
-    pub client_ca_path: Option<std::path::PathBuf>,
-    pub client_auth: ClientAuth,
-    /// How long a client has to complete the handshake.
-    pub handshake_timeout: Duration,
-}
-
-/// `[servers.NAME.backends_tls]`: TLS from Sluice to the backends.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct BackendsTls {
-    /// Accept any backend certificate (the handshake signatures are still checked).
-    pub ignore_verify: bool,
-    /// CA certificates that verify backends; `None`: the system's trust store.
-    #[serde(
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "write_as::optional_path"
-    )]
-    pub root_ca_cert_path: Option<std::path::PathBuf>,
-    /// A client certificate to present (mutual TLS with the backends): `cert_path` and
-    /// `key_path` in the section itself.
-    #[serde(flatten)]
-    pub identity: Option<TlsFiles>,
-    pub min_version: TlsVersion,
-    pub max_version: TlsVersion,
-    pub ciphers: Vec<String>,
-    pub session_tickets: bool,
-    /// The name asked for and verified; `None`: each backend's host.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub server_name: Option<String>,
-}
-
-/// A TLS protocol version rustls speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum TlsVersion {
-    #[serde(rename = "tls1.2")]
-    Tls12,
-    #[serde(rename = "tls1.3")]
-    Tls13,
-}
-
-impl TlsVersion {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TlsVersion::Tls12 => "tls1.2",
-            TlsVersion::Tls13 => "tls1.3",
-        }
-    }
-}
-
-/// Whether clients must present a certificate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ClientAuth {
-    None,
-    Optional,
-    Require,
-}
 
 /// How long a client has to complete a TLS handshake by default.
 pub const DEFAULT_TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -272,14 +272,3 @@ fn ciphers(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Vec<(usize, String, Stri
     }
     ciphers
 }
-
-/// PEM files of a TLS client (discovery sources talking to Consul, etcd or Docker).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ClientTlsFiles {
-    /// Certificate chain presented when the server asks for one (mutual TLS); needs
-    /// `key_path`.
-    pub cert_path: Option<PathBuf>,
-    pub key_path: Option<PathBuf>,
-    /// CA certificates that verify the server; `None` trusts the system's store.
-    pub cacert_path: Option<PathBuf>,
-}

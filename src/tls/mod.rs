@@ -1,11 +1,13 @@
 //! TLS settings from PEM files into rustls configurations (the admin API's HTTPS, the
 //! clients of discovery sources; TLS termination builds on the same loading).
 //!
-//! `cert` reads a certificate's validity dates; `verify` trusts a certificate listed in
-//! the CA file as itself (a self-signed backend); `words` says why a handshake with a
-//! backend failed.
+//! `settings`: what a configuration says of TLS (the configuration holds these types;
+//! this module imports nothing from it). `cert` reads a certificate's validity dates;
+//! `verify` trusts a certificate listed in the CA file as itself (a self-signed backend);
+//! `words` says why a handshake with a backend failed.
 
 pub(crate) mod cert;
+mod settings;
 mod verify;
 pub mod words;
 
@@ -18,8 +20,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
-pub use crate::config::ClientTlsFiles;
-use crate::config::{BackendsTls, ClientAuth, TlsFiles, TlsTermination, TlsVersion};
+pub use settings::{BackendsTls, ClientAuth, ClientTlsFiles, TlsFiles, TlsTermination, TlsVersion};
 use verify::TrustedFile;
 
 /// A certificate or key that cannot be used, with the file it came from.
