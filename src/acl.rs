@@ -85,6 +85,13 @@ pub struct Acl {
     pub rules: Vec<Rule>,
 }
 
+/// Whether a server's access rules (`None`: it has none) refuse `client`: for TCP the
+/// peer, or the client a trusted front's PROXY header named; for UDP each datagram's
+/// sender. The one place the data path asks.
+pub fn denies(access: Option<&Acl>, client: IpAddr) -> bool {
+    access.is_some_and(|acl| !acl.allows(client))
+}
+
 impl Acl {
     /// Whether `client` may connect. IPv4-mapped IPv6 clients match IPv4 rules.
     pub fn allows(&self, client: IpAddr) -> bool {

@@ -35,8 +35,9 @@ use super::prelude::{Inspect, Opening, OverTcp, Plain, Prelude, Tls};
 use super::refusal::Refusal;
 use super::state::{ActiveSlot, ServerShared};
 use super::CloseReason;
+use crate::acl;
 use crate::backend::{Backend, ConnGuard};
-use crate::config::{Protocol, ServerConfig};
+use crate::config::Protocol;
 
 /// Admits a connection `peer` opened, or refuses it (counted and logged); an admitted
 /// one gets a task of its own on `tracker`, which `stop` (the shutdown deadline) ends.
@@ -53,11 +54,11 @@ pub fn admit(
     // once read (in the prelude); here only the front itself is checked.
     let front = settings.proxy_protocol.accept.as_ref();
     let refused = match front {
-        Some(accept) if !crate::acl::in_any(&accept.from, peer.ip()) => Some((
+        Some(accept) if !acl::in_any(&accept.from, peer.ip()) => Some((
             CloseReason::ProxyUntrusted,
             "not a trusted front (accept_proxy_protocol.from)",
         )),
-        None if denied(&settings, peer) => {
+        None if acl::denies(settings.access.as_ref(), peer.ip()) => {
             Some((CloseReason::AclDenied, "denied by the access rules"))
         }
         Some(_) | None => None,
@@ -90,13 +91,6 @@ pub fn admit(
     } else {
         tracker.spawn(run(stream, peer, slot, stop, Plain));
     }
-}
-
-/// Whether the server's access rules refuse `client`: for TCP the peer, or the client a
-/// trusted front's PROXY header named; for UDP each datagram's sender.
-pub(crate) fn denied(settings: &ServerConfig, client: SocketAddr) -> bool {
-    let ip = client.ip();
-    settings.access.as_ref().is_some_and(|acl| !acl.allows(ip))
 }
 
 /// The life of one admitted connection: prelude → connect → relay → finish.
@@ -342,7 +336,7 @@ fn access_log(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DiscoveryConfig;
+    use crate::config::{DiscoveryConfig, ServerConfig};
 
     /// A connection's task is its memory for its whole life, idle or not (the relay
     /// holds no buffer while idle): a change that makes it grow shows here first.

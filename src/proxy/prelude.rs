@@ -367,7 +367,7 @@ async fn read_proxy_header(
         .await
         .map_err(|e| Refusal::new(front, CloseReason::ProxyHeader, e))?;
     let client = received.origin.source.unwrap_or(front);
-    if super::connection::denied(&server.settings.load(), client) {
+    if crate::acl::denies(server.settings.load().access.as_ref(), client.ip()) {
         let detail = format!("denied by the access rules (behind the front {front})");
         return Err(Refusal::new(client, CloseReason::AclDenied, detail));
     }

@@ -240,7 +240,7 @@ fn on_datagram(
     now: Instant,
 ) {
     let server = &listening.server;
-    if crate::proxy::connection::denied(settings, client) {
+    if crate::acl::denies(settings.access.as_ref(), client.ip()) {
         server.count_refused(CloseReason::AclDenied);
         debug!(server = %server.name, %client, "datagram refused by the access rules");
         return;
