@@ -40,13 +40,12 @@ use crate::proxy::state::ServerShared;
 mod evict;
 mod session;
 mod socket;
-mod stats;
 
+pub use super::state::udp::{UdpDrop, UdpStats};
 use evict::Unanswered;
 use session::{Ending, Session};
 pub use socket::bind;
 use socket::send;
-pub use stats::{UdpDrop, UdpStats};
 
 /// Room for the largest datagram either IP version can carry (65 527 bytes of IPv6
 /// payload), so nothing is ever truncated on receipt.

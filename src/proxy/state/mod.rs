@@ -1,5 +1,8 @@
 //! What the connections of a server read: its settings, pool and TLS configurations as
-//! snapshots, its counters, and the slot each open connection holds.
+//! snapshots, its counters (a UDP server's in `udp`), and the slot each open connection
+//! holds.
+
+pub mod udp;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,10 +11,10 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tracing::{error, info, warn};
 
 use super::sni;
-use super::udp::UdpStats;
 use super::{CloseReason, CLOSE_REASONS};
 use crate::config::ServerConfig;
 use crate::pool::Pool;
+use udp::UdpStats;
 
 /// Counters of one server.
 #[derive(Debug, Default)]

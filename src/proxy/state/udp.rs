@@ -42,7 +42,7 @@ impl UdpDrop {
         }
     }
 
-    pub(super) fn of(e: &io::Error) -> UdpDrop {
+    pub(crate) fn of(e: &io::Error) -> UdpDrop {
         match e.raw_os_error() {
             _ if e.kind() == io::ErrorKind::WouldBlock => UdpDrop::QueueFull,
             Some(libc::ENOBUFS) => UdpDrop::QueueFull,
@@ -71,11 +71,11 @@ impl UdpStats {
         self.dropped[reason as usize].load(Ordering::Relaxed)
     }
 
-    pub(super) fn drop_many(&self, reason: UdpDrop, count: u64) {
+    pub(crate) fn drop_many(&self, reason: UdpDrop, count: u64) {
         self.dropped[reason as usize].fetch_add(count, Ordering::Relaxed);
     }
 
-    pub(super) fn drop_one(&self, reason: UdpDrop) {
+    pub(crate) fn drop_one(&self, reason: UdpDrop) {
         self.dropped[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 }
