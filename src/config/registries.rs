@@ -8,7 +8,7 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
 use super::address::split_host_port;
-use super::{secrets, ClientTlsFiles, JsonPath};
+use super::{secrets, JsonPath};
 
 /// Consul's HTTP port, used when `host` has none.
 pub const CONSUL_DEFAULT_PORT: u16 = 8500;
@@ -290,7 +290,7 @@ fn docker_tls<S: Serializer>(
     prefixed_tls("docker", tls.as_ref(), serializer)
 }
 
-/// `PREFIX_tls_enabled` and the paths set, the keys `discovery_registries` reads: one set
+/// `PREFIX_tls_enabled` and the paths set, the keys the reader reads: one set
 /// of names behind each registry's prefix, so they are written from the prefix as they
 /// are read (nothing when TLS is off).
 fn prefixed_tls<S: Serializer>(
@@ -313,4 +313,15 @@ fn prefixed_tls<S: Serializer>(
         }
     }
     map.end()
+}
+
+/// PEM files of a TLS client (discovery sources talking to Consul, etcd or Docker).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClientTlsFiles {
+    /// Certificate chain presented when the server asks for one (mutual TLS); needs
+    /// `key_path`.
+    pub cert_path: Option<PathBuf>,
+    pub key_path: Option<PathBuf>,
+    /// CA certificates that verify the server; `None` trusts the system's store.
+    pub cacert_path: Option<PathBuf>,
 }

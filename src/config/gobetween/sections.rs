@@ -1,13 +1,10 @@
 //! The `access` subsection of one server (`discovery` and `healthcheck` have their own
 //! modules): read from the file, and written back.
 
-use serde::{Serialize, Serializer};
-
 use super::reader::{Ctx, Section};
-use super::write_as;
 use crate::acl::{Acl, Action, Rule};
 
-pub(super) const ACCESS_KEYS: &[&str] = &["default", "rules"];
+pub(crate) const ACCESS_KEYS: &[&str] = &["default", "rules"];
 
 pub(crate) fn access(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Acl {
     let actions = [("allow", Action::Allow), ("deny", Action::Deny)];
@@ -28,28 +25,4 @@ pub(crate) fn access(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Acl {
     }
     sec.finish(ctx, ACCESS_KEYS);
     Acl { default, rules }
-}
-
-/// `[servers.NAME.access]` as [`access`] reads it: the default action and each rule as
-/// `"ACTION NETWORK"`.
-pub(crate) fn written_access<S: Serializer>(
-    acl: &Option<Acl>,
-    serializer: S,
-) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Written<'a> {
-        #[serde(serialize_with = "write_as::shown")]
-        default: &'a Action,
-        rules: Vec<String>,
-    }
-    acl.as_ref()
-        .map(|acl| Written {
-            default: &acl.default,
-            rules: acl
-                .rules
-                .iter()
-                .map(|rule| format!("{} {}", rule.action, rule.net))
-                .collect(),
-        })
-        .serialize(serializer)
 }
