@@ -1,5 +1,5 @@
-//! The `access` subsection of one server (`discovery` and `healthcheck` have their own
-//! modules): read from the file, and written back.
+//! The `access` subsection of one server read from the file (`discovery` and
+//! `healthcheck` have their own modules; the writer is the model's `write_as`).
 
 use super::reader::{Ctx, Section};
 use crate::acl::{Acl, Action, Rule};

@@ -1,5 +1,7 @@
 //! The second loading stage: walk the raw tree against GoBetween's schema and build the
-//! validated [`Config`], reporting every problem with its position.
+//! validated [`Config`], reporting every problem with its position. Read here: the top
+//! level, `[logging]`, `[defaults]` and each `[servers.NAME]` with its `udp`, `sni` and
+//! PROXY protocol sections; its other sections by the modules named for them.
 //!
 //! A value that fails validation is reported and replaced by its default, so the walk
 //! goes on and finds the next problem; the caller discards the result if any error was
