@@ -6,7 +6,8 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
 use std::str::FromStr;
 
-use super::reader::join;
+use super::address::HostPort;
+use super::error::join;
 use super::{Config, ConfigError, ConfigErrors, Loaded};
 
 /// A server's `bind`: an IP address and port, or a host name and port.
@@ -106,8 +107,49 @@ impl FromStr for Bind {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        super::validate::parse_bind(s)
+        parse_bind(s)
     }
+}
+
+/// `"host:port"`, `"[::1]:port"`, or `":port"` (all IPv4 interfaces, as in Go). A host
+/// name is kept as written: it is resolved when its server starts.
+pub(crate) fn parse_bind(s: &str) -> Result<Bind, String> {
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_owned()
+    };
+    if let Ok(addr) = full.parse::<SocketAddr>() {
+        return Ok(Bind::Addr(addr));
+    }
+    if !full.contains(':') {
+        return Err(format!(
+            "bind \"{s}\" has no port; expected \"host:port\", e.g. \":3000\""
+        ));
+    }
+    // IP literals parsed above; brackets or colons left are a mistaken IPv6 address.
+    let HostPort::Plain {
+        host,
+        port: Some(port),
+    } = HostPort::split(&full)
+    else {
+        return Err(format!(
+            "bind \"{s}\" is not a valid address; IPv6 is written \"[::1]:3000\""
+        ));
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535"))?;
+    Ok(Bind::Name {
+        host: host.to_owned(),
+        port,
+    })
+}
+
+/// As [`parse_bind`], a host name resolved now (the API and metrics endpoints, which
+/// listen before any server starts).
+pub(crate) fn parse_bind_now(s: &str) -> Result<SocketAddr, String> {
+    parse_bind(s)?.resolve_blocking()
 }
 
 /// The text that parses back into the same `Bind`.

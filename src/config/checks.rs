@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use super::reader::join;
+use super::error::join;
 use super::{Bind, Config, ConfigError, ConfigErrors, DiscoveryConfig, ServerConfig};
 
 /// A rule of the whole configuration that a server breaks.

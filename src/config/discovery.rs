@@ -1,6 +1,7 @@
 //! `[servers.NAME.discovery]`: where a server's backends come from, and the settings
 //! every dynamic kind shares (`interval`, `timeout`, `failpolicy`); each serializes under
-//! its keys in the file. The reader that fills them from a file is `discovery_reader`.
+//! its keys in the file. A reader fills them from a file (GoBetween's:
+//! `gobetween::discovery`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -137,9 +137,35 @@ impl<'a> Source<'a> {
     }
 }
 
+/// `parent.key`, quoting a key that is not a bare TOML key (`servers."my app".bind`).
+pub(crate) fn join(parent: &str, key: &str) -> String {
+    let bare = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    let key = if bare {
+        key.to_owned()
+    } else {
+        format!("{key:?}")
+    };
+    if parent.is_empty() {
+        key
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_quote_odd_keys() {
+        assert_eq!(join("", "servers"), "servers");
+        assert_eq!(join("servers", "web-1"), "servers.web-1");
+        assert_eq!(join("servers", "my app"), "servers.\"my app\"");
+        assert_eq!(join("servers", "a.b"), "servers.\"a.b\"");
+    }
 
     #[test]
     fn positions_are_one_based_and_count_characters() {

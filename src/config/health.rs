@@ -1,7 +1,7 @@
 //! `[servers.NAME.healthcheck]` as the checks see it: the settings every kind shares and
 //! each kind's own settings type, each serializing under its keys in the file; how
-//! escapes in probe strings are written. The reader that fills them from a file is
-//! `health_reader`.
+//! escapes in probe strings are written. A reader fills them from a file
+//! (GoBetween's: `gobetween::health`).
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -1,28 +1,29 @@
-//! Configuration: GoBetween's TOML (or JSON) schema, loaded in two stages.
+//! Configuration: one typed model, and a reader onto it for each file format.
 //!
-//! The raw file is read into a tree that keeps every position, then checked and
-//! turned into the validated types below. Runtime code only ever sees validated types:
-//! every default is filled in, every name resolved, every duration parsed. Every problem
-//! found is reported, each as `FILE:LINE:COL: message`.
+//! [`Config`] and the types below are the model: runtime code only ever sees them, with
+//! every default filled in, every name resolved, every duration parsed. A reader turns
+//! a file's text into a `Config`, reporting every problem it finds, each as
+//! `FILE:LINE:COL: message`; today there is one, for GoBetween's TOML (or JSON) schema.
 //!
-//! - `file`: TOML or JSON into one tree that keeps every key's and value's position.
-//! - `validate`, `sections`, `discovery_reader` (and `discovery_registries`): the tree
-//!   checked against the schema into [`Config`]; `discovery`: the discovery settings.
-//! - `health`: `[healthcheck]`, every kind with its own settings type; `health_reader`
-//!   reads them from the file.
-//! - `reader`: the typed, error-collecting getters both use; unknown keys are errors.
-//! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
-//! - `duration`, `static_list`: the value grammars (`"1h30m"`, backend lines);
-//!   `address`, `json_path`, `patterns`: the values discovery is configured with
-//!   (`host:port`, URLs, JSON paths, regular expressions), parsed once here and shown
-//!   as written (`written`).
-//! - `registries`: Consul's, etcd's and Docker's parameters and endpoints.
-//! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`].
-//! - `dump`: a `Config` written back in the same schema (the API's `/dump`, `persist`):
+//! - `gobetween`: the reader of GoBetween's schema ([`load`], [`parse`], [`parse_in`]).
+//! - `discovery`: `[discovery]`, where a server's backends come from, each kind with its
+//!   own parameters; `registries`: Consul's, etcd's and Docker's, and their endpoints.
+//! - `health`: `[healthcheck]`, every kind with its own settings type.
+//! - `admin`: `[api]` and `[metrics]`, the control side's endpoints.
+//! - TLS (`[tls]`, `[backends_tls]`, a registry's TLS files): the types are
+//!   [`crate::tls`]'s settings, re-exported here; the model holds them.
+//! - `duration`, `static_list`, `bind`: the value grammars (`"1h30m"`, backend lines,
+//!   where a server listens); `address`, `json_path`, `patterns`: the values discovery is
+//!   configured with (`host:port`, URLs, JSON paths, regular expressions), parsed once
+//!   and shown as written (`written`).
+//! - `checks`: the rules checked on a whole typed configuration ([`validate`]), by every
+//!   reader and by the API's edits.
+//! - `error`: [`ConfigError`], [`ConfigErrors`], [`Warning`], and positions in a file.
+//! - `dump`: a `Config` written back in GoBetween's schema (the API's `/dump`, `persist`):
 //!   the types here derive `Serialize` under the file's keys; `write_as`: how typed values
 //!   are written; `secrets`: what is redacted.
-//! - `tls`: the TLS sections (`[tls]`, `[backends_tls]`, certificates by name).
-//! - `admin`: `[api]` and `[metrics]`, their types and reader: who may reach them.
+//!
+//! The model imports no reader; this module re-exports the readers' entry points.
 
 #[macro_use]
 mod written;
@@ -32,26 +33,18 @@ mod admin;
 mod bind;
 mod checks;
 mod discovery;
-mod discovery_reader;
-mod discovery_registries;
 pub mod dump;
 mod duration;
 mod error;
-mod file;
+mod gobetween;
 mod health;
-mod health_reader;
 mod json_path;
-mod legacy;
 mod patterns;
-mod reader;
 pub mod registries;
 mod secrets;
-mod sections;
 mod static_list;
 #[cfg(test)]
 mod tests;
-mod tls;
-mod validate;
 mod write_as;
 
 use std::collections::BTreeMap;
@@ -81,6 +74,7 @@ pub use discovery::{
 };
 pub use duration::{parse_duration, parse_timeout};
 pub use error::{ConfigError, ConfigErrors, Warning};
+pub use gobetween::{load, parse, parse_in};
 pub use health::{
     escape, unescape, ExecSettings, HealthConfig, HealthKind, HttpSettings, InitialStatus,
     MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeSettings, RedisRole,
@@ -355,7 +349,7 @@ pub struct ServerConfig {
     /// `None` allows everyone.
     #[serde(
         skip_serializing_if = "Option::is_none",
-        serialize_with = "sections::written_access"
+        serialize_with = "write_as::written_access"
     )]
     pub access: Option<Acl>,
     /// Session limits of a UDP server (all unset for TCP); `dump` writes them beside
@@ -413,23 +407,6 @@ pub struct Loaded {
     pub binds_at: BTreeMap<String, (usize, usize)>,
 }
 
-/// Reads and validates the configuration file at `path`. Relative file paths in it are
-/// taken from the file's directory (see [`config_dir`]).
-pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let unreadable = |message: String| ConfigError {
-        path: path.to_path_buf(),
-        line: 0,
-        col: 0,
-        message,
-    };
-    let bytes = read_bounded(path, MAX_FILE_SIZE)
-        .map_err(|e| unreadable(format!("cannot read the configuration: {e}")))?;
-    let text = utf8(path, &bytes)?;
-    let dir = config_dir(path)
-        .map_err(|e| unreadable(format!("cannot tell the configuration's directory: {e}")))?;
-    parse_in(text, path, Some(&dir))
-}
-
 /// The largest configuration file read: far beyond any real one, and small enough that
 /// `-c /dev/zero` is an error, not a process filling memory.
 pub const MAX_FILE_SIZE: usize = 16 * 1024 * 1024;
@@ -470,39 +447,4 @@ fn utf8<'b>(path: &Path, bytes: &'b [u8]) -> Result<&'b str, ConfigError> {
 pub fn config_dir(path: &Path) -> std::io::Result<PathBuf> {
     let absolute = std::path::absolute(path)?;
     Ok(absolute.parent().unwrap_or(&absolute).to_path_buf())
-}
-
-/// Validates a configuration given as text with no file of its own (a changed
-/// configuration checked before it is applied, whose paths are absolute already): file
-/// paths in it are kept as written. `path` names it in messages, and its extension picks the syntax: JSON for
-/// `.json`, TOML otherwise.
-///
-/// Every problem is reported, in file order, not only the first.
-pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
-    parse_in(text, path, None)
-}
-
-/// As [`parse`], with relative file paths taken from `dir` (absolute) when given, as
-/// [`load`] does.
-pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, ConfigErrors> {
-    let src = error::Source::new(path, text);
-    let root = file::parse(&src).map_err(ConfigErrors)?;
-    let mut ctx = reader::Ctx::new(&src, dir);
-    let (config, binds_at) = validate::config(&mut ctx, &root);
-    let mut errors = ctx.errors;
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.col));
-        return Err(ConfigErrors(errors));
-    }
-    let mut warnings = ctx.warnings;
-    warnings.sort_by_key(|w| (w.line, w.col));
-    let binds_at = binds_at
-        .into_iter()
-        .map(|(name, at)| (name, src.position(at)))
-        .collect();
-    Ok(Loaded {
-        config,
-        warnings,
-        binds_at,
-    })
 }

@@ -290,7 +290,7 @@ fn docker_tls<S: Serializer>(
     prefixed_tls("docker", tls.as_ref(), serializer)
 }
 
-/// `PREFIX_tls_enabled` and the paths set, the keys `discovery_registries` reads: one set
+/// `PREFIX_tls_enabled` and the paths set, the keys the reader reads: one set
 /// of names behind each registry's prefix, so they are written from the prefix as they
 /// are read (nothing when TLS is off).
 fn prefixed_tls<S: Serializer>(

@@ -6,9 +6,10 @@ use std::fmt::Display;
 use std::path::Path;
 use std::time::Duration;
 
-use serde::Serializer;
+use serde::{Serialize, Serializer};
 
 use super::{dump, escape};
+use crate::acl::{Acl, Action};
 
 /// A Go duration string, as [`dump::duration`].
 pub(crate) fn duration<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
@@ -76,4 +77,28 @@ pub(crate) fn optional_escaped<S: Serializer>(
         Some(value) => escaped(value, serializer),
         None => serializer.serialize_none(),
     }
+}
+
+/// `[servers.NAME.access]` as the reader reads it: the default action and each rule as
+/// `"ACTION NETWORK"`.
+pub(crate) fn written_access<S: Serializer>(
+    acl: &Option<Acl>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Written<'a> {
+        #[serde(serialize_with = "shown")]
+        default: &'a Action,
+        rules: Vec<String>,
+    }
+    acl.as_ref()
+        .map(|acl| Written {
+            default: &acl.default,
+            rules: acl
+                .rules
+                .iter()
+                .map(|rule| format!("{} {}", rule.action, rule.net))
+                .collect(),
+        })
+        .serialize(serializer)
 }

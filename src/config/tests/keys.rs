@@ -7,8 +7,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::super::legacy::{legacy_keys, Place};
-use super::super::{admin, discovery_reader, dump, health_reader, sections, tls, validate};
+use super::super::dump;
+use super::super::gobetween::legacy::{legacy_keys, Place};
+use super::super::gobetween::{admin, discovery, health, sections, server, tls};
 use super::{files, parse_file};
 use dump::Secrets;
 
@@ -26,8 +27,8 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             .collect::<Vec<_>>()
     };
     let sections: Vec<(&str, Vec<&str>)> = vec![
-        ("", with_legacy(validate::TOP_KEYS, Place::Top)),
-        ("logging", validate::LOGGING_KEYS.to_vec()),
+        ("", with_legacy(server::TOP_KEYS, Place::Top)),
+        ("logging", server::LOGGING_KEYS.to_vec()),
         ("api", admin::API_KEYS.to_vec()),
         ("api.basic_auth", admin::BASIC_AUTH_KEYS.to_vec()),
         ("api.tls", admin::FILES_KEYS.to_vec()),
@@ -35,37 +36,34 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("metrics.basic_auth", admin::BASIC_AUTH_KEYS.to_vec()),
         (
             "defaults",
-            with_legacy(validate::OPTION_KEYS, Place::Defaults),
+            with_legacy(server::OPTION_KEYS, Place::Defaults),
         ),
-        (
-            "servers.*",
-            with_legacy(validate::SERVER_KEYS, Place::Server),
-        ),
+        ("servers.*", with_legacy(server::SERVER_KEYS, Place::Server)),
         (
             "servers.*.discovery",
             with_legacy(
-                &kinds(discovery_reader::COMMON_KEYS, discovery_reader::KINDS),
+                &kinds(discovery::COMMON_KEYS, discovery::KINDS),
                 Place::Discovery,
             ),
         ),
         (
             "servers.*.healthcheck",
             with_legacy(
-                &kinds(health_reader::COMMON_KEYS, health_reader::KINDS),
+                &kinds(health::COMMON_KEYS, health::KINDS),
                 Place::Healthcheck,
             ),
         ),
         ("servers.*.access", sections::ACCESS_KEYS.to_vec()),
-        ("servers.*.udp", validate::UDP_KEYS.to_vec()),
+        ("servers.*.udp", server::UDP_KEYS.to_vec()),
         (
             "servers.*.proxy_protocol",
-            validate::PROXY_PROTOCOL_KEYS.to_vec(),
+            server::PROXY_PROTOCOL_KEYS.to_vec(),
         ),
         (
             "servers.*.accept_proxy_protocol",
-            validate::ACCEPT_PROXY_KEYS.to_vec(),
+            server::ACCEPT_PROXY_KEYS.to_vec(),
         ),
-        ("servers.*.sni", validate::SNI_KEYS.to_vec()),
+        ("servers.*.sni", server::SNI_KEYS.to_vec()),
         ("servers.*.tls", with_legacy(tls::TLS_KEYS, Place::Tls)),
         ("servers.*.tls.certificates", tls::CERTIFICATE_KEYS.to_vec()),
         (

@@ -157,17 +157,17 @@ fn bind_forms() {
         ("[::1]:3000", "[::1]:3000"),
         ("127.0.0.1:0", "127.0.0.1:0"),
     ] {
-        let addr = validate::parse_bind(bind).expect(bind);
+        let addr = bind::parse_bind(bind).expect(bind);
         assert_eq!(addr.addr(), Some(expected.parse().expect("addr")), "{bind}");
     }
     // A host name is kept, to be resolved when its server starts.
-    let localhost = validate::parse_bind("localhost:3000").expect("a host name");
+    let localhost = bind::parse_bind("localhost:3000").expect("a host name");
     assert_eq!(localhost.addr(), None);
     let resolved = localhost.resolve_blocking().expect("localhost resolves");
     assert!(resolved.ip().is_loopback());
-    assert!(validate::parse_bind("127.0.0.1").is_err());
-    assert!(validate::parse_bind("::1:80").is_err());
-    assert!(validate::parse_bind("h:99999").is_err());
+    assert!(bind::parse_bind("127.0.0.1").is_err());
+    assert!(bind::parse_bind("::1:80").is_err());
+    assert!(bind::parse_bind("h:99999").is_err());
 }
 
 #[test]

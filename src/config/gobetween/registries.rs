@@ -3,11 +3,16 @@
 
 use std::path::PathBuf;
 
-use super::discovery::*;
-use super::discovery_reader::{optional, required};
+use super::discovery::{optional, required};
 use super::reader::{resolve, Ctx, Section};
-use super::registries::{docker_endpoint, etcd_endpoint, DockerEndpoint, CONSUL_DEFAULT_PORT};
-use super::{split_host_port, ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath};
+use crate::config::discovery::*;
+use crate::config::error::join;
+use crate::config::registries::{
+    docker_endpoint, etcd_endpoint, DockerEndpoint, CONSUL_DEFAULT_PORT,
+};
+use crate::config::{
+    split_host_port, ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath,
+};
 
 /// `PREFIX_tls_enabled` with its three paths: `Some` when enabled. A path given while TLS
 /// is off would be silently unused, so it is an error; so is half a client pair.
@@ -69,7 +74,7 @@ fn credentials(
     let at = sec.find(password_key);
     let password = optional(ctx, sec, password_key)?;
     if let (None, Some(_), Some(at)) = (&user, &password, at) {
-        let path = super::reader::join(&sec.path, password_key);
+        let path = join(&sec.path, password_key);
         ctx.error(at, &path, format!("needs {user_key}"));
         return None;
     }
@@ -194,7 +199,7 @@ pub(super) fn docker(
     });
     if let Err(message) = checked {
         let at = endpoint_at.unwrap_or(sec.at);
-        let path = super::reader::join(&sec.path, "docker_endpoint");
+        let path = join(&sec.path, "docker_endpoint");
         ctx.error(at, &path, message);
         return None;
     }

@@ -4,13 +4,14 @@
 
 use std::path::PathBuf;
 
-use super::reader::{join, Ctx, Field, Section};
-use super::{
+use super::reader::{Ctx, Field, Section};
+use crate::config::error::join;
+use crate::config::{
     BackendsTls, ClientAuth, TlsFiles, TlsTermination, TlsVersion, DEFAULT_TLS_HANDSHAKE_TIMEOUT,
 };
 use crate::tls::TlsError;
 
-pub(super) const TLS_KEYS: &[&str] = &[
+pub(crate) const TLS_KEYS: &[&str] = &[
     "cert_path",
     "key_path",
     "certificates",
@@ -25,7 +26,7 @@ pub(super) const TLS_KEYS: &[&str] = &[
     "handshake_timeout",
 ];
 /// Each table of `certificates`.
-pub(super) const CERTIFICATE_KEYS: &[&str] = &["cert_path", "key_path"];
+pub(crate) const CERTIFICATE_KEYS: &[&str] = &["cert_path", "key_path"];
 
 /// The file keys of a section as read, so that a file failing to load is reported at the
 /// key that names it (`FILE:LINE:COL: servers.web.tls.cert_path: /etc/...: ...`).
@@ -153,7 +154,7 @@ fn strings(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> Vec<(usize, S
         .collect()
 }
 
-pub(super) const BACKENDS_TLS_KEYS: &[&str] = &[
+pub(crate) const BACKENDS_TLS_KEYS: &[&str] = &[
     "ignore_verify",
     "root_ca_cert_path",
     "cert_path",

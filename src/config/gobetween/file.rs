@@ -2,7 +2,7 @@
 //! every key and value.
 //!
 //! This is the first of the two loading stages. It knows nothing of the schema: the
-//! second stage (`validate`) walks the tree against GoBetween's schema, so that every
+//! second stage (`server`) walks the tree against GoBetween's schema, so that every
 //! unknown key and bad value is reported, not only the first one serde would stop at.
 //! TOML positions come from `toml::de::DeTable`; JSON positions from `serde_json`'s
 //! `RawValue`, which borrows each value's text from the input.
@@ -13,7 +13,7 @@ use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
 use toml::de::{DeTable, DeValue};
 
-use super::error::{ConfigError, Source};
+use crate::config::error::{ConfigError, Source};
 
 /// A value and the byte offset where it starts.
 #[derive(Debug)]

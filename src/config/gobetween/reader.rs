@@ -9,9 +9,9 @@ use std::fmt::Display;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::duration::{parse_duration, parse_timeout};
-use super::error::{ConfigError, Source, Warning};
 use super::file::{Entry, Node, Value};
+use crate::config::duration::{parse_duration, parse_timeout};
+use crate::config::error::{join, ConfigError, Source, Warning};
 
 /// Where errors and warnings are collected.
 pub(crate) struct Ctx<'s> {
@@ -370,24 +370,6 @@ impl<'s> Ctx<'s> {
     }
 }
 
-/// `parent.key`, quoting a key that is not a bare TOML key (`servers."my app".bind`).
-pub(crate) fn join(parent: &str, key: &str) -> String {
-    let bare = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-    let key = if bare {
-        key.to_owned()
-    } else {
-        format!("{key:?}")
-    };
-    if parent.is_empty() {
-        key
-    } else {
-        format!("{parent}.{key}")
-    }
-}
-
 /// `text` as a path: a relative one is joined to `dir` (the configuration's directory),
 /// and `.` components are dropped (`./certs/a.pem` is `DIR/certs/a.pem`). `..` is kept:
 /// dropping it would be wrong past a symbolic link. Without `dir` the path is as written.
@@ -418,14 +400,6 @@ fn edit_distance(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn paths_quote_odd_keys() {
-        assert_eq!(join("", "servers"), "servers");
-        assert_eq!(join("servers", "web-1"), "servers.web-1");
-        assert_eq!(join("servers", "my app"), "servers.\"my app\"");
-        assert_eq!(join("servers", "a.b"), "servers.\"a.b\"");
-    }
 
     #[test]
     fn relative_paths_join_the_directory() {

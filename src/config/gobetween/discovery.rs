@@ -1,18 +1,18 @@
 //! `[servers.NAME.discovery]` read from the file: the keys every kind shares, then each
 //! kind's own keys into its own parameters (one function per kind; the service
-//! registries, which add credentials and TLS, are in `discovery_registries`).
+//! registries, which add credentials and TLS, are in `registries`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use super::discovery::*;
-use super::discovery_registries as registries;
 use super::legacy::{self, Place};
 use super::reader::{resolve, Ctx, Field, Section};
-use super::{JsonPath, LinePattern, Url};
+use super::registries;
 use crate::backend::BackendSpec;
+use crate::config::discovery::*;
+use crate::config::{JsonPath, LinePattern, Url};
 
-pub(super) const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
+pub(crate) const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
 
 /// The kinds Sluice has, each with the keys only it reads.
 pub(crate) const KINDS: &[(&str, &[&str])] = &[

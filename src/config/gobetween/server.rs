@@ -1,31 +1,32 @@
 //! The second loading stage: walk the raw tree against GoBetween's schema and build the
-//! validated [`Config`], reporting every problem with its position.
+//! validated [`Config`], reporting every problem with its position. Read here: the top
+//! level, `[logging]`, `[defaults]` and each `[servers.NAME]` with its `udp`, `sni` and
+//! PROXY protocol sections; its other sections by the modules named for them.
 //!
 //! A value that fails validation is reported and replaced by its default, so the walk
 //! goes on and finds the next problem; the caller discards the result if any error was
 //! reported.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use super::address::HostPort;
 use super::admin;
-use super::bind::Bind;
-use super::checks;
-use super::discovery_reader::discovery;
+use super::discovery::discovery;
 use super::file::Node;
-use super::health_reader::healthcheck;
+use super::health::healthcheck;
 use super::legacy::{self, Place};
-use super::reader::{join, resolve, Ctx, Field, Section};
+use super::reader::{resolve, Ctx, Field, Section};
 use super::sections::access;
-use super::{
+use crate::balance::BalanceKind;
+use crate::config::bind::parse_bind;
+use crate::config::checks;
+use crate::config::error::join;
+use crate::config::{
     AcceptProxy, Config, HealthConfig, HealthKind, HostnameMatching, LogFormat, LogOutput,
     LoggingConfig, Protocol, ProxyProtocol, ProxyVersion, ServerConfig, SniConfig, UdpConfig,
     UnexpectedHostname, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
 };
-use crate::balance::BalanceKind;
 
-pub(super) const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "shutdown_timeout",
     "logging",
     "api",
@@ -33,14 +34,14 @@ pub(super) const TOP_KEYS: &[&str] = &[
     "defaults",
     "servers",
 ];
-pub(super) const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
-pub(super) const OPTION_KEYS: &[&str] = &[
+pub(crate) const LOGGING_KEYS: &[&str] = &["level", "output", "format"];
+pub(crate) const OPTION_KEYS: &[&str] = &[
     "max_connections",
     "client_idle_timeout",
     "backend_idle_timeout",
     "backend_connection_timeout",
 ];
-pub(super) const SERVER_KEYS: &[&str] = &[
+pub(crate) const SERVER_KEYS: &[&str] = &[
     "bind",
     "protocol",
     "balance",
@@ -59,14 +60,14 @@ pub(super) const SERVER_KEYS: &[&str] = &[
     "tls",
     "backends_tls",
 ];
-pub(super) const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
-pub(super) const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
-pub(super) const SNI_KEYS: &[&str] = &[
+pub(crate) const UDP_KEYS: &[&str] = &["max_requests", "max_responses"];
+pub(crate) const PROXY_PROTOCOL_KEYS: &[&str] = &["version"];
+pub(crate) const SNI_KEYS: &[&str] = &[
     "read_timeout",
     "hostname_matching_strategy",
     "unexpected_hostname_strategy",
 ];
-pub(super) const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
+pub(crate) const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
 /// Connection options of `[defaults]`, and of a server before defaults are applied.
 /// `None` is "not set"; `Some(None)` is "set to 0: no limit".
 #[derive(Clone, Copy, Default)]
@@ -247,7 +248,7 @@ fn server(
     let connect_attempts = sec
         .take("connect_attempts")
         .and_then(|f| ctx.u32_at_least(&f, 1))
-        .unwrap_or(super::DEFAULT_CONNECT_ATTEMPTS);
+        .unwrap_or(crate::config::DEFAULT_CONNECT_ATTEMPTS);
     let discovery = match sec.take("discovery") {
         Some(f) => ctx.table(&f).and_then(|s| discovery(ctx, s)),
         None => {
@@ -360,47 +361,6 @@ fn server(
         backends_tls: backends_tls.and_then(|(_, t)| t),
     };
     Some((server, bind_at))
-}
-
-/// `"host:port"`, `"[::1]:port"`, or `":port"` (all IPv4 interfaces, as in Go). A host
-/// name is kept as written: it is resolved when its server starts.
-pub(crate) fn parse_bind(s: &str) -> Result<Bind, String> {
-    let full = if s.starts_with(':') {
-        format!("0.0.0.0{s}")
-    } else {
-        s.to_owned()
-    };
-    if let Ok(addr) = full.parse::<SocketAddr>() {
-        return Ok(Bind::Addr(addr));
-    }
-    if !full.contains(':') {
-        return Err(format!(
-            "bind \"{s}\" has no port; expected \"host:port\", e.g. \":3000\""
-        ));
-    }
-    // IP literals parsed above; brackets or colons left are a mistaken IPv6 address.
-    let HostPort::Plain {
-        host,
-        port: Some(port),
-    } = HostPort::split(&full)
-    else {
-        return Err(format!(
-            "bind \"{s}\" is not a valid address; IPv6 is written \"[::1]:3000\""
-        ));
-    };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535"))?;
-    Ok(Bind::Name {
-        host: host.to_owned(),
-        port,
-    })
-}
-
-/// As [`parse_bind`], a host name resolved now (the API and metrics endpoints, which
-/// listen before any server starts).
-pub(crate) fn parse_bind_now(s: &str) -> Result<SocketAddr, String> {
-    parse_bind(s)?.resolve_blocking()
 }
 
 /// `[servers.NAME.sni]`, GoBetween's keys.

@@ -4,6 +4,7 @@
 
 use super::file::Value;
 use super::reader::{Ctx, Section};
+use crate::config::error::join;
 
 /// The kind of section a key sits in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,7 +30,7 @@ enum Action {
 
 /// The legacy keys still read in sections of `place`.
 #[cfg(test)]
-pub(super) fn legacy_keys(place: Place) -> impl Iterator<Item = &'static str> {
+pub(crate) fn legacy_keys(place: Place) -> impl Iterator<Item = &'static str> {
     LEGACY
         .iter()
         .filter(move |(p, _, _)| *p == place)
@@ -74,7 +75,7 @@ const LEGACY: &[(Place, &str, Action)] = &[
 pub(crate) fn apply(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
     for (_, old, action) in LEGACY.iter().filter(|(p, _, _)| *p == place) {
         let Some(at) = sec.find(old) else { continue };
-        let path = super::reader::join(&sec.path, old);
+        let path = join(&sec.path, old);
         match action {
             Action::Rename(new) if sec.find(new).is_some() => {
                 sec.take(old);
@@ -205,7 +206,7 @@ mod tests {
             if let Action::Rename(new) = action {
                 let known = match place {
                     Place::Healthcheck => new == &"timeout",
-                    Place::Discovery => super::super::discovery_reader::KINDS
+                    Place::Discovery => super::super::discovery::KINDS
                         .iter()
                         .any(|(_, keys)| keys.contains(new)),
                     _ => false,

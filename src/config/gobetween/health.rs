@@ -5,13 +5,14 @@
 //! with the key's position: escapes are decoded and regular expressions compiled once
 //! to validate them (the checks compile them again from the source text they keep).
 
-use super::health::*;
 use super::legacy::{self, Place};
 use super::reader::{Ctx, Field, Section};
-use super::{BytesRegex, TextRegex};
+use crate::config::error::join;
+use crate::config::health::*;
+use crate::config::{BytesRegex, TextRegex};
 
 /// Keys every kind takes.
-pub(super) const COMMON_KEYS: &[&str] = &[
+pub(crate) const COMMON_KEYS: &[&str] = &[
     "kind",
     "interval",
     "timeout",
@@ -32,7 +33,7 @@ const HTTP_KEYS: [&str; 6] = [
 ];
 
 /// Every supported kind with its own keys.
-pub(super) const KINDS: &[(&str, &[&str])] = &[
+pub(crate) const KINDS: &[(&str, &[&str])] = &[
     ("none", &[]),
     ("ping", &[]),
     (
@@ -467,7 +468,7 @@ fn udp(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<UdpSetting
 fn needs(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str, partner: &str) {
     if sec.find(partner).is_none() {
         if let Some(at) = sec.find(key) {
-            let path = super::reader::join(&sec.path, key);
+            let path = join(&sec.path, key);
             ctx.error(at, &path, format!("only used together with \"{partner}\""));
         }
     }
@@ -498,7 +499,7 @@ fn mysql(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, kind_at: usize) -> MysqlSetti
         password: string(ctx, sec, "mysql_password"),
     };
     if settings.user.is_none() && settings.password.is_none() {
-        let path = super::reader::join(&sec.path, "kind");
+        let path = join(&sec.path, "kind");
         ctx.warn(kind_at, &path, MYSQL_WITHOUT_USER);
     }
     settings
