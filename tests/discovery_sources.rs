@@ -7,9 +7,9 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sluice::backend::{AdminState, BackendSpec};
-use sluice::discovery::consul::{ConsulParams, ConsulSource};
+use sluice::discovery::consul::{ConsulAgent, ConsulParams, ConsulSource};
 use sluice::discovery::docker::{DockerParams, DockerSource};
-use sluice::discovery::etcd::{EtcdParams, EtcdSource};
+use sluice::discovery::etcd::{EtcdEndpoint, EtcdParams, EtcdSource};
 use sluice::discovery::{DiscoveryError, Source};
 use sluice::tls::ClientTlsFiles;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -20,6 +20,14 @@ use tokio_util::task::AbortOnDropHandle;
 
 use crate::support::servers::Etcd;
 use crate::support::{eventually, WAIT};
+
+fn agent(text: &str) -> ConsulAgent {
+    ConsulAgent::parse(text).expect("consul_host")
+}
+
+fn endpoint(text: &str) -> EtcdEndpoint {
+    EtcdEndpoint::parse(text).expect("etcd endpoint")
+}
 
 /// `host:port` of each backend, sorted.
 fn keys(specs: &[BackendSpec]) -> Vec<String> {
@@ -241,7 +249,7 @@ const CONSUL_THREE: &str = r#"[
 async fn consul_blocking_queries_follow_the_index() {
     let consul = FakeConsul::start(None).await;
     consul.set(10, 200, CONSUL_TWO);
-    let mut params = ConsulParams::new(consul.addr.to_string(), "redis");
+    let mut params = ConsulParams::new(agent(&consul.addr.to_string()), "redis");
     params.service_tag = Some("primary".into());
     params.passing_only = true;
     params.datacenter = Some("dc1".into());
@@ -343,7 +351,8 @@ async fn consul_over_tls_verifies_the_agent() {
     let consul = FakeConsul::start(Some(server)).await;
     consul.set(3, 200, CONSUL_TWO);
 
-    let mut params = ConsulParams::new(format!("localhost:{}", consul.addr.port()), "redis");
+    let mut params =
+        ConsulParams::new(agent(&format!("localhost:{}", consul.addr.port())), "redis");
     params.tls = Some(ClientTlsFiles {
         cacert_path: Some(files.cert_path.clone()),
         ..ClientTlsFiles::default()
@@ -539,7 +548,7 @@ async fn etcd_lists_a_prefix_and_wakes_on_changes() {
     etcd.put("/sluice/webby", "127.0.0.1:9999").await;
     etcd.put("/other/x", "127.0.0.1:9998").await;
 
-    let mut params = EtcdParams::new(etcd.url(), "/sluice/web/");
+    let mut params = EtcdParams::new(endpoint(&etcd.url()), "/sluice/web/");
     params.wait = Duration::from_secs(30);
     let mut source = EtcdSource::new(params).expect("source");
     assert!(source.watches());
@@ -612,7 +621,7 @@ async fn etcd_with_authentication_and_a_lost_server() {
         assert_eq!(response.status, 200, "{path}: {}", response.body);
     }
 
-    let mut params = EtcdParams::new(etcd.url(), "/auth/");
+    let mut params = EtcdParams::new(endpoint(&etcd.url()), "/auth/");
     let mut anonymous = EtcdSource::new(params.clone()).expect("source");
     fetch(&mut anonymous).await.expect_err("auth is on");
 
@@ -626,7 +635,7 @@ async fn etcd_with_authentication_and_a_lost_server() {
     );
 
     // With nothing changing, a fetch returns the same list once `wait` has passed.
-    let mut params = EtcdParams::new(etcd.url(), "/auth/");
+    let mut params = EtcdParams::new(endpoint(&etcd.url()), "/auth/");
     params.username = Some("root".into());
     params.password = Some("hunter2".into());
     params.wait = Duration::from_millis(300);

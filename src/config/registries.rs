@@ -25,7 +25,7 @@ pub const CONSUL_DEFAULT_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ConsulParams {
     /// `consul_host`: the agent, `host:port` or `host` (port 8500).
     #[serde(rename = "consul_host")]
-    pub host: String,
+    pub host: ConsulAgent,
     /// `consul_service_name`.
     #[serde(rename = "consul_service_name")]
     pub service_name: String,
@@ -75,9 +75,9 @@ pub struct ConsulParams {
 
 impl ConsulParams {
     /// Every instance of `service_name` on the agent at `host`, with default waits.
-    pub fn new(host: impl Into<String>, service_name: impl Into<String>) -> Self {
+    pub fn new(host: ConsulAgent, service_name: impl Into<String>) -> Self {
         ConsulParams {
-            host: host.into(),
+            host,
             service_name: service_name.into(),
             service_tag: None,
             passing_only: false,
@@ -108,7 +108,7 @@ pub struct EtcdParams {
     /// `etcd_endpoints`: client URLs, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`;
     /// tried in turn, the next one after an error.
     #[serde(rename = "etcd_endpoints", serialize_with = "secrets::secret_urls")]
-    pub endpoints: Vec<String>,
+    pub endpoints: Vec<EtcdEndpoint>,
     /// `etcd_prefix`: every key starting with it is a backend (empty: every key).
     #[serde(rename = "etcd_prefix")]
     pub prefix: String,
@@ -141,9 +141,9 @@ pub struct EtcdParams {
 
 impl EtcdParams {
     /// Every key under `prefix` on the etcd at `endpoint`, with default waits.
-    pub fn new(endpoint: impl Into<String>, prefix: impl Into<String>) -> Self {
+    pub fn new(endpoint: EtcdEndpoint, prefix: impl Into<String>) -> Self {
         EtcdParams {
-            endpoints: vec![endpoint.into()],
+            endpoints: vec![endpoint],
             prefix: prefix.into(),
             username: None,
             password: None,
@@ -208,21 +208,66 @@ impl DockerParams {
     }
 }
 
-/// An `etcd_endpoints` entry, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`:
-/// whether it is HTTPS, its host and its port.
-pub fn etcd_endpoint(text: &str) -> Result<(bool, String, u16), String> {
-    let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = text.strip_prefix("http://") {
-        (false, rest)
-    } else if text.contains("://") {
-        return Err(format!("\"{text}\" is not http:// or https://"));
-    } else {
-        (false, text)
-    };
-    let (host, port) = split_host_port(rest.trim_end_matches('/'), Some(ETCD_DEFAULT_PORT))?;
-    Ok((https, host, port))
+/// `consul_host`: the agent's `host:port`, the port 8500 when left out; shown as written.
+#[derive(Clone, Debug)]
+pub struct ConsulAgent {
+    text: String,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
 }
+
+impl ConsulAgent {
+    pub fn parse(text: &str) -> Result<ConsulAgent, String> {
+        if text.contains("://") {
+            return Err(format!(
+                "\"{text}\" is a URL; expected host[:port] (HTTPS is consul_tls_enabled)"
+            ));
+        }
+        let (host, port) = split_host_port(text, Some(CONSUL_DEFAULT_PORT))?;
+        Ok(ConsulAgent {
+            text: text.to_owned(),
+            host,
+            port,
+        })
+    }
+}
+
+shown_as_written!(ConsulAgent, text);
+
+/// An `etcd_endpoints` entry, `http://HOST:PORT`, `https://HOST:PORT` or `HOST:PORT`
+/// (port 2379): whether it is HTTPS, its host and its port; shown as written.
+#[derive(Clone, Debug)]
+pub struct EtcdEndpoint {
+    text: String,
+    pub https: bool,
+    /// Host name or IP literal (IPv6 without brackets).
+    pub host: String,
+    pub port: u16,
+}
+
+impl EtcdEndpoint {
+    pub fn parse(text: &str) -> Result<EtcdEndpoint, String> {
+        let (https, rest) = if let Some(rest) = text.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = text.strip_prefix("http://") {
+            (false, rest)
+        } else if text.contains("://") {
+            return Err(format!("\"{text}\" is not http:// or https://"));
+        } else {
+            (false, text)
+        };
+        let (host, port) = split_host_port(rest.trim_end_matches('/'), Some(ETCD_DEFAULT_PORT))?;
+        Ok(EtcdEndpoint {
+            text: text.to_owned(),
+            https,
+            host,
+            port,
+        })
+    }
+}
+
+shown_as_written!(EtcdEndpoint, text);
 
 /// Where a `docker_endpoint` points.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -70,11 +70,15 @@ pub(crate) fn secret_url<S: Serializer>(
 }
 
 /// URLs, each as [`secret_url`].
-pub(crate) fn secret_urls<S: Serializer>(
-    values: &[String],
+pub(crate) fn secret_urls<S: Serializer, T: std::fmt::Display>(
+    values: &[T],
     serializer: S,
 ) -> Result<S::Ok, S::Error> {
-    serializer.collect_seq(values.iter().map(|value| url(value, current())))
+    serializer.collect_seq(
+        values
+            .iter()
+            .map(|value| url(&value.to_string(), current())),
+    )
 }
 
 /// A password or token that serializes as [`secret`].

@@ -29,12 +29,11 @@ use super::http_client::{self, Endpoint, HttpClient, Request};
 use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::config::split_host_port;
 use crate::tls::client_config;
 
 pub use crate::config::registries::{
-    ConsulParams, CONSUL_DEFAULT_PORT as DEFAULT_PORT, CONSUL_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
-    CONSUL_DEFAULT_WAIT as DEFAULT_WAIT,
+    ConsulAgent, ConsulParams, CONSUL_DEFAULT_PORT as DEFAULT_PORT,
+    CONSUL_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT, CONSUL_DEFAULT_WAIT as DEFAULT_WAIT,
 };
 
 /// The longest `wait` used: with jitter and `timeout` on top, a fetch still ends well
@@ -73,8 +72,7 @@ impl ConsulSource {
         if !params.wait.is_zero() {
             params.wait = Duration::from_secs(params.wait.min(MAX_WAIT).as_secs().max(1));
         }
-        let (host, port) = split_host_port(&params.host, Some(DEFAULT_PORT))
-            .map_err(|e| DiscoveryError::Invalid(format!("consul_host: {e}")))?;
+        let (host, port) = (params.host.host.clone(), params.host.port);
         if params.service_name.is_empty() {
             return Err(DiscoveryError::Invalid(
                 "consul_service_name is empty".into(),
@@ -348,9 +346,13 @@ mod tests {
         assert!(got[4].as_ref().unwrap_err().contains("priority"));
     }
 
+    fn agent(text: &str) -> ConsulAgent {
+        ConsulAgent::parse(text).expect("agent")
+    }
+
     #[test]
     fn request_carries_the_options() {
-        let mut params = ConsulParams::new("127.0.0.1:8500", "web api");
+        let mut params = ConsulParams::new(agent("127.0.0.1:8500"), "web api");
         params.service_tag = Some("v1&x".into());
         params.passing_only = true;
         params.datacenter = Some("dc2".into());
@@ -372,9 +374,14 @@ mod tests {
 
     #[test]
     fn bad_parameters_are_refused() {
-        assert!(ConsulSource::new(ConsulParams::new("h:0", "web")).is_err());
-        assert!(ConsulSource::new(ConsulParams::new("h", "")).is_err());
-        let mut params = ConsulParams::new("h", "web");
+        assert!(ConsulAgent::parse("h:0").is_err());
+        assert!(ConsulAgent::parse("http://h:8500").is_err());
+        assert!(ConsulSource::new(ConsulParams::new(agent("h"), "")).is_err());
+        let mut params = ConsulParams::new(agent("h"), "web");
+        assert_eq!(
+            (params.host.host.as_str(), params.host.port),
+            ("h", DEFAULT_PORT)
+        );
         params.acl_token = Some("bad\ntoken".into());
         let source = ConsulSource::new(params).expect("source");
         assert!(source.request().is_err());

@@ -30,13 +30,12 @@ use super::json_backend::JsonFields;
 use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::config::registries::etcd_endpoint;
 use crate::config::JsonPath;
 use crate::tls::{client_config, ClientTlsFiles};
 
 pub use crate::config::registries::{
-    EtcdParams, ETCD_DEFAULT_PORT as DEFAULT_PORT, ETCD_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
-    ETCD_DEFAULT_WAIT as DEFAULT_WAIT,
+    EtcdEndpoint, EtcdParams, ETCD_DEFAULT_PORT as DEFAULT_PORT,
+    ETCD_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT, ETCD_DEFAULT_WAIT as DEFAULT_WAIT,
 };
 
 /// The longest `wait` used: with jitter and `timeout` on top, a fetch still ends well
@@ -86,10 +85,9 @@ impl EtcdSource {
             None => None,
         };
         let mut clients = Vec::with_capacity(params.endpoints.len());
-        for text in &params.endpoints {
-            let invalid = |e: String| DiscoveryError::Invalid(format!("etcd_endpoints: {e}"));
-            let (https, host, port) = etcd_endpoint(text).map_err(invalid)?;
-            let tls = match (&tls, https) {
+        for endpoint in &params.endpoints {
+            let (host, port) = (endpoint.host.clone(), endpoint.port);
+            let tls = match (&tls, endpoint.https) {
                 (Some(config), _) => Some(config.clone()),
                 (None, true) => Some(
                     client_config(&ClientTlsFiles::default())
@@ -439,28 +437,35 @@ mod tests {
         }
     }
 
+    fn endpoint(text: &str) -> EtcdEndpoint {
+        EtcdEndpoint::parse(text).expect("endpoint")
+    }
+
     #[tokio::test]
     async fn a_revision_at_the_end_of_its_range_does_not_overflow() {
         // The revision comes from etcd's answer; nothing listens on port 1.
-        let mut source = EtcdSource::new(EtcdParams::new("127.0.0.1:1", "/x/")).expect("ok");
+        let mut source =
+            EtcdSource::new(EtcdParams::new(endpoint("127.0.0.1:1"), "/x/")).expect("ok");
         source.revision = Some(i64::MAX);
         assert!(source.fetch().await.is_err());
     }
 
     #[test]
     fn endpoints() {
-        let source = EtcdSource::new(EtcdParams::new("http://127.0.0.1:2379/", "/x/")).expect("ok");
+        let source = EtcdSource::new(EtcdParams::new(endpoint("http://127.0.0.1:2379/"), "/x/"))
+            .expect("ok");
         assert_eq!(
             format!("{:?}", source.client().endpoint()),
             "http://127.0.0.1:2379"
         );
-        let source = EtcdSource::new(EtcdParams::new("etcd.internal", "/x/")).expect("ok");
+        let source =
+            EtcdSource::new(EtcdParams::new(endpoint("etcd.internal"), "/x/")).expect("ok");
         assert_eq!(
             format!("{:?}", source.client().endpoint()),
             "http://etcd.internal:2379"
         );
-        assert!(EtcdSource::new(EtcdParams::new("unix:///x", "/x/")).is_err());
-        let mut params = EtcdParams::new("h", "/x/");
+        assert!(EtcdEndpoint::parse("unix:///x").is_err());
+        let mut params = EtcdParams::new(endpoint("h"), "/x/");
         params.endpoints.clear();
         assert!(EtcdSource::new(params).is_err());
     }

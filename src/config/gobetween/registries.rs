@@ -7,12 +7,8 @@ use super::discovery::{optional, required};
 use super::reader::{resolve, Ctx, Section};
 use crate::config::discovery::*;
 use crate::config::error::join;
-use crate::config::registries::{
-    docker_endpoint, etcd_endpoint, DockerEndpoint, CONSUL_DEFAULT_PORT,
-};
-use crate::config::{
-    split_host_port, ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath,
-};
+use crate::config::registries::{docker_endpoint, ConsulAgent, DockerEndpoint, EtcdEndpoint};
+use crate::config::{ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath};
 
 /// `PREFIX_tls_enabled` with its three paths: `Some` when enabled. A path given while TLS
 /// is off would be silently unused, so it is an error; so is half a client pair.
@@ -87,14 +83,11 @@ pub(super) fn consul(
     common: &DiscoveryCommon,
 ) -> Option<ConsulParams> {
     let host = required(ctx, sec, "consul_host", "consul").and_then(|f| {
-        ctx.parse(&f, "a string such as \"localhost:8500\"", |text| {
-            if text.contains("://") {
-                return Err(format!(
-                    "\"{text}\" is a URL; expected host[:port] (HTTPS is consul_tls_enabled)"
-                ));
-            }
-            split_host_port(text, Some(CONSUL_DEFAULT_PORT)).map(|_| text.to_owned())
-        })
+        ctx.parse(
+            &f,
+            "a string such as \"localhost:8500\"",
+            ConsulAgent::parse,
+        )
     });
     let service = required(ctx, sec, "consul_service_name", "consul").and_then(|f| {
         let name = ctx.non_empty(&f)?;
@@ -135,9 +128,9 @@ pub(super) fn etcd(
         let mut out = Vec::with_capacity(list.len());
         for (at, path, text) in list {
             // The source's own check, without TLS files (read when it starts).
-            match etcd_endpoint(text) {
-                Ok((https, _, _)) => match https.then(|| system_trust("etcd")).transpose() {
-                    Ok(_) => out.push(text.to_owned()),
+            match EtcdEndpoint::parse(text) {
+                Ok(endpoint) => match endpoint.https.then(|| system_trust("etcd")).transpose() {
+                    Ok(_) => out.push(endpoint),
                     Err(e) => {
                         ctx.error(at, &path, e);
                         ok = false;
@@ -161,9 +154,9 @@ pub(super) fn etcd(
         None => Some(None),
     };
     let tls = client_tls(ctx, sec, "etcd");
-    let endpoints = endpoints?;
-    let mut params = EtcdParams::new(String::new(), prefix?);
-    params.endpoints = endpoints;
+    let mut endpoints = endpoints?.into_iter();
+    let mut params = EtcdParams::new(endpoints.next()?, prefix?);
+    params.endpoints.extend(endpoints);
     (params.username, params.password) = auth?;
     params.dsn_json_path = dsn?;
     params.tls = tls?;
