@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use sluice::backend::{AdminState, BackendSpec};
 use sluice::discovery::consul::{ConsulAgent, ConsulParams, ConsulSource};
-use sluice::discovery::docker::{DockerParams, DockerSource};
+use sluice::discovery::docker::{DockerParams, DockerSource, DockerUrl};
 use sluice::discovery::etcd::{EtcdEndpoint, EtcdParams, EtcdSource};
 use sluice::discovery::{DiscoveryError, Source};
 use sluice::tls::ClientTlsFiles;
@@ -23,6 +23,10 @@ use crate::support::{eventually, WAIT};
 
 fn agent(text: &str) -> ConsulAgent {
     ConsulAgent::parse(text).expect("consul_host")
+}
+
+fn docker_url(text: &str) -> DockerUrl {
+    DockerUrl::parse(text).expect("docker_endpoint")
 }
 
 fn endpoint(text: &str) -> EtcdEndpoint {
@@ -474,7 +478,7 @@ async fn docker_over_tcp() {
     let addr = listener.local_addr().expect("address");
     let (seen, _daemon) = fake_docker(DockerListener::Tcp(listener)).await;
     let mut params = DockerParams::new(8080);
-    params.endpoint = format!("tcp://{addr}");
+    params.endpoint = docker_url(&format!("tcp://{addr}"));
     params.container_label = Some("app=web".into());
     let mut source = DockerSource::new(params).expect("source");
     let list = fetch(&mut source).await.expect("containers");
@@ -494,7 +498,7 @@ async fn docker_maps_published_ports_over_a_unix_socket() {
     let (seen, _daemon) = fake_docker(DockerListener::Unix(listener)).await;
 
     let mut params = DockerParams::new(8080);
-    params.endpoint = format!("unix://{}", socket.display());
+    params.endpoint = docker_url(&format!("unix://{}", socket.display()));
     params.container_label = Some("app=web".into());
     let mut source = DockerSource::new(params.clone()).expect("source");
     assert!(!source.watches());
@@ -526,7 +530,10 @@ async fn docker_maps_published_ports_over_a_unix_socket() {
 
     // Nothing listens: an I/O error, not a panic or an empty list.
     let mut params = DockerParams::new(8080);
-    params.endpoint = format!("unix://{}", dir.path().join("absent.sock").display());
+    params.endpoint = docker_url(&format!(
+        "unix://{}",
+        dir.path().join("absent.sock").display()
+    ));
     let mut source = DockerSource::new(params).expect("source");
     let err = fetch(&mut source).await.expect_err("no daemon");
     assert!(matches!(err, DiscoveryError::Io(_)), "{err}");

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 
-use super::address::split_host_port;
+use super::address::{split_host_port, HostPort};
 use super::{secrets, ClientTlsFiles, JsonPath};
 
 /// Consul's HTTP port, used when `host` has none.
@@ -168,7 +168,7 @@ pub struct DockerParams {
     /// `docker_endpoint`: `unix:///PATH` or `tcp://HOST:PORT` (`http://` and
     /// `https://` are accepted as well; the port defaults to 2375, or 2376 with TLS).
     #[serde(rename = "docker_endpoint", serialize_with = "secrets::secret_url")]
-    pub endpoint: String,
+    pub endpoint: DockerUrl,
     /// `docker_container_label`: only containers with this label, `KEY` or `KEY=VALUE`.
     #[serde(
         rename = "docker_container_label",
@@ -198,7 +198,7 @@ impl DockerParams {
     /// Containers on the local daemon publishing `private_port`.
     pub fn new(private_port: u16) -> Self {
         DockerParams {
-            endpoint: DOCKER_DEFAULT_ENDPOINT.into(),
+            endpoint: DockerUrl::local(),
             container_label: None,
             container_private_port: private_port,
             container_host_env_var: None,
@@ -283,36 +283,89 @@ pub enum DockerEndpoint {
     },
 }
 
-/// Reads a `docker_endpoint`; `tls` says whether TLS files are configured.
-pub fn docker_endpoint(text: &str, tls: bool) -> Result<DockerEndpoint, String> {
-    let (scheme, rest) = text
-        .split_once("://")
-        .ok_or_else(|| format!("\"{text}\" is not unix:///PATH or tcp://HOST:PORT"))?;
-    match scheme {
-        "unix" => {
-            if tls {
-                return Err("TLS needs a tcp:// endpoint".into());
+/// A `docker_endpoint` as written: `unix:///PATH`, or `tcp://`, `http://` or
+/// `https://HOST[:PORT]`; shown and compared as written. Whether TLS is used (and so the
+/// default port) also depends on whether TLS files are configured: [`DockerUrl::endpoint`].
+#[derive(Clone, Debug)]
+pub struct DockerUrl {
+    text: String,
+    target: DockerTarget,
+}
+
+#[derive(Clone, Debug)]
+enum DockerTarget {
+    Unix(PathBuf),
+    Tcp {
+        host: String,
+        /// `None`: 2375, or 2376 with TLS.
+        port: Option<u16>,
+        https: bool,
+    },
+}
+
+impl DockerUrl {
+    pub fn parse(text: &str) -> Result<DockerUrl, String> {
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("\"{text}\" is not unix:///PATH or tcp://HOST:PORT"))?;
+        let target = match scheme {
+            "unix" if rest.is_empty() => return Err("the socket path is empty".into()),
+            "unix" => DockerTarget::Unix(PathBuf::from(rest)),
+            "tcp" | "http" | "https" => {
+                let authority = rest.trim_end_matches('/');
+                let given = match HostPort::split(authority) {
+                    HostPort::Plain { port, .. } | HostPort::Bracketed { port, .. } => {
+                        port.is_some()
+                    }
+                    HostPort::Colons | HostPort::Unclosed => false,
+                };
+                // The default stands in only to check the rest; it is chosen at start.
+                let (host, port) = split_host_port(authority, Some(2375))?;
+                DockerTarget::Tcp {
+                    host,
+                    port: given.then_some(port),
+                    https: scheme == "https",
+                }
             }
-            if rest.is_empty() {
-                return Err("the socket path is empty".into());
+            other => {
+                return Err(format!(
+                    "unknown scheme \"{other}\"; expected unix:// or tcp://"
+                ))
             }
-            Ok(DockerEndpoint::Unix(PathBuf::from(rest)))
+        };
+        Ok(DockerUrl {
+            text: text.to_owned(),
+            target,
+        })
+    }
+
+    /// The daemon's socket on a default installation, [`DOCKER_DEFAULT_ENDPOINT`].
+    pub fn local() -> DockerUrl {
+        DockerUrl {
+            text: DOCKER_DEFAULT_ENDPOINT.to_owned(),
+            target: DockerTarget::Unix(PathBuf::from("/var/run/docker.sock")),
         }
-        "tcp" | "http" | "https" => {
-            let tls_wanted = tls || scheme == "https";
-            let default_port = if tls_wanted { 2376 } else { 2375 };
-            let (host, port) = split_host_port(rest.trim_end_matches('/'), Some(default_port))?;
-            Ok(DockerEndpoint::Tcp {
-                host,
-                port,
-                tls_wanted,
-            })
+    }
+
+    /// Where to connect; `tls` says whether TLS files are configured.
+    pub fn endpoint(&self, tls: bool) -> Result<DockerEndpoint, String> {
+        match &self.target {
+            DockerTarget::Unix(_) if tls => Err("TLS needs a tcp:// endpoint".into()),
+            DockerTarget::Unix(path) => Ok(DockerEndpoint::Unix(path.clone())),
+            DockerTarget::Tcp { host, port, https } => {
+                let tls_wanted = tls || *https;
+                let default_port = if tls_wanted { 2376 } else { 2375 };
+                Ok(DockerEndpoint::Tcp {
+                    host: host.clone(),
+                    port: port.unwrap_or(default_port),
+                    tls_wanted,
+                })
+            }
         }
-        other => Err(format!(
-            "unknown scheme \"{other}\"; expected unix:// or tcp://"
-        )),
     }
 }
+
+shown_as_written!(DockerUrl, text);
 
 /// `consul_tls_*`, as [`prefixed_tls`].
 fn consul_tls<S: Serializer>(
@@ -358,4 +411,50 @@ fn prefixed_tls<S: Serializer>(
         }
     }
     map.end()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_are_read_once_and_shown_as_written() {
+        let agent = ConsulAgent::parse("[::1]").expect("agent");
+        assert_eq!(
+            (agent.host.as_str(), agent.port),
+            ("::1", CONSUL_DEFAULT_PORT)
+        );
+        assert_eq!(agent.to_string(), "[::1]");
+        let etcd = EtcdEndpoint::parse("https://etcd:2380/").expect("endpoint");
+        assert_eq!(
+            (etcd.https, etcd.host.as_str(), etcd.port),
+            (true, "etcd", 2380)
+        );
+        assert_eq!(etcd.to_string(), "https://etcd:2380/");
+        assert!(EtcdEndpoint::parse("unix:///x").is_err());
+    }
+
+    #[test]
+    fn a_docker_endpoint_takes_its_default_port_from_tls() {
+        let tcp = DockerUrl::parse("tcp://d").expect("url");
+        let port = |url: &DockerUrl, tls| match url.endpoint(tls) {
+            Ok(DockerEndpoint::Tcp {
+                port, tls_wanted, ..
+            }) => (port, tls_wanted),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(port(&tcp, false), (2375, false));
+        assert_eq!(port(&tcp, true), (2376, true));
+        let https = DockerUrl::parse("https://d").expect("url");
+        assert_eq!(port(&https, false), (2376, true));
+        assert_eq!(
+            port(&DockerUrl::parse("tcp://d:9").expect("url"), true),
+            (9, true)
+        );
+        assert_eq!(DockerUrl::local().to_string(), DOCKER_DEFAULT_ENDPOINT);
+        assert!(DockerUrl::local().endpoint(true).is_err());
+        for bad in ["docker.sock", "unix://", "ftp://h:1", "tcp://h:0"] {
+            assert!(DockerUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -21,11 +21,11 @@ use super::http_client::{self, Endpoint, HttpClient, Request};
 use super::list::distinct;
 use super::{BoxFuture, DiscoveryError, Source};
 use crate::backend::BackendSpec;
-use crate::config::registries::{docker_endpoint, DockerEndpoint};
+use crate::config::registries::DockerEndpoint;
 use crate::tls::client_config;
 
 pub use crate::config::registries::{
-    DockerParams, DOCKER_DEFAULT_ENDPOINT as DEFAULT_ENDPOINT,
+    DockerParams, DockerUrl, DOCKER_DEFAULT_ENDPOINT as DEFAULT_ENDPOINT,
     DOCKER_DEFAULT_TIMEOUT as DEFAULT_TIMEOUT,
 };
 
@@ -50,7 +50,10 @@ impl DockerSource {
                 "docker_container_private_port must be 1 to 65535".into(),
             ));
         }
-        let endpoint = docker_endpoint(&params.endpoint, params.tls.is_some()).map_err(invalid)?;
+        let endpoint = params
+            .endpoint
+            .endpoint(params.tls.is_some())
+            .map_err(invalid)?;
         let (endpoint, fallback_host) = match endpoint {
             DockerEndpoint::Unix(path) => (Endpoint::Unix(path), "127.0.0.1".to_owned()),
             DockerEndpoint::Tcp {
@@ -225,7 +228,7 @@ mod tests {
     fn endpoints() {
         let source = |endpoint: &str| {
             let mut params = DockerParams::new(80);
-            params.endpoint = endpoint.into();
+            params.endpoint = DockerUrl::parse(endpoint).map_err(DiscoveryError::Invalid)?;
             DockerSource::new(params)
         };
         let unix = source("unix:///run/docker.sock").expect("unix");

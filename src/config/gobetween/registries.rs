@@ -7,7 +7,7 @@ use super::discovery::{optional, required};
 use super::reader::{resolve, Ctx, Section};
 use crate::config::discovery::*;
 use crate::config::error::join;
-use crate::config::registries::{docker_endpoint, ConsulAgent, DockerEndpoint, EtcdEndpoint};
+use crate::config::registries::{ConsulAgent, DockerEndpoint, DockerUrl, EtcdEndpoint};
 use crate::config::{ClientTlsFiles, ConsulParams, DockerParams, EtcdParams, JsonPath};
 
 /// `PREFIX_tls_enabled` with its three paths: `Some` when enabled. A path given while TLS
@@ -177,24 +177,31 @@ pub(super) fn docker(
     let host_env = optional(ctx, sec, "docker_container_host_env_var");
     let tls = client_tls(ctx, sec, "docker");
     let mut params = DockerParams::new(port?);
-    if let Some(endpoint) = endpoint? {
-        params.endpoint = endpoint;
-    }
     params.container_label = label?;
     params.container_host_env_var = host_env?;
     params.timeout = common.timeout;
     // The source's own check of the endpoint, without TLS files (read when it starts).
-    let checked = docker_endpoint(&params.endpoint, false).and_then(|endpoint| match endpoint {
-        DockerEndpoint::Tcp {
-            tls_wanted: true, ..
-        } => system_trust("docker"),
-        _ => Ok(()),
-    });
-    if let Err(message) = checked {
-        let at = endpoint_at.unwrap_or(sec.at);
-        let path = join(&sec.path, "docker_endpoint");
-        ctx.error(at, &path, message);
-        return None;
+    let checked = endpoint?
+        .map(|text| DockerUrl::parse(&text))
+        .transpose()
+        .and_then(|url| {
+            let url = url.unwrap_or_else(DockerUrl::local);
+            if let DockerEndpoint::Tcp {
+                tls_wanted: true, ..
+            } = url.endpoint(false)?
+            {
+                system_trust("docker")?;
+            }
+            Ok(url)
+        });
+    match checked {
+        Ok(url) => params.endpoint = url,
+        Err(message) => {
+            let at = endpoint_at.unwrap_or(sec.at);
+            let path = join(&sec.path, "docker_endpoint");
+            ctx.error(at, &path, message);
+            return None;
+        }
     }
     params.tls = tls?;
     Some(params)
