@@ -323,8 +323,19 @@ impl Half {
             if self.read_eof {
                 return self.poll_finish(cx, to, other_done);
             }
-            // Wait for readability with no buffer; borrow one only to read.
-            ready!(from.poll_read_ready(cx)).map_err(HalfError::Read)?;
+            // Wait for readability with no buffer; borrow one only to read. Until then,
+            // push out what a TLS writer still holds: its socket may have been full when
+            // the last bytes were written, and nothing else would write them.
+            if from
+                .poll_read_ready(cx)
+                .map_err(HalfError::Read)?
+                .is_pending()
+            {
+                return match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(Err(e)) => Poll::Ready(Err(HalfError::Write(e))),
+                    Poll::Ready(Ok(())) | Poll::Pending => Poll::Pending,
+                };
+            }
             let mut buf = take_buffer();
             let mut read_buf = ReadBuf::new(&mut buf[..]);
             // `poll_read` (unlike `try_read`) treats a short read as "drained", which

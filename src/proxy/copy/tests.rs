@@ -103,6 +103,50 @@ async fn bytes_a_writer_holds_go_out_once_the_reader_has_no_more() {
     assert_eq!(from_backend.load(Ordering::Relaxed), 5);
 }
 
+/// A TLS writer whose socket was full keeps the end of a reply; once the client reads,
+/// it must be written even though the backend, quiet now, never becomes readable again.
+#[tokio::test]
+async fn bytes_a_writer_could_not_flush_go_out_when_its_socket_drains() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    let mut backend_far = TcpStream::connect(addr).await.expect("connect");
+    let (backend, _) = listener.accept().await.expect("accept");
+    // Room for 16 bytes at a time: the writer's flush stops short until the client reads.
+    let (client, mut client_far) = duplex(16);
+    let client = Holding {
+        inner: client,
+        held: Vec::new(),
+    };
+    let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = pin!(std::future::pending::<()>());
+    let relay = Relay::new(
+        client,
+        backend,
+        None,
+        stopped,
+        counters(&to_backend, &from_backend),
+    );
+    let reply = [7u8; 64];
+    let exchange = async {
+        backend_far.write_all(&reply).await.expect("write");
+        // The backend keeps the connection open and sends nothing more.
+        let mut got = [0u8; 64];
+        client_far.read_exact(&mut got).await.expect("read");
+        got
+    };
+    let got = tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::select! {
+            result = relay => panic!("relay ended: {:?}", result.reason),
+            got = exchange => got,
+        }
+    })
+    .await
+    .expect("the whole reply reached the client");
+    assert_eq!(got, reply);
+}
+
 #[tokio::test]
 async fn an_idle_relay_holds_no_buffer() {
     let (client, _client_far) = duplex(1024);
