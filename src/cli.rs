@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand};
 use tracing::{info, warn};
 
@@ -287,11 +287,16 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
             start_api(api, Arc::clone(&control)).await?;
         }
         if let Some(metrics) = metrics {
-            let listener = tokio::net::TcpListener::bind(metrics.bind)
+            let bind = metrics
+                .bind
+                .resolve()
+                .await
+                .map_err(|e| anyhow!("metrics: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(bind)
                 .await
                 .with_context(|| format!("metrics: cannot listen on {}", metrics.bind))?;
             // The address bound: port 0 in the file stands for the one the system picked.
-            let addr = listener.local_addr().unwrap_or(metrics.bind);
+            let addr = listener.local_addr().unwrap_or(bind);
             info!(url = %format!("http://{addr}/metrics"), "metrics endpoint listening");
             let runtime = Arc::clone(&runtime);
             tokio::spawn(async move { crate::metrics::serve(listener, metrics, runtime).await });
@@ -328,7 +333,12 @@ pub async fn start_api(
         Some(files) => Some(crate::tls::server_config(files, &[b"http/1.1"]).context("api.tls")?),
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.bind)
+    let bind = config
+        .bind
+        .resolve()
+        .await
+        .map_err(|e| anyhow!("api: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(bind)
         .await
         .with_context(|| format!("api: cannot listen on {}", config.bind))?;
     let addr = listener.local_addr()?;

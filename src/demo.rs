@@ -42,7 +42,7 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<ExitCode> {
         }
         let bind = free_or_any(listen);
         let api_bind = free_or_any(SocketAddr::new(listen.ip(), DEMO_API_PORT));
-        let api = ApiConfig::plain(api_bind);
+        let api = ApiConfig::plain(api_bind.into());
         let config = demo_config(bind, backends, api.clone());
         let runtime = Arc::new(Runtime::start(config).await?);
         let addr = runtime.local_addrs().await["demo"];

@@ -40,7 +40,7 @@ impl Served {
             .await
             .expect("bind metrics");
         let metrics = listener.local_addr().expect("metrics address");
-        let config = sluice::config::MetricsConfig::plain(metrics);
+        let config = sluice::config::MetricsConfig::plain(metrics.into());
         tokio::spawn(sluice::metrics::serve(
             listener,
             config,

@@ -4,12 +4,9 @@
 //! Both refuse to listen beyond loopback without credentials unless told
 //! `insecure_public = true`, and both read credentials and allowed host names alike.
 
-use std::net::SocketAddr;
-
 use serde::{Serialize, Serializer};
 
-use super::secrets;
-use super::TlsFiles;
+use super::{secrets, write_as, Bind, TlsFiles};
 
 /// Default address of the REST API (GoBetween's).
 pub const DEFAULT_API_BIND: &str = "127.0.0.1:8888";
@@ -19,7 +16,9 @@ pub const DEFAULT_METRICS_BIND: &str = "127.0.0.1:9284";
 /// `[api]`, when `enabled = true`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ApiConfig {
-    pub bind: SocketAddr,
+    /// An address, or a host name resolved when the API starts.
+    #[serde(serialize_with = "write_as::shown")]
+    pub bind: Bind,
     /// `[api.basic_auth]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
@@ -77,7 +76,7 @@ pub const DEFAULT_API_MAX_CONNECTIONS: u32 = 64;
 impl ApiConfig {
     /// The API on `bind` with every option off: no authentication, TLS, CORS or
     /// persistence (what `[api] enabled = true` alone gives).
-    pub fn plain(bind: SocketAddr) -> Self {
+    pub fn plain(bind: Bind) -> Self {
         ApiConfig {
             bind,
             basic_auth: None,
@@ -107,7 +106,9 @@ pub struct BasicAuth {
 /// `[metrics]`, when `enabled = true`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct MetricsConfig {
-    pub bind: SocketAddr,
+    /// An address, or a host name resolved when the endpoint starts.
+    #[serde(serialize_with = "write_as::shown")]
+    pub bind: Bind,
     /// `[metrics.basic_auth]`: Prometheus's `basic_auth`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
@@ -125,7 +126,7 @@ pub struct MetricsConfig {
 
 impl MetricsConfig {
     /// The metrics endpoint on `bind`, open, as `[metrics] enabled = true` alone gives.
-    pub fn plain(bind: SocketAddr) -> Self {
+    pub fn plain(bind: Bind) -> Self {
         MetricsConfig {
             bind,
             basic_auth: None,

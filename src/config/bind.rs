@@ -59,23 +59,33 @@ impl Bind {
     }
 }
 
-/// The configuration `loaded` from `path` with the host name of every server's `bind`
-/// resolved now, each one that does not resolve reported as the configuration check
-/// reports a problem, at its `bind`. For `sluice check`; a running server resolves its
-/// own when it starts.
+/// The configuration `loaded` from `path` with the host name of every `bind` (the
+/// servers', the API's and the metrics endpoint's) resolved now, each one that does not
+/// resolve reported as the configuration check reports a problem, at its `bind`. For
+/// `sluice check`; a running server or endpoint resolves its own when it starts.
 pub fn resolve_names(loaded: &Loaded, path: &Path) -> Result<Config, ConfigErrors> {
     let mut resolved = loaded.config.clone();
-    let mut errors = Vec::new();
+    let mut binds: Vec<(String, &mut Bind)> = Vec::new();
+    if let Some(api) = &mut resolved.api {
+        binds.push(("api.bind".to_owned(), &mut api.bind));
+    }
+    if let Some(metrics) = &mut resolved.metrics {
+        binds.push(("metrics.bind".to_owned(), &mut metrics.bind));
+    }
     for (name, server) in &mut resolved.servers {
-        match server.bind.resolve_blocking() {
-            Ok(addr) => server.bind = Bind::Addr(addr),
+        binds.push((format!("{}.bind", join("servers", name)), &mut server.bind));
+    }
+    let mut errors = Vec::new();
+    for (key, bind) in binds {
+        match bind.resolve_blocking() {
+            Ok(addr) => *bind = Bind::Addr(addr),
             Err(reason) => {
-                let (line, col) = loaded.binds_at.get(name).copied().unwrap_or_default();
+                let (line, col) = loaded.binds_at.get(&key).copied().unwrap_or_default();
                 errors.push(ConfigError {
                     path: path.to_path_buf(),
                     line,
                     col,
-                    message: format!("{}.bind: {reason}", join("servers", name)),
+                    message: format!("{key}: {reason}"),
                 });
             }
         }
@@ -83,6 +93,7 @@ pub fn resolve_names(loaded: &Loaded, path: &Path) -> Result<Config, ConfigError
     if errors.is_empty() {
         Ok(resolved)
     } else {
+        errors.sort_by_key(|e| (e.line, e.col));
         Err(ConfigErrors(errors))
     }
 }
@@ -144,12 +155,6 @@ pub(crate) fn parse_bind(s: &str) -> Result<Bind, String> {
         host: host.to_owned(),
         port,
     })
-}
-
-/// As [`parse_bind`], a host name resolved now (the API and metrics endpoints, which
-/// listen before any server starts).
-pub(crate) fn parse_bind_now(s: &str) -> Result<SocketAddr, String> {
-    parse_bind(s)?.resolve_blocking()
 }
 
 /// The text that parses back into the same `Bind`.

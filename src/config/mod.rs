@@ -402,8 +402,9 @@ pub struct Loaded {
     pub config: Config,
     /// Accepted but worth changing: legacy GoBetween keys, ignored sections.
     pub warnings: Vec<Warning>,
-    /// Where each server's `bind` is written (line and column), for what is found about
-    /// it after validation: a host name that does not resolve (see [`resolve_names`]).
+    /// Where each `bind` is written (line and column), by its key path
+    /// (`servers.web.bind`, `api.bind`, `metrics.bind`), for what is found about it after
+    /// validation: a host name that does not resolve (see [`resolve_names`]).
     pub binds_at: BTreeMap<String, (usize, usize)>,
 }
 

@@ -2,11 +2,10 @@
 //! names, and the check that neither listens beyond loopback without credentials unless
 //! told `insecure_public = true`.
 
-use std::net::SocketAddr;
-
 use super::reader::{Ctx, Field, Section};
-use crate::config::bind::parse_bind_now;
+use crate::config::bind::parse_bind;
 use crate::config::error::join;
+use crate::config::Bind;
 use crate::config::{
     ApiConfig, BasicAuth, Cors, MetricsConfig, TlsFiles, DEFAULT_API_BIND,
     DEFAULT_API_MAX_CONNECTIONS, DEFAULT_METRICS_BIND,
@@ -38,13 +37,14 @@ pub(crate) const BASIC_AUTH_KEYS: &[&str] = &["login", "password"];
 pub(crate) const FILES_KEYS: &[&str] = &["cert_path", "key_path"];
 
 /// `[api]`; `None` unless `enabled = true`.
-pub(super) fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
+/// With where its `bind` is (the section, when left out).
+pub(super) fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<(ApiConfig, usize)> {
     let mut sec = ctx.table(field)?;
     let enabled = flag(ctx, &mut sec, "enabled");
     let bind_field = sec.take("bind");
     let bind = match &bind_field {
-        Some(f) => ctx.parse(f, "an address string", parse_bind_now)?,
-        None => parse_bind_now(DEFAULT_API_BIND).ok()?,
+        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
+        None => parse_bind(DEFAULT_API_BIND).ok()?,
     };
     let (basic_auth, bearer_token) = credentials(ctx, &mut sec);
     let tls = sec.take("tls").and_then(|f| tls(ctx, &f));
@@ -65,28 +65,29 @@ pub(super) fn api(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<ApiConfig> {
         tls,
     };
     sec.finish(ctx, API_KEYS);
+    let at = bind_field.as_ref().map_or(ctx.table_at(field), |f| f.at);
     if enabled {
-        let at = bind_field.as_ref().map_or(ctx.table_at(field), |f| f.at);
         let public = Public {
             what: "API",
-            bind,
+            bind: api.bind.clone(),
             has_auth: api.has_auth(),
             tls: api.tls.is_some(),
             insecure_public: api.insecure_public,
         };
         public.check(ctx, at, &join(field.path(), "bind"));
     }
-    enabled.then_some(api)
+    enabled.then_some((api, at))
 }
 
 /// `[metrics]`; `None` unless `enabled = true`.
-pub(super) fn metrics(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<MetricsConfig> {
+/// With where its `bind` is (the section, when left out).
+pub(super) fn metrics(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<(MetricsConfig, usize)> {
     let mut sec = ctx.table(field)?;
     let enabled = flag(ctx, &mut sec, "enabled");
     let bind_field = sec.take("bind");
     let bind = match &bind_field {
-        Some(f) => ctx.parse(f, "an address string", parse_bind_now)?,
-        None => parse_bind_now(DEFAULT_METRICS_BIND).ok()?,
+        Some(f) => ctx.parse(f, "an address string", parse_bind)?,
+        None => parse_bind(DEFAULT_METRICS_BIND).ok()?,
     };
     let (basic_auth, bearer_token) = credentials(ctx, &mut sec);
     let metrics = MetricsConfig {
@@ -97,18 +98,18 @@ pub(super) fn metrics(ctx: &mut Ctx<'_>, field: &Field<'_>) -> Option<MetricsCon
         allowed_hosts: allowed_hosts(ctx, &mut sec),
     };
     sec.finish(ctx, METRICS_KEYS);
+    let at = bind_field.as_ref().map_or(ctx.table_at(field), |f| f.at);
     if enabled {
-        let at = bind_field.as_ref().map_or(ctx.table_at(field), |f| f.at);
         let public = Public {
             what: "metrics endpoint",
-            bind,
+            bind: metrics.bind.clone(),
             has_auth: metrics.basic_auth.is_some() || metrics.bearer_token.is_some(),
             tls: false,
             insecure_public: metrics.insecure_public,
         };
         public.check(ctx, at, &join(field.path(), "bind"));
     }
-    enabled.then_some(metrics)
+    enabled.then_some((metrics, at))
 }
 
 fn flag(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> bool {
@@ -118,7 +119,7 @@ fn flag(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> bool {
 /// What decides whether an endpoint may listen beyond this host.
 struct Public {
     what: &'static str,
-    bind: SocketAddr,
+    bind: Bind,
     has_auth: bool,
     tls: bool,
     insecure_public: bool,
@@ -130,7 +131,13 @@ impl Public {
     fn check(&self, ctx: &mut Ctx<'_>, at: usize, path: &str) {
         let Public { what, bind, .. } = self;
         let section = path.split('.').next().unwrap_or(path);
-        if bind.ip().is_loopback() {
+        // Nothing is resolved while reading: a host name other than `localhost` counts
+        // as beyond this host.
+        let loopback = match bind {
+            Bind::Addr(addr) => addr.ip().is_loopback(),
+            Bind::Name { host, .. } => host.eq_ignore_ascii_case("localhost"),
+        };
+        if loopback {
             return;
         }
         if !self.has_auth && !self.insecure_public {

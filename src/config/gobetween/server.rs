@@ -81,6 +81,8 @@ struct Options {
 
 /// Builds the configuration, with where each server's `bind` is written (in file
 /// order); meaningful only if `ctx` collected no error.
+/// The configuration, with where each `bind` is written, by its key path
+/// (`servers.web.bind`, `api.bind`).
 pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, usize)>) {
     let mut config = Config::default();
     let Some(mut top) = Section::root(root) else {
@@ -94,11 +96,14 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, us
     if let Some(sec) = top.take("logging").and_then(|f| ctx.table(&f)) {
         config.logging = logging(ctx, sec);
     }
-    if let Some(field) = top.take("api") {
-        config.api = admin::api(ctx, &field);
+    let mut binds_at = Vec::new();
+    if let Some((api, at)) = top.take("api").and_then(|f| admin::api(ctx, &f)) {
+        config.api = Some(api);
+        binds_at.push(("api.bind".to_owned(), at));
     }
-    if let Some(field) = top.take("metrics") {
-        config.metrics = admin::metrics(ctx, &field);
+    if let Some((metrics, at)) = top.take("metrics").and_then(|f| admin::metrics(ctx, &f)) {
+        config.metrics = Some(metrics);
+        binds_at.push(("metrics.bind".to_owned(), at));
     }
     let defaults = top
         .take("defaults")
@@ -132,7 +137,11 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, us
         );
     }
     top.finish(ctx, TOP_KEYS);
-    (config, read)
+    let servers = read
+        .into_iter()
+        .map(|(name, at)| (format!("{}.bind", join("servers", &name)), at));
+    binds_at.extend(servers);
+    (config, binds_at)
 }
 
 fn logging(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> LoggingConfig {

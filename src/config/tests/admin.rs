@@ -145,3 +145,31 @@ fn server_names_that_could_pass_for_something_else_are_refused() {
         assert!(parse(&named(good), Path::new("t.json")).is_ok(), "{good:?}");
     }
 }
+
+#[test]
+fn admin_bind_names_are_kept_and_resolved_when_the_endpoint_starts() {
+    let named = ok(&format!(
+        "[api]\nenabled = true\nbind = \"localhost:0\"\n[metrics]\nenabled = true\n\
+         bind = \"no-such-host.invalid:9284\"\nbearer_token = \"t\"\n{WEB}"
+    ));
+    let api = named.config.api.expect("api");
+    assert_eq!(
+        api.bind,
+        Bind::Name {
+            host: "localhost".into(),
+            port: 0
+        }
+    );
+    assert_eq!(
+        named.config.metrics.expect("metrics").bind.to_string(),
+        "no-such-host.invalid:9284"
+    );
+    // A name other than localhost may lead anywhere: it needs credentials.
+    let open = format!("[api]\nenabled = true\nbind = \"admin.example:8888\"\n{WEB}");
+    assert_eq!(
+        errors(&open),
+        "t.toml:3:1: api.bind: the API would listen on admin.example:8888, beyond this host, \
+         with no authentication; add [api.basic_auth] or bearer_token, or set \
+         insecure_public = true"
+    );
+}

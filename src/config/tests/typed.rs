@@ -75,3 +75,19 @@ fn a_bind_name_that_does_not_resolve_is_reported_at_its_bind() {
     let bind = resolved.servers["web"].bind.addr().expect("an address");
     assert!(bind.ip().is_loopback(), "{bind}");
 }
+
+/// The same for the API's and the metrics endpoint's `bind`, which are kept as written
+/// too and resolved when the endpoint starts.
+#[test]
+fn an_admin_bind_name_that_does_not_resolve_is_reported_at_its_bind() {
+    let text =
+        "[api]\nenabled = true\nbind = \"no-such-host.invalid:8888\"\nbearer_token = \"t\"\n\
+                [servers.web]\nbind = \"127.0.0.1:80\"\n\
+                discovery = { kind = \"static\", static_list = [\"127.0.0.1:8000\"] }\n";
+    let path = Path::new("in.toml");
+    let loaded = parse(text, path).expect("validation resolves nothing");
+    let errors = resolve_names(&loaded, path).expect_err("no such host");
+    let expected = "in.toml:3:1: api.bind: cannot resolve \"no-such-host.invalid\" \
+                    in bind \"no-such-host.invalid:8888\": ";
+    assert!(errors.to_string().starts_with(expected), "{errors}");
+}
