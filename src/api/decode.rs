@@ -77,13 +77,17 @@ impl BackendOptions {
                     options.max_connections = Some(Some(number(field, v, 0)?).filter(|&n| n > 0));
                 }
                 "backup" => {
-                    let backup = v.as_bool().ok_or_else(|| bad(field, "expected true or false".into()))?;
+                    let backup = v
+                        .as_bool()
+                        .ok_or_else(|| bad(field, "expected true or false".into()))?;
                     options.backup = Some(backup);
                 }
                 "sni" => {
                     let sni = match v {
                         Value::Null => None,
-                        Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => Some(s.clone()),
+                        Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => {
+                            Some(s.clone())
+                        }
                         _ => return Err(bad(field, "expected a host name or null".into())),
                     };
                     options.sni = Some(sni);
@@ -91,24 +95,35 @@ impl BackendOptions {
                 "alpn" => {
                     let alpn = match v {
                         Value::Null => None,
-                        Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => Some(s.clone()),
+                        Value::String(s) if !s.is_empty() && !s.contains(char::is_whitespace) => {
+                            Some(s.clone())
+                        }
                         _ => return Err(bad(field, "expected a protocol name or null".into())),
                     };
                     options.alpn = Some(alpn);
                 }
                 "state" => {
-                    let state = v.as_str().ok_or_else(|| bad(field, "expected \"enabled\", \"disabled\" or \"drain\"".into()))?;
+                    let state = v.as_str().ok_or_else(|| {
+                        bad(
+                            field,
+                            "expected \"enabled\", \"disabled\" or \"drain\"".into(),
+                        )
+                    })?;
                     options.state = Some(state.parse().map_err(|e: String| bad(field, e))?);
                 }
                 "deadline" => {
-                    let text = v.as_str().ok_or_else(|| bad(field, "expected a duration such as \"30s\"".into()))?;
-                    options.deadline = Some(config::parse_duration(text).map_err(|e| bad(field, e))?);
+                    let text = v
+                        .as_str()
+                        .ok_or_else(|| bad(field, "expected a duration such as \"30s\"".into()))?;
+                    options.deadline =
+                        Some(config::parse_duration(text).map_err(|e| bad(field, e))?);
                 }
                 other => {
+                    let known = config::BACKEND_OPTIONS.join(", ");
                     return Err(bad(
                         other,
-                        format!("unknown field \"{other}\"; expected weight, priority, max_connections, backup, sni, alpn, state or deadline"),
-                    ))
+                        format!("unknown field \"{other}\"; expected {known} or deadline"),
+                    ));
                 }
             }
         }
@@ -263,5 +278,43 @@ pub(super) fn conflict_or(status: StatusCode, message: &str) -> StatusCode {
         StatusCode::CONFLICT
     } else {
         status
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The API takes every option a backend line takes, under the same name, and no
+    /// other (besides its own `deadline`): the names are declared once, in
+    /// [`config::BACKEND_OPTIONS`].
+    #[test]
+    fn backend_bodies_take_the_declared_options() {
+        let sample = |name: &str| match name {
+            "weight" | "priority" | "max_connections" => "2",
+            "backup" => "true",
+            "sni" => "\"a.example\"",
+            "alpn" => "\"h2\"",
+            "state" => "\"disabled\"",
+            other => panic!("the API body does not take the backend option {other}"),
+        };
+        let mut spec = BackendSpec::new("b", 1);
+        for name in config::BACKEND_OPTIONS {
+            let body = format!("{{\"{name}\": {}}}", sample(name));
+            let options = BackendOptions::from_body(body.as_bytes(), true)
+                .unwrap_or_else(|e| panic!("{name}: {}", e.message));
+            options.apply(&mut spec);
+        }
+        let line: BackendSpec = spec.to_string().parse().expect("the line reads back");
+        assert_eq!(line, spec);
+        assert!(spec.backup && spec.weight == 2 && spec.admin == AdminState::Disabled);
+        let unknown = BackendOptions::from_body(b"{\"colour\": 1}", true)
+            .err()
+            .expect("an unknown option");
+        let expected = format!(
+            "unknown field \"colour\"; expected {} or deadline",
+            config::BACKEND_OPTIONS.join(", ")
+        );
+        assert_eq!(unknown.message, expected);
     }
 }

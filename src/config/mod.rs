@@ -43,6 +43,7 @@ mod patterns;
 pub mod registries;
 mod secrets;
 mod static_list;
+pub use static_list::BACKEND_OPTIONS;
 #[cfg(test)]
 mod tests;
 mod write_as;

@@ -48,14 +48,27 @@ impl FromStr for BackendSpec {
     }
 }
 
-/// The options written `name=value`.
-const VALUED_OPTIONS: [&str; 6] = [
+/// Every option a backend takes, declared once: a backend line writes them
+/// (`weight=2`, `backup`), and the API's backend bodies take the same names (its test
+/// checks them against this list).
+pub const BACKEND_OPTIONS: [&str; 7] = [
     "weight",
     "priority",
     "max_connections",
+    "backup",
     "sni",
     "alpn",
     "state",
+];
+
+/// The options a line writes `name=value` (all but the `backup` flag).
+const VALUED_OPTIONS: [&str; 6] = [
+    BACKEND_OPTIONS[0],
+    BACKEND_OPTIONS[1],
+    BACKEND_OPTIONS[2],
+    BACKEND_OPTIONS[4],
+    BACKEND_OPTIONS[5],
+    BACKEND_OPTIONS[6],
 ];
 
 impl BackendSpec {
