@@ -110,22 +110,22 @@ const UNSUPPORTED: &[(Place, &str, &str)] = &[
     ),
 ];
 
-/// Reports every unsupported GoBetween section of `sec`. A top-level section that only
-/// says `enabled = false` is accepted with a warning, to ease migrations.
+/// Reports every unsupported GoBetween section of `sec` that is enabled. A section that
+/// is off (`enabled = false`, or no `enabled = true`: GoBetween's default) asks for
+/// nothing Sluice lacks, so a GoBetween file keeps working unchanged; it is accepted
+/// without a word.
 pub(crate) fn reject_unsupported(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
     for (_, key, what) in UNSUPPORTED.iter().filter(|(p, _, _)| *p == place) {
         let Some(field) = sec.take(key) else { continue };
         let path = field.path().to_owned();
-        let only_disables = matches!(&field.node.value, Value::Table(entries)
-            if entries.len() == 1
-                && entries[0].key == "enabled"
-                && matches!(entries[0].node.value, Value::Bool(false)));
-        let at = ctx.table_at(&field);
-        if place == Place::Top && only_disables {
-            let message =
-                format!("[{path}] only disables {what}, which Sluice does not have yet; ignored");
-            ctx.warn(at, &path, message);
-        } else {
+        let enabled = match &field.node.value {
+            Value::Table(entries) => entries
+                .iter()
+                .any(|e| e.key == "enabled" && !matches!(e.node.value, Value::Bool(false))),
+            _ => true,
+        };
+        if enabled {
+            let at = ctx.table_at(&field);
             ctx.error(at, &path, format!("[{path}] is not supported yet ({what})"));
         }
     }

@@ -173,3 +173,23 @@ fn admin_bind_names_are_kept_and_resolved_when_the_endpoint_starts() {
          insecure_public = true"
     );
 }
+
+/// A section of a GoBetween feature Sluice lacks is nothing to report while it is off,
+/// and an error naming it when it is on.
+#[test]
+fn unsupported_gobetween_sections_matter_only_when_enabled() {
+    for off in [
+        "[profiler]\nenabled = false\nbind = \":6060\"\n",
+        "[profiler]\nbind = \":6060\"\n",
+        "[acme]\nenabled = false\nchallenge = \"http\"\n",
+    ] {
+        let loaded = ok(&format!("{off}{WEB}"));
+        assert!(loaded.warnings.is_empty(), "{off}: {:?}", loaded.warnings);
+    }
+    assert_eq!(
+        errors(&format!(
+            "[profiler]\nenabled = true\nbind = \":6060\"\n{WEB}"
+        )),
+        "t.toml:1:1: profiler: [profiler] is not supported yet (the profiler)"
+    );
+}
