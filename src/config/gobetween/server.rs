@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use super::admin;
 use super::discovery::discovery;
-use super::file::Node;
+use super::file::{Node, Value};
 use super::health::healthcheck;
 use super::legacy::{self, Place};
 use super::reader::{resolve, Ctx, Field, Section};
@@ -196,8 +196,29 @@ fn options(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Options {
     }
 }
 
+/// `balance = "NAME"`; or the `[servers.NAME.balance]` table with `strategy = "NAME"`
+/// that published GoBetween examples write, accepted with a warning naming the key.
 fn balance(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BalanceKind> {
-    ctx.parse(f, "a string", |s| s.parse::<BalanceKind>())
+    if !matches!(f.node.value, Value::Table(_)) {
+        return ctx.parse(f, "a string", |s| s.parse::<BalanceKind>());
+    }
+    let at = ctx.table_at(f);
+    let mut sec = ctx.table(f)?;
+    let strategy = sec.take("strategy");
+    sec.finish(ctx, &["strategy"]);
+    let Some(strategy) = strategy else {
+        let message = "expected a string such as \"roundrobin\", or a table with strategy";
+        ctx.error(at, f.path(), message);
+        return None;
+    };
+    let kind = ctx.parse(&strategy, "a string", |s| s.parse::<BalanceKind>())?;
+    let message = format!(
+        "a [{}] table with strategy is an older GoBetween form; write balance = \"{}\"",
+        f.path(),
+        ctx.str(&strategy).unwrap_or_default()
+    );
+    ctx.warn(at, f.path(), message);
+    Some(kind)
 }
 
 /// The longest server name, in bytes.

@@ -193,3 +193,25 @@ fn unsupported_gobetween_sections_matter_only_when_enabled() {
         "t.toml:1:1: profiler: [profiler] is not supported yet (the profiler)"
     );
 }
+
+/// The `[servers.NAME.balance] strategy = "…"` table published GoBetween examples write
+/// works, with a warning naming the key to write instead.
+#[test]
+fn a_balance_table_with_strategy_is_read_with_a_warning() {
+    let text = "[servers.web]\nbind = \"127.0.0.1:3000\"\n\
+                [servers.web.balance]\nstrategy = \"leastconn\"\n\
+                [servers.web.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:8000\"]\n";
+    let loaded = ok(text);
+    assert_eq!(
+        loaded.config.servers["web"].balance,
+        crate::balance::BalanceKind::LeastConn
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert_eq!(
+        loaded.warnings[0].message,
+        "servers.web.balance: a [servers.web.balance] table with strategy is an older \
+         GoBetween form; write balance = \"leastconn\""
+    );
+    let unknown = text.replace("strategy = \"leastconn\"", "strategy = \"fastest\"");
+    assert!(errors(&unknown).contains("servers.web.balance.strategy"));
+}
