@@ -131,6 +131,13 @@ fn kind<'t>(ctx: &mut Ctx<'_>, sec: &mut Section<'t>) -> Option<(&'t str, usize)
     if KINDS.iter().any(|(k, _)| *k == kind) {
         return Some((kind, f.at));
     }
+    // Published GoBetween examples write `tcp` for the TCP connect check.
+    if kind == "tcp" {
+        let message = "kind \"tcp\" is read as \"ping\", GoBetween's name for the TCP \
+                       connect check; write kind = \"ping\"";
+        ctx.warn(f.at, f.path(), message);
+        return Some(("ping", f.at));
+    }
     let message = if legacy::is_unsupported_kind(Place::Healthcheck, kind) {
         format!("healthcheck kind \"{kind}\" is not supported yet")
     } else {

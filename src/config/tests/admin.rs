@@ -215,3 +215,23 @@ fn a_balance_table_with_strategy_is_read_with_a_warning() {
     let unknown = text.replace("strategy = \"leastconn\"", "strategy = \"fastest\"");
     assert!(errors(&unknown).contains("servers.web.balance.strategy"));
 }
+
+/// Healthcheck `kind = "tcp"`, as published GoBetween examples write it, is `ping` with a
+/// warning naming it.
+#[test]
+fn a_tcp_healthcheck_is_read_as_ping_with_a_warning() {
+    let text = "[servers.web]\nbind = \"127.0.0.1:3000\"\n\
+                [servers.web.healthcheck]\nkind = \"tcp\"\ninterval = \"5s\"\ntimeout = \"1s\"\n\
+                [servers.web.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:8000\"]\n";
+    let loaded = ok(text);
+    assert_eq!(
+        loaded.config.servers["web"].healthcheck.kind,
+        HealthKind::Ping
+    );
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    assert_eq!(
+        loaded.warnings[0].message,
+        "servers.web.healthcheck.kind: kind \"tcp\" is read as \"ping\", GoBetween's name \
+         for the TCP connect check; write kind = \"ping\""
+    );
+}
