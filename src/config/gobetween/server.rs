@@ -492,6 +492,15 @@ fn udp(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<UdpConfig> {
         max_requests: limit("max_requests"),
         max_responses: limit("max_responses"),
     };
+    // GoBetween's `transparent` (the client's address as the datagrams' source): off is
+    // what Sluice does; on is a feature it does not have yet, not an unknown key.
+    if let Some(f) = sec.take("transparent") {
+        if !matches!(f.node.value, Value::Bool(false)) {
+            let message = "transparent is not supported yet (the client's address as the \
+                           source towards backends)";
+            ctx.error(f.at, f.path(), message);
+        }
+    }
     sec.finish(ctx, UDP_KEYS);
     Some(config)
 }

@@ -235,3 +235,22 @@ fn a_tcp_healthcheck_is_read_as_ping_with_a_warning() {
          for the TCP connect check; write kind = \"ping\""
     );
 }
+
+/// GoBetween's `[servers.NAME.udp] transparent`: off is accepted, on is a feature Sluice
+/// does not have yet (not an unknown key).
+#[test]
+fn udp_transparent_is_not_supported_yet_when_on() {
+    let text = |value: &str| {
+        format!(
+            "[servers.dns]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\n\
+             [servers.dns.udp]\ntransparent = {value}\n\
+             [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:53\"]\n"
+        )
+    };
+    assert!(ok(&text("false")).warnings.is_empty());
+    assert_eq!(
+        errors(&text("true")),
+        "t.toml:5:1: servers.dns.udp.transparent: transparent is not supported yet (the \
+         client's address as the source towards backends)"
+    );
+}
