@@ -343,7 +343,9 @@ impl DockerUrl {
     pub fn local() -> DockerUrl {
         DockerUrl {
             text: DOCKER_DEFAULT_ENDPOINT.to_owned(),
-            target: DockerTarget::Unix(PathBuf::from("/var/run/docker.sock")),
+            target: DockerTarget::Unix(PathBuf::from(
+                DOCKER_DEFAULT_ENDPOINT.trim_start_matches("unix://"),
+            )),
         }
     }
 

@@ -69,6 +69,23 @@ impl Stream for Holding {
     }
 }
 
+/// Runs `exchange` while `relay` relays, within 5 s; the relay must not end first.
+async fn alongside<T>(
+    relay: impl Future<Output = CopyResult>,
+    exchange: impl Future<Output = T>,
+    what: &str,
+) -> T {
+    let both = async {
+        tokio::select! {
+            result = relay => panic!("relay ended: {:?}", result.reason),
+            got = exchange => got,
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(5), both)
+        .await
+        .unwrap_or_else(|_| panic!("timed out: {what}"))
+}
+
 #[tokio::test]
 async fn bytes_a_writer_holds_go_out_once_the_reader_has_no_more() {
     let (client, mut client_far) = duplex(64 * 1024);
@@ -91,14 +108,7 @@ async fn bytes_a_writer_holds_go_out_once_the_reader_has_no_more() {
         client_far.read_exact(&mut got).await.expect("read");
         got
     };
-    let got = tokio::time::timeout(Duration::from_secs(5), async {
-        tokio::select! {
-            result = relay => panic!("relay ended: {:?}", result.reason),
-            got = exchange => got,
-        }
-    })
-    .await
-    .expect("the held bytes were flushed");
+    let got = alongside(relay, exchange, "the held bytes were flushed").await;
     assert_eq!(&got, b"reply");
     assert_eq!(from_backend.load(Ordering::Relaxed), 5);
 }
@@ -136,14 +146,7 @@ async fn bytes_a_writer_could_not_flush_go_out_when_its_socket_drains() {
         client_far.read_exact(&mut got).await.expect("read");
         got
     };
-    let got = tokio::time::timeout(Duration::from_secs(5), async {
-        tokio::select! {
-            result = relay => panic!("relay ended: {:?}", result.reason),
-            got = exchange => got,
-        }
-    })
-    .await
-    .expect("the whole reply reached the client");
+    let got = alongside(relay, exchange, "the whole reply reached the client").await;
     assert_eq!(got, reply);
 }
 
