@@ -160,11 +160,9 @@ pub enum InitialStatus {
 pub struct ProbeSettings {
     #[serde(rename = "probe_protocol")]
     pub protocol: ProbeProtocol,
-    /// `probe_send`, escapes decoded.
-    #[serde(rename = "probe_send", serialize_with = "write_as::escaped")]
-    pub send: Vec<u8>,
+    /// What is said and what must come back.
     #[serde(flatten)]
-    pub expect: ProbeExpect,
+    pub script: ProbeScript,
     /// For `probe_protocol = "tls"` (written beside the others by [`HealthKind`]).
     #[serde(skip)]
     pub tls: TlsSettings,
@@ -176,6 +174,43 @@ pub enum ProbeProtocol {
     Tcp,
     Udp,
     Tls,
+}
+
+/// A probe's conversation with the backend.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ProbeScript {
+    /// `probe_send`, then one reply of a known length (`probe_recv`, `probe_recv_len`)
+    /// checked against `expect`; over TCP, UDP or TLS.
+    Exchange {
+        /// `probe_send`, escapes decoded.
+        #[serde(rename = "probe_send", serialize_with = "write_as::escaped")]
+        send: Vec<u8>,
+        #[serde(flatten)]
+        expect: ProbeExpect,
+    },
+    /// `probe_steps`: sends and expectations in turn over one connection (TCP or TLS),
+    /// as HAProxy's `tcp-check send`/`expect` sequences and Samaritan's `atcp` actions.
+    Steps {
+        #[serde(rename = "probe_steps")]
+        steps: Vec<ProbeStep>,
+    },
+}
+
+/// One step of `probe_steps`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub enum ProbeStep {
+    /// `{ send = "..." }`: these bytes (escapes decoded) are written.
+    #[serde(rename = "send", serialize_with = "write_as::escaped")]
+    Send(Vec<u8>),
+    /// `{ expect = "..." }`: bytes are read until those received since the last
+    /// expectation contain these (escapes decoded), at most [`MAX_RECV_LEN`] of them.
+    #[serde(rename = "expect", serialize_with = "write_as::escaped")]
+    Contains(Vec<u8>),
+    /// `{ expect_regexp = "..." }`: bytes are read until those received since the last
+    /// expectation match the expression, at most [`MAX_RECV_LEN`] of them.
+    #[serde(rename = "expect_regexp")]
+    Matches(BytesRegex),
 }
 
 /// What a probe's reply must look like.

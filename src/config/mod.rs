@@ -78,8 +78,9 @@ pub use error::{ConfigError, ConfigErrors, Warning};
 pub use gobetween::{load, parse, parse_in};
 pub use health::{
     escape, unescape, ExecSettings, HealthConfig, HealthKind, HttpSettings, InitialStatus,
-    MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeSettings, RedisRole,
-    RedisSettings, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS, MAX_RECV_LEN,
+    MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeScript, ProbeSettings,
+    ProbeStep, RedisRole, RedisSettings, TlsSettings, UdpSettings, DEFAULT_HTTP_STATUS,
+    MAX_RECV_LEN,
 };
 pub use json_path::JsonPath;
 pub use patterns::{BytesRegex, LinePattern, TextRegex};

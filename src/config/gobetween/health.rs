@@ -44,6 +44,7 @@ pub(crate) const KINDS: &[(&str, &[&str])] = &[
             "probe_recv",
             "probe_strategy",
             "probe_recv_len",
+            "probe_steps",
             TLS_KEYS[0],
             TLS_KEYS[1],
             TLS_KEYS[2],
@@ -245,6 +246,46 @@ fn probe(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<ProbeSet
         Some(f) => ctx.choice(&f, &protocols),
         None => Some(ProbeProtocol::Tcp),
     };
+    let script = match sec.take("probe_steps") {
+        Some(steps) => {
+            let exchange = [
+                "probe_send",
+                "probe_recv",
+                "probe_strategy",
+                "probe_recv_len",
+            ];
+            for key in exchange {
+                if let Some(f) = sec.take(key) {
+                    let message = "not used with probe_steps (which says what is sent and \
+                                   expected, step by step)";
+                    ctx.error(f.at, f.path(), message);
+                }
+            }
+            if protocol == Some(ProbeProtocol::Udp) {
+                let message = "probe_steps converse over one connection: probe_protocol \
+                               \"tcp\" or \"tls\"";
+                ctx.error(steps.at, steps.path(), message);
+            }
+            probe_steps(ctx, &steps)
+        }
+        None => exchange(ctx, sec, at),
+    };
+    let tls = tls_keys(ctx, sec);
+    let (protocol, script, tls) = (protocol?, script?, tls?);
+    if protocol != ProbeProtocol::Tls && tls != TlsSettings::default() {
+        let message = "tls_* keys are only used with probe_protocol = \"tls\"";
+        ctx.error(at, &sec.path, message);
+        return None;
+    }
+    Some(ProbeSettings {
+        protocol,
+        script,
+        tls,
+    })
+}
+
+/// `probe_send` and `probe_recv`, with `probe_strategy` and `probe_recv_len`.
+fn exchange(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<ProbeScript> {
     let send = required(ctx, sec, "probe_send", "probe", at).and_then(|f| escaped(ctx, &f));
     let strategies = [("starts_with", false), ("regexp", true)];
     let regexp = match sec.take("probe_strategy") {
@@ -284,19 +325,55 @@ fn probe(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<ProbeSet
             }
         }
     };
-    let tls = tls_keys(ctx, sec);
-    let (protocol, send, tls) = (protocol?, send?, tls?);
-    if protocol != ProbeProtocol::Tls && tls != TlsSettings::default() {
-        let message = "tls_* keys are only used with probe_protocol = \"tls\"";
-        ctx.error(at, &sec.path, message);
+    Some(ProbeScript::Exchange {
+        send: send?,
+        expect,
+    })
+}
+
+/// `probe_steps = [{ send = "..." }, { expect = "..." }, { expect_regexp = "..." }, ...]`:
+/// each step one key; at least one expectation, so that a step list checks something.
+fn probe_steps(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<ProbeScript> {
+    let mut steps = Vec::new();
+    let mut ok = true;
+    for mut step in ctx.tables(f)? {
+        let fields = step.take_all();
+        let [field] = fields.as_slice() else {
+            let message = "a step is one of send, expect or expect_regexp";
+            ctx.error(step.at, &step.path, message);
+            ok = false;
+            continue;
+        };
+        let parsed = match field.key {
+            "send" => escaped(ctx, field).map(ProbeStep::Send),
+            "expect" => escaped(ctx, field).map(ProbeStep::Contains),
+            "expect_regexp" => ctx
+                .parse(field, "a regular expression", |p| {
+                    BytesRegex::parse(p).map_err(regex_message)
+                })
+                .map(ProbeStep::Matches),
+            other => {
+                let message = format!(
+                    "unknown step \"{other}\": a step is one of send, expect or expect_regexp"
+                );
+                ctx.error(field.at, field.path(), message);
+                None
+            }
+        };
+        match parsed {
+            Some(parsed) => steps.push(parsed),
+            None => ok = false,
+        }
+    }
+    if !ok {
         return None;
     }
-    Some(ProbeSettings {
-        protocol,
-        send,
-        expect,
-        tls,
-    })
+    if !steps.iter().any(|s| !matches!(s, ProbeStep::Send(_))) {
+        let message = "give at least one expect or expect_regexp step";
+        ctx.error(f.at, f.path(), message);
+        return None;
+    }
+    Some(ProbeScript::Steps { steps })
 }
 
 fn exec(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, at: usize) -> Option<ExecSettings> {

@@ -304,6 +304,7 @@ fn the_rest(dir: &Path) -> String {
         "kind = \"redis\"\nredis_user = \"u\"\nredis_password = \"p\"",
         "kind = \"mysql\"\nmysql_user = \"u\"\nmysql_password = \"p\"",
         "kind = \"pgsql\"\npgsql_user = \"u\"\npgsql_password = \"p\"\npgsql_database = \"d\"",
+        "kind = \"probe\"\nprobe_steps = [{ send = \"PING\\\\r\\\\n\" }, { expect = \"+PONG\" }]",
     ];
     let mut text = format!(
         "[defaults]\nmax_connections = 1\nclient_idle_timeout = \"1s\"\n\
