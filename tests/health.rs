@@ -11,7 +11,7 @@ use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
 use sluice::config::{
     ExecSettings, HealthConfig, HealthKind, HttpSettings, InitialStatus, ProbeExpect,
-    ProbeProtocol, ProbeSettings, TextRegex, TlsFiles, TlsSettings, UdpSettings,
+    ProbeProtocol, ProbeScript, ProbeSettings, TextRegex, TlsFiles, TlsSettings, UdpSettings,
     DEFAULT_HTTP_STATUS,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -73,8 +73,10 @@ async fn probe_flips_a_backend_and_traffic_follows() {
     let b = pinged("b", Arc::new(AtomicBool::new(true))).await;
     let probe = ProbeSettings {
         protocol: ProbeProtocol::Tcp,
-        send: b"PING\r\n".to_vec(),
-        expect: ProbeExpect::StartsWith(b"+PONG".to_vec()),
+        script: ProbeScript::Exchange {
+            send: b"PING\r\n".to_vec(),
+            expect: ProbeExpect::StartsWith(b"+PONG".to_vec()),
+        },
         tls: TlsSettings::default(),
     };
     let mut server = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec()]);
@@ -754,8 +756,11 @@ async fn probe_over_udp_and_tls() {
     ));
     assert!(matches!(
         &over_udp.kind,
-        HealthKind::Probe(ProbeSettings { protocol: ProbeProtocol::Udp, send, .. })
-            if send == b"\x00\x01PING"
+        HealthKind::Probe(ProbeSettings {
+            protocol: ProbeProtocol::Udp,
+            script: ProbeScript::Exchange { send, .. },
+            ..
+        }) if send == b"\x00\x01PING"
     ));
     let (udp_sluice, tls_sluice) = tokio::join!(
         probed(vec![a.spec(), b.spec()], over_udp),

@@ -12,7 +12,8 @@ use sluice::acl::{Acl, Action};
 use sluice::balance::BalanceKind;
 use sluice::config::{
     AcceptProxy, HealthConfig, HealthKind, HttpSettings, InitialStatus, ProbeExpect, ProbeProtocol,
-    ProbeSettings, ProxyProtocol, ProxyVersion, ServerConfig, TlsSettings, DEFAULT_HTTP_STATUS,
+    ProbeScript, ProbeSettings, ProxyProtocol, ProxyVersion, ServerConfig, TlsSettings,
+    DEFAULT_HTTP_STATUS,
 };
 use sluice::proxy::proxy_protocol::{self, Parsed};
 use sluice::proxy::CloseReason;
@@ -539,8 +540,10 @@ async fn checks_open_with_exactly_a_local_v2_or_unknown_v1_header_and_follow_a_r
     let backend = exact_header_backend(Arc::clone(&seen)).await;
     let probe = HealthKind::Probe(ProbeSettings {
         protocol: ProbeProtocol::Tcp,
-        send: b"HELLO\r\n".to_vec(),
-        expect: ProbeExpect::StartsWith(b"+OK".to_vec()),
+        script: ProbeScript::Exchange {
+            send: b"HELLO\r\n".to_vec(),
+            expect: ProbeExpect::StartsWith(b"+OK".to_vec()),
+        },
         tls: TlsSettings::default(),
     });
     let health = every_100ms(probe, InitialStatus::Unhealthy);
