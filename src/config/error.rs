@@ -83,6 +83,11 @@ impl<'a> Source<'a> {
         let json = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("json"));
+        Source::with_syntax(path, text, json)
+    }
+
+    /// `text` in JSON when `json` holds, whatever `path` is called.
+    pub fn with_syntax(path: &'a Path, text: &'a str, json: bool) -> Self {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))
             .collect();

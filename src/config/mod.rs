@@ -36,6 +36,7 @@ mod discovery;
 pub mod dump;
 mod duration;
 mod error;
+mod format;
 mod gobetween;
 mod health;
 mod json_path;
@@ -75,7 +76,8 @@ pub use discovery::{
 };
 pub use duration::{parse_duration, parse_timeout};
 pub use error::{ConfigError, ConfigErrors, Warning};
-pub use gobetween::{load, parse, parse_in};
+pub use format::{Format, Requested};
+pub use gobetween::{parse, parse_in};
 pub use health::{
     escape, unescape, ExecSettings, HealthConfig, HealthKind, HttpSettings, InitialStatus,
     MysqlSettings, PgsqlSettings, ProbeExpect, ProbeProtocol, ProbeScript, ProbeSettings,
@@ -401,6 +403,8 @@ impl ServerConfig {
 /// A configuration that loaded, with the warnings found on the way.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Loaded {
+    /// The format it was read in.
+    pub format: Format,
     pub config: Config,
     /// Accepted but worth changing: legacy GoBetween keys, ignored sections.
     pub warnings: Vec<Warning>,
@@ -408,6 +412,74 @@ pub struct Loaded {
     /// (`servers.web.bind`, `api.bind`, `metrics.bind`), for what is found about it after
     /// validation: a host name that does not resolve (see [`resolve_names`]).
     pub binds_at: BTreeMap<String, (usize, usize)>,
+}
+
+/// Reads and validates the configuration file at `path`, in the format its extension
+/// and shape say (see [`Format::detect`]). Relative file paths in it are taken from the
+/// file's directory (see [`config_dir`]).
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    load_as(path, None)
+}
+
+/// As [`load`], in the `requested` format when given (`--format`).
+pub fn load_as(path: &Path, requested: Option<Requested>) -> Result<Loaded, ConfigErrors> {
+    let unreadable = |message: String| ConfigError {
+        path: path.to_path_buf(),
+        line: 0,
+        col: 0,
+        message,
+    };
+    let bytes = read_bounded(path, MAX_FILE_SIZE)
+        .map_err(|e| unreadable(format!("cannot read the configuration: {e}")))?;
+    let text = utf8(path, &bytes)?;
+    let dir = config_dir(path)
+        .map_err(|e| unreadable(format!("cannot tell the configuration's directory: {e}")))?;
+    let format = match requested {
+        Some(requested) => requested.format(text),
+        None => Format::detect(path, text),
+    };
+    read(text, path, Some(&dir), format)
+}
+
+/// Reads and validates `text` in `format`, named `path` in messages, with relative file
+/// paths taken from `dir` (absolute) when given. Every problem is reported, in file
+/// order, not only the first.
+pub fn read(
+    text: &str,
+    path: &Path,
+    dir: Option<&Path>,
+    format: Format,
+) -> Result<Loaded, ConfigErrors> {
+    let loaded = match format {
+        Format::Toml => gobetween::read(error::Source::with_syntax(path, text, false), dir)?,
+        Format::Json => gobetween::read(error::Source::with_syntax(path, text, true), dir)?,
+        Format::Samaritan | Format::Mixctl | Format::Haproxy => {
+            return Err(ConfigErrors(vec![ConfigError {
+                path: path.to_path_buf(),
+                line: 0,
+                col: 0,
+                message: format!(
+                    "a {} configuration is not supported yet (give --format toml if it is \
+                     GoBetween's schema)",
+                    format.title()
+                ),
+            }]))
+        }
+    };
+    if !format.is_native() && loaded.config.api.as_ref().is_some_and(|api| api.persist) {
+        let message = format!(
+            "api.persist: Sluice writes only its own schema, not {}; convert the file \
+             first (sluice convert -c FILE > sluice.toml) or turn persist off",
+            format.title()
+        );
+        return Err(ConfigErrors(vec![ConfigError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message,
+        }]));
+    }
+    Ok(loaded)
 }
 
 /// The largest configuration file read: far beyond any real one, and small enough that

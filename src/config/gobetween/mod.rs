@@ -38,25 +38,8 @@ pub(super) mod tls;
 
 use std::path::Path;
 
-use super::error::{self, ConfigError, ConfigErrors};
-use super::{config_dir, read_bounded, utf8, Loaded, MAX_FILE_SIZE};
-
-/// Reads and validates the configuration file at `path`. Relative file paths in it are
-/// taken from the file's directory (see [`config_dir`]).
-pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
-    let unreadable = |message: String| ConfigError {
-        path: path.to_path_buf(),
-        line: 0,
-        col: 0,
-        message,
-    };
-    let bytes = read_bounded(path, MAX_FILE_SIZE)
-        .map_err(|e| unreadable(format!("cannot read the configuration: {e}")))?;
-    let text = utf8(path, &bytes)?;
-    let dir = config_dir(path)
-        .map_err(|e| unreadable(format!("cannot tell the configuration's directory: {e}")))?;
-    parse_in(text, path, Some(&dir))
-}
+use super::error::{self, ConfigErrors};
+use super::{Format, Loaded};
 
 /// Validates a configuration given as text with no file of its own (a changed
 /// configuration checked before it is applied, whose paths are absolute already): file
@@ -71,7 +54,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
 /// As [`parse`], with relative file paths taken from `dir` (absolute) when given, as
 /// [`load`] does.
 pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, ConfigErrors> {
-    let src = error::Source::new(path, text);
+    read(error::Source::new(path, text), dir)
+}
+
+/// Reads `src` (TOML, or JSON as its `json` says) with relative file paths taken from
+/// `dir` when given.
+pub(crate) fn read(src: error::Source<'_>, dir: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let root = file::parse(&src).map_err(ConfigErrors)?;
     let mut ctx = reader::Ctx::new(&src, dir);
     let (config, binds_at) = server::config(&mut ctx, &root);
@@ -86,7 +74,9 @@ pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, C
         .into_iter()
         .map(|(name, at)| (name, src.position(at)))
         .collect();
+    let format = if src.json { Format::Json } else { Format::Toml };
     Ok(Loaded {
+        format,
         config,
         warnings,
         binds_at,
