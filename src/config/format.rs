@@ -147,7 +147,7 @@ fn by_shape(text: &str) -> Format {
     let Some(first) = meaningful(text).next() else {
         return Format::Toml;
     };
-    let first = first.trim_start_matches('\u{feff}');
+    let first = first.trim_start_matches('\u{feff}').trim_start();
     let word = first.split_whitespace().next().unwrap_or_default();
     let haproxy_section = ["global", "defaults", "frontend", "backend", "listen"];
     if first.starts_with('{') {
