@@ -13,8 +13,10 @@ use tracing::{info, warn};
 use crate::api::{self, ApiState};
 use crate::backend::{AdminState, BackendSpec};
 use crate::balance::BalanceKind;
-use crate::config::{self, Config, HealthConfig, HealthKind, ServerConfig};
+use crate::config::{self, Config, HealthConfig, HealthKind, Requested, ServerConfig};
 use crate::control::Control;
+use crate::origin::Origin;
+use crate::pidfile::PidFile;
 use crate::runtime::Runtime;
 use crate::signals::{Signal, Signals};
 use crate::workers::Workers;
@@ -24,7 +26,10 @@ const EXAMPLES: &str = "\
 Examples:
   sluice demo                                   try it: three demo backends behind a balancer
   sluice -c gobetween.toml                      run every server in a GoBetween-style file
+  sluice -c haproxy.cfg                         HAProxy (mode tcp), Samaritan or Mixctl files too
+  sluice from-url https://cfg.example/lb.toml   a configuration served over HTTP(S)
   sluice check -c sluice.toml                   validate a file and summarise it
+  sluice convert -c haproxy.cfg > sluice.toml   any format Sluice reads, as its own TOML
   sluice tcp --listen 127.0.0.1:8080 --targets 10.0.0.1:3000,10.0.0.2:3000:3
                                                 quick mode: no file; :3 is a weight
   sluice udp --listen 127.0.0.1:5353 --targets 10.0.0.1:53,10.0.0.2:53 --max-responses 1
@@ -37,9 +42,18 @@ Logging: RUST_LOG overrides [logging] level (e.g. RUST_LOG=debug).";
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Configuration file (TOML, or JSON by extension); the same as `sluice run -c FILE`.
+    /// Configuration file; the same as `sluice run -c FILE`.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    /// The configuration's format: toml, json (GoBetween's schema), yaml (Samaritan's or
+    /// Mixctl's, told by its keys), samaritan, mixctl, haproxy. Default: by the file's
+    /// extension (.toml, .json, .yaml/.yml, .cfg), else by its shape.
+    #[arg(short, long, global = true, value_name = "FORMAT")]
+    pub format: Option<Requested>,
+    /// Write the process id to FILE while running; refuse to start if the process it
+    /// names is alive.
+    #[arg(short = 'p', long, global = true, value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
     /// Worker threads, each with its own listener (default: one per CPU core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
@@ -54,8 +68,25 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
+    /// Run every server in a configuration file (GoBetween's `from-file`).
+    FromFile {
+        #[arg(value_name = "FILE")]
+        path: PathBuf,
+    },
+    /// Run the configuration an http(s) URL answers; a reload fetches it again
+    /// (GoBetween's `from-url`).
+    FromUrl {
+        #[arg(value_name = "URL", value_parser = config::Url::parse)]
+        url: config::Url,
+    },
     /// Validate a configuration file and print a summary; exit 1 on errors.
     Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Print a configuration file, in any format Sluice reads, as Sluice's own TOML
+    /// (GoBetween's schema, every default spelled out).
+    Convert {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
     },
@@ -138,9 +169,25 @@ pub struct UdpArgs {
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let threads = cli.threads;
+    let format = cli.format;
+    let file = |path: PathBuf| Origin::File { path, format };
+    // Held until the process ends, which removes the file. `check` and `convert` run
+    // no balancer and leave it alone.
+    let runs = !matches!(
+        cli.command,
+        Some(Command::Check { .. } | Command::Convert { .. })
+    );
+    let _pidfile = match &cli.pidfile {
+        Some(path) if runs => Some(PidFile::create(path)?),
+        _ => None,
+    };
     match (cli.command, cli.config) {
-        (Some(Command::Run { config }), _) | (None, Some(config)) => run_file(&config, threads),
-        (Some(Command::Check { config }), _) => Ok(check(&config)),
+        (Some(Command::Run { config: path }), _)
+        | (Some(Command::FromFile { path }), _)
+        | (None, Some(path)) => run_from(file(path), threads),
+        (Some(Command::FromUrl { url }), _) => run_from(Origin::Url { url, format }, threads),
+        (Some(Command::Check { config }), _) => Ok(check(&config, format)),
+        (Some(Command::Convert { config }), _) => Ok(convert(&config, format)),
         (Some(Command::Tcp(args)), _) => {
             let config = quick_config(&args.quick, Some(&args.tcp))?;
             logging::init(&config.logging)?;
@@ -158,8 +205,8 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn load_or_report(path: &Path) -> Option<config::Loaded> {
-    match config::load(path) {
+fn load_or_report(path: &Path, format: Option<Requested>) -> Option<config::Loaded> {
+    match config::load_as(path, format) {
         Ok(loaded) => Some(loaded),
         Err(errors) => {
             write_err(&format!("{errors}\n"));
@@ -168,8 +215,8 @@ fn load_or_report(path: &Path) -> Option<config::Loaded> {
     }
 }
 
-fn check(path: &Path) -> ExitCode {
-    let Some(loaded) = load_or_report(path) else {
+fn check(path: &Path, format: Option<Requested>) -> ExitCode {
+    let Some(loaded) = load_or_report(path, format) else {
         return ExitCode::FAILURE;
     };
     // Validation leaves host names alone; a check also says whether they resolve.
@@ -185,6 +232,34 @@ fn check(path: &Path) -> ExitCode {
     let report = format!("{}{}: OK\n", summary(&resolved), path.display());
     write_out(&report);
     ExitCode::SUCCESS
+}
+
+/// `sluice convert`: the file as Sluice's own TOML on standard output; its warnings, and
+/// what the conversion dropped, on standard error.
+fn convert(path: &Path, format: Option<Requested>) -> ExitCode {
+    let Some(loaded) = load_or_report(path, format) else {
+        return ExitCode::FAILURE;
+    };
+    let warnings: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
+    write_err(&warnings);
+    match config::dump::to_toml(&loaded.config, config::dump::Secrets::Keep) {
+        Ok(toml) => {
+            let header = format!(
+                "# Converted by `sluice convert` from {} ({}).\n",
+                path.display(),
+                loaded.format.title()
+            );
+            write_out(&format!("{header}{toml}"));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            write_err(&format!(
+                "{}: cannot write it as TOML: {e}\n",
+                path.display()
+            ));
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Writes to standard output; a reader that went away (`sluice check | head -1`) is
@@ -250,19 +325,28 @@ pub fn summary(config: &Config) -> String {
     out
 }
 
-fn run_file(path: &Path, threads: Option<usize>) -> anyhow::Result<ExitCode> {
-    let Some(loaded) = load_or_report(path) else {
-        return Ok(ExitCode::FAILURE);
+/// Runs the configuration `origin` holds, read again at every reload.
+fn run_from(origin: Origin, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+    let loaded = match control_runtime()?.block_on(origin.load()) {
+        Ok(loaded) => loaded,
+        Err(errors) => {
+            write_err(&format!("{errors}\n"));
+            return Ok(ExitCode::FAILURE);
+        }
     };
     logging::init(&loaded.config.logging)?;
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    serve(loaded.config, Some(path), threads)
+    serve(loaded.config, Some(origin), threads)
 }
 
-/// Runs `config` until SIGTERM/SIGINT; SIGHUP re-reads `path` when there is one.
-fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+/// Runs `config` until SIGTERM/SIGINT; SIGHUP reads `origin` again when there is one.
+fn serve(
+    config: Config,
+    origin: Option<Origin>,
+    threads: Option<usize>,
+) -> anyhow::Result<ExitCode> {
     let workers = threads.unwrap_or_else(Workers::default_count);
     anyhow::ensure!(workers > 0, "--threads must be at least 1");
     match crate::descriptors::raise_limit() {
@@ -279,10 +363,8 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
         let api = config.api.clone();
         let metrics = config.metrics.clone();
         let runtime = Arc::new(Runtime::start_with_workers(config, workers).await?);
-        let control = Arc::new(Control::new(
-            Arc::clone(&runtime),
-            path.map(Path::to_path_buf),
-        ));
+        let reloadable = origin.is_some();
+        let control = Arc::new(Control::new(Arc::clone(&runtime), origin));
         if let Some(api) = api {
             start_api(api, Arc::clone(&control)).await?;
         }
@@ -303,7 +385,7 @@ fn serve(config: Config, path: Option<&Path>, threads: Option<usize>) -> anyhow:
         }
         while signals.next().await == Signal::Reload {
             // Errors are logged by `reload`; the previous configuration keeps running.
-            if path.is_none() {
+            if !reloadable {
                 info!("SIGHUP ignored: no configuration file");
             } else {
                 let _ = control.reload().await;

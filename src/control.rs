@@ -3,7 +3,7 @@
 //! [`Runtime::apply`], as start-up does; an edit is validated as a file would be, and
 //! with `[api] persist = true` written back to the file atomically.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::Mutex;
@@ -11,6 +11,7 @@ use tracing::{error, info, warn};
 
 use crate::config::dump::{self, Secrets};
 use crate::config::{self, Config, ConfigErrors};
+use crate::origin::Origin;
 use crate::reload::Change;
 use crate::runtime::{BindError, Runtime};
 
@@ -33,16 +34,17 @@ pub enum ControlError {
 /// Serialises changes and knows where the configuration lives.
 pub struct Control {
     runtime: Arc<Runtime>,
-    path: Option<PathBuf>,
+    /// Where the configuration is read from on reload; `None` for one built from flags.
+    origin: Option<Origin>,
     /// Held across read-modify-apply-persist, so two API edits never lose each other.
     edit: Mutex<()>,
 }
 
 impl Control {
-    pub fn new(runtime: Arc<Runtime>, path: Option<PathBuf>) -> Self {
+    pub fn new(runtime: Arc<Runtime>, origin: Option<Origin>) -> Self {
         Control {
             runtime,
-            path,
+            origin,
             edit: Mutex::new(()),
         }
     }
@@ -51,8 +53,14 @@ impl Control {
         &self.runtime
     }
 
+    /// The configuration's file, if it is read from one.
     pub fn config_path(&self) -> Option<&Path> {
-        self.path.as_deref()
+        self.origin.as_ref().and_then(Origin::file)
+    }
+
+    /// Where the configuration is read from, if anywhere.
+    pub fn origin(&self) -> Option<&Origin> {
+        self.origin.as_ref()
     }
 
     /// A change accepted during the shutdown grace period would never take effect (a
@@ -68,9 +76,9 @@ impl Control {
     pub async fn reload(&self) -> Result<Vec<Change>, ControlError> {
         let _edit = self.edit.lock().await;
         self.refuse_when_stopping()?;
-        let path = self.path.as_deref().ok_or(ControlError::NoFile)?;
-        info!(file = %path.display(), "reloading the configuration");
-        let loaded = config::load(path).map_err(|errors| {
+        let origin = self.origin.as_ref().ok_or(ControlError::NoFile)?;
+        info!(from = %origin, "reloading the configuration");
+        let loaded = origin.load().await.map_err(|errors| {
             for e in &errors.0 {
                 error!("{e}");
             }
@@ -117,7 +125,7 @@ impl Control {
         let persist = config.api.as_ref().is_some_and(|api| api.persist);
         // Written out before it applies, so a configuration that cannot be written is
         // refused without any change.
-        let text = match (persist, &self.path) {
+        let text = match (persist, self.config_path()) {
             (true, Some(path)) => Some((path, file_text(&config)?)),
             _ => None,
         };

@@ -2,10 +2,12 @@
 //!
 //! Module map, in reading order; a module imports only those below it (the lifecycle
 //! above the data path, the state the data path reads below it):
-//! - [`cli`]: the command line (`run`, `check`, `tcp`, `udp`, `demo`); [`demo`]: the
-//!   demo's backends; [`logging`]: the log subscriber; [`signals`]: SIGHUP, SIGTERM, SIGINT.
+//! - [`cli`]: the command line (`run`, `from-file`, `from-url`, `check`, `convert`,
+//!   `tcp`, `udp`, `demo`); [`demo`]: the demo's backends; [`logging`]: the log
+//!   subscriber; [`signals`]: SIGHUP, SIGTERM, SIGINT; [`pidfile`]: `-p FILE`.
 //! - [`runtime`]: every running server; the one place runtime state changes.
 //! - [`control`]: reloads and API edits, both ending in `Runtime::apply`.
+//! - [`origin`]: where the configuration is read from: a file in any format, or a URL.
 //! - [`reload`]: what changes between two configurations, as a list of changes.
 //! - [`api`]: the admin REST API and dashboard.
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
@@ -27,8 +29,9 @@
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
 //! - [`admin_http`]: how the API and metrics endpoints are served and guarded: limits,
 //!   timeouts, host and origin checks, credentials.
-//! - [`config`]: the configuration's typed model, and the reader of GoBetween's TOML or
-//!   JSON onto it, every error at `FILE:LINE:COL`.
+//! - [`config`]: the configuration's typed model, and a reader onto it for each format
+//!   (GoBetween's TOML or JSON, Samaritan's and Mixctl's YAML, HAProxy's), every error at
+//!   `FILE:LINE:COL`.
 //! - [`bounded_json`]: JSON from outside checked for size and depth before parsing.
 //! - [`acl`]: allow/deny rules by address.
 //! - [`tls`]: certificates and keys into rustls configurations.
@@ -53,6 +56,8 @@ pub mod histogram;
 pub mod listener;
 pub mod logging;
 pub mod metrics;
+pub mod origin;
+pub mod pidfile;
 pub mod pool;
 pub mod process;
 pub mod proxy;

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 use sluice::balance::BalanceKind;
 use sluice::config::{ApiConfig, BasicAuth, Config, Cors};
 use sluice::control::Control;
+use sluice::origin::Origin;
 use sluice::runtime::Runtime;
 
 use crate::support::data::EchoStreamer;
@@ -32,7 +33,8 @@ async fn start(config: Config, api: ApiConfig, file: Option<PathBuf>) -> WithApi
     init_tracing();
     let runtime = Arc::new(Runtime::start(config).await.expect("start sluice"));
     let addr = runtime.local_addrs().await["test"];
-    let control = Arc::new(Control::new(Arc::clone(&runtime), file));
+    let origin = file.map(|path| Origin::File { path, format: None });
+    let control = Arc::new(Control::new(Arc::clone(&runtime), origin));
     let api = sluice::cli::start_api(api, control)
         .await
         .expect("start the API");

@@ -15,6 +15,7 @@ mod health_servers;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod origins;
 mod process;
 mod proxy;
 mod proxy_protocol;

@@ -34,7 +34,7 @@ pub async fn root(State(api): State<ApiState>) -> Json<Value> {
         "startTime": humantime::format_rfc3339_seconds(api.started).to_string(),
         "uptime": humantime::format_duration(uptime).to_string(),
         "version": env!("CARGO_PKG_VERSION"),
-        "configPath": api.control.config_path().map(|p| p.display().to_string()),
+        "configPath": api.control.origin().map(ToString::to_string),
     }))
 }
 

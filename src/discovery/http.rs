@@ -1,4 +1,4 @@
-//! Backend lists fetched with an HTTP GET, over `http://` or `https://` (verified against
+//! Backend lists (and a configuration: `sluice from-url`) fetched with an HTTP GET, over `http://` or `https://` (verified against
 //! `KIND_tls_cacert_path`, else the system's trust store): the endpoint's URL and the
 //! fetch, shared by the `json` and `plaintext` kinds (`json.rs`, `plaintext.rs`).
 
@@ -14,14 +14,14 @@ use crate::tls::{client_config, ClientTlsFiles};
 
 /// Where an endpoint's client comes from: built at the first fetch, so a missing trust
 /// store is a fetch error (and `failpolicy` applies) rather than a crash.
-pub(super) struct Fetcher {
+pub struct Fetcher {
     url: Url,
     cacert_path: Option<PathBuf>,
     client: Option<HttpClient>,
 }
 
 impl Fetcher {
-    pub(super) fn new(url: Url, cacert_path: Option<PathBuf>) -> Self {
+    pub fn new(url: Url, cacert_path: Option<PathBuf>) -> Self {
         Fetcher {
             url,
             cacert_path,
@@ -29,7 +29,7 @@ impl Fetcher {
         }
     }
 
-    pub(super) async fn get(&mut self, deadline: Instant) -> Result<String, DiscoveryError> {
+    pub async fn get(&mut self, deadline: Instant) -> Result<String, DiscoveryError> {
         let client = match &self.client {
             Some(client) => client,
             None => {

@@ -101,7 +101,7 @@ impl SluiceProcess {
         Self::start_file("sluice.toml", toml, None).await
     }
 
-    /// Writes `text` to `file_name` (its extension picks TOML or JSON), starts Sluice on
+    /// Writes `text` to `file_name` (its extension and shape pick the format), starts Sluice on
     /// it, with at most `descriptors` open files when given, and waits until its log
     /// names the address of every server and of the API and metrics endpoint if enabled.
     pub async fn start_file(
@@ -116,6 +116,29 @@ impl SluiceProcess {
             Ok(loaded) => loaded.config,
             Err(e) => panic!("the test's configuration is invalid: {e}\n{text}"),
         };
+        let args = ["run".into(), "-c".into(), config.clone().into_os_string()];
+        Self::launch(dir, config, &args, &expected, descriptors).await
+    }
+
+    /// Starts `sluice ARGS…` with its log in `dir` (kept until the process is dropped)
+    /// and waits until it listens on everything `expected` (the configuration the
+    /// arguments lead it to) binds. `config` is the file [`Self::rewrite`] writes.
+    pub async fn start_args(
+        dir: TempDir,
+        config: PathBuf,
+        args: &[std::ffi::OsString],
+        expected: &Config,
+    ) -> SluiceProcess {
+        Self::launch(dir, config, args, expected, None).await
+    }
+
+    async fn launch(
+        dir: TempDir,
+        config: PathBuf,
+        args: &[std::ffi::OsString],
+        expected: &Config,
+        descriptors: Option<u64>,
+    ) -> SluiceProcess {
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         // The limit is set by the shell that then becomes Sluice: `ulimit -n` sets both
@@ -131,9 +154,7 @@ impl SluiceProcess {
             None => Command::new(BIN),
         };
         let child = command
-            .arg("run")
-            .arg("-c")
-            .arg(&config)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().expect("log file"))
             .stderr(log_file)
@@ -150,7 +171,7 @@ impl SluiceProcess {
             log,
             _dir: dir,
         };
-        process.wait_ready(&expected).await;
+        process.wait_ready(expected).await;
         process
     }
 
