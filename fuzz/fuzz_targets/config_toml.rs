@@ -1,6 +1,6 @@
-//! TOML configuration files (GoBetween's schema, as `sluice -c FILE.toml` reads them) from arbitrary bytes:
-//! reading must never panic or overflow the stack, and what loads must convert to
-//! Sluice's TOML (`sluice convert`) and load back as the same configuration.
+//! TOML configuration files (GoBetween's schema) from arbitrary bytes: reading must never
+//! panic or overflow the stack, and what loads must write as TOML (`sluice convert`,
+//! `persist`) and load back as the same configuration.
 
 #![no_main]
 
