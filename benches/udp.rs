@@ -41,6 +41,7 @@ fn server(backend: SocketAddr, max_responses: Option<u32>) -> ServerConfig {
         sni: None,
         tls: None,
         backends_tls: None,
+        limits: Default::default(),
     }
 }
 

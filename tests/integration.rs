@@ -5,6 +5,7 @@ mod support;
 mod api;
 mod backends_tls;
 mod balance;
+mod client_limits;
 mod dashboard;
 mod discovery;
 mod discovery_sources;

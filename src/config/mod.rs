@@ -12,6 +12,8 @@
 //! - `admin`: `[api]` and `[metrics]`, the control side's endpoints.
 //! - TLS (`[tls]`, `[backends_tls]`, a registry's TLS files): the types are
 //!   [`crate::tls`]'s settings, re-exported here; the model holds them.
+//! - `limits`: client protection (per-client connection caps and rates, UDP datagram
+//!   and byte rates, bandwidth per connection), with its rate grammars.
 //! - `duration`, `static_list`, `bind`: the value grammars (`"1h30m"`, backend lines,
 //!   where a server listens); `address`, `json_path`, `patterns`: the values discovery is
 //!   configured with (`host:port`, URLs, JSON paths, regular expressions), parsed once
@@ -40,6 +42,7 @@ mod format;
 mod gobetween;
 mod health;
 mod json_path;
+pub mod limits;
 mod patterns;
 pub mod registries;
 mod secrets;
@@ -85,6 +88,7 @@ pub use health::{
     MAX_RECV_LEN,
 };
 pub use json_path::JsonPath;
+pub use limits::ClientLimits;
 pub use patterns::{BytesRegex, LinePattern, TextRegex};
 pub use registries::{ConsulParams, DockerParams, EtcdParams};
 
@@ -372,6 +376,10 @@ pub struct ServerConfig {
     /// TLS towards the backends (TCP and TLS servers).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub backends_tls: Option<BackendsTls>,
+    /// Client protection: per-client and per-server limits (flat keys, all off by
+    /// default).
+    #[serde(flatten)]
+    pub limits: ClientLimits,
 }
 
 impl ServerConfig {
@@ -396,6 +404,7 @@ impl ServerConfig {
             sni: None,
             tls: None,
             backends_tls: None,
+            limits: ClientLimits::default(),
         }
     }
 }

@@ -1,12 +1,12 @@
 //! One TCP connection from accept to close, whatever it carries, top to bottom:
 //!
-//! 1. **admit** ([`admit`]): the connection limit and the access rules (or, behind a
-//!    PROXY-speaking front, whether the peer is a trusted front), before the connection
-//!    costs anything more than its socket; then the connection's task is started with
-//!    the [`Prelude`] its server needs.
+//! 1. **admit** ([`admit`]): the access rules (or, behind a PROXY-speaking front,
+//!    whether the peer is a trusted front), the connection limit and client protection,
+//!    before the connection costs anything more than its socket; then the connection's
+//!    task is started with the [`Prelude`] its server needs.
 //! 2. **prelude** ([`Prelude::read`]): what comes before the client's stream — a trusted
-//!    front's PROXY header (the access rules then judge the client it names), a
-//!    ClientHello for SNI routing, the TLS handshake.
+//!    front's PROXY header (the access rules and client protection then judge the
+//!    client it names), a ClientHello for SNI routing, the TLS handshake.
 //! 3. **connect** ([`connect::open`]): pick a backend, dial it (another one after a
 //!    failure), send the PROXY header and the bytes the prelude read; then the backend's
 //!    side ([`Prelude::upstream`]: TLS towards it, if the server says so).
@@ -72,6 +72,18 @@ pub fn admit(
         let no = Refusal::new(peer, CloseReason::MaxConnections, detail);
         return refuse(server, Instant::now(), no);
     };
+    // Client protection judges the peer here, or (behind a front) the client its PROXY
+    // header names, in the prelude.
+    if front.is_none() {
+        if let Err(limit) = slot.admit_client(&settings.limits, peer.ip()) {
+            let no = Refusal::new(
+                peer,
+                CloseReason::RateLimited,
+                limit.detail(&settings.limits),
+            );
+            return refuse(server, Instant::now(), no);
+        }
+    }
     // Elsewhere than Linux, do not count on inheriting TCP_NODELAY from the listener.
     #[cfg(not(target_os = "linux"))]
     if let Err(e) = stream.set_nodelay(true) {
@@ -129,7 +141,7 @@ fn run<P: Prelude>(
                 // just ends.
                 let read = tokio::select! {
                     biased;
-                    read = prelude.read(stream, peer, server) => read,
+                    read = prelude.read(stream, peer, &slot) => read,
                     () = stop.cancelled() => return None,
                 };
                 let Opening {
@@ -309,7 +321,8 @@ fn refuse(server: &ServerShared, started: Instant, no: Refusal) {
 
 /// The access-log line: one per closed connection, accepted or refused. A refused one
 /// says why in `detail`, at the same level, so the default log answers "why was I cut
-/// off?" without turning on debug.
+/// off?" without turning on debug; but a client refused by client protection is logged
+/// at debug, so a flood does not flood the log too (its limited state is one warning).
 fn access_log(
     server: &str,
     client: SocketAddr,
@@ -319,18 +332,27 @@ fn access_log(
     reason: CloseReason,
     detail: Option<&str>,
 ) {
-    info!(
-        target: "sluice::access",
-        server,
-        client = %client,
-        backend = backend.map_or("-", |b| b.key()),
-        bytes_in,
-        bytes_out,
-        duration_ms = started.elapsed().as_millis() as u64,
-        reason = reason.as_str(),
-        detail,
-        "connection closed"
-    );
+    macro_rules! line {
+        ($level:ident) => {
+            $level!(
+                target: "sluice::access",
+                server,
+                client = %client,
+                backend = backend.map_or("-", |b| b.key()),
+                bytes_in,
+                bytes_out,
+                duration_ms = started.elapsed().as_millis() as u64,
+                reason = reason.as_str(),
+                detail,
+                "connection closed"
+            )
+        };
+    }
+    if reason == CloseReason::RateLimited {
+        line!(debug);
+    } else {
+        line!(info);
+    }
 }
 
 #[cfg(test)]

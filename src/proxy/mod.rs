@@ -93,6 +93,9 @@ close_reasons! {
     AclDenied => "acl_denied", refused "acl";
     /// Refused because the server's `max_connections` was reached.
     MaxConnections => "max_connections", refused "max_connections";
+    /// Refused by client protection: the client's connection cap or rate, or the
+    /// server's connection rate.
+    RateLimited => "rate_limited", refused "rate_limited";
     /// No backend was available.
     NoBackend => "no_backend", refused "no_backend";
     /// Every backend tried refused or timed out.
@@ -134,7 +137,7 @@ mod tests {
             .iter()
             .filter(|r| r.refusal_label().is_some())
             .count();
-        assert_eq!(refusals, 9);
+        assert_eq!(refusals, 10);
         assert_eq!(CloseReason::AclDenied.refusal_label(), Some("acl"));
         assert_eq!(CloseReason::Eof.refusal_label(), None);
     }

@@ -30,7 +30,7 @@ use super::copy::Stream;
 use super::proxy_protocol::{self, TlsInfo};
 use super::refusal::Refusal;
 use super::sni::Route;
-use super::state::ServerShared;
+use super::state::{ActiveSlot, ServerShared};
 use super::{client_hello, CloseReason};
 use crate::backend::Backend;
 use crate::config::ProxyVersion;
@@ -45,13 +45,14 @@ pub(crate) trait Prelude: Send + 'static {
     /// The backend's side of the relay.
     type Upstream: Stream + Send + 'static;
 
-    /// Reads the prelude from `stream`, which `peer` connected. The server's limits
-    /// bound it in size and time.
+    /// Reads the prelude from `stream`, which `peer` connected, for the connection that
+    /// holds `slot` (its server, whose limits bound the prelude in size and time; a
+    /// client named by a PROXY header is admitted into it).
     fn read(
         self,
         stream: TcpStream,
         peer: SocketAddr,
-        server: &ServerShared,
+        slot: &ActiveSlot,
     ) -> impl Future<Output = Result<Opening<Self::Client>, Refusal>> + Send;
 
     /// The backend's side once `upstream` is connected to `backend`; on failure, why in
@@ -110,7 +111,7 @@ impl Prelude for Plain {
         self,
         stream: TcpStream,
         peer: SocketAddr,
-        _: &ServerShared,
+        _: &ActiveSlot,
     ) -> impl Future<Output = Result<Opening<TcpStream>, Refusal>> + Send {
         ready(Ok(Opening {
             stream,
@@ -143,9 +144,9 @@ impl Prelude for Inspect {
         self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        server: &ServerShared,
+        slot: &ActiveSlot,
     ) -> Result<Opening<TcpStream>, Refusal> {
-        match self.learn(&mut stream, peer, server).await {
+        match self.learn(&mut stream, peer, slot).await {
             Ok((client, learned)) => Ok(Opening {
                 stream,
                 client,
@@ -170,12 +171,12 @@ impl Inspect {
         &self,
         stream: &mut TcpStream,
         peer: SocketAddr,
-        server: &ServerShared,
+        slot: &ActiveSlot,
     ) -> Result<(SocketAddr, Box<Learned>), Refusal> {
         let mut learned = Box::<Learned>::default();
         let mut client = peer;
         if let Some(limit) = self.proxy_header {
-            let front = read_proxy_header(server, stream, peer, limit).await?;
+            let front = read_proxy_header(slot, stream, peer, limit).await?;
             client = front.client;
             learned.destination = front.destination;
             learned.early = front.early;
@@ -184,7 +185,7 @@ impl Inspect {
             let hello = client_hello::read(stream, &mut learned.early, limit)
                 .await
                 .map_err(|e| Refusal::new(client, CloseReason::ClientHello, e))?;
-            learned.route = route(server, &hello, client)?;
+            learned.route = route(slot.server(), &hello, client)?;
         }
         Ok((client, learned))
     }
@@ -237,11 +238,11 @@ impl Prelude for Tls {
         self,
         mut stream: TcpStream,
         peer: SocketAddr,
-        server: &ServerShared,
+        slot: &ActiveSlot,
     ) -> Result<Opening<ClientSide>, Refusal> {
         let (mut client, mut destination, mut early) = (peer, None, Vec::new());
         if let Some(limit) = self.proxy_header {
-            let front = match read_proxy_header(server, &mut stream, peer, limit).await {
+            let front = match read_proxy_header(slot, &mut stream, peer, limit).await {
                 Ok(front) => front,
                 Err(no) => return Err(no.closing(stream)),
             };
@@ -249,6 +250,7 @@ impl Prelude for Tls {
         }
         // The bytes that came with the header are the handshake's first.
         let stream = Prefixed::new(early, stream);
+        let server = slot.server();
         let settings = server.settings.load_full();
         let stream = match (&settings.tls, server.tls.load_full()) {
             (None, _) => Either::Right(stream),
@@ -358,7 +360,7 @@ struct Forwarded {
 /// names is the connection's from then on, so the access rules are applied to it here
 /// (they were not at accept, where only the front was known).
 async fn read_proxy_header(
-    server: &ServerShared,
+    slot: &ActiveSlot,
     stream: &mut TcpStream,
     front: SocketAddr,
     limit: Duration,
@@ -367,9 +369,17 @@ async fn read_proxy_header(
         .await
         .map_err(|e| Refusal::new(front, CloseReason::ProxyHeader, e))?;
     let client = received.origin.source.unwrap_or(front);
-    if crate::acl::denies(server.settings.load().access.as_ref(), client.ip()) {
+    let settings = slot.server().settings.load();
+    if crate::acl::denies(settings.access.as_ref(), client.ip()) {
         let detail = format!("denied by the access rules (behind the front {front})");
         return Err(Refusal::new(client, CloseReason::AclDenied, detail));
+    }
+    if let Err(limit) = slot.admit_client(&settings.limits, client.ip()) {
+        let detail = format!(
+            "{} (behind the front {front})",
+            limit.detail(&settings.limits)
+        );
+        return Err(Refusal::new(client, CloseReason::RateLimited, detail));
     }
     Ok(Forwarded {
         client,

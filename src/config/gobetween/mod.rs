@@ -14,7 +14,7 @@
 //!   `Section`, `Field`); a key left unread is an unknown key, with "did you mean".
 //! - `server`: the top level, `[logging]`, `[defaults]` and each `[servers.NAME]`, with
 //!   its `udp`, `sni` and PROXY protocol sections.
-//! - `sections`: a server's `access` rules.
+//! - `sections`: a server's `access` rules; `limits`: its client protection keys.
 //! - `discovery`: `[servers.NAME.discovery]`, each kind's keys; `registries`: those of
 //!   Consul, etcd and Docker, with their credentials and client TLS.
 //! - `health`: `[servers.NAME.healthcheck]`, each kind's keys.
@@ -30,6 +30,7 @@ pub(super) mod discovery;
 mod file;
 pub(super) mod health;
 pub(super) mod legacy;
+pub(super) mod limits;
 mod reader;
 mod registries;
 pub(super) mod sections;

@@ -14,6 +14,7 @@ use super::discovery::discovery;
 use super::file::{Node, Value};
 use super::health::healthcheck;
 use super::legacy::{self, Place};
+use super::limits::{self, LimitKeys, LIMIT_KEYS};
 use super::reader::{resolve, Ctx, Field, Section};
 use super::sections::access;
 use crate::balance::BalanceKind;
@@ -70,13 +71,14 @@ pub(crate) const SNI_KEYS: &[&str] = &[
 pub(crate) const ACCEPT_PROXY_KEYS: &[&str] = &["from", "timeout"];
 /// Connection options of `[defaults]`, and of a server before defaults are applied.
 /// `None` is "not set"; `Some(None)` is "set to 0: no limit".
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Default)]
 struct Options {
     max_connections: Option<Option<u32>>,
     client_idle_timeout: Option<Option<Duration>>,
     backend_idle_timeout: Option<Option<Duration>>,
     backend_connection_timeout: Option<Option<Duration>>,
     balance: Option<BalanceKind>,
+    limits: LimitKeys,
 }
 
 /// Builds the configuration, with where each server's `bind` is written (in file
@@ -174,7 +176,7 @@ fn defaults(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> Options {
     legacy::apply(ctx, &mut sec, Place::Defaults);
     let mut options = options(ctx, &mut sec);
     options.balance = sec.take("balance").and_then(|f| balance(ctx, &f));
-    sec.finish(ctx, OPTION_KEYS);
+    sec.finish(ctx, &[OPTION_KEYS, LIMIT_KEYS].concat());
     options
 }
 
@@ -193,6 +195,7 @@ fn options(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Options {
         backend_idle_timeout,
         backend_connection_timeout,
         balance: None,
+        limits: limits::read(ctx, sec),
     }
 }
 
@@ -314,7 +317,7 @@ fn server(
         .take("backends_tls")
         .map(|f| (ctx.table_at(&f), super::tls::backends(ctx, &f)));
     let sec_path = sec.path.clone();
-    sec.finish(ctx, SERVER_KEYS);
+    sec.finish(ctx, &[SERVER_KEYS, LIMIT_KEYS].concat());
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
     match (&tls, protocol) {
         (None, Protocol::Tls) => {
@@ -360,6 +363,7 @@ fn server(
                        (udp_send, udp_recv) or kind = \"probe\" with probe_protocol = \"udp\"";
         ctx.error(at, &join(&join(&sec_path, "healthcheck"), "kind"), message);
     }
+    let limits = limits::resolve(ctx, &own.limits, &defaults.limits, &sec_path);
     let server = ServerConfig {
         bind,
         protocol,
@@ -389,6 +393,7 @@ fn server(
         sni: sni.and_then(|(_, s)| s),
         tls: tls.and_then(|(_, t)| t),
         backends_tls: backends_tls.and_then(|(_, t)| t),
+        limits,
     };
     Some((server, bind_at))
 }

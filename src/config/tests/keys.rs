@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::super::dump;
 use super::super::gobetween::legacy::{legacy_keys, Place};
-use super::super::gobetween::{admin, discovery, health, sections, server, tls};
+use super::super::gobetween::{admin, discovery, health, limits, sections, server, tls};
 use super::{files, parse_file};
 use dump::Secrets;
 
@@ -36,9 +36,18 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("metrics.basic_auth", admin::BASIC_AUTH_KEYS.to_vec()),
         (
             "defaults",
-            with_legacy(server::OPTION_KEYS, Place::Defaults),
+            with_legacy(
+                &[server::OPTION_KEYS, limits::LIMIT_KEYS].concat(),
+                Place::Defaults,
+            ),
         ),
-        ("servers.*", with_legacy(server::SERVER_KEYS, Place::Server)),
+        (
+            "servers.*",
+            with_legacy(
+                &[server::SERVER_KEYS, limits::LIMIT_KEYS].concat(),
+                Place::Server,
+            ),
+        ),
         (
             "servers.*.discovery",
             with_legacy(

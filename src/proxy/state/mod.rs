@@ -1,19 +1,23 @@
 //! What the connections of a server read: its settings, pool and TLS configurations as
-//! snapshots, its counters (a UDP server's in `udp`), and the slot each open connection
-//! holds.
+//! snapshots, its counters (a UDP server's in `udp`), its clients (`clients`, for client
+//! protection), and the slot each open connection holds.
 
+pub mod clients;
 pub mod udp;
 
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tracing::{error, info, warn};
 
 use super::sni;
 use super::{CloseReason, CLOSE_REASONS};
-use crate::config::ServerConfig;
+use crate::config::{ClientLimits, ServerConfig};
 use crate::pool::Pool;
+use clients::{ClientHold, Clients, Limit};
+use tokio::time::Instant;
 use udp::UdpStats;
 
 /// Counters of one server.
@@ -50,6 +54,8 @@ pub struct ServerShared {
     /// TLS towards backends; rebuilt like `tls`.
     pub backends_tls: ArcSwapOption<rustls::ClientConfig>,
     pub stats: ServerStats,
+    /// Clients tracked by client protection, and the server's connection rate.
+    pub clients: Clients,
     /// Set while "no backend available" has been logged and not yet recovered, so the
     /// transition is logged once rather than once per refused client.
     no_backend_logged: AtomicBool,
@@ -68,6 +74,7 @@ impl ServerShared {
             tls: ArcSwapOption::empty(),
             backends_tls: ArcSwapOption::empty(),
             stats: ServerStats::default(),
+            clients: Clients::new(),
             no_backend_logged: AtomicBool::new(false),
         }
     }
@@ -118,10 +125,13 @@ impl ServerShared {
     }
 }
 
-/// One client counted against its server's `max_connections`, released on drop. It
+/// One client counted against its server's `max_connections`, and against its own
+/// client limits once its client is known (client protection), released on drop. It
 /// also gives the connection its server, so a connection's task holds one reference.
 pub struct ActiveSlot {
     server: Arc<ServerShared>,
+    /// The connection counted against its client, when a per-client limit applies.
+    client: OnceLock<ClientHold>,
 }
 
 impl ActiveSlot {
@@ -142,11 +152,30 @@ impl ActiveSlot {
         }
         Some(ActiveSlot {
             server: Arc::clone(server),
+            client: OnceLock::new(),
         })
     }
 
     pub fn server(&self) -> &Arc<ServerShared> {
         &self.server
+    }
+
+    /// Admits the connection under its server's client limits now that its client is
+    /// known (the peer, or the client a trusted front's PROXY header names), or says
+    /// which limit refuses it. Without limits, nothing is looked up.
+    pub fn admit_client(&self, limits: &ClientLimits, client: IpAddr) -> Result<(), Limit> {
+        if !limits.any() {
+            return Ok(());
+        }
+        let server = &self.server;
+        if let Some(hold) = server
+            .clients
+            .admit(&server.name, limits, client, Instant::now())?
+        {
+            // Admitted once per connection: a second hold would only be dropped.
+            let _ = self.client.set(hold);
+        }
+        Ok(())
     }
 }
 

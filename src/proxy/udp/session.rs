@@ -176,8 +176,9 @@ impl Session {
     }
 }
 
-/// Opens a session for `client`: a slot under `max_connections`, a descriptor from the
-/// budget, a backend, and a socket connected to it; then starts its reply task.
+/// Opens a session for `client`: a slot under `max_connections` and its client's limits
+/// (client protection), a descriptor from the budget, a backend, and a socket connected
+/// to it; then starts its reply task.
 pub(super) fn open(
     listening: &Arc<Listening>,
     settings: &ServerConfig,
@@ -187,6 +188,8 @@ pub(super) fn open(
     let server = &listening.server;
     let slot = ActiveSlot::acquire(server, settings.max_connections)
         .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
+    slot.admit_client(&settings.limits, client.ip())
+        .map_err(|_| Refusal::Closed(CloseReason::RateLimited))?;
     // With the budget used up, the oldest session that never had a reply gives up its
     // descriptor (see `evict`); only when none can is the datagram dropped.
     let descriptor = listening

@@ -1,0 +1,177 @@
+//! Client protection keys (`max_connections_per_client`, `connection_rate_per_client`,
+//! …), flat in `[defaults]` and `[servers.NAME]`: each read where it is written, then a
+//! server's own value taken over the default, key by key.
+
+use ipnet::IpNet;
+
+use super::reader::{Ctx, Section};
+use crate::config::error::join;
+use crate::config::limits::{Bucket, ClientLimits, Rate};
+
+/// Every client-protection key.
+pub(crate) const LIMIT_KEYS: &[&str] = &[
+    "max_connections_per_client",
+    "connection_rate_per_client",
+    "connection_burst_per_client",
+    "connection_rate",
+    "connection_burst",
+    "client_prefix_v4",
+    "client_prefix_v6",
+    "client_limit_exempt",
+    "client_table_size",
+];
+
+/// A key as written in one section, with where; `Some(None)` is a limit set to `0`
+/// (off, overriding a default).
+type Set<T> = Option<(Option<T>, usize)>;
+
+/// The client-protection keys one section sets.
+#[derive(Clone, Default)]
+pub(super) struct LimitKeys {
+    max_connections_per_client: Set<u32>,
+    connection_rate_per_client: Set<Rate>,
+    connection_burst_per_client: Set<u32>,
+    connection_rate: Set<Rate>,
+    connection_burst: Set<u32>,
+    client_prefix_v4: Set<u8>,
+    client_prefix_v6: Set<u8>,
+    client_limit_exempt: Set<Vec<IpNet>>,
+    client_table_size: Set<u32>,
+}
+
+/// Takes the client-protection keys of `sec`.
+pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
+    let mut count = |key: &str, min: u32| {
+        let f = sec.take(key)?;
+        let n = ctx.u32_at_least(&f, min)?;
+        Some(((n > 0).then_some(n), f.at))
+    };
+    let max_connections_per_client = count("max_connections_per_client", 0);
+    let connection_burst_per_client = count("connection_burst_per_client", 1);
+    let connection_burst = count("connection_burst", 1);
+    let client_table_size = count("client_table_size", 1);
+    let mut rate = |key: &str| {
+        let f = sec.take(key)?;
+        let rate = ctx.parse(&f, "a string such as \"20/s\"", |text| match text.trim() {
+            "0" => Ok(None),
+            text => text.parse::<Rate>().map(Some),
+        })?;
+        Some((rate, f.at))
+    };
+    let connection_rate_per_client = rate("connection_rate_per_client");
+    let connection_rate = rate("connection_rate");
+    let mut prefix = |key: &str, max: u8| {
+        let f = sec.take(key)?;
+        let n = ctx.u32_at_least(&f, 0)?;
+        if n > u32::from(max) {
+            ctx.error(f.at, f.path(), format!("must be at most {max}, got {n}"));
+            return None;
+        }
+        Some((u8::try_from(n).ok(), f.at))
+    };
+    let client_prefix_v4 = prefix("client_prefix_v4", 32);
+    let client_prefix_v6 = prefix("client_prefix_v6", 128);
+    let client_limit_exempt = sec.take("client_limit_exempt").and_then(|f| {
+        let mut nets = Vec::new();
+        for (at, path, text) in ctx.strings(&f)? {
+            match crate::acl::parse_network(text) {
+                Ok(net) => nets.push(net),
+                Err(message) => ctx.error(at, &path, message),
+            }
+        }
+        Some((Some(nets), f.at))
+    });
+    LimitKeys {
+        max_connections_per_client,
+        connection_rate_per_client,
+        connection_burst_per_client,
+        connection_rate,
+        connection_burst,
+        client_prefix_v4,
+        client_prefix_v6,
+        client_limit_exempt,
+        client_table_size,
+    }
+}
+
+/// A server's limits: its own keys over `[defaults]`, key by key. `path` is the
+/// server's key path.
+pub(super) fn resolve(
+    ctx: &mut Ctx<'_>,
+    own: &LimitKeys,
+    defaults: &LimitKeys,
+    path: &str,
+) -> ClientLimits {
+    let pick =
+        |own: &Set<u32>, default: &Set<u32>| own.as_ref().or(default.as_ref()).and_then(|s| s.0);
+    let rates = |own: &Set<Rate>, default: &Set<Rate>| {
+        own.as_ref().or(default.as_ref()).and_then(|s| s.0.clone())
+    };
+    let mut bucket = |rate: Option<Rate>, burst: (&Set<u32>, &Set<u32>), keys: (&str, &str)| {
+        let (own_burst, default_burst) = burst;
+        let burst_set = own_burst.as_ref().or(default_burst.as_ref());
+        match (rate, burst_set) {
+            (Some(rate), burst) => {
+                let burst = burst
+                    .and_then(|s| s.0)
+                    .unwrap_or_else(|| rate.default_burst());
+                Some(Bucket { rate, burst })
+            }
+            (None, Some(&(_, at))) if own_burst.is_some() => {
+                let message = format!("sizes the bucket of {}, which is not set", keys.0);
+                ctx.error(at, &join(path, keys.1), message);
+                None
+            }
+            (None, _) => None,
+        }
+    };
+    let connection_rate_per_client = bucket(
+        rates(
+            &own.connection_rate_per_client,
+            &defaults.connection_rate_per_client,
+        ),
+        (
+            &own.connection_burst_per_client,
+            &defaults.connection_burst_per_client,
+        ),
+        ("connection_rate_per_client", "connection_burst_per_client"),
+    );
+    let connection_rate = bucket(
+        rates(&own.connection_rate, &defaults.connection_rate),
+        (&own.connection_burst, &defaults.connection_burst),
+        ("connection_rate", "connection_burst"),
+    );
+    let fallback = ClientLimits::default();
+    let prefix = |own: &Set<u8>, default: &Set<u8>, fallback: u8| {
+        own.as_ref()
+            .or(default.as_ref())
+            .and_then(|s| s.0)
+            .unwrap_or(fallback)
+    };
+    ClientLimits {
+        max_connections_per_client: pick(
+            &own.max_connections_per_client,
+            &defaults.max_connections_per_client,
+        ),
+        connection_rate_per_client,
+        connection_rate,
+        client_prefix_v4: prefix(
+            &own.client_prefix_v4,
+            &defaults.client_prefix_v4,
+            fallback.client_prefix_v4,
+        ),
+        client_prefix_v6: prefix(
+            &own.client_prefix_v6,
+            &defaults.client_prefix_v6,
+            fallback.client_prefix_v6,
+        ),
+        client_limit_exempt: own
+            .client_limit_exempt
+            .as_ref()
+            .or(defaults.client_limit_exempt.as_ref())
+            .and_then(|s| s.0.clone())
+            .unwrap_or_default(),
+        client_table_size: pick(&own.client_table_size, &defaults.client_table_size)
+            .unwrap_or(fallback.client_table_size),
+    }
+}

@@ -1,0 +1,230 @@
+//! Client protection (`[servers.NAME]` and `[defaults]`): limits per client (concurrent
+//! connections, a connection rate) and per server (a connection rate). All off unless
+//! set. What counts as one client is its address's prefix (`client_prefix_v4`,
+//! `client_prefix_v6`).
+
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+
+/// A count per period, as written: `"20/s"`, `"300/m"`, `"1000/h"`.
+#[derive(Clone, Debug)]
+pub struct Rate {
+    text: String,
+    count: u64,
+    per: Duration,
+}
+
+impl Rate {
+    /// Events per second.
+    pub fn per_second(&self) -> f64 {
+        self.count as f64 / self.per.as_secs_f64()
+    }
+
+    /// A bucket's default size: one second's worth, at least 1.
+    pub fn default_burst(&self) -> u32 {
+        let second = self.per_second().ceil();
+        if second >= f64::from(u32::MAX) {
+            u32::MAX
+        } else {
+            (second as u32).max(1)
+        }
+    }
+}
+
+impl FromStr for Rate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("\"{text}\" is not a rate such as \"20/s\", \"300/m\" or \"1000/h\"");
+        let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+        let count: u64 = count.trim().parse().map_err(|_| bad())?;
+        let per = period(unit.trim()).ok_or_else(bad)?;
+        if count == 0 {
+            return Err(format!(
+                "\"{text}\": a rate must be more than 0 (leave the key out for no limit)"
+            ));
+        }
+        Ok(Rate {
+            text: text.to_owned(),
+            count,
+            per,
+        })
+    }
+}
+
+shown_as_written!(Rate, text);
+
+fn period(unit: &str) -> Option<Duration> {
+    match unit {
+        "s" | "sec" | "second" => Some(Duration::from_secs(1)),
+        "m" | "min" | "minute" => Some(Duration::from_secs(60)),
+        "h" | "hour" => Some(Duration::from_secs(3600)),
+        _ => None,
+    }
+}
+
+/// A token bucket: `rate` refills it, `burst` is its size.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Bucket {
+    pub rate: Rate,
+    pub burst: u32,
+}
+
+/// How many clients a server tracks by default.
+pub const DEFAULT_CLIENT_TABLE_SIZE: u32 = 100_000;
+/// What counts as one IPv4 client by default: its address.
+pub const DEFAULT_CLIENT_PREFIX_V4: u8 = 32;
+/// What counts as one IPv6 client by default: its /64, inside which a host changes
+/// addresses at will.
+pub const DEFAULT_CLIENT_PREFIX_V6: u8 = 64;
+
+/// A server's client protection; every limit off by default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Concurrent TCP connections (UDP: sessions) per client.
+    pub max_connections_per_client: Option<u32>,
+    /// New connections (UDP: sessions) per client.
+    pub connection_rate_per_client: Option<Bucket>,
+    /// New connections (UDP: sessions) to the whole server.
+    pub connection_rate: Option<Bucket>,
+    /// The prefix length that counts as one IPv4 client.
+    pub client_prefix_v4: u8,
+    /// The prefix length that counts as one IPv6 client.
+    pub client_prefix_v6: u8,
+    /// Clients no limit applies to.
+    pub client_limit_exempt: Vec<IpNet>,
+    /// The most clients tracked; past it the least recently seen are forgotten.
+    pub client_table_size: u32,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_connections_per_client: None,
+            connection_rate_per_client: None,
+            connection_rate: None,
+            client_prefix_v4: DEFAULT_CLIENT_PREFIX_V4,
+            client_prefix_v6: DEFAULT_CLIENT_PREFIX_V6,
+            client_limit_exempt: Vec::new(),
+            client_table_size: DEFAULT_CLIENT_TABLE_SIZE,
+        }
+    }
+}
+
+impl ClientLimits {
+    /// Whether any limit is set: without one, admission looks nothing up.
+    pub fn any(&self) -> bool {
+        self.per_client() || self.connection_rate.is_some()
+    }
+
+    /// Whether a limit keeps per-client state (and so clients are tracked).
+    pub fn per_client(&self) -> bool {
+        self.max_connections_per_client.is_some() || self.connection_rate_per_client.is_some()
+    }
+
+    /// Whether `client` is exempt from every limit.
+    pub fn exempt(&self, client: IpAddr) -> bool {
+        crate::acl::in_any(&self.client_limit_exempt, client)
+    }
+
+    /// The key `client` is tracked under: its address with the bits past the configured
+    /// prefix cleared (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn client_key(&self, client: IpAddr) -> IpAddr {
+        let client = client.to_canonical();
+        let prefix = match client {
+            IpAddr::V4(_) => self.client_prefix_v4,
+            IpAddr::V6(_) => self.client_prefix_v6,
+        };
+        IpNet::new(client, prefix).map_or(client, |net| net.network())
+    }
+}
+
+impl Serialize for ClientLimits {
+    /// The keys set, flat among the server's; defaults and limits that are off are not
+    /// written (a file that never names them dumps as before).
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(n) = self.max_connections_per_client {
+            map.serialize_entry("max_connections_per_client", &n)?;
+        }
+        if let Some(bucket) = &self.connection_rate_per_client {
+            map.serialize_entry("connection_rate_per_client", &bucket.rate)?;
+            map.serialize_entry("connection_burst_per_client", &bucket.burst)?;
+        }
+        if let Some(bucket) = &self.connection_rate {
+            map.serialize_entry("connection_rate", &bucket.rate)?;
+            map.serialize_entry("connection_burst", &bucket.burst)?;
+        }
+        if self.client_prefix_v4 != DEFAULT_CLIENT_PREFIX_V4 {
+            map.serialize_entry("client_prefix_v4", &self.client_prefix_v4)?;
+        }
+        if self.client_prefix_v6 != DEFAULT_CLIENT_PREFIX_V6 {
+            map.serialize_entry("client_prefix_v6", &self.client_prefix_v6)?;
+        }
+        if !self.client_limit_exempt.is_empty() {
+            let exempt: Vec<String> = self
+                .client_limit_exempt
+                .iter()
+                .map(ToString::to_string)
+                .collect();
+            map.serialize_entry("client_limit_exempt", &exempt)?;
+        }
+        if self.client_table_size != DEFAULT_CLIENT_TABLE_SIZE {
+            map.serialize_entry("client_table_size", &self.client_table_size)?;
+        }
+        map.end()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_and_their_default_bursts() {
+        let rate: Rate = "20/s".parse().expect("rate");
+        assert_eq!((rate.per_second(), rate.default_burst()), (20.0, 20));
+        let rate: Rate = "30/m".parse().expect("rate");
+        assert_eq!((rate.per_second(), rate.default_burst()), (0.5, 1));
+        let rate: Rate = "7200 / h".parse().expect("rate");
+        assert_eq!(rate.per_second(), 2.0);
+        assert_eq!(rate.to_string(), "7200 / h");
+        for bad in ["20", "x/s", "20/d", "-1/s", "/s"] {
+            assert!(bad.parse::<Rate>().is_err(), "{bad}");
+        }
+        assert_eq!(
+            "0/s".parse::<Rate>().unwrap_err(),
+            "\"0/s\": a rate must be more than 0 (leave the key out for no limit)"
+        );
+    }
+
+    #[test]
+    fn clients_are_keyed_by_their_prefix() {
+        let limits = ClientLimits::default();
+        let key = |text: &str| limits.client_key(text.parse().expect("address"));
+        assert_eq!(key("192.0.2.7"), "192.0.2.7".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            key("2001:db8:1:2:3:4:5:6"),
+            "2001:db8:1:2::".parse::<IpAddr>().expect("ip")
+        );
+        assert_eq!(
+            key("::ffff:192.0.2.7"),
+            "192.0.2.7".parse::<IpAddr>().expect("ip")
+        );
+        let coarse = ClientLimits {
+            client_prefix_v4: 24,
+            client_prefix_v6: 48,
+            ..ClientLimits::default()
+        };
+        let key = |text: &str| coarse.client_key(text.parse().expect("address"));
+        assert_eq!(key("192.0.2.7"), "192.0.2.0".parse::<IpAddr>().expect("ip"));
+        assert_eq!(
+            key("2001:db8:1:2::9"),
+            "2001:db8:1::".parse::<IpAddr>().expect("ip")
+        );
+    }
+}

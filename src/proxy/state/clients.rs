@@ -1,0 +1,394 @@
+//! Client protection's state: each client a server has seen recently (its address's
+//! prefix, see [`ClientLimits::client_key`]), with its connections open now and its
+//! token bucket; and the server's own bucket.
+//!
+//! The table is split into shards, each a least-recently-seen list under its own lock,
+//! so new connections from different clients rarely wait on each other; it holds at most
+//! `client_table_size` clients, and a flood from ever new addresses only pushes the
+//! least recently seen out. A client pushed out while it has connections open is
+//! forgotten with them: its count starts again from zero if it comes back (the price of
+//! a bounded table, paid only past its size). The limits are read at each admission, so
+//! a reload that changes them keeps every client's count and bucket.
+
+use std::hash::BuildHasher;
+use std::net::IpAddr;
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use lru::LruCache;
+use tokio::time::Instant;
+use tracing::warn;
+
+use crate::config::limits::{Bucket, ClientLimits};
+
+/// Shards of the table: enough that two cores rarely contend, few enough that a small
+/// table still spreads over them.
+const SHARDS: usize = 16;
+
+/// Which limit refused a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Limit {
+    /// `max_connections_per_client`.
+    ClientConnections,
+    /// `connection_rate_per_client`.
+    ClientRate,
+    /// `connection_rate`, the whole server's.
+    ServerRate,
+}
+
+impl Limit {
+    /// The key that set it.
+    pub fn key(self) -> &'static str {
+        match self {
+            Limit::ClientConnections => "max_connections_per_client",
+            Limit::ClientRate => "connection_rate_per_client",
+            Limit::ServerRate => "connection_rate",
+        }
+    }
+
+    /// Why a connection was refused, for its access-log line.
+    pub fn detail(self, limits: &ClientLimits) -> String {
+        let bucket = |bucket: &Option<Bucket>| {
+            bucket
+                .as_ref()
+                .map_or_else(String::new, |b| format!(" ({}, burst {})", b.rate, b.burst))
+        };
+        match self {
+            Limit::ClientConnections => format!(
+                "the client's max_connections_per_client ({}) is reached",
+                limits.max_connections_per_client.unwrap_or_default()
+            ),
+            Limit::ClientRate => format!(
+                "the client's connection_rate_per_client{} is used up",
+                bucket(&limits.connection_rate_per_client)
+            ),
+            Limit::ServerRate => format!(
+                "the server's connection_rate{} is used up",
+                bucket(&limits.connection_rate)
+            ),
+        }
+    }
+}
+
+/// A token bucket's state; its rate and size are the configuration's, read at each use.
+#[derive(Clone, Copy, Debug)]
+struct Tokens {
+    tokens: f64,
+    last: Instant,
+}
+
+impl Tokens {
+    /// A full bucket.
+    fn full(bucket: &Bucket, now: Instant) -> Self {
+        Tokens {
+            tokens: f64::from(bucket.burst),
+            last: now,
+        }
+    }
+
+    /// Refills for the time since the last use, then takes one token if there is one.
+    fn take(&mut self, bucket: &Bucket, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        let burst = f64::from(bucket.burst);
+        self.tokens = (self.tokens + elapsed * bucket.rate.per_second()).min(burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// One tracked client.
+#[derive(Debug)]
+struct Client {
+    /// Connections (UDP: sessions) open now; each [`ClientHold`] counts one.
+    open: Arc<AtomicU32>,
+    tokens: Option<Tokens>,
+    /// The limit it was last refused by, until it is admitted again.
+    limited: Option<Limit>,
+}
+
+/// One open connection counted against its client, released on drop.
+#[derive(Debug)]
+pub struct ClientHold(Arc<AtomicU32>);
+
+impl Drop for ClientHold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The clients of one server.
+pub struct Clients {
+    shards: Box<[Mutex<LruCache<IpAddr, Client, std::hash::RandomState>>]>,
+    /// Picks a client's shard; keyed at random, so no one can aim at one shard.
+    hasher: std::hash::RandomState,
+    server: Mutex<Option<Tokens>>,
+    server_limited: AtomicBool,
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Clients::new()
+    }
+}
+
+impl Clients {
+    pub fn new() -> Self {
+        let shard = || Mutex::new(LruCache::unbounded_with_hasher(Default::default()));
+        Clients {
+            shards: (0..SHARDS).map(|_| shard()).collect(),
+            hasher: std::hash::RandomState::new(),
+            server: Mutex::new(None),
+            server_limited: AtomicBool::new(false),
+        }
+    }
+
+    /// Admits one new connection (UDP: session) from `client` under `limits`, or says
+    /// which limit refuses it. `Ok(None)` when no per-client limit applies to it (none is
+    /// set, or the client is exempt). Entering and leaving the limited state is logged
+    /// once each, for a client and for the server.
+    pub fn admit(
+        &self,
+        server: &str,
+        limits: &ClientLimits,
+        client: IpAddr,
+        now: Instant,
+    ) -> Result<Option<ClientHold>, Limit> {
+        if limits.exempt(client) {
+            return Ok(None);
+        }
+        let hold = if limits.per_client() {
+            Some(self.admit_client(server, limits, client, now)?)
+        } else {
+            None
+        };
+        if let Some(bucket) = &limits.connection_rate {
+            let mut tokens = lock(&self.server);
+            let tokens = tokens.get_or_insert_with(|| Tokens::full(bucket, now));
+            let admitted = tokens.take(bucket, now);
+            let was_limited = self.server_limited.swap(!admitted, Ordering::Relaxed);
+            if was_limited == admitted {
+                if admitted {
+                    warn!(
+                        server,
+                        limit = Limit::ServerRate.key(),
+                        "server no longer limited: new connections accepted again"
+                    );
+                } else {
+                    warn!(server, limit = Limit::ServerRate.key(), rate = %bucket.rate, burst = bucket.burst, "server limited: new connections refused");
+                }
+            }
+            if !admitted {
+                return Err(Limit::ServerRate);
+            }
+        }
+        Ok(hold)
+    }
+
+    fn admit_client(
+        &self,
+        server: &str,
+        limits: &ClientLimits,
+        client: IpAddr,
+        now: Instant,
+    ) -> Result<ClientHold, Limit> {
+        let key = limits.client_key(client);
+        let shard = &self.shards[self.shard_of(&key)];
+        let mut table = lock(shard);
+        let per_shard = (limits.client_table_size as usize).div_ceil(SHARDS).max(1);
+        if table.cap().get() != per_shard {
+            table.resize(NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN));
+        }
+        let entry = table.get_or_insert_mut(key, || Client {
+            open: Arc::new(AtomicU32::new(0)),
+            tokens: None,
+            limited: None,
+        });
+        let refused = match (
+            limits.max_connections_per_client,
+            &limits.connection_rate_per_client,
+        ) {
+            (Some(max), _) if entry.open.load(Ordering::Relaxed) >= max => {
+                Some(Limit::ClientConnections)
+            }
+            (_, Some(bucket)) => {
+                let tokens = entry
+                    .tokens
+                    .get_or_insert_with(|| Tokens::full(bucket, now));
+                (!tokens.take(bucket, now)).then_some(Limit::ClientRate)
+            }
+            _ => None,
+        };
+        match refused {
+            Some(limit) => {
+                if entry.limited.replace(limit) != Some(limit) {
+                    warn!(server, client = %key, limit = limit.key(), "client limited: its new connections are refused");
+                }
+                Err(limit)
+            }
+            None => {
+                if let Some(limit) = entry.limited.take() {
+                    warn!(server, client = %key, limit = limit.key(), "client no longer limited");
+                }
+                entry.open.fetch_add(1, Ordering::Relaxed);
+                Ok(ClientHold(Arc::clone(&entry.open)))
+            }
+        }
+    }
+
+    fn shard_of(&self, key: &IpAddr) -> usize {
+        (self.hasher.hash_one(key) % SHARDS as u64) as usize
+    }
+
+    /// How many clients are tracked now.
+    pub fn tracked(&self) -> usize {
+        self.shards.iter().map(|shard| lock(shard).len()).sum()
+    }
+}
+
+/// A lock whose holder cannot leave its data half-changed (no code under it panics on
+/// anything a client sends): a poisoned one is taken as it is.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::config::limits::Rate;
+
+    fn bucket(rate: &str, burst: u32) -> Option<Bucket> {
+        Some(Bucket {
+            rate: rate.parse::<Rate>().expect("rate"),
+            burst,
+        })
+    }
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().expect("address")
+    }
+
+    #[test]
+    fn a_client_rate_refuses_past_the_burst_and_refills() {
+        let clients = Clients::new();
+        let limits = ClientLimits {
+            connection_rate_per_client: bucket("10/s", 3),
+            ..ClientLimits::default()
+        };
+        let now = Instant::now();
+        let holds: Vec<_> = (0..3)
+            .map(|_| clients.admit("t", &limits, ip("10.0.0.1"), now))
+            .collect();
+        assert!(holds.iter().all(|h| matches!(h, Ok(Some(_)))));
+        assert_eq!(
+            clients.admit("t", &limits, ip("10.0.0.1"), now).err(),
+            Some(Limit::ClientRate)
+        );
+        // Another client has its own bucket.
+        assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_ok());
+        // A tenth of a second refills one token.
+        let later = now + Duration::from_millis(100);
+        assert!(clients.admit("t", &limits, ip("10.0.0.1"), later).is_ok());
+        assert!(clients.admit("t", &limits, ip("10.0.0.1"), later).is_err());
+    }
+
+    #[test]
+    fn a_connection_cap_is_released_as_connections_close() {
+        let clients = Clients::new();
+        let limits = ClientLimits {
+            max_connections_per_client: Some(2),
+            ..ClientLimits::default()
+        };
+        let now = Instant::now();
+        let a = clients
+            .admit("t", &limits, ip("10.0.0.1"), now)
+            .expect("first");
+        let _b = clients
+            .admit("t", &limits, ip("10.0.0.1"), now)
+            .expect("second");
+        assert_eq!(
+            clients.admit("t", &limits, ip("10.0.0.1"), now).err(),
+            Some(Limit::ClientConnections)
+        );
+        drop(a);
+        assert!(clients.admit("t", &limits, ip("10.0.0.1"), now).is_ok());
+    }
+
+    #[test]
+    fn exempt_clients_and_ipv6_prefixes() {
+        let clients = Clients::new();
+        let limits = ClientLimits {
+            max_connections_per_client: Some(1),
+            client_limit_exempt: vec!["10.1.0.0/16".parse().expect("net")],
+            ..ClientLimits::default()
+        };
+        let now = Instant::now();
+        let exempt: Vec<_> = (0..5)
+            .map(|_| clients.admit("t", &limits, ip("10.1.2.3"), now))
+            .collect();
+        assert!(exempt.iter().all(|h| matches!(h, Ok(None))));
+        // Two addresses of one /64 are one client.
+        let _held = clients
+            .admit("t", &limits, ip("2001:db8::1"), now)
+            .expect("first");
+        assert_eq!(
+            clients.admit("t", &limits, ip("2001:db8::ffff"), now).err(),
+            Some(Limit::ClientConnections)
+        );
+        assert!(clients
+            .admit("t", &limits, ip("2001:db8:0:1::1"), now)
+            .is_ok());
+    }
+
+    #[test]
+    fn the_server_rate_counts_every_client() {
+        let clients = Clients::new();
+        let limits = ClientLimits {
+            connection_rate: bucket("1/s", 2),
+            ..ClientLimits::default()
+        };
+        let now = Instant::now();
+        assert!(clients.admit("t", &limits, ip("10.0.0.1"), now).is_ok());
+        assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_ok());
+        assert_eq!(
+            clients.admit("t", &limits, ip("10.0.0.3"), now).err(),
+            Some(Limit::ServerRate)
+        );
+        assert_eq!(clients.tracked(), 0, "no per-client limit: nobody tracked");
+        assert!(clients
+            .admit("t", &limits, ip("10.0.0.3"), now + Duration::from_secs(1))
+            .is_ok());
+    }
+
+    #[test]
+    fn the_table_keeps_at_most_its_size_forgetting_the_least_recently_seen() {
+        let clients = Clients::new();
+        let limits = ClientLimits {
+            connection_rate_per_client: bucket("1/h", 1),
+            client_table_size: 1_000,
+            ..ClientLimits::default()
+        };
+        let now = Instant::now();
+        for i in 0..100_000u32 {
+            let client = IpAddr::from(i.to_be_bytes());
+            let _ = clients.admit("t", &limits, client, now);
+        }
+        let tracked = clients.tracked();
+        assert!(tracked <= 1_000 + SHARDS, "{tracked} tracked");
+        assert!(tracked >= 900, "{tracked} tracked");
+        // The last client seen is still known (its bucket is empty); the first is not.
+        let last = IpAddr::from(99_999u32.to_be_bytes());
+        assert!(clients.admit("t", &limits, last, now).is_err());
+        let first = IpAddr::from(0u32.to_be_bytes());
+        assert!(clients.admit("t", &limits, first, now).is_ok());
+    }
+}

@@ -1,0 +1,238 @@
+//! Client protection with real sockets from several loopback source addresses: each
+//! limit refuses, and lets the client in again when its bucket refills or its
+//! connections close; exempt networks; a reload keeps the counts; the client a PROXY
+//! header names is the one limited; UDP sessions per client.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use sluice::balance::BalanceKind;
+use sluice::config::limits::{Bucket, ClientLimits};
+use sluice::config::{AcceptProxy, ServerConfig};
+use sluice::proxy::CloseReason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{udp, *};
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().expect("address")
+}
+
+fn bucket(rate: &str, burst: u32) -> Option<Bucket> {
+    Some(Bucket {
+        rate: rate.parse().expect("rate"),
+        burst,
+    })
+}
+
+/// Connects from `source` and reads: the backend's name when served, `None` when closed
+/// without a byte (refused).
+async fn attempt(addr: SocketAddr, source: &str) -> (Option<String>, TcpStream) {
+    let mut stream = connect_from(addr, Some(ip(source))).await;
+    let mut name = Vec::new();
+    loop {
+        let mut byte = [0u8; 1];
+        match tokio::time::timeout(WAIT, stream.read(&mut byte)).await {
+            Ok(Ok(1)) if byte[0] == b'\n' => {
+                return (Some(String::from_utf8(name).expect("utf-8")), stream)
+            }
+            Ok(Ok(1)) => name.push(byte[0]),
+            Ok(Ok(_)) | Ok(Err(_)) if name.is_empty() => return (None, stream),
+            Ok(Ok(_)) | Ok(Err(_)) => panic!("{source}: closed after {name:?}"),
+            Err(_) => panic!("{source}: neither served nor closed"),
+        }
+    }
+}
+
+async fn served(addr: SocketAddr, source: &str) -> bool {
+    attempt(addr, source).await.0.is_some()
+}
+
+async fn limited(limits: ClientLimits) -> (Sluice, TestBackend) {
+    let a = TestBackend::named("a").await;
+    let cfg = ServerConfig {
+        limits,
+        ..server(BalanceKind::RoundRobin, vec![a.spec()])
+    };
+    (Sluice::start(cfg).await, a)
+}
+
+#[tokio::test]
+async fn a_client_past_its_rate_is_refused_until_its_bucket_refills() {
+    let (lb, _a) = limited(ClientLimits {
+        connection_rate_per_client: bucket("5/s", 3),
+        ..ClientLimits::default()
+    })
+    .await;
+    for _ in 0..3 {
+        assert!(served(lb.addr, "127.0.0.2").await);
+    }
+    assert!(
+        !served(lb.addr, "127.0.0.2").await,
+        "the fourth is over the burst"
+    );
+    assert!(
+        served(lb.addr, "127.0.0.3").await,
+        "another client has its own bucket"
+    );
+    let shared = lb.shared().await;
+    assert_eq!(shared.stats.refused(CloseReason::RateLimited), 1);
+    // 5/s: a token comes back within a fifth of a second.
+    eventually("the bucket refills", || served(lb.addr, "127.0.0.2")).await;
+}
+
+#[tokio::test]
+async fn a_client_at_its_connection_cap_gets_in_again_when_one_closes() {
+    let (lb, _a) = limited(ClientLimits {
+        max_connections_per_client: Some(2),
+        ..ClientLimits::default()
+    })
+    .await;
+    let (first, held) = attempt(lb.addr, "127.0.0.4").await;
+    let (second, _held2) = attempt(lb.addr, "127.0.0.4").await;
+    assert_eq!(
+        (first.as_deref(), second.as_deref()),
+        (Some("a"), Some("a"))
+    );
+    assert!(
+        !served(lb.addr, "127.0.0.4").await,
+        "a third at once is refused"
+    );
+    assert!(served(lb.addr, "127.0.0.5").await, "others are not");
+    drop(held);
+    eventually("a closed connection frees its place", || {
+        served(lb.addr, "127.0.0.4")
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn exempt_networks_and_the_servers_own_rate() {
+    let (lb, _a) = limited(ClientLimits {
+        max_connections_per_client: Some(1),
+        connection_rate: bucket("1/h", 4),
+        client_limit_exempt: vec!["127.0.7.0/24".parse().expect("net")],
+        ..ClientLimits::default()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let (name, stream) = attempt(lb.addr, "127.0.7.9").await;
+        assert!(
+            name.is_some(),
+            "exempt from every limit, the server's rate too"
+        );
+        held.push(stream);
+    }
+    for source in ["127.0.0.6", "127.0.0.7", "127.0.0.8", "127.0.0.9"] {
+        assert!(
+            served(lb.addr, source).await,
+            "{source}: within the server's burst"
+        );
+    }
+    assert!(
+        !served(lb.addr, "127.0.0.10").await,
+        "the server's bucket is empty"
+    );
+    let shared = lb.shared().await;
+    assert_eq!(shared.stats.refused(CloseReason::RateLimited), 1);
+}
+
+#[tokio::test]
+async fn a_reload_changes_a_limit_and_keeps_the_counts() {
+    let (lb, a) = limited(ClientLimits {
+        max_connections_per_client: Some(2),
+        ..ClientLimits::default()
+    })
+    .await;
+    let (_, one) = attempt(lb.addr, "127.0.0.11").await;
+    let (_, two) = attempt(lb.addr, "127.0.0.11").await;
+    assert!(!served(lb.addr, "127.0.0.11").await);
+    let raised = ServerConfig {
+        limits: ClientLimits {
+            max_connections_per_client: Some(3),
+            ..ClientLimits::default()
+        },
+        ..server(BalanceKind::RoundRobin, vec![a.spec()])
+    };
+    lb.runtime.apply(config(raised)).await.expect("reload");
+    // The two open connections still count: one more fits, not two.
+    let (three, _held) = attempt(lb.addr, "127.0.0.11").await;
+    assert!(three.is_some());
+    assert!(
+        !served(lb.addr, "127.0.0.11").await,
+        "the count survived the reload"
+    );
+    drop((one, two));
+}
+
+#[tokio::test]
+async fn behind_a_front_the_client_its_proxy_header_names_is_limited() {
+    let a = TestBackend::named("a").await;
+    let mut cfg = ServerConfig {
+        limits: ClientLimits {
+            max_connections_per_client: Some(1),
+            ..ClientLimits::default()
+        },
+        ..server(BalanceKind::RoundRobin, vec![a.spec()])
+    };
+    cfg.proxy_protocol.accept = Some(AcceptProxy {
+        from: vec!["127.0.0.0/8".parse().expect("net")],
+        timeout: Duration::from_secs(5),
+    });
+    let lb = Sluice::start(cfg).await;
+    let via_front = |client: &'static str| async move {
+        let mut stream = connect_from(lb.addr, Some(ip("127.0.0.12"))).await;
+        let header = format!("PROXY TCP4 {client} 198.51.100.1 40000 443\r\n");
+        stream.write_all(header.as_bytes()).await.expect("header");
+        let mut byte = [0u8; 1];
+        let served = matches!(
+            tokio::time::timeout(WAIT, stream.read(&mut byte)).await,
+            Ok(Ok(1))
+        );
+        (served, stream)
+    };
+    let (first, _held) = via_front("192.0.2.7").await;
+    assert!(first);
+    let (second, _) = via_front("192.0.2.7").await;
+    assert!(
+        !second,
+        "the same client behind the same front is at its cap"
+    );
+    let (other, _) = via_front("192.0.2.8").await;
+    assert!(other, "another client behind the same front is not");
+}
+
+#[tokio::test]
+async fn udp_sessions_per_client_are_capped() {
+    let echo = udp::UdpBackend::named("e").await;
+    let mut cfg = server(BalanceKind::RoundRobin, vec![echo.spec()]);
+    cfg.protocol = sluice::config::Protocol::Udp;
+    cfg.limits.max_connections_per_client = Some(1);
+    let lb = Sluice::start(cfg).await;
+    let first = udp::client("127.0.0.13:0").await;
+    assert!(
+        udp::ask(&first, lb.addr, b"one", 3).await.is_some(),
+        "the first session"
+    );
+    // A second session of the same client: refused. Its datagrams are refused, not
+    // delayed, so one short wait tells.
+    let second = udp::client("127.0.0.13:0").await;
+    second.send_to(b"two", lb.addr).await.expect("send");
+    assert_eq!(
+        udp::receive(&second, Duration::from_millis(300)).await,
+        None
+    );
+    let other = udp::client("127.0.0.14:0").await;
+    assert!(
+        udp::ask(&other, lb.addr, b"three", 3).await.is_some(),
+        "another client"
+    );
+    assert!(
+        udp::ask(&first, lb.addr, b"four", 3).await.is_some(),
+        "the open session goes on"
+    );
+    let shared = lb.shared().await;
+    assert!(shared.stats.refused(CloseReason::RateLimited) >= 1);
+}
