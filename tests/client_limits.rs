@@ -13,7 +13,7 @@ use sluice::proxy::CloseReason;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{udp, *};
+use crate::support::{http, process, udp, *};
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("address")
@@ -235,4 +235,56 @@ async fn udp_sessions_per_client_are_capped() {
     );
     let shared = lb.shared().await;
     assert!(shared.stats.refused(CloseReason::RateLimited) >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_lists_the_busiest_clients_and_forgets_one() {
+    let a = TestBackend::named("a").await;
+    let toml = format!(
+        "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n\
+         [servers.test]\nbind = \"127.0.0.1:0\"\nmax_connections_per_client = 2\n\
+         [servers.test.discovery]\nkind = \"static\"\nstatic_list = [\"{}\"]\n",
+        a.addr
+    );
+    let sluice = process::SluiceProcess::start(&toml).await;
+    let (_, one) = attempt(sluice.addr, "127.0.0.21").await;
+    let (_, two) = attempt(sluice.addr, "127.0.0.21").await;
+    assert!(!served(sluice.addr, "127.0.0.21").await);
+    let (_, three) = attempt(sluice.addr, "127.0.0.22").await;
+
+    let listed = http::get(sluice.api(), "/servers/test/clients?top=5").await;
+    assert_eq!(listed.status, 200, "{}", listed.body);
+    let clients = listed.json();
+    let first = &clients[0];
+    assert_eq!(first["client"], "127.0.0.21/32");
+    assert_eq!(first["open"], 2);
+    assert_eq!(first["limited"], "max_connections_per_client");
+    assert!(first["rate"].as_f64().is_some_and(|r| r > 0.0));
+    assert_eq!(clients[1]["client"], "127.0.0.22/32");
+    assert_eq!(clients[1]["limited"], serde_json::Value::Null);
+    let only_one = http::get(sluice.api(), "/servers/test/clients?top=1").await;
+    assert_eq!(only_one.json().as_array().map(Vec::len), Some(1));
+    let bad = http::get(sluice.api(), "/servers/test/clients?top=0").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(bad.json()["field"], "top");
+
+    // Forgotten, the client starts from nothing: two more fit beside the two open.
+    let forget = |addr: &'static str| {
+        let api = sluice.api();
+        async move {
+            http::request(
+                api,
+                "DELETE",
+                &format!("/servers/test/clients/{addr}"),
+                &[],
+                None,
+            )
+            .await
+        }
+    };
+    assert_eq!(forget("127.0.0.21").await.status, 200);
+    assert_eq!(forget("127.0.0.21").await.status, 404);
+    assert_eq!(forget("not-an-address").await.status, 400);
+    assert!(served(sluice.addr, "127.0.0.21").await);
+    drop((one, two, three));
 }

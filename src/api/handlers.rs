@@ -264,6 +264,68 @@ pub async fn reload(State(api): State<ApiState>) -> ApiResult<Json<Value>> {
 }
 
 #[derive(Deserialize)]
+pub struct ClientsQuery {
+    top: Option<String>,
+}
+
+/// The most clients `GET /servers/NAME/clients` lists.
+const MAX_TOP: usize = 1000;
+
+/// `GET /servers/NAME/clients?top=N`: the clients client protection tracks, the most
+/// active first (20 unless `top` says otherwise, at most 1000).
+pub async fn list_clients(
+    State(api): State<ApiState>,
+    Path(name): Path<String>,
+    Query(query): Query<ClientsQuery>,
+) -> ApiResult<Json<Value>> {
+    let top = match query.top.as_deref() {
+        None => 20,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_TOP).contains(&n) => n,
+            _ => {
+                let message = format!("\"{text}\" is not a number from 1 to {MAX_TOP}");
+                return Err(ApiError::field(StatusCode::BAD_REQUEST, "top", message));
+            }
+        },
+    };
+    let server = api
+        .control
+        .runtime()
+        .server(&name)
+        .await
+        .ok_or_else(|| no_server(&name))?;
+    let limits = server.settings.load().limits.clone();
+    let clients = server
+        .clients
+        .top(&limits, top, tokio::time::Instant::now());
+    Ok(Json(clients.iter().map(views::client).collect()))
+}
+
+/// `DELETE /servers/NAME/clients/ADDR`: forgets the client ADDR belongs to (its
+/// counts, bucket and limited state).
+pub async fn forget_client(
+    State(api): State<ApiState>,
+    Path((name, addr)): Path<(String, String)>,
+) -> ApiResult<Json<Value>> {
+    let client: std::net::IpAddr = addr.parse().map_err(|_| {
+        let message = format!("\"{addr}\" is not an IPv4 or IPv6 address");
+        ApiError::field(StatusCode::BAD_REQUEST, "addr", message)
+    })?;
+    let server = api
+        .control
+        .runtime()
+        .server(&name)
+        .await
+        .ok_or_else(|| no_server(&name))?;
+    let limits = server.settings.load().limits.clone();
+    if !server.clients.forget(&limits, client) {
+        let message = format!("server \"{name}\" tracks no client {addr}");
+        return Err(ApiError::not_found(message));
+    }
+    Ok(Json(Value::Null))
+}
+
+#[derive(Deserialize)]
 pub struct DumpQuery {
     format: Option<String>,
 }

@@ -45,6 +45,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/servers/{name}", &["get", "post", "put", "delete"]),
     ("/servers/{name}/stats", &["get"]),
     ("/servers/{name}/backends", &["get"]),
+    ("/servers/{name}/clients", &["get"]),
+    ("/servers/{name}/clients/{addr}", &["delete"]),
     (
         "/servers/{name}/backends/{key}",
         &["get", "post", "patch", "delete"],
@@ -74,6 +76,11 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
         )
         .route("/servers/{name}/stats", get(server_stats))
         .route("/servers/{name}/backends", get(list_backends))
+        .route("/servers/{name}/clients", get(list_clients))
+        .route(
+            "/servers/{name}/clients/{addr}",
+            axum::routing::delete(forget_client),
+        )
         .route(
             "/servers/{name}/backends/{key}",
             get(get_backend)

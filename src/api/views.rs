@@ -7,6 +7,7 @@ use serde_json::{json, Map, Value};
 
 use crate::backend::{AdminState, Backend};
 use crate::config::Protocol;
+use crate::proxy::state::clients::{ClientView, Limit};
 use crate::proxy::state::ServerShared;
 use crate::proxy::udp::{UdpDrop, UdpStats};
 
@@ -118,5 +119,16 @@ fn udp_stats(udp: &UdpStats) -> Value {
         "sessions_evicted": {
             "no_descriptor": udp.sessions_evicted.load(Ordering::Relaxed),
         },
+    })
+}
+
+/// A tracked client: its address (or network), connections open now, recent rate of new
+/// connections per second, and the limit holding it, if any.
+pub fn client(client: &ClientView) -> Value {
+    json!({
+        "client": client.client.to_string(),
+        "open": client.open,
+        "rate": (client.rate * 100.0).round() / 100.0,
+        "limited": client.limited.map(Limit::key),
     })
 }

@@ -144,6 +144,14 @@ impl Collector for Scrape {
             Meta::gauge("sluice_backends", "Backends configured for the server."),
             |s| Value::Gauge(s.pool.backends().len() as u64),
         )?;
+        self.per_server(
+            e,
+            Meta::gauge(
+                "sluice_clients_tracked",
+                "Clients client protection tracks now (at most client_table_size).",
+            ),
+            |s| Value::Gauge(s.shared.clients.tracked() as u64),
+        )?;
         let datagrams = self.udp_servers().flat_map(|s| {
             let udp = &s.shared.stats.udp;
             [

@@ -102,6 +102,10 @@ impl Tokens {
     }
 }
 
+/// How long the recent connection rate remembers: an exponentially weighted average
+/// over about this long.
+const RECENT: f64 = 10.0;
+
 /// One tracked client.
 #[derive(Debug)]
 struct Client {
@@ -110,6 +114,47 @@ struct Client {
     tokens: Option<Tokens>,
     /// The limit it was last refused by, until it is admitted again.
     limited: Option<Limit>,
+    /// New connections it asked for per second, admitted or not, recently (as of
+    /// `seen`).
+    recent: f64,
+    seen: Instant,
+}
+
+impl Client {
+    fn new(now: Instant) -> Self {
+        Client {
+            open: Arc::new(AtomicU32::new(0)),
+            tokens: None,
+            limited: None,
+            recent: 0.0,
+            seen: now,
+        }
+    }
+
+    /// Counts one more connection asked for at `now`.
+    fn asked(&mut self, now: Instant) {
+        self.recent = self.rate_at(now) + 1.0 / RECENT;
+        self.seen = now;
+    }
+
+    /// The recent rate as of `now`, decayed since it was last seen.
+    fn rate_at(&self, now: Instant) -> f64 {
+        let idle = now.saturating_duration_since(self.seen).as_secs_f64();
+        self.recent * (-idle / RECENT).exp()
+    }
+}
+
+/// A tracked client as the API lists it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientView {
+    /// The client's address, or its network when prefixes group addresses.
+    pub client: ipnet::IpNet,
+    /// Connections (UDP: sessions) open now.
+    pub open: u32,
+    /// New connections asked for per second, recently (over about ten seconds).
+    pub rate: f64,
+    /// The limit that refused it last, while it is limited.
+    pub limited: Option<Limit>,
 }
 
 /// One open connection counted against its client, released on drop.
@@ -204,11 +249,8 @@ impl Clients {
         if table.cap().get() != per_shard {
             table.resize(NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN));
         }
-        let entry = table.get_or_insert_mut(key, || Client {
-            open: Arc::new(AtomicU32::new(0)),
-            tokens: None,
-            limited: None,
-        });
+        let entry = table.get_or_insert_mut(key, || Client::new(now));
+        entry.asked(now);
         let refused = match (
             limits.max_connections_per_client,
             &limits.connection_rate_per_client,
@@ -239,6 +281,38 @@ impl Clients {
                 Ok(ClientHold(Arc::clone(&entry.open)))
             }
         }
+    }
+
+    /// The `top` tracked clients with the most connections open, then the highest
+    /// recent rate.
+    pub fn top(&self, limits: &ClientLimits, top: usize, now: Instant) -> Vec<ClientView> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let table = lock(shard);
+            all.extend(table.iter().map(|(key, client)| {
+                let prefix = match key {
+                    IpAddr::V4(_) => limits.client_prefix_v4,
+                    IpAddr::V6(_) => limits.client_prefix_v6,
+                };
+                ClientView {
+                    client: ipnet::IpNet::new(*key, prefix)
+                        .unwrap_or_else(|_| ipnet::IpNet::from(*key)),
+                    open: client.open.load(Ordering::Relaxed),
+                    rate: client.rate_at(now),
+                    limited: client.limited,
+                }
+            }));
+        }
+        all.sort_by(|a, b| b.open.cmp(&a.open).then(b.rate.total_cmp(&a.rate)));
+        all.truncate(top);
+        all
+    }
+
+    /// Forgets the client `client` belongs to (its count, bucket and limited state);
+    /// whether it was tracked. Its open connections go on, no longer counted.
+    pub fn forget(&self, limits: &ClientLimits, client: IpAddr) -> bool {
+        let key = limits.client_key(client);
+        lock(&self.shards[self.shard_of(&key)]).pop(&key).is_some()
     }
 
     fn shard_of(&self, key: &IpAddr) -> usize {
@@ -347,6 +421,40 @@ mod tests {
         assert!(clients
             .admit("t", &limits, ip("2001:db8:0:1::1"), now)
             .is_ok());
+    }
+
+    #[test]
+    fn the_most_active_clients_are_listed_first_and_can_be_forgotten() {
+        let clients = Clients::new();
+        let limits = ClientLimits {
+            max_connections_per_client: Some(2),
+            ..ClientLimits::default()
+        };
+        let now = Instant::now();
+        let _a = clients.admit("t", &limits, ip("10.0.0.1"), now).expect("a");
+        let _b: Vec<_> = (0..2)
+            .map(|_| clients.admit("t", &limits, ip("10.0.0.2"), now).expect("b"))
+            .collect();
+        assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_err());
+        let top = clients.top(&limits, 10, now);
+        let listed: Vec<_> = top.iter().map(|c| (c.client.to_string(), c.open)).collect();
+        assert_eq!(
+            listed,
+            [("10.0.0.2/32".to_owned(), 2), ("10.0.0.1/32".to_owned(), 1)]
+        );
+        assert_eq!(top[0].limited, Some(Limit::ClientConnections));
+        assert!(
+            (top[0].rate - 0.3).abs() < 1e-9,
+            "three asked: {}",
+            top[0].rate
+        );
+        let later = clients.top(&limits, 1, now + Duration::from_secs(10));
+        assert!((later[0].rate - 0.3 / std::f64::consts::E).abs() < 1e-9);
+        assert!(clients.forget(&limits, ip("10.0.0.2")));
+        assert!(!clients.forget(&limits, ip("10.0.0.2")));
+        assert_eq!(clients.tracked(), 1);
+        // Forgotten, it starts again from nothing.
+        assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_ok());
     }
 
     #[test]
