@@ -288,3 +288,68 @@ async fn the_api_lists_the_busiest_clients_and_forgets_one() {
     assert!(served(sluice.addr, "127.0.0.21").await);
     drop((one, two, three));
 }
+
+/// Sends `count` datagrams of `size` bytes from `socket` at once, then counts the echoes
+/// that come back until none has for a while.
+async fn echoes(
+    socket: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    count: usize,
+    size: usize,
+) -> usize {
+    for i in 0..count {
+        let mut payload = format!("{i:06}").into_bytes();
+        payload.resize(size.max(6), b'.');
+        socket.send_to(&payload, to).await.expect("send");
+    }
+    let mut got = 0;
+    while udp::receive(socket, Duration::from_millis(500))
+        .await
+        .is_some()
+    {
+        got += 1;
+    }
+    got
+}
+
+#[tokio::test]
+async fn udp_datagrams_past_a_clients_datagram_or_byte_rate_are_dropped_and_counted() {
+    use sluice::proxy::udp::UdpDrop;
+    let echo = udp::UdpBackend::named("e").await;
+    let mut cfg = server(BalanceKind::RoundRobin, vec![echo.spec()]);
+    cfg.protocol = sluice::config::Protocol::Udp;
+    cfg.limits.datagram_rate_per_client = Some("10/s".parse().expect("rate"));
+    cfg.limits.client_limit_exempt = vec!["127.0.0.32/32".parse().expect("net")];
+    let lb = Sluice::start(cfg).await;
+    let limited = udp::client("127.0.0.31:0").await;
+    let passed = echoes(&limited, lb.addr, 60, 16).await;
+    // A bucket of one second's worth (10), and what refills while they are sent.
+    assert!((10..=16).contains(&passed), "{passed} of 60 passed");
+    let exempt = udp::client("127.0.0.32:0").await;
+    assert_eq!(
+        echoes(&exempt, lb.addr, 60, 16).await,
+        60,
+        "the exempt client is not limited"
+    );
+    let shared = lb.shared().await;
+    assert_eq!(
+        shared.stats.udp.dropped(UdpDrop::DatagramRate),
+        (60 - passed) as u64
+    );
+
+    // Bytes: a bucket of a second's worth, at least 64 KiB (one of the largest
+    // datagrams): at 1000 bytes each, about 65 of 150 pass at once.
+    let echo = udp::UdpBackend::named("b").await;
+    let mut cfg = server(BalanceKind::RoundRobin, vec![echo.spec()]);
+    cfg.protocol = sluice::config::Protocol::Udp;
+    cfg.limits.byte_rate_per_client = Some("2000/s".parse().expect("rate"));
+    let lb = Sluice::start(cfg).await;
+    let client = udp::client("127.0.0.33:0").await;
+    let passed = echoes(&client, lb.addr, 150, 1000).await;
+    assert!((65..=70).contains(&passed), "{passed} of 150 passed");
+    let shared = lb.shared().await;
+    assert_eq!(
+        shared.stats.udp.dropped(UdpDrop::ByteRate),
+        (150 - passed) as u64
+    );
+}

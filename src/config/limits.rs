@@ -1,6 +1,6 @@
 //! Client protection (`[servers.NAME]` and `[defaults]`): limits per client (concurrent
-//! connections, a connection rate) and per server (a connection rate). All off unless
-//! set. What counts as one client is its address's prefix (`client_prefix_v4`,
+//! connections, a connection rate, UDP datagram and byte rates) and per server (a
+//! connection rate). All off unless set. What counts as one client is its address's prefix (`client_prefix_v4`,
 //! `client_prefix_v6`).
 
 use std::net::IpAddr;
@@ -58,6 +58,64 @@ impl FromStr for Rate {
 
 shown_as_written!(Rate, text);
 
+/// Bytes per second, as written: `"1MiB/s"`, `"500KB/s"`, `"64k/s"`, `"100000/s"`.
+#[derive(Clone, Debug)]
+pub struct ByteRate {
+    text: String,
+    bytes_per_second: u64,
+}
+
+impl ByteRate {
+    pub fn bytes_per_second(&self) -> u64 {
+        self.bytes_per_second
+    }
+}
+
+impl FromStr for ByteRate {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let bad = || {
+            format!(
+                "\"{text}\" is not a byte rate such as \"1MiB/s\", \"500KB/s\" or \"64k/s\" \
+                 (units B, k/KB, KiB, M/MB, MiB, G/GB, GiB; per s, m or h)"
+            )
+        };
+        let (amount, unit) = text.split_once('/').ok_or_else(bad)?;
+        let per = period(unit.trim()).ok_or_else(bad)?;
+        let amount = amount.trim();
+        let digits = amount
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(amount.len());
+        let (number, suffix) = amount.split_at(digits);
+        let number: u64 = number.parse().map_err(|_| bad())?;
+        let scale: u64 = match suffix.trim() {
+            "" | "B" => 1,
+            "k" | "K" | "kB" | "KB" => 1_000,
+            "KiB" | "Ki" => 1 << 10,
+            "M" | "MB" => 1_000_000,
+            "MiB" | "Mi" => 1 << 20,
+            "G" | "GB" => 1_000_000_000,
+            "GiB" | "Gi" => 1 << 30,
+            _ => return Err(bad()),
+        };
+        let bytes = number.checked_mul(scale).ok_or_else(bad)?;
+        let bytes_per_second = (bytes as f64 / per.as_secs_f64()).round() as u64;
+        if bytes_per_second == 0 {
+            return Err(format!(
+                "\"{text}\": a byte rate must be at least 1 byte per second (leave the key \
+                 out for no limit)"
+            ));
+        }
+        Ok(ByteRate {
+            text: text.to_owned(),
+            bytes_per_second,
+        })
+    }
+}
+
+shown_as_written!(ByteRate, text);
+
 fn period(unit: &str) -> Option<Duration> {
     match unit {
         "s" | "sec" | "second" => Some(Duration::from_secs(1)),
@@ -91,6 +149,12 @@ pub struct ClientLimits {
     pub connection_rate_per_client: Option<Bucket>,
     /// New connections (UDP: sessions) to the whole server.
     pub connection_rate: Option<Bucket>,
+    /// UDP: datagrams per second per client (a bucket of one second's worth); those
+    /// beyond are dropped.
+    pub datagram_rate_per_client: Option<Rate>,
+    /// UDP: bytes per second per client (a bucket of one second's worth); datagrams
+    /// beyond are dropped.
+    pub byte_rate_per_client: Option<ByteRate>,
     /// The prefix length that counts as one IPv4 client.
     pub client_prefix_v4: u8,
     /// The prefix length that counts as one IPv6 client.
@@ -107,6 +171,8 @@ impl Default for ClientLimits {
             max_connections_per_client: None,
             connection_rate_per_client: None,
             connection_rate: None,
+            datagram_rate_per_client: None,
+            byte_rate_per_client: None,
             client_prefix_v4: DEFAULT_CLIENT_PREFIX_V4,
             client_prefix_v6: DEFAULT_CLIENT_PREFIX_V6,
             client_limit_exempt: Vec::new(),
@@ -123,7 +189,10 @@ impl ClientLimits {
 
     /// Whether a limit keeps per-client state (and so clients are tracked).
     pub fn per_client(&self) -> bool {
-        self.max_connections_per_client.is_some() || self.connection_rate_per_client.is_some()
+        self.max_connections_per_client.is_some()
+            || self.connection_rate_per_client.is_some()
+            || self.datagram_rate_per_client.is_some()
+            || self.byte_rate_per_client.is_some()
     }
 
     /// Whether `client` is exempt from every limit.
@@ -158,6 +227,12 @@ impl Serialize for ClientLimits {
         if let Some(bucket) = &self.connection_rate {
             map.serialize_entry("connection_rate", &bucket.rate)?;
             map.serialize_entry("connection_burst", &bucket.burst)?;
+        }
+        if let Some(rate) = &self.datagram_rate_per_client {
+            map.serialize_entry("datagram_rate_per_client", rate)?;
+        }
+        if let Some(rate) = &self.byte_rate_per_client {
+            map.serialize_entry("byte_rate_per_client", rate)?;
         }
         if self.client_prefix_v4 != DEFAULT_CLIENT_PREFIX_V4 {
             map.serialize_entry("client_prefix_v4", &self.client_prefix_v4)?;
@@ -200,6 +275,21 @@ mod tests {
             "0/s".parse::<Rate>().unwrap_err(),
             "\"0/s\": a rate must be more than 0 (leave the key out for no limit)"
         );
+    }
+
+    #[test]
+    fn byte_rates_in_every_unit() {
+        let bps = |text: &str| text.parse::<ByteRate>().map(|r| r.bytes_per_second());
+        assert_eq!(bps("1MiB/s"), Ok(1 << 20));
+        assert_eq!(bps("500KB/s"), Ok(500_000));
+        assert_eq!(bps("64k/s"), Ok(64_000));
+        assert_eq!(bps("100000/s"), Ok(100_000));
+        assert_eq!(bps("60MiB/m"), Ok(1 << 20));
+        assert_eq!(bps("2 GiB/s"), Ok(2 << 30));
+        for bad in ["1MiB", "1XB/s", "MiB/s", "1MiB/d", "99999999999GiB/s"] {
+            assert!(bps(bad).is_err(), "{bad}");
+        }
+        assert!(bps("1/h").is_err(), "under a byte per second");
     }
 
     #[test]

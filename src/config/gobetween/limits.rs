@@ -6,7 +6,8 @@ use ipnet::IpNet;
 
 use super::reader::{Ctx, Section};
 use crate::config::error::join;
-use crate::config::limits::{Bucket, ClientLimits, Rate};
+use crate::config::limits::{Bucket, ByteRate, ClientLimits, Rate};
+use crate::config::Protocol;
 
 /// Every client-protection key.
 pub(crate) const LIMIT_KEYS: &[&str] = &[
@@ -15,6 +16,8 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "connection_burst_per_client",
     "connection_rate",
     "connection_burst",
+    "datagram_rate_per_client",
+    "byte_rate_per_client",
     "client_prefix_v4",
     "client_prefix_v6",
     "client_limit_exempt",
@@ -33,6 +36,8 @@ pub(super) struct LimitKeys {
     connection_burst_per_client: Set<u32>,
     connection_rate: Set<Rate>,
     connection_burst: Set<u32>,
+    datagram_rate_per_client: Set<Rate>,
+    byte_rate_per_client: Set<ByteRate>,
     client_prefix_v4: Set<u8>,
     client_prefix_v6: Set<u8>,
     client_limit_exempt: Set<Vec<IpNet>>,
@@ -60,6 +65,16 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
     };
     let connection_rate_per_client = rate("connection_rate_per_client");
     let connection_rate = rate("connection_rate");
+    let datagram_rate_per_client = rate("datagram_rate_per_client");
+    let byte_rate_per_client = sec.take("byte_rate_per_client").and_then(|f| {
+        let rate = ctx.parse(&f, "a string such as \"1MiB/s\"", |text| {
+            match text.trim() {
+                "0" => Ok(None),
+                text => text.parse::<ByteRate>().map(Some),
+            }
+        })?;
+        Some((rate, f.at))
+    });
     let mut prefix = |key: &str, max: u8| {
         let f = sec.take(key)?;
         let n = ctx.u32_at_least(&f, 0)?;
@@ -87,6 +102,8 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
         connection_burst_per_client,
         connection_rate,
         connection_burst,
+        datagram_rate_per_client,
+        byte_rate_per_client,
         client_prefix_v4,
         client_prefix_v6,
         client_limit_exempt,
@@ -94,14 +111,35 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
     }
 }
 
-/// A server's limits: its own keys over `[defaults]`, key by key. `path` is the
-/// server's key path.
+/// A server's limits: its own keys over `[defaults]`, key by key, checked against its
+/// protocol (a UDP key set on a TCP server itself is an error; from `[defaults]` it just
+/// does not apply). `path` is the server's key path.
 pub(super) fn resolve(
     ctx: &mut Ctx<'_>,
     own: &LimitKeys,
     defaults: &LimitKeys,
+    protocol: Protocol,
     path: &str,
 ) -> ClientLimits {
+    let udp = protocol == Protocol::Udp;
+    let udp_only = [
+        (
+            "datagram_rate_per_client",
+            own.datagram_rate_per_client.as_ref().map(|s| s.1),
+        ),
+        (
+            "byte_rate_per_client",
+            own.byte_rate_per_client.as_ref().map(|s| s.1),
+        ),
+    ];
+    for (key, at) in udp_only {
+        if let (Some(at), false) = (at, udp) {
+            let message = "limits a UDP server's datagrams; this server is TCP (limit its \
+                           connections with connection_rate_per_client and \
+                           max_connections_per_client)";
+            ctx.error(at, &join(path, key), message);
+        }
+    }
     let pick =
         |own: &Set<u32>, default: &Set<u32>| own.as_ref().or(default.as_ref()).and_then(|s| s.0);
     let rates = |own: &Set<Rate>, default: &Set<Rate>| {
@@ -155,6 +193,17 @@ pub(super) fn resolve(
         ),
         connection_rate_per_client,
         connection_rate,
+        datagram_rate_per_client: rates(
+            &own.datagram_rate_per_client,
+            &defaults.datagram_rate_per_client,
+        )
+        .filter(|_| udp),
+        byte_rate_per_client: own
+            .byte_rate_per_client
+            .as_ref()
+            .or(defaults.byte_rate_per_client.as_ref())
+            .and_then(|s| s.0.clone())
+            .filter(|_| udp),
         client_prefix_v4: prefix(
             &own.client_prefix_v4,
             &defaults.client_prefix_v4,

@@ -363,7 +363,7 @@ fn server(
                        (udp_send, udp_recv) or kind = \"probe\" with probe_protocol = \"udp\"";
         ctx.error(at, &join(&join(&sec_path, "healthcheck"), "kind"), message);
     }
-    let limits = limits::resolve(ctx, &own.limits, &defaults.limits, &sec_path);
+    let limits = limits::resolve(ctx, &own.limits, &defaults.limits, protocol, &sec_path);
     let server = ServerConfig {
         bind,
         protocol,

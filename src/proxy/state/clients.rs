@@ -1,6 +1,7 @@
 //! Client protection's state: each client a server has seen recently (its address's
-//! prefix, see [`ClientLimits::client_key`]), with its connections open now and its
-//! token bucket; and the server's own bucket.
+//! prefix, see [`ClientLimits::client_key`]), with its connections open now, its token
+//! bucket of new connections and (UDP) those of its datagrams and bytes; and the
+//! server's own bucket.
 //!
 //! The table is split into shards, each a least-recently-seen list under its own lock,
 //! so new connections from different clients rarely wait on each other; it holds at most
@@ -35,6 +36,10 @@ pub enum Limit {
     ClientRate,
     /// `connection_rate`, the whole server's.
     ServerRate,
+    /// `datagram_rate_per_client` (UDP).
+    DatagramRate,
+    /// `byte_rate_per_client` (UDP).
+    ByteRate,
 }
 
 impl Limit {
@@ -44,6 +49,8 @@ impl Limit {
             Limit::ClientConnections => "max_connections_per_client",
             Limit::ClientRate => "connection_rate_per_client",
             Limit::ServerRate => "connection_rate",
+            Limit::DatagramRate => "datagram_rate_per_client",
+            Limit::ByteRate => "byte_rate_per_client",
         }
     }
 
@@ -67,6 +74,7 @@ impl Limit {
                 "the server's connection_rate{} is used up",
                 bucket(&limits.connection_rate)
             ),
+            Limit::DatagramRate | Limit::ByteRate => format!("the client's {}", self.key()),
         }
     }
 }
@@ -79,26 +87,31 @@ struct Tokens {
 }
 
 impl Tokens {
-    /// A full bucket.
-    fn full(bucket: &Bucket, now: Instant) -> Self {
+    /// A full bucket of `burst` tokens.
+    fn full(burst: f64, now: Instant) -> Self {
         Tokens {
-            tokens: f64::from(bucket.burst),
+            tokens: burst,
             last: now,
         }
     }
 
-    /// Refills for the time since the last use, then takes one token if there is one.
-    fn take(&mut self, bucket: &Bucket, now: Instant) -> bool {
+    /// Refills at `rate` tokens per second for the time since the last use, up to
+    /// `burst`, then takes `n` tokens if there are that many.
+    fn take(&mut self, n: f64, rate: f64, burst: f64, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
-        let burst = f64::from(bucket.burst);
-        self.tokens = (self.tokens + elapsed * bucket.rate.per_second()).min(burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        if self.tokens >= n {
+            self.tokens -= n;
             true
         } else {
             false
         }
+    }
+
+    /// Takes one connection's token from a configured bucket.
+    fn take_one(&mut self, bucket: &Bucket, now: Instant) -> bool {
+        self.take(1.0, bucket.rate.per_second(), f64::from(bucket.burst), now)
     }
 }
 
@@ -106,11 +119,73 @@ impl Tokens {
 /// over about this long.
 const RECENT: f64 = 10.0;
 
+/// What every connection (UDP: session) of one client shares: how many are open, and
+/// the buckets its datagrams draw from.
+#[derive(Debug, Default)]
+pub struct ClientShared {
+    /// Connections (UDP: sessions) open now; each [`ClientHold`] counts one.
+    open: AtomicU32,
+    datagrams: Mutex<Option<Tokens>>,
+    bytes: Mutex<Option<Tokens>>,
+    /// Set while its datagrams are dropped, so entering and leaving are logged once.
+    dropping: AtomicBool,
+}
+
+impl ClientShared {
+    /// Whether a datagram of `len` bytes from this client may pass its datagram and byte
+    /// rates (a bucket of one second's worth each); a datagram that may not is dropped
+    /// by the caller, and counted.
+    pub fn pass_datagram(
+        &self,
+        server: &str,
+        client: IpAddr,
+        limits: &ClientLimits,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), Limit> {
+        let mut refused = None;
+        if let Some(rate) = &limits.datagram_rate_per_client {
+            let per_second = rate.per_second();
+            let burst = f64::from(rate.default_burst());
+            let mut tokens = lock(&self.datagrams);
+            let tokens = tokens.get_or_insert_with(|| Tokens::full(burst, now));
+            if !tokens.take(1.0, per_second, burst, now) {
+                refused = Some(Limit::DatagramRate);
+            }
+        }
+        if let (None, Some(rate)) = (refused, &limits.byte_rate_per_client) {
+            // A datagram larger than a second's worth could never pass a bucket of that
+            // size: the bucket holds at least one of the largest datagrams.
+            let per_second = rate.bytes_per_second() as f64;
+            let burst = per_second.max(65_535.0);
+            let mut tokens = lock(&self.bytes);
+            let tokens = tokens.get_or_insert_with(|| Tokens::full(burst, now));
+            if !tokens.take(len as f64, per_second, burst, now) {
+                refused = Some(Limit::ByteRate);
+            }
+        }
+        let was_dropping = self.dropping.swap(refused.is_some(), Ordering::Relaxed);
+        match refused {
+            Some(limit) => {
+                if !was_dropping {
+                    warn!(server, %client, limit = limit.key(), "client limited: its datagrams are dropped");
+                }
+                Err(limit)
+            }
+            None => {
+                if was_dropping {
+                    warn!(server, %client, "client no longer limited: its datagrams pass again");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// One tracked client.
 #[derive(Debug)]
 struct Client {
-    /// Connections (UDP: sessions) open now; each [`ClientHold`] counts one.
-    open: Arc<AtomicU32>,
+    shared: Arc<ClientShared>,
     tokens: Option<Tokens>,
     /// The limit it was last refused by, until it is admitted again.
     limited: Option<Limit>,
@@ -123,7 +198,7 @@ struct Client {
 impl Client {
     fn new(now: Instant) -> Self {
         Client {
-            open: Arc::new(AtomicU32::new(0)),
+            shared: Arc::default(),
             tokens: None,
             limited: None,
             recent: 0.0,
@@ -157,19 +232,29 @@ pub struct ClientView {
     pub limited: Option<Limit>,
 }
 
-/// One open connection counted against its client, released on drop.
+/// One open connection (UDP: session) counted against its client, released on drop.
 #[derive(Debug)]
-pub struct ClientHold(Arc<AtomicU32>);
+pub struct ClientHold(Arc<ClientShared>);
 
-impl Drop for ClientHold {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+impl ClientHold {
+    /// What the client's connections share.
+    pub fn shared(&self) -> &Arc<ClientShared> {
+        &self.0
     }
 }
 
+impl Drop for ClientHold {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One shard of the table: clients from least to most recently seen.
+type Shard = LruCache<IpAddr, Client, std::hash::RandomState>;
+
 /// The clients of one server.
 pub struct Clients {
-    shards: Box<[Mutex<LruCache<IpAddr, Client, std::hash::RandomState>>]>,
+    shards: Box<[Mutex<Shard>]>,
     /// Picks a client's shard; keyed at random, so no one can aim at one shard.
     hasher: std::hash::RandomState,
     server: Mutex<Option<Tokens>>,
@@ -214,8 +299,8 @@ impl Clients {
         };
         if let Some(bucket) = &limits.connection_rate {
             let mut tokens = lock(&self.server);
-            let tokens = tokens.get_or_insert_with(|| Tokens::full(bucket, now));
-            let admitted = tokens.take(bucket, now);
+            let tokens = tokens.get_or_insert_with(|| Tokens::full(f64::from(bucket.burst), now));
+            let admitted = tokens.take_one(bucket, now);
             let was_limited = self.server_limited.swap(!admitted, Ordering::Relaxed);
             if was_limited == admitted {
                 if admitted {
@@ -245,24 +330,21 @@ impl Clients {
         let key = limits.client_key(client);
         let shard = &self.shards[self.shard_of(&key)];
         let mut table = lock(shard);
-        let per_shard = (limits.client_table_size as usize).div_ceil(SHARDS).max(1);
-        if table.cap().get() != per_shard {
-            table.resize(NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN));
-        }
+        Self::fit(&mut table, limits);
         let entry = table.get_or_insert_mut(key, || Client::new(now));
         entry.asked(now);
         let refused = match (
             limits.max_connections_per_client,
             &limits.connection_rate_per_client,
         ) {
-            (Some(max), _) if entry.open.load(Ordering::Relaxed) >= max => {
+            (Some(max), _) if entry.shared.open.load(Ordering::Relaxed) >= max => {
                 Some(Limit::ClientConnections)
             }
             (_, Some(bucket)) => {
                 let tokens = entry
                     .tokens
-                    .get_or_insert_with(|| Tokens::full(bucket, now));
-                (!tokens.take(bucket, now)).then_some(Limit::ClientRate)
+                    .get_or_insert_with(|| Tokens::full(f64::from(bucket.burst), now));
+                (!tokens.take_one(bucket, now)).then_some(Limit::ClientRate)
             }
             _ => None,
         };
@@ -277,9 +359,40 @@ impl Clients {
                 if let Some(limit) = entry.limited.take() {
                     warn!(server, client = %key, limit = limit.key(), "client no longer limited");
                 }
-                entry.open.fetch_add(1, Ordering::Relaxed);
-                Ok(ClientHold(Arc::clone(&entry.open)))
+                entry.shared.open.fetch_add(1, Ordering::Relaxed);
+                Ok(ClientHold(Arc::clone(&entry.shared)))
             }
+        }
+    }
+
+    /// Whether a datagram that opens no session (fire-and-forget) from `client` may pass
+    /// its datagram and byte rates; the client is tracked for it.
+    pub fn pass_loose_datagram(
+        &self,
+        server: &str,
+        limits: &ClientLimits,
+        client: IpAddr,
+        len: usize,
+        now: Instant,
+    ) -> Result<(), Limit> {
+        if limits.exempt(client) {
+            return Ok(());
+        }
+        let key = limits.client_key(client);
+        let shared = {
+            let mut table = lock(&self.shards[self.shard_of(&key)]);
+            Self::fit(&mut table, limits);
+            let entry = table.get_or_insert_mut(key, || Client::new(now));
+            Arc::clone(&entry.shared)
+        };
+        shared.pass_datagram(server, key, limits, len, now)
+    }
+
+    /// Keeps a shard's size at its share of `client_table_size`.
+    fn fit(table: &mut Shard, limits: &ClientLimits) {
+        let per_shard = (limits.client_table_size as usize).div_ceil(SHARDS).max(1);
+        if table.cap().get() != per_shard {
+            table.resize(NonZeroUsize::new(per_shard).unwrap_or(NonZeroUsize::MIN));
         }
     }
 
@@ -297,7 +410,7 @@ impl Clients {
                 ClientView {
                     client: ipnet::IpNet::new(*key, prefix)
                         .unwrap_or_else(|_| ipnet::IpNet::from(*key)),
-                    open: client.open.load(Ordering::Relaxed),
+                    open: client.shared.open.load(Ordering::Relaxed),
                     rate: client.rate_at(now),
                     limited: client.limited,
                 }

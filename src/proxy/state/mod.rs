@@ -16,7 +16,7 @@ use super::sni;
 use super::{CloseReason, CLOSE_REASONS};
 use crate::config::{ClientLimits, ServerConfig};
 use crate::pool::Pool;
-use clients::{ClientHold, Clients, Limit};
+use clients::{ClientHold, ClientShared, Clients, Limit};
 use tokio::time::Instant;
 use udp::UdpStats;
 
@@ -158,6 +158,11 @@ impl ActiveSlot {
 
     pub fn server(&self) -> &Arc<ServerShared> {
         &self.server
+    }
+
+    /// What the connections of its client share, when a per-client limit tracks it.
+    pub fn client(&self) -> Option<&Arc<ClientShared>> {
+        self.client.get().map(ClientHold::shared)
     }
 
     /// Admits the connection under its server's client limits now that its client is

@@ -3,6 +3,8 @@
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::clients::Limit;
+
 /// Why a datagram was dropped; the `reason` label of `sluice_udp_dropped_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UdpDrop {
@@ -19,16 +21,22 @@ pub enum UdpDrop {
     BackendRefused,
     /// Any other send error.
     SendError,
+    /// Its client sent more datagrams than `datagram_rate_per_client` lets through.
+    DatagramRate,
+    /// Its client sent more bytes than `byte_rate_per_client` lets through.
+    ByteRate,
 }
 
 impl UdpDrop {
-    pub const ALL: [UdpDrop; 6] = [
+    pub const ALL: [UdpDrop; 8] = [
         UdpDrop::QueueFull,
         UdpDrop::ReceiveQueueFull,
         UdpDrop::TooBig,
         UdpDrop::NoDescriptor,
         UdpDrop::BackendRefused,
         UdpDrop::SendError,
+        UdpDrop::DatagramRate,
+        UdpDrop::ByteRate,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -39,6 +47,16 @@ impl UdpDrop {
             UdpDrop::NoDescriptor => "no_descriptor",
             UdpDrop::BackendRefused => "backend_refused",
             UdpDrop::SendError => "send_error",
+            UdpDrop::DatagramRate => "datagram_rate",
+            UdpDrop::ByteRate => "byte_rate",
+        }
+    }
+
+    /// The drop a datagram rate's refusal counts as.
+    pub(crate) fn from_limit(limit: Limit) -> UdpDrop {
+        match limit {
+            Limit::ByteRate => UdpDrop::ByteRate,
+            _ => UdpDrop::DatagramRate,
         }
     }
 

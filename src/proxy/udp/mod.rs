@@ -248,7 +248,24 @@ fn on_datagram(
     for retry in [false, true] {
         let session = match current_session(listening, (client, local)) {
             Some(session) => session,
-            None if settings.udp.fire_and_forget() => return send_loose(listening, data, client),
+            None if settings.udp.fire_and_forget() => {
+                let limits = &settings.limits;
+                if limits.datagram_rate_per_client.is_some()
+                    || limits.byte_rate_per_client.is_some()
+                {
+                    let passed = server.clients.pass_loose_datagram(
+                        &server.name,
+                        limits,
+                        client.ip(),
+                        data.len(),
+                        now,
+                    );
+                    if let Err(limit) = passed {
+                        return server.stats.udp.drop_one(UdpDrop::from_limit(limit));
+                    }
+                }
+                return send_loose(listening, data, client);
+            }
             None => match session::open(listening, settings, client, local) {
                 Ok(session) => session,
                 // The abandoned session may still hold its slot: the datagram is lost
@@ -257,6 +274,13 @@ fn on_datagram(
                 Err(refusal) => return refuse(server, client, refusal),
             },
         };
+        if let Some(buckets) = &session.client_buckets {
+            let passed =
+                buckets.pass_datagram(&server.name, client.ip(), &settings.limits, data.len(), now);
+            if let Err(limit) = passed {
+                return server.stats.udp.drop_one(UdpDrop::from_limit(limit));
+            }
+        }
         match send(&session.upstream, data, None) {
             Ok(_) => {
                 session.mark(&session.last_from_client, now);

@@ -31,6 +31,7 @@ use super::{
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
+use crate::proxy::state::clients::ClientShared;
 use crate::proxy::state::{ActiveSlot, ServerShared};
 use crate::proxy::{connect, CloseReason};
 
@@ -62,6 +63,8 @@ pub(super) struct Session {
     /// Its share of the descriptor budget, until the session ends or gives it to a new
     /// one. Locked once at each, never per datagram.
     descriptor: Mutex<Option<Descriptor>>,
+    /// Its client's datagram and byte buckets, when the server limits them.
+    pub(super) client_buckets: Option<Arc<ClientShared>>,
 }
 
 /// Why a session ends before its limits or its timeout say so.
@@ -105,6 +108,7 @@ impl Session {
         backend: Arc<Backend>,
         upstream: UdpSocket,
         descriptor: Descriptor,
+        client_buckets: Option<Arc<ClientShared>>,
     ) -> Session {
         Session {
             client,
@@ -122,6 +126,7 @@ impl Session {
             bytes_to_backend: AtomicU64::new(0),
             bytes_to_client: AtomicU64::new(0),
             descriptor: Mutex::new(Some(descriptor)),
+            client_buckets,
         }
     }
 
@@ -220,7 +225,18 @@ pub(super) fn open(
     })?;
     server.note_backend_found();
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
-    let session = Arc::new(Session::new(client, local, backend, upstream, descriptor));
+    let limits = &settings.limits;
+    let buckets =
+        limits.datagram_rate_per_client.is_some() || limits.byte_rate_per_client.is_some();
+    let client_buckets = slot.client().filter(|_| buckets).cloned();
+    let session = Arc::new(Session::new(
+        client,
+        local,
+        backend,
+        upstream,
+        descriptor,
+        client_buckets,
+    ));
     lock(&listening.sessions).insert((client, local), Arc::clone(&session));
     listening.unanswered.push(&session);
     let held = Held {
@@ -474,7 +490,9 @@ impl Session {
         let backend = crate::backend::BackendSpec::new(target.ip().to_string(), target.port());
         let backend = Arc::new(Backend::new(backend, true));
         let upstream = connect(target).expect("a socket");
-        Arc::new(Session::new(target, None, backend, upstream, descriptor))
+        Arc::new(Session::new(
+            target, None, backend, upstream, descriptor, None,
+        ))
     }
 
     /// What its first reply does to it.
