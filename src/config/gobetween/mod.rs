@@ -30,7 +30,7 @@ pub(super) mod discovery;
 mod file;
 pub(super) mod health;
 pub(super) mod legacy;
-mod reader;
+pub(super) mod reader;
 mod registries;
 pub(super) mod sections;
 pub(super) mod server;
