@@ -45,7 +45,7 @@ mod format;
 mod gobetween;
 mod health;
 mod json_path;
-mod mixctl;
+pub(super) mod mixctl;
 mod patterns;
 pub mod registries;
 mod samaritan;

@@ -178,9 +178,9 @@ fn protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Protocol> {
             "tcp" => Ok(Protocol::Tcp),
             "udp" => Ok(Protocol::Udp),
             "tls" | "redis" | "mysql" | "http" | "grpc" => Err(format!(
-                "protocol \"{name}\" is not supported from a Samaritan file: Sluice balances \
-             tcp and udp here (TLS termination needs its certificates: write it in \
-             Sluice's TOML)"
+                "\"{name}\" is not supported here: a Samaritan file gives Sluice tcp and \
+                 udp servers (TLS termination, with its certificates, is written in \
+                 Sluice's TOML)"
             )),
             _ => Err(format!(
                 "unknown protocol \"{name}\"; expected one of tcp, udp"
@@ -256,8 +256,8 @@ fn health(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<HealthConfig> {
                 "tcp" => Ok(HealthKind::Ping),
                 "redis" => Ok(HealthKind::Redis(RedisSettings::default())),
                 "mysql" => Ok(HealthKind::Mysql(MysqlSettings::default())),
-                "atcp" => Err("type \"atcp\" is not supported from a Samaritan file: its \
-                           send/expect steps are written in Sluice's TOML (kind = \"probe\")"
+                "atcp" => Err("\"atcp\" is not supported here: its send/expect steps \
+                               are written in Sluice's TOML (kind = \"probe\")"
                     .to_owned()),
                 _ => Err(format!(
                     "unknown health check type \"{name}\"; expected one of tcp, redis, mysql"
