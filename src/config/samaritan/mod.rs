@@ -1,5 +1,7 @@
 //! The reader of Samaritan's YAML onto the model: each of `servers:` becomes a Sluice
-//! server of the same name.
+//! server of the same name. This is the form articles about Samaritan show; Samaritan's
+//! own bootstrap file (`static_services:`, addresses as `{ip, port}`) is read too, by
+//! `services`, and both may be in one file.
 //!
 //! ```yaml
 //! servers:
@@ -17,6 +19,8 @@
 //! `atcp` check) is an error naming it, never dropped in silence. Every problem is
 //! reported, at its line and column, with its key path (`servers[0].backends[1].weight`).
 
+mod services;
+
 use std::path::Path;
 
 use super::bind::parse_bind;
@@ -28,7 +32,15 @@ use crate::backend::BackendSpec;
 use crate::balance::BalanceKind;
 use crate::config::{HealthConfig, HealthKind, MysqlSettings, RedisSettings};
 
-const TOP_KEYS: &[&str] = &["servers"];
+const TOP_KEYS: &[&str] = &[
+    "servers",
+    "static_services",
+    "log",
+    "admin",
+    "stats",
+    "instance",
+    "dynamic_source_config",
+];
 const SERVER_KEYS: &[&str] = &[
     "name",
     "listen",
@@ -63,46 +75,50 @@ const BALANCES: &[(&str, BalanceKind)] = &[
     ("maglev", BalanceKind::Maglev),
 ];
 
+/// A server read: its name, and where the name and its listening address are written.
+struct Named {
+    name: String,
+    name_at: Pos,
+    /// Its own key path (`servers[0]`).
+    item: String,
+    /// The key path of its listening address (`servers[0].listen`).
+    bind_key: String,
+    bind_at: Pos,
+}
+
 /// Reads Samaritan's YAML `text`, named `path` in messages. `dir` is unused: nothing in
 /// the format names a file.
 pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loaded, ConfigErrors> {
     let root = yaml::parse(path, text).map_err(ConfigErrors)?;
     let mut ctx = Ctx::new(path);
     let mut config = Config::default();
-    // Each server read, in file order: its name, index and where its `listen` is.
-    let mut read: Vec<(String, usize, Pos)> = Vec::new();
+    // Each server read, in file order, without its server (that is in `config`).
+    let mut read: Vec<Named> = Vec::new();
     if let Some(mut top) = ctx.map(&reader::root(&root)) {
-        if let Some(list) = top.require(&mut ctx, "servers") {
-            let items = ctx.list(&list).unwrap_or_default();
-            if items.is_empty() && list.node.is_null() {
-                // Reported by `list` already.
-            } else if items.is_empty() {
-                ctx.error(list.at(), "servers", "empty; give at least one server");
-            }
-            for (i, item) in items.iter().enumerate() {
-                let Some((name, name_at, server, listen_at)) = server(&mut ctx, item) else {
-                    continue;
-                };
-                if let Some((_, first, _)) = read.iter().find(|(n, ..)| *n == name) {
-                    let message = format!("\"{name}\" is also the name of servers[{first}]");
-                    ctx.error(name_at, &format!("{}.name", item.path), message);
-                    continue;
-                }
-                read.push((name.clone(), i, listen_at));
-                config.servers.insert(name, server);
-            }
+        let servers = top.take("servers");
+        let services = top.take("static_services");
+        if servers.is_none() && services.is_none() {
+            let message = "missing key \"servers\" (or Samaritan's \"static_services\")";
+            ctx.error(top.at, "", message);
         }
+        if let Some(list) = servers {
+            read_all(&mut ctx, &list, server, &mut read, &mut config);
+        }
+        if let Some(list) = services {
+            read_all(&mut ctx, &list, services::service, &mut read, &mut config);
+        }
+        services::top_level(&mut ctx, &mut top, &mut config);
         top.finish(&mut ctx, TOP_KEYS);
     }
-    let in_file_order = read.iter().map(|(name, ..)| name.as_str());
+    let in_file_order = read.iter().map(|r| r.name.as_str());
     for problem in checks::typed(&config, in_file_order) {
         // Backend lists were checked as they were read, in this file's words.
-        let Some(&(_, i, at)) = read.iter().find(|(name, ..)| *name == problem.server) else {
+        let Some(named) = read.iter().find(|r| r.name == problem.server) else {
             continue;
         };
         if problem.key.ends_with(".bind") {
             let message = problem.message.replace("servers.", "server ");
-            ctx.error(at, &format!("servers[{i}].listen"), message);
+            ctx.error(named.bind_at, &named.bind_key, message);
         }
     }
     let mut errors = ctx.errors;
@@ -110,26 +126,53 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
         errors.sort_by_key(|e| (e.line, e.col));
         return Err(ConfigErrors(errors));
     }
+    let mut warnings = ctx.warnings;
+    warnings.sort_by_key(|w| (w.line, w.col));
     let binds_at = read
         .into_iter()
-        .map(|(name, _, at)| {
-            (
-                format!("{}.bind", join("servers", &name)),
-                (at.line, at.col),
-            )
+        .map(|r| {
+            let key = format!("{}.bind", join("servers", &r.name));
+            (key, (r.bind_at.line, r.bind_at.col))
         })
         .collect();
     Ok(Loaded {
         format: Format::Samaritan,
         config,
-        warnings: Vec::new(),
+        warnings,
         binds_at,
     })
 }
 
-/// One of `servers:`: its name (and where it is written), the server, and where its
-/// `listen` is; `None` if anything in it was reported.
-fn server(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(String, Pos, ServerConfig, Pos)> {
+/// Every item of `list` read by `read_one` into `config`, each name once.
+fn read_all(
+    ctx: &mut Ctx<'_>,
+    list: &Field<'_>,
+    read_one: fn(&mut Ctx<'_>, &Field<'_>) -> Option<(Named, ServerConfig)>,
+    read: &mut Vec<Named>,
+    config: &mut Config,
+) {
+    let Some(items) = ctx.list(list) else {
+        return;
+    };
+    if items.is_empty() {
+        ctx.error(list.at(), &list.path, "empty; give at least one server");
+    }
+    for item in &items {
+        let Some((named, server)) = read_one(ctx, item) else {
+            continue;
+        };
+        if let Some(first) = read.iter().find(|r| r.name == named.name) {
+            let message = format!("\"{}\" is also the name of {}", named.name, first.item);
+            ctx.error(named.name_at, &format!("{}.name", item.path), message);
+            continue;
+        }
+        config.servers.insert(named.name.clone(), server);
+        read.push(named);
+    }
+}
+
+/// One of `servers:`; `None` if anything in it was reported.
+fn server(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, ServerConfig)> {
     let mut m = ctx.map(item)?;
     let errors_before = ctx.errors.len();
     let name = m.require(ctx, "name").and_then(|f| {
@@ -169,7 +212,14 @@ fn server(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(String, Pos, ServerCon
             DiscoveryConfig::Static { backends },
         )
     };
-    Some((name, name_at, server, listen_at))
+    let named = Named {
+        name,
+        name_at,
+        item: item.path.clone(),
+        bind_key: format!("{}.listen", item.path),
+        bind_at: listen_at,
+    };
+    Some((named, server))
 }
 
 fn protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Protocol> {

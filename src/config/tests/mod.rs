@@ -51,17 +51,29 @@ pub(super) fn read_file(relative: &Path, format: Format) -> Result<Loaded, Confi
     read(text, relative, Some(&dir), format)
 }
 
-/// Every `.yaml` file of `DIR/valid` loads in `format` without a warning, and every one
+/// Every `.yaml` file of `DIR/valid` loads in `format` with the warnings of its
+/// `NAME.warnings` (none without one), and every one
 /// of `DIR/invalid` fails with the exact messages of its `NAME.expected`
 /// (`SLUICE_BLESS=1` rewrites those).
 pub(super) fn check_fixture_dirs(dir: &str, format: Format) {
-    for path in files(&format!("{dir}/valid"), &["yaml"]) {
-        match read_file(&path, format) {
-            Ok(loaded) => assert_eq!(loaded.warnings, [], "{}", path.display()),
-            Err(errors) => panic!("{} should load:\n{errors}", path.display()),
-        }
-    }
     let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    for path in files(&format!("{dir}/valid"), &["yaml"]) {
+        let loaded = match read_file(&path, format) {
+            Ok(loaded) => loaded,
+            Err(errors) => panic!("{} should load:\n{errors}", path.display()),
+        };
+        // A sibling `NAME.warnings` holds the exact warnings expected; without one, none.
+        let warnings_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&path)
+            .with_extension("warnings");
+        let expected = std::fs::read_to_string(&warnings_path).unwrap_or_default();
+        let actual: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
+        if bless && !actual.is_empty() {
+            std::fs::write(&warnings_path, &actual).expect("write .warnings");
+            continue;
+        }
+        assert_eq!(actual, expected, "warnings of {}", path.display());
+    }
     let mut failures = Vec::new();
     for path in files(&format!("{dir}/invalid"), &["yaml"]) {
         let expected_path = Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -70,3 +70,32 @@ fn yaml_files_are_told_apart_by_their_keys() {
     let loaded = crate::config::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join(path));
     assert_eq!(loaded.unwrap().format, Format::Samaritan);
 }
+
+#[test]
+fn samaritan_own_static_services_map_too() {
+    let path = Path::new("tests/configs/samaritan/valid/static_services.yaml");
+    let loaded = read_file(path, Format::Samaritan).unwrap();
+    assert_eq!(loaded.config.logging.level, "info");
+    let server = &loaded.config.servers["tcp-demo"];
+    assert_eq!(server.bind.to_string(), "127.0.0.1:8080");
+    assert_eq!(server.max_connections, Some(100));
+    assert_eq!(server.balance, BalanceKind::LeastConn);
+    assert_eq!(
+        server.backend_connection_timeout,
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(server.healthcheck.kind, HealthKind::Ping);
+    assert_eq!(
+        (server.healthcheck.fails, server.healthcheck.passes),
+        (3, 1)
+    );
+    let backends: Vec<String> = server
+        .discovery
+        .static_backends()
+        .unwrap()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(backends, ["127.0.0.1:8000", "127.0.0.1:8001 backup"]);
+    assert_eq!(loaded.binds_at["servers.tcp-demo.bind"], (14, 9));
+}

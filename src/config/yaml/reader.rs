@@ -13,18 +13,21 @@ use std::time::Duration;
 
 use super::{Entry, Node, Pos, Value};
 use crate::config::duration::parse_duration;
-use crate::config::error::ConfigError;
+use crate::config::error::{ConfigError, Warning};
 use crate::config::gobetween::reader::edit_distance;
 
 /// Where errors are collected.
 pub(crate) struct Ctx<'p> {
     pub path: &'p Path,
     pub errors: Vec<ConfigError>,
+    pub warnings: Vec<Warning>,
 }
 
 /// A value of the tree with its key path.
 pub(crate) struct Field<'t> {
     pub path: String,
+    /// Where its key is (a list item's own position).
+    pub key_at: Pos,
     pub node: &'t Node,
 }
 
@@ -49,6 +52,7 @@ impl<'t> Map<'t> {
         self.taken[i] = true;
         Some(Field {
             path: self.child(key),
+            key_at: self.entries[i].key_at,
             node: &self.entries[i].node,
         })
     }
@@ -91,7 +95,17 @@ impl<'p> Ctx<'p> {
         Ctx {
             path,
             errors: Vec::new(),
+            warnings: Vec::new(),
         }
+    }
+
+    pub fn warn(&mut self, at: Pos, path: &str, message: impl Display) {
+        self.warnings.push(Warning {
+            path: self.path.to_path_buf(),
+            line: at.line,
+            col: at.col,
+            message: format!("{path}: {message}"),
+        });
     }
 
     pub fn error(&mut self, at: Pos, path: &str, message: impl Display) {
@@ -138,6 +152,7 @@ impl<'p> Ctx<'p> {
                     .enumerate()
                     .map(|(i, node)| Field {
                         path: format!("{}[{i}]", f.path),
+                        key_at: node.at,
                         node,
                     })
                     .collect(),
@@ -222,6 +237,7 @@ impl<'p> Ctx<'p> {
 pub(crate) fn root(node: &Node) -> Field<'_> {
     Field {
         path: String::new(),
+        key_at: node.at,
         node,
     }
 }
