@@ -57,6 +57,39 @@ async fn the_article_samaritan_file_relays_by_least_connections_and_weight() {
 }
 
 #[tokio::test]
+async fn samaritan_own_static_services_file_relays_and_keeps_a_backup_aside() {
+    let main = TestBackend::named("main").await;
+    let backup = TestBackend::named("backup").await;
+    let endpoint = |addr: SocketAddr| format!("{{ ip: {}, port: {} }}", addr.ip(), addr.port());
+    let yaml = format!(
+        r#"admin:
+  bind: {{ ip: 127.0.0.1, port: 12345 }}
+static_services:
+  - name: tcp-demo
+    config:
+      listener: {{ address: {{ ip: 127.0.0.1, port: 0 }} }}
+      protocol: TCP
+    endpoints:
+      - address: {}
+      - address: {}
+        type: BACKUP
+"#,
+        endpoint(main.addr),
+        endpoint(backup.addr)
+    );
+    let sluice = SluiceProcess::start_file("samaritan.yaml", &yaml, None).await;
+    let addr = sluice.server("tcp-demo");
+    for _ in 0..4 {
+        assert_eq!(who(addr).await, "main");
+    }
+    assert!(
+        sluice.log().contains("warning: admin: not read"),
+        "{}",
+        sluice.log()
+    );
+}
+
+#[tokio::test]
 async fn a_mixctl_rules_file_runs_one_server_per_rule() {
     let a = TestBackend::named("a").await;
     let b = TestBackend::named("b").await;
