@@ -37,3 +37,27 @@ fn each_rule_is_a_random_tcp_server() {
     assert_eq!(local.bind.to_string(), "0.0.0.0:2222");
     assert_eq!(loaded.binds_at["servers.rpi-ssh.bind"], (12, 9));
 }
+
+/// Every prefix of every YAML fixture, read as either format: an error or a
+/// configuration, never a panic (the fuzz target `config_yaml` goes further).
+#[test]
+fn every_prefix_of_every_yaml_fixture_reads_without_panicking() {
+    let mut all = Vec::new();
+    for dir in ["samaritan", "mixctl"] {
+        for kind in ["valid", "invalid"] {
+            all.extend(super::files(
+                &format!("tests/configs/{dir}/{kind}"),
+                &["yaml"],
+            ));
+        }
+    }
+    for path in all {
+        let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(&path);
+        let text = std::fs::read_to_string(&full).unwrap();
+        for end in (0..=text.len()).filter(|&i| text.is_char_boundary(i)) {
+            for format in [Format::Samaritan, Format::Mixctl] {
+                let _ = crate::config::read(&text[..end], &path, None, format);
+            }
+        }
+    }
+}
