@@ -185,7 +185,15 @@ fn server(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, ServerConfig)> 
     });
     let protocol = m.take("protocol").and_then(|f| protocol(ctx, &f));
     let backends = m.require(ctx, "backends").and_then(|f| backends(ctx, &f));
-    let healthcheck = m.take("health_check").and_then(|f| health(ctx, &f));
+    let healthcheck = m.take("health_check").and_then(|f| {
+        let health = health(ctx, &f)?;
+        if protocol == Some(Protocol::Udp) {
+            let message = "Samaritan's checks connect over TCP, but this server is udp; \
+                           a UDP check (kind = \"udp\") is written in Sluice's TOML";
+            ctx.error(f.key_at, &f.path, message);
+        }
+        Some(health)
+    });
     let balance = m.take("load_balance").and_then(|f| {
         ctx.parse(&f, "a strategy name", |s| {
             choice("load_balance", s, BALANCES)
