@@ -11,6 +11,7 @@
 
 pub(crate) mod reader;
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, ScanError, Span};
@@ -157,6 +158,9 @@ struct Open {
     entries: Vec<Entry>,
     /// A mapping's key read, waiting for its value.
     key: Option<(String, Pos)>,
+    /// The mapping's keys so far: a hash set, so that a hostile mapping of a million
+    /// keys costs a million look-ups, not a million squared comparisons.
+    seen: HashSet<String>,
 }
 
 impl Open {
@@ -167,6 +171,7 @@ impl Open {
             items: Vec::new(),
             entries: Vec::new(),
             key: None,
+            seen: HashSet::new(),
         }
     }
 }
@@ -198,7 +203,7 @@ impl Builder {
                     Value::Scalar { text, .. } => text,
                     _ => "(complex key)".to_owned(),
                 };
-                if open.entries.iter().any(|e| e.key == key) {
+                if !open.seen.insert(key.clone()) {
                     let message = format!("key \"{key}\" is given twice in this mapping");
                     self.duplicates.push((node.at, message));
                 }
@@ -301,6 +306,17 @@ mod tests {
             failed("a: 1\n---\nb: 2\n"),
             "t.yaml:2:1: a second YAML document; the file must hold one"
         );
+    }
+
+    #[test]
+    fn a_wide_mapping_is_read_in_linear_time() {
+        let wide: String = (0..200_000).map(|i| format!("k{i}: {i}\n")).collect();
+        let started = std::time::Instant::now();
+        let Value::Map(entries) = parsed(&wide).value else {
+            panic!("a mapping")
+        };
+        assert_eq!(entries.len(), 200_000);
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
     }
 
     #[test]
