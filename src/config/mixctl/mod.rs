@@ -84,6 +84,8 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
         errors.sort_by_key(|e| (e.line, e.col));
         return Err(ConfigErrors(errors));
     }
+    let mut warnings = ctx.warnings;
+    warnings.sort_by_key(|w| (w.line, w.col));
     let binds_at = read
         .into_iter()
         .map(|(name, _, at)| {
@@ -96,22 +98,23 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
     Ok(Loaded {
         format: Format::Mixctl,
         config,
-        warnings: Vec::new(),
+        warnings,
         binds_at,
     })
 }
 
-/// `version: 0.1` (a number to YAML, or the same quoted).
+/// `version: 0.1` (a number to YAML, or the same quoted); another is a warning.
 fn version(ctx: &mut Ctx<'_>, f: &Field<'_>) {
     let Some(text) = ctx.text(f, "a version such as 0.1") else {
         return;
     };
     if !VERSIONS.contains(&text) {
+        // Mixctl itself never reads the version; the rules are read as 0.1's.
         let message = format!(
-            "unknown version \"{text}\"; expected {}",
+            "unknown version \"{text}\"; read as {}",
             VERSIONS.join(", ")
         );
-        ctx.error(f.at(), &f.path, message);
+        ctx.warn(f.at(), &f.path, message);
     }
 }
 
