@@ -79,14 +79,10 @@ pub enum Command {
 
 /// Mixctl-style flags both quick modes take.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("bind").required(true).args(["listen", "port"]))]
 pub struct QuickArgs {
     /// Address to listen on.
-    #[arg(
-        long,
-        value_name = "ADDR",
-        required_unless_present = "port",
-        conflicts_with = "port"
-    )]
+    #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
     /// Port to listen on, on every interface (0.0.0.0:PORT), as Mixctl's `--port`.
     #[arg(long, value_name = "N")]
