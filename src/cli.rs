@@ -84,7 +84,7 @@ pub struct QuickArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
-    /// Port to listen on, on every interface (0.0.0.0:PORT), as Mixctl's `--port`.
+    /// Port to listen on, on every interface (0.0.0.0:PORT); Mixctl's spelling.
     #[arg(long, value_name = "N")]
     pub port: Option<u16>,
     /// Comma-separated backends, `host:port` or `host:port:weight` (`[v6]:port:weight`).
