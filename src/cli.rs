@@ -32,6 +32,8 @@ Examples:
   sluice convert -c haproxy.cfg > sluice.toml   any format Sluice reads, as its own TOML
   sluice tcp --listen 127.0.0.1:8080 --targets 10.0.0.1:3000,10.0.0.2:3000:3
                                                 quick mode: no file; :3 is a weight
+  sluice tcp --port=8080 --targets=10.0.0.1:3000:3,10.0.0.2:3000:1 --health-check-interval=5s
+                                                Mixctl's flags: --port listens on 0.0.0.0
   sluice udp --listen 127.0.0.1:5353 --targets 10.0.0.1:53,10.0.0.2:53 --max-responses 1
                                                 the same for UDP (DNS: one reply ends a session)
 
@@ -107,15 +109,20 @@ pub enum Command {
 
 /// Mixctl-style flags both quick modes take.
 #[derive(Debug, Args)]
+#[command(group = clap::ArgGroup::new("bind").required(true).args(["listen", "port"]))]
 pub struct QuickArgs {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR")]
-    pub listen: SocketAddr,
+    pub listen: Option<SocketAddr>,
+    /// Port to listen on, on every interface (0.0.0.0:PORT); Mixctl's spelling.
+    #[arg(long, value_name = "N")]
+    pub port: Option<u16>,
     /// Comma-separated backends, `host:port` or `host:port:weight` (`[v6]:port:weight`).
     #[arg(long, value_name = "LIST")]
     pub targets: String,
-    /// Balancing strategy.
-    #[arg(long, default_value = "roundrobin")]
+    /// Balancing strategy (the default, weight, is round robin that keeps the targets'
+    /// weights).
+    #[arg(long, default_value = "weight")]
     pub balance: BalanceKind,
     /// Cap on concurrent client connections, or UDP sessions (0: none).
     #[arg(long, default_value_t = 0)]
@@ -126,6 +133,17 @@ pub struct QuickArgs {
     /// Log level (`warn` silences the per-connection access log); RUST_LOG overrides it.
     #[arg(long, default_value = "info")]
     pub log_level: String,
+}
+
+impl QuickArgs {
+    /// `--listen`, or `--port` on every IPv4 interface.
+    fn listen_addr(&self) -> anyhow::Result<SocketAddr> {
+        match (self.listen, self.port) {
+            (Some(listen), None) => Ok(listen),
+            (None, Some(port)) => Ok(SocketAddr::from(([0, 0, 0, 0], port))),
+            _ => bail!("give exactly one of --listen ADDR and --port N"),
+        }
+    }
 }
 
 /// `sluice tcp`: the quick-mode flags plus those about TCP connections to backends.
@@ -142,7 +160,7 @@ pub struct TcpArgs {
 #[derive(Debug, Args)]
 pub struct TcpOnly {
     /// Enable a TCP connect health check this often (e.g. 5s).
-    #[arg(long, value_name = "DURATION")]
+    #[arg(long, value_name = "DURATION", visible_alias = "health-check-interval")]
     pub health_interval: Option<String>,
     /// Backend connect timeout (e.g. 2s).
     #[arg(long, value_name = "DURATION", default_value = "5s")]
@@ -479,7 +497,7 @@ pub fn quick_config(args: &QuickArgs, tcp: Option<&TcpOnly>) -> anyhow::Result<C
         max_connections: (args.max_connections > 0).then_some(args.max_connections),
         backend_connection_timeout: connect_timeout,
         healthcheck,
-        ..ServerConfig::new(args.listen, discovery)
+        ..ServerConfig::new(args.listen_addr()?, discovery)
     };
     let mut logging = config::LoggingConfig {
         level: args.log_level.clone(),
@@ -522,31 +540,10 @@ fn parse_duration(flag: &str, text: &str) -> anyhow::Result<Option<Duration>> {
     config::parse_timeout(text).map_err(|e| anyhow::anyhow!("{flag}: {e}"))
 }
 
-/// `host:port`, `host:port:weight`, `[v6]:port` or `[v6]:port:weight`.
+/// `host:port`, `host:port:weight`, `[v6]:port` or `[v6]:port:weight`, as Mixctl's
+/// rules file writes a target.
 fn parse_target(target: &str) -> anyhow::Result<BackendSpec> {
-    let bad = || anyhow::anyhow!("--targets: \"{target}\" is not host:port or host:port:weight");
-    let (host, rest) = match target.strip_prefix('[') {
-        Some(v6) => {
-            let (host, rest) = v6.split_once(']').ok_or_else(bad)?;
-            (host, rest.strip_prefix(':').ok_or_else(bad)?)
-        }
-        None => target.split_once(':').ok_or_else(bad)?,
-    };
-    let (port, weight) = match rest.split_once(':') {
-        Some((port, weight)) => (port, Some(weight)),
-        None => (rest, None),
-    };
-    let mut spec = BackendSpec::new(host, port.parse().map_err(|_| bad())?);
-    if let Some(weight) = weight {
-        spec.weight = weight.parse().map_err(|_| bad())?;
-        if spec.weight == 0 {
-            bail!("--targets: \"{target}\": weight must be at least 1");
-        }
-    }
-    if host.is_empty() {
-        return Err(bad());
-    }
-    Ok(spec)
+    config::parse_target(target).map_err(|e| anyhow!("--targets: {e}"))
 }
 
 #[cfg(test)]
@@ -565,5 +562,63 @@ mod tests {
         assert!(parse_target("10.0.0.1:x").is_err());
         assert!(parse_target("10.0.0.1:80:0").is_err());
         assert!(parse_target(":80").is_err());
+    }
+
+    fn tcp_config(args: &[&str]) -> anyhow::Result<Config> {
+        let cli = Cli::try_parse_from(args)?;
+        let Some(Command::Tcp(args)) = cli.command else {
+            panic!("not tcp")
+        };
+        quick_config(&args.quick, Some(&args.tcp))
+    }
+
+    #[test]
+    fn mixctl_flags_port_and_health_check_interval() {
+        let config = tcp_config(&[
+            "sluice",
+            "tcp",
+            "--port=8080",
+            "--targets=127.0.0.1:3000:3,127.0.0.1:3001:1",
+            "--health-check-interval=5s",
+        ])
+        .unwrap();
+        let server = &config.servers["tcp"];
+        assert_eq!(server.bind.to_string(), "0.0.0.0:8080");
+        assert_eq!(server.balance, BalanceKind::Weight);
+        assert_eq!(server.healthcheck.kind, HealthKind::Ping);
+        assert_eq!(server.healthcheck.interval, Duration::from_secs(5));
+        let weights: Vec<u32> = server
+            .discovery
+            .static_backends()
+            .unwrap()
+            .iter()
+            .map(|b| b.weight)
+            .collect();
+        assert_eq!(weights, [3, 1]);
+    }
+
+    #[test]
+    fn exactly_one_of_port_and_listen() {
+        let targets = "--targets=127.0.0.1:3000";
+        let listen = tcp_config(&["sluice", "tcp", "--listen", "127.0.0.1:9", targets]).unwrap();
+        assert_eq!(listen.servers["tcp"].bind.to_string(), "127.0.0.1:9");
+        let both = [
+            "sluice",
+            "tcp",
+            "--listen",
+            "127.0.0.1:9",
+            "--port",
+            "9",
+            targets,
+        ];
+        assert!(tcp_config(&both).is_err());
+        assert!(tcp_config(&["sluice", "tcp", targets]).is_err());
+        let old = ["sluice", "tcp", "--port=1", targets, "--health-interval=2s"];
+        assert_eq!(
+            tcp_config(&old).unwrap().servers["tcp"]
+                .healthcheck
+                .interval,
+            Duration::from_secs(2)
+        );
     }
 }

@@ -10,6 +10,7 @@ mod dashboard;
 mod discovery;
 mod discovery_sources;
 mod failover;
+mod formats_yaml;
 mod hardening;
 mod health;
 mod health_servers;

@@ -16,7 +16,8 @@ pub enum Format {
     Toml,
     /// GoBetween's schema in JSON.
     Json,
-    /// Samaritan's YAML (`servers:` with `listen`, `backends`, `health_check`).
+    /// Samaritan's YAML (`servers:` with `listen`, `backends`, `health_check`; or its
+    /// own `static_services:`).
     Samaritan,
     /// Mixctl's rules file (`version`, `rules:` of `name`, `from`, `to`).
     Mixctl,

@@ -3,9 +3,14 @@
 //! [`Config`] and the types below are the model: runtime code only ever sees them, with
 //! every default filled in, every name resolved, every duration parsed. A reader turns
 //! a file's text into a `Config`, reporting every problem it finds, each as
-//! `FILE:LINE:COL: message`; today there is one, for GoBetween's TOML (or JSON) schema.
+//! `FILE:LINE:COL: message`. [`load`] and [`read`] pick the reader by the file's
+//! [`Format`].
 //!
-//! - `gobetween`: the reader of GoBetween's schema ([`load`], [`parse`], [`parse_in`]).
+//! - `gobetween`: the reader of GoBetween's schema, Sluice's own, in TOML or JSON
+//!   ([`load`], [`parse`], [`parse_in`]).
+//! - `samaritan`, `mixctl`: the readers of Samaritan's YAML and of Mixctl's rules file;
+//!   `yaml`: YAML text into a tree with positions, and the getters both read it with.
+//! - `format`: which reader a file is read with ([`Format`], `--format`).
 //! - `discovery`: `[discovery]`, where a server's backends come from, each kind with its
 //!   own parameters; `registries`: Consul's, etcd's and Docker's, and their endpoints.
 //! - `health`: `[healthcheck]`, every kind with its own settings type.
@@ -43,14 +48,17 @@ mod gobetween;
 mod health;
 mod json_path;
 pub mod limits;
+pub(super) mod mixctl;
 mod patterns;
 pub mod registries;
+mod samaritan;
 mod secrets;
 mod static_list;
 pub use static_list::BACKEND_OPTIONS;
 #[cfg(test)]
 mod tests;
 mod write_as;
+mod yaml;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -89,6 +97,7 @@ pub use health::{
 };
 pub use json_path::JsonPath;
 pub use limits::ClientLimits;
+pub use mixctl::target as parse_target;
 pub use patterns::{BytesRegex, LinePattern, TextRegex};
 pub use registries::{ConsulParams, DockerParams, EtcdParams};
 
@@ -462,7 +471,9 @@ pub fn read(
     let loaded = match format {
         Format::Toml => gobetween::read(error::Source::with_syntax(path, text, false), dir)?,
         Format::Json => gobetween::read(error::Source::with_syntax(path, text, true), dir)?,
-        Format::Samaritan | Format::Mixctl | Format::Haproxy => {
+        Format::Samaritan => samaritan::read(text, path, dir)?,
+        Format::Mixctl => mixctl::read(text, path, dir)?,
+        Format::Haproxy => {
             return Err(ConfigErrors(vec![ConfigError {
                 path: path.to_path_buf(),
                 line: 0,

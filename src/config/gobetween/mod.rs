@@ -31,7 +31,7 @@ mod file;
 pub(super) mod health;
 pub(super) mod legacy;
 pub(super) mod limits;
-mod reader;
+pub(super) mod reader;
 mod registries;
 pub(super) mod sections;
 pub(super) mod server;

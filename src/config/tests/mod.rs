@@ -15,7 +15,7 @@ use super::*;
 use crate::acl::Action;
 
 /// Files of `dir` (relative to the crate root) with one of `extensions`, sorted.
-fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
+pub(super) fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
         .unwrap_or_else(|e| panic!("{dir}: {e}"))
@@ -41,9 +41,66 @@ fn parse_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
     parse_in(text, relative, Some(&dir))
 }
 
+/// Reads a file of the crate in `format`, as [`load_as`] does, naming it by its
+/// relative path.
+pub(super) fn read_file(relative: &Path, format: Format) -> Result<Loaded, ConfigErrors> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let bytes = std::fs::read(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
+    let text = super::utf8(relative, &bytes)?;
+    let dir = config_dir(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
+    read(text, relative, Some(&dir), format)
+}
+
+/// Every `.yaml` file of `DIR/valid` loads in `format` with the warnings of its
+/// `NAME.warnings` (none without one), and every one
+/// of `DIR/invalid` fails with the exact messages of its `NAME.expected`
+/// (`SLUICE_BLESS=1` rewrites those).
+pub(super) fn check_fixture_dirs(dir: &str, format: Format) {
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
+    for path in files(&format!("{dir}/valid"), &["yaml"]) {
+        let loaded = match read_file(&path, format) {
+            Ok(loaded) => loaded,
+            Err(errors) => panic!("{} should load:\n{errors}", path.display()),
+        };
+        // A sibling `NAME.warnings` holds the exact warnings expected; without one, none.
+        let warnings_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&path)
+            .with_extension("warnings");
+        let expected = std::fs::read_to_string(&warnings_path).unwrap_or_default();
+        let actual: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
+        if bless && !actual.is_empty() {
+            std::fs::write(&warnings_path, &actual).expect("write .warnings");
+            continue;
+        }
+        assert_eq!(actual, expected, "warnings of {}", path.display());
+    }
+    let mut failures = Vec::new();
+    for path in files(&format!("{dir}/invalid"), &["yaml"]) {
+        let expected_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(&path)
+            .with_extension("expected");
+        let actual = match read_file(&path, format) {
+            Ok(_) => "(loaded without error)\n".to_owned(),
+            Err(errors) => crate_relative(&format!("{errors}\n")),
+        };
+        if bless {
+            std::fs::write(&expected_path, &actual).expect("write .expected");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
+        if actual != expected {
+            failures.push(format!(
+                "{}:\n--- expected\n{expected}--- actual\n{actual}",
+                path.display()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 /// `text` with the crate's absolute directory written `<crate>`, so that `.expected`
 /// files showing resolved paths hold wherever the crate is checked out.
-fn crate_relative(text: &str) -> String {
+pub(super) fn crate_relative(text: &str) -> String {
     text.replace(concat!(env!("CARGO_MANIFEST_DIR"), "/"), "<crate>/")
 }
 
@@ -560,4 +617,6 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
 mod admin;
 mod dumps;
 mod keys;
+mod mixctl;
+mod samaritan;
 mod typed;
