@@ -353,3 +353,65 @@ async fn udp_datagrams_past_a_clients_datagram_or_byte_rate_are_dropped_and_coun
         (150 - passed) as u64
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upload_and_download_caps_hold_their_rate_and_deliver_every_byte() {
+    use tokio::io::AsyncReadExt as _;
+    // The backend reads what the client uploads, then answers with 600 KB; the client
+    // uploads 300 KB at most 100 KB/s and downloads at most 200 KB/s: about 3 s each.
+    const UP: usize = 300_000;
+    const DOWN: usize = 600_000;
+    let backend = TestBackend::serving("b", "127.0.0.1:0", |mut s| async move {
+        let mut got = vec![0u8; UP];
+        if s.read_exact(&mut got).await.is_err() {
+            return;
+        }
+        let expected: Vec<u8> = (0..UP).map(|i| (i % 253) as u8).collect();
+        if got != expected {
+            return;
+        }
+        let reply: Vec<u8> = (0..DOWN).map(|i| (i % 251) as u8).collect();
+        let _ = s.write_all(&reply).await;
+        let _ = s.shutdown().await;
+    })
+    .await;
+    let cfg = ServerConfig {
+        limits: ClientLimits {
+            client_upload_rate: Some("100KB/s".parse().expect("rate")),
+            client_download_rate: Some("200KB/s".parse().expect("rate")),
+            ..ClientLimits::default()
+        },
+        ..server(BalanceKind::RoundRobin, vec![backend.spec()])
+    };
+    let lb = Sluice::start(cfg).await;
+    let mut stream = connect_from(lb.addr, Some(ip("127.0.0.41"))).await;
+    let upload: Vec<u8> = (0..UP).map(|i| (i % 253) as u8).collect();
+    let started = std::time::Instant::now();
+    stream.write_all(&upload).await.expect("upload");
+    // Written into socket buffers is not delivered: the backend answers only once it
+    // has every byte, so the reply's first byte marks the upload's end.
+    let mut first = [0u8; 1];
+    tokio::time::timeout(Duration::from_secs(30), stream.read_exact(&mut first))
+        .await
+        .expect("the upload ends in time")
+        .expect("read");
+    let uploaded = started.elapsed();
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut rest))
+        .await
+        .expect("the download ends in time")
+        .expect("read");
+    let downloaded = started.elapsed() - uploaded;
+    let mut got = first.to_vec();
+    got.extend_from_slice(&rest);
+    let reply: Vec<u8> = (0..DOWN).map(|i| (i % 251) as u8).collect();
+    assert!(
+        got == reply,
+        "every byte, in order ({} of {DOWN})",
+        got.len()
+    );
+    // Rates within 10 %: a tenth of a second's worth goes at once, the rest at the rate.
+    let within = |took: Duration, expected: f64| (took.as_secs_f64() / expected - 1.0).abs() < 0.1;
+    assert!(within(uploaded, 2.9), "the upload took {uploaded:?}");
+    assert!(within(downloaded, 2.9), "the download took {downloaded:?}");
+}

@@ -1,6 +1,6 @@
 //! Client protection (`[servers.NAME]` and `[defaults]`): limits per client (concurrent
-//! connections, a connection rate, UDP datagram and byte rates) and per server (a
-//! connection rate). All off unless set. What counts as one client is its address's prefix (`client_prefix_v4`,
+//! connections, a connection rate, UDP datagram and byte rates), per server (a
+//! connection rate) and per TCP connection (bandwidth caps). All off unless set. What counts as one client is its address's prefix (`client_prefix_v4`,
 //! `client_prefix_v6`).
 
 use std::net::IpAddr;
@@ -155,6 +155,11 @@ pub struct ClientLimits {
     /// UDP: bytes per second per client (a bucket of one second's worth); datagrams
     /// beyond are dropped.
     pub byte_rate_per_client: Option<ByteRate>,
+    /// TCP: bytes per second from the client to the backend, per connection (delayed,
+    /// never dropped).
+    pub client_upload_rate: Option<ByteRate>,
+    /// TCP: bytes per second from the backend to the client, per connection.
+    pub client_download_rate: Option<ByteRate>,
     /// The prefix length that counts as one IPv4 client.
     pub client_prefix_v4: u8,
     /// The prefix length that counts as one IPv6 client.
@@ -173,6 +178,8 @@ impl Default for ClientLimits {
             connection_rate: None,
             datagram_rate_per_client: None,
             byte_rate_per_client: None,
+            client_upload_rate: None,
+            client_download_rate: None,
             client_prefix_v4: DEFAULT_CLIENT_PREFIX_V4,
             client_prefix_v6: DEFAULT_CLIENT_PREFIX_V6,
             client_limit_exempt: Vec::new(),
@@ -182,6 +189,18 @@ impl Default for ClientLimits {
 }
 
 impl ClientLimits {
+    /// The bandwidth caps of a connection from `client`: bytes per second up and down.
+    pub fn caps(&self, client: IpAddr) -> (Option<u64>, Option<u64>) {
+        let (up, down) = (&self.client_upload_rate, &self.client_download_rate);
+        if (up.is_none() && down.is_none()) || self.exempt(client) {
+            return (None, None);
+        }
+        (
+            up.as_ref().map(ByteRate::bytes_per_second),
+            down.as_ref().map(ByteRate::bytes_per_second),
+        )
+    }
+
     /// Whether any limit is set: without one, admission looks nothing up.
     pub fn any(&self) -> bool {
         self.per_client() || self.connection_rate.is_some()
@@ -233,6 +252,12 @@ impl Serialize for ClientLimits {
         }
         if let Some(rate) = &self.byte_rate_per_client {
             map.serialize_entry("byte_rate_per_client", rate)?;
+        }
+        if let Some(rate) = &self.client_upload_rate {
+            map.serialize_entry("client_upload_rate", rate)?;
+        }
+        if let Some(rate) = &self.client_download_rate {
+            map.serialize_entry("client_download_rate", rate)?;
         }
         if self.client_prefix_v4 != DEFAULT_CLIENT_PREFIX_V4 {
             map.serialize_entry("client_prefix_v4", &self.client_prefix_v4)?;

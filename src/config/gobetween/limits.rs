@@ -18,6 +18,8 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "connection_burst",
     "datagram_rate_per_client",
     "byte_rate_per_client",
+    "client_upload_rate",
+    "client_download_rate",
     "client_prefix_v4",
     "client_prefix_v6",
     "client_limit_exempt",
@@ -38,6 +40,8 @@ pub(super) struct LimitKeys {
     connection_burst: Set<u32>,
     datagram_rate_per_client: Set<Rate>,
     byte_rate_per_client: Set<ByteRate>,
+    client_upload_rate: Set<ByteRate>,
+    client_download_rate: Set<ByteRate>,
     client_prefix_v4: Set<u8>,
     client_prefix_v6: Set<u8>,
     client_limit_exempt: Set<Vec<IpNet>>,
@@ -66,7 +70,8 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
     let connection_rate_per_client = rate("connection_rate_per_client");
     let connection_rate = rate("connection_rate");
     let datagram_rate_per_client = rate("datagram_rate_per_client");
-    let byte_rate_per_client = sec.take("byte_rate_per_client").and_then(|f| {
+    let mut byte_rate = |key: &str| {
+        let f = sec.take(key)?;
         let rate = ctx.parse(&f, "a string such as \"1MiB/s\"", |text| {
             match text.trim() {
                 "0" => Ok(None),
@@ -74,7 +79,10 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
             }
         })?;
         Some((rate, f.at))
-    });
+    };
+    let byte_rate_per_client = byte_rate("byte_rate_per_client");
+    let client_upload_rate = byte_rate("client_upload_rate");
+    let client_download_rate = byte_rate("client_download_rate");
     let mut prefix = |key: &str, max: u8| {
         let f = sec.take(key)?;
         let n = ctx.u32_at_least(&f, 0)?;
@@ -104,6 +112,8 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
         connection_burst,
         datagram_rate_per_client,
         byte_rate_per_client,
+        client_upload_rate,
+        client_download_rate,
         client_prefix_v4,
         client_prefix_v6,
         client_limit_exempt,
@@ -112,8 +122,8 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
 }
 
 /// A server's limits: its own keys over `[defaults]`, key by key, checked against its
-/// protocol (a UDP key set on a TCP server itself is an error; from `[defaults]` it just
-/// does not apply). `path` is the server's key path.
+/// protocol (a UDP key set on a TCP server itself is an error, and the other way round;
+/// from `[defaults]` it just does not apply). `path` is the server's key path.
 pub(super) fn resolve(
     ctx: &mut Ctx<'_>,
     own: &LimitKeys,
@@ -140,6 +150,26 @@ pub(super) fn resolve(
             ctx.error(at, &join(path, key), message);
         }
     }
+    let tcp_only = [
+        (
+            "client_upload_rate",
+            own.client_upload_rate.as_ref().map(|s| s.1),
+        ),
+        (
+            "client_download_rate",
+            own.client_download_rate.as_ref().map(|s| s.1),
+        ),
+    ];
+    for (key, at) in tcp_only {
+        if let (Some(at), true) = (at, udp) {
+            let message = "caps a TCP connection's bytes; this server is UDP (use \
+                           byte_rate_per_client)";
+            ctx.error(at, &join(path, key), message);
+        }
+    }
+    let bytes = |own: &Set<ByteRate>, default: &Set<ByteRate>| {
+        own.as_ref().or(default.as_ref()).and_then(|s| s.0.clone())
+    };
     let pick =
         |own: &Set<u32>, default: &Set<u32>| own.as_ref().or(default.as_ref()).and_then(|s| s.0);
     let rates = |own: &Set<Rate>, default: &Set<Rate>| {
@@ -198,12 +228,12 @@ pub(super) fn resolve(
             &defaults.datagram_rate_per_client,
         )
         .filter(|_| udp),
-        byte_rate_per_client: own
-            .byte_rate_per_client
-            .as_ref()
-            .or(defaults.byte_rate_per_client.as_ref())
-            .and_then(|s| s.0.clone())
+        byte_rate_per_client: bytes(&own.byte_rate_per_client, &defaults.byte_rate_per_client)
             .filter(|_| udp),
+        client_upload_rate: bytes(&own.client_upload_rate, &defaults.client_upload_rate)
+            .filter(|_| !udp),
+        client_download_rate: bytes(&own.client_download_rate, &defaults.client_download_rate)
+            .filter(|_| !udp),
         client_prefix_v4: prefix(
             &own.client_prefix_v4,
             &defaults.client_prefix_v4,

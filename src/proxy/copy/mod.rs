@@ -155,6 +155,11 @@ impl Half {
 
     /// Moves bytes from `from` to `to` until it would block. `Ready(Ok)` once `from` has
     /// ended and `to` has been shut down for writing.
+    ///
+    /// `allowance` is how many bytes it may read (a bandwidth cap's tokens, or
+    /// `usize::MAX`); it is lowered by what is read. A direction with a cap takes the
+    /// buffered path, whose reads it can size.
+    #[allow(clippy::too_many_arguments)]
     fn poll_relay<F: Stream, T: Stream>(
         &mut self,
         cx: &mut Context<'_>,
@@ -163,6 +168,7 @@ impl Half {
         counter: &AtomicU64,
         moved: &mut bool,
         other_done: bool,
+        allowance: &mut usize,
     ) -> Poll<Result<(), HalfError>> {
         // Small messages go through a buffer (two plain syscalls); bulk goes through a
         // pipe (zero copy). A path hands over to the other only when it holds no bytes,
@@ -174,7 +180,7 @@ impl Half {
                 let result = if zero_copy {
                     self.poll_splice(cx, from, to, counter, moved, other_done)
                 } else {
-                    self.poll_buffered(cx, from, to, counter, moved, other_done)
+                    self.poll_buffered(cx, from, to, counter, moved, other_done, allowance)
                 };
                 if result.is_ready() || self.zero_copy() == zero_copy {
                     return result;
@@ -184,7 +190,7 @@ impl Half {
             Poll::Pending
         }
         #[cfg(not(target_os = "linux"))]
-        self.poll_buffered(cx, from, to, counter, moved, other_done)
+        self.poll_buffered(cx, from, to, counter, moved, other_done, allowance)
     }
 
     /// Passes the end of the stream on: `shutdown(Write)`, unless `to` is a plain socket
@@ -288,6 +294,7 @@ impl Half {
     }
 
     /// The portable path: socket → pooled user-space buffer → socket.
+    #[allow(clippy::too_many_arguments)]
     fn poll_buffered<F: Stream, T: Stream>(
         &mut self,
         cx: &mut Context<'_>,
@@ -296,6 +303,7 @@ impl Half {
         counter: &AtomicU64,
         moved: &mut bool,
         other_done: bool,
+        allowance: &mut usize,
     ) -> Poll<Result<(), HalfError>> {
         for _ in 0..ROUNDS_PER_POLL {
             if let Some(buf) = &self.buf {
@@ -323,13 +331,15 @@ impl Half {
             if self.read_eof {
                 return self.poll_finish(cx, to, other_done);
             }
-            // Wait for readability with no buffer; borrow one only to read. Until then,
-            // push out what a TLS writer still holds: its socket may have been full when
-            // the last bytes were written, and nothing else would write them.
-            if from
-                .poll_read_ready(cx)
-                .map_err(HalfError::Read)?
-                .is_pending()
+            // Wait for readability (or, under a bandwidth cap, for tokens: the relay's
+            // timer wakes it) with no buffer; borrow one only to read. Until then, push
+            // out what a TLS writer still holds: its socket may have been full when the
+            // last bytes were written, and nothing else would write them.
+            if *allowance == 0
+                || from
+                    .poll_read_ready(cx)
+                    .map_err(HalfError::Read)?
+                    .is_pending()
             {
                 return match Pin::new(&mut *to).poll_flush(cx) {
                     Poll::Ready(Err(e)) => Poll::Ready(Err(HalfError::Write(e))),
@@ -337,7 +347,7 @@ impl Half {
                 };
             }
             let mut buf = take_buffer();
-            let mut read_buf = ReadBuf::new(&mut buf[..]);
+            let mut read_buf = ReadBuf::new(&mut buf[..BUF_SIZE.min(*allowance)]);
             // `poll_read` (unlike `try_read`) treats a short read as "drained", which
             // saves the extra read that would only return EAGAIN.
             match Pin::new(&mut *from).poll_read(cx, &mut read_buf) {
@@ -349,6 +359,7 @@ impl Half {
                         *moved = true;
                     } else {
                         self.buf = Some(buf);
+                        *allowance -= n;
                         // At most BUF_SIZE (64 KiB): fits.
                         self.start = 0;
                         self.end = n as u32;
@@ -406,6 +417,8 @@ pub struct Relay<'a, C, B, S> {
     down: Half,
     // Boxed: most servers run without an idle timeout, and a timer is 112 bytes.
     idle: Option<Pin<Box<IdleTimer>>>,
+    // Boxed for the same reason: most connections have no bandwidth cap.
+    caps: Option<Pin<Box<Caps>>>,
     error: Option<io::Error>,
 }
 
@@ -415,6 +428,92 @@ pin_project! {
         last_moved: Instant,
         #[pin]
         sleep: Sleep,
+    }
+}
+
+pin_project! {
+    /// A connection's bandwidth caps (`client_upload_rate`, `client_download_rate`),
+    /// each a token bucket of bytes, with the timer that wakes its direction when the
+    /// bucket has refilled enough to read again.
+    struct Caps {
+        up: Option<Cap>,
+        down: Option<Cap>,
+        #[pin]
+        up_sleep: Sleep,
+        #[pin]
+        down_sleep: Sleep,
+    }
+}
+
+/// One direction's cap: bytes per second, and the bucket they refill.
+struct Cap {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+/// A capped direction sleeps until this many bytes may move (or its whole burst, if
+/// smaller), not for each byte.
+const CAP_WAKE_BYTES: f64 = 4096.0;
+
+impl Cap {
+    /// A full bucket of a tenth of a second's worth, between 1 byte and a buffer: reads
+    /// stay small enough to keep the rate smooth.
+    fn new(bytes_per_second: u64, now: Instant) -> Cap {
+        let rate = bytes_per_second as f64;
+        let burst = (rate / 10.0).clamp(1.0, BUF_SIZE as f64);
+        Cap {
+            rate,
+            burst,
+            tokens: burst,
+            last: now,
+        }
+    }
+
+    /// Bytes that may be read now.
+    fn allowance(&mut self, now: Instant) -> usize {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens.max(0.0) as usize
+    }
+
+    fn spend(&mut self, bytes: usize) {
+        self.tokens -= bytes as f64;
+    }
+
+    /// When enough will have refilled to read again.
+    fn ready_at(&self, now: Instant) -> Instant {
+        let need = CAP_WAKE_BYTES.min(self.burst) - self.tokens;
+        now + Duration::from_secs_f64((need / self.rate).max(0.0))
+    }
+}
+
+/// What a direction under `cap` may read now (no cap: no limit).
+fn allowance(cap: Option<&mut Cap>, now: Instant) -> usize {
+    cap.map_or(usize::MAX, |cap| cap.allowance(now))
+}
+
+/// Spends what a direction under `cap` read out of the `allowed` bytes it could (leaving
+/// `left`); a direction left without tokens arms its timer, which wakes the relay once
+/// enough have refilled.
+fn settle(
+    cap: Option<&mut Cap>,
+    mut sleep: Pin<&mut Sleep>,
+    cx: &mut Context<'_>,
+    now: Instant,
+    (allowed, left): (usize, usize),
+) {
+    let Some(cap) = cap else {
+        return;
+    };
+    cap.spend(allowed - left);
+    if left == 0 {
+        sleep.as_mut().reset(cap.ready_at(now));
+        if sleep.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        }
     }
 }
 
@@ -444,8 +543,31 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
             up: Half::new(plain),
             down: Half::new(plain),
             idle,
+            caps: None,
             error: None,
         }
+    }
+
+    /// Caps the bytes per second from the client (`upload`) and to it (`download`):
+    /// bytes are delayed, never dropped, and a capped direction copies through a buffer
+    /// (never `splice`), whose reads the cap sizes.
+    pub fn capped(mut self, upload: Option<u64>, download: Option<u64>) -> Self {
+        if upload.is_none() && download.is_none() {
+            return self;
+        }
+        let now = Instant::now();
+        #[cfg(target_os = "linux")]
+        {
+            self.up.no_splice |= upload.is_some();
+            self.down.no_splice |= download.is_some();
+        }
+        self.caps = Some(Box::pin(Caps {
+            up: upload.map(|rate| Cap::new(rate, now)),
+            down: download.map(|rate| Cap::new(rate, now)),
+            up_sleep: sleep_until(now),
+            down_sleep: sleep_until(now),
+        }));
+        self
     }
 
     /// Counts `bytes` already sent to the backend on the client's behalf (read along
@@ -457,30 +579,46 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
 
     fn poll_reason(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut moved = false;
+        let mut caps = self.caps.as_mut().map(|caps| caps.as_mut().project());
+        let now = caps.as_ref().map(|_| Instant::now());
         if !self.up.done {
-            let to_backend = self.counters.to_backend;
+            let cap = caps.as_mut().and_then(|caps| caps.up.as_mut());
+            let allowed = now.map_or(usize::MAX, |now| allowance(cap, now));
+            let mut left = allowed;
             let relayed = self.up.poll_relay(
                 cx,
                 &mut self.client,
                 &mut self.backend,
-                to_backend,
+                self.counters.to_backend,
                 &mut moved,
                 self.down.done,
+                &mut left,
             );
+            if let (Some(caps), Some(now)) = (caps.as_mut(), now) {
+                let sleep = caps.up_sleep.as_mut();
+                settle(caps.up.as_mut(), sleep, cx, now, (allowed, left));
+            }
             if let Poll::Ready(Err(e)) = relayed {
                 return Poll::Ready(error_reason(e, Side::Client, &mut self.error));
             }
         }
         if !self.down.done {
-            let from_backend = self.counters.from_backend;
+            let cap = caps.as_mut().and_then(|caps| caps.down.as_mut());
+            let allowed = now.map_or(usize::MAX, |now| allowance(cap, now));
+            let mut left = allowed;
             let relayed = self.down.poll_relay(
                 cx,
                 &mut self.backend,
                 &mut self.client,
-                from_backend,
+                self.counters.from_backend,
                 &mut moved,
                 self.up.done,
+                &mut left,
             );
+            if let (Some(caps), Some(now)) = (caps.as_mut(), now) {
+                let sleep = caps.down_sleep.as_mut();
+                settle(caps.down.as_mut(), sleep, cx, now, (allowed, left));
+            }
             if let Poll::Ready(Err(e)) = relayed {
                 return Poll::Ready(error_reason(e, Side::Backend, &mut self.error));
             }

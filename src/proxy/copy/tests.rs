@@ -152,6 +152,13 @@ async fn bytes_a_writer_could_not_flush_go_out_when_its_socket_drains() {
 
 #[tokio::test]
 async fn an_idle_relay_holds_no_buffer() {
+    for caps in [(None, None), (Some(1), Some(1))] {
+        idle_relay_holds_no_buffer(caps).await;
+    }
+}
+
+/// With bandwidth caps too (of a byte per second: the first byte uses up the bucket).
+async fn idle_relay_holds_no_buffer((upload, download): (Option<u64>, Option<u64>)) {
     let (client, _client_far) = duplex(1024);
     let (backend, mut backend_far) = duplex(1024);
     let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
@@ -160,18 +167,21 @@ async fn an_idle_relay_holds_no_buffer() {
         to_backend: &to_backend,
         from_backend: &from_backend,
     };
-    let mut relay = pin!(Relay::new(client, backend, None, stopped, counters));
-    backend_far.write_all(b"x").await.expect("write");
-    // Polled until it has moved the byte and waits again.
+    let relay = Relay::new(client, backend, None, stopped, counters).capped(upload, download);
+    let mut relay = pin!(relay);
+    backend_far.write_all(b"xy").await.expect("write");
+    // Polled until it has moved what it may and waits again: both bytes, or under the
+    // cap the first, the second waiting (unread) for the bucket to refill.
+    let want = if download.is_some() { 1 } else { 2 };
     for _ in 0..10 {
         let polled = std::future::poll_fn(|cx| Poll::Ready(relay.as_mut().poll(cx))).await;
         assert!(polled.is_pending());
-        if from_backend.load(Ordering::Relaxed) == 1 {
+        if from_backend.load(Ordering::Relaxed) == want {
             break;
         }
         tokio::task::yield_now().await;
     }
-    assert_eq!(from_backend.load(Ordering::Relaxed), 1);
+    assert_eq!(from_backend.load(Ordering::Relaxed), want);
     assert!(relay.up.buf.is_none() && relay.down.buf.is_none());
 }
 
@@ -262,4 +272,55 @@ async fn a_slow_one_way_download_outlives_the_idle_timeout() {
     let want: Vec<u8> = (0..10u8).flat_map(|i| [i; 100]).collect();
     assert_eq!(got, want);
     assert_eq!(from_backend.load(Ordering::Relaxed), 1000);
+}
+
+#[tokio::test(start_paused = true)]
+async fn capped_directions_move_at_their_rate_and_deliver_every_byte() {
+    // 100 KB down at 20 KB/s and 30 KB up at 10 KB/s: each starts with a tenth of a
+    // second's worth, then moves at its rate, so the download's bytes take 4.9 s and
+    // the upload's 2.9 s; the end of each stream is read with the next refill, a tenth
+    // of a second later (on paused time, exactly as the buckets say).
+    let (client, mut client_far) = duplex(64 * 1024);
+    let (backend, mut backend_far) = duplex(64 * 1024);
+    let (to_backend, from_backend) = (AtomicU64::new(0), AtomicU64::new(0));
+    let stopped = pin!(std::future::pending::<()>());
+    let counters = counters(&to_backend, &from_backend);
+    let relay =
+        Relay::new(client, backend, None, stopped, counters).capped(Some(10_000), Some(20_000));
+    let down: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+    let up: Vec<u8> = (0..30_000u32).map(|i| (i % 241) as u8).collect();
+    let started = Instant::now();
+    let backend_side = async {
+        let (mut read, mut write) = tokio::io::split(&mut backend_far);
+        let send = async {
+            write.write_all(&down).await.expect("write");
+            write.shutdown().await.expect("close");
+        };
+        let receive = async {
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await.expect("read");
+            (got, started.elapsed())
+        };
+        tokio::join!(send, receive).1
+    };
+    let client_side = async {
+        let (mut read, mut write) = tokio::io::split(&mut client_far);
+        let send = async {
+            write.write_all(&up).await.expect("write");
+            write.shutdown().await.expect("close");
+        };
+        let receive = async {
+            let mut got = Vec::new();
+            read.read_to_end(&mut got).await.expect("read");
+            (got, started.elapsed())
+        };
+        tokio::join!(send, receive).1
+    };
+    let (result, (got_up, up_took), (got_down, down_took)) =
+        tokio::join!(relay, backend_side, client_side);
+    assert_eq!(result.reason, CloseReason::Eof);
+    assert!(got_up == up && got_down == down, "every byte, in order");
+    let near = |took: Duration, secs: f64| (took.as_secs_f64() - secs).abs() < 0.1;
+    assert!(near(up_took, 3.0), "up took {up_took:?}");
+    assert!(near(down_took, 5.0), "down took {down_took:?}");
 }
