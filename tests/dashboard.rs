@@ -317,6 +317,7 @@ bind = "127.0.0.1:0"
 bind = "127.0.0.1:0"
 protocol = "tcp"
 balance = "roundrobin"
+max_connections_per_client = 2
 
   [servers.web.discovery]
   kind = "static"
@@ -416,7 +417,7 @@ async fn dashboard_in_headless_chromium_drains_reweights_and_fits_a_phone() {
     }
     let browser = Browser::start().await;
     let a_key = setup.a.addr.to_string();
-    let result = exercise(&browser.client, setup.api, &a_key, setup.b).await;
+    let result = exercise(&browser.client, setup.api, setup.proxied, &a_key, setup.b).await;
     browser.finish(result, &setup.sluice).await;
 }
 
@@ -425,6 +426,7 @@ async fn dashboard_in_headless_chromium_drains_reweights_and_fits_a_phone() {
 async fn exercise(
     client: &Client,
     api: SocketAddr,
+    proxied: SocketAddr,
     a_key: &str,
     b: TestBackend,
 ) -> Result<(), String> {
@@ -445,6 +447,26 @@ async fn exercise(
         )
         .await?;
     }
+
+    // Client protection: a client past its cap of two connections is listed as limited.
+    let source = Some("127.0.0.51".parse().expect("address"));
+    let held = [
+        hello(proxied, source).await.1,
+        hello(proxied, source).await.1,
+    ];
+    let mut third = connect_from(proxied, source).await;
+    assert_closed_without_data(&mut third, WAIT).await;
+    let limited = r#"section[data-server="web"] .clients li[data-client="127.0.0.51/32"]"#;
+    let line = until(
+        "the page lists the limited client",
+        BROWSER_WAIT,
+        || async { text_of(client, limited).await },
+    )
+    .await?;
+    if !line.contains("max_connections_per_client") || !line.contains("2 open") {
+        return Err(format!("the limited client's line: {line:?}"));
+    }
+    drop(held);
 
     // Drain: confirm, then the page and the API both say draining.
     click(

@@ -99,9 +99,15 @@ async function pollOnce() {
     const backends = await Promise.all(
       names.map((name) => api("GET", "/servers/" + enc(name) + "/backends")),
     );
+    // Only servers with client protection track clients.
+    const clients = await Promise.all(
+      names.map((name) =>
+        protects(list[name]) ? api("GET", "/servers/" + enc(name) + "/clients?top=50") : null,
+      ),
+    );
     if (started < changedAt) return;
     lastUpdate = Date.now();
-    render(list, names, backends, lastUpdate);
+    render(list, names, backends, clients, lastUpdate);
     setStatus("live, updated " + clock(lastUpdate), false);
   } catch (e) {
     if (waitingForToken) return;
@@ -137,7 +143,14 @@ function setText(el, text) {
   if (el.textContent !== text) el.textContent = text;
 }
 
-function render(list, names, backendLists, now) {
+// Whether a server's configuration sets a per-client limit (and so tracks clients).
+function protects(config) {
+  if (!config) return false;
+  const keys = ["max_connections_per_client", "connection_rate_per_client", "datagram_rate_per_client", "byte_rate_per_client"];
+  return keys.some((k) => config[k] !== undefined && config[k] !== 0 && config[k] !== "0");
+}
+
+function render(list, names, backendLists, clientLists, now) {
   for (const [name, server] of servers) {
     if (!Object.prototype.hasOwnProperty.call(list, name)) {
       server.section.remove();
@@ -154,6 +167,7 @@ function render(list, names, backendLists, now) {
     // Moving a node that holds focus would blur it, so only move what is out of place.
     if (main.children[i] !== server.section) main.insertBefore(server.section, main.children[i] || null);
     updateServer(server, list[name] || {}, Array.isArray(backendLists[i]) ? backendLists[i] : [], now);
+    updateClients(server, Array.isArray(clientLists[i]) ? clientLists[i] : null);
   });
   $("#no-servers").hidden = names.length > 0;
 }
@@ -204,6 +218,29 @@ function updateServer(server, config, backends, now) {
   while (server.samples.length && server.samples[0].t < now - WINDOW_MS) server.samples.shift();
   drawChart($(".chart-active", s), server.samples, "active", now, count);
   drawChart($(".chart-rate", s), server.samples, "rate", now, (v) => bytes(v) + "/s");
+}
+
+// The clients client protection holds back now; hidden for a server without it.
+function updateClients(server, clients) {
+  const box = $(".clients", server.section);
+  box.hidden = clients === null;
+  if (clients === null) return;
+  const limited = clients.filter((c) => c.limited);
+  const signature = limited.map((c) => c.client + c.limited + c.open + c.rate).join();
+  const list = $(".limited", box);
+  if (list.dataset.signature !== signature) {
+    list.dataset.signature = signature;
+    list.replaceChildren(
+      ...limited.map((c) => {
+        const item = document.createElement("li");
+        item.dataset.client = c.client;
+        item.textContent =
+          c.client + " — " + c.limited + "; " + count(c.open) + " open, " + Number(c.rate).toFixed(1) + " new/s";
+        return item;
+      }),
+    );
+  }
+  $(".no-limited", box).hidden = limited.length > 0;
 }
 
 // The API names draining "draining"; backend lines say "drain". Both mean the same.
