@@ -58,7 +58,12 @@ fn admit(c: &mut Criterion) {
     let client = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
     // As the data path asks: nothing is looked up unless a limit is set.
     group.bench_function("no limit", |b| {
-        b.iter(|| black_box(none.any().then(|| clients.admit("bench", &none, client, now))))
+        b.iter(|| {
+            black_box(
+                none.any()
+                    .then(|| clients.admit("bench", &none, client, now)),
+            )
+        })
     });
     let limits = limits();
     group.bench_function("per-client limits, one client", |b| {

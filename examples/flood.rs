@@ -175,7 +175,10 @@ async fn run(args: &[String]) -> std::io::Result<()> {
         let i = ((served.len() as f64 * q).ceil() as usize).clamp(1, served.len().max(1)) - 1;
         served.get(i).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
     };
-    let counts: Vec<u64> = flood_counts.iter().map(|c| c.load(Ordering::Relaxed)).collect();
+    let counts: Vec<u64> = flood_counts
+        .iter()
+        .map(|c| c.load(Ordering::Relaxed))
+        .collect();
     println!(
         "{{\"good_served\": {}, \"good_refused\": {refused}, \"good_failed\": {failed}, \
          \"good_p50_ms\": {:.3}, \"good_p99_ms\": {:.3}, \"flood_attempts\": {}, \

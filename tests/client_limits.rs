@@ -415,3 +415,22 @@ async fn upload_and_download_caps_hold_their_rate_and_deliver_every_byte() {
     assert!(within(uploaded, 2.9), "the upload took {uploaded:?}");
     assert!(within(downloaded, 2.9), "the download took {downloaded:?}");
 }
+
+#[tokio::test]
+async fn many_client_addresses_never_grow_the_table_past_its_size() {
+    let (lb, _a) = limited(ClientLimits {
+        max_connections_per_client: Some(5),
+        client_table_size: 32,
+        ..ClientLimits::default()
+    })
+    .await;
+    let clients = client_ips(300);
+    let names = who_for_each(lb.addr, &clients).await;
+    assert!(names.iter().all(|n| n == "a"), "every client is served");
+    let shared = lb.shared().await;
+    let tracked = shared.clients.tracked();
+    assert!(
+        (16..=32).contains(&tracked),
+        "{tracked} clients tracked, at most 32"
+    );
+}
