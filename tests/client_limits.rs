@@ -410,10 +410,12 @@ async fn upload_and_download_caps_hold_their_rate_and_deliver_every_byte() {
         "every byte, in order ({} of {DOWN})",
         got.len()
     );
-    // Rates within 10 %: a tenth of a second's worth goes at once, the rest at the rate.
-    let within = |took: Duration, expected: f64| (took.as_secs_f64() / expected - 1.0).abs() < 0.1;
-    assert!(within(uploaded, 2.9), "the upload took {uploaded:?}");
-    assert!(within(downloaded, 2.9), "the download took {downloaded:?}");
+    // A tenth of a second's worth goes at once, the rest at the rate: 2.9 s each. Never
+    // more than 10 % faster than the cap allows; slower only as much as a busy machine
+    // delays it (the relay's exact pace is checked on paused time, in its unit tests).
+    let paced = |took: Duration| (2.9 * 0.9..2.9 * 1.5).contains(&took.as_secs_f64());
+    assert!(paced(uploaded), "the upload took {uploaded:?}");
+    assert!(paced(downloaded), "the download took {downloaded:?}");
 }
 
 #[tokio::test]
