@@ -3,9 +3,13 @@
 //! [`Config`] and the types below are the model: runtime code only ever sees them, with
 //! every default filled in, every name resolved, every duration parsed. A reader turns
 //! a file's text into a `Config`, reporting every problem it finds, each as
-//! `FILE:LINE:COL: message`; today there is one, for GoBetween's TOML (or JSON) schema.
+//! `FILE:LINE:COL: message`: GoBetween's TOML (or JSON) schema, and HAProxy's
+//! configuration (`mode tcp`).
 //!
+//! - `format`: which reader a file is read with ([`Format`]), by extension or shape.
 //! - `gobetween`: the reader of GoBetween's schema ([`load`], [`parse`], [`parse_in`]).
+//! - `haproxy`: the reader of HAProxy's `global`, `defaults`, `frontend`, `backend` and
+//!   `listen` sections, each frontend becoming one server per `bind`.
 //! - `discovery`: `[discovery]`, where a server's backends come from, each kind with its
 //!   own parameters; `registries`: Consul's, etcd's and Docker's, and their endpoints.
 //! - `health`: `[healthcheck]`, every kind with its own settings type.
@@ -38,6 +42,7 @@ mod duration;
 mod error;
 mod format;
 mod gobetween;
+mod haproxy;
 mod health;
 mod json_path;
 mod patterns;
@@ -453,7 +458,8 @@ pub fn read(
     let loaded = match format {
         Format::Toml => gobetween::read(error::Source::with_syntax(path, text, false), dir)?,
         Format::Json => gobetween::read(error::Source::with_syntax(path, text, true), dir)?,
-        Format::Samaritan | Format::Mixctl | Format::Haproxy => {
+        Format::Haproxy => haproxy::read(text, path, dir)?,
+        Format::Samaritan | Format::Mixctl => {
             return Err(ConfigErrors(vec![ConfigError {
                 path: path.to_path_buf(),
                 line: 0,

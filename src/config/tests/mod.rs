@@ -15,7 +15,7 @@ use super::*;
 use crate::acl::Action;
 
 /// Files of `dir` (relative to the crate root) with one of `extensions`, sorted.
-fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
+pub(super) fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(dir))
         .unwrap_or_else(|e| panic!("{dir}: {e}"))
@@ -43,7 +43,7 @@ fn parse_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
 
 /// `text` with the crate's absolute directory written `<crate>`, so that `.expected`
 /// files showing resolved paths hold wherever the crate is checked out.
-fn crate_relative(text: &str) -> String {
+pub(super) fn crate_relative(text: &str) -> String {
     text.replace(concat!(env!("CARGO_MANIFEST_DIR"), "/"), "<crate>/")
 }
 
@@ -559,5 +559,6 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
 
 mod admin;
 mod dumps;
+mod haproxy;
 mod keys;
 mod typed;

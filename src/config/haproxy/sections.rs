@@ -1,0 +1,318 @@
+//! A file's lines, section by section: `global` into [`Global`], each `defaults` into
+//! the settings the proxies after it start from, and each `frontend`, `backend` and
+//! `listen` into a [`Proxy`].
+
+use std::time::Duration;
+
+use super::directives::{self, Settings};
+use super::rules::{AclLine, ConnRule, UseBackend};
+use super::server::ServerLine;
+use super::values;
+use super::words::{nearest, Line};
+use super::Ctx;
+use crate::config::Bind;
+
+/// What a proxy section is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Kind {
+    Defaults,
+    Frontend,
+    Backend,
+    Listen,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Defaults => "defaults",
+            Kind::Frontend => "frontend",
+            Kind::Backend => "backend",
+            Kind::Listen => "listen",
+        }
+    }
+
+    /// Whether it accepts clients (`bind`, `use_backend`).
+    pub fn front(self) -> bool {
+        matches!(self, Kind::Frontend | Kind::Listen)
+    }
+
+    /// Whether it has servers.
+    pub fn back(self) -> bool {
+        matches!(self, Kind::Backend | Kind::Listen)
+    }
+}
+
+/// One `frontend`, `backend`, `listen` or `defaults` section.
+#[derive(Clone)]
+pub(super) struct Proxy {
+    pub kind: Kind,
+    pub name: String,
+    /// Where its header is.
+    pub at: usize,
+    /// What it inherits from `defaults` and may set itself.
+    pub settings: Settings,
+    pub binds: Vec<(Bind, usize)>,
+    pub default_backend: Option<(String, usize)>,
+    pub use_backends: Vec<UseBackend>,
+    pub acls: Vec<AclLine>,
+    /// `tcp-request connection` rules, in order.
+    pub access: Vec<ConnRule>,
+    pub inspect_delay: Option<(Duration, usize)>,
+    pub servers: Vec<ServerLine>,
+    /// A `server` line failed: the backend is reported already and is not built.
+    pub broken: bool,
+}
+
+impl Proxy {
+    fn new(kind: Kind, name: String, at: usize, settings: Settings) -> Self {
+        Proxy {
+            kind,
+            name,
+            at,
+            settings,
+            binds: Vec::new(),
+            default_backend: None,
+            use_backends: Vec::new(),
+            acls: Vec::new(),
+            access: Vec::new(),
+            inspect_delay: None,
+            servers: Vec::new(),
+            broken: false,
+        }
+    }
+
+    /// `frontend web`, or `defaults` alone: how messages name it.
+    pub fn title(&self) -> String {
+        if self.name.is_empty() {
+            self.kind.name().to_owned()
+        } else {
+            format!("{} {}", self.kind.name(), self.name)
+        }
+    }
+}
+
+/// What `global` says that Sluice uses.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Global {
+    /// `maxconn`: each frontend's limit unless it sets its own.
+    pub maxconn: Option<u32>,
+}
+
+/// A whole file, read.
+pub(super) struct File {
+    pub global: Global,
+    /// Frontends, backends and listens, in file order.
+    pub proxies: Vec<Proxy>,
+}
+
+/// Sections HAProxy has that Sluice does not read.
+const OTHER_SECTIONS: &[&str] = &[
+    "userlist",
+    "peers",
+    "resolvers",
+    "mailers",
+    "program",
+    "http-errors",
+    "ring",
+    "cache",
+    "crt-store",
+    "log-forward",
+    "traces",
+    "acme",
+];
+
+const SECTIONS: &[&str] = &["global", "defaults", "frontend", "backend", "listen"];
+
+pub(super) fn read(ctx: &mut Ctx<'_>, lines: &[Line]) -> File {
+    let mut file = File {
+        global: Global::default(),
+        proxies: Vec::new(),
+    };
+    // The unnamed `defaults` last seen, and every named one, for `from NAME`.
+    let mut defaults = Proxy::new(Kind::Defaults, String::new(), 0, Settings::default());
+    let mut named: Vec<Proxy> = Vec::new();
+    let mut current: Option<Proxy> = None;
+    let mut in_global = false;
+    let mut skipping = false;
+    for line in lines {
+        let keyword = line.keyword();
+        let kind = match keyword {
+            "global" => None,
+            "defaults" => Some(Kind::Defaults),
+            "frontend" => Some(Kind::Frontend),
+            "backend" => Some(Kind::Backend),
+            "listen" => Some(Kind::Listen),
+            other if OTHER_SECTIONS.contains(&other) => {
+                finish(&mut file, &mut defaults, &mut named, current.take());
+                let message = format!("section \"{other}\" is not supported by Sluice");
+                ctx.error(line.at(), message);
+                (in_global, skipping) = (false, true);
+                continue;
+            }
+            _ => {
+                if let Some(proxy) = &mut current {
+                    directives::read(ctx, proxy, line);
+                } else if in_global {
+                    global(ctx, &mut file.global, line);
+                } else if !skipping {
+                    let hint = nearest(keyword, SECTIONS)
+                        .map(|near| format!(" (did you mean \"{near}\"?)"))
+                        .unwrap_or_default();
+                    let message = format!(
+                        "\"{keyword}\" outside a section; a file starts with global, \
+                         defaults, frontend, backend or listen{hint}"
+                    );
+                    ctx.error(line.at(), message);
+                    skipping = true;
+                }
+                continue;
+            }
+        };
+        finish(&mut file, &mut defaults, &mut named, current.take());
+        (in_global, skipping) = (kind.is_none(), false);
+        let Some(kind) = kind else {
+            if let Some(extra) = line.args(1).first() {
+                ctx.error(extra.at, "global: takes no name");
+            }
+            continue;
+        };
+        current = header(ctx, line, kind, &defaults, &named);
+        skipping = current.is_none();
+    }
+    finish(&mut file, &mut defaults, &mut named, current.take());
+    file
+}
+
+/// The proxy a section header starts: `KIND NAME [from DEFAULTS]`.
+fn header(
+    ctx: &mut Ctx<'_>,
+    line: &Line,
+    kind: Kind,
+    defaults: &Proxy,
+    named: &[Proxy],
+) -> Option<Proxy> {
+    let args = line.args(1);
+    let name = args.first().map(|w| w.text.clone()).unwrap_or_default();
+    let title = kind.name();
+    if name.is_empty() && kind != Kind::Defaults {
+        ctx.error(line.at(), format!("{title}: needs a name"));
+        return None;
+    }
+    let mut base = defaults;
+    match args.get(1..).unwrap_or_default() {
+        [] => {}
+        [from, parent] if from.text == "from" => {
+            match named.iter().rev().find(|d| d.name == parent.text) {
+                Some(found) => base = found,
+                None => {
+                    let message = format!(
+                        "{title} {name}: from: no defaults section named \"{}\" above",
+                        parent.text
+                    );
+                    ctx.error(parent.at, message);
+                }
+            }
+        }
+        [extra, ..] => {
+            let message = format!("{title} {name}: expected \"from DEFAULTS\" after the name");
+            ctx.error(extra.at, message);
+        }
+    }
+    Some(Proxy::new(kind, name, line.at(), base.settings.clone()))
+}
+
+/// Files a finished section: a `defaults` becomes what the next proxies start from.
+fn finish(file: &mut File, defaults: &mut Proxy, named: &mut Vec<Proxy>, proxy: Option<Proxy>) {
+    let Some(proxy) = proxy else { return };
+    if proxy.kind != Kind::Defaults {
+        file.proxies.push(proxy);
+        return;
+    }
+    if !proxy.name.is_empty() {
+        named.push(proxy.clone());
+    }
+    *defaults = proxy;
+}
+
+/// What `global` directives Sluice does its own way say about it.
+const GLOBAL_ELSEWHERE: &[(&str, &str)] = &[
+    (
+        "log",
+        "Sluice logs through [logging] (or RUST_LOG), one access-log line per connection",
+    ),
+    ("log-tag", "Sluice logs through [logging] (or RUST_LOG)"),
+    (
+        "log-send-hostname",
+        "Sluice logs through [logging] (or RUST_LOG)",
+    ),
+    (
+        "nbthread",
+        "Sluice's worker threads are set on its command line: --threads N",
+    ),
+    (
+        "stats",
+        "Sluice's statistics are its API ([api]) and Prometheus endpoint ([metrics])",
+    ),
+    (
+        "user",
+        "Sluice runs as the user that starts it (User= in a systemd unit)",
+    ),
+    (
+        "group",
+        "Sluice runs as the group that starts it (Group= in a systemd unit)",
+    ),
+    (
+        "uid",
+        "Sluice runs as the user that starts it (User= in a systemd unit)",
+    ),
+    (
+        "gid",
+        "Sluice runs as the group that starts it (Group= in a systemd unit)",
+    ),
+    (
+        "daemon",
+        "Sluice stays in the foreground; run it under a service manager",
+    ),
+    (
+        "master-worker",
+        "Sluice is one process; SIGHUP reloads its configuration",
+    ),
+    (
+        "chroot",
+        "Sluice does not chroot itself (RootDirectory= in a systemd unit)",
+    ),
+    (
+        "pidfile",
+        "Sluice writes no pid file; its service manager tracks the process",
+    ),
+];
+
+/// One line of `global`.
+fn global(ctx: &mut Ctx<'_>, global: &mut Global, line: &Line) {
+    let keyword = line.keyword();
+    let args = line.args(1);
+    if keyword == "maxconn" {
+        match args {
+            [n] => match values::number(&n.text, 1, u32::MAX) {
+                Ok(n) => global.maxconn = Some(n),
+                Err(e) => ctx.error(n.at, format!("global: maxconn: {e}")),
+            },
+            _ => ctx.error(line.at(), "global: maxconn: expected one number"),
+        }
+        let message = "global: maxconn: taken as the limit of each frontend without its \
+                       own maxconn; Sluice has no process-wide connection limit";
+        ctx.warn(line.at(), message);
+        return;
+    }
+    if let Some((_, instead)) = GLOBAL_ELSEWHERE.iter().find(|(k, _)| *k == keyword) {
+        ctx.warn(line.at(), format!("global: {keyword}: ignored; {instead}"));
+        return;
+    }
+    let mut known: Vec<&str> = GLOBAL_ELSEWHERE.iter().map(|(k, _)| *k).collect();
+    known.push("maxconn");
+    let hint = nearest(keyword, &known)
+        .map(|near| format!(" (did you mean \"{near}\"?)"))
+        .unwrap_or_default();
+    let message = format!("global: {keyword}: not supported by Sluice{hint}");
+    ctx.error(line.at(), message);
+}
