@@ -9,6 +9,7 @@ mod dashboard;
 mod discovery;
 mod discovery_sources;
 mod failover;
+mod haproxy;
 mod hardening;
 mod health;
 mod health_servers;

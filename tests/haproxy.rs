@@ -1,0 +1,115 @@
+//! HAProxy configurations run by the real binary (`sluice -c FILE.cfg`): the L4 example
+//! users copy, relaying round-robin to real backends, and the classic Redis `tcp-check`
+//! configuration in front of a real primary and replica, followed through a failover.
+
+use std::net::SocketAddr;
+
+use crate::support::process::SluiceProcess;
+use crate::support::resp::redis_through;
+use crate::support::servers::{redis_command, start_redis};
+use crate::support::{eventually, tally, who, TestBackend};
+
+/// The fixture of the L4 example, on port 0 (Sluice logs the port it gets) and in front
+/// of `backends` instead of its own loopback ports.
+fn seed_example(backends: &[SocketAddr]) -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/configs/haproxy/valid/seed_l4.cfg"
+    );
+    let mut text = std::fs::read_to_string(path).expect("the seed example's fixture");
+    text = text.replace("127.0.0.1:8443", "127.0.0.1:0");
+    for (i, addr) in backends.iter().enumerate() {
+        text = text.replace(&format!("127.0.0.1:900{}", i + 1), &addr.to_string());
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_haproxy_l4_example_relays_round_robin() {
+    let edges = [
+        TestBackend::named("edge1").await,
+        TestBackend::named("edge2").await,
+        TestBackend::named("edge3").await,
+    ];
+    let addrs: Vec<SocketAddr> = edges.iter().map(|e| e.addr).collect();
+    let sluice = SluiceProcess::start_file("haproxy.cfg", &seed_example(&addrs), None).await;
+    let front = sluice.server("tcp_front");
+    let mut names = Vec::new();
+    for _ in 0..9 {
+        names.push(who(front).await);
+    }
+    // Each backend in turn: every round of three holds all three, in the same order.
+    let counts = tally(names.clone());
+    assert_eq!(counts.len(), 3, "{names:?}");
+    assert!(counts.values().all(|&n| n == 3), "{names:?}");
+    assert_eq!(names[0..3], names[3..6], "{names:?}");
+    assert_eq!(names[3..6], names[6..9], "{names:?}");
+}
+
+/// The classic HAProxy configuration that sends clients to the Redis primary only.
+fn redis_primary(primary: u16, replica: u16) -> String {
+    format!(
+        r"defaults
+    mode tcp
+    timeout connect 1s
+    timeout client 1m
+    timeout server 1m
+
+listen redis
+    bind 127.0.0.1:0
+    option tcp-check
+    tcp-check connect
+    tcp-check send PING\r\n
+    tcp-check expect string +PONG
+    tcp-check send info\ replication\r\n
+    tcp-check expect string role:master
+    tcp-check send QUIT\r\n
+    tcp-check expect string +OK
+    server r1 127.0.0.1:{primary} check inter 200ms
+    server r2 127.0.0.1:{replica} check inter 200ms
+"
+    )
+}
+
+/// Whether six clients in a row reach the Redis on `port`, as its master, and may write.
+async fn all_reach_master(addr: SocketAddr, port: u16) -> bool {
+    for i in 0..6 {
+        let seen = redis_through(addr, &format!("v{i}")).await;
+        if seen.port != port || seen.role != "master" || seen.write != "+OK" {
+            return false;
+        }
+    }
+    true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_haproxy_redis_tcp_check_follows_the_primary_through_a_failover() {
+    let a = start_redis(None, &[]).await;
+    let a_port = a.port.to_string();
+    let b = start_redis(None, &["--replicaof", "127.0.0.1", &a_port]).await;
+    let sluice = SluiceProcess::start_file("redis.cfg", &redis_primary(a.port, b.port), None).await;
+    let front = sluice.server("redis");
+    // Both start up (as in HAProxy) until the replica fails its check three times.
+    eventually("clients reach only the primary", || {
+        all_reach_master(front, a.port)
+    })
+    .await;
+
+    // Fail over: b becomes the primary, a its replica.
+    assert_eq!(
+        redis_command(b.port, &["REPLICAOF", "NO", "ONE"]).await,
+        "+OK"
+    );
+    let b_port = b.port.to_string();
+    assert_eq!(
+        redis_command(a.port, &["REPLICAOF", "127.0.0.1", &b_port]).await,
+        "+OK"
+    );
+    eventually("clients follow to the new primary", || {
+        all_reach_master(front, b.port)
+    })
+    .await;
+    assert!(redis_command(a.port, &["SET", "k", "v"])
+        .await
+        .starts_with("-READONLY"));
+}
