@@ -1,74 +1,21 @@
-//! Proxies into Sluice servers. Each backend (or `listen`) becomes a pool: its servers
-//! as static backends, with the settings Sluice holds per server rather than per
-//! backend line (balance, health check, PROXY header, TLS, timeouts, retries), which its
-//! `server` lines must therefore agree on. Each frontend (or `listen`) then becomes one
-//! Sluice server per `bind`, in front of the pool of its `default_backend` and, when it
-//! routes by TLS server name, those of its `use_backend` rules, tagged with the names.
+//! Proxies into Sluice servers. Each backend (or `listen`) becomes a pool (`pool`); each
+//! frontend (or `listen`) then becomes one Sluice server per `bind`, in front of the pool
+//! of its `default_backend` and, when it routes by TLS server name, those of its
+//! `use_backend` rules, tagged with the names.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::time::Duration;
 
-use super::directives::Balance;
-use super::health;
+use super::pool::{pool, Pool};
 use super::rules;
 use super::sections::{File, Kind, Proxy};
-use super::server::{ServerLine, ServerOptions};
 use super::words::nearest;
 use super::Ctx;
-use crate::backend::{AdminState, BackendSpec};
-use crate::balance::BalanceKind;
+use crate::backend::BackendSpec;
 use crate::config::error::join;
 use crate::config::{
-    checks, BackendsTls, Config, DiscoveryConfig, HealthConfig, HostnameMatching, ProxyProtocol,
-    ProxyVersion, ServerConfig, SniConfig, TlsVersion, UnexpectedHostname,
-    DEFAULT_SNI_READ_TIMEOUT,
+    checks, Config, DiscoveryConfig, HostnameMatching, ProxyProtocol, ServerConfig, SniConfig,
+    UnexpectedHostname, DEFAULT_SNI_READ_TIMEOUT,
 };
-
-/// HAProxy's `retries` by default.
-const RETRIES: u32 = 3;
-
-/// A backend as Sluice holds it.
-#[derive(Clone, Debug)]
-struct Pool {
-    backends: Vec<BackendSpec>,
-    shared: Shared,
-}
-
-/// What Sluice holds per server, not per backend: every pool a frontend uses must agree.
-#[derive(Clone, Debug, PartialEq)]
-struct Shared {
-    balance: BalanceKind,
-    health: HealthConfig,
-    send_proxy: Option<ProxyVersion>,
-    tls: Option<BackendsTls>,
-    connect_timeout: Option<Duration>,
-    server_timeout: Option<Duration>,
-    connect_attempts: u32,
-}
-
-impl Shared {
-    /// The first setting in which `self` and `other` differ.
-    fn differs(&self, other: &Shared) -> Option<&'static str> {
-        [
-            (self.balance != other.balance, "balance"),
-            (self.health != other.health, "health check"),
-            (self.send_proxy != other.send_proxy, "send-proxy"),
-            (self.tls != other.tls, "ssl"),
-            (
-                self.connect_timeout != other.connect_timeout,
-                "timeout connect",
-            ),
-            (
-                self.server_timeout != other.server_timeout,
-                "timeout server",
-            ),
-            (self.connect_attempts != other.connect_attempts, "retries"),
-        ]
-        .into_iter()
-        .find_map(|(differs, what)| differs.then_some(what))
-    }
-}
 
 /// The configuration, with where each server's `bind` is written.
 pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, usize)>) {
@@ -150,172 +97,6 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
     (config, binds_at)
 }
 
-/// The pool of a backend or `listen`, or `None` (reported) if its servers disagree on
-/// what Sluice holds per server.
-fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy) -> Option<Pool> {
-    let title = proxy.title();
-    let s = &proxy.settings;
-    // Lines with an option that failed are reported already, and not compared.
-    let mut complete = proxy.servers.iter().filter(|s| s.complete);
-    let first = complete.next();
-    let reference = first.map_or_else(|| s.default_server.clone(), |f| f.options.clone());
-    let mut agree = true;
-    for server in complete {
-        if let Some((what, why)) = disagreement(&reference, &server.options) {
-            let first = first.expect("a server before this one");
-            let (line, _) = ctx.src.position(first.at);
-            let message = format!(
-                "{title}: server {}: {what} differs from server {}'s (line {line}); {why}",
-                server.name, first.name
-            );
-            ctx.error(server.at, message);
-            agree = false;
-        }
-    }
-    if let Some((_, at)) = s.tcp_checks.first() {
-        if !matches!(s.check, Some((health::CheckOption::TcpCheck, _))) {
-            let message = format!("{title}: tcp-check: used only with option tcp-check");
-            ctx.warn(*at, message);
-        }
-    }
-    if let (Some((at, directive)), false) = (&s.retries_at, s.redispatch == Some(1)) {
-        // Sluice tries another backend on every attempt.
-        let message = format!(
-            "{directive}: Sluice tries another backend on each retry (as option \
-             redispatch 1), where HAProxy retries the same server and redispatches on \
-             the last retry only; connect_attempts = retries + 1"
-        );
-        ctx.warn(*at, message);
-    }
-    let tls = tls(ctx, proxy, &reference);
-    let shared = Shared {
-        balance: balance(ctx, proxy),
-        health: health::config(s, &reference),
-        send_proxy: reference.send_proxy.flatten(),
-        tls: tls.ok()?,
-        connect_timeout: s.timeout_connect,
-        server_timeout: s.timeout_server,
-        connect_attempts: s.retries.unwrap_or(RETRIES) + 1,
-    };
-    let backends = specs(proxy);
-    (agree && !proxy.broken).then_some(Pool { backends, shared })
-}
-
-/// The group of per-pool options in which two servers differ, with what Sluice does.
-fn disagreement(a: &ServerOptions, b: &ServerOptions) -> Option<(&'static str, &'static str)> {
-    let check = |o: &ServerOptions| (o.check, o.inter, o.fall, o.rise, o.starts_down);
-    let tls = |o: &ServerOptions| (o.ssl, o.verify, o.ca_file.clone(), o.sni.clone());
-    if check(a) != check(b) {
-        Some((
-            "check (inter, fall, rise, init-state)",
-            "Sluice checks a backend's servers alike",
-        ))
-    } else if a.send_proxy != b.send_proxy {
-        Some((
-            "send-proxy",
-            "Sluice sends the PROXY header to all of a backend's servers or none",
-        ))
-    } else if tls(a) != tls(b) {
-        Some((
-            "ssl (verify, ca-file, sni)",
-            "Sluice speaks TLS to all of a backend's servers or none",
-        ))
-    } else {
-        None
-    }
-}
-
-/// The servers as backend lines: weight 0 drains (no new connections, as in HAProxy),
-/// `disabled` disables; without `option allbackups` each backup server is its own tier,
-/// so the first one up takes the traffic, as in HAProxy; with `balance first` so is each
-/// server.
-fn specs(proxy: &Proxy) -> Vec<BackendSpec> {
-    let first = matches!(proxy.settings.balance, Some((Balance::First, _)));
-    let mut backups = 0;
-    let mut actives = 0;
-    proxy
-        .servers
-        .iter()
-        .map(|ServerLine { spec, options, .. }| {
-            let mut spec = spec.clone();
-            spec.weight = options.weight.unwrap_or(1).max(1);
-            spec.max_connections = options.maxconn.filter(|&n| n > 0);
-            spec.backup = options.backup == Some(true);
-            spec.admin = match (options.disabled, options.weight) {
-                (Some(true), _) => AdminState::Disabled,
-                (_, Some(0)) => AdminState::Draining,
-                _ => AdminState::Enabled,
-            };
-            if spec.backup {
-                backups += 1;
-                spec.priority = if proxy.settings.allbackups {
-                    1
-                } else {
-                    backups
-                };
-            } else {
-                actives += 1;
-                spec.priority = if first { actives } else { 1 };
-            }
-            spec
-        })
-        .collect()
-}
-
-/// The closest strategy Sluice has to the backend's `balance` and `hash-type`.
-fn balance(ctx: &mut Ctx<'_>, proxy: &Proxy) -> BalanceKind {
-    let consistent = proxy.settings.consistent;
-    match proxy.settings.balance {
-        // HAProxy's roundrobin is weighted: Sluice's `weight` (smooth weighted
-        // round-robin); `first` is priority tiers over it (see `specs`).
-        None | Some((Balance::RoundRobin | Balance::StaticRr | Balance::First, _)) => {
-            BalanceKind::Weight
-        }
-        Some((Balance::LeastConn, _)) => BalanceKind::LeastConn,
-        Some((Balance::Source, _)) if consistent => BalanceKind::Maglev,
-        Some((Balance::Source, _)) => BalanceKind::IpHash,
-        Some((Balance::Random(1), _)) => BalanceKind::Random,
-        Some((Balance::Random(draws), at)) => {
-            if draws > 2 {
-                let message = format!(
-                    "{}: balance: random({draws}): Sluice draws two (p2c)",
-                    proxy.title()
-                );
-                ctx.warn(at, message);
-            }
-            BalanceKind::P2c
-        }
-    }
-}
-
-/// TLS towards the servers, if they speak it (`ssl`); `Err` if it does not load.
-fn tls(ctx: &mut Ctx<'_>, proxy: &Proxy, o: &ServerOptions) -> Result<Option<BackendsTls>, ()> {
-    if o.ssl != Some(true) {
-        return Ok(None);
-    }
-    let root_ca_cert_path = o.ca_file.as_ref().map(|path| match ctx.dir {
-        Some(dir) if path.is_relative() => dir.join(path),
-        _ => PathBuf::from(path),
-    });
-    let tls = BackendsTls {
-        // HAProxy verifies by default (ssl-server-verify required).
-        ignore_verify: o.verify == Some(false),
-        root_ca_cert_path,
-        identity: None,
-        min_version: TlsVersion::Tls12,
-        max_version: TlsVersion::Tls13,
-        ciphers: Vec::new(),
-        session_tickets: true,
-        server_name: o.sni.clone(),
-    };
-    if let Err(e) = crate::tls::backends_config(&tls) {
-        let at = proxy.servers.first().map_or(proxy.at, |s| s.at);
-        ctx.error(at, format!("{}: ssl: {e}", proxy.title()));
-        return Err(());
-    }
-    Ok(Some(tls))
-}
-
 /// The Sluice server a frontend or `listen` becomes (its `bind` set by the caller), or
 /// `None` (reported).
 fn front<'p>(
@@ -339,7 +120,16 @@ fn front<'p>(
         pool.clone()
     };
     // The default pool: `default_backend`, else a listen's own servers.
-    let default = match &proxy.default_backend {
+    if let (Kind::Listen, Some((_, at)), false) = (
+        proxy.kind,
+        &proxy.settings.default_backend,
+        proxy.servers.is_empty(),
+    ) {
+        let message =
+            format!("{title}: default_backend: its own servers are then not used (as in HAProxy)");
+        ctx.warn(*at, message);
+    }
+    let default = match &proxy.settings.default_backend {
         Some((name, at)) => Some((lookup(ctx, name, *at)?, name.as_str(), *at)),
         None if proxy.kind == Kind::Listen && !proxy.servers.is_empty() => Some((
             lookup(ctx, &proxy.name, proxy.at)?,

@@ -21,6 +21,7 @@ pub(super) struct Settings {
     /// `hash-type consistent`.
     pub consistent: bool,
     pub maxconn: Option<u32>,
+    pub default_backend: Option<(String, usize)>,
     pub timeout_connect: Option<Duration>,
     pub timeout_client: Option<Duration>,
     pub timeout_server: Option<Duration>,
@@ -175,7 +176,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
         || (back_only.contains(&keyword) && !kind.back() && kind != Kind::Defaults)
         || (keyword == "server" && kind == Kind::Defaults)
         || (keyword == "default-server" && kind == Kind::Frontend)
-        || (matches!(keyword, "bind" | "use_backend" | "acl") && kind == Kind::Defaults);
+        || (keyword == "maxconn" && kind == Kind::Backend);
     if misplaced {
         ctx.error(
             at,
@@ -184,6 +185,13 @@ pub(super) fn read(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
                 kind.name()
             ),
         );
+        return;
+    }
+    // HAProxy passes these on from (named) defaults in ways Sluice does not follow.
+    if kind == Kind::Defaults && matches!(keyword, "bind" | "use_backend" | "acl" | "tcp-request") {
+        let message =
+            format!("{title}: {keyword}: not supported in defaults; write it in each frontend");
+        ctx.error(at, message);
         return;
     }
     let s = &mut proxy.settings;
@@ -195,7 +203,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
         },
         "bind" => bind(ctx, proxy, line),
         "default_backend" => match args {
-            [name] => proxy.default_backend = Some((name.text.clone(), name.at)),
+            [name] => s.default_backend = Some((name.text.clone(), name.at)),
             _ => ctx.error(
                 at,
                 format!("{title}: default_backend: expected one backend name"),
@@ -216,7 +224,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
                     .get_or_insert((at, format!("{title}: retries")));
             }
         }
-        "timeout" => timeout(ctx, &title, s, line),
+        "timeout" => timeout(ctx, &title, kind, s, line),
         "balance" => balance(ctx, &title, s, line),
         "hash-type" => match args.first().map(|w| w.text.as_str()) {
             Some("consistent") => s.consistent = true,
@@ -299,7 +307,7 @@ fn bind(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
 }
 
 /// `timeout connect|client|server|check TIME`.
-fn timeout(ctx: &mut Ctx<'_>, title: &str, s: &mut Settings, line: &Line) {
+fn timeout(ctx: &mut Ctx<'_>, title: &str, kind: Kind, s: &mut Settings, line: &Line) {
     let [which, value] = line.args(1) else {
         ctx.error(
             line.at(),
@@ -340,6 +348,15 @@ fn timeout(ctx: &mut Ctx<'_>, title: &str, s: &mut Settings, line: &Line) {
     match values::time(&value.text) {
         Ok(d) => *slot = (!d.is_zero()).then_some(d),
         Err(e) => ctx.error(value.at, format!("{title}: timeout {name}: {e}")),
+    }
+    let side = match (kind, name) {
+        (Kind::Frontend, "connect" | "server" | "check") => Some("its backends'"),
+        (Kind::Backend, "client") => Some("the frontends'"),
+        _ => None,
+    };
+    if let Some(side) = side {
+        let message = format!("{title}: timeout {name}: ignored; {side} applies, as in HAProxy");
+        ctx.warn(which.at, message);
     }
 }
 

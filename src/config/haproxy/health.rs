@@ -48,6 +48,8 @@ pub(super) struct HttpCheck {
     pub method: Option<String>,
     pub uri: Option<String>,
     pub host: Option<String>,
+    /// Where the first `http-check` line is.
+    pub at: Option<usize>,
 }
 
 /// HAProxy's check intervals and thresholds by default.
@@ -233,6 +235,7 @@ fn hex(text: &str) -> Result<Vec<u8>, String> {
 pub(super) fn http_check(ctx: &mut Ctx<'_>, title: &str, s: &mut Settings, line: &Line) {
     let args = line.args(1);
     let h = &mut s.http_check;
+    h.at.get_or_insert(line.at());
     let result: Result<(), (usize, String)> = match args {
         [e, how, value] if e.text == "expect" => match how.text.as_str() {
             "status" => status(&value.text)

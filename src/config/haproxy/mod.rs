@@ -24,11 +24,13 @@
 //! - `server`: `server` and `default-server` lines and their options.
 //! - `rules`: `acl`, `tcp-request` and `use_backend`, into access rules and SNI routes.
 //! - `health`: the check a backend's options and `tcp-check` rules describe.
+//! - `pool`: a backend's servers and the settings Sluice holds per pool.
 //! - `build`: proxies into Sluice servers.
 
 mod build;
 mod directives;
 mod health;
+mod pool;
 mod rules;
 mod sections;
 mod server;

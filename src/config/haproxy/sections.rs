@@ -52,7 +52,6 @@ pub(super) struct Proxy {
     /// What it inherits from `defaults` and may set itself.
     pub settings: Settings,
     pub binds: Vec<(Bind, usize)>,
-    pub default_backend: Option<(String, usize)>,
     pub use_backends: Vec<UseBackend>,
     pub acls: Vec<AclLine>,
     /// `tcp-request connection` rules, in order.
@@ -71,7 +70,6 @@ impl Proxy {
             at,
             settings,
             binds: Vec::new(),
-            default_backend: None,
             use_backends: Vec::new(),
             acls: Vec::new(),
             access: Vec::new(),

@@ -323,6 +323,36 @@ fn global_directives_sluice_does_its_own_way_are_warnings() {
 }
 
 #[test]
+fn directives_in_the_wrong_place_are_warned_about_or_refused() {
+    let loaded = ok("defaults\n  default_backend b\n\
+        frontend f\n  bind 127.0.0.1:7000\n  timeout server 5s\n\
+        backend b\n  timeout client 5s\n  server a 10.0.0.1:80\n\
+        listen l\n  bind 127.0.0.1:7001\n  server x 10.0.0.2:80\n");
+    let s = server(&loaded, "f");
+    assert_eq!(
+        s.backend_idle_timeout, None,
+        "a frontend's timeout server is not its backend's"
+    );
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "h.cfg:2:19: warning: listen l: default_backend: its own servers are then not used \
+             (as in HAProxy)",
+            "h.cfg:5:11: warning: frontend f: timeout server: ignored; its backends' applies, \
+             as in HAProxy",
+            "h.cfg:7:11: warning: backend b: timeout client: ignored; the frontends' applies, \
+             as in HAProxy",
+        ]
+    );
+    assert_eq!(
+        errors("defaults\n  tcp-request inspect-delay 5s\nbackend b\n  maxconn 5\n  server a 10.0.0.1:80\n"),
+        "h.cfg:2:3: defaults: tcp-request: not supported in defaults; write it in each frontend\n\
+         h.cfg:4:3: backend b: maxconn: not allowed in a backend section"
+    );
+}
+
+#[test]
 fn errors_name_the_section_directive_and_position() {
     let text = with_backend("  server edge1 10.0.0.1:80 weight x\n  balanse roundrobin\n");
     assert_eq!(
