@@ -37,7 +37,7 @@ Logging: RUST_LOG overrides [logging] level (e.g. RUST_LOG=debug).";
 #[derive(Debug, Parser)]
 #[command(name = "sluice", version, about, after_help = EXAMPLES)]
 pub struct Cli {
-    /// Configuration file (TOML, or JSON by extension); the same as `sluice run -c FILE`.
+    /// Configuration file (TOML; JSON by .json, HAProxy's by .cfg); the same as `sluice run -c FILE`.
     #[arg(short, long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Worker threads, each with its own listener (default: one per CPU core).

@@ -72,3 +72,34 @@ fn invalid_haproxy_configs_fail_with_their_expected_messages() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+/// The fenced block of `language` after `heading` in the README.
+fn readme_block(readme: &str, heading: &str, language: &str) -> String {
+    let (_, section) = readme.split_once(heading).expect("the README's section");
+    let (_, block) = section
+        .split_once(&format!("```{language}\n"))
+        .unwrap_or_else(|| panic!("a {language} block after {heading}"));
+    block
+        .split_once("```")
+        .expect("a closed block")
+        .0
+        .to_owned()
+}
+
+#[test]
+fn the_readmes_haproxy_example_is_its_toml_translation() {
+    let readme = include_str!("../../../README.md");
+    let heading = "### Coming from HAProxy";
+    let haproxy = readme_block(readme, heading, "haproxy");
+    let toml = readme_block(readme, heading, "toml");
+    let from_haproxy = read(&haproxy, Path::new("README.cfg"), None, Format::Haproxy)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let from_toml =
+        read(&toml, Path::new("README.toml"), None, Format::Toml).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        from_haproxy.warnings.is_empty(),
+        "{:?}",
+        from_haproxy.warnings
+    );
+    assert_eq!(from_haproxy.config, from_toml.config);
+}
