@@ -246,8 +246,8 @@ fn front<'p>(
     );
     server.balance = shared.balance;
     server.max_connections = max_connections;
-    server.client_idle_timeout = proxy.settings.timeout_client;
-    server.backend_idle_timeout = shared.server_timeout;
+    server.client_idle_timeout = shared.tunnel_timeout.or(proxy.settings.timeout_client);
+    server.backend_idle_timeout = shared.tunnel_timeout.or(shared.server_timeout);
     server.backend_connection_timeout = shared.connect_timeout;
     server.connect_attempts = shared.connect_attempts;
     server.healthcheck = shared.health;
@@ -271,6 +271,13 @@ fn sni(
 ) -> Option<SniConfig> {
     let title = proxy.title();
     if !routes {
+        if let Some(at) = proxy.hello_required {
+            let message = format!(
+                "{title}: tcp-request content reject: Sluice refuses clients without a \
+                 ClientHello only when it routes by server name (use_backend … req_ssl_sni)"
+            );
+            ctx.error(at, message);
+        }
         if let Some((_, at)) = proxy.inspect_delay {
             let message = format!(
                 "{title}: tcp-request inspect-delay: ignored; Sluice waits for a \

@@ -26,6 +26,8 @@ pub(super) struct Settings {
     pub timeout_client: Option<Duration>,
     pub timeout_server: Option<Duration>,
     pub timeout_check: Option<Duration>,
+    /// Supersedes both idle timeouts once a connection is established.
+    pub timeout_tunnel: Option<Duration>,
     pub retries: Option<u32>,
     /// `option redispatch [INTERVAL]`: `Some(0)` is `no option redispatch`.
     pub redispatch: Option<i64>,
@@ -321,20 +323,21 @@ fn timeout(ctx: &mut Ctx<'_>, title: &str, kind: Kind, s: &mut Settings, line: &
         "client" => &mut s.timeout_client,
         "server" => &mut s.timeout_server,
         "check" => &mut s.timeout_check,
+        "tunnel" => &mut s.timeout_tunnel,
         "http-request" | "http-keep-alive" => {
             http_only(ctx, title, which, &format!("timeout {name}"));
             return;
         }
-        "queue" | "tunnel" | "client-fin" | "server-fin" | "tarpit" | "client-hs" => {
+        "queue" | "client-fin" | "server-fin" | "tarpit" | "client-hs" => {
             let message = format!(
                 "{title}: timeout {name}: not supported by Sluice (it has connect, client \
-                 and server idle timeouts, and check)"
+                 and server idle timeouts, tunnel, and check)"
             );
             ctx.error(which.at, message);
             return;
         }
         _ => {
-            let known = ["connect", "client", "server", "check"];
+            let known = ["connect", "client", "server", "check", "tunnel"];
             let hint = nearest(name, &known)
                 .map(|n| format!(" (did you mean \"{n}\"?)"))
                 .unwrap_or_default();
@@ -350,7 +353,7 @@ fn timeout(ctx: &mut Ctx<'_>, title: &str, kind: Kind, s: &mut Settings, line: &
         Err(e) => ctx.error(value.at, format!("{title}: timeout {name}: {e}")),
     }
     let side = match (kind, name) {
-        (Kind::Frontend, "connect" | "server" | "check") => Some("its backends'"),
+        (Kind::Frontend, "connect" | "server" | "check" | "tunnel") => Some("its backends'"),
         (Kind::Backend, "client") => Some("the frontends'"),
         _ => None,
     };

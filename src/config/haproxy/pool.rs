@@ -33,6 +33,8 @@ pub(super) struct Shared {
     pub tls: Option<BackendsTls>,
     pub connect_timeout: Option<Duration>,
     pub server_timeout: Option<Duration>,
+    /// `timeout tunnel`: both idle timeouts once connected, as in HAProxy.
+    pub tunnel_timeout: Option<Duration>,
     pub connect_attempts: u32,
 }
 
@@ -110,6 +112,7 @@ pub(super) fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy) -> Option<Pool> {
         tls: tls.ok()?,
         connect_timeout: s.timeout_connect,
         server_timeout: s.timeout_server,
+        tunnel_timeout: s.timeout_tunnel,
         connect_attempts: s.retries.unwrap_or(RETRIES) + 1,
     };
     let backends = specs(proxy);

@@ -152,7 +152,7 @@ fn cond(words: &[Word]) -> Result<Option<Cond>, (usize, String)> {
         return Err((first.at, "!: expected an ACL".to_owned()));
     };
     let after = rest.iter().position(|w| std::ptr::eq(w, name)).unwrap_or(0) + 1;
-    if name.text == "{" {
+    if name.text.trim_start_matches('!') == "{" {
         let close = rest
             .iter()
             .position(|w| w.text == "}")
@@ -220,15 +220,31 @@ pub(super) fn tcp_request(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
                 Err((at, m)) => fail(ctx, at, format!("connection {}: {m}", action.text)),
             }
         }
-        [layer, action, rest @ ..] if layer.text == "content" && action.text == "accept" => {
-            match cond(rest) {
-                Ok(Some(c)) if hello_type(proxy, &c) => {}
-                Ok(_) | Err(_) => fail(
+        [layer, action, rest @ ..] if layer.text == "content" => {
+            // Waiting for a ClientHello, and refusing what is not one, is what Sluice's
+            // SNI routing does: `accept if { req_ssl_hello_type 1 }`, then `reject`
+            // (or `reject if !{ req_ssl_hello_type 1 }`).
+            let cond = cond(rest);
+            let hello = match &cond {
+                Ok(Some(c)) => hello_type(proxy, c).then_some(c.negated),
+                Ok(None) => None,
+                Err(_) => None,
+            };
+            match (action.text.as_str(), hello, &cond) {
+                ("accept", Some(false), _) => proxy.hello_accepted = true,
+                ("reject", Some(true), _) => proxy.hello_required = Some(line.at()),
+                ("reject", None, Ok(None)) if proxy.hello_accepted => {
+                    proxy.hello_required = Some(line.at());
+                }
+                _ => fail(
                     ctx,
                     action.at,
-                    "content accept: only \"if { req_ssl_hello_type 1 }\" is supported (the \
-                     wait for a ClientHello, which Sluice's SNI routing does)"
-                        .to_owned(),
+                    format!(
+                        "content {}: only \"accept if {{ req_ssl_hello_type 1 }}\" and then \
+                         \"reject\" are supported (the wait for a ClientHello, which \
+                         Sluice's SNI routing does)",
+                        action.text
+                    ),
                 ),
             }
         }
@@ -241,7 +257,7 @@ pub(super) fn tcp_request(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
     }
 }
 
-/// Whether `cond` is `req_ssl_hello_type 1`, inline or by name.
+/// Whether `cond` tests `req_ssl_hello_type 1` (negated or not), inline or by name.
 fn hello_type(proxy: &Proxy, cond: &Cond) -> bool {
     let is = |b: &AclBody| {
         matches!(
@@ -250,8 +266,7 @@ fn hello_type(proxy: &Proxy, cond: &Cond) -> bool {
         ) && b.values.len() == 1
             && b.values[0].text == "1"
     };
-    !cond.negated
-        && bodies(proxy, cond).is_some_and(|all| !all.is_empty() && all.into_iter().all(is))
+    bodies(proxy, cond).is_some_and(|all| !all.is_empty() && all.into_iter().all(is))
 }
 
 /// `use_backend NAME [if COND]`.
@@ -264,6 +279,15 @@ pub(super) fn use_backend(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
         );
         return;
     };
+    if name.text.contains("%[") {
+        let message = format!(
+            "{title}: use_backend {}: backend names computed from samples (maps) are not \
+             supported; write one use_backend per name",
+            name.text
+        );
+        ctx.error(name.at, message);
+        return;
+    }
     match cond(rest) {
         Ok(Some(cond)) => proxy.use_backends.push(UseBackend {
             backend: name.text.clone(),

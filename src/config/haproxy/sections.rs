@@ -57,6 +57,10 @@ pub(super) struct Proxy {
     /// `tcp-request connection` rules, in order.
     pub access: Vec<ConnRule>,
     pub inspect_delay: Option<(Duration, usize)>,
+    /// `tcp-request content accept if { req_ssl_hello_type 1 }` is written.
+    pub hello_accepted: bool,
+    /// Where clients without a ClientHello are refused (`tcp-request content reject`).
+    pub hello_required: Option<usize>,
     pub servers: Vec<ServerLine>,
     /// A `server` line failed: the backend is reported already and is not built.
     pub broken: bool,
@@ -74,6 +78,8 @@ impl Proxy {
             acls: Vec::new(),
             access: Vec::new(),
             inspect_delay: None,
+            hello_accepted: false,
+            hello_required: None,
             servers: Vec::new(),
             broken: false,
         }

@@ -79,6 +79,17 @@ fn timeouts_are_milliseconds_without_a_unit_and_inherited_from_defaults() {
 }
 
 #[test]
+fn a_tunnel_timeout_supersedes_both_idle_timeouts() {
+    let loaded = ok(&format!(
+        "defaults\n  timeout client 30s\n  timeout server 30s\n  timeout tunnel 1h\n{}",
+        with_backend("  server a 10.0.0.1:80\n")
+    ));
+    let s = server(&loaded, "f");
+    assert_eq!(s.client_idle_timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(s.backend_idle_timeout, Some(Duration::from_secs(3600)));
+}
+
+#[test]
 fn several_binds_become_servers_named_after_the_frontend() {
     let loaded = ok(
         "frontend f\n  bind :7000,:::7000\n  bind 127.0.0.1:7001\n  \
@@ -270,6 +281,29 @@ fn sni_rules_tag_the_backends() {
         .filter_map(|b| b.sni.as_deref())
         .collect();
     assert_eq!(tags, [r"api\.example\.com", r".*\.example\.org"]);
+}
+
+#[test]
+fn refusing_what_is_not_a_client_hello_needs_sni_routing() {
+    let backends = "backend api\n  server a 10.0.1.1:443\n";
+    for reject in [
+        "tcp-request content reject if !{ req_ssl_hello_type 1 }",
+        "tcp-request content accept if { req_ssl_hello_type 1 }\n  tcp-request content reject",
+    ] {
+        let routed = format!(
+            "frontend f\n  bind :443\n  {reject}\n  \
+             use_backend api if {{ req_ssl_sni api.example.com }}\n{backends}"
+        );
+        assert!(server(&ok(&routed), "f").sni.is_some());
+        let unrouted =
+            format!("frontend f\n  bind :443\n  {reject}\n  default_backend api\n{backends}");
+        assert!(
+            errors(&unrouted).contains("only when it routes by server name"),
+            "{reject}"
+        );
+    }
+    let other = "frontend f\n  bind :443\n  tcp-request content reject if { src 10.0.0.0/8 }\n";
+    assert!(errors(other).contains("content reject: only"));
 }
 
 #[test]
