@@ -302,13 +302,15 @@ fn status(text: &str) -> Result<(u16, u16), String> {
 
 /// The health check of a backend whose servers agree on `server`'s check options.
 pub(super) fn config(s: &Settings, server: &ServerOptions) -> HealthConfig {
+    if server.check != Some(true) {
+        // Without an active check Sluice has no passive health either.
+        return HealthConfig::default();
+    }
+    // HAProxy marks a server down by its checks only (no `observe`).
     let mut health = HealthConfig {
         passive_fails: 0,
         ..HealthConfig::default()
     };
-    if server.check != Some(true) {
-        return health;
-    }
     health.interval = server.inter.unwrap_or(INTER);
     health.timeout = s.timeout_check.unwrap_or(health.interval);
     health.fails = server.fall.unwrap_or(FALL);

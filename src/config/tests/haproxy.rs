@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{crate_relative, files};
+use crate::config::dump::{self, Secrets};
 use crate::config::{config_dir, read, ConfigErrors, Format, Loaded};
 
 const VALID: &str = "tests/configs/haproxy/valid";
@@ -37,6 +38,11 @@ fn valid_haproxy_configs_load_with_their_warnings() {
         };
         assert_eq!(loaded.format, Format::Haproxy);
         assert!(!loaded.config.servers.is_empty(), "{}", path.display());
+        // Sluice's own schema says the same: what `persist` and `/dump` would write.
+        let toml = dump::to_toml(&loaded.config, Secrets::Keep).expect("dump as TOML");
+        let again = read(&toml, Path::new("dump.toml"), None, Format::Toml)
+            .unwrap_or_else(|e| panic!("{}: its dump does not load:\n{e}\n{toml}", path.display()));
+        assert_eq!(again.config, loaded.config, "{}", path.display());
         let warnings_path = beside(&path, "warnings");
         let actual: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
         if bless && !actual.is_empty() {
