@@ -141,9 +141,35 @@ fn front<'p>(
     // SNI routes: each backend with the names it is for.
     let mut routes: Vec<(&str, Pool, rules::Patterns)> = Vec::new();
     let mut failed = false;
+    // Exact names routed so far, with their backend; where a pattern is first routed.
+    let mut names: Vec<(String, &str)> = Vec::new();
+    let mut pattern_at = None;
     for rule in &proxy.use_backends {
         let patterns = match rules::sni_patterns(proxy, &rule.cond) {
-            Ok(patterns) => patterns,
+            Ok(patterns) => {
+                for (regexp, name) in &patterns {
+                    if *regexp {
+                        pattern_at.get_or_insert(rule.at);
+                        continue;
+                    }
+                    let name = name.to_ascii_lowercase();
+                    match names.iter().find(|(n, _)| *n == name) {
+                        Some((_, earlier)) if *earlier != rule.backend => {
+                            let message = format!(
+                                "{title}: use_backend {}: {name} goes to {earlier} by an \
+                                 earlier rule; HAProxy never takes this one, Sluice would \
+                                 mix both backends",
+                                rule.backend
+                            );
+                            ctx.error(rule.at, message);
+                            failed = true;
+                        }
+                        Some(_) => {}
+                        None => names.push((name, &rule.backend)),
+                    }
+                }
+                patterns
+            }
             Err((at, message)) => {
                 ctx.error(
                     at,
@@ -225,6 +251,14 @@ fn front<'p>(
             sni: Some(tag.clone()),
             ..spec
         }));
+    }
+    if let (Some(at), true) = (pattern_at, routes.len() > 1) {
+        let message = format!(
+            "{title}: use_backend: Sluice sends a name to every backend whose names or \
+             patterns match it, where HAProxy takes the first rule that does; keep the \
+             patterns from overlapping"
+        );
+        ctx.warn(at, message);
     }
     let sni = sni(ctx, proxy, !routes.is_empty(), default.is_some(), regexp);
     if sni.is_some() && shared.tls.is_some() {

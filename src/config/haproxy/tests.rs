@@ -281,6 +281,23 @@ fn sni_rules_tag_the_backends() {
         .filter_map(|b| b.sni.as_deref())
         .collect();
     assert_eq!(tags, [r"api\.example\.com", r".*\.example\.org"]);
+    assert!(
+        suffix.warnings[0]
+            .message
+            .contains("keep the patterns from overlapping"),
+        "{:?}",
+        suffix.warnings
+    );
+
+    let twice = format!("{base}  use_backend web if {{ req_ssl_sni API.example.com }}\n{backends}");
+    assert!(
+        errors(&twice).contains(
+            "use_backend web: api.example.com goes to api by an earlier rule; HAProxy never \
+             takes this one, Sluice would mix both backends"
+        ),
+        "{}",
+        errors(&twice)
+    );
 }
 
 #[test]
