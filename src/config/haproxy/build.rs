@@ -34,15 +34,17 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
             ctx.error(*at, message);
         }
     }
-    let pools: BTreeMap<&str, (&Proxy, Option<Pool>)> = file
+    duplicates(ctx, file);
+    let pools: BTreeMap<&str, Option<Pool>> = file
         .proxies
         .iter()
         .filter(|p| p.kind.back())
-        .map(|p| (p.name.as_str(), (p, pool(ctx, p))))
+        .map(|p| (p.name.as_str(), pool(ctx, p)))
         .collect();
     let mut used: Vec<&str> = Vec::new();
     let mut binds_at = Vec::new();
-    let mut order: Vec<String> = Vec::new();
+    // Each Sluice server in file order, with the title of its frontend.
+    let mut order: Vec<(String, String)> = Vec::new();
     for proxy in file.proxies.iter().filter(|p| p.kind.front()) {
         let Some(server) = front(ctx, file, proxy, &pools, &mut used) else {
             continue;
@@ -69,7 +71,7 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
                 ..server.clone()
             };
             binds_at.push((format!("{}.bind", join("servers", &name)), *at));
-            order.push(name.clone());
+            order.push((name.clone(), proxy.title()));
             config.servers.insert(name, server);
         }
     }
@@ -83,18 +85,43 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
             ctx.warn(proxy.at, message);
         }
     }
-    for problem in checks::typed(&config, order.iter().map(String::as_str)) {
+    for problem in checks::typed(&config, order.iter().map(|(name, _)| name.as_str())) {
         let key = format!("{}.bind", join("servers", &problem.server));
         let at = binds_at
             .iter()
             .find(|(k, _)| *k == key)
             .map_or(0, |(_, at)| *at);
-        ctx.error(at, format!("{}: {}", problem.key, problem.message));
+        let title = order
+            .iter()
+            .find(|(name, _)| *name == problem.server)
+            .map_or("", |(_, title)| title.as_str());
+        let message = format!("{title}: {}: {}", problem.key, problem.message);
+        ctx.error(at, message);
     }
     if config.servers.is_empty() && ctx.errors.is_empty() {
         ctx.warn(0, "no frontend or listen section; nothing will be balanced");
     }
     (config, binds_at)
+}
+
+/// Two proxies of one name that both accept clients, or both have servers, are an
+/// error, as in HAProxy (a frontend and a backend may share a name).
+fn duplicates(ctx: &mut Ctx<'_>, file: &File) {
+    for (i, proxy) in file.proxies.iter().enumerate() {
+        let earlier = file.proxies[..i].iter().find(|p| {
+            p.name == proxy.name
+                && ((p.kind.front() && proxy.kind.front()) || (p.kind.back() && proxy.kind.back()))
+        });
+        if let Some(earlier) = earlier {
+            let (line, _) = ctx.src.position(earlier.at);
+            let message = format!(
+                "{}: a {} of this name is on line {line}",
+                proxy.title(),
+                earlier.kind.name()
+            );
+            ctx.error(proxy.at, message);
+        }
+    }
 }
 
 /// The Sluice server a frontend or `listen` becomes (its `bind` set by the caller), or
@@ -103,12 +130,12 @@ fn front<'p>(
     ctx: &mut Ctx<'_>,
     file: &File,
     proxy: &'p Proxy,
-    pools: &BTreeMap<&'p str, (&'p Proxy, Option<Pool>)>,
+    pools: &BTreeMap<&'p str, Option<Pool>>,
     used: &mut Vec<&'p str>,
 ) -> Option<ServerConfig> {
     let title = proxy.title();
     let mut lookup = |ctx: &mut Ctx<'_>, name: &'p str, at: usize| -> Option<Pool> {
-        let Some((_, pool)) = pools.get(name) else {
+        let Some(pool) = pools.get(name) else {
             let names: Vec<&str> = pools.keys().copied().collect();
             let hint = nearest(name, &names)
                 .map(|n| format!(" (did you mean \"{n}\"?)"))
