@@ -227,8 +227,7 @@ pub(super) fn tcp_request(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
             let cond = cond(rest);
             let hello = match &cond {
                 Ok(Some(c)) => hello_type(proxy, c).then_some(c.negated),
-                Ok(None) => None,
-                Err(_) => None,
+                _ => None,
             };
             match (action.text.as_str(), hello, &cond) {
                 ("accept", Some(false), _) => proxy.hello_accepted = true,
