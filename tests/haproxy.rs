@@ -1,13 +1,20 @@
 //! HAProxy configurations run by the real binary (`sluice -c FILE.cfg`): the L4 example
-//! users copy, relaying round-robin to real backends, and the classic Redis `tcp-check`
-//! configuration in front of a real primary and replica, followed through a failover.
+//! users copy, relaying round-robin to real backends; an SNI router; and the classic
+//! Redis `tcp-check` configuration in front of a real primary and replica, followed
+//! through a failover.
 
 use std::net::SocketAddr;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::time::timeout;
 
 use crate::support::process::SluiceProcess;
 use crate::support::resp::redis_through;
 use crate::support::servers::{redis_command, start_redis};
-use crate::support::{eventually, tally, who, TestBackend};
+use crate::support::tls::client_hello_in_records;
+use crate::support::{
+    assert_closed_without_data, connect_from, eventually, tally, who, TestBackend, WAIT,
+};
 
 /// The fixture of the L4 example, on port 0 (Sluice logs the port it gets) and in front
 /// of `backends` instead of its own loopback ports.
@@ -44,6 +51,72 @@ async fn the_haproxy_l4_example_relays_round_robin() {
     assert!(counts.values().all(|&n| n == 3), "{names:?}");
     assert_eq!(names[0..3], names[3..6], "{names:?}");
     assert_eq!(names[3..6], names[6..9], "{names:?}");
+}
+
+/// An SNI router as HAProxy users write it, in front of `api`, `apps` and `web`.
+fn sni_router(api: SocketAddr, apps: SocketAddr, web: SocketAddr) -> String {
+    format!(
+        "defaults
+    mode tcp
+    timeout connect 1s
+
+frontend tls_in
+    bind 127.0.0.1:0
+    tcp-request inspect-delay 5s
+    tcp-request content accept if {{ req_ssl_hello_type 1 }}
+    tcp-request content reject
+    acl is_api req_ssl_sni -i api.example.com
+    use_backend api if is_api
+    use_backend apps if {{ req_ssl_sni -m end .apps.example.com }}
+    default_backend web
+
+backend api
+    server api1 {api}
+
+backend apps
+    server apps1 {apps}
+
+backend web
+    server web1 {web}
+"
+    )
+}
+
+/// The backend a TLS client asking for `name` reaches: the name it greets with.
+async fn reached_by(front: SocketAddr, name: &str) -> String {
+    let mut stream = connect_from(front, None).await;
+    let hello = client_hello_in_records(name, 16 * 1024);
+    stream
+        .write_all(&hello)
+        .await
+        .expect("send the ClientHello");
+    let mut line = String::new();
+    timeout(WAIT, BufReader::new(stream).read_line(&mut line))
+        .await
+        .expect("a greeting in time")
+        .expect("read the greeting");
+    line.trim_end().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_haproxy_sni_router_routes_by_server_name() {
+    let api = TestBackend::named("api1").await;
+    let apps = TestBackend::named("apps1").await;
+    let web = TestBackend::named("web1").await;
+    let config = sni_router(api.addr, apps.addr, web.addr);
+    let sluice = SluiceProcess::start_file("sni.cfg", &config, None).await;
+    let front = sluice.server("tls_in");
+    assert_eq!(reached_by(front, "api.example.com").await, "api1");
+    assert_eq!(reached_by(front, "shop.apps.example.com").await, "apps1");
+    assert_eq!(reached_by(front, "www.example.com").await, "web1");
+    // What is not a ClientHello is refused, as `tcp-request content reject` says.
+    let mut plain = connect_from(front, None).await;
+    plain
+        .write_all(b"GET / HTTP/1.0\r\n\r\n")
+        .await
+        .expect("send");
+    assert_closed_without_data(&mut plain, WAIT).await;
+    assert_eq!(web.accepted(), 1, "only the TLS client reached the default");
 }
 
 /// The classic HAProxy configuration that sends clients to the Redis primary only.
