@@ -27,8 +27,8 @@
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
 //! - [`admin_http`]: how the API and metrics endpoints are served and guarded: limits,
 //!   timeouts, host and origin checks, credentials.
-//! - [`config`]: the configuration's typed model, and the reader of GoBetween's TOML or
-//!   JSON onto it, every error at `FILE:LINE:COL`.
+//! - [`config`]: the configuration's typed model, and the readers of GoBetween's TOML or
+//!   JSON and of HAProxy's `mode tcp` files onto it, every error at `FILE:LINE:COL`.
 //! - [`bounded_json`]: JSON from outside checked for size and depth before parsing.
 //! - [`acl`]: allow/deny rules by address.
 //! - [`tls`]: certificates and keys into rustls configurations.
