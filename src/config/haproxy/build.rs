@@ -20,6 +20,9 @@ use crate::config::{
 /// The configuration, with where each server's `bind` is written.
 pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, usize)>) {
     let mut config = Config::default();
+    if let Some(d) = file.global.hard_stop_after {
+        config.shutdown_timeout = d;
+    }
     for proxy in &file.proxies {
         if let Some((mode, at)) = &proxy.settings.mode {
             let from = if *at < proxy.at {
@@ -39,7 +42,7 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
         .proxies
         .iter()
         .filter(|p| p.kind.back())
-        .map(|p| (p.name.as_str(), pool(ctx, p)))
+        .map(|p| (p.name.as_str(), pool(ctx, p, &file.global)))
         .collect();
     let mut used: Vec<&str> = Vec::new();
     let mut binds_at = Vec::new();

@@ -19,7 +19,8 @@
 //!
 //! - `words`: HAProxy's tokenizer (quotes, escapes, comments), with positions.
 //! - `values`: times, numbers, `bind` and `server` addresses.
-//! - `sections`: `global`, `defaults`, `frontend`, `backend`, `listen`.
+//! - `sections`: `global`, `defaults`, `frontend`, `backend`, `listen`; `global`: what
+//!   Sluice takes from `global`.
 //! - `directives`: one line of a proxy section, into its settings.
 //! - `server`: `server` and `default-server` lines and their options.
 //! - `rules`: `acl`, `tcp-request` and `use_backend`, into access rules and SNI routes.
@@ -29,6 +30,7 @@
 
 mod build;
 mod directives;
+mod global;
 mod health;
 mod pool;
 mod rules;

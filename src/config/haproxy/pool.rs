@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::directives::Balance;
+use super::global::Global;
 use super::health;
 use super::sections::Proxy;
 use super::server::{ServerLine, ServerOptions};
@@ -63,7 +64,7 @@ impl Shared {
 
 /// The pool of a backend or `listen`, or `None` (reported) if its servers disagree on
 /// what Sluice holds per server.
-pub(super) fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy) -> Option<Pool> {
+pub(super) fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy, global: &Global) -> Option<Pool> {
     let title = proxy.title();
     let s = &proxy.settings;
     // Lines with an option that failed are reported already, and not compared.
@@ -104,7 +105,7 @@ pub(super) fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy) -> Option<Pool> {
         );
         ctx.warn(*at, message);
     }
-    let tls = tls(ctx, proxy, &reference);
+    let tls = tls(ctx, proxy, &reference, global);
     let shared = Shared {
         balance: balance(ctx, proxy),
         health: health::config(s, &reference),
@@ -207,17 +208,27 @@ fn balance(ctx: &mut Ctx<'_>, proxy: &Proxy) -> BalanceKind {
 }
 
 /// TLS towards the servers, if they speak it (`ssl`); `Err` if it does not load.
-fn tls(ctx: &mut Ctx<'_>, proxy: &Proxy, o: &ServerOptions) -> Result<Option<BackendsTls>, ()> {
+fn tls(
+    ctx: &mut Ctx<'_>,
+    proxy: &Proxy,
+    o: &ServerOptions,
+    global: &Global,
+) -> Result<Option<BackendsTls>, ()> {
     if o.ssl != Some(true) {
         return Ok(None);
     }
-    let root_ca_cert_path = o.ca_file.as_ref().map(|path| match ctx.dir {
+    // A relative `ca-file` is in `ca-base`, itself taken from the file's directory.
+    let relative = |path: &PathBuf| match ctx.dir {
         Some(dir) if path.is_relative() => dir.join(path),
-        _ => PathBuf::from(path),
+        _ => path.clone(),
+    };
+    let root_ca_cert_path = o.ca_file.as_ref().map(|path| match &global.ca_base {
+        Some(base) if path.is_relative() => relative(&base.join(path)),
+        _ => relative(path),
     });
     let tls = BackendsTls {
         // HAProxy verifies by default (ssl-server-verify required).
-        ignore_verify: o.verify == Some(false),
+        ignore_verify: !o.verify.or(global.verify).unwrap_or(true),
         root_ca_cert_path,
         identity: None,
         min_version: TlsVersion::Tls12,

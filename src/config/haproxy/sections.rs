@@ -1,13 +1,13 @@
-//! A file's lines, section by section: `global` into [`Global`], each `defaults` into
-//! the settings the proxies after it start from, and each `frontend`, `backend` and
-//! `listen` into a [`Proxy`].
+//! A file's lines, section by section: `global` into [`Global`] (`global`), each
+//! `defaults` into the settings the proxies after it start from, and each `frontend`,
+//! `backend` and `listen` into a [`Proxy`].
 
 use std::time::Duration;
 
 use super::directives::{self, Settings};
+use super::global::{self, Global};
 use super::rules::{AclLine, ConnRule, UseBackend};
 use super::server::ServerLine;
-use super::values;
 use super::words::{nearest, Line};
 use super::Ctx;
 use crate::config::Bind;
@@ -95,13 +95,6 @@ impl Proxy {
     }
 }
 
-/// What `global` says that Sluice uses.
-#[derive(Clone, Debug, Default)]
-pub(super) struct Global {
-    /// `maxconn`: each frontend's limit unless it sets its own.
-    pub maxconn: Option<u32>,
-}
-
 /// A whole file, read.
 pub(super) struct File {
     pub global: Global,
@@ -157,7 +150,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, lines: &[Line]) -> File {
                 if let Some(proxy) = &mut current {
                     directives::read(ctx, proxy, line);
                 } else if in_global {
-                    global(ctx, &mut file.global, line);
+                    global::line(ctx, &mut file.global, line);
                 } else if !skipping {
                     let hint = nearest(keyword, SECTIONS)
                         .map(|near| format!(" (did you mean \"{near}\"?)"))
@@ -236,87 +229,4 @@ fn finish(file: &mut File, defaults: &mut Proxy, named: &mut Vec<Proxy>, proxy: 
         named.push(proxy.clone());
     }
     *defaults = proxy;
-}
-
-/// What `global` directives Sluice does its own way say about it.
-const GLOBAL_ELSEWHERE: &[(&str, &str)] = &[
-    (
-        "log",
-        "Sluice logs through [logging] (or RUST_LOG), one access-log line per connection",
-    ),
-    ("log-tag", "Sluice logs through [logging] (or RUST_LOG)"),
-    (
-        "log-send-hostname",
-        "Sluice logs through [logging] (or RUST_LOG)",
-    ),
-    (
-        "nbthread",
-        "Sluice's worker threads are set on its command line: --threads N",
-    ),
-    (
-        "stats",
-        "Sluice's statistics are its API ([api]) and Prometheus endpoint ([metrics])",
-    ),
-    (
-        "user",
-        "Sluice runs as the user that starts it (User= in a systemd unit)",
-    ),
-    (
-        "group",
-        "Sluice runs as the group that starts it (Group= in a systemd unit)",
-    ),
-    (
-        "uid",
-        "Sluice runs as the user that starts it (User= in a systemd unit)",
-    ),
-    (
-        "gid",
-        "Sluice runs as the group that starts it (Group= in a systemd unit)",
-    ),
-    (
-        "daemon",
-        "Sluice stays in the foreground; run it under a service manager",
-    ),
-    (
-        "master-worker",
-        "Sluice is one process; SIGHUP reloads its configuration",
-    ),
-    (
-        "chroot",
-        "Sluice does not chroot itself (RootDirectory= in a systemd unit)",
-    ),
-    (
-        "pidfile",
-        "Sluice writes no pid file; its service manager tracks the process",
-    ),
-];
-
-/// One line of `global`.
-fn global(ctx: &mut Ctx<'_>, global: &mut Global, line: &Line) {
-    let keyword = line.keyword();
-    let args = line.args(1);
-    if keyword == "maxconn" {
-        match args {
-            [n] => match values::number(&n.text, 1, u32::MAX) {
-                Ok(n) => global.maxconn = Some(n),
-                Err(e) => ctx.error(n.at, format!("global: maxconn: {e}")),
-            },
-            _ => ctx.error(line.at(), "global: maxconn: expected one number"),
-        }
-        let message = "global: maxconn: taken as the limit of each frontend without its \
-                       own maxconn; Sluice has no process-wide connection limit";
-        ctx.warn(line.at(), message);
-        return;
-    }
-    if let Some((_, instead)) = GLOBAL_ELSEWHERE.iter().find(|(k, _)| *k == keyword) {
-        ctx.warn(line.at(), format!("global: {keyword}: ignored; {instead}"));
-        return;
-    }
-    let mut known: Vec<&str> = GLOBAL_ELSEWHERE.iter().map(|(k, _)| *k).collect();
-    known.push("maxconn");
-    let hint = nearest(keyword, &known)
-        .map(|near| format!(" (did you mean \"{near}\"?)"))
-        .unwrap_or_default();
-    let message = format!("global: {keyword}: not supported by Sluice{hint}");
-    ctx.error(line.at(), message);
 }

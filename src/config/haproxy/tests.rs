@@ -404,6 +404,28 @@ fn directives_in_the_wrong_place_are_warned_about_or_refused() {
 }
 
 #[test]
+fn global_settings_sluice_takes() {
+    let loaded = ok(&format!(
+        "global\n  hard-stop-after 5m\n  ssl-server-verify none\n  spread-checks 5\n{}",
+        with_backend("  server a 10.0.0.1:443 ssl\n")
+    ));
+    assert_eq!(loaded.config.shutdown_timeout, Duration::from_secs(300));
+    let tls = server(&loaded, "f").backends_tls.clone().expect("tls");
+    assert!(tls.ignore_verify, "ssl-server-verify none");
+    assert_eq!(
+        loaded.warnings.len(),
+        1,
+        "spread-checks: {:?}",
+        loaded.warnings
+    );
+    let missing = errors(&format!(
+        "global\n  ca-base /nonexistent/certs\n{}",
+        with_backend("  server a 10.0.0.1:443 ssl ca-file ca.pem\n")
+    ));
+    assert!(missing.contains("/nonexistent/certs/ca.pem"), "{missing}");
+}
+
+#[test]
 fn errors_name_the_section_directive_and_position() {
     let text = with_backend("  server edge1 10.0.0.1:80 weight x\n  balanse roundrobin\n");
     assert_eq!(
