@@ -116,6 +116,14 @@ const HARMLESS: &[(&str, &str)] = &[
         "Sluice logs every connection, at info",
     ),
     (
+        "option dontlog-normal",
+        "Sluice logs every connection, at info",
+    ),
+    (
+        "option log-health-checks",
+        "Sluice logs each backend going up or down",
+    ),
+    (
         "option splice-auto",
         "Sluice splices large transfers on its own",
     ),
