@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::timeout;
 
-use crate::support::process::SluiceProcess;
+use crate::support::process::{run_sluice, write_file, SluiceProcess};
 use crate::support::resp::redis_through;
 use crate::support::servers::{redis_command, start_redis};
 use crate::support::tls::client_hello_in_records;
@@ -51,6 +51,44 @@ async fn the_haproxy_l4_example_relays_round_robin() {
     assert!(counts.values().all(|&n| n == 3), "{names:?}");
     assert_eq!(names[0..3], names[3..6], "{names:?}");
     assert_eq!(names[3..6], names[6..9], "{names:?}");
+}
+
+#[tokio::test]
+async fn sluice_check_reports_an_haproxy_file_by_line_and_directive() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bad = write_file(
+        dir.path(),
+        "bad.cfg",
+        "global\n    daemon\n\nfrontend web\n    bind :8080\n    mode http\n    \
+         default_backend app\n\nbackend app\n    server a1 10.0.0.1:80 weight x\n",
+    );
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &bad]).await;
+    assert_eq!(status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{bad}:6:10: frontend web: mode http: Sluice balances TCP only; write mode tcp"
+        )),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "{bad}:10:34: backend app: server a1: weight: expected a number 0-256, found \"x\""
+        )),
+        "{stderr}"
+    );
+
+    let good = write_file(
+        dir.path(),
+        "good.cfg",
+        &seed_example(&[
+            "127.0.0.1:9001".parse().expect("address"),
+            "127.0.0.1:9002".parse().expect("address"),
+            "127.0.0.1:9003".parse().expect("address"),
+        ]),
+    );
+    let (status, stdout, stderr) = run_sluice(&["check", "-c", &good]).await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.contains("server tcp_front: tcp on 127.0.0.1:0, balance weight, 3 backend(s), ping check every 2s"), "{stdout}");
 }
 
 /// An SNI router as HAProxy users write it, in front of `api`, `apps` and `web`.

@@ -8,9 +8,9 @@
 //! proxy, `server` for `server` and `default-server`, `rules` for `acl`,
 //! `tcp-request` and `use_backend`, `health` for the `option *-check` family and
 //! `tcp-check`/`http-check`); a proxy starts from the `defaults` section before it, as
-//! in HAProxy. Then `build` turns each frontend (or `listen`) into a Sluice server in
-//! front of the servers of the backends it uses, and the model's own rules
-//! (`checks::typed`) run last.
+//! in HAProxy. Then each backend becomes a pool of servers (`pool`), `build` turns each
+//! frontend (or `listen`) into a Sluice server in front of the pools it uses, and the
+//! model's own rules (`checks::typed`) run last.
 //!
 //! What Sluice does not implement is never dropped silently: a directive with no meaning
 //! at layer 4 (`mode http`, `http-request`, …) or one Sluice lacks is an error naming
