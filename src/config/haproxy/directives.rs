@@ -514,10 +514,19 @@ fn other(ctx: &mut Ctx<'_>, title: &str, line: &Line) {
         return;
     }
     if keyword == "option" {
-        ctx.error(
-            line.at(),
-            format!("{title}: {full}: not supported by Sluice"),
+        let name = full.trim_start_matches("option ");
+        let mut known = vec!["redispatch", "allbackups"];
+        known.extend(health::CHECK_OPTIONS);
+        known.extend(
+            HARMLESS
+                .iter()
+                .filter_map(|(k, _)| k.strip_prefix("option ")),
         );
+        let message = match nearest(name, &known) {
+            Some(near) => format!("{title}: {full}: unknown option (did you mean \"{near}\"?)"),
+            None => format!("{title}: {full}: not supported by Sluice"),
+        };
+        ctx.error(line.at(), message);
         return;
     }
     let mut known: Vec<&str> = KNOWN.to_vec();

@@ -57,7 +57,7 @@ const INTER: Duration = Duration::from_secs(2);
 const FALL: u32 = 3;
 const RISE: u32 = 2;
 
-const CHECK_OPTIONS: &[&str] = &[
+pub(super) const CHECK_OPTIONS: &[&str] = &[
     "tcp-check",
     "redis-check",
     "mysql-check",

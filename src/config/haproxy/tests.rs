@@ -426,6 +426,16 @@ fn global_settings_sluice_takes() {
 }
 
 #[test]
+fn unknown_options_suggest_the_nearest() {
+    let text = with_backend("  option redispach\n  option tcpka\n  server a 10.0.0.1:80\n");
+    assert_eq!(
+        errors(&text),
+        "h.cfg:5:3: backend b: option redispach: unknown option (did you mean \"redispatch\"?)\n\
+         h.cfg:6:3: backend b: option tcpka: not supported by Sluice"
+    );
+}
+
+#[test]
 fn errors_name_the_section_directive_and_position() {
     let text = with_backend("  server edge1 10.0.0.1:80 weight x\n  balanse roundrobin\n");
     assert_eq!(
