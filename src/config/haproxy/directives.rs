@@ -36,6 +36,9 @@ pub(super) struct Settings {
     pub retries_at: Option<(usize, String)>,
     pub check: Option<(CheckOption, usize)>,
     pub tcp_checks: Vec<(TcpCheck, usize)>,
+    /// The `tcp-check` rules came from `defaults`: a section's own first rule replaces
+    /// them rather than adding to them.
+    pub tcp_checks_inherited: bool,
     pub http_check: HttpCheck,
     pub default_server: ServerOptions,
     /// `option allbackups`: every backup server shares the traffic, not the first.

@@ -192,6 +192,10 @@ pub(super) fn tcp_check(ctx: &mut Ctx<'_>, title: &str, s: &mut Settings, line: 
             format!("{}: expected a rule", context("")).replace("  ", " "),
         )),
     };
+    if s.tcp_checks_inherited {
+        s.tcp_checks.clear();
+        s.tcp_checks_inherited = false;
+    }
     match rule {
         Ok(TcpCheck::Connect) if !s.tcp_checks.is_empty() => {
             let message = format!("{}: only as the first rule", context("connect"));

@@ -215,7 +215,9 @@ fn header(
             ctx.error(extra.at, message);
         }
     }
-    Some(Proxy::new(kind, name, line.at(), base.settings.clone()))
+    let mut settings = base.settings.clone();
+    settings.tcp_checks_inherited = true;
+    Some(Proxy::new(kind, name, line.at(), settings))
 }
 
 /// Files a finished section: a `defaults` becomes what the next proxies start from.

@@ -201,6 +201,23 @@ fn tcp_check_sequences_are_probe_steps() {
 }
 
 #[test]
+fn a_backends_own_tcp_check_rules_replace_those_of_defaults() {
+    let loaded = ok(&format!(
+        "defaults\n  option tcp-check\n  tcp-check send A\n  tcp-check expect string B\n{}",
+        with_backend("  tcp-check send C\n  server a 10.0.0.1:80 check\n")
+    ));
+    let HealthKind::Probe(probe) = &server(&loaded, "f").healthcheck.kind else {
+        panic!("a probe");
+    };
+    assert_eq!(
+        probe.script,
+        ProbeScript::Steps {
+            steps: vec![ProbeStep::Send(b"C".to_vec())]
+        }
+    );
+}
+
+#[test]
 fn check_options_pick_the_kind() {
     let kind = |option: &str| {
         let lines = format!("  {option}\n  server a 10.0.0.1:80 check\n");
