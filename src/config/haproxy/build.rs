@@ -24,6 +24,23 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
         config.shutdown_timeout = d;
     }
     for proxy in &file.proxies {
+        if proxy.only_stats() {
+            let message = format!(
+                "{}: ignored, a statistics page; Sluice's statistics are its API ([api]) \
+                 and Prometheus endpoint ([metrics])",
+                proxy.title()
+            );
+            ctx.warn(proxy.at, message);
+            continue;
+        }
+        if let Some(at) = proxy.stats {
+            let message = format!(
+                "{}: stats: not supported; Sluice's statistics are its API ([api]) and \
+                 Prometheus endpoint ([metrics])",
+                proxy.title()
+            );
+            ctx.error(at, message);
+        }
         if let Some((mode, at)) = &proxy.settings.mode {
             let from = if *at < proxy.at {
                 " (set in defaults)"
@@ -48,7 +65,11 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
     let mut binds_at = Vec::new();
     // Each Sluice server in file order, with the title of its frontend.
     let mut order: Vec<(String, String)> = Vec::new();
-    for proxy in file.proxies.iter().filter(|p| p.kind.front()) {
+    for proxy in file
+        .proxies
+        .iter()
+        .filter(|p| p.kind.front() && !p.only_stats())
+    {
         let Some(server) = front(ctx, file, proxy, &pools, &mut used) else {
             continue;
         };

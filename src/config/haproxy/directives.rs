@@ -111,6 +111,10 @@ const HARMLESS: &[(&str, &str)] = &[
     ),
     ("description", "Sluice keeps no description"),
     (
+        "stats",
+        "Sluice's statistics are its API ([api]) and Prometheus endpoint ([metrics])",
+    ),
+    (
         "option tcplog",
         "Sluice's access-log line has the client, backend, bytes and duration",
     ),
@@ -250,6 +254,9 @@ pub(super) fn read(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
         "option" | "no" => option(ctx, proxy, line),
         "tcp-check" => health::tcp_check(ctx, &title, s, line),
         "http-check" => health::http_check(ctx, &title, s, line),
+        "stats" if kind != Kind::Defaults => {
+            proxy.stats.get_or_insert(at);
+        }
         "server" => server::server(ctx, proxy, line),
         "default-server" => {
             let mut defaults = s.default_server.clone();

@@ -64,6 +64,8 @@ pub(super) struct Proxy {
     pub servers: Vec<ServerLine>,
     /// A `server` line failed: the backend is reported already and is not built.
     pub broken: bool,
+    /// Where a `stats` directive is: a statistics page, if it is nothing else.
+    pub stats: Option<usize>,
 }
 
 impl Proxy {
@@ -82,10 +84,19 @@ impl Proxy {
             hello_required: None,
             servers: Vec::new(),
             broken: false,
+            stats: None,
         }
     }
 
     /// `frontend web`, or `defaults` alone: how messages name it.
+    /// A statistics page and nothing else: no servers, no backend to send clients to.
+    pub fn only_stats(&self) -> bool {
+        self.stats.is_some()
+            && self.servers.is_empty()
+            && self.settings.default_backend.is_none()
+            && self.use_backends.is_empty()
+    }
+
     pub fn title(&self) -> String {
         if self.name.is_empty() {
             self.kind.name().to_owned()
@@ -129,6 +140,8 @@ pub(super) fn read(ctx: &mut Ctx<'_>, lines: &[Line]) -> File {
     let mut defaults = Proxy::new(Kind::Defaults, String::new(), 0, Settings::default());
     let mut named: Vec<Proxy> = Vec::new();
     let mut current: Option<Proxy> = None;
+    // How many errors and warnings there were when the current section started.
+    let mut marks = (0, 0);
     let mut in_global = false;
     let mut skipping = false;
     for line in lines {
@@ -140,7 +153,14 @@ pub(super) fn read(ctx: &mut Ctx<'_>, lines: &[Line]) -> File {
             "backend" => Some(Kind::Backend),
             "listen" => Some(Kind::Listen),
             other if OTHER_SECTIONS.contains(&other) => {
-                finish(&mut file, &mut defaults, &mut named, current.take());
+                finish(
+                    ctx,
+                    marks,
+                    &mut file,
+                    &mut defaults,
+                    &mut named,
+                    current.take(),
+                );
                 let message = format!("section \"{other}\" is not supported by Sluice");
                 ctx.error(line.at(), message);
                 (in_global, skipping) = (false, true);
@@ -165,7 +185,14 @@ pub(super) fn read(ctx: &mut Ctx<'_>, lines: &[Line]) -> File {
                 continue;
             }
         };
-        finish(&mut file, &mut defaults, &mut named, current.take());
+        finish(
+            ctx,
+            marks,
+            &mut file,
+            &mut defaults,
+            &mut named,
+            current.take(),
+        );
         (in_global, skipping) = (kind.is_none(), false);
         let Some(kind) = kind else {
             if let Some(extra) = line.args(1).first() {
@@ -173,10 +200,18 @@ pub(super) fn read(ctx: &mut Ctx<'_>, lines: &[Line]) -> File {
             }
             continue;
         };
+        marks = (ctx.errors.len(), ctx.warnings.len());
         current = header(ctx, line, kind, &defaults, &named);
         skipping = current.is_none();
     }
-    finish(&mut file, &mut defaults, &mut named, current.take());
+    finish(
+        ctx,
+        marks,
+        &mut file,
+        &mut defaults,
+        &mut named,
+        current.take(),
+    );
     file
 }
 
@@ -221,8 +256,21 @@ fn header(
 }
 
 /// Files a finished section: a `defaults` becomes what the next proxies start from.
-fn finish(file: &mut File, defaults: &mut Proxy, named: &mut Vec<Proxy>, proxy: Option<Proxy>) {
+/// A statistics page is ignored as a whole (one warning, from `build`): what its lines
+/// said is dropped.
+fn finish(
+    ctx: &mut Ctx<'_>,
+    (errors, warnings): (usize, usize),
+    file: &mut File,
+    defaults: &mut Proxy,
+    named: &mut Vec<Proxy>,
+    proxy: Option<Proxy>,
+) {
     let Some(proxy) = proxy else { return };
+    if proxy.only_stats() {
+        ctx.errors.truncate(errors);
+        ctx.warnings.truncate(warnings);
+    }
     if proxy.kind != Kind::Defaults {
         file.proxies.push(proxy);
         return;

@@ -453,6 +453,24 @@ fn unknown_options_suggest_the_nearest() {
 }
 
 #[test]
+fn a_statistics_page_is_ignored_unless_it_balances_too() {
+    let stats = "listen stats\n  bind :8404\n  mode http\n  stats enable\n  \
+        http-request use-service prometheus-exporter if { path /metrics }\n";
+    let loaded = ok(&format!(
+        "{stats}{}",
+        with_backend("  server a 10.0.0.1:80\n")
+    ));
+    assert_eq!(loaded.config.servers.len(), 1);
+    assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+    let mixed = "listen l\n  bind :7001\n  stats enable\n  server a 10.0.0.1:80\n";
+    assert_eq!(
+        errors(mixed),
+        "h.cfg:3:3: listen l: stats: not supported; Sluice's statistics are its API ([api]) \
+         and Prometheus endpoint ([metrics])"
+    );
+}
+
+#[test]
 fn errors_name_the_section_directive_and_position() {
     let text = with_backend("  server edge1 10.0.0.1:80 weight x\n  balanse roundrobin\n");
     assert_eq!(
