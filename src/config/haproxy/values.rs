@@ -31,6 +31,9 @@ pub(super) fn time(text: &str) -> Result<Duration, String> {
         .ok_or_else(expected)
 }
 
+/// Address prefixes that say TCP, which Sluice speaks anyway.
+const TCP_PREFIXES: [&str; 5] = ["ipv4@", "ipv6@", "tcp@", "tcp4@", "tcp6@"];
+
 /// A whole number from `min` to `max`.
 pub(super) fn number(text: &str, min: u32, max: u32) -> Result<u32, String> {
     text.parse::<u32>()
@@ -42,10 +45,7 @@ pub(super) fn number(text: &str, min: u32, max: u32) -> Result<u32, String> {
 /// A `bind` address: `*:443` and `:443` are every IPv4 address, `[::]:443` and
 /// `:::443` every IPv6 one; a host name is resolved when the server starts.
 pub(super) fn bind(text: &str) -> Result<Bind, String> {
-    if let Some(rest) = ["ipv4@", "ipv6@", "tcp@", "tcp4@", "tcp6@"]
-        .iter()
-        .find_map(|p| text.strip_prefix(p))
-    {
+    if let Some(rest) = TCP_PREFIXES.iter().find_map(|p| text.strip_prefix(p)) {
         return bind(rest);
     }
     if text.contains('@') || text.starts_with('/') {
@@ -78,6 +78,9 @@ pub(super) fn bind(text: &str) -> Result<Bind, String> {
 /// A `server` address, `HOST:PORT`: an IPv6 address bracketed or not (the last colon
 /// starts the port, as HAProxy reads it).
 pub(super) fn server_address(text: &str) -> Result<BackendSpec, String> {
+    if let Some(rest) = TCP_PREFIXES.iter().find_map(|p| text.strip_prefix(p)) {
+        return server_address(rest);
+    }
     if text.contains('@') || text.starts_with('/') {
         return Err(format!(
             "\"{text}\": Sluice connects to TCP addresses only (no UNIX sockets)"
@@ -146,6 +149,8 @@ mod tests {
         assert_eq!(key("[::1]:80"), Ok("[::1]:80".into()));
         assert_eq!(key("::1:80"), Ok("[::1]:80".into()));
         assert_eq!(key("db.internal:5432"), Ok("db.internal:5432".into()));
+        assert_eq!(key("ipv4@10.0.0.1:80"), Ok("10.0.0.1:80".into()));
+        assert!(server_address("unix@/run/app.sock").is_err());
         assert!(server_address("10.0.1.1").is_err());
         assert!(server_address("10.0.1.1:+1").is_err());
         assert!(server_address("10.0.1.1:0").is_err());
