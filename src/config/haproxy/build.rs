@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use super::pool::{pool, Pool};
 use super::rules;
 use super::sections::{File, Kind, Proxy};
-use super::words::nearest;
+use super::words::{nearest, shown};
 use super::Ctx;
 use crate::backend::BackendSpec;
 use crate::config::error::join;
@@ -86,6 +86,15 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
                     "{}: bind: would be Sluice server \"{name}\", a name already taken \
                      (a bind after the first is named NAME-2, NAME-3, …)",
                     proxy.title()
+                );
+                ctx.error(*at, message);
+                continue;
+            }
+            if let Err(message) = checks::server_name(&name) {
+                let message = format!(
+                    "{}: Sluice server \"{}\": {message}",
+                    proxy.title(),
+                    shown(&name)
                 );
                 ctx.error(*at, message);
                 continue;

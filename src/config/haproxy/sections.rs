@@ -8,7 +8,7 @@ use super::directives::{self, Settings};
 use super::global::{self, Global};
 use super::rules::{AclLine, ConnRule, UseBackend};
 use super::server::ServerLine;
-use super::words::{nearest, Line};
+use super::words::{nearest, shown, Line};
 use super::Ctx;
 use crate::config::Bind;
 
@@ -101,7 +101,7 @@ impl Proxy {
         if self.name.is_empty() {
             self.kind.name().to_owned()
         } else {
-            format!("{} {}", self.kind.name(), self.name)
+            format!("{} {}", self.kind.name(), shown(&self.name))
         }
     }
 }

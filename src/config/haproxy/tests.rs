@@ -471,6 +471,18 @@ fn a_statistics_page_is_ignored_unless_it_balances_too() {
 }
 
 #[test]
+fn server_names_follow_the_models_rules() {
+    // Found by the fuzz target config_haproxy: a NUL in a frontend's name.
+    let text = "frontend a\u{0}b\n  bind 127.0.0.1:7000\n  default_backend b\n\
+        backend b\n  server a 10.0.0.1:80\n";
+    assert_eq!(
+        errors(text),
+        "h.cfg:2:8: frontend a\\u{0}b: Sluice server \"a\\u{0}b\": a server name must not \
+         hold control or invisible formatting characters (found U+0000)"
+    );
+}
+
+#[test]
 fn errors_name_the_section_directive_and_position() {
     let text = with_backend("  server edge1 10.0.0.1:80 weight x\n  balanse roundrobin\n");
     assert_eq!(

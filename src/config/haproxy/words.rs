@@ -154,6 +154,19 @@ fn escape(rest: &[u8]) -> Result<(Vec<u8>, usize), String> {
     Ok((vec![decoded], 1))
 }
 
+/// `text` for a message: control characters escaped (`\u{0}`), the rest as it is.
+pub(super) fn shown(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The nearest of `known` to `word`, if near enough to be a typo.
 pub(super) fn nearest<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
     let near = known.iter().min_by_key(|k| edit_distance(word, k))?;
