@@ -39,6 +39,8 @@ pub(super) struct Settings {
     /// The `tcp-check` rules came from `defaults`: a section's own first rule replaces
     /// them rather than adding to them.
     pub tcp_checks_inherited: bool,
+    /// A `tcp-check` line failed (reported): what the rest miss is not reported again.
+    pub tcp_checks_failed: bool,
     pub http_check: HttpCheck,
     pub default_server: ServerOptions,
     /// `option allbackups`: every backup server shares the traffic, not the first.

@@ -105,6 +105,16 @@ pub(super) fn check_option(
         "redis-check" => CheckOption::Redis,
         "ssl-hello-chk" => CheckOption::SslHello,
         "mysql-check" => match user(ctx) {
+            Some(None) => {
+                let message = format!(
+                    "{title}: option mysql-check: without \"user NAME\" the check reads the \
+                     server's greeting and hangs up, which MySQL and MariaDB count as an \
+                     aborted connection (and may block Sluice's address for); give it a user \
+                     with no privileges"
+                );
+                ctx.warn(name.at, message);
+                CheckOption::Mysql(None)
+            }
             Some(user) => CheckOption::Mysql(user),
             None => return,
         },
@@ -124,11 +134,16 @@ pub(super) fn check_option(
                 let (_, rest) = v.split_once("Host:").or_else(|| v.split_once("host:"))?;
                 Some(rest.trim().to_owned())
             });
-            CheckOption::Http {
-                method: method.unwrap_or_else(|| "OPTIONS".to_owned()),
-                uri: uri.unwrap_or_else(|| "/".to_owned()),
-                host,
+            let method = method.unwrap_or_else(|| "OPTIONS".to_owned());
+            let uri = uri.unwrap_or_else(|| "/".to_owned());
+            let checked = http_method(&method)
+                .and_then(|()| http_path(&uri))
+                .and_then(|()| host.as_deref().map_or(Ok(()), http_host));
+            if let Err(e) = checked {
+                ctx.error(name.at, format!("{title}: option httpchk: {e}"));
+                return;
             }
+            CheckOption::Http { method, uri, host }
         }
         _ => {
             let message = format!(
@@ -196,13 +211,30 @@ pub(super) fn tcp_check(ctx: &mut Ctx<'_>, title: &str, s: &mut Settings, line: 
         s.tcp_checks.clear();
         s.tcp_checks_inherited = false;
     }
+    let empty = |step: &ProbeStep| match step {
+        ProbeStep::Send(bytes) | ProbeStep::Contains(bytes) => bytes.is_empty(),
+        ProbeStep::Matches(_) => false,
+    };
+    let rule = match rule {
+        Ok(TcpCheck::Step(step)) if empty(&step) => Err((
+            line.at(),
+            format!(
+                "{}: must not be empty",
+                context(line.args(1)[0].text.as_str())
+            ),
+        )),
+        other => other,
+    };
     match rule {
         Ok(TcpCheck::Connect) if !s.tcp_checks.is_empty() => {
             let message = format!("{}: only as the first rule", context("connect"));
             ctx.error(line.at(), message);
         }
         Ok(rule) => s.tcp_checks.push((rule, line.at())),
-        Err((at, message)) => ctx.error(at, message),
+        Err((at, message)) => {
+            s.tcp_checks_failed = true;
+            ctx.error(at, message);
+        }
     }
 }
 
@@ -245,6 +277,7 @@ pub(super) fn http_check(ctx: &mut Ctx<'_>, title: &str, s: &mut Settings, line:
             "status" => status(&value.text)
                 .map(|range| h.status = Some(range))
                 .map_err(|m| (value.at, m)),
+            "string" if value.text.is_empty() => Err((value.at, "must not be empty".to_owned())),
             "string" => {
                 h.body = Some(value.text.clone());
                 Ok(())
@@ -273,13 +306,18 @@ fn send_parts(h: &mut HttpCheck, words: &[Word]) -> Result<(), (usize, String)> 
         match rest {
             [] => return Ok(()),
             [k, v, tail @ ..] if k.text == "meth" => {
+                http_method(&v.text).map_err(|e| (v.at, format!("send: {e}")))?;
                 (h.method, rest) = (Some(v.text.clone()), tail)
             }
-            [k, v, tail @ ..] if k.text == "uri" => (h.uri, rest) = (Some(v.text.clone()), tail),
+            [k, v, tail @ ..] if k.text == "uri" => {
+                http_path(&v.text).map_err(|e| (v.at, format!("send: {e}")))?;
+                (h.uri, rest) = (Some(v.text.clone()), tail)
+            }
             [k, _, tail @ ..] if k.text == "ver" => rest = tail,
             [k, name, v, tail @ ..]
                 if k.text == "hdr" && name.text.eq_ignore_ascii_case("host") =>
             {
+                http_host(&v.text).map_err(|e| (v.at, format!("send: {e}")))?;
                 (h.host, rest) = (Some(v.text.clone()), tail);
             }
             [k, ..] => {
@@ -290,6 +328,37 @@ fn send_parts(h: &mut HttpCheck, words: &[Word]) -> Result<(), (usize, String)> 
                 return Err((k.at, message));
             }
         }
+    }
+}
+
+/// An HTTP method as the check sends it: upper-case letters.
+fn http_method(method: &str) -> Result<(), String> {
+    if !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "method \"{method}\" must be upper-case letters, such as GET or HEAD"
+        ))
+    }
+}
+
+/// A request path: from `/`, without spaces or control characters.
+fn http_path(path: &str) -> Result<(), String> {
+    if path.starts_with('/') && !path.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
+        Ok(())
+    } else {
+        Err(format!(
+            "path \"{path}\" must start with / and hold no spaces or control characters"
+        ))
+    }
+}
+
+/// A `Host` header's value: not empty, without spaces.
+fn http_host(host: &str) -> Result<(), String> {
+    if !host.is_empty() && !host.bytes().any(|b| b.is_ascii_whitespace() || b < 0x20) {
+        Ok(())
+    } else {
+        Err(format!("host \"{host}\" must be non-empty, without spaces"))
     }
 }
 

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use super::directives::Balance;
 use super::global::Global;
-use super::health;
+use super::health::{self, TcpCheck};
 use super::sections::Proxy;
 use super::server::{ServerLine, ServerOptions};
 use super::Ctx;
 use crate::backend::{AdminState, BackendSpec};
 use crate::balance::BalanceKind;
-use crate::config::{BackendsTls, HealthConfig, ProxyVersion, TlsVersion};
+use crate::config::{BackendsTls, HealthConfig, ProbeStep, ProxyVersion, TlsVersion};
 
 /// HAProxy's `retries` by default.
 const RETRIES: u32 = 3;
@@ -84,8 +84,27 @@ pub(super) fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy, global: &Global) -> Option<
             agree = false;
         }
     }
+    let expects = s.tcp_checks.iter().any(
+        |(rule, _)| matches!(rule, TcpCheck::Step(step) if !matches!(step, ProbeStep::Send(_))),
+    );
+    let checked = reference.check == Some(true);
+    let tcp_check = matches!(s.check, Some((health::CheckOption::TcpCheck, _)));
+    let sends = s
+        .tcp_checks
+        .iter()
+        .find(|(rule, _)| matches!(rule, TcpCheck::Step(_)));
+    let complete = !s.tcp_checks_failed;
+    if let (Some((_, at)), true, true, false, true) = (sends, checked, tcp_check, expects, complete)
+    {
+        let message = format!(
+            "{title}: tcp-check: give at least one expect rule; Sluice's steps check what \
+             comes back"
+        );
+        ctx.error(*at, message);
+        agree = false;
+    }
     if let Some((_, at)) = s.tcp_checks.first() {
-        if !matches!(s.check, Some((health::CheckOption::TcpCheck, _))) {
+        if !tcp_check {
             let message = format!("{title}: tcp-check: ignored; used only with option tcp-check");
             ctx.warn(*at, message);
         }

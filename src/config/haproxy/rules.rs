@@ -9,7 +9,7 @@ use ipnet::IpNet;
 
 use super::sections::Proxy;
 use super::values;
-use super::words::{Line, Word};
+use super::words::{shown, Line, Word};
 use super::Ctx;
 use crate::acl::{parse_network, Acl, Action, Rule};
 
@@ -434,6 +434,15 @@ pub(super) fn sni_patterns(proxy: &Proxy, cond: &Cond) -> Result<Patterns, (usiz
             return Err((body.at, "expected the server names to route".to_owned()));
         }
         for value in &body.values {
+            if value.text.is_empty()
+                || value
+                    .text
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control())
+            {
+                let message = format!("\"{}\": a server name holds no spaces", shown(&value.text));
+                return Err((value.at, message));
+            }
             let escaped = regex::escape(&value.text);
             let pattern = match method {
                 "str" => (false, value.text.clone()),

@@ -217,7 +217,13 @@ pub(super) fn options(
         let done = match option {
             "check" => put(&mut options.check, true),
             "no-check" => put(&mut options.check, false),
-            "inter" => values::time(text).map(|d| options.inter = Some(d)),
+            "inter" => values::time(text).and_then(|d| {
+                if d.is_zero() {
+                    Err("must be greater than 0".to_owned())
+                } else {
+                    put(&mut options.inter, d)
+                }
+            }),
             "fall" => values::number(text, 1, 1000).map(|n| options.fall = Some(n)),
             "rise" => values::number(text, 1, 1000).map(|n| options.rise = Some(n)),
             "init-state" => match text {
@@ -249,7 +255,10 @@ pub(super) fn options(
             },
             "ca-file" => put(&mut options.ca_file, PathBuf::from(text)),
             "sni" => match text.strip_prefix("str(").and_then(|t| t.strip_suffix(')')) {
-                Some(name) if !name.is_empty() => put(&mut options.sni, name.to_owned()),
+                Some(name) if rustls_pki_types::ServerName::try_from(name).is_ok() => {
+                    put(&mut options.sni, name.to_owned())
+                }
+                Some(name) => Err(format!("\"{name}\" is not a host name or IP address")),
                 _ => Err(format!(
                     "expected str(NAME), found \"{text}\"; Sluice sends one fixed name \
                      (or each backend's host)"

@@ -204,7 +204,9 @@ fn tcp_check_sequences_are_probe_steps() {
 fn a_backends_own_tcp_check_rules_replace_those_of_defaults() {
     let loaded = ok(&format!(
         "defaults\n  option tcp-check\n  tcp-check send A\n  tcp-check expect string B\n{}",
-        with_backend("  tcp-check send C\n  server a 10.0.0.1:80 check\n")
+        with_backend(
+            "  tcp-check send C\n  tcp-check expect string D\n  server a 10.0.0.1:80 check\n"
+        )
     ));
     let HealthKind::Probe(probe) = &server(&loaded, "f").healthcheck.kind else {
         panic!("a probe");
@@ -212,7 +214,10 @@ fn a_backends_own_tcp_check_rules_replace_those_of_defaults() {
     assert_eq!(
         probe.script,
         ProbeScript::Steps {
-            steps: vec![ProbeStep::Send(b"C".to_vec())]
+            steps: vec![
+                ProbeStep::Send(b"C".to_vec()),
+                ProbeStep::Contains(b"D".to_vec())
+            ]
         }
     );
 }
