@@ -21,7 +21,8 @@
 //! - `values`: times, numbers, `bind` and `server` addresses.
 //! - `sections`: `global`, `defaults`, `frontend`, `backend`, `listen`; `global`: what
 //!   Sluice takes from `global`.
-//! - `directives`: one line of a proxy section, into its settings.
+//! - `directives`: one line of a proxy section, into its settings; `keywords`: the
+//!   directives sorted without being read (HTTP's, harmless ones).
 //! - `server`: `server` and `default-server` lines and their options.
 //! - `rules`: `acl`, `tcp-request` and `use_backend`, into access rules and SNI routes.
 //! - `health`: the check a backend's options and `tcp-check` rules describe.
@@ -32,6 +33,7 @@ mod build;
 mod directives;
 mod global;
 mod health;
+mod keywords;
 mod pool;
 mod rules;
 mod sections;
