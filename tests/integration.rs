@@ -11,6 +11,7 @@ mod discovery;
 mod discovery_sources;
 mod failover;
 mod formats_yaml;
+mod haproxy;
 mod hardening;
 mod health;
 mod health_servers;

@@ -2,7 +2,8 @@
 //! servers on one address, and a static backend list that is empty or names a backend
 //! twice. The reader checks static lists line by line as it reads them (so it can point
 //! at the line) and a list it refuses never reaches here; an API edit of the typed
-//! model reaches them only here.
+//! model reaches them only here. Also what a server's name may hold, which every reader
+//! checks as it names a server.
 
 use std::path::Path;
 
@@ -145,4 +146,34 @@ fn static_list(name: &str, server: &ServerConfig) -> Vec<Problem> {
         }
     }
     problems
+}
+
+/// The longest server name, in bytes.
+const MAX_SERVER_NAME: usize = 128;
+
+/// Whether `name` may name a server, by every reader's rule. A server's name appears in
+/// URLs (`/servers/NAME`), logs, metric labels and the dashboard: it may hold no
+/// character that would let it pass for something else there.
+pub(crate) fn server_name(name: &str) -> Result<(), String> {
+    // Bidirectional overrides and invisible format characters make text read otherwise
+    // than it is (Unicode's "Trojan Source").
+    let deceptive = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
+    if name.is_empty() {
+        return Err("a server name must not be empty".into());
+    }
+    if name.len() > MAX_SERVER_NAME {
+        return Err(format!(
+            "a server name must be at most {MAX_SERVER_NAME} bytes long"
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| c.is_control() || deceptive(c)) {
+        return Err(format!(
+            "a server name must not hold control or invisible formatting characters (found U+{:04X})",
+            u32::from(c)
+        ));
+    }
+    if name.contains(['/', '\\']) || name == "." || name == ".." {
+        return Err("a server name must not contain / or \\, nor be . or ..".into());
+    }
+    Ok(())
 }

@@ -11,6 +11,8 @@
 //! - `samaritan`, `mixctl`: the readers of Samaritan's YAML and of Mixctl's rules file;
 //!   `yaml`: YAML text into a tree with positions, and the getters both read it with.
 //! - `format`: which reader a file is read with ([`Format`], `--format`).
+//! - `haproxy`: the reader of HAProxy's `global`, `defaults`, `frontend`, `backend` and
+//!   `listen` sections (`mode tcp`), each frontend becoming one server per `bind`.
 //! - `discovery`: `[discovery]`, where a server's backends come from, each kind with its
 //!   own parameters; `registries`: Consul's, etcd's and Docker's, and their endpoints.
 //! - `health`: `[healthcheck]`, every kind with its own settings type.
@@ -45,6 +47,7 @@ mod duration;
 mod error;
 mod format;
 mod gobetween;
+mod haproxy;
 mod health;
 mod json_path;
 pub mod limits;
@@ -473,18 +476,7 @@ pub fn read(
         Format::Json => gobetween::read(error::Source::with_syntax(path, text, true), dir)?,
         Format::Samaritan => samaritan::read(text, path, dir)?,
         Format::Mixctl => mixctl::read(text, path, dir)?,
-        Format::Haproxy => {
-            return Err(ConfigErrors(vec![ConfigError {
-                path: path.to_path_buf(),
-                line: 0,
-                col: 0,
-                message: format!(
-                    "a {} configuration is not supported yet (give --format toml if it is \
-                     GoBetween's schema)",
-                    format.title()
-                ),
-            }]))
-        }
+        Format::Haproxy => haproxy::read(text, path, dir)?,
     };
     if !format.is_native() && loaded.config.api.as_ref().is_some_and(|api| api.persist) {
         let message = format!(

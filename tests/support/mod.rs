@@ -7,6 +7,7 @@ mod backend;
 pub mod data;
 pub mod http;
 pub mod process;
+pub mod resp;
 pub mod servers;
 pub mod tls;
 pub mod udp;

@@ -224,35 +224,6 @@ fn balance(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BalanceKind> {
     Some(kind)
 }
 
-/// The longest server name, in bytes.
-const MAX_SERVER_NAME: usize = 128;
-
-/// A server's name appears in URLs (`/servers/NAME`), logs, metric labels and the
-/// dashboard: it may hold no character that would let it pass for something else there.
-fn check_server_name(name: &str) -> Result<(), String> {
-    // Bidirectional overrides and invisible format characters make text read otherwise
-    // than it is (Unicode's "Trojan Source").
-    let deceptive = |c: char| matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}' | '\u{feff}');
-    if name.is_empty() {
-        return Err("a server name must not be empty".into());
-    }
-    if name.len() > MAX_SERVER_NAME {
-        return Err(format!(
-            "a server name must be at most {MAX_SERVER_NAME} bytes long"
-        ));
-    }
-    if let Some(c) = name.chars().find(|&c| c.is_control() || deceptive(c)) {
-        return Err(format!(
-            "a server name must not hold control or invisible formatting characters (found U+{:04X})",
-            u32::from(c)
-        ));
-    }
-    if name.contains(['/', '\\']) || name == "." || name == ".." {
-        return Err("a server name must not contain / or \\, nor be . or ..".into());
-    }
-    Ok(())
-}
-
 /// One `[servers.NAME]`, and where its `bind` key is (for conflict errors).
 fn server(
     ctx: &mut Ctx<'_>,
@@ -260,7 +231,7 @@ fn server(
     defaults: &Options,
 ) -> Option<(ServerConfig, usize)> {
     let mut sec = ctx.table(field)?;
-    if let Err(message) = check_server_name(field.key) {
+    if let Err(message) = checks::server_name(field.key) {
         ctx.error(field.at, &sec.path, message);
     }
     legacy::reject_unsupported(ctx, &mut sec, Place::Server);

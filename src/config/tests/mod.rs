@@ -616,6 +616,7 @@ fn the_dump_of_a_loaded_configuration_has_absolute_paths_and_reads_back_the_same
 
 mod admin;
 mod dumps;
+mod haproxy;
 mod keys;
 mod mixctl;
 mod samaritan;
