@@ -225,3 +225,69 @@ async fn convert_writes_a_file_that_loads_as_the_same_configuration() {
     let again = sluice::config::load(Path::new(&converted)).expect("valid");
     assert_eq!(original.config, again.config);
 }
+
+/// An HAProxy file and a Samaritan file, each reloaded by SIGHUP as Sluice's own is: the
+/// new backend takes the new connections. Neither format can turn on the API, so SIGHUP
+/// is their reload (`POST /reload` reads the same origin, tested with Sluice's own file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_a_file_in_another_format() {
+    let old = TestBackend::named("old").await;
+    let new = TestBackend::named("new").await;
+    let haproxy = |backend: std::net::SocketAddr| {
+        format!(
+            "frontend front\n    bind 127.0.0.1:0\n    mode tcp\n    default_backend pool\n\
+             backend pool\n    mode tcp\n    server only {backend}\n"
+        )
+    };
+    let samaritan = |port: u16, backend: std::net::SocketAddr| {
+        format!(
+            "servers:\n  - name: front\n    listen: \"127.0.0.1:{port}\"\n    protocol: tcp\n\
+             \x20   backends:\n      - address: \"{backend}\"\n"
+        )
+    };
+    let port = free_port();
+    for (name, first, second) in [
+        ("lb.cfg", haproxy(old.addr), haproxy(new.addr)),
+        (
+            "lb.yaml",
+            samaritan(port, old.addr),
+            samaritan(port, new.addr),
+        ),
+    ] {
+        let mut sluice = SluiceProcess::start_file(name, &first, None).await;
+        assert_eq!(who(sluice.addr).await, "old", "{name}");
+        sluice.rewrite(&second);
+        sluice.signal("HUP");
+        eventually(&format!("{name}: the reload takes effect"), || async {
+            who(sluice.addr).await == "new"
+        })
+        .await;
+        sluice.signal("TERM");
+        assert!(sluice.exit(Duration::from_secs(30)).await.success());
+    }
+}
+
+#[tokio::test]
+async fn convert_writes_an_haproxy_file_as_sluices_own() {
+    let source = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/configs/haproxy/valid/seed_l4.cfg"
+    );
+    let (status, stdout, stderr) = run_sluice(&["convert", "-c", source]).await;
+    assert!(status.success(), "{stderr}");
+    assert!(stdout.contains("(HAProxy)"), "{stdout}");
+    assert!(stdout.contains("[servers.tcp_front]"), "{stdout}");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let converted = write_file(dir.path(), "sluice.toml", &stdout);
+    let original = sluice::config::load(Path::new(source)).expect("valid");
+    let again = sluice::config::load(Path::new(&converted)).expect("the conversion loads");
+    assert_eq!(original.config, again.config);
+    // Read as another format on purpose, the file is reported in that format's terms.
+    let (status, _, stderr) = run_sluice(&["check", "-f", "toml", "-c", source]).await;
+    assert!(!status.success());
+    let hint = format!(
+        "{source}: read as GoBetween TOML (by --format or the extension), but it looks like \
+         a HAProxy configuration: give --format haproxy\n{source}:2:10: "
+    );
+    assert!(stderr.starts_with(&hint), "{stderr}");
+}

@@ -9,6 +9,8 @@ use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
 
+use super::{ConfigError, ConfigErrors};
+
 /// A configuration format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Format {
@@ -121,6 +123,35 @@ impl FromStr for Requested {
             }
         }
     }
+}
+
+/// `errors` of a file read as `format` (GoBetween's schema, as `--format` asked or an
+/// extension said), led by a line naming the format its shape suggests when that is
+/// another one: so a HAProxy file given `-f toml` is not only pages of TOML errors.
+pub(super) fn hint(
+    mut errors: ConfigErrors,
+    text: &str,
+    path: &Path,
+    format: Format,
+) -> ConfigErrors {
+    let shaped = by_shape(text);
+    if shaped != format && !shaped.is_native() {
+        let message = format!(
+            "read as {} (by --format or the extension), but it looks like a {} \
+             configuration: give --format {}",
+            format.title(),
+            shaped.title(),
+            shaped.name()
+        );
+        let lead = ConfigError {
+            path: path.to_path_buf(),
+            line: 0,
+            col: 0,
+            message,
+        };
+        errors.0.insert(0, lead);
+    }
+    errors
 }
 
 /// Lines that say something: neither blank nor a comment (`#`, or `//` in none of ours).

@@ -472,8 +472,10 @@ pub fn read(
     format: Format,
 ) -> Result<Loaded, ConfigErrors> {
     let loaded = match format {
-        Format::Toml => gobetween::read(error::Source::with_syntax(path, text, false), dir)?,
-        Format::Json => gobetween::read(error::Source::with_syntax(path, text, true), dir)?,
+        Format::Toml | Format::Json => {
+            let src = error::Source::with_syntax(path, text, format == Format::Json);
+            gobetween::read(src, dir).map_err(|errors| format::hint(errors, text, path, format))?
+        }
         Format::Samaritan => samaritan::read(text, path, dir)?,
         Format::Mixctl => mixctl::read(text, path, dir)?,
         Format::Haproxy => haproxy::read(text, path, dir)?,
