@@ -435,6 +435,33 @@ pub struct Loaded {
     pub binds_at: BTreeMap<String, (usize, usize)>,
 }
 
+impl Loaded {
+    /// What a reader ends with: its errors in file order (the same one reported twice is
+    /// reported once), or, without any, the configuration with its warnings in file order
+    /// and where each `bind` is written.
+    pub(crate) fn from_reader(
+        format: Format,
+        config: Config,
+        mut errors: Vec<ConfigError>,
+        mut warnings: Vec<Warning>,
+        binds_at: BTreeMap<String, (usize, usize)>,
+    ) -> Result<Loaded, ConfigErrors> {
+        if !errors.is_empty() {
+            errors.sort_by_key(|e| (e.line, e.col));
+            errors.dedup();
+            return Err(ConfigErrors(errors));
+        }
+        warnings.sort_by_key(|w| (w.line, w.col));
+        warnings.dedup();
+        Ok(Loaded {
+            format,
+            config,
+            warnings,
+            binds_at,
+        })
+    }
+}
+
 /// Reads and validates the configuration file at `path`, in the format its extension
 /// and shape say (see [`Format::detect`]). Relative file paths in it are taken from the
 /// file's directory (see [`config_dir`]).

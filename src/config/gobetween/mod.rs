@@ -64,22 +64,10 @@ pub(crate) fn read(src: error::Source<'_>, dir: Option<&Path>) -> Result<Loaded,
     let root = file::parse(&src).map_err(ConfigErrors)?;
     let mut ctx = reader::Ctx::new(&src, dir);
     let (config, binds_at) = server::config(&mut ctx, &root);
-    let mut errors = ctx.errors;
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.col));
-        return Err(ConfigErrors(errors));
-    }
-    let mut warnings = ctx.warnings;
-    warnings.sort_by_key(|w| (w.line, w.col));
     let binds_at = binds_at
         .into_iter()
         .map(|(name, at)| (name, src.position(at)))
         .collect();
     let format = if src.json { Format::Json } else { Format::Toml };
-    Ok(Loaded {
-        format,
-        config,
-        warnings,
-        binds_at,
-    })
+    Loaded::from_reader(format, config, ctx.errors, ctx.warnings, binds_at)
 }

@@ -84,25 +84,11 @@ pub(crate) fn read(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded
     }
     let file = sections::read(&mut ctx, &lines);
     let (config, binds_at) = build::config(&mut ctx, &file);
-    let mut errors = ctx.errors;
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.col));
-        errors.dedup();
-        return Err(ConfigErrors(errors));
-    }
-    let mut warnings = ctx.warnings;
-    warnings.sort_by_key(|w| (w.line, w.col));
-    warnings.dedup();
     let binds_at = binds_at
         .into_iter()
         .map(|(key, at)| (key, src.position(at)))
         .collect();
-    Ok(Loaded {
-        format: Format::Haproxy,
-        config,
-        warnings,
-        binds_at,
-    })
+    Loaded::from_reader(Format::Haproxy, config, ctx.errors, ctx.warnings, binds_at)
 }
 
 #[cfg(test)]

@@ -79,13 +79,6 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
             ctx.error(at, &format!("rules[{i}].from"), message);
         }
     }
-    let mut errors = ctx.errors;
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.col));
-        return Err(ConfigErrors(errors));
-    }
-    let mut warnings = ctx.warnings;
-    warnings.sort_by_key(|w| (w.line, w.col));
     let binds_at = read
         .into_iter()
         .map(|(name, _, at)| {
@@ -95,12 +88,7 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
             )
         })
         .collect();
-    Ok(Loaded {
-        format: Format::Mixctl,
-        config,
-        warnings,
-        binds_at,
-    })
+    Loaded::from_reader(Format::Mixctl, config, ctx.errors, ctx.warnings, binds_at)
 }
 
 /// `version: 0.1` (a number to YAML, or the same quoted); another is a warning.

@@ -121,13 +121,6 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
             ctx.error(named.bind_at, &named.bind_key, message);
         }
     }
-    let mut errors = ctx.errors;
-    if !errors.is_empty() {
-        errors.sort_by_key(|e| (e.line, e.col));
-        return Err(ConfigErrors(errors));
-    }
-    let mut warnings = ctx.warnings;
-    warnings.sort_by_key(|w| (w.line, w.col));
     let binds_at = read
         .into_iter()
         .map(|r| {
@@ -135,12 +128,7 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
             (key, (r.bind_at.line, r.bind_at.col))
         })
         .collect();
-    Ok(Loaded {
-        format: Format::Samaritan,
-        config,
-        warnings,
-        binds_at,
-    })
+    Loaded::from_reader(Format::Samaritan, config, ctx.errors, ctx.warnings, binds_at)
 }
 
 /// Every item of `list` read by `read_one` into `config`, each name once.
