@@ -128,7 +128,13 @@ pub(crate) fn read(text: &str, path: &Path, _dir: Option<&Path>) -> Result<Loade
             (key, (r.bind_at.line, r.bind_at.col))
         })
         .collect();
-    Loaded::from_reader(Format::Samaritan, config, ctx.errors, ctx.warnings, binds_at)
+    Loaded::from_reader(
+        Format::Samaritan,
+        config,
+        ctx.errors,
+        ctx.warnings,
+        binds_at,
+    )
 }
 
 /// Every item of `list` read by `read_one` into `config`, each name once.

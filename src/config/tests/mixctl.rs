@@ -2,14 +2,20 @@
 
 use std::path::Path;
 
-use super::{check_fixture_dirs, read_file};
+use super::{invalid_fixtures, read_file, valid_fixtures};
 use crate::balance::BalanceKind;
 use crate::config::mixctl::DIAL_TIMEOUT;
 use crate::config::{Format, HealthKind, Protocol};
 
 #[test]
 fn fixtures_load_or_fail_with_their_expected_messages() {
-    check_fixture_dirs("tests/configs/mixctl", Format::Mixctl);
+    valid_fixtures(
+        "tests/configs/mixctl/valid",
+        &["yaml"],
+        &[Format::Mixctl],
+        |_, _| {},
+    );
+    invalid_fixtures("tests/configs/mixctl/invalid", &["yaml"]);
 }
 
 #[test]

@@ -51,18 +51,29 @@ pub(super) fn read_file(relative: &Path, format: Format) -> Result<Loaded, Confi
     read(text, relative, Some(&dir), format)
 }
 
-/// Every `.yaml` file of `DIR/valid` loads in `format` with the warnings of its
-/// `NAME.warnings` (none without one), and every one
-/// of `DIR/invalid` fails with the exact messages of its `NAME.expected`
-/// (`SLUICE_BLESS=1` rewrites those).
-pub(super) fn check_fixture_dirs(dir: &str, format: Format) {
+/// Every file of `dir` with one of `extensions`, read as `sluice -c` reads it (its
+/// format told by its extension and shape, which must be `format`), loads with exactly
+/// the warnings of its `NAME.warnings` (none without one); `also` checks more of each.
+/// `SLUICE_BLESS=1` rewrites the `.warnings` files.
+pub(super) fn valid_fixtures(
+    dir: &str,
+    extensions: &[&str],
+    format: &[Format],
+    also: impl Fn(&Path, &Loaded),
+) {
     let bless = std::env::var_os("SLUICE_BLESS").is_some();
-    for path in files(&format!("{dir}/valid"), &["yaml"]) {
-        let loaded = match read_file(&path, format) {
+    for path in files(dir, extensions) {
+        let loaded = match load_file(&path) {
             Ok(loaded) => loaded,
             Err(errors) => panic!("{} should load:\n{errors}", path.display()),
         };
-        // A sibling `NAME.warnings` holds the exact warnings expected; without one, none.
+        assert!(
+            format.contains(&loaded.format),
+            "{} read as {}",
+            path.display(),
+            loaded.format
+        );
+        also(&path, &loaded);
         let warnings_path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(&path)
             .with_extension("warnings");
@@ -74,12 +85,18 @@ pub(super) fn check_fixture_dirs(dir: &str, format: Format) {
         }
         assert_eq!(actual, expected, "warnings of {}", path.display());
     }
+}
+
+/// Every file of `dir` with one of `extensions`, read as `sluice -c` reads it, fails with
+/// exactly the messages of its `NAME.expected` (`SLUICE_BLESS=1` rewrites those).
+pub(super) fn invalid_fixtures(dir: &str, extensions: &[&str]) {
+    let bless = std::env::var_os("SLUICE_BLESS").is_some();
     let mut failures = Vec::new();
-    for path in files(&format!("{dir}/invalid"), &["yaml"]) {
+    for path in files(dir, extensions) {
         let expected_path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(&path)
             .with_extension("expected");
-        let actual = match read_file(&path, format) {
+        let actual = match load_file(&path) {
             Ok(_) => "(loaded without error)\n".to_owned(),
             Err(errors) => crate_relative(&format!("{errors}\n")),
         };
@@ -96,6 +113,15 @@ pub(super) fn check_fixture_dirs(dir: &str, format: Format) {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Reads a file of the crate as `sluice -c` does: its format told by its extension and
+/// shape, relative paths in it taken from its directory; named by its relative path.
+fn load_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
+    let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
+    let bytes = std::fs::read(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
+    let text = super::utf8(relative, &bytes)?;
+    read_file(relative, Format::detect(relative, text))
 }
 
 /// `text` with the crate's absolute directory written `<crate>`, so that `.expected`
@@ -106,52 +132,14 @@ pub(super) fn crate_relative(text: &str) -> String {
 
 #[test]
 fn examples_and_valid_configs_load() {
-    let mut all = files("examples", &["toml", "json"]);
-    all.extend(files("tests/configs/valid", &["toml", "json"]));
-    for path in all {
-        let loaded = match parse_file(&path) {
-            Ok(loaded) => loaded,
-            Err(errors) => panic!("{} should load:\n{errors}", path.display()),
-        };
-        // A sibling `NAME.warnings` holds the exact warnings expected; without one, none.
-        let warnings_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(&path)
-            .with_extension("warnings");
-        let expected = std::fs::read_to_string(&warnings_path).unwrap_or_default();
-        let actual: String = loaded.warnings.iter().map(|w| format!("{w}\n")).collect();
-        if std::env::var_os("SLUICE_BLESS").is_some() && !actual.is_empty() {
-            std::fs::write(&warnings_path, &actual).expect("write .warnings");
-            continue;
-        }
-        assert_eq!(actual, expected, "warnings of {}", path.display());
-    }
+    let native = [Format::Toml, Format::Json];
+    valid_fixtures("examples", &["toml", "json"], &native, |_, _| {});
+    valid_fixtures("tests/configs/valid", &["toml", "json"], &native, |_, _| {});
 }
 
 #[test]
 fn invalid_configs_fail_with_their_expected_messages() {
-    let bless = std::env::var_os("SLUICE_BLESS").is_some();
-    let mut failures = Vec::new();
-    for path in files("tests/configs/invalid", &["toml", "json"]) {
-        let expected_path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join(&path)
-            .with_extension("expected");
-        let actual = match parse_file(&path) {
-            Ok(_) => "(loaded without error)\n".to_owned(),
-            Err(errors) => crate_relative(&format!("{errors}\n")),
-        };
-        if bless {
-            std::fs::write(&expected_path, &actual).expect("write .expected");
-            continue;
-        }
-        let expected = std::fs::read_to_string(&expected_path).unwrap_or_default();
-        if actual != expected {
-            failures.push(format!(
-                "{}:\n--- expected\n{expected}--- actual\n{actual}",
-                path.display()
-            ));
-        }
-    }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    invalid_fixtures("tests/configs/invalid", &["toml", "json"]);
 }
 
 fn ok(text: &str) -> Loaded {

@@ -4,13 +4,19 @@
 use std::path::Path;
 use std::time::Duration;
 
-use super::{check_fixture_dirs, read_file};
+use super::{invalid_fixtures, read_file, valid_fixtures};
 use crate::balance::BalanceKind;
 use crate::config::{Format, HealthKind, Protocol};
 
 #[test]
 fn fixtures_load_or_fail_with_their_expected_messages() {
-    check_fixture_dirs("tests/configs/samaritan", Format::Samaritan);
+    valid_fixtures(
+        "tests/configs/samaritan/valid",
+        &["yaml"],
+        &[Format::Samaritan],
+        |_, _| {},
+    );
+    invalid_fixtures("tests/configs/samaritan/invalid", &["yaml"]);
 }
 
 #[test]
