@@ -19,6 +19,7 @@ use crate::backend::{Backend, BackendSpec};
 use crate::config::dump::{self, Secrets};
 use crate::config::{Bind, Config, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
+use crate::proxy::state::ServerShared;
 use crate::reload::Change;
 use crate::runtime::BindError;
 
@@ -134,12 +135,7 @@ pub async fn server_stats(
     State(api): State<ApiState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let server = api
-        .control
-        .runtime()
-        .server(&name)
-        .await
-        .ok_or_else(|| no_server(&name))?;
+    let server = running(&api, &name).await?;
     Ok(Json(views::server_stats(&server)))
 }
 
@@ -147,12 +143,7 @@ pub async fn list_backends(
     State(api): State<ApiState>,
     Path(name): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let server = api
-        .control
-        .runtime()
-        .server(&name)
-        .await
-        .ok_or_else(|| no_server(&name))?;
+    let server = running(&api, &name).await?;
     let pool = server.pool.load();
     Ok(Json(
         pool.backends().iter().map(|b| views::backend(b)).collect(),
@@ -288,12 +279,7 @@ pub async fn list_clients(
             }
         },
     };
-    let server = api
-        .control
-        .runtime()
-        .server(&name)
-        .await
-        .ok_or_else(|| no_server(&name))?;
+    let server = running(&api, &name).await?;
     let limits = server.settings.load().limits.clone();
     let clients = server
         .clients
@@ -311,12 +297,7 @@ pub async fn forget_client(
         let message = format!("\"{addr}\" is not an IPv4 or IPv6 address");
         ApiError::field(StatusCode::BAD_REQUEST, "addr", message)
     })?;
-    let server = api
-        .control
-        .runtime()
-        .server(&name)
-        .await
-        .ok_or_else(|| no_server(&name))?;
+    let server = running(&api, &name).await?;
     let limits = server.settings.load().limits.clone();
     if !server.clients.forget(&limits, client) {
         let message = format!("server \"{name}\" tracks no client {addr}");
@@ -487,6 +468,15 @@ fn change_json(change: &Change) -> Value {
         Change::Update(s) => ("update", s),
     };
     json!({ "server": server, "action": action })
+}
+
+/// The running state of server `name`, or a 404 naming it.
+async fn running(api: &ApiState, name: &str) -> ApiResult<Arc<ServerShared>> {
+    api.control
+        .runtime()
+        .server(name)
+        .await
+        .ok_or_else(|| no_server(name))
 }
 
 fn no_server(name: &str) -> ApiError {
