@@ -62,15 +62,23 @@ pub fn split_host_port(text: &str, default_port: Option<u16>) -> Result<(String,
         return Err(bad());
     }
     let port = match (port, default_port) {
-        (Some(port), _) => port
-            .parse::<u16>()
-            .ok()
+        (Some(port), _) => port_number(port)
             .filter(|&p| p > 0)
             .ok_or_else(|| format!("port \"{port}\" in \"{text}\" is not 1 to 65535"))?,
         (None, Some(port)) => port,
         (None, None) => return Err(format!("\"{text}\" has no port")),
     };
     Ok((host.to_owned(), port))
+}
+
+/// A port as written: decimal digits only (no sign, no space), 0 to 65535. Rust's own
+/// integer parsing also takes a leading `+`, which would make `host:+80` a port 80
+/// written otherwise than any writer writes it.
+pub fn port_number(text: &str) -> Option<u16> {
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// An `http://` or `https://` URL, split as a request needs it; shown, and compared, as
@@ -125,6 +133,18 @@ shown_as_written!(Url, text);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ports_are_digits_only() {
+        assert_eq!(port_number("80"), Some(80));
+        assert_eq!(port_number("080"), Some(80));
+        assert_eq!(port_number("0"), Some(0));
+        for bad in ["+80", "-1", " 80", "80 ", "", "65536", "8o"] {
+            assert_eq!(port_number(bad), None, "{bad:?}");
+        }
+        assert!(split_host_port("a:+80", None).is_err());
+        assert!("127.0.0.1:+80".parse::<super::super::Bind>().is_err());
+    }
 
     #[test]
     fn host_port_forms() {

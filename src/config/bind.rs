@@ -148,9 +148,9 @@ pub(crate) fn parse_bind(s: &str) -> Result<Bind, String> {
             "bind \"{s}\" is not a valid address; IPv6 is written \"[::1]:3000\""
         ));
     };
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535"))?;
+    let port = super::address::port_number(port).ok_or_else(|| {
+        format!("port \"{port}\" in bind \"{s}\" is not a number from 0 to 65535")
+    })?;
     Ok(Bind::Name {
         host: host.to_owned(),
         port,

@@ -76,7 +76,7 @@ use crate::balance::BalanceKind;
 pub use crate::tls::{
     BackendsTls, ClientAuth, ClientTlsFiles, TlsFiles, TlsTermination, TlsVersion,
 };
-pub use address::{split_host_port, Url};
+pub use address::{port_number, split_host_port, Url};
 pub use admin::{
     ApiConfig, BasicAuth, Cors, MetricsConfig, DEFAULT_API_BIND, DEFAULT_API_MAX_CONNECTIONS,
     DEFAULT_METRICS_BIND,

@@ -180,12 +180,12 @@ fn split_backend_address(address: &str) -> Result<(&str, u16), String> {
             (host, port)
         }
     };
-    match port.parse::<u16>() {
-        Ok(0) => Err(format!(
+    match super::address::port_number(port) {
+        Some(0) => Err(format!(
             "port 0 is not a valid backend port in \"{address}\""
         )),
-        Ok(port) => Ok((host, port)),
-        Err(_) => Err(format!(
+        Some(port) => Ok((host, port)),
+        None => Err(format!(
             "port \"{port}\" in \"{address}\" is not a number from 1 to 65535"
         )),
     }

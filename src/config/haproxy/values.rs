@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::backend::BackendSpec;
 use crate::config::bind::parse_bind;
-use crate::config::Bind;
+use crate::config::{port_number, Bind};
 
 /// A time as HAProxy writes it: digits and an optional unit among `us`, `ms`, `s`, `m`,
 /// `h`, `d`; without one, milliseconds.
@@ -61,9 +61,8 @@ pub(super) fn bind(text: &str) -> Result<Bind, String> {
             "\"{text}\": port ranges and offsets are not supported"
         ));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("\"{text}\": port \"{port}\" is not a number from 0 to 65535"))?;
+    let port = port_number(port)
+        .ok_or_else(|| format!("\"{text}\": port \"{port}\" is not a number from 0 to 65535"))?;
     let ip = match host {
         "" | "*" => Some(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         "::" => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
@@ -97,9 +96,8 @@ pub(super) fn server_address(text: &str) -> Result<BackendSpec, String> {
             "\"{text}\": port ranges and offsets are not supported"
         ));
     }
-    let port: u16 = port
-        .parse()
-        .map_err(|_| format!("\"{text}\": port \"{port}\" is not a number from 1 to 65535"))?;
+    let port = port_number(port)
+        .ok_or_else(|| format!("\"{text}\": port \"{port}\" is not a number from 1 to 65535"))?;
     BackendSpec::checked(host, port)
 }
 
