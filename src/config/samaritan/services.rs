@@ -114,8 +114,11 @@ pub(super) fn service(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, Ser
     let mut m = ctx.map(item)?;
     let errors_before = ctx.errors.len();
     let name = m.require(ctx, "name").and_then(|f| {
-        let name = ctx.text(&f, "a name")?;
-        Some((name.to_owned(), f.at()))
+        // The model's rule of names, as every reader applies it.
+        let name = ctx.parse(&f, "a name", |name| {
+            crate::config::checks::server_name(name).map(|()| name.to_owned())
+        })?;
+        Some((name, f.at()))
     });
     let config = m
         .require(ctx, "config")
