@@ -336,6 +336,16 @@ async fn udp_datagrams_past_a_clients_datagram_or_byte_rate_are_dropped_and_coun
         shared.stats.udp.dropped(UdpDrop::DatagramRate),
         (60 - passed) as u64
     );
+    // The API lists it as limited, by which limit.
+    let limits = shared.settings.load().limits.clone();
+    let listed = shared.clients.top(&limits, 5, tokio::time::Instant::now());
+    let limited = listed
+        .iter()
+        .find(|c| c.client.to_string() == "127.0.0.31/32");
+    assert_eq!(
+        limited.and_then(|c| c.limited),
+        Some(sluice::proxy::state::clients::Limit::DatagramRate)
+    );
 
     // Bytes: a bucket of a second's worth, at least 64 KiB (one of the largest
     // datagrams): at 1000 bytes each, about 65 of 150 pass at once.

@@ -14,7 +14,7 @@
 use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use lru::LruCache;
@@ -51,6 +51,16 @@ impl Limit {
             Limit::ServerRate => "connection_rate",
             Limit::DatagramRate => "datagram_rate_per_client",
             Limit::ByteRate => "byte_rate_per_client",
+        }
+    }
+
+    /// A datagram limit as a number for [`ClientShared`]'s atomic (0: none; the
+    /// connection limits are kept elsewhere and never stored there).
+    fn code(self) -> u8 {
+        match self {
+            Limit::DatagramRate => 1,
+            Limit::ByteRate => 2,
+            Limit::ClientConnections | Limit::ClientRate | Limit::ServerRate => 0,
         }
     }
 
@@ -127,8 +137,9 @@ pub struct ClientShared {
     open: AtomicU32,
     datagrams: Mutex<Option<Tokens>>,
     bytes: Mutex<Option<Tokens>>,
-    /// Set while its datagrams are dropped, so entering and leaving are logged once.
-    dropping: AtomicBool,
+    /// The limit its datagrams are dropped by now ([`Limit::code`], 0 while none), so
+    /// entering and leaving are logged once and the API can say which.
+    dropping: AtomicU8,
 }
 
 impl ClientShared {
@@ -164,7 +175,8 @@ impl ClientShared {
                 refused = Some(Limit::ByteRate);
             }
         }
-        let was_dropping = self.dropping.swap(refused.is_some(), Ordering::Relaxed);
+        let code = refused.map_or(0, Limit::code);
+        let was_dropping = self.dropping.swap(code, Ordering::Relaxed) != 0;
         match refused {
             Some(limit) => {
                 if !was_dropping {
@@ -178,6 +190,15 @@ impl ClientShared {
                 }
                 Ok(())
             }
+        }
+    }
+
+    /// The limit its datagrams are dropped by now, if any.
+    fn dropping(&self) -> Option<Limit> {
+        match self.dropping.load(Ordering::Relaxed) {
+            1 => Some(Limit::DatagramRate),
+            2 => Some(Limit::ByteRate),
+            _ => None,
         }
     }
 }
@@ -412,7 +433,7 @@ impl Clients {
                         .unwrap_or_else(|_| ipnet::IpNet::from(*key)),
                     open: client.shared.open.load(Ordering::Relaxed),
                     rate: client.rate_at(now),
-                    limited: client.limited,
+                    limited: client.limited.or_else(|| client.shared.dropping()),
                 }
             }));
         }
