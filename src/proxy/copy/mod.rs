@@ -30,6 +30,7 @@ use tokio::time::{sleep_until, Instant, Sleep};
 #[cfg(target_os = "linux")]
 use super::splice::Pipe;
 use super::{CloseReason, Side};
+use caps::{Budget, Cap, Caps};
 
 /// Size of one relay buffer.
 const BUF_SIZE: usize = 64 * 1024;
@@ -431,92 +432,6 @@ pin_project! {
     }
 }
 
-pin_project! {
-    /// A connection's bandwidth caps (`client_upload_rate`, `client_download_rate`),
-    /// each a token bucket of bytes, with the timer that wakes its direction when the
-    /// bucket has refilled enough to read again.
-    struct Caps {
-        up: Option<Cap>,
-        down: Option<Cap>,
-        #[pin]
-        up_sleep: Sleep,
-        #[pin]
-        down_sleep: Sleep,
-    }
-}
-
-/// One direction's cap: bytes per second, and the bucket they refill.
-struct Cap {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-/// A capped direction sleeps until this many bytes may move (or its whole burst, if
-/// smaller), not for each byte.
-const CAP_WAKE_BYTES: f64 = 4096.0;
-
-impl Cap {
-    /// A full bucket of a tenth of a second's worth, between 1 byte and a buffer: reads
-    /// stay small enough to keep the rate smooth.
-    fn new(bytes_per_second: u64, now: Instant) -> Cap {
-        let rate = bytes_per_second as f64;
-        let burst = (rate / 10.0).clamp(1.0, BUF_SIZE as f64);
-        Cap {
-            rate,
-            burst,
-            tokens: burst,
-            last: now,
-        }
-    }
-
-    /// Bytes that may be read now.
-    fn allowance(&mut self, now: Instant) -> usize {
-        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
-        self.last = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        self.tokens.max(0.0) as usize
-    }
-
-    fn spend(&mut self, bytes: usize) {
-        self.tokens -= bytes as f64;
-    }
-
-    /// When enough will have refilled to read again.
-    fn ready_at(&self, now: Instant) -> Instant {
-        let need = CAP_WAKE_BYTES.min(self.burst) - self.tokens;
-        now + Duration::from_secs_f64((need / self.rate).max(0.0))
-    }
-}
-
-/// What a direction under `cap` may read now (no cap: no limit).
-fn allowance(cap: Option<&mut Cap>, now: Instant) -> usize {
-    cap.map_or(usize::MAX, |cap| cap.allowance(now))
-}
-
-/// Spends what a direction under `cap` read out of the `allowed` bytes it could (leaving
-/// `left`); a direction left without tokens arms its timer, which wakes the relay once
-/// enough have refilled.
-fn settle(
-    cap: Option<&mut Cap>,
-    mut sleep: Pin<&mut Sleep>,
-    cx: &mut Context<'_>,
-    now: Instant,
-    (allowed, left): (usize, usize),
-) {
-    let Some(cap) = cap else {
-        return;
-    };
-    cap.spend(allowed - left);
-    if left == 0 {
-        sleep.as_mut().reset(cap.ready_at(now));
-        if sleep.as_mut().poll(cx).is_ready() {
-            cx.waker().wake_by_ref();
-        }
-    }
-}
-
 impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
     /// Both sockets are closed when the relay is dropped.
     pub fn new(
@@ -579,12 +494,8 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
 
     fn poll_reason(&mut self, cx: &mut Context<'_>) -> Poll<CloseReason> {
         let mut moved = false;
-        let mut caps = self.caps.as_mut().map(|caps| caps.as_mut().project());
-        let now = caps.as_ref().map(|_| Instant::now());
         if !self.up.done {
-            let cap = caps.as_mut().and_then(|caps| caps.up.as_mut());
-            let allowed = now.map_or(usize::MAX, |now| allowance(cap, now));
-            let mut left = allowed;
+            let mut budget = Budget::of(self.caps.as_mut(), true);
             let relayed = self.up.poll_relay(
                 cx,
                 &mut self.client,
@@ -592,20 +503,15 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
                 self.counters.to_backend,
                 &mut moved,
                 self.down.done,
-                &mut left,
+                &mut budget.left,
             );
-            if let (Some(caps), Some(now)) = (caps.as_mut(), now) {
-                let sleep = caps.up_sleep.as_mut();
-                settle(caps.up.as_mut(), sleep, cx, now, (allowed, left));
-            }
+            budget.settle(cx);
             if let Poll::Ready(Err(e)) = relayed {
                 return Poll::Ready(error_reason(e, Side::Client, &mut self.error));
             }
         }
         if !self.down.done {
-            let cap = caps.as_mut().and_then(|caps| caps.down.as_mut());
-            let allowed = now.map_or(usize::MAX, |now| allowance(cap, now));
-            let mut left = allowed;
+            let mut budget = Budget::of(self.caps.as_mut(), false);
             let relayed = self.down.poll_relay(
                 cx,
                 &mut self.backend,
@@ -613,12 +519,9 @@ impl<'a, C: Stream, B: Stream, S: Future<Output = ()>> Relay<'a, C, B, S> {
                 self.counters.from_backend,
                 &mut moved,
                 self.up.done,
-                &mut left,
+                &mut budget.left,
             );
-            if let (Some(caps), Some(now)) = (caps.as_mut(), now) {
-                let sleep = caps.down_sleep.as_mut();
-                settle(caps.down.as_mut(), sleep, cx, now, (allowed, left));
-            }
+            budget.settle(cx);
             if let Poll::Ready(Err(e)) = relayed {
                 return Poll::Ready(error_reason(e, Side::Backend, &mut self.error));
             }
@@ -685,5 +588,6 @@ fn error_reason(e: HalfError, reading: Side, error: &mut Option<io::Error>) -> C
     }
 }
 
+mod caps;
 #[cfg(test)]
 mod tests;

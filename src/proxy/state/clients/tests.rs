@@ -1,0 +1,166 @@
+//! The client table's unit tests: each limit, the listing, and the table's bound.
+
+use std::time::Duration;
+
+use super::*;
+use crate::config::limits::Rate;
+
+fn bucket(rate: &str, burst: u32) -> Option<Bucket> {
+    Some(Bucket {
+        rate: rate.parse::<Rate>().expect("rate"),
+        burst,
+    })
+}
+
+fn ip(text: &str) -> IpAddr {
+    text.parse().expect("address")
+}
+
+#[test]
+fn a_client_rate_refuses_past_the_burst_and_refills() {
+    let clients = Clients::new();
+    let limits = ClientLimits {
+        connection_rate_per_client: bucket("10/s", 3),
+        ..ClientLimits::default()
+    };
+    let now = Instant::now();
+    let holds: Vec<_> = (0..3)
+        .map(|_| clients.admit("t", &limits, ip("10.0.0.1"), now))
+        .collect();
+    assert!(holds.iter().all(|h| matches!(h, Ok(Some(_)))));
+    assert_eq!(
+        clients.admit("t", &limits, ip("10.0.0.1"), now).err(),
+        Some(Limit::ClientRate)
+    );
+    // Another client has its own bucket.
+    assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_ok());
+    // A tenth of a second refills one token.
+    let later = now + Duration::from_millis(100);
+    assert!(clients.admit("t", &limits, ip("10.0.0.1"), later).is_ok());
+    assert!(clients.admit("t", &limits, ip("10.0.0.1"), later).is_err());
+}
+
+#[test]
+fn a_connection_cap_is_released_as_connections_close() {
+    let clients = Clients::new();
+    let limits = ClientLimits {
+        max_connections_per_client: Some(2),
+        ..ClientLimits::default()
+    };
+    let now = Instant::now();
+    let a = clients
+        .admit("t", &limits, ip("10.0.0.1"), now)
+        .expect("first");
+    let _b = clients
+        .admit("t", &limits, ip("10.0.0.1"), now)
+        .expect("second");
+    assert_eq!(
+        clients.admit("t", &limits, ip("10.0.0.1"), now).err(),
+        Some(Limit::ClientConnections)
+    );
+    drop(a);
+    assert!(clients.admit("t", &limits, ip("10.0.0.1"), now).is_ok());
+}
+
+#[test]
+fn exempt_clients_and_ipv6_prefixes() {
+    let clients = Clients::new();
+    let limits = ClientLimits {
+        max_connections_per_client: Some(1),
+        client_limit_exempt: vec!["10.1.0.0/16".parse().expect("net")],
+        ..ClientLimits::default()
+    };
+    let now = Instant::now();
+    let exempt: Vec<_> = (0..5)
+        .map(|_| clients.admit("t", &limits, ip("10.1.2.3"), now))
+        .collect();
+    assert!(exempt.iter().all(|h| matches!(h, Ok(None))));
+    // Two addresses of one /64 are one client.
+    let _held = clients
+        .admit("t", &limits, ip("2001:db8::1"), now)
+        .expect("first");
+    assert_eq!(
+        clients.admit("t", &limits, ip("2001:db8::ffff"), now).err(),
+        Some(Limit::ClientConnections)
+    );
+    assert!(clients
+        .admit("t", &limits, ip("2001:db8:0:1::1"), now)
+        .is_ok());
+}
+
+#[test]
+fn the_most_active_clients_are_listed_first_and_can_be_forgotten() {
+    let clients = Clients::new();
+    let limits = ClientLimits {
+        max_connections_per_client: Some(2),
+        ..ClientLimits::default()
+    };
+    let now = Instant::now();
+    let _a = clients.admit("t", &limits, ip("10.0.0.1"), now).expect("a");
+    let _b: Vec<_> = (0..2)
+        .map(|_| clients.admit("t", &limits, ip("10.0.0.2"), now).expect("b"))
+        .collect();
+    assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_err());
+    let top = clients.top(&limits, 10, now);
+    let listed: Vec<_> = top.iter().map(|c| (c.client.to_string(), c.open)).collect();
+    assert_eq!(
+        listed,
+        [("10.0.0.2/32".to_owned(), 2), ("10.0.0.1/32".to_owned(), 1)]
+    );
+    assert_eq!(top[0].limited, Some(Limit::ClientConnections));
+    assert!(
+        (top[0].rate - 0.3).abs() < 1e-9,
+        "three asked: {}",
+        top[0].rate
+    );
+    let later = clients.top(&limits, 1, now + Duration::from_secs(10));
+    assert!((later[0].rate - 0.3 / std::f64::consts::E).abs() < 1e-9);
+    assert!(clients.forget(&limits, ip("10.0.0.2")));
+    assert!(!clients.forget(&limits, ip("10.0.0.2")));
+    assert_eq!(clients.tracked(), 1);
+    // Forgotten, it starts again from nothing.
+    assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_ok());
+}
+
+#[test]
+fn the_server_rate_counts_every_client() {
+    let clients = Clients::new();
+    let limits = ClientLimits {
+        connection_rate: bucket("1/s", 2),
+        ..ClientLimits::default()
+    };
+    let now = Instant::now();
+    assert!(clients.admit("t", &limits, ip("10.0.0.1"), now).is_ok());
+    assert!(clients.admit("t", &limits, ip("10.0.0.2"), now).is_ok());
+    assert_eq!(
+        clients.admit("t", &limits, ip("10.0.0.3"), now).err(),
+        Some(Limit::ServerRate)
+    );
+    assert_eq!(clients.tracked(), 0, "no per-client limit: nobody tracked");
+    assert!(clients
+        .admit("t", &limits, ip("10.0.0.3"), now + Duration::from_secs(1))
+        .is_ok());
+}
+
+#[test]
+fn the_table_keeps_at_most_its_size_forgetting_the_least_recently_seen() {
+    let clients = Clients::new();
+    let limits = ClientLimits {
+        connection_rate_per_client: bucket("1/h", 1),
+        client_table_size: 1_000,
+        ..ClientLimits::default()
+    };
+    let now = Instant::now();
+    for i in 0..100_000u32 {
+        let client = IpAddr::from(i.to_be_bytes());
+        let _ = clients.admit("t", &limits, client, now);
+    }
+    let tracked = clients.tracked();
+    assert!(tracked <= 1_000 + SHARDS, "{tracked} tracked");
+    assert!(tracked >= 900, "{tracked} tracked");
+    // The last client seen is still known (its bucket is empty); the first is not.
+    let last = IpAddr::from(99_999u32.to_be_bytes());
+    assert!(clients.admit("t", &limits, last, now).is_err());
+    let first = IpAddr::from(0u32.to_be_bytes());
+    assert!(clients.admit("t", &limits, first, now).is_ok());
+}
