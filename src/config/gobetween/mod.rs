@@ -17,7 +17,7 @@
 //! - `sections`: a server's `access` rules; `limits`: its client protection keys.
 //! - `discovery`: `[servers.NAME.discovery]`, each kind's keys; `registries`: those of
 //!   Consul, etcd and Docker, with their credentials and client TLS.
-//! - `health`: `[servers.NAME.healthcheck]`, each kind's keys.
+//! - `health`: `[servers.NAME.healthcheck]`, each kind's keys; `probe`: the probe kind's.
 //! - `tls`: `[servers.NAME.tls]` and `[backends_tls]`, their files loaded as they are read.
 //! - `admin`: `[api]` and `[metrics]`.
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
@@ -31,6 +31,7 @@ mod file;
 pub(super) mod health;
 pub(super) mod legacy;
 pub(super) mod limits;
+mod probe;
 pub(super) mod reader;
 mod registries;
 pub(super) mod sections;
