@@ -111,13 +111,7 @@ fn version(ctx: &mut Ctx<'_>, f: &Field<'_>) {
 fn rule(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(String, Pos, ServerConfig, Pos)> {
     let mut m = ctx.map(item)?;
     let errors_before = ctx.errors.len();
-    let name = m.require(ctx, "name").and_then(|f| {
-        // The model's rule of names, as every reader applies it.
-        let name = ctx.parse(&f, "a name", |name| {
-            crate::config::checks::server_name(name).map(|()| name.to_owned())
-        })?;
-        Some((name, f.at()))
-    });
+    let name = m.require(ctx, "name").and_then(|f| ctx.server_name(&f));
     let from = m.require(ctx, "from").and_then(|f| {
         let bind = ctx.parse(&f, "an address such as 127.0.0.1:6443", parse_bind)?;
         Some((bind, f.at()))

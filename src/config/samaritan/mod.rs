@@ -169,13 +169,7 @@ fn read_all(
 fn server(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, ServerConfig)> {
     let mut m = ctx.map(item)?;
     let errors_before = ctx.errors.len();
-    let name = m.require(ctx, "name").and_then(|f| {
-        // The model's rule of names, as every reader applies it.
-        let name = ctx.parse(&f, "a name", |name| {
-            crate::config::checks::server_name(name).map(|()| name.to_owned())
-        })?;
-        Some((name, f.at()))
-    });
+    let name = m.require(ctx, "name").and_then(|f| ctx.server_name(&f));
     let listen = m.require(ctx, "listen").and_then(|f| {
         let bind = ctx.parse(&f, "an address such as 0.0.0.0:2080", parse_bind)?;
         Some((bind, f.at()))

@@ -113,13 +113,7 @@ pub(super) fn top_level(ctx: &mut Ctx<'_>, top: &mut Map<'_>, config: &mut Confi
 pub(super) fn service(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, ServerConfig)> {
     let mut m = ctx.map(item)?;
     let errors_before = ctx.errors.len();
-    let name = m.require(ctx, "name").and_then(|f| {
-        // The model's rule of names, as every reader applies it.
-        let name = ctx.parse(&f, "a name", |name| {
-            crate::config::checks::server_name(name).map(|()| name.to_owned())
-        })?;
-        Some((name, f.at()))
-    });
+    let name = m.require(ctx, "name").and_then(|f| ctx.server_name(&f));
     let config = m
         .require(ctx, "config")
         .and_then(|f| service_config(ctx, &f));

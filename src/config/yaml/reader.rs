@@ -215,6 +215,15 @@ impl<'p> Ctx<'p> {
         }
     }
 
+    /// A server's name, held to the model's rule of names as every reader holds it,
+    /// with where it is written.
+    pub fn server_name(&mut self, f: &Field<'_>) -> Option<(String, Pos)> {
+        let name = self.parse(f, "a name", |name| {
+            crate::config::checks::server_name(name).map(|()| name.to_owned())
+        })?;
+        Some((name, f.at()))
+    }
+
     /// The scalar's text run through `parse`, whose error becomes the message.
     pub fn parse<T>(
         &mut self,

@@ -290,32 +290,8 @@ async fn capped_directions_move_at_their_rate_and_deliver_every_byte() {
     let down: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
     let up: Vec<u8> = (0..30_000u32).map(|i| (i % 241) as u8).collect();
     let started = Instant::now();
-    let backend_side = async {
-        let (mut read, mut write) = tokio::io::split(&mut backend_far);
-        let send = async {
-            write.write_all(&down).await.expect("write");
-            write.shutdown().await.expect("close");
-        };
-        let receive = async {
-            let mut got = Vec::new();
-            read.read_to_end(&mut got).await.expect("read");
-            (got, started.elapsed())
-        };
-        tokio::join!(send, receive).1
-    };
-    let client_side = async {
-        let (mut read, mut write) = tokio::io::split(&mut client_far);
-        let send = async {
-            write.write_all(&up).await.expect("write");
-            write.shutdown().await.expect("close");
-        };
-        let receive = async {
-            let mut got = Vec::new();
-            read.read_to_end(&mut got).await.expect("read");
-            (got, started.elapsed())
-        };
-        tokio::join!(send, receive).1
-    };
+    let backend_side = send_and_receive(&mut backend_far, &down, started);
+    let client_side = send_and_receive(&mut client_far, &up, started);
     let (result, (got_up, up_took), (got_down, down_took)) =
         tokio::join!(relay, backend_side, client_side);
     assert_eq!(result.reason, CloseReason::Eof);
@@ -323,4 +299,24 @@ async fn capped_directions_move_at_their_rate_and_deliver_every_byte() {
     let near = |took: Duration, secs: f64| (took.as_secs_f64() - secs).abs() < 0.1;
     assert!(near(up_took, 3.0), "up took {up_took:?}");
     assert!(near(down_took, 5.0), "down took {down_took:?}");
+}
+
+/// Sends `data` on `stream` and closes its sending side, while reading what comes back
+/// to the end: what came, and when the end came (counted from `started`).
+async fn send_and_receive(
+    stream: &mut DuplexStream,
+    data: &[u8],
+    started: Instant,
+) -> (Vec<u8>, Duration) {
+    let (mut read, mut write) = tokio::io::split(stream);
+    let send = async {
+        write.write_all(data).await.expect("write");
+        write.shutdown().await.expect("close");
+    };
+    let receive = async {
+        let mut got = Vec::new();
+        read.read_to_end(&mut got).await.expect("read");
+        (got, started.elapsed())
+    };
+    tokio::join!(send, receive).1
 }
