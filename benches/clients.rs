@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::config::limits::{Bucket, ClientLimits};
-use sluice::proxy::state::clients::Clients;
+use sluice::proxy::state::clients::{ClientSource, Clients};
 use tokio::time::Instant;
 
 /// The system allocator, counting the bytes it holds now.
@@ -61,20 +61,20 @@ fn admit(c: &mut Criterion) {
         b.iter(|| {
             black_box(
                 none.any()
-                    .then(|| clients.admit("bench", &none, client, now)),
+                    .then(|| clients.admit("bench", &none, client, ClientSource::Peer, now)),
             )
         })
     });
     let limits = limits();
     group.bench_function("per-client limits, one client", |b| {
-        b.iter(|| black_box(clients.admit("bench", &limits, client, now)))
+        b.iter(|| black_box(clients.admit("bench", &limits, client, ClientSource::Peer, now)))
     });
     let mut n = 0u32;
     group.bench_function("per-client limits, ever new clients", |b| {
         b.iter(|| {
             n = n.wrapping_add(1);
             let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | (n & 0x00ff_ffff)));
-            black_box(clients.admit("bench", &limits, client, now))
+            black_box(clients.admit("bench", &limits, client, ClientSource::Peer, now))
         })
     });
     let refusing = ClientLimits {
@@ -82,9 +82,9 @@ fn admit(c: &mut Criterion) {
         ..ClientLimits::default()
     };
     let flooder = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 66));
-    let _held = clients.admit("bench", &refusing, flooder, now);
+    let _held = clients.admit("bench", &refusing, flooder, ClientSource::Peer, now);
     group.bench_function("refused", |b| {
-        b.iter(|| black_box(clients.admit("bench", &refusing, flooder, now)))
+        b.iter(|| black_box(clients.admit("bench", &refusing, flooder, ClientSource::Peer, now)))
     });
     group.finish();
 }
@@ -103,7 +103,13 @@ fn memory(_: &mut Criterion) {
     let n = 100_000u32;
     for i in 0..n {
         let client = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i));
-        drop(black_box(clients.admit("bench", &limits, client, now)));
+        drop(black_box(clients.admit(
+            "bench",
+            &limits,
+            client,
+            ClientSource::Peer,
+            now,
+        )));
     }
     let after = HELD.load(Ordering::Relaxed);
     assert_eq!(clients.tracked(), n as usize);

@@ -446,3 +446,114 @@ async fn many_client_addresses_never_grow_the_table_past_its_size() {
         "{tracked} clients tracked, at most 32"
     );
 }
+
+/// Whether a connection from `source` completes its handshake within `within` (a SYN
+/// the kernel drops is retried only after a second).
+async fn handshakes(addr: SocketAddr, source: &str, within: Duration) -> Option<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket
+        .bind(SocketAddr::new(ip(source), 0))
+        .expect("bind source");
+    tokio::time::timeout(within, socket.connect(addr))
+        .await
+        .ok()
+        .map(|connected| connected.expect("connect"))
+}
+
+/// Refused connections from `source` until one is not even answered: the client is
+/// blocked. Each listener (one per worker) may take one more before its filter is
+/// rebuilt, so a few refusals are allowed first.
+async fn until_blocked(addr: SocketAddr, source: &str) {
+    for _ in 0..8 {
+        let Some(mut stream) = handshakes(addr, source, Duration::from_millis(500)).await else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        let read = tokio::time::timeout(WAIT, stream.read(&mut byte)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "{source}: served while it should be refused: {read:?}"
+        );
+    }
+    panic!("{source}: still answered after its flood");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_client_is_blocked_before_accept_and_let_back_when_the_block_ends() {
+    let a = TestBackend::named("a").await;
+    let toml = format!(
+        "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n\
+         [servers.test]\nbind = \"127.0.0.1:0\"\n\
+         connection_rate_per_client = \"2/s\"\nconnection_burst_per_client = 2\n\
+         client_flood_block = \"2s\"\n\
+         [servers.test.discovery]\nkind = \"static\"\nstatic_list = [\"{}\"]\n",
+        a.addr
+    );
+    let sluice = process::SluiceProcess::start(&toml).await;
+    let flooder = "127.0.0.41";
+    for _ in 0..2 {
+        assert!(served(sluice.addr, flooder).await);
+    }
+    // Sixteen refusals (the least before a block, with a burst of 2) are closed at once.
+    for _ in 0..16 {
+        assert!(!served(sluice.addr, flooder).await);
+    }
+    until_blocked(sluice.addr, flooder).await;
+    assert!(
+        served(sluice.addr, "127.0.0.42").await,
+        "another client is served meanwhile"
+    );
+    let listed = http::get(sluice.api(), "/servers/test/clients")
+        .await
+        .json();
+    let entry = listed
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["client"] == "127.0.0.41/32"))
+        .unwrap_or_else(|| panic!("the flooder is listed: {listed}"));
+    assert!(
+        entry["blocked_seconds"]
+            .as_f64()
+            .is_some_and(|left| left > 0.0 && left <= 2.0),
+        "{entry}"
+    );
+    let metrics = http::get(sluice.api(), "/metrics").await.body;
+    assert!(
+        metrics.contains("sluice_clients_blocked{server=\"test\"} 1"),
+        "{metrics}"
+    );
+    assert!(sluice
+        .log()
+        .contains("client flooding: its new connections are dropped before accept"));
+
+    // The block ends by itself; by then the bucket has refilled.
+    eventually("the flooder is let back", || async {
+        handshakes(sluice.addr, flooder, Duration::from_millis(300))
+            .await
+            .is_some()
+    })
+    .await;
+    assert!(served(sluice.addr, flooder).await);
+
+    // Blocked again, then forgotten through the API: let back at once.
+    for _ in 0..30 {
+        if handshakes(sluice.addr, flooder, Duration::from_millis(300))
+            .await
+            .is_none()
+        {
+            break;
+        }
+    }
+    assert!(handshakes(sluice.addr, flooder, Duration::from_millis(300))
+        .await
+        .is_none());
+    let forget = http::request(
+        sluice.api(),
+        "DELETE",
+        &format!("/servers/test/clients/{flooder}"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(forget.status, 200, "{}", forget.body);
+    assert!(served(sluice.addr, flooder).await);
+}

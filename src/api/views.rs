@@ -123,12 +123,14 @@ fn udp_stats(udp: &UdpStats) -> Value {
 }
 
 /// A tracked client: its address (or network), connections open now, recent rate of new
-/// connections per second, and the limit holding it, if any.
+/// connections per second, the limit holding it, if any, and how long it is still
+/// blocked for flooding.
 pub fn client(client: &ClientView) -> Value {
     json!({
         "client": client.client.to_string(),
         "open": client.open,
         "rate": (client.rate * 100.0).round() / 100.0,
         "limited": client.limited.map(Limit::key),
+        "blocked_seconds": client.blocked_for.map(|left| (left.as_secs_f64() * 10.0).ceil() / 10.0),
     })
 }

@@ -168,6 +168,10 @@ pub struct ClientLimits {
     pub client_limit_exempt: Vec<IpNet>,
     /// The most clients tracked; past it the least recently seen are forgotten.
     pub client_table_size: u32,
+    /// TCP: how long a client that goes on asking after `connection_rate_per_client`
+    /// refused it (another burst's worth of refusals) has its new connections dropped
+    /// by the kernel, before they are accepted; off while `None`.
+    pub client_flood_block: Option<Duration>,
 }
 
 impl Default for ClientLimits {
@@ -184,6 +188,7 @@ impl Default for ClientLimits {
             client_prefix_v6: DEFAULT_CLIENT_PREFIX_V6,
             client_limit_exempt: Vec::new(),
             client_table_size: DEFAULT_CLIENT_TABLE_SIZE,
+            client_flood_block: None,
         }
     }
 }
@@ -228,6 +233,15 @@ impl ClientLimits {
             IpAddr::V6(_) => self.client_prefix_v6,
         };
         IpNet::new(client, prefix).map_or(client, |net| net.network())
+    }
+
+    /// The network a client's key stands for: its address and the configured prefix.
+    pub fn client_net(&self, key: IpAddr) -> IpNet {
+        let prefix = match key {
+            IpAddr::V4(_) => self.client_prefix_v4,
+            IpAddr::V6(_) => self.client_prefix_v6,
+        };
+        IpNet::new(key, prefix).unwrap_or_else(|_| IpNet::from(key))
     }
 }
 
@@ -275,6 +289,9 @@ impl Serialize for ClientLimits {
         }
         if self.client_table_size != DEFAULT_CLIENT_TABLE_SIZE {
             map.serialize_entry("client_table_size", &self.client_table_size)?;
+        }
+        if let Some(block) = self.client_flood_block {
+            map.serialize_entry("client_flood_block", &crate::config::dump::duration(block))?;
         }
         map.end()
     }

@@ -152,6 +152,17 @@ impl Collector for Scrape {
             ),
             |s| Value::Gauge(s.shared.clients.tracked() as u64),
         )?;
+        self.per_server(
+            e,
+            Meta::gauge(
+                "sluice_clients_blocked",
+                "Clients whose new connections are dropped before accept for flooding (client_flood_block).",
+            ),
+            |s| {
+                let now = tokio::time::Instant::now();
+                Value::Gauge(s.shared.clients.blocks.count(now) as u64)
+            },
+        )?;
         let datagrams = self.udp_servers().flat_map(|s| {
             let udp = &s.shared.stats.udp;
             [

@@ -33,6 +33,7 @@ use super::connect::{self, Connected};
 use super::copy::{CopyResult, Counters, Relay};
 use super::prelude::{Inspect, Opening, OverTcp, Plain, Prelude, Tls};
 use super::refusal::Refusal;
+use super::state::clients::ClientSource;
 use super::state::{ActiveSlot, ServerShared};
 use super::CloseReason;
 use crate::acl;
@@ -75,7 +76,7 @@ pub fn admit(
     // Client protection judges the peer here, or (behind a front) the client its PROXY
     // header names, in the prelude.
     if front.is_none() {
-        if let Err(limit) = slot.admit_client(&settings.limits, peer.ip()) {
+        if let Err(limit) = slot.admit_client(&settings.limits, peer.ip(), ClientSource::Peer) {
             let no = Refusal::new(
                 peer,
                 CloseReason::RateLimited,

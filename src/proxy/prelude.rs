@@ -30,6 +30,7 @@ use super::copy::Stream;
 use super::proxy_protocol::{self, TlsInfo};
 use super::refusal::Refusal;
 use super::sni::Route;
+use super::state::clients::ClientSource;
 use super::state::{ActiveSlot, ServerShared};
 use super::{client_hello, CloseReason};
 use crate::backend::Backend;
@@ -374,7 +375,7 @@ async fn read_proxy_header(
         let detail = format!("denied by the access rules (behind the front {front})");
         return Err(Refusal::new(client, CloseReason::AclDenied, detail));
     }
-    if let Err(limit) = slot.admit_client(&settings.limits, client.ip()) {
+    if let Err(limit) = slot.admit_client(&settings.limits, client.ip(), ClientSource::Forwarded) {
         let detail = format!(
             "{} (behind the front {front})",
             limit.detail(&settings.limits)

@@ -225,8 +225,8 @@ function updateClients(server, clients) {
   const box = $(".clients", server.section);
   box.hidden = clients === null;
   if (clients === null) return;
-  const limited = clients.filter((c) => c.limited);
-  const signature = limited.map((c) => c.client + c.limited + c.open + c.rate).join();
+  const limited = clients.filter((c) => c.limited || c.blocked_seconds);
+  const signature = limited.map((c) => c.client + c.limited + c.open + c.rate + c.blocked_seconds).join();
   const list = $(".limited", box);
   if (list.dataset.signature !== signature) {
     list.dataset.signature = signature;
@@ -235,7 +235,8 @@ function updateClients(server, clients) {
         const item = document.createElement("li");
         item.dataset.client = c.client;
         item.textContent =
-          c.client + " — " + c.limited + "; " + count(c.open) + " open, " + Number(c.rate).toFixed(1) + " new/s";
+          c.client + " — " + (c.limited || "within its limits") + "; " + count(c.open) + " open, " + Number(c.rate).toFixed(1) + " new/s" +
+          (c.blocked_seconds ? "; blocked for flooding, " + Math.ceil(c.blocked_seconds) + " s left" : "");
         return item;
       }),
     );

@@ -2,6 +2,8 @@
 //! …), flat in `[defaults]` and `[servers.NAME]`: each read where it is written, then a
 //! server's own value taken over the default, key by key.
 
+use std::time::Duration;
+
 use ipnet::IpNet;
 
 use super::reader::{Ctx, Section};
@@ -24,6 +26,7 @@ pub(crate) const LIMIT_KEYS: &[&str] = &[
     "client_prefix_v6",
     "client_limit_exempt",
     "client_table_size",
+    "client_flood_block",
 ];
 
 /// A key as written in one section, with where; `Some(None)` is a limit set to `0`
@@ -46,6 +49,7 @@ pub(super) struct LimitKeys {
     client_prefix_v6: Set<u8>,
     client_limit_exempt: Set<Vec<IpNet>>,
     client_table_size: Set<u32>,
+    client_flood_block: Set<Duration>,
 }
 
 /// Takes the client-protection keys of `sec`.
@@ -104,6 +108,10 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
         }
         Some((Some(nets), f.at))
     });
+    let client_flood_block = sec.take("client_flood_block").and_then(|f| {
+        let block = ctx.timeout(&f)?;
+        Some((block.filter(|d| !d.is_zero()), f.at))
+    });
     LimitKeys {
         max_connections_per_client,
         connection_rate_per_client,
@@ -118,6 +126,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> LimitKeys {
         client_prefix_v6,
         client_limit_exempt,
         client_table_size,
+        client_flood_block,
     }
 }
 
@@ -150,20 +159,29 @@ pub(super) fn resolve(
             ctx.error(at, &join(path, key), message);
         }
     }
+    const CAPS: &str = "caps a TCP connection's bytes; this server is UDP (use \
+                        byte_rate_per_client)";
+    const BLOCK: &str = "blocks a flooding client's TCP connections in the kernel; this \
+                         server is UDP (its datagram_rate_per_client drops datagrams)";
     let tcp_only = [
+        (
+            "client_flood_block",
+            own.client_flood_block.as_ref().map(|s| s.1),
+            BLOCK,
+        ),
         (
             "client_upload_rate",
             own.client_upload_rate.as_ref().map(|s| s.1),
+            CAPS,
         ),
         (
             "client_download_rate",
             own.client_download_rate.as_ref().map(|s| s.1),
+            CAPS,
         ),
     ];
-    for (key, at) in tcp_only {
+    for (key, at, message) in tcp_only {
         if let (Some(at), true) = (at, udp) {
-            let message = "caps a TCP connection's bytes; this server is UDP (use \
-                           byte_rate_per_client)";
             ctx.error(at, &join(path, key), message);
         }
     }
@@ -209,6 +227,14 @@ pub(super) fn resolve(
         (&own.connection_burst, &defaults.connection_burst),
         ("connection_rate", "connection_burst"),
     );
+    if let (Some(&(Some(_), at)), None, false) = (
+        own.client_flood_block.as_ref(),
+        &connection_rate_per_client,
+        udp,
+    ) {
+        let message = "blocks the clients connection_rate_per_client refuses, which is not set";
+        ctx.error(at, &join(path, "client_flood_block"), message);
+    }
     let fallback = ClientLimits::default();
     let prefix = |own: &Set<u8>, default: &Set<u8>, fallback: u8| {
         own.as_ref()
@@ -252,5 +278,11 @@ pub(super) fn resolve(
             .unwrap_or_default(),
         client_table_size: pick(&own.client_table_size, &defaults.client_table_size)
             .unwrap_or(fallback.client_table_size),
+        client_flood_block: own
+            .client_flood_block
+            .as_ref()
+            .or(defaults.client_flood_block.as_ref())
+            .and_then(|s| s.0)
+            .filter(|_| !udp),
     }
 }

@@ -16,7 +16,7 @@ use super::sni;
 use super::{CloseReason, CLOSE_REASONS};
 use crate::config::{ClientLimits, ServerConfig};
 use crate::pool::Pool;
-use clients::{ClientHold, ClientShared, Clients, Limit};
+use clients::{ClientHold, ClientShared, ClientSource, Clients, Limit};
 use tokio::time::Instant;
 use udp::UdpStats;
 
@@ -168,14 +168,20 @@ impl ActiveSlot {
     /// Admits the connection under its server's client limits now that its client is
     /// known (the peer, or the client a trusted front's PROXY header names), or says
     /// which limit refuses it. Without limits, nothing is looked up.
-    pub fn admit_client(&self, limits: &ClientLimits, client: IpAddr) -> Result<(), Limit> {
+    pub fn admit_client(
+        &self,
+        limits: &ClientLimits,
+        client: IpAddr,
+        source: ClientSource,
+    ) -> Result<(), Limit> {
         if !limits.any() {
             return Ok(());
         }
         let server = &self.server;
-        if let Some(hold) = server
-            .clients
-            .admit(&server.name, limits, client, Instant::now())?
+        if let Some(hold) =
+            server
+                .clients
+                .admit(&server.name, limits, client, source, Instant::now())?
         {
             // Admitted once per connection: a second hold would only be dropped.
             let _ = self.client.set(hold);

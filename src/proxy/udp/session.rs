@@ -31,7 +31,7 @@ use super::{
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
-use crate::proxy::state::clients::ClientShared;
+use crate::proxy::state::clients::{ClientShared, ClientSource};
 use crate::proxy::state::{ActiveSlot, ServerShared};
 use crate::proxy::{connect, CloseReason};
 
@@ -193,7 +193,7 @@ pub(super) fn open(
     let server = &listening.server;
     let slot = ActiveSlot::acquire(server, settings.max_connections)
         .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
-    slot.admit_client(&settings.limits, client.ip())
+    slot.admit_client(&settings.limits, client.ip(), ClientSource::Peer)
         .map_err(|_| Refusal::Closed(CloseReason::RateLimited))?;
     // With the budget used up, the oldest session that never had a reply gives up its
     // descriptor (see `evict`); only when none can is the datagram dropped.

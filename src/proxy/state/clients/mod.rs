@@ -17,15 +17,35 @@ use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use ipnet::IpNet;
 use lru::LruCache;
 use tokio::time::Instant;
 use tracing::warn;
 
 use crate::config::limits::{Bucket, ClientLimits};
 
+pub mod blocks;
+
+use blocks::Blocks;
+
 /// Shards of the table: enough that two cores rarely contend, few enough that a small
 /// table still spreads over them.
 const SHARDS: usize = 16;
+
+/// Where the client of a connection was learnt: only a client that is the peer itself
+/// can be blocked in the kernel (the peer of a client a PROXY header names is the
+/// trusted front, which serves everyone behind it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientSource {
+    /// The connection's (or datagram's) own source address.
+    Peer,
+    /// A trusted front's PROXY header.
+    Forwarded,
+}
+
+/// Refusals in one limited spell below which a client is never blocked, however small
+/// its burst: a client that retries a few times is not a flood.
+const MIN_REFUSALS_TO_BLOCK: u32 = 16;
 
 /// Which limit refused a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -210,6 +230,8 @@ struct Client {
     tokens: Option<Tokens>,
     /// The limit it was last refused by, until it is admitted again.
     limited: Option<Limit>,
+    /// Connections refused by its rate since it was last admitted (or blocked).
+    refusals: u32,
     /// New connections it asked for per second, admitted or not, recently (as of
     /// `seen`).
     recent: f64,
@@ -222,6 +244,7 @@ impl Client {
             shared: Arc::default(),
             tokens: None,
             limited: None,
+            refusals: 0,
             recent: 0.0,
             seen: now,
         }
@@ -244,13 +267,16 @@ impl Client {
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientView {
     /// The client's address, or its network when prefixes group addresses.
-    pub client: ipnet::IpNet,
+    pub client: IpNet,
     /// Connections (UDP: sessions) open now.
     pub open: u32,
     /// New connections asked for per second, recently (over about ten seconds).
     pub rate: f64,
     /// The limit that refused it last, while it is limited.
     pub limited: Option<Limit>,
+    /// How long its new connections are still dropped before accept
+    /// (`client_flood_block`).
+    pub blocked_for: Option<std::time::Duration>,
 }
 
 /// One open connection (UDP: session) counted against its client, released on drop.
@@ -280,6 +306,8 @@ pub struct Clients {
     hasher: std::hash::RandomState,
     server: Mutex<Option<Tokens>>,
     server_limited: AtomicBool,
+    /// Clients whose connections the kernel drops before accept for a while.
+    pub blocks: Blocks,
 }
 
 impl Default for Clients {
@@ -296,25 +324,27 @@ impl Clients {
             hasher: std::hash::RandomState::new(),
             server: Mutex::new(None),
             server_limited: AtomicBool::new(false),
+            blocks: Blocks::default(),
         }
     }
 
     /// Admits one new connection (UDP: session) from `client` under `limits`, or says
     /// which limit refuses it. `Ok(None)` when no per-client limit applies to it (none is
     /// set, or the client is exempt). Entering and leaving the limited state is logged
-    /// once each, for a client and for the server.
+    /// once each, for a client and for the server; so is a client's block.
     pub fn admit(
         &self,
         server: &str,
         limits: &ClientLimits,
         client: IpAddr,
+        source: ClientSource,
         now: Instant,
     ) -> Result<Option<ClientHold>, Limit> {
         if limits.exempt(client) {
             return Ok(None);
         }
         let hold = if limits.per_client() {
-            Some(self.admit_client(server, limits, client, now)?)
+            Some(self.admit_client(server, limits, client, source, now)?)
         } else {
             None
         };
@@ -346,6 +376,7 @@ impl Clients {
         server: &str,
         limits: &ClientLimits,
         client: IpAddr,
+        source: ClientSource,
         now: Instant,
     ) -> Result<ClientHold, Limit> {
         let key = limits.client_key(client);
@@ -374,15 +405,48 @@ impl Clients {
                 if entry.limited.replace(limit) != Some(limit) {
                     warn!(server, client = %key, limit = limit.key(), "client limited: its new connections are refused");
                 }
+                if limit == Limit::ClientRate {
+                    entry.refusals = entry.refusals.saturating_add(1);
+                    if source == ClientSource::Peer {
+                        self.block_flooder(server, limits, key, entry, now);
+                    }
+                }
                 Err(limit)
             }
             None => {
+                entry.refusals = 0;
                 if let Some(limit) = entry.limited.take() {
                     warn!(server, client = %key, limit = limit.key(), "client no longer limited");
                 }
                 entry.shared.open.fetch_add(1, Ordering::Relaxed);
                 Ok(ClientHold(Arc::clone(&entry.shared)))
             }
+        }
+    }
+
+    /// Blocks a client in the kernel for `client_flood_block` once its rate has refused
+    /// it another burst's worth of times (at least [`MIN_REFUSALS_TO_BLOCK`]) since it
+    /// was last admitted: by then it is not retrying, it is flooding.
+    fn block_flooder(
+        &self,
+        server: &str,
+        limits: &ClientLimits,
+        key: IpAddr,
+        entry: &mut Client,
+        now: Instant,
+    ) {
+        let (Some(time), Some(bucket)) = (
+            limits.client_flood_block,
+            &limits.connection_rate_per_client,
+        ) else {
+            return;
+        };
+        if entry.refusals < bucket.burst.max(MIN_REFUSALS_TO_BLOCK) {
+            return;
+        }
+        entry.refusals = 0;
+        if self.blocks.block(limits.client_net(key), time, now) {
+            warn!(server, client = %key, seconds = time.as_secs_f64(), "client flooding: its new connections are dropped before accept");
         }
     }
 
@@ -424,16 +488,16 @@ impl Clients {
         for shard in &self.shards {
             let table = lock(shard);
             all.extend(table.iter().map(|(key, client)| {
-                let prefix = match key {
-                    IpAddr::V4(_) => limits.client_prefix_v4,
-                    IpAddr::V6(_) => limits.client_prefix_v6,
-                };
+                let net = limits.client_net(*key);
                 ClientView {
-                    client: ipnet::IpNet::new(*key, prefix)
-                        .unwrap_or_else(|_| ipnet::IpNet::from(*key)),
+                    client: net,
                     open: client.shared.open.load(Ordering::Relaxed),
                     rate: client.rate_at(now),
                     limited: client.limited.or_else(|| client.shared.dropping()),
+                    blocked_for: self
+                        .blocks
+                        .until(net, now)
+                        .map(|until| until.saturating_duration_since(now)),
                 }
             }));
         }
@@ -442,11 +506,14 @@ impl Clients {
         all
     }
 
-    /// Forgets the client `client` belongs to (its count, bucket and limited state);
-    /// whether it was tracked. Its open connections go on, no longer counted.
+    /// Forgets the client `client` belongs to (its count, bucket, limited state and
+    /// block); whether it was tracked or blocked. Its open connections go on, no longer
+    /// counted.
     pub fn forget(&self, limits: &ClientLimits, client: IpAddr) -> bool {
         let key = limits.client_key(client);
-        lock(&self.shards[self.shard_of(&key)]).pop(&key).is_some()
+        let tracked = lock(&self.shards[self.shard_of(&key)]).pop(&key).is_some();
+        let blocked = self.blocks.lift(limits.client_net(key));
+        tracked || blocked
     }
 
     fn shard_of(&self, key: &IpAddr) -> usize {

@@ -1,6 +1,9 @@
 //! Binding a server's sockets and accepting clients; each accepted one goes to
 //! [`proxy::connection::admit`]. (A UDP server's sockets are served by
-//! [`proxy::udp::serve`].)
+//! [`proxy::udp::serve`].) `syn_filter` keeps the connection requests of blocked
+//! clients from reaching the accept queue at all.
+
+pub mod syn_filter;
 
 use std::io;
 use std::net::SocketAddr;
@@ -8,11 +11,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::proxy;
 use crate::proxy::state::ServerShared;
@@ -76,6 +81,52 @@ pub fn bind_tcp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpL
     Ok(sockets)
 }
 
+/// One listening socket's view of its server's blocked clients
+/// ([`syn_filter`]): the socket's filter is rebuilt when the list changes (seen after
+/// the next accept, or at once while a filter is in force) and when the earliest block
+/// in it ends.
+struct SocketBlocks {
+    notices: watch::Receiver<()>,
+    /// When the earliest block in the socket's filter ends; `None` while it has none.
+    ends: Option<Instant>,
+    /// Set when `ends` has passed.
+    expired: bool,
+}
+
+impl SocketBlocks {
+    fn new(server: &ServerShared) -> Self {
+        let mut notices = server.clients.blocks.subscribe();
+        // A socket handed over from a previous server may carry that one's filter.
+        notices.mark_changed();
+        SocketBlocks {
+            notices,
+            ends: None,
+            expired: false,
+        }
+    }
+
+    /// Whether the filter is out of date.
+    fn due(&self) -> bool {
+        self.expired || self.notices.has_changed().unwrap_or(false)
+    }
+
+    fn refresh(&mut self, listener: &TcpListener, server: &ServerShared) {
+        self.notices.borrow_and_update();
+        self.expired = false;
+        let in_force = server.clients.blocks.in_force(Instant::now());
+        let nets: Vec<_> = in_force.iter().map(|block| block.net).collect();
+        if let Err(e) = syn_filter::apply(SockRef::from(listener), &nets) {
+            warn!(server = %server.name, error = %e, "cannot filter blocked clients on the listener; they are refused after accept");
+        }
+        self.ends = in_force.iter().map(|block| block.until).min();
+    }
+}
+
+/// A deadline no timer reaches, for a timer that is off.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86_400 * 365)
+}
+
 /// What an accept loop does with its socket when told to stop.
 #[derive(Clone, Debug, Default)]
 pub struct OnStop(Arc<AtomicBool>);
@@ -112,9 +163,26 @@ pub async fn accept_loop(
             return None;
         }
     };
+    let mut blocks = SocketBlocks::new(&server);
+    let block_ends = tokio::time::sleep_until(blocks.ends.unwrap_or_else(far_future));
+    tokio::pin!(block_ends);
     loop {
+        // One load per accept while the list stays as it is.
+        if blocks.due() {
+            blocks.refresh(&listener, &server);
+            if let Some(ends) = blocks.ends {
+                block_ends.as_mut().reset(ends);
+            }
+        }
+        // A filter in force is watched for its end, and for being lifted early.
+        let armed = blocks.ends.is_some();
         let accepted = tokio::select! {
             _ = accept_stop.cancelled() => break,
+            _ = &mut block_ends, if armed => {
+                blocks.expired = true;
+                continue;
+            }
+            _ = blocks.notices.changed(), if armed => continue,
             accepted = listener.accept() => accepted,
         };
         match accepted {
