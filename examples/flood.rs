@@ -4,12 +4,15 @@
 //!
 //! ```text
 //! flood backend                   a backend greeting each connection, on a free port
-//! flood run --target ADDR [--seconds 10] [--flood-from 127.0.0.2] [--good-from 127.0.0.3]
-//!           [--good-rate 40] [--no-flood]
+//! flood run --target ADDR [--seconds 10] [--flood-from 127.0.0.2]
+//!           [--good-from 127.0.0.3,127.0.0.4,…] [--good-rate 200] [--no-flood]
 //! ```
 //!
 //! `run` prints one JSON line: the well-behaved client's connections (served, refused,
-//! failed, time to first byte p50/p99 in ms) and the flood's (attempts, refused, served).
+//! failed, time to first byte p50/p99 in ms) and the flood's (attempts, refused, served,
+//! failed: not even answered within its short patience). The well-behaved client's
+//! connections take its addresses in turn; the flood does not wait for a handshake the
+//! server does not answer, it gives up and asks again, as a flooder would.
 //! Every loop is bounded by the run's duration; every socket is on loopback.
 
 use std::net::{IpAddr, SocketAddr};
@@ -24,6 +27,8 @@ use tokio::net::{TcpListener, TcpSocket};
 const FLOODERS: usize = 64;
 /// How long one connection may take before it counts as failed.
 const PATIENCE: Duration = Duration::from_secs(5);
+/// How long the flood waits for a handshake before it gives up and tries again.
+const FLOOD_PATIENCE: Duration = Duration::from_millis(200);
 
 fn main() -> std::io::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -58,7 +63,7 @@ struct Options {
     target: SocketAddr,
     seconds: u64,
     flood_from: IpAddr,
-    good_from: IpAddr,
+    good_from: Vec<IpAddr>,
     good_rate: u32,
     flood: bool,
 }
@@ -68,8 +73,8 @@ fn options(args: &[String]) -> Options {
         target: "127.0.0.1:0".parse().expect("address"),
         seconds: 10,
         flood_from: "127.0.0.2".parse().expect("address"),
-        good_from: "127.0.0.3".parse().expect("address"),
-        good_rate: 40,
+        good_from: vec!["127.0.0.3".parse().expect("address")],
+        good_rate: 200,
         flood: true,
     };
     let mut args = args.iter();
@@ -86,7 +91,14 @@ fn options(args: &[String]) -> Options {
                 options.flood_from = value().parse().unwrap_or_else(|_| bad("--flood-from IP"))
             }
             "--good-from" => {
-                options.good_from = value().parse().unwrap_or_else(|_| bad("--good-from IP"))
+                options.good_from = value()
+                    .split(',')
+                    .map(|ip| {
+                        ip.trim()
+                            .parse()
+                            .unwrap_or_else(|_| bad("--good-from IP,IP,…"))
+                    })
+                    .collect()
             }
             "--good-rate" => {
                 options.good_rate = value().parse().unwrap_or_else(|_| bad("--good-rate N"))
@@ -108,13 +120,16 @@ enum Outcome {
     Failed,
 }
 
-/// Connects from `source`, and waits for the first byte or the end.
-async fn attempt(target: SocketAddr, source: IpAddr) -> Outcome {
+/// Connects from `source` (giving up after `connect_patience`), and waits for the first
+/// byte or the end.
+async fn attempt(target: SocketAddr, source: IpAddr, connect_patience: Duration) -> Outcome {
     let started = Instant::now();
     let connect = async {
         let socket = TcpSocket::new_v4()?;
         socket.bind(SocketAddr::new(source, 0))?;
-        let mut stream = socket.connect(target).await?;
+        let mut stream = tokio::time::timeout(connect_patience, socket.connect(target))
+            .await
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::TimedOut))??;
         let mut byte = [0u8; 1];
         stream.read(&mut byte).await
     };
@@ -139,7 +154,7 @@ async fn run(args: &[String]) -> std::io::Result<()> {
             let (target, source) = (options.target, options.flood_from);
             flooders.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    let i = match attempt(target, source).await {
+                    let i = match attempt(target, source, FLOOD_PATIENCE).await {
                         Outcome::Served(_) => 0,
                         Outcome::Refused => 1,
                         Outcome::Failed => 2,
@@ -149,14 +164,17 @@ async fn run(args: &[String]) -> std::io::Result<()> {
             }));
         }
     }
-    // The well-behaved client: one connection every 1/rate s, each on its own.
+    // The well-behaved client: one connection every 1/rate s, each on its own, from its
+    // addresses in turn.
     let interval = Duration::from_secs_f64(1.0 / f64::from(options.good_rate.max(1)));
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut good = Vec::new();
+    let mut sources = options.good_from.iter().copied().cycle();
     while Instant::now() < deadline {
         ticker.tick().await;
-        good.push(tokio::spawn(attempt(options.target, options.good_from)));
+        let Some(source) = sources.next() else { break };
+        good.push(tokio::spawn(attempt(options.target, source, PATIENCE)));
     }
     stop.store(true, Ordering::Relaxed);
     let (mut served, mut refused, mut failed) = (Vec::new(), 0u64, 0u64);

@@ -232,6 +232,8 @@ struct Client {
     limited: Option<Limit>,
     /// Connections refused by its rate since it was last admitted (or blocked).
     refusals: u32,
+    /// When its last block (`client_flood_block`) ended or ends.
+    blocked_until: Option<Instant>,
     /// New connections it asked for per second, admitted or not, recently (as of
     /// `seen`).
     recent: f64,
@@ -245,6 +247,7 @@ impl Client {
             tokens: None,
             limited: None,
             refusals: 0,
+            blocked_until: None,
             recent: 0.0,
             seen: now,
         }
@@ -426,7 +429,9 @@ impl Clients {
 
     /// Blocks a client in the kernel for `client_flood_block` once its rate has refused
     /// it another burst's worth of times (at least [`MIN_REFUSALS_TO_BLOCK`]) since it
-    /// was last admitted: by then it is not retrying, it is flooding.
+    /// was last admitted: by then it is not retrying, it is flooding. A client refused
+    /// again within one block's time after its last block ended is blocked at its first
+    /// refusal: it came back to flood.
     fn block_flooder(
         &self,
         server: &str,
@@ -441,10 +446,12 @@ impl Clients {
         ) else {
             return;
         };
-        if entry.refusals < bucket.burst.max(MIN_REFUSALS_TO_BLOCK) {
+        let back_to_flood = entry.blocked_until.is_some_and(|ended| now < ended + time);
+        if !back_to_flood && entry.refusals < bucket.burst.max(MIN_REFUSALS_TO_BLOCK) {
             return;
         }
         entry.refusals = 0;
+        entry.blocked_until = Some(now + time);
         if self.blocks.block(limits.client_net(key), time, now) {
             warn!(server, client = %key, seconds = time.as_secs_f64(), "client flooding: its new connections are dropped before accept");
         }

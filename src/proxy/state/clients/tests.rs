@@ -265,3 +265,30 @@ fn small_bursts_still_take_a_few_refusals_before_a_block() {
     }
     assert_eq!(clients.blocks.count(now), 1);
 }
+
+#[test]
+fn a_client_back_to_flood_soon_after_its_block_is_blocked_at_once() {
+    let clients = Clients::new();
+    let block = Duration::from_secs(5);
+    let limits = ClientLimits {
+        connection_rate_per_client: bucket("1/m", 1),
+        client_flood_block: Some(block),
+        ..ClientLimits::default()
+    };
+    let start = Instant::now();
+    let admit = |now| clients.admit("t", &limits, ip("10.0.0.1"), ClientSource::Peer, now);
+    assert!(admit(start).is_ok());
+    for _ in 0..MIN_REFUSALS_TO_BLOCK {
+        assert!(admit(start).is_err());
+    }
+    assert_eq!(clients.blocks.count(start), 1);
+    // Its block ended a moment ago: one refusal blocks it again.
+    let ended = start + block + Duration::from_millis(1);
+    assert_eq!(clients.blocks.count(ended), 0);
+    assert!(admit(ended).is_err());
+    assert_eq!(clients.blocks.count(ended), 1);
+    // Long after, it gets its refusals first, as anyone.
+    let later = ended + 3 * block;
+    assert!(admit(later).is_err());
+    assert_eq!(clients.blocks.count(later), 0);
+}
