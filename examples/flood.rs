@@ -147,23 +147,38 @@ async fn run(args: &[String]) -> std::io::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let deadline = Instant::now() + Duration::from_secs(options.seconds);
     let flood_counts = Arc::new([AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0)]);
-    let mut flooders = Vec::new();
-    if options.flood {
-        for _ in 0..FLOODERS {
-            let (stop, counts) = (Arc::clone(&stop), Arc::clone(&flood_counts));
-            let (target, source) = (options.target, options.flood_from);
-            flooders.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let i = match attempt(target, source, FLOOD_PATIENCE).await {
-                        Outcome::Served(_) => 0,
-                        Outcome::Refused => 1,
-                        Outcome::Failed => 2,
-                    };
-                    counts[i].fetch_add(1, Ordering::Relaxed);
+    // The flood runs on a thread and event loop of its own, so the well-behaved client's
+    // timings measure the proxy and the machine, not a queue behind the flood's tasks.
+    let flood = options.flood.then(|| {
+        let (stop, counts) = (Arc::clone(&stop), Arc::clone(&flood_counts));
+        let (target, source) = (options.target, options.flood_from);
+        std::thread::spawn(move || -> std::io::Result<()> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async move {
+                let loops: Vec<_> = (0..FLOODERS)
+                    .map(|_| {
+                        let (stop, counts) = (Arc::clone(&stop), Arc::clone(&counts));
+                        tokio::spawn(async move {
+                            while !stop.load(Ordering::Relaxed) {
+                                let i = match attempt(target, source, FLOOD_PATIENCE).await {
+                                    Outcome::Served(_) => 0,
+                                    Outcome::Refused => 1,
+                                    Outcome::Failed => 2,
+                                };
+                                counts[i].fetch_add(1, Ordering::Relaxed);
+                            }
+                        })
+                    })
+                    .collect();
+                for task in loops {
+                    let _ = task.await;
                 }
-            }));
-        }
-    }
+            });
+            Ok(())
+        })
+    });
     // The well-behaved client: one connection every 1/rate s, each on its own, from its
     // addresses in turn.
     let interval = Duration::from_secs_f64(1.0 / f64::from(options.good_rate.max(1)));
@@ -185,8 +200,8 @@ async fn run(args: &[String]) -> std::io::Result<()> {
             Ok(Outcome::Failed) | Err(_) => failed += 1,
         }
     }
-    for task in flooders {
-        let _ = task.await;
+    if let Some(flood) = flood {
+        flood.join().map_err(|_| std::io::Error::other("the flood's thread panicked"))??;
     }
     served.sort();
     let quantile = |q: f64| {
