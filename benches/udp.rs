@@ -12,7 +12,7 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion};
 use sluice::backend::BackendSpec;
 use sluice::balance::BalanceKind;
-use sluice::config::{Config, DiscoveryConfig, HealthConfig, Protocol, ServerConfig, UdpConfig};
+use sluice::config::{Config, DiscoveryConfig, Protocol, ServerConfig, UdpConfig};
 use sluice::runtime::Runtime;
 
 /// Clients per iteration.
@@ -20,28 +20,20 @@ const CLIENTS: usize = 256;
 
 fn server(backend: SocketAddr, max_responses: Option<u32>) -> ServerConfig {
     ServerConfig {
-        bind: "127.0.0.1:0".parse().expect("address"),
         protocol: Protocol::Udp,
         balance: BalanceKind::RoundRobin,
-        max_connections: None,
         client_idle_timeout: Some(Duration::from_secs(30)),
-        backend_idle_timeout: None,
-        backend_connection_timeout: None,
         connect_attempts: 1,
-        discovery: DiscoveryConfig::Static {
-            backends: vec![BackendSpec::new("127.0.0.1", backend.port())],
-        },
-        healthcheck: HealthConfig::default(),
-        access: None,
         udp: UdpConfig {
             max_requests: None,
             max_responses,
         },
-        proxy_protocol: Default::default(),
-        sni: None,
-        tls: None,
-        backends_tls: None,
-        limits: Default::default(),
+        ..ServerConfig::new(
+            "127.0.0.1:0".parse().expect("address"),
+            DiscoveryConfig::Static {
+                backends: vec![BackendSpec::new("127.0.0.1", backend.port())],
+            },
+        )
     }
 }
 

@@ -201,7 +201,9 @@ async fn run(args: &[String]) -> std::io::Result<()> {
         }
     }
     if let Some(flood) = flood {
-        flood.join().map_err(|_| std::io::Error::other("the flood's thread panicked"))??;
+        flood
+            .join()
+            .map_err(|_| std::io::Error::other("the flood's thread panicked"))??;
     }
     served.sort();
     let quantile = |q: f64| {

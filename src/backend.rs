@@ -16,6 +16,7 @@ use arc_swap::ArcSwap;
 use tokio_util::sync::CancellationToken;
 
 use crate::histogram::{Histogram, CONNECTION_BOUNDS_NS, CONNECT_BOUNDS_NS};
+use crate::outbound::{Leave, Sources};
 
 /// One backend as configured: a `static_list` line, or later a discovered entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -37,6 +38,9 @@ pub struct BackendSpec {
     pub alpn: Option<String>,
     /// The operator's wish (`state=` in a backend line; the API's PATCH).
     pub admin: AdminState,
+    /// The local address connections and checks to it leave from (`source=`), over the
+    /// server's `source`.
+    pub source: Option<std::net::IpAddr>,
 }
 
 impl BackendSpec {
@@ -52,6 +56,7 @@ impl BackendSpec {
             sni: None,
             alpn: None,
             admin: AdminState::Enabled,
+            source: None,
         }
     }
 
@@ -254,6 +259,9 @@ pub struct Backend {
     pub spec: BackendSpec,
     pub state: Arc<BackendState>,
     key: String,
+    /// The local addresses its connections and checks leave from: its own `source=`, or
+    /// the server's `source`; `None`: the kernel picks.
+    sources: Option<Arc<Sources>>,
 }
 
 impl fmt::Debug for Backend {
@@ -282,7 +290,30 @@ impl Backend {
     /// A backend with a new spec that keeps `state` (health, counters) of an earlier one.
     pub fn with_state(spec: BackendSpec, state: Arc<BackendState>) -> Self {
         let key = spec.key();
-        Backend { spec, state, key }
+        let sources = spec.source.and_then(|ip| Sources::new(&[ip])).map(Arc::new);
+        Backend {
+            spec,
+            state,
+            key,
+            sources,
+        }
+    }
+
+    /// Leaves from `server`'s sources unless the backend names its own.
+    pub fn with_server_sources(mut self, server: Option<&Arc<Sources>>) -> Self {
+        if self.spec.source.is_none() {
+            self.sources = server.cloned();
+        }
+        self
+    }
+
+    /// Where its connections and checks leave from; `exhausted` counts the sources
+    /// passed over for having no port left.
+    pub fn leave<'a>(&'a self, exhausted: Option<&'a AtomicU64>) -> Leave<'a> {
+        match self.sources.as_deref() {
+            None => Leave::Kernel,
+            Some(sources) => Leave::From { sources, exhausted },
+        }
     }
 
     /// `host:port`, the backend's identity.

@@ -13,7 +13,8 @@
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server while it runs: its listeners, pool rebuilder,
 //!   health checks and discovery.
-//! - [`listener`]: binding and the accept loop.
+//! - [`listener`]: binding, the accept loop, and the filter that drops blocked clients'
+//!   connection requests in the kernel.
 //! - [`proxy`]: the life of one connection (admit → prelude → connect → relay →
 //!   finish): the ACL and connection limit, TLS termination, SNI routing, the PROXY
 //!   protocol, UDP sessions; and the state of a server its connections read.
@@ -25,6 +26,7 @@
 //! - [`resolve`]: backend host names to addresses, kept fresh.
 //! - [`tasks`]: background tasks tracked so they end with the server that started them.
 //! - [`health`]: active and passive health checking.
+//! - [`outbound`]: connections towards backends, and the local address they leave from.
 //! - [`discovery`]: backends from DNS, files, commands, Consul, etcd, Docker.
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
 //! - [`admin_http`]: how the API and metrics endpoints are served and guarded: limits,
@@ -57,6 +59,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod origin;
+pub mod outbound;
 pub mod pidfile;
 pub mod pool;
 pub mod process;

@@ -26,6 +26,7 @@ pub struct BackendOptions {
     pub sni: Option<Option<String>>,
     pub alpn: Option<Option<String>>,
     pub state: Option<AdminState>,
+    pub source: Option<Option<std::net::IpAddr>>,
     /// With `state = drain`: close the connections still open after this long.
     pub deadline: Option<Duration>,
 }
@@ -111,6 +112,16 @@ impl BackendOptions {
                     })?;
                     options.state = Some(state.parse().map_err(|e: String| bad(field, e))?);
                 }
+                "source" => {
+                    let source = match v {
+                        Value::Null => None,
+                        Value::String(s) => Some(
+                            config::static_list::source_address(s).map_err(|e| bad(field, e))?,
+                        ),
+                        _ => return Err(bad(field, "expected an IP address or null".into())),
+                    };
+                    options.source = Some(source);
+                }
                 "deadline" => {
                     let text = v
                         .as_str()
@@ -163,6 +174,9 @@ impl BackendOptions {
         }
         if let Some(state) = self.state {
             spec.admin = state;
+        }
+        if let Some(source) = self.source {
+            spec.source = source;
         }
     }
 }
@@ -296,6 +310,7 @@ mod tests {
             "sni" => "\"a.example\"",
             "alpn" => "\"h2\"",
             "state" => "\"disabled\"",
+            "source" => "\"127.0.0.9\"",
             other => panic!("the API body does not take the backend option {other}"),
         };
         let mut spec = BackendSpec::new("b", 1);

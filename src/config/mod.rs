@@ -56,7 +56,7 @@ mod patterns;
 pub mod registries;
 mod samaritan;
 mod secrets;
-mod static_list;
+pub mod static_list;
 pub use static_list::BACKEND_OPTIONS;
 #[cfg(test)]
 mod tests;
@@ -363,6 +363,10 @@ pub struct ServerConfig {
     pub backend_connection_timeout: Option<Duration>,
     /// Backends tried for one client before giving up (at least 1).
     pub connect_attempts: u32,
+    /// Local addresses connections, UDP sessions and checks to the backends leave from,
+    /// used in turn (a backend's own `source=` comes first); empty: the kernel picks.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub source: Vec<std::net::IpAddr>,
     pub discovery: DiscoveryConfig,
     #[serde(serialize_with = "health::section")]
     pub healthcheck: HealthConfig,
@@ -408,6 +412,7 @@ impl ServerConfig {
             backend_idle_timeout: None,
             backend_connection_timeout: None,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
+            source: Vec::new(),
             discovery,
             healthcheck: HealthConfig::default(),
             access: None,

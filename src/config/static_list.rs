@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! host:port [weight=N] [priority=N] [max_connections=N] [sni=NAME] [alpn=NAME] [backup]
-//!           [state=enabled|disabled|drain]
+//!           [state=enabled|disabled|drain] [source=IP]
 //! ```
 //!
 //! IPv6 literals are bracketed (`[::1]:80`); the host is stored without brackets. Options
@@ -16,7 +16,7 @@ use super::address::HostPort;
 use crate::backend::{AdminState, BackendSpec};
 
 const OPTIONS: &str =
-    "weight=N, priority=N, max_connections=N, sni=NAME, alpn=NAME, backup, state=enabled|disabled|drain";
+    "weight=N, priority=N, max_connections=N, sni=NAME, alpn=NAME, backup, state=enabled|disabled|drain, source=IP";
 
 impl FromStr for BackendSpec {
     type Err = String;
@@ -51,7 +51,7 @@ impl FromStr for BackendSpec {
 /// Every option a backend takes, declared once: a backend line writes them
 /// (`weight=2`, `backup`), and the API's backend bodies take the same names (its test
 /// checks them against this list).
-pub const BACKEND_OPTIONS: [&str; 7] = [
+pub const BACKEND_OPTIONS: [&str; 8] = [
     "weight",
     "priority",
     "max_connections",
@@ -59,16 +59,18 @@ pub const BACKEND_OPTIONS: [&str; 7] = [
     "sni",
     "alpn",
     "state",
+    "source",
 ];
 
 /// The options a line writes `name=value` (all but the `backup` flag).
-const VALUED_OPTIONS: [&str; 6] = [
+const VALUED_OPTIONS: [&str; 7] = [
     BACKEND_OPTIONS[0],
     BACKEND_OPTIONS[1],
     BACKEND_OPTIONS[2],
     BACKEND_OPTIONS[4],
     BACKEND_OPTIONS[5],
     BACKEND_OPTIONS[6],
+    BACKEND_OPTIONS[7],
 ];
 
 impl BackendSpec {
@@ -92,8 +94,8 @@ impl BackendSpec {
         Ok(spec)
     }
 
-    /// Sets the option `name` (`weight`, `priority`, `max_connections`, `sni`, `alpn` or
-    /// `state`) from its value as a backend line writes it, checked as the line's is.
+    /// Sets the option `name` (`weight`, `priority`, `max_connections`, `sni`, `alpn`,
+    /// `state` or `source`) from its value as a backend line writes it, checked as the line's is.
     pub fn set_option(&mut self, name: &str, value: &str) -> Result<(), String> {
         match (name, value) {
             ("weight", v) => {
@@ -112,6 +114,7 @@ impl BackendSpec {
             ("alpn", "") => return Err("alpn needs a protocol: alpn=NAME".into()),
             ("alpn", v) => self.alpn = Some(v.to_owned()),
             ("state", v) => self.admin = v.parse()?,
+            ("source", v) => self.source = Some(source_address(v)?),
             _ => return Err(format!("unknown option \"{name}\"; expected {OPTIONS}")),
         }
         Ok(())
@@ -143,8 +146,25 @@ impl fmt::Display for BackendSpec {
         if self.admin != AdminState::Enabled {
             write!(f, " state={}", self.admin.as_str())?;
         }
+        if let Some(source) = self.source {
+            write!(f, " source={source}")?;
+        }
         Ok(())
     }
+}
+
+/// A local address connections leave from (a server's `source`, a backend's
+/// `source=`): an IP address a socket can be bound to.
+pub fn source_address(text: &str) -> Result<IpAddr, String> {
+    let ip = text.trim().parse::<IpAddr>().map_err(|_| {
+        format!("\"{text}\" is not an IP address; source takes the local address to connect from")
+    })?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        return Err(format!(
+            "{ip} is not an address a connection can leave from"
+        ));
+    }
+    Ok(ip)
 }
 
 /// Splits `host:port` or `[v6]:port` into a host (no brackets) and a port.

@@ -7,6 +7,7 @@ use tokio::net::TcpStream;
 use super::{BoxFuture, CheckError, HealthCheck};
 use crate::backend::Backend;
 use crate::config::ProxyVersion;
+use crate::outbound;
 use crate::proxy::proxy_protocol;
 
 /// Passes when a TCP connection to the backend is established.
@@ -39,16 +40,15 @@ pub(crate) async fn connect(
     Ok(stream)
 }
 
+/// Connects as the backend's clients do: from its sources, with `TCP_NODELAY` (checks
+/// write small requests: Nagle must not hold them back).
 async fn dial(backend: &Backend) -> Result<TcpStream, CheckError> {
     let addrs = backend.addrs();
+    let leave = backend.leave(None);
     let mut last = CheckError::Unresolved;
     for addr in addrs.iter() {
-        match TcpStream::connect(addr).await {
-            Ok(stream) => {
-                // Checks write small requests: do not let Nagle hold them back.
-                let _ = stream.set_nodelay(true);
-                return Ok(stream);
-            }
+        match outbound::connect(*addr, leave).await {
+            Ok(stream) => return Ok(stream),
             Err(e) => last = CheckError::Io(e),
         }
     }

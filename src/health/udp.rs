@@ -1,8 +1,6 @@
 //! `kind = "udp"`: a datagram sent is answered (DNS-like services). Also the exchange of
 //! `probe_protocol = "udp"`.
 
-use std::net::SocketAddr;
-
 use tokio::net::UdpSocket;
 
 use super::{BoxFuture, CheckError, HealthCheck};
@@ -45,15 +43,9 @@ impl HealthCheck for UdpCheck {
 pub(crate) async fn exchange(backend: &Backend, datagram: &[u8]) -> Result<Vec<u8>, CheckError> {
     let addrs = backend.addrs();
     let addr = *addrs.first().ok_or(CheckError::Unresolved)?;
-    let local: SocketAddr = if addr.is_ipv4() {
-        ([0, 0, 0, 0], 0).into()
-    } else {
-        ([0u16; 8], 0).into()
-    };
-    let socket = UdpSocket::bind(local).await?;
     // Connected: only the backend's replies are received, and an ICMP "port
     // unreachable" fails the check at once instead of waiting for the timeout.
-    socket.connect(addr).await?;
+    let socket = UdpSocket::from_std(crate::outbound::connect_udp(addr, backend.leave(None))?)?;
     socket.send(datagram).await?;
     let mut buf = vec![0u8; MAX_RECV_LEN as usize];
     let n = socket.recv(&mut buf).await?;

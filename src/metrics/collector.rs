@@ -133,6 +133,14 @@ impl Collector for Scrape {
         )?;
         self.per_server(
             e,
+            Meta::counter(
+                "sluice_source_exhausted",
+                "Source addresses (source) that had no port left for a backend and were passed over.",
+            ),
+            |s| Value::Counter(read(&s.shared.stats.sources_exhausted)),
+        )?;
+        self.per_server(
+            e,
             Meta::gauge(
                 "sluice_connections_active",
                 "Client connections open now, including those still connecting.",

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncWriteExt, Interest};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
 use tracing::{debug, warn};
@@ -21,6 +21,7 @@ use super::state::ServerShared;
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{HealthKind, ServerConfig};
+use crate::outbound;
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
 /// own SYN retries would otherwise hold a client for minutes.
@@ -112,7 +113,7 @@ async fn connect(
         }
         let backend = guard.backend();
         let dialling = Instant::now();
-        match dial(backend, connect_timeout).await {
+        match dial(server, backend, connect_timeout).await {
             Ok(stream) => {
                 let state = &backend.state;
                 state.stats.connect_duration.observe(dialling.elapsed());
@@ -143,12 +144,13 @@ async fn connect(
 }
 
 /// Connects to the backend's addresses in turn within one overall timeout.
-async fn dial(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
+async fn dial(server: &ServerShared, backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
     let addrs = backend.addrs();
+    let leave = backend.leave(Some(&server.stats.sources_exhausted));
     let attempt = async {
         let mut last = None;
         for addr in addrs.iter() {
-            match connect_socket(*addr).await {
+            match outbound::connect(*addr, leave).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = Some(e),
             }
@@ -160,32 +162,6 @@ async fn dial(backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
     timeout(limit, attempt)
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-}
-
-/// A non-blocking connect with `TCP_NODELAY`. Success or failure is read from the
-/// readiness event itself: an error or hang-up means failure, and only then is the
-/// socket asked why (`SO_ERROR`), where `TcpStream::connect` asks every time, one
-/// system call per connection.
-async fn connect_socket(addr: SocketAddr) -> io::Result<TcpStream> {
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM.nonblocking(),
-        Some(socket2::Protocol::TCP),
-    )?;
-    socket.set_tcp_nodelay(true)?;
-    match socket.connect(&addr.into()) {
-        Ok(()) => {}
-        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-        Err(e) => return Err(e),
-    }
-    let stream = TcpStream::from_std(socket.into())?;
-    let ready = stream.ready(Interest::WRITABLE).await?;
-    if ready.is_error() || ready.is_write_closed() {
-        return Err(stream
-            .take_error()?
-            .unwrap_or_else(|| io::ErrorKind::ConnectionRefused.into()));
-    }
-    Ok(stream)
 }
 
 /// Failed connects in a row that mark a backend down; 0 (never) without active checks,

@@ -15,6 +15,7 @@ use crate::backend::{Backend, BackendSpec, BackendState};
 use crate::balance::BalanceKind;
 use crate::config::{HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig};
 use crate::health;
+use crate::outbound::Sources;
 use crate::pool::Pool;
 use crate::proxy::sni;
 use crate::proxy::state::ServerShared;
@@ -42,7 +43,7 @@ struct RebuildState {
     specs: Vec<BackendSpec>,
     /// The health check configuration the running checks use, with the PROXY header
     /// version they send (the server's): a reload that changes either restarts them.
-    health: Option<(HealthConfig, Option<ProxyVersion>)>,
+    health: Option<(HealthConfig, Option<ProxyVersion>, Vec<std::net::IpAddr>)>,
     /// Each backend's check and resolver, by key, with the spec they were started for.
     per_backend: HashMap<String, (BackendSpec, CancellationToken)>,
     sampler: Option<CancellationToken>,
@@ -118,7 +119,12 @@ impl PoolRebuilder {
     /// restarted.
     fn follow(&self, state: &mut RebuildState, settings: &ServerConfig, pool: &Arc<Pool>) {
         let name = &self.shared.name;
-        let health = (settings.healthcheck.clone(), settings.proxy_protocol.send);
+        // Checks leave from the server's sources too: new ones restart them.
+        let health = (
+            settings.healthcheck.clone(),
+            settings.proxy_protocol.send,
+            settings.source.clone(),
+        );
         if state.health.as_ref() != Some(&health) {
             for (_, (_, stop)) in state.per_backend.drain() {
                 stop.cancel();
@@ -170,13 +176,15 @@ fn build_backends(
 ) -> Vec<Arc<Backend>> {
     let initially_healthy = config.healthcheck.kind == HealthKind::None
         || config.healthcheck.initial_status == InitialStatus::Healthy;
+    let sources = Sources::new(&config.source).map(Arc::new);
     specs
         .iter()
         .map(|spec| {
             let backend = match known.get(spec.key().as_str()) {
                 Some(state) => Backend::with_state(spec.clone(), Arc::clone(state)),
                 None => Backend::new(spec.clone(), initially_healthy),
-            };
+            }
+            .with_server_sources(sources.as_ref());
             backend.state.link_to(hard_stop);
             // Without an active check nothing would ever bring a backend back up.
             if config.healthcheck.kind == HealthKind::None {

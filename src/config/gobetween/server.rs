@@ -51,6 +51,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "backend_idle_timeout",
     "backend_connection_timeout",
     "connect_attempts",
+    "source",
     "discovery",
     "healthcheck",
     "access",
@@ -253,6 +254,10 @@ fn server(
         .take("connect_attempts")
         .and_then(|f| ctx.u32_at_least(&f, 1))
         .unwrap_or(crate::config::DEFAULT_CONNECT_ATTEMPTS);
+    let source = sec
+        .take("source")
+        .and_then(|f| source(ctx, &f))
+        .unwrap_or_default();
     let discovery = match sec.take("discovery") {
         Some(f) => ctx.table(&f).and_then(|s| discovery(ctx, s)),
         None => {
@@ -353,6 +358,7 @@ fn server(
             .or(defaults.backend_connection_timeout)
             .flatten(),
         connect_attempts,
+        source,
         discovery,
         healthcheck,
         access,
@@ -367,6 +373,25 @@ fn server(
         limits,
     };
     Some((server, bind_at))
+}
+
+/// `source`: one local address, or a list used in turn.
+fn source(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Vec<std::net::IpAddr>> {
+    let written = match &f.node.value {
+        Value::Str(text) => vec![(f.at, f.path().to_owned(), text.as_str())],
+        _ => ctx.strings(f)?,
+    };
+    let mut addrs = Vec::with_capacity(written.len());
+    for (at, path, text) in written {
+        match crate::config::static_list::source_address(text) {
+            Ok(ip) => addrs.push(ip),
+            Err(message) => ctx.error(at, &path, message),
+        }
+    }
+    if addrs.is_empty() {
+        ctx.error(f.at, f.path(), "needs at least one address");
+    }
+    Some(addrs)
 }
 
 /// `[servers.NAME.sni]`, GoBetween's keys.

@@ -30,6 +30,9 @@ pub struct ServerStats {
     refused: [AtomicU64; CLOSE_REASONS],
     /// Dials beyond the first for one client, each to another backend.
     pub connect_retries: AtomicU64,
+    /// Source addresses (`source`) that had no port left for a backend, each then
+    /// passed over for the next.
+    pub sources_exhausted: AtomicU64,
     /// Datagram counters of a UDP server.
     pub udp: UdpStats,
 }

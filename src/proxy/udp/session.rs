@@ -211,7 +211,8 @@ pub(super) fn open(
         // A host name not resolved (yet): as good as no backend.
         return Err(Refusal::Closed(CloseReason::NoBackend));
     };
-    let upstream = connect(target).map_err(|e| {
+    let leave = backend.leave(Some(&server.stats.sources_exhausted));
+    let upstream = connect(target, leave).map_err(|e| {
         debug!(server = %server.name, backend = backend.key(), error = %e, "cannot open a UDP socket");
         backend
             .state
@@ -489,7 +490,7 @@ impl Session {
     pub(super) fn detached(target: SocketAddr, descriptor: Descriptor) -> Arc<Session> {
         let backend = crate::backend::BackendSpec::new(target.ip().to_string(), target.port());
         let backend = Arc::new(Backend::new(backend, true));
-        let upstream = connect(target).expect("a socket");
+        let upstream = connect(target, crate::outbound::Leave::Kernel).expect("a socket");
         Arc::new(Session::new(
             target, None, backend, upstream, descriptor, None,
         ))

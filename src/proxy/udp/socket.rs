@@ -9,6 +9,8 @@ use socket2::{Domain, Protocol, SockAddr, SockRef, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 
+use crate::outbound::{self, Leave};
+
 /// Receive and send buffer asked of the kernel for listening sockets (it caps the
 /// request at `net.core.rmem_max` / `wmem_max`): bursts queue there, not in Sluice.
 const SOCKET_BUFFER: usize = 4 << 20;
@@ -92,15 +94,10 @@ pub(super) fn recv(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<usize> {
     }
 }
 
-/// A non-blocking socket connected to `target`, registered with the current runtime.
-pub(super) fn connect(target: SocketAddr) -> io::Result<UdpSocket> {
-    let socket = Socket::new(
-        Domain::for_address(target),
-        Type::DGRAM.nonblocking(),
-        Some(Protocol::UDP),
-    )?;
-    socket.connect(&target.into())?;
-    UdpSocket::from_std(socket.into())
+/// A non-blocking socket connected to `target`, leaving as `leave` says, registered
+/// with the current runtime.
+pub(super) fn connect(target: SocketAddr, leave: Leave<'_>) -> io::Result<UdpSocket> {
+    UdpSocket::from_std(outbound::connect_udp(target, leave)?)
 }
 
 /// A non-blocking socket on an ephemeral port that can send to any address of
@@ -329,7 +326,7 @@ mod tests {
     #[tokio::test]
     async fn a_session_socket_wakes_for_a_reply_and_for_port_unreachable() {
         let backend = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let upstream = connect(backend.local_addr().unwrap()).unwrap();
+        let upstream = connect(backend.local_addr().unwrap(), Leave::Kernel).unwrap();
         send(&upstream, b"ping", None).unwrap();
         let mut buf = [0u8; 64];
         let (len, from) = backend.recv_from(&mut buf).unwrap();
