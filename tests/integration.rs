@@ -2,6 +2,7 @@
 
 mod support;
 
+mod addresses;
 mod api;
 mod backends_tls;
 mod balance;

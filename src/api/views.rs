@@ -26,6 +26,7 @@ pub fn backend(backend: &Backend) -> Value {
         "max_connections": spec.max_connections,
         "sni": spec.sni,
         "alpn": spec.alpn,
+        "source": spec.source,
         "state": state_name(spec.admin),
         "health": if backend.is_healthy() { "up" } else { "down" },
         "stats": {

@@ -233,8 +233,15 @@ pub fn summary(config: &Config) -> String {
             HealthKind::None => "no health check".to_owned(),
             kind => format!("{} check every {:?}", kind.name(), s.healthcheck.interval),
         };
+        let source = match s.source.as_slice() {
+            [] => String::new(),
+            sources => {
+                let list: Vec<String> = sources.iter().map(ToString::to_string).collect();
+                format!(", from {}", list.join(", "))
+            }
+        };
         out.push_str(&format!(
-            "server {name}: {} on {}, balance {}, {listed}, {health}\n",
+            "server {name}: {} on {}{source}, balance {}, {listed}, {health}\n",
             s.protocol.as_str(),
             s.bind,
             s.balance,
@@ -262,6 +269,9 @@ pub fn summary(config: &Config) -> String {
             }
             if b.admin != AdminState::Enabled {
                 out.push_str(&format!(" state={}", b.admin.as_str()));
+            }
+            if let Some(source) = b.source {
+                out.push_str(&format!(" source={source}"));
             }
             out.push('\n');
         }

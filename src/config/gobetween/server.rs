@@ -381,15 +381,16 @@ fn source(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Vec<std::net::IpAddr>> {
         Value::Str(text) => vec![(f.at, f.path().to_owned(), text.as_str())],
         _ => ctx.strings(f)?,
     };
+    if written.is_empty() {
+        ctx.error(f.at, f.path(), "needs at least one address");
+        return None;
+    }
     let mut addrs = Vec::with_capacity(written.len());
     for (at, path, text) in written {
         match crate::config::static_list::source_address(text) {
             Ok(ip) => addrs.push(ip),
             Err(message) => ctx.error(at, &path, message),
         }
-    }
-    if addrs.is_empty() {
-        ctx.error(f.at, f.path(), "needs at least one address");
     }
     Some(addrs)
 }
