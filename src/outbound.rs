@@ -1,6 +1,7 @@
 //! The connections Sluice opens towards backends — a client's, a health check's — and
-//! the local address they leave from: the kernel's choice, or a server's `source`
-//! addresses in turn (a backend's own `source=` first).
+//! the local address they leave from: the kernel's choice, a server's `source`
+//! addresses in turn (a backend's own `source=` first), or with `transparent` the
+//! client's own address (`IP_TRANSPARENT`), so the backend sees the real client.
 //!
 //! A source is bound with `IP_BIND_ADDRESS_NO_PORT`, so the kernel picks its port at
 //! `connect`, where the port needs to be unique only per destination: one source then
@@ -56,6 +57,9 @@ pub enum Leave<'a> {
         sources: &'a Sources,
         exhausted: Option<&'a AtomicU64>,
     },
+    /// The client's own address, which is not this host's (`IP_TRANSPARENT`): the
+    /// backend's replies must be routed back through this host (see the README).
+    AsClient(IpAddr),
 }
 
 impl Leave<'_> {
@@ -91,12 +95,14 @@ fn no_source(last: Option<io::Error>, target: SocketAddr) -> io::Error {
 
 /// A non-blocking TCP connection to `addr` with `TCP_NODELAY`, leaving as `leave` says.
 pub async fn connect(addr: SocketAddr, leave: Leave<'_>) -> io::Result<TcpStream> {
-    let Leave::From { sources, .. } = leave else {
-        return connect_from(addr, None).await;
+    let sources = match leave {
+        Leave::Kernel => return connect_from(addr, Local::Kernel).await,
+        Leave::AsClient(client) => return connect_from(addr, Local::Foreign(client)).await,
+        Leave::From { sources, .. } => sources,
     };
     let mut last = None;
     for source in sources.turn(addr) {
-        let result = connect_from(addr, Some(source)).await;
+        let result = connect_from(addr, Local::Own(source)).await;
         if !leave.exhausted(&result, source, addr) {
             return result;
         }
@@ -107,12 +113,14 @@ pub async fn connect(addr: SocketAddr, leave: Leave<'_>) -> io::Result<TcpStream
 
 /// A non-blocking UDP socket connected to `target`, leaving as `leave` says.
 pub fn connect_udp(target: SocketAddr, leave: Leave<'_>) -> io::Result<std::net::UdpSocket> {
-    let Leave::From { sources, .. } = leave else {
-        return connect_udp_from(target, None);
+    let sources = match leave {
+        Leave::Kernel => return connect_udp_from(target, Local::Kernel),
+        Leave::AsClient(client) => return connect_udp_from(target, Local::Foreign(client)),
+        Leave::From { sources, .. } => sources,
     };
     let mut last = None;
     for source in sources.turn(target) {
-        let result = connect_udp_from(target, Some(source));
+        let result = connect_udp_from(target, Local::Own(source));
         if !leave.exhausted(&result, source, target) {
             return result;
         }
@@ -121,34 +129,79 @@ pub fn connect_udp(target: SocketAddr, leave: Leave<'_>) -> io::Result<std::net:
     Err(no_source(last, target))
 }
 
-fn connect_udp_from(target: SocketAddr, source: Option<IpAddr>) -> io::Result<std::net::UdpSocket> {
+fn connect_udp_from(target: SocketAddr, local: Local) -> io::Result<std::net::UdpSocket> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(target),
         socket2::Type::DGRAM.nonblocking(),
         Some(socket2::Protocol::UDP),
     )?;
-    if let Some(source) = source {
-        socket.bind(&SocketAddr::new(source, 0).into())?;
-    }
+    local.bind(&socket, target)?;
     socket.connect(&target.into())?;
     Ok(socket.into())
+}
+
+/// The local end of one socket.
+#[derive(Clone, Copy)]
+enum Local {
+    Kernel,
+    /// An address of this host.
+    Own(IpAddr),
+    /// An address of another host: the client's, with `IP_TRANSPARENT`.
+    Foreign(IpAddr),
+}
+
+impl Local {
+    /// Binds `socket` (for `target`) to this local address, on a port the kernel picks
+    /// at connect.
+    fn bind(self, socket: &socket2::Socket, target: SocketAddr) -> io::Result<()> {
+        let ip = match self {
+            Local::Kernel => return Ok(()),
+            Local::Own(ip) => ip,
+            Local::Foreign(ip) => {
+                let ip = ip.to_canonical();
+                if ip.is_ipv4() != target.is_ipv4() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::AddrNotAvailable,
+                        format!("transparent: the client {ip} and the backend {target} are of different address families"),
+                    ));
+                }
+                set_transparent(socket, target)?;
+                ip
+            }
+        };
+        // Best effort: without it, the bind takes a port of its own.
+        let _ = setsockopt(socket, sockopt::IpBindAddressNoPort, &true);
+        socket.bind(&SocketAddr::new(ip, 0).into())
+    }
+}
+
+/// Lets `socket` use an address that is not this host's (`IP_TRANSPARENT`, which needs
+/// `CAP_NET_ADMIN`).
+pub fn set_transparent(socket: &socket2::Socket, target: SocketAddr) -> io::Result<()> {
+    if target.is_ipv4() {
+        socket.set_ip_transparent_v4(true)
+    } else {
+        socket.set_ip_transparent_v6(true)
+    }
+}
+
+/// Whether this process may use `IP_TRANSPARENT`: a throwaway socket tries it.
+pub fn can_be_transparent() -> io::Result<()> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.set_ip_transparent_v4(true)
 }
 
 /// Success or failure is read from the readiness event itself: an error or hang-up
 /// means failure, and only then is the socket asked why (`SO_ERROR`), where
 /// `TcpStream::connect` asks every time, one system call per connection.
-async fn connect_from(addr: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+async fn connect_from(addr: SocketAddr, local: Local) -> io::Result<TcpStream> {
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
         socket2::Type::STREAM.nonblocking(),
         Some(socket2::Protocol::TCP),
     )?;
     socket.set_tcp_nodelay(true)?;
-    if let Some(source) = source {
-        // Best effort: without it, the bind takes a port of its own.
-        let _ = setsockopt(&socket, sockopt::IpBindAddressNoPort, &true);
-        socket.bind(&SocketAddr::new(source, 0).into())?;
-    }
+    local.bind(&socket, addr)?;
     match socket.connect(&addr.into()) {
         Ok(()) => {}
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}

@@ -49,7 +49,10 @@ pub fn diff(old: &Config, new: &Config) -> Vec<Change> {
 }
 
 fn needs_new_listener(prev: &ServerConfig, next: &ServerConfig) -> bool {
-    prev.bind != next.bind || prev.protocol != next.protocol
+    // Turning `transparent` on checks the process may use it, as a start does.
+    prev.bind != next.bind
+        || prev.protocol != next.protocol
+        || (next.transparent && !prev.transparent)
 }
 
 #[cfg(test)]

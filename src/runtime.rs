@@ -54,6 +54,17 @@ pub enum BindError {
     /// listens on; `reason` says which, in the configuration check's words.
     #[error("server {server}: {reason}")]
     Address { server: String, reason: String },
+    /// `transparent = true`, but this process may not use `IP_TRANSPARENT`.
+    #[error(
+        "server {server}: transparent = true needs IP_TRANSPARENT, which this process may \
+         not use ({source}); give it CAP_NET_ADMIN (run as root, or \
+         AmbientCapabilities=CAP_NET_ADMIN in its unit)"
+    )]
+    Transparent {
+        server: String,
+        #[source]
+        source: io::Error,
+    },
 }
 
 /// Why the runtime could not start.
@@ -385,6 +396,12 @@ fn bind_new_listeners(
             continue;
         };
         let (server, addr) = (&config.servers[name], addrs[name]);
+        if server.transparent {
+            crate::outbound::can_be_transparent().map_err(|source| BindError::Transparent {
+                server: name.clone(),
+                source,
+            })?;
+        }
         // A stopping TCP (or TLS) server listening on exactly this address.
         let tcp_held = outgoing
             .iter()

@@ -367,6 +367,10 @@ pub struct ServerConfig {
     /// used in turn (a backend's own `source=` comes first); empty: the kernel picks.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub source: Vec<std::net::IpAddr>,
+    /// Connections and UDP sessions to the backends leave from the client's own
+    /// address (`IP_TRANSPARENT`), so the backends see the real client.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub transparent: bool,
     pub discovery: DiscoveryConfig,
     #[serde(serialize_with = "health::section")]
     pub healthcheck: HealthConfig,
@@ -413,6 +417,7 @@ impl ServerConfig {
             backend_connection_timeout: None,
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
             source: Vec::new(),
+            transparent: false,
             discovery,
             healthcheck: HealthConfig::default(),
             access: None,

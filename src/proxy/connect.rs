@@ -21,7 +21,7 @@ use super::state::ServerShared;
 use super::CloseReason;
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{HealthKind, ServerConfig};
-use crate::outbound;
+use crate::outbound::{self, Leave};
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
 /// own SYN retries would otherwise hold a client for minutes.
@@ -113,7 +113,12 @@ async fn connect(
         }
         let backend = guard.backend();
         let dialling = Instant::now();
-        match dial(server, backend, connect_timeout).await {
+        let leave = if settings.transparent {
+            Leave::AsClient(peer.ip())
+        } else {
+            backend.leave(Some(&server.stats.sources_exhausted))
+        };
+        match dial(backend, leave, connect_timeout).await {
             Ok(stream) => {
                 let state = &backend.state;
                 state.stats.connect_duration.observe(dialling.elapsed());
@@ -144,9 +149,8 @@ async fn connect(
 }
 
 /// Connects to the backend's addresses in turn within one overall timeout.
-async fn dial(server: &ServerShared, backend: &Backend, limit: Duration) -> io::Result<TcpStream> {
+async fn dial(backend: &Backend, leave: Leave<'_>, limit: Duration) -> io::Result<TcpStream> {
     let addrs = backend.addrs();
-    let leave = backend.leave(Some(&server.stats.sources_exhausted));
     let attempt = async {
         let mut last = None;
         for addr in addrs.iter() {

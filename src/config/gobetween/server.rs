@@ -52,6 +52,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "backend_connection_timeout",
     "connect_attempts",
     "source",
+    "transparent",
     "discovery",
     "healthcheck",
     "access",
@@ -279,6 +280,15 @@ fn server(
         .and_then(|f| ctx.table(&f))
         .map(|s| access(ctx, s));
     let udp = sec.take("udp").map(|f| (ctx.table_at(&f), udp(ctx, &f)));
+    let transparent = sec
+        .take("transparent")
+        .and_then(|f| ctx.bool(&f))
+        .unwrap_or(false);
+    // GoBetween writes it among a UDP server's keys.
+    let transparent = transparent
+        || udp
+            .as_ref()
+            .is_some_and(|(_, u)| u.as_ref().is_some_and(|u| u.1));
     let send_proxy = sec
         .take("proxy_protocol")
         .map(|f| (ctx.table_at(&f), proxy_protocol(ctx, &f)));
@@ -362,7 +372,8 @@ fn server(
         discovery,
         healthcheck,
         access,
-        udp: udp.and_then(|(_, u)| u).unwrap_or_default(),
+        udp: udp.and_then(|(_, u)| u).map(|u| u.0).unwrap_or_default(),
+        transparent,
         proxy_protocol: ProxyProtocol {
             send: send_proxy.and_then(|(_, v)| v),
             accept: accept_proxy.and_then(|(_, a)| a),
@@ -483,7 +494,8 @@ fn accept_proxy_protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<AcceptProxy
 }
 
 /// `[servers.NAME.udp]`; 0 (GoBetween's "no limit") is the same as leaving a key out.
-fn udp(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<UdpConfig> {
+/// With it, GoBetween's `transparent`: the server's own key.
+fn udp(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<(UdpConfig, bool)> {
     let mut sec = ctx.table(f)?;
     let mut limit = |key| {
         sec.take(key)
@@ -494,17 +506,12 @@ fn udp(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<UdpConfig> {
         max_requests: limit("max_requests"),
         max_responses: limit("max_responses"),
     };
-    // GoBetween's `transparent` (the client's address as the datagrams' source): off is
-    // what Sluice does; on is a feature it does not have yet, not an unknown key.
-    if let Some(f) = sec.take("transparent") {
-        if !matches!(f.node.value, Value::Bool(false)) {
-            let message = "transparent is not supported yet (the client's address as the \
-                           source towards backends)";
-            ctx.error(f.at, f.path(), message);
-        }
-    }
+    let transparent = sec
+        .take("transparent")
+        .and_then(|f| ctx.bool(&f))
+        .unwrap_or(false);
     sec.finish(ctx, UDP_KEYS);
-    Some(config)
+    Some((config, transparent))
 }
 
 fn protocol(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Protocol> {

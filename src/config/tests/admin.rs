@@ -236,10 +236,9 @@ fn a_tcp_healthcheck_is_read_as_ping_with_a_warning() {
     );
 }
 
-/// GoBetween's `[servers.NAME.udp] transparent`: off is accepted, on is a feature Sluice
-/// does not have yet (not an unknown key).
+/// GoBetween's `[servers.NAME.udp] transparent` is the server's `transparent`.
 #[test]
-fn udp_transparent_is_not_supported_yet_when_on() {
+fn udp_transparent_is_the_servers_transparent() {
     let text = |value: &str| {
         format!(
             "[servers.dns]\nbind = \"127.0.0.1:5353\"\nprotocol = \"udp\"\n\
@@ -247,10 +246,12 @@ fn udp_transparent_is_not_supported_yet_when_on() {
              [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:53\"]\n"
         )
     };
-    assert!(ok(&text("false")).warnings.is_empty());
+    let off = ok(&text("false"));
+    assert!(off.warnings.is_empty());
+    assert!(!off.config.servers["dns"].transparent);
+    assert!(ok(&text("true")).config.servers["dns"].transparent);
     assert_eq!(
-        errors(&text("true")),
-        "t.toml:5:1: servers.dns.udp.transparent: transparent is not supported yet (the \
-         client's address as the source towards backends)"
+        errors(&text("\"yes\"")),
+        "t.toml:5:1: servers.dns.udp.transparent: expected true or false, found a string"
     );
 }
