@@ -176,7 +176,7 @@ impl Local {
 }
 
 /// Lets `socket` use an address that is not this host's (`IP_TRANSPARENT`, which needs
-/// `CAP_NET_ADMIN`).
+/// `CAP_NET_ADMIN` or `CAP_NET_RAW`).
 pub fn set_transparent(socket: &socket2::Socket, target: SocketAddr) -> io::Result<()> {
     if target.is_ipv4() {
         socket.set_ip_transparent_v4(true)

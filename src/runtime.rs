@@ -58,7 +58,7 @@ pub enum BindError {
     #[error(
         "server {server}: transparent = true needs IP_TRANSPARENT, which this process may \
          not use ({source}); give it CAP_NET_ADMIN (run as root, or \
-         AmbientCapabilities=CAP_NET_ADMIN in its unit)"
+         AmbientCapabilities=CAP_NET_ADMIN in its unit; CAP_NET_RAW also allows it)"
     )]
     Transparent {
         server: String,

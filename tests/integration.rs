@@ -25,4 +25,5 @@ mod proxy;
 mod proxy_protocol;
 mod sni;
 mod tls;
+mod transparent;
 mod udp;

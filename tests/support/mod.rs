@@ -6,6 +6,7 @@
 mod backend;
 pub mod data;
 pub mod http;
+pub mod netns;
 pub mod process;
 pub mod resp;
 pub mod servers;

@@ -92,6 +92,15 @@ pub struct SluiceProcess {
     _dir: TempDir,
 }
 
+/// What Sluice is started under.
+enum Wrap {
+    None,
+    /// A shell that limits its open files to this many.
+    Descriptors(u64),
+    /// `ip netns exec` into this namespace.
+    Netns(String),
+}
+
 /// How long a start may take on a loaded machine before the test gives up.
 const START_WAIT: Duration = Duration::from_secs(60);
 
@@ -117,7 +126,8 @@ impl SluiceProcess {
             Err(e) => panic!("the test's configuration is invalid: {e}\n{text}"),
         };
         let args = ["run".into(), "-c".into(), config.clone().into_os_string()];
-        Self::launch(dir, config, &args, &expected, descriptors).await
+        let wrap = descriptors.map_or(Wrap::None, Wrap::Descriptors);
+        Self::launch(dir, config, &args, &expected, wrap).await
     }
 
     /// Starts `sluice ARGS…` with its log in `dir` (kept until the process is dropped)
@@ -129,7 +139,20 @@ impl SluiceProcess {
         args: &[std::ffi::OsString],
         expected: &Config,
     ) -> SluiceProcess {
-        Self::launch(dir, config, args, expected, None).await
+        Self::launch(dir, config, args, expected, Wrap::None).await
+    }
+
+    /// As [`Self::start`], inside the network namespace `netns`.
+    pub async fn start_in_netns(netns: &str, toml: &str) -> SluiceProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("sluice.toml");
+        std::fs::write(&config, toml).expect("write config");
+        let expected = match sluice::config::load(&config) {
+            Ok(loaded) => loaded.config,
+            Err(e) => panic!("the test's configuration is invalid: {e}\n{toml}"),
+        };
+        let args = ["run".into(), "-c".into(), config.clone().into_os_string()];
+        Self::launch(dir, config, &args, &expected, Wrap::Netns(netns.to_owned())).await
     }
 
     async fn launch(
@@ -137,21 +160,26 @@ impl SluiceProcess {
         config: PathBuf,
         args: &[std::ffi::OsString],
         expected: &Config,
-        descriptors: Option<u64>,
+        wrap: Wrap,
     ) -> SluiceProcess {
         let log = dir.path().join("sluice.log");
         let log_file = std::fs::File::create(&log).expect("log file");
         // The limit is set by the shell that then becomes Sluice: `ulimit -n` sets both
         // the soft and the hard limit, so Sluice cannot raise it.
-        let mut command = match descriptors {
-            Some(limit) => {
+        let mut command = match wrap {
+            Wrap::Descriptors(limit) => {
                 let mut sh = Command::new("sh");
                 sh.arg("-c")
                     .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
                     .arg(BIN);
                 sh
             }
-            None => Command::new(BIN),
+            Wrap::Netns(name) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", &name, BIN]);
+                ip
+            }
+            Wrap::None => Command::new(BIN),
         };
         let child = command
             .args(args)

@@ -1,0 +1,196 @@
+//! Transparent proxying through the binary: in network namespaces the test creates
+//! (client, balancer, backend; see `support::netns`), a backend's `accept()` and
+//! `recv_from()` see the client's own address; without CAP_NET_ADMIN a transparent
+//! server refuses to start, saying why.
+
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, UdpSocket};
+
+use crate::support::netns::{
+    or_skip, Netns, Triangle, BACKEND_IP, BALANCER_CLIENT_SIDE, CLIENT_IP,
+};
+use crate::support::process::{self, SluiceProcess};
+
+/// The balancer's routing for transparent sockets, exactly as the README shows it: the
+/// backends' replies to a client belong to a transparent socket, and are delivered to
+/// it instead of being forwarded to the client.
+fn divert_replies(balancer: &Netns) -> Result<(), String> {
+    balancer.exec("nft", &["add", "table", "ip", "sluice"])?;
+    balancer.exec(
+        "nft",
+        &[
+            "add",
+            "chain",
+            "ip",
+            "sluice",
+            "divert",
+            "{ type filter hook prerouting priority mangle; }",
+        ],
+    )?;
+    balancer.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "sluice",
+            "divert",
+            "meta",
+            "l4proto",
+            "{ tcp, udp }",
+            "socket",
+            "transparent",
+            "1",
+            "meta",
+            "mark",
+            "set",
+            "1",
+            "accept",
+        ],
+    )?;
+    balancer.ip(&["rule", "add", "fwmark", "1", "lookup", "100"])?;
+    balancer.ip(&[
+        "route",
+        "add",
+        "local",
+        "0.0.0.0/0",
+        "dev",
+        "lo",
+        "table",
+        "100",
+    ])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_transparent_the_backend_sees_the_clients_own_address() {
+    let made = Triangle::create().and_then(|t| divert_replies(&t.balancer).map(|()| t));
+    let Some(net) = or_skip(made, "transparent") else {
+        return;
+    };
+    // The backend's sockets, made inside its namespace.
+    let (tcp, udp) = net
+        .backend
+        .inside(|| -> std::io::Result<_> {
+            let tcp = std::net::TcpListener::bind((BACKEND_IP, 7000))?;
+            tcp.set_nonblocking(true)?;
+            let udp = std::net::UdpSocket::bind((BACKEND_IP, 7001))?;
+            udp.set_nonblocking(true)?;
+            Ok((tcp, udp))
+        })
+        .expect("the backend's namespace")
+        .expect("the backend's sockets");
+    let (tcp, udp) = (
+        TcpListener::from_std(tcp).expect("register"),
+        UdpSocket::from_std(udp).expect("register"),
+    );
+    let accepted_from = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&accepted_from);
+    let tcp_task = tokio::spawn(async move {
+        for _ in 0..10 {
+            let Ok((mut stream, peer)) = tcp.accept().await else {
+                return;
+            };
+            seen.lock().expect("lock").push(peer.ip().to_string());
+            let _ = stream
+                .write_all(format!("{}\n", peer.ip()).as_bytes())
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    let udp_task = tokio::spawn(async move {
+        let mut buf = [0u8; 64];
+        for _ in 0..10 {
+            let Ok((_, from)) = udp.recv_from(&mut buf).await else {
+                return;
+            };
+            let _ = udp.send_to(from.ip().to_string().as_bytes(), from).await;
+        }
+    });
+    let toml = format!(
+        "[servers.tcp]\nbind = \"{BALANCER_CLIENT_SIDE}:6000\"\ntransparent = true\n\
+         [servers.tcp.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7000\"]\n\
+         [servers.udp]\nbind = \"{BALANCER_CLIENT_SIDE}:6001\"\nprotocol = \"udp\"\n\
+         [servers.udp.udp]\ntransparent = true\n\
+         [servers.udp.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7001\"]\n"
+    );
+    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
+    let (tcp_at, udp_at) = (sluice.server("tcp"), sluice.server("udp"));
+
+    // The client's sockets, inside its namespace; blocking, each wait bounded.
+    let answers = tokio::task::block_in_place(|| {
+        net.client
+            .inside(move || -> std::io::Result<(String, String)> {
+                let patience = Some(Duration::from_secs(10));
+                let mut stream =
+                    std::net::TcpStream::connect_timeout(&tcp_at, Duration::from_secs(10))?;
+                stream.set_read_timeout(patience)?;
+                let mut line = String::new();
+                stream.read_to_string(&mut line)?;
+                let socket = std::net::UdpSocket::bind((CLIENT_IP, 0))?;
+                socket.set_read_timeout(patience)?;
+                socket.send_to(b"who", udp_at)?;
+                let mut buf = [0u8; 64];
+                let n = socket.recv(&mut buf)?;
+                Ok((
+                    line.trim().to_owned(),
+                    String::from_utf8_lossy(&buf[..n]).into_owned(),
+                ))
+            })
+    });
+    let (tcp_answer, udp_answer) = answers
+        .expect("the client's namespace")
+        .unwrap_or_else(|e| panic!("through the balancer: {e}\n{}", sluice.log()));
+    assert_eq!(tcp_answer, CLIENT_IP, "{}", sluice.log());
+    assert_eq!(udp_answer, CLIENT_IP, "{}", sluice.log());
+    assert_eq!(*accepted_from.lock().expect("lock"), [CLIENT_IP]);
+    tcp_task.abort();
+    udp_task.abort();
+}
+
+/// Without CAP_NET_ADMIN and CAP_NET_RAW (dropped by `setpriv` where the test runs as
+/// root), a transparent server does not start, and says what it needs.
+#[tokio::test]
+async fn without_cap_net_admin_a_transparent_server_refuses_to_start() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let port = process::free_port();
+    let config = process::write_file(
+        dir.path(),
+        "sluice.toml",
+        &format!(
+            "[servers.t]\nbind = \"127.0.0.1:{port}\"\ntransparent = true\n\
+             [servers.t.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n"
+        ),
+    );
+    let as_root = nix::unistd::Uid::effective().is_root();
+    let mut command = if as_root {
+        let mut setpriv = tokio::process::Command::new("setpriv");
+        // IP_TRANSPARENT is allowed with either capability.
+        let drop = "-net_admin,-net_raw";
+        setpriv.args(["--inh-caps", drop, "--bounding-set", drop, process::BIN]);
+        setpriv
+    } else {
+        tokio::process::Command::new(process::BIN)
+    };
+    let out = tokio::time::timeout(
+        crate::support::WAIT,
+        command
+            .args(["run", "-c", &config])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("exits in time")
+    .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "server t: transparent = true needs IP_TRANSPARENT, which this process may not use"
+        ) && stderr.contains("give it CAP_NET_ADMIN"),
+        "{stderr}"
+    );
+}
