@@ -178,10 +178,19 @@ impl Local {
 /// Lets `socket` use an address that is not this host's (`IP_TRANSPARENT`, which needs
 /// `CAP_NET_ADMIN` or `CAP_NET_RAW`).
 pub fn set_transparent(socket: &socket2::Socket, target: SocketAddr) -> io::Result<()> {
-    if target.is_ipv4() {
-        socket.set_ip_transparent_v4(true)
+    set_transparent_to(socket2::SockRef::from(socket), target, true)
+}
+
+/// Sets or clears `IP_TRANSPARENT` on a socket of `addr`'s family.
+pub fn set_transparent_to(
+    socket: socket2::SockRef<'_>,
+    addr: SocketAddr,
+    on: bool,
+) -> io::Result<()> {
+    if addr.is_ipv4() {
+        socket.set_ip_transparent_v4(on)
     } else {
-        socket.set_ip_transparent_v6(true)
+        socket.set_ip_transparent_v6(on)
     }
 }
 

@@ -52,6 +52,7 @@ fn needs_new_listener(prev: &ServerConfig, next: &ServerConfig) -> bool {
     // Turning `transparent` on checks the process may use it, as a start does.
     prev.bind != next.bind
         || prev.protocol != next.protocol
+        || prev.intercept != next.intercept
         || (next.transparent && !prev.transparent)
 }
 

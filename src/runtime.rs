@@ -54,14 +54,15 @@ pub enum BindError {
     /// listens on; `reason` says which, in the configuration check's words.
     #[error("server {server}: {reason}")]
     Address { server: String, reason: String },
-    /// `transparent = true`, but this process may not use `IP_TRANSPARENT`.
+    /// `transparent` or `intercept`, but this process may not use `IP_TRANSPARENT`.
     #[error(
-        "server {server}: transparent = true needs IP_TRANSPARENT, which this process may \
+        "server {server}: {key} = true needs IP_TRANSPARENT, which this process may \
          not use ({source}); give it CAP_NET_ADMIN (run as root, or \
          AmbientCapabilities=CAP_NET_ADMIN in its unit; CAP_NET_RAW also allows it)"
     )]
     Transparent {
         server: String,
+        key: &'static str,
         #[source]
         source: io::Error,
     },
@@ -173,9 +174,17 @@ impl Runtime {
                         Some(socket) => socket,
                         None => match handed_over.remove(&addr) {
                             Some(socket) => socket,
-                            None => bind(name, cfg.protocol, addr, workers)?,
+                            None => bind(name, &cfg, addr, workers)?,
                         },
                     };
+                    // A socket handed over keeps what its previous server set.
+                    listener::set_intercept(&socket, cfg.intercept).map_err(|source| {
+                        BindError::Listen {
+                            server: name.to_owned(),
+                            addr,
+                            source,
+                        }
+                    })?;
                     let server = Server::start(name, cfg, addr, socket, &self.life)
                         .await
                         .map_err(|source| BindError::Listen {
@@ -311,14 +320,16 @@ impl Runtime {
 
 fn bind(
     server: &str,
-    protocol: Protocol,
+    config: &crate::config::ServerConfig,
     addr: SocketAddr,
     count: usize,
 ) -> Result<Listeners, BindError> {
-    listener::bind(protocol, addr, count).map_err(|source| BindError::Listen {
-        server: server.to_owned(),
-        addr,
-        source,
+    listener::bind(config.protocol, addr, count, config.intercept).map_err(|source| {
+        BindError::Listen {
+            server: server.to_owned(),
+            addr,
+            source,
+        }
     })
 }
 
@@ -396,11 +407,17 @@ fn bind_new_listeners(
             continue;
         };
         let (server, addr) = (&config.servers[name], addrs[name]);
-        if server.transparent {
-            crate::outbound::can_be_transparent().map_err(|source| BindError::Transparent {
-                server: name.clone(),
-                source,
-            })?;
+        for (key, on) in [
+            ("transparent", server.transparent),
+            ("intercept", server.intercept),
+        ] {
+            if on {
+                crate::outbound::can_be_transparent().map_err(|source| BindError::Transparent {
+                    server: name.clone(),
+                    key,
+                    source,
+                })?;
+            }
         }
         // A stopping TCP (or TLS) server listening on exactly this address.
         let tcp_held = outgoing
@@ -410,7 +427,7 @@ fn bind_new_listeners(
             inherited.push(addr);
             continue;
         }
-        match bind(name, server.protocol, addr, workers) {
+        match bind(name, server, addr, workers) {
             Ok(socket) => {
                 sockets.insert(name.clone(), socket);
             }

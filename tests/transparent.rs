@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UdpSocket};
 
 use crate::support::netns::{
-    or_skip, Netns, Triangle, BACKEND_IP, BALANCER_CLIENT_SIDE, CLIENT_IP,
+    or_skip, Netns, Triangle, BACKEND_IP, BALANCER_BACKEND_SIDE, BALANCER_CLIENT_SIDE, CLIENT_IP,
 };
 use crate::support::process::{self, SluiceProcess};
 
@@ -193,4 +193,88 @@ async fn without_cap_net_admin_a_transparent_server_refuses_to_start() {
         ) && stderr.contains("give it CAP_NET_ADMIN"),
         "{stderr}"
     );
+}
+
+/// A TPROXY rule on the balancer steering `198.51.100.7:80` — an address that exists
+/// nowhere — to `to`, beside the divert rule for the connections it intercepted.
+fn steer(balancer: &Netns, to: &str) -> Result<(), String> {
+    divert_replies(balancer)?;
+    balancer.exec(
+        "nft",
+        &[
+            "add",
+            "rule",
+            "ip",
+            "sluice",
+            "divert",
+            "ip",
+            "daddr",
+            "198.51.100.7",
+            "tcp",
+            "dport",
+            "80",
+            "tproxy",
+            "to",
+            to,
+            "meta",
+            "mark",
+            "set",
+            "1",
+            "accept",
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intercepting_server_serves_connections_to_any_destination_steered_to_it() {
+    let made = Triangle::create()
+        .and_then(|t| steer(&t.balancer, &format!("{BALANCER_CLIENT_SIDE}:6100")).map(|()| t));
+    let Some(net) = or_skip(made, "intercept") else {
+        return;
+    };
+    let tcp = net
+        .backend
+        .inside(|| -> std::io::Result<_> {
+            let tcp = std::net::TcpListener::bind((BACKEND_IP, 7000))?;
+            tcp.set_nonblocking(true)?;
+            Ok(tcp)
+        })
+        .expect("the backend's namespace")
+        .expect("the backend's socket");
+    let tcp = TcpListener::from_std(tcp).expect("register");
+    let backend_task = tokio::spawn(async move {
+        for _ in 0..10 {
+            let Ok((mut stream, peer)) = tcp.accept().await else {
+                return;
+            };
+            let _ = stream
+                .write_all(format!("{}\n", peer.ip()).as_bytes())
+                .await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    let toml = format!(
+        "[servers.sidecar]\nbind = \"{BALANCER_CLIENT_SIDE}:6100\"\nintercept = true\n\
+         [servers.sidecar.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7000\"]\n"
+    );
+    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
+    let answer = tokio::task::block_in_place(|| {
+        net.client.inside(|| -> std::io::Result<String> {
+            let to: std::net::SocketAddr = "198.51.100.7:80".parse().expect("address");
+            let mut stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+            stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut line = String::new();
+            stream.read_to_string(&mut line)?;
+            Ok(line.trim().to_owned())
+        })
+    })
+    .expect("the client's namespace")
+    .unwrap_or_else(|e| panic!("to 198.51.100.7:80: {e}\n{}", sluice.log()));
+    // Served by the server's backend, which sees the balancer (not transparent).
+    assert_eq!(answer, BALANCER_BACKEND_SIDE, "{}", sluice.log());
+    crate::support::eventually("the access log names the destination", || async {
+        sluice.log().contains("destination=198.51.100.7:80")
+    })
+    .await;
+    backend_task.abort();
 }

@@ -371,6 +371,11 @@ pub struct ServerConfig {
     /// address (`IP_TRANSPARENT`), so the backends see the real client.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub transparent: bool,
+    /// TCP: the listening sockets take connections a TPROXY rule steers to them for any
+    /// destination (`IP_TRANSPARENT`); each one's original destination is its local
+    /// address, logged with it and sent on in a PROXY header.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub intercept: bool,
     pub discovery: DiscoveryConfig,
     #[serde(serialize_with = "health::section")]
     pub healthcheck: HealthConfig,
@@ -418,6 +423,7 @@ impl ServerConfig {
             connect_attempts: DEFAULT_CONNECT_ATTEMPTS,
             source: Vec::new(),
             transparent: false,
+            intercept: false,
             discovery,
             healthcheck: HealthConfig::default(),
             access: None,

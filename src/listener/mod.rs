@@ -44,26 +44,45 @@ impl Listeners {
     }
 }
 
-/// Binds `count` sockets of `protocol` on `addr`, one per worker.
+/// Binds `count` sockets of `protocol` on `addr`, one per worker; with `intercept`,
+/// TCP sockets that take connections for any destination a TPROXY rule steers to them.
 pub fn bind(
     protocol: crate::config::Protocol,
     addr: SocketAddr,
     count: usize,
+    intercept: bool,
 ) -> io::Result<Listeners> {
     Ok(match protocol {
         crate::config::Protocol::Tcp | crate::config::Protocol::Tls => {
-            Listeners::Tcp(bind_tcp(addr, count)?)
+            Listeners::Tcp(bind_tcp(addr, count, intercept)?)
         }
         crate::config::Protocol::Udp => Listeners::Udp(proxy::udp::bind(addr, count)?),
     })
+}
+
+/// Makes TCP listening sockets take (or no longer take) connections a TPROXY rule steers
+/// to them: a socket handed over from a server that did not intercept, or did.
+pub fn set_intercept(listeners: &Listeners, on: bool) -> io::Result<()> {
+    let Listeners::Tcp(sockets) = listeners else {
+        return Ok(());
+    };
+    for socket in sockets {
+        let addr = socket.local_addr()?;
+        crate::outbound::set_transparent_to(SockRef::from(socket), addr, on)?;
+    }
+    Ok(())
 }
 
 /// Binds `count` listening sockets on `addr`, one per worker, with `SO_REUSEPORT` so the
 /// kernel spreads connections across them (and `SO_REUSEADDR`, so a restart is not
 /// blocked by connections in TIME_WAIT). Port 0 picks one free port for all of them.
 /// `TCP_NODELAY` is set on the listener: accepted sockets inherit it, which saves a
-/// system call per connection.
-pub fn bind_tcp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpListener>> {
+/// system call per connection. `intercept` sets `IP_TRANSPARENT` first.
+pub fn bind_tcp(
+    addr: SocketAddr,
+    count: usize,
+    intercept: bool,
+) -> io::Result<Vec<std::net::TcpListener>> {
     let mut sockets = Vec::with_capacity(count.max(1));
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -72,6 +91,9 @@ pub fn bind_tcp(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::TcpL
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
+        if intercept {
+            crate::outbound::set_transparent(&socket, addr)?;
+        }
         socket.bind(&addr.into())?;
         socket.listen(BACKLOG)?;
         let socket: std::net::TcpListener = socket.into();
@@ -238,7 +260,7 @@ mod tests {
 
     #[test]
     fn accepted_sockets_have_nodelay() {
-        let listeners = bind_tcp("127.0.0.1:0".parse().expect("address"), 2).expect("bind");
+        let listeners = bind_tcp("127.0.0.1:0".parse().expect("address"), 2, false).expect("bind");
         let addr = listeners[0].local_addr().expect("local address");
         assert!(listeners.iter().all(|l| l.local_addr().ok() == Some(addr)));
         let _client = std::net::TcpStream::connect(addr).expect("connect");

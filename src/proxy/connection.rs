@@ -51,6 +51,13 @@ pub fn admit(
 ) {
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
     let settings = server.settings.load();
+    // Intercepted (TPROXY), the socket's local address is where the client was going.
+    let destination = if settings.intercept {
+        stream.local_addr().ok().map(Box::new)
+    } else {
+        None
+    };
+    let at = destination.as_deref();
     // Behind a PROXY-speaking front the access rules judge the client its header names,
     // once read (in the prelude); here only the front itself is checked.
     let front = settings.proxy_protocol.accept.as_ref();
@@ -65,13 +72,18 @@ pub fn admit(
         Some(_) | None => None,
     };
     if let Some((reason, detail)) = refused {
-        return refuse(server, Instant::now(), Refusal::new(peer, reason, detail));
+        return refuse(
+            server,
+            Instant::now(),
+            Refusal::new(peer, reason, detail),
+            at,
+        );
     }
     let Some(slot) = ActiveSlot::acquire(server, settings.max_connections) else {
         let max = settings.max_connections.unwrap_or_default();
         let detail = format!("the server's max_connections ({max}) is reached");
         let no = Refusal::new(peer, CloseReason::MaxConnections, detail);
-        return refuse(server, Instant::now(), no);
+        return refuse(server, Instant::now(), no, at);
     };
     // Client protection judges the peer here, or (behind a front) the client its PROXY
     // header names, in the prelude.
@@ -82,7 +94,7 @@ pub fn admit(
                 CloseReason::RateLimited,
                 limit.detail(&settings.limits),
             );
-            return refuse(server, Instant::now(), no);
+            return refuse(server, Instant::now(), no, at);
         }
     }
     // Elsewhere than Linux, do not count on inheriting TCP_NODELAY from the listener.
@@ -94,15 +106,22 @@ pub fn admit(
     let proxy_header = front.map(|accept| accept.timeout);
     let client_hello = settings.sni.as_ref().map(|sni| sni.read_timeout);
     if settings.protocol == Protocol::Tls || settings.backends_tls.is_some() {
-        tracker.spawn(run(stream, peer, slot, stop, Tls { proxy_header }));
+        tracker.spawn(run(
+            stream,
+            peer,
+            slot,
+            stop,
+            Tls { proxy_header },
+            destination,
+        ));
     } else if proxy_header.is_some() || client_hello.is_some() {
         let prelude = Inspect {
             proxy_header,
             client_hello,
         };
-        tracker.spawn(run(stream, peer, slot, stop, prelude));
+        tracker.spawn(run(stream, peer, slot, stop, prelude, destination));
     } else {
-        tracker.spawn(run(stream, peer, slot, stop, Plain));
+        tracker.spawn(run(stream, peer, slot, stop, Plain, destination));
     }
 }
 
@@ -124,6 +143,7 @@ fn run<P: Prelude>(
     slot: ActiveSlot,
     stop: CancellationToken,
     prelude: P,
+    destination: Option<Box<SocketAddr>>,
 ) -> impl Future<Output = ()> + Send {
     async move {
         let started = Instant::now();
@@ -152,7 +172,7 @@ fn run<P: Prelude>(
                 } = match read {
                     Ok(opening) => opening,
                     Err(no) => {
-                        refuse(server, started, no);
+                        refuse(server, started, no, destination.as_deref());
                         return None;
                     }
                 };
@@ -170,7 +190,7 @@ fn run<P: Prelude>(
                 } = match connected {
                     Ok(connected) => connected,
                     Err(no) => {
-                        refuse(server, started, no);
+                        refuse(server, started, no, destination.as_deref());
                         return None;
                     }
                 };
@@ -186,7 +206,7 @@ fn run<P: Prelude>(
                         let stats = &backend.state.stats;
                         stats.connect_failures.fetch_add(1, Ordering::Relaxed);
                         let no = Refusal::new(peer, CloseReason::ConnectFailed, detail);
-                        refuse(server, started, no.at(backend));
+                        refuse(server, started, no.at(backend), destination.as_deref());
                         return None;
                     }
                 };
@@ -227,7 +247,14 @@ fn run<P: Prelude>(
         .await;
 
         // Finish.
-        finish(server, peer, guard.backend(), started, result, &stop);
+        finish(
+            server,
+            (peer, destination.as_deref()),
+            guard.backend(),
+            started,
+            result,
+            &stop,
+        );
     }
 }
 
@@ -276,7 +303,7 @@ struct Opened<C, U> {
 /// backend's drain deadline), how long it lasted, the access log.
 fn finish(
     server: &ServerShared,
-    peer: SocketAddr,
+    (peer, destination): (SocketAddr, Option<&SocketAddr>),
     backend: &Arc<Backend>,
     started: Instant,
     result: CopyResult,
@@ -296,7 +323,7 @@ fn finish(
     }
     access_log(
         &server.name,
-        peer,
+        (peer, destination),
         Some(backend),
         (result.bytes_to_backend, result.bytes_to_client),
         started,
@@ -308,11 +335,11 @@ fn finish(
 /// The end of a connection closed before its bytes were relayed: counted by reason,
 /// and its access-log line saying why. Then the socket the refusal holds, if any, closes
 /// (the client's, when the prelude refused it).
-fn refuse(server: &ServerShared, started: Instant, no: Refusal) {
+fn refuse(server: &ServerShared, started: Instant, no: Refusal, destination: Option<&SocketAddr>) {
     server.count_refused(no.reason);
     access_log(
         &server.name,
-        no.client,
+        (no.client, destination),
         no.backend.as_ref(),
         (0, 0),
         started,
@@ -322,13 +349,14 @@ fn refuse(server: &ServerShared, started: Instant, no: Refusal) {
     drop(no.socket);
 }
 
-/// The access-log line: one per closed connection, accepted or refused. A refused one
+/// The access-log line: one per closed connection, accepted or refused, with where an
+/// intercepted client was going (its `destination`). A refused one
 /// says why in `detail`, at the same level, so the default log answers "why was I cut
 /// off?" without turning on debug; but a client refused by client protection is logged
 /// at debug, so a flood does not flood the log too (its limited state is one warning).
 fn access_log(
     server: &str,
-    client: SocketAddr,
+    (client, destination): (SocketAddr, Option<&SocketAddr>),
     backend: Option<&Arc<Backend>>,
     (bytes_in, bytes_out): (u64, u64),
     started: Instant,
@@ -341,6 +369,7 @@ fn access_log(
                 target: "sluice::access",
                 server,
                 client = %client,
+                destination = destination.map(tracing::field::display),
                 backend = backend.map_or("-", |b| b.key()),
                 bytes_in,
                 bytes_out,
@@ -366,7 +395,8 @@ mod tests {
     /// A connection's task is its memory for its whole life, idle or not (the relay
     /// holds no buffer while idle): a change that makes it grow shows here first. Client
     /// protection added 24 bytes to each (the client's count, 16, in the slot; the
-    /// bandwidth caps' box, 8, in the relay).
+    /// bandwidth caps' box, 8, in the relay); interception 8 (the box of the original
+    /// destination, allocated only when intercepting).
     #[tokio::test]
     async fn connection_tasks_stay_small() {
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
@@ -378,19 +408,20 @@ mod tests {
         let stop = CancellationToken::new();
         let connect = || TcpStream::connect(addr);
         let stream = connect().await.expect("connect");
-        let plain = std::mem::size_of_val(&run(stream, addr, slot(), stop.clone(), Plain));
+        let plain = std::mem::size_of_val(&run(stream, addr, slot(), stop.clone(), Plain, None));
         let inspect = Inspect {
             proxy_header: None,
             client_hello: None,
         };
         let stream = connect().await.expect("connect");
-        let inspect = std::mem::size_of_val(&run(stream, addr, slot(), stop.clone(), inspect));
+        let inspect =
+            std::mem::size_of_val(&run(stream, addr, slot(), stop.clone(), inspect, None));
         let tls = Tls { proxy_header: None };
         let stream = connect().await.expect("connect");
-        let tls = std::mem::size_of_val(&run(stream, addr, slot(), stop.clone(), tls));
-        assert!(plain <= 448, "a plain connection's task is {plain} bytes");
+        let tls = std::mem::size_of_val(&run(stream, addr, slot(), stop.clone(), tls, None));
+        assert!(plain <= 456, "a plain connection's task is {plain} bytes");
         assert!(
-            inspect <= 488,
+            inspect <= 496,
             "a connection with a prelude is {inspect} bytes"
         );
         assert!(tls <= 3072, "a TLS connection's task is {tls} bytes");

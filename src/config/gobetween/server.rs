@@ -53,6 +53,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "connect_attempts",
     "source",
     "transparent",
+    "intercept",
     "discovery",
     "healthcheck",
     "access",
@@ -284,6 +285,15 @@ fn server(
         .take("transparent")
         .and_then(|f| ctx.bool(&f))
         .unwrap_or(false);
+    let intercept = sec.take("intercept").and_then(|f| {
+        let on = ctx.bool(&f)?;
+        if on && protocol == Some(Protocol::Udp) {
+            let message = "intercepting UDP (TPROXY) is not supported yet; intercept takes \
+                           TCP connections";
+            ctx.error(f.at, f.path(), message);
+        }
+        Some(on)
+    });
     // GoBetween writes it among a UDP server's keys.
     let transparent = transparent
         || udp
@@ -374,6 +384,7 @@ fn server(
         access,
         udp: udp.and_then(|(_, u)| u).map(|u| u.0).unwrap_or_default(),
         transparent,
+        intercept: intercept.unwrap_or(false),
         proxy_protocol: ProxyProtocol {
             send: send_proxy.and_then(|(_, v)| v),
             accept: accept_proxy.and_then(|(_, a)| a),
