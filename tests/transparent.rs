@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, UdpSocket};
 
+use crate::support::eventually;
 use crate::support::netns::{
     or_skip, Netns, Triangle, BACKEND_IP, BALANCER_BACKEND_SIDE, BALANCER_CLIENT_SIDE, CLIENT_IP,
 };
@@ -195,43 +196,18 @@ async fn without_cap_net_admin_a_transparent_server_refuses_to_start() {
     );
 }
 
-/// A TPROXY rule on the balancer steering `198.51.100.7:80` — an address that exists
-/// nowhere — to `to`, beside the divert rule for the connections it intercepted.
-fn steer(balancer: &Netns, to: &str) -> Result<(), String> {
+/// A TPROXY rule on the balancer steering the TCP connections `matching` selects to
+/// `to`, beside the divert rule for the connections it intercepted.
+fn steer(balancer: &Netns, matching: &[&str], to: &str) -> Result<(), String> {
     divert_replies(balancer)?;
-    balancer.exec(
-        "nft",
-        &[
-            "add",
-            "rule",
-            "ip",
-            "sluice",
-            "divert",
-            "ip",
-            "daddr",
-            "198.51.100.7",
-            "tcp",
-            "dport",
-            "80",
-            "tproxy",
-            "to",
-            to,
-            "meta",
-            "mark",
-            "set",
-            "1",
-            "accept",
-        ],
-    )
+    let mut rule = vec!["add", "rule", "ip", "sluice", "divert"];
+    rule.extend_from_slice(matching);
+    rule.extend_from_slice(&["tproxy", "to", to, "meta", "mark", "set", "1", "accept"]);
+    balancer.exec("nft", &rule)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_intercepting_server_serves_connections_to_any_destination_steered_to_it() {
-    let made = Triangle::create()
-        .and_then(|t| steer(&t.balancer, &format!("{BALANCER_CLIENT_SIDE}:6100")).map(|()| t));
-    let Some(net) = or_skip(made, "intercept") else {
-        return;
-    };
+/// A backend in its namespace answering each connection with the address it came from.
+fn who_answers(net: &Triangle) -> tokio::task::JoinHandle<()> {
     let tcp = net
         .backend
         .inside(|| -> std::io::Result<_> {
@@ -242,7 +218,7 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
         .expect("the backend's namespace")
         .expect("the backend's socket");
     let tcp = TcpListener::from_std(tcp).expect("register");
-    let backend_task = tokio::spawn(async move {
+    tokio::spawn(async move {
         for _ in 0..10 {
             let Ok((mut stream, peer)) = tcp.accept().await else {
                 return;
@@ -252,15 +228,14 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
                 .await;
             let _ = stream.shutdown().await;
         }
-    });
-    let toml = format!(
-        "[servers.sidecar]\nbind = \"{BALANCER_CLIENT_SIDE}:6100\"\nintercept = true\n\
-         [servers.sidecar.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7000\"]\n"
-    );
-    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
-    let answer = tokio::task::block_in_place(|| {
-        net.client.inside(|| -> std::io::Result<String> {
-            let to: std::net::SocketAddr = "198.51.100.7:80".parse().expect("address");
+    })
+}
+
+/// What the client, in its namespace, reads from a connection to `to`.
+fn client_reads(net: &Triangle, to: &'static str) -> Result<std::io::Result<String>, String> {
+    tokio::task::block_in_place(|| {
+        net.client.inside(move || -> std::io::Result<String> {
+            let to: std::net::SocketAddr = to.parse().expect("address");
             let mut stream = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
             stream.set_read_timeout(Some(Duration::from_secs(10)))?;
             let mut line = String::new();
@@ -268,13 +243,60 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
             Ok(line.trim().to_owned())
         })
     })
-    .expect("the client's namespace")
-    .unwrap_or_else(|e| panic!("to 198.51.100.7:80: {e}\n{}", sluice.log()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intercepting_server_serves_connections_to_any_destination_steered_to_it() {
+    let to = format!("{BALANCER_CLIENT_SIDE}:6100");
+    let nowhere = ["ip", "daddr", "198.51.100.7", "tcp", "dport", "80"];
+    let made = Triangle::create().and_then(|t| steer(&t.balancer, &nowhere, &to).map(|()| t));
+    let Some(net) = or_skip(made, "intercept") else {
+        return;
+    };
+    let backend = who_answers(&net);
+    let toml = format!(
+        "[servers.sidecar]\nbind = \"{to}\"\nintercept = true\n\
+         [servers.sidecar.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7000\"]\n"
+    );
+    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
+    let answer = client_reads(&net, "198.51.100.7:80")
+        .expect("the client's namespace")
+        .unwrap_or_else(|e| panic!("to 198.51.100.7:80: {e}\n{}", sluice.log()));
     // Served by the server's backend, which sees the balancer (not transparent).
     assert_eq!(answer, BALANCER_BACKEND_SIDE, "{}", sluice.log());
-    crate::support::eventually("the access log names the destination", || async {
+    eventually("the access log names the destination", || async {
         sluice.log().contains("destination=198.51.100.7:80")
     })
     .await;
-    backend_task.abort();
+    backend.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn original_destination_reaches_the_address_the_client_dialled() {
+    let to = format!("{BALANCER_CLIENT_SIDE}:6101");
+    let from_client = ["ip", "saddr", CLIENT_IP, "tcp", "dport", "7000"];
+    let made = Triangle::create().and_then(|t| steer(&t.balancer, &from_client, &to).map(|()| t));
+    let Some(net) = or_skip(made, "original_destination") else {
+        return;
+    };
+    let backend = who_answers(&net);
+    let toml = format!(
+        "[servers.sidecar]\nbind = \"{to}\"\nintercept = true\nbalance = \"original_destination\"\n"
+    );
+    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
+    // The client dials the backend itself; the balancer takes the connection and makes
+    // its own to the same address.
+    let answer = client_reads(&net, "10.77.2.2:7000")
+        .expect("the client's namespace")
+        .unwrap_or_else(|e| panic!("to 10.77.2.2:7000: {e}\n{}", sluice.log()));
+    assert_eq!(answer, BALANCER_BACKEND_SIDE, "{}", sluice.log());
+    eventually(
+        "the access log names the backend and the destination",
+        || async {
+            let log = sluice.log();
+            log.contains("destination=10.77.2.2:7000") && log.contains("backend=\"10.77.2.2:7000\"")
+        },
+    )
+    .await;
+    backend.abort();
 }

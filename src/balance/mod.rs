@@ -66,6 +66,9 @@ pub enum BalanceKind {
     P2c,
     /// Maglev consistent hashing of the client IP.
     Maglev,
+    /// Not a strategy over backends: each connection goes to where its client was
+    /// going, the original destination of an intercepting server (which has no backends).
+    OriginalDestination,
 }
 
 impl BalanceKind {
@@ -94,6 +97,7 @@ impl BalanceKind {
             BalanceKind::Random => "random",
             BalanceKind::P2c => "p2c",
             BalanceKind::Maglev => "maglev",
+            BalanceKind::OriginalDestination => "original_destination",
         }
     }
 }
@@ -110,9 +114,14 @@ impl FromStr for BalanceKind {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         BalanceKind::ALL
             .into_iter()
+            .chain([BalanceKind::OriginalDestination])
             .find(|k| k.name() == s)
             .ok_or_else(|| {
-                let names: Vec<&str> = BalanceKind::ALL.iter().map(|k| k.name()).collect();
+                let names: Vec<&str> = BalanceKind::ALL
+                    .iter()
+                    .chain(&[BalanceKind::OriginalDestination])
+                    .map(|k| k.name())
+                    .collect();
                 format!(
                     "unknown balance \"{s}\"; expected one of {}",
                     names.join(", ")
@@ -151,6 +160,9 @@ pub fn build(kind: BalanceKind, backends: &[Arc<Backend>]) -> Box<dyn Strategy> 
         BalanceKind::Random => Box::new(WeightedRandom::new(backends)),
         BalanceKind::P2c => Box::new(PowerOfTwoChoices::new(backends)),
         BalanceKind::Maglev => Box::new(Maglev::new(backends)),
+        // Its servers have no backends (the configuration's check), so no tier is ever
+        // built with it; were one, round robin is as good as any.
+        BalanceKind::OriginalDestination => Box::new(RoundRobin::new()),
     }
 }
 

@@ -127,7 +127,8 @@ fn static_list(name: &str, server: &ServerConfig) -> Vec<Problem> {
         key,
         message,
     };
-    if backends.is_empty() {
+    // Sending each connection where its client was going, a server has no backends.
+    if backends.is_empty() && server.balance != crate::balance::BalanceKind::OriginalDestination {
         let message = "empty; a server needs at least one backend".to_owned();
         return vec![problem(list, message)];
     }

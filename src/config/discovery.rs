@@ -94,6 +94,11 @@ pub enum DiscoveryConfig {
 }
 
 impl DiscoveryConfig {
+    /// A static list of no backend.
+    pub fn is_empty_list(&self) -> bool {
+        matches!(self, DiscoveryConfig::Static { backends } if backends.is_empty())
+    }
+
     /// The `kind` as written in the configuration.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -376,6 +376,9 @@ pub struct ServerConfig {
     /// address, logged with it and sent on in a PROXY header.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub intercept: bool,
+    /// Not written when empty (a server with `balance = "original_destination"`, the
+    /// only kind allowed none).
+    #[serde(skip_serializing_if = "DiscoveryConfig::is_empty_list")]
     pub discovery: DiscoveryConfig,
     #[serde(serialize_with = "health::section")]
     pub healthcheck: HealthConfig,

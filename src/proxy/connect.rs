@@ -19,9 +19,10 @@ use super::refusal::{unavailable, Refusal};
 use super::sni::Route;
 use super::state::ServerShared;
 use super::CloseReason;
-use crate::backend::{Backend, ConnGuard};
+use crate::backend::{Backend, BackendSpec, ConnGuard};
+use crate::balance::BalanceKind;
 use crate::config::{HealthKind, ServerConfig};
-use crate::outbound::{self, Leave};
+use crate::outbound::{self, Leave, Sources};
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
 /// own SYN retries would otherwise hold a client for minutes.
@@ -45,8 +46,13 @@ pub(crate) async fn open(
     learned: Option<Box<Learned>>,
 ) -> Result<Connected, Refusal> {
     let route = learned.as_ref().and_then(|l| l.route.as_ref());
-    let (guard, mut upstream) = connect(server, client, route).await?;
-    let send = server.settings.load().proxy_protocol.send;
+    let settings = server.settings.load();
+    let (guard, mut upstream) = if settings.balance == BalanceKind::OriginalDestination {
+        forward(server, socket, client).await?
+    } else {
+        connect(server, client, route).await?
+    };
+    let send = settings.proxy_protocol.send;
     if send.is_none() && learned.is_none() {
         return Ok(Connected {
             guard,
@@ -113,11 +119,7 @@ async fn connect(
         }
         let backend = guard.backend();
         let dialling = Instant::now();
-        let leave = if settings.transparent {
-            Leave::AsClient(peer.ip())
-        } else {
-            backend.leave(Some(&server.stats.sources_exhausted))
-        };
+        let leave = leave(&settings, server, backend, peer);
         match dial(backend, leave, connect_timeout).await {
             Ok(stream) => {
                 let state = &backend.state;
@@ -145,6 +147,58 @@ async fn connect(
             let detail = format!("connect failed: {}", failures.join("; "));
             Err(Refusal::new(peer, CloseReason::ConnectFailed, detail).at(last))
         }
+    }
+}
+
+/// Connects to where an intercepted client was going (`balance =
+/// "original_destination"`): its socket's local address, a backend of its own for this
+/// connection, so its access-log line and counters name it.
+async fn forward(
+    server: &ServerShared,
+    socket: &TcpStream,
+    client: SocketAddr,
+) -> Result<(ConnGuard, TcpStream), Refusal> {
+    let settings = server.settings.load();
+    let destination = socket.local_addr().map_err(|e| {
+        let detail = format!("cannot read the original destination: {e}");
+        Refusal::new(client, CloseReason::ConnectFailed, detail)
+    })?;
+    let spec = BackendSpec::new(destination.ip().to_string(), destination.port());
+    let mut backend = Backend::new(spec, true);
+    if !settings.source.is_empty() {
+        backend =
+            backend.with_server_sources(Sources::new(&settings.source).map(Arc::new).as_ref());
+    }
+    let backend = Arc::new(backend);
+    let Some(guard) = backend.try_acquire() else {
+        let detail = "the destination takes no connection".to_owned();
+        return Err(Refusal::new(client, CloseReason::NoBackend, detail));
+    };
+    let leave = leave(&settings, server, &backend, client);
+    let limit = settings
+        .backend_connection_timeout
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    match dial(&backend, leave, limit).await {
+        Ok(stream) => Ok((guard, stream)),
+        Err(e) => {
+            let detail = format!("connect failed: {destination}: {e}");
+            Err(Refusal::new(client, CloseReason::ConnectFailed, detail).at(&backend))
+        }
+    }
+}
+
+/// Where a connection (UDP: session) of `client` to `backend` leaves from: the client's
+/// own address when the server is transparent, else the backend's sources.
+pub(crate) fn leave<'a>(
+    settings: &ServerConfig,
+    server: &'a ServerShared,
+    backend: &'a Backend,
+    client: SocketAddr,
+) -> Leave<'a> {
+    if settings.transparent {
+        Leave::AsClient(client.ip())
+    } else {
+        backend.leave(Some(&server.stats.sources_exhausted))
     }
 }
 

@@ -22,9 +22,9 @@ use crate::config::bind::parse_bind;
 use crate::config::checks;
 use crate::config::error::join;
 use crate::config::{
-    AcceptProxy, Config, HealthConfig, HealthKind, HostnameMatching, LogFormat, LogOutput,
-    LoggingConfig, Protocol, ProxyProtocol, ProxyVersion, ServerConfig, SniConfig, UdpConfig,
-    UnexpectedHostname, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
+    AcceptProxy, Config, DiscoveryConfig, HealthConfig, HealthKind, HostnameMatching, LogFormat,
+    LogOutput, LoggingConfig, Protocol, ProxyProtocol, ProxyVersion, ServerConfig, SniConfig,
+    UdpConfig, UnexpectedHostname, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
 };
 
 pub(crate) const TOP_KEYS: &[&str] = &[
@@ -250,7 +250,9 @@ fn server(
     let protocol = sec
         .take("protocol")
         .map_or(Some(Protocol::Tcp), |f| protocol(ctx, &f));
-    let balance = sec.take("balance").and_then(|f| balance(ctx, &f));
+    let balance_field = sec.take("balance");
+    let balance_at = balance_field.as_ref().map_or(sec.at, |f| f.at);
+    let balance = balance_field.and_then(|f| balance(ctx, &f));
     let own = options(ctx, &mut sec);
     let connect_attempts = sec
         .take("connect_attempts")
@@ -260,8 +262,18 @@ fn server(
         .take("source")
         .and_then(|f| source(ctx, &f))
         .unwrap_or_default();
+    let forwards = balance.or(defaults.balance) == Some(BalanceKind::OriginalDestination);
     let discovery = match sec.take("discovery") {
+        Some(f) if forwards => {
+            let message = "balance = \"original_destination\" sends each connection where \
+                           its client was going: this server takes no backends";
+            ctx.error(f.at, f.path(), message);
+            None
+        }
         Some(f) => ctx.table(&f).and_then(|s| discovery(ctx, s)),
+        None if forwards => Some(DiscoveryConfig::Static {
+            backends: Vec::new(),
+        }),
         None => {
             let message = "missing [discovery]: a server needs backends, e.g. kind = \"static\" \
                            with a static_list";
@@ -294,6 +306,11 @@ fn server(
         }
         Some(on)
     });
+    if forwards && intercept != Some(true) {
+        let message = "original_destination is where an intercepted client was going: it \
+                       needs intercept = true";
+        ctx.error(balance_at, &join(&sec.path, "balance"), message);
+    }
     // GoBetween writes it among a UDP server's keys.
     let transparent = transparent
         || udp

@@ -32,8 +32,11 @@ fn dumps_of(relative: &Path) -> String {
                 written,
                 "{relative:?}: server {name}"
             );
-            // Discovery kinds are named twice: by `kind()` and by serde's renames.
-            assert_eq!(written["discovery"]["kind"], server.discovery.kind());
+            // Discovery kinds are named twice: by `kind()` and by serde's renames (a
+            // server with no backend writes none).
+            if !server.discovery.is_empty_list() {
+                assert_eq!(written["discovery"]["kind"], server.discovery.kind());
+            }
         }
         let pretty = serde_json::to_string_pretty(&json).unwrap_or_else(|e| panic!("{e}"));
         let toml = dump::to_toml(&config, secrets).unwrap_or_else(|e| panic!("{e}"));

@@ -31,7 +31,6 @@ use super::{
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
-use crate::outbound::Leave;
 use crate::proxy::state::clients::{ClientShared, ClientSource};
 use crate::proxy::state::{ActiveSlot, ServerShared};
 use crate::proxy::{connect, CloseReason};
@@ -212,11 +211,7 @@ pub(super) fn open(
         // A host name not resolved (yet): as good as no backend.
         return Err(Refusal::Closed(CloseReason::NoBackend));
     };
-    let leave = if settings.transparent {
-        Leave::AsClient(client.ip())
-    } else {
-        backend.leave(Some(&server.stats.sources_exhausted))
-    };
+    let leave = connect::leave(settings, server, &backend, client);
     let upstream = connect(target, leave).map_err(|e| {
         debug!(server = %server.name, backend = backend.key(), error = %e, "cannot open a UDP socket");
         backend
