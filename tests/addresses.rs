@@ -1,57 +1,13 @@
 //! Listeners and addresses, through the binary: the local address connections, UDP
 //! sessions and health checks leave from (`source`, `source=`).
 
-use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::task::JoinHandle;
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpStream, UdpSocket};
 
+use crate::support::who::{Who, WhoUdp};
 use crate::support::{eventually, process, WAIT};
-
-/// A TCP backend that answers each connection with the address it came from, and
-/// remembers every such address (health checks' too).
-struct Who {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<IpAddr>>>,
-    task: JoinHandle<()>,
-}
-
-impl Drop for Who {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-impl Who {
-    async fn start() -> Who {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let addr = listener.local_addr().expect("address");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = Arc::clone(&seen);
-        let task = tokio::spawn(async move {
-            for _ in 0..10_000 {
-                let Ok((mut stream, peer)) = listener.accept().await else {
-                    return;
-                };
-                log.lock().expect("lock").push(peer.ip());
-                tokio::spawn(async move {
-                    let _ = stream
-                        .write_all(format!("{}\n", peer.ip()).as_bytes())
-                        .await;
-                    let _ = stream.shutdown().await;
-                });
-            }
-        });
-        Who { addr, seen, task }
-    }
-
-    fn saw(&self, ip: &str) -> bool {
-        let ip: IpAddr = ip.parse().expect("address");
-        self.seen.lock().expect("lock").contains(&ip)
-    }
-}
 
 /// The address the backend behind `server` saw this connection come from.
 async fn seen_through(server: SocketAddr) -> String {
@@ -68,17 +24,7 @@ async fn seen_through(server: SocketAddr) -> String {
 async fn connections_sessions_and_checks_leave_from_the_configured_sources() {
     let shared = Who::start().await;
     let own = Who::start().await;
-    let udp = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
-    let udp_addr = udp.local_addr().expect("address");
-    let udp_task = tokio::spawn(async move {
-        let mut buf = [0u8; 512];
-        for _ in 0..100 {
-            let Ok((_, from)) = udp.recv_from(&mut buf).await else {
-                return;
-            };
-            let _ = udp.send_to(from.ip().to_string().as_bytes(), from).await;
-        }
-    });
+    let udp = WhoUdp::start().await;
     let toml = format!(
         "[servers.turns]\nbind = \"127.0.0.1:0\"\nsource = [\"127.0.0.51\", \"127.0.0.52\"]\n\
          healthcheck = {{ kind = \"ping\", interval = \"200ms\", timeout = \"1s\" }}\n\
@@ -86,9 +32,10 @@ async fn connections_sessions_and_checks_leave_from_the_configured_sources() {
          [servers.own]\nbind = \"127.0.0.1:0\"\nsource = \"127.0.0.51\"\n\
          [servers.own.discovery]\nkind = \"static\"\nstatic_list = [\"{own} source=127.0.0.53\"]\n\
          [servers.dns]\nbind = \"127.0.0.1:0\"\nprotocol = \"udp\"\nsource = \"127.0.0.54\"\n\
-         [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"{udp_addr}\"]\n",
+         [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"{udp}\"]\n",
         shared = shared.addr,
         own = own.addr,
+        udp = udp.addr,
     );
     let sluice = process::SluiceProcess::start(&toml).await;
 
@@ -106,10 +53,10 @@ async fn connections_sessions_and_checks_leave_from_the_configured_sources() {
     assert!(seen.iter().any(|ip| ip == "127.0.0.52"), "{seen:?}");
     // The health checks leave from the sources too, and from nowhere else.
     eventually("a health check reaches the backend", || async {
-        shared.seen.lock().expect("lock").len() > seen.len()
+        shared.seen().len() > seen.len()
     })
     .await;
-    assert!(!shared.saw("127.0.0.1"), "{:?}", shared.seen);
+    assert!(!shared.saw("127.0.0.1"), "{:?}", shared.seen());
 
     // A backend's own source= wins over the server's.
     assert_eq!(seen_through(sluice.server("own")).await, "127.0.0.53");
@@ -126,5 +73,4 @@ async fn connections_sessions_and_checks_leave_from_the_configured_sources() {
         .expect("answered in time")
         .expect("receive");
     assert_eq!(&buf[..n], b"127.0.0.54");
-    udp_task.abort();
 }

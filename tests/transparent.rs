@@ -4,17 +4,14 @@
 //! server refuses to start, saying why.
 
 use std::io::Read;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, UdpSocket};
 
 use crate::support::eventually;
 use crate::support::netns::{
     or_skip, Netns, Triangle, BACKEND_IP, BALANCER_BACKEND_SIDE, BALANCER_CLIENT_SIDE, CLIENT_IP,
 };
 use crate::support::process::{self, SluiceProcess};
+use crate::support::who::{Who, WhoUdp};
 
 /// The balancer's routing for transparent sockets, exactly as the README shows it: the
 /// backends' replies to a client belong to a transparent socket, and are delivered to
@@ -77,40 +74,12 @@ async fn with_transparent_the_backend_sees_the_clients_own_address() {
         .backend
         .inside(|| -> std::io::Result<_> {
             let tcp = std::net::TcpListener::bind((BACKEND_IP, 7000))?;
-            tcp.set_nonblocking(true)?;
             let udp = std::net::UdpSocket::bind((BACKEND_IP, 7001))?;
-            udp.set_nonblocking(true)?;
             Ok((tcp, udp))
         })
         .expect("the backend's namespace")
         .expect("the backend's sockets");
-    let (tcp, udp) = (
-        TcpListener::from_std(tcp).expect("register"),
-        UdpSocket::from_std(udp).expect("register"),
-    );
-    let accepted_from = Arc::new(Mutex::new(Vec::new()));
-    let seen = Arc::clone(&accepted_from);
-    let tcp_task = tokio::spawn(async move {
-        for _ in 0..10 {
-            let Ok((mut stream, peer)) = tcp.accept().await else {
-                return;
-            };
-            seen.lock().expect("lock").push(peer.ip().to_string());
-            let _ = stream
-                .write_all(format!("{}\n", peer.ip()).as_bytes())
-                .await;
-            let _ = stream.shutdown().await;
-        }
-    });
-    let udp_task = tokio::spawn(async move {
-        let mut buf = [0u8; 64];
-        for _ in 0..10 {
-            let Ok((_, from)) = udp.recv_from(&mut buf).await else {
-                return;
-            };
-            let _ = udp.send_to(from.ip().to_string().as_bytes(), from).await;
-        }
-    });
+    let (tcp, _udp) = (Who::serve(tcp), WhoUdp::serve(udp));
     let toml = format!(
         "[servers.tcp]\nbind = \"{BALANCER_CLIENT_SIDE}:6000\"\ntransparent = true\n\
          [servers.tcp.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7000\"]\n\
@@ -147,9 +116,10 @@ async fn with_transparent_the_backend_sees_the_clients_own_address() {
         .unwrap_or_else(|e| panic!("through the balancer: {e}\n{}", sluice.log()));
     assert_eq!(tcp_answer, CLIENT_IP, "{}", sluice.log());
     assert_eq!(udp_answer, CLIENT_IP, "{}", sluice.log());
-    assert_eq!(*accepted_from.lock().expect("lock"), [CLIENT_IP]);
-    tcp_task.abort();
-    udp_task.abort();
+    assert_eq!(
+        tcp.seen(),
+        [CLIENT_IP.parse::<std::net::IpAddr>().expect("address")]
+    );
 }
 
 /// Without CAP_NET_ADMIN and CAP_NET_RAW (dropped by `setpriv` where the test runs as
@@ -207,28 +177,13 @@ fn steer(balancer: &Netns, matching: &[&str], to: &str) -> Result<(), String> {
 }
 
 /// A backend in its namespace answering each connection with the address it came from.
-fn who_answers(net: &Triangle) -> tokio::task::JoinHandle<()> {
+fn who_answers(net: &Triangle) -> Who {
     let tcp = net
         .backend
-        .inside(|| -> std::io::Result<_> {
-            let tcp = std::net::TcpListener::bind((BACKEND_IP, 7000))?;
-            tcp.set_nonblocking(true)?;
-            Ok(tcp)
-        })
+        .inside(|| std::net::TcpListener::bind((BACKEND_IP, 7000)))
         .expect("the backend's namespace")
         .expect("the backend's socket");
-    let tcp = TcpListener::from_std(tcp).expect("register");
-    tokio::spawn(async move {
-        for _ in 0..10 {
-            let Ok((mut stream, peer)) = tcp.accept().await else {
-                return;
-            };
-            let _ = stream
-                .write_all(format!("{}\n", peer.ip()).as_bytes())
-                .await;
-            let _ = stream.shutdown().await;
-        }
-    })
+    Who::serve(tcp)
 }
 
 /// What the client, in its namespace, reads from a connection to `to`.
@@ -253,7 +208,7 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
     let Some(net) = or_skip(made, "intercept") else {
         return;
     };
-    let backend = who_answers(&net);
+    let _backend = who_answers(&net);
     let toml = format!(
         "[servers.sidecar]\nbind = \"{to}\"\nintercept = true\n\
          [servers.sidecar.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7000\"]\n"
@@ -268,7 +223,6 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
         sluice.log().contains("destination=198.51.100.7:80")
     })
     .await;
-    backend.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -279,7 +233,7 @@ async fn original_destination_reaches_the_address_the_client_dialled() {
     let Some(net) = or_skip(made, "original_destination") else {
         return;
     };
-    let backend = who_answers(&net);
+    let _backend = who_answers(&net);
     let toml = format!(
         "[servers.sidecar]\nbind = \"{to}\"\nintercept = true\nbalance = \"original_destination\"\n"
     );
@@ -298,5 +252,4 @@ async fn original_destination_reaches_the_address_the_client_dialled() {
         },
     )
     .await;
-    backend.abort();
 }

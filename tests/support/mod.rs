@@ -12,6 +12,7 @@ pub mod resp;
 pub mod servers;
 pub mod tls;
 pub mod udp;
+pub mod who;
 
 pub use backend::*;
 
