@@ -29,7 +29,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{self, Bind, Config, Protocol};
+use crate::config::{self, Binds, Config, Protocol};
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
 use crate::proxy::state::ServerShared;
@@ -86,8 +86,8 @@ pub struct Runtime {
 struct State {
     config: Config,
     servers: BTreeMap<String, Server>,
-    /// The address each server's `bind` resolved to when it started.
-    addrs: BTreeMap<String, SocketAddr>,
+    /// The addresses each server's `bind` resolved to when it started.
+    addrs: BTreeMap<String, Vec<SocketAddr>>,
 }
 
 impl Runtime {
@@ -155,11 +155,13 @@ impl Runtime {
                 continue;
             };
             if let Some(server) = state.servers.remove(name) {
-                let addr = server.local_addr();
-                let wanted = inherited.contains(&addr);
-                if let Some(listeners) = server.stop(wanted).await {
-                    handed_over.insert(addr, listeners);
-                }
+                let wanted: Vec<SocketAddr> = server
+                    .local_addrs()
+                    .iter()
+                    .filter(|addr| inherited.contains(addr))
+                    .copied()
+                    .collect();
+                handed_over.extend(server.stop(&wanted).await);
                 info!(server = %name, "stopped accepting; its connections drain");
             }
         }
@@ -169,28 +171,30 @@ impl Runtime {
                 Change::Remove(_) => {}
                 Change::Add(_) | Change::Restart(_) => {
                     let cfg = config.servers[name].clone();
-                    let addr = addrs[name];
-                    let socket = match sockets.remove(name) {
-                        Some(socket) => socket,
-                        None => match handed_over.remove(&addr) {
-                            Some(socket) => socket,
-                            None => bind(name, &cfg, addr, workers)?,
-                        },
+                    let listen_error = |addr, source| BindError::Listen {
+                        server: name.to_owned(),
+                        addr,
+                        source,
                     };
-                    // A socket handed over keeps what its previous server set.
-                    listener::set_intercept(&socket, cfg.intercept).map_err(|source| {
-                        BindError::Listen {
-                            server: name.to_owned(),
-                            addr,
-                            source,
-                        }
-                    })?;
-                    let server = Server::start(name, cfg, addr, socket, &self.life)
+                    let mut listening = Vec::with_capacity(addrs[name].len());
+                    for &addr in &addrs[name] {
+                        let socket = match sockets.remove(&(name.to_owned(), addr)) {
+                            Some(socket) => socket,
+                            None => match handed_over.remove(&addr) {
+                                Some(socket) => socket,
+                                None => bind(name, &cfg, addr, workers)?,
+                            },
+                        };
+                        // A socket handed over keeps what its previous server set.
+                        listener::set_intercept(&socket, cfg.intercept)
+                            .map_err(|source| listen_error(addr, source))?;
+                        listening.push((addr, socket));
+                    }
+                    let first = addrs[name].first().copied();
+                    let server = Server::start(name, cfg, listening, &self.life)
                         .await
-                        .map_err(|source| BindError::Listen {
-                            server: name.to_owned(),
-                            addr,
-                            source,
+                        .map_err(|source| {
+                            listen_error(first.unwrap_or(([0, 0, 0, 0], 0).into()), source)
                         })?;
                     state.servers.insert(name.to_owned(), server);
                 }
@@ -207,7 +211,7 @@ impl Runtime {
         Ok(changes)
     }
 
-    /// The address each server listens on.
+    /// The (first) address each server listens on.
     pub async fn local_addrs(&self) -> BTreeMap<String, SocketAddr> {
         let state = self.state.lock().await;
         state
@@ -341,7 +345,7 @@ async fn resolve_binds(
     state: &State,
     config: &Config,
     changes: &[Change],
-) -> Result<BTreeMap<String, SocketAddr>, BindError> {
+) -> Result<BTreeMap<String, Vec<SocketAddr>>, BindError> {
     let starts = |name: &str| {
         changes
             .iter()
@@ -350,8 +354,8 @@ async fn resolve_binds(
     let mut addrs = BTreeMap::new();
     for (name, server) in &config.servers {
         let kept = state.addrs.get(name).filter(|_| !starts(name));
-        let addr = match kept {
-            Some(addr) => *addr,
+        let resolved = match kept {
+            Some(addrs) => addrs.clone(),
             None => server
                 .bind
                 .resolve()
@@ -361,12 +365,14 @@ async fn resolve_binds(
                     reason,
                 })?,
         };
-        addrs.insert(name.clone(), addr);
+        addrs.insert(name.clone(), resolved);
     }
-    if config.servers.values().any(|s| s.bind.addr().is_none()) {
+    if config.servers.values().any(|s| s.bind.has_names()) {
         let mut resolved = config.clone();
         for (name, server) in &mut resolved.servers {
-            server.bind = Bind::Addr(addrs[name]);
+            if let Some(binds) = Binds::resolved(&addrs[name]) {
+                server.bind = binds;
+            }
         }
         let order = config.servers.keys().map(String::as_str);
         if let Some(problem) = config::typed_checks(&resolved, order).into_iter().next() {
@@ -379,6 +385,9 @@ async fn resolve_binds(
     Ok(addrs)
 }
 
+/// Listeners bound ahead of a change, by server and address.
+type NewListeners = BTreeMap<(String, SocketAddr), Listeners>;
+
 /// Binds the listeners that `changes` need, except where a TCP server this change stops
 /// listens on exactly the wanted address: those addresses are returned, to be taken over
 /// with their sockets (see [`Runtime::apply`]). Binding beside such a server would work
@@ -387,18 +396,24 @@ async fn resolve_binds(
 fn bind_new_listeners(
     state: &State,
     config: &Config,
-    addrs: &BTreeMap<String, SocketAddr>,
+    addrs: &BTreeMap<String, Vec<SocketAddr>>,
     changes: &[Change],
     workers: usize,
-) -> Result<(BTreeMap<String, Listeners>, Vec<SocketAddr>), BindError> {
+) -> Result<(NewListeners, Vec<SocketAddr>), BindError> {
     let outgoing: Vec<(Protocol, SocketAddr)> = changes
         .iter()
         .filter(|c| matches!(c, Change::Remove(_) | Change::Restart(_)))
         .filter_map(|c| {
             let server = state.servers.get(c.server())?;
             let protocol = state.config.servers.get(c.server())?.protocol;
-            Some((protocol, server.local_addr()))
+            Some(
+                server
+                    .local_addrs()
+                    .iter()
+                    .map(move |addr| (protocol, *addr)),
+            )
         })
+        .flatten()
         .collect();
     let mut sockets = BTreeMap::new();
     let mut inherited = Vec::new();
@@ -406,7 +421,7 @@ fn bind_new_listeners(
         let (Change::Add(name) | Change::Restart(name)) = change else {
             continue;
         };
-        let (server, addr) = (&config.servers[name], addrs[name]);
+        let server = &config.servers[name];
         for (key, on) in [
             ("transparent", server.transparent),
             ("intercept", server.intercept),
@@ -419,23 +434,25 @@ fn bind_new_listeners(
                 })?;
             }
         }
-        // A stopping TCP (or TLS) server listening on exactly this address.
-        let tcp_held = outgoing
-            .iter()
-            .any(|&(p, a)| a == addr && p != Protocol::Udp);
-        if addr.port() != 0 && server.protocol != Protocol::Udp && tcp_held {
-            inherited.push(addr);
-            continue;
-        }
-        match bind(name, server, addr, workers) {
-            Ok(socket) => {
-                sockets.insert(name.clone(), socket);
+        for &addr in &addrs[name] {
+            // A stopping TCP (or TLS) server listening on exactly this address.
+            let tcp_held = outgoing
+                .iter()
+                .any(|&(p, a)| a == addr && p != Protocol::Udp);
+            if addr.port() != 0 && server.protocol != Protocol::Udp && tcp_held {
+                inherited.push(addr);
+                continue;
             }
-            // Bound once the server holding it has stopped.
-            Err(BindError::Listen { source, .. })
-                if source.kind() == io::ErrorKind::AddrInUse
-                    && outgoing.iter().any(|&(_, a)| a == addr) => {}
-            Err(e) => return Err(e),
+            match bind(name, server, addr, workers) {
+                Ok(socket) => {
+                    sockets.insert((name.clone(), addr), socket);
+                }
+                // Bound once the server holding it has stopped.
+                Err(BindError::Listen { source, .. })
+                    if source.kind() == io::ErrorKind::AddrInUse
+                        && outgoing.iter().any(|&(_, a)| a == addr) => {}
+                Err(e) => return Err(e),
+            }
         }
     }
     Ok((sockets, inherited))

@@ -17,7 +17,7 @@ use super::decode::{config_error, conflict_or, parse_server, restore_secrets, Ba
 use super::{views, ApiError, ApiState, OPENAPI};
 use crate::backend::{Backend, BackendSpec};
 use crate::config::dump::{self, Secrets};
-use crate::config::{Bind, Config, DiscoveryConfig, HealthKind, ServerConfig};
+use crate::config::{Bind, BindRange, Config, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
 use crate::proxy::state::ServerShared;
 use crate::reload::Change;
@@ -404,20 +404,32 @@ fn bind_free(config: &Config, name: &str, server: &ServerConfig) -> ApiResult<()
             any.ip().is_unspecified()
         }
     };
-    let clash = config.servers.iter().find(|(other, s)| {
-        other.as_str() != name
-            && server.bind.port() != 0
-            && s.bind.port() == server.bind.port()
-            && same_host(&s.bind, &server.bind)
-    });
+    let overlap = |a: &BindRange, b: &BindRange| {
+        a.bind.port() != 0
+            && b.bind.port() != 0
+            && a.bind.port() <= b.last_port
+            && b.bind.port() <= a.last_port
+            && same_host(&a.bind, &b.bind)
+    };
+    let clash = config
+        .servers
+        .iter()
+        .filter(|(other, _)| other.as_str() != name)
+        .find_map(|(other, s)| {
+            server.bind.ranges().iter().find_map(|mine| {
+                let theirs = s
+                    .bind
+                    .ranges()
+                    .iter()
+                    .find(|theirs| overlap(mine, theirs))?;
+                Some((other, mine, theirs))
+            })
+        });
     match clash {
-        Some((other, s)) => Err(ApiError::field(
+        Some((other, mine, theirs)) => Err(ApiError::field(
             StatusCode::CONFLICT,
             "bind",
-            format!(
-                "address {} is already used by server \"{other}\" ({})",
-                server.bind, s.bind
-            ),
+            format!("address {mine} is already used by server \"{other}\" ({theirs})"),
         )),
         None => Ok(()),
     }

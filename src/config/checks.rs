@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use super::error::join;
-use super::{Bind, Config, ConfigError, ConfigErrors, DiscoveryConfig, ServerConfig};
+use super::{Bind, BindRange, Config, ConfigError, ConfigErrors, DiscoveryConfig, ServerConfig};
 
 /// A rule of the whole configuration that a server breaks.
 pub(crate) struct Problem {
@@ -80,39 +80,52 @@ pub(crate) fn typed<'a>(
 }
 
 /// Two servers cannot listen on the same address, nor on a wildcard address and a
-/// specific one of the same family and port. Port 0 (any free port) never conflicts.
+/// specific one of the same family and port; nor can one server twice. Port 0 (any free
+/// port) never conflicts.
 fn bind_conflict(before: &[(&str, &ServerConfig)], server: &ServerConfig) -> Option<String> {
-    let bind = &server.bind;
-    if bind.port() == 0 {
-        return None;
+    let ranges = server.bind.ranges();
+    for (i, range) in ranges.iter().enumerate() {
+        if let Some(other) = ranges[..i].iter().find(|other| overlap(other, range)) {
+            return Some(format!(
+                "address {range} overlaps {other}, listed before it"
+            ));
+        }
+        // TCP and UDP ports are separate: DNS serves both on one port.
+        let taken = before
+            .iter()
+            .filter(|(_, other)| other.protocol == server.protocol)
+            .find_map(|(owner, other)| {
+                let other = other.bind.ranges().iter().find(|o| overlap(o, range))?;
+                Some((owner, other))
+            });
+        if let Some((owner, other)) = taken {
+            let owner = join("servers", owner);
+            return Some(if other == range {
+                format!("address {range} is already used by {owner}")
+            } else {
+                format!("address {range} overlaps {other} of {owner}")
+            });
+        }
     }
-    // TCP and UDP ports are separate: DNS serves both on one port.
-    let overlaps = |(_, other): &&(&str, &ServerConfig)| {
-        other.bind.port() == bind.port()
-            && match (&other.bind, bind) {
-                (Bind::Addr(other), Bind::Addr(bind)) => {
-                    other.is_ipv4() == bind.is_ipv4()
-                        && (other.ip() == bind.ip()
-                            || other.ip().is_unspecified()
-                            || bind.ip().is_unspecified())
-                }
-                (Bind::Name { host: other, .. }, Bind::Name { host, .. }) => {
-                    other.eq_ignore_ascii_case(host)
-                }
-                // Known once the name resolves: checked again when the server starts.
-                _ => false,
-            }
-    };
-    let (owner, other) = before
-        .iter()
-        .filter(|(_, other)| other.protocol == server.protocol)
-        .find(overlaps)?;
-    let (owner, other) = (join("servers", owner), &other.bind);
-    Some(if other == bind {
-        format!("address {bind} is already used by {owner}")
-    } else {
-        format!("address {bind} overlaps {other} of {owner}")
-    })
+    None
+}
+
+/// Whether two binds would take one port of one address.
+fn overlap(a: &BindRange, b: &BindRange) -> bool {
+    let ports = |r: &BindRange| r.bind.port()..=r.last_port;
+    let (pa, pb) = (ports(a), ports(b));
+    if a.bind.port() == 0 || b.bind.port() == 0 || pa.end() < pb.start() || pb.end() < pa.start() {
+        return false;
+    }
+    match (&a.bind, &b.bind) {
+        (Bind::Addr(a), Bind::Addr(b)) => {
+            a.is_ipv4() == b.is_ipv4()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        }
+        (Bind::Name { host: a, .. }, Bind::Name { host: b, .. }) => a.eq_ignore_ascii_case(b),
+        // Known once the name resolves: checked again when the server starts.
+        _ => false,
+    }
 }
 
 /// A static list must name a backend, and each backend once (by `host:port`, whatever

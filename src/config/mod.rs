@@ -81,7 +81,7 @@ pub use admin::{
     ApiConfig, BasicAuth, Cors, MetricsConfig, DEFAULT_API_BIND, DEFAULT_API_MAX_CONNECTIONS,
     DEFAULT_METRICS_BIND,
 };
-pub use bind::{resolve_names, Bind};
+pub use bind::{resolve_names, Bind, BindRange, Binds};
 pub(crate) use checks::typed as typed_checks;
 pub use checks::validate;
 pub use discovery::{
@@ -343,9 +343,9 @@ impl UdpConfig {
 /// One `[servers.NAME]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServerConfig {
-    /// An address, or a host name resolved when the server starts.
-    #[serde(serialize_with = "write_as::shown")]
-    pub bind: Bind,
+    /// Addresses (or host names resolved when the server starts), each with a port or a
+    /// range of ports.
+    pub bind: Binds,
     pub protocol: Protocol,
     #[serde(serialize_with = "write_as::shown")]
     pub balance: BalanceKind,
@@ -416,7 +416,7 @@ impl ServerConfig {
     /// timeouts, 3 connect attempts, no health check, no TLS, PROXY header or access rules.
     pub fn new(bind: SocketAddr, discovery: DiscoveryConfig) -> Self {
         ServerConfig {
-            bind: Bind::Addr(bind),
+            bind: Binds::from(bind),
             protocol: Protocol::Tcp,
             balance: BalanceKind::Weight,
             max_connections: None,

@@ -7,7 +7,6 @@ pub mod syn_filter;
 
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -149,19 +148,26 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// What an accept loop does with its socket when told to stop.
+/// What the accept loops of a server do with their sockets when told to stop.
 #[derive(Clone, Debug, Default)]
-pub struct OnStop(Arc<AtomicBool>);
+pub struct OnStop(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
 
 impl OnStop {
-    /// The socket is wanted by the server that replaces this one (same address): give it
-    /// back with its queue of not yet accepted connections intact.
-    pub fn hand_over(&self) {
-        self.0.store(true, Ordering::Release);
+    /// The sockets on `addrs` are wanted by the servers that replace this one (same
+    /// address): give them back with their queues of not yet accepted connections
+    /// intact.
+    pub fn hand_over(&self, addrs: &[SocketAddr]) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(addrs);
     }
 
-    fn handing_over(&self) -> bool {
-        self.0.load(Ordering::Acquire)
+    fn handing_over(&self, addr: SocketAddr) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&addr)
     }
 }
 
@@ -230,7 +236,10 @@ pub async fn accept_loop(
             return None;
         }
     };
-    if on_stop.handing_over() {
+    if listener
+        .local_addr()
+        .is_ok_and(|addr| on_stop.handing_over(addr))
+    {
         debug!(server = %server.name, "stopped accepting; listener handed over");
         return Some(listener);
     }

@@ -70,7 +70,8 @@ pub struct Lifecycle {
 /// A running server: the tasks behind one `[servers.NAME]`.
 pub struct Server {
     pub shared: Arc<ServerShared>,
-    local_addr: SocketAddr,
+    /// Where its listeners are bound (port 0 resolved), in `bind`'s order.
+    local_addrs: Vec<SocketAddr>,
     /// Stops the accept loop only; connections run on until they end.
     accept_stop: CancellationToken,
     /// Stops every background task: health checks, resolvers, bandwidth sampling and
@@ -94,20 +95,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts serving on `socket`, bound beforehand (on `addr`, what `bind` resolved to)
-    /// by the caller so that every bind of a reload can fail before anything is changed.
+    /// Starts serving on `listening`: the sockets of each address `bind` resolved to,
+    /// bound beforehand by the caller so that every bind of a reload can fail before
+    /// anything is changed.
     pub async fn start(
         name: &str,
         config: ServerConfig,
-        addr: SocketAddr,
-        sockets: Listeners,
+        listening: Vec<(SocketAddr, Listeners)>,
         life: &Lifecycle,
     ) -> std::io::Result<Server> {
         let protocol = config.protocol;
-        let local_addr = match sockets.local_addr() {
-            Some(addr) => addr?,
-            None => addr,
-        };
+        let mut local_addrs = Vec::with_capacity(listening.len());
+        for (addr, sockets) in &listening {
+            local_addrs.push(match sockets.local_addr() {
+                Some(bound) => bound?,
+                None => *addr,
+            });
+        }
         let shared = Arc::new(ServerShared::new(name, &config));
         let (tasks, background) = (Tasks::new(), life.graceful.child_token());
         let settings = Arc::new(config.clone());
@@ -128,7 +132,7 @@ impl Server {
         backends.replace(None, Some(specs)).await;
         let mut server = Server {
             shared,
-            local_addr,
+            local_addrs,
             accept_stop: life.graceful.child_token(),
             background,
             backends,
@@ -140,8 +144,12 @@ impl Server {
             accept_tasks: Vec::new(),
         };
         server.start_discovery(&config.discovery);
-        server.spawn_accept(sockets, life);
-        info!(server = name, bind = %local_addr, protocol = protocol.as_str(), "listening");
+        for (_, sockets) in listening {
+            server.spawn_accept(sockets, life);
+        }
+        for addr in &server.local_addrs {
+            info!(server = name, bind = %addr, protocol = protocol.as_str(), "listening");
+        }
         Ok(server)
     }
 
@@ -238,9 +246,15 @@ impl Server {
         }
     }
 
-    /// The address the listener is bound to (useful when the config asked for port 0).
+    /// The first address its listeners are bound to (useful when the config asked for
+    /// port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.local_addrs[0]
+    }
+
+    /// Every address its listeners are bound to.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.local_addrs
     }
 
     /// Applies a changed configuration whose `bind` and `protocol` are unchanged: new
@@ -301,25 +315,30 @@ impl Server {
     }
 
     /// Stops accepting, checking and discovering, and waits until every task of the
-    /// server has ended; established connections finish on their own. With `hand_over`,
-    /// returns the listening sockets, their queues intact, for the server that takes
-    /// this one's address; otherwise the connections already queued are accepted and
-    /// served, and the sockets closed.
-    pub async fn stop(mut self, hand_over: bool) -> Option<Listeners> {
-        if hand_over {
-            self.on_stop.hand_over();
-        }
+    /// server has ended; established connections finish on their own. Returns the
+    /// listening sockets of the addresses in `hand_over`, their queues intact, for the
+    /// servers that take those addresses; on the others the connections already queued
+    /// are accepted and served, and the sockets closed.
+    pub async fn stop(mut self, hand_over: &[SocketAddr]) -> Vec<(SocketAddr, Listeners)> {
+        self.on_stop.hand_over(hand_over);
         self.accept_stop.cancel();
         self.background.cancel();
         self.deadlines.cancel();
-        let mut sockets = Vec::new();
+        let mut sockets: Vec<(SocketAddr, Listeners)> = Vec::new();
         for task in self.accept_tasks.drain(..) {
-            if let Ok(Some(socket)) = task.await {
-                sockets.push(socket);
+            let Ok(Some(socket)) = task.await else {
+                continue;
+            };
+            let Ok(addr) = socket.local_addr() else {
+                continue;
+            };
+            match sockets.iter_mut().find(|(a, _)| *a == addr) {
+                Some((_, Listeners::Tcp(same))) => same.push(socket),
+                _ => sockets.push((addr, Listeners::Tcp(vec![socket]))),
             }
         }
         self.end_tasks().await;
-        (hand_over && !sockets.is_empty()).then_some(Listeners::Tcp(sockets))
+        sockets
     }
 
     /// Ends every background task of the server, pending drain deadlines included, and

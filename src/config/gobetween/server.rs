@@ -18,13 +18,13 @@ use super::limits::{self, LimitKeys, LIMIT_KEYS};
 use super::reader::{resolve, Ctx, Field, Section};
 use super::sections::access;
 use crate::balance::BalanceKind;
-use crate::config::bind::parse_bind;
 use crate::config::checks;
 use crate::config::error::join;
 use crate::config::{
-    AcceptProxy, Config, DiscoveryConfig, HealthConfig, HealthKind, HostnameMatching, LogFormat,
-    LogOutput, LoggingConfig, Protocol, ProxyProtocol, ProxyVersion, ServerConfig, SniConfig,
-    UdpConfig, UnexpectedHostname, DEFAULT_PROXY_HEADER_TIMEOUT, DEFAULT_SNI_READ_TIMEOUT,
+    AcceptProxy, BindRange, Binds, Config, DiscoveryConfig, HealthConfig, HealthKind,
+    HostnameMatching, LogFormat, LogOutput, LoggingConfig, Protocol, ProxyProtocol, ProxyVersion,
+    ServerConfig, SniConfig, UdpConfig, UnexpectedHostname, DEFAULT_PROXY_HEADER_TIMEOUT,
+    DEFAULT_SNI_READ_TIMEOUT,
 };
 
 pub(crate) const TOP_KEYS: &[&str] = &[
@@ -239,9 +239,7 @@ fn server(
     }
     legacy::reject_unsupported(ctx, &mut sec, Place::Server);
     let bind = match sec.take("bind") {
-        Some(f) => ctx
-            .parse(&f, "a string such as \"0.0.0.0:3000\"", parse_bind)
-            .map(|a| (a, f.at)),
+        Some(f) => binds(ctx, &f).map(|b| (b, f.at)),
         None => {
             ctx.error(sec.at, &sec.path, "missing required key \"bind\"");
             None
@@ -412,6 +410,45 @@ fn server(
         limits,
     };
     Some((server, bind_at))
+}
+
+/// `bind`: one address (`"0.0.0.0:3000"`, a range `":5000-5010"`) or a list of them.
+fn binds(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Binds> {
+    if !matches!(f.node.value, Value::Array(_)) {
+        let expected = "a string such as \"0.0.0.0:3000\", or a list of them";
+        let range = ctx.parse(f, expected, |s| s.parse::<BindRange>())?;
+        return Binds::new(vec![range]);
+    }
+    let written = ctx.strings(f)?;
+    if written.is_empty() {
+        ctx.error(f.at, f.path(), "needs at least one address");
+        return None;
+    }
+    let mut ranges = Vec::with_capacity(written.len());
+    let mut bad = false;
+    for (at, path, text) in written {
+        match text.parse::<BindRange>() {
+            Ok(range) => ranges.push(range),
+            Err(message) => {
+                ctx.error(at, &path, message);
+                bad = true;
+            }
+        }
+    }
+    let ports: usize = ranges.iter().map(BindRange::ports).sum();
+    if !bad && ports > crate::config::bind::MAX_BIND_PORTS {
+        let message = format!(
+            "{ports} ports in all; at most {} are bound (for more, intercept them with a \
+             TPROXY rule: intercept = true)",
+            crate::config::bind::MAX_BIND_PORTS
+        );
+        ctx.error(f.at, f.path(), message);
+        bad = true;
+    }
+    if bad {
+        return None;
+    }
+    Binds::new(ranges)
 }
 
 /// `source`: one local address, or a list used in turn.

@@ -100,7 +100,7 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
                 continue;
             }
             let server = ServerConfig {
-                bind: bind.clone(),
+                bind: bind.clone().into(),
                 ..server.clone()
             };
             binds_at.push((format!("{}.bind", join("servers", &name)), *at));

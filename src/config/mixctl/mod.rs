@@ -123,7 +123,7 @@ fn rule(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(String, Pos, ServerConfi
     }
     let ((name, name_at), (bind, from_at), backends) = (name?, from?, to?);
     let server = ServerConfig {
-        bind,
+        bind: bind.into(),
         balance: BalanceKind::Random,
         backend_connection_timeout: Some(DIAL_TIMEOUT),
         ..ServerConfig::new(

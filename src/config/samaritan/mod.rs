@@ -199,7 +199,7 @@ fn server(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, ServerConfig)> 
     }
     let ((name, name_at), (bind, listen_at), backends) = (name?, listen?, backends?);
     let server = ServerConfig {
-        bind,
+        bind: bind.into(),
         protocol: protocol.unwrap_or(Protocol::Tcp),
         balance: balance.unwrap_or(BalanceKind::Weight),
         max_connections,

@@ -72,7 +72,11 @@ fn a_bind_name_that_does_not_resolve_is_reported_at_its_bind() {
     let text = text.replace("no-such-host.invalid", "localhost");
     let loaded = parse(&text, path).expect("valid");
     let resolved = resolve_names(&loaded, path).expect("localhost resolves");
-    let bind = resolved.servers["web"].bind.addr().expect("an address");
+    let bind = resolved.servers["web"]
+        .bind
+        .first()
+        .addr()
+        .expect("an address");
     assert!(bind.ip().is_loopback(), "{bind}");
 }
 
