@@ -182,7 +182,7 @@ impl Runtime {
                             Some(socket) => socket,
                             None => match handed_over.remove(&addr) {
                                 Some(socket) => socket,
-                                None => bind(name, &cfg, addr, workers)?,
+                                None => bind(name, &cfg, addr, workers, &addrs[name])?,
                             },
                         };
                         // A socket handed over keeps what its previous server set.
@@ -322,18 +322,22 @@ impl Runtime {
     }
 }
 
+/// Binds `server`'s sockets on `addr`, one of `all` its addresses.
 fn bind(
     server: &str,
     config: &crate::config::ServerConfig,
     addr: SocketAddr,
     count: usize,
+    all: &[SocketAddr],
 ) -> Result<Listeners, BindError> {
-    listener::bind(config.protocol, addr, count, config.intercept).map_err(|source| {
-        BindError::Listen {
-            server: server.to_owned(),
-            addr,
-            source,
-        }
+    let options = listener::BindOptions {
+        intercept: config.intercept,
+        v6_only: addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port()),
+    };
+    listener::bind(config.protocol, addr, count, options).map_err(|source| BindError::Listen {
+        server: server.to_owned(),
+        addr,
+        source,
     })
 }
 
@@ -443,7 +447,7 @@ fn bind_new_listeners(
                 inherited.push(addr);
                 continue;
             }
-            match bind(name, server, addr, workers) {
+            match bind(name, server, addr, workers, &addrs[name]) {
                 Ok(socket) => {
                     sockets.insert((name.clone(), addr), socket);
                 }

@@ -74,3 +74,142 @@ async fn connections_sessions_and_checks_leave_from_the_configured_sources() {
         .expect("receive");
     assert_eq!(&buf[..n], b"127.0.0.54");
 }
+
+/// `count` consecutive ports, free for TCP and UDP on 127.0.0.1 a moment ago.
+fn free_ports(count: u16) -> u16 {
+    for _ in 0..50 {
+        let base = process::free_port();
+        if base.checked_add(count).is_none() {
+            continue;
+        }
+        let free = (base..base + count).all(|port| {
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
+    panic!("no {count} consecutive free ports");
+}
+
+/// A TCP and a UDP backend on `ip:port` answering with their own address, so a test
+/// sees which backend and which port a connection or datagram reached.
+fn where_am_i(ip: &str, port: u16) -> Vec<tokio::task::JoinHandle<()>> {
+    let tcp = std::net::TcpListener::bind((ip, port)).expect("bind");
+    tcp.set_nonblocking(true).expect("non-blocking");
+    let tcp = tokio::net::TcpListener::from_std(tcp).expect("register");
+    let udp = std::net::UdpSocket::bind((ip, port)).expect("bind");
+    udp.set_nonblocking(true).expect("non-blocking");
+    let udp = UdpSocket::from_std(udp).expect("register");
+    vec![
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let Ok((mut stream, _)) = tcp.accept().await else {
+                    return;
+                };
+                let here = stream
+                    .local_addr()
+                    .map(|a| a.to_string())
+                    .unwrap_or_default();
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, here.as_bytes()).await;
+            }
+        }),
+        tokio::spawn(async move {
+            let mut buf = [0u8; 64];
+            for _ in 0..100 {
+                let Ok((_, from)) = udp.recv_from(&mut buf).await else {
+                    return;
+                };
+                let here = udp.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                let _ = udp.send_to(here.as_bytes(), from).await;
+            }
+        }),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_binds_and_a_port_range_are_one_server_reaching_the_dialled_port() {
+    let base = free_ports(3);
+    let mut backends = Vec::new();
+    for ip in ["127.0.0.71", "127.0.0.72"] {
+        for port in base..base + 3 {
+            backends.extend(where_am_i(ip, port));
+        }
+    }
+    let (range, last) = (format!("127.0.0.1:{base}-{}", base + 1), base + 2);
+    let servers = |name: &str, protocol: &str| {
+        format!(
+            "[servers.{name}]\nbind = [\"{range}\", \"127.0.0.1:{last}\"]\nprotocol = \"{protocol}\"\n\
+             balance = \"iphash\"\nbackend_port = \"same\"\n\
+             [servers.{name}.discovery]\nkind = \"static\"\n\
+             static_list = [\"127.0.0.71:{base}\", \"127.0.0.72:{base}\"]\n"
+        )
+    };
+    let toml = format!(
+        "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n{}{}",
+        servers("multi", "tcp"),
+        servers("dns", "udp")
+    );
+    let sluice = process::SluiceProcess::start(&toml).await;
+
+    // One client reaches one backend (iphash over one pool), on the port it dialled.
+    let mut hosts = Vec::new();
+    for port in base..base + 3 {
+        let dialled = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream =
+            crate::support::connect_from(dialled, Some("127.0.0.5".parse().expect("ip"))).await;
+        let mut here = String::new();
+        tokio::time::timeout(WAIT, stream.read_to_string(&mut here))
+            .await
+            .expect("answered in time")
+            .expect("read");
+        let here: SocketAddr = here.parse().unwrap_or_else(|_| panic!("{here:?}"));
+        assert_eq!(here.port(), port, "{}", sluice.log());
+        hosts.push(here.ip());
+
+        let client = UdpSocket::bind("127.0.0.5:0").await.expect("bind");
+        client.send_to(b"where", dialled).await.expect("send");
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(WAIT, client.recv_from(&mut buf))
+            .await
+            .expect("answered in time")
+            .expect("receive");
+        let there: SocketAddr = String::from_utf8_lossy(&buf[..n]).parse().expect("address");
+        assert_eq!(there.port(), port);
+        hosts.push(there.ip());
+    }
+    hosts.dedup();
+    assert_eq!(
+        hosts.len(),
+        1,
+        "one backend for one client on every port: {hosts:?}"
+    );
+
+    // The access log and the metrics say which listener took each.
+    let second = format!("127.0.0.1:{}", base + 1);
+    eventually("the access log names the listener", || async {
+        sluice.log().contains(&format!("destination={second}"))
+    })
+    .await;
+    let metrics = crate::support::http::get(sluice.api(), "/metrics")
+        .await
+        .body;
+    for server in ["multi", "dns"] {
+        let line = format!(
+            "sluice_listener_accepted_total{{server=\"{server}\",listener=\"{second}\"}} 1"
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    // The dump writes the list as it was written.
+    let dump = crate::support::http::get(sluice.api(), "/dump?format=toml")
+        .await
+        .body;
+    assert!(
+        dump.contains(&format!("bind = [\"{range}\", \"127.0.0.1:{last}\"]")),
+        "{dump}"
+    );
+    for task in backends {
+        task.abort();
+    }
+}

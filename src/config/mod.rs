@@ -340,6 +340,23 @@ impl UdpConfig {
     }
 }
 
+/// `backend_port`: which port of a backend a connection goes to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendPort {
+    /// The backend's own (`host:port` in its line).
+    #[default]
+    Own,
+    /// The port the client dialled (with a port range: 5000-5010 to the same ports).
+    Same,
+}
+
+impl BackendPort {
+    pub fn is_own(&self) -> bool {
+        *self == BackendPort::Own
+    }
+}
+
 /// One `[servers.NAME]`.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ServerConfig {
@@ -376,6 +393,10 @@ pub struct ServerConfig {
     /// address, logged with it and sent on in a PROXY header.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub intercept: bool,
+    /// The port connections go to on a backend: its own, or (`"same"`, for a port range)
+    /// the one the client dialled.
+    #[serde(skip_serializing_if = "BackendPort::is_own")]
+    pub backend_port: BackendPort,
     /// Not written when empty (a server with `balance = "original_destination"`, the
     /// only kind allowed none).
     #[serde(skip_serializing_if = "DiscoveryConfig::is_empty_list")]
@@ -427,6 +448,7 @@ impl ServerConfig {
             source: Vec::new(),
             transparent: false,
             intercept: false,
+            backend_port: BackendPort::Own,
             discovery,
             healthcheck: HealthConfig::default(),
             access: None,

@@ -43,19 +43,30 @@ impl Listeners {
     }
 }
 
-/// Binds `count` sockets of `protocol` on `addr`, one per worker; with `intercept`,
-/// TCP sockets that take connections for any destination a TPROXY rule steers to them.
+/// How a server's sockets are bound, beyond the address.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BindOptions {
+    /// TCP: take connections for any destination a TPROXY rule steers here.
+    pub intercept: bool,
+    /// An IPv6 socket that takes IPv6 only: its server binds the same port on IPv4
+    /// too (dual stack written as two binds).
+    pub v6_only: bool,
+}
+
+/// Binds `count` sockets of `protocol` on `addr`, one per worker.
 pub fn bind(
     protocol: crate::config::Protocol,
     addr: SocketAddr,
     count: usize,
-    intercept: bool,
+    options: BindOptions,
 ) -> io::Result<Listeners> {
     Ok(match protocol {
         crate::config::Protocol::Tcp | crate::config::Protocol::Tls => {
-            Listeners::Tcp(bind_tcp(addr, count, intercept)?)
+            Listeners::Tcp(bind_tcp(addr, count, options)?)
         }
-        crate::config::Protocol::Udp => Listeners::Udp(proxy::udp::bind(addr, count)?),
+        crate::config::Protocol::Udp => {
+            Listeners::Udp(proxy::udp::bind(addr, count, options.v6_only)?)
+        }
     })
 }
 
@@ -80,7 +91,7 @@ pub fn set_intercept(listeners: &Listeners, on: bool) -> io::Result<()> {
 pub fn bind_tcp(
     addr: SocketAddr,
     count: usize,
-    intercept: bool,
+    options: BindOptions,
 ) -> io::Result<Vec<std::net::TcpListener>> {
     let mut sockets = Vec::with_capacity(count.max(1));
     let mut addr = addr;
@@ -90,7 +101,10 @@ pub fn bind_tcp(
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
         socket.set_tcp_nodelay(true)?;
-        if intercept {
+        if options.v6_only {
+            socket.set_only_v6(true)?;
+        }
+        if options.intercept {
             crate::outbound::set_transparent(&socket, addr)?;
         }
         socket.bind(&addr.into())?;
@@ -192,6 +206,10 @@ pub async fn accept_loop(
         }
     };
     let mut blocks = SocketBlocks::new(&server);
+    let counted = listener
+        .local_addr()
+        .ok()
+        .and_then(|addr| server.listeners.iter().position(|l| l.addr == addr));
     let block_ends = tokio::time::sleep_until(blocks.ends.unwrap_or_else(far_future));
     tokio::pin!(block_ends);
     loop {
@@ -215,6 +233,11 @@ pub async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                if let Some(listener) = counted.and_then(|i| server.listeners.get(i)) {
+                    listener
+                        .accepted
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
                 proxy::connection::admit(stream, peer, &server, &tracker, &hard_stop)
             }
             Err(e) if crate::descriptors::is_exhaustion(&e) => {
@@ -269,7 +292,12 @@ mod tests {
 
     #[test]
     fn accepted_sockets_have_nodelay() {
-        let listeners = bind_tcp("127.0.0.1:0".parse().expect("address"), 2, false).expect("bind");
+        let listeners = bind_tcp(
+            "127.0.0.1:0".parse().expect("address"),
+            2,
+            BindOptions::default(),
+        )
+        .expect("bind");
         let addr = listeners[0].local_addr().expect("local address");
         assert!(listeners.iter().all(|l| l.local_addr().ok() == Some(addr)));
         let _client = std::net::TcpStream::connect(addr).expect("connect");

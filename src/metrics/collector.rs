@@ -171,6 +171,29 @@ impl Collector for Scrape {
                 Value::Gauge(s.shared.clients.blocks.count(now) as u64)
             },
         )?;
+        let listeners: Vec<(&str, String, u64)> = self
+            .servers
+            .iter()
+            .flat_map(|s| {
+                s.shared
+                    .listeners
+                    .iter()
+                    .map(|l| (s.name.as_str(), l.addr.to_string(), read(&l.accepted)))
+            })
+            .collect();
+        family(
+            e,
+            Meta::counter(
+                "sluice_listener_accepted",
+                "Connections (UDP: datagrams from clients) each listening address of a server took.",
+            ),
+            listeners.iter().map(|(server, listener, accepted)| {
+                (
+                    [("server", *server), ("listener", listener.as_str())],
+                    Value::Counter(*accepted),
+                )
+            }),
+        )?;
         let datagrams = self.udp_servers().flat_map(|s| {
             let udp = &s.shared.stats.udp;
             [

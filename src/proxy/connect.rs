@@ -21,7 +21,7 @@ use super::state::ServerShared;
 use super::CloseReason;
 use crate::backend::{Backend, BackendSpec, ConnGuard};
 use crate::balance::BalanceKind;
-use crate::config::{HealthKind, ServerConfig};
+use crate::config::{BackendPort, HealthKind, ServerConfig};
 use crate::outbound::{self, Leave, Sources};
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
@@ -50,7 +50,12 @@ pub(crate) async fn open(
     let (guard, mut upstream) = if settings.balance == BalanceKind::OriginalDestination {
         forward(server, socket, client).await?
     } else {
-        connect(server, client, route).await?
+        // With `backend_port = "same"`, the port the client dialled.
+        let port = match settings.backend_port {
+            BackendPort::Own => None,
+            BackendPort::Same => socket.local_addr().ok().map(|a| a.port()),
+        };
+        connect(server, client, route, port).await?
     };
     let send = settings.proxy_protocol.send;
     if send.is_none() && learned.is_none() {
@@ -95,6 +100,7 @@ async fn connect(
     server: &ServerShared,
     peer: SocketAddr,
     route: Option<&Route>,
+    port: Option<u16>,
 ) -> Result<(ConnGuard, TcpStream), Refusal> {
     let settings = server.settings.load();
     let pool = server.pool.load();
@@ -120,7 +126,7 @@ async fn connect(
         let backend = guard.backend();
         let dialling = Instant::now();
         let leave = leave(&settings, server, backend, peer);
-        match dial(backend, leave, connect_timeout).await {
+        match dial(backend, leave, connect_timeout, port).await {
             Ok(stream) => {
                 let state = &backend.state;
                 state.stats.connect_duration.observe(dialling.elapsed());
@@ -178,7 +184,7 @@ async fn forward(
     let limit = settings
         .backend_connection_timeout
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    match dial(&backend, leave, limit).await {
+    match dial(&backend, leave, limit, None).await {
         Ok(stream) => Ok((guard, stream)),
         Err(e) => {
             let detail = format!("connect failed: {destination}: {e}");
@@ -202,13 +208,20 @@ pub(crate) fn leave<'a>(
     }
 }
 
-/// Connects to the backend's addresses in turn within one overall timeout.
-async fn dial(backend: &Backend, leave: Leave<'_>, limit: Duration) -> io::Result<TcpStream> {
+/// Connects to the backend's addresses in turn within one overall timeout, on `port`
+/// instead of the backend's own when given.
+async fn dial(
+    backend: &Backend,
+    leave: Leave<'_>,
+    limit: Duration,
+    port: Option<u16>,
+) -> io::Result<TcpStream> {
     let addrs = backend.addrs();
     let attempt = async {
         let mut last = None;
         for addr in addrs.iter() {
-            match outbound::connect(*addr, leave).await {
+            let addr = port.map_or(*addr, |port| SocketAddr::new(addr.ip(), port));
+            match outbound::connect(addr, leave).await {
                 Ok(stream) => return Ok(stream),
                 Err(e) => last = Some(e),
             }

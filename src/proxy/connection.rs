@@ -51,8 +51,9 @@ pub fn admit(
 ) {
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
     let settings = server.settings.load();
-    // Intercepted (TPROXY), the socket's local address is where the client was going.
-    let destination = if settings.intercept {
+    // Intercepted (TPROXY), the socket's local address is where the client was going;
+    // on a server with several listeners, it says which one took the connection.
+    let destination = if settings.intercept || !settings.bind.is_single() {
         stream.local_addr().ok().map(Box::new)
     } else {
         None

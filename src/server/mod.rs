@@ -112,7 +112,7 @@ impl Server {
                 None => *addr,
             });
         }
-        let shared = Arc::new(ServerShared::new(name, &config));
+        let shared = Arc::new(ServerShared::new(name, &config).with_listeners(&local_addrs));
         let (tasks, background) = (Tasks::new(), life.graceful.child_token());
         let settings = Arc::new(config.clone());
         let certificates =

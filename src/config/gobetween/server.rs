@@ -21,7 +21,7 @@ use crate::balance::BalanceKind;
 use crate::config::checks;
 use crate::config::error::join;
 use crate::config::{
-    AcceptProxy, BindRange, Binds, Config, DiscoveryConfig, HealthConfig, HealthKind,
+    AcceptProxy, BackendPort, BindRange, Binds, Config, DiscoveryConfig, HealthConfig, HealthKind,
     HostnameMatching, LogFormat, LogOutput, LoggingConfig, Protocol, ProxyProtocol, ProxyVersion,
     ServerConfig, SniConfig, UdpConfig, UnexpectedHostname, DEFAULT_PROXY_HEADER_TIMEOUT,
     DEFAULT_SNI_READ_TIMEOUT,
@@ -54,6 +54,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "source",
     "transparent",
     "intercept",
+    "backend_port",
     "discovery",
     "healthcheck",
     "access",
@@ -295,6 +296,10 @@ fn server(
         .take("transparent")
         .and_then(|f| ctx.bool(&f))
         .unwrap_or(false);
+    let backend_port = sec
+        .take("backend_port")
+        .and_then(|f| ctx.choice(&f, &[("same", BackendPort::Same)]))
+        .unwrap_or_default();
     let intercept = sec.take("intercept").and_then(|f| {
         let on = ctx.bool(&f)?;
         if on && protocol == Some(Protocol::Udp) {
@@ -400,6 +405,7 @@ fn server(
         udp: udp.and_then(|(_, u)| u).map(|u| u.0).unwrap_or_default(),
         transparent,
         intercept: intercept.unwrap_or(false),
+        backend_port,
         proxy_protocol: ProxyProtocol {
             send: send_proxy.and_then(|(_, v)| v),
             accept: accept_proxy.and_then(|(_, a)| a),

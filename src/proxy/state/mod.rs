@@ -5,7 +5,7 @@
 pub mod clients;
 pub mod udp;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -45,6 +45,14 @@ impl ServerStats {
     }
 }
 
+/// One listening address of a server and what it took: connections (UDP: datagrams
+/// from clients).
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub addr: SocketAddr,
+    pub accepted: AtomicU64,
+}
+
 /// The state of a server that its connections read.
 pub struct ServerShared {
     pub name: String,
@@ -59,6 +67,8 @@ pub struct ServerShared {
     pub stats: ServerStats,
     /// Clients tracked by client protection, and the server's connection rate.
     pub clients: Clients,
+    /// Each address it listens on, with what it took there.
+    pub listeners: Vec<ListenerStats>,
     /// Set while "no backend available" has been logged and not yet recovered, so the
     /// transition is logged once rather than once per refused client.
     no_backend_logged: AtomicBool,
@@ -78,8 +88,21 @@ impl ServerShared {
             backends_tls: ArcSwapOption::empty(),
             stats: ServerStats::default(),
             clients: Clients::new(),
+            listeners: Vec::new(),
             no_backend_logged: AtomicBool::new(false),
         }
+    }
+
+    /// With the addresses it listens on, each counted apart.
+    pub(crate) fn with_listeners(mut self, addrs: &[SocketAddr]) -> Self {
+        self.listeners = addrs
+            .iter()
+            .map(|&addr| ListenerStats {
+                addr,
+                accepted: AtomicU64::new(0),
+            })
+            .collect();
+        self
     }
 
     pub(crate) fn count_refused(&self, reason: CloseReason) {

@@ -73,6 +73,10 @@ thread_local! {
 /// [`send`]).
 struct Listening {
     socket: UdpSocket,
+    /// The address it is bound to.
+    bound: SocketAddr,
+    /// Which of its server's listeners it is (for their counters).
+    listener: Option<usize>,
     /// Bound to a wildcard address: replies leave from each session's local address.
     wildcard: bool,
     /// The kernel's count of datagrams dropped on this socket, as last reported.
@@ -117,9 +121,19 @@ pub async fn serve(
             return;
         }
     };
-    let wildcard = socket.local_addr().is_ok_and(|a| a.ip().is_unspecified());
+    let bound = match socket.local_addr() {
+        Ok(bound) => bound,
+        Err(e) => {
+            error!(server = %server.name, error = %e, "cannot read the UDP socket's address");
+            return;
+        }
+    };
+    let wildcard = bound.ip().is_unspecified();
+    let listener = server.listeners.iter().position(|l| l.addr == bound);
     let listening = Arc::new(Listening {
         socket,
+        bound,
+        listener,
         wildcard,
         kernel_drops: AtomicU32::new(0),
         server,
@@ -184,6 +198,12 @@ fn receive_batch(listening: &Arc<Listening>) {
                 received += batch.datagrams.max(1);
                 let datagrams = batch.datagrams as u64;
                 udp.from_clients.fetch_add(datagrams, Ordering::Relaxed);
+                let counted = listening
+                    .listener
+                    .and_then(|i| listening.server.listeners.get(i));
+                if let Some(listener) = counted {
+                    listener.accepted.fetch_add(datagrams, Ordering::Relaxed);
+                }
                 if let Some(total) = batch.kernel_drops {
                     let before = listening.kernel_drops.swap(total, Ordering::Relaxed);
                     let new = total.wrapping_sub(before);

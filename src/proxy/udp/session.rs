@@ -29,7 +29,7 @@ use super::{
     REPLY_LINGER,
 };
 use crate::backend::{Backend, ConnGuard};
-use crate::config::{ServerConfig, UdpConfig};
+use crate::config::{BackendPort, ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
 use crate::proxy::state::clients::{ClientShared, ClientSource};
 use crate::proxy::state::{ActiveSlot, ServerShared};
@@ -210,6 +210,10 @@ pub(super) fn open(
     let Some(&target) = backend.addrs().first() else {
         // A host name not resolved (yet): as good as no backend.
         return Err(Refusal::Closed(CloseReason::NoBackend));
+    };
+    let target = match settings.backend_port {
+        BackendPort::Own => target,
+        BackendPort::Same => SocketAddr::new(target.ip(), listening.bound.port()),
     };
     let leave = connect::leave(settings, server, &backend, client);
     let upstream = connect(target, leave).map_err(|e| {

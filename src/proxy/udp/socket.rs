@@ -18,7 +18,8 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// Binds `count` UDP sockets on `addr` with `SO_REUSEPORT`, one per worker; the kernel
 /// hashes each client address to one of them. Port 0 picks one free port for all. On a
 /// wildcard address each datagram's local address is asked for (see [`recv_from`]).
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocket>> {
+/// `v6_only`: an IPv6 socket takes IPv6 only (its server binds the port on IPv4 too).
+pub fn bind(addr: SocketAddr, count: usize, v6_only: bool) -> io::Result<Vec<std::net::UdpSocket>> {
     let mut sockets = Vec::with_capacity(count.max(1));
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -28,6 +29,9 @@ pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<std::net::UdpSocke
         // its datagrams (and nothing waits in TIME_WAIT for UDP).
         socket.set_reuse_port(true)?;
         socket.set_nonblocking(true)?;
+        if v6_only {
+            socket.set_only_v6(true)?;
+        }
         size_buffers(&socket);
         #[cfg(target_os = "linux")]
         {
