@@ -213,3 +213,75 @@ async fn several_binds_and_a_port_range_are_one_server_reaching_the_dialled_port
         task.abort();
     }
 }
+
+/// Whether a connection to `addr` is served (the backend's line read) within a moment.
+async fn served_at(addr: SocketAddr) -> bool {
+    let Ok(Ok(mut stream)) =
+        tokio::time::timeout(std::time::Duration::from_secs(2), TcpStream::connect(addr)).await
+    else {
+        return false;
+    };
+    let mut text = String::new();
+    matches!(
+        tokio::time::timeout(WAIT, stream.read_to_string(&mut text)).await,
+        Ok(Ok(n)) if n > 0
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_a_bind_list_and_keeps_the_address_it_still_lists() {
+    let backend = Who::start().await;
+    let base = free_ports(3);
+    let [a, b, c] = [0, 1, 2].map(|i| SocketAddr::from(([127, 0, 0, 1], base + i)));
+    let config = |binds: [SocketAddr; 2]| {
+        format!(
+            "[servers.moving]\nbind = [\"{}\", \"{}\"]\n\
+             [servers.moving.discovery]\nkind = \"static\"\nstatic_list = [\"{}\"]\n",
+            binds[0], binds[1], backend.addr
+        )
+    };
+    let sluice = process::SluiceProcess::start(&config([a, b])).await;
+    assert!(served_at(a).await && served_at(b).await);
+    // A client queued on b while the reload runs is served by the new listener.
+    let waiting = TcpStream::connect(b).await.expect("connect");
+    sluice.rewrite(&config([b, c]));
+    sluice.signal("HUP");
+    eventually("the new list listens", || async { served_at(c).await }).await;
+    eventually("the dropped address is closed", || async {
+        TcpStream::connect(a).await.is_err()
+    })
+    .await;
+    assert!(served_at(b).await);
+    let mut waiting = waiting;
+    let mut text = String::new();
+    tokio::time::timeout(WAIT, waiting.read_to_string(&mut text))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    assert_eq!(text.trim(), "127.0.0.1", "{}", sluice.log());
+}
+
+#[tokio::test]
+async fn an_address_of_the_list_that_cannot_be_bound_is_named_and_nothing_starts() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let taken_at = taken.local_addr().expect("address");
+    let free = process::free_port();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = process::write_file(
+        dir.path(),
+        "sluice.toml",
+        &format!(
+            "[servers.both]\nbind = [\"127.0.0.1:{free}\", \"{taken_at}\"]\n\
+             [servers.both.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n"
+        ),
+    );
+    let (status, _, stderr) = process::run_sluice(&["run", "-c", &config]).await;
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("server both: cannot listen on {taken_at}")),
+        "{stderr}"
+    );
+    // Nothing was left listening on the address that could be bound.
+    assert!(TcpStream::connect(("127.0.0.1", free)).await.is_err());
+    drop(taken);
+}
