@@ -32,10 +32,6 @@ impl Sources {
         })
     }
 
-    pub fn addrs(&self) -> &[IpAddr] {
-        &self.addrs
-    }
-
     /// The sources one connection to `target` may leave from, the next in turn first:
     /// those of its address family.
     pub fn turn(&self, target: SocketAddr) -> impl Iterator<Item = IpAddr> + '_ {

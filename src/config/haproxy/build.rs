@@ -13,8 +13,8 @@ use super::Ctx;
 use crate::backend::BackendSpec;
 use crate::config::error::join;
 use crate::config::{
-    checks, Config, DiscoveryConfig, HostnameMatching, ProxyProtocol, ServerConfig, SniConfig,
-    UnexpectedHostname, DEFAULT_SNI_READ_TIMEOUT,
+    checks, Binds, Config, DiscoveryConfig, HostnameMatching, ProxyProtocol, ServerConfig,
+    SniConfig, UnexpectedHostname, DEFAULT_SNI_READ_TIMEOUT,
 };
 
 /// The configuration, with where each server's `bind` is written.
@@ -76,37 +76,24 @@ pub(super) fn config(ctx: &mut Ctx<'_>, file: &File) -> (Config, Vec<(String, us
         if proxy.binds.is_empty() {
             ctx.error(proxy.at, format!("{}: has no bind", proxy.title()));
         }
-        for (i, (bind, at)) in proxy.binds.iter().enumerate() {
-            let name = match i {
-                0 => proxy.name.clone(),
-                _ => format!("{}-{}", proxy.name, i + 1),
-            };
-            if config.servers.contains_key(&name) {
-                let message = format!(
-                    "{}: bind: would be Sluice server \"{name}\", a name already taken \
-                     (a bind after the first is named NAME-2, NAME-3, …)",
-                    proxy.title()
-                );
-                ctx.error(*at, message);
-                continue;
-            }
-            if let Err(message) = checks::server_name(&name) {
-                let message = format!(
-                    "{}: Sluice server \"{}\": {message}",
-                    proxy.title(),
-                    shown(&name)
-                );
-                ctx.error(*at, message);
-                continue;
-            }
-            let server = ServerConfig {
-                bind: bind.clone().into(),
-                ..server.clone()
-            };
-            binds_at.push((format!("{}.bind", join("servers", &name)), *at));
-            order.push((name.clone(), proxy.title()));
-            config.servers.insert(name, server);
+        // Every bind of a frontend is one Sluice server's: one pool, one set of counters.
+        let ranges = proxy.binds.iter().map(|(range, _)| range.clone()).collect();
+        let (Some(bind), Some(&(_, at))) = (Binds::new(ranges), proxy.binds.first()) else {
+            continue;
+        };
+        let name = proxy.name.clone();
+        if let Err(message) = checks::server_name(&name) {
+            let message = format!(
+                "{}: Sluice server \"{}\": {message}",
+                proxy.title(),
+                shown(&name)
+            );
+            ctx.error(at, message);
+            continue;
         }
+        binds_at.push((format!("{}.bind", join("servers", &name)), at));
+        order.push((name.clone(), proxy.title()));
+        config.servers.insert(name, ServerConfig { bind, ..server });
     }
     for proxy in file.proxies.iter().filter(|p| p.kind == Kind::Backend) {
         if !used.contains(&proxy.name.as_str()) {

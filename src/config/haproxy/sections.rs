@@ -10,7 +10,7 @@ use super::rules::{AclLine, ConnRule, UseBackend};
 use super::server::ServerLine;
 use super::words::{nearest, shown, Line};
 use super::Ctx;
-use crate::config::Bind;
+use crate::config::BindRange;
 
 /// What a proxy section is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub(super) struct Proxy {
     pub at: usize,
     /// What it inherits from `defaults` and may set itself.
     pub settings: Settings,
-    pub binds: Vec<(Bind, usize)>,
+    pub binds: Vec<(BindRange, usize)>,
     pub use_backends: Vec<UseBackend>,
     pub acls: Vec<AclLine>,
     /// `tcp-request connection` rules, in order.

@@ -90,14 +90,17 @@ fn a_tunnel_timeout_supersedes_both_idle_timeouts() {
 }
 
 #[test]
-fn several_binds_become_servers_named_after_the_frontend() {
+fn every_bind_of_a_frontend_is_one_servers() {
     let loaded = ok(
-        "frontend f\n  bind :7000,:::7000\n  bind 127.0.0.1:7001\n  \
+        "frontend f\n  bind :7000,:::7000\n  bind 127.0.0.1:7001-7003\n  \
         default_backend b\nbackend b\n  server a 10.0.0.1:80\n",
     );
     let names: Vec<&String> = loaded.config.servers.keys().collect();
-    assert_eq!(names, ["f", "f-2", "f-3"]);
-    assert_eq!(server(&loaded, "f-2").bind.to_string(), "[::]:7000");
+    assert_eq!(names, ["f"]);
+    assert_eq!(
+        server(&loaded, "f").bind.to_string(),
+        "[0.0.0.0:7000, [::]:7000, 127.0.0.1:7001-7003]"
+    );
 }
 
 #[test]

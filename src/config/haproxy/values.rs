@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::backend::BackendSpec;
 use crate::config::bind::parse_bind;
-use crate::config::{port_number, Bind};
+use crate::config::{port_number, Bind, BindRange};
 
 /// A time as HAProxy writes it: digits and an optional unit among `us`, `ms`, `s`, `m`,
 /// `h`, `d`; without one, milliseconds.
@@ -44,7 +44,7 @@ pub(super) fn number(text: &str, min: u32, max: u32) -> Result<u32, String> {
 
 /// A `bind` address: `*:443` and `:443` are every IPv4 address, `[::]:443` and
 /// `:::443` every IPv6 one; a host name is resolved when the server starts.
-pub(super) fn bind(text: &str) -> Result<Bind, String> {
+pub(super) fn bind(text: &str) -> Result<BindRange, String> {
     if let Some(rest) = TCP_PREFIXES.iter().find_map(|p| text.strip_prefix(p)) {
         return bind(rest);
     }
@@ -56,10 +56,13 @@ pub(super) fn bind(text: &str) -> Result<Bind, String> {
     }
     let (host, port) = host_port(text)
         .ok_or_else(|| format!("\"{text}\" has no port; expected ADDRESS:PORT, e.g. *:443"))?;
-    if port.contains('-') || port.contains('+') {
-        return Err(format!(
-            "\"{text}\": port ranges and offsets are not supported"
-        ));
+    if port.contains('+') {
+        return Err(format!("\"{text}\": port offsets are not supported"));
+    }
+    // A range: the address with its first port, then the range read as Sluice writes it.
+    if let Some((first, last)) = port.split_once('-') {
+        let start = bind(&format!("{host}:{first}"))?;
+        return format!("{}-{last}", start.bind).parse::<BindRange>();
     }
     let port = port_number(port)
         .ok_or_else(|| format!("\"{text}\": port \"{port}\" is not a number from 0 to 65535"))?;
@@ -68,10 +71,11 @@ pub(super) fn bind(text: &str) -> Result<Bind, String> {
         "::" => Some(IpAddr::V6(Ipv6Addr::UNSPECIFIED)),
         _ => host.parse().ok(),
     };
-    match ip {
-        Some(ip) => Ok(Bind::Addr(SocketAddr::new(ip, port))),
-        None => parse_bind(&format!("{host}:{port}")),
-    }
+    let bind = match ip {
+        Some(ip) => Bind::Addr(SocketAddr::new(ip, port)),
+        None => parse_bind(&format!("{host}:{port}"))?,
+    };
+    Ok(BindRange::from(bind))
 }
 
 /// A `server` address, `HOST:PORT`: an IPv6 address bracketed or not (the last colon
@@ -136,7 +140,9 @@ mod tests {
         assert_eq!(addr("ipv4@127.0.0.1:80"), Ok("127.0.0.1:80".into()));
         assert_eq!(addr("localhost:80"), Ok("localhost:80".into()));
         assert!(bind("unix@/run/x.sock").is_err());
-        assert!(bind("*:80-90").is_err());
+        assert_eq!(addr("*:80-90"), Ok("0.0.0.0:80-90".into()));
+        assert!(bind("*:90-80").is_err());
+        assert!(bind("*:80+1").is_err());
         assert!(bind("10.0.0.1").is_err());
     }
 
