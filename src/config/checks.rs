@@ -158,8 +158,33 @@ fn static_list(name: &str, server: &ServerConfig) -> Vec<Problem> {
             );
             problems.push(problem(format!("{list}[{i}]"), message));
         }
+        if let Some(message) = source_family(server, &backends[i]) {
+            problems.push(problem(format!("{list}[{i}]"), message));
+        }
     }
     problems
+}
+
+/// A backend at an IP address must have a source address of its family, when sources
+/// are set (a host name's family is known once it resolves: a connect then fails and
+/// says so). Transparent servers leave from their clients' addresses instead.
+fn source_family(server: &ServerConfig, backend: &crate::backend::BackendSpec) -> Option<String> {
+    let ip: std::net::IpAddr = backend.host.parse().ok()?;
+    let family = |a: &std::net::IpAddr| a.is_ipv4() == ip.is_ipv4();
+    let name = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+    match backend.source {
+        Some(own) if !family(&own) => Some(format!(
+            "backend {} is {name}, its source={own} is not",
+            backend.key()
+        )),
+        Some(_) => None,
+        None if server.transparent || server.source.is_empty() => None,
+        None if !server.source.iter().any(family) => Some(format!(
+            "backend {} is {name}, and the server's source has no {name} address",
+            backend.key()
+        )),
+        None => None,
+    }
 }
 
 /// The longest server name, in bytes.
