@@ -170,7 +170,9 @@ async fn without_cap_net_admin_a_transparent_server_refuses_to_start() {
 /// `to`, beside the divert rule for the connections it intercepted.
 fn steer(balancer: &Netns, matching: &[&str], to: &str) -> Result<(), String> {
     divert_replies(balancer)?;
-    let mut rule = vec!["add", "rule", "ip", "sluice", "divert"];
+    // First in the chain: a datagram to where an intercepted client was going must be
+    // steered to the listener, not to the socket its replies leave from.
+    let mut rule = vec!["insert", "rule", "ip", "sluice", "divert"];
     rule.extend_from_slice(matching);
     rule.extend_from_slice(&["tproxy", "to", to, "meta", "mark", "set", "1", "accept"]);
     balancer.exec("nft", &rule)
@@ -252,4 +254,79 @@ async fn original_destination_reaches_the_address_the_client_dialled() {
         },
     )
     .await;
+}
+
+/// What the client, in its namespace, gets back for a datagram to `to` on a socket
+/// connected there: only a reply from `to` itself is let through.
+fn client_asks(net: &Triangle, to: &'static str) -> Result<std::io::Result<String>, String> {
+    tokio::task::block_in_place(|| {
+        net.client.inside(move || -> std::io::Result<String> {
+            let socket = std::net::UdpSocket::bind((CLIENT_IP, 0))?;
+            socket.connect(to)?;
+            socket.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut answers = Vec::new();
+            // Twice: the second datagram goes through the session the first opened.
+            for _ in 0..2 {
+                socket.send(b"who")?;
+                let mut buf = [0u8; 64];
+                let n = socket.recv(&mut buf)?;
+                answers.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            }
+            Ok(answers.join(" "))
+        })
+    })
+}
+
+/// A UDP backend in its namespace answering each datagram with the address it came from.
+fn who_answers_udp(net: &Triangle) -> WhoUdp {
+    let udp = net
+        .backend
+        .inside(|| std::net::UdpSocket::bind((BACKEND_IP, 7001)))
+        .expect("the backend's namespace")
+        .expect("the backend's socket");
+    WhoUdp::serve(udp)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intercepting_udp_server_answers_from_where_the_client_was_going() {
+    let to = format!("{BALANCER_CLIENT_SIDE}:6200");
+    let nowhere = ["ip", "daddr", "198.51.100.7", "udp", "dport", "53"];
+    let made = Triangle::create().and_then(|t| steer(&t.balancer, &nowhere, &to).map(|()| t));
+    let Some(net) = or_skip(made, "intercept udp") else {
+        return;
+    };
+    let _backend = who_answers_udp(&net);
+    let toml = format!(
+        "[servers.dns]\nbind = \"{to}\"\nprotocol = \"udp\"\nintercept = true\n\
+         [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7001\"]\n"
+    );
+    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
+    let answers = client_asks(&net, "198.51.100.7:53")
+        .expect("the client's namespace")
+        .unwrap_or_else(|e| panic!("to 198.51.100.7:53: {e}\n{}", sluice.log()));
+    // Relayed by the server's backend, which sees the balancer, and answered from
+    // 198.51.100.7:53 (the client's connected socket takes nothing else).
+    let expected = format!("{BALANCER_BACKEND_SIDE} {BALANCER_BACKEND_SIDE}");
+    assert_eq!(answers, expected, "{}", sluice.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_original_destination_reaches_the_address_the_client_sent_to() {
+    let to = format!("{BALANCER_CLIENT_SIDE}:6201");
+    let from_client = ["ip", "saddr", CLIENT_IP, "udp", "dport", "7001"];
+    let made = Triangle::create().and_then(|t| steer(&t.balancer, &from_client, &to).map(|()| t));
+    let Some(net) = or_skip(made, "original_destination udp") else {
+        return;
+    };
+    let _backend = who_answers_udp(&net);
+    let toml = format!(
+        "[servers.sidecar]\nbind = \"{to}\"\nprotocol = \"udp\"\nintercept = true\n\
+         balance = \"original_destination\"\n"
+    );
+    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
+    let answers = client_asks(&net, "10.77.2.2:7001")
+        .expect("the client's namespace")
+        .unwrap_or_else(|e| panic!("to 10.77.2.2:7001: {e}\n{}", sluice.log()));
+    let expected = format!("{BALANCER_BACKEND_SIDE} {BALANCER_BACKEND_SIDE}");
+    assert_eq!(answers, expected, "{}", sluice.log());
 }

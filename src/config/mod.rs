@@ -388,9 +388,10 @@ pub struct ServerConfig {
     /// address (`IP_TRANSPARENT`), so the backends see the real client.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub transparent: bool,
-    /// TCP: the listening sockets take connections a TPROXY rule steers to them for any
-    /// destination (`IP_TRANSPARENT`); each one's original destination is its local
-    /// address, logged with it and sent on in a PROXY header.
+    /// The listening sockets take connections (UDP: datagrams) a TPROXY rule steers to
+    /// them for any destination (`IP_TRANSPARENT`); each one's original destination is
+    /// its local address, logged with it and sent on in a PROXY header (UDP: replies
+    /// leave from it).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub intercept: bool,
     /// The port connections go to on a backend: its own, or (`"same"`, for a port range)

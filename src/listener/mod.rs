@@ -64,9 +64,12 @@ pub fn bind(
         crate::config::Protocol::Tcp | crate::config::Protocol::Tls => {
             Listeners::Tcp(bind_tcp(addr, count, options)?)
         }
-        crate::config::Protocol::Udp => {
-            Listeners::Udp(proxy::udp::bind(addr, count, options.v6_only)?)
-        }
+        crate::config::Protocol::Udp => Listeners::Udp(proxy::udp::bind(
+            addr,
+            count,
+            options.v6_only,
+            options.intercept,
+        )?),
     })
 }
 

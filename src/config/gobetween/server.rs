@@ -300,15 +300,7 @@ fn server(
         .take("backend_port")
         .and_then(|f| ctx.choice(&f, &[("same", BackendPort::Same)]))
         .unwrap_or_default();
-    let intercept = sec.take("intercept").and_then(|f| {
-        let on = ctx.bool(&f)?;
-        if on && protocol == Some(Protocol::Udp) {
-            let message = "intercepting UDP (TPROXY) is not supported yet; intercept takes \
-                           TCP connections";
-            ctx.error(f.at, f.path(), message);
-        }
-        Some(on)
-    });
+    let intercept = sec.take("intercept").and_then(|f| ctx.bool(&f));
     if forwards && intercept != Some(true) {
         let message = "original_destination is where an intercepted client was going: it \
                        needs intercept = true";

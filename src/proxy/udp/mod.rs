@@ -77,13 +77,15 @@ struct Listening {
     bound: SocketAddr,
     /// Which of its server's listeners it is (for their counters).
     listener: Option<usize>,
-    /// Bound to a wildcard address: replies leave from each session's local address.
-    wildcard: bool,
+    /// Bound to a wildcard address, or intercepting: each datagram's local address (its
+    /// original destination) is read, with this port for a wildcard's, and replies
+    /// leave from it.
+    local_port: Option<u16>,
     /// The kernel's count of datagrams dropped on this socket, as last reported.
     kernel_drops: AtomicU32,
     server: Arc<ServerShared>,
-    /// By client address and, on a wildcard bind, the local address it sent to (one
-    /// client port may talk to several of the host's addresses).
+    /// By client address and, on a wildcard bind or intercepting, the local address it
+    /// sent to (one client port may talk to several of the host's addresses).
     sessions: Mutex<HashMap<SessionKey, Arc<Session>>>,
     tracker: TaskTracker,
     /// Cancelled when the server stops: sessions linger briefly for replies, then end.
@@ -101,8 +103,9 @@ struct Listening {
     unanswered: Arc<Unanswered>,
 }
 
-/// A session's client, and the local address it sent to on a wildcard bind.
-type SessionKey = (SocketAddr, Option<IpAddr>);
+/// A session's client, and the local address it sent to on a wildcard bind or
+/// intercepting.
+type SessionKey = (SocketAddr, Option<SocketAddr>);
 
 /// Serves one worker's socket until `stop` is cancelled. Runs on the worker's runtime,
 /// which the sessions' sockets and tasks then belong to.
@@ -128,13 +131,14 @@ pub async fn serve(
             return;
         }
     };
-    let wildcard = bound.ip().is_unspecified();
+    let intercept = server.settings.load().intercept;
+    let local_port = (bound.ip().is_unspecified() || intercept).then_some(bound.port());
     let listener = server.listeners.iter().position(|l| l.addr == bound);
     let listening = Arc::new(Listening {
         socket,
         bound,
         listener,
-        wildcard,
+        local_port,
         kernel_drops: AtomicU32::new(0),
         server,
         sessions: Mutex::new(HashMap::new()),
@@ -193,7 +197,7 @@ fn receive_batch(listening: &Arc<Listening>) {
         let mut handle = |data: &[u8], client, local| {
             on_datagram(listening, &settings, data, client, local, now)
         };
-        match socket::recv_many(&listening.socket, listening.wildcard, &mut handle) {
+        match socket::recv_many(&listening.socket, listening.local_port, &mut handle) {
             Ok(batch) => {
                 received += batch.datagrams.max(1);
                 let datagrams = batch.datagrams as u64;
@@ -255,7 +259,7 @@ fn on_datagram(
     settings: &ServerConfig,
     data: &[u8],
     client: SocketAddr,
-    local: Option<IpAddr>,
+    local: Option<SocketAddr>,
     now: Instant,
 ) {
     let server = &listening.server;

@@ -11,7 +11,7 @@
 //! the budget runs out one that never had a reply can hand it over (see [`super::evict`]).
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +28,9 @@ use super::{
     count_bytes, forget, lock, Listening, Refusal, UdpDrop, BATCH, BUFFER, DEFAULT_SESSION_TIMEOUT,
     REPLY_LINGER,
 };
+use crate::backend::BackendSpec;
 use crate::backend::{Backend, ConnGuard};
+use crate::balance::BalanceKind;
 use crate::config::{BackendPort, ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
 use crate::proxy::state::clients::{ClientShared, ClientSource};
@@ -38,10 +40,14 @@ use crate::proxy::{connect, CloseReason};
 /// What a session's listening side and reply task both see.
 pub(super) struct Session {
     pub(super) client: SocketAddr,
-    /// The address the client sent to, when the listening socket is bound to a wildcard.
-    pub(super) local: Option<IpAddr>,
+    /// The address the client sent to, when the listening socket is bound to a wildcard
+    /// or intercepts (then where it was going).
+    pub(super) local: Option<SocketAddr>,
     pub(super) backend: Arc<Backend>,
     pub(super) upstream: UdpSocket,
+    /// Intercepting: the socket replies leave from (bound to where the client was
+    /// going), with its descriptor.
+    reply: Option<(std::net::UdpSocket, Descriptor)>,
     pub(super) requests: AtomicU32,
     /// Set once the listening side forwards no more client datagrams (`max_requests`
     /// reached, or the session is ending); replies are still relayed until
@@ -103,10 +109,9 @@ impl Ending {
 impl Session {
     /// A session just opened: nothing relayed yet, `descriptor` held.
     fn new(
-        client: SocketAddr,
-        local: Option<IpAddr>,
+        (client, local): (SocketAddr, Option<SocketAddr>),
         backend: Arc<Backend>,
-        upstream: UdpSocket,
+        (upstream, reply): (UdpSocket, Option<(std::net::UdpSocket, Descriptor)>),
         descriptor: Descriptor,
         client_buckets: Option<Arc<ClientShared>>,
     ) -> Session {
@@ -115,6 +120,7 @@ impl Session {
             local,
             backend,
             upstream,
+            reply,
             requests: AtomicU32::new(0),
             closed: AtomicBool::new(false),
             ending: AtomicU8::new(0),
@@ -188,7 +194,7 @@ pub(super) fn open(
     listening: &Arc<Listening>,
     settings: &ServerConfig,
     client: SocketAddr,
-    local: Option<IpAddr>,
+    local: Option<SocketAddr>,
 ) -> Result<Arc<Session>, Refusal> {
     let server = &listening.server;
     let slot = ActiveSlot::acquire(server, settings.max_connections)
@@ -202,9 +208,34 @@ pub(super) fn open(
         .take_or_reclaim()
         .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
     let pool = server.pool.load();
-    let Some(guard) = pool.pick(client.ip(), &[]) else {
+    let picked = match (settings.balance, local) {
+        // Where an intercepted client was going: a backend of its own for the session.
+        (BalanceKind::OriginalDestination, Some(to)) if settings.intercept => {
+            let spec = BackendSpec::new(to.ip().to_string(), to.port());
+            Arc::new(Backend::new(spec, true)).try_acquire()
+        }
+        (BalanceKind::OriginalDestination, _) => None,
+        _ => pool.pick(client.ip(), &[]),
+    };
+    let Some(guard) = picked else {
         server.note_no_backend();
         return Err(Refusal::Closed(CloseReason::NoBackend));
+    };
+    // Intercepted, replies leave from where the client was going, which is not this
+    // host's address: a socket of their own, and a descriptor of its own.
+    let reply = match (settings.intercept, local) {
+        (true, Some(from)) => {
+            let descriptor = listening
+                .budget
+                .take_or_reclaim()
+                .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
+            let socket = socket::reply_from(from).map_err(|e| {
+                debug!(server = %server.name, %from, error = %e, "cannot open a UDP socket to reply from");
+                Refusal::Dropped(UdpDrop::of(&e))
+            })?;
+            Some((socket, descriptor))
+        }
+        _ => None,
     };
     let backend = Arc::clone(guard.backend());
     let Some(&target) = backend.addrs().first() else {
@@ -235,10 +266,9 @@ pub(super) fn open(
         limits.datagram_rate_per_client.is_some() || limits.byte_rate_per_client.is_some();
     let client_buckets = slot.client().filter(|_| buckets).cloned();
     let session = Arc::new(Session::new(
-        client,
-        local,
+        (client, local),
         backend,
-        upstream,
+        (upstream, reply),
         descriptor,
         client_buckets,
     ));
@@ -436,7 +466,16 @@ fn relay_batch(
             if *responses == 1 {
                 first_reply(session);
             }
-            match send_from(&listening.socket, &buf[..len], session.client, session.local) {
+            let sent = match &session.reply {
+                Some((from, _)) => from.send_to(&buf[..len], session.client),
+                None => send_from(
+                    &listening.socket,
+                    &buf[..len],
+                    session.client,
+                    session.local.map(|l| l.ip()),
+                ),
+            };
+            match sent {
                 Ok(_) => {
                     stats.to_clients.fetch_add(1, Ordering::Relaxed);
                     count_bytes(&session.bytes_to_client, len);
@@ -496,7 +535,11 @@ impl Session {
         let backend = Arc::new(Backend::new(backend, true));
         let upstream = connect(target, crate::outbound::Leave::Kernel).expect("a socket");
         Arc::new(Session::new(
-            target, None, backend, upstream, descriptor, None,
+            (target, None),
+            backend,
+            (upstream, None),
+            descriptor,
+            None,
         ))
     }
 

@@ -18,8 +18,14 @@ const SOCKET_BUFFER: usize = 4 << 20;
 /// Binds `count` UDP sockets on `addr` with `SO_REUSEPORT`, one per worker; the kernel
 /// hashes each client address to one of them. Port 0 picks one free port for all. On a
 /// wildcard address each datagram's local address is asked for (see [`recv_from`]).
-/// `v6_only`: an IPv6 socket takes IPv6 only (its server binds the port on IPv4 too).
-pub fn bind(addr: SocketAddr, count: usize, v6_only: bool) -> io::Result<Vec<std::net::UdpSocket>> {
+/// `v6_only`: an IPv6 socket takes IPv6 only (its server binds the port on IPv4 too);
+/// `intercept`: it takes datagrams a TPROXY rule steers to it, for any destination.
+pub fn bind(
+    addr: SocketAddr,
+    count: usize,
+    v6_only: bool,
+    intercept: bool,
+) -> io::Result<Vec<std::net::UdpSocket>> {
     let mut sockets = Vec::with_capacity(count.max(1));
     let mut addr = addr;
     for _ in 0..count.max(1) {
@@ -35,7 +41,9 @@ pub fn bind(addr: SocketAddr, count: usize, v6_only: bool) -> io::Result<Vec<std
         size_buffers(&socket);
         #[cfg(target_os = "linux")]
         {
-            if addr.ip().is_unspecified() {
+            if intercept {
+                local_address::intercept(&socket, addr.is_ipv6())?;
+            } else if addr.ip().is_unspecified() {
                 local_address::enable(&socket, addr.is_ipv6())?;
             }
             // Each datagram then carries the count of those the kernel dropped for want
@@ -128,6 +136,23 @@ pub(super) fn unconnected(target: SocketAddr) -> io::Result<UdpSocket> {
 #[cfg(not(target_os = "linux"))]
 pub(super) fn recv_from(socket: &UdpSocket, buf: &mut [u8]) -> io::Result<(usize, SocketAddr)> {
     socket.try_recv_from(buf)
+}
+
+/// A socket replies to an intercepted client leave from: bound to `from`, where the
+/// client was going (not this host's address: `IP_TRANSPARENT`), beside the other
+/// sessions' to the same destination (`SO_REUSEADDR`). It is never connected, so the
+/// client's datagrams keep reaching the intercepting socket.
+pub(super) fn reply_from(from: SocketAddr) -> io::Result<std::net::UdpSocket> {
+    let socket = Socket::new(
+        Domain::for_address(from),
+        Type::DGRAM.nonblocking(),
+        Some(Protocol::UDP),
+    )?;
+    socket.set_reuse_address(true)?;
+    crate::outbound::set_transparent(&socket, from)?;
+    let _ = socket.set_recv_buffer_size(1);
+    socket.bind(&from.into())?;
+    Ok(socket.into())
 }
 
 /// Sends `data` to `to`, from the local address `from` when given (a reply on a socket
@@ -223,6 +248,36 @@ mod local_address {
         }
     }
 
+    /// An original destination as the kernel reports it.
+    pub(super) fn v4(addr: &libc::sockaddr_in) -> std::net::SocketAddrV4 {
+        std::net::SocketAddrV4::new(
+            Ipv4Addr::from(u32::from_be(addr.sin_addr.s_addr)),
+            u16::from_be(addr.sin_port),
+        )
+    }
+
+    pub(super) fn v6(addr: &libc::sockaddr_in6) -> std::net::SocketAddrV6 {
+        std::net::SocketAddrV6::new(
+            Ipv6Addr::from(addr.sin6_addr.s6_addr),
+            u16::from_be(addr.sin6_port),
+            addr.sin6_flowinfo,
+            addr.sin6_scope_id,
+        )
+    }
+
+    /// Asks the kernel for each datagram's original destination (TPROXY), and lets
+    /// replies leave from it.
+    pub(super) fn intercept(socket: &Socket, ipv6: bool) -> io::Result<()> {
+        if ipv6 {
+            socket.set_ip_transparent_v6(true)?;
+            setsockopt(socket, sockopt::Ipv6OrigDstAddr, &true)?;
+        } else {
+            socket.set_ip_transparent_v4(true)?;
+            setsockopt(socket, sockopt::Ipv4OrigDstAddr, &true)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
         if let Some(v4) = addr.as_sockaddr_in() {
             return Some(SocketAddr::from(*v4));
@@ -252,13 +307,14 @@ pub(super) struct Received {
 }
 
 /// Reads up to [`RECV_BATCH`] waiting datagrams with one system call and hands each to
-/// `handle` (data, source, and the local address it was sent to when `with_local`).
+/// `handle` (data, source, and where it was sent when `local_port` is given: the local
+/// address with that port, or an intercepted datagram's original destination).
 /// `WouldBlock` when none was waiting.
 #[cfg(target_os = "linux")]
 pub(super) fn recv_many(
     socket: &UdpSocket,
-    with_local: bool,
-    handle: &mut impl FnMut(&[u8], SocketAddr, Option<IpAddr>),
+    local_port: Option<u16>,
+    handle: &mut impl FnMut(&[u8], SocketAddr, Option<SocketAddr>),
 ) -> io::Result<Received> {
     use nix::sys::socket::{
         recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage,
@@ -273,7 +329,12 @@ pub(super) fn recv_many(
                 // headers would truncate the next datagrams' control messages.
                 let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(
                     RECV_BATCH,
-                    Some(nix::cmsg_space!(libc::in6_pktinfo, libc::in_pktinfo, u32)),
+                    Some(nix::cmsg_space!(
+                        libc::in6_pktinfo,
+                        libc::in_pktinfo,
+                        libc::sockaddr_in6,
+                        u32
+                    )),
                 );
                 let headers = &mut headers;
                 let mut chunks = slots.chunks_exact_mut(super::BUFFER_LEN);
@@ -295,11 +356,20 @@ pub(super) fn recv_many(
                     let mut local = None;
                     if let Ok(cmsgs) = msg.cmsgs() {
                         for cmsg in cmsgs {
-                            match cmsg {
-                                ControlMessageOwned::RxqOvfl(drops) => {
+                            match (cmsg, local_port) {
+                                (ControlMessageOwned::RxqOvfl(drops), _) => {
                                     received.kernel_drops = Some(drops);
                                 }
-                                other if with_local => local = local_address::of(&other),
+                                (ControlMessageOwned::Ipv4OrigDstAddr(to), Some(_)) => {
+                                    local = Some(SocketAddr::from(local_address::v4(&to)));
+                                }
+                                (ControlMessageOwned::Ipv6OrigDstAddr(to), Some(_)) => {
+                                    local = Some(SocketAddr::from(local_address::v6(&to)));
+                                }
+                                (other, Some(port)) if local.is_none() => {
+                                    local = local_address::of(&other)
+                                        .map(|ip| SocketAddr::new(ip, port));
+                                }
                                 _ => {}
                             }
                         }
