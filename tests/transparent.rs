@@ -205,7 +205,14 @@ fn client_reads(net: &Triangle, to: &'static str) -> Result<std::io::Result<Stri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_intercepting_server_serves_connections_to_any_destination_steered_to_it() {
     let to = format!("{BALANCER_CLIENT_SIDE}:6100");
-    let nowhere = ["ip", "daddr", "198.51.100.7", "tcp", "dport", "80"];
+    let nowhere = [
+        "ip",
+        "daddr",
+        "{ 198.51.100.7, 198.51.100.8 }",
+        "tcp",
+        "dport",
+        "80",
+    ];
     let made = Triangle::create().and_then(|t| steer(&t.balancer, &nowhere, &to).map(|()| t));
     let Some(net) = or_skip(made, "intercept") else {
         return;
@@ -213,6 +220,7 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
     let _backend = who_answers(&net);
     let toml = format!(
         "[servers.sidecar]\nbind = \"{to}\"\nintercept = true\n\
+         [servers.sidecar.access]\ndefault = \"allow\"\nrules = [\"deny 0.0.0.0/0 to 198.51.100.8\"]\n\
          [servers.sidecar.discovery]\nkind = \"static\"\nstatic_list = [\"{BACKEND_IP}:7000\"]\n"
     );
     let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
@@ -223,6 +231,19 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
     assert_eq!(answer, BALANCER_BACKEND_SIDE, "{}", sluice.log());
     eventually("the access log names the destination", || async {
         sluice.log().contains("destination=198.51.100.7:80")
+    })
+    .await;
+    // The access rules see where a client was going: 198.51.100.8 is refused.
+    let refused = client_reads(&net, "198.51.100.8:80").expect("the client's namespace");
+    assert!(
+        !matches!(&refused, Ok(answer) if !answer.is_empty()),
+        "{refused:?}\n{}",
+        sluice.log()
+    );
+    eventually("the refusal is logged with its destination", || async {
+        let log = sluice.log();
+        log.lines()
+            .any(|l| l.contains("acl_denied") && l.contains("destination=198.51.100.8:80"))
     })
     .await;
 }

@@ -94,11 +94,7 @@ pub(crate) fn written_access<S: Serializer>(
     acl.as_ref()
         .map(|acl| Written {
             default: &acl.default,
-            rules: acl
-                .rules
-                .iter()
-                .map(|rule| format!("{} {}", rule.action, rule.net))
-                .collect(),
+            rules: acl.rules.iter().map(ToString::to_string).collect(),
         })
         .serialize(serializer)
 }

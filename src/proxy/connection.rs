@@ -53,7 +53,11 @@ pub fn admit(
     let settings = server.settings.load();
     // Intercepted (TPROXY), the socket's local address is where the client was going;
     // on a server with several listeners, it says which one took the connection.
-    let destination = if settings.intercept || !settings.bind.is_single() {
+    let named = settings
+        .access
+        .as_ref()
+        .is_some_and(acl::Acl::names_destinations);
+    let destination = if settings.intercept || named || !settings.bind.is_single() {
         stream.local_addr().ok().map(Box::new)
     } else {
         None
@@ -67,7 +71,7 @@ pub fn admit(
             CloseReason::ProxyUntrusted,
             "not a trusted front (accept_proxy_protocol.from)",
         )),
-        None if acl::denies(settings.access.as_ref(), peer.ip()) => {
+        None if acl::denies(settings.access.as_ref(), peer.ip(), at.map(|d| d.ip())) => {
             Some((CloseReason::AclDenied, "denied by the access rules"))
         }
         Some(_) | None => None,

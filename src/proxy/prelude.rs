@@ -371,7 +371,8 @@ async fn read_proxy_header(
         .map_err(|e| Refusal::new(front, CloseReason::ProxyHeader, e))?;
     let client = received.origin.source.unwrap_or(front);
     let settings = slot.server().settings.load();
-    if crate::acl::denies(settings.access.as_ref(), client.ip()) {
+    let destination = received.origin.destination.map(|d| d.ip());
+    if crate::acl::denies(settings.access.as_ref(), client.ip(), destination) {
         let detail = format!("denied by the access rules (behind the front {front})");
         return Err(Refusal::new(client, CloseReason::AclDenied, detail));
     }

@@ -387,12 +387,15 @@ pub(super) fn access(ctx: &mut Ctx<'_>, proxy: &Proxy) -> Option<Acl> {
                 acl.rules.extend(nets.into_iter().map(|net| Rule {
                     action: Action::Allow,
                     net,
+                    to: None,
                 }));
                 acl.default = action;
             }
-            Ok(nets) => acl
-                .rules
-                .extend(nets.into_iter().map(|net| Rule { action, net })),
+            Ok(nets) => acl.rules.extend(nets.into_iter().map(|net| Rule {
+                action,
+                net,
+                to: None,
+            })),
             Err((at, message)) => {
                 ctx.error(at, format!("{context}: {message}"));
                 return None;

@@ -371,9 +371,9 @@ fn connection_rules_are_access_rules_in_order() {
             "allow 192.168.0.0/16"
         ]
     );
-    assert!(!acl.allows("10.1.2.3".parse().unwrap()));
-    assert!(acl.allows("10.2.0.1".parse().unwrap()));
-    assert!(!acl.allows("172.16.0.1".parse().unwrap()));
+    assert!(!acl.allows("10.1.2.3".parse().unwrap(), None));
+    assert!(acl.allows("10.2.0.1".parse().unwrap(), None));
+    assert!(!acl.allows("172.16.0.1".parse().unwrap(), None));
 }
 
 #[test]

@@ -263,7 +263,9 @@ fn on_datagram(
     now: Instant,
 ) {
     let server = &listening.server;
-    if crate::acl::denies(settings.access.as_ref(), client.ip()) {
+    // Where it was sent: the address read with it, or the socket's own.
+    let destination = local.map_or(listening.bound.ip(), |l| l.ip());
+    if crate::acl::denies(settings.access.as_ref(), client.ip(), Some(destination)) {
         server.count_refused(CloseReason::AclDenied);
         debug!(server = %server.name, %client, "datagram refused by the access rules");
         return;
