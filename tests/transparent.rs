@@ -351,3 +351,73 @@ async fn udp_original_destination_reaches_the_address_the_client_sent_to() {
     let expected = format!("{BALANCER_BACKEND_SIDE} {BALANCER_BACKEND_SIDE}");
     assert_eq!(answers, expected, "{}", sluice.log());
 }
+
+/// A backend in the backend's namespace on `port` answering each connection with
+/// `name`, whatever it is sent.
+fn named_backend(net: &Triangle, port: u16, name: &'static str) -> tokio::task::JoinHandle<()> {
+    let listener = net
+        .backend
+        .inside(move || std::net::TcpListener::bind((BACKEND_IP, port)))
+        .expect("the backend's namespace")
+        .expect("the backend's socket");
+    listener.set_nonblocking(true).expect("non-blocking");
+    let listener = tokio::net::TcpListener::from_std(listener).expect("register");
+    tokio::spawn(async move {
+        for _ in 0..10 {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, name.as_bytes()).await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_intercepted_connection_is_routed_by_its_server_name() {
+    let to = format!("{BALANCER_CLIENT_SIDE}:6102");
+    let nowhere = ["ip", "daddr", "198.51.100.7", "tcp", "dport", "443"];
+    let made = Triangle::create().and_then(|t| steer(&t.balancer, &nowhere, &to).map(|()| t));
+    let Some(net) = or_skip(made, "intercept sni") else {
+        return;
+    };
+    let backends = [
+        named_backend(&net, 7010, "a"),
+        named_backend(&net, 7011, "b"),
+    ];
+    let toml = format!(
+        "[servers.tls]\nbind = \"{to}\"\nintercept = true\n\
+         sni = {{ unexpected_hostname_strategy = \"reject\" }}\n\
+         [servers.tls.discovery]\nkind = \"static\"\n\
+         static_list = [\"{BACKEND_IP}:7010 sni=a.example\", \"{BACKEND_IP}:7011 sni=b.example\"]\n"
+    );
+    let sluice = SluiceProcess::start_in_netns(&net.balancer.name, &toml).await;
+    for (name, expected) in [("a.example", "a"), ("b.example", "b"), ("c.example", "")] {
+        let hello = crate::support::tls::client_hello_in_records(name, 16_384);
+        let answer = tokio::task::block_in_place(|| {
+            net.client.inside(move || -> std::io::Result<String> {
+                use std::io::Write;
+                let to: std::net::SocketAddr = "198.51.100.7:443".parse().expect("address");
+                let mut stream =
+                    std::net::TcpStream::connect_timeout(&to, Duration::from_secs(10))?;
+                stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+                stream.write_all(&hello)?;
+                let mut answer = [0u8; 1];
+                let n = stream.read(&mut answer).or_else(|e| {
+                    // A refusal may reset: nothing was answered.
+                    if e.kind() == std::io::ErrorKind::ConnectionReset {
+                        Ok(0)
+                    } else {
+                        Err(e)
+                    }
+                })?;
+                Ok(String::from_utf8_lossy(&answer[..n]).into_owned())
+            })
+        })
+        .expect("the client's namespace")
+        .unwrap_or_else(|e| panic!("{name}: {e}\n{}", sluice.log()));
+        assert_eq!(answer, expected, "{name}\n{}", sluice.log());
+    }
+    for task in backends {
+        task.abort();
+    }
+}
