@@ -713,3 +713,43 @@ async fn the_last_backend_of_a_server_cannot_be_deleted() {
     let backends = get(s.api, "/servers/test/backends").await.json();
     assert_eq!(backends.as_array().map(Vec::len), Some(1));
 }
+
+#[tokio::test]
+async fn a_server_with_a_bind_list_is_created_and_its_ranges_checked() {
+    let a = TestBackend::named("a").await;
+    let mut server = server(BalanceKind::RoundRobin, vec![a.spec()]);
+    let s = start(config(server.clone()), api_config(), None).await;
+    server.bind = s.addr.into();
+    s.runtime
+        .apply(config(server))
+        .await
+        .expect("name the port");
+    let listed = json!({"bind": ["127.0.0.1:0", "127.0.0.1:0"],
+        "discovery": {"kind": "static", "static_list": [a.spec().key()]}});
+    let (status, created) = send(s.api, "POST", "/servers/two", listed).await;
+    assert_eq!(status, 200, "{created}");
+    assert_eq!(created["bind"], json!(["127.0.0.1:0", "127.0.0.1:0"]));
+    let shown = get(s.api, "/servers/two").await.json();
+    assert_eq!(
+        shown["bind"],
+        json!(["127.0.0.1:0", "127.0.0.1:0"]),
+        "{shown}"
+    );
+    // A range over the port another server listens on is refused, naming both.
+    let port = s.addr.port();
+    let range = format!("127.0.0.1:{}-{}", port.saturating_sub(1).max(1), port);
+    let overlapping = json!({"bind": [range],
+        "discovery": {"kind": "static", "static_list": [a.spec().key()]}});
+    let (status, error) = send(s.api, "POST", "/servers/three", overlapping).await;
+    assert_eq!(
+        (status, error["field"].as_str()),
+        (409, Some("bind")),
+        "{error}"
+    );
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains(&s.addr.to_string())),
+        "{error}"
+    );
+}

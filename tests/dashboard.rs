@@ -314,7 +314,7 @@ bind = "127.0.0.1:0"
 {api_extra}
 
 [servers.web]
-bind = "127.0.0.1:0"
+bind = ["127.0.0.1:0", "127.0.0.1:0"]
 protocol = "tcp"
 balance = "roundrobin"
 max_connections_per_client = 2
@@ -446,6 +446,12 @@ async fn exercise(
             },
         )
         .await?;
+    }
+
+    // Several binds are shown as the list they are.
+    let bind = text_of(client, r#"section[data-server="web"] .bind"#).await;
+    if bind.as_deref() != Some("127.0.0.1:0, 127.0.0.1:0") {
+        return Err(format!("the server's bind shown as {bind:?}"));
     }
 
     // Client protection: a client past its cap of two connections is listed as limited.

@@ -181,7 +181,9 @@ function createServer(name) {
 
 function updateServer(server, config, backends, now) {
   const s = server.section;
-  setText($(".bind", s), String(config.bind ?? "—"));
+  // One address, or a list of them (several binds, port ranges).
+  const bind = Array.isArray(config.bind) ? config.bind.join(", ") : config.bind;
+  setText($(".bind", s), String(bind ?? "—"));
   setText($(".protocol", s), String(config.protocol ?? "tcp"));
   setText($(".balance", s), String(config.balance ?? "weight"));
 
