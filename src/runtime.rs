@@ -182,7 +182,8 @@ impl Runtime {
                             Some(socket) => socket,
                             None => match handed_over.remove(&addr) {
                                 Some(socket) => socket,
-                                None => bind(name, &cfg, addr, workers, &addrs[name])?,
+                                // Left by a server this change stopped.
+                                None => bind(name, &cfg, (addr, true), workers, &addrs[name])?,
                             },
                         };
                         // A socket handed over keeps what its previous server set.
@@ -322,17 +323,19 @@ impl Runtime {
     }
 }
 
-/// Binds `server`'s sockets on `addr`, one of `all` its addresses.
+/// Binds `server`'s sockets on `addr`, one of `all` its addresses; `ours` when a server
+/// of this process just left it.
 fn bind(
     server: &str,
     config: &crate::config::ServerConfig,
-    addr: SocketAddr,
+    (addr, ours): (SocketAddr, bool),
     count: usize,
     all: &[SocketAddr],
 ) -> Result<Listeners, BindError> {
     let options = listener::BindOptions {
         intercept: config.intercept,
         v6_only: addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port()),
+        ours,
     };
     listener::bind(config.protocol, addr, count, options).map_err(|source| BindError::Listen {
         server: server.to_owned(),
@@ -447,7 +450,7 @@ fn bind_new_listeners(
                 inherited.push(addr);
                 continue;
             }
-            match bind(name, server, addr, workers, &addrs[name]) {
+            match bind(name, server, (addr, false), workers, &addrs[name]) {
                 Ok(socket) => {
                     sockets.insert((name.clone(), addr), socket);
                 }

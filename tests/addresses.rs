@@ -285,3 +285,46 @@ async fn an_address_of_the_list_that_cannot_be_bound_is_named_and_nothing_starts
     assert!(TcpStream::connect(("127.0.0.1", free)).await.is_err());
     drop(taken);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_sluice_over_the_ports_of_a_running_one_refuses_to_start() {
+    let backend = Who::start().await;
+    let port = process::free_port();
+    let udp_port = process::free_port();
+    let toml = format!(
+        "[servers.first]\nbind = \"127.0.0.1:{port}\"\n\
+         [servers.first.discovery]\nkind = \"static\"\nstatic_list = [\"{}\"]\n\
+         [servers.dns]\nbind = \"127.0.0.1:{udp_port}\"\nprotocol = \"udp\"\n\
+         [servers.dns.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n",
+        backend.addr
+    );
+    let running = process::SluiceProcess::start(&toml).await;
+    for (name, what) in [("first", "tcp"), ("dns", "udp")] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // The second takes the running one's address for this protocol only.
+        let mine = if what == "tcp" {
+            format!(
+                "[servers.{name}]\nbind = \"127.0.0.1:{port}\"\n\
+                 [servers.{name}.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n"
+            )
+        } else {
+            format!(
+                "[servers.{name}]\nbind = \"127.0.0.1:{udp_port}\"\nprotocol = \"udp\"\n\
+                 [servers.{name}.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.1:9\"]\n"
+            )
+        };
+        let config = process::write_file(dir.path(), "second.toml", &mine);
+        let (status, _, stderr) =
+            tokio::time::timeout(WAIT, process::run_sluice(&["run", "-c", &config]))
+                .await
+                .unwrap_or_else(|_| panic!("{what}: the second Sluice started beside the first"));
+        assert!(!status.success(), "{what}: {stderr}");
+        assert!(
+            stderr
+                .contains("the address is in use by another process (is another Sluice running?)"),
+            "{what}: {stderr}"
+        );
+    }
+    // The first serves on, alone.
+    assert_eq!(seen_through(running.server("first")).await, "127.0.0.1");
+}

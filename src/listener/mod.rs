@@ -51,6 +51,9 @@ pub struct BindOptions {
     /// An IPv6 socket that takes IPv6 only: its server binds the same port on IPv4
     /// too (dual stack written as two binds).
     pub v6_only: bool,
+    /// The address is one a server of this process just left (its UDP sockets may
+    /// linger for late replies): not another process's, so not probed.
+    pub ours: bool,
 }
 
 /// Binds `count` sockets of `protocol` on `addr`, one per worker.
@@ -60,6 +63,9 @@ pub fn bind(
     count: usize,
     options: BindOptions,
 ) -> io::Result<Listeners> {
+    if !options.ours {
+        ensure_free(protocol, addr, options)?;
+    }
     Ok(match protocol {
         crate::config::Protocol::Tcp | crate::config::Protocol::Tls => {
             Listeners::Tcp(bind_tcp(addr, count, options)?)
@@ -71,6 +77,44 @@ pub fn bind(
             options.intercept,
         )?),
     })
+}
+
+/// Fails (`AddrInUse`) when another socket already holds `addr`. Sluice's own sockets
+/// share a port with `SO_REUSEPORT`, which lets any socket of the same user bind beside
+/// them: a second Sluice started over a running one (or an old one left behind) would
+/// silently take part of its traffic. A probe without `SO_REUSEPORT` finds out first.
+fn ensure_free(
+    protocol: crate::config::Protocol,
+    addr: SocketAddr,
+    options: BindOptions,
+) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let probe = match protocol {
+        crate::config::Protocol::Udp => {
+            Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?
+        }
+        crate::config::Protocol::Tcp | crate::config::Protocol::Tls => {
+            let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+            // Connections of an earlier run in TIME_WAIT are no one's.
+            socket.set_reuse_address(true)?;
+            socket
+        }
+    };
+    if options.v6_only {
+        probe.set_only_v6(true)?;
+    }
+    if options.intercept {
+        crate::outbound::set_transparent(&probe, addr)?;
+    }
+    match probe.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "the address is in use by another process (is another Sluice running?)",
+        )),
+        bound => bound,
+    }
 }
 
 /// Makes TCP listening sockets take (or no longer take) connections a TPROXY rule steers
