@@ -77,6 +77,14 @@ impl Control {
         let _edit = self.edit.lock().await;
         self.refuse_when_stopping()?;
         let origin = self.origin.as_ref().ok_or(ControlError::NoFile)?;
+        crate::service::reloading();
+        let reloaded = self.reload_from(origin).await;
+        crate::service::ready();
+        reloaded
+    }
+
+    /// The reload itself, with the edit lock held.
+    async fn reload_from(&self, origin: &Origin) -> Result<Vec<Change>, ControlError> {
         info!(from = %origin, "reloading the configuration");
         let loaded = origin.load().await.map_err(|errors| {
             for e in &errors.0 {

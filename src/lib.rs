@@ -4,7 +4,8 @@
 //! above the data path, the state the data path reads below it):
 //! - [`cli`]: the command line (`run`, `from-file`, `from-url`, `check`, `convert`,
 //!   `tcp`, `udp`, `demo`); [`demo`]: the demo's backends; [`logging`]: the log
-//!   subscriber; [`signals`]: SIGHUP, SIGTERM, SIGINT; [`pidfile`]: `-p FILE`.
+//!   subscriber; [`signals`]: SIGHUP, SIGTERM, SIGINT; [`pidfile`]: `-p FILE`;
+//!   [`service`]: the service manager's notifications (systemd's `Type=notify`).
 //! - [`runtime`]: every running server; the one place runtime state changes.
 //! - [`control`]: reloads and API edits, both ending in `Runtime::apply`.
 //! - [`origin`]: where the configuration is read from: a file in any format, or a URL.
@@ -68,6 +69,7 @@ pub mod reload;
 pub mod resolve;
 pub mod runtime;
 pub mod server;
+pub mod service;
 pub mod signals;
 pub mod tasks;
 pub mod tls;

@@ -337,6 +337,8 @@ fn serve(
             let runtime = Arc::clone(&runtime);
             tokio::spawn(async move { crate::metrics::serve(listener, metrics, runtime).await });
         }
+        crate::service::ready();
+        crate::service::spawn_watchdog();
         while signals.next().await == Signal::Reload {
             // Errors are logged by `reload`; the previous configuration keeps running.
             if !reloadable {
@@ -345,6 +347,7 @@ fn serve(
                 let _ = control.reload().await;
             }
         }
+        crate::service::stopping();
         let grace = runtime.config().await.shutdown_timeout;
         info!(grace = ?grace, "shutting down: no new connections; waiting for open ones");
         let hurry = async {
