@@ -163,18 +163,23 @@ async fn unknown_names_are_404_and_bad_bodies_400_with_the_field() {
     assert_eq!(response.json()["field"], "format");
 }
 
-#[tokio::test]
-async fn conflicts_are_409() {
-    let a = TestBackend::named("a").await;
+/// Server `test` in front of `a`, with the API, its port named in its configuration as a
+/// file would name it (the server, already listening there, keeps its sockets).
+async fn on_its_own_port(a: &TestBackend) -> WithApi {
     let mut server = server(BalanceKind::RoundRobin, vec![a.spec()]);
     let s = start(config(server.clone()), api_config(), None).await;
-    // Its own port in the configuration, as a file would name it: the server, already
-    // listening there, keeps its sockets.
     server.bind = s.addr.into();
     s.runtime
         .apply(config(server))
         .await
         .expect("name the port");
+    s
+}
+
+#[tokio::test]
+async fn conflicts_are_409() {
+    let a = TestBackend::named("a").await;
+    let s = on_its_own_port(&a).await;
     let server = json!({"bind": "127.0.0.1:0",
         "discovery": {"kind": "static", "static_list": [a.spec().key()]}});
     let (status, _) = send(s.api, "POST", "/servers/test", server).await;
@@ -717,13 +722,7 @@ async fn the_last_backend_of_a_server_cannot_be_deleted() {
 #[tokio::test]
 async fn a_server_with_a_bind_list_is_created_and_its_ranges_checked() {
     let a = TestBackend::named("a").await;
-    let mut server = server(BalanceKind::RoundRobin, vec![a.spec()]);
-    let s = start(config(server.clone()), api_config(), None).await;
-    server.bind = s.addr.into();
-    s.runtime
-        .apply(config(server))
-        .await
-        .expect("name the port");
+    let s = on_its_own_port(&a).await;
     let listed = json!({"bind": ["127.0.0.1:0", "127.0.0.1:0"],
         "discovery": {"kind": "static", "static_list": [a.spec().key()]}});
     let (status, created) = send(s.api, "POST", "/servers/two", listed).await;

@@ -178,6 +178,13 @@ fn steer(balancer: &Netns, matching: &[&str], to: &str) -> Result<(), String> {
     balancer.exec("nft", &rule)
 }
 
+/// The namespaces with `matching` connections steered to `to`, or `None` when the
+/// test skips (see [`or_skip`]).
+fn steered(matching: &[&str], to: &str, test: &str) -> Option<Triangle> {
+    let made = Triangle::create().and_then(|t| steer(&t.balancer, matching, to).map(|()| t));
+    or_skip(made, test)
+}
+
 /// A backend in its namespace answering each connection with the address it came from.
 fn who_answers(net: &Triangle) -> Who {
     let tcp = net
@@ -213,8 +220,7 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
         "dport",
         "80",
     ];
-    let made = Triangle::create().and_then(|t| steer(&t.balancer, &nowhere, &to).map(|()| t));
-    let Some(net) = or_skip(made, "intercept") else {
+    let Some(net) = steered(&nowhere, &to, "intercept") else {
         return;
     };
     let _backend = who_answers(&net);
@@ -252,8 +258,7 @@ async fn an_intercepting_server_serves_connections_to_any_destination_steered_to
 async fn original_destination_reaches_the_address_the_client_dialled() {
     let to = format!("{BALANCER_CLIENT_SIDE}:6101");
     let from_client = ["ip", "saddr", CLIENT_IP, "tcp", "dport", "7000"];
-    let made = Triangle::create().and_then(|t| steer(&t.balancer, &from_client, &to).map(|()| t));
-    let Some(net) = or_skip(made, "original_destination") else {
+    let Some(net) = steered(&from_client, &to, "original_destination") else {
         return;
     };
     let _backend = who_answers(&net);
@@ -312,8 +317,7 @@ fn who_answers_udp(net: &Triangle) -> WhoUdp {
 async fn an_intercepting_udp_server_answers_from_where_the_client_was_going() {
     let to = format!("{BALANCER_CLIENT_SIDE}:6200");
     let nowhere = ["ip", "daddr", "198.51.100.7", "udp", "dport", "53"];
-    let made = Triangle::create().and_then(|t| steer(&t.balancer, &nowhere, &to).map(|()| t));
-    let Some(net) = or_skip(made, "intercept udp") else {
+    let Some(net) = steered(&nowhere, &to, "intercept udp") else {
         return;
     };
     let _backend = who_answers_udp(&net);
@@ -335,8 +339,7 @@ async fn an_intercepting_udp_server_answers_from_where_the_client_was_going() {
 async fn udp_original_destination_reaches_the_address_the_client_sent_to() {
     let to = format!("{BALANCER_CLIENT_SIDE}:6201");
     let from_client = ["ip", "saddr", CLIENT_IP, "udp", "dport", "7001"];
-    let made = Triangle::create().and_then(|t| steer(&t.balancer, &from_client, &to).map(|()| t));
-    let Some(net) = or_skip(made, "original_destination udp") else {
+    let Some(net) = steered(&from_client, &to, "original_destination udp") else {
         return;
     };
     let _backend = who_answers_udp(&net);
@@ -376,8 +379,7 @@ fn named_backend(net: &Triangle, port: u16, name: &'static str) -> tokio::task::
 async fn an_intercepted_connection_is_routed_by_its_server_name() {
     let to = format!("{BALANCER_CLIENT_SIDE}:6102");
     let nowhere = ["ip", "daddr", "198.51.100.7", "tcp", "dport", "443"];
-    let made = Triangle::create().and_then(|t| steer(&t.balancer, &nowhere, &to).map(|()| t));
-    let Some(net) = or_skip(made, "intercept sni") else {
+    let Some(net) = steered(&nowhere, &to, "intercept sni") else {
         return;
     };
     let backends = [
