@@ -570,3 +570,66 @@ async fn systemd_hears_ready_reloading_stopping_and_the_watchdog() {
         .expect("wait");
     assert!(status.success());
 }
+
+/// Starts Sluice the way systemd's socket activation does: a listening socket on fd 3,
+/// `LISTEN_FDS=1` and `LISTEN_PID` naming the process (python3 sets them up, then execs
+/// Sluice, so the pid is right). The configuration binds that socket's address.
+#[tokio::test]
+async fn a_listener_passed_by_the_service_manager_is_used() {
+    let backend = TestBackend::named("a").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (config, port_file, log) = (
+        dir.path().join("sluice.toml"),
+        dir.path().join("port"),
+        dir.path().join("sluice.log"),
+    );
+    let script = r#"
+import os, socket, sys
+binary, config, port_file, backend = sys.argv[1:5]
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(128)
+port = s.getsockname()[1]
+with open(config, "w") as f:
+    f.write(f'[servers.test]\nbind = "127.0.0.1:{port}"\n'
+            f'[servers.test.discovery]\nkind = "static"\nstatic_list = ["{backend}"]\n')
+if s.fileno() != 3:
+    os.dup2(s.fileno(), 3)
+os.set_inheritable(3, True)
+os.environ["LISTEN_FDS"] = "1"
+os.environ["LISTEN_PID"] = str(os.getpid())
+with open(port_file, "w") as f:
+    f.write(str(port))
+os.execv(binary, [binary, "run", "-c", config])
+"#;
+    let log_file = std::fs::File::create(&log).expect("log file");
+    let _child = tokio::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args([
+            BIN,
+            config.to_str().expect("path"),
+            port_file.to_str().expect("path"),
+        ])
+        .arg(backend.addr.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log_file.try_clone().expect("log file"))
+        .stderr(log_file)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn python3");
+    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    eventually("sluice listens on the passed socket", || async {
+        read_log().contains("listening sockets passed by the service manager")
+            && logged_server(&read_log(), "test").is_some()
+    })
+    .await;
+    let port: u16 = std::fs::read_to_string(&port_file)
+        .expect("port")
+        .trim()
+        .parse()
+        .expect("a port");
+    // Had Sluice bound the address itself, it would have found it taken, and exited.
+    let (name, _) = hello(SocketAddr::from(([127, 0, 0, 1], port)), None).await;
+    assert_eq!(name, "a", "{}", read_log());
+}

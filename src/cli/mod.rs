@@ -303,6 +303,11 @@ fn serve(
 ) -> anyhow::Result<ExitCode> {
     let workers = threads.unwrap_or_else(Workers::default_count);
     anyhow::ensure!(workers > 0, "--threads must be at least 1");
+    // Before the runtimes start their threads: it clears LISTEN_FDS from the environment.
+    let passed = crate::listener::adopt_passed();
+    if passed > 0 {
+        info!(passed, "listening sockets passed by the service manager");
+    }
     match crate::descriptors::raise_limit() {
         Ok(limit) => info!(
             limit,

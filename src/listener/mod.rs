@@ -63,6 +63,9 @@ pub fn bind(
     count: usize,
     options: BindOptions,
 ) -> io::Result<Listeners> {
+    if let Some(adopted) = take_adopted(protocol, addr, count) {
+        return adopted;
+    }
     if !options.ours {
         ensure_free(protocol, addr, options)?;
     }
@@ -77,6 +80,83 @@ pub fn bind(
             options.intercept,
         )?),
     })
+}
+
+/// A listening socket the service manager passed (socket activation: `LISTEN_FDS`).
+#[derive(Debug)]
+enum Passed {
+    Tcp(std::net::TcpListener),
+    Udp(std::net::UdpSocket),
+}
+
+/// The passed sockets no server has taken yet.
+static PASSED: std::sync::Mutex<Vec<Passed>> = std::sync::Mutex::new(Vec::new());
+
+/// Takes the sockets the service manager passed (`LISTEN_FDS`, for this process's
+/// `LISTEN_PID`), to be used by the servers whose binds they match. Call it first thing,
+/// before any thread starts: it clears those variables from the environment. Returns
+/// how many were taken.
+pub fn adopt_passed() -> usize {
+    let mut fds = listenfd::ListenFd::from_env();
+    let mut passed = PASSED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for index in 0..fds.len() {
+        let socket = match fds.take_tcp_listener(index) {
+            Ok(Some(listener)) => Some(Passed::Tcp(listener)),
+            _ => match fds.take_udp_socket(index) {
+                Ok(Some(socket)) => Some(Passed::Udp(socket)),
+                _ => None,
+            },
+        };
+        match socket {
+            Some(socket) => passed.push(socket),
+            None => error!(
+                index,
+                "a passed descriptor is neither a TCP listener nor a UDP socket; ignored"
+            ),
+        }
+    }
+    passed.len()
+}
+
+/// The passed socket on `addr`, if there is one, as `count` sockets (duplicates, one
+/// per worker, so every worker accepts on it).
+fn take_adopted(
+    protocol: crate::config::Protocol,
+    addr: SocketAddr,
+    count: usize,
+) -> Option<io::Result<Listeners>> {
+    let mut passed = PASSED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let udp = protocol == crate::config::Protocol::Udp;
+    let index = passed.iter().position(|socket| match socket {
+        Passed::Tcp(listener) => !udp && listener.local_addr().is_ok_and(|a| a == addr),
+        Passed::Udp(socket) => udp && socket.local_addr().is_ok_and(|a| a == addr),
+    })?;
+    let socket = passed.swap_remove(index);
+    debug!(%addr, "listening on a socket the service manager passed");
+    Some(match socket {
+        Passed::Tcp(listener) => listener
+            .set_nonblocking(true)
+            .and_then(|()| copies(listener, count, std::net::TcpListener::try_clone))
+            .map(Listeners::Tcp),
+        Passed::Udp(socket) => socket
+            .set_nonblocking(true)
+            .and_then(|()| copies(socket, count, std::net::UdpSocket::try_clone))
+            .map(Listeners::Udp),
+    })
+}
+
+/// `socket` and `count - 1` duplicates of it (the same socket, another descriptor).
+fn copies<T>(socket: T, count: usize, clone: fn(&T) -> io::Result<T>) -> io::Result<Vec<T>> {
+    let mut all = Vec::with_capacity(count.max(1));
+    for _ in 1..count.max(1) {
+        all.push(clone(&socket)?);
+    }
+    all.push(socket);
+    Ok(all)
 }
 
 /// Fails (`AddrInUse`) when another socket already holds `addr`. Sluice's own sockets
