@@ -28,7 +28,7 @@ pub(super) fn files(dir: &str, extensions: &[&str]) -> Vec<PathBuf> {
 pub(super) fn parse_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let bytes = std::fs::read(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
-    let text = super::utf8(relative, &bytes)?;
+    let text = super::load::utf8(relative, &bytes)?;
     let dir = config_dir(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
     parse_in(text, relative, Some(&dir))
 }
@@ -38,7 +38,7 @@ pub(super) fn parse_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
 pub(super) fn read_file(relative: &Path, format: Format) -> Result<Loaded, ConfigErrors> {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let bytes = std::fs::read(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
-    let text = super::utf8(relative, &bytes)?;
+    let text = super::load::utf8(relative, &bytes)?;
     let dir = config_dir(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
     read(text, relative, Some(&dir), format)
 }
@@ -112,7 +112,7 @@ pub(super) fn invalid_fixtures(dir: &str, extensions: &[&str]) {
 fn load_file(relative: &Path) -> Result<Loaded, ConfigErrors> {
     let full = Path::new(env!("CARGO_MANIFEST_DIR")).join(relative);
     let bytes = std::fs::read(&full).unwrap_or_else(|e| panic!("{relative:?}: {e}"));
-    let text = super::utf8(relative, &bytes)?;
+    let text = super::load::utf8(relative, &bytes)?;
     read_file(relative, Format::detect(relative, text))
 }
 
