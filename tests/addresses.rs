@@ -147,7 +147,9 @@ async fn several_binds_and_a_port_range_are_one_server_reaching_the_dialled_port
         )
     };
     let toml = format!(
-        "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n{}{}",
+        "[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n{}{}\
+         [servers.single]\nbind = \"127.0.0.1:0\"\n\
+         [servers.single.discovery]\nkind = \"static\"\nstatic_list = [\"127.0.0.71:{base}\"]\n",
         servers("multi", "tcp"),
         servers("dns", "udp")
     );
@@ -201,6 +203,20 @@ async fn several_binds_and_a_port_range_are_one_server_reaching_the_dialled_port
         );
         assert!(metrics.contains(&line), "{line}\n{metrics}");
     }
+    // A lone listener's count is its server's.
+    let single = sluice.server("single");
+    let mut stream = TcpStream::connect(single).await.expect("connect");
+    let mut here = String::new();
+    tokio::time::timeout(WAIT, stream.read_to_string(&mut here))
+        .await
+        .expect("answered in time")
+        .expect("read");
+    let metrics = crate::support::http::get(sluice.api(), "/metrics")
+        .await
+        .body;
+    let line =
+        format!("sluice_listener_accepted_total{{server=\"single\",listener=\"{single}\"}} 1");
+    assert!(metrics.contains(&line), "{line}\n{metrics}");
     // The dump writes the list as it was written.
     let dump = crate::support::http::get(sluice.api(), "/dump?format=toml")
         .await

@@ -336,7 +336,7 @@ pub async fn accept_loop(
     let counted = listener
         .local_addr()
         .ok()
-        .and_then(|addr| server.listeners.iter().position(|l| l.addr == addr));
+        .and_then(|addr| server.listener_index(addr));
     let block_ends = tokio::time::sleep_until(blocks.ends.unwrap_or_else(far_future));
     tokio::pin!(block_ends);
     loop {

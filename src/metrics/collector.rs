@@ -175,10 +175,13 @@ impl Collector for Scrape {
             .servers
             .iter()
             .flat_map(|s| {
-                s.shared
-                    .listeners
-                    .iter()
-                    .map(|l| (s.name.as_str(), l.addr.to_string(), read(&l.accepted)))
+                s.shared.listeners.iter().map(|l| {
+                    (
+                        s.name.as_str(),
+                        l.addr.to_string(),
+                        s.shared.listener_accepted(l),
+                    )
+                })
             })
             .collect();
         family(

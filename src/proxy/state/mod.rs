@@ -46,7 +46,8 @@ impl ServerStats {
 }
 
 /// One listening address of a server and what it took: connections (UDP: datagrams
-/// from clients).
+/// from clients); counted only when the server has several (see
+/// [`ServerShared::listener_accepted`]).
 #[derive(Debug)]
 pub struct ListenerStats {
     pub addr: SocketAddr,
@@ -91,6 +92,25 @@ impl ServerShared {
             listeners: Vec::new(),
             no_backend_logged: AtomicBool::new(false),
         }
+    }
+
+    /// Which of its listeners is bound to `addr`, for counting apart — only when it has
+    /// several: a lone listener's count is the server's own, not counted twice.
+    pub(crate) fn listener_index(&self, addr: SocketAddr) -> Option<usize> {
+        if self.listeners.len() < 2 {
+            return None;
+        }
+        self.listeners.iter().position(|l| l.addr == addr)
+    }
+
+    /// What `listener` took: connections, or a UDP server's datagrams from clients.
+    pub fn listener_accepted(&self, listener: &ListenerStats) -> u64 {
+        let counter = match (self.listeners.len(), self.settings.load().protocol) {
+            (0 | 1, crate::config::Protocol::Udp) => &self.stats.udp.from_clients,
+            (0 | 1, _) => &self.stats.accepted,
+            _ => &listener.accepted,
+        };
+        counter.load(Ordering::Relaxed)
     }
 
     /// With the addresses it listens on, each counted apart.

@@ -133,7 +133,7 @@ pub async fn serve(
     };
     let intercept = server.settings.load().intercept;
     let local_port = (bound.ip().is_unspecified() || intercept).then_some(bound.port());
-    let listener = server.listeners.iter().position(|l| l.addr == bound);
+    let listener = server.listener_index(bound);
     let listening = Arc::new(Listening {
         socket,
         bound,
