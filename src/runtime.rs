@@ -21,6 +21,7 @@
 use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,7 +33,8 @@ use tracing::{info, warn};
 use crate::config::{self, Binds, Config, Protocol};
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
-use crate::proxy::state::ServerShared;
+use crate::proxy::state::carried::Carried;
+use crate::proxy::state::{Gate, ServerShared};
 use crate::reload::{self, Change};
 use crate::server::{Lifecycle, Server};
 use crate::workers::Workers;
@@ -77,6 +79,24 @@ pub enum StartError {
     Bind(#[from] BindError),
 }
 
+/// What a binary upgrade's previous process hands the runtime of the new one.
+pub struct Inherited {
+    /// Each server's run-time state.
+    pub carried: BTreeMap<String, Carried>,
+    /// Opened once the previous process has stopped receiving UDP datagrams.
+    pub udp_receive: Gate,
+}
+
+impl Default for Inherited {
+    /// Nothing: a start of its own.
+    fn default() -> Self {
+        Inherited {
+            carried: BTreeMap::new(),
+            udp_receive: Gate::opened(),
+        }
+    }
+}
+
 /// The running servers.
 pub struct Runtime {
     life: Lifecycle,
@@ -110,6 +130,17 @@ impl Runtime {
         workers: usize,
         budget: Arc<DescriptorBudget>,
     ) -> Result<Runtime, StartError> {
+        Self::start_inheriting(config, workers, budget, Inherited::default()).await
+    }
+
+    /// Like [`Runtime::start_with_budget`], taking what a binary upgrade's previous
+    /// process handed over.
+    pub async fn start_inheriting(
+        config: Config,
+        workers: usize,
+        budget: Arc<DescriptorBudget>,
+        inherited: Inherited,
+    ) -> Result<Runtime, StartError> {
         let workers = Workers::start(workers).map_err(StartError::Workers)?;
         let runtime = Runtime {
             life: Lifecycle {
@@ -118,6 +149,8 @@ impl Runtime {
                 graceful: CancellationToken::new(),
                 hard_stop: CancellationToken::new(),
                 budget,
+                carried: Arc::new(std::sync::Mutex::new(inherited.carried)),
+                udp_receive: inherited.udp_receive,
             },
             state: Mutex::new(State {
                 config: Config {
@@ -270,6 +303,43 @@ impl Runtime {
         self.state.lock().await.config.clone()
     }
 
+    /// Another descriptor of every listening socket of every server (all workers'), by
+    /// server, for the process of a binary upgrade.
+    pub async fn listening_descriptors(&self) -> io::Result<Vec<(String, Vec<OwnedFd>)>> {
+        let state = self.state.lock().await;
+        let mut all = Vec::with_capacity(state.servers.len());
+        for (name, server) in &state.servers {
+            all.push((name.clone(), server.descriptors()?));
+        }
+        Ok(all)
+    }
+
+    /// A binary upgrade's new process serves from now on: every server stops accepting
+    /// and receiving, leaving its sockets to it, and returns once none will start a
+    /// connection or session; then what each carries over (health, blocked clients, UDP
+    /// sessions). Established connections run on until [`Runtime::shutdown`].
+    pub async fn hand_over(&self) -> BTreeMap<String, Carried> {
+        let mut state = self.state.lock().await;
+        for server in state.servers.values_mut() {
+            server.hand_over().await;
+        }
+        state
+            .servers
+            .iter()
+            .map(|(name, server)| (name.clone(), server.shared.carry()))
+            .collect()
+    }
+
+    /// What every server would carry over to a binary upgrade's new process now.
+    pub async fn carry(&self) -> BTreeMap<String, Carried> {
+        let state = self.state.lock().await;
+        state
+            .servers
+            .iter()
+            .map(|(name, server)| (name.clone(), server.shared.carry()))
+            .collect()
+    }
+
     /// Whether shutdown has begun: nothing new is accepted or applied.
     pub fn is_stopping(&self) -> bool {
         self.life.graceful.is_cancelled()
@@ -337,7 +407,7 @@ fn bind(
         v6_only: addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port()),
         ours,
     };
-    listener::bind(config.protocol, addr, count, options).map_err(|source| BindError::Listen {
+    listener::bind(config.protocol, addr, count, options, server).map_err(|source| BindError::Listen {
         server: server.to_owned(),
         addr,
         source,

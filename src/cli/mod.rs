@@ -304,7 +304,7 @@ fn serve(
     let workers = threads.unwrap_or_else(Workers::default_count);
     anyhow::ensure!(workers > 0, "--threads must be at least 1");
     // Before the runtimes start their threads: it clears LISTEN_FDS from the environment.
-    let passed = crate::listener::adopt_passed();
+    let passed = crate::listener::passed::adopt_from_service_manager();
     if passed > 0 {
         info!(passed, "listening sockets passed by the service manager");
     }

@@ -3,6 +3,7 @@
 //! [`proxy::udp::serve`].) `syn_filter` keeps the connection requests of blocked
 //! clients from reaching the accept queue at all.
 
+pub mod passed;
 pub mod syn_filter;
 
 use std::io;
@@ -19,6 +20,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, warn};
 
 use crate::proxy;
+pub use crate::proxy::state::OnStop;
 use crate::proxy::state::ServerShared;
 
 /// Pending connections the kernel may queue before `accept`.
@@ -41,6 +43,39 @@ impl Listeners {
             Listeners::Udp(sockets) => sockets.first().map(|s| s.local_addr()),
         }
     }
+
+    /// Another descriptor of each socket (the same sockets).
+    pub fn try_clone(&self) -> io::Result<Listeners> {
+        Ok(match self {
+            Listeners::Tcp(sockets) => Listeners::Tcp(
+                sockets
+                    .iter()
+                    .map(std::net::TcpListener::try_clone)
+                    .collect::<io::Result<_>>()?,
+            ),
+            Listeners::Udp(sockets) => Listeners::Udp(
+                sockets
+                    .iter()
+                    .map(std::net::UdpSocket::try_clone)
+                    .collect::<io::Result<_>>()?,
+            ),
+        })
+    }
+
+    /// Another descriptor of each socket, to pass to another process.
+    pub fn descriptors(&self) -> io::Result<Vec<std::os::fd::OwnedFd>> {
+        use std::os::fd::AsFd;
+        match self {
+            Listeners::Tcp(sockets) => sockets
+                .iter()
+                .map(|s| s.as_fd().try_clone_to_owned())
+                .collect(),
+            Listeners::Udp(sockets) => sockets
+                .iter()
+                .map(|s| s.as_fd().try_clone_to_owned())
+                .collect(),
+        }
+    }
 }
 
 /// How a server's sockets are bound, beyond the address.
@@ -56,14 +91,16 @@ pub struct BindOptions {
     pub ours: bool,
 }
 
-/// Binds `count` sockets of `protocol` on `addr`, one per worker.
+/// Binds `count` sockets of `protocol` on `addr`, one per worker, for server `owner`; or
+/// takes the sockets passed to this process for it (see [`passed`]).
 pub fn bind(
     protocol: crate::config::Protocol,
     addr: SocketAddr,
     count: usize,
     options: BindOptions,
+    owner: &str,
 ) -> io::Result<Listeners> {
-    if let Some(adopted) = take_adopted(protocol, addr, count) {
+    if let Some(adopted) = passed::take(protocol, addr, count, owner) {
         return adopted;
     }
     if !options.ours {
@@ -80,83 +117,6 @@ pub fn bind(
             options.intercept,
         )?),
     })
-}
-
-/// A listening socket the service manager passed (socket activation: `LISTEN_FDS`).
-#[derive(Debug)]
-enum Passed {
-    Tcp(std::net::TcpListener),
-    Udp(std::net::UdpSocket),
-}
-
-/// The passed sockets no server has taken yet.
-static PASSED: std::sync::Mutex<Vec<Passed>> = std::sync::Mutex::new(Vec::new());
-
-/// Takes the sockets the service manager passed (`LISTEN_FDS`, for this process's
-/// `LISTEN_PID`), to be used by the servers whose binds they match. Call it first thing,
-/// before any thread starts: it clears those variables from the environment. Returns
-/// how many were taken.
-pub fn adopt_passed() -> usize {
-    let mut fds = listenfd::ListenFd::from_env();
-    let mut passed = PASSED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    for index in 0..fds.len() {
-        let socket = match fds.take_tcp_listener(index) {
-            Ok(Some(listener)) => Some(Passed::Tcp(listener)),
-            _ => match fds.take_udp_socket(index) {
-                Ok(Some(socket)) => Some(Passed::Udp(socket)),
-                _ => None,
-            },
-        };
-        match socket {
-            Some(socket) => passed.push(socket),
-            None => error!(
-                index,
-                "a passed descriptor is neither a TCP listener nor a UDP socket; ignored"
-            ),
-        }
-    }
-    passed.len()
-}
-
-/// The passed socket on `addr`, if there is one, as `count` sockets (duplicates, one
-/// per worker, so every worker accepts on it).
-fn take_adopted(
-    protocol: crate::config::Protocol,
-    addr: SocketAddr,
-    count: usize,
-) -> Option<io::Result<Listeners>> {
-    let mut passed = PASSED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let udp = protocol == crate::config::Protocol::Udp;
-    let index = passed.iter().position(|socket| match socket {
-        Passed::Tcp(listener) => !udp && listener.local_addr().is_ok_and(|a| a == addr),
-        Passed::Udp(socket) => udp && socket.local_addr().is_ok_and(|a| a == addr),
-    })?;
-    let socket = passed.swap_remove(index);
-    debug!(%addr, "listening on a socket the service manager passed");
-    Some(match socket {
-        Passed::Tcp(listener) => listener
-            .set_nonblocking(true)
-            .and_then(|()| copies(listener, count, std::net::TcpListener::try_clone))
-            .map(Listeners::Tcp),
-        Passed::Udp(socket) => socket
-            .set_nonblocking(true)
-            .and_then(|()| copies(socket, count, std::net::UdpSocket::try_clone))
-            .map(Listeners::Udp),
-    })
-}
-
-/// `socket` and `count - 1` duplicates of it (the same socket, another descriptor).
-fn copies<T>(socket: T, count: usize, clone: fn(&T) -> io::Result<T>) -> io::Result<Vec<T>> {
-    let mut all = Vec::with_capacity(count.max(1));
-    for _ in 1..count.max(1) {
-        all.push(clone(&socket)?);
-    }
-    all.push(socket);
-    Ok(all)
 }
 
 /// Fails (`AddrInUse`) when another socket already holds `addr`. Sluice's own sockets
@@ -287,29 +247,6 @@ impl SocketBlocks {
 /// A deadline no timer reaches, for a timer that is off.
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
-}
-
-/// What the accept loops of a server do with their sockets when told to stop.
-#[derive(Clone, Debug, Default)]
-pub struct OnStop(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
-
-impl OnStop {
-    /// The sockets on `addrs` are wanted by the servers that replace this one (same
-    /// address): give them back with their queues of not yet accepted connections
-    /// intact.
-    pub fn hand_over(&self, addrs: &[SocketAddr]) {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .extend_from_slice(addrs);
-    }
-
-    fn handing_over(&self, addr: SocketAddr) -> bool {
-        self.0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(&addr)
-    }
 }
 
 /// Accepts clients until `accept_stop` is cancelled, spawning one tracked task each on

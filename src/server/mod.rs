@@ -31,6 +31,7 @@ mod bandwidth;
 mod certificates;
 mod rebuild;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +46,8 @@ use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::descriptors::DescriptorBudget;
 use crate::discovery;
 use crate::listener::{self, Listeners};
-use crate::proxy::state::ServerShared;
+use crate::proxy::state::carried::Carried;
+use crate::proxy::state::{Gate, ServerShared};
 use crate::proxy::udp;
 use crate::tasks::Tasks;
 use crate::workers::Workers;
@@ -65,6 +67,12 @@ pub struct Lifecycle {
     pub hard_stop: CancellationToken,
     /// The descriptors UDP sessions may hold (the process's, but for tests).
     pub budget: Arc<DescriptorBudget>,
+    /// What a binary upgrade carried over, by server, each taken by its server as it
+    /// starts.
+    pub carried: Arc<std::sync::Mutex<BTreeMap<String, Carried>>>,
+    /// UDP servers start receiving once it opens: at once, but after a binary upgrade
+    /// once the previous process has stopped receiving and handed over its sessions.
+    pub udp_receive: Gate,
 }
 
 /// A running server: the tasks behind one `[servers.NAME]`.
@@ -92,6 +100,9 @@ pub struct Server {
     on_stop: listener::OnStop,
     /// One per worker; a TCP loop ends with its socket when handing it over.
     accept_tasks: Vec<JoinHandle<Option<std::net::TcpListener>>>,
+    /// Another descriptor of every listening socket, to pass to the process of a binary
+    /// upgrade while the accept loops go on with theirs.
+    kept: Vec<Listeners>,
 }
 
 impl Server {
@@ -112,7 +123,16 @@ impl Server {
                 None => *addr,
             });
         }
+        let kept = listening
+            .iter()
+            .map(|(_, sockets)| sockets.try_clone())
+            .collect::<std::io::Result<Vec<_>>>()?;
         let shared = Arc::new(ServerShared::new(name, &config).with_listeners(&local_addrs));
+        let carried = life
+            .carried
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name);
         let (tasks, background) = (Tasks::new(), life.graceful.child_token());
         let settings = Arc::new(config.clone());
         let certificates =
@@ -123,6 +143,15 @@ impl Server {
             background.clone(),
             tasks.clone(),
         ));
+        if let Some(carried) = carried {
+            shared.receive(carried);
+            // What no backend or client asked for within a session's life is stale.
+            let (shared, stale) = (Arc::clone(&shared), carried_for(&config));
+            tasks.spawn(&background, async move {
+                tokio::time::sleep(stale).await;
+                shared.forget_carried();
+            });
+        }
         // A dynamic kind starts empty: the runner's first fetch follows at once.
         let specs = config
             .discovery
@@ -142,6 +171,7 @@ impl Server {
             deadlines: life.hard_stop.child_token(),
             on_stop: listener::OnStop::default(),
             accept_tasks: Vec::new(),
+            kept,
         };
         server.start_discovery(&config.discovery);
         for (_, sockets) in listening {
@@ -180,6 +210,8 @@ impl Server {
                         socket,
                         shared,
                         stop.clone(),
+                        self.on_stop.clone(),
+                        life.udp_receive.clone(),
                         tracker.clone(),
                         hard_stop.clone(),
                         Arc::clone(&life.budget),
@@ -320,6 +352,9 @@ impl Server {
     /// servers that take those addresses; on the others the connections already queued
     /// are accepted and served, and the sockets closed.
     pub async fn stop(mut self, hand_over: &[SocketAddr]) -> Vec<(SocketAddr, Listeners)> {
+        // The loops close what they do not hand over; a descriptor kept here would hold
+        // such a socket open, taking connections no one accepts.
+        self.kept.clear();
         self.on_stop.hand_over(hand_over);
         self.accept_stop.cancel();
         self.background.cancel();
@@ -341,6 +376,35 @@ impl Server {
         sockets
     }
 
+    /// Another descriptor of each of its listening sockets (every worker's), for the
+    /// process of a binary upgrade.
+    pub fn descriptors(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
+        let mut all = Vec::new();
+        for sockets in &self.kept {
+            all.extend(sockets.descriptors()?);
+        }
+        Ok(all)
+    }
+
+    /// The process of a binary upgrade serves every listening socket from now on: when
+    /// the accept loops stop, they leave the sockets as they are (a TCP queue is the new
+    /// process's to accept, a UDP socket keeps receiving for it).
+    fn handing_over(&self) {
+        self.on_stop.hand_over(&self.local_addrs);
+    }
+
+    /// Stops accepting (and receiving), leaving every listening socket to the process
+    /// of a binary upgrade, and returns once every loop has stopped: from then on no new
+    /// connection or UDP session starts here. Established ones run on.
+    pub async fn hand_over(&mut self) {
+        self.handing_over();
+        self.accept_stop.cancel();
+        for task in self.accept_tasks.drain(..) {
+            let _ = task.await;
+        }
+        self.kept.clear();
+    }
+
     /// Ends every background task of the server, pending drain deadlines included, and
     /// waits until they have ended.
     pub async fn end_tasks(&self) {
@@ -348,4 +412,14 @@ impl Server {
         self.deadlines.cancel();
         self.tasks.wait().await;
     }
+}
+
+/// How long what a binary upgrade carried over waits to be asked for: a UDP session's
+/// idle time (a client silent for longer would have lost its session anyway), and at
+/// least a minute for a discovery's first answer.
+fn carried_for(config: &ServerConfig) -> Duration {
+    let idle = config
+        .client_idle_timeout
+        .unwrap_or(udp::DEFAULT_SESSION_TIMEOUT);
+    idle.max(Duration::from_secs(60))
 }

@@ -98,7 +98,7 @@ impl PoolRebuilder {
             .iter()
             .map(|b| (b.key(), &b.state))
             .collect();
-        let backends = build_backends(&settings, &state.specs, &by_key, &self.hard_stop);
+        let backends = build_backends(&self.shared, &settings, &state.specs, &by_key, &self.hard_stop);
         let pool = Arc::new(Pool::new(settings.balance, backends));
         resolve::resolve_now(&pool).await;
         let matcher = settings.sni.as_ref().map(|sni| {
@@ -167,8 +167,10 @@ impl PoolRebuilder {
 }
 
 /// PoolRebuilder for `specs` under `config`, reusing the live state of those already known
-/// by key; new ones have their connections tied to `hard_stop`.
+/// by key; new ones have their connections tied to `hard_stop`, and start with the
+/// health a binary upgrade carried over for them, if any.
 fn build_backends(
+    server: &ServerShared,
     config: &ServerConfig,
     specs: &[BackendSpec],
     known: &HashMap<&str, &Arc<BackendState>>,
@@ -182,7 +184,13 @@ fn build_backends(
         .map(|spec| {
             let backend = match known.get(spec.key().as_str()) {
                 Some(state) => Backend::with_state(spec.clone(), Arc::clone(state)),
-                None => Backend::new(spec.clone(), initially_healthy),
+                // After an upgrade, the health the previous process saw.
+                None => Backend::new(
+                    spec.clone(),
+                    server
+                        .carried_health(&spec.key())
+                        .unwrap_or(initially_healthy),
+                ),
             }
             .with_server_sources(sources.as_ref());
             backend.state.link_to(hard_stop);

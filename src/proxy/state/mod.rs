@@ -2,6 +2,7 @@
 //! snapshots, its counters (a UDP server's in `udp`), its clients (`clients`, for client
 //! protection), and the slot each open connection holds.
 
+pub mod carried;
 pub mod clients;
 pub mod udp;
 
@@ -73,6 +74,8 @@ pub struct ServerShared {
     /// Set while "no backend available" has been logged and not yet recovered, so the
     /// transition is logged once rather than once per refused client.
     no_backend_logged: AtomicBool,
+    /// What a binary upgrade hands over, both ways (see [`carried`]).
+    pub(crate) carried: carried::CarriedState,
 }
 
 impl ServerShared {
@@ -91,6 +94,7 @@ impl ServerShared {
             clients: Clients::new(),
             listeners: Vec::new(),
             no_backend_logged: AtomicBool::new(false),
+            carried: carried::CarriedState::default(),
         }
     }
 
@@ -239,5 +243,56 @@ impl ActiveSlot {
 impl Drop for ActiveSlot {
     fn drop(&mut self) {
         self.server.stats.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What the accept loops of a server (TCP and UDP) do with their sockets when told to
+/// stop: close them, or leave them to whoever listens on the address next.
+#[derive(Clone, Debug, Default)]
+pub struct OnStop(Arc<std::sync::Mutex<Vec<SocketAddr>>>);
+
+impl OnStop {
+    /// The sockets on `addrs` are wanted by the servers that replace this one (same
+    /// address): give them back with their queues of not yet accepted connections
+    /// intact.
+    pub fn hand_over(&self, addrs: &[SocketAddr]) {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .extend_from_slice(addrs);
+    }
+
+    pub fn handing_over(&self, addr: SocketAddr) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&addr)
+    }
+}
+
+/// A latch: shut until [`Gate::open`], then open for good, for every copy.
+#[derive(Clone, Debug)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    /// A gate that is open already.
+    pub fn opened() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(true)))
+    }
+
+    /// A gate shut until [`Gate::open`].
+    pub fn shut() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::Sender::new(false)))
+    }
+
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    /// Returns once the gate is open.
+    pub async fn wait(&self) {
+        let mut open = self.0.subscribe();
+        // The sender lives as long as this gate: `wait_for` cannot fail.
+        let _ = open.wait_for(|open| *open).await;
     }
 }

@@ -35,7 +35,8 @@ use tracing::{debug, error};
 use super::CloseReason;
 use crate::config::ServerConfig;
 use crate::descriptors::{DescriptorBudget, Reclaim};
-use crate::proxy::state::ServerShared;
+use crate::proxy::state::carried::{CarriedSession, SessionTable};
+use crate::proxy::state::{Gate, OnStop, ServerShared};
 
 mod evict;
 mod session;
@@ -113,6 +114,8 @@ pub async fn serve(
     socket: std::net::UdpSocket,
     server: Arc<ServerShared>,
     stop: CancellationToken,
+    on_stop: OnStop,
+    opened: Gate,
     tracker: TaskTracker,
     hard_stop: CancellationToken,
     budget: Arc<DescriptorBudget>,
@@ -151,6 +154,16 @@ pub async fn serve(
     });
     let holder = Arc::downgrade(&listening.unanswered);
     listening.budget.register(holder as Weak<dyn Reclaim>);
+    let table = Arc::downgrade(&listening);
+    listening
+        .server
+        .register_sessions(table as Weak<dyn SessionTable>);
+    // After a binary upgrade, the previous process reads until it hands over its
+    // sessions; reading before would open sessions it already has.
+    tokio::select! {
+        _ = stop.cancelled() => {}
+        () = opened.wait() => {}
+    }
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -162,6 +175,11 @@ pub async fn serve(
             }
         }
         receive_batch(&listening);
+    }
+    // Handed to the process of a binary upgrade, which receives on the same socket.
+    if on_stop.handing_over(bound) {
+        debug!(server = %listening.server.name, "stopped receiving; socket handed over");
+        return;
     }
     // Sessions still send replies from this socket for a moment, so it stays open; but
     // a server bound to the same address meanwhile must get every new datagram. A
@@ -352,6 +370,22 @@ fn current_session(listening: &Listening, key: SessionKey) -> Option<Arc<Session
     // Already ending for its own reason, or its backend is down now.
     session.end(Ending::BackendDown);
     None
+}
+
+impl SessionTable for Listening {
+    fn sessions(&self, into: &mut Vec<CarriedSession>) {
+        let sessions = lock(&self.sessions);
+        into.extend(
+            sessions
+                .values()
+                .filter(|s| s.takes_requests())
+                .map(|s| CarriedSession {
+                    client: s.client,
+                    local: s.local,
+                    backend: s.backend.key().to_owned(),
+                }),
+        );
+    }
 }
 
 /// Removes `session` from the table if it is still the one there for its client.

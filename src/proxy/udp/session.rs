@@ -215,7 +215,7 @@ pub(super) fn open(
             Arc::new(Backend::new(spec, true)).try_acquire()
         }
         (BalanceKind::OriginalDestination, _) => None,
-        _ => pool.pick(client.ip(), &[]),
+        _ => carried_backend(server, client, local).or_else(|| pool.pick(client.ip(), &[])),
     };
     let Some(guard) = picked else {
         server.note_no_backend();
@@ -287,6 +287,22 @@ pub(super) fn open(
         held,
     ));
     Ok(session)
+}
+
+/// The backend the previous process's session of this client had, after a binary
+/// upgrade, while it is still in the pool and available.
+fn carried_backend(
+    server: &ServerShared,
+    client: SocketAddr,
+    local: Option<SocketAddr>,
+) -> Option<ConnGuard> {
+    let key = server.carried_session(client, local)?;
+    let pool = server.pool.load();
+    let backend = pool.backends().iter().find(|b| b.key() == key)?;
+    if !backend.is_available() {
+        return None;
+    }
+    backend.try_acquire()
 }
 
 /// What a session's reply task holds until it ends: its backend's count and its server
