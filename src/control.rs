@@ -72,6 +72,14 @@ impl Control {
         Ok(())
     }
 
+    /// Holds off every change (reloads, API edits) for as long as the guard lives: a
+    /// binary upgrade hands over the configuration as it is.
+    pub async fn exclusive(&self) -> Result<tokio::sync::MutexGuard<'_, ()>, ControlError> {
+        let edit = self.edit.lock().await;
+        self.refuse_when_stopping()?;
+        Ok(edit)
+    }
+
     /// Re-reads the configuration file and applies it.
     pub async fn reload(&self) -> Result<Vec<Change>, ControlError> {
         let _edit = self.edit.lock().await;

@@ -73,4 +73,5 @@ pub mod service;
 pub mod signals;
 pub mod tasks;
 pub mod tls;
+pub mod upgrade;
 pub mod workers;

@@ -21,12 +21,15 @@ pub struct PidFile {
 }
 
 impl PidFile {
-    /// Writes this process's id to `path`, unless the file names another live process.
-    pub fn create(path: &Path) -> anyhow::Result<PidFile> {
+    /// Writes this process's id to `path`, unless the file names another live process
+    /// (but `replacing`, the process a binary upgrade takes over from).
+    pub fn create(path: &Path, replacing: Option<u32>) -> anyhow::Result<PidFile> {
         let pid = std::process::id();
         match std::fs::read_to_string(path) {
             Ok(text) => {
-                if let Some(other) = live_pid(&text).filter(|&other| other != pid) {
+                let other =
+                    live_pid(&text).filter(|&other| other != pid && Some(other) != replacing);
+                if let Some(other) = other {
                     bail!(
                         "{}: a process with pid {other} is running (another Sluice?); stop it \
                          or remove the file",
@@ -80,7 +83,7 @@ mod tests {
         let path = dir.path().join("sluice.pid");
         // PID 1 is always alive.
         std::fs::write(&path, "1\n").expect("write");
-        let err = PidFile::create(&path).expect_err("pid 1 is alive");
+        let err = PidFile::create(&path, None).expect_err("pid 1 is alive");
         assert!(err.to_string().contains("pid 1 is running"), "{err}");
         // A child that has exited and been reaped names no process.
         let mut child = std::process::Command::new("true").spawn().expect("spawn");
@@ -88,7 +91,7 @@ mod tests {
         child.wait().expect("wait");
         for stale in [format!("{gone}\n"), "not a pid".to_owned(), String::new()] {
             std::fs::write(&path, stale).expect("write");
-            let pidfile = PidFile::create(&path).expect("a stale file is taken over");
+            let pidfile = PidFile::create(&path, None).expect("a stale file is taken over");
             let written = std::fs::read_to_string(&path).expect("read");
             assert_eq!(written, format!("{}\n", std::process::id()));
             drop(pidfile);

@@ -330,6 +330,17 @@ impl Runtime {
             .collect()
     }
 
+    /// Takes what a binary upgrade's previous process handed over after the servers
+    /// started (its UDP sessions), each server its own.
+    pub async fn receive(&self, carried: BTreeMap<String, Carried>) {
+        let state = self.state.lock().await;
+        for (name, carried) in carried {
+            if let Some(server) = state.servers.get(&name) {
+                server.shared.receive(carried);
+            }
+        }
+    }
+
     /// What every server would carry over to a binary upgrade's new process now.
     pub async fn carry(&self) -> BTreeMap<String, Carried> {
         let state = self.state.lock().await;
@@ -407,10 +418,12 @@ fn bind(
         v6_only: addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port()),
         ours,
     };
-    listener::bind(config.protocol, addr, count, options, server).map_err(|source| BindError::Listen {
-        server: server.to_owned(),
-        addr,
-        source,
+    listener::bind(config.protocol, addr, count, options, server).map_err(|source| {
+        BindError::Listen {
+            server: server.to_owned(),
+            addr,
+            source,
+        }
     })
 }
 

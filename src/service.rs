@@ -22,6 +22,15 @@ pub fn reloading() {
     }
 }
 
+/// A binary upgrade handed over to process `pid`, the service's main process from now
+/// on; this one drains and exits.
+pub fn main_pid(pid: u32) {
+    send(&[
+        NotifyState::MainPid(pid),
+        NotifyState::Status("handed over; draining"),
+    ]);
+}
+
 /// Shutdown starts: no new connections; open ones drain.
 pub fn stopping() {
     send(&[NotifyState::Stopping]);

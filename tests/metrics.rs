@@ -45,6 +45,7 @@ impl Served {
             listener,
             config,
             Arc::clone(&runtime),
+            tokio_util::sync::CancellationToken::new(),
         ));
         Served { runtime, metrics }
     }

@@ -34,6 +34,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tower_http::timeout::TimeoutLayer;
 use tracing::{debug, warn};
 
@@ -60,15 +61,19 @@ pub struct Endpoint {
     /// HTTPS when set.
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub max_connections: usize,
+    /// Stops accepting (a binary upgrade's new process serves); requests under way end
+    /// on their own.
+    pub stop: CancellationToken,
 }
 
-/// Serves `app` on `endpoint` until the process ends.
+/// Serves `app` on `endpoint` until the process ends or `endpoint.stop`.
 pub async fn serve(endpoint: Endpoint, app: Router) {
     let Endpoint {
         what,
         listener,
         tls,
         max_connections,
+        stop,
     } = endpoint;
     let app = app
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
@@ -82,7 +87,11 @@ pub async fn serve(endpoint: Endpoint, app: Router) {
     let descriptors = DescriptorBudget::control();
     let refusals = Refusals::default();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(e) if crate::descriptors::is_exhaustion(&e) => {
                 warn!(error = %e, "{what}: accept failed; pausing");

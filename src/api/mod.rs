@@ -154,13 +154,14 @@ fn cors_layer(cors: &Cors) -> Option<CorsLayer> {
     }
 }
 
-/// Serves the API on `listener` until the process ends: HTTPS with `tls` (loaded
-/// beforehand, so a bad certificate fails start-up), else plain HTTP.
+/// Serves the API on `listener` until the process ends or `stop`: HTTPS with `tls`
+/// (loaded beforehand, so a bad certificate fails start-up), else plain HTTP.
 pub async fn serve(
     listener: TcpListener,
     config: ApiConfig,
     tls: Option<Arc<rustls::ServerConfig>>,
     state: ApiState,
+    stop: tokio_util::sync::CancellationToken,
 ) {
     let app = router(&config, state);
     let endpoint = Endpoint {
@@ -168,6 +169,7 @@ pub async fn serve(
         listener,
         tls,
         max_connections: config.max_connections as usize,
+        stop,
     };
     admin_http::serve(endpoint, app).await;
 }

@@ -18,12 +18,21 @@ use crate::api::{self, ApiState};
 use crate::backend::AdminState;
 use crate::config::{self, Config, HealthKind, Requested};
 use crate::control::Control;
+use crate::listener::passed::Owner;
 use crate::origin::Origin;
 use crate::pidfile::PidFile;
+use crate::proxy::state::carried::Carried;
+use crate::proxy::state::Gate;
+use crate::runtime::Inherited;
 use crate::runtime::Runtime;
 use crate::signals::{Signal, Signals};
+use crate::upgrade::control_socket::{Answer, Asked};
+use crate::upgrade::{self, Handover, Inheriting};
 use crate::workers::Workers;
 use crate::{demo, logging};
+use std::collections::BTreeMap;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 const EXAMPLES: &str = "\
 Examples:
@@ -62,6 +71,15 @@ pub struct Cli {
     /// Worker threads, each with its own listener (default: one per CPU core).
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// A Unix socket (mode 0600) where a running Sluice takes `sluice upgrade` requests;
+    /// give `sluice upgrade` the same path.
+    #[arg(
+        long,
+        global = true,
+        value_name = "PATH",
+        env = "SLUICE_CONTROL_SOCKET"
+    )]
+    pub control_socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -102,6 +120,20 @@ pub enum Command {
         after_help = "A UDP health check (kind = \"udp\") needs a configuration file: sluice run -c FILE."
     )]
     Udp(UdpArgs),
+    /// Replace the running Sluice (the one on --control-socket) with a new process
+    /// without closing a port: the new one takes every listening socket and the
+    /// run-time state, then the old one drains and exits. Exits non-zero, with the
+    /// reason, when the new process cannot start (the old one serves on). SIGUSR2 on
+    /// the running process does the same with its own binary.
+    Upgrade {
+        /// The program to run (default: the running one's own path, where a package
+        /// upgrade puts the new version).
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// How long the new process may take to be ready.
+        #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Start three demo backends and a balancer in front of them.
     Demo {
         /// Where the demo balancer listens (another free port is used if this one is taken).
@@ -110,37 +142,66 @@ pub enum Command {
     },
 }
 
+/// How the balancer runs, beyond its configuration.
+struct Launch {
+    threads: Option<usize>,
+    control_socket: Option<PathBuf>,
+    /// After an upgrade: the pid file to take over once this process serves.
+    pidfile: Option<PathBuf>,
+    /// Started by a binary upgrade: the running process's sockets and state.
+    inheriting: Option<Inheriting>,
+}
+
 /// Runs the parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let threads = cli.threads;
     let format = cli.format;
     let file = |path: PathBuf| Origin::File { path, format };
-    // Held until the process ends, which removes the file. `check` and `convert` run
-    // no balancer and leave it alone.
+    // `check`, `convert` and `upgrade` run no balancer and leave the pid file alone.
     let runs = !matches!(
         cli.command,
-        Some(Command::Check { .. } | Command::Convert { .. })
+        Some(Command::Check { .. } | Command::Convert { .. } | Command::Upgrade { .. })
     );
+    // Before any thread starts: it clears its variable from the environment.
+    let inheriting = match Inheriting::from_env().filter(|_| runs) {
+        Some(Ok(inheriting)) => Some(inheriting),
+        Some(Err(e)) => bail!("cannot take over from the running Sluice: {e}"),
+        None => None,
+    };
+    // Held until the process ends, which removes the file. After an upgrade, taken
+    // over once this process serves (see `serve`).
     let _pidfile = match &cli.pidfile {
-        Some(path) if runs => Some(PidFile::create(path)?),
+        Some(path) if runs && inheriting.is_none() => Some(PidFile::create(path, None)?),
         _ => None,
+    };
+    let mut launch = Launch {
+        threads: cli.threads,
+        control_socket: cli.control_socket.clone(),
+        pidfile: cli.pidfile.clone().filter(|_| inheriting.is_some()),
+        inheriting,
     };
     match (cli.command, cli.config) {
         (Some(Command::Run { config: path }), _)
         | (Some(Command::FromFile { path }), _)
-        | (None, Some(path)) => run_from(file(path), threads),
-        (Some(Command::FromUrl { url }), _) => run_from(Origin::Url { url, format }, threads),
+        | (None, Some(path)) => run_from(file(path), launch),
+        (Some(Command::FromUrl { url }), _) => run_from(Origin::Url { url, format }, launch),
         (Some(Command::Check { config }), _) => Ok(check(&config, format)),
         (Some(Command::Convert { config }), _) => Ok(convert(&config, format)),
+        (Some(Command::Upgrade { binary, timeout }), _) => {
+            upgrade(cli.control_socket.as_deref(), binary, timeout)
+        }
         (Some(Command::Tcp(args)), _) => {
-            let config = quick_config(&args.quick, Some(&args.tcp))?;
+            let config = quick_config(&args.quick, Some(&args.tcp))
+                .map_err(|e| refuse(launch.inheriting.as_ref(), e))?;
+            let config = handed_over(&mut launch, None)?.unwrap_or(config);
             logging::init(&config.logging)?;
-            serve(config, None, threads)
+            serve(config, None, launch)
         }
         (Some(Command::Udp(args)), _) => {
-            let config = quick_udp_config(&args)?;
+            let config =
+                quick_udp_config(&args).map_err(|e| refuse(launch.inheriting.as_ref(), e))?;
+            let config = handed_over(&mut launch, None)?.unwrap_or(config);
             logging::init(&config.logging)?;
-            serve(config, None, threads)
+            serve(config, None, launch)
         }
         (Some(Command::Demo { listen }), _) => demo::run(listen),
         (None, None) => {
@@ -279,12 +340,74 @@ pub fn summary(config: &Config) -> String {
     out
 }
 
-/// Runs the configuration `origin` holds, read again at every reload.
-fn run_from(origin: Origin, threads: Option<usize>) -> anyhow::Result<ExitCode> {
+/// `sluice upgrade`: asks the Sluice on `control_socket` to upgrade and reports how it
+/// went.
+fn upgrade(
+    control_socket: Option<&Path>,
+    binary: Option<PathBuf>,
+    timeout: std::time::Duration,
+) -> anyhow::Result<ExitCode> {
+    let Some(path) = control_socket else {
+        bail!("give --control-socket PATH: the control socket the running Sluice was started with");
+    };
+    let binary = match binary {
+        Some(binary) => Some(
+            std::fs::canonicalize(&binary)
+                .with_context(|| format!("--binary {}", binary.display()))?,
+        ),
+        None => None,
+    };
+    let request = upgrade::Request {
+        binary,
+        timeout_ms: Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
+    };
+    match upgrade::control_socket::ask(path, &request)? {
+        Answer::Upgraded { pid } => {
+            write_out(&format!(
+                "upgraded: the new process (pid {pid}) serves; the old one drains and exits\n"
+            ));
+            Ok(ExitCode::SUCCESS)
+        }
+        Answer::Error(reason) => {
+            write_err(&format!(
+                "upgrade failed: {reason}\nthe running Sluice serves on unchanged\n"
+            ));
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// Tells the process an upgrade would replace that this one cannot start (it then
+/// serves on), and returns the error.
+fn refuse(inheriting: Option<&Inheriting>, error: anyhow::Error) -> anyhow::Error {
+    if let Some(inheriting) = inheriting {
+        inheriting.fail(&format!("{error:#}"));
+    }
+    error
+}
+
+/// Started by an upgrade: the configuration the previous process ran (its API edits
+/// included), its relative paths taken from `dir`.
+fn handed_over(launch: &mut Launch, dir: Option<&Path>) -> anyhow::Result<Option<Config>> {
+    let Some(inheriting) = &launch.inheriting else {
+        return Ok(None);
+    };
+    let name = Path::new("(the configuration handed over)");
+    match config::read(&inheriting.config, name, dir, config::Format::Toml) {
+        Ok(loaded) => Ok(Some(loaded.config)),
+        Err(errors) => Err(refuse(Some(inheriting), anyhow!("{errors}"))),
+    }
+}
+
+/// Runs the configuration `origin` holds, read again at every reload. After an upgrade,
+/// the configuration the previous process ran instead; the file is still read, so one
+/// this binary cannot read fails the upgrade rather than a later reload.
+fn run_from(origin: Origin, mut launch: Launch) -> anyhow::Result<ExitCode> {
     let loaded = match control_runtime()?.block_on(origin.load()) {
         Ok(loaded) => loaded,
         Err(errors) => {
             write_err(&format!("{errors}\n"));
+            let _ = refuse(launch.inheriting.as_ref(), anyhow!("{errors}"));
             return Ok(ExitCode::FAILURE);
         }
     };
@@ -292,17 +415,27 @@ fn run_from(origin: Origin, threads: Option<usize>) -> anyhow::Result<ExitCode> 
     for warning in &loaded.warnings {
         warn!("{warning}");
     }
-    serve(loaded.config, Some(origin), threads)
+    let dir = origin.file().and_then(|path| config::config_dir(path).ok());
+    let config = handed_over(&mut launch, dir.as_deref())?.unwrap_or(loaded.config);
+    serve(config, Some(origin), launch)
 }
 
-/// Runs `config` until SIGTERM/SIGINT; SIGHUP reads `origin` again when there is one.
-fn serve(
-    config: Config,
-    origin: Option<Origin>,
-    threads: Option<usize>,
-) -> anyhow::Result<ExitCode> {
+/// Runs `config` until SIGTERM/SIGINT or a binary upgrade hands over; SIGHUP reads
+/// `origin` again when there is one.
+fn serve(config: Config, origin: Option<Origin>, launch: Launch) -> anyhow::Result<ExitCode> {
+    let Launch {
+        threads,
+        control_socket,
+        pidfile,
+        mut inheriting,
+    } = launch;
     let workers = threads.unwrap_or_else(Workers::default_count);
-    anyhow::ensure!(workers > 0, "--threads must be at least 1");
+    if workers == 0 {
+        return Err(refuse(
+            inheriting.as_ref(),
+            anyhow!("--threads must be at least 1"),
+        ));
+    }
     // Before the runtimes start their threads: it clears LISTEN_FDS from the environment.
     let passed = crate::listener::passed::adopt_from_service_manager();
     if passed > 0 {
@@ -319,52 +452,185 @@ fn serve(
     let rt = control_runtime()?;
     rt.block_on(async {
         let mut signals = Signals::new().context("cannot install signal handlers")?;
-        let api = config.api.clone();
-        let metrics = config.metrics.clone();
-        let runtime = Arc::new(Runtime::start_with_workers(config, workers).await?);
-        let reloadable = origin.is_some();
-        let control = Arc::new(Control::new(Arc::clone(&runtime), origin));
-        if let Some(api) = api {
-            start_api(api, Arc::clone(&control)).await?;
-        }
-        if let Some(metrics) = metrics {
-            let bind = metrics
-                .bind
-                .resolve()
+        let carried = inheriting.as_mut().map(|i| std::mem::take(&mut i.carried));
+        let started = start(config, origin, workers, control_socket.as_deref(), carried).await;
+        let mut running = match started {
+            Ok(running) => running,
+            Err(e) => return Err(refuse(inheriting.as_ref(), e)),
+        };
+        let mut _pidfile = None;
+        if let Some(inheriting) = inheriting {
+            // The previous process stops accepting and hands over its UDP sessions.
+            let sessions = tokio::task::spawn_blocking(move || inheriting.ready())
                 .await
-                .map_err(|e| anyhow!("metrics: {e}"))?;
-            let listener = tokio::net::TcpListener::bind(bind)
-                .await
-                .with_context(|| format!("metrics: cannot listen on {}", metrics.bind))?;
-            // The address bound: port 0 in the file stands for the one the system picked.
-            let addr = listener.local_addr().unwrap_or(bind);
-            info!(url = %format!("http://{addr}/metrics"), "metrics endpoint listening");
-            let runtime = Arc::clone(&runtime);
-            tokio::spawn(async move { crate::metrics::serve(listener, metrics, runtime).await });
-        }
-        crate::service::ready();
-        crate::service::spawn_watchdog();
-        while signals.next().await == Signal::Reload {
-            // Errors are logged by `reload`; the previous configuration keeps running.
-            if !reloadable {
-                info!("SIGHUP ignored: no configuration file");
-            } else {
-                let _ = control.reload().await;
+                .unwrap_or_default();
+            running.control.runtime().receive(sessions).await;
+            running.udp_receive.open();
+            let previous = std::os::unix::process::parent_id();
+            info!(previous, "took over from the previous process");
+            if let Some(path) = &pidfile {
+                match PidFile::create(path, Some(previous)) {
+                    Ok(file) => _pidfile = Some(file),
+                    Err(e) => warn!("{e:#}"),
+                }
             }
         }
-        crate::service::stopping();
+        crate::listener::passed::close_unclaimed();
+        crate::service::ready();
+        crate::service::spawn_watchdog();
+        running.run(&mut signals).await
+    })
+}
+
+/// What runs once every listener is bound.
+struct Running {
+    control: Arc<Control>,
+    handover: Handover,
+    /// Requests from the control socket.
+    asked: mpsc::Receiver<Asked>,
+    /// Open unless this process took over from another that still receives UDP.
+    udp_receive: Gate,
+}
+
+/// Starts every server, the API, the metrics endpoint and the control socket, on the
+/// sockets an upgrade or the service manager passed where they match.
+async fn start(
+    config: Config,
+    origin: Option<Origin>,
+    workers: usize,
+    control_socket: Option<&Path>,
+    carried: Option<BTreeMap<String, Carried>>,
+) -> anyhow::Result<Running> {
+    let api = config.api.clone();
+    let metrics = config.metrics.clone();
+    let udp_receive = match carried {
+        Some(_) => Gate::shut(),
+        None => Gate::opened(),
+    };
+    let inherited = Inherited {
+        carried: carried.unwrap_or_default(),
+        udp_receive: udp_receive.clone(),
+    };
+    let budget = crate::descriptors::DescriptorBudget::process();
+    let runtime = Runtime::start_inheriting(config, workers, budget, inherited).await?;
+    let runtime = Arc::new(runtime);
+    let control = Arc::new(Control::new(Arc::clone(&runtime), origin));
+    let mut handover = Handover::new(CancellationToken::new());
+    if let Some(api) = api {
+        start_api_on(api, Arc::clone(&control), Some(&mut handover)).await?;
+    }
+    if let Some(metrics) = metrics {
+        let bind = metrics
+            .bind
+            .resolve()
+            .await
+            .map_err(|e| anyhow!("metrics: {e}"))?;
+        let listener = listen_tcp(Owner::Metrics, bind, &mut handover)
+            .with_context(|| format!("metrics: cannot listen on {}", metrics.bind))?;
+        // The address bound: port 0 in the file stands for the one the system picked.
+        let addr = listener.local_addr().unwrap_or(bind);
+        info!(url = %format!("http://{addr}/metrics"), "metrics endpoint listening");
+        let (runtime, stop) = (Arc::clone(&runtime), handover.stop_token());
+        tokio::spawn(async move { crate::metrics::serve(listener, metrics, runtime, stop).await });
+    }
+    let (ask, asked) = mpsc::channel(4);
+    if let Some(path) = control_socket {
+        let listener = upgrade::control_socket::listen(path)
+            .with_context(|| format!("control socket {}", path.display()))?;
+        handover.keep(Owner::Control, &listener)?;
+        info!(path = %path.display(), "control socket listening");
+        let stop = handover.stop_token();
+        tokio::spawn(upgrade::control_socket::serve(listener, ask, stop));
+    }
+    Ok(Running {
+        control,
+        handover,
+        asked,
+        udp_receive,
+    })
+}
+
+impl Running {
+    /// Serves until SIGTERM/SIGINT, or until a binary upgrade hands over; then drains.
+    async fn run(&mut self, signals: &mut Signals) -> anyhow::Result<ExitCode> {
+        let control = Arc::clone(&self.control);
+        let runtime = Arc::clone(control.runtime());
+        let mut upgraded = None;
+        loop {
+            let (request, reply) = tokio::select! {
+                signal = signals.next() => match signal {
+                    Signal::Reload => {
+                        // Errors are logged by `reload`; the previous configuration
+                        // keeps running.
+                        if control.origin().is_none() {
+                            info!("SIGHUP ignored: no configuration file");
+                        } else {
+                            let _ = control.reload().await;
+                        }
+                        continue;
+                    }
+                    Signal::Upgrade => (upgrade::Request::default(), None),
+                    Signal::Terminate => break,
+                },
+                Some((request, reply)) = self.asked.recv() => (request, Some(reply)),
+            };
+            let answer = match self.handover.upgrade(&control, &request).await {
+                Ok(done) => {
+                    let pid = done.pid;
+                    upgraded = Some(done);
+                    Answer::Upgraded { pid }
+                }
+                Err(e) => Answer::Error(e.to_string()),
+            };
+            if let Some(reply) = reply {
+                let _ = reply.send(answer);
+            }
+            if upgraded.is_some() {
+                break;
+            }
+        }
+        if upgraded.is_none() {
+            crate::service::stopping();
+        }
         let grace = runtime.config().await.shutdown_timeout;
         info!(grace = ?grace, "shutting down: no new connections; waiting for open ones");
         let hurry = async {
             while signals.next().await != Signal::Terminate {
-                info!("SIGHUP ignored: shutting down");
+                info!("signal ignored: shutting down");
             }
         };
         if runtime.shutdown(grace, hurry).await {
             info!("all connections finished; bye");
         }
+        drop(upgraded);
         Ok(ExitCode::SUCCESS)
-    })
+    }
+}
+
+/// A TCP listener for `owner` on `addr`: the one passed by the process this one
+/// replaces, or a new one; kept for the next upgrade.
+fn listen_tcp(
+    owner: Owner,
+    addr: SocketAddr,
+    handover: &mut Handover,
+) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = match crate::listener::passed::take_tcp(&owner, addr) {
+        Some(listener) => listener,
+        None => {
+            let socket = socket2::Socket::new(
+                socket2::Domain::for_address(addr),
+                socket2::Type::STREAM,
+                Some(socket2::Protocol::TCP),
+            )?;
+            socket.set_reuse_address(true)?;
+            socket.bind(&addr.into())?;
+            socket.listen(1024)?;
+            socket.into()
+        }
+    };
+    listener.set_nonblocking(true)?;
+    handover.keep(owner, &listener)?;
+    tokio::net::TcpListener::from_std(listener)
 }
 
 /// Binds the admin API (failing start-up if it cannot) and serves it in the background.
@@ -372,6 +638,16 @@ fn serve(
 pub async fn start_api(
     config: config::ApiConfig,
     control: Arc<Control>,
+) -> anyhow::Result<SocketAddr> {
+    start_api_on(config, control, None).await
+}
+
+/// [`start_api`], keeping its socket for a binary upgrade when `handover` is given (and
+/// taking the one an upgrade passed).
+async fn start_api_on(
+    config: config::ApiConfig,
+    control: Arc<Control>,
+    handover: Option<&mut Handover>,
 ) -> anyhow::Result<SocketAddr> {
     let tls = match &config.tls {
         Some(files) => Some(crate::tls::server_config(files, &[b"http/1.1"]).context("api.tls")?),
@@ -382,9 +658,17 @@ pub async fn start_api(
         .resolve()
         .await
         .map_err(|e| anyhow!("api: {e}"))?;
-    let listener = tokio::net::TcpListener::bind(bind)
-        .await
-        .with_context(|| format!("api: cannot listen on {}", config.bind))?;
+    let (listener, stop) = match handover {
+        Some(handover) => (
+            listen_tcp(Owner::Api, bind, handover),
+            handover.stop_token(),
+        ),
+        None => (
+            tokio::net::TcpListener::bind(bind).await,
+            CancellationToken::new(),
+        ),
+    };
+    let listener = listener.with_context(|| format!("api: cannot listen on {}", config.bind))?;
     let addr = listener.local_addr()?;
     let scheme = if tls.is_some() { "https" } else { "http" };
     info!(url = %format!("{scheme}://{addr}/"), dashboard = %format!("{scheme}://{addr}/ui"), "admin API listening");
@@ -393,7 +677,7 @@ pub async fn start_api(
         control,
         started: std::time::SystemTime::now(),
     };
-    tokio::spawn(api::serve(listener, config, tls, state));
+    tokio::spawn(api::serve(listener, config, tls, state, stop));
     Ok(addr)
 }
 

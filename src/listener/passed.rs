@@ -157,7 +157,8 @@ pub(super) fn take(
     let mut taken = Vec::new();
     let mut index = 0;
     while index < passed.len() {
-        let same = passed[index].socket.is(protocol) && passed[index].socket.local_addr() == Some(bound);
+        let same =
+            passed[index].socket.is(protocol) && passed[index].socket.local_addr() == Some(bound);
         if same {
             taken.push(passed.remove(index).socket);
         } else {
@@ -175,11 +176,21 @@ pub(super) fn take(
         }
     }
     Some(if protocol == Protocol::Udp {
-        fill(udp, count, std::net::UdpSocket::try_clone, std::net::UdpSocket::set_nonblocking)
-            .map(Listeners::Udp)
+        fill(
+            udp,
+            count,
+            std::net::UdpSocket::try_clone,
+            std::net::UdpSocket::set_nonblocking,
+        )
+        .map(Listeners::Udp)
     } else {
-        fill(tcp, count, std::net::TcpListener::try_clone, std::net::TcpListener::set_nonblocking)
-            .map(Listeners::Tcp)
+        fill(
+            tcp,
+            count,
+            std::net::TcpListener::try_clone,
+            std::net::TcpListener::set_nonblocking,
+        )
+        .map(Listeners::Tcp)
     })
 }
 

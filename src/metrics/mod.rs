@@ -40,9 +40,14 @@ pub fn router(runtime: Arc<Runtime>) -> Router {
 /// Metrics connections open at once; a scraper needs one.
 const MAX_CONNECTIONS: usize = 16;
 
-/// Serves [`router`] on `listener` until the process ends, behind the same guard and
-/// credentials as the API (see [`crate::admin_http`]).
-pub async fn serve(listener: TcpListener, config: MetricsConfig, runtime: Arc<Runtime>) {
+/// Serves [`router`] on `listener` until the process ends or `stop`, behind the same
+/// guard and credentials as the API (see [`crate::admin_http`]).
+pub async fn serve(
+    listener: TcpListener,
+    config: MetricsConfig,
+    runtime: Arc<Runtime>,
+    stop: tokio_util::sync::CancellationToken,
+) {
     let auth = Auth::new(config.basic_auth.as_ref(), config.bearer_token.as_deref());
     let guard = Guard {
         allowed_hosts: config.allowed_hosts.clone(),
@@ -63,6 +68,7 @@ pub async fn serve(listener: TcpListener, config: MetricsConfig, runtime: Arc<Ru
         listener,
         tls: None,
         max_connections: MAX_CONNECTIONS,
+        stop,
     };
     admin_http::serve(endpoint, app).await;
 }

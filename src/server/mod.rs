@@ -206,16 +206,15 @@ impl Server {
             Listeners::Udp(sockets) => {
                 for (index, socket) in sockets.into_iter().enumerate() {
                     let shared = Arc::clone(&self.shared);
-                    let serve = udp::serve(
-                        socket,
-                        shared,
-                        stop.clone(),
-                        self.on_stop.clone(),
-                        life.udp_receive.clone(),
-                        tracker.clone(),
-                        hard_stop.clone(),
-                        Arc::clone(&life.budget),
-                    );
+                    let lifetime = udp::Lifetime {
+                        stop: stop.clone(),
+                        on_stop: self.on_stop.clone(),
+                        opened: life.udp_receive.clone(),
+                        tracker: tracker.clone(),
+                        hard_stop: hard_stop.clone(),
+                        budget: Arc::clone(&life.budget),
+                    };
+                    let serve = udp::serve(socket, shared, lifetime);
                     self.spawn_on_worker(life, index, async move {
                         serve.await;
                         None

@@ -98,7 +98,13 @@ impl PoolRebuilder {
             .iter()
             .map(|b| (b.key(), &b.state))
             .collect();
-        let backends = build_backends(&self.shared, &settings, &state.specs, &by_key, &self.hard_stop);
+        let backends = build_backends(
+            &self.shared,
+            &settings,
+            &state.specs,
+            &by_key,
+            &self.hard_stop,
+        );
         let pool = Arc::new(Pool::new(settings.balance, backends));
         resolve::resolve_now(&pool).await;
         let matcher = settings.sni.as_ref().map(|sni| {

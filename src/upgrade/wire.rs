@@ -131,7 +131,10 @@ mod tests {
         let (a, b) = UnixStream::pair().expect("pair");
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
-        let addrs = (tcp.local_addr().expect("addr"), udp.local_addr().expect("addr"));
+        let addrs = (
+            tcp.local_addr().expect("addr"),
+            udp.local_addr().expect("addr"),
+        );
         let fds = vec![OwnedFd::from(tcp), OwnedFd::from(udp)];
         let owners = vec![Owner::Server("web".into()), Owner::Api];
         send(&a, &ToNew::Sockets(owners.clone()), &fds).expect("send");
@@ -155,7 +158,13 @@ mod tests {
         let mut fds = fds.into_iter();
         let tcp = std::net::TcpListener::from(fds.next().expect("tcp"));
         let udp = std::net::UdpSocket::from(fds.next().expect("udp"));
-        assert_eq!((tcp.local_addr().expect("addr"), udp.local_addr().expect("addr")), addrs);
+        assert_eq!(
+            (
+                tcp.local_addr().expect("addr"),
+                udp.local_addr().expect("addr")
+            ),
+            addrs
+        );
         let (message, fds) = receive::<ToNew>(&b).expect("receive");
         assert!(fds.is_empty());
         assert!(matches!(message, ToNew::State { config, .. } if config == big));
@@ -167,7 +176,9 @@ mod tests {
     fn a_bad_message_is_an_error() {
         let (a, b) = UnixStream::pair().expect("pair");
         let mut writer = &a;
-        writer.write_all(&[0, 0, 0, 3, b'{', b'x', b'}']).expect("write");
+        writer
+            .write_all(&[0, 0, 0, 3, b'{', b'x', b'}'])
+            .expect("write");
         assert!(receive::<ToNew>(&b).is_err());
         writer.write_all(&[0xff, 0xff, 0xff, 0xff]).expect("write");
         assert!(receive::<ToNew>(&b).is_err());

@@ -108,18 +108,33 @@ struct Listening {
 /// intercepting.
 type SessionKey = (SocketAddr, Option<SocketAddr>);
 
-/// Serves one worker's socket until `stop` is cancelled. Runs on the worker's runtime,
-/// which the sessions' sockets and tasks then belong to.
-pub async fn serve(
-    socket: std::net::UdpSocket,
-    server: Arc<ServerShared>,
-    stop: CancellationToken,
-    on_stop: OnStop,
-    opened: Gate,
-    tracker: TaskTracker,
-    hard_stop: CancellationToken,
-    budget: Arc<DescriptorBudget>,
-) {
+/// When a UDP worker's loop receives, and what it shares with the rest of the process.
+pub struct Lifetime {
+    /// Cancelled when its server stops receiving.
+    pub stop: CancellationToken,
+    /// Whether the socket is left to whoever listens next, when `stop` comes.
+    pub on_stop: OnStop,
+    /// Receiving starts once it opens.
+    pub opened: Gate,
+    /// Every session's reply task, so shutdown waits for them.
+    pub tracker: TaskTracker,
+    /// Cancelled when the shutdown grace period is over.
+    pub hard_stop: CancellationToken,
+    /// Where sessions take their descriptors from.
+    pub budget: Arc<DescriptorBudget>,
+}
+
+/// Serves one worker's socket from when `life.opened` opens until `life.stop`. Runs on
+/// the worker's runtime, which the sessions' sockets and tasks then belong to.
+pub async fn serve(socket: std::net::UdpSocket, server: Arc<ServerShared>, life: Lifetime) {
+    let Lifetime {
+        stop,
+        on_stop,
+        opened,
+        tracker,
+        hard_stop,
+        budget,
+    } = life;
     let socket = match UdpSocket::from_std(socket) {
         Ok(socket) => socket,
         Err(e) => {
