@@ -33,7 +33,7 @@ use tracing::{info, warn};
 use crate::config::{self, Binds, Config, Protocol};
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
-use crate::proxy::state::carried::Carried;
+use crate::proxy::state::carried::{Carried, SessionSocket};
 use crate::proxy::state::{Gate, ServerShared};
 use crate::reload::{self, Change};
 use crate::server::{Lifecycle, Server};
@@ -316,9 +316,9 @@ impl Runtime {
 
     /// A binary upgrade's new process serves from now on: every server stops accepting
     /// and receiving, leaving its sockets to it, and returns once none will start a
-    /// connection or session; then what each carries over (health, blocked clients, UDP
-    /// sessions). Established connections run on until [`Runtime::shutdown`].
-    pub async fn hand_over(&self) -> BTreeMap<String, Carried> {
+    /// connection or session; then each server's UDP sessions, with their sockets.
+    /// Established connections run on until [`Runtime::shutdown`].
+    pub async fn hand_over(&self) -> Vec<(String, Vec<SessionSocket>)> {
         let mut state = self.state.lock().await;
         for server in state.servers.values_mut() {
             server.hand_over().await;
@@ -326,17 +326,18 @@ impl Runtime {
         state
             .servers
             .iter()
-            .map(|(name, server)| (name.clone(), server.shared.carry()))
+            .map(|(name, server)| (name.clone(), server.shared.carry_sessions()))
+            .filter(|(_, sessions)| !sessions.is_empty())
             .collect()
     }
 
-    /// Takes what a binary upgrade's previous process handed over after the servers
-    /// started (its UDP sessions), each server its own.
-    pub async fn receive(&self, carried: BTreeMap<String, Carried>) {
+    /// Takes the UDP sessions a binary upgrade's previous process handed over once it
+    /// stopped receiving, each server its own.
+    pub async fn receive_sessions(&self, sessions: Vec<(String, Vec<SessionSocket>)>) {
         let state = self.state.lock().await;
-        for (name, carried) in carried {
+        for (name, sessions) in sessions {
             if let Some(server) = state.servers.get(&name) {
-                server.shared.receive(carried);
+                server.shared.receive_sessions(sessions);
             }
         }
     }

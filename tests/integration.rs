@@ -27,3 +27,4 @@ mod sni;
 mod tls;
 mod transparent;
 mod udp;
+mod upgrade;

@@ -494,7 +494,7 @@ async fn check_summarises_every_tag_of_a_backend() {
 }
 
 /// The next notification Sluice sends the service manager, or why none came.
-async fn notified(socket: &tokio::net::UnixDatagram) -> String {
+pub(crate) async fn notified(socket: &tokio::net::UnixDatagram) -> String {
     let mut buf = vec![0u8; 4096];
     let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
         .await
@@ -504,7 +504,7 @@ async fn notified(socket: &tokio::net::UnixDatagram) -> String {
 }
 
 /// Notifications until one contains `wanted` (watchdog pings come in between).
-async fn notified_with(socket: &tokio::net::UnixDatagram, wanted: &str) -> String {
+pub(crate) async fn notified_with(socket: &tokio::net::UnixDatagram, wanted: &str) -> String {
     for _ in 0..100 {
         let message = notified(socket).await;
         if message.contains(wanted) {

@@ -464,7 +464,7 @@ fn serve(config: Config, origin: Option<Origin>, launch: Launch) -> anyhow::Resu
             let sessions = tokio::task::spawn_blocking(move || inheriting.ready())
                 .await
                 .unwrap_or_default();
-            running.control.runtime().receive(sessions).await;
+            running.control.runtime().receive_sessions(sessions).await;
             running.udp_receive.open();
             let previous = std::os::unix::process::parent_id();
             info!(previous, "took over from the previous process");

@@ -263,3 +263,62 @@ pub fn close_unclaimed() {
         info!(%addr, "a passed socket no server listens on is closed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reuseport_listener(addr: SocketAddr) -> std::net::TcpListener {
+        let socket =
+            socket2::Socket::new(Domain::for_address(addr), Type::STREAM, None).expect("socket");
+        socket.set_reuse_port(true).expect("reuseport");
+        socket.bind(&addr.into()).expect("bind");
+        socket.listen(16).expect("listen");
+        socket.into()
+    }
+
+    /// One test, as the pool is the process's.
+    #[test]
+    fn every_socket_of_an_address_goes_to_its_server_and_port_0_finds_its_own() {
+        let first = reuseport_listener("127.0.0.1:0".parse().expect("addr"));
+        let addr = first.local_addr().expect("addr");
+        let second = reuseport_listener(addr);
+        let other = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let other_addr = other.local_addr().expect("addr");
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let udp_addr = udp.local_addr().expect("addr");
+        for socket in [first, second] {
+            adopt(Owner::Server("web".into()), Socket::Tcp(socket));
+        }
+        adopt(Owner::Server("db".into()), Socket::Tcp(other));
+        adopt(Owner::Server("dns".into()), Socket::Udp(udp));
+
+        // Both of the address's sockets, though one worker asked; none of the others.
+        let Some(Ok(Listeners::Tcp(taken))) = take(Protocol::Tcp, addr, 1, "web") else {
+            panic!("the passed sockets");
+        };
+        assert_eq!(taken.len(), 2);
+        assert!(taken.iter().all(|s| s.local_addr().ok() == Some(addr)));
+        assert!(take(Protocol::Tcp, addr, 1, "web").is_none(), "taken once");
+        // Port 0: the port the same server was given, never another server's.
+        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
+        assert!(take(Protocol::Tcp, any, 1, "web").is_none());
+        assert!(
+            take(Protocol::Udp, other_addr, 1, "db").is_none(),
+            "not UDP"
+        );
+        let Some(Ok(Listeners::Tcp(taken))) = take(Protocol::Tcp, any, 3, "db") else {
+            panic!("db's socket");
+        };
+        assert_eq!(taken.len(), 3, "duplicated up to the workers");
+        assert!(taken
+            .iter()
+            .all(|s| s.local_addr().ok() == Some(other_addr)));
+        let Some(Ok(Listeners::Udp(taken))) = take(Protocol::Udp, udp_addr, 1, "anyone") else {
+            panic!("matched by address");
+        };
+        assert_eq!(taken.len(), 1);
+        close_unclaimed();
+        assert!(passed().is_empty());
+    }
+}

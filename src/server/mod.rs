@@ -210,6 +210,7 @@ impl Server {
                         stop: stop.clone(),
                         on_stop: self.on_stop.clone(),
                         opened: life.udp_receive.clone(),
+                        socket_index: index,
                         tracker: tracker.clone(),
                         hard_stop: hard_stop.clone(),
                         budget: Arc::clone(&life.budget),

@@ -44,7 +44,7 @@ use tracing::{info, warn};
 use crate::config::dump::{self, Secrets};
 use crate::control::{Control, ControlError};
 use crate::listener::passed::{self, Owner, Socket};
-use crate::proxy::state::carried::Carried;
+use crate::proxy::state::carried::{Carried, CarriedSession, SessionSocket};
 use wire::{ToNew, ToOld};
 
 /// Names the handover socket in the new process's environment.
@@ -196,16 +196,14 @@ impl Handover {
         let sessions = runtime.hand_over().await;
         self.control_plane_stop.cancel();
         crate::service::main_pid(pid);
-        let go =
-            tokio::task::spawn_blocking(move || wire::send(&stream, &ToNew::Go(sessions), &[]));
-        match go.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                warn!(error = %e, "cannot tell the new process to go on; it will after a while")
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot tell the new process to go on; it will after a while")
-            }
+        let go = tokio::task::spawn_blocking(move || send_sessions(&stream, sessions));
+        let failed = match go.await {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(error) = failed {
+            warn!(%error, "cannot hand over the UDP sessions; the new process goes on after a while");
         }
         info!(
             pid,
@@ -282,6 +280,24 @@ fn start_new(
     }
 }
 
+/// Sends each server's UDP sessions with their sockets, then tells the new process to
+/// go on alone.
+fn send_sessions(
+    stream: &UnixStream,
+    sessions: Vec<(String, Vec<SessionSocket>)>,
+) -> io::Result<()> {
+    for (server, sessions) in sessions {
+        let mut sessions = sessions.into_iter().peekable();
+        while sessions.peek().is_some() {
+            let (sessions, fds): (Vec<CarriedSession>, Vec<OwnedFd>) =
+                sessions.by_ref().take(wire::MAX_FDS).unzip();
+            let server = server.clone();
+            wire::send(stream, &ToNew::Sessions { server, sessions }, &fds)?;
+        }
+    }
+    wire::send(stream, &ToNew::Go, &[])
+}
+
 /// The child's exit status, if it ends within a second.
 fn wait_briefly(child: &mut Child) -> Option<ExitStatus> {
     for _ in 0..100 {
@@ -340,7 +356,9 @@ impl Inheriting {
                         carried,
                     })
                 }
-                (ToNew::Go(_), _) => return Err(io::Error::other("told to go before the state")),
+                (ToNew::Sessions { .. } | ToNew::Go, _) => {
+                    return Err(io::Error::other("sessions before the state"))
+                }
             }
         }
     }
@@ -353,24 +371,30 @@ impl Inheriting {
     }
 
     /// Tells the running process this one serves, and waits until it has stopped
-    /// accepting; returns the UDP sessions it handed over. Blocks: call it off the
-    /// event loop.
-    pub fn ready(self) -> BTreeMap<String, Carried> {
+    /// accepting; returns the UDP sessions it handed over, by server. Blocks: call it
+    /// off the event loop.
+    pub fn ready(self) -> Vec<(String, Vec<SessionSocket>)> {
         let pid = std::process::id();
+        let mut handed = Vec::new();
         if let Err(e) = wire::send(&self.stream, &ToOld::Ready { pid }, &[]) {
             warn!(error = %e, "cannot tell the running process this one is ready");
-            return BTreeMap::new();
+            return handed;
         }
         let _ = self.stream.set_read_timeout(Some(GO_TIMEOUT));
-        match wire::receive::<ToNew>(&self.stream) {
-            Ok((ToNew::Go(sessions), _)) => sessions,
-            Ok((other, _)) => {
-                warn!(?other, "unexpected message from the previous process");
-                BTreeMap::new()
-            }
-            Err(e) => {
-                warn!(error = %e, "the previous process did not hand over its sessions; serving alone");
-                BTreeMap::new()
+        loop {
+            match wire::receive::<ToNew>(&self.stream) {
+                Ok((ToNew::Go, _)) => return handed,
+                Ok((ToNew::Sessions { server, sessions }, fds)) if sessions.len() == fds.len() => {
+                    handed.push((server, sessions.into_iter().zip(fds).collect()));
+                }
+                Ok((other, _)) => {
+                    warn!(?other, "unexpected message from the previous process");
+                    return handed;
+                }
+                Err(e) => {
+                    warn!(error = %e, "the previous process did not finish handing over; serving alone");
+                    return handed;
+                }
             }
         }
     }

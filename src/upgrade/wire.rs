@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::listener::passed::Owner;
-use crate::proxy::state::carried::Carried;
+use crate::proxy::state::carried::{Carried, CarriedSession};
 
 /// Descriptors sent with one message: the kernel takes at most 253 (`SCM_MAX_FD`).
 pub const MAX_FDS: usize = 200;
@@ -37,9 +37,15 @@ pub enum ToNew {
         config: String,
         carried: BTreeMap<String, Carried>,
     },
-    /// The running process has stopped accepting and receiving: the new one serves.
-    /// Each UDP server's sessions, for their clients' next datagrams.
-    Go(BTreeMap<String, Carried>),
+    /// UDP sessions of a server, once the running process has stopped receiving; each
+    /// session's socket rides with the message, at its place. More may follow.
+    Sessions {
+        server: String,
+        sessions: Vec<CarriedSession>,
+    },
+    /// The running process has stopped accepting and receiving, and every session is
+    /// sent: the new one serves alone.
+    Go,
 }
 
 /// From the new process to the running one.

@@ -35,7 +35,7 @@ use tracing::{debug, error};
 use super::CloseReason;
 use crate::config::ServerConfig;
 use crate::descriptors::{DescriptorBudget, Reclaim};
-use crate::proxy::state::carried::{CarriedSession, SessionTable};
+use crate::proxy::state::carried::{CarriedSession, SessionSocket, SessionTable};
 use crate::proxy::state::{Gate, OnStop, ServerShared};
 
 mod evict;
@@ -78,6 +78,8 @@ struct Listening {
     bound: SocketAddr,
     /// Which of its server's listeners it is (for their counters).
     listener: Option<usize>,
+    /// Which of its address's sockets it is (one per worker, at least).
+    socket_index: usize,
     /// Bound to a wildcard address, or intercepting: each datagram's local address (its
     /// original destination) is read, with this port for a wildcard's, and replies
     /// leave from it.
@@ -116,6 +118,8 @@ pub struct Lifetime {
     pub on_stop: OnStop,
     /// Receiving starts once it opens.
     pub opened: Gate,
+    /// Which of its address's sockets it serves.
+    pub socket_index: usize,
     /// Every session's reply task, so shutdown waits for them.
     pub tracker: TaskTracker,
     /// Cancelled when the shutdown grace period is over.
@@ -131,6 +135,7 @@ pub async fn serve(socket: std::net::UdpSocket, server: Arc<ServerShared>, life:
         stop,
         on_stop,
         opened,
+        socket_index,
         tracker,
         hard_stop,
         budget,
@@ -156,6 +161,7 @@ pub async fn serve(socket: std::net::UdpSocket, server: Arc<ServerShared>, life:
         socket,
         bound,
         listener,
+        socket_index,
         local_port,
         kernel_drops: AtomicU32::new(0),
         server,
@@ -177,7 +183,7 @@ pub async fn serve(socket: std::net::UdpSocket, server: Arc<ServerShared>, life:
     // sessions; reading before would open sessions it already has.
     tokio::select! {
         _ = stop.cancelled() => {}
-        () = opened.wait() => {}
+        () = opened.wait() => adopt_sessions(&listening),
     }
     loop {
         tokio::select! {
@@ -388,19 +394,48 @@ fn current_session(listening: &Listening, key: SessionKey) -> Option<Arc<Session
 }
 
 impl SessionTable for Listening {
-    fn sessions(&self, into: &mut Vec<CarriedSession>) {
+    fn sessions(&self, into: &mut Vec<SessionSocket>) {
+        use std::os::fd::AsFd;
         let sessions = lock(&self.sessions);
-        into.extend(
-            sessions
-                .values()
-                .filter(|s| s.takes_requests())
-                .map(|s| CarriedSession {
-                    client: s.client,
-                    local: s.local,
-                    backend: s.backend.key().to_owned(),
-                }),
-        );
+        for session in sessions.values().filter(|s| s.takes_requests()) {
+            let Ok(socket) = session.upstream.as_fd().try_clone_to_owned() else {
+                continue;
+            };
+            let carried = CarriedSession {
+                listener: self.bound,
+                socket: self.socket_index,
+                client: session.client,
+                local: session.local,
+                backend: session.backend.key().to_owned(),
+            };
+            into.push((carried, socket));
+        }
     }
+}
+
+/// Takes over the sessions the process a binary upgrade replaced had on this socket.
+fn adopt_sessions(listening: &Arc<Listening>) {
+    let adoptable = listening
+        .server
+        .adoptable(listening.bound, listening.socket_index);
+    if adoptable.is_empty() {
+        return;
+    }
+    let settings = listening.server.settings.load();
+    let (mut taken, offered) = (0usize, adoptable.len());
+    for (carried, socket) in adoptable {
+        // Taken here, it keeps its backend without asking again.
+        let _ = listening
+            .server
+            .carried_session(carried.client, carried.local);
+        match session::adopt(listening, &settings, &carried, socket.into()) {
+            Ok(_) => taken += 1,
+            Err(_) => {
+                debug!(server = %listening.server.name, client = %carried.client, "a UDP session was not taken over")
+            }
+        }
+    }
+    debug!(server = %listening.server.name, taken, offered, "UDP sessions taken over");
 }
 
 /// Removes `session` from the table if it is still the one there for its client.

@@ -33,6 +33,7 @@ use crate::backend::{Backend, ConnGuard};
 use crate::balance::BalanceKind;
 use crate::config::{BackendPort, ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
+use crate::proxy::state::carried::CarriedSession;
 use crate::proxy::state::clients::{ClientShared, ClientSource};
 use crate::proxy::state::{ActiveSlot, ServerShared};
 use crate::proxy::{connect, CloseReason};
@@ -197,16 +198,7 @@ pub(super) fn open(
     local: Option<SocketAddr>,
 ) -> Result<Arc<Session>, Refusal> {
     let server = &listening.server;
-    let slot = ActiveSlot::acquire(server, settings.max_connections)
-        .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
-    slot.admit_client(&settings.limits, client.ip(), ClientSource::Peer)
-        .map_err(|_| Refusal::Closed(CloseReason::RateLimited))?;
-    // With the budget used up, the oldest session that never had a reply gives up its
-    // descriptor (see `evict`); only when none can is the datagram dropped.
-    let descriptor = listening
-        .budget
-        .take_or_reclaim()
-        .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
+    let (slot, descriptor) = admit(listening, settings, client)?;
     let pool = server.pool.load();
     let picked = match (settings.balance, local) {
         // Where an intercepted client was going: a backend of its own for the session.
@@ -221,22 +213,7 @@ pub(super) fn open(
         server.note_no_backend();
         return Err(Refusal::Closed(CloseReason::NoBackend));
     };
-    // Intercepted, replies leave from where the client was going, which is not this
-    // host's address: a socket of their own, and a descriptor of its own.
-    let reply = match (settings.intercept, local) {
-        (true, Some(from)) => {
-            let descriptor = listening
-                .budget
-                .take_or_reclaim()
-                .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
-            let socket = socket::reply_from(from).map_err(|e| {
-                debug!(server = %server.name, %from, error = %e, "cannot open a UDP socket to reply from");
-                Refusal::Dropped(UdpDrop::of(&e))
-            })?;
-            Some((socket, descriptor))
-        }
-        _ => None,
-    };
+    let reply = reply_socket(listening, settings, local)?;
     let backend = Arc::clone(guard.backend());
     let Some(&target) = backend.addrs().first() else {
         // A host name not resolved (yet): as good as no backend.
@@ -261,18 +238,115 @@ pub(super) fn open(
     })?;
     server.note_backend_found();
     server.stats.accepted.fetch_add(1, Ordering::Relaxed);
+    let sockets = (upstream, reply);
+    Ok(establish(
+        listening,
+        settings,
+        (client, local),
+        (guard, slot),
+        sockets,
+        descriptor,
+    ))
+}
+
+/// Takes over a session of the process a binary upgrade replaced: its socket, still
+/// connected to its backend (so the backend sees the same peer), and its backend, if it
+/// is still in the pool.
+pub(super) fn adopt(
+    listening: &Arc<Listening>,
+    settings: &ServerConfig,
+    carried: &CarriedSession,
+    socket: std::net::UdpSocket,
+) -> Result<Arc<Session>, Refusal> {
+    let server = &listening.server;
+    let (slot, descriptor) = admit(listening, settings, carried.client)?;
+    let pool = server.pool.load();
+    let guard = pool
+        .backends()
+        .iter()
+        .find(|b| b.key() == carried.backend && b.is_healthy())
+        .and_then(Backend::try_acquire)
+        .ok_or(Refusal::Closed(CloseReason::NoBackend))?;
+    let reply = reply_socket(listening, settings, carried.local)?;
+    let upstream = socket
+        .set_nonblocking(true)
+        .and_then(|()| UdpSocket::from_std(socket))
+        .map_err(|e| Refusal::Dropped(UdpDrop::of(&e)))?;
+    let key = (carried.client, carried.local);
+    let sockets = (upstream, reply);
+    Ok(establish(
+        listening,
+        settings,
+        key,
+        (guard, slot),
+        sockets,
+        descriptor,
+    ))
+}
+
+/// A slot under `max_connections` and the client's limits, and a descriptor.
+fn admit(
+    listening: &Listening,
+    settings: &ServerConfig,
+    client: SocketAddr,
+) -> Result<(ActiveSlot, Descriptor), Refusal> {
+    let server = &listening.server;
+    let slot = ActiveSlot::acquire(server, settings.max_connections)
+        .ok_or(Refusal::Closed(CloseReason::MaxConnections))?;
+    slot.admit_client(&settings.limits, client.ip(), ClientSource::Peer)
+        .map_err(|_| Refusal::Closed(CloseReason::RateLimited))?;
+    // With the budget used up, the oldest session that never had a reply gives up its
+    // descriptor (see `evict`); only when none can is the datagram dropped.
+    let descriptor = listening
+        .budget
+        .take_or_reclaim()
+        .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
+    Ok((slot, descriptor))
+}
+
+/// Intercepting, replies leave from where the client was going, which is not this
+/// host's address: a socket of their own, and a descriptor of its own.
+fn reply_socket(
+    listening: &Listening,
+    settings: &ServerConfig,
+    local: Option<SocketAddr>,
+) -> Result<Option<(std::net::UdpSocket, Descriptor)>, Refusal> {
+    let (true, Some(from)) = (settings.intercept, local) else {
+        return Ok(None);
+    };
+    let descriptor = listening
+        .budget
+        .take_or_reclaim()
+        .ok_or(Refusal::Dropped(UdpDrop::NoDescriptor))?;
+    let socket = socket::reply_from(from).map_err(|e| {
+        debug!(server = %listening.server.name, %from, error = %e, "cannot open a UDP socket to reply from");
+        Refusal::Dropped(UdpDrop::of(&e))
+    })?;
+    Ok(Some((socket, descriptor)))
+}
+
+/// A session from its parts, in its client's table, its reply task started.
+fn establish(
+    listening: &Arc<Listening>,
+    settings: &ServerConfig,
+    key: (SocketAddr, Option<SocketAddr>),
+    (guard, slot): (ConnGuard, ActiveSlot),
+    sockets: (UdpSocket, Option<(std::net::UdpSocket, Descriptor)>),
+    descriptor: Descriptor,
+) -> Arc<Session> {
     let limits = &settings.limits;
     let buckets =
         limits.datagram_rate_per_client.is_some() || limits.byte_rate_per_client.is_some();
     let client_buckets = slot.client().filter(|_| buckets).cloned();
+    let backend = Arc::clone(guard.backend());
     let session = Arc::new(Session::new(
-        (client, local),
+        key,
         backend,
-        (upstream, reply),
+        sockets,
         descriptor,
         client_buckets,
     ));
-    lock(&listening.sessions).insert((client, local), Arc::clone(&session));
+    lock(&listening.sessions).insert(key, Arc::clone(&session));
     listening.unanswered.push(&session);
     let held = Held {
         _guard: guard,
@@ -286,7 +360,7 @@ pub(super) fn open(
         settings.udp,
         held,
     ));
-    Ok(session)
+    session
 }
 
 /// The backend the previous process's session of this client had, after a binary
