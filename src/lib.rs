@@ -3,10 +3,12 @@
 //! Module map, in reading order; a module imports only those below it (the lifecycle
 //! above the data path, the state the data path reads below it):
 //! - [`cli`]: the command line (`run`, `from-file`, `from-url`, `check`, `convert`,
-//!   `tcp`, `udp`, `demo`); [`demo`]: the demo's backends; [`logging`]: the log
-//!   subscriber; [`signals`]: SIGHUP, SIGTERM, SIGINT; [`pidfile`]: `-p FILE`;
+//!   `tcp`, `udp`, `upgrade`, `demo`); [`demo`]: the demo's backends; [`logging`]: the
+//!   log subscriber; [`signals`]: SIGHUP, SIGUSR2, SIGTERM, SIGINT; [`pidfile`]: `-p FILE`;
 //!   [`service`]: the service manager's notifications (systemd's `Type=notify`).
 //! - [`runtime`]: every running server; the one place runtime state changes.
+//! - [`upgrade`]: binary upgrade: a new process takes every listening socket and the
+//!   run-time state; the control socket `sluice upgrade` talks to.
 //! - [`control`]: reloads and API edits, both ending in `Runtime::apply`.
 //! - [`origin`]: where the configuration is read from: a file in any format, or a URL.
 //! - [`reload`]: what changes between two configurations, as a list of changes.
@@ -14,8 +16,9 @@
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server while it runs: its listeners, pool rebuilder,
 //!   health checks and discovery.
-//! - [`listener`]: binding, the accept loop, and the filter that drops blocked clients'
-//!   connection requests in the kernel.
+//! - [`listener`]: binding (or taking the sockets systemd or an upgrade passed), the
+//!   accept loop, and the filter that drops blocked clients' connection requests in the
+//!   kernel.
 //! - [`proxy`]: the life of one connection (admit → prelude → connect → relay →
 //!   finish): the ACL and connection limit, TLS termination, SNI routing, the PROXY
 //!   protocol, UDP sessions; and the state of a server its connections read.

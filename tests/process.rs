@@ -571,9 +571,10 @@ async fn systemd_hears_ready_reloading_stopping_and_the_watchdog() {
     assert!(status.success());
 }
 
-/// Starts Sluice the way systemd's socket activation does: a listening socket on fd 3,
-/// `LISTEN_FDS=1` and `LISTEN_PID` naming the process (python3 sets them up, then execs
-/// Sluice, so the pid is right). The configuration binds that socket's address.
+/// Starts Sluice the way systemd's socket activation does: listening sockets on fds 3
+/// and 4, `LISTEN_FDS=2`, `LISTEN_FDNAMES` and `LISTEN_PID` naming the process (python3
+/// sets them up, then execs Sluice, so the pid is right). The configuration binds the
+/// first socket's address; the second is named after a server that binds port 0.
 #[tokio::test]
 async fn a_listener_passed_by_the_service_manager_is_used() {
     let backend = TestBackend::named("a").await;
@@ -586,20 +587,26 @@ async fn a_listener_passed_by_the_service_manager_is_used() {
     let script = r#"
 import os, socket, sys
 binary, config, port_file, backend = sys.argv[1:5]
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(128)
-port = s.getsockname()[1]
+sockets = []
+for _ in range(2):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(128)
+    sockets.append(s)
+port, named = (s.getsockname()[1] for s in sockets)
 with open(config, "w") as f:
-    f.write(f'[servers.test]\nbind = "127.0.0.1:{port}"\n'
-            f'[servers.test.discovery]\nkind = "static"\nstatic_list = ["{backend}"]\n')
-if s.fileno() != 3:
-    os.dup2(s.fileno(), 3)
-os.set_inheritable(3, True)
-os.environ["LISTEN_FDS"] = "1"
+    for server, bind in (("test", f"127.0.0.1:{port}"), ("named", "127.0.0.1:0")):
+        f.write(f'[servers.{server}]\nbind = "{bind}"\n'
+                f'[servers.{server}.discovery]\nkind = "static"\nstatic_list = ["{backend}"]\n')
+fds = [os.dup(s.fileno()) for s in sockets]
+for target, fd in zip((3, 4), fds):
+    os.dup2(fd, target)
+    os.set_inheritable(target, True)
+os.environ["LISTEN_FDS"] = "2"
+os.environ["LISTEN_FDNAMES"] = "unknown:named"
 os.environ["LISTEN_PID"] = str(os.getpid())
 with open(port_file, "w") as f:
-    f.write(str(port))
+    f.write(f"{port} {named}")
 os.execv(binary, [binary, "run", "-c", config])
 "#;
     let log_file = std::fs::File::create(&log).expect("log file");
@@ -624,11 +631,17 @@ os.execv(binary, [binary, "run", "-c", config])
             && logged_server(&read_log(), "test").is_some()
     })
     .await;
-    let port: u16 = std::fs::read_to_string(&port_file)
-        .expect("port")
-        .trim()
-        .parse()
-        .expect("a port");
+    let ports: Vec<u16> = std::fs::read_to_string(&port_file)
+        .expect("ports")
+        .split_whitespace()
+        .map(|p| p.parse().expect("a port"))
+        .collect();
+    let (port, named) = (ports[0], ports[1]);
+    assert_eq!(
+        logged_server(&read_log(), "named").map(|a| a.port()),
+        Some(named),
+        "the socket named after the server"
+    );
     // Had Sluice bound the address itself, it would have found it taken, and exited.
     let (name, _) = hello(SocketAddr::from(([127, 0, 0, 1], port)), None).await;
     assert_eq!(name, "a", "{}", read_log());

@@ -4,9 +4,9 @@
 //! address takes it: a server (see [`super::bind`]), the API, the metrics endpoint, the
 //! control socket. A socket no one takes is closed when [`close_unclaimed`] runs.
 //!
-//! A socket from the service manager is matched by its address alone. One from an
-//! upgrade also names its owner, so a server whose `bind` asked for port 0 finds the
-//! port its predecessor was given; and an upgrade passes each worker's socket of an
+//! A socket is matched by its address; one that also names its owner (an upgrade's, or
+//! one the service manager names in `LISTEN_FDNAMES`) is matched by a server whose `bind`
+//! asks for port 0 on its host address, so it finds the port its predecessor was given; and an upgrade passes each worker's socket of an
 //! address (they share the port by `SO_REUSEPORT`), all of which the new server takes:
 //! one left behind would keep receiving its share of connections with no one accepting.
 
@@ -81,7 +81,7 @@ impl Socket {
 
 #[derive(Debug)]
 struct Passed {
-    /// Named by an upgrade; `None` from the service manager.
+    /// Named by an upgrade, or by the service manager's `LISTEN_FDNAMES`.
     owner: Option<Owner>,
     socket: Socket,
 }
@@ -98,9 +98,17 @@ fn passed() -> MutexGuard<'static, Vec<Passed>> {
 /// before any thread starts: it clears those variables from the environment. Returns
 /// how many were taken.
 pub fn adopt_from_service_manager() -> usize {
+    // Read first: it names the sockets listenfd is about to take, and goes with them.
+    let names: Vec<String> = std::env::var("LISTEN_FDNAMES")
+        .map(|names| names.split(':').map(str::to_owned).collect())
+        .unwrap_or_default();
     let mut fds = listenfd::ListenFd::from_env();
+    if fds.len() > 0 {
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
     let mut taken = 0;
     for index in 0..fds.len() {
+        let owner = names.get(index).and_then(|name| named(name));
         let socket = match fds.take_tcp_listener(index) {
             Ok(Some(listener)) => Some(Socket::Tcp(listener)),
             _ => match fds.take_udp_socket(index) {
@@ -110,10 +118,7 @@ pub fn adopt_from_service_manager() -> usize {
         };
         match socket {
             Some(socket) => {
-                passed().push(Passed {
-                    owner: None,
-                    socket,
-                });
+                passed().push(Passed { owner, socket });
                 taken += 1;
             }
             None => error!(
@@ -123,6 +128,19 @@ pub fn adopt_from_service_manager() -> usize {
         }
     }
     taken
+}
+
+/// Whose a socket the service manager named `name` (`FileDescriptorName=`) is: `api`,
+/// `metrics`, or a server's; systemd's defaults (`unknown`, `stored`, `connection`, or
+/// the unit's name) name no one in particular, and such a socket is matched by its
+/// address alone — as one of a server's that happens to be called so is too.
+fn named(name: &str) -> Option<Owner> {
+    match name {
+        "" | "unknown" | "stored" | "connection" => None,
+        "api" => Some(Owner::Api),
+        "metrics" => Some(Owner::Metrics),
+        server => Some(Owner::Server(server.to_owned())),
+    }
 }
 
 /// Keeps `socket`, passed by the Sluice this one replaces, for `owner`.
