@@ -162,7 +162,9 @@ async fn one_exchange(addr: SocketAddr, n: u64) -> std::io::Result<()> {
     Ok(())
 }
 
-fn config_with_udp(tcp: &[SocketAddr], udp: &[SocketAddr]) -> String {
+/// Two servers on port 0, TCP over `tcp` (`weights` beside them) and UDP over `udp`,
+/// with the API and metrics endpoint.
+fn config_with_udp(tcp: &[SocketAddr], weights: &[u32], udp: &[SocketAddr]) -> String {
     let list = |addrs: &[SocketAddr]| {
         addrs
             .iter()
@@ -170,6 +172,12 @@ fn config_with_udp(tcp: &[SocketAddr], udp: &[SocketAddr]) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let weighted = tcp
+        .iter()
+        .zip(weights)
+        .map(|(a, w)| format!("\"{a} weight={w}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     format!(
         r#"shutdown_timeout = "20s"
 
@@ -184,10 +192,10 @@ bind = "127.0.0.1:0"
 [servers.test]
 bind = "127.0.0.1:0"
 protocol = "tcp"
-balance = "roundrobin"
+balance = "weight"
   [servers.test.discovery]
   kind = "static"
-  static_list = [{}]
+  static_list = [{weighted}]
 
 [servers.dns]
 bind = "127.0.0.1:0"
@@ -197,17 +205,19 @@ balance = "roundrobin"
   kind = "static"
   static_list = [{}]
 "#,
-        list(tcp),
         list(udp)
     )
 }
 
+/// The shorter version of `scripts/bench-reload`: streams, new connections and UDP
+/// flows through reloads and both kinds of upgrade, nothing refused, cut or lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
+async fn reloads_and_upgrades_under_load_refuse_nothing_and_lose_nothing() {
     let (a, b) = (TestBackend::echo().await, TestBackend::echo().await);
+    let c = TestBackend::echo().await;
     let (u, v) = (UdpBackend::named("u").await, UdpBackend::named("v").await);
-    let mut sluice =
-        Upgradable::start(&config_with_udp(&[a.addr, b.addr], &[u.addr, v.addr])).await;
+    let udp = [u.addr, v.addr];
+    let mut sluice = Upgradable::start(&config_with_udp(&[a.addr, b.addr], &[1, 1], &udp)).await;
     let (tcp, dns) = (sluice.process.server("test"), sluice.process.server("dns"));
     let (api, metrics) = (sluice.process.api(), sluice.process.metrics());
     let first = sluice.pid();
@@ -238,7 +248,39 @@ async fn upgrades_under_load_refuse_nothing_and_lose_nothing() {
     })
     .await;
 
-    // SIGUSR2 on the new process does the same.
+    // Reloads of the new process: a backend added, weights changed, the backend removed.
+    let steps: [(&[SocketAddr], &[u32]); 3] = [
+        (&[a.addr, b.addr, c.addr], &[1, 1, 1]),
+        (&[a.addr, b.addr, c.addr], &[3, 1, 2]),
+        (&[a.addr, b.addr], &[1, 1]),
+    ];
+    for round in 0..3 {
+        for (step, (tcp, weights)) in steps.iter().enumerate() {
+            sluice.process.rewrite(&config_with_udp(tcp, weights, &udp));
+            let reloaded = sluice
+                .process
+                .log()
+                .matches("configuration reloaded")
+                .count();
+            let hup = std::process::Command::new("kill")
+                .args(["-HUP", &second.to_string()])
+                .status()
+                .expect("kill");
+            assert!(hup.success());
+            eventually(&format!("reload {round}.{step} done"), || async {
+                sluice
+                    .process
+                    .log()
+                    .matches("configuration reloaded")
+                    .count()
+                    > reloaded
+            })
+            .await;
+        }
+    }
+    assert!(c.accepted() > 0, "the added backend took connections");
+
+    // SIGUSR2 on the new process does the same as `sluice upgrade`.
     let kill = std::process::Command::new("kill")
         .args(["-USR2", &second.to_string()])
         .status()

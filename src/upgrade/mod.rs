@@ -171,6 +171,8 @@ impl Handover {
         let child = Command::new(&binary)
             .args(&self.args)
             .env(ENV, &path)
+            // It names this process: the new one would take the watchdog for another's.
+            .env_remove("WATCHDOG_PID")
             .stdin(Stdio::null())
             .spawn()
             .map_err(|source| UpgradeError::Spawn {

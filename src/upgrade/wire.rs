@@ -144,17 +144,18 @@ mod tests {
         let fds = vec![OwnedFd::from(tcp), OwnedFd::from(udp)];
         let owners = vec![Owner::Server("web".into()), Owner::Api];
         send(&a, &ToNew::Sockets(owners.clone()), &fds).expect("send");
+        // Larger than the socket's buffer: written while the other end reads.
         let big = "x".repeat(1 << 20);
-        send(
-            &a,
-            &ToNew::State {
-                config: big.clone(),
-                carried: BTreeMap::new(),
-            },
-            &[],
-        )
-        .expect("send");
-        drop(a);
+        let sender = {
+            let big = big.clone();
+            std::thread::spawn(move || {
+                let state = ToNew::State {
+                    config: big,
+                    carried: BTreeMap::new(),
+                };
+                send(&a, &state, &[]).expect("send");
+            })
+        };
 
         let (message, fds) = receive::<ToNew>(&b).expect("receive");
         let ToNew::Sockets(got) = message else {
@@ -174,6 +175,7 @@ mod tests {
         let (message, fds) = receive::<ToNew>(&b).expect("receive");
         assert!(fds.is_empty());
         assert!(matches!(message, ToNew::State { config, .. } if config == big));
+        sender.join().expect("sender");
         let end = receive::<ToNew>(&b).expect_err("closed");
         assert_eq!(end.kind(), io::ErrorKind::UnexpectedEof);
     }

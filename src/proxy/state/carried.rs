@@ -1,7 +1,9 @@
 //! What a server's run-time state hands to the same server in the process of a binary
 //! upgrade (see [`crate::upgrade`]), beyond its configuration: each backend's health,
 //! so nothing flaps to "down" and back while the new process's checks catch up; the
-//! clients blocked by client protection ([`Carried`], when the new process starts);
+//! clients client protection tracks, with their buckets, and those it blocks
+//! ([`Carried`], when the new process starts; a client's open connections stay counted
+//! by the process they are in);
 //! and each UDP session with its socket, still connected to its backend
 //! ([`CarriedSession`], once the old process has stopped receiving).
 //!
@@ -21,15 +23,18 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
+use super::clients::CarriedClient;
 use super::ServerShared;
 
 /// One server's carried state.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct Carried {
     /// Each backend's health, by key.
     pub health: BTreeMap<String, bool>,
     /// Blocked clients (prefixes), with the milliseconds each block has left.
     pub blocks: Vec<(String, u64)>,
+    /// Clients tracked by client protection: their buckets, refusals and rates.
+    pub clients: Vec<CarriedClient>,
 }
 
 /// One UDP session: the listening socket it came in on (its address, and which of
@@ -98,7 +103,12 @@ impl ServerShared {
                 (b.net.to_string(), u64::try_from(left).unwrap_or(u64::MAX))
             })
             .collect();
-        Carried { health, blocks }
+        let clients = self.clients.carry(now);
+        Carried {
+            health,
+            blocks,
+            clients,
+        }
     }
 
     /// Its UDP sessions, each with another descriptor of its socket, to hand over once
@@ -116,10 +126,11 @@ impl ServerShared {
         sessions
     }
 
-    /// Takes `carried` from this server's predecessor: its blocks at once; its health
-    /// states as backends ask for them.
+    /// Takes `carried` from this server's predecessor: its blocks and clients at once;
+    /// its health states as backends ask for them.
     pub fn receive(&self, carried: Carried) {
         let now = Instant::now();
+        self.clients.receive(carried.clients, now);
         for (net, left) in carried.blocks {
             if let Ok(net) = net.parse() {
                 self.clients

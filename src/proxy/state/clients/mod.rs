@@ -266,6 +266,19 @@ impl Client {
     }
 }
 
+/// A tracked client as a binary upgrade hands it over.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CarriedClient {
+    /// Its key: its address, or its network's first address with prefixes.
+    pub client: IpAddr,
+    /// Tokens left in its new-connection bucket, once it has one.
+    pub tokens: Option<f64>,
+    /// Connections refused by its rate since it was last admitted.
+    pub refusals: u32,
+    /// New connections it asked for per second, recently.
+    pub rate: f64,
+}
+
 /// A tracked client as the API lists it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ClientView {
@@ -525,6 +538,36 @@ impl Clients {
 
     fn shard_of(&self, key: &IpAddr) -> usize {
         (self.hasher.hash_one(key) % SHARDS as u64) as usize
+    }
+
+    /// Each tracked client's new-connection bucket, refusals and recent rate, for the
+    /// process of a binary upgrade. (Its open connections stay with this process, and
+    /// are counted here only.)
+    pub fn carry(&self, now: Instant) -> Vec<CarriedClient> {
+        let mut all = Vec::new();
+        for shard in &self.shards {
+            let table = lock(shard);
+            all.extend(table.iter().map(|(key, client)| CarriedClient {
+                client: *key,
+                tokens: client.tokens.map(|t| t.tokens),
+                refusals: client.refusals,
+                rate: client.rate_at(now),
+            }));
+        }
+        all
+    }
+
+    /// Takes the clients a binary upgrade's previous process tracked, as they were there
+    /// (their buckets as full as they were, not refilled).
+    pub fn receive(&self, clients: Vec<CarriedClient>, now: Instant) {
+        for carried in clients {
+            let mut client = Client::new(now);
+            client.tokens = carried.tokens.map(|tokens| Tokens { tokens, last: now });
+            client.refusals = carried.refusals;
+            client.recent = carried.rate;
+            let key = carried.client;
+            lock(&self.shards[self.shard_of(&key)]).put(key, client);
+        }
     }
 
     /// How many clients are tracked now.

@@ -292,3 +292,31 @@ fn a_client_back_to_flood_soon_after_its_block_is_blocked_at_once() {
     assert!(admit(later).is_err());
     assert_eq!(clients.blocks.count(later), 0);
 }
+
+#[test]
+fn a_client_used_up_stays_used_up_in_the_process_an_upgrade_starts() {
+    let (old, new) = (Clients::new(), Clients::new());
+    let limits = ClientLimits {
+        connection_rate_per_client: bucket("1/s", 2),
+        ..ClientLimits::default()
+    };
+    let now = Instant::now();
+    let client = ip("10.0.0.1");
+    for _ in 0..2 {
+        let admitted = old.admit("t", &limits, client, ClientSource::Peer, now);
+        assert!(matches!(admitted, Ok(Some(_))));
+    }
+    let refused = old.admit("t", &limits, client, ClientSource::Peer, now);
+    assert_eq!(refused.err(), Some(Limit::ClientRate));
+
+    let carried = old.carry(now);
+    assert_eq!(carried.len(), 1);
+    assert_eq!(carried[0].refusals, 1);
+    new.receive(carried, now);
+    let refused = new.admit("t", &limits, client, ClientSource::Peer, now);
+    assert_eq!(refused.err(), Some(Limit::ClientRate), "no fresh bucket");
+    // Another client starts full, as always.
+    assert!(new
+        .admit("t", &limits, ip("10.0.0.2"), ClientSource::Peer, now)
+        .is_ok());
+}
