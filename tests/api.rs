@@ -360,7 +360,7 @@ async fn authentication_is_required_when_configured() {
     let response = request(
         s.api,
         "GET",
-        "/ping",
+        "/servers",
         &[("Authorization", "Bearer tok-123")],
         None,
     )
@@ -369,12 +369,18 @@ async fn authentication_is_required_when_configured() {
     let response = request(
         s.api,
         "GET",
-        "/ping",
+        "/servers",
         &[("Authorization", "Bearer tok-12")],
         None,
     )
     .await;
     assert_eq!(response.status, 401);
+    // The probes need none, and say nothing else.
+    let ping = get(s.api, "/ping").await;
+    assert_eq!((ping.status, ping.body.as_str()), (200, "pong"));
+    let ready = get(s.api, "/ready").await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    assert_eq!(ready.json(), json!({ "ready": true }));
     // The dump never shows the secrets.
     let dump = request(
         s.api,
@@ -750,5 +756,47 @@ async fn a_server_with_a_bind_list_is_created_and_its_ranges_checked() {
             .as_str()
             .is_some_and(|e| e.contains(&s.addr.to_string())),
         "{error}"
+    );
+}
+
+#[tokio::test]
+async fn ready_names_the_servers_without_a_live_backend() {
+    let (a, b) = (TestBackend::named("a").await, TestBackend::named("b").await);
+    let mut api = api_config();
+    api.bearer_token = Some("tok".into());
+    let mut config = config(server(BalanceKind::RoundRobin, vec![a.spec()]));
+    config.servers.insert(
+        "other".into(),
+        server(BalanceKind::RoundRobin, vec![b.spec()]),
+    );
+    config.api = Some(api.clone());
+    let s = start(config, api, None).await;
+    assert_eq!(get(s.api, "/ready").await.status, 200);
+
+    // One server's only backend down, the other's disabled: both named, in order.
+    let test = s.runtime.server("test").await.expect("server test");
+    test.pool.load().backends()[0].set_healthy(false);
+    let auth = [("Authorization", "Bearer tok")];
+    let path = format!("/servers/other/backends/{}", b.spec().key());
+    let patched = request(
+        s.api,
+        "PATCH",
+        &path,
+        &auth,
+        Some(r#"{"state":"disabled"}"#),
+    )
+    .await;
+    assert_eq!(patched.status, 200, "{}", patched.body);
+    let ready = get(s.api, "/ready").await;
+    assert_eq!(ready.status, 503);
+    assert_eq!(
+        ready.json(),
+        json!({ "ready": false, "servers_without_backends": ["other", "test"] })
+    );
+    test.pool.load().backends()[0].set_healthy(true);
+    let ready = get(s.api, "/ready").await;
+    assert_eq!(
+        ready.json(),
+        json!({ "ready": false, "servers_without_backends": ["other"] })
     );
 }

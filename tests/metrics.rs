@@ -326,8 +326,12 @@ async fn counters_match_the_traffic_exactly() {
     m.expect("sluice_backend_connect_timeouts_total", &b, 1);
     m.expect("sluice_backend_connect_duration_seconds_count", &b, 0);
 
-    let version = env!("CARGO_PKG_VERSION");
-    m.expect("sluice_build_info", &[("version", version)], 1);
+    let build = [
+        ("version", env!("CARGO_PKG_VERSION")),
+        ("commit", env!("SLUICE_COMMIT")),
+        ("build_date", env!("SLUICE_BUILD_DATE")),
+    ];
+    m.expect("sluice_build_info", &build, 1);
 }
 
 #[tokio::test]

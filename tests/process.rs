@@ -646,3 +646,33 @@ os.execv(binary, [binary, "run", "-c", config])
     let (name, _) = hello(SocketAddr::from(([127, 0, 0, 1], port)), None).await;
     assert_eq!(name, "a", "{}", read_log());
 }
+
+#[tokio::test]
+async fn version_manual_and_completions_come_from_the_binary() {
+    let (status, stdout, _) = run_sluice(&["--version"]).await;
+    assert!(status.success());
+    let expected = format!(
+        "sluice {} (commit {}, built {})\n",
+        env!("CARGO_PKG_VERSION"),
+        env!("SLUICE_COMMIT"),
+        env!("SLUICE_BUILD_DATE")
+    );
+    assert_eq!(stdout, expected);
+    let (status, page, _) = run_sluice(&["man"]).await;
+    assert!(status.success());
+    assert!(page.contains(".TH sluice 1"), "{page}");
+    for subcommand in ["upgrade", "check", "convert", "completions"] {
+        assert!(page.contains(subcommand), "the page names {subcommand}");
+    }
+    for (shell, mark) in [
+        ("bash", "complete -F _sluice"),
+        ("zsh", "#compdef sluice"),
+        ("fish", "complete -c sluice"),
+    ] {
+        let (status, script, _) = run_sluice(&["completions", shell]).await;
+        assert!(status.success(), "{shell}");
+        assert!(script.contains(mark), "{shell}: {script}");
+    }
+    let (status, _, stderr) = run_sluice(&["completions", "tcsh"]).await;
+    assert_eq!(status.code(), Some(2), "{stderr}");
+}

@@ -15,7 +15,7 @@ use serde_json::{json, Map, Value};
 
 use super::decode::{config_error, conflict_or, parse_server, restore_secrets, BackendOptions};
 use super::{views, ApiError, ApiState, OPENAPI};
-use crate::backend::{Backend, BackendSpec};
+use crate::backend::{AdminState, Backend, BackendSpec};
 use crate::config::dump::{self, Secrets};
 use crate::config::{Bind, BindRange, Config, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
@@ -39,8 +39,35 @@ pub async fn root(State(api): State<ApiState>) -> Json<Value> {
     }))
 }
 
+/// `GET /ping`: the process answers (no credentials needed; GoBetween's).
 pub async fn ping() -> &'static str {
     "pong"
+}
+
+/// `GET /ready` (no credentials needed): 200 when every server has a backend to send a
+/// new connection to (healthy and enabled; a server forwarding to the original
+/// destination needs none), else 503 naming the servers that have none.
+pub async fn ready(State(api): State<ApiState>) -> (StatusCode, Json<Value>) {
+    let mut without = Vec::new();
+    for (name, server) in api.control.runtime().servers().await {
+        if server.settings.load().balance == crate::balance::BalanceKind::OriginalDestination {
+            continue;
+        }
+        let pool = server.pool.load();
+        let live = pool
+            .backends()
+            .iter()
+            .any(|b| b.is_healthy() && b.admin_state() == AdminState::Enabled);
+        if !live {
+            without.push(name);
+        }
+    }
+    if without.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true })))
+    } else {
+        let body = json!({ "ready": false, "servers_without_backends": without });
+        (StatusCode::SERVICE_UNAVAILABLE, Json(body))
+    }
 }
 
 pub async fn list_servers(State(api): State<ApiState>) -> Json<Value> {

@@ -41,6 +41,7 @@ pub const OPENAPI: &str = include_str!("openapi.json");
 pub const ROUTES: &[(&str, &[&str])] = &[
     ("/", &["get"]),
     ("/ping", &["get"]),
+    ("/ready", &["get"]),
     ("/servers", &["get"]),
     ("/servers/{name}", &["get", "post", "put", "delete"]),
     ("/servers/{name}/stats", &["get"]),
@@ -65,7 +66,6 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
     use handlers::*;
     let routes = Router::new()
         .route("/", get(root))
-        .route("/ping", get(ping))
         .route("/servers", get(list_servers))
         .route(
             "/servers/{name}",
@@ -97,13 +97,19 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
     let auth = Auth::new(config.basic_auth.as_ref(), config.bearer_token.as_deref());
     // The dashboard's assets are outside authentication: they hold no data, and a
     // browser cannot send a bearer token when it opens a page. Everything they fetch is
-    // behind it.
+    // behind it. So are the probes: a container's health check, Kubernetes or an outer
+    // load balancer has no credentials, and they say nothing but whether Sluice serves.
+    let probes = Router::new()
+        .route("/ping", get(ping))
+        .route("/ready", get(ready))
+        .with_state(state.clone());
     let mut app = routes
         .layer(middleware::from_fn_with_state(
             Arc::new(auth),
             auth::require,
         ))
-        .merge(ui::router());
+        .merge(ui::router())
+        .merge(probes);
     // Outside authentication: a browser's CORS preflight carries no credentials.
     if let Some(cors) = cors_layer(&config.cors) {
         app = app.layer(cors);

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, bail, Context};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState};
@@ -52,9 +52,19 @@ Examples:
 Signals: SIGHUP reloads the file; SIGTERM/SIGINT stop gracefully.
 Logging: RUST_LOG overrides [logging] level (e.g. RUST_LOG=debug).";
 
+/// `sluice --version`: the version, the commit built from and the build date.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("SLUICE_COMMIT"),
+    ", built ",
+    env!("SLUICE_BUILD_DATE"),
+    ")"
+);
+
 /// Sluice: a Layer 4 (TCP/UDP) load balancer.
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about, after_help = EXAMPLES)]
+#[command(name = "sluice", version = VERSION, about, after_help = EXAMPLES)]
 pub struct Cli {
     /// Configuration file; the same as `sluice run -c FILE`.
     #[arg(short, long, value_name = "FILE")]
@@ -134,12 +144,27 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Print the manual page (roff) on standard output: `sluice man | man -l -`.
+    Man,
+    /// Print the shell completions for bash, zsh or fish on standard output.
+    Completions {
+        #[arg(value_enum)]
+        shell: Shell,
+    },
     /// Start three demo backends and a balancer in front of them.
     Demo {
         /// Where the demo balancer listens (another free port is used if this one is taken).
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
     },
+}
+
+/// The shells `sluice completions` writes for.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Shell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// How the balancer runs, beyond its configuration.
@@ -156,10 +181,17 @@ struct Launch {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = cli.format;
     let file = |path: PathBuf| Origin::File { path, format };
-    // `check`, `convert` and `upgrade` run no balancer and leave the pid file alone.
+    // `check`, `convert`, `upgrade`, `man` and `completions` run no balancer and leave
+    // the pid file alone.
     let runs = !matches!(
         cli.command,
-        Some(Command::Check { .. } | Command::Convert { .. } | Command::Upgrade { .. })
+        Some(
+            Command::Check { .. }
+                | Command::Convert { .. }
+                | Command::Upgrade { .. }
+                | Command::Man
+                | Command::Completions { .. }
+        )
     );
     // Before any thread starts: it clears its variable from the environment.
     let inheriting = match Inheriting::from_env().filter(|_| runs) {
@@ -188,6 +220,23 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::Convert { config }), _) => Ok(convert(&config, format)),
         (Some(Command::Upgrade { binary, timeout }), _) => {
             upgrade(cli.control_socket.as_deref(), binary, timeout)
+        }
+        (Some(Command::Man), _) => {
+            let mut page = Vec::new();
+            clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+            write_out(&String::from_utf8_lossy(&page));
+            Ok(ExitCode::SUCCESS)
+        }
+        (Some(Command::Completions { shell }), _) => {
+            let shell = match shell {
+                Shell::Bash => clap_complete::Shell::Bash,
+                Shell::Zsh => clap_complete::Shell::Zsh,
+                Shell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "sluice", &mut script);
+            write_out(&String::from_utf8_lossy(&script));
+            Ok(ExitCode::SUCCESS)
         }
         (Some(Command::Tcp(args)), _) => {
             let config = quick_config(&args.quick, Some(&args.tcp))

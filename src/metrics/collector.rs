@@ -371,7 +371,11 @@ impl Collector for Scrape {
             None,
             MetricType::Info,
         )?;
-        build.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])
+        build.encode_info(&[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("commit", env!("SLUICE_COMMIT")),
+            ("build_date", env!("SLUICE_BUILD_DATE")),
+        ])
     }
 }
 
@@ -488,8 +492,10 @@ mod tests {
         assert!(out.contains("# TYPE sluice_udp_dropped counter\n"));
         assert!(out.contains("# TYPE sluice_udp_sessions_evicted counter\n"));
         assert!(out.contains(&format!(
-            "sluice_build_info{{version=\"{}\"}} 1\n",
-            env!("CARGO_PKG_VERSION")
+            "sluice_build_info{{version=\"{}\",commit=\"{}\",build_date=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION"),
+            env!("SLUICE_COMMIT"),
+            env!("SLUICE_BUILD_DATE"),
         )));
         assert!(out.ends_with("# EOF\n"));
     }
