@@ -365,6 +365,9 @@ impl Runtime {
         grace: Duration,
         hurry: impl std::future::Future<Output = ()>,
     ) -> bool {
+        for server in self.state.lock().await.servers.values_mut() {
+            server.release_kept();
+        }
         self.life.graceful.cancel();
         self.life.tracker.close();
         let drained = tokio::select! {

@@ -376,6 +376,13 @@ impl Server {
         sockets
     }
 
+    /// Closes the descriptors kept for an upgrade: at shutdown the accept loops close
+    /// the sockets, and a descriptor kept here would hold them open, taking connections
+    /// no one accepts.
+    pub fn release_kept(&mut self) {
+        self.kept.clear();
+    }
+
     /// Another descriptor of each of its listening sockets (every worker's), for the
     /// process of a binary upgrade.
     pub fn descriptors(&self) -> std::io::Result<Vec<std::os::fd::OwnedFd>> {
