@@ -676,3 +676,60 @@ async fn version_manual_and_completions_come_from_the_binary() {
     let (status, _, stderr) = run_sluice(&["completions", "tcsh"]).await;
     assert_eq!(status.code(), Some(2), "{stderr}");
 }
+
+#[tokio::test]
+async fn health_asks_the_api_for_ready_or_connects_to_each_server() {
+    let backend = TestBackend::named("a").await;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // With an API: its /ready decides.
+    let api_port = free_port();
+    let with_api = format!(
+        "{}\n[api]\nenabled = true\nbind = \"127.0.0.1:{api_port}\"\nbearer_token = \"secret\"\n",
+        toml_config(&[backend.addr], "1s")
+    );
+    let file = write_file(dir.path(), "api.toml", &with_api);
+    let (status, _, stderr) = run_sluice(&["health", "-c", &file]).await;
+    assert_eq!(status.code(), Some(1), "nothing runs yet");
+    assert!(
+        stderr.contains("not healthy") && stderr.contains("/ready"),
+        "{stderr}"
+    );
+    let sluice = SluiceProcess::start(&with_api).await;
+    let (status, stdout, stderr) = run_sluice(&["health", "-c", &file]).await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert!(stdout.starts_with("ready"), "{stdout}");
+    // Its only backend disabled: not ready, and it says which server.
+    let path = format!("/servers/test/backends/{}", backend.addr);
+    let auth = [("Authorization", "Bearer secret")];
+    let patched = http::request(
+        sluice.api(),
+        "PATCH",
+        &path,
+        &auth,
+        Some(r#"{"state":"disabled"}"#),
+    );
+    assert_eq!(patched.await.status, 200);
+    let (status, _, stderr) = run_sluice(&["health", "-c", &file]).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains("503") && stderr.contains("\"test\""),
+        "{stderr}"
+    );
+    drop(sluice);
+
+    // Without an API: every TCP server's address must accept connections.
+    let port = free_port();
+    let plain =
+        toml_config(&[backend.addr], "1s").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let file = write_file(dir.path(), "plain.toml", &plain);
+    let (status, _, stderr) = run_sluice(&["health", "-c", &file, "--timeout", "1s"]).await;
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!("server test: cannot connect to 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+    let _sluice = SluiceProcess::start(&plain).await;
+    let (status, stdout, stderr) = run_sluice(&["health", "-c", &file]).await;
+    assert!(status.success(), "{stdout}{stderr}");
+    assert_eq!(stdout, "1 listening address(es) accept connections\n");
+}

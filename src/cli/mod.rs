@@ -1,6 +1,8 @@
-//! The command line: `run`, `from-file`, `from-url`, `check`, `convert`, `tcp` and
-//! `udp` (quick mode, in `quick`) and `demo`.
+//! The command line: `run`, `from-file`, `from-url`, `check`, `convert`, `upgrade`,
+//! `health` (in `health`), `man`, `completions`, `tcp` and `udp` (quick mode, in
+//! `quick`) and `demo`.
 
+mod health;
 mod quick;
 
 pub use quick::{quick_config, quick_udp_config, QuickArgs, TcpArgs, TcpOnly, UdpArgs};
@@ -144,6 +146,16 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = config::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Exit 0 when the Sluice running FILE serves (its API's /ready; without an API,
+    /// every TCP server accepts connections), else 1 saying why: a container's health
+    /// check.
+    Health {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// How long the check may take.
+        #[arg(long, value_name = "DURATION", default_value = "3s", value_parser = config::parse_duration)]
+        timeout: std::time::Duration,
+    },
     /// Print the manual page (roff) on standard output: `sluice man | man -l -`.
     Man,
     /// Print the shell completions for bash, zsh or fish on standard output.
@@ -181,14 +193,15 @@ struct Launch {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let format = cli.format;
     let file = |path: PathBuf| Origin::File { path, format };
-    // `check`, `convert`, `upgrade`, `man` and `completions` run no balancer and leave
-    // the pid file alone.
+    // `check`, `convert`, `upgrade`, `health`, `man` and `completions` run no balancer
+    // and leave the pid file alone.
     let runs = !matches!(
         cli.command,
         Some(
             Command::Check { .. }
                 | Command::Convert { .. }
                 | Command::Upgrade { .. }
+                | Command::Health { .. }
                 | Command::Man
                 | Command::Completions { .. }
         )
@@ -220,6 +233,9 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         (Some(Command::Convert { config }), _) => Ok(convert(&config, format)),
         (Some(Command::Upgrade { binary, timeout }), _) => {
             upgrade(cli.control_socket.as_deref(), binary, timeout)
+        }
+        (Some(Command::Health { config, timeout }), _) => {
+            Ok(health::health(&config, format, timeout))
         }
         (Some(Command::Man), _) => {
             let mut page = Vec::new();
