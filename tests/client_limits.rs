@@ -527,25 +527,51 @@ async fn a_flooding_client_is_blocked_before_accept_and_let_back_when_the_block_
 
     // The block ends by itself; by then the bucket has refilled.
     eventually("the flooder is let back", || async {
-        handshakes(sluice.addr, flooder, Duration::from_millis(300))
-            .await
-            .is_some()
+        let Some(mut stream) = handshakes(sluice.addr, flooder, Duration::from_millis(300)).await
+        else {
+            return false;
+        };
+        let mut greeting = [0u8; 1];
+        matches!(
+            tokio::time::timeout(WAIT, stream.read(&mut greeting)).await,
+            Ok(Ok(1))
+        )
     })
     .await;
-    assert!(served(sluice.addr, flooder).await);
 
-    // Blocked again, then forgotten through the API: let back at once.
-    for _ in 0..30 {
-        if handshakes(sluice.addr, flooder, Duration::from_millis(300))
+    // Blocked again, then forgotten through the API: let back at once. Each refusal is
+    // waited for (the server closes the connection), so the refusals are counted
+    // before the next try however slowly the machine runs; the API says when the
+    // block is on (an unanswered try alone may be a slow machine).
+    let blocked = || async {
+        let listed = http::get(sluice.api(), "/servers/test/clients")
             .await
-            .is_none()
+            .json();
+        listed.as_array().is_some_and(|all| {
+            all.iter().any(|c| {
+                c["client"] == "127.0.0.41/32"
+                    && c["blocked_seconds"].as_f64().is_some_and(|left| left > 0.0)
+            })
+        })
+    };
+    for _ in 0..30 {
+        if let Some(mut stream) = handshakes(sluice.addr, flooder, Duration::from_millis(300)).await
         {
+            let mut byte = [0u8; 1];
+            let _ = tokio::time::timeout(WAIT, stream.read(&mut byte)).await;
+        }
+        if blocked().await {
             break;
         }
     }
-    assert!(handshakes(sluice.addr, flooder, Duration::from_millis(300))
-        .await
-        .is_none());
+    assert!(blocked().await, "blocked again");
+    // Each worker's socket takes the new filter as soon as its thread runs.
+    eventually("the flooder's connection requests are dropped", || async {
+        handshakes(sluice.addr, flooder, Duration::from_millis(300))
+            .await
+            .is_none()
+    })
+    .await;
     let forget = http::request(
         sluice.api(),
         "DELETE",

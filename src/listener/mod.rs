@@ -284,7 +284,9 @@ pub async fn accept_loop(
                 block_ends.as_mut().reset(ends);
             }
         }
-        // A filter in force is watched for its end, and for being lifted early.
+        // A filter in force is watched for its end; any change of the list (a new block,
+        // one lifted early) is put in force at once, on every socket of the server, not
+        // only on the next one to accept: a blocked client's next SYN may reach any.
         let armed = blocks.ends.is_some();
         let accepted = tokio::select! {
             _ = accept_stop.cancelled() => break,
@@ -292,7 +294,7 @@ pub async fn accept_loop(
                 blocks.expired = true;
                 continue;
             }
-            _ = blocks.notices.changed(), if armed => continue,
+            _ = blocks.notices.changed() => continue,
             accepted = listener.accept() => accepted,
         };
         match accepted {
