@@ -645,7 +645,10 @@ impl Running {
                     upgraded = Some(done);
                     Answer::Upgraded { pid }
                 }
-                Err(e) => Answer::Error(e.to_string()),
+                Err(e) => {
+                    warn!("upgrade failed: {e}; still serving");
+                    Answer::Error(e.to_string())
+                }
             };
             if let Some(reply) = reply {
                 let _ = reply.send(answer);

@@ -192,7 +192,7 @@ impl Handover {
         .await
         .map_err(|e| io::Error::other(format!("the handover task failed: {e}")))?;
         drop(dir);
-        let (stream, pid) = started.inspect_err(|e| warn!("upgrade failed: {e}; still serving"))?;
+        let (stream, pid) = started?;
         // From here on the new process serves: stop accepting and receiving, and
         // hand over the UDP sessions that no new datagram reaches here any more.
         let sessions = runtime.hand_over().await;

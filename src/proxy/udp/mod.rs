@@ -424,12 +424,15 @@ fn adopt_sessions(listening: &Arc<Listening>) {
     let settings = listening.server.settings.load();
     let (mut taken, offered) = (0usize, adoptable.len());
     for (carried, socket) in adoptable {
-        // Taken here, it keeps its backend without asking again.
-        let _ = listening
-            .server
-            .carried_session(carried.client, carried.local);
         match session::adopt(listening, &settings, &carried, socket.into()) {
-            Ok(_) => taken += 1,
+            Ok(_) => {
+                // Taken over: its backend is known without asking again. (One not
+                // taken keeps it for the client's next datagram.)
+                let _ = listening
+                    .server
+                    .carried_session(carried.client, carried.local);
+                taken += 1;
+            }
             Err(_) => {
                 debug!(server = %listening.server.name, client = %carried.client, "a UDP session was not taken over")
             }
