@@ -493,33 +493,10 @@ async fn check_summarises_every_tag_of_a_backend() {
     assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
 }
 
-/// The next notification Sluice sends the service manager, or why none came.
-pub(crate) async fn notified(socket: &tokio::net::UnixDatagram) -> String {
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(WAIT, socket.recv(&mut buf))
-        .await
-        .expect("a notification in time")
-        .expect("receive");
-    String::from_utf8_lossy(&buf[..n]).into_owned()
-}
-
-/// Notifications until one contains `wanted` (watchdog pings come in between).
-pub(crate) async fn notified_with(socket: &tokio::net::UnixDatagram, wanted: &str) -> String {
-    for _ in 0..100 {
-        let message = notified(socket).await;
-        if message.contains(wanted) {
-            return message;
-        }
-    }
-    panic!("no notification with {wanted}");
-}
-
 #[tokio::test]
 async fn systemd_hears_ready_reloading_stopping_and_the_watchdog() {
     let backend = TestBackend::named("a").await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let notify_path = dir.path().join("notify.sock");
-    let socket = tokio::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
     let config = write_file(
         dir.path(),
         "sluice.toml",
@@ -529,28 +506,18 @@ async fn systemd_hears_ready_reloading_stopping_and_the_watchdog() {
             backend.addr
         ),
     );
-    let log = dir.path().join("sluice.log");
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "-c", &config])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .env("WATCHDOG_USEC", "200000")
-        .stdin(std::process::Stdio::null())
-        .stdout(log_file.try_clone().expect("log file"))
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sluice");
-    let ready = notified_with(&socket, "READY=1").await;
+    let args = ["run", "-c", &config];
+    let mut sluice = Notified::spawn(dir.path(), &args, &[("WATCHDOG_USEC", "200000")]);
+    let ready = sluice.until("READY=1").await;
     // Ready means listening: the log names the server's address by then.
-    let listening = std::fs::read_to_string(&log).expect("log");
+    let listening = std::fs::read_to_string(&sluice.log).expect("log");
     assert!(
         logged_server(&listening, "test").is_some(),
         "{ready}\n{listening}"
     );
-    notified_with(&socket, "WATCHDOG=1").await;
+    sluice.until("WATCHDOG=1").await;
 
-    let pid = child.id().expect("running").to_string();
+    let pid = sluice.child.id().expect("running").to_string();
     let kill = |signal: &str| {
         let status = std::process::Command::new("kill")
             .args([format!("-{signal}"), pid.clone()])
@@ -559,12 +526,12 @@ async fn systemd_hears_ready_reloading_stopping_and_the_watchdog() {
         assert!(status.success());
     };
     kill("HUP");
-    let reloading = notified_with(&socket, "RELOADING=1").await;
+    let reloading = sluice.until("RELOADING=1").await;
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
-    notified_with(&socket, "READY=1").await;
+    sluice.until("READY=1").await;
     kill("TERM");
-    notified_with(&socket, "STOPPING=1").await;
-    let status = tokio::time::timeout(WAIT, child.wait())
+    sluice.until("STOPPING=1").await;
+    let status = tokio::time::timeout(WAIT, sluice.child.wait())
         .await
         .expect("exits in time")
         .expect("wait");

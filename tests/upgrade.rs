@@ -495,8 +495,6 @@ async fn upgrade_needs_a_control_socket_and_a_second_run_is_refused() {
 async fn systemd_hears_the_new_main_pid_and_its_ready() {
     let backend = TestBackend::echo().await;
     let dir = tempfile::tempdir().expect("temp dir");
-    let notify_path = dir.path().join("notify.sock");
-    let socket = tokio::net::UnixDatagram::bind(&notify_path).expect("bind the notify socket");
     let config = write_file(
         dir.path(),
         "sluice.toml",
@@ -504,18 +502,9 @@ async fn systemd_hears_the_new_main_pid_and_its_ready() {
     );
     let control = dir.path().join("control.sock");
     let control = control.to_string_lossy().into_owned();
-    let log = dir.path().join("sluice.log");
-    let log_file = std::fs::File::create(&log).expect("log file");
-    let mut child = tokio::process::Command::new(BIN)
-        .args(["run", "-c", &config, "--control-socket", &control])
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stdin(std::process::Stdio::null())
-        .stdout(log_file.try_clone().expect("log file"))
-        .stderr(log_file)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn sluice");
-    crate::process::notified_with(&socket, "READY=1").await;
+    let args = ["run", "-c", &config, "--control-socket", &control];
+    let mut sluice = Notified::spawn(dir.path(), &args, &[]);
+    sluice.until("READY=1").await;
     let (status, stdout, stderr) = run_sluice(&["upgrade", "--control-socket", &control]).await;
     assert!(status.success(), "{stdout}{stderr}");
     let new: u32 = stdout
@@ -525,9 +514,9 @@ async fn systemd_hears_the_new_main_pid_and_its_ready() {
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("no pid in {stdout}"));
     // The old process names the new main process; then the new one says it is ready.
-    crate::process::notified_with(&socket, &format!("MAINPID={new}")).await;
-    crate::process::notified_with(&socket, "READY=1").await;
-    let status = tokio::time::timeout(WAIT, child.wait())
+    sluice.until(&format!("MAINPID={new}")).await;
+    sluice.until("READY=1").await;
+    let status = tokio::time::timeout(WAIT, sluice.child.wait())
         .await
         .expect("the old process exits in time")
         .expect("wait");

@@ -328,3 +328,53 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> String {
     std::fs::write(&path, text).expect("write file");
     path.to_str().expect("utf-8 path").to_owned()
 }
+
+/// `sluice ARGS…` started as a service manager starts it: `NOTIFY_SOCKET` names a
+/// datagram socket the test reads, `env` is set besides; its output goes to
+/// `sluice.log` in `dir`. Killed on drop.
+pub struct Notified {
+    pub child: Child,
+    pub log: PathBuf,
+    socket: tokio::net::UnixDatagram,
+}
+
+impl Notified {
+    pub fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Notified {
+        let notify = dir.join("notify.sock");
+        let socket = tokio::net::UnixDatagram::bind(&notify).expect("bind the notify socket");
+        let log = dir.join("sluice.log");
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let child = Command::new(BIN)
+            .args(args)
+            .env("NOTIFY_SOCKET", &notify)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().expect("log file"))
+            .stderr(log_file)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn sluice");
+        Notified { child, log, socket }
+    }
+
+    /// The next notification, or a panic if none comes in time.
+    pub async fn next(&self) -> String {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(WAIT, self.socket.recv(&mut buf))
+            .await
+            .expect("a notification in time")
+            .expect("receive");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    /// Notifications until one contains `wanted` (watchdog pings come in between).
+    pub async fn until(&self, wanted: &str) -> String {
+        for _ in 0..100 {
+            let message = self.next().await;
+            if message.contains(wanted) {
+                return message;
+            }
+        }
+        panic!("no notification with {wanted}");
+    }
+}
