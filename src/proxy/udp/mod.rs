@@ -16,7 +16,8 @@
 //! session whose backend never answered gives its descriptor to the new one (see
 //! [`evict`] for why and at what cost). An idle session is freed by its own timer, which
 //! costs nothing per datagram; one whose backend reports its port unreachable ends at
-//! once (see [`session`]).
+//! once (see [`session`]; sessions are opened, or taken over after an upgrade, in
+//! [`open`]).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,6 +40,7 @@ use crate::proxy::state::carried::{CarriedSession, SessionSocket, SessionTable};
 use crate::proxy::state::{Gate, OnStop, ServerShared};
 
 mod evict;
+mod open;
 mod session;
 mod socket;
 
@@ -331,7 +333,7 @@ fn on_datagram(
                 }
                 return send_loose(listening, data, client);
             }
-            None => match session::open(listening, settings, client, local) {
+            None => match open::open(listening, settings, client, local) {
                 Ok(session) => session,
                 // The abandoned session may still hold its slot: the datagram is lost
                 // to its backend's refusal, not to the cap.
@@ -424,7 +426,7 @@ fn adopt_sessions(listening: &Arc<Listening>) {
     let settings = listening.server.settings.load();
     let (mut taken, offered) = (0usize, adoptable.len());
     for (carried, socket) in adoptable {
-        match session::adopt(listening, &settings, &carried, socket.into()) {
+        match open::adopt(listening, &settings, &carried, socket.into()) {
             Ok(_) => {
                 // Taken over: its backend is known without asking again. (One not
                 // taken keeps it for the client's next datagram.)
