@@ -1,8 +1,10 @@
 # Sluice's image built from source, for those with a registry:
-#   docker build -t sluice .
+#   docker build --build-arg SLUICE_COMMIT=$(git rev-parse --short=12 HEAD) -t sluice .
 # (scripts/image builds the same image offline from a local release binary.)
 FROM docker.io/library/rust:1-bookworm AS build
 WORKDIR /src
+# The commit `sluice --version` names (.git is not part of the build context).
+ARG SLUICE_COMMIT=unknown
 COPY . .
 RUN cargo build --release --locked --bin sluice \
  && strip target/release/sluice \

@@ -1,19 +1,26 @@
 //! Names the build for `sluice --version` and the `sluice_build_info` metric: the git
-//! commit it was built from (`unknown` outside a checkout) and the build date
+//! commit it was built from (`SLUICE_COMMIT` when set, as the Dockerfile passes it from
+//! outside its build context; `unknown` outside a checkout) and the build date
 //! (`SOURCE_DATE_EPOCH` when set, as reproducible builds and Debian's tools set it).
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 fn main() {
-    let commit = Command::new("git")
-        .args(["rev-parse", "--short=12", "HEAD"])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .and_then(|out| String::from_utf8(out.stdout).ok())
+    let given = std::env::var("SLUICE_COMMIT").ok();
+    let commit = given
         .map(|text| text.trim().to_owned())
         .filter(|text| !text.is_empty())
+        .or_else(|| {
+            Command::new("git")
+                .args(["rev-parse", "--short=12", "HEAD"])
+                .output()
+                .ok()
+                .filter(|out| out.status.success())
+                .and_then(|out| String::from_utf8(out.stdout).ok())
+                .map(|text| text.trim().to_owned())
+                .filter(|text| !text.is_empty())
+        })
         .unwrap_or_else(|| "unknown".to_owned());
     let epoch = std::env::var("SOURCE_DATE_EPOCH")
         .ok()
@@ -26,6 +33,7 @@ fn main() {
     println!("cargo:rustc-env=SLUICE_COMMIT={commit}");
     println!("cargo:rustc-env=SLUICE_BUILD_DATE={}", date(epoch));
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
+    println!("cargo:rerun-if-env-changed=SLUICE_COMMIT");
     println!("cargo:rerun-if-changed=.git/HEAD");
     // The branch HEAD names moves with each commit.
     if let Ok(head) = std::fs::read_to_string(".git/HEAD") {

@@ -129,13 +129,13 @@ pub(super) fn serve(
         };
         let mut _pidfile = None;
         if let Some(inheriting) = inheriting {
+            let previous = inheriting.previous;
             // The previous process stops accepting and hands over its UDP sessions.
             let sessions = tokio::task::spawn_blocking(move || inheriting.ready())
                 .await
                 .unwrap_or_default();
             running.control.runtime().receive_sessions(sessions).await;
             running.udp_receive.open();
-            let previous = std::os::unix::process::parent_id();
             info!(previous, "took over from the previous process");
             if let Some(path) = &pidfile {
                 match PidFile::create(path, Some(previous)) {

@@ -323,6 +323,9 @@ fn describe(status: ExitStatus) -> String {
 /// The new process's side: the connection to the running process, and what it sent.
 pub struct Inheriting {
     stream: UnixStream,
+    /// The running process's pid (this one's parent, read while it waits for us: once it
+    /// has handed over it may exit, and this process is re-parented).
+    pub previous: u32,
     /// The configuration the running process runs, as Sluice's TOML.
     pub config: String,
     pub carried: BTreeMap<String, Carried>,
@@ -339,6 +342,7 @@ impl Inheriting {
     }
 
     fn connect(path: PathBuf) -> io::Result<Inheriting> {
+        let previous = std::os::unix::process::parent_id();
         let stream = UnixStream::connect(&path)?;
         stream.set_read_timeout(Some(DEFAULT_TIMEOUT))?;
         loop {
@@ -354,6 +358,7 @@ impl Inheriting {
                 (ToNew::State { config, carried }, _) => {
                     return Ok(Inheriting {
                         stream,
+                        previous,
                         config,
                         carried,
                     })
