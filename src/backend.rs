@@ -8,11 +8,12 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::histogram::{Histogram, CONNECTION_BOUNDS_NS, CONNECT_BOUNDS_NS};
@@ -106,12 +107,55 @@ impl std::str::FromStr for AdminState {
     }
 }
 
+/// Milliseconds on this process's monotonic clock, from 1 (0 stands for "never").
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    u64::try_from(epoch.elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+}
+
+/// Why a backend's connections were cut (see [`BackendState::cut_connections`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Cut {
+    /// It was drained with a deadline, and the deadline passed.
+    #[default]
+    DrainDeadline = 0,
+    /// It was marked down (`close_on_down`, or an API disable that asked for it).
+    BackendDown = 1,
+}
+
 /// Live state of a backend, shared across reloads for as long as its key stays configured.
 #[derive(Debug, Default)]
 pub struct BackendState {
     healthy: AtomicBool,
-    /// Connect failures in a row, for passive health.
+    /// Failures in a row (connects; with `eject_on_reset`, resets before the backend's
+    /// first byte), for passive health and outlier ejection.
     pub consecutive_connect_failures: AtomicU32,
+    /// Out of rotation by outlier ejection until `ejected_until` (see `crate::failover`).
+    ejected: AtomicBool,
+    /// When the current ejection ends, on [`clock_ms`].
+    ejected_until: AtomicU64,
+    /// Ejections since it last stayed in for `max_ejection_time`.
+    pub(crate) recent_ejections: AtomicU32,
+    /// When it last came back from an ejection, on [`clock_ms`]; 0: never.
+    returned_at: AtomicU64,
+    /// When its warm-up (`slow_start`) began, on [`clock_ms`]; 0: none.
+    ramp_from: AtomicU64,
+    /// Whether it has been up since this process began watching it: the first time a
+    /// backend of the initial configuration comes up is no comeback (no warm-up).
+    ever_up: AtomicBool,
+    /// Warm up even on its first time up (it was added while the server ran).
+    ramp_first_up: AtomicBool,
+    /// When it was last up (healthy and in rotation), on [`clock_ms`]; 0: never. Kept
+    /// for `all_down = "last"`.
+    last_up: AtomicU64,
+    /// Why its connections were last cut ([`Cut`]).
+    cut_reason: AtomicU8,
+    /// Its connections were closed for its current time down (`close_on_down`).
+    pub(crate) down_cut: AtomicBool,
+    /// Wakes the failover task of its server when its health or ejection changes.
+    events: OnceLock<Arc<Notify>>,
     pub stats: BackendStats,
     /// Resolved socket addresses; empty until the host name resolves.
     addrs: ArcSwap<Vec<SocketAddr>>,
@@ -163,10 +207,107 @@ impl BackendState {
         history.push_back(HealthEvent { at_unix_ms, up });
     }
 
-    /// Ties this backend's connections to `parent` (the runtime's hard stop); once.
-    pub fn link_to(&self, parent: &CancellationToken) {
+    /// Ties this backend's connections to `parent` (the runtime's hard stop) and its
+    /// changes to `events` (its server's failover task); once.
+    pub fn link_to(&self, parent: &CancellationToken, events: &Arc<Notify>) {
         if self.cut_parent.set(parent.clone()).is_ok() {
             self.cut.store(Arc::new(parent.child_token()));
+        }
+        let _ = self.events.set(Arc::clone(events));
+    }
+
+    /// Tells the server's failover task something changed.
+    pub fn notify(&self) {
+        if let Some(events) = self.events.get() {
+            events.notify_one();
+        }
+    }
+
+    /// Out of rotation by outlier ejection.
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    /// When the current ejection ends, on [`clock_ms`] (meaningful while ejected).
+    pub fn ejected_until(&self) -> u64 {
+        self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Ejects it until `until` ([`clock_ms`]); false if it was ejected already.
+    pub(crate) fn eject(&self, until: u64, now: u64) -> bool {
+        self.ejected_until.store(until, Ordering::Relaxed);
+        let first = !self.ejected.swap(true, Ordering::AcqRel);
+        if first {
+            self.recent_ejections.fetch_add(1, Ordering::Relaxed);
+            self.stats.ejections.fetch_add(1, Ordering::Relaxed);
+            self.note_down(now);
+            self.notify();
+        }
+        first
+    }
+
+    /// Ends its ejection; false if it was not ejected.
+    pub fn end_ejection(&self, now: u64) -> bool {
+        if !self.ejected.swap(false, Ordering::AcqRel) {
+            return false;
+        }
+        self.stats.ejection_returns.fetch_add(1, Ordering::Relaxed);
+        self.returned_at.store(now, Ordering::Relaxed);
+        self.consecutive_connect_failures
+            .store(0, Ordering::Relaxed);
+        self.start_ramp(now);
+        self.notify();
+        true
+    }
+
+    /// When it last came back from an ejection ([`clock_ms`]; 0: never).
+    pub(crate) fn returned_at(&self) -> u64 {
+        self.returned_at.load(Ordering::Relaxed)
+    }
+
+    /// Begins its warm-up now (used only where the server has `slow_start`).
+    pub(crate) fn start_ramp(&self, now: u64) {
+        self.ramp_from.store(now, Ordering::Relaxed);
+    }
+
+    /// A backend added while its server runs warms up on its first time up too.
+    pub(crate) fn ramp_on_first_up(&self) {
+        self.ramp_first_up.store(true, Ordering::Relaxed);
+    }
+
+    /// The share of its weight it takes at `now` under `slow_start = period`: from 1 %
+    /// to 1 over the period; `None` when not warming up.
+    pub fn ramp(&self, now: u64, period: Duration) -> Option<f64> {
+        let from = self.ramp_from.load(Ordering::Relaxed);
+        if from == 0 {
+            return None;
+        }
+        let period = u64::try_from(period.as_millis()).unwrap_or(u64::MAX);
+        let elapsed = now.saturating_sub(from);
+        (elapsed < period).then(|| (elapsed as f64 / period as f64).max(0.01))
+    }
+
+    /// When it was last up ([`clock_ms`]; 0: never; `now` if it is up).
+    pub fn last_up(&self, now: u64) -> u64 {
+        if self.healthy.load(Ordering::Relaxed) && !self.is_ejected() {
+            now
+        } else {
+            self.last_up.load(Ordering::Relaxed)
+        }
+    }
+
+    /// Records that it leaves rotation at `now`, if it was in until then.
+    fn note_down(&self, now: u64) {
+        if self.ever_up.load(Ordering::Relaxed) {
+            self.last_up.fetch_max(now, Ordering::Relaxed);
+        }
+    }
+
+    /// Why its connections were last cut.
+    pub fn cut_reason(&self) -> Cut {
+        match self.cut_reason.load(Ordering::Acquire) {
+            1 => Cut::BackendDown,
+            _ => Cut::DrainDeadline,
         }
     }
 
@@ -185,8 +326,10 @@ impl BackendState {
         self.admin_changes.load(Ordering::Relaxed)
     }
 
-    /// Closes every connection open to this backend now; later ones are not affected.
-    pub fn cut_connections(&self) {
+    /// Closes every connection open to this backend now, for `why`; later ones are
+    /// not affected.
+    pub fn cut_connections(&self, why: Cut) {
+        self.cut_reason.store(why as u8, Ordering::Release);
         let fresh = match self.cut_parent.get() {
             Some(parent) => parent.child_token(),
             None => CancellationToken::new(),
@@ -230,6 +373,11 @@ pub struct BackendStats {
     pub checks_failed: AtomicU64,
     /// Health changes (up to down or back), from active and passive checks alike.
     pub health_transitions: AtomicU64,
+    /// Times it was taken out of rotation by outlier ejection (passive health's
+    /// marks down are health transitions).
+    pub ejections: AtomicU64,
+    /// Times it came back from an ejection (its time up, or its check passed).
+    pub ejection_returns: AtomicU64,
     /// Time to establish each successful connection to this backend.
     pub connect_duration: Histogram<{ CONNECT_BOUNDS_NS.len() }>,
     /// Lifetime of each relayed connection, from accept to close.
@@ -248,6 +396,8 @@ impl Default for BackendStats {
             checks_passed: AtomicU64::new(0),
             checks_failed: AtomicU64::new(0),
             health_transitions: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            ejection_returns: AtomicU64::new(0),
             connect_duration: Histogram::new(&CONNECT_BOUNDS_NS),
             connection_duration: Histogram::new(&CONNECTION_BOUNDS_NS),
         }
@@ -279,6 +429,7 @@ impl Backend {
     pub fn new(spec: BackendSpec, healthy: bool) -> Self {
         let state = Arc::new(BackendState::default());
         state.healthy.store(healthy, Ordering::Relaxed);
+        state.ever_up.store(healthy, Ordering::Relaxed);
         if let Ok(ip) = spec.host.parse() {
             state
                 .addrs
@@ -329,17 +480,36 @@ impl Backend {
         self.state.healthy.load(Ordering::Relaxed)
     }
 
-    /// Sets health; returns true if it changed (and records the transition).
+    /// Sets health; returns true if it changed (and records the transition). A
+    /// backend coming back up begins its warm-up — unless this is the first time up of
+    /// one configured when the server started.
     pub fn set_healthy(&self, healthy: bool) -> bool {
-        let changed = self.state.healthy.swap(healthy, Ordering::Relaxed) != healthy;
+        let state = &self.state;
+        let changed = state.healthy.swap(healthy, Ordering::Relaxed) != healthy;
         if changed {
-            self.state.record_health(healthy);
-            self.state
+            let now = clock_ms();
+            state.record_health(healthy);
+            state
                 .stats
                 .health_transitions
                 .fetch_add(1, Ordering::Relaxed);
+            if healthy {
+                let comeback = state.ever_up.swap(true, Ordering::Relaxed)
+                    || state.ramp_first_up.load(Ordering::Relaxed);
+                if comeback {
+                    state.start_ramp(now);
+                }
+            } else {
+                state.note_down(now);
+            }
+            state.notify();
         }
         changed
+    }
+
+    /// Healthy and not ejected: in rotation, but for its admin state and cap.
+    pub fn is_up(&self) -> bool {
+        self.is_healthy() && !self.state.is_ejected()
     }
 
     pub fn admin_state(&self) -> AdminState {
@@ -351,10 +521,16 @@ impl Backend {
         self.state.stats.active.load(Ordering::Relaxed)
     }
 
-    /// Healthy, enabled and below its connection cap: may be given a new connection.
+    /// Healthy, not ejected, enabled and below its connection cap: may be given a new
+    /// connection.
     pub fn is_available(&self) -> bool {
-        self.is_healthy()
-            && self.admin_state() == AdminState::Enabled
+        self.is_up() && self.takes_connections()
+    }
+
+    /// Enabled and below its connection cap, whatever its health: what a tier in panic
+    /// or the all-down fallback may use.
+    pub fn takes_connections(&self) -> bool {
+        self.admin_state() == AdminState::Enabled
             && self
                 .spec
                 .max_connections

@@ -23,13 +23,15 @@
 //!   finish): the ACL and connection limit, TLS termination, SNI routing, the PROXY
 //!   protocol, UDP sessions; and the state of a server its connections read.
 //! - [`descriptors`]: the descriptor limit and the UDP sessions' share of it.
+//! - [`failover`]: when backends fail: outlier ejection (passive health included), the
+//!   tiers' panic threshold and all-down state, closing a down backend's connections.
 //! - [`pool`]: a server's backends split into priority tiers, each with its strategy.
 //! - [`balance`]: the balancing strategies.
 //! - [`backend`]: one backend's spec and live state.
 //! - [`histogram`]: lock-free duration histograms the data path observes into.
 //! - [`resolve`]: backend host names to addresses, kept fresh.
 //! - [`tasks`]: background tasks tracked so they end with the server that started them.
-//! - [`health`]: active and passive health checking.
+//! - [`health`]: active health checking.
 //! - [`outbound`]: connections towards backends, and the local address they leave from.
 //! - [`discovery`]: backends from DNS, files, commands, Consul, etcd, Docker.
 //! - [`metrics`]: Prometheus metrics, read from the live counters at scrape time.
@@ -57,6 +59,7 @@ pub mod control;
 pub mod demo;
 pub mod descriptors;
 pub mod discovery;
+pub mod failover;
 pub mod health;
 pub mod histogram;
 pub mod listener;

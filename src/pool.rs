@@ -1,26 +1,77 @@
 //! A server's backends, split into priority tiers, each with its own strategy.
 //!
-//! A [`Pool`] is an immutable snapshot built whenever a server's backend list changes and
-//! published through an `ArcSwap`; connections load it without locking. Health and admin
-//! state live in each backend's shared state, so they change without a rebuild.
+//! A [`Pool`] is an immutable snapshot built whenever a server's backend list or
+//! settings change and published through an `ArcSwap`; connections load it without
+//! locking. Health, ejection and admin state live in each backend's shared state, and a
+//! tier's panic flag in the tier, so they change without a rebuild.
+//!
+//! A pick goes through the tiers in order (non-backup first, each by ascending
+//! priority) and takes the first with a backend up: a tier in panic (fewer than
+//! `min_healthy_percent` up, see [`crate::failover`]) counts all of its enabled
+//! backends as up. A backend warming up (`slow_start`) is passed over with the
+//! probability of the share it has not reached yet — unless nothing else in its tier
+//! can take the connection. When no backend of any tier is up, `all_down` says whether
+//! the client is closed, or tried on any backend, or on those up most recently.
 
+use std::fmt;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use crate::backend::{Backend, ConnGuard};
+use crate::backend::{clock_ms, Backend, ConnGuard};
 use crate::balance::{self, BalanceKind, PickContext, Strategy};
+use crate::config::failover::AllDown;
 
 /// Backends with the same `(backup, priority)`; the first tier with an available backend
 /// takes all new connections.
 struct Tier {
+    backup: bool,
+    priority: u32,
     backends: Vec<Arc<Backend>>,
     strategy: Box<dyn Strategy>,
+    /// Fewer than `min_healthy_percent` of its enabled backends are up: all count as up.
+    panic: AtomicBool,
+}
+
+/// A tier's name in logs: `priority 1`, `backup priority 2`.
+pub struct TierName {
+    backup: bool,
+    priority: u32,
+}
+
+impl fmt::Display for TierName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.backup {
+            f.write_str("backup ")?;
+        }
+        write!(f, "priority {}", self.priority)
+    }
+}
+
+/// A tier that entered or left panic.
+pub struct PanicChange {
+    pub tier: TierName,
+    pub entered: bool,
+    pub up: usize,
+    pub enabled: usize,
+}
+
+/// What a server's settings say about picks when backends fail.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PickPolicy {
+    pub all_down: AllDown,
+    pub slow_start: Option<Duration>,
+    /// `all_down = "last"`: backends down for at most this much longer than the one
+    /// up most recently count as up most recently too (one check round).
+    pub last_window: Duration,
 }
 
 /// An immutable snapshot of a server's backends.
 pub struct Pool {
     tiers: Vec<Tier>,
     all: Vec<Arc<Backend>>,
+    policy: PickPolicy,
 }
 
 impl std::fmt::Debug for Pool {
@@ -51,15 +102,72 @@ impl Pool {
                     .cloned()
                     .collect();
                 Tier {
+                    backup: key.0,
+                    priority: key.1,
                     strategy: balance::build(kind, &members),
                     backends: members,
+                    panic: AtomicBool::new(false),
                 }
             })
             .collect();
         Pool {
             tiers,
             all: backends,
+            policy: PickPolicy::default(),
         }
+    }
+
+    /// The same pool, picking under `policy`.
+    pub fn with_policy(mut self, policy: PickPolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// The backends of `backend`'s tier (empty if it is not in this pool).
+    pub fn tier_of(&self, backend: &Backend) -> &[Arc<Backend>] {
+        self.tiers
+            .iter()
+            .find(|t| t.backends.iter().any(|b| same(b, backend)))
+            .map_or(&[], |t| &t.backends)
+    }
+
+    /// Sets each tier's panic flag for `min_healthy_percent` (off: `None`); returns the
+    /// tiers that entered or left panic.
+    pub fn update_panic(&self, min_healthy_percent: Option<u8>) -> Vec<PanicChange> {
+        let mut changes = Vec::new();
+        for tier in &self.tiers {
+            let enabled = tier
+                .backends
+                .iter()
+                .filter(|b| b.admin_state() == crate::backend::AdminState::Enabled);
+            let (mut up, mut count) = (0usize, 0usize);
+            for backend in enabled {
+                count += 1;
+                up += usize::from(backend.is_up());
+            }
+            let panic = min_healthy_percent
+                .is_some_and(|min| count > 0 && up * 100 < usize::from(min) * count);
+            if tier.panic.swap(panic, Ordering::Relaxed) != panic {
+                changes.push(PanicChange {
+                    tier: TierName {
+                        backup: tier.backup,
+                        priority: tier.priority,
+                    },
+                    entered: panic,
+                    up,
+                    enabled: count,
+                });
+            }
+        }
+        changes
+    }
+
+    /// How many tiers are in panic now.
+    pub fn panicking_tiers(&self) -> usize {
+        self.tiers
+            .iter()
+            .filter(|t| t.panic.load(Ordering::Relaxed))
+            .count()
     }
 
     /// Every backend, in configuration order.
@@ -80,29 +188,83 @@ impl Pool {
         tried: &[Arc<Backend>],
         allowed: &dyn Fn(&Backend) -> bool,
     ) -> Option<ConnGuard> {
-        let eligible =
-            |b: &Backend| b.is_available() && !tried.iter().any(|t| same(t, b)) && allowed(b);
-        let ctx = PickContext {
-            client,
-            eligible: &eligible,
-        };
+        let open = |b: &Backend| !tried.iter().any(|t| same(t, b)) && allowed(b);
+        let up = |b: &Backend| b.is_available() && open(b);
+        // A tier in panic, or the all-down fallback: health set aside.
+        let any = |b: &Backend| b.takes_connections() && open(b);
         for tier in &self.tiers {
-            if !tier.backends.iter().any(|b| eligible(b)) {
-                continue;
-            }
-            // Another connection may take the last slot of a capped backend between the
-            // pick and the acquire; pick again a bounded number of times.
-            for _ in 0..tier.backends.len().min(8) {
-                let Some(index) = tier.strategy.pick(&tier.backends, &ctx) else {
-                    break; // the tier filled up meanwhile: try the next one
-                };
-                if let Some(guard) = tier.backends[index].try_acquire() {
-                    return Some(guard);
-                }
+            let eligible: &dyn Fn(&Backend) -> bool = if tier.panic.load(Ordering::Relaxed) {
+                &any
+            } else {
+                &up
+            };
+            if let Some(guard) = self.pick_in(tier, client, eligible) {
+                return Some(guard);
             }
         }
-        None
+        if self.policy.all_down == AllDown::Close || self.all.iter().any(|b| b.is_up()) {
+            return None;
+        }
+        // No backend of any tier is up.
+        match self.policy.all_down {
+            AllDown::Close => None,
+            AllDown::Any => self
+                .tiers
+                .iter()
+                .find_map(|t| self.pick_in(t, client, &any)),
+            AllDown::Last => {
+                let now = clock_ms();
+                let latest = self.all.iter().map(|b| b.state.last_up(now)).max()?;
+                if latest == 0 {
+                    return None; // none was ever up
+                }
+                let window = u64::try_from(self.policy.last_window.as_millis()).unwrap_or(0);
+                let since = latest.saturating_sub(window).max(1);
+                let last = |b: &Backend| any(b) && b.state.last_up(now) >= since;
+                self.tiers
+                    .iter()
+                    .find_map(|t| self.pick_in(t, client, &last))
+            }
+        }
     }
+
+    /// Picks in `tier` among the backends `eligible` accepts, and counts the connection
+    /// against the one picked.
+    fn pick_in(
+        &self,
+        tier: &Tier,
+        client: IpAddr,
+        eligible: &dyn Fn(&Backend) -> bool,
+    ) -> Option<ConnGuard> {
+        if !tier.backends.iter().any(|b| eligible(b)) {
+            return None;
+        }
+        if let Some(period) = self.policy.slow_start {
+            // Backends warming up are each passed over with the probability of the
+            // share they have not reached; if that leaves nothing, they take it all.
+            let now = clock_ms();
+            let warmed =
+                |b: &Backend| eligible(b) && b.state.ramp(now, period).is_none_or(balance::chance);
+            if let Some(guard) = acquire(tier, client, &warmed) {
+                return Some(guard);
+            }
+        }
+        acquire(tier, client, eligible)
+    }
+}
+
+/// Picks in `tier` and acquires the backend picked. Another connection may take the
+/// last slot of a capped backend between the pick and the acquire: picks again a
+/// bounded number of times.
+fn acquire(tier: &Tier, client: IpAddr, eligible: &dyn Fn(&Backend) -> bool) -> Option<ConnGuard> {
+    let ctx = PickContext { client, eligible };
+    for _ in 0..tier.backends.len().min(8) {
+        let index = tier.strategy.pick(&tier.backends, &ctx)?;
+        if let Some(guard) = tier.backends[index].try_acquire() {
+            return Some(guard);
+        }
+    }
+    None
 }
 
 fn same(a: &Arc<Backend>, b: &Backend) -> bool {

@@ -4,6 +4,7 @@ mod support;
 
 mod addresses;
 mod api;
+mod backends_fail;
 mod backends_tls;
 mod balance;
 mod client_limits;

@@ -29,6 +29,8 @@ pub struct BackendOptions {
     pub source: Option<Option<std::net::IpAddr>>,
     /// With `state = drain`: close the connections still open after this long.
     pub deadline: Option<Duration>,
+    /// With `state = disabled`: close its connections now (`backend_down`).
+    pub close: bool,
 }
 
 impl BackendOptions {
@@ -129,14 +131,25 @@ impl BackendOptions {
                     options.deadline =
                         Some(config::parse_duration(text).map_err(|e| bad(field, e))?);
                 }
+                "close" => {
+                    options.close = v
+                        .as_bool()
+                        .ok_or_else(|| bad(field, "expected true or false".into()))?;
+                }
                 other => {
                     let known = config::BACKEND_OPTIONS.join(", ");
                     return Err(bad(
                         other,
-                        format!("unknown field \"{other}\"; expected {known} or deadline"),
+                        format!("unknown field \"{other}\"; expected {known}, deadline or close"),
                     ));
                 }
             }
+        }
+        if options.close && options.state != Some(AdminState::Disabled) {
+            return Err(bad(
+                "close",
+                "close goes with \"state\": \"disabled\"; a drain closes with a deadline".into(),
+            ));
         }
         if options.deadline.is_some() && options.state != Some(AdminState::Draining) {
             return Err(bad(
@@ -300,7 +313,7 @@ mod tests {
     use super::*;
 
     /// The API takes every option a backend line takes, under the same name, and no
-    /// other (besides its own `deadline`): the names are declared once, in
+    /// other (besides its own `deadline` and `close`): the names are declared once, in
     /// [`config::BACKEND_OPTIONS`].
     #[test]
     fn backend_bodies_take_the_declared_options() {
@@ -327,7 +340,7 @@ mod tests {
             .err()
             .expect("an unknown option");
         let expected = format!(
-            "unknown field \"colour\"; expected {} or deadline",
+            "unknown field \"colour\"; expected {}, deadline or close",
             config::BACKEND_OPTIONS.join(", ")
         );
         assert_eq!(unknown.message, expected);

@@ -12,10 +12,11 @@ use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
+use tracing::info;
 
 use super::decode::{config_error, conflict_or, parse_server, restore_secrets, BackendOptions};
 use super::{views, ApiError, ApiState, OPENAPI};
-use crate::backend::{AdminState, Backend, BackendSpec};
+use crate::backend::{AdminState, Backend, BackendSpec, Cut};
 use crate::config::dump::{self, Secrets};
 use crate::config::{Bind, BindRange, Config, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
@@ -57,7 +58,7 @@ pub async fn ready(State(api): State<ApiState>) -> (StatusCode, Json<Value>) {
         let live = pool
             .backends()
             .iter()
-            .any(|b| b.is_healthy() && b.admin_state() == AdminState::Enabled);
+            .any(|b| b.is_up() && b.admin_state() == AdminState::Enabled);
         if !live {
             without.push(name);
         }
@@ -173,7 +174,10 @@ pub async fn list_backends(
     let server = running(&api, &name).await?;
     let pool = server.pool.load();
     Ok(Json(
-        pool.backends().iter().map(|b| views::backend(b)).collect(),
+        pool.backends()
+            .iter()
+            .map(|b| views::backend(&server, b))
+            .collect(),
     ))
 }
 
@@ -195,12 +199,17 @@ pub async fn add_backend(
         .map_err(|e: String| ApiError::field(StatusCode::BAD_REQUEST, "key", e))?;
     let key = spec.key();
     let options = BackendOptions::from_body(&body, false)?;
-    if options.deadline.is_some() {
-        return Err(ApiError::field(
-            StatusCode::BAD_REQUEST,
-            "deadline",
-            "a new backend has no connections to close; PATCH takes a deadline",
-        ));
+    for (given, field) in [
+        (options.deadline.is_some(), "deadline"),
+        (options.close, "close"),
+    ] {
+        if given {
+            return Err(ApiError::field(
+                StatusCode::BAD_REQUEST,
+                field,
+                format!("a new backend has no connections to close; PATCH takes {field}"),
+            ));
+        }
     }
     options.apply(&mut spec);
     edit(&api, |config| {
@@ -236,10 +245,17 @@ pub async fn patch_backend(
     })
     .await?;
     if options.state.is_some() {
-        let change = match find_backend(&api, &name, &key).await {
-            Some(backend) => backend.state.note_admin_change(),
-            None => 0,
-        };
+        let backend = find_backend(&api, &name, &key).await;
+        let change = backend.as_ref().map_or(0, |b| b.state.note_admin_change());
+        if let (true, Some(backend)) = (options.close, &backend) {
+            info!(
+                server = name,
+                backend = key,
+                open = backend.active(),
+                "backend disabled: closing its connections"
+            );
+            backend.state.cut_connections(Cut::BackendDown);
+        }
         if let Some(deadline) = options.deadline {
             let runtime = api.control.runtime();
             runtime
@@ -385,7 +401,7 @@ async fn backend_view(api: &ApiState, name: &str, key: &str) -> ApiResult<Json<V
         .iter()
         .find(|b| b.key() == key)
         .ok_or_else(|| no_backend(name, key))?;
-    Ok(Json(views::backend(backend)))
+    Ok(Json(views::backend(&server, backend)))
 }
 
 /// 403 when `server` would run a program that `old` (the server it replaces) does not

@@ -5,14 +5,17 @@ use std::sync::atomic::Ordering;
 
 use serde_json::{json, Map, Value};
 
-use crate::backend::{AdminState, Backend};
-use crate::config::Protocol;
+use crate::backend::{clock_ms, AdminState, Backend};
+use crate::config::{Protocol, ServerConfig};
 use crate::proxy::state::clients::{ClientView, Limit};
 use crate::proxy::state::ServerShared;
 use crate::proxy::udp::{UdpDrop, UdpStats};
 
-/// A backend as a resource: its spec, state, health and counters.
-pub fn backend(backend: &Backend) -> Value {
+/// A backend as a resource: its spec, state, health (and ejection, warm-up) and
+/// counters.
+pub fn backend(server: &ServerShared, backend: &Backend) -> Value {
+    let settings = server.settings.load();
+    let now = clock_ms();
     let spec = &backend.spec;
     let stats = &backend.state.stats;
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
@@ -29,6 +32,8 @@ pub fn backend(backend: &Backend) -> Value {
         "source": spec.source,
         "state": state_name(spec.admin),
         "health": if backend.is_healthy() { "up" } else { "down" },
+        "ejected": ejected_for(backend, now),
+        "warming": warming(&settings, backend, now),
         "stats": {
             "active_connections": load(&stats.active),
             "total_connections": load(&stats.total),
@@ -38,12 +43,36 @@ pub fn backend(backend: &Backend) -> Value {
             "connect_failures": load(&stats.connect_failures),
             "checks_passed": load(&stats.checks_passed),
             "checks_failed": load(&stats.checks_failed),
+            "ejections": load(&stats.ejections),
+            "ejection_returns": load(&stats.ejection_returns),
         },
         "health_history": backend.state.health_history().iter().map(|event| json!({
             "time_ms": event.at_unix_ms,
             "up": event.up,
         })).collect::<Vec<_>>(),
     })
+}
+
+/// `null`, or the milliseconds left of the backend's ejection.
+fn ejected_for(backend: &Backend, now: u64) -> Value {
+    let state = &backend.state;
+    if state.is_ejected() {
+        json!(state.ejected_until().saturating_sub(now))
+    } else {
+        Value::Null
+    }
+}
+
+/// `null`, or the per cent of its weight a backend warming up (`slow_start`) takes now.
+fn warming(settings: &ServerConfig, backend: &Backend, now: u64) -> Value {
+    let ramp = settings
+        .failover
+        .slow_start
+        .and_then(|period| backend.state.ramp(now, period));
+    match ramp {
+        Some(share) if backend.is_up() => json!((share * 100.0).floor() as u64),
+        _ => Value::Null,
+    }
 }
 
 /// The state word of the API and dashboard (`drain` is the verb, `draining` the state).
@@ -60,6 +89,8 @@ pub fn state_name(admin: AdminState) -> &'static str {
 /// server adds `udp`, its datagram counters (connections there are sessions).
 pub fn server_stats(server: &ServerShared) -> Value {
     let pool = server.pool.load();
+    let settings = server.settings.load();
+    let now = clock_ms();
     let mut rx_total = 0u64;
     let mut tx_total = 0u64;
     let mut rx_second = 0u64;
@@ -82,8 +113,10 @@ pub fn server_stats(server: &ServerShared) -> Value {
                 "priority": b.spec.priority,
                 "weight": b.spec.weight,
                 "sni": b.spec.sni.clone().unwrap_or_default(),
+                "ejected": ejected_for(b, now),
+                "warming": warming(&settings, b, now),
                 "stats": {
-                    "live": b.is_healthy(),
+                    "live": b.is_up(),
                     "total_connections": s.total.load(Ordering::Relaxed),
                     "active_connections": s.active.load(Ordering::Relaxed),
                     "rx": rx,
@@ -94,15 +127,26 @@ pub fn server_stats(server: &ServerShared) -> Value {
             })
         })
         .collect();
+    let failover = &server.failover;
+    let counted = &failover.stats;
     let mut stats = json!({
         "active_connections": server.stats.active.load(Ordering::Relaxed),
+        "failover": {
+            "all_down": failover.all_down(),
+            "all_down_policy": settings.failover.all_down.name(),
+            "all_down_transitions": counted.all_down.load(Ordering::Relaxed),
+            "panicking_tiers": failover.panicking_tiers(),
+            "tier_panics": counted.panics.load(Ordering::Relaxed),
+            "ejections_refused": counted.ejections_refused.load(Ordering::Relaxed),
+            "closed_on_down": counted.closed_on_down.load(Ordering::Relaxed),
+        },
         "rx_total": rx_total,
         "tx_total": tx_total,
         "rx_second": rx_second,
         "tx_second": tx_second,
         "backends": backends,
     });
-    if server.settings.load().protocol == Protocol::Udp {
+    if settings.protocol == Protocol::Udp {
         stats["udp"] = udp_stats(&server.stats.udp);
     }
     stats

@@ -180,6 +180,12 @@ fn random_u64() -> u64 {
     })
 }
 
+/// True with probability `p` (0 to 1).
+pub fn chance(p: f64) -> bool {
+    // 53 random bits as a float in [0, 1).
+    ((random_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+}
+
 /// A random number in `0..n` (Lemire's multiply-shift; `n` must be non-zero).
 fn random_below(n: u64) -> u64 {
     ((u128::from(random_u64()) * u128::from(n)) >> 64) as u64

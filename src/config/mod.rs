@@ -20,6 +20,8 @@
 //! - `admin`: `[api]` and `[metrics]`, the control side's endpoints.
 //! - TLS (`[tls]`, `[backends_tls]`, a registry's TLS files): the types are
 //!   [`crate::tls`]'s settings, re-exported here; the model holds them.
+//! - `failover`: what a server does when backends fail (all-down policy, slow start,
+//!   outlier ejection, closing a down backend's connections).
 //! - `limits`: client protection (per-client connection caps and rates, UDP datagram
 //!   and byte rates, bandwidth per connection), with its rate grammars.
 //! - `duration`, `static_list`, `bind`: the value grammars (`"1h30m"`, backend lines,
@@ -46,6 +48,7 @@ mod discovery;
 pub mod dump;
 mod duration;
 mod error;
+pub mod failover;
 mod format;
 mod gobetween;
 mod haproxy;
@@ -433,6 +436,10 @@ pub struct ServerConfig {
     /// default).
     #[serde(flatten)]
     pub limits: ClientLimits,
+    /// When backends fail: all-down policy, slow start, outlier ejection (flat keys and
+    /// the `outlier` section, all off by default).
+    #[serde(flatten)]
+    pub failover: failover::Failover,
 }
 
 impl ServerConfig {
@@ -462,6 +469,7 @@ impl ServerConfig {
             tls: None,
             backends_tls: None,
             limits: ClientLimits::default(),
+            failover: failover::Failover::default(),
         }
     }
 }

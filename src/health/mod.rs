@@ -48,7 +48,7 @@ pub use tcp::TcpCheck;
 pub use tls::{TlsCheck, EXPIRY_WARNING};
 pub use udp::UdpCheck;
 
-use crate::backend::Backend;
+use crate::backend::{clock_ms, Backend};
 use crate::config::{HealthConfig, HealthKind, ProxyVersion};
 use crate::pool::Pool;
 use crate::tasks::Tasks;
@@ -239,6 +239,14 @@ async fn run_checks(
             &stats.checks_failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        // An ejected backend whose check passes is back at once.
+        if result.is_ok() && backend.state.end_ejection(clock_ms()) {
+            info!(
+                server,
+                backend = backend.key(),
+                "ejected backend returns: its health check passed"
+            );
+        }
         let healthy = backend.is_healthy();
         if healthy != known {
             tally = Tally::default();

@@ -133,6 +133,54 @@ impl Collector for Scrape {
         )?;
         self.per_server(
             e,
+            Meta::gauge(
+                "sluice_server_all_down",
+                "1 while no backend of the server is up (all_down says where clients go).",
+            ),
+            |s| Value::Gauge(u64::from(s.shared.failover.all_down())),
+        )?;
+        self.per_server(
+            e,
+            Meta::counter(
+                "sluice_server_all_down_transitions",
+                "Times the server found no backend up.",
+            ),
+            |s| Value::Counter(read(&s.shared.failover.stats.all_down)),
+        )?;
+        self.per_server(
+            e,
+            Meta::gauge(
+                "sluice_server_panicking_tiers",
+                "Tiers below min_healthy_percent now, whose backends all count as up.",
+            ),
+            |s| Value::Gauge(s.shared.failover.panicking_tiers()),
+        )?;
+        self.per_server(
+            e,
+            Meta::counter(
+                "sluice_server_tier_panics",
+                "Times a tier fell below min_healthy_percent.",
+            ),
+            |s| Value::Counter(read(&s.shared.failover.stats.panics)),
+        )?;
+        self.per_server(
+            e,
+            Meta::counter(
+                "sluice_server_ejections_refused",
+                "Ejections not made because max_ejection_percent of the tier was out already.",
+            ),
+            |s| Value::Counter(read(&s.shared.failover.stats.ejections_refused)),
+        )?;
+        self.per_server(
+            e,
+            Meta::counter(
+                "sluice_server_closed_on_down",
+                "Connections closed because their backend was marked down (close_on_down).",
+            ),
+            |s| Value::Counter(read(&s.shared.failover.stats.closed_on_down)),
+        )?;
+        self.per_server(
+            e,
             Meta::counter(
                 "sluice_source_exhausted",
                 "Source addresses (source) that had no port left for a backend and were passed over.",
@@ -317,6 +365,22 @@ impl Collector for Scrape {
         )?;
         self.per_backend(
             e,
+            Meta::counter(
+                "sluice_backend_ejections",
+                "Times outlier ejection took the backend out of rotation.",
+            ),
+            |b| Value::Counter(read(&b.state.stats.ejections)),
+        )?;
+        self.per_backend(
+            e,
+            Meta::counter(
+                "sluice_backend_ejection_returns",
+                "Times the backend came back from an ejection (its time up, or its check passed).",
+            ),
+            |b| Value::Counter(read(&b.state.stats.ejection_returns)),
+        )?;
+        self.per_backend(
+            e,
             Meta::gauge(
                 "sluice_backend_connections_active",
                 "Connections open to the backend now, including those still connecting.",
@@ -327,9 +391,9 @@ impl Collector for Scrape {
             e,
             Meta::gauge(
                 "sluice_backend_up",
-                "1 if the backend is healthy (active and passive checks), else 0.",
+                "1 if the backend is healthy (active and passive checks) and not ejected, else 0.",
             ),
-            |b| Value::Gauge(u64::from(b.is_healthy())),
+            |b| Value::Gauge(u64::from(b.is_up())),
         )?;
         let states = self.backends().flat_map(|(server, b)| {
             let current = state(b);
@@ -380,7 +444,7 @@ impl Collector for Scrape {
 }
 
 /// The values of the `state` label, in output order.
-const STATES: [&str; 4] = ["up", "down", "draining", "disabled"];
+const STATES: [&str; 5] = ["up", "down", "ejected", "draining", "disabled"];
 
 /// An operator's choice wins over health: a disabled backend is "disabled" whether or
 /// not it would pass its checks.
@@ -388,8 +452,9 @@ fn state(backend: &Backend) -> &'static str {
     match backend.admin_state() {
         AdminState::Disabled => "disabled",
         AdminState::Draining => "draining",
-        AdminState::Enabled if backend.is_healthy() => "up",
-        AdminState::Enabled => "down",
+        AdminState::Enabled if !backend.is_healthy() => "down",
+        AdminState::Enabled if backend.state.is_ejected() => "ejected",
+        AdminState::Enabled => "up",
     }
 }
 

@@ -11,7 +11,6 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::{timeout, Instant};
-use tracing::{debug, warn};
 
 use super::prelude::Learned;
 use super::proxy_protocol;
@@ -21,7 +20,8 @@ use super::state::ServerShared;
 use super::CloseReason;
 use crate::backend::{Backend, BackendSpec, ConnGuard};
 use crate::balance::BalanceKind;
-use crate::config::{BackendPort, HealthKind, ServerConfig};
+use crate::config::{BackendPort, ServerConfig};
+use crate::failover;
 use crate::outbound::{self, Leave, Sources};
 
 /// Connect timeout used when the configuration leaves it unlimited ("0"): the kernel's
@@ -112,7 +112,6 @@ async fn connect(
     let connect_timeout = settings
         .backend_connection_timeout
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
-    let passive_fails = passive_fails(&settings);
     // Allocate only after a failed attempt.
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut failures: Vec<String> = Vec::new();
@@ -130,14 +129,19 @@ async fn connect(
             Ok(stream) => {
                 let state = &backend.state;
                 state.stats.connect_duration.observe(dialling.elapsed());
-                state
-                    .consecutive_connect_failures
-                    .store(0, Ordering::Relaxed);
+                failover::connected(&settings, backend);
                 server.note_backend_found();
                 return Ok((guard, stream));
             }
             Err(e) => {
-                record_connect_failure(&server.name, backend, passive_fails, &e);
+                failover::connect_failed(
+                    &server.name,
+                    &settings,
+                    &pool,
+                    &server.failover,
+                    backend,
+                    &e,
+                );
                 failures.push(format!("{}: {e}", backend.key()));
                 tried.push(Arc::clone(backend));
             }
@@ -233,41 +237,4 @@ async fn dial(
     timeout(limit, attempt)
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
-}
-
-/// Failed connects in a row that mark a backend down; 0 (never) without active checks,
-/// since nothing would bring it back up.
-pub(crate) fn passive_fails(settings: &ServerConfig) -> u32 {
-    if settings.healthcheck.kind == HealthKind::None {
-        0
-    } else {
-        settings.healthcheck.passive_fails
-    }
-}
-
-pub(crate) fn record_connect_failure(
-    server: &str,
-    backend: &Backend,
-    passive_fails: u32,
-    e: &io::Error,
-) {
-    let state = &backend.state;
-    state.stats.connect_failures.fetch_add(1, Ordering::Relaxed);
-    if e.kind() == io::ErrorKind::TimedOut {
-        state.stats.connect_timeouts.fetch_add(1, Ordering::Relaxed);
-    }
-    let in_a_row = state
-        .consecutive_connect_failures
-        .fetch_add(1, Ordering::Relaxed)
-        + 1;
-    debug!(server, backend = backend.key(), error = %e, "backend connect failed");
-    if passive_fails > 0 && in_a_row >= passive_fails && backend.set_healthy(false) {
-        warn!(
-            server,
-            backend = backend.key(),
-            failures = in_a_row,
-            error = %e,
-            "backend marked down after consecutive connect failures"
-        );
-    }
 }

@@ -39,6 +39,7 @@ use super::CloseReason;
 use crate::acl;
 use crate::backend::{Backend, ConnGuard};
 use crate::config::Protocol;
+use crate::failover;
 
 /// Admits a connection `peer` opened, or refuses it (counted and logged); an admitted
 /// one gets a task of its own on `tracker`, which `stop` (the shutdown deadline) ends.
@@ -315,9 +316,23 @@ fn finish(
     stop: &CancellationToken,
 ) {
     let reason = match result.reason {
-        CloseReason::Shutdown if !stop.is_cancelled() => CloseReason::DrainDeadline,
+        CloseReason::Shutdown if !stop.is_cancelled() => super::cut_reason(backend),
         reason => reason,
     };
+    // Whether the backend answered, for outlier ejection's streak.
+    if result.bytes_to_client > 0 {
+        failover::first_byte(backend);
+    } else if reason == CloseReason::BackendError {
+        let settings = server.settings.load();
+        let pool = server.pool.load();
+        failover::reset_before_first_byte(
+            &server.name,
+            &settings,
+            &pool,
+            &server.failover,
+            backend,
+        );
+    }
     backend
         .state
         .stats

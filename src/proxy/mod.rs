@@ -77,8 +77,10 @@ close_reasons! {
     /// The backend reset the connection or a read/write on it failed (UDP: its host
     /// reported the port unreachable).
     BackendError => "backend_error";
-    /// UDP: the session's backend failed its health check; the client's next datagram
-    /// opens a session on a live one.
+    /// Its backend was marked down: with `close_on_down` (a failed check, an ejection,
+    /// its removal from discovery) or by an API disable with `"close": true`. UDP: also
+    /// a session whose backend is down when its client's next datagram comes (that
+    /// datagram opens a session on a live one).
     BackendDown => "backend_down";
     /// UDP: the session's backend had never answered, and its descriptor went to a new
     /// session when the descriptor budget was used up.
@@ -117,6 +119,14 @@ close_reasons! {
 
 /// How many reasons there are.
 pub const CLOSE_REASONS: usize = CloseReason::ALL.len();
+
+/// Why a connection to `backend` was closed when its connections were cut.
+pub(crate) fn cut_reason(backend: &crate::backend::Backend) -> CloseReason {
+    match backend.state.cut_reason() {
+        crate::backend::Cut::DrainDeadline => CloseReason::DrainDeadline,
+        crate::backend::Cut::BackendDown => CloseReason::BackendDown,
+    }
+}
 
 impl fmt::Display for CloseReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -84,7 +84,7 @@ pub(crate) fn unavailable(
     }
     let (mut down, mut off, mut full) = (0, 0, 0);
     for backend in &candidates {
-        if !backend.is_healthy() {
+        if !backend.is_up() {
             down += 1;
         } else if backend.admin_state() != AdminState::Enabled {
             off += 1;

@@ -41,10 +41,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
-use crate::backend::AdminState;
+use crate::backend::{AdminState, Cut};
 use crate::config::{DiscoveryConfig, ServerConfig};
 use crate::descriptors::DescriptorBudget;
 use crate::discovery;
+use crate::failover;
 use crate::listener::{self, Listeners};
 use crate::proxy::state::carried::Carried;
 use crate::proxy::state::{Gate, ServerShared};
@@ -159,6 +160,13 @@ impl Server {
             .cloned()
             .unwrap_or_default();
         backends.replace(None, Some(specs)).await;
+        let watcher = Arc::clone(&shared);
+        let stop = background.clone();
+        tasks.spawn(&background, async move {
+            let shared = &watcher;
+            let (pool, settings) = (&shared.pool, &shared.settings);
+            failover::watch(&shared.name, pool, settings, &shared.failover, stop).await;
+        });
         let mut server = Server {
             shared,
             local_addrs,
@@ -341,7 +349,7 @@ impl Server {
                     open = backend.active(),
                     "drain deadline passed: closing the backend's connections"
                 );
-                backend.state.cut_connections();
+                backend.state.cut_connections(Cut::DrainDeadline);
             }
         });
     }

@@ -6,17 +6,19 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::bandwidth;
-use crate::backend::{Backend, BackendSpec, BackendState};
+use crate::backend::{clock_ms, AdminState, Backend, BackendSpec};
 use crate::balance::BalanceKind;
 use crate::config::{HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig};
+use crate::failover;
 use crate::health;
 use crate::outbound::Sources;
-use crate::pool::Pool;
+use crate::pool::{PickPolicy, Pool};
 use crate::proxy::sni;
 use crate::proxy::state::ServerShared;
 use crate::resolve;
@@ -47,6 +49,8 @@ struct RebuildState {
     /// Each backend's check and resolver, by key, with the spec they were started for.
     per_backend: HashMap<String, (BackendSpec, CancellationToken)>,
     sampler: Option<CancellationToken>,
+    /// The first pool was built: backends that join later, or come back, warm up.
+    started: bool,
 }
 
 impl PoolRebuilder {
@@ -73,7 +77,21 @@ impl PoolRebuilder {
             return;
         }
         state.specs = specs;
+        let before = self.shared.pool.load_full();
         self.rebuild(&mut state, None).await;
+        // `close_on_down`: a backend discovery no longer lists is down for good.
+        let after = self.shared.pool.load();
+        let removed: Vec<Arc<Backend>> = before
+            .backends()
+            .iter()
+            .filter(|b| !after.backends().iter().any(|a| a.key() == b.key()))
+            .cloned()
+            .collect();
+        if !removed.is_empty() {
+            let settings = self.shared.settings.load();
+            let (name, failover) = (&self.shared.name, &self.shared.failover);
+            failover::close_removed(name, &settings, failover, &removed);
+        }
     }
 
     /// Stores `settings` (if given), takes `specs` as the backend list (if given; else
@@ -93,19 +111,20 @@ impl PoolRebuilder {
     async fn rebuild(&self, state: &mut RebuildState, settings: Option<Arc<ServerConfig>>) {
         let settings = settings.unwrap_or_else(|| self.shared.settings.load_full());
         let old_pool = self.shared.pool.load_full();
-        let by_key: HashMap<&str, &Arc<BackendState>> = old_pool
+        let by_key: HashMap<&str, &Backend> = old_pool
             .backends()
             .iter()
-            .map(|b| (b.key(), &b.state))
+            .map(|b| (b.key(), &**b))
             .collect();
         let backends = build_backends(
             &self.shared,
             &settings,
             &state.specs,
-            &by_key,
+            (&by_key, state.started),
             &self.hard_stop,
         );
-        let pool = Arc::new(Pool::new(settings.balance, backends));
+        state.started = true;
+        let pool = Arc::new(Pool::new(settings.balance, backends).with_policy(policy(&settings)));
         resolve::resolve_now(&pool).await;
         let matcher = settings.sni.as_ref().map(|sni| {
             Arc::new(sni::Matcher::new(
@@ -117,6 +136,7 @@ impl PoolRebuilder {
         self.shared.settings.store(Arc::clone(&settings));
         self.shared.sni.store(matcher);
         self.shared.pool.store(Arc::clone(&pool));
+        self.shared.failover.events.notify_one();
         self.follow(state, &settings, &pool);
     }
 
@@ -172,34 +192,64 @@ impl PoolRebuilder {
     }
 }
 
-/// PoolRebuilder for `specs` under `config`, reusing the live state of those already known
-/// by key; new ones have their connections tied to `hard_stop`, and start with the
-/// health a binary upgrade carried over for them, if any.
+/// How `config`'s pool picks when backends fail.
+fn policy(config: &ServerConfig) -> PickPolicy {
+    let failover = &config.failover;
+    // Backends that failed in the same check round went down together.
+    let last_window = match config.healthcheck.kind {
+        HealthKind::None => Duration::from_secs(1),
+        _ => config.healthcheck.interval,
+    };
+    PickPolicy {
+        all_down: failover.all_down,
+        slow_start: failover.slow_start,
+        last_window,
+    }
+}
+
+/// The backends for `specs` under `config`, reusing the live state of those already
+/// `known` by key; new ones have their connections tied to `hard_stop`, and start with
+/// the health a binary upgrade carried over for them, if any. Once the server has
+/// `started`, a backend that joins, or is enabled again, begins its warm-up.
 fn build_backends(
     server: &ServerShared,
     config: &ServerConfig,
     specs: &[BackendSpec],
-    known: &HashMap<&str, &Arc<BackendState>>,
+    (known, started): (&HashMap<&str, &Backend>, bool),
     hard_stop: &CancellationToken,
 ) -> Vec<Arc<Backend>> {
     let initially_healthy = config.healthcheck.kind == HealthKind::None
         || config.healthcheck.initial_status == InitialStatus::Healthy;
     let sources = Sources::new(&config.source).map(Arc::new);
+    let now = clock_ms();
     specs
         .iter()
         .map(|spec| {
             let backend = match known.get(spec.key().as_str()) {
-                Some(state) => Backend::with_state(spec.clone(), Arc::clone(state)),
+                Some(old) => {
+                    let enabled = spec.admin == AdminState::Enabled;
+                    if enabled && old.spec.admin != AdminState::Enabled {
+                        old.state.start_ramp(now);
+                    }
+                    Backend::with_state(spec.clone(), Arc::clone(&old.state))
+                }
                 // After an upgrade, the health the previous process saw.
-                None => Backend::new(
-                    spec.clone(),
-                    server
+                None => {
+                    let healthy = server
                         .carried_health(&spec.key())
-                        .unwrap_or(initially_healthy),
-                ),
+                        .unwrap_or(initially_healthy);
+                    let backend = Backend::new(spec.clone(), healthy);
+                    if started {
+                        backend.state.ramp_on_first_up();
+                        if healthy {
+                            backend.state.start_ramp(now);
+                        }
+                    }
+                    backend
+                }
             }
             .with_server_sources(sources.as_ref());
-            backend.state.link_to(hard_stop);
+            backend.state.link_to(hard_stop, &server.failover.events);
             // Without an active check nothing would ever bring a backend back up.
             if config.healthcheck.kind == HealthKind::None {
                 backend.set_healthy(true);

@@ -27,6 +27,7 @@
 
 pub(super) mod admin;
 pub(super) mod discovery;
+pub(super) mod failover;
 mod file;
 pub(super) mod health;
 pub(super) mod legacy;

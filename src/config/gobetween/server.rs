@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use super::admin;
 use super::discovery::discovery;
+use super::failover::{self, FAILOVER_KEYS};
 use super::file::{Node, Value};
 use super::health::healthcheck;
 use super::legacy::{self, Place};
@@ -324,8 +325,9 @@ fn server(
     let backends_tls = sec
         .take("backends_tls")
         .map(|f| (ctx.table_at(&f), super::tls::backends(ctx, &f)));
+    let failover = failover::read(ctx, &mut sec);
     let sec_path = sec.path.clone();
-    sec.finish(ctx, &[SERVER_KEYS, LIMIT_KEYS].concat());
+    sec.finish(ctx, &[SERVER_KEYS, LIMIT_KEYS, FAILOVER_KEYS].concat());
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
     match (&tls, protocol) {
         (None, Protocol::Tls) => {
@@ -406,6 +408,7 @@ fn server(
         tls: tls.and_then(|(_, t)| t),
         backends_tls: backends_tls.and_then(|(_, t)| t),
         limits,
+        failover,
     };
     Some((server, bind_at))
 }

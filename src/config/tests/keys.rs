@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::super::dump;
 use super::super::gobetween::legacy::{legacy_keys, Place};
-use super::super::gobetween::{admin, discovery, health, limits, sections, server, tls};
+use super::super::gobetween::{admin, discovery, failover, health, limits, sections, server, tls};
 use super::{files, parse_file};
 use dump::Secrets;
 
@@ -44,7 +44,12 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         (
             "servers.*",
             with_legacy(
-                &[server::SERVER_KEYS, limits::LIMIT_KEYS].concat(),
+                &[
+                    server::SERVER_KEYS,
+                    limits::LIMIT_KEYS,
+                    failover::FAILOVER_KEYS,
+                ]
+                .concat(),
                 Place::Server,
             ),
         ),
@@ -63,6 +68,7 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             ),
         ),
         ("servers.*.access", sections::ACCESS_KEYS.to_vec()),
+        ("servers.*.outlier", failover::OUTLIER_KEYS.to_vec()),
         ("servers.*.udp", server::UDP_KEYS.to_vec()),
         (
             "servers.*.proxy_protocol",

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 use super::sni;
 use super::{CloseReason, CLOSE_REASONS};
 use crate::config::{ClientLimits, ServerConfig};
+use crate::failover::FailoverState;
 use crate::pool::Pool;
 use clients::{ClientHold, ClientShared, ClientSource, Clients, Limit};
 use tokio::time::Instant;
@@ -76,6 +77,8 @@ pub struct ServerShared {
     no_backend_logged: AtomicBool,
     /// What a binary upgrade hands over, both ways (see [`carried`]).
     pub(crate) carried: carried::CarriedState,
+    /// Outlier ejection, the tiers' panic and all-down states, `close_on_down`.
+    pub failover: FailoverState,
 }
 
 impl ServerShared {
@@ -95,6 +98,7 @@ impl ServerShared {
             listeners: Vec::new(),
             no_backend_logged: AtomicBool::new(false),
             carried: carried::CarriedState::default(),
+            failover: FailoverState::default(),
         }
     }
 

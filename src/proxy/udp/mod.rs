@@ -382,11 +382,11 @@ fn count_bytes(counter: &AtomicU64, len: usize) {
 }
 
 /// The client's session, if it has one that still takes datagrams. A session whose
-/// backend failed its health check is closed here, so the client moves to a live one.
+/// backend is down (failed its health check, or ejected) is closed here, so the client moves to a live one.
 fn current_session(listening: &Listening, key: SessionKey) -> Option<Arc<Session>> {
     let mut sessions = lock(&listening.sessions);
     let session = sessions.get(&key)?;
-    if session.takes_requests() && session.backend.is_healthy() {
+    if session.takes_requests() && session.backend.is_up() {
         return Some(Arc::clone(session));
     }
     let session = sessions.remove(&key)?;

@@ -30,9 +30,10 @@ use super::{
 use crate::backend::{Backend, ConnGuard};
 use crate::config::{ServerConfig, UdpConfig};
 use crate::descriptors::Descriptor;
+use crate::failover;
 use crate::proxy::state::clients::ClientShared;
 use crate::proxy::state::{ActiveSlot, ServerShared};
-use crate::proxy::{connect, CloseReason};
+use crate::proxy::{cut_reason, CloseReason};
 
 /// What a session's listening side and reply task both see.
 pub(super) struct Session {
@@ -232,7 +233,7 @@ pub(super) async fn relay_replies(
         };
         tokio::select! {
             biased;
-            () = &mut cut_wait => break CloseReason::DrainDeadline,
+            () = &mut cut_wait => break cut_reason(&session.backend),
             () = session.changed.notified() => {
                 if let Some(why) = session.ending() {
                     break why.reason();
@@ -281,7 +282,11 @@ pub(super) async fn relay_replies(
     forget(&listening, &session);
     session.close();
     let reason = match reason {
-        CloseReason::DrainDeadline if listening.hard_stop.is_cancelled() => CloseReason::Shutdown,
+        CloseReason::DrainDeadline | CloseReason::BackendDown
+            if listening.hard_stop.is_cancelled() =>
+        {
+            CloseReason::Shutdown
+        }
         reason => reason,
     };
     match session.ending() {
@@ -393,12 +398,7 @@ fn first_reply(session: &Session) {
         return;
     }
     session.answered.store(true, Ordering::Release);
-    let in_a_row = &session.backend.state.consecutive_connect_failures;
-    // Read first: most backends have no run to reset, and a write would take the
-    // counter's cache line from every other worker.
-    if in_a_row.load(Ordering::Relaxed) != 0 {
-        in_a_row.store(0, Ordering::Relaxed);
-    }
+    failover::first_byte(&session.backend);
 }
 
 /// With `max_responses = N`, a session is complete once every request it forwarded has
@@ -414,11 +414,11 @@ fn complete(session: &Session, responses: u32, limits: UdpConfig) -> bool {
 }
 
 /// Counts a backend's ICMP "port unreachable" like a refused TCP connect: enough in a
-/// row mark it down when the server has passive health checking.
+/// row eject it (or, with passive health checking, mark it down).
 fn note_refused(backend: &Backend, server: &ServerShared, settings: &ServerConfig) {
     let e = io::Error::from_raw_os_error(libc::ECONNREFUSED);
-    let passive_fails = connect::passive_fails(settings);
-    connect::record_connect_failure(&server.name, backend, passive_fails, &e);
+    let pool = server.pool.load();
+    failover::connect_failed(&server.name, settings, &pool, &server.failover, backend, &e);
 }
 
 #[cfg(test)]

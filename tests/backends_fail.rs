@@ -1,0 +1,400 @@
+//! When backends fail: the all-down policy, the panic threshold, slow start, outlier
+//! ejection and `close_on_down`, with real backends stopped and started under load.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sluice::backend::{clock_ms, Backend};
+use sluice::balance::BalanceKind;
+use sluice::config::failover::{AllDown, OutlierConfig};
+use sluice::config::{ExecSettings, HealthConfig, HealthKind, InitialStatus};
+use sluice::proxy::state::ServerShared;
+use sluice::proxy::CloseReason;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::data::Prng;
+use crate::support::*;
+
+/// An `exec` check every 100 ms whose verdict for a backend is whether the file
+/// `up-PORT` exists in `dir`: the check marks backends down while they still serve,
+/// as a check of something the data path does not need would.
+fn flag_check(dir: &Path) -> HealthConfig {
+    let script = dir.join("check");
+    let text = format!(
+        "#!/bin/sh\nif [ -e '{}/up-'\"$2\" ]; then echo up; else echo down; fi\n",
+        dir.display()
+    );
+    std::fs::write(&script, text).expect("check script");
+    let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+    std::fs::set_permissions(&script, mode).expect("chmod");
+    HealthConfig {
+        kind: HealthKind::Exec(ExecSettings {
+            command: script.display().to_string(),
+            positive: "up".into(),
+            negative: Some("down".into()),
+        }),
+        interval: Duration::from_millis(100),
+        timeout: Duration::from_secs(2),
+        fails: 1,
+        passes: 1,
+        initial_status: InitialStatus::Healthy,
+        passive_fails: 0,
+    }
+}
+
+fn set_flag(dir: &Path, backend: &TestBackend, up: bool) {
+    let flag = dir.join(format!("up-{}", backend.addr.port()));
+    if up {
+        std::fs::write(flag, "").expect("flag");
+    } else {
+        let _ = std::fs::remove_file(flag);
+    }
+}
+
+fn backend_of(shared: &ServerShared, addr: std::net::SocketAddr) -> Arc<Backend> {
+    let key = addr.to_string();
+    let pool = shared.pool.load();
+    let found = pool.backends().iter().find(|b| b.key() == key).cloned();
+    found.expect("backend in the pool")
+}
+
+async fn wait_health(shared: &ServerShared, backend: &TestBackend, up: bool) {
+    let b = backend_of(shared, backend.addr);
+    let what = format!("{} {}", backend.name, if up { "up" } else { "down" });
+    eventually(&what, || async { b.is_healthy() == up }).await;
+}
+
+/// `n` clients in turn, `parallel` at a time: the backend each one reached, or
+/// `None` for a client closed without a greeting.
+async fn clients(addr: std::net::SocketAddr, n: usize, parallel: usize) -> Vec<Option<String>> {
+    let mut names = Vec::with_capacity(n);
+    for _ in 0..n.div_ceil(parallel) {
+        let batch = (0..parallel).map(|_| async move {
+            let mut stream = connect_from(addr, None).await;
+            let mut line = Vec::new();
+            let mut byte = [0u8; 1];
+            while let Ok(Ok(1)) = tokio::time::timeout(WAIT, stream.read(&mut byte)).await {
+                if byte[0] == b'\n' {
+                    return Some(String::from_utf8_lossy(&line).into_owned());
+                }
+                line.push(byte[0]);
+            }
+            None
+        });
+        names.extend(futures::future::join_all(batch).await);
+    }
+    names.truncate(n);
+    names
+}
+
+#[tokio::test]
+async fn all_down_closes_or_sends_to_any_or_to_the_last_up_as_configured() {
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    for policy in [AllDown::Close, AllDown::Any, AllDown::Last] {
+        let dir = tempfile::tempdir().expect("dir");
+        set_flag(dir.path(), &a, true);
+        set_flag(dir.path(), &b, true);
+        let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec()]);
+        cfg.healthcheck = flag_check(dir.path());
+        cfg.failover.all_down = policy;
+        let lb = Sluice::start(cfg).await;
+        let shared = lb.shared().await;
+        let seen: BTreeSet<_> = clients(lb.addr, 20, 5).await.into_iter().collect();
+        assert_eq!(
+            seen,
+            ["a", "b"].map(|n| Some(n.to_owned())).into(),
+            "{policy}"
+        );
+
+        // b goes down, then (more than a check round later) a: a was up last.
+        set_flag(dir.path(), &b, false);
+        wait_health(&shared, &b, false).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        set_flag(dir.path(), &a, false);
+        wait_health(&shared, &a, false).await;
+        eventually("all down noticed", || async { shared.failover.all_down() }).await;
+
+        let reached = clients(lb.addr, 40, 10).await;
+        let tally = tally(reached.iter().map(|r| r.clone().unwrap_or_default()));
+        match policy {
+            AllDown::Close => {
+                assert!(reached.iter().all(Option::is_none), "{policy}: {tally:?}");
+                assert_eq!(shared.stats.refused(CloseReason::NoBackend), 40);
+            }
+            AllDown::Any => {
+                assert_eq!(tally.get("a"), Some(&20), "{policy}: {tally:?}");
+                assert_eq!(tally.get("b"), Some(&20), "{policy}: {tally:?}");
+            }
+            AllDown::Last => assert_eq!(tally.get("a"), Some(&40), "{policy}: {tally:?}"),
+        }
+        let counted = &shared.failover.stats;
+        assert_eq!(counted.all_down.load(Ordering::Relaxed), 1, "{policy}");
+
+        // One backend back: the state ends, clients go to it alone.
+        set_flag(dir.path(), &b, true);
+        wait_health(&shared, &b, true).await;
+        eventually("all down over", || async { !shared.failover.all_down() }).await;
+        let reached = clients(lb.addr, 10, 5).await;
+        assert!(
+            reached.iter().all(|r| r.as_deref() == Some("b")),
+            "{policy}: {reached:?}"
+        );
+        lb.runtime
+            .shutdown(Duration::ZERO, std::future::ready(()))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_tier_below_min_healthy_percent_counts_all_its_backends_as_up() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut backends = Vec::new();
+    for name in ["a", "b", "c", "d"] {
+        let backend = TestBackend::named(name).await;
+        set_flag(dir.path(), &backend, true);
+        backends.push(backend);
+    }
+    let mut cfg = server(
+        BalanceKind::RoundRobin,
+        backends.iter().map(TestBackend::spec).collect(),
+    );
+    cfg.healthcheck = flag_check(dir.path());
+    cfg.failover.min_healthy_percent = Some(50);
+    let lb = Sluice::start(cfg).await;
+    let shared = lb.shared().await;
+
+    // Two of four down: 50 % up, not below the threshold; the two up take everything.
+    for backend in &backends[..2] {
+        set_flag(dir.path(), backend, false);
+        wait_health(&shared, backend, false).await;
+    }
+    let reached = tally(clients(lb.addr, 40, 10).await.into_iter().flatten());
+    assert_eq!(reached.keys().collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(shared.failover.panicking_tiers(), 0);
+
+    // Three of four down: 25 %, the tier panics and all four share the clients.
+    set_flag(dir.path(), &backends[2], false);
+    wait_health(&shared, &backends[2], false).await;
+    eventually("the tier panics", || async {
+        shared.failover.panicking_tiers() == 1
+    })
+    .await;
+    let reached = tally(clients(lb.addr, 40, 10).await.into_iter().flatten());
+    assert_eq!(
+        reached.values().copied().collect::<Vec<_>>(),
+        [10; 4],
+        "{reached:?}"
+    );
+
+    // Back to two: the panic ends, logged and counted once.
+    set_flag(dir.path(), &backends[2], true);
+    wait_health(&shared, &backends[2], true).await;
+    eventually("the panic ends", || async {
+        shared.failover.panicking_tiers() == 0
+    })
+    .await;
+    let reached = tally(clients(lb.addr, 40, 10).await.into_iter().flatten());
+    assert_eq!(reached.keys().collect::<Vec<_>>(), ["c", "d"]);
+    assert_eq!(shared.failover.stats.panics.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_backend_that_comes_back_ramps_up_to_its_share() {
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let period = Duration::from_secs(8);
+    let mut cfg = server(BalanceKind::Weight, vec![a.spec(), b.spec()]);
+    cfg.failover.slow_start = Some(period);
+    let lb = Sluice::start(cfg).await;
+    let shared = lb.shared().await;
+    let back = backend_of(&shared, b.addr);
+    // At start-up no backend warms up.
+    assert_eq!(back.state.ramp(clock_ms(), period), None);
+
+    back.set_healthy(false);
+    back.set_healthy(true);
+    let ramp = || back.state.ramp(clock_ms(), period).unwrap_or(1.0);
+    // Its share of 1 000 clients at three points of the ramp: near the start, past the
+    // middle, after the end. Passed over with probability 1 - ramp, its share lies
+    // between ramp × ½ (its slot goes to the next backend) and ramp / (1 + ramp) (a
+    // new draw), for the ramp at the batch's start and end.
+    for wait_for in [0.0, 0.5, 1.0] {
+        eventually("the ramp", || async { ramp() >= wait_for }).await;
+        let from = ramp();
+        let reached = clients(lb.addr, 1000, 25).await;
+        let to = ramp();
+        let share = reached.iter().filter(|r| r.as_deref() == Some("b")).count() as f64 / 1000.0;
+        assert!(reached.iter().all(Option::is_some), "every client served");
+        let (low, high) = (from / 2.0 - 0.05, to / (1.0 + to) + 0.05);
+        assert!(
+            (low..=high).contains(&share),
+            "share {share} at ramp {from:.2}..{to:.2}, expected {low:.2}..{high:.2}"
+        );
+        if wait_for == 1.0 {
+            assert!((0.45..=0.55).contains(&share), "full share: {share}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn ejections_grow_and_never_take_more_than_the_tier_allows() {
+    let mut a = TestBackend::named("a").await;
+    let mut b = TestBackend::named("b").await;
+    let c = TestBackend::named("c").await;
+    let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec(), c.spec()]);
+    cfg.connect_attempts = 3;
+    cfg.failover.outlier = Some(OutlierConfig {
+        consecutive_failures: 2,
+        eject_on_reset: false,
+        ejection_time: Duration::from_millis(500),
+        max_ejection_time: Duration::from_secs(2),
+        max_ejection_percent: 34,
+    });
+    let lb = Sluice::start(cfg).await;
+    let shared = lb.shared().await;
+    let out = backend_of(&shared, a.addr);
+
+    a.stop().await;
+    // Each ejection: clients until a is out, then how long it is out for.
+    for (i, expected) in [500, 1000, 2000, 2000].into_iter().enumerate() {
+        eventually("a ejected", || async {
+            let reached = clients(lb.addr, 3, 3).await;
+            assert!(
+                reached.iter().all(Option::is_some),
+                "clients served: {reached:?}"
+            );
+            out.state.is_ejected()
+        })
+        .await;
+        let left = out.state.ejected_until().saturating_sub(clock_ms());
+        assert!(
+            left <= expected && left + 200 >= expected,
+            "ejected for {left} ms, expected {expected}"
+        );
+        // While it is out (2 s), b fails too: a third of the tier is out already.
+        if i == 2 {
+            b.stop().await;
+            let reached = clients(lb.addr, 12, 3).await;
+            assert!(
+                reached.iter().all(|r| r.as_deref() == Some("c")),
+                "{reached:?}"
+            );
+            assert!(!backend_of(&shared, b.addr).state.is_ejected());
+            assert!(
+                shared
+                    .failover
+                    .stats
+                    .ejections_refused
+                    .load(Ordering::Relaxed)
+                    > 0
+            );
+            b.restart().await;
+        }
+        eventually("a returns", || async { !out.state.is_ejected() }).await;
+    }
+    assert_eq!(out.state.stats.ejections.load(Ordering::Relaxed), 4);
+    assert_eq!(out.state.stats.ejection_returns.load(Ordering::Relaxed), 4);
+
+    // Back for real: once its ejection ends, it takes clients again.
+    a.restart().await;
+    eventually("a serves again", || async {
+        clients(lb.addr, 6, 3)
+            .await
+            .iter()
+            .any(|r| r.as_deref() == Some("a"))
+    })
+    .await;
+    assert_eq!(shared.stats.refused(CloseReason::ConnectFailed), 0);
+}
+
+/// Connects through `addr` and returns the backend's name with the stream.
+async fn open(addr: std::net::SocketAddr) -> (String, TcpStream) {
+    hello(addr, None).await
+}
+
+/// Sends `round` bytes and reads them back: `Ok` when every byte came back in order.
+async fn echo_round(stream: &mut TcpStream, round: u64) -> Result<(), String> {
+    let mut prng = Prng::new(round);
+    let mut sent = vec![0u8; 4096];
+    prng.fill(&mut sent);
+    stream.write_all(&sent).await.map_err(|e| e.to_string())?;
+    let mut back = vec![0u8; sent.len()];
+    match tokio::time::timeout(WAIT, stream.read_exact(&mut back)).await {
+        Ok(Ok(_)) if back == sent => Ok(()),
+        Ok(Ok(_)) => Err("bytes differ".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("stalled".into()),
+    }
+}
+
+#[tokio::test]
+async fn close_on_down_closes_exactly_the_down_backends_connections() {
+    for close_on_down in [true, false] {
+        let mut a = TestBackend::named("a").await;
+        let b = TestBackend::named("b").await;
+        let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec()]);
+        cfg.healthcheck = ping_check(Duration::from_millis(100), 1, 1);
+        cfg.failover.close_on_down = close_on_down;
+        let lb = Sluice::start(cfg).await;
+        let shared = lb.shared().await;
+        let mut streams = Vec::new();
+        for _ in 0..6 {
+            streams.push(open(lb.addr).await);
+        }
+        for (round, (_, stream)) in streams.iter_mut().enumerate() {
+            echo_round(stream, round as u64).await.expect("echo before");
+        }
+
+        // a stops listening: its check fails, its established connections still work.
+        a.stop().await;
+        wait_health(&shared, &a, false).await;
+        if close_on_down {
+            eventually("a's connections closed", || async {
+                shared.failover.stats.closed_on_down.load(Ordering::Relaxed) == 3
+            })
+            .await;
+        } else {
+            // Time enough for a wrong close to show.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        for (i, (name, stream)) in streams.iter_mut().enumerate() {
+            let result = echo_round(stream, 100 + i as u64).await;
+            match (name.as_str(), close_on_down) {
+                ("a", true) => assert!(result.is_err(), "a's connection {i} was closed"),
+                _ => result.unwrap_or_else(|e| panic!("{name} connection {i}: {e}")),
+            }
+        }
+        let closed = shared.failover.stats.closed_on_down.load(Ordering::Relaxed);
+        assert_eq!(closed, if close_on_down { 3 } else { 0 });
+        eventually("a's connections released", || async {
+            backend_of(&shared, a.addr).active() == if close_on_down { 0 } else { 3 }
+        })
+        .await;
+        // b's connections keep every byte to the end.
+        for (i, (name, mut stream)) in streams.into_iter().enumerate() {
+            if name == "b" {
+                for round in 0..5 {
+                    echo_round(&mut stream, 1000 + round)
+                        .await
+                        .expect("b echoes");
+                }
+                stream.shutdown().await.expect("half-close");
+                let rest = read_until_closed(&mut stream, WAIT).await;
+                assert!(
+                    rest.is_empty(),
+                    "b connection {i}: {} extra bytes",
+                    rest.len()
+                );
+            }
+        }
+        a.restart().await;
+        lb.runtime
+            .shutdown(Duration::ZERO, std::future::ready(()))
+            .await;
+    }
+}
