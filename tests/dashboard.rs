@@ -318,6 +318,7 @@ bind = ["127.0.0.1:0", "127.0.0.1:0"]
 protocol = "tcp"
 balance = "roundrobin"
 max_connections_per_client = 2
+all_down = "last"
 
   [servers.web.discovery]
   kind = "static"
@@ -416,8 +417,8 @@ async fn dashboard_in_headless_chromium_drains_reweights_and_fits_a_phone() {
         who(setup.proxied).await;
     }
     let browser = Browser::start().await;
-    let a_key = setup.a.addr.to_string();
-    let result = exercise(&browser.client, setup.api, setup.proxied, &a_key, setup.b).await;
+    let backends = (setup.a, setup.b);
+    let result = exercise(&browser.client, setup.api, setup.proxied, backends).await;
     browser.finish(result, &setup.sluice).await;
 }
 
@@ -427,9 +428,9 @@ async fn exercise(
     client: &Client,
     api: SocketAddr,
     proxied: SocketAddr,
-    a_key: &str,
-    b: TestBackend,
+    (a, b): (TestBackend, TestBackend),
 ) -> Result<(), String> {
+    let a_key = &a.addr.to_string();
     let b_key = &b.addr.to_string();
     client
         .goto(&format!("http://{api}/ui"))
@@ -541,6 +542,19 @@ async fn exercise(
     if !title.is_some_and(|t| t.starts_with("down since ")) {
         return Err("the down mark should say since when".to_owned());
     }
+    // a stops too: the server says every backend is down, and where clients go.
+    drop(a);
+    let expected = "Every backend is down: new clients go to the backends up most recently \
+                    (all_down = \"last\").";
+    until(
+        "the page says every backend is down",
+        BROWSER_WAIT,
+        || async {
+            let banner = r#"section[data-server="web"] .all-down"#;
+            (text_of(client, banner).await.as_deref() == Some(expected)).then_some(())
+        },
+    )
+    .await?;
 
     if let Some(error) = page_error(client).await? {
         return Err(format!("the page shows an error: {error}"));

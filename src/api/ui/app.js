@@ -213,6 +213,16 @@ function updateServer(server, config, backends, now) {
     }
   }
   $(".no-backends", s).hidden = backends.length > 0;
+  // Every backend down (failed check or ejected): where `all_down` sends clients.
+  const allDown = backends.length > 0 && backends.every((b) => b.health === "down" || b.ejected != null);
+  const fallback = {
+    close: "new clients are closed",
+    any: "new clients are tried on any backend (all_down = \"any\")",
+    last: "new clients go to the backends up most recently (all_down = \"last\")",
+  };
+  const banner = $(".all-down", s);
+  banner.hidden = !allDown;
+  if (allDown) setText(banner, "Every backend is down: " + (fallback[config.all_down] || fallback.close) + ".");
   setText($(".sum-active", s), count(active));
   setText($(".sum-rate", s), bytes(rate) + "/s");
 
@@ -256,7 +266,8 @@ function adminState(b) {
 function shownState(b) {
   const admin = adminState(b);
   if (admin !== "enabled") return admin;
-  return b.health === "down" ? "down" : "up";
+  if (b.health === "down") return "down";
+  return b.ejected != null ? "ejected" : "up";
 }
 
 function updateRow(row, b) {
@@ -273,12 +284,15 @@ function updateRow(row, b) {
   if (b.max_connections) tags.push("max " + b.max_connections);
   if (b.sni) tags.push("sni " + b.sni);
   if (stats.connect_failures) tags.push(count(stats.connect_failures) + " connect failures");
+  if (b.ejected != null) tags.push("ejected, back in " + Math.ceil(Number(b.ejected) / 1000) + " s");
+  if (b.warming != null) tags.push("warming up, " + Number(b.warming) + " % of its share");
   setText($(".tags", row), tags.join(" · "));
 
   const badge = $(".state", row);
   setText(badge, shown);
   badge.className = "badge state " + shown;
-  badge.title = "admin state: " + admin + ", health: " + (b.health || "unknown");
+  badge.title =
+    "admin state: " + admin + ", health: " + (b.health || "unknown") + (b.ejected != null ? ", ejected" : "");
 
   const input = $("input.weight", row);
   if (document.activeElement !== input && !input.dataset.dirty) input.value = String(b.weight);

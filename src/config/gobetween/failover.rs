@@ -2,6 +2,7 @@
 //! `slow_start`, `close_on_down`) and its `[servers.NAME.outlier]` section.
 
 use super::reader::{Ctx, Field, Section};
+use crate::config::dump::duration;
 use crate::config::failover::{AllDown, Failover, OutlierConfig};
 
 /// The failure-handling keys of a server.
@@ -76,8 +77,9 @@ fn outlier(ctx: &mut Ctx<'_>, mut sec: Section<'_>) -> OutlierConfig {
     if outlier.max_ejection_time < outlier.ejection_time {
         if let Some(f) = max_ejection_time.as_ref().or(ejection_time.as_ref()) {
             let message = format!(
-                "max_ejection_time ({:?}) is shorter than ejection_time ({:?})",
-                outlier.max_ejection_time, outlier.ejection_time
+                "max_ejection_time ({}) is shorter than ejection_time ({})",
+                duration(outlier.max_ejection_time),
+                duration(outlier.ejection_time)
             );
             ctx.error(f.at, f.path(), message);
         }
