@@ -17,6 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::support::data::Prng;
+use crate::support::http::request;
+use crate::support::process::SluiceProcess;
 use crate::support::*;
 
 /// An `exec` check every 100 ms whose verdict for a backend is whether the file
@@ -397,4 +399,113 @@ async fn close_on_down_closes_exactly_the_down_backends_connections() {
             .shutdown(Duration::ZERO, std::future::ready(()))
             .await;
     }
+}
+
+#[tokio::test]
+async fn close_on_down_ends_the_udp_sessions_of_a_down_backend_at_once() {
+    use crate::support::udp::{ask, client, UdpBackend};
+    use sluice::config::{Protocol, UdpConfig};
+    for close_on_down in [true, false] {
+        let a = UdpBackend::named("a").await;
+        let b = UdpBackend::named("b").await;
+        let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec()]);
+        cfg.protocol = Protocol::Udp;
+        cfg.udp = UdpConfig::default();
+        cfg.client_idle_timeout = Some(Duration::from_secs(30));
+        cfg.failover.close_on_down = close_on_down;
+        let lb = Sluice::start(cfg).await;
+        let shared = lb.shared().await;
+        let (one, two) = (client("127.0.0.1:0").await, client("127.0.0.1:0").await);
+        let first = ask(&one, lb.addr, b"one", 3).await.expect("one answered");
+        let second = ask(&two, lb.addr, b"two", 3).await.expect("two answered");
+        let (on_a, on_b) = if first.backend == "a" {
+            (&one, (&two, second))
+        } else {
+            (&two, (&one, first))
+        };
+        let down = backend_of(&shared, a.addr);
+        down.set_healthy(false);
+        if close_on_down {
+            eventually("a's session ended", || async { down.active() == 0 }).await;
+            let counted = shared.failover.stats.closed_on_down.load(Ordering::Relaxed);
+            assert_eq!(counted, 1);
+        } else {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            assert_eq!(down.active(), 1, "without close_on_down the session waits");
+        }
+        // b's session is untouched: the same session (source port) answers.
+        let (socket, before) = on_b;
+        let again = ask(socket, lb.addr, b"again", 3).await.expect("b answers");
+        assert_eq!((again.backend.as_str(), again.port), ("b", before.port));
+        // a's client moves to b with its next datagram, either way.
+        let moved = ask(on_a, lb.addr, b"moved", 3).await.expect("moved answered");
+        assert_eq!(moved.backend, "b");
+        eventually("a's session gone", || async { down.active() == 0 }).await;
+    }
+}
+
+#[tokio::test]
+async fn the_binary_closes_a_backend_disabled_with_close_and_shows_its_warm_up() {
+    let a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let toml = format!(
+        r#"[logging]
+level = "info"
+
+[api]
+enabled = true
+bind = "127.0.0.1:0"
+
+[servers.web]
+bind = "127.0.0.1:0"
+balance = "roundrobin"
+slow_start = "60s"
+
+  [servers.web.discovery]
+  kind = "static"
+  static_list = ["{}", "{}"]
+"#,
+        a.addr, b.addr
+    );
+    let lb = SluiceProcess::start(&toml).await;
+    let (api, web) = (lb.api(), lb.server("web"));
+    let mut streams = vec![open(web).await, open(web).await];
+    streams.sort_by(|x, y| x.0.cmp(&y.0));
+    let names: Vec<&str> = streams.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["a", "b"]);
+
+    let path = format!("/servers/web/backends/{}", b.addr);
+    let json = [("Content-Type", "application/json")];
+    let body = r#"{"state": "disabled", "close": true}"#;
+    let answer = request(api, "PATCH", &path, &json, Some(body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let (_, on_b) = &mut streams[1];
+    let rest = read_until_closed(on_b, WAIT).await;
+    assert!(rest.is_empty(), "b's connection closed without more bytes");
+    let (_, on_a) = &mut streams[0];
+    echo_round(on_a, 7).await.expect("a's connection untouched");
+    eventually("the access log says why", || async {
+        lb.log().lines().any(|l| {
+            l.contains("connection closed")
+                && l.contains(&format!("backend=\"{}\"", b.addr))
+                && l.contains("reason=\"backend_down\"")
+        })
+    })
+    .await;
+
+    // Enabled again: it warms up, and the API says how far.
+    let body = r#"{"state": "enabled"}"#;
+    let answer = request(api, "PATCH", &path, &json, Some(body)).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let shown = request(api, "GET", &path, &[], None).await.json();
+    let warming = shown["warming"].as_u64().expect("warming while it ramps");
+    assert!((1..=10).contains(&warming), "{shown}");
+    let stats = request(api, "GET", "/servers/web/stats", &[], None).await.json();
+    assert_eq!(stats["failover"]["all_down"], false, "{stats}");
+    assert_eq!(stats["failover"]["all_down_policy"], "close", "{stats}");
+
+    // close goes with a disable only.
+    let body = r#"{"state": "drain", "close": true}"#;
+    let answer = request(api, "PATCH", &path, &json, Some(body)).await;
+    assert_eq!(answer.status, 400, "{}", answer.body);
 }
