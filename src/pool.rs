@@ -311,6 +311,140 @@ mod tests {
         assert_eq!(pick(&pool), None);
     }
 
+    fn names(pool: &Pool, picks: usize) -> std::collections::BTreeMap<String, usize> {
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..picks {
+            let client = IpAddr::from([10, 1, (i >> 8) as u8, i as u8]);
+            if let Some(guard) = pool.pick(client, &[]) {
+                *seen.entry(guard.backend().key().to_owned()).or_insert(0) += 1;
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn all_down_uses_healthy_backups_first_then_any_or_the_last_up() {
+        let a = backend(1, 1, false);
+        let b = backend(2, 1, false);
+        let spare = backend(3, 1, true);
+        let all = vec![a.clone(), b.clone(), spare.clone()];
+        let policy = |all_down| PickPolicy {
+            all_down,
+            slow_start: None,
+            last_window: Duration::from_millis(100),
+        };
+        let pool = |all_down| {
+            Pool::new(BalanceKind::RoundRobin, all.clone()).with_policy(policy(all_down))
+        };
+        // The primaries down: the backup serves, whatever the policy.
+        b.set_healthy(false);
+        std::thread::sleep(Duration::from_millis(200));
+        a.set_healthy(false);
+        for all_down in [AllDown::Close, AllDown::Any, AllDown::Last] {
+            let seen = names(&pool(all_down), 10);
+            assert_eq!(
+                seen.keys().collect::<Vec<_>>(),
+                ["10.0.0.3:80"],
+                "{all_down}"
+            );
+        }
+        // Every backend down: the primaries' tier, all of it or its last one up.
+        std::thread::sleep(Duration::from_millis(200));
+        spare.set_healthy(false);
+        assert!(names(&pool(AllDown::Close), 10).is_empty());
+        let any = names(&pool(AllDown::Any), 10);
+        assert_eq!(any.values().copied().collect::<Vec<_>>(), [5, 5], "{any:?}");
+        // The backup was up last, more than a round after the others.
+        let last = names(&pool(AllDown::Last), 10);
+        assert_eq!(last.keys().collect::<Vec<_>>(), ["10.0.0.3:80"], "{last:?}");
+        // a and the backup up last, within a round: a's tier comes first.
+        spare.set_healthy(true);
+        spare.set_healthy(false);
+        a.set_healthy(true);
+        a.set_healthy(false);
+        let last = names(&pool(AllDown::Last), 10);
+        assert_eq!(last.keys().collect::<Vec<_>>(), ["10.0.0.1:80"], "{last:?}");
+    }
+
+    #[test]
+    fn a_tier_in_panic_counts_its_enabled_backends_as_up() {
+        let backends: Vec<_> = (1..=4).map(|n| backend(n, 1, false)).collect();
+        let pool = Pool::new(BalanceKind::RoundRobin, backends.clone());
+        for b in &backends[..3] {
+            b.set_healthy(false);
+        }
+        assert_eq!(names(&pool, 8).len(), 1);
+        let changes = pool.update_panic(Some(50));
+        assert_eq!(changes.len(), 1);
+        assert!(changes[0].entered && changes[0].up == 1 && changes[0].enabled == 4);
+        assert_eq!(
+            names(&pool, 8).values().copied().collect::<Vec<_>>(),
+            [2; 4]
+        );
+        assert!(pool.update_panic(Some(50)).is_empty(), "logged once");
+        backends[0].set_healthy(true);
+        let changes = pool.update_panic(Some(50));
+        assert!(changes.len() == 1 && !changes[0].entered);
+        assert_eq!(names(&pool, 8).len(), 2);
+    }
+
+    /// In every strategy a backend warming up takes a share that grows with its ramp:
+    /// about 1 % of its share just after it came back, about half at half-way.
+    #[test]
+    fn every_strategy_gives_a_warming_backend_a_share_that_grows() {
+        let pools = |period: Duration| -> Vec<(BalanceKind, Pool, Arc<Backend>)> {
+            BalanceKind::ALL
+                .into_iter()
+                .map(|kind| {
+                    let backends: Vec<_> = (1..=4).map(|n| backend(n, 1, false)).collect();
+                    let policy = PickPolicy {
+                        slow_start: Some(period),
+                        ..PickPolicy::default()
+                    };
+                    let pool = Pool::new(kind, backends.clone()).with_policy(policy);
+                    backends[0].state.start_ramp(clock_ms());
+                    (kind, pool, Arc::clone(&backends[0]))
+                })
+                .collect()
+        };
+        let share = |pool: &Pool| {
+            let picks = 8_000;
+            let seen = names(pool, picks);
+            assert_eq!(seen.values().sum::<usize>(), picks, "every pick served");
+            *seen.get("10.0.0.1:80").unwrap_or(&0) as f64 / picks as f64
+        };
+        // Without the ramp a quarter; at ramp r, between r × ¼ (its turn goes to the
+        // next backend) and r / (r + 3) (a new draw).
+        for (kind, pool, _) in pools(Duration::from_secs(100)) {
+            let taken = share(&pool);
+            assert!(taken < 0.01, "{kind}: share {taken} just after coming back");
+        }
+        let half_way = pools(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(1000));
+        for (kind, pool, warming) in half_way {
+            let ramp = warming.state.ramp(clock_ms(), Duration::from_secs(2));
+            let ramp = ramp.expect("still warming");
+            let taken = share(&pool);
+            let (low, high) = (0.5 / 4.0 - 0.03, ramp / (ramp + 3.0) + 0.03);
+            assert!(
+                (low..=high).contains(&taken),
+                "{kind}: share {taken} at ramp {ramp:.2}, expected {low:.3}..{high:.3}"
+            );
+        }
+    }
+
+    #[test]
+    fn backends_warming_up_alone_take_every_connection() {
+        let a = backend(1, 1, false);
+        let policy = PickPolicy {
+            slow_start: Some(Duration::from_secs(100)),
+            ..PickPolicy::default()
+        };
+        let pool = Pool::new(BalanceKind::Weight, vec![a.clone()]).with_policy(policy);
+        a.state.start_ramp(clock_ms());
+        assert_eq!(names(&pool, 100).get("10.0.0.1:80"), Some(&100));
+    }
+
     #[test]
     fn tried_backends_are_skipped() {
         let a = backend(1, 1, false);

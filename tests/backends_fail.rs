@@ -334,16 +334,67 @@ async fn echo_round(stream: &mut TcpStream, round: u64) -> Result<(), String> {
     }
 }
 
+/// How the backend `a` of [`close_on_down_closes_exactly_the_down_backends_connections`]
+/// is marked down.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Down {
+    /// It stops listening: its check fails.
+    Check,
+    /// It stops listening: new clients fail to connect to it, and it is ejected.
+    Ejection,
+    /// Discovery no longer lists it.
+    Discovery,
+}
+
 #[tokio::test]
 async fn close_on_down_closes_exactly_the_down_backends_connections() {
-    for close_on_down in [true, false] {
+    let cases = [
+        (Down::Check, true),
+        (Down::Check, false),
+        (Down::Ejection, true),
+        (Down::Discovery, true),
+    ];
+    for (how, close_on_down) in cases {
+        let case = format!("{how:?}, close_on_down = {close_on_down}");
         let mut a = TestBackend::named("a").await;
         let b = TestBackend::named("b").await;
-        let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec()]);
-        cfg.healthcheck = ping_check(Duration::from_millis(100), 1, 1);
-        cfg.failover.close_on_down = close_on_down;
-        let lb = Sluice::start(cfg).await;
+        let dir = tempfile::tempdir().expect("dir");
+        let list = dir.path().join("backends.txt");
+        std::fs::write(&list, format!("{}\n{}\n", a.addr, b.addr)).expect("list");
+        let discovery = match how {
+            Down::Discovery => format!(
+                "kind = \"file\"\nfile_path = \"{}\"\ninterval = \"50ms\"",
+                list.display()
+            ),
+            _ => format!(
+                "kind = \"static\"\nstatic_list = [\"{}\", \"{}\"]",
+                a.addr, b.addr
+            ),
+        };
+        let detect = match how {
+            Down::Check => {
+                "[servers.test.healthcheck]\nkind = \"ping\"\ninterval = \"100ms\"\n\
+                            timeout = \"50ms\"\npassive_fails = 0"
+            }
+            Down::Ejection => {
+                "[servers.test.outlier]\nconsecutive_failures = 1\n\
+                               max_ejection_percent = 50"
+            }
+            Down::Discovery => "",
+        };
+        let text = format!(
+            "[servers.test]\nbind = \"127.0.0.1:0\"\nbalance = \"roundrobin\"\n\
+             backend_connection_timeout = \"2s\"\nclose_on_down = {close_on_down}\n\
+             [servers.test.discovery]\n{discovery}\n{detect}\n"
+        );
+        let loaded = sluice::config::parse(&text, Path::new("down.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let lb = Sluice::start_config(loaded.config).await;
         let shared = lb.shared().await;
+        eventually("both backends in the pool", || async {
+            shared.pool.load().backends().len() == 2
+        })
+        .await;
         let mut streams = Vec::new();
         for _ in 0..6 {
             streams.push(open(lb.addr).await);
@@ -352,9 +403,30 @@ async fn close_on_down_closes_exactly_the_down_backends_connections() {
             echo_round(stream, round as u64).await.expect("echo before");
         }
 
-        // a stops listening: its check fails, its established connections still work.
-        a.stop().await;
-        wait_health(&shared, &a, false).await;
+        // a goes down; its established connections would still work.
+        let gone = backend_of(&shared, a.addr);
+        match how {
+            Down::Check => {
+                a.stop().await;
+                wait_health(&shared, &a, false).await;
+            }
+            Down::Ejection => {
+                a.stop().await;
+                eventually("a ejected", || async {
+                    let reached = clients(lb.addr, 2, 2).await;
+                    assert!(reached.iter().all(|r| r.as_deref() == Some("b")), "{case}");
+                    gone.state.is_ejected()
+                })
+                .await;
+            }
+            Down::Discovery => {
+                std::fs::write(&list, format!("{}\n", b.addr)).expect("list");
+                eventually("a no longer discovered", || async {
+                    shared.pool.load().backends().len() == 1
+                })
+                .await;
+            }
+        }
         if close_on_down {
             eventually("a's connections closed", || async {
                 shared.failover.stats.closed_on_down.load(Ordering::Relaxed) == 3
@@ -367,14 +439,14 @@ async fn close_on_down_closes_exactly_the_down_backends_connections() {
         for (i, (name, stream)) in streams.iter_mut().enumerate() {
             let result = echo_round(stream, 100 + i as u64).await;
             match (name.as_str(), close_on_down) {
-                ("a", true) => assert!(result.is_err(), "a's connection {i} was closed"),
-                _ => result.unwrap_or_else(|e| panic!("{name} connection {i}: {e}")),
+                ("a", true) => assert!(result.is_err(), "{case}: a's connection {i} was closed"),
+                _ => result.unwrap_or_else(|e| panic!("{case}: {name} connection {i}: {e}")),
             }
         }
         let closed = shared.failover.stats.closed_on_down.load(Ordering::Relaxed);
-        assert_eq!(closed, if close_on_down { 3 } else { 0 });
+        assert_eq!(closed, if close_on_down { 3 } else { 0 }, "{case}");
         eventually("a's connections released", || async {
-            backend_of(&shared, a.addr).active() == if close_on_down { 0 } else { 3 }
+            gone.active() == if close_on_down { 0 } else { 3 }
         })
         .await;
         // b's connections keep every byte to the end.
@@ -389,12 +461,11 @@ async fn close_on_down_closes_exactly_the_down_backends_connections() {
                 let rest = read_until_closed(&mut stream, WAIT).await;
                 assert!(
                     rest.is_empty(),
-                    "b connection {i}: {} extra bytes",
+                    "{case}: b connection {i}: {} extra bytes",
                     rest.len()
                 );
             }
         }
-        a.restart().await;
         lb.runtime
             .shutdown(Duration::ZERO, std::future::ready(()))
             .await;
@@ -438,7 +509,9 @@ async fn close_on_down_ends_the_udp_sessions_of_a_down_backend_at_once() {
         let again = ask(socket, lb.addr, b"again", 3).await.expect("b answers");
         assert_eq!((again.backend.as_str(), again.port), ("b", before.port));
         // a's client moves to b with its next datagram, either way.
-        let moved = ask(on_a, lb.addr, b"moved", 3).await.expect("moved answered");
+        let moved = ask(on_a, lb.addr, b"moved", 3)
+            .await
+            .expect("moved answered");
         assert_eq!(moved.backend, "b");
         eventually("a's session gone", || async { down.active() == 0 }).await;
     }
@@ -500,7 +573,9 @@ slow_start = "60s"
     let shown = request(api, "GET", &path, &[], None).await.json();
     let warming = shown["warming"].as_u64().expect("warming while it ramps");
     assert!((1..=10).contains(&warming), "{shown}");
-    let stats = request(api, "GET", "/servers/web/stats", &[], None).await.json();
+    let stats = request(api, "GET", "/servers/web/stats", &[], None)
+        .await
+        .json();
     assert_eq!(stats["failover"]["all_down"], false, "{stats}");
     assert_eq!(stats["failover"]["all_down_policy"], "close", "{stats}");
 
@@ -508,4 +583,41 @@ slow_start = "60s"
     let body = r#"{"state": "drain", "close": true}"#;
     let answer = request(api, "PATCH", &path, &json, Some(body)).await;
     assert_eq!(answer.status, 400, "{}", answer.body);
+}
+
+#[tokio::test]
+async fn an_ejected_backend_returns_at_once_when_its_check_passes() {
+    let mut a = TestBackend::named("a").await;
+    let b = TestBackend::named("b").await;
+    let mut cfg = server(BalanceKind::RoundRobin, vec![a.spec(), b.spec()]);
+    cfg.healthcheck = ping_check(Duration::from_millis(100), 1, 1);
+    cfg.failover.outlier = Some(OutlierConfig {
+        consecutive_failures: 1,
+        ejection_time: Duration::from_secs(60),
+        max_ejection_time: Duration::from_secs(60),
+        ..OutlierConfig::default()
+    });
+    let lb = Sluice::start(cfg).await;
+    let shared = lb.shared().await;
+    let out = backend_of(&shared, a.addr);
+    a.stop().await;
+    eventually("a ejected", || async {
+        clients(lb.addr, 2, 2).await;
+        out.state.is_ejected()
+    })
+    .await;
+    assert!(out.state.ejected_until().saturating_sub(clock_ms()) > 50_000);
+    a.restart().await;
+    eventually("a back long before its minute is up", || async {
+        !out.state.is_ejected() && out.is_up()
+    })
+    .await;
+    assert_eq!(out.state.stats.ejection_returns.load(Ordering::Relaxed), 1);
+    eventually("a serves again", || async {
+        clients(lb.addr, 4, 2)
+            .await
+            .iter()
+            .any(|r| r.as_deref() == Some("a"))
+    })
+    .await;
 }
