@@ -542,7 +542,7 @@ slow_start = "60s"
     );
     let lb = SluiceProcess::start(&toml).await;
     let (api, web) = (lb.api(), lb.server("web"));
-    let mut streams = vec![open(web).await, open(web).await];
+    let mut streams = [open(web).await, open(web).await];
     streams.sort_by(|x, y| x.0.cmp(&y.0));
     let names: Vec<&str> = streams.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["a", "b"]);
