@@ -331,6 +331,8 @@ fn front<'p>(
     server.backend_idle_timeout = shared.tunnel_timeout.or(shared.server_timeout);
     server.backend_connection_timeout = shared.connect_timeout;
     server.connect_attempts = shared.connect_attempts;
+    server.failover.slow_start = shared.slow_start;
+    server.failover.close_on_down = shared.close_on_down;
     server.healthcheck = shared.health;
     server.access = access;
     server.proxy_protocol = ProxyProtocol {

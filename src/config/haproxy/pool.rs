@@ -37,6 +37,10 @@ pub(super) struct Shared {
     /// `timeout tunnel`: both idle timeouts once connected, as in HAProxy.
     pub tunnel_timeout: Option<Duration>,
     pub connect_attempts: u32,
+    /// `slowstart` of its servers.
+    pub slow_start: Option<Duration>,
+    /// `on-marked-down shutdown-sessions` on its servers.
+    pub close_on_down: bool,
 }
 
 impl Shared {
@@ -56,6 +60,8 @@ impl Shared {
                 "timeout server",
             ),
             (self.connect_attempts != other.connect_attempts, "retries"),
+            (self.slow_start != other.slow_start, "slowstart"),
+            (self.close_on_down != other.close_on_down, "on-marked-down"),
         ]
         .into_iter()
         .find_map(|(differs, what)| differs.then_some(what))
@@ -134,6 +140,8 @@ pub(super) fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy, global: &Global) -> Option<
         server_timeout: s.timeout_server,
         tunnel_timeout: s.timeout_tunnel,
         connect_attempts: s.retries.unwrap_or(RETRIES) + 1,
+        slow_start: reference.slowstart.filter(|d| !d.is_zero()),
+        close_on_down: reference.shutdown_on_down == Some(true),
     };
     let backends = specs(proxy);
     (agree && !proxy.broken).then_some(Pool { backends, shared })
@@ -157,6 +165,11 @@ fn disagreement(a: &ServerOptions, b: &ServerOptions) -> Option<(&'static str, &
         Some((
             "ssl (verify, ca-file, sni)",
             "Sluice speaks TLS to all of a backend's servers or none",
+        ))
+    } else if (a.slowstart, a.shutdown_on_down) != (b.slowstart, b.shutdown_on_down) {
+        Some((
+            "slowstart (on-marked-down)",
+            "Sluice warms up and closes the connections of a backend's servers alike",
         ))
     } else {
         None

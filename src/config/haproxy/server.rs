@@ -31,6 +31,9 @@ pub(super) struct ServerOptions {
     pub ca_file: Option<PathBuf>,
     /// `sni str(NAME)`.
     pub sni: Option<String>,
+    pub slowstart: Option<Duration>,
+    /// `on-marked-down shutdown-sessions`.
+    pub shutdown_on_down: Option<bool>,
 }
 
 impl ServerOptions {
@@ -51,6 +54,8 @@ impl ServerOptions {
             verify: self.verify.or(defaults.verify),
             ca_file: self.ca_file.clone().or_else(|| defaults.ca_file.clone()),
             sni: self.sni.clone().or_else(|| defaults.sni.clone()),
+            slowstart: self.slowstart.or(defaults.slowstart),
+            shutdown_on_down: self.shutdown_on_down.or(defaults.shutdown_on_down),
         }
     }
 }
@@ -72,7 +77,6 @@ const UNSUPPORTED: &[(&str, &str)] = &[
     ("port", "Sluice checks a backend on its own address"),
     ("addr", "Sluice checks a backend on its own address"),
     ("agent-check", "Sluice has no agent checks"),
-    ("slowstart", "Sluice has no slow start"),
     ("track", "each backend is checked on its own"),
     (
         "observe",
@@ -127,6 +131,8 @@ const KNOWN: &[&str] = &[
     "verify",
     "ca-file",
     "sni",
+    "slowstart",
+    "on-marked-down",
 ];
 
 /// A `server` line of `proxy`.
@@ -198,6 +204,8 @@ pub(super) fn options(
                 | "ca-file"
                 | "sni"
                 | "init-state"
+                | "slowstart"
+                | "on-marked-down"
         );
         if takes_value && value.is_none() {
             fail(ctx, word.at, "expected a value after it".to_owned());
@@ -254,6 +262,16 @@ pub(super) fn options(
                 _ => Err(format!("expected none or required, found \"{text}\"")),
             },
             "ca-file" => put(&mut options.ca_file, PathBuf::from(text)),
+            "slowstart" => values::time(text).and_then(|d| put(&mut options.slowstart, d)),
+            "on-marked-down" => match text {
+                "shutdown-sessions" => put(&mut options.shutdown_on_down, true),
+                "shutdown-backup-sessions" => Err(
+                    "shutdown-backup-sessions is not supported; Sluice closes the down \
+                     server's own connections (shutdown-sessions)"
+                        .to_owned(),
+                ),
+                _ => Err(format!("expected shutdown-sessions, found \"{text}\"")),
+            },
             "sni" => match text.strip_prefix("str(").and_then(|t| t.strip_suffix(')')) {
                 Some(name) if rustls_pki_types::ServerName::try_from(name).is_ok() => {
                     put(&mut options.sni, name.to_owned())

@@ -499,3 +499,36 @@ fn errors_name_the_section_directive_and_position() {
          h.cfg:6:3: backend b: balanse: unknown directive (did you mean \"balance\"?)"
     );
 }
+
+#[test]
+fn slowstart_and_on_marked_down_become_the_servers_warm_up_and_close_on_down() {
+    let loaded = ok(&with_backend(
+        "  default-server check slowstart 30s on-marked-down shutdown-sessions\n\
+         \x20 server a 10.0.0.1:80\n  server b 10.0.0.2:80\n",
+    ));
+    let s = server(&loaded, "f");
+    assert_eq!(s.failover.slow_start, Some(Duration::from_secs(30)));
+    assert!(s.failover.close_on_down);
+
+    let plain = ok(&with_backend("  server a 10.0.0.1:80\n"));
+    let s = server(&plain, "f");
+    assert_eq!(
+        (s.failover.slow_start, s.failover.close_on_down),
+        (None, false)
+    );
+
+    let differ = errors(&with_backend(
+        "  server a 10.0.0.1:80 slowstart 10s\n  server b 10.0.0.2:80 slowstart 20s\n",
+    ));
+    assert!(
+        differ.contains("h.cfg:6:3: backend b: server b: slowstart (on-marked-down) differs from server a's (line 5); Sluice warms up and closes the connections of a backend's servers alike"),
+        "{differ}"
+    );
+    let backup = errors(&with_backend(
+        "  server a 10.0.0.1:80 on-marked-down shutdown-backup-sessions\n",
+    ));
+    assert!(
+        backup.contains("on-marked-down: shutdown-backup-sessions is not supported"),
+        "{backup}"
+    );
+}
