@@ -348,20 +348,12 @@ fn close_down(server: &str, pool: &Pool, settings: &ServerConfig, failover: &Fai
         if !settings.failover.close_on_down || state.down_cut.swap(true, Ordering::Relaxed) {
             continue;
         }
-        let open = backend.active();
-        if open > 0 {
-            failover
-                .stats
-                .closed_on_down
-                .fetch_add(open, Ordering::Relaxed);
-            info!(
-                server,
-                backend = backend.key(),
-                open,
-                "backend is down: closing its connections"
-            );
-        }
-        state.cut_connections(Cut::BackendDown);
+        close(
+            server,
+            failover,
+            backend,
+            "backend is down: closing its connections",
+        );
     }
 }
 
@@ -377,19 +369,18 @@ pub fn close_removed(
         return;
     }
     for backend in removed {
-        let open = backend.active();
-        if open > 0 {
-            failover
-                .stats
-                .closed_on_down
-                .fetch_add(open, Ordering::Relaxed);
-            info!(
-                server,
-                backend = backend.key(),
-                open,
-                "backend left discovery: closing its connections"
-            );
-        }
-        backend.state.cut_connections(Cut::BackendDown);
+        let why = "backend left discovery: closing its connections";
+        close(server, failover, backend, why);
     }
+}
+
+/// Closes `backend`'s connections (`backend_down`), counted and logged with `why`.
+fn close(server: &str, failover: &FailoverState, backend: &Backend, why: &str) {
+    let open = backend.active();
+    if open > 0 {
+        let closed = &failover.stats.closed_on_down;
+        closed.fetch_add(open, Ordering::Relaxed);
+        info!(server, backend = backend.key(), open, "{why}");
+    }
+    backend.state.cut_connections(Cut::BackendDown);
 }
