@@ -319,6 +319,7 @@ protocol = "tcp"
 balance = "roundrobin"
 max_connections_per_client = 2
 all_down = "last"
+slow_start = "60s"
 
   [servers.web.discovery]
   kind = "static"
@@ -500,6 +501,33 @@ async fn exercise(
     if other["state"] != "enabled" {
         return Err(format!("only {a_key} drains, yet {b_key} is {other}"));
     }
+
+    // Enabled again, it warms up (slow_start), and the page says how far.
+    click(
+        client,
+        &format!(r#"{} button[data-action="enable"]"#, row(a_key)),
+    )
+    .await?;
+    accept_confirm(client).await?;
+    let tags = until("the page shows a warming up", BROWSER_WAIT, || async {
+        let tags = text_of(client, &format!("{} .tags", row(a_key))).await?;
+        tags.contains("warming up, ").then_some(tags)
+    })
+    .await?;
+    if !tags.ends_with("% of its share") {
+        return Err(format!("the warm-up tag: {tags:?}"));
+    }
+    // And drained again, for what follows.
+    click(
+        client,
+        &format!(r#"{} button[data-action="drain"]"#, row(a_key)),
+    )
+    .await?;
+    accept_confirm(client).await?;
+    until("the page shows draining again", BROWSER_WAIT, || async {
+        (text_of(client, &state_of(a_key)).await.as_deref() == Some("draining")).then_some(())
+    })
+    .await?;
 
     // Weight: typed, confirmed, and the API has it.
     let weight = client
