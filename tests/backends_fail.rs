@@ -208,9 +208,10 @@ async fn a_tier_below_min_healthy_percent_counts_all_its_backends_as_up() {
 #[tokio::test]
 async fn a_backend_that_comes_back_ramps_up_to_its_share() {
     let a = TestBackend::named("a").await;
-    let b = TestBackend::named("b").await;
+    let mut b = TestBackend::named("b").await;
     let period = Duration::from_secs(8);
     let mut cfg = server(BalanceKind::Weight, vec![a.spec(), b.spec()]);
+    cfg.healthcheck = ping_check(Duration::from_millis(100), 1, 1);
     cfg.failover.slow_start = Some(period);
     let lb = Sluice::start(cfg).await;
     let shared = lb.shared().await;
@@ -218,8 +219,11 @@ async fn a_backend_that_comes_back_ramps_up_to_its_share() {
     // At start-up no backend warms up.
     assert_eq!(back.state.ramp(clock_ms(), period), None);
 
-    back.set_healthy(false);
-    back.set_healthy(true);
+    // b stops, its check marks it down; it starts again, and comes back up.
+    b.stop().await;
+    wait_health(&shared, &b, false).await;
+    b.restart().await;
+    wait_health(&shared, &b, true).await;
     let ramp = || back.state.ramp(clock_ms(), period).unwrap_or(1.0);
     // Its share of 1 000 clients at three points of the ramp: near the start, past the
     // middle, after the end. Passed over with probability 1 - ramp, its share lies

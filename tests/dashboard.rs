@@ -320,6 +320,7 @@ balance = "roundrobin"
 max_connections_per_client = 2
 all_down = "last"
 slow_start = "60s"
+min_healthy_percent = 60
 
   [servers.web.discovery]
   kind = "static"
@@ -570,6 +571,14 @@ async fn exercise(
     if !title.is_some_and(|t| t.starts_with("down since ")) {
         return Err("the down mark should say since when".to_owned());
     }
+    // a drains, so b is the tier's only enabled backend: none of it is up.
+    let expected = "Below min_healthy_percent (60 %): priority 1 — all enabled backends \
+                    there take clients, up or not.";
+    until("the page says the tier panics", BROWSER_WAIT, || async {
+        let banner = r#"section[data-server="web"] .panic"#;
+        (text_of(client, banner).await.as_deref() == Some(expected)).then_some(())
+    })
+    .await?;
     // a stops too: the server says every backend is down, and where clients go.
     drop(a);
     let expected = "Every backend is down: new clients go to the backends up most recently \

@@ -223,6 +223,17 @@ function updateServer(server, config, backends, now) {
   const banner = $(".all-down", s);
   banner.hidden = !allDown;
   if (allDown) setText(banner, "Every backend is down: " + (fallback[config.all_down] || fallback.close) + ".");
+  // Tiers below min_healthy_percent: all their enabled backends count as up.
+  const panicking = panickingTiers(backends, Number(config.min_healthy_percent) || 0);
+  const panicBanner = $(".panic", s);
+  panicBanner.hidden = allDown || panicking.length === 0;
+  if (!panicBanner.hidden) {
+    setText(
+      panicBanner,
+      "Below min_healthy_percent (" + config.min_healthy_percent + " %): " + panicking.join(", ") +
+        " — all enabled backends there take clients, up or not.",
+    );
+  }
   setText($(".sum-active", s), count(active));
   setText($(".sum-rate", s), bytes(rate) + "/s");
 
@@ -254,6 +265,22 @@ function updateClients(server, clients) {
     );
   }
   $(".no-limited", box).hidden = limited.length > 0;
+}
+
+// The tiers (by backup flag and priority) with fewer than `min` per cent of their
+// enabled backends up, as the server judges them (`min_healthy_percent`).
+function panickingTiers(backends, min) {
+  if (!min) return [];
+  const tiers = new Map();
+  for (const b of backends) {
+    if (adminState(b) !== "enabled") continue;
+    const name = (b.backup ? "backup " : "") + "priority " + (b.priority ?? 1);
+    const tier = tiers.get(name) || { up: 0, enabled: 0 };
+    tier.enabled += 1;
+    if (b.health !== "down" && b.ejected == null) tier.up += 1;
+    tiers.set(name, tier);
+  }
+  return [...tiers].filter(([, t]) => t.up * 100 < min * t.enabled).map(([name]) => name);
 }
 
 // The API names draining "draining"; backend lines say "drain". Both mean the same.
