@@ -39,6 +39,7 @@ fn pick(c: &mut Criterion) {
                     let ctx = PickContext {
                         client: IpAddr::V4(Ipv4Addr::from(client)),
                         eligible: &eligible,
+                        any_health: false,
                     };
                     black_box(strategy.pick(&backends, &ctx))
                 })

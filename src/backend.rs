@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -156,6 +156,10 @@ pub struct BackendState {
     pub(crate) down_cut: AtomicBool,
     /// Wakes the failover task of its server when its health or ejection changes.
     events: OnceLock<Arc<Notify>>,
+    /// Told of each connection it takes or releases (`leastconn`'s index); read only
+    /// when `watched` is set, so other strategies pay one load of a flag.
+    load_watch: ArcSwapOption<Watched>,
+    watched: AtomicBool,
     pub stats: BackendStats,
     /// Resolved socket addresses; empty until the host name resolves.
     addrs: ArcSwap<Vec<SocketAddr>>,
@@ -214,6 +218,22 @@ impl BackendState {
             self.cut.store(Arc::new(parent.child_token()));
         }
         let _ = self.events.set(Arc::clone(events));
+    }
+
+    /// Has `watch` told of each connection this backend takes or releases (`None`: no
+    /// one).
+    pub fn set_load_watch(&self, watch: Option<Watched>) {
+        self.watched.store(watch.is_some(), Ordering::Relaxed);
+        self.load_watch.store(watch.map(Arc::new));
+    }
+
+    /// A connection opened or closed: the watch, if any, is told.
+    fn load_changed(&self) {
+        if self.watched.load(Ordering::Relaxed) {
+            if let Some(watched) = &*self.load_watch.load() {
+                watched.watch.changed(watched.slot);
+            }
+        }
     }
 
     /// Tells the server's failover task something changed.
@@ -565,9 +585,30 @@ impl Backend {
             }
         }
         stats.total.fetch_add(1, Ordering::Relaxed);
+        self.state.load_changed();
         Some(ConnGuard {
             backend: Arc::clone(self),
         })
+    }
+}
+
+/// Told when the load of a backend it indexes changes (a strategy that keeps its
+/// backends ordered by open connections: `leastconn`).
+pub trait LoadWatch: Send + Sync {
+    /// The backend in `slot` took or released a connection.
+    fn changed(&self, slot: u32);
+}
+
+/// Where a backend's connection count is watched: the strategy of its tier in the
+/// server's current pool, and its place there.
+pub struct Watched {
+    pub watch: Arc<dyn LoadWatch>,
+    pub slot: u32,
+}
+
+impl fmt::Debug for Watched {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Watched").field("slot", &self.slot).finish()
     }
 }
 
@@ -585,11 +626,9 @@ impl ConnGuard {
 
 impl Drop for ConnGuard {
     fn drop(&mut self) {
-        self.backend
-            .state
-            .stats
-            .active
-            .fetch_sub(1, Ordering::Relaxed);
+        let state = &self.backend.state;
+        state.stats.active.fetch_sub(1, Ordering::Relaxed);
+        state.load_changed();
     }
 }
 

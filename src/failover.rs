@@ -294,6 +294,7 @@ fn end_ejections(server: &str, pool: &Pool, now: u64) -> Option<u64> {
 /// Re-evaluates the panic threshold of each tier and whether every backend is down,
 /// logging and counting each change once.
 fn evaluate(server: &str, pool: &Pool, settings: &ServerConfig, failover: &FailoverState) {
+    pool.refresh();
     let threshold = settings.failover.min_healthy_percent;
     let mut panicking = 0;
     for change in pool.update_panic(threshold) {

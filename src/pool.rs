@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::backend::{clock_ms, Backend, ConnGuard};
+use crate::backend::{clock_ms, Backend, ConnGuard, Watched};
 use crate::balance::{self, BalanceKind, PickContext, Strategy};
 use crate::config::failover::AllDown;
 
@@ -198,7 +198,8 @@ impl Pool {
             } else {
                 &up
             };
-            if let Some(guard) = self.pick_in(tier, client, eligible) {
+            let panics = tier.panic.load(Ordering::Relaxed);
+            if let Some(guard) = self.pick_in(tier, client, eligible, panics) {
                 return Some(guard);
             }
         }
@@ -211,7 +212,7 @@ impl Pool {
             AllDown::Any => self
                 .tiers
                 .iter()
-                .find_map(|t| self.pick_in(t, client, &any)),
+                .find_map(|t| self.pick_in(t, client, &any, true)),
             AllDown::Last => {
                 let now = clock_ms();
                 let latest = self.all.iter().map(|b| b.state.last_up(now)).max()?;
@@ -223,18 +224,19 @@ impl Pool {
                 let last = |b: &Backend| any(b) && b.state.last_up(now) >= since;
                 self.tiers
                     .iter()
-                    .find_map(|t| self.pick_in(t, client, &last))
+                    .find_map(|t| self.pick_in(t, client, &last, true))
             }
         }
     }
 
-    /// Picks in `tier` among the backends `eligible` accepts, and counts the connection
-    /// against the one picked.
+    /// Picks in `tier` among the backends `eligible` accepts (`any_health`: whatever
+    /// their health), and counts the connection against the one picked.
     fn pick_in(
         &self,
         tier: &Tier,
         client: IpAddr,
         eligible: &dyn Fn(&Backend) -> bool,
+        any_health: bool,
     ) -> Option<ConnGuard> {
         if !tier.backends.iter().any(|b| eligible(b)) {
             return None;
@@ -242,22 +244,59 @@ impl Pool {
         if let Some(period) = self.policy.slow_start {
             // Backends warming up are each passed over with the probability of the
             // share they have not reached; if that leaves nothing, they take it all.
+            // One draw for the whole pick, so a strategy that looks at a backend twice
+            // (a count, then a walk) sees the same answer.
             let now = clock_ms();
-            let warmed =
-                |b: &Backend| eligible(b) && b.state.ramp(now, period).is_none_or(balance::chance);
-            if let Some(guard) = acquire(tier, client, &warmed) {
+            let draw = balance::random_unit();
+            let warmed = |b: &Backend| {
+                eligible(b) && b.state.ramp(now, period).is_none_or(|share| draw < share)
+            };
+            if let Some(guard) = acquire(tier, client, &warmed, any_health) {
                 return Some(guard);
             }
         }
-        acquire(tier, client, eligible)
+        acquire(tier, client, eligible, any_health)
+    }
+
+    /// Makes this pool the one its backends report their connections to (the
+    /// strategies that order them by connections: `leastconn`); for the server's
+    /// current pool only.
+    pub fn watch_loads(&self) {
+        for tier in &self.tiers {
+            let watch = tier.strategy.load_watch();
+            for (slot, backend) in tier.backends.iter().enumerate() {
+                let watched = watch.as_ref().map(|watch| Watched {
+                    watch: Arc::clone(watch),
+                    slot: slot as u32,
+                });
+                backend.state.set_load_watch(watched);
+            }
+        }
+    }
+
+    /// Health, ejection or admin state changed, or loads were sampled: each tier's
+    /// strategy brings what it derived from them up to date.
+    pub fn refresh(&self) {
+        for tier in &self.tiers {
+            tier.strategy.refresh();
+        }
     }
 }
 
 /// Picks in `tier` and acquires the backend picked. Another connection may take the
 /// last slot of a capped backend between the pick and the acquire: picks again a
 /// bounded number of times.
-fn acquire(tier: &Tier, client: IpAddr, eligible: &dyn Fn(&Backend) -> bool) -> Option<ConnGuard> {
-    let ctx = PickContext { client, eligible };
+fn acquire(
+    tier: &Tier,
+    client: IpAddr,
+    eligible: &dyn Fn(&Backend) -> bool,
+    any_health: bool,
+) -> Option<ConnGuard> {
+    let ctx = PickContext {
+        client,
+        eligible,
+        any_health,
+    };
     for _ in 0..tier.backends.len().min(8) {
         let index = tier.strategy.pick(&tier.backends, &ctx)?;
         if let Some(guard) = tier.backends[index].try_acquire() {

@@ -8,8 +8,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
+
 use super::{reduce, PickContext, Strategy};
-use crate::backend::Backend;
+use crate::backend::{AdminState, Backend};
 
 /// The client's address hashed to 64 bits.
 pub(super) fn client_hash(ip: IpAddr) -> u64 {
@@ -44,13 +46,39 @@ pub(super) fn mix64(mut z: u64) -> u64 {
 /// GoBetween's `iphash`: the client's hash modulo the number of eligible backends.
 ///
 /// Simple and even, but when a backend becomes ineligible most clients move; `iphash1`
-/// and `maglev` move only that backend's clients. A pick counts the eligible backends and
-/// then walks to the chosen one, so it is O(n).
-#[derive(Debug, Default)]
-pub struct IpHash;
+/// and `maglev` move only that backend's clients. The backends up and enabled are kept
+/// in a list, renewed when health, ejection or admin state change ([`Strategy::refresh`]),
+/// so a pick is O(1); when the backend it lands on cannot take the connection (already
+/// tried, at its cap, routed away) it counts the eligible backends and walks to the
+/// chosen one, O(n).
+pub struct IpHash {
+    backends: Vec<Arc<Backend>>,
+    /// Indexes of the backends up and enabled.
+    live: ArcSwap<Vec<u32>>,
+}
+
+impl IpHash {
+    pub fn new(backends: &[Arc<Backend>]) -> IpHash {
+        let hash = IpHash {
+            backends: backends.to_vec(),
+            live: ArcSwap::from_pointee(Vec::new()),
+        };
+        hash.refresh();
+        hash
+    }
+}
 
 impl Strategy for IpHash {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
+        if !ctx.any_health {
+            let live = self.live.load();
+            if !live.is_empty() {
+                let i = live[reduce(client_hash(ctx.client), live.len())] as usize;
+                if backends.get(i).is_some_and(|b| (ctx.eligible)(b)) {
+                    return Some(i);
+                }
+            }
+        }
         let eligible = backends.iter().filter(|b| (ctx.eligible)(b)).count();
         if eligible == 0 {
             return None;
@@ -68,6 +96,17 @@ impl Strategy for IpHash {
         }
         // Eligibility changed between the two passes: any eligible backend will do.
         last
+    }
+
+    fn refresh(&self) {
+        let live = self
+            .backends
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_up() && b.admin_state() == AdminState::Enabled)
+            .map(|(i, _)| i as u32)
+            .collect();
+        self.live.store(Arc::new(live));
     }
 }
 
@@ -127,12 +166,13 @@ mod tests {
     use std::net::Ipv6Addr;
 
     use super::*;
-    use crate::balance::testing::{self, all};
+    use crate::balance::testing::{self, all, available};
 
     fn pick(strategy: &dyn Strategy, backends: &[Arc<Backend>], ip: &str) -> usize {
         let ctx = PickContext {
             client: ip.parse().unwrap(),
             eligible: &all,
+            any_health: false,
         };
         strategy.pick(backends, &ctx).unwrap()
     }
@@ -158,15 +198,16 @@ mod tests {
     #[test]
     fn iphash_is_even_and_stable_across_rebuilds() {
         let backends = testing::equal(4);
-        let counts = testing::counts(&IpHash, &backends, 40_000, &all);
+        let counts = testing::counts(&IpHash::new(&backends), &backends, 40_000, &all);
         assert!(
             counts.iter().all(|&c| (9_500..10_500).contains(&c)),
             "{counts:?}"
         );
         for ip in ["203.0.113.9", "2001:db8::1", "::ffff:10.1.2.3"] {
+            let again = testing::equal(4);
             assert_eq!(
-                pick(&IpHash, &backends, ip),
-                pick(&IpHash, &testing::equal(4), ip)
+                pick(&IpHash::new(&backends), &backends, ip),
+                pick(&IpHash::new(&again), &again, ip)
             );
         }
     }
@@ -174,12 +215,23 @@ mod tests {
     #[test]
     fn iphash_takes_the_hash_modulo_the_eligible_backends() {
         let backends = testing::equal(5);
-        let odd = |b: &Backend| b.key().ends_with("1:80") || b.key().ends_with("3:80");
-        let with_odd = testing::assignment(&IpHash, &backends, 1000, &odd);
+        let hash = IpHash::new(&backends);
+        for down in [0, 2, 4] {
+            backends[down].set_healthy(false);
+        }
+        // Picked from the list of backends up once it is renewed, by a scan before.
+        let scanned = testing::assignment(&hash, &backends, 1000, &available);
+        hash.refresh();
+        let listed = testing::assignment(&hash, &backends, 1000, &available);
         let two = testing::equal(2);
-        let with_two = testing::assignment(&IpHash, &two, 1000, &all);
-        let expected: Vec<usize> = with_two.iter().map(|&i| i * 2).collect();
-        assert_eq!(with_odd, expected);
+        let with_two = testing::assignment(&IpHash::new(&two), &two, 1000, &all);
+        let expected: Vec<usize> = with_two.iter().map(|&i| i * 2 + 1).collect();
+        assert_eq!(scanned, expected);
+        assert_eq!(listed, expected);
+        // Whatever the list says, a backend the pick may not take is passed over.
+        let not_one = |b: &Backend| b.is_available() && !b.key().ends_with(".2:80");
+        let others = testing::assignment(&hash, &backends, 1000, &not_one);
+        assert!(others.iter().all(|&i| i == 3), "{others:?}");
     }
 
     #[test]
@@ -225,7 +277,7 @@ mod tests {
     #[test]
     fn eligibility_is_respected() {
         let backends = testing::backends(&[1, 2, 3]);
-        testing::check_eligibility(&IpHash, &backends, 1);
+        testing::check_eligibility(&IpHash::new(&backends), &backends, 1);
         testing::check_eligibility(&Rendezvous::new(&backends), &backends, 2);
         let equal = testing::equal(3);
         testing::check_eligibility(&Rendezvous::new(&equal), &equal, 0);

@@ -3,24 +3,48 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use super::load_index::{LoadIndex, SCAN_LIMIT};
 use super::{PickContext, Strategy};
-use crate::backend::Backend;
+use crate::backend::{Backend, LoadWatch};
 
-/// Fewest `active / weight`, ties taken in turn.
-#[derive(Debug, Default)]
+/// Fewest `active / weight`, ties taken in turn. A tier of more than [`SCAN_LIMIT`]
+/// backends keeps them in a [`LoadIndex`] every connection opened or closed updates, and
+/// picks its root, O(log n); a smaller one scans, which is quicker there, as is the
+/// fallback when the index cannot say.
 pub struct LeastConn {
+    index: Option<Arc<LoadIndex>>,
     turn: AtomicUsize,
 }
 
 impl LeastConn {
-    pub fn new() -> Self {
-        LeastConn::default()
+    pub fn new(backends: &[Arc<Backend>]) -> Self {
+        let indexed = backends.len() > SCAN_LIMIT;
+        LeastConn {
+            index: indexed.then(|| Arc::new(LoadIndex::new(backends, Backend::active))),
+            turn: AtomicUsize::new(0),
+        }
     }
 }
 
 impl Strategy for LeastConn {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
+        if let (Some(index), false) = (&self.index, ctx.any_health) {
+            if let Some(i) = index.pick(ctx.eligible) {
+                return Some(i);
+            }
+        }
         least_loaded(backends, ctx, &self.turn, Backend::active)
+    }
+
+    fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
+        let index = self.index.as_ref()?;
+        Some(Arc::clone(index) as Arc<dyn LoadWatch>)
+    }
+
+    fn refresh(&self) {
+        if let Some(index) = &self.index {
+            index.refresh();
+        }
     }
 }
 
@@ -83,7 +107,7 @@ mod tests {
         set_active(&backends[0], 2); // 2/1
         set_active(&backends[1], 5); // 5/4
         set_active(&backends[2], 3); // 3/2
-        let counts = testing::counts(&LeastConn::new(), &backends, 10, &all);
+        let counts = testing::counts(&LeastConn::new(&backends), &backends, 10, &all);
         assert_eq!(counts, vec![0, 10, 0]);
     }
 
@@ -94,27 +118,72 @@ mod tests {
         set_active(&backends[1], 2); // 2/2 == 1/1
         set_active(&backends[2], 3);
         set_active(&backends[3], 7);
-        let counts = testing::counts(&LeastConn::new(), &backends, 200, &all);
+        let counts = testing::counts(&LeastConn::new(&backends), &backends, 200, &all);
         assert_eq!(counts, vec![100, 100, 0, 0]);
         let idle = testing::equal(3);
-        let counts = testing::counts(&LeastConn::new(), &idle, 300, &all);
+        let counts = testing::counts(&LeastConn::new(&idle), &idle, 300, &all);
         assert_eq!(counts, vec![100, 100, 100]);
     }
 
     #[test]
     fn follows_connections_as_they_are_counted() {
         let backends = testing::backends(&[1, 3]);
-        let lc = LeastConn::new();
+        let lc = LeastConn::new(&backends);
         let mut guards = Vec::new();
         for i in 0..40 {
             let ctx = PickContext {
                 client: testing::client(i),
                 eligible: &all,
+                any_health: false,
             };
             let index = lc.pick(&backends, &ctx).unwrap();
             guards.push(backends[index].try_acquire().unwrap());
         }
         assert_eq!((backends[0].active(), backends[1].active()), (10, 30));
+    }
+
+    /// Past [`SCAN_LIMIT`] backends the index answers, told of every connection opened
+    /// and closed.
+    #[test]
+    fn a_large_tier_follows_connections_through_its_index() {
+        let weights: Vec<u32> = (0..40).map(|i| 1 + i % 4).collect();
+        let backends = testing::backends(&weights);
+        let lc = LeastConn::new(&backends);
+        let watch = lc.load_watch().expect("indexed");
+        for (slot, backend) in backends.iter().enumerate() {
+            backend.state.set_load_watch(Some(crate::backend::Watched {
+                watch: Arc::clone(&watch),
+                slot: slot as u32,
+            }));
+        }
+        let mut guards = Vec::new();
+        let total: u32 = weights.iter().sum();
+        for i in 0..total * 10 {
+            let ctx = PickContext {
+                client: testing::client(i),
+                eligible: &all,
+                any_health: false,
+            };
+            let index = lc.pick(&backends, &ctx).expect("a backend");
+            guards.push(backends[index].try_acquire().expect("no cap"));
+        }
+        // Ten connections per unit of weight, exactly.
+        for (backend, weight) in backends.iter().zip(&weights) {
+            assert_eq!(
+                backend.active(),
+                u64::from(*weight) * 10,
+                "{}",
+                backend.key()
+            );
+        }
+        // Those of the first backend close: it is the least loaded, alone.
+        guards.retain(|g| !Arc::ptr_eq(g.backend(), &backends[0]));
+        let ctx = PickContext {
+            client: testing::client(0),
+            eligible: &all,
+            any_health: false,
+        };
+        assert_eq!(lc.pick(&backends, &ctx), Some(0));
     }
 
     #[test]
@@ -123,7 +192,7 @@ mod tests {
         set_active(&backends[1], 5);
         set_active(&backends[2], 5);
         backends[0].set_healthy(false);
-        let counts = testing::counts(&LeastConn::new(), &backends, 100, &available);
+        let counts = testing::counts(&LeastConn::new(&backends), &backends, 100, &available);
         assert_eq!(counts, vec![0, 50, 50]);
     }
 
@@ -131,6 +200,6 @@ mod tests {
     fn eligibility_is_respected() {
         let backends = testing::equal(5);
         set_active(&backends[2], 100);
-        testing::check_eligibility(&LeastConn::new(), &backends, 2);
+        testing::check_eligibility(&LeastConn::new(&backends), &backends, 2);
     }
 }

@@ -284,6 +284,7 @@ mod tests {
             let ctx = PickContext {
                 client: ip.into(),
                 eligible: &all,
+                any_health: false,
             };
             *counts
                 .entry(maglev.pick(&backends, &ctx).unwrap())

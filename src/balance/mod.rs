@@ -10,9 +10,10 @@
 //! |---|---|---|---|
 //! | `weight` | `weighted.rs` | O(1) | nginx smooth WRR sequence (≤ 65 536 + n entries) |
 //! | `roundrobin` | `round_robin.rs` | O(1) | nothing |
-//! | `leastconn`, `leastbandwidth` | `least_conn.rs`, `least_bandwidth.rs` | O(n) | nothing |
+//! | `leastconn`, `leastbandwidth` | `least_conn.rs`, `least_bandwidth.rs` | O(log n) | a tournament tree of loads (`load_index.rs`) |
 //! | `random`, `p2c` | `random.rs`, `p2c.rs` | O(1), O(n) fallback | alias table |
-//! | `iphash`, `iphash1` | `hash.rs` | O(n) | key hashes (`iphash1`) |
+//! | `iphash` | `hash.rs` | O(1), O(n) fallback | the list of backends up (renewed on change) |
+//! | `iphash1` | `hash.rs` | O(n), by nature | key hashes |
 //! | `maglev` | `maglev.rs` | O(1) | lookup table, prime ≥ 100 · n slots |
 //!
 //! The O(1) strategies skip ineligible backends by walking on (bounded to one lap of
@@ -21,6 +22,7 @@
 mod hash;
 mod least_bandwidth;
 mod least_conn;
+mod load_index;
 mod maglev;
 mod p2c;
 mod random;
@@ -35,7 +37,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LoadWatch};
 
 use hash::{IpHash, Rendezvous};
 use least_bandwidth::LeastBandwidth;
@@ -136,6 +138,9 @@ pub struct PickContext<'a> {
     pub client: IpAddr,
     /// Whether a backend may take this connection now.
     pub eligible: &'a dyn Fn(&Backend) -> bool,
+    /// `eligible` sets health aside (a tier in panic, the all-down fallback): a
+    /// strategy that keeps only the backends up in an index scans them all instead.
+    pub any_health: bool,
 }
 
 /// A balancing strategy over one tier's backends.
@@ -143,6 +148,16 @@ pub trait Strategy: Send + Sync {
     /// Index into `backends` (the same list the strategy was built from) of an eligible
     /// backend, or `None` if none is eligible.
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize>;
+
+    /// Who is told when a connection to one of its backends opens or closes, for the
+    /// strategies that order backends by their connections.
+    fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
+        None
+    }
+
+    /// Health, ejection or admin state of its backends changed, or loads were sampled
+    /// again: what the strategy derived from them is brought up to date.
+    fn refresh(&self) {}
 }
 
 /// Builds the strategy `kind` for `backends`.
@@ -153,10 +168,10 @@ pub fn build(kind: BalanceKind, backends: &[Arc<Backend>]) -> Box<dyn Strategy> 
     match kind {
         BalanceKind::Weight => Box::new(WeightedRoundRobin::new(backends)),
         BalanceKind::RoundRobin => Box::new(RoundRobin::new()),
-        BalanceKind::LeastConn => Box::new(LeastConn::new()),
-        BalanceKind::IpHash => Box::new(IpHash),
+        BalanceKind::LeastConn => Box::new(LeastConn::new(backends)),
+        BalanceKind::IpHash => Box::new(IpHash::new(backends)),
         BalanceKind::IpHash1 => Box::new(Rendezvous::new(backends)),
-        BalanceKind::LeastBandwidth => Box::new(LeastBandwidth::new()),
+        BalanceKind::LeastBandwidth => Box::new(LeastBandwidth::new(backends)),
         BalanceKind::Random => Box::new(WeightedRandom::new(backends)),
         BalanceKind::P2c => Box::new(PowerOfTwoChoices::new(backends)),
         BalanceKind::Maglev => Box::new(Maglev::new(backends)),
@@ -180,10 +195,9 @@ fn random_u64() -> u64 {
     })
 }
 
-/// True with probability `p` (0 to 1).
-pub fn chance(p: f64) -> bool {
-    // 53 random bits as a float in [0, 1).
-    ((random_u64() >> 11) as f64 / (1u64 << 53) as f64) < p
+/// A uniformly random number in [0, 1) (53 random bits).
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
 }
 
 /// A random number in `0..n` (Lemire's multiply-shift; `n` must be non-zero).
@@ -210,6 +224,7 @@ mod tests {
             let ctx = PickContext {
                 client: testing::client(0),
                 eligible: &all,
+                any_health: false,
             };
             assert_eq!(strategy.pick(&[], &ctx), None, "{kind}");
         }
@@ -239,6 +254,7 @@ mod tests {
                 let ctx = PickContext {
                     client,
                     eligible: &all,
+                    any_health: false,
                 };
                 assert!(
                     strategy.pick(&backends, &ctx).is_some_and(|i| i < 3),

@@ -81,6 +81,7 @@ mod tests {
             let ctx = PickContext {
                 client: testing::client(i),
                 eligible: &all,
+                any_health: false,
             };
             let index = p2c.pick(&backends, &ctx).unwrap();
             guards.push(backends[index].try_acquire().unwrap());

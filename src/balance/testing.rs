@@ -58,6 +58,7 @@ pub fn counts(
         let ctx = PickContext {
             client: client(i),
             eligible,
+            any_health: false,
         };
         let index = strategy.pick(backends, &ctx).expect("an eligible backend");
         assert!(eligible(&backends[index]), "picked ineligible {index}");
@@ -78,6 +79,7 @@ pub fn assignment(
             let ctx = PickContext {
                 client: client(i),
                 eligible,
+                any_health: false,
             };
             strategy.pick(backends, &ctx).expect("an eligible backend")
         })
@@ -91,6 +93,7 @@ pub fn check_eligibility(strategy: &dyn Strategy, backends: &[Arc<Backend>], onl
     let ctx = PickContext {
         client: client(1),
         eligible: &none,
+        any_health: false,
     };
     assert_eq!(strategy.pick(backends, &ctx), None);
     let target = Arc::clone(&backends[only]);
@@ -99,6 +102,7 @@ pub fn check_eligibility(strategy: &dyn Strategy, backends: &[Arc<Backend>], onl
         let ctx = PickContext {
             client: client(i),
             eligible: &just_one,
+            any_health: false,
         };
         assert_eq!(strategy.pick(backends, &ctx), Some(only));
     }

@@ -9,7 +9,8 @@ use crate::backend::Backend;
 use crate::pool::Pool;
 
 /// Refreshes each backend's bytes-per-second figure once a second (for `leastbandwidth`
-/// and the statistics), so the data path only adds to byte counters.
+/// and the statistics), so the data path only adds to byte counters; then the pool's
+/// strategies re-derive what they keep from loads (and correct any drift).
 pub(super) async fn sample(pool: Arc<Pool>, stop: CancellationToken) {
     let totals = |b: &Backend| {
         let s = &b.state.stats;
@@ -34,5 +35,6 @@ pub(super) async fn sample(pool: Arc<Pool>, stop: CancellationToken) {
             backend.state.set_rates(from, to);
             *last = now;
         }
+        pool.refresh();
     }
 }

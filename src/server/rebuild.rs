@@ -135,6 +135,7 @@ impl PoolRebuilder {
         });
         self.shared.settings.store(Arc::clone(&settings));
         self.shared.sni.store(matcher);
+        pool.watch_loads();
         self.shared.pool.store(Arc::clone(&pool));
         self.shared.failover.events.notify_one();
         self.follow(state, &settings, &pool);
