@@ -227,11 +227,11 @@ impl BackendState {
         self.load_watch.store(watch.map(Arc::new));
     }
 
-    /// A connection opened or closed: the watch, if any, is told.
-    fn load_changed(&self) {
+    /// A connection `opened` or closed: the watch, if any, is told.
+    fn load_changed(&self, opened: bool) {
         if self.watched.load(Ordering::Relaxed) {
             if let Some(watched) = &*self.load_watch.load() {
-                watched.watch.changed(watched.slot);
+                watched.watch.changed(watched.slot, opened);
             }
         }
     }
@@ -585,18 +585,19 @@ impl Backend {
             }
         }
         stats.total.fetch_add(1, Ordering::Relaxed);
-        self.state.load_changed();
+        self.state.load_changed(true);
         Some(ConnGuard {
             backend: Arc::clone(self),
         })
     }
 }
 
-/// Told when the load of a backend it indexes changes (a strategy that keeps its
-/// backends ordered by open connections: `leastconn`).
+/// Told when the load of a backend it watches changes (a strategy that keeps its
+/// backends ordered by open connections, `leastconn`, or bounds them, a hash strategy
+/// with `hash_balance_factor`).
 pub trait LoadWatch: Send + Sync {
-    /// The backend in `slot` took or released a connection.
-    fn changed(&self, slot: u32);
+    /// The backend in `slot` took (`opened`) or released a connection.
+    fn changed(&self, slot: u32, opened: bool);
 }
 
 /// Where a backend's connection count is watched: the strategy of its tier in the
@@ -628,7 +629,7 @@ impl Drop for ConnGuard {
     fn drop(&mut self) {
         let state = &self.backend.state;
         state.stats.active.fetch_sub(1, Ordering::Relaxed);
-        state.load_changed();
+        state.load_changed(false);
     }
 }
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::backend::{clock_ms, Backend, ConnGuard, Watched};
-use crate::balance::{self, BalanceKind, PickContext, Strategy};
+use crate::balance::{self, Balance, PickContext, Strategy};
 use crate::config::failover::AllDown;
 
 /// Backends with the same `(backup, priority)`; the first tier with an available backend
@@ -86,7 +86,8 @@ impl std::fmt::Debug for Pool {
 impl Pool {
     /// Builds the tiers and their strategies. Non-backup tiers come first, then backups,
     /// each ordered by ascending `priority`.
-    pub fn new(kind: BalanceKind, backends: Vec<Arc<Backend>>) -> Self {
+    pub fn new(balance: impl Into<Balance>, backends: Vec<Arc<Backend>>) -> Self {
+        let balance = balance.into();
         let mut keys: Vec<(bool, u32)> = backends
             .iter()
             .map(|b| (b.spec.backup, b.spec.priority))
@@ -104,7 +105,7 @@ impl Pool {
                 Tier {
                     backup: key.0,
                     priority: key.1,
-                    strategy: balance::build(kind, &members),
+                    strategy: balance::build(balance, &members),
                     backends: members,
                     panic: AtomicBool::new(false),
                 }
@@ -314,6 +315,7 @@ fn same(a: &Arc<Backend>, b: &Backend) -> bool {
 mod tests {
     use super::*;
     use crate::backend::BackendSpec;
+    use crate::balance::BalanceKind;
 
     fn backend(n: u8, priority: u32, backup: bool) -> Arc<Backend> {
         let spec = BackendSpec {

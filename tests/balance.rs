@@ -127,6 +127,41 @@ async fn hashing_strategies_keep_each_client_on_its_backend() {
     }
 }
 
+#[tokio::test]
+async fn a_load_bound_spreads_a_busy_client_and_then_takes_it_home() {
+    for kind in [
+        BalanceKind::IpHash,
+        BalanceKind::IpHash1,
+        BalanceKind::Maglev,
+    ] {
+        let backends = abc().await;
+        let mut cfg = server(kind, specs(&backends));
+        cfg.hash_balance_factor = Some(100);
+        let lb = Sluice::start(cfg).await;
+        let home = who(lb.addr).await;
+        let idle = || async { lb.active(0).await + lb.active(1).await + lb.active(2).await == 0 };
+        eventually("Sluice sees the connection closed", idle).await;
+        // Nine connections held open by one client: 100 % of the mean is three each.
+        let mut held = Vec::new();
+        for _ in 0..9 {
+            held.push(hello(lb.addr, None).await);
+        }
+        let spread = tally(held.iter().map(|(name, _)| name.clone()));
+        assert_eq!(spread, counts(&[("a", 3), ("b", 3), ("c", 3)]), "{kind}");
+        assert_eq!(
+            held[0].0, home,
+            "{kind}: the first went to the client's own"
+        );
+        // Once they close, its connections go to its own backend again.
+        drop(held);
+        eventually("Sluice sees the connections closed", idle).await;
+        for _ in 0..3 {
+            assert_eq!(who(lb.addr).await, home, "{kind}");
+            eventually("Sluice sees the connection closed", idle).await;
+        }
+    }
+}
+
 /// With one backend down, only its clients move; when it returns, they come back.
 async fn assert_minimal_disruption(kind: BalanceKind) {
     let backends = [

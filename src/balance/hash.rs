@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use super::bounded::LoadBound;
 use super::{reduce, PickContext, Strategy};
-use crate::backend::{AdminState, Backend};
+use crate::backend::{AdminState, Backend, LoadWatch};
 
 /// The client's address hashed to 64 bits.
 pub(super) fn client_hash(ip: IpAddr) -> u64 {
@@ -51,17 +52,22 @@ pub(super) fn mix64(mut z: u64) -> u64 {
 /// so a pick is O(1); when the backend it lands on cannot take the connection (already
 /// tried, at its cap, routed away) it counts the eligible backends and walks to the
 /// chosen one, O(n).
+///
+/// With a load bound, a backend above it passes its client on to the next backend of
+/// the list that is within it.
 pub struct IpHash {
     backends: Vec<Arc<Backend>>,
     /// Indexes of the backends up and enabled.
     live: ArcSwap<Vec<u32>>,
+    bound: Option<Arc<LoadBound>>,
 }
 
 impl IpHash {
-    pub fn new(backends: &[Arc<Backend>]) -> IpHash {
+    pub fn new(backends: &[Arc<Backend>], bound: Option<Arc<LoadBound>>) -> IpHash {
         let hash = IpHash {
             backends: backends.to_vec(),
             live: ArcSwap::from_pointee(Vec::new()),
+            bound,
         };
         hash.refresh();
         hash
@@ -72,11 +78,27 @@ impl Strategy for IpHash {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
         if !ctx.any_health {
             let live = self.live.load();
-            if !live.is_empty() {
-                let i = live[reduce(client_hash(ctx.client), live.len())] as usize;
-                if backends.get(i).is_some_and(|b| (ctx.eligible)(b)) {
+            let start = reduce(client_hash(ctx.client), live.len());
+            // Without a bound only the hashed backend is looked at; with one, the walk
+            // ends at the first within it, and the first eligible is kept in case none is.
+            let lap = if self.bound.is_some() { live.len() } else { 1 };
+            let mut first_eligible = None;
+            for step in 0..lap.min(live.len()) {
+                let i = live[(start + step) % live.len()] as usize;
+                let Some(backend) = backends.get(i).filter(|b| (ctx.eligible)(b)) else {
+                    continue;
+                };
+                if self
+                    .bound
+                    .as_ref()
+                    .is_none_or(|bound| bound.admits(backend))
+                {
                     return Some(i);
                 }
+                first_eligible.get_or_insert(i);
+            }
+            if first_eligible.is_some() {
+                return first_eligible;
             }
         }
         let eligible = backends.iter().filter(|b| (ctx.eligible)(b)).count();
@@ -107,6 +129,14 @@ impl Strategy for IpHash {
             .map(|(i, _)| i as u32)
             .collect();
         self.live.store(Arc::new(live));
+        if let Some(bound) = &self.bound {
+            bound.refresh();
+        }
+    }
+
+    fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
+        let bound = Arc::clone(self.bound.as_ref()?);
+        Some(bound as Arc<dyn LoadWatch>)
     }
 }
 
@@ -117,18 +147,22 @@ impl Strategy for IpHash {
 /// to its weight, and a backend that becomes ineligible loses only the clients it won,
 /// which move to their second-best backend. Key hashes are computed at build time, so a
 /// pick is O(n) with no string hashing (and no logarithm when all weights are equal).
-#[derive(Debug)]
+///
+/// With a load bound, the best-scoring backend within it wins (the client's next choice
+/// when its first is above), and the best of all when none is.
 pub struct Rendezvous {
     keys: Vec<u64>,
     /// All weights equal: the raw hash orders the scores, no logarithm needed.
     uniform: bool,
+    bound: Option<Arc<LoadBound>>,
 }
 
 impl Rendezvous {
-    pub fn new(backends: &[Arc<Backend>]) -> Self {
+    pub fn new(backends: &[Arc<Backend>], bound: Option<Arc<LoadBound>>) -> Self {
         Rendezvous {
             keys: backends.iter().map(|b| key_hash(b.key(), 0)).collect(),
             uniform: backends.windows(2).all(|w| w[0].weight() == w[1].weight()),
+            bound,
         }
     }
 
@@ -146,18 +180,39 @@ impl Rendezvous {
 impl Strategy for Rendezvous {
     fn pick(&self, backends: &[Arc<Backend>], ctx: &PickContext<'_>) -> Option<usize> {
         let client = client_hash(ctx.client);
+        // The best of all eligible backends, and the best within the bound.
         let mut best: Option<(f64, u64, usize)> = None;
+        let mut best_within: Option<(f64, u64, usize)> = None;
         for (i, (backend, &key)) in backends.iter().zip(&self.keys).enumerate() {
             if !(ctx.eligible)(backend) {
                 continue;
             }
             let score = self.score(client, key, backend.weight());
             // Ties (rare) go to the larger key hash, so list order never matters.
-            if best.is_none_or(|(s, k, _)| (score, key) > (s, k)) {
+            let better = |best: Option<(f64, u64, usize)>| {
+                best.is_none_or(|(s, k, _)| (score, key) > (s, k))
+            };
+            if better(best) {
                 best = Some((score, key, i));
             }
+            if let Some(bound) = &self.bound {
+                if better(best_within) && bound.admits(backend) {
+                    best_within = Some((score, key, i));
+                }
+            }
         }
-        best.map(|(_, _, i)| i)
+        best_within.or(best).map(|(_, _, i)| i)
+    }
+
+    fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
+        let bound = Arc::clone(self.bound.as_ref()?);
+        Some(bound as Arc<dyn LoadWatch>)
+    }
+
+    fn refresh(&self) {
+        if let Some(bound) = &self.bound {
+            bound.refresh();
+        }
     }
 }
 
@@ -198,7 +253,7 @@ mod tests {
     #[test]
     fn iphash_is_even_and_stable_across_rebuilds() {
         let backends = testing::equal(4);
-        let counts = testing::counts(&IpHash::new(&backends), &backends, 40_000, &all);
+        let counts = testing::counts(&IpHash::new(&backends, None), &backends, 40_000, &all);
         assert!(
             counts.iter().all(|&c| (9_500..10_500).contains(&c)),
             "{counts:?}"
@@ -206,8 +261,8 @@ mod tests {
         for ip in ["203.0.113.9", "2001:db8::1", "::ffff:10.1.2.3"] {
             let again = testing::equal(4);
             assert_eq!(
-                pick(&IpHash::new(&backends), &backends, ip),
-                pick(&IpHash::new(&again), &again, ip)
+                pick(&IpHash::new(&backends, None), &backends, ip),
+                pick(&IpHash::new(&again, None), &again, ip)
             );
         }
     }
@@ -215,7 +270,7 @@ mod tests {
     #[test]
     fn iphash_takes_the_hash_modulo_the_eligible_backends() {
         let backends = testing::equal(5);
-        let hash = IpHash::new(&backends);
+        let hash = IpHash::new(&backends, None);
         for down in [0, 2, 4] {
             backends[down].set_healthy(false);
         }
@@ -224,7 +279,7 @@ mod tests {
         hash.refresh();
         let listed = testing::assignment(&hash, &backends, 1000, &available);
         let two = testing::equal(2);
-        let with_two = testing::assignment(&IpHash::new(&two), &two, 1000, &all);
+        let with_two = testing::assignment(&IpHash::new(&two, None), &two, 1000, &all);
         let expected: Vec<usize> = with_two.iter().map(|&i| i * 2 + 1).collect();
         assert_eq!(scanned, expected);
         assert_eq!(listed, expected);
@@ -237,7 +292,7 @@ mod tests {
     #[test]
     fn iphash1_follows_the_weights() {
         let backends = testing::backends(&[1, 2, 5]);
-        let counts = testing::counts(&Rendezvous::new(&backends), &backends, 80_000, &all);
+        let counts = testing::counts(&Rendezvous::new(&backends, None), &backends, 80_000, &all);
         for (count, weight) in counts.iter().zip([1.0, 2.0, 5.0]) {
             let share = f64::from(*count) / 80_000.0;
             assert!((share - weight / 8.0).abs() < 0.01, "{counts:?}");
@@ -248,7 +303,7 @@ mod tests {
     fn iphash1_ineligible_backend_moves_only_its_own_clients() {
         for weights in [&[1; 7][..], &[1, 3, 2, 1, 5, 1, 1]] {
             let backends = testing::backends(weights);
-            let hrw = Rendezvous::new(&backends);
+            let hrw = Rendezvous::new(&backends, None);
             let before = testing::assignment(&hrw, &backends, 20_000, &all);
             let down = Arc::clone(&backends[4]);
             let up = move |b: &Backend| !std::ptr::eq(b, &*down);
@@ -266,7 +321,10 @@ mod tests {
     fn iphash1_does_not_depend_on_list_order() {
         let backends = testing::backends(&[1, 2, 3, 4]);
         let reversed: Vec<_> = backends.iter().rev().cloned().collect();
-        let (a, b) = (Rendezvous::new(&backends), Rendezvous::new(&reversed));
+        let (a, b) = (
+            Rendezvous::new(&backends, None),
+            Rendezvous::new(&reversed, None),
+        );
         for ip in ["192.0.2.1", "192.0.2.200", "2001:db8::abcd", "fe80::1"] {
             let key =
                 |s: &Rendezvous, list: &[Arc<Backend>]| list[pick(s, list, ip)].key().to_owned();
@@ -277,9 +335,9 @@ mod tests {
     #[test]
     fn eligibility_is_respected() {
         let backends = testing::backends(&[1, 2, 3]);
-        testing::check_eligibility(&IpHash::new(&backends), &backends, 1);
-        testing::check_eligibility(&Rendezvous::new(&backends), &backends, 2);
+        testing::check_eligibility(&IpHash::new(&backends, None), &backends, 1);
+        testing::check_eligibility(&Rendezvous::new(&backends, None), &backends, 2);
         let equal = testing::equal(3);
-        testing::check_eligibility(&Rendezvous::new(&equal), &equal, 0);
+        testing::check_eligibility(&Rendezvous::new(&equal, None), &equal, 0);
     }
 }

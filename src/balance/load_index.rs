@@ -162,7 +162,7 @@ impl LoadIndex {
 }
 
 impl LoadWatch for LoadIndex {
-    fn changed(&self, slot: u32) {
+    fn changed(&self, slot: u32, _opened: bool) {
         LoadIndex::changed(self, slot as usize);
     }
 }

@@ -19,14 +19,17 @@
 //!   next slot with an eligible owner, so a backend going down moves only its own clients,
 //!   with no rebuild. Removing a backend from the list rebuilds the table, with the
 //!   paper's small disruption to the other backends' clients.
+//! - **Load bound.** With `hash_balance_factor`, a slot whose owner is above its bound
+//!   is passed over the same way, so the client goes to the next owner within it.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
+use super::bounded::LoadBound;
 use super::hash::{client_hash, key_hash};
 use super::{reduce, PickContext, Strategy};
-use crate::backend::Backend;
+use crate::backend::{Backend, LoadWatch};
 
 /// Slots per backend, at least.
 pub const SLOTS_PER_BACKEND: usize = 100;
@@ -36,21 +39,24 @@ pub const MIN_TABLE_SIZE: usize = 5_003;
 const EMPTY: u32 = u32::MAX;
 
 /// A Maglev lookup table over one tier's backends.
-#[derive(Debug)]
 pub struct Maglev {
     /// Slot → index into the backend list.
     table: Vec<u32>,
+    bound: Option<Arc<LoadBound>>,
 }
 
 impl Maglev {
-    pub fn new(backends: &[Arc<Backend>]) -> Self {
+    pub fn new(backends: &[Arc<Backend>], bound: Option<Arc<LoadBound>>) -> Self {
         if backends.is_empty() {
-            return Maglev { table: Vec::new() };
+            return Maglev {
+                table: Vec::new(),
+                bound,
+            };
         }
         let size = table_size(backends.len());
         let table = populate(backends, size);
         debug_assert_invariants(backends, &table);
-        Maglev { table }
+        Maglev { table, bound }
     }
 }
 
@@ -64,16 +70,42 @@ impl Strategy for Maglev {
         // A long ineligible run is rare unless nearly every backend is down; past this
         // many slots, check once whether anything is eligible before walking the rest.
         let check_after = size.min(4 * backends.len() + 16);
+        // The first eligible owner above the load bound, taken if no owner within it
+        // turns up in as many slots again.
+        let mut above: Option<(usize, usize)> = None;
         for (step, slot) in (start..size).chain(0..start).enumerate() {
-            if step == check_after && !backends.iter().any(|b| (ctx.eligible)(b)) {
-                return None;
+            match above {
+                Some((_, since)) if step - since == check_after => break,
+                None if step == check_after && !backends.iter().any(|b| (ctx.eligible)(b)) => {
+                    return None;
+                }
+                _ => {}
             }
             let index = self.table[slot] as usize;
-            if backends.get(index).is_some_and(|b| (ctx.eligible)(b)) {
+            let Some(backend) = backends.get(index).filter(|b| (ctx.eligible)(b)) else {
+                continue;
+            };
+            if self
+                .bound
+                .as_ref()
+                .is_none_or(|bound| bound.admits(backend))
+            {
                 return Some(index);
             }
+            above.get_or_insert((index, step));
         }
-        None
+        above.map(|(index, _)| index)
+    }
+
+    fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
+        let bound = Arc::clone(self.bound.as_ref()?);
+        Some(bound as Arc<dyn LoadWatch>)
+    }
+
+    fn refresh(&self) {
+        if let Some(bound) = &self.bound {
+            bound.refresh();
+        }
     }
 }
 
@@ -197,7 +229,7 @@ mod tests {
     #[test]
     fn equal_weights_own_equal_slots() {
         let backends = testing::equal(7);
-        let counts = owners(&Maglev::new(&backends), &backends);
+        let counts = owners(&Maglev::new(&backends, None), &backends);
         let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
         assert!(max - min <= 1, "{counts:?}");
     }
@@ -206,7 +238,7 @@ mod tests {
     fn slots_follow_the_weights() {
         let weights = [1, 2, 3, 10, 1];
         let backends = testing::backends(&weights);
-        let maglev = Maglev::new(&backends);
+        let maglev = Maglev::new(&backends, None);
         let size = maglev.table.len() as f64;
         for (count, weight) in owners(&maglev, &backends).iter().zip(weights) {
             let ideal = size * f64::from(weight) / 17.0;
@@ -217,7 +249,7 @@ mod tests {
     #[test]
     fn an_ineligible_backend_moves_only_its_own_clients() {
         let backends = testing::backends(&[1, 1, 2, 1, 1, 3]);
-        let maglev = Maglev::new(&backends);
+        let maglev = Maglev::new(&backends, None);
         let before = testing::assignment(&maglev, &backends, 20_000, &all);
         backends[2].set_healthy(false);
         let after = testing::assignment(&maglev, &backends, 20_000, &available);
@@ -239,7 +271,7 @@ mod tests {
             .cloned()
             .collect();
         let key_of = |list: &[Arc<Backend>]| {
-            let maglev = Maglev::new(list);
+            let maglev = Maglev::new(list, None);
             let picks = testing::assignment(&maglev, list, 50_000, &all);
             picks
                 .into_iter()
@@ -263,7 +295,7 @@ mod tests {
         let backends = testing::backends(&[1, 2, 3, 4, 5]);
         let reversed: Vec<_> = backends.iter().rev().cloned().collect();
         let keys = |list: &[Arc<Backend>]| {
-            let maglev = Maglev::new(list);
+            let maglev = Maglev::new(list, None);
             let picks = testing::assignment(&maglev, list, 5_000, &all);
             picks
                 .into_iter()
@@ -277,7 +309,7 @@ mod tests {
     #[test]
     fn ipv6_clients_spread_over_every_backend() {
         let backends = testing::equal(4);
-        let maglev = Maglev::new(&backends);
+        let maglev = Maglev::new(&backends, None);
         let mut counts: HashMap<usize, u32> = HashMap::new();
         for i in 0..4_000u32 {
             let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, (i >> 16) as u16, i as u16);
@@ -299,6 +331,6 @@ mod tests {
     #[test]
     fn eligibility_is_respected() {
         let backends = testing::backends(&[2, 1, 1, 5]);
-        testing::check_eligibility(&Maglev::new(&backends), &backends, 1);
+        testing::check_eligibility(&Maglev::new(&backends, None), &backends, 1);
     }
 }

@@ -372,6 +372,10 @@ pub struct ServerConfig {
     pub protocol: Protocol,
     #[serde(serialize_with = "write_as::shown")]
     pub balance: BalanceKind,
+    /// A hash strategy keeps each backend within this many per cent of its share of
+    /// the tier's mean load (HAProxy's `hash-balance-factor`); `None`: unbounded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hash_balance_factor: Option<u32>,
     /// Concurrent client connections (UDP: sessions); `None` is unlimited.
     #[serde(serialize_with = "write_as::zero_if_none")]
     pub max_connections: Option<u32>,
@@ -451,6 +455,7 @@ impl ServerConfig {
             bind: Binds::from(bind),
             protocol: Protocol::Tcp,
             balance: BalanceKind::Weight,
+            hash_balance_factor: None,
             max_connections: None,
             client_idle_timeout: None,
             backend_idle_timeout: None,

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bandwidth;
 use crate::backend::{clock_ms, AdminState, Backend, BackendSpec};
-use crate::balance::BalanceKind;
+use crate::balance::{Balance, BalanceKind};
 use crate::config::{HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig};
 use crate::failover;
 use crate::health;
@@ -124,7 +124,11 @@ impl PoolRebuilder {
             &self.hard_stop,
         );
         state.started = true;
-        let pool = Arc::new(Pool::new(settings.balance, backends).with_policy(policy(&settings)));
+        let balance = Balance {
+            kind: settings.balance,
+            hash_balance_factor: settings.hash_balance_factor,
+        };
+        let pool = Arc::new(Pool::new(balance, backends).with_policy(policy(&settings)));
         resolve::resolve_now(&pool).await;
         let matcher = settings.sni.as_ref().map(|sni| {
             Arc::new(sni::Matcher::new(

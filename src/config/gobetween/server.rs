@@ -18,7 +18,7 @@ use super::legacy::{self, Place};
 use super::limits::{self, LimitKeys, LIMIT_KEYS};
 use super::reader::{resolve, Ctx, Field, Section};
 use super::sections::access;
-use crate::balance::BalanceKind;
+use crate::balance::{BalanceKind, MIN_HASH_BALANCE_FACTOR};
 use crate::config::checks;
 use crate::config::error::join;
 use crate::config::{
@@ -47,6 +47,7 @@ pub(crate) const SERVER_KEYS: &[&str] = &[
     "bind",
     "protocol",
     "balance",
+    "hash_balance_factor",
     "max_connections",
     "client_idle_timeout",
     "backend_idle_timeout",
@@ -229,6 +230,28 @@ fn balance(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BalanceKind> {
     Some(kind)
 }
 
+/// `hash_balance_factor = N`: a percentage of at least 100 for a hash strategy (`0`:
+/// none).
+fn bounded_load(ctx: &mut Ctx<'_>, f: &Field<'_>, balance: BalanceKind) -> Option<u32> {
+    let factor = ctx.u32_at_least(f, 0).filter(|&n| n > 0)?;
+    if factor < MIN_HASH_BALANCE_FACTOR {
+        let message = format!(
+            "must be at least {MIN_HASH_BALANCE_FACTOR} (per cent of the mean load), or 0 for \
+             no bound"
+        );
+        ctx.error(f.at, f.path(), message);
+        return None;
+    }
+    if !balance.hashes() {
+        let message = format!(
+            "bounds the hash strategies (iphash, iphash1, maglev), not balance = \"{balance}\""
+        );
+        ctx.error(f.at, f.path(), message);
+        return None;
+    }
+    Some(factor)
+}
+
 /// One `[servers.NAME]`, and where its `bind` key is (for conflict errors).
 fn server(
     ctx: &mut Ctx<'_>,
@@ -253,6 +276,7 @@ fn server(
     let balance_field = sec.take("balance");
     let balance_at = balance_field.as_ref().map_or(sec.at, |f| f.at);
     let balance = balance_field.and_then(|f| balance(ctx, &f));
+    let hash_balance_factor = sec.take("hash_balance_factor");
     let own = options(ctx, &mut sec);
     let connect_attempts = sec
         .take("connect_attempts")
@@ -374,10 +398,15 @@ fn server(
         ctx.error(at, &join(&join(&sec_path, "healthcheck"), "kind"), message);
     }
     let limits = limits::resolve(ctx, &own.limits, &defaults.limits, protocol, &sec_path);
+    let balance = balance.or(defaults.balance).unwrap_or(BalanceKind::Weight);
+    let hash_balance_factor = hash_balance_factor
+        .as_ref()
+        .and_then(|f| bounded_load(ctx, f, balance));
     let server = ServerConfig {
         bind,
         protocol,
-        balance: balance.or(defaults.balance).unwrap_or(BalanceKind::Weight),
+        balance,
+        hash_balance_factor,
         max_connections: own.max_connections.or(defaults.max_connections).flatten(),
         client_idle_timeout: own
             .client_idle_timeout

@@ -326,6 +326,7 @@ fn front<'p>(
         DiscoveryConfig::Static { backends },
     );
     server.balance = shared.balance;
+    server.hash_balance_factor = shared.hash_balance_factor;
     server.max_connections = max_connections;
     server.client_idle_timeout = shared.tunnel_timeout.or(proxy.settings.timeout_client);
     server.backend_idle_timeout = shared.tunnel_timeout.or(shared.server_timeout);

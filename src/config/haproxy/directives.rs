@@ -21,6 +21,8 @@ pub(super) struct Settings {
     pub balance: Option<(Balance, usize)>,
     /// `hash-type consistent`.
     pub consistent: bool,
+    /// `hash-balance-factor`, and where it is written (`0`: none).
+    pub hash_balance_factor: Option<(u32, usize)>,
     pub maxconn: Option<u32>,
     pub default_backend: Option<(String, usize)>,
     pub timeout_connect: Option<Duration>,
@@ -79,6 +81,7 @@ pub(super) fn read(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
         "server",
         "balance",
         "hash-type",
+        "hash-balance-factor",
         "retries",
         "tcp-check",
         "http-check",
@@ -145,6 +148,18 @@ pub(super) fn read(ctx: &mut Ctx<'_>, proxy: &mut Proxy, line: &Line) {
                 format!("{title}: hash-type: expected map-based or consistent"),
             ),
         },
+        "hash-balance-factor" => {
+            let factor = one(ctx, &title, line, |t| {
+                let n = values::number(t, 0, 65_535)?;
+                if n != 0 && n < 100 {
+                    return Err("expected 0 (off) or a percentage of at least 100".into());
+                }
+                Ok(n)
+            });
+            if let Some(n) = factor {
+                s.hash_balance_factor = (n > 0).then_some((n, at));
+            }
+        }
         "option" | "no" => option(ctx, proxy, line),
         "tcp-check" => health::tcp_check(ctx, &title, s, line),
         "http-check" => health::http_check(ctx, &title, s, line),

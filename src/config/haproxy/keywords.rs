@@ -101,6 +101,7 @@ pub(super) const KNOWN: &[&str] = &[
     "option",
     "balance",
     "hash-type",
+    "hash-balance-factor",
     "acl",
     "tcp-request",
     "tcp-check",

@@ -29,6 +29,8 @@ pub(super) struct Pool {
 #[derive(Clone, Debug, PartialEq)]
 pub(super) struct Shared {
     pub balance: BalanceKind,
+    /// `hash-balance-factor` of a consistent hash.
+    pub hash_balance_factor: Option<u32>,
     pub health: HealthConfig,
     pub send_proxy: Option<ProxyVersion>,
     pub tls: Option<BackendsTls>,
@@ -48,6 +50,10 @@ impl Shared {
     pub fn differs(&self, other: &Shared) -> Option<&'static str> {
         [
             (self.balance != other.balance, "balance"),
+            (
+                self.hash_balance_factor != other.hash_balance_factor,
+                "hash-balance-factor",
+            ),
             (self.health != other.health, "health check"),
             (self.send_proxy != other.send_proxy, "send-proxy"),
             (self.tls != other.tls, "ssl"),
@@ -131,8 +137,10 @@ pub(super) fn pool(ctx: &mut Ctx<'_>, proxy: &Proxy, global: &Global) -> Option<
         ctx.warn(*at, message);
     }
     let tls = tls(ctx, proxy, &reference, global);
+    let balance = balance(ctx, proxy);
     let shared = Shared {
-        balance: balance(ctx, proxy),
+        balance,
+        hash_balance_factor: hash_balance_factor(ctx, proxy, balance),
         health: health::config(s, &reference),
         send_proxy: reference.send_proxy.flatten(),
         tls: tls.ok()?,
@@ -237,6 +245,21 @@ fn balance(ctx: &mut Ctx<'_>, proxy: &Proxy) -> BalanceKind {
             BalanceKind::P2c
         }
     }
+}
+
+/// `hash-balance-factor`, which HAProxy applies to a consistent hash only.
+fn hash_balance_factor(ctx: &mut Ctx<'_>, proxy: &Proxy, balance: BalanceKind) -> Option<u32> {
+    let (factor, at) = proxy.settings.hash_balance_factor?;
+    if balance != BalanceKind::Maglev {
+        let message = format!(
+            "{}: hash-balance-factor: ignored, as by HAProxy, without balance source and \
+             hash-type consistent",
+            proxy.title()
+        );
+        ctx.warn(at, message);
+        return None;
+    }
+    Some(factor)
 }
 
 /// TLS towards the servers, if they speak it (`ssl`); `Err` if it does not load.

@@ -121,6 +121,22 @@ fn balance_algorithms_map_to_the_closest_strategy() {
     );
     let consistent = format!("  balance source\n  hash-type consistent\n{one}");
     assert_eq!(kind(&consistent), BalanceKind::Maglev);
+    let bounded = format!("{consistent}  hash-balance-factor 150\n");
+    assert_eq!(
+        server(&ok(&with_backend(&bounded)), "f").hash_balance_factor,
+        Some(150)
+    );
+    let map_based = ok(&with_backend(&format!(
+        "  balance source\n  hash-balance-factor 150\n{one}"
+    )));
+    assert_eq!(server(&map_based, "f").hash_balance_factor, None);
+    assert!(
+        map_based.warnings[0]
+            .message
+            .contains("hash-balance-factor: ignored, as by HAProxy"),
+        "{:?}",
+        map_based.warnings
+    );
     assert_eq!(kind(&format!("  balance random\n{one}")), BalanceKind::P2c);
     assert_eq!(
         kind(&format!("  balance random(1)\n{one}")),
