@@ -145,13 +145,15 @@ fn static_list(name: &str, server: &ServerConfig) -> Vec<Problem> {
         let message = "empty; a server needs at least one backend".to_owned();
         return vec![problem(list, message)];
     }
-    let keys: Vec<String> = backends
-        .iter()
-        .map(|b| b.key().to_ascii_lowercase())
-        .collect();
+    // Each key, case folded, and where it first appears: one pass, however long.
+    let mut first_at: std::collections::HashMap<String, usize> =
+        std::collections::HashMap::with_capacity(backends.len());
     let mut problems = Vec::new();
-    for (i, key) in keys.iter().enumerate() {
-        if let Some(first) = keys[..i].iter().position(|k| k == key) {
+    for (i, backend) in backends.iter().enumerate() {
+        let first = *first_at
+            .entry(backend.key().to_ascii_lowercase())
+            .or_insert(i);
+        if first != i {
             let message = format!(
                 "duplicate backend {} (also {list}[{first}])",
                 backends[i].key()

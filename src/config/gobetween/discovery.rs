@@ -2,6 +2,7 @@
 //! kind's own keys into its own parameters (one function per kind; the service
 //! registries, which add credentials and TLS, are in `registries`).
 
+use std::collections::hash_map::{Entry, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -210,33 +211,32 @@ fn static_list(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Vec<BackendSpec>> {
         ctx.error(f.at, f.path(), "empty; a server needs at least one backend");
         return None;
     }
-    let mut backends: Vec<(BackendSpec, String)> = Vec::with_capacity(lines.len());
+    let mut backends: Vec<BackendSpec> = Vec::with_capacity(lines.len());
+    // Each backend's key, case folded, and the path of its line: duplicates are found
+    // in one pass however long the list.
+    let mut seen: HashMap<String, String> = HashMap::with_capacity(lines.len());
     let mut ok = true;
     for (at, path, line) in lines {
         match line.parse::<BackendSpec>() {
-            Ok(spec) => {
-                let key = spec.key().to_ascii_lowercase();
-                if let Some((_, first)) = backends
-                    .iter()
-                    .find(|(b, _)| b.key().to_ascii_lowercase() == key)
-                {
-                    ctx.error(
-                        at,
-                        &path,
-                        format!("duplicate backend {} (also {first})", spec.key()),
-                    );
+            Ok(spec) => match seen.entry(spec.key().to_ascii_lowercase()) {
+                Entry::Occupied(first) => {
+                    let message =
+                        format!("duplicate backend {} (also {})", spec.key(), first.get());
+                    ctx.error(at, &path, message);
                     ok = false;
-                } else {
-                    backends.push((spec, path));
                 }
-            }
+                Entry::Vacant(slot) => {
+                    slot.insert(path);
+                    backends.push(spec);
+                }
+            },
             Err(message) => {
                 ctx.error(at, &path, message);
                 ok = false;
             }
         }
     }
-    ok.then(|| backends.into_iter().map(|(spec, _)| spec).collect())
+    ok.then_some(backends)
 }
 
 fn protocol(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, key: &str) -> Option<DnsProtocol> {
