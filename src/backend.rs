@@ -487,6 +487,12 @@ impl Backend {
         }
     }
 
+    /// The local addresses its connections and checks leave from (empty: the kernel
+    /// picks).
+    pub fn source_addrs(&self) -> &[std::net::IpAddr] {
+        self.sources.as_deref().map_or(&[], Sources::addrs)
+    }
+
     /// `host:port`, the backend's identity.
     pub fn key(&self) -> &str {
         &self.key

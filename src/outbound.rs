@@ -24,6 +24,11 @@ pub struct Sources {
 }
 
 impl Sources {
+    /// The addresses, in the order they are used.
+    pub fn addrs(&self) -> &[IpAddr] {
+        &self.addrs
+    }
+
     /// `None` when there is no address: the kernel picks.
     pub fn new(addrs: &[IpAddr]) -> Option<Self> {
         (!addrs.is_empty()).then(|| Sources {

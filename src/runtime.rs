@@ -142,11 +142,13 @@ impl Runtime {
         inherited: Inherited,
     ) -> Result<Runtime, StartError> {
         let workers = Workers::start(workers).map_err(StartError::Workers)?;
+        let graceful = CancellationToken::new();
         let runtime = Runtime {
             life: Lifecycle {
                 workers: Arc::new(workers),
                 tracker: TaskTracker::new(),
-                graceful: CancellationToken::new(),
+                probes: crate::health::Probes::new(graceful.clone()),
+                graceful,
                 hard_stop: CancellationToken::new(),
                 budget,
                 carried: Arc::new(std::sync::Mutex::new(inherited.carried)),

@@ -146,12 +146,12 @@ fn static_list(name: &str, server: &ServerConfig) -> Vec<Problem> {
         return vec![problem(list, message)];
     }
     // Each key, case folded, and where it first appears: one pass, however long.
-    let mut first_at: std::collections::HashMap<String, usize> =
+    let mut first_at: std::collections::HashMap<(String, u16), usize> =
         std::collections::HashMap::with_capacity(backends.len());
     let mut problems = Vec::new();
     for (i, backend) in backends.iter().enumerate() {
         let first = *first_at
-            .entry(backend.key().to_ascii_lowercase())
+            .entry((backend.host.to_ascii_lowercase(), backend.port))
             .or_insert(i);
         if first != i {
             let message = format!(

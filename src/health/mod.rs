@@ -2,9 +2,11 @@
 //! pass and fail thresholds.
 //!
 //! A [`HealthCheck`] only answers "does this backend look healthy right now". A
-//! [`Tally`] turns those answers into up/down transitions, and [`spawn_checks`] runs one
-//! task per backend. Passive health (connect failures of client connections) lives in
-//! the proxy and marks a backend down; only an active check brings it back.
+//! [`Tally`] turns those answers into up/down transitions, and [`check_backends`] has
+//! each backend watch a probe of its target ([`Probes`]): one task per target and check,
+//! shared by every server that lists the target with the same check. Passive health
+//! (connect failures of client connections) lives in the proxy and marks a backend down;
+//! only an active check brings it back.
 //!
 //! One module per kind: `tcp` (ping), `probe`, `exec`, `http` (and https), `tls`, `udp`,
 //! `redis`, `mysql`, `pgsql`; `wire` holds what the database protocols share. At most
@@ -20,6 +22,7 @@ mod http;
 mod mysql;
 mod pgsql;
 mod probe;
+mod probes;
 mod redis;
 mod tcp;
 mod tls;
@@ -29,29 +32,28 @@ mod wire;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::error;
 
 pub use exec::ExecCheck;
 pub use http::HttpCheck;
 pub use mysql::MysqlCheck;
 pub use pgsql::PgsqlCheck;
 pub use probe::ProbeCheck;
+pub use probes::Probes;
 pub use redis::{RedisCheck, RedisRole};
 pub use tcp::TcpCheck;
 pub use tls::{TlsCheck, EXPIRY_WARNING};
 pub use udp::UdpCheck;
 
-use crate::backend::{clock_ms, Backend};
+use crate::backend::Backend;
 use crate::config::{HealthConfig, HealthKind, ProxyVersion};
 use crate::pool::Pool;
-use crate::tasks::Tasks;
 
 /// A boxed future, the return type of [`HealthCheck::check`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -170,15 +172,15 @@ impl Tally {
     }
 }
 
-/// Starts one check task per backend of `pool` on `tasks`, until `stop` is cancelled.
+/// Has every backend of `pool` checked under `cfg` until `stop` is cancelled, each
+/// through the probe of its target that `probes` runs (started if none runs yet).
 /// `proxy` is the PROXY header version the server sends its backends: a change of it,
 /// like one of `cfg`, needs the checks started again.
-pub fn spawn_checks(
+pub fn check_backends(
     server: &str,
-    cfg: &HealthConfig,
-    proxy: Option<ProxyVersion>,
+    (cfg, proxy): (&HealthConfig, Option<ProxyVersion>),
     pool: &Pool,
-    tasks: &Tasks,
+    probes: &Arc<Probes>,
     stop: &CancellationToken,
 ) {
     let check = match build(cfg, proxy) {
@@ -189,83 +191,9 @@ pub fn spawn_checks(
             Arc::new(Unusable(e))
         }
     };
+    let server: Arc<str> = server.into();
     for backend in pool.backends() {
-        let task = run_checks(
-            server.to_owned(),
-            Arc::clone(backend),
-            Arc::clone(&check),
-            cfg.clone(),
-            stop.clone(),
-        );
-        tasks.spawn(stop, task);
-    }
-}
-
-async fn run_checks(
-    server: String,
-    backend: Arc<Backend>,
-    check: Arc<dyn HealthCheck>,
-    cfg: HealthConfig,
-    stop: CancellationToken,
-) {
-    let mut tally = Tally::default();
-    // The health this task last saw or set. Passive health changes it
-    // from outside; a streak counted before such a change must not count after it.
-    let mut known = backend.is_healthy();
-    // A random first delay spreads the checks of many backends over the interval.
-    let mut delay = cfg.interval.mul_f64(rand::rng().random::<f64>());
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(delay) => {}
-        }
-        let slot = tokio::select! {
-            _ = stop.cancelled() => return,
-            slot = CHECK_SLOTS.acquire() => slot,
-        };
-        let limit = cfg.timeout + check.cleanup_grace();
-        let result = match tokio::time::timeout(limit, check.check(&backend)).await {
-            Ok(result) => result,
-            Err(_) => Err(CheckError::Timeout),
-        };
-        drop(slot);
-        if let Err(e) = &result {
-            debug!(server, backend = backend.key(), error = %e, "health check failed");
-        }
-        let stats = &backend.state.stats;
-        let counter = if result.is_ok() {
-            &stats.checks_passed
-        } else {
-            &stats.checks_failed
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        // An ejected backend whose check passes is back at once.
-        if result.is_ok() && backend.state.end_ejection(clock_ms()) {
-            info!(
-                server,
-                backend = backend.key(),
-                "ejected backend returns: its health check passed"
-            );
-        }
-        let healthy = backend.is_healthy();
-        if healthy != known {
-            tally = Tally::default();
-            known = healthy;
-        }
-        if let Some(up) = tally.record(result.is_ok(), healthy, &cfg) {
-            known = up;
-            backend.set_healthy(up);
-            if up {
-                backend
-                    .state
-                    .consecutive_connect_failures
-                    .store(0, Ordering::Relaxed);
-                info!(server, backend = backend.key(), "backend is up");
-            } else if let Err(e) = &result {
-                warn!(server, backend = backend.key(), error = %e, "backend is down");
-            }
-        }
-        delay = jittered(cfg.interval);
+        probes.watch(&server, backend, &check, (cfg, proxy), stop);
     }
 }
 
@@ -276,6 +204,8 @@ fn jittered(interval: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::Ordering;
+
     use super::*;
 
     /// Counts how many of its checks run at once.
@@ -305,19 +235,20 @@ mod tests {
             timeout: Duration::from_secs(5),
             ..cfg(1, 1)
         };
-        let (tasks, stop) = (Tasks::new(), CancellationToken::new());
+        let stop = CancellationToken::new();
+        let probes = Probes::new(stop.clone());
+        let check: Arc<dyn HealthCheck> = Arc::clone(&slow) as Arc<dyn HealthCheck>;
+        let server: Arc<str> = "s".into();
         for port in 1..=(2 * MAX_CONCURRENT_CHECKS as u16) {
             let backend = Arc::new(Backend::new(
                 crate::backend::BackendSpec::new("127.0.0.1", port),
                 true,
             ));
-            let check: Arc<dyn HealthCheck> = Arc::clone(&slow) as Arc<dyn HealthCheck>;
-            let task = run_checks("s".into(), backend, check, cfg.clone(), stop.clone());
-            tasks.spawn(&stop, task);
+            probes.watch(&server, &backend, &check, (&cfg, None), &stop);
         }
+        assert_eq!(probes.len(), 2 * MAX_CONCURRENT_CHECKS);
         tokio::time::sleep(Duration::from_millis(600)).await;
         stop.cancel();
-        tasks.wait().await;
         let most = slow.most.load(Ordering::SeqCst);
         // Other tests of this binary may hold slots too, so the bound is an upper one.
         assert!(

@@ -66,6 +66,9 @@ pub struct Lifecycle {
     pub graceful: CancellationToken,
     /// Cancelled when the shutdown grace period runs out: connections are closed.
     pub hard_stop: CancellationToken,
+    /// The health check probes, shared by every server that checks the same target the
+    /// same way.
+    pub probes: Arc<crate::health::Probes>,
     /// The descriptors UDP sessions may hold (the process's, but for tests).
     pub budget: Arc<DescriptorBudget>,
     /// What a binary upgrade carried over, by server, each taken by its server as it
@@ -143,6 +146,7 @@ impl Server {
             life.hard_stop.clone(),
             background.clone(),
             tasks.clone(),
+            Arc::clone(&life.probes),
         ));
         if let Some(carried) = carried {
             shared.receive(carried);

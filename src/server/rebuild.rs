@@ -16,7 +16,7 @@ use crate::backend::{clock_ms, AdminState, Backend, BackendSpec};
 use crate::balance::{Balance, BalanceKind};
 use crate::config::{HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig};
 use crate::failover;
-use crate::health;
+use crate::health::{self, Probes};
 use crate::outbound::Sources;
 use crate::pool::{PickPolicy, Pool};
 use crate::proxy::sni;
@@ -35,6 +35,8 @@ pub(crate) struct PoolRebuilder {
     background: CancellationToken,
     /// The server's tracked tasks, which every task started here runs on.
     tasks: Tasks,
+    /// The runtime's health check probes, which its backends watch.
+    probes: Arc<Probes>,
     /// Held across a rebuild, so a reload and a discovered change never interleave.
     state: Mutex<RebuildState>,
 }
@@ -59,12 +61,14 @@ impl PoolRebuilder {
         hard_stop: CancellationToken,
         background: CancellationToken,
         tasks: Tasks,
+        probes: Arc<Probes>,
     ) -> Self {
         PoolRebuilder {
             shared,
             hard_stop,
             background,
             tasks,
+            probes,
             state: Mutex::new(RebuildState::default()),
         }
     }
@@ -178,8 +182,8 @@ impl PoolRebuilder {
             let alone = Pool::new(BalanceKind::RoundRobin, vec![Arc::clone(backend)]);
             resolve::spawn_refresh(name, &alone, &self.tasks, &stop);
             if settings.healthcheck.kind != HealthKind::None {
-                let (health, proxy) = (&settings.healthcheck, settings.proxy_protocol.send);
-                health::spawn_checks(name, health, proxy, &alone, &self.tasks, &stop);
+                let check = (&settings.healthcheck, settings.proxy_protocol.send);
+                health::check_backends(name, check, &alone, &self.probes, &stop);
             }
             state.per_backend.insert(key, (backend.spec.clone(), stop));
         }

@@ -206,32 +206,36 @@ fn static_kind(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<DiscoveryConf
 }
 
 fn static_list(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Vec<BackendSpec>> {
-    let lines = ctx.strings(f)?;
+    let lines = ctx.string_items(f)?;
     if lines.is_empty() {
         ctx.error(f.at, f.path(), "empty; a server needs at least one backend");
         return None;
     }
+    let list = f.path();
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(lines.len());
-    // Each backend's key, case folded, and the path of its line: duplicates are found
-    // in one pass however long the list.
-    let mut seen: HashMap<String, String> = HashMap::with_capacity(lines.len());
+    // Each backend's host (case folded) and port, and the index of its line: duplicates
+    // are found in one pass however long the list.
+    let mut seen: HashMap<(String, u16), usize> = HashMap::with_capacity(lines.len());
     let mut ok = true;
-    for (at, path, line) in lines {
+    for (at, i, line) in lines {
         match line.parse::<BackendSpec>() {
-            Ok(spec) => match seen.entry(spec.key().to_ascii_lowercase()) {
+            Ok(spec) => match seen.entry((spec.host.to_ascii_lowercase(), spec.port)) {
                 Entry::Occupied(first) => {
-                    let message =
-                        format!("duplicate backend {} (also {})", spec.key(), first.get());
-                    ctx.error(at, &path, message);
+                    let message = format!(
+                        "duplicate backend {} (also {list}[{}])",
+                        spec.key(),
+                        first.get()
+                    );
+                    ctx.error(at, &format!("{list}[{i}]"), message);
                     ok = false;
                 }
                 Entry::Vacant(slot) => {
-                    slot.insert(path);
+                    slot.insert(i);
                     backends.push(spec);
                 }
             },
             Err(message) => {
-                ctx.error(at, &path, message);
+                ctx.error(at, &format!("{list}[{i}]"), message);
                 ok = false;
             }
         }

@@ -351,17 +351,30 @@ impl<'s> Ctx<'s> {
     /// A list of strings, each with its position and its path (`key[i]`). Elements of
     /// the wrong type are reported and skipped.
     pub fn strings<'t>(&mut self, f: &Field<'t>) -> Option<Vec<(usize, String, &'t str)>> {
+        let items = self.string_items(f)?;
+        let path = f.path();
+        Some(
+            items
+                .into_iter()
+                .map(|(at, i, s)| (at, format!("{path}[{i}]"), s))
+                .collect(),
+        )
+    }
+
+    /// Like [`Ctx::strings`], each with its index in the list rather than its path: for
+    /// lists long enough that a path per item would cost (`static_list`).
+    pub fn string_items<'t>(&mut self, f: &Field<'t>) -> Option<Vec<(usize, usize, &'t str)>> {
         let Value::Array(items) = &f.node.value else {
             self.wrong_type(f, f.at, "a list of strings", &f.node.value);
             return None;
         };
         let mut out = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
-            let path = format!("{}[{i}]", f.path());
             match &item.value {
-                Value::Str(s) => out.push((item.at, path, s.as_str())),
+                Value::Str(s) => out.push((item.at, i, s.as_str())),
                 other => {
                     let found = other.type_name(self.src.json);
+                    let path = format!("{}[{i}]", f.path());
                     self.error(item.at, &path, format!("expected a string, found {found}"));
                 }
             }

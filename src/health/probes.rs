@@ -1,0 +1,224 @@
+//! Checks shared between servers. Every backend that names the same target (`host:port`,
+//! leaving from the same source addresses) under the same check settings (kind and its
+//! options, interval, timeout, thresholds, PROXY header) is probed once per interval,
+//! by one task, and each result counts for all of them: ten servers in front of the same
+//! thousand backends cost a thousand checks per interval, not ten thousand.
+//!
+//! Each backend watching a probe keeps its own streak ([`Tally`]), counters, health and
+//! log lines, as if it were checked alone: passive health or an ejection in one server
+//! changes that server's backend only. A backend stops watching when its `stop` token is
+//! cancelled (removed, its server's check settings changed, the server stopped); the
+//! probe notices before its next round, and ends when no one watches.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use rand::Rng;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{jittered, CheckError, HealthCheck, Tally, CHECK_SLOTS};
+use crate::backend::{clock_ms, Backend};
+use crate::config::{HealthConfig, ProxyVersion};
+
+/// The probes of one runtime.
+pub struct Probes {
+    /// Running probes by target: one per distinct check of it (usually one).
+    running: Mutex<HashMap<String, Vec<Arc<Probe>>>>,
+    /// Cancelled at shutdown.
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Probes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Probes")
+            .field("running", &self.len())
+            .finish()
+    }
+}
+
+/// What two backends must share for one probe to check both.
+#[derive(PartialEq)]
+struct Settings {
+    health: HealthConfig,
+    proxy: Option<ProxyVersion>,
+    sources: Vec<IpAddr>,
+}
+
+struct Probe {
+    target: String,
+    settings: Settings,
+    check: Arc<dyn HealthCheck>,
+    watchers: Mutex<Vec<Watcher>>,
+}
+
+/// One backend of one server, watching a probe.
+struct Watcher {
+    server: Arc<str>,
+    backend: Arc<Backend>,
+    stop: CancellationToken,
+    tally: Tally,
+    /// The health this watcher last saw or set. Passive health changes it from
+    /// outside; a streak counted before such a change must not count after it.
+    known: bool,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl Probes {
+    /// Probes that all end when `stop` is cancelled.
+    pub fn new(stop: CancellationToken) -> Arc<Probes> {
+        Arc::new(Probes {
+            running: Mutex::new(HashMap::new()),
+            stop,
+        })
+    }
+
+    /// Has `backend` of `server` checked under `health` until `stop` is cancelled: it
+    /// joins the probe of the same target and settings, or one is started with `check`.
+    pub fn watch(
+        self: &Arc<Self>,
+        server: &Arc<str>,
+        backend: &Arc<Backend>,
+        check: &Arc<dyn HealthCheck>,
+        (health, proxy): (&HealthConfig, Option<ProxyVersion>),
+        stop: &CancellationToken,
+    ) {
+        let settings = Settings {
+            health: health.clone(),
+            proxy,
+            sources: backend.source_addrs().to_vec(),
+        };
+        let watcher = Watcher {
+            server: Arc::clone(server),
+            backend: Arc::clone(backend),
+            stop: stop.clone(),
+            tally: Tally::default(),
+            known: backend.is_healthy(),
+        };
+        let mut running = lock(&self.running);
+        let probes = running.entry(backend.key().to_owned()).or_default();
+        if let Some(probe) = probes.iter().find(|p| p.settings == settings) {
+            lock(&probe.watchers).push(watcher);
+            return;
+        }
+        let probe = Arc::new(Probe {
+            target: backend.key().to_owned(),
+            settings,
+            check: Arc::clone(check),
+            watchers: Mutex::new(vec![watcher]),
+        });
+        probes.push(Arc::clone(&probe));
+        drop(running);
+        tokio::spawn(run(Arc::clone(self), probe));
+    }
+
+    /// Probes running, for tests and statistics.
+    pub fn len(&self) -> usize {
+        lock(&self.running).values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Drops the watchers that left; the backend to check through (its addresses and
+    /// sources are the target's), or `None` when no one is left and the probe is gone.
+    fn prune(&self, probe: &Arc<Probe>) -> Option<Arc<Backend>> {
+        let mut running = lock(&self.running);
+        let mut watchers = lock(&probe.watchers);
+        watchers.retain(|w| !w.stop.is_cancelled());
+        if let Some(first) = watchers.first() {
+            return Some(Arc::clone(&first.backend));
+        }
+        if let Some(probes) = running.get_mut(&probe.target) {
+            probes.retain(|p| !Arc::ptr_eq(p, probe));
+            if probes.is_empty() {
+                running.remove(&probe.target);
+            }
+        }
+        None
+    }
+}
+
+/// One probe's rounds, until no one watches it or the runtime stops.
+async fn run(probes: Arc<Probes>, probe: Arc<Probe>) {
+    let health = &probe.settings.health;
+    // A random first delay spreads the checks of many targets over the interval.
+    let mut delay = health.interval.mul_f64(rand::rng().random::<f64>());
+    loop {
+        tokio::select! {
+            _ = probes.stop.cancelled() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let Some(backend) = probes.prune(&probe) else {
+            return;
+        };
+        let slot = tokio::select! {
+            _ = probes.stop.cancelled() => return,
+            slot = CHECK_SLOTS.acquire() => slot,
+        };
+        let limit = health.timeout + probe.check.cleanup_grace();
+        let result = match tokio::time::timeout(limit, probe.check.check(&backend)).await {
+            Ok(result) => result,
+            Err(_) => Err(CheckError::Timeout),
+        };
+        drop(slot);
+        drop(backend);
+        if let Err(e) = &result {
+            debug!(backend = probe.target, error = %e, "health check failed");
+        }
+        for watcher in lock(&probe.watchers).iter_mut() {
+            if !watcher.stop.is_cancelled() {
+                watcher.record(&result, health);
+            }
+        }
+        delay = jittered(health.interval);
+    }
+}
+
+impl Watcher {
+    /// Counts one result for this backend, and changes its health when the streak says.
+    fn record(&mut self, result: &Result<(), CheckError>, health: &HealthConfig) {
+        let (server, backend) = (&*self.server, &self.backend);
+        let stats = &backend.state.stats;
+        let counter = if result.is_ok() {
+            &stats.checks_passed
+        } else {
+            &stats.checks_failed
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        // An ejected backend whose check passes is back at once.
+        if result.is_ok() && backend.state.end_ejection(clock_ms()) {
+            info!(
+                server,
+                backend = backend.key(),
+                "ejected backend returns: its health check passed"
+            );
+        }
+        let healthy = backend.is_healthy();
+        if healthy != self.known {
+            self.tally = Tally::default();
+            self.known = healthy;
+        }
+        if let Some(up) = self.tally.record(result.is_ok(), healthy, health) {
+            self.known = up;
+            backend.set_healthy(up);
+            if up {
+                backend
+                    .state
+                    .consecutive_connect_failures
+                    .store(0, Ordering::Relaxed);
+                info!(server, backend = backend.key(), "backend is up");
+            } else if let Err(e) = result {
+                warn!(server, backend = backend.key(), error = %e, "backend is down");
+            }
+        }
+    }
+}
