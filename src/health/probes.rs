@@ -222,3 +222,92 @@ impl Watcher {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicU64;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::backend::BackendSpec;
+    use crate::config::HealthKind;
+    use crate::health::BoxFuture;
+
+    /// Passes, counting its checks.
+    #[derive(Default)]
+    struct Counting(AtomicU64);
+
+    impl HealthCheck for Counting {
+        fn check<'a>(&'a self, _backend: &'a Backend) -> BoxFuture<'a, Result<(), CheckError>> {
+            self.0.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn every(ms: u64) -> HealthConfig {
+        HealthConfig {
+            kind: HealthKind::Ping,
+            interval: Duration::from_millis(ms),
+            ..HealthConfig::default()
+        }
+    }
+
+    fn backend() -> Arc<Backend> {
+        Arc::new(Backend::new(BackendSpec::new("192.0.2.7", 80), true))
+    }
+
+    fn passed(backend: &Backend) -> u64 {
+        backend.state.stats.checks_passed.load(Ordering::SeqCst)
+    }
+
+    async fn until(what: &str, done: impl Fn() -> bool) {
+        for _ in 0..500 {
+            if done() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("not within 5 s: {what}");
+    }
+
+    #[tokio::test]
+    async fn servers_checking_a_target_alike_share_one_probe() {
+        let runtime = CancellationToken::new();
+        let probes = Probes::new(runtime.clone());
+        let counting = Arc::new(Counting::default());
+        let check: Arc<dyn HealthCheck> = Arc::clone(&counting) as Arc<dyn HealthCheck>;
+        let (a, b, other) = (backend(), backend(), backend());
+        let (stop_a, stop_b, stop_other) = (
+            CancellationToken::new(),
+            CancellationToken::new(),
+            CancellationToken::new(),
+        );
+        let (one, two): (Arc<str>, Arc<str>) = ("one".into(), "two".into());
+        probes.watch(&one, &a, &check, (&every(20), None), &stop_a);
+        probes.watch(&two, &b, &check, (&every(20), None), &stop_b);
+        assert_eq!(probes.len(), 1, "the same target checked alike");
+        // Another interval is another check.
+        probes.watch(&two, &other, &check, (&every(30), None), &stop_other);
+        assert_eq!(probes.len(), 2);
+        stop_other.cancel();
+
+        until("ten rounds", || passed(&a) >= 10).await;
+        let (rounds, on_b) = (counting.0.load(Ordering::SeqCst), passed(&b));
+        // One check per round counts for both backends (a round may land between reads).
+        assert!(on_b.abs_diff(passed(&a)) <= 1, "{} and {on_b}", passed(&a));
+        assert!(
+            rounds <= passed(&a) + 3,
+            "{rounds} checks for {} rounds",
+            passed(&a)
+        );
+
+        // One server leaving leaves the other checked; the last one ends the probe.
+        stop_a.cancel();
+        let (a_then, b_then) = (passed(&a), passed(&b));
+        until("more rounds for b", || passed(&b) >= b_then + 5).await;
+        assert!(passed(&a) <= a_then + 1, "a left and is checked still");
+        stop_b.cancel();
+        until("every probe ended", || probes.is_empty()).await;
+        runtime.cancel();
+    }
+}
