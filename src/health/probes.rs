@@ -7,12 +7,15 @@
 //! Each backend watching a probe keeps its own streak ([`Tally`]), counters, health and
 //! log lines, as if it were checked alone: passive health or an ejection in one server
 //! changes that server's backend only. A backend stops watching when its `stop` token is
-//! cancelled (removed, its server's check settings changed, the server stopped); the
-//! probe notices before its next round, and ends when no one watches.
+//! cancelled (removed, its server's check settings changed, the server stopped) and
+//! [`Probes::left`] is called; the probe notices before its next round (and before it
+//! records a result), and ends when no one watches. Probes look for cancelled watchers
+//! only after `left` (and every [`FULL_PRUNE_ROUNDS`] rounds regardless): a probe shared
+//! by a hundred servers must not lock a hundred tokens every round.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use rand::Rng;
@@ -23,10 +26,15 @@ use super::{jittered, CheckError, HealthCheck, Tally, CHECK_SLOTS};
 use crate::backend::{clock_ms, Backend};
 use crate::config::{HealthConfig, ProxyVersion};
 
+/// Rounds after which a probe looks for cancelled watchers even if no one said some left.
+const FULL_PRUNE_ROUNDS: u32 = 32;
+
 /// The probes of one runtime.
 pub struct Probes {
     /// Running probes by target: one per distinct check of it (usually one).
     running: Mutex<HashMap<String, Vec<Arc<Probe>>>>,
+    /// Bumped by [`Probes::left`]: watchers may have left since a probe last looked.
+    departures: AtomicU64,
     /// Cancelled at shutdown.
     stop: CancellationToken,
 }
@@ -76,8 +84,15 @@ impl Probes {
     pub fn new(stop: CancellationToken) -> Arc<Probes> {
         Arc::new(Probes {
             running: Mutex::new(HashMap::new()),
+            departures: AtomicU64::new(0),
             stop,
         })
+    }
+
+    /// Some watchers' `stop` tokens were cancelled: each probe drops them before its
+    /// next round.
+    pub fn left(&self) {
+        self.departures.fetch_add(1, Ordering::Release);
     }
 
     /// Has `backend` of `server` checked under `health` until `stop` is cancelled: it
@@ -116,7 +131,9 @@ impl Probes {
         });
         probes.push(Arc::clone(&probe));
         drop(running);
-        tokio::spawn(run(Arc::clone(self), probe));
+        // Departures from now on concern this probe's watchers.
+        let seen = self.departures.load(Ordering::Acquire);
+        tokio::spawn(run(Arc::clone(self), probe, seen));
     }
 
     /// Probes running, for tests and statistics.
@@ -128,12 +145,15 @@ impl Probes {
         self.len() == 0
     }
 
-    /// Drops the watchers that left; the backend to check through (its addresses and
-    /// sources are the target's), or `None` when no one is left and the probe is gone.
-    fn prune(&self, probe: &Arc<Probe>) -> Option<Arc<Backend>> {
+    /// Drops the watchers that left (when `look`: someone may have); the backend to
+    /// check through (its addresses and sources are the target's), or `None` when no
+    /// one is left and the probe is gone.
+    fn prune(&self, probe: &Arc<Probe>, look: bool) -> Option<Arc<Backend>> {
         let mut running = lock(&self.running);
         let mut watchers = lock(&probe.watchers);
-        watchers.retain(|w| !w.stop.is_cancelled());
+        if look {
+            watchers.retain(|w| !w.stop.is_cancelled());
+        }
         if let Some(first) = watchers.first() {
             return Some(Arc::clone(&first.backend));
         }
@@ -148,18 +168,21 @@ impl Probes {
 }
 
 /// One probe's rounds, until no one watches it or the runtime stops.
-async fn run(probes: Arc<Probes>, probe: Arc<Probe>) {
+async fn run(probes: Arc<Probes>, probe: Arc<Probe>, mut seen: u64) {
     let health = &probe.settings.health;
     // A random first delay spreads the checks of many targets over the interval.
     let mut delay = health.interval.mul_f64(rand::rng().random::<f64>());
-    loop {
+    for round in 1u32.. {
         tokio::select! {
             _ = probes.stop.cancelled() => return,
             _ = tokio::time::sleep(delay) => {}
         }
-        let Some(backend) = probes.prune(&probe) else {
+        let departures = probes.departures.load(Ordering::Acquire);
+        let full = round % FULL_PRUNE_ROUNDS == 0;
+        let Some(backend) = probes.prune(&probe, departures != seen || full) else {
             return;
         };
+        seen = departures;
         let slot = tokio::select! {
             _ = probes.stop.cancelled() => return,
             slot = CHECK_SLOTS.acquire() => slot,
@@ -174,10 +197,14 @@ async fn run(probes: Arc<Probes>, probe: Arc<Probe>) {
         if let Err(e) = &result {
             debug!(backend = probe.target, error = %e, "health check failed");
         }
+        // Who left while the check ran gets no result.
+        let departures = probes.departures.load(Ordering::Acquire);
+        if departures != seen && probes.prune(&probe, true).is_none() {
+            return;
+        }
+        seen = departures;
         for watcher in lock(&probe.watchers).iter_mut() {
-            if !watcher.stop.is_cancelled() {
-                watcher.record(&result, health);
-            }
+            watcher.record(&result, health);
         }
         delay = jittered(health.interval);
     }
@@ -290,6 +317,7 @@ mod tests {
         probes.watch(&two, &other, &check, (&every(30), None), &stop_other);
         assert_eq!(probes.len(), 2);
         stop_other.cancel();
+        probes.left();
 
         until("ten rounds", || passed(&a) >= 10).await;
         let (rounds, on_b) = (counting.0.load(Ordering::SeqCst), passed(&b));
@@ -303,10 +331,12 @@ mod tests {
 
         // One server leaving leaves the other checked; the last one ends the probe.
         stop_a.cancel();
+        probes.left();
         let (a_then, b_then) = (passed(&a), passed(&b));
         until("more rounds for b", || passed(&b) >= b_then + 5).await;
         assert!(passed(&a) <= a_then + 1, "a left and is checked still");
         stop_b.cancel();
+        probes.left();
         until("every probe ended", || probes.is_empty()).await;
         runtime.cancel();
     }

@@ -22,6 +22,64 @@ use crate::proxy::CloseReason;
 /// began, so that every family lists the same backends even if a reload lands meanwhile.
 pub(super) struct Scrape {
     servers: Vec<ServerView>,
+    scope: Scope,
+}
+
+/// Which families a scrape writes (`/metrics?scope=…`, as HAProxy's exporter): with
+/// thousands of backends the per-backend families are most of the output, and a scraper
+/// that wants servers only can leave them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// `process`: the build information.
+    pub process: bool,
+    /// `server`: the families labelled by server.
+    pub servers: bool,
+    /// `backend`: the families labelled by server and backend.
+    pub backends: bool,
+}
+
+impl Scope {
+    pub const ALL: Scope = Scope {
+        process: true,
+        servers: true,
+        backends: true,
+    };
+
+    /// The scope a query string asks for: every `scope=NAME` (`process`, `server`,
+    /// `backend`, or `*` for all) adds its families; no `scope` at all is everything.
+    pub fn from_query(query: Option<&str>) -> Result<Scope, String> {
+        let mut scope = Scope {
+            process: false,
+            servers: false,
+            backends: false,
+        };
+        let mut any = false;
+        let pairs = query
+            .unwrap_or_default()
+            .split('&')
+            .filter(|p| !p.is_empty());
+        for pair in pairs {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            if key != "scope" {
+                return Err(format!("unknown parameter \"{key}\"; expected scope"));
+            }
+            any = true;
+            match value {
+                "process" => scope.process = true,
+                "server" => scope.servers = true,
+                "backend" => scope.backends = true,
+                "*" | "%2A" => scope = Scope::ALL,
+                // HAProxy's: an empty scope asks for nothing (a way to list no family).
+                "" => {}
+                other => {
+                    return Err(format!(
+                        "unknown scope \"{other}\"; expected process, server, backend or *"
+                    ))
+                }
+            }
+        }
+        Ok(if any { scope } else { Scope::ALL })
+    }
 }
 
 struct ServerView {
@@ -40,7 +98,7 @@ impl fmt::Debug for Scrape {
 }
 
 impl Scrape {
-    pub(super) fn new(servers: Vec<(String, Arc<ServerShared>)>) -> Self {
+    pub(super) fn new(servers: Vec<(String, Arc<ServerShared>)>, scope: Scope) -> Self {
         let servers = servers
             .into_iter()
             .map(|(name, shared)| ServerView {
@@ -50,7 +108,7 @@ impl Scrape {
                 shared,
             })
             .collect();
-        Scrape { servers }
+        Scrape { servers, scope }
     }
 
     fn backends(&self) -> impl Iterator<Item = (&str, &Backend)> {
@@ -98,6 +156,32 @@ impl Scrape {
 impl Collector for Scrape {
     fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
         let e = &mut encoder;
+        if self.scope.servers {
+            self.encode_servers(e)?;
+        }
+        if self.scope.backends {
+            self.encode_backends(e)?;
+        }
+        if self.scope.process {
+            let mut build = e.encode_descriptor(
+                "sluice_build",
+                "The running version of Sluice.",
+                None,
+                MetricType::Info,
+            )?;
+            build.encode_info(&[
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("commit", env!("SLUICE_COMMIT")),
+                ("build_date", env!("SLUICE_BUILD_DATE")),
+            ])?;
+        }
+        Ok(())
+    }
+}
+
+impl Scrape {
+    /// The families labelled by server (listeners, UDP included).
+    fn encode_servers(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         self.per_server(
             e,
             Meta::counter(
@@ -298,8 +382,11 @@ impl Collector for Scrape {
                  never answered go first).",
             ),
             evicted,
-        )?;
+        )
+    }
 
+    /// The families labelled by server and backend.
+    fn encode_backends(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         self.per_backend(
             e,
             Meta::counter(
@@ -427,19 +514,7 @@ impl Collector for Scrape {
                 "Lifetime of relayed connections, from accept to close.",
             ),
             |b| Value::Histogram(b.state.stats.connection_duration.snapshot()),
-        )?;
-
-        let mut build = e.encode_descriptor(
-            "sluice_build",
-            "The running version of Sluice.",
-            None,
-            MetricType::Info,
-        )?;
-        build.encode_info(&[
-            ("version", env!("CARGO_PKG_VERSION")),
-            ("commit", env!("SLUICE_COMMIT")),
-            ("build_date", env!("SLUICE_BUILD_DATE")),
-        ])
+        )
     }
 }
 
@@ -548,7 +623,7 @@ mod tests {
 
     #[test]
     fn no_servers_gives_descriptors_and_the_build_info() {
-        let out = encode(Scrape::new(Vec::new()));
+        let out = encode(Scrape::new(Vec::new(), Scope::ALL));
         assert!(out.contains("# TYPE sluice_connections_accepted counter\n"));
         assert!(out.contains("# TYPE sluice_backend_sent_bytes counter\n"));
         assert!(out.contains("# UNIT sluice_backend_sent_bytes bytes\n"));
@@ -563,5 +638,22 @@ mod tests {
             env!("SLUICE_BUILD_DATE"),
         )));
         assert!(out.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn a_scope_writes_its_families_only() {
+        let only = |query| encode(Scrape::new(Vec::new(), Scope::from_query(query).unwrap()));
+        let servers = only(Some("scope=server"));
+        assert!(servers.contains("# TYPE sluice_connections_accepted counter\n"));
+        assert!(!servers.contains("sluice_backend_"), "{servers}");
+        assert!(!servers.contains("sluice_build"));
+        let two = only(Some("scope=backend&scope=process"));
+        assert!(two.contains("# TYPE sluice_backend_up gauge\n"));
+        assert!(two.contains("sluice_build_info"));
+        assert!(!two.contains("sluice_connections_accepted"));
+        assert_eq!(only(Some("scope=*")), only(None));
+        assert_eq!(only(Some("scope=")), "# EOF\n");
+        assert!(Scope::from_query(Some("scope=servers")).is_err());
+        assert!(Scope::from_query(Some("limit=3")).is_err());
     }
 }

@@ -4,14 +4,18 @@
 //! and backends already hold; a scrape reads them all through a [`Collector`]
 //! (`collector.rs`), so there is no second set of metric objects to keep in step with
 //! reloads: a backend appears in the output for as long as it is in its server's pool.
+//! `?scope=process|server|backend` (repeatable, as HAProxy's exporter) writes only those
+//! families: the per-backend ones are most of the output of a large configuration.
 //!
 //! [`Collector`]: prometheus_client::collector::Collector
 
 mod collector;
 
+pub use collector::Scope;
+
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -73,26 +77,38 @@ pub async fn serve(
     admin_http::serve(endpoint, app).await;
 }
 
-async fn scrape(State(runtime): State<Arc<Runtime>>) -> Response {
+async fn scrape(State(runtime): State<Arc<Runtime>>, RawQuery(query): RawQuery) -> Response {
+    let scope = match Scope::from_query(query.as_deref()) {
+        Ok(scope) => scope,
+        Err(message) => return (StatusCode::BAD_REQUEST, message + "\n").into_response(),
+    };
     let servers = runtime.servers().await;
-    match render(servers) {
-        Ok(body) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
+    // Thousands of backends make an exposition of tens of megabytes: written off the
+    // threads that serve the API and run the checks.
+    let rendered = tokio::task::spawn_blocking(move || render(servers, scope)).await;
+    match rendered {
+        Ok(Ok(body)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         // Writing to a String cannot fail; an encoder that rejects a value can.
-        Err(e) => {
+        Ok(Err(e)) => {
             error!(error = %e, "cannot encode the metrics");
+            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+        Err(e) => {
+            error!(error = %e, "the metrics were not written");
             StatusCode::INTERNAL_SERVER_ERROR.into_response()
         }
     }
 }
 
-/// The whole exposition for these servers, `# EOF` included.
+/// The exposition of `scope` for these servers, `# EOF` included.
 fn render(
     servers: Vec<(String, Arc<crate::proxy::state::ServerShared>)>,
+    scope: Scope,
 ) -> Result<String, std::fmt::Error> {
     // A registry per scrape costs one allocation and keeps the collector's snapshot of
     // servers and pools consistent for the whole response.
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector::Scrape::new(servers)));
+    registry.register_collector(Box::new(collector::Scrape::new(servers, scope)));
     let mut body = String::new();
     text::encode(&mut body, &registry)?;
     Ok(body)

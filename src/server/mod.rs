@@ -370,6 +370,7 @@ impl Server {
         self.on_stop.hand_over(hand_over);
         self.accept_stop.cancel();
         self.background.cancel();
+        self.backends.checks_stopped();
         self.deadlines.cancel();
         let mut sockets: Vec<(SocketAddr, Listeners)> = Vec::new();
         for task in self.accept_tasks.drain(..) {
@@ -428,6 +429,7 @@ impl Server {
     /// waits until they have ended.
     pub async fn end_tasks(&self) {
         self.background.cancel();
+        self.backends.checks_stopped();
         self.deadlines.cancel();
         self.tasks.wait().await;
     }

@@ -149,6 +149,12 @@ impl PoolRebuilder {
         self.follow(state, &settings, &pool);
     }
 
+    /// The server's background tasks were stopped: the probes its backends watched
+    /// drop them.
+    pub(crate) fn checks_stopped(&self) {
+        self.probes.left();
+    }
+
     /// Brings the background tasks in line with `pool`: a backend kept with the same spec,
     /// health check and PROXY header keeps its running check (and its streak), others are
     /// restarted.
@@ -191,6 +197,7 @@ impl PoolRebuilder {
         for (_, (_, stop)) in running {
             stop.cancel();
         }
+        self.probes.left();
         if let Some(sampler) = state.sampler.take() {
             sampler.cancel();
         }
