@@ -418,18 +418,30 @@ async fn counters_follow_backends_across_reloads() {
 #[tokio::test]
 async fn a_scope_chooses_the_families_of_the_exposition() {
     let backend = TestBackend::named("a").await;
-    let served = Served::start(config(server(BalanceKind::RoundRobin, vec![backend.spec()]))).await;
+    let served = Served::start(config(server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+    )))
+    .await;
     let full = http::get(served.metrics, "/metrics").await;
     assert!(full.body.contains("sluice_backend_up{"), "{}", full.body);
     let servers = http::get(served.metrics, "/metrics?scope=process&scope=server").await;
     assert_eq!(servers.status, 200);
     assert!(servers.body.contains("sluice_connections_accepted_total{"));
     assert!(servers.body.contains("sluice_build_info{"));
-    assert!(!servers.body.contains("sluice_backend_"), "{}", servers.body);
+    assert!(
+        !servers.body.contains("sluice_backend_"),
+        "{}",
+        servers.body
+    );
     Exposition::parse(&servers.body);
     let wrong = http::get(served.metrics, "/metrics?scope=backends").await;
     assert_eq!(wrong.status, 400);
-    assert!(wrong.body.contains("unknown scope \"backends\""), "{}", wrong.body);
+    assert!(
+        wrong.body.contains("unknown scope \"backends\""),
+        "{}",
+        wrong.body
+    );
 }
 
 async fn udp_echo(limit: usize) -> SocketAddr {

@@ -9,6 +9,8 @@
 //! A session keeps its descriptor in itself rather than in its reply task, so that when
 //! the budget runs out one that never had a reply can hand it over (see [`super::evict`]).
 
+#[cfg(target_os = "linux")]
+use std::cell::RefCell;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -23,6 +25,8 @@ use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
 use super::socket::{self, send_from};
+#[cfg(target_os = "linux")]
+use super::socket::{ReplySlots, REPLY_BATCH};
 use super::{
     count_bytes, forget, lock, Listening, UdpDrop, BATCH, BUFFER, DEFAULT_SESSION_TIMEOUT,
     REPLY_LINGER,
@@ -336,8 +340,106 @@ enum Relayed {
     Unreachable,
 }
 
-/// Relays up to [`BATCH`] waiting backend datagrams to the client.
+/// Relays up to [`BATCH`] waiting backend datagrams to the client: read and sent
+/// [`REPLY_BATCH`] at a time (`recvmmsg`, `sendmmsg`), or one by one where each reply
+/// needs its own source address (a listening socket on a wildcard address).
 fn relay_batch(
+    listening: &Listening,
+    session: &Session,
+    responses: &mut u32,
+    limits: UdpConfig,
+) -> Relayed {
+    #[cfg(target_os = "linux")]
+    if session.reply.is_some() || session.local.is_none() {
+        return REPLIES
+            .with_borrow_mut(|batch| relay_batched(listening, session, responses, limits, batch));
+    }
+    relay_each(listening, session, responses, limits)
+}
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    /// The worker's room for one batch of replies, shared by its sessions' reply tasks
+    /// as [`BUFFER`] is: each batch is sent before the next await.
+    static REPLIES: RefCell<ReplySlots> = RefCell::new(ReplySlots::new());
+}
+
+#[cfg(target_os = "linux")]
+fn relay_batched(
+    listening: &Listening,
+    session: &Session,
+    responses: &mut u32,
+    limits: UdpConfig,
+    batch: &mut ReplySlots,
+) -> Relayed {
+    let stats = &listening.server.stats.udp;
+    let now = Instant::now();
+    for _ in 0..BATCH.div_ceil(REPLY_BATCH) {
+        let read = match socket::recv_replies(&session.upstream, batch) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Relayed::More,
+            Err(e) if UdpDrop::of(&e) == UdpDrop::BackendRefused => return Relayed::Unreachable,
+            // Another error the kernel queued for this socket (an ICMP report that does
+            // not mean the port is closed); the next datagram is unaffected.
+            Err(e) => {
+                debug!(server = %listening.server.name, backend = session.backend.key(), error = %e, "UDP receive failed");
+                continue;
+            }
+        };
+        session.mark(&session.last_from_backend, now);
+        let mut done = false;
+        for i in 0..read {
+            count_bytes(
+                &session.backend.state.stats.bytes_from_backend,
+                batch.datagram(i).len(),
+            );
+            *responses = responses.saturating_add(1);
+            if *responses == 1 {
+                first_reply(session);
+            }
+            if complete(session, *responses, limits) {
+                // What came after the last reply wanted is not relayed.
+                batch.truncate(i + 1);
+                done = true;
+                break;
+            }
+        }
+        let wanted = batch.len();
+        let sent = match &session.reply {
+            Some((from, _)) => socket::send_replies(from, batch, session.client),
+            None => socket::send_replies(&listening.socket, batch, session.client),
+        };
+        let sent = match sent {
+            Ok(sent) => sent,
+            Err(e) => {
+                for _ in 0..wanted {
+                    stats.drop_one(UdpDrop::of(&e));
+                }
+                0
+            }
+        };
+        for i in 0..sent {
+            stats.to_clients.fetch_add(1, Ordering::Relaxed);
+            count_bytes(&session.bytes_to_client, batch.datagram(i).len());
+        }
+        for _ in sent..wanted {
+            // The client's socket buffer filled part-way: as a single send would.
+            stats.drop_one(UdpDrop::QueueFull);
+        }
+        if done {
+            return Relayed::Done;
+        }
+        if read < REPLY_BATCH {
+            // The socket is empty, most likely; the next wake-up tells.
+            return Relayed::More;
+        }
+    }
+    Relayed::More
+}
+
+/// Relays up to [`BATCH`] waiting backend datagrams one by one, each from the local
+/// address its client sent to.
+fn relay_each(
     listening: &Listening,
     session: &Session,
     responses: &mut u32,

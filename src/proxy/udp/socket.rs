@@ -290,6 +290,124 @@ mod local_address {
 #[cfg(target_os = "linux")]
 const RECV_BATCH: usize = 16;
 
+/// Replies read from a session's socket by one `recvmmsg(2)` and sent to its client by
+/// one `sendmmsg(2)`.
+#[cfg(target_os = "linux")]
+pub(super) const REPLY_BATCH: usize = 16;
+
+/// Room for one batch of replies: [`REPLY_BATCH`] slots, each as large as any datagram,
+/// and the system calls' headers, kept from batch to batch. Pages are touched only as
+/// far as replies reach, so small replies cost a few pages.
+#[cfg(target_os = "linux")]
+pub(super) struct ReplySlots {
+    slots: Box<[u8]>,
+    lens: [usize; REPLY_BATCH],
+    count: usize,
+    /// Without control messages, `recvmmsg` headers can be used again as they are.
+    received: nix::sys::socket::MultiHeaders<()>,
+    sent: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
+}
+
+#[cfg(target_os = "linux")]
+impl ReplySlots {
+    pub(super) fn new() -> ReplySlots {
+        use nix::sys::socket::MultiHeaders;
+        ReplySlots {
+            slots: vec![0; REPLY_BATCH * super::BUFFER_LEN].into_boxed_slice(),
+            lens: [0; REPLY_BATCH],
+            count: 0,
+            received: MultiHeaders::preallocate(REPLY_BATCH, None),
+            sent: MultiHeaders::preallocate(REPLY_BATCH, None),
+        }
+    }
+
+    /// Datagrams in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The `i`-th datagram of the batch last read.
+    pub(super) fn datagram(&self, i: usize) -> &[u8] {
+        let start = i * super::BUFFER_LEN;
+        &self.slots[start..start + self.lens[i]]
+    }
+
+    /// Keeps the first `n` datagrams of the batch (the rest are not sent).
+    pub(super) fn truncate(&mut self, n: usize) {
+        self.count = self.count.min(n);
+    }
+}
+
+/// Reads up to [`REPLY_BATCH`] datagrams from a session's (connected) socket with one
+/// system call: how many. The error the kernel queued for the socket (an ICMP report)
+/// comes first, as in [`recv`], and readiness is taken the same way.
+#[cfg(target_os = "linux")]
+pub(super) fn recv_replies(socket: &UdpSocket, batch: &mut ReplySlots) -> io::Result<usize> {
+    use nix::sys::socket::{recvmmsg, MsgFlags};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut read = || -> io::Result<usize> {
+        let ReplySlots {
+            slots,
+            lens,
+            count,
+            received,
+            ..
+        } = &mut *batch;
+        let mut chunks = slots.chunks_exact_mut(super::BUFFER_LEN);
+        let mut iovs: [[IoSliceMut<'_>; 1]; REPLY_BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let results = recvmmsg(fd, received, iovs.iter_mut(), MsgFlags::empty(), None)?;
+        let mut n = 0;
+        for (len, msg) in lens.iter_mut().zip(results) {
+            *len = msg.bytes;
+            n += 1;
+        }
+        *count = n;
+        Ok(n)
+    };
+    match socket.try_io(Interest::READABLE, &mut read) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.try_io(Interest::ERROR, read),
+        received => received,
+    }
+}
+
+/// Sends the datagrams of `batch` to `to` from `socket` with one system call: how many
+/// left (a full send buffer stops the rest, which the caller counts as dropped).
+#[cfg(target_os = "linux")]
+pub(super) fn send_replies(
+    socket: &impl std::os::fd::AsRawFd,
+    batch: &mut ReplySlots,
+    to: SocketAddr,
+) -> io::Result<usize> {
+    use nix::sys::socket::{sendmmsg, MsgFlags, SockaddrStorage};
+    use std::io::IoSlice;
+    let ReplySlots {
+        slots,
+        lens,
+        count,
+        sent,
+        ..
+    } = &mut *batch;
+    let mut chunks = slots.chunks_exact(super::BUFFER_LEN);
+    let iovs: [[IoSlice<'_>; 1]; REPLY_BATCH] = std::array::from_fn(|i| {
+        let slot = chunks.next().unwrap_or_default();
+        [IoSlice::new(&slot[..lens[i].min(slot.len())])]
+    });
+    let to = SockaddrStorage::from(to);
+    let addrs = [Some(to); REPLY_BATCH];
+    let results = sendmmsg(
+        socket.as_raw_fd(),
+        sent,
+        &iovs[..*count],
+        &addrs[..*count],
+        [],
+        MsgFlags::MSG_DONTWAIT,
+    )?;
+    Ok(results.count())
+}
+
 #[cfg(target_os = "linux")]
 thread_local! {
     /// One slot per datagram of a batch, each as large as any datagram.
