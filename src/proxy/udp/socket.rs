@@ -288,7 +288,7 @@ mod local_address {
 
 /// Datagrams read by one `recvmmsg(2)` call.
 #[cfg(target_os = "linux")]
-const RECV_BATCH: usize = 16;
+pub(super) const RECV_BATCH: usize = 16;
 
 /// Replies read from a session's socket by one `recvmmsg(2)` and sent to its client by
 /// one `sendmmsg(2)`.
@@ -424,15 +424,66 @@ pub(super) struct Received {
     pub kernel_drops: Option<u32>,
 }
 
-/// Reads up to [`RECV_BATCH`] waiting datagrams with one system call and hands each to
-/// `handle` (data, source, and where it was sent when `local_port` is given: the local
-/// address with that port, or an intercepted datagram's original destination).
-/// `WouldBlock` when none was waiting.
+/// Sends `datagrams` on a connected socket with one system call (`sendmmsg(2)`): how
+/// many left. An error stops the rest; one for the first datagram is returned.
+#[cfg(target_os = "linux")]
+pub(super) fn send_many(socket: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
+    use nix::sys::socket::{sendmmsg, MsgFlags};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let n = datagrams.len().min(RECV_BATCH);
+    let iovs: [[IoSlice<'_>; 1]; RECV_BATCH] =
+        std::array::from_fn(|i| [IoSlice::new(datagrams.get(i).copied().unwrap_or_default())]);
+    let addrs: [Option<()>; RECV_BATCH] = [None; RECV_BATCH];
+    SEND_HEADERS.with_borrow_mut(|headers| {
+        let results = sendmmsg(
+            socket.as_raw_fd(),
+            headers,
+            &iovs[..n],
+            &addrs[..n],
+            [],
+            MsgFlags::MSG_DONTWAIT,
+        )?;
+        Ok(results.count())
+    })
+}
+
+#[cfg(target_os = "linux")]
+thread_local! {
+    /// `sendmmsg` headers for [`send_many`], used again from call to call (no control
+    /// messages, no addresses: nothing in them outlives a call).
+    static SEND_HEADERS: RefCell<nix::sys::socket::MultiHeaders<()>> =
+        RefCell::new(nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None));
+}
+
+/// One datagram of a batch read by [`recv_many`].
+#[cfg(target_os = "linux")]
+#[derive(Clone, Copy)]
+pub(super) struct Datagram<'a> {
+    pub data: &'a [u8],
+    pub from: SocketAddr,
+    /// Where it was sent, when the socket reports it.
+    pub local: Option<SocketAddr>,
+}
+
+#[cfg(target_os = "linux")]
+impl Datagram<'_> {
+    const NONE: Datagram<'static> = Datagram {
+        data: &[],
+        from: SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+        local: None,
+    };
+}
+
+/// Reads up to [`RECV_BATCH`] waiting datagrams with one system call and hands them to
+/// `handle` together (each with its source, and where it was sent when `local_port` is
+/// given: the local address with that port, or an intercepted datagram's original
+/// destination). `WouldBlock` when none was waiting.
 #[cfg(target_os = "linux")]
 pub(super) fn recv_many(
     socket: &UdpSocket,
     local_port: Option<u16>,
-    handle: &mut impl FnMut(&[u8], SocketAddr, Option<SocketAddr>),
+    handle: &mut impl FnMut(&[Datagram<'_>]),
 ) -> io::Result<Received> {
     use nix::sys::socket::{
         recvmmsg, ControlMessageOwned, MsgFlags, MultiHeaders, SockaddrStorage,
@@ -469,6 +520,8 @@ pub(super) fn recv_many(
                     datagrams: 0,
                     kernel_drops: None,
                 };
+                let mut batch = [Datagram::NONE; RECV_BATCH];
+                let mut count = 0;
                 for msg in results {
                     received.datagrams += 1;
                     let mut local = None;
@@ -497,8 +550,13 @@ pub(super) fn recv_many(
                         continue;
                     };
                     // The slice is cut to the datagram's length; none for an empty one.
-                    handle(msg.iovs().next().unwrap_or_default(), from, local);
+                    let data = msg.iovs().next().unwrap_or_default();
+                    if let Some(slot) = batch.get_mut(count) {
+                        *slot = Datagram { data, from, local };
+                        count += 1;
+                    }
                 }
+                handle(&batch[..count]);
                 Ok(received)
             }
         })
