@@ -406,6 +406,35 @@ async fn sizes_from_empty_to_the_largest_datagram_arrive_whole() {
 }
 
 #[tokio::test]
+async fn a_burst_from_one_client_arrives_whole_and_in_order_both_ways() {
+    // Sent back to back, the burst is read in batches and relayed a batch per system
+    // call each way: nothing is lost, reordered or counted twice.
+    let (_backend, lb) = behind_one(limits(None, None)).await;
+    let socket = client("127.0.0.1:0").await;
+    let sent: Vec<Vec<u8>> = (0..200)
+        .map(|i| format!("burst {i:03}").into_bytes())
+        .collect();
+    for payload in &sent {
+        socket.send_to(payload, lb.addr).await.expect("send");
+    }
+    let mut echoed = Vec::new();
+    while echoed.len() < sent.len() {
+        let Some(reply) = receive(&socket, WAIT).await else {
+            panic!("{} of {} replies", echoed.len(), sent.len());
+        };
+        echoed.push(Reply::parse(&reply).echoed);
+    }
+    assert_eq!(echoed, sent);
+    let udp = &lb.shared().await.stats.udp;
+    assert_eq!(udp.from_clients.load(Ordering::Relaxed), 200);
+    eventually("every reply counted", || async {
+        udp.to_clients.load(Ordering::Relaxed) == 200
+    })
+    .await;
+    assert_eq!(active(&lb).await, 1, "one session for the whole burst");
+}
+
+#[tokio::test]
 async fn a_datagram_too_big_for_the_backend_is_dropped_and_counted() {
     // An IPv6 client may send up to 65 527 bytes; an IPv4 backend takes at most 65 507.
     let backend = UdpBackend::named("a").await;
