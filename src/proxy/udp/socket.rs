@@ -305,7 +305,6 @@ pub(super) struct ReplySlots {
     count: usize,
     /// Without control messages, `recvmmsg` headers can be used again as they are.
     received: nix::sys::socket::MultiHeaders<()>,
-    sent: nix::sys::socket::MultiHeaders<nix::sys::socket::SockaddrStorage>,
 }
 
 #[cfg(target_os = "linux")]
@@ -317,7 +316,6 @@ impl ReplySlots {
             lens: [0; REPLY_BATCH],
             count: 0,
             received: MultiHeaders::preallocate(REPLY_BATCH, None),
-            sent: MultiHeaders::preallocate(REPLY_BATCH, None),
         }
     }
 
@@ -374,38 +372,67 @@ pub(super) fn recv_replies(socket: &UdpSocket, batch: &mut ReplySlots) -> io::Re
 }
 
 /// Sends the datagrams of `batch` to `to` from `socket` with one system call: how many
-/// left (a full send buffer stops the rest, which the caller counts as dropped).
+/// left (an error, such as a full send buffer, stops the rest, which the caller counts
+/// as dropped; one for the first datagram is returned).
 #[cfg(target_os = "linux")]
 pub(super) fn send_replies(
-    socket: &impl std::os::fd::AsRawFd,
-    batch: &mut ReplySlots,
+    socket: &impl std::os::fd::AsFd,
+    batch: &ReplySlots,
     to: SocketAddr,
 ) -> io::Result<usize> {
-    use nix::sys::socket::{sendmmsg, MsgFlags, SockaddrStorage};
-    use std::io::IoSlice;
-    let ReplySlots {
-        slots,
-        lens,
-        count,
-        sent,
-        ..
-    } = &mut *batch;
-    let mut chunks = slots.chunks_exact(super::BUFFER_LEN);
-    let iovs: [[IoSlice<'_>; 1]; REPLY_BATCH] = std::array::from_fn(|i| {
-        let slot = chunks.next().unwrap_or_default();
-        [IoSlice::new(&slot[..lens[i].min(slot.len())])]
+    let datagrams: [&[u8]; REPLY_BATCH] = std::array::from_fn(|i| {
+        if i < batch.count {
+            batch.datagram(i)
+        } else {
+            &[]
+        }
     });
-    let to = SockaddrStorage::from(to);
-    let addrs = [Some(to); REPLY_BATCH];
-    let results = sendmmsg(
-        socket.as_raw_fd(),
-        sent,
-        &iovs[..*count],
-        &addrs[..*count],
-        [],
-        MsgFlags::MSG_DONTWAIT,
-    )?;
-    Ok(results.count())
+    send_batch(socket, &datagrams[..batch.count], Some(to))
+}
+
+/// Sends `datagrams` on a connected socket with one system call: how many left, as
+/// [`send_replies`].
+#[cfg(target_os = "linux")]
+pub(super) fn send_many(socket: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
+    send_batch(socket, datagrams, None)
+}
+
+/// `sendmmsg(2)` of up to [`RECV_BATCH`] datagrams, to `to` or the connected peer.
+/// (rustix's, which returns the count sent; nix's gives it only by reading address
+/// slots a send never fills.)
+#[cfg(target_os = "linux")]
+fn send_batch(
+    socket: &impl std::os::fd::AsFd,
+    datagrams: &[&[u8]],
+    to: Option<SocketAddr>,
+) -> io::Result<usize> {
+    use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+    use std::io::IoSlice;
+    const MOST: usize = if RECV_BATCH > REPLY_BATCH {
+        RECV_BATCH
+    } else {
+        REPLY_BATCH
+    };
+    let n = datagrams.len().min(MOST);
+    if n == 0 {
+        return Ok(0);
+    }
+    let iovs: [[IoSlice<'_>; 1]; MOST] =
+        std::array::from_fn(|i| [IoSlice::new(datagrams.get(i).copied().unwrap_or_default())]);
+    let mut controls: [SendAncillaryBuffer<'_, '_, '_>; MOST] =
+        std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let to = to.map(SocketAddrAny::from);
+    // `map` visits the buffers in order: the `i`-th header takes the `i`-th iovec.
+    let mut i = 0;
+    let mut headers: [MMsgHdr<'_>; MOST] = controls.each_mut().map(|control| {
+        let iov = &iovs[i];
+        i += 1;
+        match &to {
+            Some(to) => MMsgHdr::new_with_addr(to, iov, control),
+            None => MMsgHdr::new(iov, control),
+        }
+    });
+    sendmmsg(socket, &mut headers[..n], SendFlags::DONTWAIT).map_err(io::Error::from)
 }
 
 #[cfg(target_os = "linux")]
@@ -422,38 +449,6 @@ pub(super) struct Received {
     /// Datagrams the kernel dropped so far on this socket for want of room in its
     /// receive queue (it counts since the socket was opened).
     pub kernel_drops: Option<u32>,
-}
-
-/// Sends `datagrams` on a connected socket with one system call (`sendmmsg(2)`): how
-/// many left. An error stops the rest; one for the first datagram is returned.
-#[cfg(target_os = "linux")]
-pub(super) fn send_many(socket: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
-    use nix::sys::socket::{sendmmsg, MsgFlags};
-    use std::io::IoSlice;
-    use std::os::fd::AsRawFd;
-    let n = datagrams.len().min(RECV_BATCH);
-    let iovs: [[IoSlice<'_>; 1]; RECV_BATCH] =
-        std::array::from_fn(|i| [IoSlice::new(datagrams.get(i).copied().unwrap_or_default())]);
-    let addrs: [Option<()>; RECV_BATCH] = [None; RECV_BATCH];
-    SEND_HEADERS.with_borrow_mut(|headers| {
-        let results = sendmmsg(
-            socket.as_raw_fd(),
-            headers,
-            &iovs[..n],
-            &addrs[..n],
-            [],
-            MsgFlags::MSG_DONTWAIT,
-        )?;
-        Ok(results.count())
-    })
-}
-
-#[cfg(target_os = "linux")]
-thread_local! {
-    /// `sendmmsg` headers for [`send_many`], used again from call to call (no control
-    /// messages, no addresses: nothing in them outlives a call).
-    static SEND_HEADERS: RefCell<nix::sys::socket::MultiHeaders<()>> =
-        RefCell::new(nix::sys::socket::MultiHeaders::preallocate(RECV_BATCH, None));
 }
 
 /// One datagram of a batch read by [`recv_many`].
