@@ -9,6 +9,12 @@
 //! kernel routes each reply to exactly one session; its reply task sends them back to
 //! the client from the listening socket.
 //!
+//! System calls are batched both ways: the listening socket is read 16 datagrams at a
+//! time (`recvmmsg`), and a client's datagrams of one such batch go to its session in
+//! one `sendmmsg`; a reply task reads up to 16 replies at once and sends them to the
+//! client in one `sendmmsg` (one by one only where each needs its own source address:
+//! a listening socket on a wildcard address).
+//!
 //! Nothing here waits on a full socket: a datagram that cannot be sent at once is
 //! dropped and counted (UDP would lose it anyway, and waiting would stall every other
 //! client of the worker). Sessions are bounded by `max_connections` and by the process's
