@@ -77,6 +77,19 @@ impl LoadBound {
     }
 }
 
+/// A bounded strategy's [`Strategy::load_watch`](super::Strategy::load_watch): its
+/// bound, if it has one.
+pub(super) fn watch(bound: Option<&Arc<LoadBound>>) -> Option<Arc<dyn LoadWatch>> {
+    Some(Arc::clone(bound?) as Arc<dyn LoadWatch>)
+}
+
+/// A bounded strategy's [`Strategy::refresh`](super::Strategy::refresh) of its bound.
+pub(super) fn refresh(bound: Option<&Arc<LoadBound>>) {
+    if let Some(bound) = bound {
+        bound.refresh();
+    }
+}
+
 impl LoadWatch for LoadBound {
     fn changed(&self, _slot: u32, opened: bool) {
         let delta = if opened { 1 } else { -1 };

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use super::bounded::LoadBound;
+use super::bounded::{self, LoadBound};
 use super::{reduce, PickContext, Strategy};
 use crate::backend::{AdminState, Backend, LoadWatch};
 
@@ -129,14 +129,11 @@ impl Strategy for IpHash {
             .map(|(i, _)| i as u32)
             .collect();
         self.live.store(Arc::new(live));
-        if let Some(bound) = &self.bound {
-            bound.refresh();
-        }
+        bounded::refresh(self.bound.as_ref());
     }
 
     fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
-        let bound = Arc::clone(self.bound.as_ref()?);
-        Some(bound as Arc<dyn LoadWatch>)
+        bounded::watch(self.bound.as_ref())
     }
 }
 
@@ -205,14 +202,11 @@ impl Strategy for Rendezvous {
     }
 
     fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
-        let bound = Arc::clone(self.bound.as_ref()?);
-        Some(bound as Arc<dyn LoadWatch>)
+        bounded::watch(self.bound.as_ref())
     }
 
     fn refresh(&self) {
-        if let Some(bound) = &self.bound {
-            bound.refresh();
-        }
+        bounded::refresh(self.bound.as_ref());
     }
 }
 

@@ -26,7 +26,7 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::Arc;
 
-use super::bounded::LoadBound;
+use super::bounded::{self, LoadBound};
 use super::hash::{client_hash, key_hash};
 use super::{reduce, PickContext, Strategy};
 use crate::backend::{Backend, LoadWatch};
@@ -98,14 +98,11 @@ impl Strategy for Maglev {
     }
 
     fn load_watch(&self) -> Option<Arc<dyn LoadWatch>> {
-        let bound = Arc::clone(self.bound.as_ref()?);
-        Some(bound as Arc<dyn LoadWatch>)
+        bounded::watch(self.bound.as_ref())
     }
 
     fn refresh(&self) {
-        if let Some(bound) = &self.bound {
-            bound.refresh();
-        }
+        bounded::refresh(self.bound.as_ref());
     }
 }
 
