@@ -462,6 +462,34 @@ async fn a_datagram_too_big_for_the_backend_is_dropped_and_counted() {
 }
 
 #[tokio::test]
+async fn a_datagram_too_big_in_a_burst_is_dropped_alone() {
+    // Sent back to back, the three may go to the backend in one batch: the one the
+    // kernel refuses must not take the others with it.
+    let backend = UdpBackend::named("a").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.bind = "[::1]:0".parse().expect("address");
+    let lb = Sluice::start(config).await;
+    let socket = client("[::1]:0").await;
+    // A session first, so the burst finds it open.
+    assert!(ask(&socket, lb.addr, b"hello", 3).await.is_some());
+    for payload in [b"before".to_vec(), vec![7u8; 65_527], b"after".to_vec()] {
+        socket.send_to(&payload, lb.addr).await.expect("send");
+    }
+    let mut echoed = Vec::new();
+    for _ in 0..2 {
+        let reply = receive(&socket, WAIT).await.expect("a reply");
+        echoed.push(Reply::parse(&reply).echoed);
+    }
+    assert_eq!(echoed, [b"before".to_vec(), b"after".to_vec()]);
+    let shared = lb.shared().await;
+    assert_eq!(shared.stats.udp.dropped(UdpDrop::TooBig), 1);
+}
+
+#[tokio::test]
 async fn ipv6_clients_and_backends() {
     let backend = UdpBackend::start("six", "[::1]:0", 1).await;
     let mut config = udp_server(

@@ -383,29 +383,38 @@ fn on_run(
     if passed.is_empty() {
         return;
     }
-    match socket::send_many(&session.upstream, passed) {
-        Ok(sent) => {
-            session.mark(&session.last_from_client, now);
-            let bytes: usize = passed[..sent].iter().map(|d| d.len()).sum();
-            count_bytes(&session.bytes_to_backend, bytes);
-            count_bytes(&session.backend.state.stats.bytes_to_backend, bytes);
-            session.requests.fetch_add(sent as u32, Ordering::Relaxed);
-            for _ in sent..passed.len() {
-                // What stops a batch part-way is the socket's buffer filling.
-                server.stats.udp.drop_one(UdpDrop::QueueFull);
+    // A datagram the kernel refuses (too big for the backend's path, a full buffer) is
+    // dropped and counted alone, and those after it still go, as one by one.
+    let mut at = 0;
+    while at < passed.len() {
+        match socket::send_many(&session.upstream, &passed[at..]) {
+            Ok(0) => {
+                for _ in at..passed.len() {
+                    server.stats.udp.drop_one(UdpDrop::QueueFull);
+                }
+                break;
             }
-        }
-        Err(e) if UdpDrop::of(&e) == UdpDrop::BackendRefused => {
-            // The backend's ICMP report surfaced on this send: that session ends, and
-            // each datagram finds a new one, as a single datagram would (their client
-            // limits were charged once already: a rare case, counted twice at worst).
-            forget(listening, &session);
-            session.end(Ending::Unreachable);
-            one_by_one(passed);
-        }
-        Err(e) => {
-            for _ in passed {
+            Ok(sent) => {
+                session.mark(&session.last_from_client, now);
+                let bytes: usize = passed[at..at + sent].iter().map(|d| d.len()).sum();
+                count_bytes(&session.bytes_to_backend, bytes);
+                count_bytes(&session.backend.state.stats.bytes_to_backend, bytes);
+                session.requests.fetch_add(sent as u32, Ordering::Relaxed);
+                at += sent;
+            }
+            Err(e) if UdpDrop::of(&e) == UdpDrop::BackendRefused => {
+                // The backend's ICMP report surfaced on this send: that session ends,
+                // and each datagram left finds a new one, as a single datagram would
+                // (their client limits were charged once already: a rare case, counted
+                // twice at worst).
+                forget(listening, &session);
+                session.end(Ending::Unreachable);
+                one_by_one(&passed[at..]);
+                break;
+            }
+            Err(e) => {
                 server.stats.udp.drop_one(UdpDrop::of(&e));
+                at += 1;
             }
         }
     }

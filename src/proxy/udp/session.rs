@@ -404,27 +404,33 @@ fn relay_batched(
                 break;
             }
         }
-        let wanted = batch.len();
-        let sent = match &session.reply {
-            Some((from, _)) => socket::send_replies(from, batch, session.client),
-            None => socket::send_replies(&listening.socket, batch, session.client),
-        };
-        let sent = match sent {
-            Ok(sent) => sent,
-            Err(e) => {
-                for _ in 0..wanted {
-                    stats.drop_one(UdpDrop::of(&e));
+        // A reply the kernel refuses is dropped and counted alone; those after it
+        // still go, as one by one.
+        let mut at = 0;
+        while at < batch.len() {
+            let sent = match &session.reply {
+                Some((from, _)) => socket::send_replies(from, batch, at, session.client),
+                None => socket::send_replies(&listening.socket, batch, at, session.client),
+            };
+            match sent {
+                Ok(0) => {
+                    for _ in at..batch.len() {
+                        stats.drop_one(UdpDrop::QueueFull);
+                    }
+                    break;
                 }
-                0
+                Ok(sent) => {
+                    for i in at..at + sent {
+                        stats.to_clients.fetch_add(1, Ordering::Relaxed);
+                        count_bytes(&session.bytes_to_client, batch.datagram(i).len());
+                    }
+                    at += sent;
+                }
+                Err(e) => {
+                    stats.drop_one(UdpDrop::of(&e));
+                    at += 1;
+                }
             }
-        };
-        for i in 0..sent {
-            stats.to_clients.fetch_add(1, Ordering::Relaxed);
-            count_bytes(&session.bytes_to_client, batch.datagram(i).len());
-        }
-        for _ in sent..wanted {
-            // The client's socket buffer filled part-way: as a single send would.
-            stats.drop_one(UdpDrop::QueueFull);
         }
         if done {
             return Relayed::Done;

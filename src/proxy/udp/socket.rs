@@ -371,13 +371,14 @@ pub(super) fn recv_replies(socket: &UdpSocket, batch: &mut ReplySlots) -> io::Re
     }
 }
 
-/// Sends the datagrams of `batch` to `to` from `socket` with one system call: how many
-/// left (an error, such as a full send buffer, stops the rest, which the caller counts
-/// as dropped; one for the first datagram is returned).
+/// Sends the datagrams of `batch` from the `from`-th on to `to` from `socket` with one
+/// system call: how many left. An error stops the rest; one for the first datagram is
+/// returned.
 #[cfg(target_os = "linux")]
 pub(super) fn send_replies(
     socket: &impl std::os::fd::AsFd,
     batch: &ReplySlots,
+    from: usize,
     to: SocketAddr,
 ) -> io::Result<usize> {
     let datagrams: [&[u8]; REPLY_BATCH] = std::array::from_fn(|i| {
@@ -387,7 +388,8 @@ pub(super) fn send_replies(
             &[]
         }
     });
-    send_batch(socket, &datagrams[..batch.count], Some(to))
+    let from = from.min(batch.count);
+    send_batch(socket, &datagrams[from..batch.count], Some(to))
 }
 
 /// Sends `datagrams` on a connected socket with one system call: how many left, as
