@@ -437,14 +437,7 @@ async fn a_burst_from_one_client_arrives_whole_and_in_order_both_ways() {
 #[tokio::test]
 async fn a_datagram_too_big_for_the_backend_is_dropped_and_counted() {
     // An IPv6 client may send up to 65 527 bytes; an IPv4 backend takes at most 65 507.
-    let backend = UdpBackend::named("a").await;
-    let mut config = udp_server(
-        BalanceKind::RoundRobin,
-        vec![backend.spec()],
-        limits(None, None),
-    );
-    config.bind = "[::1]:0".parse().expect("address");
-    let lb = Sluice::start(config).await;
+    let (backend, lb) = on_ipv6_behind_one().await;
     let socket = client("[::1]:0").await;
     socket
         .send_to(&vec![7u8; 65_527], lb.addr)
@@ -465,14 +458,7 @@ async fn a_datagram_too_big_for_the_backend_is_dropped_and_counted() {
 async fn a_datagram_too_big_in_a_burst_is_dropped_alone() {
     // Sent back to back, the three may go to the backend in one batch: the one the
     // kernel refuses must not take the others with it.
-    let backend = UdpBackend::named("a").await;
-    let mut config = udp_server(
-        BalanceKind::RoundRobin,
-        vec![backend.spec()],
-        limits(None, None),
-    );
-    config.bind = "[::1]:0".parse().expect("address");
-    let lb = Sluice::start(config).await;
+    let (_backend, lb) = on_ipv6_behind_one().await;
     let socket = client("[::1]:0").await;
     // A session first, so the burst finds it open.
     assert!(ask(&socket, lb.addr, b"hello", 3).await.is_some());
@@ -858,6 +844,19 @@ async fn backend_ports(socket: &tokio::net::UdpSocket, lb: SocketAddr, n: usize)
 }
 
 /// Sluice (round-robin, with `limits`) in front of one echoing backend named `a`.
+/// A server on `[::1]` in front of one IPv4 backend: an IPv6 client may send it more
+/// than the backend can take (65 527 bytes against 65 507).
+async fn on_ipv6_behind_one() -> (UdpBackend, Sluice) {
+    let backend = UdpBackend::named("a").await;
+    let mut config = udp_server(
+        BalanceKind::RoundRobin,
+        vec![backend.spec()],
+        limits(None, None),
+    );
+    config.bind = "[::1]:0".parse().expect("address");
+    (backend, Sluice::start(config).await)
+}
+
 async fn behind_one(limits: UdpConfig) -> (UdpBackend, Sluice) {
     let backend = UdpBackend::named("a").await;
     let lb = Sluice::start(udp_server(

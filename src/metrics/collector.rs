@@ -18,68 +18,13 @@ use crate::proxy::state::ServerShared;
 use crate::proxy::udp::UdpDrop;
 use crate::proxy::CloseReason;
 
+use super::scope::Scope;
+
 /// The servers of one scrape, each with the pool and protocol it had when the scrape
 /// began, so that every family lists the same backends even if a reload lands meanwhile.
 pub(super) struct Scrape {
     servers: Vec<ServerView>,
     scope: Scope,
-}
-
-/// Which families a scrape writes (`/metrics?scope=…`, as HAProxy's exporter): with
-/// thousands of backends the per-backend families are most of the output, and a scraper
-/// that wants servers only can leave them out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Scope {
-    /// `process`: the build information.
-    pub process: bool,
-    /// `server`: the families labelled by server.
-    pub servers: bool,
-    /// `backend`: the families labelled by server and backend.
-    pub backends: bool,
-}
-
-impl Scope {
-    pub const ALL: Scope = Scope {
-        process: true,
-        servers: true,
-        backends: true,
-    };
-
-    /// The scope a query string asks for: every `scope=NAME` (`process`, `server`,
-    /// `backend`, or `*` for all) adds its families; no `scope` at all is everything.
-    pub fn from_query(query: Option<&str>) -> Result<Scope, String> {
-        let mut scope = Scope {
-            process: false,
-            servers: false,
-            backends: false,
-        };
-        let mut any = false;
-        let pairs = query
-            .unwrap_or_default()
-            .split('&')
-            .filter(|p| !p.is_empty());
-        for pair in pairs {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            if key != "scope" {
-                return Err(format!("unknown parameter \"{key}\"; expected scope"));
-            }
-            any = true;
-            match value {
-                "process" => scope.process = true,
-                "server" => scope.servers = true,
-                "backend" => scope.backends = true,
-                "*" | "%2A" => scope = Scope::ALL,
-                // HAProxy's: an empty scope asks for nothing (a way to list no family).
-                "" => {}
-                other => {
-                    return Err(format!(
-                        "unknown scope \"{other}\"; expected process, server, backend or *"
-                    ))
-                }
-            }
-        }
-        Ok(if any { scope } else { Scope::ALL })
-    }
 }
 
 struct ServerView {
@@ -653,7 +598,5 @@ mod tests {
         assert!(!two.contains("sluice_connections_accepted"));
         assert_eq!(only(Some("scope=*")), only(None));
         assert_eq!(only(Some("scope=")), "# EOF\n");
-        assert!(Scope::from_query(Some("scope=servers")).is_err());
-        assert!(Scope::from_query(Some("limit=3")).is_err());
     }
 }

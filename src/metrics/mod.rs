@@ -10,8 +10,9 @@
 //! [`Collector`]: prometheus_client::collector::Collector
 
 mod collector;
+mod scope;
 
-pub use collector::Scope;
+pub use scope::Scope;
 
 use std::sync::Arc;
 

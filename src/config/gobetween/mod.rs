@@ -14,6 +14,8 @@
 //!   `Section`, `Field`); a key left unread is an unknown key, with "did you mean".
 //! - `server`: the top level, `[logging]`, `[defaults]` and each `[servers.NAME]`, with
 //!   its `udp`, `sni` and PROXY protocol sections.
+//! - `balance`: a server's `balance` and `hash_balance_factor`; `failover`: its
+//!   failure-handling keys and `outlier` section.
 //! - `sections`: a server's `access` rules; `limits`: its client protection keys.
 //! - `discovery`: `[servers.NAME.discovery]`, each kind's keys; `registries`: those of
 //!   Consul, etcd and Docker, with their credentials and client TLS.
@@ -26,6 +28,7 @@
 //! here, and `config` re-exports the entry points below.
 
 pub(super) mod admin;
+mod balance;
 pub(super) mod discovery;
 pub(super) mod failover;
 mod file;

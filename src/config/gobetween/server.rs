@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use super::admin;
+use super::balance::{balance, bounded_load};
 use super::discovery::discovery;
 use super::failover::{self, FAILOVER_KEYS};
 use super::file::{Node, Value};
@@ -18,7 +19,7 @@ use super::legacy::{self, Place};
 use super::limits::{self, LimitKeys, LIMIT_KEYS};
 use super::reader::{resolve, Ctx, Field, Section};
 use super::sections::access;
-use crate::balance::{BalanceKind, MIN_HASH_BALANCE_FACTOR};
+use crate::balance::BalanceKind;
 use crate::config::checks;
 use crate::config::error::join;
 use crate::config::{
@@ -203,53 +204,6 @@ fn options(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Options {
         balance: None,
         limits: limits::read(ctx, sec),
     }
-}
-
-/// `balance = "NAME"`; or the `[servers.NAME.balance]` table with `strategy = "NAME"`
-/// that published GoBetween examples write, accepted with a warning naming the key.
-fn balance(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<BalanceKind> {
-    if !matches!(f.node.value, Value::Table(_)) {
-        return ctx.parse(f, "a string", |s| s.parse::<BalanceKind>());
-    }
-    let at = ctx.table_at(f);
-    let mut sec = ctx.table(f)?;
-    let strategy = sec.take("strategy");
-    sec.finish(ctx, &["strategy"]);
-    let Some(strategy) = strategy else {
-        let message = "expected a string such as \"roundrobin\", or a table with strategy";
-        ctx.error(at, f.path(), message);
-        return None;
-    };
-    let kind = ctx.parse(&strategy, "a string", |s| s.parse::<BalanceKind>())?;
-    let message = format!(
-        "a [{}] table with strategy is an older GoBetween form; write balance = \"{}\"",
-        f.path(),
-        ctx.str(&strategy).unwrap_or_default()
-    );
-    ctx.warn(at, f.path(), message);
-    Some(kind)
-}
-
-/// `hash_balance_factor = N`: a percentage of at least 100 for a hash strategy (`0`:
-/// none).
-fn bounded_load(ctx: &mut Ctx<'_>, f: &Field<'_>, balance: BalanceKind) -> Option<u32> {
-    let factor = ctx.u32_at_least(f, 0).filter(|&n| n > 0)?;
-    if factor < MIN_HASH_BALANCE_FACTOR {
-        let message = format!(
-            "must be at least {MIN_HASH_BALANCE_FACTOR} (per cent of the mean load), or 0 for \
-             no bound"
-        );
-        ctx.error(f.at, f.path(), message);
-        return None;
-    }
-    if !balance.hashes() {
-        let message = format!(
-            "bounds the hash strategies (iphash, iphash1, maglev), not balance = \"{balance}\""
-        );
-        ctx.error(f.at, f.path(), message);
-        return None;
-    }
-    Some(factor)
 }
 
 /// One `[servers.NAME]`, and where its `bind` key is (for conflict errors).

@@ -24,9 +24,9 @@ use tokio::sync::Notify;
 use tokio::time::{sleep_until, Instant};
 use tracing::{debug, info};
 
-use super::socket::{self, send_from};
 #[cfg(target_os = "linux")]
-use super::socket::{ReplySlots, REPLY_BATCH};
+use super::batch::{self, ReplySlots, REPLY_BATCH};
+use super::socket::{self, send_from};
 use super::{
     count_bytes, forget, lock, Listening, UdpDrop, BATCH, BUFFER, DEFAULT_SESSION_TIMEOUT,
     REPLY_LINGER,
@@ -375,7 +375,7 @@ fn relay_batched(
     let stats = &listening.server.stats.udp;
     let now = Instant::now();
     for _ in 0..BATCH.div_ceil(REPLY_BATCH) {
-        let read = match socket::recv_replies(&session.upstream, batch) {
+        let read = match batch::recv_replies(&session.upstream, batch) {
             Ok(read) => read,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Relayed::More,
             Err(e) if UdpDrop::of(&e) == UdpDrop::BackendRefused => return Relayed::Unreachable,
@@ -409,8 +409,8 @@ fn relay_batched(
         let mut at = 0;
         while at < batch.len() {
             let sent = match &session.reply {
-                Some((from, _)) => socket::send_replies(from, batch, at, session.client),
-                None => socket::send_replies(&listening.socket, batch, at, session.client),
+                Some((from, _)) => batch::send_replies(from, batch, at, session.client),
+                None => batch::send_replies(&listening.socket, batch, at, session.client),
             };
             match sent {
                 Ok(0) => {

@@ -1,0 +1,151 @@
+//! Batched system calls on UDP sockets: a session's replies read with one `recvmmsg(2)`
+//! and sent to its client with one `sendmmsg(2)`, and a client's datagrams sent to its
+//! session with one `sendmmsg(2)` (Linux).
+
+use std::io;
+use std::net::SocketAddr;
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+
+use super::socket::RECV_BATCH;
+
+/// Replies read from a session's socket by one `recvmmsg(2)` and sent to its client by
+/// one `sendmmsg(2)`.
+pub(super) const REPLY_BATCH: usize = 16;
+
+/// Room for one batch of replies: [`REPLY_BATCH`] slots, each as large as any datagram,
+/// and the system calls' headers, kept from batch to batch. Pages are touched only as
+/// far as replies reach, so small replies cost a few pages.
+pub(super) struct ReplySlots {
+    slots: Box<[u8]>,
+    lens: [usize; REPLY_BATCH],
+    count: usize,
+    /// Without control messages, `recvmmsg` headers can be used again as they are.
+    received: nix::sys::socket::MultiHeaders<()>,
+}
+
+impl ReplySlots {
+    pub(super) fn new() -> ReplySlots {
+        use nix::sys::socket::MultiHeaders;
+        ReplySlots {
+            slots: vec![0; REPLY_BATCH * super::BUFFER_LEN].into_boxed_slice(),
+            lens: [0; REPLY_BATCH],
+            count: 0,
+            received: MultiHeaders::preallocate(REPLY_BATCH, None),
+        }
+    }
+
+    /// Datagrams in the batch.
+    pub(super) fn len(&self) -> usize {
+        self.count
+    }
+
+    /// The `i`-th datagram of the batch last read.
+    pub(super) fn datagram(&self, i: usize) -> &[u8] {
+        let start = i * super::BUFFER_LEN;
+        &self.slots[start..start + self.lens[i]]
+    }
+
+    /// Keeps the first `n` datagrams of the batch (the rest are not sent).
+    pub(super) fn truncate(&mut self, n: usize) {
+        self.count = self.count.min(n);
+    }
+}
+
+/// Reads up to [`REPLY_BATCH`] datagrams from a session's (connected) socket with one
+/// system call: how many. The error the kernel queued for the socket (an ICMP report)
+/// comes first, as in [`recv`], and readiness is taken the same way.
+pub(super) fn recv_replies(socket: &UdpSocket, batch: &mut ReplySlots) -> io::Result<usize> {
+    use nix::sys::socket::{recvmmsg, MsgFlags};
+    use std::io::IoSliceMut;
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    let mut read = || -> io::Result<usize> {
+        let ReplySlots {
+            slots,
+            lens,
+            count,
+            received,
+            ..
+        } = &mut *batch;
+        let mut chunks = slots.chunks_exact_mut(super::BUFFER_LEN);
+        let mut iovs: [[IoSliceMut<'_>; 1]; REPLY_BATCH] =
+            std::array::from_fn(|_| [IoSliceMut::new(chunks.next().unwrap_or_default())]);
+        let results = recvmmsg(fd, received, iovs.iter_mut(), MsgFlags::empty(), None)?;
+        let mut n = 0;
+        for (len, msg) in lens.iter_mut().zip(results) {
+            *len = msg.bytes;
+            n += 1;
+        }
+        *count = n;
+        Ok(n)
+    };
+    match socket.try_io(Interest::READABLE, &mut read) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.try_io(Interest::ERROR, read),
+        received => received,
+    }
+}
+
+/// Sends the datagrams of `batch` from the `from`-th on to `to` from `socket` with one
+/// system call: how many left. An error stops the rest; one for the first datagram is
+/// returned.
+pub(super) fn send_replies(
+    socket: &impl std::os::fd::AsFd,
+    batch: &ReplySlots,
+    from: usize,
+    to: SocketAddr,
+) -> io::Result<usize> {
+    let datagrams: [&[u8]; REPLY_BATCH] = std::array::from_fn(|i| {
+        if i < batch.count {
+            batch.datagram(i)
+        } else {
+            &[]
+        }
+    });
+    let from = from.min(batch.count);
+    send_batch(socket, &datagrams[from..batch.count], Some(to))
+}
+
+/// Sends `datagrams` on a connected socket with one system call: how many left, as
+/// [`send_replies`].
+pub(super) fn send_many(socket: &UdpSocket, datagrams: &[&[u8]]) -> io::Result<usize> {
+    send_batch(socket, datagrams, None)
+}
+
+/// `sendmmsg(2)` of up to [`RECV_BATCH`] datagrams, to `to` or the connected peer.
+/// (rustix's, which returns the count sent; nix's gives it only by reading address
+/// slots a send never fills.)
+fn send_batch(
+    socket: &impl std::os::fd::AsFd,
+    datagrams: &[&[u8]],
+    to: Option<SocketAddr>,
+) -> io::Result<usize> {
+    use rustix::net::{sendmmsg, MMsgHdr, SendAncillaryBuffer, SendFlags, SocketAddrAny};
+    use std::io::IoSlice;
+    const MOST: usize = if RECV_BATCH > REPLY_BATCH {
+        RECV_BATCH
+    } else {
+        REPLY_BATCH
+    };
+    let n = datagrams.len().min(MOST);
+    if n == 0 {
+        return Ok(0);
+    }
+    let iovs: [[IoSlice<'_>; 1]; MOST] =
+        std::array::from_fn(|i| [IoSlice::new(datagrams.get(i).copied().unwrap_or_default())]);
+    let mut controls: [SendAncillaryBuffer<'_, '_, '_>; MOST] =
+        std::array::from_fn(|_| SendAncillaryBuffer::default());
+    let to = to.map(SocketAddrAny::from);
+    // `map` visits the buffers in order: the `i`-th header takes the `i`-th iovec.
+    let mut i = 0;
+    let mut headers: [MMsgHdr<'_>; MOST] = controls.each_mut().map(|control| {
+        let iov = &iovs[i];
+        i += 1;
+        match &to {
+            Some(to) => MMsgHdr::new_with_addr(to, iov, control),
+            None => MMsgHdr::new(iov, control),
+        }
+    });
+    sendmmsg(socket, &mut headers[..n], SendFlags::DONTWAIT).map_err(io::Error::from)
+}
