@@ -2,10 +2,6 @@
 //! commit it was built from (`SLUICE_COMMIT` when set, as the Dockerfile passes it from
 //! outside its build context; `unknown` outside a checkout) and the build date
 //! (`SOURCE_DATE_EPOCH` when set, as reproducible builds and Debian's tools set it).
-//!
-//! On Linux it also compiles the kernel-side relay (`bpf/relay.bpf.c`) with clang into a
-//! BPF object the binary embeds; without clang (or the kernel headers) the binary is built
-//! without it and relays in user space, as it says at start.
 
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -34,7 +30,6 @@ fn main() {
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs())
         });
-    compile_bpf();
     println!("cargo:rustc-env=SLUICE_COMMIT={commit}");
     println!("cargo:rustc-env=SLUICE_BUILD_DATE={}", date(epoch));
     println!("cargo:rerun-if-env-changed=SOURCE_DATE_EPOCH");
@@ -45,49 +40,6 @@ fn main() {
         if let Some(reference) = head.trim().strip_prefix("ref: ") {
             println!("cargo:rerun-if-changed=.git/{reference}");
         }
-    }
-}
-
-/// Compiles `bpf/relay.bpf.c` to `$OUT_DIR/relay.bpf.o` and sets the `sluice_bpf` cfg, when
-/// building for Linux and clang can. `SLUICE_BPF=0` leaves it out.
-fn compile_bpf() {
-    println!("cargo::rustc-check-cfg=cfg(sluice_bpf)");
-    println!("cargo:rerun-if-changed=bpf/relay.bpf.c");
-    println!("cargo:rerun-if-env-changed=SLUICE_BPF");
-    println!("cargo:rerun-if-env-changed=CLANG");
-    let linux = std::env::var("CARGO_CFG_TARGET_OS").is_ok_and(|os| os == "linux");
-    let wanted = std::env::var("SLUICE_BPF").map_or(true, |v| v != "0");
-    if !linux || !wanted {
-        return;
-    }
-    let Ok(out_dir) = std::env::var("OUT_DIR") else {
-        return;
-    };
-    let object = std::path::Path::new(&out_dir).join("relay.bpf.o");
-    let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".to_owned());
-    // linux/bpf.h includes <asm/types.h>, which Debian keeps under the host's triplet.
-    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
-    let triplet = match arch.as_str() {
-        "x86_64" => "x86_64-linux-gnu",
-        "aarch64" => "aarch64-linux-gnu",
-        _ => "",
-    };
-    let mut command = Command::new(clang);
-    command.args(["-O2", "-g", "-target", "bpf", "-c", "bpf/relay.bpf.c", "-o"]);
-    command.arg(&object);
-    if !triplet.is_empty() {
-        command.arg(format!("-I/usr/include/{triplet}"));
-    }
-    match command.output() {
-        Ok(out) if out.status.success() => println!("cargo:rustc-cfg=sluice_bpf"),
-        Ok(out) => println!(
-            "cargo:warning=kernel-side relay left out: clang failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .next()
-                .unwrap_or("")
-        ),
-        Err(e) => println!("cargo:warning=kernel-side relay left out: no clang ({e})"),
     }
 }
 

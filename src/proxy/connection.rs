@@ -30,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info};
 
 use super::connect::{self, Connected};
-use super::copy::{CopyResult, Counters, Relay, Stream as _};
+use super::copy::{CopyResult, Counters, Relay};
 use super::prelude::{Inspect, Opening, OverTcp, Plain, Prelude, Tls};
 use super::refusal::Refusal;
 use super::state::clients::ClientSource;
@@ -157,7 +157,7 @@ fn run<P: Prelude>(
         // Pinned here, armed with the backend's token once connected.
         let mut cut = pin!(Cut::new());
         let guard;
-        let result = 'relay: {
+        let result = {
             // Prelude and connect, their state boxed and freed once connected; what
             // they hand over is moved into the relay in this block, so the
             // connection's own state is then little more than the relay's.
@@ -246,24 +246,11 @@ fn run<P: Prelude>(
                 from_backend: &stats.bytes_from_backend,
             };
             let (upload, download) = settings.limits.caps(peer.ip());
-            #[cfg(target_os = "linux")]
-            if let (Some(client), Some(upstream), None, None) = (
-                opened.client.plain_socket(),
-                opened.upstream.plain_socket(),
-                upload,
-                download,
-            ) {
-                let kernel = super::kernel::relay(client, upstream, idle, cut.as_mut(), &counters);
-                if let Some(mut result) = kernel.await {
-                    result.bytes_to_backend += opened.early;
-                    break 'relay result;
-                }
-            }
             Relay::new(opened.client, opened.upstream, idle, cut.as_mut(), counters)
                 .capped(upload, download)
                 .already_sent(opened.early)
-                .await
-        };
+        }
+        .await;
 
         // Finish.
         finish(

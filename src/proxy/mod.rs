@@ -12,8 +12,6 @@ pub mod client_hello;
 pub mod connect;
 pub mod connection;
 pub mod copy;
-#[cfg(target_os = "linux")]
-pub mod kernel;
 pub mod prelude;
 pub mod proxy_protocol;
 pub mod refusal;

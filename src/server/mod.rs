@@ -119,8 +119,6 @@ impl Server {
         listening: Vec<(SocketAddr, Listeners)>,
         life: &Lifecycle,
     ) -> std::io::Result<Server> {
-        #[cfg(target_os = "linux")]
-        crate::proxy::kernel::prepare();
         let protocol = config.protocol;
         let mut local_addrs = Vec::with_capacity(listening.len());
         for (addr, sockets) in &listening {
