@@ -45,7 +45,7 @@
 //! - [`tls`]: certificates and keys into rustls configurations.
 //! - [`process`]: outside commands, bounded in time and output, never left behind.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod acl;
 pub mod admin_http;
