@@ -45,7 +45,7 @@
 //! - [`tls`]: certificates and keys into rustls configurations.
 //! - [`process`]: outside commands, bounded in time and output, never left behind.
 
-#![deny(unsafe_code)]
+#![forbid(unsafe_code)]
 
 pub mod acl;
 pub mod admin_http;

@@ -5,7 +5,6 @@
 
 pub mod passed;
 pub mod syn_filter;
-mod uring;
 
 use std::io;
 use std::net::SocketAddr;
@@ -250,30 +249,6 @@ fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(86_400 * 365)
 }
 
-/// The experiment's accept loop: no access-list filter refresh, no queue handover.
-async fn uring_loop(
-    (listener, mut ring): (std::net::TcpListener, uring::UringAccept),
-    server: Arc<ServerShared>,
-    accept_stop: CancellationToken,
-    tracker: TaskTracker,
-    hard_stop: CancellationToken,
-) -> Option<std::net::TcpListener> {
-    loop {
-        let accepted = tokio::select! {
-            _ = accept_stop.cancelled() => break,
-            accepted = ring.accept() => accepted,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                proxy::connection::admit(stream, peer, &server, &tracker, &hard_stop)
-            }
-            Err(e) => debug!(server = %server.name, error = %e, "accept failed"),
-        }
-    }
-    drop(listener);
-    None
-}
-
 /// Accepts clients until `accept_stop` is cancelled, spawning one tracked task each on
 /// the current (worker) runtime. Then, unless `on_stop` asks for the socket back,
 /// accepts and serves what is already queued before closing it: closing a listening
@@ -286,17 +261,6 @@ pub async fn accept_loop(
     tracker: TaskTracker,
     hard_stop: CancellationToken,
 ) -> Option<std::net::TcpListener> {
-    if uring::wanted() {
-        use std::os::fd::AsRawFd;
-        let ring = match uring::UringAccept::new(listener.as_raw_fd()) {
-            Ok(ring) => ring,
-            Err(e) => {
-                error!(server = %server.name, error = %e, "io_uring accept unavailable");
-                return None;
-            }
-        };
-        return uring_loop((listener, ring), server, accept_stop, tracker, hard_stop).await;
-    }
     // Registered here, so the socket belongs to this worker's event loop.
     let listener = match TcpListener::from_std(listener) {
         Ok(listener) => listener,
