@@ -145,22 +145,18 @@ fn static_list(name: &str, server: &ServerConfig) -> Vec<Problem> {
         let message = "empty; a server needs at least one backend".to_owned();
         return vec![problem(list, message)];
     }
-    // Each key, case folded, and where it first appears: one pass, however long.
-    let mut first_at: std::collections::HashMap<(String, u16), usize> =
-        std::collections::HashMap::with_capacity(backends.len());
-    let mut problems = Vec::new();
-    for (i, backend) in backends.iter().enumerate() {
-        let first = *first_at
-            .entry((backend.host.to_ascii_lowercase(), backend.port))
-            .or_insert(i);
-        if first != i {
+    let mut problems: Vec<Problem> = super::static_list::duplicates(backends)
+        .into_iter()
+        .map(|(i, first)| {
             let message = format!(
                 "duplicate backend {} (also {list}[{first}])",
                 backends[i].key()
             );
-            problems.push(problem(format!("{list}[{i}]"), message));
-        }
-        if let Some(message) = source_family(server, &backends[i]) {
+            problem(format!("{list}[{i}]"), message)
+        })
+        .collect();
+    for (i, backend) in backends.iter().enumerate() {
+        if let Some(message) = source_family(server, backend) {
             problems.push(problem(format!("{list}[{i}]"), message));
         }
     }

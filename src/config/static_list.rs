@@ -8,6 +8,8 @@
 //! IPv6 literals are bracketed (`[::1]:80`); the host is stored without brackets. Options
 //! may come in any order, each at most once.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
@@ -151,6 +153,26 @@ impl fmt::Display for BackendSpec {
         }
         Ok(())
     }
+}
+
+/// Each backend of `backends` that names one listed before it (the host case folded, and
+/// the port), with the index of that first one: one pass, however long the list, and no
+/// allocation for a host already in lower case.
+pub fn duplicates(backends: &[BackendSpec]) -> Vec<(usize, usize)> {
+    let mut first_at: HashMap<(Cow<'_, str>, u16), usize> = HashMap::with_capacity(backends.len());
+    let mut repeated = Vec::new();
+    for (i, backend) in backends.iter().enumerate() {
+        let host = if backend.host.bytes().any(|b| b.is_ascii_uppercase()) {
+            Cow::Owned(backend.host.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(backend.host.as_str())
+        };
+        let first = *first_at.entry((host, backend.port)).or_insert(i);
+        if first != i {
+            repeated.push((i, first));
+        }
+    }
+    repeated
 }
 
 /// A local address connections leave from (a server's `source`, a backend's

@@ -2,7 +2,6 @@
 //! kind's own keys into its own parameters (one function per kind; the service
 //! registries, which add credentials and TLS, are in `registries`).
 
-use std::collections::hash_map::{Entry, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -11,6 +10,7 @@ use super::reader::{resolve, Ctx, Field, Section};
 use super::registries;
 use crate::backend::BackendSpec;
 use crate::config::discovery::*;
+use crate::config::static_list;
 use crate::config::{JsonPath, LinePattern, Url};
 
 pub(crate) const COMMON_KEYS: &[&str] = &["kind", "failpolicy", "interval", "timeout"];
@@ -213,32 +213,29 @@ fn static_list(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Vec<BackendSpec>> {
     }
     let list = f.path();
     let mut backends: Vec<BackendSpec> = Vec::with_capacity(lines.len());
-    // Each backend's host (case folded) and port, and the index of its line: duplicates
-    // are found in one pass however long the list.
-    let mut seen: HashMap<(String, u16), usize> = HashMap::with_capacity(lines.len());
+    // Where each parsed backend's line is, and its index in the list.
+    let mut places = Vec::with_capacity(lines.len());
     let mut ok = true;
     for (at, i, line) in lines {
         match line.parse::<BackendSpec>() {
-            Ok(spec) => match seen.entry((spec.host.to_ascii_lowercase(), spec.port)) {
-                Entry::Occupied(first) => {
-                    let message = format!(
-                        "duplicate backend {} (also {list}[{}])",
-                        spec.key(),
-                        first.get()
-                    );
-                    ctx.error(at, &format!("{list}[{i}]"), message);
-                    ok = false;
-                }
-                Entry::Vacant(slot) => {
-                    slot.insert(i);
-                    backends.push(spec);
-                }
-            },
+            Ok(spec) => {
+                backends.push(spec);
+                places.push((at, i));
+            }
             Err(message) => {
                 ctx.error(at, &format!("{list}[{i}]"), message);
                 ok = false;
             }
         }
+    }
+    for (repeat, first) in static_list::duplicates(&backends) {
+        let ((at, i), (_, first_i)) = (places[repeat], places[first]);
+        let message = format!(
+            "duplicate backend {} (also {list}[{first_i}])",
+            backends[repeat].key()
+        );
+        ctx.error(at, &format!("{list}[{i}]"), message);
+        ok = false;
     }
     ok.then_some(backends)
 }
