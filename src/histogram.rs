@@ -6,9 +6,14 @@
 //! reads the atomics one by one without stopping writers: a snapshot taken while
 //! observations land may have a sum that is a few observations ahead of or behind its
 //! buckets, which Prometheus tolerates.
+//!
+//! The counts are allocated at the first observation: every backend has two of these,
+//! and with many backends most never carry a connection (an empty one is 24 bytes, not
+//! 152).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 const MS: u64 = 1_000_000;
@@ -72,6 +77,10 @@ const fn ascending(bounds: &[u64]) -> bool {
 /// ascending, inclusive), plus one for everything above the last bound.
 pub struct Histogram<const N: usize> {
     bounds: &'static [u64; N],
+    counts: OnceLock<Box<Counts<N>>>,
+}
+
+struct Counts<const N: usize> {
     buckets: [AtomicU64; N],
     above: AtomicU64,
     /// Sum of all observations in nanoseconds; wraps after about 584 years of total
@@ -85,34 +94,43 @@ impl<const N: usize> Histogram<N> {
     pub const fn new(bounds: &'static [u64; N]) -> Self {
         Histogram {
             bounds,
-            buckets: [const { AtomicU64::new(0) }; N],
-            above: AtomicU64::new(0),
-            sum_ns: AtomicU64::new(0),
+            counts: OnceLock::new(),
         }
     }
 
     /// Counts one observation.
     pub fn observe(&self, elapsed: Duration) {
+        let counts = self.counts.get_or_init(|| {
+            Box::new(Counts {
+                buckets: [const { AtomicU64::new(0) }; N],
+                above: AtomicU64::new(0),
+                sum_ns: AtomicU64::new(0),
+            })
+        });
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         // The first bound not below `ns`: bounds are inclusive upper limits ("le").
         let index = self.bounds.partition_point(|&bound| bound < ns);
-        self.buckets
+        counts
+            .buckets
             .get(index)
-            .unwrap_or(&self.above)
+            .unwrap_or(&counts.above)
             .fetch_add(1, Ordering::Relaxed);
-        self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+        counts.sum_ns.fetch_add(ns, Ordering::Relaxed);
     }
 
     /// The current counts, in the shape Prometheus encoders take.
     pub fn snapshot(&self) -> Snapshot {
+        let counts = self.counts.get();
+        let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let mut buckets = Vec::with_capacity(N + 1);
-        for (bound, count) in self.bounds.iter().zip(&self.buckets) {
-            buckets.push((*bound as f64 / 1e9, count.load(Ordering::Relaxed)));
+        for (i, bound) in self.bounds.iter().enumerate() {
+            let n = counts.map_or(0, |c| load(&c.buckets[i]));
+            buckets.push((*bound as f64 / 1e9, n));
         }
-        buckets.push((f64::INFINITY, self.above.load(Ordering::Relaxed)));
+        buckets.push((f64::INFINITY, counts.map_or(0, |c| load(&c.above))));
         Snapshot {
             count: buckets.iter().map(|(_, n)| n).sum(),
-            sum_seconds: self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
+            sum_seconds: counts.map_or(0, |c| load(&c.sum_ns)) as f64 / 1e9,
             buckets,
         }
     }
@@ -174,6 +192,16 @@ mod tests {
         assert_eq!(bounds[16], f64::INFINITY);
         assert_eq!(snapshot.count, 0);
         assert_eq!(snapshot.sum_seconds, 0.0);
+    }
+
+    #[test]
+    fn an_unobserved_histogram_is_small_and_reads_as_zeros() {
+        let h = Histogram::new(&CONNECTION_BOUNDS_NS);
+        assert!(std::mem::size_of_val(&h) <= 24);
+        let snapshot = h.snapshot();
+        assert_eq!(snapshot.buckets.len(), CONNECTION_BOUNDS_NS.len() + 1);
+        assert!(snapshot.buckets.iter().all(|(_, n)| *n == 0));
+        assert_eq!((snapshot.count, snapshot.sum_seconds), (0, 0.0));
     }
 
     #[test]
