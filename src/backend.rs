@@ -168,9 +168,12 @@ pub struct BackendState {
     /// Recent health transitions, oldest first (changes are rare: a lock is fine).
     history: Mutex<VecDeque<HealthEvent>>,
     /// Watched by this backend's open connections; cancelled to close them (a drain
-    /// deadline), then replaced. A child of the runtime's hard stop, so a shutdown that
-    /// runs out of time closes them too.
-    cut: ArcSwap<CancellationToken>,
+    /// deadline), then dropped. A child of the runtime's hard stop, so a shutdown that
+    /// runs out of time closes them too. Made by the first connection that needs one:
+    /// most backends of a large configuration never have one.
+    cut: ArcSwapOption<CancellationToken>,
+    /// Held to make or replace `cut` (never by a connection that finds one).
+    cut_change: Mutex<()>,
     cut_parent: OnceLock<CancellationToken>,
     /// Bumped by every admin-state change through the API, so a drain deadline set
     /// before a later change does not fire after it.
@@ -214,9 +217,7 @@ impl BackendState {
     /// Ties this backend's connections to `parent` (the runtime's hard stop) and its
     /// changes to `events` (its server's failover task); once.
     pub fn link_to(&self, parent: &CancellationToken, events: &Arc<Notify>) {
-        if self.cut_parent.set(parent.clone()).is_ok() {
-            self.cut.store(Arc::new(parent.child_token()));
-        }
+        let _ = self.cut_parent.set(parent.clone());
         let _ = self.events.set(Arc::clone(events));
     }
 
@@ -333,7 +334,19 @@ impl BackendState {
 
     /// What a new connection to this backend watches to be told to close.
     pub fn cut_token(&self) -> CancellationToken {
-        CancellationToken::clone(&self.cut.load())
+        if let Some(token) = &*self.cut.load() {
+            return CancellationToken::clone(token);
+        }
+        let _change = self.cut_change.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(token) = &*self.cut.load() {
+            return CancellationToken::clone(token);
+        }
+        let fresh = match self.cut_parent.get() {
+            Some(parent) => parent.child_token(),
+            None => CancellationToken::new(),
+        };
+        self.cut.store(Some(Arc::new(fresh.clone())));
+        fresh
     }
 
     /// Records an admin-state change; returns its number.
@@ -350,11 +363,10 @@ impl BackendState {
     /// not affected.
     pub fn cut_connections(&self, why: Cut) {
         self.cut_reason.store(why as u8, Ordering::Release);
-        let fresh = match self.cut_parent.get() {
-            Some(parent) => parent.child_token(),
-            None => CancellationToken::new(),
-        };
-        self.cut.swap(Arc::new(fresh)).cancel();
+        let _change = self.cut_change.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(open) = self.cut.swap(None) {
+            open.cancel();
+        }
     }
 
     /// Bytes per second both ways over the last second (for `leastbandwidth`).

@@ -48,8 +48,9 @@ struct RebuildState {
     /// The health check configuration the running checks use, with the PROXY header
     /// version they send (the server's): a reload that changes either restarts them.
     health: Option<(HealthConfig, Option<ProxyVersion>, Vec<std::net::IpAddr>)>,
-    /// Each backend's check and resolver, by key, with the spec they were started for.
-    per_backend: HashMap<String, (BackendSpec, CancellationToken)>,
+    /// Each backend's check and resolver, by key, with the backend (and so the spec)
+    /// they were started for.
+    per_backend: HashMap<String, (Arc<Backend>, CancellationToken)>,
     sampler: Option<CancellationToken>,
     /// The first pool was built: backends that join later, or come back, warm up.
     started: bool,
@@ -176,8 +177,8 @@ impl PoolRebuilder {
         for backend in pool.backends() {
             let key = backend.key().to_owned();
             match running.remove(&key) {
-                Some((spec, stop)) if spec == backend.spec => {
-                    state.per_backend.insert(key, (spec, stop));
+                Some((started_for, stop)) if started_for.spec == backend.spec => {
+                    state.per_backend.insert(key, (Arc::clone(backend), stop));
                     continue;
                 }
                 Some((_, stop)) => stop.cancel(),
@@ -191,7 +192,7 @@ impl PoolRebuilder {
                 let check = (&settings.healthcheck, settings.proxy_protocol.send);
                 health::check_backends(name, check, &alone, &self.probes, &stop);
             }
-            state.per_backend.insert(key, (backend.spec.clone(), stop));
+            state.per_backend.insert(key, (Arc::clone(backend), stop));
         }
         // What is left was removed.
         for (_, (_, stop)) in running {
