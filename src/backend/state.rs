@@ -1,9 +1,6 @@
-//! Backends: what each is configured as and how it is doing.
-//!
-//! A [`Backend`] is one `host:port` with its configured [`BackendSpec`] and its live
-//! [`BackendState`] (health, admin state, counters). The state is shared through an `Arc`
-//! so that a reload which changes a backend's weight or tier keeps its health and the
-//! connections already counted against it.
+//! A backend's live state: health and ejection, warm-up, what its connections watch to
+//! be cut, its counters and its recent health history. Shared through an `Arc` by every
+//! [`super::Backend`] built for the same key, so a reload keeps it.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -17,95 +14,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::histogram::{Histogram, CONNECTION_BOUNDS_NS, CONNECT_BOUNDS_NS};
-use crate::outbound::{Leave, Sources};
-
-/// One backend as configured: a `static_list` line, or later a discovered entry.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct BackendSpec {
-    /// Host name or IP literal (IPv6 without brackets).
-    pub host: String,
-    pub port: u16,
-    /// Relative share of traffic; at least 1.
-    pub weight: u32,
-    /// Priority tier: the lowest value that has an available backend takes the traffic.
-    pub priority: u32,
-    /// Cap on this backend's concurrent connections; `None` means no cap.
-    pub max_connections: Option<u32>,
-    /// Takes traffic only when no non-backup backend is available.
-    pub backup: bool,
-    /// SNI name this backend serves (used by SNI routing).
-    pub sni: Option<String>,
-    /// ALPN protocol this backend serves (SNI routing: only clients offering it).
-    pub alpn: Option<String>,
-    /// The operator's wish (`state=` in a backend line; the API's PATCH).
-    pub admin: AdminState,
-    /// The local address connections and checks to it leave from (`source=`), over the
-    /// server's `source`.
-    pub source: Option<std::net::IpAddr>,
-}
-
-impl BackendSpec {
-    /// A spec with GoBetween's defaults (weight 1, priority 1, no cap).
-    pub fn new(host: impl Into<String>, port: u16) -> Self {
-        BackendSpec {
-            host: host.into(),
-            port,
-            weight: 1,
-            priority: 1,
-            max_connections: None,
-            backup: false,
-            sni: None,
-            alpn: None,
-            admin: AdminState::Enabled,
-            source: None,
-        }
-    }
-
-    /// The backend's identity, `host:port` (`[v6]:port` for IPv6 literals).
-    pub fn key(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// Operator's wish for a backend, independent of its health.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub enum AdminState {
-    #[default]
-    Enabled,
-    Disabled,
-    /// No new connections; established ones finish.
-    Draining,
-}
-
-impl AdminState {
-    /// The name in backend lines and the API (`state=drain`).
-    pub fn as_str(self) -> &'static str {
-        match self {
-            AdminState::Enabled => "enabled",
-            AdminState::Disabled => "disabled",
-            AdminState::Draining => "drain",
-        }
-    }
-}
-
-impl std::str::FromStr for AdminState {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "enabled" => Ok(AdminState::Enabled),
-            "disabled" => Ok(AdminState::Disabled),
-            "drain" | "draining" => Ok(AdminState::Draining),
-            other => Err(format!(
-                "unknown state \"{other}\"; expected enabled, disabled or drain"
-            )),
-        }
-    }
-}
 
 /// Milliseconds on this process's monotonic clock, from 1 (0 stands for "never").
 pub fn clock_ms() -> u64 {
@@ -128,7 +36,7 @@ pub enum Cut {
 /// Live state of a backend, shared across reloads for as long as its key stays configured.
 #[derive(Debug, Default)]
 pub struct BackendState {
-    healthy: AtomicBool,
+    pub(super) healthy: AtomicBool,
     /// Failures in a row (connects; with `eject_on_reset`, resets before the backend's
     /// first byte), for passive health and outlier ejection.
     pub consecutive_connect_failures: AtomicU32,
@@ -144,9 +52,9 @@ pub struct BackendState {
     ramp_from: AtomicU64,
     /// Whether it has been up since this process began watching it: the first time a
     /// backend of the initial configuration comes up is no comeback (no warm-up).
-    ever_up: AtomicBool,
+    pub(super) ever_up: AtomicBool,
     /// Warm up even on its first time up (it was added while the server ran).
-    ramp_first_up: AtomicBool,
+    pub(super) ramp_first_up: AtomicBool,
     /// When it was last up (healthy and in rotation), on [`clock_ms`]; 0: never. Kept
     /// for `all_down = "last"`.
     last_up: AtomicU64,
@@ -162,7 +70,7 @@ pub struct BackendState {
     watched: AtomicBool,
     pub stats: BackendStats,
     /// Resolved socket addresses; empty until the host name resolves.
-    addrs: ArcSwap<Vec<SocketAddr>>,
+    pub(super) addrs: ArcSwap<Vec<SocketAddr>>,
     /// Bytes per second (from the backend, to the backend) over the last second.
     rates: [AtomicU64; 2],
     /// Recent health transitions, oldest first (changes are rare: a lock is fine).
@@ -200,7 +108,7 @@ impl BackendState {
         }
     }
 
-    fn record_health(&self, up: bool) {
+    pub(super) fn record_health(&self, up: bool) {
         let at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
@@ -229,7 +137,7 @@ impl BackendState {
     }
 
     /// A connection `opened` or closed: the watch, if any, is told.
-    fn load_changed(&self, opened: bool) {
+    pub(super) fn load_changed(&self, opened: bool) {
         if self.watched.load(Ordering::Relaxed) {
             if let Some(watched) = &*self.load_watch.load() {
                 watched.watch.changed(watched.slot, opened);
@@ -318,7 +226,7 @@ impl BackendState {
     }
 
     /// Records that it leaves rotation at `now`, if it was in until then.
-    fn note_down(&self, now: u64) {
+    pub(super) fn note_down(&self, now: u64) {
         if self.ever_up.load(Ordering::Relaxed) {
             self.last_up.fetch_max(now, Ordering::Relaxed);
         }
@@ -436,180 +344,6 @@ impl Default for BackendStats {
     }
 }
 
-/// A backend: its configured spec plus its shared live state.
-pub struct Backend {
-    pub spec: BackendSpec,
-    pub state: Arc<BackendState>,
-    key: String,
-    /// The local addresses its connections and checks leave from: its own `source=`, or
-    /// the server's `source`; `None`: the kernel picks.
-    sources: Option<Arc<Sources>>,
-}
-
-impl fmt::Debug for Backend {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Backend")
-            .field("key", &self.key)
-            .field("healthy", &self.is_healthy())
-            .field("active", &self.active())
-            .finish()
-    }
-}
-
-impl Backend {
-    /// A new backend with fresh state; `healthy` is the configured initial status.
-    pub fn new(spec: BackendSpec, healthy: bool) -> Self {
-        let state = Arc::new(BackendState::default());
-        state.healthy.store(healthy, Ordering::Relaxed);
-        state.ever_up.store(healthy, Ordering::Relaxed);
-        if let Ok(ip) = spec.host.parse() {
-            state
-                .addrs
-                .store(Arc::new(vec![SocketAddr::new(ip, spec.port)]));
-        }
-        Self::with_state(spec, state)
-    }
-
-    /// A backend with a new spec that keeps `state` (health, counters) of an earlier one.
-    pub fn with_state(spec: BackendSpec, state: Arc<BackendState>) -> Self {
-        let key = spec.key();
-        let sources = spec.source.and_then(|ip| Sources::new(&[ip])).map(Arc::new);
-        Backend {
-            spec,
-            state,
-            key,
-            sources,
-        }
-    }
-
-    /// Leaves from `server`'s sources unless the backend names its own.
-    pub fn with_server_sources(mut self, server: Option<&Arc<Sources>>) -> Self {
-        if self.spec.source.is_none() {
-            self.sources = server.cloned();
-        }
-        self
-    }
-
-    /// Where its connections and checks leave from; `exhausted` counts the sources
-    /// passed over for having no port left.
-    pub fn leave<'a>(&'a self, exhausted: Option<&'a AtomicU64>) -> Leave<'a> {
-        match self.sources.as_deref() {
-            None => Leave::Kernel,
-            Some(sources) => Leave::From { sources, exhausted },
-        }
-    }
-
-    /// The local addresses its connections and checks leave from (empty: the kernel
-    /// picks).
-    pub fn source_addrs(&self) -> &[std::net::IpAddr] {
-        self.sources.as_deref().map_or(&[], Sources::addrs)
-    }
-
-    /// `host:port`, the backend's identity.
-    pub fn key(&self) -> &str {
-        &self.key
-    }
-
-    pub fn weight(&self) -> u32 {
-        self.spec.weight.max(1)
-    }
-
-    pub fn is_healthy(&self) -> bool {
-        self.state.healthy.load(Ordering::Relaxed)
-    }
-
-    /// Sets health; returns true if it changed (and records the transition). A
-    /// backend coming back up begins its warm-up — unless this is the first time up of
-    /// one configured when the server started.
-    pub fn set_healthy(&self, healthy: bool) -> bool {
-        let state = &self.state;
-        let changed = state.healthy.swap(healthy, Ordering::Relaxed) != healthy;
-        if changed {
-            let now = clock_ms();
-            state.record_health(healthy);
-            state
-                .stats
-                .health_transitions
-                .fetch_add(1, Ordering::Relaxed);
-            if healthy {
-                let comeback = state.ever_up.swap(true, Ordering::Relaxed)
-                    || state.ramp_first_up.load(Ordering::Relaxed);
-                if comeback {
-                    state.start_ramp(now);
-                }
-            } else {
-                state.note_down(now);
-            }
-            state.notify();
-        }
-        changed
-    }
-
-    /// Healthy and not ejected: in rotation, but for its admin state and cap.
-    pub fn is_up(&self) -> bool {
-        self.is_healthy() && !self.state.is_ejected()
-    }
-
-    pub fn admin_state(&self) -> AdminState {
-        self.spec.admin
-    }
-
-    /// Connections open to this backend right now.
-    pub fn active(&self) -> u64 {
-        self.state.stats.active.load(Ordering::Relaxed)
-    }
-
-    /// Healthy, not ejected, enabled and below its connection cap: may be given a new
-    /// connection.
-    pub fn is_available(&self) -> bool {
-        self.is_up() && self.takes_connections()
-    }
-
-    /// Enabled and below its connection cap, whatever its health: what a tier in panic
-    /// or the all-down fallback may use.
-    pub fn takes_connections(&self) -> bool {
-        self.admin_state() == AdminState::Enabled
-            && self
-                .spec
-                .max_connections
-                .is_none_or(|max| self.active() < u64::from(max))
-    }
-
-    /// Resolved addresses (empty if the host name has not resolved yet).
-    pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
-        self.state.addrs.load_full()
-    }
-
-    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
-        self.state.addrs.store(Arc::new(addrs));
-    }
-
-    /// Counts a new connection against this backend, respecting `max_connections` even
-    /// when several connections race for the last slot. `None` if the cap is reached.
-    pub fn try_acquire(self: &Arc<Self>) -> Option<ConnGuard> {
-        let stats = &self.state.stats;
-        match self.spec.max_connections {
-            None => {
-                stats.active.fetch_add(1, Ordering::Relaxed);
-            }
-            Some(max) => {
-                let max = u64::from(max);
-                stats
-                    .active
-                    .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                        (n < max).then_some(n + 1)
-                    })
-                    .ok()?;
-            }
-        }
-        stats.total.fetch_add(1, Ordering::Relaxed);
-        self.state.load_changed(true);
-        Some(ConnGuard {
-            backend: Arc::clone(self),
-        })
-    }
-}
-
 /// Told when the load of a backend it watches changes (a strategy that keeps its
 /// backends ordered by open connections, `leastconn`, or bounds them, a hash strategy
 /// with `hash_balance_factor`).
@@ -628,49 +362,5 @@ pub struct Watched {
 impl fmt::Debug for Watched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watched").field("slot", &self.slot).finish()
-    }
-}
-
-/// One connection counted against a backend; dropping it releases the count.
-#[derive(Debug)]
-pub struct ConnGuard {
-    backend: Arc<Backend>,
-}
-
-impl ConnGuard {
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.backend
-    }
-}
-
-impl Drop for ConnGuard {
-    fn drop(&mut self) {
-        let state = &self.backend.state;
-        state.stats.active.fetch_sub(1, Ordering::Relaxed);
-        state.load_changed(false);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn max_connections_caps_acquire_and_guard_releases() {
-        let mut spec = BackendSpec::new("127.0.0.1", 1);
-        spec.max_connections = Some(2);
-        let b = Arc::new(Backend::new(spec, true));
-        let g1 = b.try_acquire().expect("first");
-        let _g2 = b.try_acquire().expect("second");
-        assert!(b.try_acquire().is_none());
-        assert!(!b.is_available());
-        drop(g1);
-        assert!(b.is_available());
-        assert_eq!(b.state.stats.total.load(Ordering::Relaxed), 2);
-    }
-
-    #[test]
-    fn ipv6_key_has_brackets() {
-        assert_eq!(BackendSpec::new("::1", 80).key(), "[::1]:80");
     }
 }
