@@ -31,7 +31,7 @@ fn server(backend: SocketAddr, max_responses: Option<u32>) -> ServerConfig {
         ..ServerConfig::new(
             "127.0.0.1:0".parse().expect("address"),
             DiscoveryConfig::Static {
-                backends: vec![BackendSpec::new("127.0.0.1", backend.port())],
+                backends: vec![BackendSpec::new("127.0.0.1", backend.port())].into(),
             },
         )
     }

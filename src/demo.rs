@@ -90,7 +90,12 @@ fn demo_config(bind: SocketAddr, backends: Vec<BackendSpec>, api: ApiConfig) -> 
             kind: HealthKind::Ping,
             ..HealthConfig::default()
         },
-        ..ServerConfig::new(bind, DiscoveryConfig::Static { backends })
+        ..ServerConfig::new(
+            bind,
+            DiscoveryConfig::Static {
+                backends: backends.into(),
+            },
+        )
     };
     Config {
         logging: LoggingConfig::default(),

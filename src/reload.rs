@@ -66,13 +66,15 @@ mod tests {
     use crate::config::DiscoveryConfig;
 
     fn server(port: u16, backends: &[u16]) -> ServerConfig {
-        let backends = backends
+        let backends: Vec<_> = backends
             .iter()
             .map(|p| BackendSpec::new("127.0.0.1", *p))
             .collect();
         ServerConfig::new(
             ([127, 0, 0, 1], port).into(),
-            DiscoveryConfig::Static { backends },
+            DiscoveryConfig::Static {
+                backends: backends.into(),
+            },
         )
     }
 

@@ -61,7 +61,9 @@ async fn reloaded_weights_take_effect_exactly() {
     assert_eq!(sequential(&lb, 10).await, counts(&[("a", 5), ("b", 5)]));
     let mut list = specs(&backends[..2]);
     list[1].weight = 3;
-    cfg.discovery = sluice::config::DiscoveryConfig::Static { backends: list };
+    cfg.discovery = sluice::config::DiscoveryConfig::Static {
+        backends: list.into(),
+    };
     lb.runtime.apply(config(cfg)).await.expect("reload");
     assert_eq!(sequential(&lb, 40).await, counts(&[("a", 10), ("b", 30)]));
 }

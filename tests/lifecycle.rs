@@ -116,7 +116,9 @@ async fn reloads_lose_no_byte_of_100_streaming_connections() {
 }
 
 fn discovery(backends: Vec<sluice::backend::BackendSpec>) -> sluice::config::DiscoveryConfig {
-    sluice::config::DiscoveryConfig::Static { backends }
+    sluice::config::DiscoveryConfig::Static {
+        backends: backends.into(),
+    }
 }
 
 #[tokio::test]

@@ -567,7 +567,7 @@ async fn a_reload_sends_new_sessions_to_new_backends_and_keeps_established_ones(
     );
     let next = ServerConfig {
         discovery: DiscoveryConfig::Static {
-            backends: vec![b.spec()],
+            backends: vec![b.spec()].into(),
         },
         ..config
     };
@@ -786,7 +786,7 @@ async fn a_server_bound_where_a_stopped_one_lingers_gets_every_datagram() {
     let mut next = crate::support::config(ServerConfig {
         bind: bind.into(),
         discovery: DiscoveryConfig::Static {
-            backends: vec![new_backend.spec()],
+            backends: vec![new_backend.spec()].into(),
         },
         ..old
     });

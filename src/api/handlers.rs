@@ -484,7 +484,7 @@ fn static_backends<'c>(config: &'c mut Config, name: &str) -> ApiResult<&'c mut 
         .get_mut(name)
         .ok_or_else(|| no_server(name))?;
     match &mut server.discovery {
-        DiscoveryConfig::Static { backends } => Ok(backends),
+        DiscoveryConfig::Static { backends } => Ok(std::sync::Arc::make_mut(backends)),
         _ => Err(ApiError::new(
             StatusCode::CONFLICT,
             "backends of this server come from discovery",

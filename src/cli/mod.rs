@@ -329,7 +329,10 @@ fn write_err(text: &str) {
 pub fn summary(config: &Config) -> String {
     let mut out = String::new();
     for (name, s) in &config.servers {
-        let backends = s.discovery.static_backends().map_or(&[][..], Vec::as_slice);
+        let backends = s
+            .discovery
+            .static_backends()
+            .map_or(&[][..], |list| list.as_slice());
         let listed = match s.discovery.static_backends() {
             Some(list) => format!("{} backend(s)", list.len()),
             None => format!("backends from {} discovery", s.discovery.kind()),

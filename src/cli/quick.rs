@@ -117,7 +117,9 @@ pub fn quick_config(args: &QuickArgs, tcp: Option<&TcpOnly>) -> anyhow::Result<C
             }
         }
     };
-    let discovery = config::DiscoveryConfig::Static { backends };
+    let discovery = config::DiscoveryConfig::Static {
+        backends: backends.into(),
+    };
     let server = ServerConfig {
         balance: args.balance,
         max_connections: (args.max_connections > 0).then_some(args.max_connections),

@@ -14,6 +14,13 @@ use super::{
 };
 use crate::backend::BackendSpec;
 
+/// A list of backends, shared by whoever holds it (`Arc::make_mut` to edit one).
+pub type BackendList = std::sync::Arc<Vec<BackendSpec>>;
+
+fn shown_list<S: serde::Serializer>(list: &BackendList, serializer: S) -> Result<S::Ok, S::Error> {
+    write_as::each_shown(list, serializer)
+}
+
 /// What `timeout = "0"` (or no `timeout`) means for a dynamic kind. GoBetween's "0"
 /// waits forever, which lets one hung source freeze a server's backends for good.
 pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,10 +30,12 @@ pub const DEFAULT_DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum DiscoveryConfig {
-    /// `kind = "static"`: the `static_list`.
+    /// `kind = "static"`: the `static_list`. Shared, not copied, by every holder of the
+    /// configuration (the running one, each server's settings, its pool's rebuilder): a
+    /// list can be 100 000 lines long. An edit copies it first.
     Static {
-        #[serde(rename = "static_list", serialize_with = "write_as::each_shown")]
-        backends: Vec<BackendSpec>,
+        #[serde(rename = "static_list", serialize_with = "shown_list")]
+        backends: BackendList,
     },
     /// `kind = "srv"`: DNS SRV records.
     Srv {
@@ -132,7 +141,7 @@ impl DiscoveryConfig {
     }
 
     /// The backends of a `static` discovery; `None` for dynamic kinds.
-    pub fn static_backends(&self) -> Option<&Vec<BackendSpec>> {
+    pub fn static_backends(&self) -> Option<&BackendList> {
         match self {
             DiscoveryConfig::Static { backends } => Some(backends),
             _ => None,

@@ -90,8 +90,8 @@ pub use bind::{resolve_names, Bind, BindRange, Binds};
 pub(crate) use checks::typed as typed_checks;
 pub use checks::validate;
 pub use discovery::{
-    DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy, FileParams,
-    JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
+    BackendList, DiscoveryCommon, DiscoveryConfig, DnsParams, DnsProtocol, ExecParams, FailPolicy,
+    FileParams, JsonParams, PlaintextParams, SrvParams, DEFAULT_DISCOVERY_TIMEOUT,
 };
 pub use duration::{parse_duration, parse_timeout};
 pub use error::{ConfigError, ConfigErrors, Warning};

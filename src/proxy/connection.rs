@@ -420,7 +420,12 @@ mod tests {
     #[tokio::test]
     async fn connection_tasks_stay_small() {
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        let config = ServerConfig::new(any, DiscoveryConfig::Static { backends: vec![] });
+        let config = ServerConfig::new(
+            any,
+            DiscoveryConfig::Static {
+                backends: Default::default(),
+            },
+        );
         let server = Arc::new(ServerShared::new("sized", &config));
         let listener = tokio::net::TcpListener::bind(any).await.expect("bind");
         let addr = listener.local_addr().expect("address");

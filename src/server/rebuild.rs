@@ -14,7 +14,9 @@ use tokio_util::sync::CancellationToken;
 use super::bandwidth;
 use crate::backend::{clock_ms, AdminState, Backend, BackendSpec};
 use crate::balance::{Balance, BalanceKind};
-use crate::config::{HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig};
+use crate::config::{
+    BackendList, HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig,
+};
 use crate::failover;
 use crate::health::{self, Probes};
 use crate::outbound::Sources;
@@ -43,8 +45,9 @@ pub(crate) struct PoolRebuilder {
 
 #[derive(Default)]
 struct RebuildState {
-    /// The backend list the pool was last built from.
-    specs: Vec<BackendSpec>,
+    /// The backend list the pool was last built from (a static one shared with the
+    /// configuration).
+    specs: BackendList,
     /// The health check configuration the running checks use, with the PROXY header
     /// version they send (the server's): a reload that changes either restarts them.
     health: Option<(HealthConfig, Option<ProxyVersion>, Vec<std::net::IpAddr>)>,
@@ -81,7 +84,7 @@ impl PoolRebuilder {
         if runner.is_cancelled() {
             return;
         }
-        state.specs = specs;
+        state.specs = Arc::new(specs);
         let before = self.shared.pool.load_full();
         self.rebuild(&mut state, None).await;
         // `close_on_down`: a backend discovery no longer lists is down for good.
@@ -104,7 +107,7 @@ impl PoolRebuilder {
     pub(crate) async fn replace(
         &self,
         settings: Option<Arc<ServerConfig>>,
-        specs: Option<Vec<BackendSpec>>,
+        specs: Option<BackendList>,
     ) {
         let mut state = self.state.lock().await;
         if let Some(specs) = specs {

@@ -43,7 +43,12 @@ pub fn server(balance: BalanceKind, backends: Vec<BackendSpec>) -> ServerConfig 
     ServerConfig {
         balance,
         backend_connection_timeout: Some(Duration::from_secs(2)),
-        ..ServerConfig::new(bind, DiscoveryConfig::Static { backends })
+        ..ServerConfig::new(
+            bind,
+            DiscoveryConfig::Static {
+                backends: backends.into(),
+            },
+        )
     }
 }
 

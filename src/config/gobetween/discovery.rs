@@ -202,7 +202,9 @@ pub(super) fn required<'t>(
 fn static_kind(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<DiscoveryConfig> {
     let f = required(ctx, sec, "static_list", "static")?;
     let backends = static_list(ctx, &f)?;
-    Some(DiscoveryConfig::Static { backends })
+    Some(DiscoveryConfig::Static {
+        backends: backends.into(),
+    })
 }
 
 fn static_list(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<Vec<BackendSpec>> {

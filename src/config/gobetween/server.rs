@@ -250,7 +250,7 @@ fn server(
         }
         Some(f) => ctx.table(&f).and_then(|s| discovery(ctx, s)),
         None if forwards => Some(DiscoveryConfig::Static {
-            backends: Vec::new(),
+            backends: Default::default(),
         }),
         None => {
             let message = "missing [discovery]: a server needs backends, e.g. kind = \"static\" \

@@ -323,7 +323,9 @@ fn front<'p>(
         .or(file.global.maxconn);
     let mut server = ServerConfig::new(
         std::net::SocketAddr::from(([0, 0, 0, 0], 0)),
-        DiscoveryConfig::Static { backends },
+        DiscoveryConfig::Static {
+            backends: backends.into(),
+        },
     );
     server.balance = shared.balance;
     server.hash_balance_factor = shared.hash_balance_factor;

@@ -128,7 +128,9 @@ fn rule(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(String, Pos, ServerConfi
         backend_connection_timeout: Some(DIAL_TIMEOUT),
         ..ServerConfig::new(
             ([0, 0, 0, 0], 0).into(),
-            DiscoveryConfig::Static { backends },
+            DiscoveryConfig::Static {
+                backends: backends.into(),
+            },
         )
     };
     Some((name, name_at, server, from_at))

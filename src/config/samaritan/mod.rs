@@ -208,7 +208,9 @@ fn server(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, ServerConfig)> 
         healthcheck: healthcheck.unwrap_or_default(),
         ..ServerConfig::new(
             ([0, 0, 0, 0], 0).into(),
-            DiscoveryConfig::Static { backends },
+            DiscoveryConfig::Static {
+                backends: backends.into(),
+            },
         )
     };
     let named = Named {

@@ -124,7 +124,9 @@ pub(super) fn service(ctx: &mut Ctx<'_>, item: &Field<'_>) -> Option<(Named, Ser
     }
     let ((name, name_at), (server, bind_key, bind_at), backends) = (name?, config?, endpoints?);
     let server = ServerConfig {
-        discovery: DiscoveryConfig::Static { backends },
+        discovery: DiscoveryConfig::Static {
+            backends: backends.into(),
+        },
         ..server
     };
     let named = Named {
@@ -180,7 +182,7 @@ fn service_config(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<(ServerConfig, Str
         ..ServerConfig::new(
             bind,
             DiscoveryConfig::Static {
-                backends: Vec::new(),
+                backends: Default::default(),
             },
         )
     };

@@ -16,7 +16,12 @@ fn a_changed_configuration_is_validated_as_the_file_would_be() {
     let server = |port: u16| {
         let bind = SocketAddr::from(([127, 0, 0, 1], port));
         let backends = vec![crate::backend::BackendSpec::new("127.0.0.1", 8000)];
-        ServerConfig::new(bind, DiscoveryConfig::Static { backends })
+        ServerConfig::new(
+            bind,
+            DiscoveryConfig::Static {
+                backends: backends.into(),
+            },
+        )
     };
     let mut config = Config::default();
     config.servers.insert("a".into(), server(4000));
@@ -33,8 +38,10 @@ fn a_changed_configuration_is_validated_as_the_file_would_be() {
     assert_eq!(validate(&config, named), Ok(()));
 
     // A static list emptied, or given a backend twice, as the reader says it.
-    let with_backends = |backends| ServerConfig {
-        discovery: DiscoveryConfig::Static { backends },
+    let with_backends = |backends: Vec<_>| ServerConfig {
+        discovery: DiscoveryConfig::Static {
+            backends: backends.into(),
+        },
         ..server(4001)
     };
     config.servers.insert("b".into(), with_backends(Vec::new()));

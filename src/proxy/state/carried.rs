@@ -241,7 +241,12 @@ mod tests {
 
     fn config() -> ServerConfig {
         let any: SocketAddr = "127.0.0.1:0".parse().expect("address");
-        ServerConfig::new(any, DiscoveryConfig::Static { backends: vec![] })
+        ServerConfig::new(
+            any,
+            DiscoveryConfig::Static {
+                backends: Default::default(),
+            },
+        )
     }
 
     fn server(config: &ServerConfig) -> ServerShared {
