@@ -435,6 +435,35 @@ async fn a_burst_from_one_client_arrives_whole_and_in_order_both_ways() {
 }
 
 #[tokio::test]
+async fn a_burst_of_mixed_sizes_keeps_every_datagram_whole() {
+    // Runs of one size go as one segmented (GSO) send, the last of a run may be shorter,
+    // and a size change ends a run: whichever way a batch is cut, each datagram arrives
+    // alone, whole and in order.
+    let (_backend, lb) = behind_one(limits(None, None)).await;
+    let socket = client("127.0.0.1:0").await;
+    // Small enough in all that no socket buffer on the way overflows.
+    let sizes = [200usize, 200, 200, 17, 1_000, 1_000, 64];
+    let sent: Vec<Vec<u8>> = (0..70)
+        .map(|i| {
+            let mut payload = format!("mixed {i:03} ").into_bytes();
+            payload.resize(sizes[i % sizes.len()], b'a' + (i % 26) as u8);
+            payload
+        })
+        .collect();
+    for payload in &sent {
+        socket.send_to(payload, lb.addr).await.expect("send");
+    }
+    let mut echoed = Vec::new();
+    while echoed.len() < sent.len() {
+        let Some(reply) = receive(&socket, WAIT).await else {
+            panic!("{} of {} replies", echoed.len(), sent.len());
+        };
+        echoed.push(Reply::parse(&reply).echoed);
+    }
+    assert_eq!(echoed, sent);
+}
+
+#[tokio::test]
 async fn a_datagram_too_big_for_the_backend_is_dropped_and_counted() {
     // An IPv6 client may send up to 65 527 bytes; an IPv4 backend takes at most 65 507.
     let (backend, lb) = on_ipv6_behind_one().await;

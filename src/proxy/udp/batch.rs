@@ -1,9 +1,16 @@
 //! Batched system calls on UDP sockets: a session's replies read with one `recvmmsg(2)`
 //! and sent to its client with one `sendmmsg(2)`, and a client's datagrams sent to its
 //! session with one `sendmmsg(2)` (Linux).
+//!
+//! A batch of datagrams of one size (the last may be shorter) goes as one UDP GSO send
+//! instead (`UDP_SEGMENT`): the kernel builds, routes and filters one buffer and cuts it
+//! into the datagrams at the end, where `sendmmsg` pays for each. Any refusal but a full
+//! buffer falls back to `sendmmsg` for that batch, whose per-datagram results the
+//! callers use; a kernel without UDP GSO turns it off for the process.
 
 use std::io;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
@@ -132,6 +139,9 @@ fn send_batch(
     if n == 0 {
         return Ok(0);
     }
+    if let Some(sent) = send_segmented(socket, &datagrams[..n], to) {
+        return sent;
+    }
     let iovs: [[IoSlice<'_>; 1]; MOST] =
         std::array::from_fn(|i| [IoSlice::new(datagrams.get(i).copied().unwrap_or_default())]);
     let mut controls: [SendAncillaryBuffer<'_, '_, '_>; MOST] =
@@ -148,4 +158,61 @@ fn send_batch(
         }
     });
     sendmmsg(socket, &mut headers[..n], SendFlags::DONTWAIT).map_err(io::Error::from)
+}
+
+/// Set when the kernel does not offer UDP GSO.
+static NO_GSO: AtomicBool = AtomicBool::new(false);
+
+/// The largest datagram sent segmented: under any usual path MTU, so that no segment
+/// needs IP fragmentation (which GSO refuses).
+const GSO_MOST_SEGMENT: usize = 1_400;
+/// The most bytes one segmented send carries (the kernel takes up to 64 KiB less headers).
+const GSO_MOST_BYTES: usize = 60 * 1024;
+/// The most datagrams one segmented send carries (the kernel's limit is 64 or more).
+const GSO_MOST_DATAGRAMS: usize = 64;
+
+/// `datagrams` as one UDP GSO send, when they can go as one: `None` to send them one
+/// by one instead (sizes that differ, a kernel without GSO, any refusal but a full
+/// buffer); else all of them sent, or the full buffer's error.
+fn send_segmented(
+    socket: &impl std::os::fd::AsFd,
+    datagrams: &[&[u8]],
+    to: Option<SocketAddr>,
+) -> Option<io::Result<usize>> {
+    use nix::errno::Errno;
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockaddrStorage};
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    let (last, rest) = datagrams.split_last()?;
+    let size = rest.first()?.len();
+    let total: usize = datagrams.iter().map(|d| d.len()).sum();
+    if NO_GSO.load(Ordering::Relaxed)
+        || size == 0
+        || size > GSO_MOST_SEGMENT
+        || total > GSO_MOST_BYTES
+        || datagrams.len() > GSO_MOST_DATAGRAMS
+        || last.is_empty()
+        || last.len() > size
+        || rest.iter().any(|d| d.len() != size)
+    {
+        return None;
+    }
+    let segment = u16::try_from(size).ok()?;
+    let mut iovs = [IoSlice::new(&[]); GSO_MOST_DATAGRAMS];
+    for (iov, datagram) in iovs.iter_mut().zip(datagrams) {
+        *iov = IoSlice::new(datagram);
+    }
+    let iovs = &iovs[..datagrams.len()];
+    let control = [ControlMessage::UdpGsoSegments(&segment)];
+    let to = to.map(SockaddrStorage::from);
+    let fd = socket.as_fd().as_raw_fd();
+    match sendmsg(fd, iovs, &control, MsgFlags::MSG_DONTWAIT, to.as_ref()) {
+        Ok(_) => Some(Ok(datagrams.len())),
+        Err(Errno::EAGAIN) => Some(Err(io::ErrorKind::WouldBlock.into())),
+        Err(Errno::EIO | Errno::EOPNOTSUPP | Errno::ENOPROTOOPT) => {
+            NO_GSO.store(true, Ordering::Relaxed);
+            None
+        }
+        Err(_) => None,
+    }
 }
