@@ -4,9 +4,10 @@
 //!
 //! A batch of datagrams of one size (the last may be shorter) goes as one UDP GSO send
 //! instead (`UDP_SEGMENT`): the kernel builds, routes and filters one buffer and cuts it
-//! into the datagrams at the end, where `sendmmsg` pays for each. Any refusal but a full
-//! buffer falls back to `sendmmsg` for that batch, whose per-datagram results the
-//! callers use; a kernel without UDP GSO turns it off for the process.
+//! into the datagrams at the end, where `sendmmsg` pays for each. A refusal only a
+//! segmented send gets (a segment over the path's MTU) falls back to `sendmmsg` for that
+//! batch; any other error stands for the first datagram's, as `sendmmsg` reports it; a
+//! kernel without UDP GSO turns it off for the process.
 
 use std::io;
 use std::net::SocketAddr;
@@ -172,8 +173,8 @@ const GSO_MOST_BYTES: usize = 60 * 1024;
 const GSO_MOST_DATAGRAMS: usize = 64;
 
 /// `datagrams` as one UDP GSO send, when they can go as one: `None` to send them one
-/// by one instead (sizes that differ, a kernel without GSO, any refusal but a full
-/// buffer); else all of them sent, or the full buffer's error.
+/// by one instead (sizes that differ, a kernel without GSO, a refusal only a segmented
+/// send gets); else all of them sent, or an error that stands for the first datagram's.
 fn send_segmented(
     socket: &impl std::os::fd::AsFd,
     datagrams: &[&[u8]],
@@ -208,11 +209,15 @@ fn send_segmented(
     let fd = socket.as_fd().as_raw_fd();
     match sendmsg(fd, iovs, &control, MsgFlags::MSG_DONTWAIT, to.as_ref()) {
         Ok(_) => Some(Ok(datagrams.len())),
-        Err(Errno::EAGAIN) => Some(Err(io::ErrorKind::WouldBlock.into())),
+        // What only a segmented send refuses (a segment over the path's MTU, more
+        // than the kernel takes): these datagrams go one by one.
+        Err(Errno::EINVAL | Errno::EMSGSIZE) => None,
         Err(Errno::EIO | Errno::EOPNOTSUPP | Errno::ENOPROTOOPT) => {
             NO_GSO.store(true, Ordering::Relaxed);
             None
         }
-        Err(_) => None,
+        // A full buffer, or the error the socket held (an ICMP report, which reading it
+        // cleared): the first datagram's, as `sendmmsg` would have said.
+        Err(e) => Some(Err(io::Error::from(e))),
     }
 }
