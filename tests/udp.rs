@@ -405,6 +405,25 @@ async fn sizes_from_empty_to_the_largest_datagram_arrive_whole() {
     }
 }
 
+/// Sends `burst` back to back to `to`, then reads as many replies: what each echoed.
+async fn echoes_of_burst(
+    socket: &tokio::net::UdpSocket,
+    to: SocketAddr,
+    burst: &[Vec<u8>],
+) -> Vec<Vec<u8>> {
+    for payload in burst {
+        socket.send_to(payload, to).await.expect("send");
+    }
+    let mut echoed = Vec::with_capacity(burst.len());
+    while echoed.len() < burst.len() {
+        let Some(reply) = receive(socket, WAIT).await else {
+            panic!("{} of {} replies", echoed.len(), burst.len());
+        };
+        echoed.push(Reply::parse(&reply).echoed);
+    }
+    echoed
+}
+
 #[tokio::test]
 async fn a_burst_from_one_client_arrives_whole_and_in_order_both_ways() {
     // Sent back to back, the burst is read in batches and relayed a batch per system
@@ -414,17 +433,7 @@ async fn a_burst_from_one_client_arrives_whole_and_in_order_both_ways() {
     let sent: Vec<Vec<u8>> = (0..200)
         .map(|i| format!("burst {i:03}").into_bytes())
         .collect();
-    for payload in &sent {
-        socket.send_to(payload, lb.addr).await.expect("send");
-    }
-    let mut echoed = Vec::new();
-    while echoed.len() < sent.len() {
-        let Some(reply) = receive(&socket, WAIT).await else {
-            panic!("{} of {} replies", echoed.len(), sent.len());
-        };
-        echoed.push(Reply::parse(&reply).echoed);
-    }
-    assert_eq!(echoed, sent);
+    assert_eq!(echoes_of_burst(&socket, lb.addr, &sent).await, sent);
     let udp = &lb.shared().await.stats.udp;
     assert_eq!(udp.from_clients.load(Ordering::Relaxed), 200);
     eventually("every reply counted", || async {
@@ -450,17 +459,7 @@ async fn a_burst_of_mixed_sizes_keeps_every_datagram_whole() {
             payload
         })
         .collect();
-    for payload in &sent {
-        socket.send_to(payload, lb.addr).await.expect("send");
-    }
-    let mut echoed = Vec::new();
-    while echoed.len() < sent.len() {
-        let Some(reply) = receive(&socket, WAIT).await else {
-            panic!("{} of {} replies", echoed.len(), sent.len());
-        };
-        echoed.push(Reply::parse(&reply).echoed);
-    }
-    assert_eq!(echoed, sent);
+    assert_eq!(echoes_of_burst(&socket, lb.addr, &sent).await, sent);
 }
 
 #[tokio::test]
