@@ -6,18 +6,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
 use crate::backend::{AdminState, Backend};
 use crate::config::Protocol;
-use crate::histogram::Snapshot;
 use crate::pool::Pool;
 use crate::proxy::state::ServerShared;
 use crate::proxy::udp::UdpDrop;
 use crate::proxy::CloseReason;
 
+use super::family::{family, Meta, Value};
 use super::scope::Scope;
 
 /// The servers of one scrape, each with the pool and protocol it had when the scrape
@@ -480,77 +480,6 @@ fn state(backend: &Backend) -> &'static str {
 
 fn read(counter: &AtomicU64) -> u64 {
     counter.load(Ordering::Relaxed)
-}
-
-/// A family's descriptor. Histograms are in seconds; the unit becomes part of the name.
-struct Meta {
-    name: &'static str,
-    help: &'static str,
-    unit: Option<Unit>,
-    kind: MetricType,
-}
-
-impl Meta {
-    fn counter(name: &'static str, help: &'static str) -> Self {
-        Self::new(name, help, MetricType::Counter)
-    }
-
-    fn gauge(name: &'static str, help: &'static str) -> Self {
-        Self::new(name, help, MetricType::Gauge)
-    }
-
-    fn histogram(name: &'static str, help: &'static str) -> Self {
-        Self::new(name, help, MetricType::Histogram).unit(Unit::Seconds)
-    }
-
-    fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
-        Meta {
-            name,
-            help,
-            unit: None,
-            kind,
-        }
-    }
-
-    fn unit(self, unit: Unit) -> Self {
-        Meta {
-            unit: Some(unit),
-            ..self
-        }
-    }
-}
-
-/// One sample's value.
-enum Value {
-    Counter(u64),
-    Gauge(u64),
-    Histogram(Snapshot),
-}
-
-impl Value {
-    fn encode(&self, metric: &mut MetricEncoder) -> fmt::Result {
-        match self {
-            Value::Counter(v) => metric.encode_counter::<NoLabelSet, u64, u64>(v, None),
-            Value::Gauge(v) => metric.encode_gauge(v),
-            Value::Histogram(h) => {
-                metric.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)
-            }
-        }
-    }
-}
-
-/// Writes one family: its descriptor, then one sample per label set.
-fn family<S: EncodeLabelSet>(
-    encoder: &mut DescriptorEncoder,
-    meta: Meta,
-    samples: impl IntoIterator<Item = (S, Value)>,
-) -> fmt::Result {
-    let mut metric =
-        encoder.encode_descriptor(meta.name, meta.help, meta.unit.as_ref(), meta.kind)?;
-    for (labels, value) in samples {
-        value.encode(&mut metric.encode_family(&labels)?)?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
