@@ -59,7 +59,8 @@ pub async fn lookup(host: &str, port: u16) -> Option<(Vec<SocketAddr>, Duration)
     }
 }
 
-fn needs_resolving(backend: &Backend) -> bool {
+/// Whether its host is a name (not an IP literal), to be resolved and kept fresh.
+pub fn needs_resolving(backend: &Backend) -> bool {
     backend.spec.host.parse::<IpAddr>().is_err()
 }
 
@@ -80,33 +81,37 @@ pub async fn resolve_now(pool: &Pool) {
     while lookups.join_next().await.is_some() {}
 }
 
-/// Keeps the host names of `pool` fresh, on `tasks`, until `stop` is cancelled.
-pub fn spawn_refresh(server: &str, pool: &Pool, tasks: &Tasks, stop: &CancellationToken) {
-    for backend in pool.backends().iter().filter(|b| needs_resolving(b)) {
-        let backend = Arc::clone(backend);
-        let server = server.to_owned();
-        tasks.spawn(stop, async move {
-            let mut next = Instant::now() + FALLBACK_REFRESH;
-            loop {
-                tokio::time::sleep_until(next).await;
-                match lookup(&backend.spec.host, backend.spec.port).await {
-                    Some((addrs, ttl)) => {
-                        if *backend.addrs() != addrs {
-                            debug!(server, backend = backend.key(), ?addrs, "addresses changed");
-                            backend.set_addrs(addrs);
-                        }
-                        next = Instant::now() + ttl;
+/// Keeps the host name of `backend` fresh, on `tasks`, until `stop` is cancelled (see
+/// [`needs_resolving`]: an IP literal needs no task).
+pub fn spawn_refresh(
+    server: &str,
+    backend: &Arc<Backend>,
+    tasks: &Tasks,
+    stop: &CancellationToken,
+) {
+    let backend = Arc::clone(backend);
+    let server = server.to_owned();
+    tasks.spawn(stop, async move {
+        let mut next = Instant::now() + FALLBACK_REFRESH;
+        loop {
+            tokio::time::sleep_until(next).await;
+            match lookup(&backend.spec.host, backend.spec.port).await {
+                Some((addrs, ttl)) => {
+                    if *backend.addrs() != addrs {
+                        debug!(server, backend = backend.key(), ?addrs, "addresses changed");
+                        backend.set_addrs(addrs);
                     }
-                    None => {
-                        warn!(
-                            server,
-                            backend = backend.key(),
-                            "re-resolving failed; keeping the last addresses"
-                        );
-                        next = Instant::now() + FALLBACK_REFRESH;
-                    }
+                    next = Instant::now() + ttl;
+                }
+                None => {
+                    warn!(
+                        server,
+                        backend = backend.key(),
+                        "re-resolving failed; keeping the last addresses"
+                    );
+                    next = Instant::now() + FALLBACK_REFRESH;
                 }
             }
-        });
-    }
+        }
+    });
 }

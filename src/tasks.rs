@@ -4,8 +4,14 @@
 //! certificate watcher and drain deadlines all run on the server's [`Tasks`]: each one
 //! ends when its token is cancelled, and stopping the server waits until every one has
 //! ended, so nothing a stopped server started is still running behind it.
+//!
+//! A [`StopFlag`] stops what is polled rather than awaited (a backend watching a shared
+//! health probe): one flag instead of a child token, since a server of a thousand
+//! backends would otherwise register a thousand children with its token.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -54,6 +60,33 @@ impl Tasks {
     }
 }
 
+/// Stops one follower of an owner: set by [`StopFlag::stop`], or by cancelling the
+/// owner's token. Read with [`StopFlag::is_stopped`] by whoever polls it; nothing waits
+/// on it, so it costs one small allocation and no registration with the owner.
+#[derive(Clone, Debug)]
+pub struct StopFlag {
+    owner: CancellationToken,
+    stopped: Arc<AtomicBool>,
+}
+
+impl StopFlag {
+    /// A flag that also reads as stopped once `owner` is cancelled.
+    pub fn new(owner: &CancellationToken) -> Self {
+        StopFlag {
+            owner: owner.clone(),
+            stopped: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) || self.owner.is_cancelled()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -74,5 +107,18 @@ mod tests {
             .await
             .expect("every task ends once cancelled");
         assert_eq!(tasks.len(), 0);
+    }
+
+    #[test]
+    fn a_stop_flag_stops_alone_or_with_its_owner() {
+        let owner = CancellationToken::new();
+        let (one, two) = (StopFlag::new(&owner), StopFlag::new(&owner));
+        let one_again = one.clone();
+        assert!(!one.is_stopped());
+        one.stop();
+        assert!(one_again.is_stopped(), "clones share the flag");
+        assert!(!two.is_stopped(), "a sibling goes on");
+        owner.cancel();
+        assert!(two.is_stopped());
     }
 }

@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -71,6 +72,60 @@ impl BackendSpec {
     }
 }
 
+/// A list of backend specs, shared by whoever holds it (`Arc::make_mut` to edit one).
+pub type SpecList = Arc<Vec<BackendSpec>>;
+
+/// One spec of a shared [`SpecList`]: a backend built from a configuration's list (or a
+/// discovered one) points into it rather than holding a copy, so a pool of 100 000
+/// backends holds its specs once.
+#[derive(Clone)]
+pub struct SpecRef {
+    list: SpecList,
+    index: usize,
+}
+
+impl SpecRef {
+    /// The spec at `index` of `list`; `None` if there is none.
+    pub fn new(list: &SpecList, index: usize) -> Option<Self> {
+        (index < list.len()).then(|| SpecRef {
+            list: Arc::clone(list),
+            index,
+        })
+    }
+}
+
+impl From<BackendSpec> for SpecRef {
+    /// A spec of its own (a list of one).
+    fn from(spec: BackendSpec) -> Self {
+        SpecRef {
+            list: Arc::new(vec![spec]),
+            index: 0,
+        }
+    }
+}
+
+impl Deref for SpecRef {
+    type Target = BackendSpec;
+
+    fn deref(&self) -> &BackendSpec {
+        // In bounds: checked when made, and the list is never edited in place while
+        // shared (`Arc::make_mut` copies it).
+        &self.list[self.index]
+    }
+}
+
+impl PartialEq for SpecRef {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl fmt::Debug for SpecRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        BackendSpec::fmt(self, f)
+    }
+}
+
 /// Operator's wish for a backend, independent of its health.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum AdminState {
@@ -109,7 +164,7 @@ impl std::str::FromStr for AdminState {
 
 /// A backend: its configured spec plus its shared live state.
 pub struct Backend {
-    pub spec: BackendSpec,
+    pub spec: SpecRef,
     pub state: Arc<BackendState>,
     key: String,
     /// The local addresses its connections and checks leave from: its own `source=`, or
@@ -129,7 +184,8 @@ impl fmt::Debug for Backend {
 
 impl Backend {
     /// A new backend with fresh state; `healthy` is the configured initial status.
-    pub fn new(spec: BackendSpec, healthy: bool) -> Self {
+    pub fn new(spec: impl Into<SpecRef>, healthy: bool) -> Self {
+        let spec = spec.into();
         let state = Arc::new(BackendState::default());
         state.healthy.store(healthy, Ordering::Relaxed);
         state.ever_up.store(healthy, Ordering::Relaxed);
@@ -142,7 +198,8 @@ impl Backend {
     }
 
     /// A backend with a new spec that keeps `state` (health, counters) of an earlier one.
-    pub fn with_state(spec: BackendSpec, state: Arc<BackendState>) -> Self {
+    pub fn with_state(spec: impl Into<SpecRef>, state: Arc<BackendState>) -> Self {
+        let spec = spec.into();
         let key = spec.key();
         let sources = spec.source.and_then(|ip| Sources::new(&[ip])).map(Arc::new);
         Backend {

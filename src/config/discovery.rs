@@ -12,10 +12,10 @@ use serde::Serialize;
 use super::{
     secrets, write_as, ConsulParams, DockerParams, EtcdParams, JsonPath, LinePattern, Url,
 };
-use crate::backend::BackendSpec;
 
-/// A list of backends, shared by whoever holds it (`Arc::make_mut` to edit one).
-pub type BackendList = std::sync::Arc<Vec<BackendSpec>>;
+/// A list of backends, shared by whoever holds it (`Arc::make_mut` to edit one),
+/// and pointed into by the backends built from it.
+pub type BackendList = crate::backend::SpecList;
 
 fn shown_list<S: serde::Serializer>(list: &BackendList, serializer: S) -> Result<S::Ok, S::Error> {
     write_as::each_shown(list, serializer)

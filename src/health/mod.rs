@@ -37,7 +37,6 @@ use std::time::Duration;
 
 use rand::Rng;
 use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
 use tracing::error;
 
 pub use exec::ExecCheck;
@@ -53,7 +52,7 @@ pub use udp::UdpCheck;
 
 use crate::backend::Backend;
 use crate::config::{HealthConfig, HealthKind, ProxyVersion};
-use crate::pool::Pool;
+use crate::tasks::StopFlag;
 
 /// A boxed future, the return type of [`HealthCheck::check`].
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -172,17 +171,19 @@ impl Tally {
     }
 }
 
-/// Has every backend of `pool` checked under `cfg` until `stop` is cancelled, each
-/// through the probe of its target that `probes` runs (started if none runs yet).
-/// `proxy` is the PROXY header version the server sends its backends: a change of it,
-/// like one of `cfg`, needs the checks started again.
-pub fn check_backends(
+/// Has each of `backends` checked under `cfg` until its stop flag is set, each through
+/// the probe of its target that `probes` runs (started if none runs yet). `proxy` is
+/// the PROXY header version the server sends its backends: a change of it, like one of
+/// `cfg`, needs the checks started again.
+pub fn check_backends<'a>(
     server: &str,
     (cfg, proxy): (&HealthConfig, Option<ProxyVersion>),
-    pool: &Pool,
+    backends: &[(&'a Arc<Backend>, StopFlag)],
     probes: &Arc<Probes>,
-    stop: &CancellationToken,
 ) {
+    if backends.is_empty() {
+        return;
+    }
     let check = match build(cfg, proxy) {
         Ok(Some(check)) => check,
         Ok(None) => return,
@@ -192,7 +193,7 @@ pub fn check_backends(
         }
     };
     let server: Arc<str> = server.into();
-    for backend in pool.backends() {
+    for (backend, stop) in backends {
         probes.watch(&server, backend, &check, (cfg, proxy), stop);
     }
 }
@@ -205,6 +206,8 @@ fn jittered(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::Ordering;
+
+    use tokio_util::sync::CancellationToken;
 
     use super::*;
 
@@ -237,6 +240,7 @@ mod tests {
         };
         let stop = CancellationToken::new();
         let probes = Probes::new(stop.clone());
+        let watching = StopFlag::new(&stop);
         let check: Arc<dyn HealthCheck> = Arc::clone(&slow) as Arc<dyn HealthCheck>;
         let server: Arc<str> = "s".into();
         for port in 1..=(2 * MAX_CONCURRENT_CHECKS as u16) {
@@ -244,7 +248,7 @@ mod tests {
                 crate::backend::BackendSpec::new("127.0.0.1", port),
                 true,
             ));
-            probes.watch(&server, &backend, &check, (&cfg, None), &stop);
+            probes.watch(&server, &backend, &check, (&cfg, None), &watching);
         }
         assert_eq!(probes.len(), 2 * MAX_CONCURRENT_CHECKS);
         tokio::time::sleep(Duration::from_millis(600)).await;

@@ -6,12 +6,12 @@
 //!
 //! Each backend watching a probe keeps its own streak ([`Tally`]), counters, health and
 //! log lines, as if it were checked alone: passive health or an ejection in one server
-//! changes that server's backend only. A backend stops watching when its `stop` token is
-//! cancelled (removed, its server's check settings changed, the server stopped) and
+//! changes that server's backend only. A backend stops watching when its [`StopFlag`] is
+//! set (removed, its server's check settings changed, the server stopped) and
 //! [`Probes::left`] is called; the probe notices before its next round (and before it
-//! records a result), and ends when no one watches. Probes look for cancelled watchers
+//! records a result), and ends when no one watches. Probes look for stopped watchers
 //! only after `left` (and every [`FULL_PRUNE_ROUNDS`] rounds regardless): a probe shared
-//! by a hundred servers must not lock a hundred tokens every round.
+//! by a hundred servers must not lock a hundred servers' tokens every round.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 use super::{jittered, CheckError, HealthCheck, Tally, CHECK_SLOTS};
 use crate::backend::{clock_ms, Backend};
 use crate::config::{HealthConfig, ProxyVersion};
+use crate::tasks::StopFlag;
 
 /// Rounds after which a probe looks for cancelled watchers even if no one said some left.
 const FULL_PRUNE_ROUNDS: u32 = 32;
@@ -66,7 +67,7 @@ struct Probe {
 struct Watcher {
     server: Arc<str>,
     backend: Arc<Backend>,
-    stop: CancellationToken,
+    stop: StopFlag,
     tally: Tally,
     /// The health this watcher last saw or set. Passive health changes it from
     /// outside; a streak counted before such a change must not count after it.
@@ -89,13 +90,12 @@ impl Probes {
         })
     }
 
-    /// Some watchers' `stop` tokens were cancelled: each probe drops them before its
-    /// next round.
+    /// Some watchers' stop flags were set: each probe drops them before its next round.
     pub fn left(&self) {
         self.departures.fetch_add(1, Ordering::Release);
     }
 
-    /// Has `backend` of `server` checked under `health` until `stop` is cancelled: it
+    /// Has `backend` of `server` checked under `health` until `stop` is set: it
     /// joins the probe of the same target and settings, or one is started with `check`.
     pub fn watch(
         self: &Arc<Self>,
@@ -103,7 +103,7 @@ impl Probes {
         backend: &Arc<Backend>,
         check: &Arc<dyn HealthCheck>,
         (health, proxy): (&HealthConfig, Option<ProxyVersion>),
-        stop: &CancellationToken,
+        stop: &StopFlag,
     ) {
         let settings = Settings {
             health: health.clone(),
@@ -152,7 +152,7 @@ impl Probes {
         let mut running = lock(&self.running);
         let mut watchers = lock(&probe.watchers);
         if look {
-            watchers.retain(|w| !w.stop.is_cancelled());
+            watchers.retain(|w| !w.stop.is_stopped());
         }
         if let Some(first) = watchers.first() {
             return Some(Arc::clone(&first.backend));
@@ -305,9 +305,9 @@ mod tests {
         let check: Arc<dyn HealthCheck> = Arc::clone(&counting) as Arc<dyn HealthCheck>;
         let (a, b, other) = (backend(), backend(), backend());
         let (stop_a, stop_b, stop_other) = (
-            CancellationToken::new(),
-            CancellationToken::new(),
-            CancellationToken::new(),
+            StopFlag::new(&runtime),
+            StopFlag::new(&runtime),
+            StopFlag::new(&runtime),
         );
         let (one, two): (Arc<str>, Arc<str>) = ("one".into(), "two".into());
         probes.watch(&one, &a, &check, (&every(20), None), &stop_a);
@@ -316,7 +316,7 @@ mod tests {
         // Another interval is another check.
         probes.watch(&two, &other, &check, (&every(30), None), &stop_other);
         assert_eq!(probes.len(), 2);
-        stop_other.cancel();
+        stop_other.stop();
         probes.left();
 
         until("ten rounds", || passed(&a) >= 10).await;
@@ -330,12 +330,12 @@ mod tests {
         );
 
         // One server leaving leaves the other checked; the last one ends the probe.
-        stop_a.cancel();
+        stop_a.stop();
         probes.left();
         let (a_then, b_then) = (passed(&a), passed(&b));
         until("more rounds for b", || passed(&b) >= b_then + 5).await;
         assert!(passed(&a) <= a_then + 1, "a left and is checked still");
-        stop_b.cancel();
+        stop_b.stop();
         probes.left();
         until("every probe ended", || probes.is_empty()).await;
         runtime.cancel();

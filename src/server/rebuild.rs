@@ -12,8 +12,8 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::bandwidth;
-use crate::backend::{clock_ms, AdminState, Backend, BackendSpec};
-use crate::balance::{Balance, BalanceKind};
+use crate::backend::{clock_ms, AdminState, Backend, BackendSpec, SpecRef};
+use crate::balance::Balance;
 use crate::config::{
     BackendList, HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig,
 };
@@ -24,7 +24,7 @@ use crate::pool::{PickPolicy, Pool};
 use crate::proxy::sni;
 use crate::proxy::state::ServerShared;
 use crate::resolve;
-use crate::tasks::Tasks;
+use crate::tasks::{StopFlag, Tasks};
 
 /// A server's backend pool and the tasks that follow its backends (health checks,
 /// resolvers, bandwidth sampling). A reload and a discovered change both rebuild the
@@ -51,12 +51,29 @@ struct RebuildState {
     /// The health check configuration the running checks use, with the PROXY header
     /// version they send (the server's): a reload that changes either restarts them.
     health: Option<(HealthConfig, Option<ProxyVersion>, Vec<std::net::IpAddr>)>,
-    /// Each backend's check and resolver, by key, with the backend (and so the spec)
-    /// they were started for.
-    per_backend: HashMap<String, (Arc<Backend>, CancellationToken)>,
+    /// Each backend's check and resolver, with the backend (and so the spec) they were
+    /// started for, in the pool's order (a list: a map by key would cost more than the
+    /// entries at 1 000 backends a server).
+    per_backend: Vec<(Arc<Backend>, Following)>,
     sampler: Option<CancellationToken>,
     /// The first pool was built: backends that join later, or come back, warm up.
     started: bool,
+}
+
+/// What stops the tasks that follow one backend: its watch of a health probe (a flag:
+/// a large pool must not cost a token per backend) and, for a host name, its resolver.
+struct Following {
+    check: StopFlag,
+    resolver: Option<CancellationToken>,
+}
+
+impl Following {
+    fn stop(self) {
+        self.check.stop();
+        if let Some(resolver) = self.resolver {
+            resolver.cancel();
+        }
+    }
 }
 
 impl PoolRebuilder {
@@ -171,35 +188,47 @@ impl PoolRebuilder {
             settings.source.clone(),
         );
         if state.health.as_ref() != Some(&health) {
-            for (_, (_, stop)) in state.per_backend.drain() {
-                stop.cancel();
+            for (_, following) in state.per_backend.drain(..) {
+                following.stop();
             }
             state.health = Some(health);
         }
-        let mut running = std::mem::take(&mut state.per_backend);
+        let (started_for, mut running): (Vec<_>, Vec<_>) = std::mem::take(&mut state.per_backend)
+            .into_iter()
+            .map(|(backend, following)| (backend, Some(following)))
+            .unzip();
+        let by_key: HashMap<&str, usize> = started_for
+            .iter()
+            .enumerate()
+            .map(|(at, backend)| (backend.key(), at))
+            .collect();
+        let mut to_check = Vec::new();
         for backend in pool.backends() {
-            let key = backend.key().to_owned();
-            match running.remove(&key) {
-                Some((started_for, stop)) if started_for.spec == backend.spec => {
-                    state.per_backend.insert(key, (Arc::clone(backend), stop));
+            let before = by_key.get(backend.key()).copied();
+            if let Some((at, following)) = before.and_then(|at| Some((at, running[at].take()?))) {
+                if started_for[at].spec == backend.spec {
+                    state.per_backend.push((Arc::clone(backend), following));
                     continue;
                 }
-                Some((_, stop)) => stop.cancel(),
-                None => {}
+                following.stop();
             }
-            let stop = self.background.child_token();
-            // The spawners take a pool; one of this backend alone gives it its own stop.
-            let alone = Pool::new(BalanceKind::RoundRobin, vec![Arc::clone(backend)]);
-            resolve::spawn_refresh(name, &alone, &self.tasks, &stop);
-            if settings.healthcheck.kind != HealthKind::None {
-                let check = (&settings.healthcheck, settings.proxy_protocol.send);
-                health::check_backends(name, check, &alone, &self.probes, &stop);
-            }
-            state.per_backend.insert(key, (Arc::clone(backend), stop));
+            let resolver = resolve::needs_resolving(backend).then(|| {
+                let stop = self.background.child_token();
+                resolve::spawn_refresh(name, backend, &self.tasks, &stop);
+                stop
+            });
+            let check = StopFlag::new(&self.background);
+            to_check.push((backend, check.clone()));
+            let following = Following { check, resolver };
+            state.per_backend.push((Arc::clone(backend), following));
+        }
+        if settings.healthcheck.kind != HealthKind::None {
+            let check = (&settings.healthcheck, settings.proxy_protocol.send);
+            health::check_backends(name, check, &to_check, &self.probes);
         }
         // What is left was removed.
-        for (_, (_, stop)) in running {
-            stop.cancel();
+        for following in running.into_iter().flatten() {
+            following.stop();
         }
         self.probes.left();
         if let Some(sampler) = state.sampler.take() {
@@ -234,7 +263,7 @@ fn policy(config: &ServerConfig) -> PickPolicy {
 fn build_backends(
     server: &ServerShared,
     config: &ServerConfig,
-    specs: &[BackendSpec],
+    specs: &BackendList,
     (known, started): (&HashMap<&str, &Backend>, bool),
     hard_stop: &CancellationToken,
 ) -> Vec<Arc<Backend>> {
@@ -242,8 +271,8 @@ fn build_backends(
         || config.healthcheck.initial_status == InitialStatus::Healthy;
     let sources = Sources::new(&config.source).map(Arc::new);
     let now = clock_ms();
-    specs
-        .iter()
+    (0..specs.len())
+        .filter_map(|index| SpecRef::new(specs, index))
         .map(|spec| {
             let backend = match known.get(spec.key().as_str()) {
                 Some(old) => {
@@ -251,14 +280,14 @@ fn build_backends(
                     if enabled && old.spec.admin != AdminState::Enabled {
                         old.state.start_ramp(now);
                     }
-                    Backend::with_state(spec.clone(), Arc::clone(&old.state))
+                    Backend::with_state(spec, Arc::clone(&old.state))
                 }
                 // After an upgrade, the health the previous process saw.
                 None => {
                     let healthy = server
                         .carried_health(&spec.key())
                         .unwrap_or(initially_healthy);
-                    let backend = Backend::new(spec.clone(), healthy);
+                    let backend = Backend::new(spec, healthy);
                     if started {
                         backend.state.ramp_on_first_up();
                         if healthy {
