@@ -175,10 +175,10 @@ impl Tally {
 /// the probe of its target that `probes` runs (started if none runs yet). `proxy` is
 /// the PROXY header version the server sends its backends: a change of it, like one of
 /// `cfg`, needs the checks started again.
-pub fn check_backends<'a>(
+pub fn check_backends(
     server: &str,
     (cfg, proxy): (&HealthConfig, Option<ProxyVersion>),
-    backends: &[(&'a Arc<Backend>, StopFlag)],
+    backends: &[(&Arc<Backend>, StopFlag)],
     probes: &Arc<Probes>,
 ) {
     if backends.is_empty() {
