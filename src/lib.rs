@@ -16,6 +16,8 @@
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
 //! - [`server`]: one configured server while it runs: its listeners, pool rebuilder,
 //!   health checks and discovery.
+//! - [`acme`]: certificates for the `acme_hosts` of TLS servers, obtained and renewed
+//!   over ACME, served from a store every TLS server reads.
 //! - [`listener`]: binding (or taking the sockets systemd or an upgrade passed), the
 //!   accept loop, and the filter that drops blocked clients' connection requests in the
 //!   kernel.
@@ -48,6 +50,7 @@
 #![forbid(unsafe_code)]
 
 pub mod acl;
+pub mod acme;
 pub mod admin_http;
 pub mod api;
 pub mod backend;

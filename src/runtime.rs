@@ -143,6 +143,7 @@ impl Runtime {
     ) -> Result<Runtime, StartError> {
         let workers = Workers::start(workers).map_err(StartError::Workers)?;
         let graceful = CancellationToken::new();
+        let acme = crate::acme::Acme::new(graceful.child_token());
         let runtime = Runtime {
             life: Lifecycle {
                 workers: Arc::new(workers),
@@ -153,6 +154,7 @@ impl Runtime {
                 budget,
                 carried: Arc::new(std::sync::Mutex::new(inherited.carried)),
                 udp_receive: inherited.udp_receive,
+                acme,
             },
             state: Mutex::new(State {
                 config: Config {
@@ -242,6 +244,7 @@ impl Runtime {
                 }
             }
         }
+        self.life.acme.apply(&config).await;
         state.config = config;
         state.addrs = addrs;
         Ok(changes)

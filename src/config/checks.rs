@@ -66,6 +66,7 @@ pub(crate) fn typed<'a>(
             continue;
         };
         problems.extend(static_list(name, server));
+        problems.extend(acme_hosts(config, &seen, name, server));
         if let Some(message) = bind_conflict(&seen, server) {
             let path = join("servers", name);
             problems.push(Problem {
@@ -75,6 +76,44 @@ pub(crate) fn typed<'a>(
             });
         }
         seen.push((name, server));
+    }
+    problems
+}
+
+/// A server's `acme_hosts` need `[acme]`, and a name's certificate belongs to one server.
+fn acme_hosts(
+    config: &Config,
+    before: &[(&str, &ServerConfig)],
+    name: &str,
+    server: &ServerConfig,
+) -> Vec<Problem> {
+    let hosts = server.tls.as_ref().map_or(&[][..], |tls| &tls.acme_hosts[..]);
+    let problem = |message: String| Problem {
+        server: name.to_owned(),
+        key: format!("{}.tls.acme_hosts", join("servers", name)),
+        message,
+    };
+    if hosts.is_empty() {
+        return Vec::new();
+    }
+    if config.acme.is_none() {
+        let message = "needs the [acme] section (where certificates come from)";
+        return vec![problem(message.to_owned())];
+    }
+    let mut problems = Vec::new();
+    for host in hosts {
+        let other = before.iter().find(|(_, other)| {
+            other
+                .tls
+                .as_ref()
+                .is_some_and(|tls| tls.acme_hosts.contains(host))
+        });
+        if let Some((other, _)) = other {
+            problems.push(problem(format!(
+                "\"{host}\" is in the acme_hosts of server \"{other}\" too; a name's \
+                 certificate is obtained for one server"
+            )));
+        }
     }
     problems
 }

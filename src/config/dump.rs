@@ -108,6 +108,8 @@ impl Serialize for TlsTermination {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Written<'a> {
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            acme_hosts: &'a [String],
             #[serde(flatten)]
             default_certificate: Option<&'a TlsFiles>,
             #[serde(skip_serializing_if = "<[_]>::is_empty")]
@@ -133,6 +135,7 @@ impl Serialize for TlsTermination {
             None => (None, &[][..]),
         };
         Written {
+            acme_hosts: &self.acme_hosts,
             default_certificate,
             certificates,
             min_version: self.min_version,

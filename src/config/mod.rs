@@ -17,7 +17,8 @@
 //! - `discovery`: `[discovery]`, where a server's backends come from, each kind with its
 //!   own parameters; `registries`: Consul's, etcd's and Docker's, and their endpoints.
 //! - `health`: `[healthcheck]`, every kind with its own settings type.
-//! - `admin`: `[api]` and `[metrics]`, the control side's endpoints.
+//! - `admin`: `[api]` and `[metrics]`, the control side's endpoints; `acme`: `[acme]`,
+//!   where the certificates of a TLS server's `acme_hosts` come from.
 //! - TLS (`[tls]`, `[backends_tls]`, a registry's TLS files): the types are
 //!   [`crate::tls`]'s settings, re-exported here; the model holds them.
 //! - `failover`: what a server does when backends fail (all-down policy, slow start,
@@ -40,6 +41,7 @@
 #[macro_use]
 mod written;
 
+mod acme;
 mod address;
 mod admin;
 mod bind;
@@ -80,6 +82,9 @@ use crate::balance::BalanceKind;
 
 pub use crate::tls::{
     BackendsTls, ClientAuth, ClientTlsFiles, TlsFiles, TlsTermination, TlsVersion,
+};
+pub use acme::{
+    AcmeChallenge, AcmeConfig, DEFAULT_ACME_CACHE_DIR, DEFAULT_ACME_HTTP_BIND, LETS_ENCRYPT_DIRECTORY,
 };
 pub use address::{port_number, split_host_port, Url};
 pub use admin::{
@@ -127,6 +132,9 @@ pub struct Config {
         serialize_with = "dump::enabled"
     )]
     pub metrics: Option<MetricsConfig>,
+    /// `[acme]`: certificates obtained for `acme_hosts`; `None` when not configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub acme: Option<AcmeConfig>,
     /// How long SIGTERM waits for connections to finish before closing them.
     #[serde(serialize_with = "write_as::duration")]
     pub shutdown_timeout: Duration,
@@ -145,6 +153,7 @@ impl Default for Config {
             logging: LoggingConfig::default(),
             api: None,
             metrics: None,
+            acme: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             servers: BTreeMap::new(),
         }

@@ -91,6 +91,9 @@ close_reasons! {
     Shutdown => "shutdown";
     /// Its backend was drained with a deadline, and the deadline passed.
     DrainDeadline => "drain_deadline";
+    /// TLS termination: an ACME server's TLS-ALPN-01 validation, answered with the
+    /// validation certificate and closed (it never reaches a backend).
+    AcmeValidation => "acme_validation";
     /// Refused by the server's access rules.
     AclDenied => "acl_denied", refused "acl";
     /// Refused because the server's `max_connections` was reached.

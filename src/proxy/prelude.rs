@@ -17,11 +17,12 @@ use std::future::{ready, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::either::Either;
@@ -257,17 +258,40 @@ impl Prelude for Tls {
             (None, _) => Either::Right(stream),
             (Some(termination), Some(config)) => {
                 let limit = termination.handshake_timeout;
-                let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                match timeout(limit, acceptor.accept(stream).into_fallible()).await {
-                    Ok(Ok(tls)) => Either::Left(tls),
-                    Ok(Err((e, stream))) => {
-                        let detail = handshake_error(&e, Peer::Client);
-                        let no = Refusal::new(client, CloseReason::TlsHandshake, detail);
-                        return Err(no.closing(stream.into_inner()));
+                match server.validation_tls.load_full() {
+                    None => {
+                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+                        match timeout(limit, acceptor.accept(stream).into_fallible()).await {
+                            Ok(Ok(tls)) => Either::Left(tls),
+                            Ok(Err((e, stream))) => {
+                                let detail = handshake_error(&e, Peer::Client);
+                                let no = Refusal::new(client, CloseReason::TlsHandshake, detail);
+                                return Err(no.closing(stream.into_inner()));
+                            }
+                            Err(_) => {
+                                let detail = format!("no handshake within {limit:?}");
+                                return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                            }
+                        }
                     }
-                    Err(_) => {
-                        let detail = format!("no handshake within {limit:?}");
-                        return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                    Some(validation) => {
+                        let accepted = timeout(limit, accept_or_validate(stream, config, validation));
+                        match accepted.await {
+                            Ok(Ok(Accepted::Client(tls))) => Either::Left(tls),
+                            Ok(Ok(Accepted::Validation(mut tls))) => {
+                                let _ = timeout(limit, tls.shutdown()).await;
+                                let detail = "answered an ACME TLS-ALPN-01 validation";
+                                return Err(Refusal::new(client, CloseReason::AcmeValidation, detail));
+                            }
+                            Ok(Err(e)) => {
+                                let detail = handshake_error(&e, Peer::Client);
+                                return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                            }
+                            Err(_) => {
+                                let detail = format!("no handshake within {limit:?}");
+                                return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                            }
+                        }
                     }
                 }
             }
@@ -527,5 +551,28 @@ impl<L: Stream, R: Stream> Stream for Either<L, R> {
             Either::Left(stream) => stream.plain_socket(),
             Either::Right(stream) => stream.plain_socket(),
         }
+    }
+}
+
+/// A terminated TLS connection: a client's, or an ACME server's validation.
+enum Accepted {
+    Client(tokio_rustls::server::TlsStream<Prefixed<TcpStream>>),
+    Validation(tokio_rustls::server::TlsStream<Prefixed<TcpStream>>),
+}
+
+/// The handshake of a server with `acme_hosts` under TLS-ALPN-01: the ClientHello is
+/// read first, and a validator (ALPN `acme-tls/1` alone) is answered with `validation`,
+/// every other client with `config`.
+async fn accept_or_validate(
+    stream: Prefixed<TcpStream>,
+    config: Arc<rustls::ServerConfig>,
+    validation: Arc<rustls::ServerConfig>,
+) -> std::io::Result<Accepted> {
+    let acceptor = rustls::server::Acceptor::default();
+    let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
+    if crate::tls::is_validation(&start.client_hello()) {
+        Ok(Accepted::Validation(start.into_stream(validation).await?))
+    } else {
+        Ok(Accepted::Client(start.into_stream(config).await?))
     }
 }

@@ -77,6 +77,8 @@ pub struct Lifecycle {
     /// UDP servers start receiving once it opens: at once, but after a binary upgrade
     /// once the previous process has stopped receiving and handed over its sessions.
     pub udp_receive: Gate,
+    /// The certificates of `acme_hosts`, which TLS servers serve from.
+    pub acme: Arc<crate::acme::Acme>,
 }
 
 /// A running server: the tasks behind one `[servers.NAME]`.
@@ -131,7 +133,10 @@ impl Server {
             .iter()
             .map(|(_, sockets)| sockets.try_clone())
             .collect::<std::io::Result<Vec<_>>>()?;
-        let shared = Arc::new(ServerShared::new(name, &config).with_listeners(&local_addrs));
+        let shared = ServerShared::new(name, &config)
+            .with_listeners(&local_addrs)
+            .with_obtained(life.acme.obtained());
+        let shared = Arc::new(shared);
         let carried = life
             .carried
             .lock()

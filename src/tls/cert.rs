@@ -40,6 +40,24 @@ pub(crate) fn validity(der: &[u8]) -> Option<(i64, i64)> {
     Some((not_before, not_after))
 }
 
+/// The serial number of a DER certificate, as encoded (big-endian, a leading zero byte
+/// when its top bit is set); `None` if the encoding is not what a certificate looks like.
+pub(crate) fn serial(der: &[u8]) -> Option<&[u8]> {
+    let (tag, cert, _) = tlv(der)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (tag, tbs, _) = tlv(cert)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let (mut tag, mut serial, after) = tlv(tbs)?;
+    if tag == 0xa0 {
+        (tag, serial, _) = tlv(after)?;
+    }
+    (tag == 0x02).then_some(serial)
+}
+
 /// One DER element: its tag, its contents and what follows it.
 fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
     let (&tag, rest) = input.split_first()?;
@@ -115,6 +133,9 @@ mod tests {
         params.not_after = rcgen::date_time_ymd(2060, 1, 1);
         let cert = params.self_signed(&key).expect("cert");
         assert_eq!(not_after(cert.der()), Some(2_840_140_800));
+        params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x01, 0x02, 0x03]));
+        let cert = params.self_signed(&key).expect("cert");
+        assert_eq!(serial(cert.der()), Some(&[0x01, 0x02, 0x03][..]));
     }
 
     #[test]
@@ -122,6 +143,7 @@ mod tests {
         assert_eq!(not_after(&[]), None);
         assert_eq!(not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
         assert_eq!(not_after(&[0x30, 0x03, 0x30, 0x01, 0x02]), None);
+        assert_eq!(serial(&[0x30, 0x03, 0x30, 0x01, 0x02]), None);
         assert_eq!(parse_time(0x17, "9912312359Z"), None);
         assert_eq!(parse_time(0x17, "700101000000Z"), Some(0));
     }

@@ -4,9 +4,11 @@
 //! `settings`: what a configuration says of TLS (the configuration holds these types;
 //! this module imports nothing from it). `cert` reads a certificate's validity dates;
 //! `verify` trusts a certificate listed in the CA file as itself (a self-signed backend);
-//! `words` says why a handshake with a backend failed.
+//! `words` says why a handshake with a backend failed; `obtained` holds the certificates
+//! obtained while running (ACME) and the validation certificates of pending challenges.
 
 pub(crate) mod cert;
+pub mod obtained;
 mod settings;
 mod verify;
 pub mod words;
@@ -20,6 +22,7 @@ use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 
+pub use obtained::Obtained;
 pub use settings::{BackendsTls, ClientAuth, ClientTlsFiles, TlsFiles, TlsTermination, TlsVersion};
 use verify::TrustedFile;
 
@@ -140,9 +143,14 @@ pub fn cipher_suite_names() -> Vec<&'static str> {
 }
 
 /// The rustls configuration of a `protocol = "tls"` server: its certificates (the one
-/// valid for the name a client asks for, else the first), versions, cipher suites,
-/// session tickets, ALPN and client certificates.
-pub fn termination_config(t: &TlsTermination) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// obtained for the name a client asks for when it is one of `acme_hosts`, else the file
+/// valid for it, else the first), versions, cipher suites, session tickets, ALPN and
+/// client certificates. `obtained` holds the certificates of `acme_hosts` (`None`:
+/// they are not looked for).
+pub fn termination_config(
+    t: &TlsTermination,
+    obtained: Option<&Arc<Obtained>>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let provider = Arc::new(provider_with(&t.ciphers));
     let versions = versions(t.min_version, t.max_version);
     let first = t
@@ -201,7 +209,11 @@ pub fn termination_config(t: &TlsTermination) -> Result<Arc<rustls::ServerConfig
             })?;
         keys.push(Arc::new(certified));
     }
-    let mut config = builder.with_cert_resolver(Arc::new(ByServerName { keys }));
+    let acme = obtained.map(|obtained| Acme {
+        obtained: Arc::clone(obtained),
+        hosts: t.acme_hosts.clone(),
+    });
+    let mut config = builder.with_cert_resolver(Arc::new(ByServerName { keys, acme }));
     config.alpn_protocols = t.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     config.ignore_client_order = t.prefer_server_ciphers;
     if t.session_tickets {
@@ -298,10 +310,66 @@ fn versions(min: TlsVersion, max: TlsVersion) -> Vec<&'static rustls::SupportedP
     .collect()
 }
 
-/// Picks the first certificate valid for the name a client asks for, else the first.
+/// The TLS configuration a TLS-ALPN-01 validator is answered with: ALPN `acme-tls/1` and
+/// the validation certificate of the name it asks for, if that name is one of `hosts`
+/// and its challenge is pending (else the handshake fails).
+pub fn validation_config(
+    obtained: &Arc<Obtained>,
+    hosts: &[String],
+) -> Result<Arc<rustls::ServerConfig>, rustls::Error> {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Validations {
+                obtained: Arc::clone(obtained),
+                hosts: hosts.to_vec(),
+            }));
+    config.alpn_protocols = vec![obtained::ACME_TLS_ALPN.to_vec()];
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Whether a ClientHello is a TLS-ALPN-01 validator's: ALPN `acme-tls/1` and nothing else.
+pub fn is_validation(hello: &rustls::server::ClientHello<'_>) -> bool {
+    hello.alpn().is_some_and(|mut offered| {
+        offered.next() == Some(obtained::ACME_TLS_ALPN) && offered.next().is_none()
+    })
+}
+
+/// The certificates of `acme_hosts`, looked up on each handshake.
+#[derive(Debug)]
+struct Acme {
+    obtained: Arc<Obtained>,
+    hosts: Vec<String>,
+}
+
+/// Validation certificates for the names of `hosts`.
+#[derive(Debug)]
+struct Validations {
+    obtained: Arc<Obtained>,
+    hosts: Vec<String>,
+}
+
+impl rustls::server::ResolvesServerCert for Validations {
+    fn resolve(
+        &self,
+        hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let name = hello.server_name()?.to_ascii_lowercase();
+        if !self.hosts.contains(&name) {
+            return None;
+        }
+        self.obtained.validation(&name)
+    }
+}
+
+/// Picks the certificate obtained for the name a client asks for (one of `acme_hosts`),
+/// else the first file valid for it, else the first file, else the first obtained one.
 #[derive(Debug)]
 struct ByServerName {
     keys: Vec<Arc<rustls::sign::CertifiedKey>>,
+    acme: Option<Acme>,
 }
 
 impl rustls::server::ResolvesServerCert for ByServerName {
@@ -309,6 +377,14 @@ impl rustls::server::ResolvesServerCert for ByServerName {
         &self,
         hello: rustls::server::ClientHello<'_>,
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        if let (Some(acme), Some(asked)) = (&self.acme, hello.server_name()) {
+            let asked = asked.to_ascii_lowercase();
+            if acme.hosts.contains(&asked) {
+                if let Some(key) = acme.obtained.certificate(&asked) {
+                    return Some(key);
+                }
+            }
+        }
         let name = hello
             .server_name()
             .and_then(|n| rustls_pki_types::ServerName::try_from(n).ok());
@@ -323,7 +399,13 @@ impl rustls::server::ResolvesServerCert for ByServerName {
                 return Some(Arc::clone(key));
             }
         }
-        self.keys.first().cloned()
+        if let Some(first) = self.keys.first() {
+            return Some(Arc::clone(first));
+        }
+        // No file at all: a client that asked for no name (or another) gets the first
+        // name's certificate, as a file server gives its first.
+        let acme = self.acme.as_ref()?;
+        acme.hosts.iter().find_map(|host| acme.obtained.certificate(host))
     }
 }
 

@@ -19,8 +19,11 @@ pub struct TlsFiles {
 pub struct TlsTermination {
     /// Certificate chains with their keys: the first (`cert_path`, `key_path`) is the
     /// default; the others (`certificates`) are chosen when a client asks for a name
-    /// they are valid for.
+    /// they are valid for. May be empty when `acme_hosts` is not.
     pub certificates: Vec<TlsFiles>,
+    /// Names whose certificates are obtained over ACME (`[acme]`), each chosen when a
+    /// client asks for it, before the files'.
+    pub acme_hosts: Vec<String>,
     pub min_version: TlsVersion,
     pub max_version: TlsVersion,
     /// Cipher suites by IANA name, in order of preference; empty: rustls' defaults.

@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::task::JoinHandle;
 
 use super::{connect_from, WAIT};
@@ -143,16 +142,31 @@ pub struct EchoStreamer {
 impl EchoStreamer {
     /// Connects to `addr` and starts sending `chunk` bytes every `pace`.
     pub async fn start(addr: SocketAddr, seed: u64, chunk: usize, pace: Duration) -> EchoStreamer {
-        let stream = connect_from(addr, None).await;
+        let (r, w) = connect_from(addr, None).await.into_split();
+        Self::over(r, w, seed, chunk, pace)
+    }
+
+    /// Like [`EchoStreamer::start`], over the two halves of a connection already open (a
+    /// TLS session split by `tokio::io::split`, say).
+    pub fn over<R, W>(r: R, w: W, seed: u64, chunk: usize, pace: Duration) -> EchoStreamer
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let stop = Arc::new(AtomicBool::new(false));
         let echoed = Arc::new(AtomicU64::new(0));
         let task = tokio::spawn(stream_echo(
-            stream,
+            (r, w),
             (seed, chunk, pace),
             Arc::clone(&stop),
             Arc::clone(&echoed),
         ));
         EchoStreamer { stop, echoed, task }
+    }
+
+    /// Bytes come back so far.
+    pub fn echoed(&self) -> u64 {
+        self.echoed.load(Ordering::SeqCst)
     }
 
     /// Waits until at least `bytes` have come back, for at most [`WAIT`].
@@ -174,14 +188,18 @@ impl EchoStreamer {
     }
 }
 
-/// Streams `(seed, chunk, pace)` until `stop`, counting what comes back in `echoed`.
-async fn stream_echo(
-    stream: TcpStream,
+/// Streams `(seed, chunk, pace)` on `w` until `stop`, counting what comes back on `r` in
+/// `echoed`.
+async fn stream_echo<R, W>(
+    (mut r, mut w): (R, W),
     (seed, chunk, pace): (u64, usize, Duration),
     stop: Arc<AtomicBool>,
     echoed: Arc<AtomicU64>,
-) -> Result<u64, String> {
-    let (mut r, mut w) = stream.into_split();
+) -> Result<u64, String>
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let reader = tokio::spawn(async move {
         let mut sum = Checksum::default();
         let mut buf = vec![0u8; 64 * 1024];

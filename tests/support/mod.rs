@@ -7,6 +7,7 @@ mod backend;
 pub mod data;
 pub mod http;
 pub mod netns;
+pub mod pebble;
 pub mod process;
 pub mod resp;
 pub mod servers;
@@ -258,12 +259,22 @@ pub async fn refused(addr: SocketAddr) -> bool {
 }
 
 /// Retries `probe` every 20 ms until it holds, for at most [`WAIT`].
-pub async fn eventually<F, Fut>(what: &str, mut probe: F)
+pub async fn eventually<F, Fut>(what: &str, probe: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    eventually_within(what, WAIT, probe).await;
+}
+
+/// Like [`eventually`], for at most `within`: for what takes longer than any single wait
+/// (a certificate issued, renewed at two thirds of its lifetime).
+pub async fn eventually_within<F, Fut>(what: &str, within: Duration, mut probe: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if probe().await {
             return;

@@ -102,12 +102,6 @@ pub(crate) fn apply(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
 /// GoBetween sections Sluice does not support yet, and what they are.
 const UNSUPPORTED: &[(Place, &str, &str)] = &[
     (Place::Top, "profiler", "the profiler"),
-    (
-        Place::Top,
-        "acme",
-        "ACME certificates need the internet; obtain them with certbot or lego and give \
-         [servers.NAME.tls] cert_path and key_path, which SIGHUP reloads",
-    ),
 ];
 
 /// Reports every unsupported GoBetween section of `sec` that is enabled. A section that

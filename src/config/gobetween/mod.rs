@@ -21,12 +21,13 @@
 //!   Consul, etcd and Docker, with their credentials and client TLS.
 //! - `health`: `[servers.NAME.healthcheck]`, each kind's keys; `probe`: the probe kind's.
 //! - `tls`: `[servers.NAME.tls]` and `[backends_tls]`, their files loaded as they are read.
-//! - `admin`: `[api]` and `[metrics]`.
+//! - `admin`: `[api]` and `[metrics]`; `acme`: `[acme]`.
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //!
 //! The modules here import the model (`crate::config`); the model imports nothing from
 //! here, and `config` re-exports the entry points below.
 
+pub(super) mod acme;
 pub(super) mod admin;
 mod balance;
 pub(super) mod discovery;

@@ -21,6 +21,8 @@ pub(crate) struct Ctx<'s> {
     pub dir: Option<&'s Path>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
+    /// The file has an `[acme]` section that is on: TLS servers may name `acme_hosts`.
+    pub acme: bool,
 }
 
 /// One key of a section, taken by the schema.
@@ -142,6 +144,7 @@ impl<'s> Ctx<'s> {
             dir,
             errors: Vec::new(),
             warnings: Vec::new(),
+            acme: false,
         }
     }
 

@@ -34,6 +34,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "logging",
     "api",
     "metrics",
+    "acme",
     "defaults",
     "servers",
 ];
@@ -114,6 +115,8 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, us
         config.metrics = Some(metrics);
         binds_at.push(("metrics.bind".to_owned(), at));
     }
+    config.acme = top.take("acme").and_then(|f| super::acme::acme(ctx, &f));
+    ctx.acme = config.acme.is_some();
     let defaults = top
         .take("defaults")
         .and_then(|f| ctx.table(&f))
@@ -132,6 +135,11 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, us
     }
     let in_file_order = read.iter().map(|(name, _)| name.as_str());
     for problem in checks::typed(&config, in_file_order) {
+        // Reported already where its key is written.
+        let said = format!("{}: {}", problem.key, problem.message);
+        if ctx.errors.iter().any(|e| e.message == said) {
+            continue;
+        }
         let at = read
             .iter()
             .find(|(name, _)| *name == problem.server)
@@ -309,7 +317,8 @@ fn server(
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
     match (&tls, protocol) {
         (None, Protocol::Tls) => {
-            let message = "protocol = \"tls\" needs [tls] with cert_path and key_path";
+            let message =
+                "protocol = \"tls\" needs [tls] with cert_path and key_path, or acme_hosts";
             ctx.error(bind_at, &join(&sec_path, "protocol"), message);
         }
         (Some((at, _)), Protocol::Tcp | Protocol::Udp) => {

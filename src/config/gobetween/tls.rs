@@ -12,6 +12,7 @@ use crate::config::{
 use crate::tls::TlsError;
 
 pub(crate) const TLS_KEYS: &[&str] = &[
+    "acme_hosts",
     "cert_path",
     "key_path",
     "certificates",
@@ -59,13 +60,17 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
     let at = sec.at;
     let mut keys = FileKeys::default();
     let mut certificates = Vec::new();
-    match files(ctx, &mut sec, &mut keys) {
-        Some(files) => certificates.push(files),
-        None => ctx.error(
-            at,
-            &sec.path,
-            "needs cert_path and key_path (the default certificate)",
-        ),
+    let acme_hosts = acme_hosts(ctx, &mut sec);
+    let has_files = sec.find("cert_path").is_some() || sec.find("key_path").is_some();
+    if has_files || acme_hosts.is_empty() {
+        match files(ctx, &mut sec, &mut keys) {
+            Some(files) => certificates.push(files),
+            None => ctx.error(
+                at,
+                &sec.path,
+                "needs cert_path and key_path (the default certificate), or acme_hosts",
+            ),
+        }
     }
     if let Some(list) = sec.take("certificates").and_then(|f| ctx.tables(&f)) {
         for mut item in list {
@@ -114,6 +119,7 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
     }
     let termination = TlsTermination {
         certificates,
+        acme_hosts,
         min_version,
         max_version,
         ciphers: ciphers.into_iter().map(|(_, _, name)| name).collect(),
@@ -124,15 +130,43 @@ pub(crate) fn termination(ctx: &mut Ctx<'_>, f: &Field<'_>) -> Option<TlsTermina
         client_auth,
         handshake_timeout,
     };
-    if termination.certificates.is_empty() {
+    if termination.certificates.is_empty() && termination.acme_hosts.is_empty() {
         return None;
     }
     // The files, now: a bad one is a configuration error naming it.
-    if let Err(e) = crate::tls::termination_config(&termination) {
+    if let Err(e) = crate::tls::termination_config(&termination, None) {
         keys.report(ctx, &e, at, &path);
         return None;
     }
     Some(termination)
+}
+
+/// `acme_hosts = ["name", …]`: DNS names, each once, lower-cased (no wildcard: the
+/// challenges here cannot prove one).
+fn acme_hosts(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Vec<String> {
+    let mut hosts: Vec<String> = Vec::new();
+    if let (Some(at), false) = (sec.find("acme_hosts"), ctx.acme) {
+        let message = "needs the [acme] section (where certificates come from)";
+        ctx.error(at, &join(&sec.path, "acme_hosts"), message);
+    }
+    for (at, path, host) in strings(ctx, sec, "acme_hosts") {
+        let name = host.to_ascii_lowercase();
+        let valid = rustls_pki_types::DnsName::try_from(name.as_str()).is_ok()
+            && name.contains('.')
+            && !name.contains('*');
+        if !valid {
+            let message = format!(
+                "\"{host}\" is not a DNS name a certificate can be obtained for; expected a \
+                 name such as \"www.example.com\" (no wildcard, IP address or port)"
+            );
+            ctx.error(at, &path, message);
+        } else if hosts.contains(&name) {
+            ctx.error(at, &path, format!("\"{host}\" is listed twice"));
+        } else {
+            hosts.push(name);
+        }
+    }
+    hosts
 }
 
 /// `cert_path` and `key_path` of `sec`, both required.

@@ -65,8 +65,14 @@ pub struct ServerShared {
     pub sni: ArcSwapOption<sni::Matcher>,
     /// TLS termination's configuration; rebuilt when the settings change or on reload.
     pub tls: ArcSwapOption<rustls::ServerConfig>,
+    /// What a TLS-ALPN-01 validator of one of its `acme_hosts` is answered with;
+    /// rebuilt like `tls`, `None` without `acme_hosts`.
+    pub validation_tls: ArcSwapOption<rustls::ServerConfig>,
     /// TLS towards backends; rebuilt like `tls`.
     pub backends_tls: ArcSwapOption<rustls::ClientConfig>,
+    /// The certificates obtained over ACME for `acme_hosts` (the runtime's, shared by
+    /// every server).
+    pub obtained: Option<Arc<crate::tls::Obtained>>,
     pub stats: ServerStats,
     /// Clients tracked by client protection, and the server's connection rate.
     pub clients: Clients,
@@ -92,7 +98,9 @@ impl ServerShared {
             settings: ArcSwap::from_pointee(config.clone()),
             sni: ArcSwapOption::empty(),
             tls: ArcSwapOption::empty(),
+            validation_tls: ArcSwapOption::empty(),
             backends_tls: ArcSwapOption::empty(),
+            obtained: None,
             stats: ServerStats::default(),
             clients: Clients::new(),
             listeners: Vec::new(),
@@ -121,6 +129,12 @@ impl ServerShared {
         counter.load(Ordering::Relaxed)
     }
 
+    /// Serving the certificates of its `acme_hosts` from `obtained`.
+    pub(crate) fn with_obtained(mut self, obtained: &Arc<crate::tls::Obtained>) -> Self {
+        self.obtained = Some(Arc::clone(obtained));
+        self
+    }
+
     /// With the addresses it listens on, each counted apart.
     pub(crate) fn with_listeners(mut self, addrs: &[SocketAddr]) -> Self {
         self.listeners = addrs
@@ -145,13 +159,26 @@ impl ServerShared {
     /// this (`server::certificates`).
     pub(crate) fn load_tls(&self, settings: &ServerConfig) {
         match &settings.tls {
-            None => self.tls.store(None),
-            Some(termination) => match crate::tls::termination_config(termination) {
-                Ok(config) => self.tls.store(Some(config)),
-                Err(e) => {
-                    error!(server = %self.name, error = %e, "cannot load the TLS certificates; keeping the current ones");
+            None => {
+                self.tls.store(None);
+                self.validation_tls.store(None);
+            }
+            Some(termination) => {
+                let obtained = self.obtained.as_ref();
+                match crate::tls::termination_config(termination, obtained) {
+                    Ok(config) => self.tls.store(Some(config)),
+                    Err(e) => {
+                        error!(server = %self.name, error = %e, "cannot load the TLS certificates; keeping the current ones");
+                    }
                 }
-            },
+                let validation = match obtained {
+                    Some(obtained) if !termination.acme_hosts.is_empty() => {
+                        crate::tls::validation_config(obtained, &termination.acme_hosts).ok()
+                    }
+                    _ => None,
+                };
+                self.validation_tls.store(validation);
+            }
         }
         match &settings.backends_tls {
             None => self.backends_tls.store(None),
