@@ -358,6 +358,11 @@ impl Runtime {
     }
 
     /// Whether shutdown has begun: nothing new is accepted or applied.
+    /// The certificates of `acme_hosts`, and what the API and metrics show of them.
+    pub fn acme(&self) -> &Arc<crate::acme::Acme> {
+        &self.life.acme
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.life.graceful.is_cancelled()
     }

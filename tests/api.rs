@@ -563,7 +563,7 @@ async fn https_when_api_tls_is_set() {
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
     let mut api = api_config();
     api.tls = Some(sluice::config::TlsFiles {
         cert_path,

@@ -247,7 +247,7 @@ async fn https_file_server(dir: &Path) -> (FileServer, PathBuf) {
         .expect("certificate");
     let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).expect("write certificate");
-    std::fs::write(&key_path, cert.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).expect("write key");
     let (c, k) = (cert_path.clone(), key_path);
     let web = FileServer::start_with(move |addr, root| {
         format!(

@@ -350,7 +350,7 @@ async fn consul_over_tls_verifies_the_agent() {
         key_path: dir.path().join("agent.key"),
     };
     std::fs::write(&files.cert_path, cert.cert.pem()).expect("write cert");
-    std::fs::write(&files.key_path, cert.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&files.key_path, cert.signing_key.serialize_pem()).expect("write key");
     let server = sluice::tls::server_config(&files, &[]).expect("server config");
     let consul = FakeConsul::start(Some(server)).await;
     consul.set(3, 200, CONSUL_TWO);

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod acme;
 mod addresses;
 mod api;
 mod backends_fail;

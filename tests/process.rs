@@ -180,7 +180,7 @@ async fn check_takes_relative_paths_from_the_files_directory_not_the_working_one
     write_file(
         &conf.join("certs"),
         "web.key",
-        &cert.key_pair.serialize_pem(),
+        &cert.signing_key.serialize_pem(),
     );
     let server = |key: &str| {
         format!(

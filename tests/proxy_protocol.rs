@@ -436,7 +436,7 @@ fn certificate_files(dir: &Path) -> (PathBuf, PathBuf) {
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
-    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     (cert, key)
 }
 

@@ -21,6 +21,7 @@ use crate::support::*;
 fn termination(certificates: Vec<TlsFiles>) -> TlsTermination {
     TlsTermination {
         certificates,
+        acme_hosts: Vec::new(),
         min_version: TlsVersion::Tls12,
         max_version: TlsVersion::Tls13,
         ciphers: Vec::new(),

@@ -297,6 +297,34 @@ pub async fn reload(State(api): State<ApiState>) -> ApiResult<Json<Value>> {
     ))
 }
 
+/// `GET /acme`: each `acme_hosts` name's certificate: validity, serial, last error.
+pub async fn acme_status(State(api): State<ApiState>) -> Json<Value> {
+    let certificates = api.control.runtime().acme().status();
+    Json(json!({ "certificates": certificates }))
+}
+
+#[derive(Deserialize)]
+pub struct RenewQuery {
+    name: Option<String>,
+}
+
+/// `POST /acme/renew[?name=NAME]`: orders new certificates now and answers once done:
+/// 200 when every one was renewed, 502 (the ACME server failed) with why otherwise.
+pub async fn acme_renew(
+    State(api): State<ApiState>,
+    Query(query): Query<RenewQuery>,
+) -> (StatusCode, Json<Value>) {
+    let acme = api.control.runtime().acme();
+    let (renewed, failed) = acme.renew(query.name.as_deref()).await;
+    info!(renewed = renewed.len(), failed = failed.len(), "ACME renewal asked through the API");
+    let status = if failed.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    (status, Json(json!({ "renewed": renewed, "failed": failed })))
+}
+
 #[derive(Deserialize)]
 pub struct ClientsQuery {
     top: Option<String>,

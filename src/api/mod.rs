@@ -53,6 +53,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
         &["get", "post", "patch", "delete"],
     ),
     ("/reload", &["post"]),
+    ("/acme", &["get"]),
+    ("/acme/renew", &["post"]),
     ("/dump", &["get"]),
     ("/openapi.json", &["get"]),
     ("/metrics", &["get"]),
@@ -89,6 +91,8 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
                 .delete(delete_backend),
         )
         .route("/reload", post(reload))
+        .route("/acme", get(acme_status))
+        .route("/acme/renew", post(acme_renew))
         .route("/dump", get(dump))
         .route("/openapi.json", get(openapi))
         .fallback(not_found)

@@ -133,7 +133,10 @@ pub struct Config {
     )]
     pub metrics: Option<MetricsConfig>,
     /// `[acme]`: certificates obtained for `acme_hosts`; `None` when not configured.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "dump::enabled"
+    )]
     pub acme: Option<AcmeConfig>,
     /// How long SIGTERM waits for connections to finish before closing them.
     #[serde(serialize_with = "write_as::duration")]

@@ -10,6 +10,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
+use crate::acme::CertificateStatus;
 use crate::backend::{AdminState, Backend};
 use crate::config::Protocol;
 use crate::pool::Pool;
@@ -24,6 +25,8 @@ use super::scope::Scope;
 /// began, so that every family lists the same backends even if a reload lands meanwhile.
 pub(super) struct Scrape {
     servers: Vec<ServerView>,
+    /// The certificates of `acme_hosts`, as the scrape began.
+    certificates: Vec<CertificateStatus>,
     scope: Scope,
 }
 
@@ -53,7 +56,17 @@ impl Scrape {
                 shared,
             })
             .collect();
-        Scrape { servers, scope }
+        Scrape {
+            servers,
+            certificates: Vec::new(),
+            scope,
+        }
+    }
+
+    /// With the certificates obtained over ACME (families labelled by server and name).
+    pub(super) fn with_certificates(mut self, certificates: Vec<CertificateStatus>) -> Self {
+        self.certificates = certificates;
+        self
     }
 
     fn backends(&self) -> impl Iterator<Item = (&str, &Backend)> {
@@ -103,6 +116,7 @@ impl Collector for Scrape {
         let e = &mut encoder;
         if self.scope.servers {
             self.encode_servers(e)?;
+            self.encode_certificates(e)?;
         }
         if self.scope.backends {
             self.encode_backends(e)?;
@@ -125,6 +139,40 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
+    /// The ACME certificates' families, labelled by server and name.
+    fn encode_certificates(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        if self.certificates.is_empty() {
+            return Ok(());
+        }
+        let expiry = Meta::gauge(
+            "sluice_tls_certificate_expiry",
+            "Seconds left before the certificate obtained for the name expires (0: expired).",
+        )
+        .unit(Unit::Seconds);
+        let samples = self.certificates.iter().filter_map(|c| {
+            let left = u64::try_from(c.expires_in_seconds?).unwrap_or(0);
+            let labels = [("server", c.server.as_str()), ("name", c.name.as_str())];
+            Some((labels, Value::Gauge(left)))
+        });
+        family(e, expiry, samples)?;
+        let events = Meta::counter(
+            "sluice_acme_events",
+            "What happened to the certificate of each name: issued, renewed, failed (an \
+             order), cached (taken from the cache at start).",
+        );
+        let samples = self.certificates.iter().flat_map(|c| {
+            c.events.iter().map(move |(event, count)| {
+                let labels = [
+                    ("server", c.server.as_str()),
+                    ("name", c.name.as_str()),
+                    ("event", *event),
+                ];
+                (labels, Value::Counter(*count))
+            })
+        });
+        family(e, events, samples)
+    }
+
     /// The families labelled by server (listeners, UDP included).
     fn encode_servers(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         self.per_server(

@@ -85,9 +85,10 @@ async fn scrape(State(runtime): State<Arc<Runtime>>, RawQuery(query): RawQuery) 
         Err(message) => return (StatusCode::BAD_REQUEST, message + "\n").into_response(),
     };
     let servers = runtime.servers().await;
+    let certificates = runtime.acme().status();
     // Thousands of backends make an exposition of tens of megabytes: written off the
     // threads that serve the API and run the checks.
-    let rendered = tokio::task::spawn_blocking(move || render(servers, scope)).await;
+    let rendered = tokio::task::spawn_blocking(move || render(servers, certificates, scope)).await;
     match rendered {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         // Writing to a String cannot fail; an encoder that rejects a value can.
@@ -105,12 +106,13 @@ async fn scrape(State(runtime): State<Arc<Runtime>>, RawQuery(query): RawQuery) 
 /// The exposition of `scope` for these servers, `# EOF` included.
 fn render(
     servers: Vec<(String, Arc<crate::proxy::state::ServerShared>)>,
+    certificates: Vec<crate::acme::CertificateStatus>,
     scope: Scope,
 ) -> Result<String, std::fmt::Error> {
     // A registry per scrape costs one allocation and keeps the collector's snapshot of
     // servers and pools consistent for the whole response.
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector::Scrape::new(servers, scope)));
+    registry.register_collector(Box::new(collector::Scrape::new(servers, scope).with_certificates(certificates)));
     let mut body = String::new();
     text::encode(&mut body, &registry)?;
     Ok(body)

@@ -15,8 +15,7 @@ use super::TestBackend;
 /// A CA and the files of leaf certificates it signs.
 pub struct Pki {
     pub dir: tempfile::TempDir,
-    ca: rcgen::Certificate,
-    ca_key: rcgen::KeyPair,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
 }
 
 impl Pki {
@@ -28,10 +27,11 @@ impl Pki {
             .distinguished_name
             .push(rcgen::DnType::CommonName, "Sluice test CA");
         let ca_key = rcgen::KeyPair::generate().expect("key");
-        let ca = params.self_signed(&ca_key).expect("CA");
+        let ca_cert = params.self_signed(&ca_key).expect("CA");
         let dir = tempfile::tempdir().expect("temp dir");
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).expect("write CA");
-        Pki { dir, ca, ca_key }
+        std::fs::write(dir.path().join("ca.pem"), ca_cert.pem()).expect("write CA");
+        let ca = rcgen::Issuer::new(params, ca_key);
+        Pki { dir, ca }
     }
 
     pub fn ca_path(&self) -> PathBuf {
@@ -51,7 +51,7 @@ impl Pki {
         );
         let key = rcgen::KeyPair::generate().expect("key");
         let cert = params
-            .signed_by(&key, &self.ca, &self.ca_key)
+            .signed_by(&key, &self.ca)
             .expect("leaf");
         let files = TlsFiles {
             cert_path: self.dir.path().join(format!("{file}.pem")),

@@ -255,3 +255,55 @@ fn udp_transparent_is_the_servers_transparent() {
         "t.toml:5:1: servers.dns.udp.transparent: expected true or false, found a string"
     );
 }
+
+/// `[acme]`: GoBetween's three keys and their defaults, ACMEv2's, the challenge's
+/// names, and `acme_hosts` checked where they are written.
+#[test]
+fn acme_section_and_acme_hosts() {
+    let tls = "[servers.tls]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n\
+               discovery = { kind = \"static\", static_list = [\"127.0.0.1:1\"] }\n\
+               [servers.tls.tls]\nacme_hosts = [\"WWW.example.com\", \"api.example.com\"]\n";
+    let loaded = ok(&format!("[acme]\nchallenge = \"http\"\ncache_dir = \"/c\"\n{tls}"));
+    let acme = loaded.config.acme.expect("acme");
+    assert_eq!(acme.challenge, AcmeChallenge::Http01, "GoBetween's name");
+    assert_eq!(acme.http_bind.to_string(), DEFAULT_ACME_HTTP_BIND);
+    assert_eq!(acme.directory_url, LETS_ENCRYPT_DIRECTORY);
+    assert_eq!(acme.cache_dir, Path::new("/c"));
+    let hosts = &loaded.config.servers["tls"].tls.as_ref().expect("tls").acme_hosts;
+    assert_eq!(hosts, &["www.example.com", "api.example.com"], "lower-cased");
+
+    let loaded = ok(&format!(
+        "[acme]\nchallenge = \"sni\"\ndirectory_url = \"https://127.0.0.1:14000/dir\"\n\
+         email = \"ops@example.com\"\nca_path = \"/ca.pem\"\n{tls}"
+    ));
+    let acme = loaded.config.acme.expect("acme");
+    assert_eq!(acme.challenge, AcmeChallenge::TlsAlpn01);
+    assert_eq!(acme.email.as_deref(), Some("ops@example.com"));
+    assert_eq!(acme.cache_dir, Path::new(DEFAULT_ACME_CACHE_DIR));
+
+    let off = ok(&format!("[acme]\nenabled = false\n{WEB}"));
+    assert_eq!(off.config.acme, None);
+
+    assert_eq!(
+        errors(&format!(
+            "[acme]\nchallenge = \"dns-01\"\nemail = \"nobody\"\n\
+             directory_url = \"ftp://x\"\n{WEB}"
+        )),
+        "t.toml:2:1: acme.challenge: unknown challenge \"dns-01\"; expected one of http-01, \
+         tls-alpn-01, http, sni, tls\n\
+         t.toml:3:1: acme.email: \"nobody\" is not an e-mail address\n\
+         t.toml:4:1: acme.directory_url: \"ftp://x\" is not an http(s) URL; expected the \
+         ACME server's directory, such as \"https://acme-v02.api.letsencrypt.org/directory\""
+    );
+    let bad_hosts = "[acme]\n[servers.tls]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n\
+                     discovery = { kind = \"static\", static_list = [\"127.0.0.1:1\"] }\n\
+                     [servers.tls.tls]\nacme_hosts = [\"*.example.com\", \"a.example.com\", \
+                     \"a.example.com\"]\n";
+    assert_eq!(
+        errors(bad_hosts),
+        "t.toml:7:15: servers.tls.tls.acme_hosts[0]: \"*.example.com\" is not a DNS name a \
+         certificate can be obtained for; expected a name such as \"www.example.com\" (no \
+         wildcard, IP address or port)\n\
+         t.toml:7:49: servers.tls.tls.acme_hosts[2]: \"a.example.com\" is listed twice"
+    );
+}

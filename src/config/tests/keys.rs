@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::super::dump;
 use super::super::gobetween::legacy::{legacy_keys, Place};
-use super::super::gobetween::{admin, discovery, failover, health, limits, sections, server, tls};
+use super::super::gobetween::{acme, admin, discovery, failover, health, limits, sections, server, tls};
 use super::{files, parse_file};
 use dump::Secrets;
 
@@ -34,6 +34,7 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("api.tls", admin::FILES_KEYS.to_vec()),
         ("metrics", admin::METRICS_KEYS.to_vec()),
         ("metrics.basic_auth", admin::BASIC_AUTH_KEYS.to_vec()),
+        ("acme", acme::ACME_KEYS.to_vec()),
         (
             "defaults",
             with_legacy(
@@ -306,7 +307,7 @@ fn the_rest(dir: &Path) -> String {
         rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     std::fs::write(&cert, certified.cert.pem()).expect("write certificate");
-    std::fs::write(&key, certified.key_pair.serialize_pem()).expect("write key");
+    std::fs::write(&key, certified.signing_key.serialize_pem()).expect("write key");
     let (cert, key) = (cert.display(), key.display());
     let health = [
         "kind = \"probe\"\nprobe_protocol = \"tls\"\nprobe_send = \"x\"\n\
@@ -332,9 +333,13 @@ fn the_rest(dir: &Path) -> String {
          [metrics]\nenabled = true\nbind = \"127.0.0.1:0\"\nbearer_token = \"t\"\n\
          insecure_public = true\nallowed_hosts = [\"lb\"]\n\
          [metrics.basic_auth]\nlogin = \"a\"\npassword = \"p\"\n\
+         [acme]\nchallenge = \"http-01\"\nhttp_bind = \"127.0.0.1:0\"\ncache_dir = \"/tmp/acme\"\n\
+         directory_url = \"https://acme.example/dir\"\nemail = \"ops@example.com\"\n\
+         ca_path = \"{cert}\"\n\
          [servers.tls]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n\
          discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:1\"] }}\n\
          [servers.tls.tls]\ncert_path = \"{cert}\"\nkey_path = \"{key}\"\n\
+         acme_hosts = [\"www.example.com\"]\n\
          certificates = [{{ cert_path = \"{cert}\", key_path = \"{key}\" }}]\n\
          min_version = \"tls1.2\"\nmax_version = \"tls1.3\"\n\
          ciphers = [\"TLS13_AES_128_GCM_SHA256\"]\nsession_tickets = true\nalpn = [\"h2\"]\n\

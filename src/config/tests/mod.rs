@@ -298,7 +298,7 @@ fn write_certificate(dir: &Path) {
     let certs = dir.join("certs");
     std::fs::create_dir_all(&certs).expect("create certs/");
     std::fs::write(certs.join("web.pem"), cert.cert.pem()).expect("write web.pem");
-    std::fs::write(certs.join("web.key"), cert.key_pair.serialize_pem()).expect("write web.key");
+    std::fs::write(certs.join("web.key"), cert.signing_key.serialize_pem()).expect("write web.key");
 }
 
 /// Every kind of file key, each relative (the TLS files must exist: they are loaded).
