@@ -121,7 +121,8 @@ protocol = "tls"
         SluiceProcess::start(&self.toml(challenge, names)).await
     }
 
-    /// A TLS client trusting only the root of the certificates Pebble issues.
+    /// A TLS client trusting only the root of the certificates Pebble issues, resuming no
+    /// session.
     async fn client(&self) -> TlsConnector {
         let root = self.pebble.issuing_root_pem().await;
         let mut roots = rustls::RootCertStore::empty();
@@ -135,6 +136,9 @@ protocol = "tls"
         .expect("versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
+        // Every handshake in full: a resumed session shows the certificate it began with.
+        let mut config = config;
+        config.resumption = rustls::client::Resumption::disabled();
         TlsConnector::from(Arc::new(config))
     }
 

@@ -42,8 +42,8 @@ impl TlsBackend {
         )
         .expect("certificate");
         let cert_pem = cert.cert.pem();
-        let key =
-            rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der()).expect("key");
+        let key = rustls_pki_types::PrivateKeyDer::try_from(cert.signing_key.serialize_der())
+            .expect("key");
         let config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))

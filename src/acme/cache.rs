@@ -101,6 +101,9 @@ mod tests {
         let (chain, key) = split(text).expect("both");
         assert!(key.contains("\nk\n") && !key.contains("c1"));
         assert!(chain.contains("c1") && chain.contains("c2") && !chain.contains("\nk\n"));
-        assert_eq!(split("-----BEGIN CERTIFICATE-----\nc\n-----END CERTIFICATE-----\n"), None);
+        assert_eq!(
+            split("-----BEGIN CERTIFICATE-----\nc\n-----END CERTIFICATE-----\n"),
+            None
+        );
     }
 }

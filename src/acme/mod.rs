@@ -178,6 +178,9 @@ impl Acme {
     /// The certificates of `config`'s servers (none until [`Acme::apply`]); every task
     /// ends when `stop` is cancelled.
     pub fn new(stop: CancellationToken) -> Arc<Acme> {
+        // The ACME client's HTTPS (hyper-rustls) takes the process's default provider;
+        // ring is the one everything here uses. Already set (by a test): kept.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Arc::new(Acme {
             config: ArcSwapOption::empty(),
             obtained: Arc::new(Obtained::default()),
@@ -286,7 +289,12 @@ impl Acme {
                     last_error: state.last_error.clone(),
                     events: Event::ALL
                         .iter()
-                        .map(|e| (e.as_str(), followed.events[*e as usize].load(Ordering::Relaxed)))
+                        .map(|e| {
+                            (
+                                e.as_str(),
+                                followed.events[*e as usize].load(Ordering::Relaxed),
+                            )
+                        })
                         .collect(),
                 }
             })
@@ -301,7 +309,11 @@ impl Acme {
         let chosen: Vec<Arc<Name>> = {
             let names = lock(&self.names);
             match name {
-                Some(name) => names.get(&name.to_ascii_lowercase()).cloned().into_iter().collect(),
+                Some(name) => names
+                    .get(&name.to_ascii_lowercase())
+                    .cloned()
+                    .into_iter()
+                    .collect(),
                 None => names.values().cloned().collect(),
             }
         };
@@ -403,7 +415,8 @@ impl Acme {
         };
         let had = lock(&followed.state).validity.is_some();
         let result = tokio::time::timeout(ORDER_TIMEOUT, self.obtain(&config, followed)).await;
-        let result = result.unwrap_or_else(|_| Err(format!("no certificate within {ORDER_TIMEOUT:?}")));
+        let result =
+            result.unwrap_or_else(|_| Err(format!("no certificate within {ORDER_TIMEOUT:?}")));
         match result {
             Ok((not_before, not_after)) => {
                 {
@@ -432,13 +445,19 @@ impl Acme {
                     let mut state = lock(&followed.state);
                     state.failures = state.failures.saturating_add(1);
                     let doublings = state.failures.saturating_sub(1).min(16);
-                    let retry_in = FIRST_BACKOFF.saturating_mul(1 << doublings).min(MAX_BACKOFF);
+                    let retry_in = FIRST_BACKOFF
+                        .saturating_mul(1 << doublings)
+                        .min(MAX_BACKOFF);
                     state.retry_at = Some(Instant::now() + retry_in);
                     state.last_error = Some(e.clone());
                     retry_in
                 };
                 followed.count(Event::Failed);
-                let serving = if had { "the previous certificate serves on" } else { "no certificate yet" };
+                let serving = if had {
+                    "the previous certificate serves on"
+                } else {
+                    "no certificate yet"
+                };
                 warn!(
                     server = %followed.server,
                     name = %followed.name,
@@ -493,7 +512,8 @@ impl Acme {
                 .await
                 .map_err(|e| format!("cached account: {e}"))?,
             None => {
-                let contact: Vec<String> = config.email.iter().map(|e| format!("mailto:{e}")).collect();
+                let contact: Vec<String> =
+                    config.email.iter().map(|e| format!("mailto:{e}")).collect();
                 let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
                 let new = NewAccount {
                     contact: &contact,
@@ -542,7 +562,11 @@ impl Acme {
         match tokio::net::TcpListener::bind(&bind).await {
             Ok(listener) => {
                 let stop = self.stop.child_token();
-                tokio::spawn(responder::serve(listener, Arc::clone(&self.tokens), stop.clone()));
+                tokio::spawn(responder::serve(
+                    listener,
+                    Arc::clone(&self.tokens),
+                    stop.clone(),
+                ));
                 *lock(&self.responder) = Some((bind, stop));
             }
             Err(e) => {

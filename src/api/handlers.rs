@@ -316,13 +316,20 @@ pub async fn acme_renew(
 ) -> (StatusCode, Json<Value>) {
     let acme = api.control.runtime().acme();
     let (renewed, failed) = acme.renew(query.name.as_deref()).await;
-    info!(renewed = renewed.len(), failed = failed.len(), "ACME renewal asked through the API");
+    info!(
+        renewed = renewed.len(),
+        failed = failed.len(),
+        "ACME renewal asked through the API"
+    );
     let status = if failed.is_empty() {
         StatusCode::OK
     } else {
         StatusCode::BAD_GATEWAY
     };
-    (status, Json(json!({ "renewed": renewed, "failed": failed })))
+    (
+        status,
+        Json(json!({ "renewed": renewed, "failed": failed })),
+    )
 }
 
 #[derive(Deserialize)]

@@ -87,7 +87,10 @@ fn acme_hosts(
     name: &str,
     server: &ServerConfig,
 ) -> Vec<Problem> {
-    let hosts = server.tls.as_ref().map_or(&[][..], |tls| &tls.acme_hosts[..]);
+    let hosts = server
+        .tls
+        .as_ref()
+        .map_or(&[][..], |tls| &tls.acme_hosts[..]);
     let problem = |message: String| Problem {
         server: name.to_owned(),
         key: format!("{}.tls.acme_hosts", join("servers", name)),

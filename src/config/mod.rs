@@ -84,7 +84,8 @@ pub use crate::tls::{
     BackendsTls, ClientAuth, ClientTlsFiles, TlsFiles, TlsTermination, TlsVersion,
 };
 pub use acme::{
-    AcmeChallenge, AcmeConfig, DEFAULT_ACME_CACHE_DIR, DEFAULT_ACME_HTTP_BIND, LETS_ENCRYPT_DIRECTORY,
+    AcmeChallenge, AcmeConfig, DEFAULT_ACME_CACHE_DIR, DEFAULT_ACME_HTTP_BIND,
+    LETS_ENCRYPT_DIRECTORY,
 };
 pub use address::{port_number, split_host_port, Url};
 pub use admin::{

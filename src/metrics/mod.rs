@@ -112,7 +112,9 @@ fn render(
     // A registry per scrape costs one allocation and keeps the collector's snapshot of
     // servers and pools consistent for the whole response.
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(collector::Scrape::new(servers, scope).with_certificates(certificates)));
+    registry.register_collector(Box::new(
+        collector::Scrape::new(servers, scope).with_certificates(certificates),
+    ));
     let mut body = String::new();
     text::encode(&mut body, &registry)?;
     Ok(body)

@@ -270,26 +270,43 @@ impl Prelude for Tls {
                             }
                             Err(_) => {
                                 let detail = format!("no handshake within {limit:?}");
-                                return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                                return Err(Refusal::new(
+                                    client,
+                                    CloseReason::TlsHandshake,
+                                    detail,
+                                ));
                             }
                         }
                     }
                     Some(validation) => {
-                        let accepted = timeout(limit, accept_or_validate(stream, config, validation));
+                        let accepted =
+                            timeout(limit, accept_or_validate(stream, config, validation));
                         match accepted.await {
                             Ok(Ok(Accepted::Client(tls))) => Either::Left(tls),
                             Ok(Ok(Accepted::Validation(mut tls))) => {
                                 let _ = timeout(limit, tls.shutdown()).await;
                                 let detail = "answered an ACME TLS-ALPN-01 validation";
-                                return Err(Refusal::new(client, CloseReason::AcmeValidation, detail));
+                                return Err(Refusal::new(
+                                    client,
+                                    CloseReason::AcmeValidation,
+                                    detail,
+                                ));
                             }
                             Ok(Err(e)) => {
                                 let detail = handshake_error(&e, Peer::Client);
-                                return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                                return Err(Refusal::new(
+                                    client,
+                                    CloseReason::TlsHandshake,
+                                    detail,
+                                ));
                             }
                             Err(_) => {
                                 let detail = format!("no handshake within {limit:?}");
-                                return Err(Refusal::new(client, CloseReason::TlsHandshake, detail));
+                                return Err(Refusal::new(
+                                    client,
+                                    CloseReason::TlsHandshake,
+                                    detail,
+                                ));
                             }
                         }
                     }

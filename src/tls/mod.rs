@@ -405,7 +405,9 @@ impl rustls::server::ResolvesServerCert for ByServerName {
         // No file at all: a client that asked for no name (or another) gets the first
         // name's certificate, as a file server gives its first.
         let acme = self.acme.as_ref()?;
-        acme.hosts.iter().find_map(|host| acme.obtained.certificate(host))
+        acme.hosts
+            .iter()
+            .find_map(|host| acme.obtained.certificate(host))
     }
 }
 

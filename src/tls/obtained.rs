@@ -93,8 +93,7 @@ pub fn certified_key(chain_pem: &str, key_pem: &str) -> Result<CertifiedKey, Str
     if chain.is_empty() {
         return Err("no certificate in the chain".to_owned());
     }
-    let key =
-        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|e| format!("key: {e}"))?;
     let signing = ring::default_provider()
         .key_provider
         .load_private_key(key)

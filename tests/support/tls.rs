@@ -50,9 +50,7 @@ impl Pki {
             names.first().copied().unwrap_or(file),
         );
         let key = rcgen::KeyPair::generate().expect("key");
-        let cert = params
-            .signed_by(&key, &self.ca)
-            .expect("leaf");
+        let cert = params.signed_by(&key, &self.ca).expect("leaf");
         let files = TlsFiles {
             cert_path: self.dir.path().join(format!("{file}.pem")),
             key_path: self.dir.path().join(format!("{file}.key")),

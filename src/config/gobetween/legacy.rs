@@ -100,9 +100,7 @@ pub(crate) fn apply(ctx: &mut Ctx<'_>, sec: &mut Section<'_>, place: Place) {
 }
 
 /// GoBetween sections Sluice does not support yet, and what they are.
-const UNSUPPORTED: &[(Place, &str, &str)] = &[
-    (Place::Top, "profiler", "the profiler"),
-];
+const UNSUPPORTED: &[(Place, &str, &str)] = &[(Place::Top, "profiler", "the profiler")];
 
 /// Reports every unsupported GoBetween section of `sec` that is enabled. A section that
 /// is off (`enabled = false`, or no `enabled = true`: GoBetween's default) asks for

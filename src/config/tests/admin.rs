@@ -263,14 +263,24 @@ fn acme_section_and_acme_hosts() {
     let tls = "[servers.tls]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n\
                discovery = { kind = \"static\", static_list = [\"127.0.0.1:1\"] }\n\
                [servers.tls.tls]\nacme_hosts = [\"WWW.example.com\", \"api.example.com\"]\n";
-    let loaded = ok(&format!("[acme]\nchallenge = \"http\"\ncache_dir = \"/c\"\n{tls}"));
+    let loaded = ok(&format!(
+        "[acme]\nchallenge = \"http\"\ncache_dir = \"/c\"\n{tls}"
+    ));
     let acme = loaded.config.acme.expect("acme");
     assert_eq!(acme.challenge, AcmeChallenge::Http01, "GoBetween's name");
     assert_eq!(acme.http_bind.to_string(), DEFAULT_ACME_HTTP_BIND);
     assert_eq!(acme.directory_url, LETS_ENCRYPT_DIRECTORY);
     assert_eq!(acme.cache_dir, Path::new("/c"));
-    let hosts = &loaded.config.servers["tls"].tls.as_ref().expect("tls").acme_hosts;
-    assert_eq!(hosts, &["www.example.com", "api.example.com"], "lower-cased");
+    let hosts = &loaded.config.servers["tls"]
+        .tls
+        .as_ref()
+        .expect("tls")
+        .acme_hosts;
+    assert_eq!(
+        hosts,
+        &["www.example.com", "api.example.com"],
+        "lower-cased"
+    );
 
     let loaded = ok(&format!(
         "[acme]\nchallenge = \"sni\"\ndirectory_url = \"https://127.0.0.1:14000/dir\"\n\

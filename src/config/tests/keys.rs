@@ -9,7 +9,9 @@ use serde_json::Value;
 
 use super::super::dump;
 use super::super::gobetween::legacy::{legacy_keys, Place};
-use super::super::gobetween::{acme, admin, discovery, failover, health, limits, sections, server, tls};
+use super::super::gobetween::{
+    acme, admin, discovery, failover, health, limits, sections, server, tls,
+};
 use super::{files, parse_file};
 use dump::Secrets;
 
