@@ -502,3 +502,73 @@ async fn short_lived_certificates_renew_by_themselves() {
     let entry = acme_entry(&sluice, A).await;
     assert!(entry["last_error"].is_null(), "{entry}");
 }
+
+/// The name a TLS session to `addr` asked for, verified by `client`: the greeting of the
+/// backend it reached.
+async fn greeted_by(addr: SocketAddr, name: &str, client: &TlsConnector) -> Result<String, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let mut tls = timeout(WAIT, client.connect(server_name(name), tcp))
+        .await
+        .map_err(|_| "handshake timed out".to_owned())?
+        .map_err(|e| format!("handshake: {e}"))?;
+    let mut greeting = Vec::new();
+    while !greeting.ends_with(b"\n") && greeting.len() < 64 {
+        let byte = timeout(WAIT, tls.read_u8())
+            .await
+            .map_err(|_| "greeting timed out".to_owned())?
+            .map_err(|e| format!("greeting: {e}"))?;
+        greeting.push(byte);
+    }
+    Ok(String::from_utf8_lossy(&greeting).trim_end().to_owned())
+}
+
+#[tokio::test]
+async fn acme_hosts_with_sni_send_each_name_to_its_backends() {
+    let test = "acme_hosts_with_sni_send_each_name_to_its_backends";
+    let Some(acme) = Acme::start(test, None).await else {
+        return;
+    };
+    let (for_a, for_b) = (
+        TestBackend::named("for-a").await,
+        TestBackend::named("for-b").await,
+    );
+    let toml = acme.toml("tls-alpn-01", &[A, B]).replace(
+        &format!("static_list = [\"{}\"]", acme.backend.addr),
+        &format!(
+            "static_list = [\"{} sni={A}\", \"{} sni={B}\"]\n\n  \
+             [servers.web.sni]\n  unexpected_hostname_strategy = \"reject\"",
+            for_a.addr, for_b.addr
+        ),
+    );
+    let sluice = SluiceProcess::start(&toml).await;
+    let client = acme.client().await;
+    for (name, backend) in [(A, "for-a"), (B, "for-b")] {
+        let deadline = Instant::now() + ISSUE_WAIT;
+        loop {
+            match greeted_by(acme.web, name, &client).await {
+                Ok(greeting) => {
+                    assert_eq!(greeting, backend, "{name} goes to its own backend");
+                    break;
+                }
+                Err(e) if Instant::now() >= deadline => {
+                    panic!(
+                        "{name} not served within {ISSUE_WAIT:?}: {e}\n{}",
+                        sluice.log()
+                    )
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+    // Each name, several times, always to its own backend.
+    for _ in 0..5 {
+        assert_eq!(
+            greeted_by(acme.web, A, &client).await.as_deref(),
+            Ok("for-a")
+        );
+        assert_eq!(
+            greeted_by(acme.web, B, &client).await.as_deref(),
+            Ok("for-b")
+        );
+    }
+}

@@ -323,10 +323,27 @@ impl Prelude for Tls {
             }
             _ => None,
         };
-        let learned = (destination.is_some() || tls.is_some()).then(|| {
+        // `[sni]` with TLS terminated here: the name the handshake asked for picks the
+        // backends, as the ClientHello does for TLS passed through.
+        let route = match &stream {
+            Either::Left(tls) if settings.sni.is_some() => {
+                let session = tls.get_ref().1;
+                let hello = client_hello::Hello {
+                    server_name: session.server_name().map(str::to_ascii_lowercase),
+                    alpn: session
+                        .alpn_protocol()
+                        .map(|p| vec![String::from_utf8_lossy(p).into_owned()])
+                        .unwrap_or_default(),
+                };
+                route(server, &hello, client)?
+            }
+            _ => None,
+        };
+        let learned = (destination.is_some() || tls.is_some() || route.is_some()).then(|| {
             Box::new(Learned {
                 destination,
                 tls,
+                route,
                 ..Learned::default()
             })
         });

@@ -327,13 +327,10 @@ fn server(
         }
         _ => {}
     }
-    if let (Some((at, _)), Some(_)) = (&sni, &backends_tls) {
-        let message = "[sni] passes clients' TLS through; [backends_tls] would wrap it again";
-        ctx.error(*at, &join(&sec_path, "sni"), message);
-    }
-    if let (Some(_), Some((at, _)), Protocol::Tls) = (&tls, &sni, protocol) {
-        let message = "[sni] routes TLS it does not terminate (protocol = \"tcp\"); with \
-                       protocol = \"tls\" the certificate is chosen by name already";
+    if let (Some((at, _)), Some(_), Protocol::Tcp) = (&sni, &backends_tls, protocol) {
+        let message = "[sni] passes clients' TLS through; [backends_tls] would wrap it again \
+                       (with protocol = \"tls\", Sluice terminates it, routes by name and \
+                       wraps it anew)";
         ctx.error(*at, &join(&sec_path, "sni"), message);
     }
     if let (Some((at, _)), Protocol::Tcp | Protocol::Tls) = (&udp, protocol) {
