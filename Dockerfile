@@ -8,7 +8,8 @@ ARG SLUICE_COMMIT=unknown
 COPY . .
 RUN cargo build --release --locked --bin sluice \
  && strip target/release/sluice \
- && mkdir -p /out/etc/sluice /out/etc/gobetween \
+ && mkdir -p /out/etc/sluice /out/etc/gobetween /out/var/lib/sluice \
+ && chmod 0700 /out/var/lib/sluice \
  && install -m 0644 contrib/image.toml /out/etc/gobetween/gobetween.toml \
  && ln -s ../gobetween/gobetween.toml /out/etc/sluice/sluice.toml
 
@@ -16,6 +17,8 @@ RUN cargo build --release --locked --bin sluice \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/sluice /usr/bin/sluice
 COPY --from=build /out/etc/ /etc/
+# ACME's default cache_dir is under it: mount a volume there to keep certificates.
+COPY --from=build --chown=65532:65532 /out/var/lib/sluice /var/lib/sluice
 USER 65532:65532
 EXPOSE 3000 8888
 # A file mounted at /etc/sluice/sluice.toml or at GoBetween's
