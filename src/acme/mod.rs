@@ -40,6 +40,10 @@ use crate::tls::obtained::{certified_key, Obtained};
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The least time between two orders of a name that succeeded: a certificate already due
+/// when issued (a skewed clock, a CA issuing very short lifetimes) must not have its
+/// name ordered in a loop.
+const MIN_RENEWAL_GAP: Duration = Duration::from_secs(10);
 /// The longest one order may take, validation and issuance included.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -131,6 +135,8 @@ struct State {
     failures: u32,
     /// When to try again after a failure.
     retry_at: Option<Instant>,
+    /// When the last order succeeded.
+    issued_at: Option<Instant>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -162,7 +168,11 @@ impl Name {
         };
         let renew_at = not_before + (not_after - not_before).max(0) * 2 / 3;
         let wait = u64::try_from(renew_at - unix_now()).unwrap_or(0);
-        Instant::now() + Duration::from_secs(wait)
+        let due = Instant::now() + Duration::from_secs(wait);
+        match state.issued_at {
+            Some(issued) => due.max(issued + MIN_RENEWAL_GAP),
+            None => due,
+        }
     }
 }
 
@@ -424,6 +434,7 @@ impl Acme {
                     state.last_error = None;
                     state.failures = 0;
                     state.retry_at = None;
+                    state.issued_at = Some(Instant::now());
                 }
                 followed.count(if had { Event::Renewed } else { Event::Issued });
                 let lifetime_days = (not_after - not_before) / 86_400;
@@ -579,4 +590,56 @@ impl Acme {
 /// Bytes as lower-case hexadecimal.
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name() -> Name {
+        Name {
+            name: "a.example.com".to_owned(),
+            server: "web".to_owned(),
+            state: Mutex::new(State::default()),
+            ordering: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            stop: CancellationToken::new(),
+            events: Default::default(),
+        }
+    }
+
+    fn seconds_until(at: Instant) -> u64 {
+        at.saturating_duration_since(Instant::now()).as_secs()
+    }
+
+    #[test]
+    fn a_certificate_is_renewed_at_two_thirds_of_its_lifetime() {
+        let followed = name();
+        assert_eq!(seconds_until(followed.next_order()), 0, "none yet: at once");
+        // Issued an hour ago for 90 days: renewed on day 60.
+        let now = unix_now();
+        lock(&followed.state).validity = Some((now - 3_600, now - 3_600 + 90 * 86_400));
+        let wait = seconds_until(followed.next_order());
+        let day_60 = (60 * 86_400 - 3_600) as u64;
+        assert!(wait.abs_diff(day_60) <= 2, "{wait} s");
+        // Past its renewal time: at once, but not again right after a success.
+        lock(&followed.state).validity = Some((now - 100, now + 10));
+        assert_eq!(seconds_until(followed.next_order()), 0);
+        lock(&followed.state).issued_at = Some(Instant::now());
+        let wait = seconds_until(followed.next_order());
+        assert!(wait + 1 >= MIN_RENEWAL_GAP.as_secs(), "{wait} s");
+    }
+
+    #[test]
+    fn a_failure_waits_for_its_back_off() {
+        let followed = name();
+        lock(&followed.state).retry_at = Some(Instant::now() + Duration::from_secs(120));
+        let wait = seconds_until(followed.next_order());
+        assert!((118..=120).contains(&wait), "{wait} s");
+    }
+
+    #[test]
+    fn serials_are_written_in_hex() {
+        assert_eq!(hex(&[0x00, 0x0a, 0xff]), "000aff");
+    }
 }
