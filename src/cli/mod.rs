@@ -354,6 +354,16 @@ pub fn summary(config: &Config) -> String {
             s.bind,
             s.balance,
         ));
+        if let (Some(tls), Some(acme)) = (&s.tls, &config.acme) {
+            if !tls.acme_hosts.is_empty() {
+                out.push_str(&format!(
+                    "  certificates over ACME ({}, {}) for {}\n",
+                    acme.challenge.as_str(),
+                    acme.directory_url,
+                    tls.acme_hosts.join(", ")
+                ));
+            }
+        }
         // Every tag of the backend line, in its grammar's order; weight and priority
         // even at their defaults.
         for b in backends {
