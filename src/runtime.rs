@@ -100,6 +100,8 @@ impl Default for Inherited {
 /// The running servers.
 pub struct Runtime {
     life: Lifecycle,
+    /// The certificates of `acme_hosts`: ordered, renewed and put where servers read them.
+    acme: Arc<crate::acme::Acme>,
     state: Mutex<State>,
 }
 
@@ -154,8 +156,9 @@ impl Runtime {
                 budget,
                 carried: Arc::new(std::sync::Mutex::new(inherited.carried)),
                 udp_receive: inherited.udp_receive,
-                acme,
+                obtained: Arc::clone(acme.obtained()),
             },
+            acme,
             state: Mutex::new(State {
                 config: Config {
                     servers: BTreeMap::new(),
@@ -244,7 +247,7 @@ impl Runtime {
                 }
             }
         }
-        self.life.acme.apply(&config).await;
+        self.acme.apply(&config).await;
         state.config = config;
         state.addrs = addrs;
         Ok(changes)
@@ -360,7 +363,7 @@ impl Runtime {
     /// Whether shutdown has begun: nothing new is accepted or applied.
     /// The certificates of `acme_hosts`, and what the API and metrics show of them.
     pub fn acme(&self) -> &Arc<crate::acme::Acme> {
-        &self.life.acme
+        &self.acme
     }
 
     pub fn is_stopping(&self) -> bool {

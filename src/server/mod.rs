@@ -77,8 +77,9 @@ pub struct Lifecycle {
     /// UDP servers start receiving once it opens: at once, but after a binary upgrade
     /// once the previous process has stopped receiving and handed over its sessions.
     pub udp_receive: Gate,
-    /// The certificates of `acme_hosts`, which TLS servers serve from.
-    pub acme: Arc<crate::acme::Acme>,
+    /// The certificates obtained for `acme_hosts` (by the runtime's ACME tasks), which
+    /// TLS servers serve from.
+    pub obtained: Arc<crate::tls::Obtained>,
 }
 
 /// A running server: the tasks behind one `[servers.NAME]`.
@@ -135,7 +136,7 @@ impl Server {
             .collect::<std::io::Result<Vec<_>>>()?;
         let shared = ServerShared::new(name, &config)
             .with_listeners(&local_addrs)
-            .with_obtained(life.acme.obtained());
+            .with_obtained(&life.obtained);
         let shared = Arc::new(shared);
         let carried = life
             .carried
