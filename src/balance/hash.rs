@@ -309,7 +309,8 @@ mod tests {
         let mut shuffled: Vec<_> = backends.iter().rev().cloned().collect();
         shuffled.rotate_left(3);
         let key = |list: &[Arc<Backend>], i: usize| list[i].key().to_owned();
-        let strategies: [(&str, fn(&[Arc<Backend>]) -> Box<dyn Strategy>); 3] = [
+        type Build = fn(&[Arc<Backend>]) -> Box<dyn Strategy>;
+        let strategies: [(&str, Build); 3] = [
             ("iphash", |list| Box::new(IpHash::new(list, None))),
             ("iphash1", |list| Box::new(Rendezvous::new(list, None))),
             ("maglev", |list| {
