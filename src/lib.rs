@@ -18,6 +18,7 @@
 //!   health checks and discovery.
 //! - [`acme`]: certificates for the `acme_hosts` of TLS servers, obtained and renewed
 //!   over ACME, served from a store every TLS server reads.
+//! - [`bgp`]: BGP sessions with routers, announcing service addresses.
 //! - [`listener`]: binding (or taking the sockets systemd or an upgrade passed), the
 //!   accept loop, and the filter that drops blocked clients' connection requests in the
 //!   kernel.
@@ -55,6 +56,7 @@ pub mod admin_http;
 pub mod api;
 pub mod backend;
 pub mod balance;
+pub mod bgp;
 pub mod bounded_json;
 pub mod cli;
 pub mod config;

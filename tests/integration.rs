@@ -8,6 +8,7 @@ mod api;
 mod backends_fail;
 mod backends_tls;
 mod balance;
+mod bgp;
 mod client_limits;
 mod dashboard;
 mod discovery;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 mod backend;
+pub mod bird;
 pub mod data;
 pub mod http;
 pub mod netns;

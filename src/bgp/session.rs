@@ -1,0 +1,426 @@
+//! One BGP session (RFC 4271) with one neighbour, from our side only: connect, OPEN,
+//! KEEPALIVE, then UPDATEs that announce and withdraw what the speaker is told to, until
+//! stopped (a NOTIFICATION Cease) or the session fails (then again after a back-off).
+//! Routes the neighbour sends are read and dropped: a load balancer announces, it does
+//! not route. The wire format is `netgauze-bgp-pkt`'s (its tokio codec).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures_util::{SinkExt, StreamExt};
+use ipnet::IpNet;
+use netgauze_bgp_pkt::capabilities::{
+    BgpCapability, FourOctetAsCapability, MultiProtocolExtensionsCapability,
+};
+use netgauze_bgp_pkt::codec::BgpCodec;
+use netgauze_bgp_pkt::nlri::{Ipv4Unicast, Ipv4UnicastAddress, Ipv6Unicast, Ipv6UnicastAddress};
+use netgauze_bgp_pkt::notification::{BgpNotificationMessage, CeaseError, HoldTimerExpiredError};
+use netgauze_bgp_pkt::open::{BgpOpenMessage, BgpOpenMessageParameter};
+use netgauze_bgp_pkt::path_attribute::{
+    As4PathSegment, AsPath, AsPathSegmentType, MpReach, MpUnreach, NextHop, Origin, PathAttribute,
+    PathAttributeValue,
+};
+use netgauze_bgp_pkt::update::BgpUpdateMessage;
+use netgauze_bgp_pkt::BgpMessage;
+use netgauze_iana::address_family::AddressType;
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{sleep, timeout, Instant};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// The AS number a speaker with a 4-octet AS writes in OPEN's 2-octet field (RFC 6793).
+const AS_TRANS: u16 = 23_456;
+/// How long to wait for the TCP connection and for the neighbour's OPEN.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const OPEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Back-off between attempts: from the first to the last, doubling.
+const FIRST_RETRY: Duration = Duration::from_millis(500);
+const LAST_RETRY: Duration = Duration::from_secs(30);
+
+/// Our side of every session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Local {
+    pub asn: u32,
+    pub router_id: Ipv4Addr,
+}
+
+/// One neighbour as configured.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub address: SocketAddr,
+    pub remote_as: u32,
+    /// The hold time we offer (the smaller of both sides' applies; 0: none).
+    pub hold_time: Duration,
+    /// The local address sessions leave from; `None`: the kernel picks.
+    pub local_address: Option<IpAddr>,
+}
+
+/// Where a session stands (RFC 4271's states, as far as one side that only connects
+/// goes through them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Idle,
+    Connect,
+    OpenSent,
+    OpenConfirm,
+    Established,
+}
+
+impl State {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Idle => "idle",
+            State::Connect => "connect",
+            State::OpenSent => "open_sent",
+            State::OpenConfirm => "open_confirm",
+            State::Established => "established",
+        }
+    }
+}
+
+/// A session as the API and metrics show it.
+#[derive(Clone, Debug)]
+pub struct Status {
+    pub state: State,
+    /// When it entered `state`.
+    pub since: SystemTime,
+    /// What the neighbour was last sent as announced.
+    pub announced: BTreeSet<IpNet>,
+    /// Why the last session ended (or failed to start).
+    pub last_error: Option<String>,
+    /// Sessions established since start.
+    pub established: u64,
+}
+
+impl Default for Status {
+    fn default() -> Self {
+        Status {
+            state: State::Idle,
+            since: SystemTime::now(),
+            announced: BTreeSet::new(),
+            last_error: None,
+            established: 0,
+        }
+    }
+}
+
+/// Routes to announce, shared by every session.
+pub type Routes = watch::Receiver<Arc<BTreeSet<IpNet>>>;
+
+fn set(status: &Mutex<Status>, change: impl FnOnce(&mut Status)) {
+    let mut status = status
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    change(&mut status);
+}
+
+fn enter(status: &Mutex<Status>, state: State) {
+    set(status, |s| {
+        if s.state != state {
+            s.state = state;
+            s.since = SystemTime::now();
+        }
+    });
+}
+
+/// Keeps a session with `peer` up until `stop`: each one announces `routes` as they
+/// change; a failed one is retried after a growing back-off.
+pub async fn run(
+    local: Local,
+    peer: Peer,
+    mut routes: Routes,
+    status: Arc<Mutex<Status>>,
+    stop: CancellationToken,
+) {
+    let mut retry = FIRST_RETRY;
+    loop {
+        let started = Instant::now();
+        let ended = tokio::select! {
+            () = stop.cancelled() => None,
+            ended = session(&local, &peer, &mut routes, &status, &stop) => Some(ended),
+        };
+        set(&status, |s| s.announced.clear());
+        enter(&status, State::Idle);
+        let Some(ended) = ended else { return };
+        match ended {
+            Ok(()) => return,
+            Err(e) => {
+                warn!(neighbor = %peer.address, error = %e, "BGP session down");
+                set(&status, |s| s.last_error = Some(e));
+            }
+        }
+        // A session that lasted resets the back-off; one that keeps failing slows down.
+        if started.elapsed() > LAST_RETRY {
+            retry = FIRST_RETRY;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = sleep(retry) => {}
+        }
+        retry = (retry * 2).min(LAST_RETRY);
+    }
+}
+
+/// One session, from connecting to its end: `Ok` when stopped (after telling the
+/// neighbour), `Err` with why it failed.
+async fn session(
+    local: &Local,
+    peer: &Peer,
+    routes: &mut Routes,
+    status: &Mutex<Status>,
+    stop: &CancellationToken,
+) -> Result<(), String> {
+    enter(status, State::Connect);
+    let stream = connect(peer).await?;
+    let ours = stream.local_addr().map_err(|e| e.to_string())?.ip();
+    let mut framed = Framed::new(stream, BgpCodec::new(true));
+    enter(status, State::OpenSent);
+    let hold_secs = u16::try_from(peer.hold_time.as_secs()).unwrap_or(u16::MAX);
+    framed
+        .send(BgpMessage::Open(open(local, hold_secs)))
+        .await
+        .map_err(|e| format!("sending OPEN: {e:?}"))?;
+    let theirs = match timeout(OPEN_TIMEOUT, framed.next()).await {
+        Err(_) => return Err("no OPEN from the neighbour".to_owned()),
+        Ok(None) => return Err("the neighbour closed the connection".to_owned()),
+        Ok(Some(Err(e))) => return Err(format!("reading OPEN: {e:?}")),
+        Ok(Some(Ok((BgpMessage::Open(open), _)))) => open,
+        Ok(Some(Ok((BgpMessage::Notification(n), _)))) => return Err(format!("notified: {n:?}")),
+        Ok(Some(Ok((other, _)))) => {
+            return Err(format!("expected OPEN, got {:?}", other.get_type()))
+        }
+    };
+    if theirs.my_asn4() != peer.remote_as {
+        return Err(format!(
+            "the neighbour is AS {}, not the configured {}",
+            theirs.my_asn4(),
+            peer.remote_as
+        ));
+    }
+    // The smaller hold time applies; 0 on either side: no keepalives, no hold timer.
+    let hold = match (hold_secs, theirs.hold_time()) {
+        (0, _) | (_, 0) => None,
+        (a, b) => Some(Duration::from_secs(u64::from(a.min(b)))),
+    };
+    enter(status, State::OpenConfirm);
+    framed
+        .send(BgpMessage::KeepAlive)
+        .await
+        .map_err(|e| format!("sending KEEPALIVE: {e:?}"))?;
+    let far = Duration::from_secs(365 * 86_400);
+    let mut expires = Instant::now() + hold.unwrap_or(far);
+    let mut keepalive = tokio::time::interval(hold.map_or(far, |h| h / 3));
+    keepalive.tick().await;
+    let mut established = false;
+    let mut announced: BTreeSet<IpNet> = BTreeSet::new();
+    loop {
+        if established {
+            // Whatever changed since the last round goes out first.
+            let wanted = Arc::clone(&routes.borrow_and_update());
+            if *wanted != announced {
+                for update in updates(local, peer, ours, &announced, &wanted) {
+                    framed
+                        .send(BgpMessage::Update(update))
+                        .await
+                        .map_err(|e| format!("sending UPDATE: {e:?}"))?;
+                }
+                announced = BTreeSet::clone(&wanted);
+                set(status, |s| s.announced = announced.clone());
+            }
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                let cease = CeaseError::AdministrativeShutdown { value: Box::new([]) };
+                let bye = BgpMessage::Notification(BgpNotificationMessage::CeaseError(cease));
+                let _ = timeout(Duration::from_secs(1), framed.send(bye)).await;
+                return Ok(());
+            }
+            () = tokio::time::sleep_until(expires) => {
+                let expired = HoldTimerExpiredError::Unspecific { sub_code: 0, value: Box::new([]) };
+                let bye = BgpMessage::Notification(BgpNotificationMessage::HoldTimerExpiredError(expired));
+                let _ = timeout(Duration::from_secs(1), framed.send(bye)).await;
+                return Err("hold timer expired".to_owned());
+            }
+            _ = keepalive.tick() => {
+                framed
+                    .send(BgpMessage::KeepAlive)
+                    .await
+                    .map_err(|e| format!("sending KEEPALIVE: {e:?}"))?;
+            }
+            changed = routes.changed(), if established => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            message = framed.next() => {
+                match message {
+                    None => return Err("the neighbour closed the connection".to_owned()),
+                    Some(Err(e)) => return Err(format!("reading: {e:?}")),
+                    Some(Ok((BgpMessage::Notification(n), _))) => return Err(format!("notified: {n:?}")),
+                    Some(Ok((BgpMessage::Open(_), _))) => return Err("a second OPEN".to_owned()),
+                    Some(Ok(_)) => {}
+                }
+                expires = Instant::now() + hold.unwrap_or(far);
+                if !established {
+                    established = true;
+                    enter(status, State::Established);
+                    set(status, |s| {
+                        s.established += 1;
+                        s.last_error = None;
+                    });
+                    info!(neighbor = %peer.address, asn = peer.remote_as, "BGP session established");
+                }
+            }
+        }
+    }
+}
+
+async fn connect(peer: &Peer) -> Result<TcpStream, String> {
+    let socket = match peer.address {
+        SocketAddr::V4(_) => TcpSocket::new_v4(),
+        SocketAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(|e| e.to_string())?;
+    if let Some(ip) = peer.local_address {
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(|e| format!("binding {ip}: {e}"))?;
+    }
+    let stream = timeout(CONNECT_TIMEOUT, socket.connect(peer.address))
+        .await
+        .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+        .map_err(|e| format!("connecting: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+fn open(local: &Local, hold_secs: u16) -> BgpOpenMessage {
+    let two_octet = u16::try_from(local.asn).unwrap_or(AS_TRANS);
+    let capabilities = [
+        BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
+            AddressType::Ipv4Unicast,
+        )),
+        BgpCapability::MultiProtocolExtensions(MultiProtocolExtensionsCapability::new(
+            AddressType::Ipv6Unicast,
+        )),
+        BgpCapability::FourOctetAs(FourOctetAsCapability::new(local.asn)),
+    ];
+    BgpOpenMessage::new(
+        two_octet,
+        hold_secs,
+        local.router_id,
+        [BgpOpenMessageParameter::new_capabilities(capabilities)],
+    )
+}
+
+/// The UPDATEs that take the neighbour from `before` to `after`: IPv4 withdrawals and
+/// announcements in the message's own fields, IPv6 ones in MP_UNREACH/MP_REACH (with
+/// `ours` as the next hop when it is IPv6). Each prefix family needs a session address
+/// of its family for a next hop; one without is left out.
+fn updates(
+    local: &Local,
+    peer: &Peer,
+    ours: IpAddr,
+    before: &BTreeSet<IpNet>,
+    after: &BTreeSet<IpNet>,
+) -> Vec<BgpUpdateMessage> {
+    let gone: Vec<&IpNet> = before.difference(after).collect();
+    let new: Vec<&IpNet> = after.difference(before).collect();
+    let v4 = |nets: &[&IpNet]| -> Vec<Ipv4UnicastAddress> {
+        nets.iter()
+            .filter_map(|net| match net {
+                IpNet::V4(v4) => Ipv4Unicast::from_net(*v4).ok(),
+                IpNet::V6(_) => None,
+            })
+            .map(Ipv4UnicastAddress::new_no_path_id)
+            .collect()
+    };
+    let v6 = |nets: &[&IpNet]| -> Vec<Ipv6UnicastAddress> {
+        nets.iter()
+            .filter_map(|net| match net {
+                IpNet::V6(v6) => Ipv6Unicast::from_net(*v6).ok(),
+                IpNet::V4(_) => None,
+            })
+            .map(|net| Ipv6UnicastAddress::new(None, net))
+            .collect()
+    };
+    let mut messages = Vec::new();
+    let (gone4, gone6) = (v4(&gone), v6(&gone));
+    if !gone4.is_empty() {
+        messages.push(BgpUpdateMessage::new(gone4, Vec::new(), Vec::new()));
+    }
+    if !gone6.is_empty() {
+        let unreach = MpUnreach::Ipv6Unicast { nlri: gone6.into() };
+        let attributes: Vec<PathAttribute> =
+            attribute(PathAttributeValue::MpUnreach(unreach), true, false)
+                .into_iter()
+                .collect();
+        messages.push(BgpUpdateMessage::new(Vec::new(), attributes, Vec::new()));
+    }
+    let (new4, new6) = (v4(&new), v6(&new));
+    // eBGP: our AS on the path; iBGP: an empty path and a local preference.
+    let path: Vec<u32> = if peer.remote_as == local.asn {
+        Vec::new()
+    } else {
+        vec![local.asn]
+    };
+    let common = || {
+        let segments = if path.is_empty() {
+            Vec::new()
+        } else {
+            vec![As4PathSegment::new(
+                AsPathSegmentType::AsSequence,
+                path.clone(),
+            )]
+        };
+        let mut attributes = vec![
+            attribute(PathAttributeValue::Origin(Origin::IGP), false, true),
+            attribute(
+                PathAttributeValue::AsPath(AsPath::As4PathSegments(segments.into())),
+                false,
+                true,
+            ),
+        ];
+        if peer.remote_as == local.asn {
+            attributes.push(attribute(
+                PathAttributeValue::LocalPreference(
+                    netgauze_bgp_pkt::path_attribute::LocalPreference::new(100),
+                ),
+                false,
+                true,
+            ));
+        }
+        attributes
+    };
+    if let (false, IpAddr::V4(next_hop)) = (new4.is_empty(), ours) {
+        let mut attributes: Vec<PathAttribute> = common().into_iter().flatten().collect();
+        attributes.extend(attribute(
+            PathAttributeValue::NextHop(NextHop::new(next_hop)),
+            false,
+            true,
+        ));
+        messages.push(BgpUpdateMessage::new(Vec::new(), attributes, new4));
+    }
+    if let (false, IpAddr::V6(next_hop)) = (new6.is_empty(), ours) {
+        let reach = MpReach::Ipv6Unicast {
+            next_hop_global: next_hop,
+            next_hop_local: None::<Ipv6Addr>,
+            nlri: new6.into(),
+        };
+        let mut attributes: Vec<PathAttribute> = common().into_iter().flatten().collect();
+        attributes.extend(attribute(PathAttributeValue::MpReach(reach), true, false));
+        messages.push(BgpUpdateMessage::new(Vec::new(), attributes, Vec::new()));
+    }
+    messages
+}
+
+/// A path attribute with its flags; `None` only if the crate refuses the flags, which
+/// these fixed pairs never are.
+fn attribute(value: PathAttributeValue, optional: bool, transitive: bool) -> Option<PathAttribute> {
+    PathAttribute::from(optional, transitive, false, true, value).ok()
+}
