@@ -18,19 +18,22 @@
 //! Every task a server starts ends with it: stopping a server waits for them, and
 //! [`Runtime::shutdown`] ends the rest.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::config::{self, Binds, Config, Protocol};
+use crate::backend::AdminState;
+use crate::bgp::Speaker;
+use crate::config::{self, Announce, Binds, Config, Protocol};
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
 use crate::proxy::state::carried::{Carried, SessionSocket};
@@ -41,6 +44,12 @@ use crate::workers::Workers;
 
 /// How long connections still open after the shutdown grace period get to close.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
+/// How often servers' live backends are counted to decide what BGP announces.
+const ANNOUNCE_POLL: Duration = Duration::from_millis(200);
+/// How long a shutdown waits for the withdrawal of its routes to be sent, and then for
+/// the routers to move new flows elsewhere, before it stops accepting.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
+const WITHDRAW_SETTLE: Duration = Duration::from_millis(500);
 
 /// A server that could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +111,19 @@ pub struct Runtime {
     life: Lifecycle,
     /// The certificates of `acme_hosts`: ordered, renewed and put where servers read them.
     acme: Arc<crate::acme::Acme>,
+    /// The BGP sessions announcing servers' `announce` prefixes.
+    bgp: Arc<Speaker>,
+    /// The servers with `announce` prefixes, as the last change left them; read by the
+    /// task that decides what BGP announces.
+    announcing: Arc<ArcSwap<Vec<Announcing>>>,
     state: Mutex<State>,
+}
+
+/// A server whose prefixes are announced while it has enough live backends.
+struct Announcing {
+    name: String,
+    shared: Arc<ServerShared>,
+    announce: Announce,
 }
 
 struct State {
@@ -146,6 +167,14 @@ impl Runtime {
         let workers = Workers::start(workers).map_err(StartError::Workers)?;
         let graceful = CancellationToken::new();
         let acme = crate::acme::Acme::new(graceful.child_token());
+        // Not the graceful token: a shutdown withdraws the routes, drains, and only
+        // then ends the sessions.
+        let bgp = Speaker::new(CancellationToken::new());
+        let announcing = Arc::new(ArcSwap::from_pointee(Vec::new()));
+        tokio::spawn(follow_announcements(
+            Arc::clone(&bgp),
+            Arc::downgrade(&announcing),
+        ));
         let runtime = Runtime {
             life: Lifecycle {
                 workers: Arc::new(workers),
@@ -159,6 +188,8 @@ impl Runtime {
                 obtained: Arc::clone(acme.obtained()),
             },
             acme,
+            bgp,
+            announcing,
             state: Mutex::new(State {
                 config: Config {
                     servers: BTreeMap::new(),
@@ -248,6 +279,20 @@ impl Runtime {
             }
         }
         self.acme.apply(&config).await;
+        let announcing = state
+            .servers
+            .iter()
+            .filter_map(|(name, server)| {
+                let announce = &config.servers.get(name)?.announce;
+                (!announce.prefixes.is_empty()).then(|| Announcing {
+                    name: name.clone(),
+                    shared: Arc::clone(&server.shared),
+                    announce: announce.clone(),
+                })
+            })
+            .collect();
+        self.announcing.store(Arc::new(announcing));
+        self.bgp.apply(config.bgp.as_ref());
         state.config = config;
         state.addrs = addrs;
         Ok(changes)
@@ -366,6 +411,22 @@ impl Runtime {
         &self.acme
     }
 
+    /// The BGP sessions and what they announce.
+    pub fn bgp(&self) -> &Arc<Speaker> {
+        &self.bgp
+    }
+
+    /// Withdraws every announced route and gives the routers a moment to move new flows
+    /// to other nodes: the first step of a shutdown that is not an upgrade.
+    pub async fn withdraw_routes(&self) {
+        if self.bgp.announced().is_empty() && self.bgp.status().is_empty() {
+            return;
+        }
+        info!("withdrawing the announced routes before draining");
+        self.bgp.withdraw_all(WITHDRAW_WAIT).await;
+        tokio::time::sleep(WITHDRAW_SETTLE).await;
+    }
+
     pub fn is_stopping(&self) -> bool {
         self.life.graceful.is_cancelled()
     }
@@ -408,6 +469,7 @@ impl Runtime {
             self.end_server_tasks().await;
         })
         .await;
+        self.bgp.stop();
         drained
     }
 
@@ -563,4 +625,63 @@ fn bind_new_listeners(
         }
     }
     Ok((sockets, inherited))
+}
+
+/// Decides, every [`ANNOUNCE_POLL`], what `bgp` announces: each server's prefixes while
+/// it has at least `announce_min_healthy` backends healthy, in rotation and enabled.
+/// Ends with the runtime (which holds `announcing`) or once a shutdown withdrew all.
+async fn follow_announcements(
+    bgp: Arc<Speaker>,
+    announcing: std::sync::Weak<ArcSwap<Vec<Announcing>>>,
+) {
+    let mut was: BTreeMap<String, bool> = BTreeMap::new();
+    let mut tick = tokio::time::interval(ANNOUNCE_POLL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(announcing) = announcing.upgrade() else {
+            bgp.stop();
+            return;
+        };
+        if bgp.is_withdrawn() {
+            return;
+        }
+        let mut wanted = BTreeSet::new();
+        let mut now = BTreeMap::new();
+        for server in announcing.load().iter() {
+            let live = server
+                .shared
+                .pool
+                .load()
+                .backends()
+                .iter()
+                .filter(|b| b.is_up() && b.admin_state() == AdminState::Enabled)
+                .count();
+            let min = usize::try_from(server.announce.min_healthy).unwrap_or(usize::MAX);
+            let up = live >= min;
+            if was.get(&server.name) != Some(&up) {
+                let prefixes: Vec<String> = server
+                    .announce
+                    .prefixes
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                if up {
+                    info!(server = %server.name, live, ?prefixes, "announcing");
+                } else {
+                    warn!(server = %server.name, live, min, ?prefixes, "too few live backends: withdrawing");
+                }
+            }
+            server
+                .shared
+                .announced
+                .store(up, std::sync::atomic::Ordering::Relaxed);
+            if up {
+                wanted.extend(server.announce.prefixes.iter().copied());
+            }
+            now.insert(server.name.clone(), up);
+        }
+        was = now;
+        bgp.announce(wanted);
+    }
 }

@@ -10,11 +10,12 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use sluice::bgp::session::{self, Local, Peer, State, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::bird::{self, Bird};
-use crate::support::process::free_port;
+use crate::support::process::{free_port, SluiceProcess};
 use crate::support::*;
 
 /// BIRD in AS 64500 listening on 127.0.0.1:`port` for a speaker of AS 64512 on
@@ -156,4 +157,130 @@ async fn a_router_that_restarts_is_connected_to_again() {
         .announced
         .contains(&"198.18.100.1/32".parse().expect("net")));
     speaker.stop.cancel();
+}
+
+/// Sluice (the binary) in AS 64512 announcing server `web`'s 198.18.100.1/32 to the
+/// router on 127.0.0.1:`port` while its backend passes a ping check every 200 ms.
+fn announcing(port: u16, backend: SocketAddr) -> String {
+    format!(
+        r#"shutdown_timeout = "30s"
+
+[bgp]
+local_as = 64512
+router_id = "192.0.2.2"
+hold_time = "3s"
+
+  [[bgp.neighbors]]
+  address = "127.0.0.1"
+  port = {port}
+  remote_as = 64500
+  local_address = "127.0.0.2"
+
+[servers.web]
+bind = "127.0.0.1:0"
+announce = ["198.18.100.1/32"]
+
+  [servers.web.discovery]
+  kind = "static"
+  static_list = ["{backend}"]
+
+  [servers.web.healthcheck]
+  kind = "ping"
+  interval = "200ms"
+  timeout = "200ms"
+  fails = 1
+  passes = 1
+"#
+    )
+}
+
+const SERVICE: &str = "198.18.100.1/32";
+
+fn holds(router: &Bird) -> bool {
+    router.routes("sluice").contains(&SERVICE.to_owned())
+}
+
+#[tokio::test]
+async fn a_server_is_announced_while_its_backends_live_and_withdrawn_first_on_sigterm() {
+    let test = "a_server_is_announced_while_its_backends_live_and_withdrawn_first_on_sigterm";
+    let port = free_port();
+    let Some(router) = bird::or_skip(Bird::start(&router(port)).await, test) else {
+        return;
+    };
+    let mut backend = TestBackend::echo().await;
+    let mut sluice = SluiceProcess::start(&announcing(port, backend.addr)).await;
+    eventually("announced while the backend lives", || async {
+        holds(&router)
+    })
+    .await;
+
+    // Every backend failing withdraws it within the check interval (and a second).
+    backend.stop().await;
+    let failed = std::time::Instant::now();
+    eventually("withdrawn once the backend fails", || async {
+        !holds(&router)
+    })
+    .await;
+    let took = failed.elapsed();
+    assert!(
+        took < Duration::from_millis(1_400),
+        "withdrawn after {took:?}"
+    );
+    backend.restart().await;
+    eventually("announced again on recovery", || async { holds(&router) }).await;
+
+    // SIGTERM: withdrawn while a connection still drains, and before the listener
+    // closes; the connection finishes.
+    let mut open = tokio::net::TcpStream::connect(sluice.addr)
+        .await
+        .expect("a client");
+    open.write_all(b"before").await.expect("write");
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).await.expect("echo");
+    sluice.signal("TERM");
+    eventually("withdrawn on SIGTERM", || async { !holds(&router) }).await;
+    assert!(
+        sluice.child.try_wait().expect("wait").is_none(),
+        "still draining the open connection"
+    );
+    open.write_all(b"during")
+        .await
+        .expect("write while draining");
+    open.read_exact(&mut buf)
+        .await
+        .expect("echo while draining");
+    assert_eq!(&buf, b"during");
+    drop(open);
+    let status = sluice.exit(WAIT).await;
+    assert!(status.success(), "{status}\n{}", sluice.log());
+    let log = sluice.log();
+    let withdrawn = log
+        .find("withdrawing the announced routes")
+        .expect("logged");
+    let draining = log.find("shutting down").expect("logged");
+    assert!(
+        withdrawn < draining,
+        "routes withdrawn before the drain began:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_node_is_withdrawn_at_once() {
+    let test = "a_killed_node_is_withdrawn_at_once";
+    let port = free_port();
+    let Some(router) = bird::or_skip(Bird::start(&router(port)).await, test) else {
+        return;
+    };
+    let backend = TestBackend::echo().await;
+    let mut sluice = SluiceProcess::start(&announcing(port, backend.addr)).await;
+    eventually("announced", || async { holds(&router) }).await;
+    sluice.signal("KILL");
+    let killed = std::time::Instant::now();
+    let _ = sluice.exit(WAIT).await;
+    eventually("withdrawn once the process is gone", || async {
+        !holds(&router)
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took < Duration::from_secs(1), "withdrawn after {took:?}");
 }

@@ -297,6 +297,17 @@ pub async fn reload(State(api): State<ApiState>) -> ApiResult<Json<Value>> {
     ))
 }
 
+/// `GET /bgp`: what is announced, and each neighbour's session.
+pub async fn bgp_status(State(api): State<ApiState>) -> Json<Value> {
+    let bgp = api.control.runtime().bgp();
+    let announced: Vec<String> = bgp.announced().iter().map(ToString::to_string).collect();
+    Json(json!({
+        "announced": announced,
+        "withdrawn_for_shutdown": bgp.is_withdrawn(),
+        "neighbors": bgp.status(),
+    }))
+}
+
 /// `GET /acme`: each `acme_hosts` name's certificate: validity, serial, last error.
 pub async fn acme_status(State(api): State<ApiState>) -> Json<Value> {
     let certificates = api.control.runtime().acme().status();

@@ -54,6 +54,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ),
     ("/reload", &["post"]),
     ("/acme", &["get"]),
+    ("/bgp", &["get"]),
     ("/acme/renew", &["post"]),
     ("/dump", &["get"]),
     ("/openapi.json", &["get"]),
@@ -92,6 +93,7 @@ pub fn router(config: &ApiConfig, state: ApiState) -> Router {
         )
         .route("/reload", post(reload))
         .route("/acme", get(acme_status))
+        .route("/bgp", get(bgp_status))
         .route("/acme/renew", post(acme_renew))
         .route("/dump", get(dump))
         .route("/openapi.json", get(openapi))

@@ -149,6 +149,19 @@ pub fn server_stats(server: &ServerShared) -> Value {
     if settings.protocol == Protocol::Udp {
         stats["udp"] = udp_stats(&server.stats.udp);
     }
+    if !settings.announce.prefixes.is_empty() {
+        let prefixes: Vec<String> = settings
+            .announce
+            .prefixes
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        stats["announce"] = json!({
+            "prefixes": prefixes,
+            "min_healthy": settings.announce.min_healthy,
+            "announced": server.announced.load(Ordering::Relaxed),
+        });
+    }
     stats
 }
 

@@ -1,7 +1,208 @@
 //! BGP: Sluice announces its servers' addresses to routers itself (as MetalLB and
-//! kube-vip do), so several nodes can share a service address by ECMP.
+//! kube-vip do), so several nodes can share a service address by ECMP, each announcing
+//! it only while it can serve it.
+//!
+//! The [`Speaker`] keeps one session per `[[bgp.neighbors]]` and tells every session the
+//! same set of prefixes; the runtime decides that set (a server's `announce` prefixes
+//! while it has `announce_min_healthy` live backends) and, at shutdown, empties it first
+//! so the routers move new flows away before connections drain.
 //!
 //! - `session`: one neighbour's session: connect, OPEN, KEEPALIVEs, UPDATEs announcing and
 //!   withdrawing what it is told to, retried after a back-off when it fails.
 
 pub mod session;
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Serialize;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::BgpConfig;
+use session::{Local, Peer, Status};
+
+/// The speaker: a session per neighbour, all announcing the same prefixes.
+pub struct Speaker {
+    routes: watch::Sender<Arc<BTreeSet<IpNet>>>,
+    sessions: Mutex<Vec<Running>>,
+    /// Set once shutdown began: nothing is announced again.
+    withdrawn: AtomicBool,
+    /// Parent of every session's stop.
+    stop: CancellationToken,
+}
+
+struct Running {
+    local: Local,
+    peer: Peer,
+    status: Arc<Mutex<Status>>,
+    stop: CancellationToken,
+}
+
+/// One neighbour's session as the API and metrics show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct NeighborStatus {
+    pub neighbor: SocketAddr,
+    pub remote_as: u32,
+    pub state: &'static str,
+    /// Seconds since the Unix epoch when it entered `state`.
+    pub since: u64,
+    pub announced: Vec<String>,
+    pub established: u64,
+    pub last_error: Option<String>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl std::fmt::Debug for Speaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Speaker")
+            .field("sessions", &lock(&self.sessions).len())
+            .finish()
+    }
+}
+
+impl Speaker {
+    /// No session until [`Speaker::apply`]; every session ends when `stop` is cancelled.
+    pub fn new(stop: CancellationToken) -> Arc<Speaker> {
+        let (routes, _) = watch::channel(Arc::new(BTreeSet::new()));
+        Arc::new(Speaker {
+            routes,
+            sessions: Mutex::new(Vec::new()),
+            withdrawn: AtomicBool::new(false),
+            stop,
+        })
+    }
+
+    /// Follows `config`: a session per neighbour; one whose settings changed starts
+    /// again, one no longer listed ends (telling its router).
+    pub fn apply(&self, config: Option<&BgpConfig>) {
+        let wanted: Vec<(Local, Peer)> = config.map_or_else(Vec::new, |bgp| {
+            let local = Local {
+                asn: bgp.local_as,
+                router_id: bgp.router_id,
+            };
+            bgp.neighbors
+                .iter()
+                .map(|n| {
+                    let peer = Peer {
+                        address: SocketAddr::new(n.address, n.port),
+                        remote_as: n.remote_as,
+                        hold_time: n.hold_time.unwrap_or(bgp.hold_time),
+                        local_address: n.local_address,
+                    };
+                    (local.clone(), peer)
+                })
+                .collect()
+        });
+        let mut sessions = lock(&self.sessions);
+        sessions.retain(|running| {
+            let kept = wanted
+                .iter()
+                .any(|(local, peer)| *local == running.local && *peer == running.peer);
+            if !kept {
+                running.stop.cancel();
+            }
+            kept
+        });
+        for (local, peer) in wanted {
+            if sessions.iter().any(|r| r.local == local && r.peer == peer) {
+                continue;
+            }
+            let status = Arc::new(Mutex::new(Status::default()));
+            let stop = self.stop.child_token();
+            tokio::spawn(session::run(
+                local.clone(),
+                peer.clone(),
+                self.routes.subscribe(),
+                Arc::clone(&status),
+                stop.clone(),
+            ));
+            sessions.push(Running {
+                local,
+                peer,
+                status,
+                stop,
+            });
+        }
+    }
+
+    /// Announces exactly `prefixes` from now on (unless shutdown began); true if that
+    /// changed what is announced.
+    pub fn announce(&self, prefixes: BTreeSet<IpNet>) -> bool {
+        if self.withdrawn.load(Ordering::Acquire) {
+            return false;
+        }
+        self.routes.send_if_modified(|current| {
+            if **current == prefixes {
+                return false;
+            }
+            *current = Arc::new(prefixes);
+            true
+        })
+    }
+
+    /// What is announced (or to be, once sessions are up).
+    pub fn announced(&self) -> Arc<BTreeSet<IpNet>> {
+        Arc::clone(&self.routes.borrow())
+    }
+
+    /// Withdraws every prefix for good and waits, at most `within`, until every
+    /// established session has sent the withdrawal: the first step of a shutdown.
+    pub async fn withdraw_all(&self, within: Duration) {
+        self.withdrawn.store(true, Ordering::Release);
+        self.routes.send_replace(Arc::new(BTreeSet::new()));
+        let deadline = tokio::time::Instant::now() + within;
+        while tokio::time::Instant::now() < deadline {
+            let pending = lock(&self.sessions)
+                .iter()
+                .any(|r| !lock(&r.status).announced.is_empty());
+            if !pending {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether a shutdown withdrew everything.
+    pub fn is_withdrawn(&self) -> bool {
+        self.withdrawn.load(Ordering::Acquire)
+    }
+
+    /// Ends every session, telling each router.
+    pub fn stop(&self) {
+        for running in lock(&self.sessions).drain(..) {
+            running.stop.cancel();
+        }
+    }
+
+    /// Each neighbour's session.
+    pub fn status(&self) -> Vec<NeighborStatus> {
+        lock(&self.sessions)
+            .iter()
+            .map(|running| {
+                let status = lock(&running.status);
+                NeighborStatus {
+                    neighbor: running.peer.address,
+                    remote_as: running.peer.remote_as,
+                    state: status.state.as_str(),
+                    since: status
+                        .since
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                    announced: status.announced.iter().map(ToString::to_string).collect(),
+                    established: status.established,
+                    last_error: status.last_error.clone(),
+                }
+            })
+            .collect()
+    }
+}

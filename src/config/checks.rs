@@ -67,6 +67,13 @@ pub(crate) fn typed<'a>(
         };
         problems.extend(static_list(name, server));
         problems.extend(acme_hosts(config, &seen, name, server));
+        if !server.announce.prefixes.is_empty() && config.bgp.is_none() {
+            problems.push(Problem {
+                server: name.to_owned(),
+                key: format!("{}.announce", join("servers", name)),
+                message: "needs the [bgp] section (the neighbours to announce to)".to_owned(),
+            });
+        }
         if let Some(message) = bind_conflict(&seen, server) {
             let path = join("servers", name);
             problems.push(Problem {

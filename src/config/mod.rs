@@ -18,7 +18,8 @@
 //!   own parameters; `registries`: Consul's, etcd's and Docker's, and their endpoints.
 //! - `health`: `[healthcheck]`, every kind with its own settings type.
 //! - `admin`: `[api]` and `[metrics]`, the control side's endpoints; `acme`: `[acme]`,
-//!   where the certificates of a TLS server's `acme_hosts` come from.
+//!   where the certificates of a TLS server's `acme_hosts` come from; `bgp`: `[bgp]`, the
+//!   neighbours service addresses are announced to, and each server's `announce`.
 //! - TLS (`[tls]`, `[backends_tls]`, a registry's TLS files): the types are
 //!   [`crate::tls`]'s settings, re-exported here; the model holds them.
 //! - `failover`: what a server does when backends fail (all-down policy, slow start,
@@ -44,6 +45,7 @@ mod written;
 mod acme;
 mod address;
 mod admin;
+mod bgp;
 mod bind;
 mod checks;
 mod discovery;
@@ -92,6 +94,7 @@ pub use admin::{
     ApiConfig, BasicAuth, Cors, MetricsConfig, DEFAULT_API_BIND, DEFAULT_API_MAX_CONNECTIONS,
     DEFAULT_METRICS_BIND,
 };
+pub use bgp::{Announce, BgpConfig, BgpNeighbor, BGP_PORT, DEFAULT_BGP_HOLD_TIME};
 pub use bind::{resolve_names, Bind, BindRange, Binds};
 pub(crate) use checks::typed as typed_checks;
 pub use checks::validate;
@@ -139,6 +142,10 @@ pub struct Config {
         serialize_with = "dump::enabled"
     )]
     pub acme: Option<AcmeConfig>,
+    /// `[bgp]`: the neighbours servers' `announce` prefixes go to; `None` when not
+    /// configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bgp: Option<BgpConfig>,
     /// How long SIGTERM waits for connections to finish before closing them.
     #[serde(serialize_with = "write_as::duration")]
     pub shutdown_timeout: Duration,
@@ -158,6 +165,7 @@ impl Default for Config {
             api: None,
             metrics: None,
             acme: None,
+            bgp: None,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             servers: BTreeMap::new(),
         }
@@ -457,6 +465,9 @@ pub struct ServerConfig {
     /// the `outlier` section, all off by default).
     #[serde(flatten)]
     pub failover: failover::Failover,
+    /// Service addresses announced by BGP while it has enough live backends.
+    #[serde(flatten)]
+    pub announce: Announce,
 }
 
 impl ServerConfig {
@@ -488,6 +499,7 @@ impl ServerConfig {
             backends_tls: None,
             limits: ClientLimits::default(),
             failover: failover::Failover::default(),
+            announce: Announce::default(),
         }
     }
 }

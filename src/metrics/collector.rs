@@ -12,6 +12,7 @@ use prometheus_client::registry::Unit;
 
 use crate::acme::CertificateStatus;
 use crate::backend::{AdminState, Backend};
+use crate::bgp::NeighborStatus;
 use crate::config::Protocol;
 use crate::pool::Pool;
 use crate::proxy::state::ServerShared;
@@ -27,6 +28,8 @@ pub(super) struct Scrape {
     servers: Vec<ServerView>,
     /// The certificates of `acme_hosts`, as the scrape began.
     certificates: Vec<CertificateStatus>,
+    /// The BGP sessions, as the scrape began.
+    neighbors: Vec<NeighborStatus>,
     scope: Scope,
 }
 
@@ -59,8 +62,15 @@ impl Scrape {
         Scrape {
             servers,
             certificates: Vec::new(),
+            neighbors: Vec::new(),
             scope,
         }
+    }
+
+    /// With the BGP sessions (families labelled by neighbour).
+    pub(super) fn with_neighbors(mut self, neighbors: Vec<NeighborStatus>) -> Self {
+        self.neighbors = neighbors;
+        self
     }
 
     /// With the certificates obtained over ACME (families labelled by server and name).
@@ -117,6 +127,7 @@ impl Collector for Scrape {
         if self.scope.servers {
             self.encode_servers(e)?;
             self.encode_certificates(e)?;
+            self.encode_bgp(e)?;
         }
         if self.scope.backends {
             self.encode_backends(e)?;
@@ -139,6 +150,63 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
+    /// Whether each server's `announce` prefixes are announced, and each BGP session.
+    fn encode_bgp(&self, e: &mut DescriptorEncoder) -> fmt::Result {
+        let announcing: Vec<&ServerView> = self
+            .servers
+            .iter()
+            .filter(|s| !s.shared.settings.load().announce.prefixes.is_empty())
+            .collect();
+        if !announcing.is_empty() {
+            let meta = Meta::gauge(
+                "sluice_server_announced",
+                "1 while the server's announce prefixes are announced by BGP (it has \
+                 announce_min_healthy live backends), else 0.",
+            );
+            let samples = announcing.iter().map(|s| {
+                let up = s.shared.announced.load(Ordering::Relaxed);
+                ([("server", s.name.as_str())], Value::Gauge(u64::from(up)))
+            });
+            family(e, meta, samples)?;
+        }
+        if self.neighbors.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<String> = self
+            .neighbors
+            .iter()
+            .map(|n| n.neighbor.to_string())
+            .collect();
+        let established = Meta::gauge(
+            "sluice_bgp_session_established",
+            "1 while the BGP session with the neighbour is established, else 0.",
+        );
+        let samples = self.neighbors.iter().zip(&names).map(|(n, name)| {
+            let up = u64::from(n.state == "established");
+            ([("neighbor", name.as_str())], Value::Gauge(up))
+        });
+        family(e, established, samples)?;
+        let sessions = Meta::counter(
+            "sluice_bgp_sessions_established",
+            "BGP sessions established with the neighbour since start.",
+        );
+        let samples = self
+            .neighbors
+            .iter()
+            .zip(&names)
+            .map(|(n, name)| ([("neighbor", name.as_str())], Value::Counter(n.established)));
+        family(e, sessions, samples)?;
+        let announced = Meta::gauge(
+            "sluice_bgp_announced_prefixes",
+            "Prefixes announced to the neighbour now.",
+        );
+        let samples = self.neighbors.iter().zip(&names).map(|(n, name)| {
+            let count = u64::try_from(n.announced.len()).unwrap_or(u64::MAX);
+            ([("neighbor", name.as_str())], Value::Gauge(count))
+        });
+        family(e, announced, samples)
+    }
+
     /// The ACME certificates' families, labelled by server and name.
     fn encode_certificates(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         if self.certificates.is_empty() {

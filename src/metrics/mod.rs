@@ -86,9 +86,11 @@ async fn scrape(State(runtime): State<Arc<Runtime>>, RawQuery(query): RawQuery) 
     };
     let servers = runtime.servers().await;
     let certificates = runtime.acme().status();
+    let neighbors = runtime.bgp().status();
     // Thousands of backends make an exposition of tens of megabytes: written off the
     // threads that serve the API and run the checks.
-    let rendered = tokio::task::spawn_blocking(move || render(servers, certificates, scope)).await;
+    let rendered =
+        tokio::task::spawn_blocking(move || render(servers, certificates, neighbors, scope)).await;
     match rendered {
         Ok(Ok(body)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
         // Writing to a String cannot fail; an encoder that rejects a value can.
@@ -107,13 +109,16 @@ async fn scrape(State(runtime): State<Arc<Runtime>>, RawQuery(query): RawQuery) 
 fn render(
     servers: Vec<(String, Arc<crate::proxy::state::ServerShared>)>,
     certificates: Vec<crate::acme::CertificateStatus>,
+    neighbors: Vec<crate::bgp::NeighborStatus>,
     scope: Scope,
 ) -> Result<String, std::fmt::Error> {
     // A registry per scrape costs one allocation and keeps the collector's snapshot of
     // servers and pools consistent for the whole response.
     let mut registry = Registry::default();
     registry.register_collector(Box::new(
-        collector::Scrape::new(servers, scope).with_certificates(certificates),
+        collector::Scrape::new(servers, scope)
+            .with_certificates(certificates)
+            .with_neighbors(neighbors),
     ));
     let mut body = String::new();
     text::encode(&mut body, &registry)?;

@@ -21,7 +21,8 @@
 //!   Consul, etcd and Docker, with their credentials and client TLS.
 //! - `health`: `[servers.NAME.healthcheck]`, each kind's keys; `probe`: the probe kind's.
 //! - `tls`: `[servers.NAME.tls]` and `[backends_tls]`, their files loaded as they are read.
-//! - `admin`: `[api]` and `[metrics]`; `acme`: `[acme]`.
+//! - `admin`: `[api]` and `[metrics]`; `acme`: `[acme]`; `bgp`: `[bgp]` and a server's
+//!   `announce`.
 //! - `legacy`: GoBetween's legacy keys (warnings) and unsupported features (errors).
 //!
 //! The modules here import the model (`crate::config`); the model imports nothing from
@@ -30,6 +31,7 @@
 pub(super) mod acme;
 pub(super) mod admin;
 mod balance;
+pub(super) mod bgp;
 pub(super) mod discovery;
 pub(super) mod failover;
 mod file;

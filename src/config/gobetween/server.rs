@@ -35,6 +35,7 @@ pub(crate) const TOP_KEYS: &[&str] = &[
     "api",
     "metrics",
     "acme",
+    "bgp",
     "defaults",
     "servers",
 ];
@@ -117,6 +118,7 @@ pub(crate) fn config(ctx: &mut Ctx<'_>, root: &Node) -> (Config, Vec<(String, us
     }
     config.acme = top.take("acme").and_then(|f| super::acme::acme(ctx, &f));
     ctx.acme = config.acme.is_some();
+    config.bgp = top.take("bgp").and_then(|f| super::bgp::bgp(ctx, &f));
     let defaults = top
         .take("defaults")
         .and_then(|f| ctx.table(&f))
@@ -312,8 +314,18 @@ fn server(
         .take("backends_tls")
         .map(|f| (ctx.table_at(&f), super::tls::backends(ctx, &f)));
     let failover = failover::read(ctx, &mut sec);
+    let announce = super::bgp::announce(ctx, &mut sec);
     let sec_path = sec.path.clone();
-    sec.finish(ctx, &[SERVER_KEYS, LIMIT_KEYS, FAILOVER_KEYS].concat());
+    sec.finish(
+        ctx,
+        &[
+            SERVER_KEYS,
+            LIMIT_KEYS,
+            FAILOVER_KEYS,
+            super::bgp::ANNOUNCE_KEYS,
+        ]
+        .concat(),
+    );
     let ((bind, bind_at), protocol, discovery) = (bind?, protocol?, discovery?);
     match (&tls, protocol) {
         (None, Protocol::Tls) => {
@@ -398,6 +410,7 @@ fn server(
         backends_tls: backends_tls.and_then(|(_, t)| t),
         limits,
         failover,
+        announce,
     };
     Some((server, bind_at))
 }

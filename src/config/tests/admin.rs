@@ -317,3 +317,43 @@ fn acme_section_and_acme_hosts() {
          t.toml:7:49: servers.tls.tls.acme_hosts[2]: \"a.example.com\" is listed twice"
     );
 }
+
+/// `[bgp]` and a server's `announce`: defaults, and each mistake named where it is.
+#[test]
+fn bgp_section_and_announce() {
+    let text = "[bgp]\nlocal_as = 4200000001\nrouter_id = \"192.0.2.10\"\n\
+                [[bgp.neighbors]]\naddress = \"10.0.0.1\"\nremote_as = 64500\n\
+                [servers.web]\nbind = \"127.0.0.1:0\"\n\
+                announce = [\"198.18.100.1/32\", \"2001:db8:100::/64\"]\n\
+                discovery = { kind = \"static\", static_list = [\"127.0.0.1:1\"] }\n";
+    let loaded = ok(text);
+    let bgp = loaded.config.bgp.expect("bgp");
+    assert_eq!(bgp.local_as, 4_200_000_001, "a 4-octet AS");
+    assert_eq!(bgp.hold_time, DEFAULT_BGP_HOLD_TIME);
+    assert_eq!(bgp.neighbors[0].port, BGP_PORT);
+    let announce = &loaded.config.servers["web"].announce;
+    assert_eq!(announce.prefixes.len(), 2);
+    assert_eq!(announce.min_healthy, 1);
+
+    assert_eq!(
+        errors(
+            "[bgp]\nlocal_as = 64512\nrouter_id = \"::1\"\nhold_time = \"2s\"\n\
+             [[bgp.neighbors]]\naddress = \"10.0.0.1\"\nremote_as = 64500\npassword = \"x\"\n\
+             [servers.web]\nbind = \"127.0.0.1:0\"\nannounce = [\"198.18.100.1/24\"]\n\
+             discovery = { kind = \"static\", static_list = [\"127.0.0.1:1\"] }\n"
+        ),
+        "t.toml:3:1: bgp.router_id: \"::1\" is not an IPv4 address (BGP's router id is one)\n\
+         t.toml:4:1: bgp.hold_time: a hold time is 0 (none) or whole seconds from 3 s to 65535 s\n\
+         t.toml:8:1: bgp.neighbors[0].password: TCP MD5 signatures (RFC 2385) are not \
+         supported; protect the session with a dedicated link, an ACL on the router or IPsec\n\
+         t.toml:11:13: servers.web.announce[0]: \"198.18.100.1/24\" has host bits set; the \
+         prefix is 198.18.100.0/24"
+    );
+    assert_eq!(
+        errors(
+            "[servers.web]\nbind = \"127.0.0.1:0\"\nannounce = [\"198.18.100.1/32\"]\n\
+             discovery = { kind = \"static\", static_list = [\"127.0.0.1:1\"] }\n"
+        ),
+        "t.toml:2:1: servers.web.announce: needs the [bgp] section (the neighbours to announce to)"
+    );
+}

@@ -10,7 +10,7 @@ use serde_json::Value;
 use super::super::dump;
 use super::super::gobetween::legacy::{legacy_keys, Place};
 use super::super::gobetween::{
-    acme, admin, discovery, failover, health, limits, sections, server, tls,
+    acme, admin, bgp, discovery, failover, health, limits, sections, server, tls,
 };
 use super::{files, parse_file};
 use dump::Secrets;
@@ -37,6 +37,8 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("metrics", admin::METRICS_KEYS.to_vec()),
         ("metrics.basic_auth", admin::BASIC_AUTH_KEYS.to_vec()),
         ("acme", acme::ACME_KEYS.to_vec()),
+        ("bgp", bgp::BGP_KEYS.to_vec()),
+        ("bgp.neighbors", bgp::NEIGHBOR_KEYS.to_vec()),
         (
             "defaults",
             with_legacy(
@@ -51,6 +53,7 @@ fn declared() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                     server::SERVER_KEYS,
                     limits::LIMIT_KEYS,
                     failover::FAILOVER_KEYS,
+                    bgp::ANNOUNCE_KEYS,
                 ]
                 .concat(),
                 Place::Server,
@@ -338,7 +341,11 @@ fn the_rest(dir: &Path) -> String {
          [acme]\nchallenge = \"http-01\"\nhttp_bind = \"127.0.0.1:0\"\ncache_dir = \"/tmp/acme\"\n\
          directory_url = \"https://acme.example/dir\"\nemail = \"ops@example.com\"\n\
          ca_path = \"{cert}\"\n\
+         [bgp]\nlocal_as = 64512\nrouter_id = \"192.0.2.2\"\nhold_time = \"9s\"\n\
+         [[bgp.neighbors]]\naddress = \"192.0.2.1\"\nport = 1179\nremote_as = 64500\n\
+         hold_time = \"3s\"\nlocal_address = \"192.0.2.2\"\n\
          [servers.tls]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n\
+         announce = [\"198.18.100.1/32\"]\nannounce_min_healthy = 2\n\
          discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:1\"] }}\n\
          [servers.tls.tls]\ncert_path = \"{cert}\"\nkey_path = \"{key}\"\n\
          acme_hosts = [\"www.example.com\"]\n\

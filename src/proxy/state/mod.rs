@@ -85,6 +85,8 @@ pub struct ServerShared {
     pub(crate) carried: carried::CarriedState,
     /// Outlier ejection, the tiers' panic and all-down states, `close_on_down`.
     pub failover: FailoverState,
+    /// Its `announce` prefixes are announced by BGP now (it has enough live backends).
+    pub announced: AtomicBool,
 }
 
 impl ServerShared {
@@ -107,6 +109,7 @@ impl ServerShared {
             no_backend_logged: AtomicBool::new(false),
             carried: carried::CarriedState::default(),
             failover: FailoverState::default(),
+            announced: AtomicBool::new(false),
         }
     }
 
