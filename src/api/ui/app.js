@@ -105,9 +105,11 @@ async function pollOnce() {
         protects(list[name]) ? api("GET", "/servers/" + enc(name) + "/clients?top=50") : null,
       ),
     );
+    const bgp = await api("GET", "/bgp");
     if (started < changedAt) return;
     lastUpdate = Date.now();
     render(list, names, backends, clients, lastUpdate);
+    renderBgp(bgp, list, names);
     setStatus("live, updated " + clock(lastUpdate), false);
   } catch (e) {
     if (waitingForToken) return;
@@ -170,6 +172,37 @@ function render(list, names, backendLists, clientLists, now) {
     updateClients(server, Array.isArray(clientLists[i]) ? clientLists[i] : null);
   });
   $("#no-servers").hidden = names.length > 0;
+}
+
+// What BGP announces, each neighbour's session, and beside each server whether its
+// `announce` prefixes are announced now.
+function renderBgp(bgp, list, names) {
+  const neighbors = bgp && Array.isArray(bgp.neighbors) ? bgp.neighbors : [];
+  const announced = new Set(bgp && Array.isArray(bgp.announced) ? bgp.announced : []);
+  $("#bgp").hidden = neighbors.length === 0;
+  setText($("#bgp-announced"), announced.size ? [...announced].join(", ") : "nothing");
+  const tbody = $("#bgp-neighbors");
+  while (tbody.rows.length > neighbors.length) tbody.deleteRow(-1);
+  neighbors.forEach((n, i) => {
+    const row = tbody.rows[i] || tbody.insertRow();
+    while (row.cells.length < 6) row.insertCell();
+    const since = n.since ? clock(n.since * 1000) : "—";
+    const cells = [n.neighbor, String(n.remote_as), n.state, since,
+      (n.announced || []).join(", ") || "—", n.last_error || "—"];
+    cells.forEach((text, c) => setText(row.cells[c], String(text)));
+    row.cells[2].className = n.state === "established" ? "ok" : "bad";
+  });
+  names.forEach((name) => {
+    const server = servers.get(name);
+    const prefixes = (list[name] && list[name].announce) || [];
+    if (!server) return;
+    const item = $(".announce-item", server.section);
+    item.hidden = prefixes.length === 0;
+    if (prefixes.length) {
+      const up = prefixes.every((p) => announced.has(p));
+      setText($(".announce", server.section), prefixes.join(", ") + (up ? " (announced)" : " (withdrawn)"));
+    }
+  });
 }
 
 function createServer(name) {
