@@ -14,6 +14,7 @@ mod dashboard;
 mod discovery;
 mod discovery_sources;
 mod failover;
+mod fleet;
 mod formats_yaml;
 mod haproxy;
 mod hardening;

@@ -16,13 +16,26 @@ pub struct Bird {
 impl Bird {
     /// BIRD with `config` (its whole configuration); `Err` when it is not installed.
     pub async fn start(config: &str) -> Result<Bird, String> {
+        Self::start_in(None, config).await
+    }
+
+    /// As [`Bird::start`], inside network namespace `netns` when given.
+    pub async fn start_in(netns: Option<&str>, config: &str) -> Result<Bird, String> {
         if Command::new("bird").arg("--version").output().is_err() {
             return Err("no `bird` (Debian package bird2)".to_owned());
         }
         let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
         let conf = dir.path().join("bird.conf");
         std::fs::write(&conf, config).map_err(|e| e.to_string())?;
-        let child = Command::new("bird")
+        let mut command = match netns {
+            Some(netns) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", netns, "bird"]);
+                ip
+            }
+            None => Command::new("bird"),
+        };
+        let child = command
             .arg("-f")
             .arg("-c")
             .arg(&conf)
