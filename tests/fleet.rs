@@ -201,11 +201,9 @@ fn serve_backends(ns: &Netns) -> Vec<std::thread::JoinHandle<()>> {
         .zip(BACKENDS)
         .map(|(listener, name)| {
             std::thread::spawn(move || {
-                for stream in listener.incoming().take(10_000) {
-                    if let Ok(mut stream) = stream {
-                        use std::io::Write;
-                        let _ = stream.write_all(format!("{name}\n").as_bytes());
-                    }
+                use std::io::Write;
+                for mut stream in listener.incoming().take(10_000).flatten() {
+                    let _ = stream.write_all(format!("{name}\n").as_bytes());
                 }
             })
         })
