@@ -304,19 +304,26 @@ async fn check_issued(sluice: &SluiceProcess, name: &str, serial: &str) {
     assert_eq!(events(sluice, name, "issued").await, 1, "{name}");
 }
 
-#[tokio::test]
-async fn tls_alpn_01_certificate_is_obtained_and_served() {
-    let test = "tls_alpn_01_certificate_is_obtained_and_served";
-    let Some(acme) = Acme::start(test, None).await else {
-        return;
-    };
-    let sluice = acme.sluice("tls-alpn-01", &[A, B]).await;
+/// Sluice with names A and B proven by `challenge`: each served with a certificate of
+/// its own, verified, shown by the API and counted as issued.
+async fn both_names_served(acme: &Acme, challenge: &str) -> (SluiceProcess, TlsConnector) {
+    let sluice = acme.sluice(challenge, &[A, B]).await;
     let client = acme.client().await;
     let a = acme.served_in_time(&sluice, A, &client).await;
     let b = acme.served_in_time(&sluice, B, &client).await;
     assert_ne!(a, b, "a certificate per name");
     check_issued(&sluice, A, &a).await;
     check_issued(&sluice, B, &b).await;
+    (sluice, client)
+}
+
+#[tokio::test]
+async fn tls_alpn_01_certificate_is_obtained_and_served() {
+    let test = "tls_alpn_01_certificate_is_obtained_and_served";
+    let Some(acme) = Acme::start(test, None).await else {
+        return;
+    };
+    let (_sluice, client) = both_names_served(&acme, "tls-alpn-01").await;
     // A name of neither has nothing that verifies.
     assert!(served(acme.web, "c.sluice.test", &client).await.is_err());
 }
@@ -327,13 +334,7 @@ async fn http_01_certificate_is_obtained_and_served() {
     let Some(acme) = Acme::start(test, None).await else {
         return;
     };
-    let sluice = acme.sluice("http-01", &[A, B]).await;
-    let client = acme.client().await;
-    let a = acme.served_in_time(&sluice, A, &client).await;
-    let b = acme.served_in_time(&sluice, B, &client).await;
-    assert_ne!(a, b, "a certificate per name");
-    check_issued(&sluice, A, &a).await;
-    check_issued(&sluice, B, &b).await;
+    let _served = both_names_served(&acme, "http-01").await;
     // Pebble asked `http_bind`, which serves nothing but challenges.
     let log = acme.pebble.log();
     for name in [A, B] {

@@ -258,59 +258,8 @@ impl Prelude for Tls {
             (None, _) => Either::Right(stream),
             (Some(termination), Some(config)) => {
                 let limit = termination.handshake_timeout;
-                match server.validation_tls.load_full() {
-                    None => {
-                        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                        match timeout(limit, acceptor.accept(stream).into_fallible()).await {
-                            Ok(Ok(tls)) => Either::Left(tls),
-                            Ok(Err((e, stream))) => {
-                                let detail = handshake_error(&e, Peer::Client);
-                                let no = Refusal::new(client, CloseReason::TlsHandshake, detail);
-                                return Err(no.closing(stream.into_inner()));
-                            }
-                            Err(_) => {
-                                let detail = format!("no handshake within {limit:?}");
-                                return Err(Refusal::new(
-                                    client,
-                                    CloseReason::TlsHandshake,
-                                    detail,
-                                ));
-                            }
-                        }
-                    }
-                    Some(validation) => {
-                        let accepted =
-                            timeout(limit, accept_or_validate(stream, config, validation));
-                        match accepted.await {
-                            Ok(Ok(Accepted::Client(tls))) => Either::Left(tls),
-                            Ok(Ok(Accepted::Validation(mut tls))) => {
-                                let _ = timeout(limit, tls.shutdown()).await;
-                                let detail = "answered an ACME TLS-ALPN-01 validation";
-                                return Err(Refusal::new(
-                                    client,
-                                    CloseReason::AcmeValidation,
-                                    detail,
-                                ));
-                            }
-                            Ok(Err(e)) => {
-                                let detail = handshake_error(&e, Peer::Client);
-                                return Err(Refusal::new(
-                                    client,
-                                    CloseReason::TlsHandshake,
-                                    detail,
-                                ));
-                            }
-                            Err(_) => {
-                                let detail = format!("no handshake within {limit:?}");
-                                return Err(Refusal::new(
-                                    client,
-                                    CloseReason::TlsHandshake,
-                                    detail,
-                                ));
-                            }
-                        }
-                    }
-                }
+                let validation = server.validation_tls.load_full();
+                Either::Left(terminate(stream, (config, validation), limit, client).await?)
             }
             (Some(_), None) => {
                 let detail = "no TLS configuration";
@@ -585,6 +534,46 @@ impl<L: Stream, R: Stream> Stream for Either<L, R> {
             Either::Left(stream) => stream.plain_socket(),
             Either::Right(stream) => stream.plain_socket(),
         }
+    }
+}
+
+/// TLS terminated for `client`: the handshake within `limit` under `config`. A server
+/// with `acme_hosts` under TLS-ALPN-01 also has a `validation` configuration: then the
+/// ClientHello is read first, and an ACME validator is answered and closed instead.
+async fn terminate(
+    stream: Prefixed<TcpStream>,
+    (config, validation): (Arc<rustls::ServerConfig>, Option<Arc<rustls::ServerConfig>>),
+    limit: Duration,
+    client: SocketAddr,
+) -> Result<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>, Refusal> {
+    let late = || {
+        let detail = format!("no handshake within {limit:?}");
+        Refusal::new(client, CloseReason::TlsHandshake, detail)
+    };
+    let Some(validation) = validation else {
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        return match timeout(limit, acceptor.accept(stream).into_fallible()).await {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err((e, stream))) => {
+                let detail = handshake_error(&e, Peer::Client);
+                let no = Refusal::new(client, CloseReason::TlsHandshake, detail);
+                Err(no.closing(stream.into_inner()))
+            }
+            Err(_) => Err(late()),
+        };
+    };
+    match timeout(limit, accept_or_validate(stream, config, validation)).await {
+        Ok(Ok(Accepted::Client(tls))) => Ok(tls),
+        Ok(Ok(Accepted::Validation(mut tls))) => {
+            let _ = timeout(limit, tls.shutdown()).await;
+            let detail = "answered an ACME TLS-ALPN-01 validation";
+            Err(Refusal::new(client, CloseReason::AcmeValidation, detail))
+        }
+        Ok(Err(e)) => {
+            let detail = handshake_error(&e, Peer::Client);
+            Err(Refusal::new(client, CloseReason::TlsHandshake, detail))
+        }
+        Err(_) => Err(late()),
     }
 }
 
