@@ -139,13 +139,11 @@ pub async fn run(
     let mut retry = FIRST_RETRY;
     loop {
         let started = Instant::now();
-        let ended = tokio::select! {
-            () = stop.cancelled() => None,
-            ended = session(&local, &peer, &mut routes, &status, &stop) => Some(ended),
-        };
+        // The session watches `stop` itself: once established it must tell the router
+        // (a Cease) before it ends, so it is never dropped from outside.
+        let ended = session(&local, &peer, &mut routes, &status, &stop).await;
         set(&status, |s| s.announced.clear());
         enter(&status, State::Idle);
-        let Some(ended) = ended else { return };
         match ended {
             Ok(()) => return,
             Err(e) => {
@@ -175,7 +173,10 @@ async fn session(
     stop: &CancellationToken,
 ) -> Result<(), String> {
     enter(status, State::Connect);
-    let stream = connect(peer).await?;
+    let stream = tokio::select! {
+        () = stop.cancelled() => return Ok(()),
+        stream = connect(peer) => stream?,
+    };
     let ours = stream.local_addr().map_err(|e| e.to_string())?.ip();
     let mut framed = Framed::new(stream, BgpCodec::new(true));
     enter(status, State::OpenSent);
@@ -184,7 +185,11 @@ async fn session(
         .send(BgpMessage::Open(open(local, hold_secs)))
         .await
         .map_err(|e| format!("sending OPEN: {e:?}"))?;
-    let theirs = match timeout(OPEN_TIMEOUT, framed.next()).await {
+    let opened = tokio::select! {
+        () = stop.cancelled() => return Ok(()),
+        opened = timeout(OPEN_TIMEOUT, framed.next()) => opened,
+    };
+    let theirs = match opened {
         Err(_) => return Err("no OPEN from the neighbour".to_owned()),
         Ok(None) => return Err("the neighbour closed the connection".to_owned()),
         Ok(Some(Err(e))) => return Err(format!("reading OPEN: {e:?}")),
@@ -222,11 +227,20 @@ async fn session(
             // Whatever changed since the last round goes out first.
             let wanted = Arc::clone(&routes.borrow_and_update());
             if *wanted != announced {
-                for update in updates(local, peer, ours, &announced, &wanted) {
-                    framed
-                        .send(BgpMessage::Update(update))
-                        .await
-                        .map_err(|e| format!("sending UPDATE: {e:?}"))?;
+                let messages = updates(local, peer, ours, &announced, &wanted);
+                let send = async {
+                    for update in messages {
+                        framed
+                            .send(BgpMessage::Update(update))
+                            .await
+                            .map_err(|e| format!("sending UPDATE: {e:?}"))?;
+                    }
+                    Ok::<(), String>(())
+                };
+                // A router that stops reading must not keep a stop waiting.
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    sent = send => sent?,
                 }
                 announced = BTreeSet::clone(&wanted);
                 set(status, |s| s.announced = announced.clone());
