@@ -453,6 +453,16 @@ async fn a_failing_acme_server_leaves_the_old_certificate_serving() {
         "{answer}"
     );
 
+    let unknown = http::request(
+        sluice.api(),
+        "POST",
+        "/acme/renew?name=c.sluice.test",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+
     let still = served(acme.web, A, &client)
         .await
         .expect("served while the ACME server is gone");

@@ -313,6 +313,11 @@ impl Acme {
         all
     }
 
+    /// Whether `name` is one of the `acme_hosts` followed.
+    pub fn follows(&self, name: &str) -> bool {
+        lock(&self.names).contains_key(&name.to_ascii_lowercase())
+    }
+
     /// Orders a new certificate now for `name` (every name when `None`); answers once
     /// done, with the names renewed and why the others failed. An unknown name fails.
     pub async fn renew(&self, name: Option<&str>) -> (Vec<String>, BTreeMap<String, String>) {

@@ -320,12 +320,17 @@ pub struct RenewQuery {
 }
 
 /// `POST /acme/renew[?name=NAME]`: orders new certificates now and answers once done:
-/// 200 when every one was renewed, 502 (the ACME server failed) with why otherwise.
+/// 200 when every one was renewed, 502 (the ACME server failed) with why otherwise, 404
+/// for a name no server lists.
 pub async fn acme_renew(
     State(api): State<ApiState>,
     Query(query): Query<RenewQuery>,
 ) -> (StatusCode, Json<Value>) {
     let acme = api.control.runtime().acme();
+    if let Some(name) = query.name.as_deref().filter(|name| !acme.follows(name)) {
+        let error = format!("\"{name}\" is not one of the servers' acme_hosts");
+        return (StatusCode::NOT_FOUND, Json(json!({ "error": error })));
+    }
     let (renewed, failed) = acme.renew(query.name.as_deref()).await;
     info!(
         renewed = renewed.len(),
