@@ -18,7 +18,7 @@
 //! Every task a server starts ends with it: stopping a server waits for them, and
 //! [`Runtime::shutdown`] ends the rest.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
@@ -31,9 +31,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::backend::AdminState;
+use crate::bgp::announce::{follow_announcements, Announcing};
 use crate::bgp::Speaker;
-use crate::config::{self, Announce, Binds, Config, Protocol};
+use crate::config::{self, Binds, Config, Protocol};
 use crate::descriptors::DescriptorBudget;
 use crate::listener::{self, Listeners};
 use crate::proxy::state::carried::{Carried, SessionSocket};
@@ -44,13 +44,6 @@ use crate::workers::Workers;
 
 /// How long connections still open after the shutdown grace period get to close.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
-/// How often servers' live backends are counted to decide what BGP announces.
-const ANNOUNCE_POLL: Duration = Duration::from_millis(200);
-/// How long a shutdown waits for the withdrawal of its routes to be sent, and then for
-/// the routers to move new flows elsewhere, before it stops accepting.
-const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
-const WITHDRAW_SETTLE: Duration = Duration::from_millis(500);
-
 /// A server that could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum BindError {
@@ -117,13 +110,6 @@ pub struct Runtime {
     /// task that decides what BGP announces.
     announcing: Arc<ArcSwap<Vec<Announcing>>>,
     state: Mutex<State>,
-}
-
-/// A server whose prefixes are announced while it has enough live backends.
-struct Announcing {
-    name: String,
-    shared: Arc<ServerShared>,
-    announce: Announce,
 }
 
 struct State {
@@ -279,18 +265,11 @@ impl Runtime {
             }
         }
         self.acme.apply(&config).await;
-        let announcing = state
+        let servers = state
             .servers
             .iter()
-            .filter_map(|(name, server)| {
-                let announce = &config.servers.get(name)?.announce;
-                (!announce.prefixes.is_empty()).then(|| Announcing {
-                    name: name.clone(),
-                    shared: Arc::clone(&server.shared),
-                    announce: announce.clone(),
-                })
-            })
-            .collect();
+            .map(|(name, s)| (name.as_str(), &s.shared));
+        let announcing = Announcing::of(&config, servers);
         self.announcing.store(Arc::new(announcing));
         self.bgp.apply(config.bgp.as_ref());
         state.config = config;
@@ -414,17 +393,6 @@ impl Runtime {
     /// The BGP sessions and what they announce.
     pub fn bgp(&self) -> &Arc<Speaker> {
         &self.bgp
-    }
-
-    /// Withdraws every announced route and gives the routers a moment to move new flows
-    /// to other nodes: the first step of a shutdown that is not an upgrade.
-    pub async fn withdraw_routes(&self) {
-        if self.bgp.announced().is_empty() && self.bgp.status().is_empty() {
-            return;
-        }
-        info!("withdrawing the announced routes before draining");
-        self.bgp.withdraw_all(WITHDRAW_WAIT).await;
-        tokio::time::sleep(WITHDRAW_SETTLE).await;
     }
 
     pub fn is_stopping(&self) -> bool {
@@ -625,63 +593,4 @@ fn bind_new_listeners(
         }
     }
     Ok((sockets, inherited))
-}
-
-/// Decides, every [`ANNOUNCE_POLL`], what `bgp` announces: each server's prefixes while
-/// it has at least `announce_min_healthy` backends healthy, in rotation and enabled.
-/// Ends with the runtime (which holds `announcing`) or once a shutdown withdrew all.
-async fn follow_announcements(
-    bgp: Arc<Speaker>,
-    announcing: std::sync::Weak<ArcSwap<Vec<Announcing>>>,
-) {
-    let mut was: BTreeMap<String, bool> = BTreeMap::new();
-    let mut tick = tokio::time::interval(ANNOUNCE_POLL);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        let Some(announcing) = announcing.upgrade() else {
-            bgp.stop();
-            return;
-        };
-        if bgp.is_withdrawn() {
-            return;
-        }
-        let mut wanted = BTreeSet::new();
-        let mut now = BTreeMap::new();
-        for server in announcing.load().iter() {
-            let live = server
-                .shared
-                .pool
-                .load()
-                .backends()
-                .iter()
-                .filter(|b| b.is_up() && b.admin_state() == AdminState::Enabled)
-                .count();
-            let min = usize::try_from(server.announce.min_healthy).unwrap_or(usize::MAX);
-            let up = live >= min;
-            if was.get(&server.name) != Some(&up) {
-                let prefixes: Vec<String> = server
-                    .announce
-                    .prefixes
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect();
-                if up {
-                    info!(server = %server.name, live, ?prefixes, "announcing");
-                } else {
-                    warn!(server = %server.name, live, min, ?prefixes, "too few live backends: withdrawing");
-                }
-            }
-            server
-                .shared
-                .announced
-                .store(up, std::sync::atomic::Ordering::Relaxed);
-            if up {
-                wanted.extend(server.announce.prefixes.iter().copied());
-            }
-            now.insert(server.name.clone(), up);
-        }
-        was = now;
-        bgp.announce(wanted);
-    }
 }

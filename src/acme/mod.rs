@@ -14,8 +14,10 @@
 //!
 //! - `order`: one order, its challenge answered and withdrawn;
 //! - `responder`: the HTTP-01 responder on `http_bind`;
+//! - `account`: the ACME account, from the cache or made (and cached);
 //! - `cache`: the cache directory's files (the account and each name's certificate).
 
+mod account;
 mod cache;
 mod order;
 mod responder;
@@ -26,8 +28,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
-use instant_acme::{Account, AccountCredentials, NewAccount};
-use serde::{Deserialize, Serialize};
+use instant_acme::Account;
+use serde::Serialize;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -174,14 +176,6 @@ impl Name {
             None => due,
         }
     }
-}
-
-/// Files of the account kept in the cache: which directory it belongs to, so a changed
-/// `directory_url` makes a new account.
-#[derive(Serialize, Deserialize)]
-struct CachedAccount {
-    directory_url: String,
-    credentials: AccountCredentials,
 }
 
 impl Acme {
@@ -504,58 +498,14 @@ impl Acme {
         Ok(validity)
     }
 
-    /// The account: the one made already, else the cached one (of the same
-    /// directory), else a new one, cached.
+    /// The account: the one made already, else the cached or a new one
+    /// ([`account::open`]).
     async fn account(&self, config: &AcmeConfig) -> Result<Account, String> {
         let mut account = self.account.lock().await;
         if let Some(account) = &*account {
             return Ok(account.clone());
         }
-        let builder = || match &config.ca_path {
-            Some(path) => Account::builder_with_root(path)
-                .map_err(|e| format!("ca_path {}: {e}", path.display())),
-            None => Account::builder().map_err(|e| format!("HTTPS client: {e}")),
-        };
-        let path = config.cache_dir.join(cache::ACCOUNT_FILE);
-        let cached = cache::read(&path)
-            .ok()
-            .flatten()
-            .and_then(|text| serde_json::from_str::<CachedAccount>(&text).ok())
-            .filter(|cached| cached.directory_url == config.directory_url);
-        let made = match cached {
-            Some(cached) => builder()?
-                .from_credentials(cached.credentials)
-                .await
-                .map_err(|e| format!("cached account: {e}"))?,
-            None => {
-                let contact: Vec<String> =
-                    config.email.iter().map(|e| format!("mailto:{e}")).collect();
-                let contact: Vec<&str> = contact.iter().map(String::as_str).collect();
-                let new = NewAccount {
-                    contact: &contact,
-                    terms_of_service_agreed: true,
-                    only_return_existing: false,
-                };
-                let (made, credentials) = builder()?
-                    .create(&new, config.directory_url.clone(), None)
-                    .await
-                    .map_err(|e| format!("new account at {}: {e}", config.directory_url))?;
-                let cached = CachedAccount {
-                    directory_url: config.directory_url.clone(),
-                    credentials,
-                };
-                match serde_json::to_vec_pretty(&cached) {
-                    Ok(json) => {
-                        if let Err(e) = cache::write_private(&path, &json) {
-                            error!(path = %path.display(), error = %e, "cannot cache the ACME account");
-                        }
-                    }
-                    Err(e) => error!(error = %e, "cannot write the ACME account"),
-                }
-                info!(directory = %config.directory_url, "ACME account created");
-                made
-            }
-        };
+        let made = account::open(config).await?;
         *account = Some(made.clone());
         Ok(made)
     }

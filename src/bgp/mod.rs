@@ -7,9 +7,11 @@
 //! while it has `announce_min_healthy` live backends) and, at shutdown, empties it first
 //! so the routers move new flows away before connections drain.
 //!
+//! - `announce`: what is announced: servers with enough live backends.
 //! - `session`: one neighbour's session: connect, OPEN, KEEPALIVEs, UPDATEs announcing and
 //!   withdrawing what it is told to, retried after a back-off when it fails.
 
+pub mod announce;
 pub mod session;
 
 use std::collections::BTreeSet;
@@ -25,6 +27,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::BgpConfig;
 use session::{Local, Peer, Status};
+
+/// How long a shutdown waits for the withdrawal of its routes to be sent, and then for
+/// the routers to move new flows elsewhere, before it stops accepting.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(2);
+const WITHDRAW_SETTLE: Duration = Duration::from_millis(500);
 
 /// The speaker: a session per neighbour, all announcing the same prefixes.
 pub struct Speaker {
@@ -170,6 +177,18 @@ impl Speaker {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// A shutdown's first step (not an upgrade's): every route withdrawn, then half a
+    /// second for the routers to move new flows to other nodes before this one stops
+    /// accepting. Nothing to do without sessions or routes.
+    pub async fn withdraw_for_shutdown(&self) {
+        if self.announced().is_empty() && lock(&self.sessions).is_empty() {
+            return;
+        }
+        tracing::info!("withdrawing the announced routes before draining");
+        self.withdraw_all(WITHDRAW_WAIT).await;
+        tokio::time::sleep(WITHDRAW_SETTLE).await;
     }
 
     /// Whether a shutdown withdrew everything.

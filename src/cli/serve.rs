@@ -264,7 +264,7 @@ impl Running {
         if upgraded.is_none() {
             crate::service::stopping();
             // Routers move new flows to other nodes before this one stops accepting.
-            runtime.withdraw_routes().await;
+            runtime.bgp().withdraw_for_shutdown().await;
         }
         let grace = runtime.config().await.shutdown_timeout;
         info!(grace = ?grace, "shutting down: no new connections; waiting for open ones");

@@ -19,6 +19,7 @@ use crate::proxy::state::ServerShared;
 use crate::proxy::udp::UdpDrop;
 use crate::proxy::CloseReason;
 
+use super::control;
 use super::family::{family, Meta, Value};
 use super::scope::Scope;
 
@@ -126,8 +127,13 @@ impl Collector for Scrape {
         let e = &mut encoder;
         if self.scope.servers {
             self.encode_servers(e)?;
-            self.encode_certificates(e)?;
-            self.encode_bgp(e)?;
+            control::certificates(e, &self.certificates)?;
+            let announcing = self.servers.iter().filter_map(|s| {
+                let announces = !s.shared.settings.load().announce.prefixes.is_empty();
+                announces.then(|| (s.name.as_str(), s.shared.announced.load(Ordering::Relaxed)))
+            });
+            control::announced(e, announcing.collect())?;
+            control::bgp(e, &self.neighbors)?;
         }
         if self.scope.backends {
             self.encode_backends(e)?;
@@ -150,97 +156,6 @@ impl Collector for Scrape {
 }
 
 impl Scrape {
-    /// Whether each server's `announce` prefixes are announced, and each BGP session.
-    fn encode_bgp(&self, e: &mut DescriptorEncoder) -> fmt::Result {
-        let announcing: Vec<&ServerView> = self
-            .servers
-            .iter()
-            .filter(|s| !s.shared.settings.load().announce.prefixes.is_empty())
-            .collect();
-        if !announcing.is_empty() {
-            let meta = Meta::gauge(
-                "sluice_server_announced",
-                "1 while the server's announce prefixes are announced by BGP (it has \
-                 announce_min_healthy live backends), else 0.",
-            );
-            let samples = announcing.iter().map(|s| {
-                let up = s.shared.announced.load(Ordering::Relaxed);
-                ([("server", s.name.as_str())], Value::Gauge(u64::from(up)))
-            });
-            family(e, meta, samples)?;
-        }
-        if self.neighbors.is_empty() {
-            return Ok(());
-        }
-        let names: Vec<String> = self
-            .neighbors
-            .iter()
-            .map(|n| n.neighbor.to_string())
-            .collect();
-        let established = Meta::gauge(
-            "sluice_bgp_session_established",
-            "1 while the BGP session with the neighbour is established, else 0.",
-        );
-        let samples = self.neighbors.iter().zip(&names).map(|(n, name)| {
-            let up = u64::from(n.state == "established");
-            ([("neighbor", name.as_str())], Value::Gauge(up))
-        });
-        family(e, established, samples)?;
-        let sessions = Meta::counter(
-            "sluice_bgp_sessions_established",
-            "BGP sessions established with the neighbour since start.",
-        );
-        let samples = self
-            .neighbors
-            .iter()
-            .zip(&names)
-            .map(|(n, name)| ([("neighbor", name.as_str())], Value::Counter(n.established)));
-        family(e, sessions, samples)?;
-        let announced = Meta::gauge(
-            "sluice_bgp_announced_prefixes",
-            "Prefixes announced to the neighbour now.",
-        );
-        let samples = self.neighbors.iter().zip(&names).map(|(n, name)| {
-            let count = u64::try_from(n.announced.len()).unwrap_or(u64::MAX);
-            ([("neighbor", name.as_str())], Value::Gauge(count))
-        });
-        family(e, announced, samples)
-    }
-
-    /// The ACME certificates' families, labelled by server and name.
-    fn encode_certificates(&self, e: &mut DescriptorEncoder) -> fmt::Result {
-        if self.certificates.is_empty() {
-            return Ok(());
-        }
-        let expiry = Meta::gauge(
-            "sluice_tls_certificate_expiry",
-            "Seconds left before the certificate obtained for the name expires (0: expired).",
-        )
-        .unit(Unit::Seconds);
-        let samples = self.certificates.iter().filter_map(|c| {
-            let left = u64::try_from(c.expires_in_seconds?).unwrap_or(0);
-            let labels = [("server", c.server.as_str()), ("name", c.name.as_str())];
-            Some((labels, Value::Gauge(left)))
-        });
-        family(e, expiry, samples)?;
-        let events = Meta::counter(
-            "sluice_acme_events",
-            "What happened to the certificate of each name: issued, renewed, failed (an \
-             order), cached (taken from the cache at start).",
-        );
-        let samples = self.certificates.iter().flat_map(|c| {
-            c.events.iter().map(move |(event, count)| {
-                let labels = [
-                    ("server", c.server.as_str()),
-                    ("name", c.name.as_str()),
-                    ("event", *event),
-                ];
-                (labels, Value::Counter(*count))
-            })
-        });
-        family(e, events, samples)
-    }
-
     /// The families labelled by server (listeners, UDP included).
     fn encode_servers(&self, e: &mut DescriptorEncoder) -> fmt::Result {
         self.per_server(

@@ -2,7 +2,8 @@
 //!
 //! Nothing here is on the data path. Connections only add to the atomics that servers
 //! and backends already hold; a scrape reads them all through a [`Collector`]
-//! (`collector.rs`, each family written by `family.rs`), so there is no second set of metric objects to keep in step with
+//! (`collector.rs`, each family written by `family.rs`; the ACME and BGP families
+//! in `control.rs`), so there is no second set of metric objects to keep in step with
 //! reloads: a backend appears in the output for as long as it is in its server's pool.
 //! `?scope=process|server|backend` (repeatable, as HAProxy's exporter) writes only those
 //! families: the per-backend ones are most of the output of a large configuration.
@@ -10,6 +11,7 @@
 //! [`Collector`]: prometheus_client::collector::Collector
 
 mod collector;
+mod control;
 mod family;
 mod scope;
 

@@ -1,6 +1,6 @@
 //! The life of one proxied connection. [`connection`] reads one TCP connection top to
 //! bottom (admit → prelude → connect → relay → finish) with its steps beside it:
-//! [`prelude`] (PROXY header, ClientHello, TLS handshake), [`connect`] (pick, dial,
+//! [`prelude`] (PROXY header, ClientHello, TLS handshake: `terminate`), [`connect`] (pick, dial,
 //! retry), [`copy::Relay`]; or [`refusal`] says why it could not reach a backend.
 //! [`udp::serve`] groups datagrams into sessions, with the same access rules and
 //! close reasons. [`state`] is what they all read of their server: its settings, pool
@@ -19,6 +19,7 @@ pub mod sni;
 #[cfg(target_os = "linux")]
 pub mod splice;
 pub mod state;
+mod terminate;
 pub mod udp;
 
 use std::fmt;

@@ -17,12 +17,11 @@ use std::future::{ready, Future};
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 use tokio_util::either::Either;
@@ -259,7 +258,10 @@ impl Prelude for Tls {
             (Some(termination), Some(config)) => {
                 let limit = termination.handshake_timeout;
                 let validation = server.validation_tls.load_full();
-                Either::Left(terminate(stream, (config, validation), limit, client).await?)
+                Either::Left(
+                    super::terminate::terminate(stream, (config, validation), limit, client)
+                        .await?,
+                )
             }
             (Some(_), None) => {
                 let detail = "no TLS configuration";
@@ -534,68 +536,5 @@ impl<L: Stream, R: Stream> Stream for Either<L, R> {
             Either::Left(stream) => stream.plain_socket(),
             Either::Right(stream) => stream.plain_socket(),
         }
-    }
-}
-
-/// TLS terminated for `client`: the handshake within `limit` under `config`. A server
-/// with `acme_hosts` under TLS-ALPN-01 also has a `validation` configuration: then the
-/// ClientHello is read first, and an ACME validator is answered and closed instead.
-async fn terminate(
-    stream: Prefixed<TcpStream>,
-    (config, validation): (Arc<rustls::ServerConfig>, Option<Arc<rustls::ServerConfig>>),
-    limit: Duration,
-    client: SocketAddr,
-) -> Result<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>, Refusal> {
-    let late = || {
-        let detail = format!("no handshake within {limit:?}");
-        Refusal::new(client, CloseReason::TlsHandshake, detail)
-    };
-    let Some(validation) = validation else {
-        let acceptor = tokio_rustls::TlsAcceptor::from(config);
-        return match timeout(limit, acceptor.accept(stream).into_fallible()).await {
-            Ok(Ok(tls)) => Ok(tls),
-            Ok(Err((e, stream))) => {
-                let detail = handshake_error(&e, Peer::Client);
-                let no = Refusal::new(client, CloseReason::TlsHandshake, detail);
-                Err(no.closing(stream.into_inner()))
-            }
-            Err(_) => Err(late()),
-        };
-    };
-    match timeout(limit, accept_or_validate(stream, config, validation)).await {
-        Ok(Ok(Accepted::Client(tls))) => Ok(tls),
-        Ok(Ok(Accepted::Validation(mut tls))) => {
-            let _ = timeout(limit, tls.shutdown()).await;
-            let detail = "answered an ACME TLS-ALPN-01 validation";
-            Err(Refusal::new(client, CloseReason::AcmeValidation, detail))
-        }
-        Ok(Err(e)) => {
-            let detail = handshake_error(&e, Peer::Client);
-            Err(Refusal::new(client, CloseReason::TlsHandshake, detail))
-        }
-        Err(_) => Err(late()),
-    }
-}
-
-/// A terminated TLS connection: a client's, or an ACME server's validation.
-enum Accepted {
-    Client(tokio_rustls::server::TlsStream<Prefixed<TcpStream>>),
-    Validation(tokio_rustls::server::TlsStream<Prefixed<TcpStream>>),
-}
-
-/// The handshake of a server with `acme_hosts` under TLS-ALPN-01: the ClientHello is
-/// read first, and a validator (ALPN `acme-tls/1` alone) is answered with `validation`,
-/// every other client with `config`.
-async fn accept_or_validate(
-    stream: Prefixed<TcpStream>,
-    config: Arc<rustls::ServerConfig>,
-    validation: Arc<rustls::ServerConfig>,
-) -> std::io::Result<Accepted> {
-    let acceptor = rustls::server::Acceptor::default();
-    let start = tokio_rustls::LazyConfigAcceptor::new(acceptor, stream).await?;
-    if crate::tls::is_validation(&start.client_hello()) {
-        Ok(Accepted::Validation(start.into_stream(validation).await?))
-    } else {
-        Ok(Accepted::Client(start.into_stream(config).await?))
     }
 }
