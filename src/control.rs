@@ -1,16 +1,20 @@
 //! The one way running state is changed from outside: a reload from the file (SIGHUP,
-//! `POST /reload`) or an edit of the running configuration (the admin API). Both end in
-//! [`Runtime::apply`], as start-up does; an edit is validated as a file would be, and
-//! with `[api] persist = true` written back to the file atomically.
+//! `POST /reload`, a change in etcd) or an edit of the running configuration (the admin
+//! API). Both end in [`Runtime::apply`], as start-up does; an edit is validated as a
+//! file would be, and with `[api] persist = true` written back to the file atomically,
+//! or, for a configuration kept in etcd, always written back there.
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tracing::{error, info, warn};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
 
 use crate::config::dump::{self, Secrets};
 use crate::config::{self, Config, ConfigErrors};
+use crate::origin::etcd::StoreError;
 use crate::origin::Origin;
 use crate::reload::Change;
 use crate::runtime::{BindError, Runtime};
@@ -27,6 +31,8 @@ pub enum ControlError {
     Bind(#[from] BindError),
     #[error("the change is running, but the configuration file was not written: {0}")]
     Persist(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
     #[error("Sluice is shutting down: no more changes are applied")]
     ShuttingDown,
 }
@@ -93,14 +99,19 @@ impl Control {
 
     /// The reload itself, with the edit lock held.
     async fn reload_from(&self, origin: &Origin) -> Result<Vec<Change>, ControlError> {
-        info!(from = %origin, "reloading the configuration");
         let loaded = origin.load().await.map_err(|errors| {
             for e in &errors.0 {
                 error!("{e}");
             }
-            error!("configuration not reloaded: still running the previous one");
+            error!(from = %origin, "configuration not reloaded: still running the previous one");
             ControlError::Invalid(errors)
         })?;
+        let store = origin.store();
+        if store.is_some_and(|store| store.read_is_running()) {
+            debug!(from = %origin, "the configuration in etcd is the one running");
+            return Ok(Vec::new());
+        }
+        info!(from = %origin, "reloading the configuration");
         for warning in &loaded.warnings {
             warn!("{warning}");
         }
@@ -114,6 +125,9 @@ impl Control {
         let changes = self.runtime.apply(loaded.config).await.inspect_err(|e| {
             error!("reload failed: {e}");
         })?;
+        if let Some(store) = store {
+            store.mark_running();
+        }
         // Certificate files may have been renewed under an unchanged configuration.
         self.runtime.reload_tls().await;
         info!(changes = changes.len(), "configuration reloaded");
@@ -145,6 +159,23 @@ impl Control {
             (true, Some(path)) => Some((path, file_text(&config)?)),
             _ => None,
         };
+        if let Some(store) = self.origin.as_ref().and_then(Origin::store) {
+            // Applied here first (a listener that cannot bind refuses it), then written
+            // for every node, or undone.
+            if let Some(why) = store.unreachable() {
+                return Err(StoreError::Unreachable(why).into());
+            }
+            let previous = self.runtime.config().await;
+            self.runtime.apply(config.clone()).await?;
+            if let Err(e) = store.write(&config).await {
+                warn!("edit not written to etcd, so undone here: {e}");
+                if let Err(undo) = self.runtime.apply(previous).await {
+                    error!("cannot undo the edit: {undo}");
+                }
+                return Err(e.into());
+            }
+            return Ok(Ok(value));
+        }
         self.runtime.apply(config).await?;
         if let Some((path, text)) = text {
             write_atomically(path, &text)
@@ -152,6 +183,46 @@ impl Control {
             info!(file = %path.display(), "configuration written");
         }
         Ok(Ok(value))
+    }
+}
+
+/// How long one watch of etcd waits before it is opened again.
+const STORE_WATCH: Duration = Duration::from_secs(60);
+/// Retries while etcd cannot be reached: from the first to the last, doubling.
+const STORE_RETRY: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+
+impl Control {
+    /// Follows a configuration kept in etcd until `stop`: each change there is read and
+    /// applied as a reload is. While etcd cannot be reached the running configuration
+    /// stays (the store says so) and etcd is asked again, from every 0.5 s to every 10 s.
+    pub async fn follow_store(self: Arc<Self>, stop: CancellationToken) {
+        let Some(store) = self.origin.as_ref().and_then(Origin::store).cloned() else {
+            return;
+        };
+        let mut retry = STORE_RETRY.0;
+        loop {
+            let woken = tokio::select! {
+                _ = stop.cancelled() => return,
+                woken = store.wait_for_change(STORE_WATCH) => woken,
+            };
+            match woken {
+                Ok(false) => continue,
+                Ok(true) => retry = STORE_RETRY.0,
+                Err(_) => {
+                    // The store said it is unreachable; ask again after a while.
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(retry) => {}
+                    }
+                    retry = (retry * 2).min(STORE_RETRY.1);
+                    continue;
+                }
+            }
+            // Other errors are logged by the reload; the running configuration stays.
+            if let Err(ControlError::ShuttingDown) = self.reload().await {
+                return;
+            }
+        }
     }
 }
 

@@ -10,6 +10,7 @@ mod backends_tls;
 mod balance;
 mod bgp;
 mod client_limits;
+mod config_store;
 mod dashboard;
 mod discovery;
 mod discovery_sources;

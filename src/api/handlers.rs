@@ -20,6 +20,7 @@ use crate::backend::{AdminState, Backend, BackendSpec, Cut};
 use crate::config::dump::{self, Secrets};
 use crate::config::{Bind, BindRange, Config, DiscoveryConfig, HealthKind, ServerConfig};
 use crate::control::ControlError;
+use crate::origin::etcd::StoreError;
 use crate::proxy::state::ServerShared;
 use crate::reload::Change;
 use crate::runtime::BindError;
@@ -37,6 +38,7 @@ pub async fn root(State(api): State<ApiState>) -> Json<Value> {
         "uptime": humantime::format_duration(uptime).to_string(),
         "version": env!("CARGO_PKG_VERSION"),
         "configPath": api.control.origin().map(ToString::to_string),
+        "configStore": api.control.origin().and_then(|o| o.store()).map(|s| s.status()),
     }))
 }
 
@@ -560,7 +562,13 @@ fn control_error(e: ControlError) -> ApiError {
             let status = conflict_or(StatusCode::BAD_REQUEST, &reason);
             ApiError::field(status, "bind", reason)
         }
-        ControlError::Bind(_) | ControlError::Persist(_) => {
+        ControlError::Store(StoreError::Changed) => {
+            ApiError::new(StatusCode::CONFLICT, e.to_string())
+        }
+        ControlError::Store(StoreError::Unreachable(_)) => {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
+        ControlError::Bind(_) | ControlError::Persist(_) | ControlError::Store(_) => {
             ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
         }
     }

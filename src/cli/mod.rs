@@ -1,4 +1,4 @@
-//! The command line: `run`, `from-file`, `from-url`, `check`, `convert`, `upgrade`,
+//! The command line: `run`, `from-file`, `from-url`, `from-etcd`, `check`, `convert`, `upgrade`,
 //! `health` (in `health`), `man`, `completions`, `tcp` and `udp` (quick mode, in
 //! `quick`) and `demo`; running the balancer itself is in `serve`.
 
@@ -31,6 +31,8 @@ Examples:
   sluice -c gobetween.toml                      run every server in a GoBetween-style file
   sluice -c haproxy.cfg                         HAProxy (mode tcp), Samaritan or Mixctl files too
   sluice from-url https://cfg.example/lb.toml   a configuration served over HTTP(S)
+  sluice from-etcd http://etcd:2379 --key /sluice/
+                                                a fleet's configuration in etcd, followed
   sluice check -c sluice.toml                   validate a file and summarise it
   sluice convert -c haproxy.cfg > sluice.toml   any format Sluice reads, as its own TOML
   sluice tcp --listen 127.0.0.1:8080 --targets 10.0.0.1:3000,10.0.0.2:3000:3
@@ -103,6 +105,11 @@ pub enum Command {
         #[arg(value_name = "URL", value_parser = config::Url::parse)]
         url: config::Url,
     },
+    /// Run a fleet's configuration kept in etcd and follow it: PREFIX/config is the
+    /// configuration every node runs, PREFIX/nodes/NODE this node's own [bgp], [api] and
+    /// [metrics]. A change there is applied at once; an API edit is written back for
+    /// every node; while etcd cannot be reached the running configuration stays.
+    FromEtcd(EtcdArgs),
     /// Validate a configuration file and print a summary; exit 1 on errors.
     Check {
         #[arg(short, long, value_name = "FILE")]
@@ -160,6 +167,68 @@ pub enum Command {
     },
 }
 
+/// `sluice from-etcd`'s arguments.
+#[derive(Debug, clap::Args)]
+pub struct EtcdArgs {
+    /// etcd's client URLs, comma-separated: http://HOST:PORT, https://HOST:PORT or
+    /// HOST:PORT (port 2379); the next is tried when one fails.
+    #[arg(value_name = "ENDPOINTS", value_delimiter = ',', required = true,
+          value_parser = config::registries::EtcdEndpoint::parse)]
+    pub endpoints: Vec<config::registries::EtcdEndpoint>,
+    /// The key prefix the fleet's configuration lives under.
+    #[arg(long = "key", value_name = "PREFIX")]
+    pub prefix: String,
+    /// This node's name, for PREFIX/nodes/NODE (default: the host name).
+    #[arg(long, value_name = "NODE")]
+    pub node: Option<String>,
+    /// etcd authentication: the user (the password from SLUICE_ETCD_PASSWORD).
+    #[arg(long, value_name = "NAME", env = "SLUICE_ETCD_USERNAME")]
+    pub etcd_username: Option<String>,
+    #[arg(
+        long,
+        value_name = "PASSWORD",
+        env = "SLUICE_ETCD_PASSWORD",
+        hide_env_values = true,
+        hide = true
+    )]
+    pub etcd_password: Option<String>,
+    /// CA certificates that verify etcd's (HTTPS; default: the system's store).
+    #[arg(long, value_name = "FILE")]
+    pub etcd_cacert: Option<PathBuf>,
+    /// A client certificate and its key, when etcd asks for one.
+    #[arg(long, value_name = "FILE", requires = "etcd_key")]
+    pub etcd_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl EtcdArgs {
+    /// Where the configuration is kept, as these arguments say.
+    fn origin(self, format: Option<Requested>) -> anyhow::Result<Origin> {
+        let mut endpoints = self.endpoints.into_iter();
+        let first = endpoints.next().context("no etcd endpoint")?;
+        let mut params = config::EtcdParams::new(first, self.prefix);
+        params.endpoints.extend(endpoints);
+        params.username = self.etcd_username;
+        params.password = self.etcd_password;
+        if self.etcd_cacert.is_some() || self.etcd_cert.is_some() {
+            params.tls = Some(crate::tls::ClientTlsFiles {
+                cert_path: self.etcd_cert,
+                key_path: self.etcd_key,
+                cacert_path: self.etcd_cacert,
+            });
+        }
+        let node = self.node.or_else(|| {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|name| name.into_string().ok())
+        });
+        let store = crate::origin::etcd::EtcdStore::new(params, node, format)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(Origin::Etcd(std::sync::Arc::new(store)))
+    }
+}
+
 /// The shells `sluice completions` writes for.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Shell {
@@ -208,6 +277,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         | (Some(Command::FromFile { path }), _)
         | (None, Some(path)) => run_from(file(path), launch),
         (Some(Command::FromUrl { url }), _) => run_from(Origin::Url { url, format }, launch),
+        (Some(Command::FromEtcd(args)), _) => run_from(args.origin(format)?, launch),
         (Some(Command::Check { config }), _) => Ok(check(&config, format)),
         (Some(Command::Convert { config }), _) => Ok(convert(&config, format)),
         (Some(Command::Upgrade { binary, timeout }), _) => {

@@ -76,6 +76,9 @@ pub(super) fn run_from(origin: Origin, mut launch: Launch) -> anyhow::Result<Exi
             return Ok(ExitCode::FAILURE);
         }
     };
+    if let Some(store) = origin.store() {
+        store.mark_running();
+    }
     logging::init(&loaded.config.logging)?;
     for warning in &loaded.warnings {
         warn!("{warning}");
@@ -202,6 +205,8 @@ async fn start(
         let (runtime, stop) = (Arc::clone(&runtime), handover.stop_token());
         tokio::spawn(async move { crate::metrics::serve(listener, metrics, runtime, stop).await });
     }
+    // A configuration in etcd: each change there applies here.
+    tokio::spawn(Arc::clone(&control).follow_store(handover.stop_token()));
     let (ask, asked) = mpsc::channel(4);
     if let Some(path) = control_socket {
         let listener = upgrade::control_socket::listen(path)

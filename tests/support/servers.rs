@@ -21,6 +21,7 @@ pub use databases::*;
 pub struct Etcd {
     /// Client address; its JSON gateway answers under `/v3/`.
     pub addr: SocketAddr,
+    peer: String,
     child: Child,
     dir: TempDir,
 }
@@ -32,43 +33,65 @@ impl Etcd {
         let mut last_log = String::new();
         for _ in 0..3 {
             let dir = tempfile::tempdir().expect("temp dir");
-            let client = format!("http://127.0.0.1:{}", free_port());
-            let peer = format!("http://127.0.0.1:{}", free_port());
-            let log = std::fs::File::create(dir.path().join("etcd.log")).expect("log file");
-            let mut child = Command::new("etcd")
-                .arg("--name=default")
-                .arg(format!("--data-dir={}", dir.path().join("data").display()))
-                .arg(format!("--listen-client-urls={client}"))
-                .arg(format!("--advertise-client-urls={client}"))
-                .arg(format!("--listen-peer-urls={peer}"))
-                .arg(format!("--initial-advertise-peer-urls={peer}"))
-                .arg(format!("--initial-cluster=default={peer}"))
-                .stdout(Stdio::null())
-                .stderr(log)
-                .kill_on_drop(true)
-                .spawn()
-                .expect("start etcd (Debian package etcd-server; scripts/test installs it)");
-            let addr: SocketAddr = client
-                .trim_start_matches("http://")
+            let addr: SocketAddr = format!("127.0.0.1:{}", free_port())
                 .parse()
                 .expect("client address");
-            let deadline = tokio::time::Instant::now() + WAIT;
-            while tokio::time::Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                if TcpStream::connect(addr).await.is_ok() {
-                    let health = http::get(addr, "/health").await;
-                    if health.status == 200 && health.body.contains("true") {
-                        return Etcd { addr, child, dir };
+            let peer = format!("http://127.0.0.1:{}", free_port());
+            match Self::spawn(addr, &peer, dir.path()).await {
+                Ok(child) => {
+                    return Etcd {
+                        addr,
+                        peer,
+                        child,
+                        dir,
                     }
                 }
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                Err(log) => last_log = log,
             }
-            let _ = child.kill().await;
-            last_log = std::fs::read_to_string(dir.path().join("etcd.log")).unwrap_or_default();
         }
         panic!("etcd did not start; its log:\n{last_log}");
+    }
+
+    /// Starts etcd on its ports again, on the same data (after [`Self::stop`]).
+    pub async fn restart(&mut self) {
+        match Self::spawn(self.addr, &self.peer, self.dir.path()).await {
+            Ok(child) => self.child = child,
+            Err(log) => panic!("etcd did not start again; its log:\n{log}"),
+        }
+    }
+
+    /// Runs etcd with its data in `dir` until it answers; its log when it does not.
+    async fn spawn(addr: SocketAddr, peer: &str, dir: &std::path::Path) -> Result<Child, String> {
+        let client = format!("http://{addr}");
+        let log = std::fs::File::create(dir.join("etcd.log")).expect("log file");
+        let mut child = Command::new("etcd")
+            .arg("--name=default")
+            .arg(format!("--data-dir={}", dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=default={peer}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start etcd (Debian package etcd-server; scripts/test installs it)");
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            if TcpStream::connect(addr).await.is_ok() {
+                let health = http::get(addr, "/health").await;
+                if health.status == 200 && health.body.contains("true") {
+                    return Ok(child);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill().await;
+        Err(std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default())
     }
 
     /// `http://127.0.0.1:PORT`, as a client is configured.
@@ -80,6 +103,19 @@ impl Etcd {
     pub async fn put(&self, key: &str, value: &str) {
         let body = serde_json::json!({ "key": BASE64.encode(key), "value": BASE64.encode(value) });
         self.call("/v3/kv/put", &body).await;
+    }
+
+    /// The value at `key`, if there is one.
+    pub async fn get(&self, key: &str) -> Option<String> {
+        let answer = self
+            .call(
+                "/v3/kv/range",
+                &serde_json::json!({ "key": BASE64.encode(key) }),
+            )
+            .await;
+        let value = answer["kvs"][0]["value"].as_str()?;
+        let bytes = BASE64.decode(value).expect("base64 from etcd");
+        Some(String::from_utf8(bytes).expect("UTF-8 value"))
     }
 
     /// Deletes `key` through the gateway.

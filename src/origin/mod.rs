@@ -1,13 +1,18 @@
 //! Where the configuration comes from: a file, in the format `--format` names or its
-//! extension and shape say, or an `http(s)://` URL answering it (GoBetween's
-//! `from-url`). It is read at start and again at every reload (SIGHUP, `POST /reload`).
+//! extension and shape say, an `http(s)://` URL answering it (GoBetween's `from-url`),
+//! or keys in etcd a fleet shares ([`etcd`]). It is read at start and again at every
+//! reload (SIGHUP, `POST /reload`, and for etcd, every change there).
+
+pub mod etcd;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::{self, ConfigError, ConfigErrors, Loaded, Requested, Url};
 use crate::discovery::http::Fetcher;
+use etcd::EtcdStore;
 
 /// How long fetching a configuration from a URL may take, connection to last byte.
 pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -23,6 +28,9 @@ pub enum Origin {
         url: Url,
         format: Option<Requested>,
     },
+    /// A fleet's configuration in etcd, followed as it changes; API edits are written
+    /// back to it.
+    Etcd(Arc<EtcdStore>),
 }
 
 impl Origin {
@@ -58,6 +66,15 @@ impl Origin {
                 }
                 Ok(loaded)
             }
+            Origin::Etcd(store) => store.read().await,
+        }
+    }
+
+    /// The etcd store, when the configuration is kept in one.
+    pub fn store(&self) -> Option<&Arc<EtcdStore>> {
+        match self {
+            Origin::Etcd(store) => Some(store),
+            _ => None,
         }
     }
 
@@ -66,7 +83,7 @@ impl Origin {
     pub fn file(&self) -> Option<&Path> {
         match self {
             Origin::File { path, .. } => Some(path),
-            Origin::Url { .. } => None,
+            Origin::Url { .. } | Origin::Etcd(_) => None,
         }
     }
 }
@@ -76,6 +93,7 @@ impl fmt::Display for Origin {
         match self {
             Origin::File { path, .. } => write!(f, "{}", path.display()),
             Origin::Url { url, .. } => write!(f, "{url}"),
+            Origin::Etcd(store) => write!(f, "{store}"),
         }
     }
 }
