@@ -10,8 +10,14 @@
 //! backend whichever node its connection lands on (the nodes list the backends in
 //! different orders); a killed node's route is gone within a second and its clients
 //! keep their backends through the other.
+//!
+//! With the configuration in etcd (in the router's namespace): a change written there
+//! and a drain through one node's API reach both nodes; a node whose backends all fail
+//! withdraws its route within the check interval and a second, and announces it again
+//! on recovery; SIGTERM withdraws the route before the node drains, and no new
+//! connection reaches it afterwards.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -165,13 +171,13 @@ fn backends_of_clients(client: &Netns) -> Result<Vec<(IpAddr, String)>, String> 
                 socket
                     .connect_timeout(&service.into(), Duration::from_secs(5))
                     .map_err(|e| format!("{source}: {e}"))?;
-                let mut stream: std::net::TcpStream = socket.into();
+                let stream: std::net::TcpStream = socket.into();
                 stream
                     .set_read_timeout(Some(Duration::from_secs(5)))
                     .map_err(|e| e.to_string())?;
                 let mut name = String::new();
-                stream
-                    .read_to_string(&mut name)
+                BufReader::new(stream)
+                    .read_line(&mut name)
                     .map_err(|e| format!("{source}: {e}"))?;
                 names.push(name.trim().to_owned());
             }
@@ -185,7 +191,8 @@ fn backends_of_clients(client: &Netns) -> Result<Vec<(IpAddr, String)>, String> 
     })?
 }
 
-/// Three backends in their namespace, each greeting with its address and closing.
+/// Three backends in their namespace, each greeting with its address and holding the
+/// connection until the client closes it (a thread each, for at most a minute).
 fn serve_backends(ns: &Netns) -> Vec<std::thread::JoinHandle<()>> {
     let listeners = ns
         .inside(|| -> std::io::Result<Vec<std::net::TcpListener>> {
@@ -203,7 +210,11 @@ fn serve_backends(ns: &Netns) -> Vec<std::thread::JoinHandle<()>> {
             std::thread::spawn(move || {
                 use std::io::Write;
                 for mut stream in listener.incoming().take(10_000).flatten() {
-                    let _ = stream.write_all(format!("{name}\n").as_bytes());
+                    std::thread::spawn(move || {
+                        let _ = stream.write_all(format!("{name}\n").as_bytes());
+                        let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+                        let _ = stream.read(&mut [0; 64]);
+                    });
                 }
             })
         })
@@ -252,4 +263,311 @@ async fn a_fleet_shares_one_address_and_keeps_each_client_on_its_backend() {
     let after = tokio::task::block_in_place(|| backends_of_clients(&net.client))
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(before, after, "each client keeps its backend");
+}
+
+/// etcd in the router's namespace, answering the nodes on their links; killed on drop.
+struct RouterEtcd {
+    _child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+const ETCD: &str = "http://10.78.1.1:2379";
+
+impl RouterEtcd {
+    async fn start(router: &Netns) -> Result<RouterEtcd, String> {
+        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(dir.path().join("etcd.log")).map_err(|e| e.to_string())?;
+        let child = router
+            .command("etcd")
+            .arg("--name=router")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg("--listen-client-urls=http://10.78.1.1:2379,http://10.78.2.1:2379")
+            .arg(format!("--advertise-client-urls={ETCD}"))
+            .arg("--listen-peer-urls=http://127.0.0.1:2380")
+            .arg("--initial-advertise-peer-urls=http://127.0.0.1:2380")
+            .arg("--initial-cluster=router=http://127.0.0.1:2380")
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("etcd: {e}"))?;
+        let etcd = RouterEtcd {
+            _child: child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            let health = ["--endpoints", ETCD, "endpoint", "health"];
+            if router.exec("etcdctl", &health).is_ok() {
+                return Ok(etcd);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err("etcd did not answer in the router's namespace".into())
+    }
+
+    fn put(&self, router: &Netns, key: &str, value: &str) {
+        router
+            .exec("etcdctl", &["--endpoints", ETCD, "put", key, value])
+            .expect("etcdctl put");
+    }
+}
+
+/// The fleet's shared configuration in etcd: maglev over `backends`, announced while one
+/// lives, a long drain.
+fn shared_config(backends: &[&str]) -> String {
+    let list: Vec<String> = backends.iter().map(|b| format!("\"{b}:7000\"")).collect();
+    format!(
+        r#"shutdown_timeout = "30s"
+
+[servers.web]
+bind = "{SERVICE}:80"
+balance = "maglev"
+announce = ["{SERVICE}/32"]
+
+  [servers.web.discovery]
+  kind = "static"
+  static_list = [{list}]
+
+  [servers.web.healthcheck]
+  kind = "ping"
+  interval = "200ms"
+  timeout = "200ms"
+"#,
+        list = list.join(", ")
+    )
+}
+
+/// Node `n`'s own key: its BGP session and its API (on its own loopback).
+fn node_own(n: usize) -> String {
+    format!(
+        r#"[bgp]
+local_as = 64512
+router_id = "10.78.{n}.2"
+hold_time = "3s"
+
+  [[bgp.neighbors]]
+  address = "10.78.{n}.1"
+  remote_as = 64500
+  local_address = "10.78.{n}.2"
+
+[api]
+enabled = true
+bind = "127.0.0.1:9000"
+"#
+    )
+}
+
+async fn start_from_etcd(ns: &Netns, n: usize) -> SluiceProcess {
+    let text = format!("{}{}", shared_config(&BACKENDS), node_own(n));
+    let expected = sluice::config::parse(&text, std::path::Path::new("x.toml"))
+        .expect("valid")
+        .config;
+    let node = format!("n{n}");
+    let args: Vec<std::ffi::OsString> = ["from-etcd", ETCD, "--key", "/fleet/", "--node", &node]
+        .iter()
+        .map(Into::into)
+        .collect();
+    SluiceProcess::start_args_in_netns(&ns.name, &args, &expected).await
+}
+
+/// `METHOD PATH` with a JSON `body` on the API of the node in `ns`: status and body.
+fn api_in(ns: &Netns, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:9000\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    ns.inside(move || -> Result<(u16, String), String> {
+        use std::io::Write;
+        let api: SocketAddr = "127.0.0.1:9000".parse().expect("address");
+        let mut stream = std::net::TcpStream::connect_timeout(&api, Duration::from_secs(5))
+            .map_err(|e| e.to_string())?;
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .map_err(|e| e.to_string())?;
+        stream
+            .write_all(request.as_bytes())
+            .map_err(|e| e.to_string())?;
+        let mut answer = String::new();
+        stream
+            .read_to_string(&mut answer)
+            .map_err(|e| e.to_string())?;
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no status in {answer:?}"))?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map_or("", |(_, b)| b)
+            .to_owned();
+        Ok((status, body))
+    })?
+}
+
+/// Each backend of server `web` on the node in `ns` with its state, by its API.
+fn backend_states(ns: &Netns) -> Vec<(String, String)> {
+    let Ok((200, body)) = api_in(ns, "GET", "/servers/web/backends", "") else {
+        return Vec::new();
+    };
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|b| {
+            let key = b["key"].as_str().unwrap_or_default().to_owned();
+            (key, b["state"].as_str().unwrap_or_default().to_owned())
+        })
+        .collect()
+}
+
+/// The connections open through the node in `ns`, by its API.
+fn open_on(ns: &Netns) -> u64 {
+    let Ok((200, body)) = api_in(ns, "GET", "/servers/web/backends", "") else {
+        return 0;
+    };
+    let list: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|b| b["stats"]["active_connections"].as_u64())
+        .sum()
+}
+
+/// One connection from each client address, held open (each has read its greeting).
+fn hold_connections(client: &Netns) -> Vec<std::net::TcpStream> {
+    client
+        .inside(|| {
+            let service: SocketAddr = format!("{SERVICE}:80").parse().expect("address");
+            (1..=CLIENTS)
+                .filter_map(|i| {
+                    let source: IpAddr = format!("10.78.9.{}", 100 + i).parse().ok()?;
+                    let socket =
+                        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+                            .ok()?;
+                    socket.bind(&SocketAddr::new(source, 0).into()).ok()?;
+                    socket
+                        .connect_timeout(&service.into(), Duration::from_secs(5))
+                        .ok()?;
+                    let stream: std::net::TcpStream = socket.into();
+                    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+                    let mut line = String::new();
+                    BufReader::new(&stream).read_line(&mut line).ok()?;
+                    Some(stream)
+                })
+                .collect()
+        })
+        .expect("the client's namespace")
+}
+
+/// How many connections the node has logged as finished.
+fn finished(node: &SluiceProcess) -> usize {
+    node.log().matches("connection closed").count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_follows_etcd_and_leaves_the_route_before_it_drains() {
+    let test = "a_fleet_follows_etcd_and_leaves_the_route_before_it_drains";
+    let Some(net) = or_skip(fleet(), test) else {
+        return;
+    };
+    let Some(_router) = bird::or_skip(
+        Bird::start_in(Some(&net.router.name), &router_config()).await,
+        test,
+    ) else {
+        return;
+    };
+    let _backends = serve_backends(&net.backends);
+    let etcd = RouterEtcd::start(&net.router).await.expect("etcd");
+    etcd.put(&net.router, "/fleet/config", &shared_config(&BACKENDS));
+    for n in 1..=2 {
+        etcd.put(&net.router, &format!("/fleet/nodes/n{n}"), &node_own(n));
+    }
+    let mut node1 = start_from_etcd(&net.nodes[0], 1).await;
+    let node2 = start_from_etcd(&net.nodes[1], 2).await;
+    eventually("one next hop per node", || async {
+        next_hops(&net.router).len() == 2
+    })
+    .await;
+
+    // A change written to etcd reaches every node.
+    etcd.put(&net.router, "/fleet/config", &shared_config(&BACKENDS[..2]));
+    let two: Vec<String> = BACKENDS[..2].iter().map(|b| format!("{b}:7000")).collect();
+    for node in &net.nodes {
+        eventually("each node runs the two backends etcd lists now", || async {
+            let keys: Vec<String> = backend_states(node).into_iter().map(|(k, _)| k).collect();
+            keys == two
+        })
+        .await;
+    }
+    let clients = tokio::task::block_in_place(|| backends_of_clients(&net.client))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(clients.iter().all(|(_, b)| b != BACKENDS[2]), "{clients:?}");
+
+    // A drain through node 1's API applies on node 2, and on every connection after it.
+    let first = format!("/servers/web/backends/{}:7000", BACKENDS[0]);
+    let drained = api_in(&net.nodes[0], "PATCH", &first, r#"{"state": "drain"}"#);
+    assert!(
+        matches!(drained, Ok((200, _))),
+        "{drained:?}\n{}",
+        node1.log()
+    );
+    eventually("node 2 drains the backend too", || async {
+        backend_states(&net.nodes[1]).contains(&(two[0].clone(), "draining".to_owned()))
+    })
+    .await;
+    let clients = tokio::task::block_in_place(|| backends_of_clients(&net.client))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(clients.iter().all(|(_, b)| b == BACKENDS[1]), "{clients:?}");
+
+    // Every backend failing on node 1 (its route to them gone) withdraws its route
+    // within the check interval and timeout and a second; it returns on recovery.
+    let backends_route = ["route", "del", "10.78.100.0/24", "via", "10.78.11.2"];
+    net.nodes[0]
+        .ip(&backends_route)
+        .expect("cut node 1 from its backends");
+    let cut = Instant::now();
+    eventually("node 1's route withdrawn", || async {
+        next_hops(&net.router) == ["10.78.2.2"]
+    })
+    .await;
+    let took = cut.elapsed();
+    assert!(
+        took < Duration::from_millis(1_400),
+        "withdrawn after {took:?}"
+    );
+    let mut restore = backends_route;
+    restore[1] = "add";
+    net.nodes[0].ip(&restore).expect("node 1's backends back");
+    eventually("node 1's route back", || async {
+        next_hops(&net.router).len() == 2
+    })
+    .await;
+
+    // SIGTERM: node 1's route leaves first, and while it drains, no new connection
+    // reaches it.
+    let held = tokio::task::block_in_place(|| hold_connections(&net.client));
+    assert_eq!(held.len(), usize::from(CLIENTS));
+    assert!(open_on(&net.nodes[0]) > 0, "node 1 holds some of them");
+    node1.signal("TERM");
+    eventually("node 1's route withdrawn on SIGTERM", || async {
+        next_hops(&net.router) == ["10.78.2.2"]
+    })
+    .await;
+    assert!(node1.running(), "node 1 drains after its route is gone");
+    let before = finished(&node1);
+    let clients = tokio::task::block_in_place(|| backends_of_clients(&net.client))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(clients.len(), usize::from(CLIENTS));
+    assert!(node1.running(), "node 1 still drains what it holds");
+    assert_eq!(finished(&node1), before, "no new connection reached node 1");
+    // The router now sends the held connections' packets to node 2, which resets them
+    // (a moved flow cannot survive: README, "Announcing by BGP"); node 1 would wait out
+    // its shutdown_timeout for them, so a second SIGTERM ends it.
+    drop(held);
+    node1.signal("TERM");
+    let status = node1.exit(WAIT).await;
+    assert!(status.success(), "{}", node1.log());
+    drop(node2);
 }

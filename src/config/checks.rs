@@ -25,7 +25,9 @@ pub(crate) struct Problem {
 /// names the configuration in messages, which carry no position.
 pub fn validate(config: &Config, path: &Path) -> Result<(), ConfigErrors> {
     let order = config.servers.keys().map(String::as_str);
-    let errors: Vec<ConfigError> = typed(config, order)
+    let mut problems = typed(config, order);
+    problems.extend(sections(config));
+    let errors: Vec<ConfigError> = problems
         .into_iter()
         .map(|problem| ConfigError {
             path: path.to_path_buf(),
@@ -39,6 +41,47 @@ pub fn validate(config: &Config, path: &Path) -> Result<(), ConfigErrors> {
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// What a server needs from another section: `announce` needs `[bgp]`. Checked once the
+/// whole configuration is together: after a file is read, after an edit, and for a fleet
+/// in etcd once a node's own sections join the shared ones (each part is read alone).
+pub(crate) fn sections(config: &Config) -> Vec<Problem> {
+    if config.bgp.is_some() {
+        return Vec::new();
+    }
+    config
+        .servers
+        .iter()
+        .filter(|(_, server)| !server.announce.prefixes.is_empty())
+        .map(|(name, _)| Problem {
+            server: name.to_owned(),
+            key: format!("{}.announce", join("servers", name)),
+            message: "needs the [bgp] section (the neighbours to announce to)".to_owned(),
+        })
+        .collect()
+}
+
+/// [`sections`] for a file just read: each problem reported where its server's `bind`
+/// is written (the one position a reader keeps).
+pub(crate) fn sections_at(
+    config: &Config,
+    binds_at: &std::collections::BTreeMap<String, (usize, usize)>,
+    path: &Path,
+) -> Vec<ConfigError> {
+    sections(config)
+        .into_iter()
+        .map(|problem| {
+            let bind = format!("{}.bind", problem.key.trim_end_matches(".announce"));
+            let (line, col) = binds_at.get(&bind).copied().unwrap_or((0, 0));
+            ConfigError {
+                path: path.to_path_buf(),
+                line,
+                col,
+                message: format!("{}: {}", problem.key, problem.message),
+            }
+        })
+        .collect()
 }
 
 /// The last step of validation, on the typed configuration. The reader runs it after
@@ -67,13 +110,6 @@ pub(crate) fn typed<'a>(
         };
         problems.extend(static_list(name, server));
         problems.extend(acme_hosts(config, &seen, name, server));
-        if !server.announce.prefixes.is_empty() && config.bgp.is_none() {
-            problems.push(Problem {
-                server: name.to_owned(),
-                key: format!("{}.announce", join("servers", name)),
-                message: "needs the [bgp] section (the neighbours to announce to)".to_owned(),
-            });
-        }
         if let Some(message) = bind_conflict(&seen, server) {
             let path = join("servers", name);
             problems.push(Problem {

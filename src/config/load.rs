@@ -86,6 +86,23 @@ pub fn read(
     dir: Option<&Path>,
     format: Format,
 ) -> Result<Loaded, ConfigErrors> {
+    let loaded = read_part(text, path, dir, format)?;
+    let errors = super::checks::sections_at(&loaded.config, &loaded.binds_at, path);
+    match errors.is_empty() {
+        true => Ok(loaded),
+        false => Err(ConfigErrors(errors)),
+    }
+}
+
+/// As [`read`], without the rules between sections ([`super::checks::sections`]): one
+/// part of a configuration put together afterwards (a fleet's shared configuration in
+/// etcd, and a node's own sections), checked whole with [`super::validate`].
+pub fn read_part(
+    text: &str,
+    path: &Path,
+    dir: Option<&Path>,
+    format: Format,
+) -> Result<Loaded, ConfigErrors> {
     let loaded = match format {
         Format::Toml | Format::Json => {
             let src = error::Source::with_syntax(path, text, format == Format::Json);

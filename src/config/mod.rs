@@ -114,7 +114,7 @@ pub use health::{
 };
 pub use json_path::JsonPath;
 pub use limits::ClientLimits;
-pub use load::{config_dir, load, load_as, read, Loaded};
+pub use load::{config_dir, load, load_as, read, read_part, Loaded};
 pub use mixctl::target as parse_target;
 pub use patterns::{BytesRegex, LinePattern, TextRegex};
 pub use registries::{ConsulParams, DockerParams, EtcdParams};

@@ -213,20 +213,23 @@ impl EtcdStore {
             loaded
                 .warnings
                 .extend(own.warnings.into_iter().filter(|w| !about_servers(w)));
-            config::validate(config, &Self::named(&node.key))?;
         }
+        // The parts together, as a file is checked whole.
+        let named = Self::named(node.map_or(&shared.key, |node| &node.key));
+        config::validate(&loaded.config, &named)?;
         self.state().shared = sections;
         Ok(loaded)
     }
 
-    /// One key's value read as a configuration, in the format asked for or told by its
+    /// One key's value read as a part of a configuration (the rules between sections are
+    /// checked once the parts are together), in the format asked for or told by its
     /// shape.
     fn parse(&self, entry: &Entry) -> Result<Loaded, ConfigErrors> {
         let format = match self.format {
             Some(requested) => requested.format(&entry.value),
             None => Format::detect(Path::new(""), &entry.value),
         };
-        config::read(&entry.value, &Self::named(&entry.key), None, format)
+        config::read_part(&entry.value, &Self::named(&entry.key), None, format)
     }
 
     /// Lists the prefix, noting whether etcd answered.

@@ -155,6 +155,22 @@ impl SluiceProcess {
         Self::launch(dir, config, &args, &expected, Wrap::Netns(netns.to_owned())).await
     }
 
+    /// As [`Self::start_args`], inside the network namespace `netns`.
+    pub async fn start_args_in_netns(
+        netns: &str,
+        args: &[std::ffi::OsString],
+        expected: &Config,
+    ) -> SluiceProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("unused.toml");
+        Self::launch(dir, config, args, expected, Wrap::Netns(netns.to_owned())).await
+    }
+
+    /// Whether the process is still running.
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     async fn launch(
         dir: TempDir,
         config: PathBuf,

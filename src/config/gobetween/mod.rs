@@ -63,7 +63,12 @@ pub fn parse(text: &str, path: &Path) -> Result<Loaded, ConfigErrors> {
 /// As [`parse`], with relative file paths taken from `dir` (absolute) when given, as
 /// [`load`] does.
 pub fn parse_in(text: &str, path: &Path, dir: Option<&Path>) -> Result<Loaded, ConfigErrors> {
-    read(error::Source::new(path, text), dir)
+    let loaded = read(error::Source::new(path, text), dir)?;
+    let errors = super::checks::sections_at(&loaded.config, &loaded.binds_at, path);
+    match errors.is_empty() {
+        true => Ok(loaded),
+        false => Err(ConfigErrors(errors)),
+    }
 }
 
 /// Reads `src` (TOML, or JSON as its `json` says) with relative file paths taken from
