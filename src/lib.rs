@@ -10,7 +10,8 @@
 //! - [`upgrade`]: binary upgrade: a new process takes every listening socket and the
 //!   run-time state; the control socket `sluice upgrade` talks to.
 //! - [`control`]: reloads and API edits, both ending in `Runtime::apply`.
-//! - [`origin`]: where the configuration is read from: a file in any format, or a URL.
+//! - [`origin`]: where the configuration is read from: a file in any format, a URL, or
+//!   etcd (a fleet's configuration, followed as it changes).
 //! - [`reload`]: what changes between two configurations, as a list of changes.
 //! - [`api`]: the admin REST API and dashboard.
 //! - [`workers`]: the data-path threads, one event loop and listener per core.
