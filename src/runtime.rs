@@ -87,6 +87,9 @@ pub struct Inherited {
     pub carried: BTreeMap<String, Carried>,
     /// Opened once the previous process has stopped receiving UDP datagrams.
     pub udp_receive: Gate,
+    /// Started by a binary upgrade: BGP sessions wait for the previous process's
+    /// (`Speaker::release`).
+    pub bgp_held: bool,
 }
 
 impl Default for Inherited {
@@ -95,6 +98,7 @@ impl Default for Inherited {
         Inherited {
             carried: BTreeMap::new(),
             udp_receive: Gate::opened(),
+            bgp_held: false,
         }
     }
 }
@@ -155,7 +159,7 @@ impl Runtime {
         let acme = crate::acme::Acme::new(graceful.child_token());
         // Not the graceful token: a shutdown withdraws the routes, drains, and only
         // then ends the sessions.
-        let bgp = Speaker::new(CancellationToken::new());
+        let bgp = Speaker::new(CancellationToken::new(), inherited.bgp_held);
         let announcing = Arc::new(ArcSwap::from_pointee(Vec::new()));
         tokio::spawn(follow_announcements(
             Arc::clone(&bgp),

@@ -20,7 +20,7 @@ use crate::support::*;
 
 /// BIRD in AS 64500 listening on 127.0.0.1:`port` for a speaker of AS 64512 on
 /// 127.0.0.2 (a neighbour not on a shared subnet: `multihop`).
-fn router(port: u16) -> String {
+pub(crate) fn router(port: u16) -> String {
     format!(
         "router id 192.0.2.1;\n\
          protocol device {{}}\n\
@@ -66,6 +66,9 @@ fn speak(port: u16, announce: &[&str]) -> Speaker {
         watching,
         Arc::clone(&status),
         stop.clone(),
+        // No binary upgrade here: nothing asks the session to hand itself over.
+        tokio::sync::mpsc::channel(1).1,
+        None,
     ));
     Speaker {
         routes,
@@ -161,7 +164,7 @@ async fn a_router_that_restarts_is_connected_to_again() {
 
 /// Sluice (the binary) in AS 64512 announcing server `web`'s 198.18.100.1/32 to the
 /// router on 127.0.0.1:`port` while its backend passes a ping check every 200 ms.
-fn announcing(port: u16, backend: SocketAddr) -> String {
+pub(crate) fn announcing(port: u16, backend: SocketAddr) -> String {
     format!(
         r#"shutdown_timeout = "30s"
 
@@ -196,7 +199,7 @@ announce = ["198.18.100.1/32"]
 
 const SERVICE: &str = "198.18.100.1/32";
 
-fn holds(router: &Bird) -> bool {
+pub(crate) fn holds(router: &Bird) -> bool {
     router.routes("sluice").contains(&SERVICE.to_owned())
 }
 

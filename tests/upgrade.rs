@@ -525,3 +525,89 @@ async fn systemd_hears_the_new_main_pid_and_its_ready() {
         .args(["-TERM", &new.to_string()])
         .status();
 }
+
+/// BIRD's line for protocol `sluice`: its state and since when it holds it.
+fn bgp_protocol_line(router: &crate::support::bird::Bird) -> String {
+    router
+        .ask("show protocols sluice")
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with("sluice"))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgrade_keeps_the_bgp_session_and_its_routes() {
+    use crate::bgp::{announcing, holds, router};
+    use crate::support::bird::{self, Bird};
+    let test = "an_upgrade_keeps_the_bgp_session_and_its_routes";
+    let port = free_port();
+    let Some(router) = bird::or_skip(Bird::start(&router(port)).await, test) else {
+        return;
+    };
+    let router = Arc::new(router);
+    let backend = TestBackend::echo().await;
+    let sluice = Upgradable::start(&announcing(port, backend.addr)).await;
+    eventually("announced", || async { holds(&router) }).await;
+    eventually("established", || async {
+        bgp_protocol_line(&router).contains("Established")
+    })
+    .await;
+    let session = bgp_protocol_line(&router);
+
+    // The route is looked at every 10 ms through the whole upgrade.
+    let watching = Arc::new(AtomicBool::new(true));
+    let watcher = {
+        let (router, watching) = (Arc::clone(&router), Arc::clone(&watching));
+        std::thread::spawn(move || {
+            let mut missing = 0;
+            for _ in 0..6_000 {
+                if !watching.load(Ordering::Relaxed) {
+                    break;
+                }
+                if !holds(&router) {
+                    missing += 1;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            missing
+        })
+    };
+    let old = sluice.pid();
+    let (status, stdout, stderr) = sluice.upgrade(&[]).await;
+    assert!(
+        status.success(),
+        "{stdout}{stderr}\n{}",
+        sluice.process.log()
+    );
+    let new = sluice.replaced(old).await;
+    eventually("the old process is gone", || async { !alive(old) }).await;
+    // A little longer than a hold time: the new process keeps the session alive.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    watching.store(false, Ordering::Relaxed);
+    let missing = watcher.join().expect("watcher");
+    assert_eq!(missing, 0, "the route was missing {missing} times");
+    assert_eq!(
+        bgp_protocol_line(&router),
+        session,
+        "the router's session went on unbroken"
+    );
+    assert!(
+        sluice
+            .process
+            .log()
+            .contains("BGP session handed over to the new process"),
+        "{}",
+        sluice.process.log()
+    );
+
+    // The session is the new process's own: SIGTERM there withdraws the route.
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &new.to_string()])
+        .status();
+    eventually("withdrawn by the new process's SIGTERM", || async {
+        !holds(&router)
+    })
+    .await;
+}

@@ -9,7 +9,8 @@
 //!
 //! - `announce`: what is announced: servers with enough live backends.
 //! - `session`: one neighbour's session: connect, OPEN, KEEPALIVEs, UPDATEs announcing and
-//!   withdrawing what it is told to, retried after a back-off when it fails.
+//!   withdrawing what it is told to, retried after a back-off when it fails; handed to
+//!   the next process by a binary upgrade, so the routes stay announced across it.
 
 pub mod announce;
 pub mod session;
@@ -22,11 +23,14 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::BgpConfig;
-use session::{Local, Peer, Status};
+use session::{HandedSession, HandoffRequest, Local, Peer, Status};
+
+/// How long a binary upgrade waits for each session to hand itself over.
+const HANDOFF_WAIT: Duration = Duration::from_secs(2);
 
 /// How long a shutdown waits for the withdrawal of its routes to be sent, and then for
 /// the routers to move new flows elsewhere, before it stops accepting.
@@ -36,7 +40,16 @@ const WITHDRAW_SETTLE: Duration = Duration::from_millis(500);
 /// The speaker: a session per neighbour, all announcing the same prefixes.
 pub struct Speaker {
     routes: watch::Sender<Arc<BTreeSet<IpNet>>>,
+    /// The sessions the configuration asks for.
+    wanted: Mutex<Vec<(Local, Peer)>>,
     sessions: Mutex<Vec<Running>>,
+    /// Set while a process started by a binary upgrade waits for the previous one's
+    /// sessions: none is opened (a second connection to a router would collide with the
+    /// one it has) until [`Speaker::release`].
+    held: AtomicBool,
+    /// Set once what is announced was decided here: a session taken over then keeps to
+    /// it rather than to what the previous process announced.
+    decided: AtomicBool,
     /// Set once shutdown began: nothing is announced again.
     withdrawn: AtomicBool,
     /// Parent of every session's stop.
@@ -48,6 +61,7 @@ struct Running {
     peer: Peer,
     status: Arc<Mutex<Status>>,
     stop: CancellationToken,
+    handoff: mpsc::Sender<HandoffRequest>,
 }
 
 /// One neighbour's session as the API and metrics show it.
@@ -78,12 +92,16 @@ impl std::fmt::Debug for Speaker {
 }
 
 impl Speaker {
-    /// No session until [`Speaker::apply`]; every session ends when `stop` is cancelled.
-    pub fn new(stop: CancellationToken) -> Arc<Speaker> {
+    /// No session until [`Speaker::apply`] (and, when `held`, [`Speaker::release`]);
+    /// every session ends when `stop` is cancelled.
+    pub fn new(stop: CancellationToken, held: bool) -> Arc<Speaker> {
         let (routes, _) = watch::channel(Arc::new(BTreeSet::new()));
         Arc::new(Speaker {
             routes,
+            wanted: Mutex::new(Vec::new()),
             sessions: Mutex::new(Vec::new()),
+            held: AtomicBool::new(held),
+            decided: AtomicBool::new(false),
             withdrawn: AtomicBool::new(false),
             stop,
         })
@@ -110,6 +128,16 @@ impl Speaker {
                 })
                 .collect()
         });
+        *lock(&self.wanted) = wanted;
+        if !self.held.load(Ordering::Acquire) {
+            self.reconcile(Vec::new());
+        }
+    }
+
+    /// Runs the sessions wanted and only those: a new one takes over the matching
+    /// session of `handed` if there is one; a handed session no one wants ends.
+    fn reconcile(&self, mut handed: Vec<HandedSession>) {
+        let wanted = lock(&self.wanted).clone();
         let mut sessions = lock(&self.sessions);
         sessions.retain(|running| {
             let kept = wanted
@@ -126,20 +154,70 @@ impl Speaker {
             }
             let status = Arc::new(Mutex::new(Status::default()));
             let stop = self.stop.child_token();
+            let (handoff, handoffs) = mpsc::channel(1);
+            let resumed = handed
+                .iter()
+                .position(|h| h.is_for(&local, &peer))
+                .map(|i| handed.swap_remove(i));
             tokio::spawn(session::run(
                 local.clone(),
                 peer.clone(),
                 self.routes.subscribe(),
                 Arc::clone(&status),
                 stop.clone(),
+                handoffs,
+                resumed,
             ));
             sessions.push(Running {
                 local,
                 peer,
                 status,
                 stop,
+                handoff,
             });
         }
+        for unwanted in handed {
+            tokio::spawn(unwanted.cease());
+        }
+    }
+
+    /// In a process started by a binary upgrade, once the previous one has handed over:
+    /// the sessions it passed (`handed`) go on here as they were — the routers see no
+    /// change — and the others open. Until this process has decided what to announce,
+    /// what the previous one announced stays announced.
+    pub fn release(&self, handed: Vec<HandedSession>) {
+        if !self.decided.load(Ordering::Acquire) {
+            let before: BTreeSet<IpNet> = handed
+                .iter()
+                .flat_map(|h| h.carried.announced.iter().copied())
+                .collect();
+            self.routes.send_replace(Arc::new(before));
+        }
+        self.held.store(false, Ordering::Release);
+        self.reconcile(handed);
+    }
+
+    /// A binary upgrade's last step in the running process: each established session
+    /// stops where it is, without a word to its router, and is returned (its socket and
+    /// state) for the new process to go on with; the others end. No session runs here
+    /// afterwards.
+    pub async fn hand_over(&self) -> Vec<HandedSession> {
+        self.held.store(true, Ordering::Release);
+        let running: Vec<Running> = lock(&self.sessions).drain(..).collect();
+        let mut handed = Vec::new();
+        for session in running {
+            let (reply, answer) = oneshot::channel();
+            if session.handoff.send(reply).await.is_err() {
+                continue;
+            }
+            match tokio::time::timeout(HANDOFF_WAIT, answer).await {
+                Ok(Ok(Some(one))) => handed.push(one),
+                Ok(Ok(None) | Err(_)) => {}
+                // Stuck (a router not reading): it ends as a stop ends it.
+                Err(_) => session.stop.cancel(),
+            }
+        }
+        handed
     }
 
     /// Announces exactly `prefixes` from now on (unless shutdown began); true if that
@@ -148,6 +226,7 @@ impl Speaker {
         if self.withdrawn.load(Ordering::Acquire) {
             return false;
         }
+        self.decided.store(true, Ordering::Release);
         self.routes.send_if_modified(|current| {
             if **current == prefixes {
                 return false;

@@ -25,8 +25,9 @@ use netgauze_bgp_pkt::path_attribute::{
 use netgauze_bgp_pkt::update::BgpUpdateMessage;
 use netgauze_bgp_pkt::BgpMessage;
 use netgauze_iana::address_family::AddressType;
+use serde::{Deserialize, Serialize};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{sleep, timeout, Instant};
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -127,21 +128,137 @@ fn enter(status: &Mutex<Status>, state: State) {
     });
 }
 
-/// Keeps a session with `peer` up until `stop`: each one announces `routes` as they
-/// change; a failed one is retried after a growing back-off.
+/// Asks a session to hand itself over (a binary upgrade): it answers with its socket and
+/// state if established, or `None` (the next process then connects afresh); either way
+/// it ends without telling the neighbour.
+pub type HandoffRequest = oneshot::Sender<Option<HandedSession>>;
+
+/// An established session as it travels to the next process; its socket travels beside
+/// it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CarriedBgp {
+    pub neighbor: SocketAddr,
+    pub remote_as: u32,
+    pub local_as: u32,
+    pub router_id: Ipv4Addr,
+    /// The hold time both sides agreed on, in seconds; `None`: no keepalives.
+    pub hold_secs: Option<u64>,
+    /// What the neighbour was sent as announced.
+    pub announced: BTreeSet<IpNet>,
+    /// Bytes read from the neighbour that are not yet a whole message.
+    pub buffered: Vec<u8>,
+    /// Sessions established with this neighbour so far.
+    pub established: u64,
+}
+
+/// A session handed over, with its socket.
+#[derive(Debug)]
+pub struct HandedSession {
+    pub carried: CarriedBgp,
+    pub stream: std::net::TcpStream,
+}
+
+impl HandedSession {
+    /// Whether this is the session `local` would keep with `peer`.
+    pub fn is_for(&self, local: &Local, peer: &Peer) -> bool {
+        let c = &self.carried;
+        c.neighbor == peer.address
+            && c.remote_as == peer.remote_as
+            && c.local_as == local.asn
+            && c.router_id == local.router_id
+    }
+
+    /// Ends a session no one takes over, telling the neighbour (a Cease).
+    pub async fn cease(self) {
+        if let Ok(up) = Up::resume(self) {
+            let mut framed = up.framed;
+            let cease = CeaseError::AdministrativeShutdown {
+                value: Box::new([]),
+            };
+            let bye = BgpMessage::Notification(BgpNotificationMessage::CeaseError(cease));
+            let _ = timeout(Duration::from_secs(1), framed.send(bye)).await;
+        }
+    }
+}
+
+/// An open session past OPEN.
+struct Up {
+    framed: Framed<TcpStream, BgpCodec>,
+    /// Our address on it: the next hop announced.
+    ours: IpAddr,
+    /// The hold time agreed on; `None`: no keepalives, no hold timer.
+    hold: Option<Duration>,
+    /// Established: the neighbour's KEEPALIVE (or any message) came after OPEN.
+    established: bool,
+    announced: BTreeSet<IpNet>,
+}
+
+impl Up {
+    /// A session handed over by the previous process, as it left it.
+    fn resume(handed: HandedSession) -> std::io::Result<Up> {
+        handed.stream.set_nonblocking(true)?;
+        let stream = TcpStream::from_std(handed.stream)?;
+        let ours = stream.local_addr()?.ip();
+        let mut framed = Framed::new(stream, BgpCodec::new(true));
+        framed
+            .read_buffer_mut()
+            .extend_from_slice(&handed.carried.buffered);
+        Ok(Up {
+            framed,
+            ours,
+            hold: handed.carried.hold_secs.map(Duration::from_secs),
+            established: true,
+            announced: handed.carried.announced,
+        })
+    }
+}
+
+/// Keeps a session with `peer` up until `stop` (or until handed over): each one
+/// announces `routes` as they change; a failed one is retried after a growing back-off.
+/// `resumed` is a session the previous process handed over, kept as it is.
 pub async fn run(
     local: Local,
     peer: Peer,
     mut routes: Routes,
     status: Arc<Mutex<Status>>,
     stop: CancellationToken,
+    mut handoff: mpsc::Receiver<HandoffRequest>,
+    resumed: Option<HandedSession>,
 ) {
     let mut retry = FIRST_RETRY;
+    let mut resumed = resumed.and_then(|handed| {
+        let established = handed.carried.established;
+        match Up::resume(handed) {
+            Ok(up) => {
+                info!(neighbor = %peer.address, "BGP session taken over from the previous process");
+                set(&status, |s| {
+                    s.established = established;
+                    s.announced = up.announced.clone();
+                });
+                enter(&status, State::Established);
+                Some(up)
+            }
+            Err(e) => {
+                warn!(neighbor = %peer.address, error = %e, "cannot take over the BGP session");
+                None
+            }
+        }
+    });
     loop {
         let started = Instant::now();
         // The session watches `stop` itself: once established it must tell the router
         // (a Cease) before it ends, so it is never dropped from outside.
-        let ended = session(&local, &peer, &mut routes, &status, &stop).await;
+        let handing = &mut handoff;
+        let ended = session(
+            &local,
+            &peer,
+            &mut routes,
+            &status,
+            &stop,
+            handing,
+            resumed.take(),
+        )
+        .await;
         set(&status, |s| s.announced.clear());
         enter(&status, State::Idle);
         match ended {
@@ -157,26 +274,163 @@ pub async fn run(
         }
         tokio::select! {
             () = stop.cancelled() => return,
+            Some(reply) = handoff.recv() => {
+                let _ = reply.send(None);
+                return;
+            }
             () = sleep(retry) => {}
         }
         retry = (retry * 2).min(LAST_RETRY);
     }
 }
 
-/// One session, from connecting to its end: `Ok` when stopped (after telling the
-/// neighbour), `Err` with why it failed.
+/// One session, from connecting (or taking over `resumed`) to its end: `Ok` when
+/// stopped (after telling the neighbour) or handed over, `Err` with why it failed.
 async fn session(
     local: &Local,
     peer: &Peer,
     routes: &mut Routes,
     status: &Mutex<Status>,
     stop: &CancellationToken,
+    handoff: &mut mpsc::Receiver<HandoffRequest>,
+    resumed: Option<Up>,
 ) -> Result<(), String> {
-    enter(status, State::Connect);
-    let stream = tokio::select! {
-        () = stop.cancelled() => return Ok(()),
-        stream = connect(peer) => stream?,
+    let mut up = match resumed {
+        Some(mut up) => {
+            // The neighbour heard nothing while the processes changed hands.
+            up.framed
+                .send(BgpMessage::KeepAlive)
+                .await
+                .map_err(|e| format!("sending KEEPALIVE: {e:?}"))?;
+            up
+        }
+        None => {
+            let opening = open_session(local, peer, status);
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                Some(reply) = handoff.recv() => {
+                    let _ = reply.send(None);
+                    return Ok(());
+                }
+                up = opening => up?,
+            }
+        }
     };
+    let far = Duration::from_secs(365 * 86_400);
+    let hold = up.hold;
+    let mut expires = Instant::now() + hold.unwrap_or(far);
+    let mut keepalive = tokio::time::interval(hold.map_or(far, |h| h / 3));
+    keepalive.tick().await;
+    loop {
+        if up.established {
+            // Whatever changed since the last round goes out first.
+            let wanted = Arc::clone(&routes.borrow_and_update());
+            if *wanted != up.announced {
+                let messages = updates(local, peer, up.ours, &up.announced, &wanted);
+                let framed = &mut up.framed;
+                let send = async {
+                    for update in messages {
+                        framed
+                            .send(BgpMessage::Update(update))
+                            .await
+                            .map_err(|e| format!("sending UPDATE: {e:?}"))?;
+                    }
+                    Ok::<(), String>(())
+                };
+                // A router that stops reading must not keep a stop waiting.
+                tokio::select! {
+                    () = stop.cancelled() => return Ok(()),
+                    sent = send => sent?,
+                }
+                up.announced = BTreeSet::clone(&wanted);
+                set(status, |s| s.announced = up.announced.clone());
+            }
+        }
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => {
+                let cease = CeaseError::AdministrativeShutdown { value: Box::new([]) };
+                let bye = BgpMessage::Notification(BgpNotificationMessage::CeaseError(cease));
+                let _ = timeout(Duration::from_secs(1), up.framed.send(bye)).await;
+                return Ok(());
+            }
+            Some(reply) = handoff.recv() => {
+                let _ = reply.send(hand_over(peer, local, up, status));
+                return Ok(());
+            }
+            () = tokio::time::sleep_until(expires) => {
+                let expired = HoldTimerExpiredError::Unspecific { sub_code: 0, value: Box::new([]) };
+                let bye = BgpMessage::Notification(BgpNotificationMessage::HoldTimerExpiredError(expired));
+                let _ = timeout(Duration::from_secs(1), up.framed.send(bye)).await;
+                return Err("hold timer expired".to_owned());
+            }
+            _ = keepalive.tick() => {
+                up.framed
+                    .send(BgpMessage::KeepAlive)
+                    .await
+                    .map_err(|e| format!("sending KEEPALIVE: {e:?}"))?;
+            }
+            changed = routes.changed(), if up.established => {
+                if changed.is_err() {
+                    return Ok(());
+                }
+            }
+            message = up.framed.next() => {
+                match message {
+                    None => return Err("the neighbour closed the connection".to_owned()),
+                    Some(Err(e)) => return Err(format!("reading: {e:?}")),
+                    Some(Ok((BgpMessage::Notification(n), _))) => return Err(format!("notified: {n:?}")),
+                    Some(Ok((BgpMessage::Open(_), _))) => return Err("a second OPEN".to_owned()),
+                    Some(Ok(_)) => {}
+                }
+                expires = Instant::now() + hold.unwrap_or(far);
+                if !up.established {
+                    up.established = true;
+                    enter(status, State::Established);
+                    set(status, |s| {
+                        s.established += 1;
+                        s.last_error = None;
+                    });
+                    info!(neighbor = %peer.address, asn = peer.remote_as, "BGP session established");
+                }
+            }
+        }
+    }
+}
+
+/// An established session as the next process takes it; `None` for one not yet
+/// established (nothing is announced on it: the next process connects afresh).
+fn hand_over(peer: &Peer, local: &Local, up: Up, status: &Mutex<Status>) -> Option<HandedSession> {
+    if !up.established {
+        return None;
+    }
+    let parts = up.framed.into_parts();
+    let stream = match parts.io.into_std() {
+        Ok(stream) => stream,
+        Err(e) => {
+            warn!(neighbor = %peer.address, error = %e, "cannot hand over the BGP session");
+            return None;
+        }
+    };
+    let established = status.lock().map_or(1, |s| s.established);
+    let carried = CarriedBgp {
+        neighbor: peer.address,
+        remote_as: peer.remote_as,
+        local_as: local.asn,
+        router_id: local.router_id,
+        hold_secs: up.hold.map(|h| h.as_secs()),
+        announced: up.announced,
+        buffered: parts.read_buf.to_vec(),
+        established,
+    };
+    info!(neighbor = %peer.address, "BGP session handed over to the new process");
+    Some(HandedSession { carried, stream })
+}
+
+/// Connects, sends OPEN, reads the neighbour's and answers it with a KEEPALIVE.
+async fn open_session(local: &Local, peer: &Peer, status: &Mutex<Status>) -> Result<Up, String> {
+    enter(status, State::Connect);
+    let stream = connect(peer).await?;
     let ours = stream.local_addr().map_err(|e| e.to_string())?.ip();
     let mut framed = Framed::new(stream, BgpCodec::new(true));
     enter(status, State::OpenSent);
@@ -185,11 +439,7 @@ async fn session(
         .send(BgpMessage::Open(open(local, hold_secs)))
         .await
         .map_err(|e| format!("sending OPEN: {e:?}"))?;
-    let opened = tokio::select! {
-        () = stop.cancelled() => return Ok(()),
-        opened = timeout(OPEN_TIMEOUT, framed.next()) => opened,
-    };
-    let theirs = match opened {
+    let theirs = match timeout(OPEN_TIMEOUT, framed.next()).await {
         Err(_) => return Err("no OPEN from the neighbour".to_owned()),
         Ok(None) => return Err("the neighbour closed the connection".to_owned()),
         Ok(Some(Err(e))) => return Err(format!("reading OPEN: {e:?}")),
@@ -216,82 +466,13 @@ async fn session(
         .send(BgpMessage::KeepAlive)
         .await
         .map_err(|e| format!("sending KEEPALIVE: {e:?}"))?;
-    let far = Duration::from_secs(365 * 86_400);
-    let mut expires = Instant::now() + hold.unwrap_or(far);
-    let mut keepalive = tokio::time::interval(hold.map_or(far, |h| h / 3));
-    keepalive.tick().await;
-    let mut established = false;
-    let mut announced: BTreeSet<IpNet> = BTreeSet::new();
-    loop {
-        if established {
-            // Whatever changed since the last round goes out first.
-            let wanted = Arc::clone(&routes.borrow_and_update());
-            if *wanted != announced {
-                let messages = updates(local, peer, ours, &announced, &wanted);
-                let send = async {
-                    for update in messages {
-                        framed
-                            .send(BgpMessage::Update(update))
-                            .await
-                            .map_err(|e| format!("sending UPDATE: {e:?}"))?;
-                    }
-                    Ok::<(), String>(())
-                };
-                // A router that stops reading must not keep a stop waiting.
-                tokio::select! {
-                    () = stop.cancelled() => return Ok(()),
-                    sent = send => sent?,
-                }
-                announced = BTreeSet::clone(&wanted);
-                set(status, |s| s.announced = announced.clone());
-            }
-        }
-        tokio::select! {
-            biased;
-            () = stop.cancelled() => {
-                let cease = CeaseError::AdministrativeShutdown { value: Box::new([]) };
-                let bye = BgpMessage::Notification(BgpNotificationMessage::CeaseError(cease));
-                let _ = timeout(Duration::from_secs(1), framed.send(bye)).await;
-                return Ok(());
-            }
-            () = tokio::time::sleep_until(expires) => {
-                let expired = HoldTimerExpiredError::Unspecific { sub_code: 0, value: Box::new([]) };
-                let bye = BgpMessage::Notification(BgpNotificationMessage::HoldTimerExpiredError(expired));
-                let _ = timeout(Duration::from_secs(1), framed.send(bye)).await;
-                return Err("hold timer expired".to_owned());
-            }
-            _ = keepalive.tick() => {
-                framed
-                    .send(BgpMessage::KeepAlive)
-                    .await
-                    .map_err(|e| format!("sending KEEPALIVE: {e:?}"))?;
-            }
-            changed = routes.changed(), if established => {
-                if changed.is_err() {
-                    return Ok(());
-                }
-            }
-            message = framed.next() => {
-                match message {
-                    None => return Err("the neighbour closed the connection".to_owned()),
-                    Some(Err(e)) => return Err(format!("reading: {e:?}")),
-                    Some(Ok((BgpMessage::Notification(n), _))) => return Err(format!("notified: {n:?}")),
-                    Some(Ok((BgpMessage::Open(_), _))) => return Err("a second OPEN".to_owned()),
-                    Some(Ok(_)) => {}
-                }
-                expires = Instant::now() + hold.unwrap_or(far);
-                if !established {
-                    established = true;
-                    enter(status, State::Established);
-                    set(status, |s| {
-                        s.established += 1;
-                        s.last_error = None;
-                    });
-                    info!(neighbor = %peer.address, asn = peer.remote_as, "BGP session established");
-                }
-            }
-        }
-    }
+    Ok(Up {
+        framed,
+        ours,
+        hold,
+        established: false,
+        announced: BTreeSet::new(),
+    })
 }
 
 async fn connect(peer: &Peer) -> Result<TcpStream, String> {

@@ -134,10 +134,12 @@ pub(super) fn serve(
         if let Some(inheriting) = inheriting {
             let previous = inheriting.previous;
             // The previous process stops accepting and hands over its UDP sessions.
-            let sessions = tokio::task::spawn_blocking(move || inheriting.ready())
+            let handed = tokio::task::spawn_blocking(move || inheriting.ready())
                 .await
                 .unwrap_or_default();
-            running.control.runtime().receive_sessions(sessions).await;
+            let runtime = running.control.runtime();
+            runtime.receive_sessions(handed.udp).await;
+            runtime.bgp().release(handed.bgp);
             running.udp_receive.open();
             info!(previous, "took over from the previous process");
             if let Some(path) = &pidfile {
@@ -180,6 +182,7 @@ async fn start(
         None => Gate::opened(),
     };
     let inherited = Inherited {
+        bgp_held: carried.is_some(),
         carried: carried.unwrap_or_default(),
         udp_receive: udp_receive.clone(),
     };

@@ -16,7 +16,9 @@
 //!    are (a TCP queue is the new process's to accept; nothing is closed), tells the
 //!    service manager the new main process (`MAINPID=`), and sends its UDP sessions:
 //!    the new process receives from then on, and a client of a session goes on to the
-//!    session's backend. The old process drains its connections for up to
+//!    session's backend; then its established BGP sessions, each stopped between two
+//!    messages and handed over with its socket, so the routers see the same session go
+//!    on and the routes stay announced. The old process drains its connections for up to
 //!    `shutdown_timeout` and exits; its sessions relay the replies still on their way.
 //!
 //! If the new process fails to start, crashes, or does not answer in time, it is
@@ -41,6 +43,7 @@ use tokio::sync::MutexGuard;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::bgp::session::{CarriedBgp, HandedSession};
 use crate::config::dump::{self, Secrets};
 use crate::control::{Control, ControlError};
 use crate::listener::passed::{self, Owner, Socket};
@@ -198,7 +201,9 @@ impl Handover {
         let sessions = runtime.hand_over().await;
         self.control_plane_stop.cancel();
         crate::service::main_pid(pid);
-        let go = tokio::task::spawn_blocking(move || send_sessions(&stream, sessions));
+        // The routers keep the routes: the sessions go on in the new process.
+        let bgp = runtime.bgp().hand_over().await;
+        let go = tokio::task::spawn_blocking(move || send_sessions(&stream, sessions, bgp));
         let failed = match go.await {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(e.to_string()),
@@ -282,11 +287,12 @@ fn start_new(
     }
 }
 
-/// Sends each server's UDP sessions with their sockets, then tells the new process to
-/// go on alone.
+/// Sends each server's UDP sessions and the BGP sessions with their sockets, then tells
+/// the new process to go on alone.
 fn send_sessions(
     stream: &UnixStream,
     sessions: Vec<(String, Vec<SessionSocket>)>,
+    bgp: Vec<HandedSession>,
 ) -> io::Result<()> {
     for (server, sessions) in sessions {
         let mut sessions = sessions.into_iter().peekable();
@@ -296,6 +302,13 @@ fn send_sessions(
             let server = server.clone();
             wire::send(stream, &ToNew::Sessions { server, sessions }, &fds)?;
         }
+    }
+    if !bgp.is_empty() {
+        let (carried, fds): (Vec<CarriedBgp>, Vec<OwnedFd>) = bgp
+            .into_iter()
+            .map(|h| (h.carried, OwnedFd::from(h.stream)))
+            .unzip();
+        wire::send(stream, &ToNew::Bgp(carried), &fds)?;
     }
     wire::send(stream, &ToNew::Go, &[])
 }
@@ -318,6 +331,14 @@ fn describe(status: ExitStatus) -> String {
         (None, Some(signal)) => format!("killed by signal {signal}"),
         _ => status.to_string(),
     }
+}
+
+/// What the previous process handed over once it stopped: its UDP sessions, by server,
+/// and its established BGP sessions.
+#[derive(Debug, Default)]
+pub struct HandedOver {
+    pub udp: Vec<(String, Vec<SessionSocket>)>,
+    pub bgp: Vec<HandedSession>,
 }
 
 /// The new process's side: the connection to the running process, and what it sent.
@@ -363,7 +384,7 @@ impl Inheriting {
                         carried,
                     })
                 }
-                (ToNew::Sessions { .. } | ToNew::Go, _) => {
+                (ToNew::Sessions { .. } | ToNew::Bgp(_) | ToNew::Go, _) => {
                     return Err(io::Error::other("sessions before the state"))
                 }
             }
@@ -378,11 +399,11 @@ impl Inheriting {
     }
 
     /// Tells the running process this one serves, and waits until it has stopped
-    /// accepting; returns the UDP sessions it handed over, by server. Blocks: call it
-    /// off the event loop.
-    pub fn ready(self) -> Vec<(String, Vec<SessionSocket>)> {
+    /// accepting; returns the UDP sessions (by server) and BGP sessions it handed over.
+    /// Blocks: call it off the event loop.
+    pub fn ready(self) -> HandedOver {
         let pid = std::process::id();
-        let mut handed = Vec::new();
+        let mut handed = HandedOver::default();
         if let Err(e) = wire::send(&self.stream, &ToOld::Ready { pid }, &[]) {
             warn!(error = %e, "cannot tell the running process this one is ready");
             return handed;
@@ -392,7 +413,16 @@ impl Inheriting {
             match wire::receive::<ToNew>(&self.stream) {
                 Ok((ToNew::Go, _)) => return handed,
                 Ok((ToNew::Sessions { server, sessions }, fds)) if sessions.len() == fds.len() => {
-                    handed.push((server, sessions.into_iter().zip(fds).collect()));
+                    handed
+                        .udp
+                        .push((server, sessions.into_iter().zip(fds).collect()));
+                }
+                Ok((ToNew::Bgp(carried), fds)) if carried.len() == fds.len() => {
+                    let sessions = carried.into_iter().zip(fds).map(|(carried, fd)| {
+                        let stream = std::net::TcpStream::from(fd);
+                        HandedSession { carried, stream }
+                    });
+                    handed.bgp.extend(sessions);
                 }
                 Ok((other, _)) => {
                     warn!(?other, "unexpected message from the previous process");

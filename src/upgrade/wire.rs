@@ -16,6 +16,7 @@ use rustix::net::{
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::bgp::session::CarriedBgp;
 use crate::listener::passed::Owner;
 use crate::proxy::state::carried::{Carried, CarriedSession};
 
@@ -43,6 +44,9 @@ pub enum ToNew {
         server: String,
         sessions: Vec<CarriedSession>,
     },
+    /// Established BGP sessions, stopped where they were; each one's TCP socket rides
+    /// with the message, at its place.
+    Bgp(Vec<CarriedBgp>),
     /// The running process has stopped accepting and receiving, and every session is
     /// sent: the new one serves alone.
     Go,
