@@ -287,3 +287,71 @@ async fn a_killed_node_is_withdrawn_at_once() {
     let took = killed.elapsed();
     assert!(took < Duration::from_secs(1), "withdrawn after {took:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_prefix_is_announced_over_an_ipv6_session() {
+    use crate::support::netns::{or_skip, Netns};
+    let test = "an_ipv6_prefix_is_announced_over_an_ipv6_session";
+    let made = Netns::create("v6").and_then(|ns| {
+        for addr in ["fd00:78::1/64", "fd00:78::2/64"] {
+            ns.ip(&["-6", "addr", "add", addr, "dev", "lo", "nodad"])?;
+        }
+        Ok(ns)
+    });
+    let Some(ns) = or_skip(made, test) else {
+        return;
+    };
+    let config = "router id 192.0.2.1;\n\
+                  protocol device {}\n\
+                  protocol bgp sluice {\n\
+                    local fd00:78::1 as 64500;\n\
+                    neighbor fd00:78::2 as 64512;\n\
+                    multihop;\n\
+                    passive on;\n\
+                    hold time 3;\n\
+                    ipv6 { import all; export none; };\n\
+                  }\n";
+    let Some(router) = bird::or_skip(Bird::start_in(Some(&ns.name), config).await, test) else {
+        return;
+    };
+    let sluice = SluiceProcess::start_in_netns(
+        &ns.name,
+        r#"[bgp]
+local_as = 64512
+router_id = "192.0.2.2"
+hold_time = "3s"
+
+  [[bgp.neighbors]]
+  address = "fd00:78::1"
+  remote_as = 64500
+  local_address = "fd00:78::2"
+
+[servers.web]
+bind = "[fd00:78::2]:8080"
+announce = ["2001:db8:100::1/128"]
+
+  [servers.web.discovery]
+  kind = "static"
+  static_list = ["[fd00:78::2]:9"]
+"#,
+    )
+    .await;
+    eventually("the IPv6 prefix in the router's table", || async {
+        router.routes("sluice") == ["2001:db8:100::1/128"]
+    })
+    .await;
+    let detail = router
+        .ask("show route 2001:db8:100::1/128 all")
+        .expect("birdc");
+    assert!(detail.contains("BGP.as_path: 64512"), "{detail}");
+    assert!(
+        detail.contains("BGP.next_hop: fd00:78::2"),
+        "our address is the next hop:\n{detail}\n{}",
+        sluice.log()
+    );
+    sluice.signal("TERM");
+    eventually("withdrawn on SIGTERM", || async {
+        router.routes("sluice").is_empty()
+    })
+    .await;
+}
