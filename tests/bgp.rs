@@ -197,7 +197,7 @@ announce = ["198.18.100.1/32"]
     )
 }
 
-const SERVICE: &str = "198.18.100.1/32";
+pub(crate) const SERVICE: &str = "198.18.100.1/32";
 
 pub(crate) fn holds(router: &Bird) -> bool {
     router.routes("sluice").contains(&SERVICE.to_owned())

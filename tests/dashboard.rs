@@ -1,7 +1,8 @@
 //! The web dashboard in a real headless Chromium, driven through chromedriver, against
 //! the real binary: it lists the backends, drains one and reweights another through the
 //! API, shows a backend going down, and fits a phone; and, when the API wants a bearer
-//! token, asks for it, refuses a wrong one and works with the right one.
+//! token, asks for it, refuses a wrong one and works with the right one; with BGP, it
+//! shows each neighbour's session and what is announced (BIRD the router).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -808,4 +809,54 @@ async fn exercise_token(
     }
     screenshot(client, "dashboard-token.png").await?;
     Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dashboard_shows_each_bgp_neighbour_and_what_is_announced() {
+    use crate::support::bird::{self, Bird};
+    let test = "dashboard_shows_each_bgp_neighbour_and_what_is_announced";
+    let port = free_port();
+    let Some(router) = bird::or_skip(Bird::start(&crate::bgp::router(port)).await, test) else {
+        return;
+    };
+    let backend = TestBackend::echo().await;
+    let toml = format!(
+        "{}\n[api]\nenabled = true\nbind = \"127.0.0.1:0\"\n",
+        crate::bgp::announcing(port, backend.addr)
+    );
+    let sluice = SluiceProcess::start(&toml).await;
+    let api = sluice.api();
+    let browser = Browser::start().await;
+    let result = async {
+        let client = &browser.client;
+        client
+            .goto(&format!("http://{api}/ui"))
+            .await
+            .map_err(|e| format!("open the dashboard: {e}"))?;
+        until("the neighbour shown established", BROWSER_WAIT, || async {
+            let state = text_of(client, "#bgp-neighbors tr td:nth-child(3)").await;
+            (state.as_deref() == Some("established")).then_some(())
+        })
+        .await?;
+        let neighbor = text_of(client, "#bgp-neighbors tr td:nth-child(1)").await;
+        if neighbor.as_deref() != Some(&*format!("127.0.0.1:{port}")) {
+            return Err(format!("the neighbour's address: {neighbor:?}"));
+        }
+        until("the prefix shown announced", BROWSER_WAIT, || async {
+            let announced = text_of(client, "#bgp-announced").await?;
+            let server = text_of(client, r#"section[data-server="web"] .announce"#).await?;
+            (announced == crate::bgp::SERVICE && server.ends_with("(announced)")).then_some(())
+        })
+        .await?;
+        screenshot(client, "dashboard-bgp.png").await?;
+        if !crate::bgp::holds(&router) {
+            return Err("the router does not hold the route the page shows".into());
+        }
+        match page_error(client).await? {
+            Some(error) => Err(format!("the page reported an error: {error}")),
+            None => Ok(()),
+        }
+    }
+    .await;
+    browser.finish(result, &sluice).await;
 }
