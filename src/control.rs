@@ -97,6 +97,15 @@ impl Control {
         reloaded
     }
 
+    /// Reads the configuration in etcd again and applies it if it changed: a reload the
+    /// service manager did not ask for, so it is not told of it.
+    async fn apply_store_change(&self) -> Result<Vec<Change>, ControlError> {
+        let _edit = self.edit.lock().await;
+        self.refuse_when_stopping()?;
+        let origin = self.origin.as_ref().ok_or(ControlError::NoFile)?;
+        self.reload_from(origin).await
+    }
+
     /// The reload itself, with the edit lock held.
     async fn reload_from(&self, origin: &Origin) -> Result<Vec<Change>, ControlError> {
         let loaded = origin.load().await.map_err(|errors| {
@@ -219,7 +228,7 @@ impl Control {
                 }
             }
             // Other errors are logged by the reload; the running configuration stays.
-            if let Err(ControlError::ShuttingDown) = self.reload().await {
+            if let Err(ControlError::ShuttingDown) = self.apply_store_change().await {
                 return;
             }
         }

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::bird::{self, Bird};
-use crate::support::process::{free_port, SluiceProcess};
+use crate::support::process::{server_port, SluiceProcess};
 use crate::support::*;
 
 /// BIRD in AS 64500 listening on 127.0.0.1:`port` for a speaker of AS 64512 on
@@ -47,6 +47,11 @@ struct Speaker {
 }
 
 fn speak(port: u16, announce: &[&str]) -> Speaker {
+    speak_keyed(port, announce, None)
+}
+
+/// As [`speak`], signing the session's segments with `password` (TCP MD5) when given.
+fn speak_keyed(port: u16, announce: &[&str], password: Option<&str>) -> Speaker {
     let (routes, watching) = watch::channel(nets(announce));
     let status = Arc::new(Mutex::new(Status::default()));
     let stop = CancellationToken::new();
@@ -59,6 +64,7 @@ fn speak(port: u16, announce: &[&str]) -> Speaker {
         remote_as: 64500,
         hold_time: Duration::from_secs(3),
         local_address: Some("127.0.0.2".parse().expect("address")),
+        password: password.map(str::to_owned),
     };
     let task = tokio::spawn(session::run(
         local,
@@ -87,7 +93,7 @@ impl Speaker {
 #[tokio::test]
 async fn routes_are_announced_withdrawn_and_dropped_when_the_session_stops() {
     let test = "routes_are_announced_withdrawn_and_dropped_when_the_session_stops";
-    let port = free_port();
+    let port = server_port();
     let Some(router) = bird::or_skip(Bird::start(&router(port)).await, test) else {
         return;
     };
@@ -135,7 +141,7 @@ async fn routes_are_announced_withdrawn_and_dropped_when_the_session_stops() {
 #[tokio::test]
 async fn a_router_that_restarts_is_connected_to_again() {
     let test = "a_router_that_restarts_is_connected_to_again";
-    let port = free_port();
+    let port = server_port();
     let Some(first) = bird::or_skip(Bird::start(&router(port)).await, test) else {
         return;
     };
@@ -206,7 +212,7 @@ pub(crate) fn holds(router: &Bird) -> bool {
 #[tokio::test]
 async fn a_server_is_announced_while_its_backends_live_and_withdrawn_first_on_sigterm() {
     let test = "a_server_is_announced_while_its_backends_live_and_withdrawn_first_on_sigterm";
-    let port = free_port();
+    let port = server_port();
     let Some(router) = bird::or_skip(Bird::start(&router(port)).await, test) else {
         return;
     };
@@ -270,7 +276,7 @@ async fn a_server_is_announced_while_its_backends_live_and_withdrawn_first_on_si
 #[tokio::test]
 async fn a_killed_node_is_withdrawn_at_once() {
     let test = "a_killed_node_is_withdrawn_at_once";
-    let port = free_port();
+    let port = server_port();
     let Some(router) = bird::or_skip(Bird::start(&router(port)).await, test) else {
         return;
     };
@@ -353,5 +359,33 @@ announce = ["2001:db8:100::1/128"]
     eventually("withdrawn on SIGTERM", || async {
         router.routes("sluice").is_empty()
     })
+    .await;
+}
+
+#[tokio::test]
+async fn a_session_signed_with_the_routers_password_comes_up_and_a_wrong_one_does_not() {
+    let test = "a_session_signed_with_the_routers_password_comes_up_and_a_wrong_one_does_not";
+    let port = server_port();
+    let config = router(port).replace("multihop;", "multihop;\n  password \"s3cret\";");
+    let Some(router) = bird::or_skip(Bird::start(&config).await, test) else {
+        return;
+    };
+    let wrong = speak_keyed(port, &["198.18.100.1/32"], Some("guess"));
+    eventually("the wrongly signed connection gives up", || async {
+        wrong.status.lock().expect("status").last_error.is_some()
+    })
+    .await;
+    let error = wrong.status.lock().expect("status").last_error.clone();
+    assert_ne!(router.bgp_state("sluice"), "Established", "{error:?}");
+    wrong.stop.cancel();
+    let _ = wrong.task.await;
+
+    let right = speak_keyed(port, &["198.18.100.1/32"], Some("s3cret"));
+    eventually(
+        "the signed session is established, the route held",
+        || async {
+            right.state() == State::Established && router.routes("sluice") == ["198.18.100.1/32"]
+        },
+    )
     .await;
 }

@@ -815,7 +815,7 @@ async fn exercise_token(
 async fn dashboard_shows_each_bgp_neighbour_and_what_is_announced() {
     use crate::support::bird::{self, Bird};
     let test = "dashboard_shows_each_bgp_neighbour_and_what_is_announced";
-    let port = free_port();
+    let port = server_port();
     let Some(router) = bird::or_skip(Bird::start(&crate::bgp::router(port)).await, test) else {
         return;
     };

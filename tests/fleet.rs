@@ -103,13 +103,19 @@ fn router_config() -> String {
     config
 }
 
-/// Node `n`'s configuration: maglev over the three backends, listed in an order of its
-/// own, announced while one of them lives.
+/// Node `n`'s configuration: [`shared_config`] with the backends listed in an order of
+/// its own, and its own BGP session.
 fn node_config(n: usize) -> String {
-    let mut order: Vec<String> = BACKENDS.iter().map(|b| format!("\"{b}:7000\"")).collect();
+    let mut order = BACKENDS.to_vec();
     order.rotate_left(n);
+    format!("{}{}", shared_config(&order), bgp_section(n))
+}
+
+/// Node `n`'s BGP session with the router.
+fn bgp_section(n: usize) -> String {
     format!(
-        r#"[bgp]
+        r#"
+[bgp]
 local_as = 64512
 router_id = "10.78.{n}.2"
 hold_time = "3s"
@@ -118,22 +124,7 @@ hold_time = "3s"
   address = "10.78.{n}.1"
   remote_as = 64500
   local_address = "10.78.{n}.2"
-
-[servers.web]
-bind = "{SERVICE}:80"
-balance = "maglev"
-announce = ["{SERVICE}/32"]
-
-  [servers.web.discovery]
-  kind = "static"
-  static_list = [{order}]
-
-  [servers.web.healthcheck]
-  kind = "ping"
-  interval = "200ms"
-  timeout = "200ms"
-"#,
-        order = order.join(", ")
+"#
     )
 }
 
@@ -313,8 +304,8 @@ impl RouterEtcd {
     }
 }
 
-/// The fleet's shared configuration in etcd: maglev over `backends`, announced while one
-/// lives, a long drain.
+/// What every node runs: maglev over `backends` (port 7000), announced while one lives,
+/// a long drain.
 fn shared_config(backends: &[&str]) -> String {
     let list: Vec<String> = backends.iter().map(|b| format!("\"{b}:7000\"")).collect();
     format!(
@@ -341,20 +332,8 @@ announce = ["{SERVICE}/32"]
 /// Node `n`'s own key: its BGP session and its API (on its own loopback).
 fn node_own(n: usize) -> String {
     format!(
-        r#"[bgp]
-local_as = 64512
-router_id = "10.78.{n}.2"
-hold_time = "3s"
-
-  [[bgp.neighbors]]
-  address = "10.78.{n}.1"
-  remote_as = 64500
-  local_address = "10.78.{n}.2"
-
-[api]
-enabled = true
-bind = "127.0.0.1:9000"
-"#
+        "{}\n[api]\nenabled = true\nbind = \"127.0.0.1:9000\"\n",
+        bgp_section(n)
     )
 }
 

@@ -542,7 +542,7 @@ async fn an_upgrade_keeps_the_bgp_session_and_its_routes() {
     use crate::bgp::{announcing, holds, router};
     use crate::support::bird::{self, Bird};
     let test = "an_upgrade_keeps_the_bgp_session_and_its_routes";
-    let port = free_port();
+    let port = server_port();
     let Some(router) = bird::or_skip(Bird::start(&router(port)).await, test) else {
         return;
     };

@@ -123,6 +123,7 @@ impl Speaker {
                         remote_as: n.remote_as,
                         hold_time: n.hold_time.unwrap_or(bgp.hold_time),
                         local_address: n.local_address,
+                        password: n.password.clone(),
                     };
                     (local.clone(), peer)
                 })

@@ -50,7 +50,7 @@ pub struct Local {
 }
 
 /// One neighbour as configured.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Peer {
     pub address: SocketAddr,
     pub remote_as: u32,
@@ -58,6 +58,21 @@ pub struct Peer {
     pub hold_time: Duration,
     /// The local address sessions leave from; `None`: the kernel picks.
     pub local_address: Option<IpAddr>,
+    /// The TCP MD5 signature key (RFC 2385), if the router wants one.
+    pub password: Option<String>,
+}
+
+impl std::fmt::Debug for Peer {
+    /// Everything but the key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Peer")
+            .field("address", &self.address)
+            .field("remote_as", &self.remote_as)
+            .field("hold_time", &self.hold_time)
+            .field("local_address", &self.local_address)
+            .field("password", &self.password.as_ref().map(|_| "…"))
+            .finish()
+    }
 }
 
 /// Where a session stands (RFC 4271's states, as far as one side that only connects
@@ -481,6 +496,10 @@ async fn connect(peer: &Peer) -> Result<TcpStream, String> {
         SocketAddr::V6(_) => TcpSocket::new_v6(),
     }
     .map_err(|e| e.to_string())?;
+    if let Some(key) = &peer.password {
+        tcp_md5sig::set(&socket, peer.address.ip(), key.as_bytes())
+            .map_err(|e| format!("setting the TCP MD5 key: {e}"))?;
+    }
     if let Some(ip) = peer.local_address {
         socket
             .bind(SocketAddr::new(ip, 0))

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Serialize;
 
-use super::write_as;
+use super::{secrets, write_as};
 
 /// The hold time offered unless `hold_time` says (RFC 4271's suggested 90 s).
 pub const DEFAULT_BGP_HOLD_TIME: Duration = Duration::from_secs(90);
@@ -41,6 +41,12 @@ pub struct BgpNeighbor {
     /// The local address its session leaves from; `None`: the kernel picks.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub local_address: Option<IpAddr>,
+    /// The TCP MD5 signature key (RFC 2385) the router expects, if any.
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "secrets::optional_secret"
+    )]
+    pub password: Option<String>,
 }
 
 /// A server's `announce` and `announce_min_healthy`.

@@ -23,6 +23,32 @@ pub fn free_port() -> u16 {
     listener.local_addr().expect("addr").port()
 }
 
+/// A port free a moment ago and below the kernel's ephemeral range, for a server another
+/// program starts and that cannot be told to retry (BIRD): no outgoing connection of a
+/// parallel test is given it as its local port meanwhile, which would make that
+/// program's bind fail. Each call tries the next port of this process's own stretch.
+pub fn server_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    // From 10 000 up to the range: a stretch that starts where this process's id says.
+    let span = low.saturating_sub(10_000).max(1);
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span.min(1_000) {
+        let offset = (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+        let Ok(port) = u16::try_from(10_000 + offset) else {
+            continue;
+        };
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    free_port()
+}
+
 /// The address server `name` logged once listening (`listening server="NAME" bind=…`),
 /// from its first such line.
 pub fn logged_server(log: &str, name: &str) -> Option<SocketAddr> {

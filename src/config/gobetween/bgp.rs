@@ -10,9 +10,14 @@ use super::reader::{Ctx, Field, Section};
 use crate::config::{Announce, BgpConfig, BgpNeighbor, BGP_PORT, DEFAULT_BGP_HOLD_TIME};
 
 pub(crate) const BGP_KEYS: &[&str] = &["local_as", "router_id", "hold_time", "neighbors"];
-/// `password` is not among them: it is taken only to say why it cannot be honoured.
-pub(crate) const NEIGHBOR_KEYS: &[&str] =
-    &["address", "port", "remote_as", "hold_time", "local_address"];
+pub(crate) const NEIGHBOR_KEYS: &[&str] = &[
+    "address",
+    "port",
+    "remote_as",
+    "hold_time",
+    "local_address",
+    "password",
+];
 /// A server's keys read here.
 pub(crate) const ANNOUNCE_KEYS: &[&str] = &["announce", "announce_min_healthy"];
 
@@ -81,17 +86,22 @@ fn neighbor(ctx: &mut Ctx<'_>, sec: &mut Section<'_>) -> Option<BgpNeighbor> {
                 .map_err(|_| format!("\"{s}\" is not an IP address"))
         })
     });
-    if let Some(f) = sec.take("password") {
-        let message = "TCP MD5 signatures (RFC 2385) are not supported; protect the session \
-                       with a dedicated link, an ACL on the router or IPsec";
-        ctx.error(f.at, f.path(), message);
-    }
+    let password = sec.take("password").and_then(|f| {
+        ctx.parse(&f, "a string", |s| match s.len() {
+            1..=tcp_md5sig::MAX_KEY_LEN => Ok(s.to_owned()),
+            _ => Err(format!(
+                "a TCP MD5 key (RFC 2385) is 1 to {} bytes",
+                tcp_md5sig::MAX_KEY_LEN
+            )),
+        })
+    });
     Some(BgpNeighbor {
         address: address?,
         port,
         remote_as: remote_as?,
         hold_time,
         local_address,
+        password,
     })
 }
 

@@ -338,14 +338,13 @@ fn bgp_section_and_announce() {
     assert_eq!(
         errors(
             "[bgp]\nlocal_as = 64512\nrouter_id = \"::1\"\nhold_time = \"2s\"\n\
-             [[bgp.neighbors]]\naddress = \"10.0.0.1\"\nremote_as = 64500\npassword = \"x\"\n\
+             [[bgp.neighbors]]\naddress = \"10.0.0.1\"\nremote_as = 64500\npassword = \"\"\n\
              [servers.web]\nbind = \"127.0.0.1:0\"\nannounce = [\"198.18.100.1/24\"]\n\
              discovery = { kind = \"static\", static_list = [\"127.0.0.1:1\"] }\n"
         ),
         "t.toml:3:1: bgp.router_id: \"::1\" is not an IPv4 address (BGP's router id is one)\n\
          t.toml:4:1: bgp.hold_time: a hold time is 0 (none) or whole seconds from 3 s to 65535 s\n\
-         t.toml:8:1: bgp.neighbors[0].password: TCP MD5 signatures (RFC 2385) are not \
-         supported; protect the session with a dedicated link, an ACL on the router or IPsec\n\
+         t.toml:8:1: bgp.neighbors[0].password: a TCP MD5 key (RFC 2385) is 1 to 80 bytes\n\
          t.toml:11:13: servers.web.announce[0]: \"198.18.100.1/24\" has host bits set; the \
          prefix is 198.18.100.0/24"
     );

@@ -343,7 +343,7 @@ fn the_rest(dir: &Path) -> String {
          ca_path = \"{cert}\"\n\
          [bgp]\nlocal_as = 64512\nrouter_id = \"192.0.2.2\"\nhold_time = \"9s\"\n\
          [[bgp.neighbors]]\naddress = \"192.0.2.1\"\nport = 1179\nremote_as = 64500\n\
-         hold_time = \"3s\"\nlocal_address = \"192.0.2.2\"\n\
+         hold_time = \"3s\"\nlocal_address = \"192.0.2.2\"\npassword = \"s3cret\"\n\
          [servers.tls]\nbind = \"127.0.0.1:0\"\nprotocol = \"tls\"\n\
          announce = [\"198.18.100.1/32\"]\nannounce_min_healthy = 2\n\
          discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:1\"] }}\n\
