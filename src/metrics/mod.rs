@@ -19,14 +19,18 @@ pub use scope::Scope;
 
 use std::sync::Arc;
 
+use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{middleware, Router};
+use bytes::Bytes;
+use futures_util::StreamExt;
 use prometheus_client::encoding::text;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
+use tokio::sync::mpsc;
 use tracing::error;
 
 use crate::admin_http::auth::{self, Auth};
@@ -89,31 +93,89 @@ async fn scrape(State(runtime): State<Arc<Runtime>>, RawQuery(query): RawQuery) 
     let servers = runtime.servers().await;
     let certificates = runtime.acme().status();
     let neighbors = runtime.bgp().status();
-    // Thousands of backends make an exposition of tens of megabytes: written off the
-    // threads that serve the API and run the checks.
-    let rendered =
-        tokio::task::spawn_blocking(move || render(servers, certificates, neighbors, scope)).await;
-    match rendered {
-        Ok(Ok(body)) => ([(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response(),
-        // Writing to a String cannot fail; an encoder that rejects a value can.
-        Ok(Err(e)) => {
-            error!(error = %e, "cannot encode the metrics");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    // Thousands of backends make an exposition of tens or hundreds of megabytes: written
+    // off the threads that serve the API and run the checks, and sent as it is written,
+    // a chunk at a time, rather than held whole (twice: the text, and the HTTP buffer).
+    let (chunks, mut written) = mpsc::channel(CHUNKS_IN_FLIGHT);
+    tokio::task::spawn_blocking(move || {
+        let mut out = Chunks::new(chunks);
+        let result = render(&mut out, servers, certificates, neighbors, scope);
+        if result.and_then(|()| out.flush()).is_err() && !out.sender.is_closed() {
+            // An encoder that rejects a value; writing to the channel cannot fail
+            // otherwise than by the scraper going away.
+            error!("cannot encode the metrics");
+            let _ = out
+                .sender
+                .blocking_send(Err(std::io::Error::other("cannot encode the metrics")));
         }
-        Err(e) => {
-            error!(error = %e, "the metrics were not written");
-            StatusCode::INTERNAL_SERVER_ERROR.into_response()
+    });
+    // An error before the first chunk is still a status; one after it ends the body
+    // early (without `# EOF`, which the scraper reports).
+    let first = match written.recv().await {
+        Some(Ok(first)) => first,
+        Some(Err(_)) | None => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    };
+    let rest = futures_util::stream::unfold(written, |mut written| async move {
+        written.recv().await.map(|chunk| (chunk, written))
+    });
+    let body = futures_util::stream::once(async { Ok(first) }).chain(rest);
+    (
+        [(header::CONTENT_TYPE, CONTENT_TYPE)],
+        Body::from_stream(body),
+    )
+        .into_response()
+}
+
+/// Chunks of the exposition a scrape has written and not yet sent, at most.
+const CHUNKS_IN_FLIGHT: usize = 4;
+/// How much text makes a chunk.
+const CHUNK: usize = 256 * 1024;
+
+/// A [`std::fmt::Write`] that sends what is written, [`CHUNK`] by [`CHUNK`], to the
+/// response; blocks while the scraper reads more slowly than the text is written.
+struct Chunks {
+    chunk: String,
+    sender: mpsc::Sender<std::io::Result<Bytes>>,
+}
+
+impl Chunks {
+    fn new(sender: mpsc::Sender<std::io::Result<Bytes>>) -> Chunks {
+        Chunks {
+            chunk: String::with_capacity(CHUNK + CHUNK / 4),
+            sender,
         }
+    }
+
+    /// Sends what is written so far; an error once the scraper has gone.
+    fn flush(&mut self) -> std::fmt::Result {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let full = std::mem::replace(&mut self.chunk, String::with_capacity(CHUNK + CHUNK / 4));
+        self.sender
+            .blocking_send(Ok(Bytes::from(full)))
+            .map_err(|_| std::fmt::Error)
     }
 }
 
-/// The exposition of `scope` for these servers, `# EOF` included.
+impl std::fmt::Write for Chunks {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.chunk.push_str(text);
+        if self.chunk.len() >= CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes the exposition of `scope` for these servers, `# EOF` included, into `out`.
 fn render(
+    out: &mut impl std::fmt::Write,
     servers: Vec<(String, Arc<crate::proxy::state::ServerShared>)>,
     certificates: Vec<crate::acme::CertificateStatus>,
     neighbors: Vec<crate::bgp::NeighborStatus>,
     scope: Scope,
-) -> Result<String, std::fmt::Error> {
+) -> std::fmt::Result {
     // A registry per scrape costs one allocation and keeps the collector's snapshot of
     // servers and pools consistent for the whole response.
     let mut registry = Registry::default();
@@ -122,7 +184,41 @@ fn render(
             .with_certificates(certificates)
             .with_neighbors(neighbors),
     ));
-    let mut body = String::new();
-    text::encode(&mut body, &registry)?;
-    Ok(body)
+    text::encode(out, &registry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fmt::Write;
+
+    #[test]
+    fn text_goes_out_in_chunks_and_stops_once_the_scraper_is_gone() {
+        let (sender, mut received) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        let mut out = Chunks::new(sender);
+        let line = "x".repeat(1000) + "\n";
+        let lines = CHUNK / line.len() + 10;
+        let writer = std::thread::spawn(move || {
+            for _ in 0..lines {
+                out.write_str(&line)?;
+            }
+            // Dropped here, with its sender: the receiving loop then ends.
+            out.flush()
+        });
+        let mut sizes = Vec::new();
+        while let Some(chunk) = received.blocking_recv() {
+            sizes.push(chunk.expect("a chunk").len());
+        }
+        assert!(writer.join().expect("writer").is_ok());
+        assert_eq!(sizes.iter().sum::<usize>(), lines * 1001);
+        assert_eq!(sizes.len(), 2, "one full chunk, then the rest: {sizes:?}");
+        assert!(sizes[0] >= CHUNK);
+
+        // The scraper gone: the next chunk fails, so the encoder stops.
+        let (sender, received) = mpsc::channel(CHUNKS_IN_FLIGHT);
+        drop(received);
+        let mut out = Chunks::new(sender);
+        assert!(out.write_str("# EOF\n").is_ok(), "buffered");
+        assert!(out.flush().is_err());
+    }
 }
