@@ -202,6 +202,8 @@ impl PoolRebuilder {
             .enumerate()
             .map(|(at, backend)| (backend.key(), at))
             .collect();
+        // Sized for the pool: a list grown by doubling keeps up to twice the room.
+        state.per_backend.reserve_exact(pool.backends().len());
         let mut to_check = Vec::new();
         for backend in pool.backends() {
             let before = by_key.get(backend.key()).copied();
