@@ -212,19 +212,22 @@ fn serve_backends(ns: &Netns) -> Vec<std::thread::JoinHandle<()>> {
         .collect()
 }
 
+/// The fleet's namespaces, the router's BIRD and the backends, running; `None` (with
+/// the reason printed) without root or BIRD.
+async fn running_fleet(test: &str) -> Option<(Fleet, Bird, Vec<std::thread::JoinHandle<()>>)> {
+    let net = or_skip(fleet(), test)?;
+    let router = Bird::start_in(Some(&net.router.name), &router_config()).await;
+    let router = bird::or_skip(router, test)?;
+    let backends = serve_backends(&net.backends);
+    Some((net, router, backends))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_shares_one_address_and_keeps_each_client_on_its_backend() {
     let test = "a_fleet_shares_one_address_and_keeps_each_client_on_its_backend";
-    let Some(net) = or_skip(fleet(), test) else {
+    let Some((net, _router, _backends)) = running_fleet(test).await else {
         return;
     };
-    let Some(_router) = bird::or_skip(
-        Bird::start_in(Some(&net.router.name), &router_config()).await,
-        test,
-    ) else {
-        return;
-    };
-    let _backends = serve_backends(&net.backends);
     let mut node1 = SluiceProcess::start_in_netns(&net.nodes[0].name, &node_config(1)).await;
     let _node2 = SluiceProcess::start_in_netns(&net.nodes[1].name, &node_config(2)).await;
 
@@ -448,16 +451,9 @@ fn finished(node: &SluiceProcess) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_follows_etcd_and_leaves_the_route_before_it_drains() {
     let test = "a_fleet_follows_etcd_and_leaves_the_route_before_it_drains";
-    let Some(net) = or_skip(fleet(), test) else {
+    let Some((net, _router, _backends)) = running_fleet(test).await else {
         return;
     };
-    let Some(_router) = bird::or_skip(
-        Bird::start_in(Some(&net.router.name), &router_config()).await,
-        test,
-    ) else {
-        return;
-    };
-    let _backends = serve_backends(&net.backends);
     let etcd = RouterEtcd::start(&net.router).await.expect("etcd");
     etcd.put(&net.router, "/fleet/config", &shared_config(&BACKENDS));
     for n in 1..=2 {
