@@ -198,6 +198,7 @@ pub struct EtcdArgs {
     /// A client certificate and its key, when etcd asks for one.
     #[arg(long, value_name = "FILE", requires = "etcd_key")]
     pub etcd_cert: Option<PathBuf>,
+    /// The client certificate's private key.
     #[arg(long, value_name = "FILE", requires = "etcd_cert")]
     pub etcd_key: Option<PathBuf>,
 }
