@@ -3,7 +3,9 @@
 //! [`diff`] is pure, so the reload rules are unit-tested without sockets; the runtime
 //! then carries the changes out (see `docs/lifecycle.md`).
 
-use crate::config::{Config, ServerConfig};
+use std::sync::Arc;
+
+use crate::config::{Config, DiscoveryConfig, ServerConfig};
 
 /// One server's fate in a reload.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +58,27 @@ fn needs_new_listener(prev: &ServerConfig, next: &ServerConfig) -> bool {
         || (next.transparent && !prev.transparent)
 }
 
+/// A static list `config` holds unchanged from `running` becomes the running one again
+/// (one `Arc`): a reload reads every list anew, and the pools of servers it does not
+/// change still point into the lists they were built from, so without this each reload
+/// would keep a second copy of every list (11 MB at 100 servers of 1 000 backends).
+pub fn share_unchanged_lists(running: &Config, config: &mut Config) {
+    for (name, server) in &mut config.servers {
+        let Some(before) = running
+            .servers
+            .get(name)
+            .and_then(|s| s.discovery.static_backends())
+        else {
+            continue;
+        };
+        if let DiscoveryConfig::Static { backends } = &mut server.discovery {
+            if !Arc::ptr_eq(backends, before) && **backends == **before {
+                *backends = Arc::clone(before);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -63,7 +86,7 @@ mod tests {
     use super::*;
     use crate::backend::BackendSpec;
     use crate::balance::BalanceKind;
-    use crate::config::DiscoveryConfig;
+    use std::path::Path;
 
     fn server(port: u16, backends: &[u16]) -> ServerConfig {
         let backends: Vec<_> = backends
@@ -121,5 +144,37 @@ mod tests {
                 Change::Restart("moved".into()),
             ]
         );
+    }
+
+    fn read(text: &str) -> Config {
+        crate::config::parse(text, Path::new("t.toml"))
+            .expect("valid")
+            .config
+    }
+
+    fn list(config: &Config, name: &str) -> crate::backend::SpecList {
+        Arc::clone(
+            config.servers[name]
+                .discovery
+                .static_backends()
+                .expect("static"),
+        )
+    }
+
+    #[test]
+    fn a_reload_shares_the_lists_it_does_not_change() {
+        let server = |name: &str, port: u16| {
+            format!(
+                "[servers.{name}]\nbind = \"127.0.0.1:0\"\n\
+                 discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:{port}\"] }}\n"
+            )
+        };
+        let running = read(&(server("a", 1) + &server("b", 2)));
+        let mut reloaded = read(&(server("a", 1) + &server("b", 3) + &server("c", 4)));
+        share_unchanged_lists(&running, &mut reloaded);
+        assert!(Arc::ptr_eq(&list(&running, "a"), &list(&reloaded, "a")));
+        assert!(!Arc::ptr_eq(&list(&running, "b"), &list(&reloaded, "b")));
+        assert_eq!(list(&reloaded, "b")[0].key(), "127.0.0.1:3");
+        assert_eq!(list(&reloaded, "c")[0].key(), "127.0.0.1:4");
     }
 }

@@ -2,9 +2,13 @@
 //! working), made correct — 404 for unknown names, JSON errors naming the field, secrets
 //! redacted — plus backends as resources, `POST /reload`, an OpenAPI description and the
 //! dashboard (`/ui`). Every change goes through [`Control`], as reloads do.
+//!
+//! `handlers`: the servers', backends' and clients' routes; `services`: BGP and ACME;
+//! `views`: the JSON shapes; `decode`: request bodies; `ui`: the dashboard.
 
 pub mod decode;
 mod handlers;
+mod services;
 mod ui;
 mod views;
 
@@ -67,6 +71,7 @@ pub const ROUTES: &[(&str, &[&str])] = &[
 pub fn router(config: &ApiConfig, state: ApiState) -> Router {
     use axum::routing::post;
     use handlers::*;
+    use services::{acme_renew, acme_status, bgp_status};
     let routes = Router::new()
         .route("/", get(root))
         .route("/servers", get(list_servers))

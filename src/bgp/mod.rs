@@ -8,11 +8,14 @@
 //! so the routers move new flows away before connections drain.
 //!
 //! - `announce`: what is announced: servers with enough live backends.
+//! - `message`: what a session sends: OPEN, the UPDATEs between two sets of prefixes,
+//!   the NOTIFICATIONs that end it.
 //! - `session`: one neighbour's session: connect, OPEN, KEEPALIVEs, UPDATEs announcing and
 //!   withdrawing what it is told to, retried after a back-off when it fails; handed to
 //!   the next process by a binary upgrade, so the routes stay announced across it.
 
 pub mod announce;
+mod message;
 pub mod session;
 
 use std::collections::BTreeSet;

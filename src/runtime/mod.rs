@@ -17,6 +17,8 @@
 //!
 //! Every task a server starts ends with it: stopping a server waits for them, and
 //! [`Runtime::shutdown`] ends the rest.
+//!
+//! - `listen`: where a changed configuration listens, bound before anything changes.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -33,14 +35,17 @@ use tracing::{info, warn};
 
 use crate::bgp::announce::{follow_announcements, Announcing};
 use crate::bgp::Speaker;
-use crate::config::{self, Binds, Config, Protocol};
+use crate::config::Config;
 use crate::descriptors::DescriptorBudget;
-use crate::listener::{self, Listeners};
+use crate::listener;
 use crate::proxy::state::carried::{Carried, SessionSocket};
 use crate::proxy::state::{Gate, ServerShared};
 use crate::reload::{self, Change};
 use crate::server::{Lifecycle, Server};
 use crate::workers::Workers;
+use listen::{bind, bind_new_listeners, resolve_binds};
+
+mod listen;
 
 /// How long connections still open after the shutdown grace period get to close.
 const HARD_STOP_WAIT: Duration = Duration::from_secs(5);
@@ -205,7 +210,7 @@ impl Runtime {
     /// share one.
     pub async fn apply(&self, mut config: Config) -> Result<Vec<Change>, BindError> {
         let mut state = self.state.lock().await;
-        share_unchanged_lists(&state.config, &mut config);
+        reload::share_unchanged_lists(&state.config, &mut config);
         let changes = reload::diff(&state.config, &config);
         let addrs = resolve_binds(&state, &config, &changes).await?;
         let workers = self.life.workers.len();
@@ -453,209 +458,5 @@ impl Runtime {
         for server in state.servers.values() {
             server.end_tasks().await;
         }
-    }
-}
-
-/// Binds `server`'s sockets on `addr`, one of `all` its addresses; `ours` when a server
-/// of this process just left it.
-fn bind(
-    server: &str,
-    config: &crate::config::ServerConfig,
-    (addr, ours): (SocketAddr, bool),
-    count: usize,
-    all: &[SocketAddr],
-) -> Result<Listeners, BindError> {
-    let options = listener::BindOptions {
-        intercept: config.intercept,
-        v6_only: addr.is_ipv6() && all.iter().any(|a| a.is_ipv4() && a.port() == addr.port()),
-        ours,
-    };
-    listener::bind(config.protocol, addr, count, options, server).map_err(|source| {
-        BindError::Listen {
-            server: server.to_owned(),
-            addr,
-            source,
-        }
-    })
-}
-
-/// The address every server of `config` listens on: a host name of a server that
-/// `changes` starts is resolved now; a server kept running keeps the address it
-/// started with. Servers that resolved onto one address are refused as the
-/// configuration check refuses two that write it (see `config::validate`).
-async fn resolve_binds(
-    state: &State,
-    config: &Config,
-    changes: &[Change],
-) -> Result<BTreeMap<String, Vec<SocketAddr>>, BindError> {
-    let starts = |name: &str| {
-        changes
-            .iter()
-            .any(|c| matches!(c, Change::Add(n) | Change::Restart(n) if n == name))
-    };
-    let mut addrs = BTreeMap::new();
-    for (name, server) in &config.servers {
-        let kept = state.addrs.get(name).filter(|_| !starts(name));
-        let resolved = match kept {
-            Some(addrs) => addrs.clone(),
-            None => server
-                .bind
-                .resolve()
-                .await
-                .map_err(|reason| BindError::Address {
-                    server: name.clone(),
-                    reason,
-                })?,
-        };
-        addrs.insert(name.clone(), resolved);
-    }
-    if config.servers.values().any(|s| s.bind.has_names()) {
-        let mut resolved = config.clone();
-        for (name, server) in &mut resolved.servers {
-            if let Some(binds) = Binds::resolved(&addrs[name]) {
-                server.bind = binds;
-            }
-        }
-        let order = config.servers.keys().map(String::as_str);
-        if let Some(problem) = config::typed_checks(&resolved, order).into_iter().next() {
-            return Err(BindError::Address {
-                server: problem.server,
-                reason: problem.message,
-            });
-        }
-    }
-    Ok(addrs)
-}
-
-/// Listeners bound ahead of a change, by server and address.
-type NewListeners = BTreeMap<(String, SocketAddr), Listeners>;
-
-/// Binds the listeners that `changes` need, except where a TCP server this change stops
-/// listens on exactly the wanted address: those addresses are returned, to be taken over
-/// with their sockets (see [`Runtime::apply`]). Binding beside such a server would work
-/// (`SO_REUSEPORT`), but the kernel would keep queueing connections on the old socket
-/// until it closes, and closing resets them.
-fn bind_new_listeners(
-    state: &State,
-    config: &Config,
-    addrs: &BTreeMap<String, Vec<SocketAddr>>,
-    changes: &[Change],
-    workers: usize,
-) -> Result<(NewListeners, Vec<SocketAddr>), BindError> {
-    let outgoing: Vec<(Protocol, SocketAddr)> = changes
-        .iter()
-        .filter(|c| matches!(c, Change::Remove(_) | Change::Restart(_)))
-        .filter_map(|c| {
-            let server = state.servers.get(c.server())?;
-            let protocol = state.config.servers.get(c.server())?.protocol;
-            Some(
-                server
-                    .local_addrs()
-                    .iter()
-                    .map(move |addr| (protocol, *addr)),
-            )
-        })
-        .flatten()
-        .collect();
-    let mut sockets = BTreeMap::new();
-    let mut inherited = Vec::new();
-    for change in changes {
-        let (Change::Add(name) | Change::Restart(name)) = change else {
-            continue;
-        };
-        let server = &config.servers[name];
-        for (key, on) in [
-            ("transparent", server.transparent),
-            ("intercept", server.intercept),
-        ] {
-            if on {
-                crate::outbound::can_be_transparent().map_err(|source| BindError::Transparent {
-                    server: name.clone(),
-                    key,
-                    source,
-                })?;
-            }
-        }
-        for &addr in &addrs[name] {
-            // A stopping TCP (or TLS) server listening on exactly this address.
-            let tcp_held = outgoing
-                .iter()
-                .any(|&(p, a)| a == addr && p != Protocol::Udp);
-            if addr.port() != 0 && server.protocol != Protocol::Udp && tcp_held {
-                inherited.push(addr);
-                continue;
-            }
-            match bind(name, server, (addr, false), workers, &addrs[name]) {
-                Ok(socket) => {
-                    sockets.insert((name.clone(), addr), socket);
-                }
-                // Bound once the server holding it has stopped.
-                Err(BindError::Listen { source, .. })
-                    if source.kind() == io::ErrorKind::AddrInUse
-                        && outgoing.iter().any(|&(_, a)| a == addr) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok((sockets, inherited))
-}
-
-/// A static list `config` holds unchanged from `running` becomes the running one again
-/// (one `Arc`): a reload reads every list anew, and the pools of servers it does not
-/// change still point into the lists they were built from, so without this each reload
-/// would keep a second copy of every list (11 MB at 100 servers of 1 000 backends).
-fn share_unchanged_lists(running: &Config, config: &mut Config) {
-    use crate::config::DiscoveryConfig;
-    for (name, server) in &mut config.servers {
-        let Some(before) = running
-            .servers
-            .get(name)
-            .and_then(|s| s.discovery.static_backends())
-        else {
-            continue;
-        };
-        if let DiscoveryConfig::Static { backends } = &mut server.discovery {
-            if !Arc::ptr_eq(backends, before) && **backends == **before {
-                *backends = Arc::clone(before);
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::path::Path;
-
-    fn read(text: &str) -> Config {
-        crate::config::parse(text, Path::new("t.toml"))
-            .expect("valid")
-            .config
-    }
-
-    fn list(config: &Config, name: &str) -> crate::backend::SpecList {
-        Arc::clone(
-            config.servers[name]
-                .discovery
-                .static_backends()
-                .expect("static"),
-        )
-    }
-
-    #[test]
-    fn a_reload_shares_the_lists_it_does_not_change() {
-        let server = |name: &str, port: u16| {
-            format!(
-                "[servers.{name}]\nbind = \"127.0.0.1:0\"\n\
-                 discovery = {{ kind = \"static\", static_list = [\"127.0.0.1:{port}\"] }}\n"
-            )
-        };
-        let running = read(&(server("a", 1) + &server("b", 2)));
-        let mut reloaded = read(&(server("a", 1) + &server("b", 3) + &server("c", 4)));
-        share_unchanged_lists(&running, &mut reloaded);
-        assert!(Arc::ptr_eq(&list(&running, "a"), &list(&reloaded, "a")));
-        assert!(!Arc::ptr_eq(&list(&running, "b"), &list(&reloaded, "b")));
-        assert_eq!(list(&reloaded, "b")[0].key(), "127.0.0.1:3");
-        assert_eq!(list(&reloaded, "c")[0].key(), "127.0.0.1:4");
     }
 }
