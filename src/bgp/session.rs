@@ -248,14 +248,13 @@ pub async fn run(
         let started = Instant::now();
         // The session watches `stop` itself: once established it must tell the router
         // (a Cease) before it ends, so it is never dropped from outside.
-        let handing = &mut handoff;
         let ended = session(
             &local,
             &peer,
             &mut routes,
             &status,
             &stop,
-            handing,
+            &mut handoff,
             resumed.take(),
         )
         .await;
