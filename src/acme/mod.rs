@@ -42,6 +42,8 @@ use crate::tls::obtained::{certified_key, Obtained};
 /// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(3600);
+/// The least wait before a retry, however soon the certificate being replaced expires.
+const MIN_RETRY: Duration = Duration::from_secs(2);
 /// The least time between two orders of a name that succeeded: a certificate already due
 /// when issued (a skewed clock, a CA issuing very short lifetimes) must not have its
 /// name ordered in a loop.
@@ -151,6 +153,20 @@ fn unix_now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// How long to wait after the `failures`-th failed order in a row: the back-off, but
+/// while a certificate still serves (expiring in `expires_in`) no more than half its time
+/// left, so that one failed renewal is retried before what it replaces expires.
+fn retry_delay(failures: u32, expires_in: Option<Duration>) -> Duration {
+    let doublings = failures.saturating_sub(1).min(16);
+    let backoff = FIRST_BACKOFF
+        .saturating_mul(1 << doublings)
+        .min(MAX_BACKOFF);
+    match expires_in {
+        Some(left) if !left.is_zero() => backoff.min(left / 2).max(MIN_RETRY),
+        _ => backoff,
+    }
 }
 
 impl Name {
@@ -454,10 +470,11 @@ impl Acme {
                 let retry_in = {
                     let mut state = lock(&followed.state);
                     state.failures = state.failures.saturating_add(1);
-                    let doublings = state.failures.saturating_sub(1).min(16);
-                    let retry_in = FIRST_BACKOFF
-                        .saturating_mul(1 << doublings)
-                        .min(MAX_BACKOFF);
+                    let expires_in = state
+                        .validity
+                        .and_then(|(_, not_after)| u64::try_from(not_after - unix_now()).ok())
+                        .map(Duration::from_secs);
+                    let retry_in = retry_delay(state.failures, expires_in);
                     state.retry_at = Some(Instant::now() + retry_in);
                     state.last_error = Some(e.clone());
                     retry_in
@@ -591,6 +608,22 @@ mod tests {
         lock(&followed.state).retry_at = Some(Instant::now() + Duration::from_secs(120));
         let wait = seconds_until(followed.next_order());
         assert!((118..=120).contains(&wait), "{wait} s");
+    }
+
+    #[test]
+    fn a_failed_renewal_is_retried_before_the_certificate_expires() {
+        let secs = Duration::from_secs;
+        // No certificate, or one with days left: the back-off, doubling up to its cap.
+        assert_eq!(retry_delay(1, None), FIRST_BACKOFF);
+        assert_eq!(retry_delay(3, None), FIRST_BACKOFF * 4);
+        assert_eq!(retry_delay(40, None), MAX_BACKOFF);
+        assert_eq!(retry_delay(1, Some(secs(30 * 86_400))), FIRST_BACKOFF);
+        // Little time left: half of it, but never a loop.
+        assert_eq!(retry_delay(1, Some(secs(10))), secs(5));
+        assert_eq!(retry_delay(5, Some(secs(600))), secs(300));
+        assert_eq!(retry_delay(1, Some(secs(1))), MIN_RETRY);
+        // Already expired: nothing left to save, the back-off again.
+        assert_eq!(retry_delay(2, Some(Duration::ZERO)), FIRST_BACKOFF * 2);
     }
 
     #[test]
