@@ -219,9 +219,9 @@ fn failed(
             let returned = state.returned_at();
             let max_ms = millis(outlier.max_ejection_time);
             if returned == 0 || now.saturating_sub(returned) >= max_ms {
-                state.recent_ejections.store(0, Ordering::Relaxed);
+                state.forget_ejections();
             }
-            let k = state.recent_ejections.load(Ordering::Relaxed);
+            let k = state.recent_ejections();
             let length = outlier.ejection_length(k);
             if state.eject(now.saturating_add(millis(length)), now) {
                 warn!(

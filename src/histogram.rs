@@ -7,14 +7,16 @@
 //! observations land may have a sum that is a few observations ahead of or behind its
 //! buckets, which Prometheus tolerates.
 //!
-//! The counts are allocated at the first observation: every backend has two of these,
-//! and with many backends most never carry a connection (an empty one is 24 bytes, not
-//! 152).
+//! The counts are allocated at the first observation, and the bucket layout is the
+//! histogram's type: every backend has two of these, and with many backends most never
+//! carry a connection (an empty one is one pointer, not 152 bytes).
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
 use std::time::Duration;
+
+use once_cell::race::OnceBox;
 
 const MS: u64 = 1_000_000;
 const S: u64 = 1_000 * MS;
@@ -73,11 +75,37 @@ const fn ascending(bounds: &[u64]) -> bool {
     true
 }
 
-/// Durations counted into `N` buckets with the upper bounds `bounds` (nanoseconds,
-/// ascending, inclusive), plus one for everything above the last bound.
-pub struct Histogram<const N: usize> {
-    bounds: &'static [u64; N],
-    counts: OnceLock<Box<Counts<N>>>,
+/// A bucket layout: `N` upper bounds in nanoseconds, ascending, inclusive.
+pub trait Bounds<const N: usize>: 'static {
+    const NS: [u64; N];
+}
+
+/// [`CONNECT_BOUNDS_NS`].
+#[derive(Debug)]
+pub struct ConnectBounds;
+
+impl Bounds<{ CONNECT_BOUNDS_NS.len() }> for ConnectBounds {
+    const NS: [u64; CONNECT_BOUNDS_NS.len()] = CONNECT_BOUNDS_NS;
+}
+
+/// [`CONNECTION_BOUNDS_NS`].
+#[derive(Debug)]
+pub struct ConnectionBounds;
+
+impl Bounds<{ CONNECTION_BOUNDS_NS.len() }> for ConnectionBounds {
+    const NS: [u64; CONNECTION_BOUNDS_NS.len()] = CONNECTION_BOUNDS_NS;
+}
+
+/// Time to dial a backend.
+pub type ConnectHistogram = Histogram<ConnectBounds, { CONNECT_BOUNDS_NS.len() }>;
+/// Lifetime of a relayed connection.
+pub type ConnectionHistogram = Histogram<ConnectionBounds, { CONNECTION_BOUNDS_NS.len() }>;
+
+/// Durations counted into the `N` buckets of `B`, plus one for everything above its
+/// last bound.
+pub struct Histogram<B: Bounds<N>, const N: usize> {
+    counts: OnceBox<Counts<N>>,
+    bounds: PhantomData<B>,
 }
 
 struct Counts<const N: usize> {
@@ -88,13 +116,19 @@ struct Counts<const N: usize> {
     sum_ns: AtomicU64,
 }
 
-impl<const N: usize> Histogram<N> {
-    /// An empty histogram. `bounds` must be ascending; the bucket layouts above are
+impl<B: Bounds<N>, const N: usize> Default for Histogram<B, N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Bounds<N>, const N: usize> Histogram<B, N> {
+    /// An empty histogram. The bounds must be ascending; the bucket layouts above are
     /// checked at compile time.
-    pub const fn new(bounds: &'static [u64; N]) -> Self {
+    pub const fn new() -> Self {
         Histogram {
-            bounds,
-            counts: OnceLock::new(),
+            counts: OnceBox::new(),
+            bounds: PhantomData,
         }
     }
 
@@ -109,7 +143,7 @@ impl<const N: usize> Histogram<N> {
         });
         let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         // The first bound not below `ns`: bounds are inclusive upper limits ("le").
-        let index = self.bounds.partition_point(|&bound| bound < ns);
+        let index = B::NS.partition_point(|&bound| bound < ns);
         counts
             .buckets
             .get(index)
@@ -123,7 +157,7 @@ impl<const N: usize> Histogram<N> {
         let counts = self.counts.get();
         let load = |n: &AtomicU64| n.load(Ordering::Relaxed);
         let mut buckets = Vec::with_capacity(N + 1);
-        for (i, bound) in self.bounds.iter().enumerate() {
+        for (i, bound) in B::NS.iter().enumerate() {
             let n = counts.map_or(0, |c| load(&c.buckets[i]));
             buckets.push((*bound as f64 / 1e9, n));
         }
@@ -136,7 +170,7 @@ impl<const N: usize> Histogram<N> {
     }
 }
 
-impl<const N: usize> fmt::Debug for Histogram<N> {
+impl<B: Bounds<N>, const N: usize> fmt::Debug for Histogram<B, N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let snapshot = self.snapshot();
         f.debug_struct("Histogram")
@@ -162,15 +196,21 @@ pub struct Snapshot {
 mod tests {
     use super::*;
 
-    static BOUNDS: [u64; 3] = [10, 100, 1_000];
+    struct Small;
 
-    fn counts(h: &Histogram<3>) -> Vec<u64> {
+    impl Bounds<3> for Small {
+        const NS: [u64; 3] = [10, 100, 1_000];
+    }
+
+    type SmallHistogram = Histogram<Small, 3>;
+
+    fn counts(h: &SmallHistogram) -> Vec<u64> {
         h.snapshot().buckets.iter().map(|(_, n)| *n).collect()
     }
 
     #[test]
     fn bounds_are_inclusive_upper_limits() {
-        let h = Histogram::new(&BOUNDS);
+        let h = SmallHistogram::new();
         for ns in [0, 10, 11, 100, 101, 1_000, 1_001] {
             h.observe(Duration::from_nanos(ns));
         }
@@ -182,7 +222,7 @@ mod tests {
 
     #[test]
     fn bounds_are_reported_in_seconds_with_inf_last() {
-        let h = Histogram::new(&CONNECT_BOUNDS_NS);
+        let h = ConnectHistogram::new();
         let snapshot = h.snapshot();
         let bounds: Vec<f64> = snapshot.buckets.iter().map(|(b, _)| *b).collect();
         assert_eq!(bounds.len(), CONNECT_BOUNDS_NS.len() + 1);
@@ -196,8 +236,8 @@ mod tests {
 
     #[test]
     fn an_unobserved_histogram_is_small_and_reads_as_zeros() {
-        let h = Histogram::new(&CONNECTION_BOUNDS_NS);
-        assert!(std::mem::size_of_val(&h) <= 24);
+        let h = ConnectionHistogram::new();
+        assert_eq!(std::mem::size_of_val(&h), std::mem::size_of::<usize>());
         let snapshot = h.snapshot();
         assert_eq!(snapshot.buckets.len(), CONNECTION_BOUNDS_NS.len() + 1);
         assert!(snapshot.buckets.iter().all(|(_, n)| *n == 0));
@@ -206,7 +246,7 @@ mod tests {
 
     #[test]
     fn huge_durations_land_in_the_last_bucket() {
-        let h = Histogram::new(&BOUNDS);
+        let h = SmallHistogram::new();
         h.observe(Duration::MAX);
         assert_eq!(counts(&h), [0, 0, 0, 1]);
         assert_eq!(h.snapshot().sum_seconds, u64::MAX as f64 / 1e9);
@@ -214,7 +254,7 @@ mod tests {
 
     #[test]
     fn concurrent_observations_are_all_counted() {
-        let h = Histogram::new(&CONNECTION_BOUNDS_NS);
+        let h = ConnectionHistogram::new();
         std::thread::scope(|s| {
             for t in 0..4u64 {
                 let h = &h;

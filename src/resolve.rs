@@ -72,7 +72,7 @@ pub async fn resolve_now(pool: &Pool) {
             let backend = Arc::clone(backend);
             lookups.spawn(async move {
                 match lookup(&backend.spec.host, backend.spec.port).await {
-                    Some((addrs, _)) => backend.set_addrs(addrs),
+                    Some((addrs, _)) => backend.set_addrs(&addrs),
                     None => warn!(backend = backend.key(), "host name did not resolve"),
                 }
             });
@@ -97,9 +97,9 @@ pub fn spawn_refresh(
             tokio::time::sleep_until(next).await;
             match lookup(&backend.spec.host, backend.spec.port).await {
                 Some((addrs, ttl)) => {
-                    if *backend.addrs() != addrs {
+                    if backend.addrs()[..] != addrs[..] {
                         debug!(server, backend = backend.key(), ?addrs, "addresses changed");
-                        backend.set_addrs(addrs);
+                        backend.set_addrs(&addrs);
                     }
                     next = Instant::now() + ttl;
                 }

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use crate::outbound::{Leave, Sources};
 
 mod state;
-pub use state::{clock_ms, BackendState, BackendStats, Cut, HealthEvent, LoadWatch, Watched};
+pub use state::{
+    clock_ms, Addrs, BackendState, BackendStats, Cut, HealthEvent, Links, LoadWatch, Watched,
+};
 
 /// One backend as configured: a `static_list` line, or later a discovered entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -192,7 +194,9 @@ impl Backend {
         if let Ok(ip) = spec.host.parse() {
             state
                 .addrs
-                .store(Arc::new(vec![SocketAddr::new(ip, spec.port)]));
+                .store(Arc::new(smallvec::smallvec![SocketAddr::new(
+                    ip, spec.port
+                )]));
         }
         Self::with_state(spec, state)
     }
@@ -304,12 +308,12 @@ impl Backend {
     }
 
     /// Resolved addresses (empty if the host name has not resolved yet).
-    pub fn addrs(&self) -> Arc<Vec<SocketAddr>> {
+    pub fn addrs(&self) -> Arc<Addrs> {
         self.state.addrs.load_full()
     }
 
-    pub fn set_addrs(&self, addrs: Vec<SocketAddr>) {
-        self.state.addrs.store(Arc::new(addrs));
+    pub fn set_addrs(&self, addrs: &[SocketAddr]) {
+        self.state.addrs.store(Arc::new(Addrs::from_slice(addrs)));
     }
 
     /// Counts a new connection against this backend, respecting `max_connections` even

@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
+use once_cell::race::OnceBox;
+use smallvec::SmallVec;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::histogram::{Histogram, CONNECTION_BOUNDS_NS, CONNECT_BOUNDS_NS};
+use crate::histogram::{ConnectHistogram, ConnectionHistogram};
 
 /// Milliseconds on this process's monotonic clock, from 1 (0 stands for "never").
 pub fn clock_ms() -> u64 {
@@ -33,56 +35,80 @@ pub enum Cut {
     BackendDown = 1,
 }
 
+/// Resolved addresses of a backend: one, inline, for almost every backend.
+pub type Addrs = SmallVec<[SocketAddr; 1]>;
+
 /// Live state of a backend, shared across reloads for as long as its key stays configured.
+///
+/// What every pick or connection reads is inline; what few backends ever need (an
+/// ejection, a warm-up, health history, a cut token, admin changes) is in [`Rare`], made
+/// the first time it is written: a configuration of 100 000 backends keeps 100 000 of
+/// these.
 #[derive(Debug, Default)]
 pub struct BackendState {
     pub(super) healthy: AtomicBool,
-    /// Failures in a row (connects; with `eject_on_reset`, resets before the backend's
-    /// first byte), for passive health and outlier ejection.
-    pub consecutive_connect_failures: AtomicU32,
-    /// Out of rotation by outlier ejection until `ejected_until` (see `crate::failover`).
+    /// Out of rotation by outlier ejection until [`Rare::ejected_until`] (see
+    /// `crate::failover`).
     ejected: AtomicBool,
-    /// When the current ejection ends, on [`clock_ms`].
-    ejected_until: AtomicU64,
-    /// Ejections since it last stayed in for `max_ejection_time`.
-    pub(crate) recent_ejections: AtomicU32,
-    /// When it last came back from an ejection, on [`clock_ms`]; 0: never.
-    returned_at: AtomicU64,
-    /// When its warm-up (`slow_start`) began, on [`clock_ms`]; 0: none.
-    ramp_from: AtomicU64,
     /// Whether it has been up since this process began watching it: the first time a
     /// backend of the initial configuration comes up is no comeback (no warm-up).
     pub(super) ever_up: AtomicBool,
     /// Warm up even on its first time up (it was added while the server ran).
     pub(super) ramp_first_up: AtomicBool,
+    /// Read before `load_watch`, so strategies that watch no load pay one flag.
+    watched: AtomicBool,
+    /// Its connections were closed for its current time down (`close_on_down`).
+    pub(crate) down_cut: AtomicBool,
+    /// Why its connections were last cut ([`Cut`]).
+    cut_reason: AtomicU8,
+    /// Failures in a row (connects; with `eject_on_reset`, resets before the backend's
+    /// first byte), for passive health and outlier ejection.
+    pub consecutive_connect_failures: AtomicU32,
     /// When it was last up (healthy and in rotation), on [`clock_ms`]; 0: never. Kept
     /// for `all_down = "last"`.
     last_up: AtomicU64,
-    /// Why its connections were last cut ([`Cut`]).
-    cut_reason: AtomicU8,
-    /// Its connections were closed for its current time down (`close_on_down`).
-    pub(crate) down_cut: AtomicBool,
-    /// Wakes the failover task of its server when its health or ejection changes.
-    events: OnceLock<Arc<Notify>>,
+    /// Its server's failover task and the runtime's hard stop.
+    links: OnceLock<Arc<Links>>,
     /// Told of each connection it takes or releases (`leastconn`'s index); read only
-    /// when `watched` is set, so other strategies pay one load of a flag.
+    /// when `watched` is set.
     load_watch: ArcSwapOption<Watched>,
-    watched: AtomicBool,
     pub stats: BackendStats,
     /// Resolved socket addresses; empty until the host name resolves.
-    pub(super) addrs: ArcSwap<Vec<SocketAddr>>,
+    pub(super) addrs: ArcSwap<Addrs>,
     /// Bytes per second (from the backend, to the backend) over the last second.
     rates: [AtomicU64; 2],
+    rare: OnceBox<Rare>,
+}
+
+/// What a backend's state links to, the same for every backend of a server: shared.
+#[derive(Debug)]
+pub struct Links {
+    /// The runtime's hard stop: the parent of the backend's cut token, so a shutdown
+    /// that runs out of time closes its connections too.
+    pub hard_stop: CancellationToken,
+    /// Wakes the server's failover task when the backend's health or ejection changes.
+    pub events: Arc<Notify>,
+}
+
+/// The part of a backend's state most backends never touch.
+#[derive(Debug, Default)]
+struct Rare {
+    /// When the current ejection ends, on [`clock_ms`].
+    ejected_until: AtomicU64,
+    /// Ejections since it last stayed in for `max_ejection_time`.
+    recent_ejections: AtomicU32,
+    /// When it last came back from an ejection, on [`clock_ms`]; 0: never.
+    returned_at: AtomicU64,
+    /// When its warm-up (`slow_start`) began, on [`clock_ms`]; 0: none.
+    ramp_from: AtomicU64,
     /// Recent health transitions, oldest first (changes are rare: a lock is fine).
     history: Mutex<VecDeque<HealthEvent>>,
     /// Watched by this backend's open connections; cancelled to close them (a drain
-    /// deadline), then dropped. A child of the runtime's hard stop, so a shutdown that
-    /// runs out of time closes them too. Made by the first connection that needs one:
-    /// most backends of a large configuration never have one.
+    /// deadline), then dropped. A child of the runtime's hard stop. Made by the first
+    /// connection that needs one.
     cut: ArcSwapOption<CancellationToken>,
     /// Held to make or replace `cut` (never by a connection that finds one).
     cut_change: Mutex<()>,
-    cut_parent: OnceLock<CancellationToken>,
     /// Bumped by every admin-state change through the API, so a drain deadline set
     /// before a later change does not fire after it.
     admin_changes: AtomicU64,
@@ -96,37 +122,44 @@ pub struct HealthEvent {
     pub up: bool,
 }
 
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Health transitions kept per backend.
 const HEALTH_HISTORY: usize = 32;
 
 impl BackendState {
     /// Recent health transitions, oldest first.
     pub fn health_history(&self) -> Vec<HealthEvent> {
-        match self.history.lock() {
-            Ok(history) => history.iter().copied().collect(),
-            Err(poisoned) => poisoned.into_inner().iter().copied().collect(),
-        }
+        let Some(rare) = self.rare.get() else {
+            return Vec::new();
+        };
+        lock(&rare.history).iter().copied().collect()
+    }
+
+    /// The rarely used part, made now if it was not yet.
+    fn rare(&self) -> &Rare {
+        self.rare.get_or_init(Box::default)
     }
 
     pub(super) fn record_health(&self, up: bool) {
         let at_unix_ms = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        let mut history = match self.history.lock() {
-            Ok(history) => history,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut history = lock(&self.rare().history);
         if history.len() == HEALTH_HISTORY {
             history.pop_front();
         }
         history.push_back(HealthEvent { at_unix_ms, up });
     }
 
-    /// Ties this backend's connections to `parent` (the runtime's hard stop) and its
-    /// changes to `events` (its server's failover task); once.
-    pub fn link_to(&self, parent: &CancellationToken, events: &Arc<Notify>) {
-        let _ = self.cut_parent.set(parent.clone());
-        let _ = self.events.set(Arc::clone(events));
+    /// Ties this backend's connections to the runtime's hard stop and its changes to its
+    /// server's failover task; once.
+    pub fn link_to(&self, links: &Arc<Links>) {
+        let _ = self.links.set(Arc::clone(links));
     }
 
     /// Has `watch` told of each connection this backend takes or releases (`None`: no
@@ -147,8 +180,8 @@ impl BackendState {
 
     /// Tells the server's failover task something changed.
     pub fn notify(&self) {
-        if let Some(events) = self.events.get() {
-            events.notify_one();
+        if let Some(links) = self.links.get() {
+            links.events.notify_one();
         }
     }
 
@@ -159,15 +192,32 @@ impl BackendState {
 
     /// When the current ejection ends, on [`clock_ms`] (meaningful while ejected).
     pub fn ejected_until(&self) -> u64 {
-        self.ejected_until.load(Ordering::Relaxed)
+        self.rare
+            .get()
+            .map_or(0, |rare| rare.ejected_until.load(Ordering::Relaxed))
+    }
+
+    /// Ejections since it last stayed in for `max_ejection_time`.
+    pub(crate) fn recent_ejections(&self) -> u32 {
+        self.rare
+            .get()
+            .map_or(0, |rare| rare.recent_ejections.load(Ordering::Relaxed))
+    }
+
+    /// Forgets its earlier ejections (it stayed in for `max_ejection_time`).
+    pub(crate) fn forget_ejections(&self) {
+        if let Some(rare) = self.rare.get() {
+            rare.recent_ejections.store(0, Ordering::Relaxed);
+        }
     }
 
     /// Ejects it until `until` ([`clock_ms`]); false if it was ejected already.
     pub(crate) fn eject(&self, until: u64, now: u64) -> bool {
-        self.ejected_until.store(until, Ordering::Relaxed);
+        let rare = self.rare();
+        rare.ejected_until.store(until, Ordering::Relaxed);
         let first = !self.ejected.swap(true, Ordering::AcqRel);
         if first {
-            self.recent_ejections.fetch_add(1, Ordering::Relaxed);
+            rare.recent_ejections.fetch_add(1, Ordering::Relaxed);
             self.stats.ejections.fetch_add(1, Ordering::Relaxed);
             self.note_down(now);
             self.notify();
@@ -181,7 +231,7 @@ impl BackendState {
             return false;
         }
         self.stats.ejection_returns.fetch_add(1, Ordering::Relaxed);
-        self.returned_at.store(now, Ordering::Relaxed);
+        self.rare().returned_at.store(now, Ordering::Relaxed);
         self.consecutive_connect_failures
             .store(0, Ordering::Relaxed);
         self.start_ramp(now);
@@ -191,12 +241,14 @@ impl BackendState {
 
     /// When it last came back from an ejection ([`clock_ms`]; 0: never).
     pub(crate) fn returned_at(&self) -> u64 {
-        self.returned_at.load(Ordering::Relaxed)
+        self.rare
+            .get()
+            .map_or(0, |rare| rare.returned_at.load(Ordering::Relaxed))
     }
 
     /// Begins its warm-up now (used only where the server has `slow_start`).
     pub(crate) fn start_ramp(&self, now: u64) {
-        self.ramp_from.store(now, Ordering::Relaxed);
+        self.rare().ramp_from.store(now, Ordering::Relaxed);
     }
 
     /// A backend added while its server runs warms up on its first time up too.
@@ -207,7 +259,10 @@ impl BackendState {
     /// The share of its weight it takes at `now` under `slow_start = period`: from 1 %
     /// to 1 over the period; `None` when not warming up.
     pub fn ramp(&self, now: u64, period: Duration) -> Option<f64> {
-        let from = self.ramp_from.load(Ordering::Relaxed);
+        let from = self
+            .rare
+            .get()
+            .map_or(0, |rare| rare.ramp_from.load(Ordering::Relaxed));
         if from == 0 {
             return None;
         }
@@ -242,37 +297,44 @@ impl BackendState {
 
     /// What a new connection to this backend watches to be told to close.
     pub fn cut_token(&self) -> CancellationToken {
-        if let Some(token) = &*self.cut.load() {
+        let rare = self.rare();
+        if let Some(token) = &*rare.cut.load() {
             return CancellationToken::clone(token);
         }
-        let _change = self.cut_change.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(token) = &*self.cut.load() {
+        let _change = lock(&rare.cut_change);
+        if let Some(token) = &*rare.cut.load() {
             return CancellationToken::clone(token);
         }
-        let fresh = match self.cut_parent.get() {
-            Some(parent) => parent.child_token(),
+        let fresh = match self.links.get() {
+            Some(links) => links.hard_stop.child_token(),
             None => CancellationToken::new(),
         };
-        self.cut.store(Some(Arc::new(fresh.clone())));
+        rare.cut.store(Some(Arc::new(fresh.clone())));
         fresh
     }
 
     /// Records an admin-state change; returns its number.
     pub fn note_admin_change(&self) -> u64 {
-        self.admin_changes.fetch_add(1, Ordering::Relaxed) + 1
+        self.rare().admin_changes.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The number of the last admin-state change.
     pub fn admin_changes(&self) -> u64 {
-        self.admin_changes.load(Ordering::Relaxed)
+        self.rare
+            .get()
+            .map_or(0, |rare| rare.admin_changes.load(Ordering::Relaxed))
     }
 
     /// Closes every connection open to this backend now, for `why`; later ones are
     /// not affected.
     pub fn cut_connections(&self, why: Cut) {
         self.cut_reason.store(why as u8, Ordering::Release);
-        let _change = self.cut_change.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(open) = self.cut.swap(None) {
+        // No connection has taken a token yet: none to close.
+        let Some(rare) = self.rare.get() else {
+            return;
+        };
+        let _change = lock(&rare.cut_change);
+        if let Some(open) = rare.cut.swap(None) {
             open.cancel();
         }
     }
@@ -319,9 +381,9 @@ pub struct BackendStats {
     /// Times it came back from an ejection (its time up, or its check passed).
     pub ejection_returns: AtomicU64,
     /// Time to establish each successful connection to this backend.
-    pub connect_duration: Histogram<{ CONNECT_BOUNDS_NS.len() }>,
+    pub connect_duration: ConnectHistogram,
     /// Lifetime of each relayed connection, from accept to close.
-    pub connection_duration: Histogram<{ CONNECTION_BOUNDS_NS.len() }>,
+    pub connection_duration: ConnectionHistogram,
 }
 
 impl Default for BackendStats {
@@ -338,8 +400,8 @@ impl Default for BackendStats {
             health_transitions: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             ejection_returns: AtomicU64::new(0),
-            connect_duration: Histogram::new(&CONNECT_BOUNDS_NS),
-            connection_duration: Histogram::new(&CONNECTION_BOUNDS_NS),
+            connect_duration: ConnectHistogram::new(),
+            connection_duration: ConnectionHistogram::new(),
         }
     }
 }
@@ -362,5 +424,59 @@ pub struct Watched {
 impl fmt::Debug for Watched {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Watched").field("slot", &self.slot).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reading_what_few_backends_use_makes_nothing() {
+        let state = BackendState::default();
+        assert!(state.health_history().is_empty());
+        assert_eq!(
+            (
+                state.ejected_until(),
+                state.recent_ejections(),
+                state.returned_at()
+            ),
+            (0, 0, 0)
+        );
+        assert_eq!(state.ramp(clock_ms(), Duration::from_secs(10)), None);
+        assert_eq!(state.admin_changes(), 0);
+        state.forget_ejections();
+        // No connection took a token: a cut has nothing to close.
+        state.cut_connections(Cut::DrainDeadline);
+        assert!(state.rare.get().is_none());
+        // An idle backend's state stays small (a configuration may hold 100 000).
+        assert!(std::mem::size_of::<BackendState>() <= 192);
+    }
+
+    #[test]
+    fn the_rare_part_is_made_by_what_writes_it() {
+        let state = BackendState::default();
+        let token = state.cut_token();
+        assert!(state.rare.get().is_some());
+        assert!(!state.cut_token().is_cancelled());
+        state.cut_connections(Cut::BackendDown);
+        assert!(token.is_cancelled());
+        assert_eq!(state.cut_reason(), Cut::BackendDown);
+        // The next connection gets a fresh token.
+        assert!(!state.cut_token().is_cancelled());
+
+        let now = clock_ms();
+        assert!(state.eject(now + 1_000, now));
+        assert!(!state.eject(now + 2_000, now), "already ejected");
+        assert_eq!(
+            (state.recent_ejections(), state.ejected_until()),
+            (1, now + 2_000)
+        );
+        assert!(state.end_ejection(now + 5));
+        assert_eq!(state.returned_at(), now + 5);
+        assert!(state.ramp(now + 5, Duration::from_secs(10)).is_some());
+        state.record_health(false);
+        assert_eq!(state.health_history().len(), 1);
+        assert_eq!(state.note_admin_change(), 1);
     }
 }

@@ -12,7 +12,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::bandwidth;
-use crate::backend::{clock_ms, AdminState, Backend, BackendSpec, SpecRef};
+use crate::backend::{clock_ms, AdminState, Backend, BackendSpec, Links, SpecRef};
 use crate::balance::Balance;
 use crate::config::{
     BackendList, HealthConfig, HealthKind, InitialStatus, ProxyVersion, ServerConfig,
@@ -272,6 +272,10 @@ fn build_backends(
     let initially_healthy = config.healthcheck.kind == HealthKind::None
         || config.healthcheck.initial_status == InitialStatus::Healthy;
     let sources = Sources::new(&config.source).map(Arc::new);
+    let links = Arc::new(Links {
+        hard_stop: hard_stop.clone(),
+        events: Arc::clone(&server.failover.events),
+    });
     let now = clock_ms();
     (0..specs.len())
         .filter_map(|index| SpecRef::new(specs, index))
@@ -300,7 +304,7 @@ fn build_backends(
                 }
             }
             .with_server_sources(sources.as_ref());
-            backend.state.link_to(hard_stop, &server.failover.events);
+            backend.state.link_to(&links);
             // Without an active check nothing would ever bring a backend back up.
             if config.healthcheck.kind == HealthKind::None {
                 backend.set_healthy(true);
