@@ -8,7 +8,6 @@ use std::sync::Arc;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::metrics::MetricType;
-use prometheus_client::registry::Unit;
 
 use crate::acme::CertificateStatus;
 use crate::backend::{AdminState, Backend};
@@ -80,14 +79,13 @@ impl Scrape {
         self
     }
 
-    fn backends(&self) -> impl Iterator<Item = (&str, &Backend)> {
-        self.servers.iter().flat_map(|server| {
-            server
-                .pool
-                .backends()
-                .iter()
-                .map(move |backend| (server.name.as_str(), &**backend))
-        })
+    /// Each server's pool as this scrape saw it, for the per-backend families
+    /// (`backends.rs`).
+    pub(super) fn pools(&self) -> Vec<(String, Arc<Pool>)> {
+        self.servers
+            .iter()
+            .map(|server| (server.name.clone(), Arc::clone(&server.pool)))
+            .collect()
     }
 
     fn udp_servers(&self) -> impl Iterator<Item = &ServerView> {
@@ -107,19 +105,6 @@ impl Scrape {
             .map(|s| ([("server", s.name.as_str())], value(s)));
         family(encoder, meta, samples)
     }
-
-    /// A family labelled by `server` and `backend`.
-    fn per_backend(
-        &self,
-        encoder: &mut DescriptorEncoder,
-        meta: Meta,
-        value: impl Fn(&Backend) -> Value,
-    ) -> fmt::Result {
-        let samples = self
-            .backends()
-            .map(|(server, b)| ([("server", server), ("backend", b.key())], value(b)));
-        family(encoder, meta, samples)
-    }
 }
 
 impl Collector for Scrape {
@@ -134,9 +119,6 @@ impl Collector for Scrape {
             });
             control::announced(e, announcing.collect())?;
             control::bgp(e, &self.neighbors)?;
-        }
-        if self.scope.backends {
-            self.encode_backends(e)?;
         }
         if self.scope.process {
             let mut build = e.encode_descriptor(
@@ -360,146 +342,11 @@ impl Scrape {
             evicted,
         )
     }
-
-    /// The families labelled by server and backend.
-    fn encode_backends(&self, e: &mut DescriptorEncoder) -> fmt::Result {
-        self.per_backend(
-            e,
-            Meta::counter(
-                "sluice_backend_connect_failures",
-                "Failed dials to the backend, timeouts included.",
-            ),
-            |b| Value::Counter(read(&b.state.stats.connect_failures)),
-        )?;
-        self.per_backend(
-            e,
-            Meta::counter(
-                "sluice_backend_connect_timeouts",
-                "Dials to the backend that gave up after the connect timeout.",
-            ),
-            |b| Value::Counter(read(&b.state.stats.connect_timeouts)),
-        )?;
-        self.per_backend(
-            e,
-            Meta::counter(
-                "sluice_backend_sent",
-                "Bytes relayed from clients to the backend.",
-            )
-            .unit(Unit::Bytes),
-            |b| Value::Counter(read(&b.state.stats.bytes_to_backend)),
-        )?;
-        self.per_backend(
-            e,
-            Meta::counter(
-                "sluice_backend_received",
-                "Bytes relayed from the backend to clients.",
-            )
-            .unit(Unit::Bytes),
-            |b| Value::Counter(read(&b.state.stats.bytes_from_backend)),
-        )?;
-        let checks = self.backends().flat_map(|(server, b)| {
-            let stats = &b.state.stats;
-            [
-                ("pass", &stats.checks_passed),
-                ("fail", &stats.checks_failed),
-            ]
-            .map(|(result, counter)| {
-                (
-                    [("server", server), ("backend", b.key()), ("result", result)],
-                    Value::Counter(read(counter)),
-                )
-            })
-        });
-        family(
-            e,
-            Meta::counter(
-                "sluice_health_checks",
-                "Active health checks of the backend, by result.",
-            ),
-            checks,
-        )?;
-        self.per_backend(
-            e,
-            Meta::counter(
-                "sluice_backend_health_transitions",
-                "Times the backend went down or came back up (active or passive health).",
-            ),
-            |b| Value::Counter(read(&b.state.stats.health_transitions)),
-        )?;
-        self.per_backend(
-            e,
-            Meta::counter(
-                "sluice_backend_ejections",
-                "Times outlier ejection took the backend out of rotation.",
-            ),
-            |b| Value::Counter(read(&b.state.stats.ejections)),
-        )?;
-        self.per_backend(
-            e,
-            Meta::counter(
-                "sluice_backend_ejection_returns",
-                "Times the backend came back from an ejection (its time up, or its check passed).",
-            ),
-            |b| Value::Counter(read(&b.state.stats.ejection_returns)),
-        )?;
-        self.per_backend(
-            e,
-            Meta::gauge(
-                "sluice_backend_connections_active",
-                "Connections open to the backend now, including those still connecting.",
-            ),
-            |b| Value::Gauge(read(&b.state.stats.active)),
-        )?;
-        self.per_backend(
-            e,
-            Meta::gauge(
-                "sluice_backend_up",
-                "1 if the backend is healthy (active and passive checks) and not ejected, else 0.",
-            ),
-            |b| Value::Gauge(u64::from(b.is_up())),
-        )?;
-        let states = self.backends().flat_map(|(server, b)| {
-            let current = state(b);
-            STATES.map(|state| {
-                (
-                    [("server", server), ("backend", b.key()), ("state", state)],
-                    Value::Gauge(u64::from(state == current)),
-                )
-            })
-        });
-        family(
-            e,
-            Meta::gauge(
-                "sluice_backend_state",
-                "1 for the backend's current state: up, down, draining or disabled.",
-            ),
-            states,
-        )?;
-        self.per_backend(
-            e,
-            Meta::histogram(
-                "sluice_backend_connect_duration",
-                "Time to establish a connection to the backend (successful dials).",
-            ),
-            |b| Value::Histogram(b.state.stats.connect_duration.snapshot()),
-        )?;
-        self.per_backend(
-            e,
-            Meta::histogram(
-                "sluice_connection_duration",
-                "Lifetime of relayed connections, from accept to close.",
-            ),
-            |b| Value::Histogram(b.state.stats.connection_duration.snapshot()),
-        )
-    }
 }
-
-/// The values of the `state` label, in output order.
-const STATES: [&str; 5] = ["up", "down", "ejected", "draining", "disabled"];
 
 /// An operator's choice wins over health: a disabled backend is "disabled" whether or
 /// not it would pass its checks.
-fn state(backend: &Backend) -> &'static str {
+pub(super) fn state(backend: &Backend) -> &'static str {
     match backend.admin_state() {
         AdminState::Disabled => "disabled",
         AdminState::Draining => "draining",
@@ -516,19 +363,17 @@ fn read(counter: &AtomicU64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus_client::registry::Registry;
 
-    fn encode(scrape: Scrape) -> String {
-        let mut registry = Registry::default();
-        registry.register_collector(Box::new(scrape));
+    /// The whole exposition of no servers for `scope`.
+    fn encode(scope: Scope) -> String {
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &registry).expect("encode");
+        super::super::render(&mut out, Vec::new(), Vec::new(), Vec::new(), scope).expect("encode");
         out
     }
 
     #[test]
     fn no_servers_gives_descriptors_and_the_build_info() {
-        let out = encode(Scrape::new(Vec::new(), Scope::ALL));
+        let out = encode(Scope::ALL);
         assert!(out.contains("# TYPE sluice_connections_accepted counter\n"));
         assert!(out.contains("# TYPE sluice_backend_sent_bytes counter\n"));
         assert!(out.contains("# UNIT sluice_backend_sent_bytes bytes\n"));
@@ -547,7 +392,7 @@ mod tests {
 
     #[test]
     fn a_scope_writes_its_families_only() {
-        let only = |query| encode(Scrape::new(Vec::new(), Scope::from_query(query).unwrap()));
+        let only = |query| encode(Scope::from_query(query).unwrap());
         let servers = only(Some("scope=server"));
         assert!(servers.contains("# TYPE sluice_connections_accepted counter\n"));
         assert!(!servers.contains("sluice_backend_"), "{servers}");

@@ -7,9 +7,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncod
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Unit;
 
-use crate::histogram::Snapshot;
-
-/// A family's descriptor. Histograms are in seconds; the unit becomes part of the name.
+/// A family's descriptor; a unit becomes part of the name.
 pub(super) struct Meta {
     name: &'static str,
     help: &'static str,
@@ -24,10 +22,6 @@ impl Meta {
 
     pub(super) fn gauge(name: &'static str, help: &'static str) -> Self {
         Self::new(name, help, MetricType::Gauge)
-    }
-
-    pub(super) fn histogram(name: &'static str, help: &'static str) -> Self {
-        Self::new(name, help, MetricType::Histogram).unit(Unit::Seconds)
     }
 
     fn new(name: &'static str, help: &'static str, kind: MetricType) -> Self {
@@ -51,7 +45,6 @@ impl Meta {
 pub(super) enum Value {
     Counter(u64),
     Gauge(u64),
-    Histogram(Snapshot),
 }
 
 impl Value {
@@ -59,9 +52,6 @@ impl Value {
         match self {
             Value::Counter(v) => metric.encode_counter::<NoLabelSet, u64, u64>(v, None),
             Value::Gauge(v) => metric.encode_gauge(v),
-            Value::Histogram(h) => {
-                metric.encode_histogram::<NoLabelSet>(h.sum_seconds, h.count, &h.buckets, None)
-            }
         }
     }
 }

@@ -3,19 +3,24 @@
 //! Nothing here is on the data path. Connections only add to the atomics that servers
 //! and backends already hold; a scrape reads them all through a [`Collector`]
 //! (`collector.rs`, each family written by `family.rs`; the ACME and BGP families
-//! in `control.rs`), so there is no second set of metric objects to keep in step with
-//! reloads: a backend appears in the output for as long as it is in its server's pool.
+//! in `control.rs`) and, for the per-backend families that are most of a large
+//! exposition, a text writer of its own (`backends.rs`), so there is no second set of
+//! metric objects to keep in step with reloads: a backend appears in the output for as
+//! long as it is in its server's pool.
 //! `?scope=process|server|backend` (repeatable, as HAProxy's exporter) writes only those
 //! families: the per-backend ones are most of the output of a large configuration.
 //!
 //! [`Collector`]: prometheus_client::collector::Collector
 
+mod backends;
 mod collector;
 mod control;
 mod family;
 mod scope;
 
 pub use scope::Scope;
+
+use backends::BackendFamilies;
 
 use std::sync::Arc;
 
@@ -177,14 +182,19 @@ fn render(
     scope: Scope,
 ) -> std::fmt::Result {
     // A registry per scrape costs one allocation and keeps the collector's snapshot of
-    // servers and pools consistent for the whole response.
+    // servers and pools consistent for the whole response; the per-backend families,
+    // most of a large exposition, are written from the same pools without it.
+    let scrape = collector::Scrape::new(servers, scope)
+        .with_certificates(certificates)
+        .with_neighbors(neighbors);
+    let backends = scope.backends.then(|| BackendFamilies::new(scrape.pools()));
     let mut registry = Registry::default();
-    registry.register_collector(Box::new(
-        collector::Scrape::new(servers, scope)
-            .with_certificates(certificates)
-            .with_neighbors(neighbors),
-    ));
-    text::encode(out, &registry)
+    registry.register_collector(Box::new(scrape));
+    text::encode_registry(out, &registry)?;
+    if let Some(backends) = backends {
+        backends.write(out)?;
+    }
+    text::encode_eof(out)
 }
 
 #[cfg(test)]
