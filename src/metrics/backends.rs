@@ -163,15 +163,11 @@ impl<W: Write> Text<'_, W> {
         value: impl Fn(&Backend) -> u64,
     ) -> fmt::Result {
         self.descriptor(name, unit, help, "counter")?;
+        let head = head(name, unit, "_total");
         let mut digits = itoa::Buffer::new();
         for &(labels, backend) in &self.labelled {
-            let out = &mut *self.out;
-            name_unit(out, name, unit)?;
-            out.write_str("_total{")?;
-            out.write_str(labels)?;
-            out.write_str("} ")?;
-            out.write_str(digits.format(value(backend)))?;
-            out.write_str("\n")?;
+            let n = digits.format(value(backend));
+            line(self.out, &head, "{", labels, "", n)?;
         }
         Ok(())
     }
@@ -180,13 +176,14 @@ impl<W: Write> Text<'_, W> {
         self.descriptor(name, None, help, "gauge")?;
         let mut digits = itoa::Buffer::new();
         for &(labels, backend) in &self.labelled {
-            let out = &mut *self.out;
-            out.write_str(name)?;
-            out.write_str("{")?;
-            out.write_str(labels)?;
-            out.write_str("} ")?;
-            out.write_str(digits.format(value(backend)))?;
-            out.write_str("\n")?;
+            line(
+                self.out,
+                name,
+                "{",
+                labels,
+                "",
+                digits.format(value(backend)),
+            )?;
         }
         Ok(())
     }
@@ -200,22 +197,23 @@ impl<W: Write> Text<'_, W> {
             "Active health checks of the backend, by result.",
             "counter",
         )?;
+        let head = head(name, None, "_total");
         let mut digits = itoa::Buffer::new();
         for &(labels, backend) in &self.labelled {
             let stats = &backend.state.stats;
-            for (result, counter) in [
-                ("pass", &stats.checks_passed),
-                ("fail", &stats.checks_failed),
-            ] {
-                let out = &mut *self.out;
-                out.write_str(name)?;
-                out.write_str("_total{")?;
-                out.write_str(labels)?;
-                out.write_str(",result=\"")?;
-                out.write_str(result)?;
-                out.write_str("\"} ")?;
-                out.write_str(digits.format(read(counter)))?;
-                out.write_str("\n")?;
+            let results = [
+                (",result=\"pass\"", &stats.checks_passed),
+                (",result=\"fail\"", &stats.checks_failed),
+            ];
+            for (result, counter) in results {
+                line(
+                    self.out,
+                    &head,
+                    "{",
+                    labels,
+                    result,
+                    digits.format(read(counter)),
+                )?;
             }
         }
         Ok(())
@@ -230,20 +228,12 @@ impl<W: Write> Text<'_, W> {
             "1 for the backend's current state: up, down, draining or disabled.",
             "gauge",
         )?;
+        let states = STATES.map(|state| (state, format!(",state=\"{state}\"")));
         for &(labels, backend) in &self.labelled {
             let current = state(backend);
-            for state in STATES {
-                let out = &mut *self.out;
-                out.write_str(name)?;
-                out.write_str("{")?;
-                out.write_str(labels)?;
-                out.write_str(",state=\"")?;
-                out.write_str(state)?;
-                out.write_str(if state == current {
-                    "\"} 1\n"
-                } else {
-                    "\"} 0\n"
-                })?;
+            for (state, label) in &states {
+                let n = if *state == current { "1" } else { "0" };
+                line(self.out, name, "{", labels, label, n)?;
             }
         }
         Ok(())
@@ -259,7 +249,8 @@ impl<W: Write> Text<'_, W> {
     ) -> fmt::Result {
         let unit = Some("seconds");
         self.descriptor(name, unit, help, "histogram")?;
-        // Each bound's `le="…",` once, not once per backend.
+        let [sum, count, bucket] = ["_sum", "_count", "_bucket"].map(|s| head(name, unit, s));
+        // Each bound's `{le="…",` once, not once per backend.
         let mut le: Vec<String> = B::NS
             .iter()
             .map(|&ns| {
@@ -269,35 +260,67 @@ impl<W: Write> Text<'_, W> {
             .collect();
         le.push("{le=\"+Inf\",".to_owned());
         let mut digits = itoa::Buffer::new();
+        let mut float = dtoa::Buffer::new();
         for &(labels, backend) in &self.labelled {
             let snapshot = read(backend);
-            let out = &mut *self.out;
-            name_unit(out, name, unit)?;
-            out.write_str("_sum{")?;
-            out.write_str(labels)?;
-            out.write_str("} ")?;
-            out.write_str(dtoa::Buffer::new().format(snapshot.sum_seconds))?;
-            out.write_str("\n")?;
-            name_unit(out, name, unit)?;
-            out.write_str("_count{")?;
-            out.write_str(labels)?;
-            out.write_str("} ")?;
-            out.write_str(digits.format(snapshot.count))?;
-            out.write_str("\n")?;
+            line(
+                self.out,
+                &sum,
+                "{",
+                labels,
+                "",
+                float.format(snapshot.sum_seconds),
+            )?;
+            line(
+                self.out,
+                &count,
+                "{",
+                labels,
+                "",
+                digits.format(snapshot.count),
+            )?;
             let mut cumulative = 0;
-            for (bound, (_, count)) in le.iter().zip(&snapshot.buckets) {
-                cumulative += count;
-                name_unit(out, name, unit)?;
-                out.write_str("_bucket")?;
-                out.write_str(bound)?;
-                out.write_str(labels)?;
-                out.write_str("} ")?;
-                out.write_str(digits.format(cumulative))?;
-                out.write_str("\n")?;
+            for (bound, (_, n)) in le.iter().zip(&snapshot.buckets) {
+                cumulative += n;
+                line(
+                    self.out,
+                    &bucket,
+                    bound,
+                    labels,
+                    "",
+                    digits.format(cumulative),
+                )?;
             }
         }
         Ok(())
     }
+}
+
+/// A sample's name: the family's, its unit, and the sample's suffix (`_total`, `_sum` …).
+fn head(name: &str, unit: Option<&str>, suffix: &str) -> String {
+    match unit {
+        Some(unit) => format!("{name}_{unit}{suffix}"),
+        None => format!("{name}{suffix}"),
+    }
+}
+
+/// One sample: `HEAD` `OPEN` (`{`, or `{le="…",`) `LABELS` `MORE` (`,result="…"` or
+/// nothing) `} VALUE`.
+fn line(
+    out: &mut impl Write,
+    head: &str,
+    open: &str,
+    labels: &str,
+    more: &str,
+    value: &str,
+) -> fmt::Result {
+    out.write_str(head)?;
+    out.write_str(open)?;
+    out.write_str(labels)?;
+    out.write_str(more)?;
+    out.write_str("} ")?;
+    out.write_str(value)?;
+    out.write_str("\n")
 }
 
 /// `NAME` or `NAME_UNIT`.
