@@ -257,7 +257,7 @@ pub async fn watch(
         let config = settings.load_full();
         let next_return = end_ejections(server, &current, now);
         evaluate(server, &current, &config, failover);
-        close_down(server, &current, &config, failover);
+        close_down(server, &current, &config);
         let wait = next_return.map_or(Duration::from_secs(3600), |at| {
             Duration::from_millis(at.saturating_sub(clock_ms()).max(1))
         });
@@ -339,7 +339,7 @@ fn evaluate(server: &str, pool: &Pool, settings: &ServerConfig, failover: &Failo
 
 /// `close_on_down`: closes the connections of each backend newly down (check or
 /// ejection), once per time down.
-fn close_down(server: &str, pool: &Pool, settings: &ServerConfig, failover: &FailoverState) {
+fn close_down(server: &str, pool: &Pool, settings: &ServerConfig) {
     for backend in pool.backends() {
         let state = &backend.state;
         if backend.is_up() {
@@ -349,39 +349,28 @@ fn close_down(server: &str, pool: &Pool, settings: &ServerConfig, failover: &Fai
         if !settings.failover.close_on_down || state.down_cut.swap(true, Ordering::Relaxed) {
             continue;
         }
-        close(
-            server,
-            failover,
-            backend,
-            "backend is down: closing its connections",
-        );
+        close(server, backend, "backend is down: closing its connections");
     }
 }
 
 /// Closes the connections of `removed`, backends discovery no longer lists, when the
 /// server has `close_on_down`.
-pub fn close_removed(
-    server: &str,
-    settings: &ServerConfig,
-    failover: &FailoverState,
-    removed: &[Arc<Backend>],
-) {
+pub fn close_removed(server: &str, settings: &ServerConfig, removed: &[Arc<Backend>]) {
     if !settings.failover.close_on_down {
         return;
     }
     for backend in removed {
         let why = "backend left discovery: closing its connections";
-        close(server, failover, backend, why);
+        close(server, backend, why);
     }
 }
 
-/// Closes `backend`'s connections (`backend_down`), counted and logged with `why`.
-fn close(server: &str, failover: &FailoverState, backend: &Backend, why: &str) {
+/// Closes `backend`'s connections (`backend_down`), logged with `why`; each connection
+/// counts itself as it closes (`crate::proxy::cut_reason`).
+fn close(server: &str, backend: &Backend, why: &str) {
     let open = backend.active();
     if open > 0 {
-        let closed = &failover.stats.closed_on_down;
-        closed.fetch_add(open, Ordering::Relaxed);
         info!(server, backend = backend.key(), open, "{why}");
     }
-    backend.state.cut_connections(Cut::BackendDown);
+    backend.state.cut_connections(Cut::MarkedDown);
 }

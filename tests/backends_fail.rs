@@ -432,7 +432,8 @@ async fn close_on_down_closes_exactly_the_down_backends_connections() {
             }
         }
         if close_on_down {
-            eventually("a's connections closed", || async {
+            let what = format!("{case}: a's connections closed");
+            eventually(&what, || async {
                 shared.failover.stats.closed_on_down.load(Ordering::Relaxed) == 3
             })
             .await;

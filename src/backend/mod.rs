@@ -19,7 +19,8 @@ use crate::outbound::{Leave, Sources};
 
 mod state;
 pub use state::{
-    clock_ms, Addrs, BackendState, BackendStats, Cut, HealthEvent, Links, LoadWatch, Watched,
+    clock_ms, Addrs, AddrsRef, BackendState, BackendStats, Cut, HealthEvent, Links, LoadWatch,
+    Watched,
 };
 
 /// One backend as configured: a `static_list` line, or later a discovered entry.
@@ -188,16 +189,9 @@ impl Backend {
     /// A new backend with fresh state; `healthy` is the configured initial status.
     pub fn new(spec: impl Into<SpecRef>, healthy: bool) -> Self {
         let spec = spec.into();
-        let state = Arc::new(BackendState::default());
+        let state = Arc::new(BackendState::new(&spec.host, spec.port));
         state.healthy.store(healthy, Ordering::Relaxed);
         state.ever_up.store(healthy, Ordering::Relaxed);
-        if let Ok(ip) = spec.host.parse() {
-            state
-                .addrs
-                .store(Arc::new(smallvec::smallvec![SocketAddr::new(
-                    ip, spec.port
-                )]));
-        }
         Self::with_state(spec, state)
     }
 
@@ -308,12 +302,12 @@ impl Backend {
     }
 
     /// Resolved addresses (empty if the host name has not resolved yet).
-    pub fn addrs(&self) -> Arc<Addrs> {
-        self.state.addrs.load_full()
+    pub fn addrs(&self) -> AddrsRef {
+        self.state.addrs()
     }
 
     pub fn set_addrs(&self, addrs: &[SocketAddr]) {
-        self.state.addrs.store(Arc::new(Addrs::from_slice(addrs)));
+        self.state.set_resolved(addrs);
     }
 
     /// Counts a new connection against this backend, respecting `max_connections` even

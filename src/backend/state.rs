@@ -4,12 +4,12 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
 use once_cell::race::OnceBox;
 use smallvec::SmallVec;
 use tokio::sync::Notify;
@@ -31,18 +31,41 @@ pub enum Cut {
     /// It was drained with a deadline, and the deadline passed.
     #[default]
     DrainDeadline = 0,
-    /// It was marked down (`close_on_down`, or an API disable that asked for it).
+    /// An API disable asked for its connections to close.
     BackendDown = 1,
+    /// It was marked down (its check, an ejection, its removal from discovery) and its
+    /// server has `close_on_down`: each connection closed is counted for the server.
+    MarkedDown = 2,
 }
 
-/// Resolved addresses of a backend: one, inline, for almost every backend.
+/// A host name's resolved addresses: usually one, held inline.
 pub type Addrs = SmallVec<[SocketAddr; 1]>;
+
+/// A backend's addresses as read at one moment: its IP literal's, or what its host name
+/// resolved to (empty before that).
+#[derive(Clone, Debug)]
+pub enum AddrsRef {
+    Literal(SocketAddr),
+    Resolved(Option<Arc<Addrs>>),
+}
+
+impl std::ops::Deref for AddrsRef {
+    type Target = [SocketAddr];
+
+    fn deref(&self) -> &[SocketAddr] {
+        match self {
+            AddrsRef::Literal(addr) => std::slice::from_ref(addr),
+            AddrsRef::Resolved(Some(addrs)) => addrs,
+            AddrsRef::Resolved(None) => &[],
+        }
+    }
+}
 
 /// Live state of a backend, shared across reloads for as long as its key stays configured.
 ///
 /// What every pick or connection reads is inline; what few backends ever need (an
-/// ejection, a warm-up, health history, a cut token, admin changes) is in [`Rare`], made
-/// the first time it is written: a configuration of 100 000 backends keeps 100 000 of
+/// ejection, a warm-up, health history, a cut token, admin changes, byte rates, the
+/// last time up) is in [`Rare`], made the first time it is written: a configuration of 100 000 backends keeps 100 000 of
 /// these.
 #[derive(Debug, Default)]
 pub struct BackendState {
@@ -64,19 +87,17 @@ pub struct BackendState {
     /// Failures in a row (connects; with `eject_on_reset`, resets before the backend's
     /// first byte), for passive health and outlier ejection.
     pub consecutive_connect_failures: AtomicU32,
-    /// When it was last up (healthy and in rotation), on [`clock_ms`]; 0: never. Kept
-    /// for `all_down = "last"`.
-    last_up: AtomicU64,
+    /// Its address when the host is an IP literal (no lookup, no shared list): most
+    /// backends. `None` for a host name, whose addresses are `resolved`.
+    literal: Option<(IpAddr, u16)>,
     /// Its server's failover task and the runtime's hard stop.
-    links: OnceLock<Arc<Links>>,
+    links: ArcSwapOption<Links>,
     /// Told of each connection it takes or releases (`leastconn`'s index); read only
     /// when `watched` is set.
     load_watch: ArcSwapOption<Watched>,
     pub stats: BackendStats,
-    /// Resolved socket addresses; empty until the host name resolves.
-    pub(super) addrs: ArcSwap<Addrs>,
-    /// Bytes per second (from the backend, to the backend) over the last second.
-    rates: [AtomicU64; 2],
+    /// A host name's addresses; `None` until it resolves.
+    resolved: ArcSwapOption<Addrs>,
     rare: OnceBox<Rare>,
 }
 
@@ -93,6 +114,12 @@ pub struct Links {
 /// The part of a backend's state most backends never touch.
 #[derive(Debug, Default)]
 struct Rare {
+    /// Bytes per second (from the backend, to the backend) over the last second: only
+    /// for a backend that has carried bytes.
+    rates: [AtomicU64; 2],
+    /// When it last left rotation having been up, on [`clock_ms`]; 0: never. Kept for
+    /// `all_down = "last"`.
+    last_up: AtomicU64,
     /// When the current ejection ends, on [`clock_ms`].
     ejected_until: AtomicU64,
     /// Ejections since it last stayed in for `max_ejection_time`.
@@ -132,6 +159,28 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 const HEALTH_HISTORY: usize = 32;
 
 impl BackendState {
+    /// The state of a new backend of `host` and `port`.
+    pub fn new(host: &str, port: u16) -> Self {
+        BackendState {
+            literal: host.parse().ok().map(|ip| (ip, port)),
+            ..BackendState::default()
+        }
+    }
+
+    /// Its addresses: the IP literal's, or the host name's once resolved (else none).
+    pub fn addrs(&self) -> AddrsRef {
+        match self.literal {
+            Some((ip, port)) => AddrsRef::Literal(SocketAddr::new(ip, port)),
+            None => AddrsRef::Resolved(self.resolved.load_full()),
+        }
+    }
+
+    /// Sets what a host name resolved to.
+    pub fn set_resolved(&self, addrs: &[SocketAddr]) {
+        self.resolved
+            .store(Some(Arc::new(Addrs::from_slice(addrs))));
+    }
+
     /// Recent health transitions, oldest first.
     pub fn health_history(&self) -> Vec<HealthEvent> {
         let Some(rare) = self.rare.get() else {
@@ -159,7 +208,10 @@ impl BackendState {
     /// Ties this backend's connections to the runtime's hard stop and its changes to its
     /// server's failover task; once.
     pub fn link_to(&self, links: &Arc<Links>) {
-        let _ = self.links.set(Arc::clone(links));
+        // Every backend of a server is linked alike at each rebuild: the first link holds.
+        if self.links.load().is_none() {
+            self.links.store(Some(Arc::clone(links)));
+        }
     }
 
     /// Has `watch` told of each connection this backend takes or releases (`None`: no
@@ -180,7 +232,7 @@ impl BackendState {
 
     /// Tells the server's failover task something changed.
     pub fn notify(&self) {
-        if let Some(links) = self.links.get() {
+        if let Some(links) = &*self.links.load() {
             links.events.notify_one();
         }
     }
@@ -276,14 +328,16 @@ impl BackendState {
         if self.healthy.load(Ordering::Relaxed) && !self.is_ejected() {
             now
         } else {
-            self.last_up.load(Ordering::Relaxed)
+            self.rare
+                .get()
+                .map_or(0, |rare| rare.last_up.load(Ordering::Relaxed))
         }
     }
 
     /// Records that it leaves rotation at `now`, if it was in until then.
     pub(super) fn note_down(&self, now: u64) {
         if self.ever_up.load(Ordering::Relaxed) {
-            self.last_up.fetch_max(now, Ordering::Relaxed);
+            self.rare().last_up.fetch_max(now, Ordering::Relaxed);
         }
     }
 
@@ -291,6 +345,7 @@ impl BackendState {
     pub fn cut_reason(&self) -> Cut {
         match self.cut_reason.load(Ordering::Acquire) {
             1 => Cut::BackendDown,
+            2 => Cut::MarkedDown,
             _ => Cut::DrainDeadline,
         }
     }
@@ -305,7 +360,7 @@ impl BackendState {
         if let Some(token) = &*rare.cut.load() {
             return CancellationToken::clone(token);
         }
-        let fresh = match self.links.get() {
+        let fresh = match &*self.links.load() {
             Some(links) => links.hard_stop.child_token(),
             None => CancellationToken::new(),
         };
@@ -347,12 +402,22 @@ impl BackendState {
 
     /// Bytes per second (from the backend, to the backend) over the last second.
     pub fn rates(&self) -> (u64, u64) {
-        let [from, to] = &self.rates;
+        let Some(rare) = self.rare.get() else {
+            return (0, 0);
+        };
+        let [from, to] = &rare.rates;
         (from.load(Ordering::Relaxed), to.load(Ordering::Relaxed))
     }
 
+    /// Sets the rates of the last second; zeros for a backend that never had any make
+    /// nothing (every backend is sampled every second).
     pub fn set_rates(&self, from_backend: u64, to_backend: u64) {
-        let [from, to] = &self.rates;
+        let rare = match self.rare.get() {
+            Some(rare) => rare,
+            None if from_backend == 0 && to_backend == 0 => return,
+            None => self.rare(),
+        };
+        let [from, to] = &rare.rates;
         from.store(from_backend, Ordering::Relaxed);
         to.store(to_backend, Ordering::Relaxed);
     }
@@ -445,12 +510,14 @@ mod tests {
         );
         assert_eq!(state.ramp(clock_ms(), Duration::from_secs(10)), None);
         assert_eq!(state.admin_changes(), 0);
+        assert_eq!(state.rates(), (0, 0));
+        state.set_rates(0, 0);
         state.forget_ejections();
         // No connection took a token: a cut has nothing to close.
         state.cut_connections(Cut::DrainDeadline);
         assert!(state.rare.get().is_none());
         // An idle backend's state stays small (a configuration may hold 100 000).
-        assert!(std::mem::size_of::<BackendState>() <= 192);
+        assert!(std::mem::size_of::<BackendState>() <= 168);
     }
 
     #[test]
@@ -478,5 +545,7 @@ mod tests {
         state.record_health(false);
         assert_eq!(state.health_history().len(), 1);
         assert_eq!(state.note_admin_change(), 1);
+        state.set_rates(10, 20);
+        assert_eq!((state.rates(), state.bandwidth()), ((10, 20), 30));
     }
 }

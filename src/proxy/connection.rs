@@ -316,7 +316,7 @@ fn finish(
     stop: &CancellationToken,
 ) {
     let reason = match result.reason {
-        CloseReason::Shutdown if !stop.is_cancelled() => super::cut_reason(backend),
+        CloseReason::Shutdown if !stop.is_cancelled() => super::cut_reason(server, backend),
         reason => reason,
     };
     // Whether the backend answered, for outlier ejection's streak.

@@ -124,11 +124,22 @@ close_reasons! {
 /// How many reasons there are.
 pub const CLOSE_REASONS: usize = CloseReason::ALL.len();
 
-/// Why a connection to `backend` was closed when its connections were cut.
-pub(crate) fn cut_reason(backend: &crate::backend::Backend) -> CloseReason {
+/// Why a connection of `server` to `backend` was closed when its connections were cut;
+/// one closed by `close_on_down` is counted here, by the connection itself, so that a
+/// dial still under way when the backend went down (which the cut does not close) is
+/// not.
+pub(crate) fn cut_reason(
+    server: &state::ServerShared,
+    backend: &crate::backend::Backend,
+) -> CloseReason {
     match backend.state.cut_reason() {
         crate::backend::Cut::DrainDeadline => CloseReason::DrainDeadline,
         crate::backend::Cut::BackendDown => CloseReason::BackendDown,
+        crate::backend::Cut::MarkedDown => {
+            let closed = &server.failover.stats.closed_on_down;
+            closed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            CloseReason::BackendDown
+        }
     }
 }
 

@@ -114,8 +114,7 @@ impl PoolRebuilder {
             .collect();
         if !removed.is_empty() {
             let settings = self.shared.settings.load();
-            let (name, failover) = (&self.shared.name, &self.shared.failover);
-            failover::close_removed(name, &settings, failover, &removed);
+            failover::close_removed(&self.shared.name, &settings, &removed);
         }
     }
 

@@ -237,7 +237,7 @@ pub(super) async fn relay_replies(
         };
         tokio::select! {
             biased;
-            () = &mut cut_wait => break cut_reason(&session.backend),
+            () = &mut cut_wait => break cut_reason(&listening.server, &session.backend),
             () = session.changed.notified() => {
                 if let Some(why) = session.ending() {
                     break why.reason();
