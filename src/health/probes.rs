@@ -120,7 +120,14 @@ impl Probes {
         let mut running = lock(&self.running);
         let probes = running.entry(backend.key().to_owned()).or_default();
         if let Some(probe) = probes.iter().find(|p| p.settings == settings) {
-            lock(&probe.watchers).push(watcher);
+            let mut watchers = lock(&probe.watchers);
+            // Grown by a quarter, not doubled: a target behind a hundred servers keeps
+            // a hundred watchers for as long as it runs, not room for 128.
+            let len = watchers.len();
+            if len == watchers.capacity() {
+                watchers.reserve_exact(len / 4 + 4);
+            }
+            watchers.push(watcher);
             return;
         }
         let probe = Arc::new(Probe {
