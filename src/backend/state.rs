@@ -65,8 +65,8 @@ impl std::ops::Deref for AddrsRef {
 ///
 /// What every pick or connection reads is inline; what few backends ever need (an
 /// ejection, a warm-up, health history, a cut token, admin changes, byte rates, the
-/// last time up) is in [`Rare`], made the first time it is written: a configuration of 100 000 backends keeps 100 000 of
-/// these.
+/// last time up) is in [`Rare`], made the first time it is written: a configuration of
+/// 100 000 backends keeps 100 000 of these.
 #[derive(Debug, Default)]
 pub struct BackendState {
     pub(super) healthy: AtomicBool,
