@@ -13,6 +13,8 @@
 //! fails when it has none.
 //!
 //! - `order`: one order, its challenge answered and withdrawn;
+//! - `schedule`: when a name is ordered next (its renewal point, the back-off after a
+//!   failure, bounded by the serving certificate's expiry);
 //! - `responder`: the HTTP-01 responder on `http_bind`;
 //! - `account`: the ACME account, from the cache or made (and cached);
 //! - `cache`: the cache directory's files (the account and each name's certificate).
@@ -21,11 +23,12 @@ mod account;
 mod cache;
 mod order;
 mod responder;
+mod schedule;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use instant_acme::Account;
@@ -38,16 +41,8 @@ use tracing::{error, info, warn};
 use crate::config::{AcmeChallenge, AcmeConfig, Config};
 use crate::tls::obtained::{certified_key, Obtained};
 
-/// The first retry after a failed order, doubled after each further failure up to
-/// [`MAX_BACKOFF`].
-const FIRST_BACKOFF: Duration = Duration::from_secs(30);
-const MAX_BACKOFF: Duration = Duration::from_secs(3600);
-/// The least wait before a retry, however soon the certificate being replaced expires.
-const MIN_RETRY: Duration = Duration::from_secs(2);
-/// The least time between two orders of a name that succeeded: a certificate already due
-/// when issued (a skewed clock, a CA issuing very short lifetimes) must not have its
-/// name ordered in a loop.
-const MIN_RENEWAL_GAP: Duration = Duration::from_secs(10);
+use schedule::{unix_now, State};
+
 /// The longest one order may take, validation and issuance included.
 const ORDER_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -131,42 +126,10 @@ struct Name {
     events: [AtomicU64; 4],
 }
 
-#[derive(Default)]
-struct State {
-    validity: Option<(i64, i64)>,
-    serial: Option<String>,
-    last_error: Option<String>,
-    failures: u32,
-    /// When to try again after a failure.
-    retry_at: Option<Instant>,
-    /// When the last order succeeded.
-    issued_at: Option<Instant>,
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
-/// How long to wait after the `failures`-th failed order in a row: the back-off, but
-/// while a certificate still serves (expiring in `expires_in`) no more than half its time
-/// left, so that one failed renewal is retried before what it replaces expires.
-fn retry_delay(failures: u32, expires_in: Option<Duration>) -> Duration {
-    let doublings = failures.saturating_sub(1).min(16);
-    let backoff = FIRST_BACKOFF
-        .saturating_mul(1 << doublings)
-        .min(MAX_BACKOFF);
-    match expires_in {
-        Some(left) if !left.is_zero() => backoff.min(left / 2).max(MIN_RETRY),
-        _ => backoff,
-    }
 }
 
 impl Name {
@@ -174,23 +137,9 @@ impl Name {
         self.events[event as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// When its task should order next: at once without a certificate, after the
-    /// back-off after a failure, else at two thirds of its certificate's lifetime.
+    /// When its task should order next.
     fn next_order(&self) -> Instant {
-        let state = lock(&self.state);
-        if let Some(retry) = state.retry_at {
-            return retry;
-        }
-        let Some((not_before, not_after)) = state.validity else {
-            return Instant::now();
-        };
-        let renew_at = not_before + (not_after - not_before).max(0) * 2 / 3;
-        let wait = u64::try_from(renew_at - unix_now()).unwrap_or(0);
-        let due = Instant::now() + Duration::from_secs(wait);
-        match state.issued_at {
-            Some(issued) => due.max(issued + MIN_RENEWAL_GAP),
-            None => due,
-        }
+        lock(&self.state).next_order()
     }
 }
 
@@ -444,13 +393,7 @@ impl Acme {
             result.unwrap_or_else(|_| Err(format!("no certificate within {ORDER_TIMEOUT:?}")));
         match result {
             Ok((not_before, not_after)) => {
-                {
-                    let mut state = lock(&followed.state);
-                    state.last_error = None;
-                    state.failures = 0;
-                    state.retry_at = None;
-                    state.issued_at = Some(Instant::now());
-                }
+                lock(&followed.state).succeeded();
                 followed.count(if had { Event::Renewed } else { Event::Issued });
                 let lifetime_days = (not_after - not_before) / 86_400;
                 let expires_in = humantime::format_duration(Duration::from_secs(
@@ -467,18 +410,7 @@ impl Acme {
                 Ok(())
             }
             Err(e) => {
-                let retry_in = {
-                    let mut state = lock(&followed.state);
-                    state.failures = state.failures.saturating_add(1);
-                    let expires_in = state
-                        .validity
-                        .and_then(|(_, not_after)| u64::try_from(not_after - unix_now()).ok())
-                        .map(Duration::from_secs);
-                    let retry_in = retry_delay(state.failures, expires_in);
-                    state.retry_at = Some(Instant::now() + retry_in);
-                    state.last_error = Some(e.clone());
-                    retry_in
-                };
+                let retry_in = lock(&followed.state).failed(e.clone());
                 followed.count(Event::Failed);
                 let serving = if had {
                     "the previous certificate serves on"
@@ -567,64 +499,6 @@ fn hex(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn name() -> Name {
-        Name {
-            name: "a.example.com".to_owned(),
-            server: "web".to_owned(),
-            state: Mutex::new(State::default()),
-            ordering: tokio::sync::Mutex::new(()),
-            wake: Notify::new(),
-            stop: CancellationToken::new(),
-            events: Default::default(),
-        }
-    }
-
-    fn seconds_until(at: Instant) -> u64 {
-        at.saturating_duration_since(Instant::now()).as_secs()
-    }
-
-    #[test]
-    fn a_certificate_is_renewed_at_two_thirds_of_its_lifetime() {
-        let followed = name();
-        assert_eq!(seconds_until(followed.next_order()), 0, "none yet: at once");
-        // Issued an hour ago for 90 days: renewed on day 60.
-        let now = unix_now();
-        lock(&followed.state).validity = Some((now - 3_600, now - 3_600 + 90 * 86_400));
-        let wait = seconds_until(followed.next_order());
-        let day_60 = (60 * 86_400 - 3_600) as u64;
-        assert!(wait.abs_diff(day_60) <= 2, "{wait} s");
-        // Past its renewal time: at once, but not again right after a success.
-        lock(&followed.state).validity = Some((now - 100, now + 10));
-        assert_eq!(seconds_until(followed.next_order()), 0);
-        lock(&followed.state).issued_at = Some(Instant::now());
-        let wait = seconds_until(followed.next_order());
-        assert!(wait + 1 >= MIN_RENEWAL_GAP.as_secs(), "{wait} s");
-    }
-
-    #[test]
-    fn a_failure_waits_for_its_back_off() {
-        let followed = name();
-        lock(&followed.state).retry_at = Some(Instant::now() + Duration::from_secs(120));
-        let wait = seconds_until(followed.next_order());
-        assert!((118..=120).contains(&wait), "{wait} s");
-    }
-
-    #[test]
-    fn a_failed_renewal_is_retried_before_the_certificate_expires() {
-        let secs = Duration::from_secs;
-        // No certificate, or one with days left: the back-off, doubling up to its cap.
-        assert_eq!(retry_delay(1, None), FIRST_BACKOFF);
-        assert_eq!(retry_delay(3, None), FIRST_BACKOFF * 4);
-        assert_eq!(retry_delay(40, None), MAX_BACKOFF);
-        assert_eq!(retry_delay(1, Some(secs(30 * 86_400))), FIRST_BACKOFF);
-        // Little time left: half of it, but never a loop.
-        assert_eq!(retry_delay(1, Some(secs(10))), secs(5));
-        assert_eq!(retry_delay(5, Some(secs(600))), secs(300));
-        assert_eq!(retry_delay(1, Some(secs(1))), MIN_RETRY);
-        // Already expired: nothing left to save, the back-off again.
-        assert_eq!(retry_delay(2, Some(Duration::ZERO)), FIRST_BACKOFF * 2);
-    }
 
     #[test]
     fn serials_are_written_in_hex() {
